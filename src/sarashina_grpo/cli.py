@@ -1,0 +1,167 @@
+"""Command line: ``sarashina-grpo train | infer | build-tiny`` (``--help`` on each lists every option).
+
+    sarashina-grpo train --model tiny --max-steps 5     # CPU smoke run on the offline tiny model
+    sarashina-grpo train                                # the article's run on a CUDA GPU
+    sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
+
+The commands call the same package functions as the notebooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import DEFAULT_MODEL_NAME, Settings, SettingsError
+
+logger = logging.getLogger("sarashina_grpo")
+DEFAULTS = Settings()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                        help="hub id, local model or checkpoint folder, or 'tiny' (offline test model). "
+                             f"Default: {DEFAULT_MODEL_NAME}")
+    parser.add_argument("--4bit", dest="load_in_4bit", action=argparse.BooleanOptionalAction, default=None,
+                        help="load in 4-bit (QLoRA). Default: on with a CUDA GPU, off without one")
+    parser.add_argument("--vllm", dest="use_vllm", action="store_true",
+                        help="Unsloth fast_inference through vLLM (needs the 'vllm' extra and a GPU)")
+    parser.add_argument("--max-seq-length", type=int, default=DEFAULTS.max_seq_length)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .training import DEFAULT_ARTIFACT_DIR, DEFAULT_DATA_PATH
+
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=str(DEFAULT_DATA_PATH), help="prompt CSV with columns prompt,lang")
+    parser.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR),
+                        help="where logs/<run>/ and outputs/<run>/checkpoint-N are written")
+    parser.add_argument("--run-name", default=None, help="name of the run folders (default: a timestamp)")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="continue a run from its last complete checkpoint: 'latest' (default when the flag "
+                             "is bare), a run name, a run folder or a checkpoint-N folder")
+    parser.add_argument("--max-steps", type=int, default=DEFAULTS.max_steps)
+    parser.add_argument("--save-steps", type=int, default=DEFAULTS.save_steps)
+    parser.add_argument("--num-generations", type=int, default=DEFAULTS.num_generations)
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.per_device_train_batch_size,
+                        help="completions per device per step (a multiple of --num-generations)")
+    parser.add_argument("--max-prompt-length", type=int, default=DEFAULTS.max_prompt_length)
+    parser.add_argument("--max-completion-length", type=int, default=DEFAULTS.max_completion_length)
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    parser.add_argument("--lora-rank", type=int, default=DEFAULTS.lora_rank)
+    parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--rewards", default=",".join(DEFAULTS.reward_names),
+                        help="comma-separated reward names from the registry")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from .modeling import cuda_available
+
+    load_in_4bit = args.load_in_4bit
+    if load_in_4bit is None:
+        load_in_4bit = cuda_available()
+        if not load_in_4bit:
+            logger.info("No CUDA GPU: loading in 16-bit (4-bit needs CUDA).")
+    fields = dict(model_name=args.model, load_in_4bit=load_in_4bit, use_vllm=args.use_vllm,
+                  max_seq_length=args.max_seq_length)
+    if hasattr(args, "max_steps"):
+        fields.update(
+            max_steps=args.max_steps, save_steps=args.save_steps, num_generations=args.num_generations,
+            per_device_train_batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length, learning_rate=args.learning_rate,
+            lora_rank=args.lora_rank, lora_alpha=args.lora_rank, temperature=args.temperature, seed=args.seed,
+            reward_names=tuple(n.strip() for n in args.rewards.split(",") if n.strip()),
+        )
+    return Settings(**fields).validate()
+
+
+def run_train(args: argparse.Namespace) -> None:
+    settings = settings_from_args(args)
+    from .training import train
+
+    trainer = train(settings, args.data, args.artifact_dir, resume=args.resume, run_name=args.run_name)
+    paths = trainer.run_paths
+    print(f"Finished at step {trainer.state.global_step}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
+
+
+def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("prompts", nargs="*", help="prompts to answer; none: an interactive chat (empty line quits)")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7)
+
+
+def run_infer(args: argparse.Namespace) -> None:
+    from .inference import Chat, GenerationSettings, answer, load_for_inference
+
+    settings = settings_from_args(args)
+    model, tokenizer = load_for_inference(settings)
+    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                             temperature=args.temperature)
+    if args.prompts:
+        for prompt, reply in zip(args.prompts, answer(model, tokenizer, args.prompts, gen, progress=True),
+                                 strict=True):
+            print(f"### {prompt}\n{reply}\n")
+        return
+    chat = Chat(model, tokenizer, gen=gen)
+    while (line := input("you> ").strip()):
+        print(chat.say(line))
+
+
+def add_build_tiny_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir")
+    parser.add_argument("--shape", choices=["tiny", "sarashina-3b"], default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_build_tiny(args: argparse.Namespace) -> None:
+    from .tiny import build_model
+
+    build_model(args.out_dir, args.shape, args.seed)
+
+
+# name -> (help, add_arguments, run). Further commands register here.
+COMMANDS = {
+    "train": ("GRPO-train a model (the notebook's finetuning recipe)", add_train_arguments, run_train),
+    "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
+    "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)", add_build_tiny_arguments,
+                   run_build_tiny),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_arguments(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.run(args)
+    except SettingsError as err:  # includes DataError-like checks made before any model loads
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        from .data import DataError
+
+        if not isinstance(err, DataError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Settings of a GRPO run: the system prompt and one dataclass with the article's defaults.
+
+``Settings`` holds what a user chooses (model, LoRA, optimiser, lengths, steps); ``build_grpo_config`` turns it
+into TRL's ``GRPOConfig`` so that the notebook, the CLI and the benchmark train with exactly the same arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
+
+# Our own wording. It states the exact layout the strict reward checks, newlines included, because a model can
+# only be rewarded into a format it has a chance to sample.
+SYSTEM_PROMPT = (
+    "あなたは親切な日本語アシスタントです。答える前に、まず日本語で考えてください。\n"
+    "考えたことは<think>と</think>の間に、ユーザーへの答えは<response>と</response>の間に書きます。\n"
+    "必ず次の形で出力してください。\n"
+    "<think>\n"
+    "（考えたこと）\n"
+    "</think>\n"
+    "<response>\n"
+    "（答え）\n"
+    "</response>"
+)
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_REWARDS = ("xmlcount", "soft_format", "strict_format")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; raised before any model is loaded."""
+
+
+@dataclass
+class Settings:
+    """Everything a run needs besides the data. Defaults reproduce the article's run."""
+
+    model_name: str = DEFAULT_MODEL_NAME
+    max_seq_length: int = 4096  # Unsloth's context budget: prompt (≤1024) + completion (≤512) fit with room
+    load_in_4bit: bool = True  # QLoRA: the 3B model's weights take ~2 GB instead of ~6.8 GB
+    use_vllm: bool = False  # Unsloth fast_inference; needs the optional `vllm` extra and a CUDA GPU
+    gpu_memory_utilization: float = 0.6  # share of GPU memory vLLM may reserve when use_vllm is on
+    lora_rank: int = 32
+    lora_alpha: int = 32  # alpha == r: LoRA scale 1.0, as in the article
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
+    learning_rate: float = 5e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1  # passed as a float `warmup_steps`, which transformers 5 reads as a ratio
+    lr_scheduler_type: str = "cosine"
+    optim: str = "paged_adamw_8bit"
+    num_generations: int = 6  # the GRPO group: completions sampled per prompt
+    per_device_train_batch_size: int = 6  # completions per step; must be a multiple of num_generations
+    gradient_accumulation_steps: int = 1
+    max_prompt_length: int = 1024  # TRL 1.x no longer truncates prompts: the loader skips longer ones, warning
+    max_completion_length: int = 512
+    max_steps: int = 500
+    save_steps: int = 250
+    logging_steps: int = 1
+    max_grad_norm: float = 0.1  # small: GRPO updates on few samples are noisy
+    temperature: float = 1.0
+    seed: int = 3407
+    reward_names: tuple[str, ...] = DEFAULT_REWARDS
+    extra_grpo_args: dict = field(default_factory=dict)  # passed through to GRPOConfig unchanged
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> Settings:
+        """Raise ``SettingsError`` naming the field for any inconsistent value; return self."""
+        positive = (
+            "max_seq_length", "lora_rank", "num_generations", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_prompt_length", "max_completion_length", "max_steps",
+            "save_steps", "logging_steps",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"Settings.{name} must be a positive integer, got {value!r}.")
+        if self.num_generations < 2:
+            raise SettingsError(
+                f"Settings.num_generations must be at least 2 (GRPO compares completions within a group), "
+                f"got {self.num_generations}."
+            )
+        completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if completions % self.num_generations:
+            raise SettingsError(
+                f"Settings.per_device_train_batch_size × gradient_accumulation_steps ({completions}) must be a "
+                f"multiple of num_generations ({self.num_generations}): every prompt needs its whole group."
+            )
+        if self.max_prompt_length + self.max_completion_length > self.max_seq_length:
+            raise SettingsError(
+                f"max_prompt_length ({self.max_prompt_length}) + max_completion_length "
+                f"({self.max_completion_length}) exceeds max_seq_length ({self.max_seq_length})."
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise SettingsError(f"Settings.warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if not self.learning_rate > 0:
+            raise SettingsError(f"Settings.learning_rate must be > 0, got {self.learning_rate}.")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise SettingsError(
+                f"Settings.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}."
+            )
+        if not self.reward_names:
+            raise SettingsError("Settings.reward_names is empty: GRPO needs at least one reward.")
+        from .rewards import get_reward_funcs
+
+        try:
+            get_reward_funcs(self.reward_names)
+        except KeyError as err:
+            raise SettingsError(err.args[0]) from None
+        return self
+
+
+def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides):
+    """TRL ``GRPOConfig`` for ``settings``; ``overrides`` win over both settings and ``extra_grpo_args``."""
+    from trl import GRPOConfig
+
+    args = dict(
+        output_dir=str(output_dir),
+        learning_rate=settings.learning_rate,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        weight_decay=settings.weight_decay,
+        # transformers 5 dropped warmup_ratio; a float warmup_steps < 1 is read as a share of max_steps.
+        warmup_steps=float(settings.warmup_ratio),
+        lr_scheduler_type=settings.lr_scheduler_type,
+        # bitsandbytes' paged optimiser needs CUDA; on CPU the plain AdamW keeps the same maths.
+        optim="adamw_torch" if use_cpu else settings.optim,
+        logging_steps=settings.logging_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        max_steps=settings.max_steps,
+        save_steps=settings.save_steps,
+        max_grad_norm=settings.max_grad_norm,
+        temperature=settings.temperature,
+        seed=settings.seed,
+        use_vllm=settings.use_vllm,
+        bf16=not use_cpu,
+        use_cpu=use_cpu,
+        report_to="tensorboard",
+    )
+    args.update(settings.extra_grpo_args)
+    args.update(overrides)
+    return GRPOConfig(**args)

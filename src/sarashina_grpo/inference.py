@@ -1,0 +1,90 @@
+"""Generate with the base model or a trained checkpoint, one prompt, a batch, or a multi-turn chat.
+
+    sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "週末は何をしようかな？"
+
+Replies are stored in the history with role ``assistant`` (the original notebook stored them as ``system``, which
+the chat template then rendered as a new system prompt).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .config import SYSTEM_PROMPT, Settings
+from .data import to_messages
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 512
+    do_sample: bool = False  # greedy by default: reproducible outputs to compare checkpoints
+    temperature: float = 0.7
+    top_p: float = 0.95
+    batch_size: int = 8
+
+
+def load_for_inference(settings: Settings):
+    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise."""
+    from unsloth import FastLanguageModel
+
+    from .modeling import load_model
+
+    model, tokenizer = load_model(settings, training=False, lora=False)
+    FastLanguageModel.for_inference(model)
+    tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
+    return model, tokenizer
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], gen: GenerationSettings | None = None,
+             progress: bool = False) -> list[str]:
+    """The assistant's reply to each conversation (a list of chat messages), in order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    gen = gen or GenerationSettings()
+    replies: list[str] = []
+    starts = range(0, len(conversations), gen.batch_size)
+    for start in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
+        batch = conversations[start:start + gen.batch_size]
+        texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+        # The chat template already writes every special token it needs.
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        sampling = dict(temperature=gen.temperature, top_p=gen.top_p) if gen.do_sample else {}
+        with torch.no_grad():
+            out = model.generate(
+                **enc, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
+                pad_token_id=tokenizer.pad_token_id, **sampling,
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1]:]
+        replies += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return replies
+
+
+@dataclass
+class Chat:
+    """A multi-turn conversation under the system prompt; ``say`` returns the reply and remembers both turns."""
+
+    model: object
+    tokenizer: object
+    system_prompt: str = SYSTEM_PROMPT
+    gen: GenerationSettings = field(default_factory=GenerationSettings)
+    messages: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.messages:
+            self.messages = [{"role": "system", "content": self.system_prompt}]
+
+    def say(self, text: str) -> str:
+        self.messages.append({"role": "user", "content": text})
+        reply = generate(self.model, self.tokenizer, [self.messages], self.gen)[0]
+        self.messages.append({"role": "assistant", "content": reply})
+        return reply
+
+
+def answer(model, tokenizer, prompts: list[str], gen: GenerationSettings | None = None,
+           system_prompt: str = SYSTEM_PROMPT, progress: bool = False) -> list[str]:
+    """Single-turn replies to plain prompts under the system prompt."""
+    return generate(model, tokenizer, [to_messages(p, system_prompt) for p in prompts], gen, progress)

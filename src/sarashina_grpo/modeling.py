@@ -1,0 +1,113 @@
+"""Load the policy through Unsloth (``FastLanguageModel``), with LoRA, after checking the request can work here.
+
+``MODEL_NAME`` may be a hub id (the default, Sarashina 2.2 3B instruct), a local model folder, a checkpoint folder
+written by training (LoRA adapter files), or ``"tiny"``: the project's offline few-MB Llama, built on first use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from .config import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL_DIR = REPO_ROOT / "artifact" / "models" / "tiny"
+MODEL_FILES = ("config.json",)
+ADAPTER_FILES = ("adapter_config.json",)
+
+
+class ModelNotFoundError(SettingsError):
+    """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.startswith("artifact")
+
+
+def resolve_model_name(name: str) -> str:
+    """Hub ids pass through; ``tiny`` becomes the built tiny model; folders are checked for model files."""
+    if name == "tiny":
+        if not (TINY_MODEL_DIR / "config.json").exists():
+            from .tiny import build_model
+
+            build_model(TINY_MODEL_DIR, "tiny")
+        return str(TINY_MODEL_DIR)
+    if not looks_like_path(name):
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"MODEL_NAME {name!r} is not an existing folder. Give a hub id such as "
+            "'sbintuitions/sarashina2.2-3b-instruct-v0.1', a checkpoint like 'artifact/outputs/<run>/checkpoint-500', "
+            "or 'tiny'."
+        )
+    if not any((path / f).exists() for f in MODEL_FILES + ADAPTER_FILES):
+        raise ModelNotFoundError(
+            f"MODEL_NAME {name!r} holds neither model files (config.json) nor LoRA adapter files "
+            "(adapter_config.json, adapter_model.safetensors). Point it at a 'checkpoint-N' folder of a finished "
+            "save."
+        )
+    return str(path)
+
+
+def check_device(settings: Settings, *, training: bool) -> None:
+    """Fail before loading when the request cannot run on this machine, naming the route that can."""
+    if settings.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise SettingsError(
+            "USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, CUDA only) "
+            "or set USE_VLLM=False / drop --vllm."
+        )
+    if cuda_available():
+        return
+    if settings.load_in_4bit:
+        raise SettingsError(
+            "4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set LOAD_IN_4BIT=False "
+            "(CLI: --no-4bit) and use a small model, e.g. MODEL_NAME='tiny' (CLI: --model tiny)."
+        )
+    if settings.use_vllm:
+        raise SettingsError("USE_VLLM needs a CUDA GPU and none is visible; set USE_VLLM=False (drop --vllm).")
+    if training and not looks_like_path(settings.model_name) and settings.model_name != "tiny":
+        raise SettingsError(
+            f"Training {settings.model_name} needs a CUDA GPU and none is visible. On CPU, train the offline tiny "
+            "model instead: MODEL_NAME='tiny' (CLI: sarashina-grpo train --model tiny --max-steps 5)."
+        )
+
+
+def load_model(settings: Settings, *, training: bool = True, lora: bool = True):
+    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached."""
+    settings.validate()
+    check_device(settings, training=training)
+    model_name = resolve_model_name(settings.model_name)
+    from unsloth import FastLanguageModel  # imported here: Unsloth patches transformers/TRL on import
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_name,
+        max_seq_length=settings.max_seq_length,
+        load_in_4bit=settings.load_in_4bit,
+        fast_inference=settings.use_vllm,
+        max_lora_rank=settings.lora_rank,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+    )
+    already_adapted = hasattr(model, "peft_config")
+    if lora and not already_adapted:
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=settings.lora_rank,
+            target_modules=list(settings.lora_target_modules),
+            lora_alpha=settings.lora_alpha,
+            use_gradient_checkpointing="unsloth",  # recompute activations: long completions fit in memory
+            random_state=settings.seed,
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,101 @@
+"""Reward functions for the <think>/<response> format, and their registry.
+
+Each reward is a pure ``(completions, **kwargs) -> list[float]``: TRL passes the sampled completions (chat
+messages ``[[{"role": "assistant", "content": ...}]]`` or plain strings) plus every dataset column by name, and
+logs each reward under its function's ``__name__``. Rewards never raise: malformed input scores as empty text.
+
+Bounds (documented and property-tested):
+- ``xmlcount_reward``: at most 0.5; at least ``-0.001 × len(text)`` (the trailing-text penalty has no floor, as in
+  the article).
+- ``soft_format_reward``, ``strict_format_reward``: exactly 0.0 or 0.5.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+TAGS = ("<think>", "</think>", "<response>", "</response>")
+TAG_REWARD = 0.125  # four tags × 0.125 = 0.5, the same ceiling as each format reward
+TRAILING_PENALTY_PER_CHAR = 0.001
+FORMAT_REWARD = 0.5
+
+# Soft: the four tags in order, anything (newlines too) before, between and after.
+SOFT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<response>.*?</response>", re.DOTALL)
+# Strict: exactly "<think>\n…\n</think>\n<response>\n…\n</response>", nothing before or after. The tag-count check
+# in strict_format_reward stops a lazy `.*` from swallowing a second <response> block.
+STRICT_FORMAT_RE = re.compile(r"<think>\n.*\n</think>\n<response>\n.*\n</response>", re.DOTALL)
+
+RewardFunc = Callable[..., list[float]]
+
+
+def completion_text(completion) -> str:
+    """The generated text of one completion: a string, a message dict, or a list of messages (last one wins)."""
+    try:
+        if isinstance(completion, str):
+            return completion
+        if isinstance(completion, dict):
+            content = completion.get("content", "")
+        elif isinstance(completion, Sequence) and completion:
+            last = completion[-1]
+            content = last.get("content", "") if isinstance(last, dict) else last
+        else:
+            return ""
+        return content if isinstance(content, str) else ""
+    except Exception:  # a reward must never stop a run over one odd completion
+        return ""
+
+
+def texts_of(completions: Iterable) -> list[str]:
+    return [completion_text(c) for c in (completions or [])]
+
+
+def xmlcount_score(text: str) -> float:
+    """0.125 per tag present exactly once, minus 0.001 per character after the last </response>."""
+    score = sum(TAG_REWARD for tag in TAGS if text.count(tag) == 1)
+    end = text.rfind("</response>")
+    if end != -1:
+        score -= TRAILING_PENALTY_PER_CHAR * len(text[end + len("</response>"):])
+    return score
+
+
+def is_soft_format(text: str) -> bool:
+    return SOFT_FORMAT_RE.search(text) is not None
+
+
+def is_strict_format(text: str) -> bool:
+    return STRICT_FORMAT_RE.fullmatch(text) is not None and all(text.count(tag) == 1 for tag in TAGS)
+
+
+def xmlcount_reward(completions, **kwargs) -> list[float]:
+    """0.125 for each of the four tags that occurs exactly once, minus 0.001 per character after </response>."""
+    return [xmlcount_score(t) for t in texts_of(completions)]
+
+
+def soft_format_reward(completions, **kwargs) -> list[float]:
+    """0.5 when <think>, </think>, <response>, </response> occur in this order, anything between."""
+    return [FORMAT_REWARD if is_soft_format(t) else 0.0 for t in texts_of(completions)]
+
+
+def strict_format_reward(completions, **kwargs) -> list[float]:
+    """0.5 only for exactly "<think>\\n…\\n</think>\\n<response>\\n…\\n</response>", each tag once."""
+    return [FORMAT_REWARD if is_strict_format(t) else 0.0 for t in texts_of(completions)]
+
+
+REWARD_FUNCS: dict[str, RewardFunc] = {
+    "xmlcount": xmlcount_reward,
+    "soft_format": soft_format_reward,
+    "strict_format": strict_format_reward,
+}
+
+
+def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
+    """Reward functions by registry name; an unknown name raises ``KeyError`` listing the valid ones."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    funcs = []
+    for name in names:
+        if name not in REWARD_FUNCS:
+            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {', '.join(sorted(REWARD_FUNCS))}.")
+        funcs.append(REWARD_FUNCS[name])
+    return funcs

@@ -1,0 +1,124 @@
+"""Build offline stand-ins for Sarashina 2.2: a few-MB Llama for tests and CPU runs, or the exact 3B shape
+with random weights for speed and memory benchmarks. Nothing is downloaded.
+
+    python -m sarashina_grpo.tiny artifact/models/tiny            # ~1 MB, CPU-friendly
+    python -m sarashina_grpo.tiny /tmp/sarashina-3b --shape sarashina-3b
+
+The tokenizer is a byte-level BPE trained on the project's own prompts, with Sarashina's chat format
+(``<|system|>…</s><|user|>…</s><|assistant|>``). The XML tags are ordinary text, not special tokens, because
+TRL decodes completions with ``skip_special_tokens=True`` and the rewards must see the tags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}</s>"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}</s>"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>{{ message['content'] }}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SHAPES = {
+    # Small enough to train on 2 CPU cores in seconds, big enough to learn the tag layout.
+    "tiny": dict(
+        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    ),
+    # config.json of sbintuitions/sarashina2.2-3b-instruct-v0.1
+    "sarashina-3b": dict(
+        vocab_size=102400, hidden_size=2560, intermediate_size=8960, num_hidden_layers=32,
+        num_attention_heads=16, num_key_value_heads=8,
+    ),
+}
+TAG_LINES = ["<think>\n", "\n</think>\n", "<response>\n", "\n</response>"]
+
+
+def training_corpus() -> list[str]:
+    """Text the BPE learns its merges from: the project's prompts, the system prompt and the tag layout."""
+    from .config import SYSTEM_PROMPT
+    from .data import read_rows
+
+    texts = [SYSTEM_PROMPT] * 4 + ["".join(TAG_LINES)] * 50 + TAG_LINES * 20
+    for name in ("smalltalk.csv", "eval.csv"):
+        path = REPO_ROOT / "datasets" / name
+        if path.exists():
+            texts += [r.prompt for r in read_rows(path)]
+    texts += ["Hello! How are you today? I think the weather is nice.", "Let me think about it step by step."] * 5
+    return texts
+
+
+def build_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size, 4096), special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(training_corpus(), trainer)
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    filler = 0
+    while len(vocab) < vocab_size:  # the 3B shape needs 102,400 ids: pad with pieces no text produces
+        vocab.setdefault(f"<unused{filler}>", len(vocab))
+        filler += 1
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        chat_template=CHAT_TEMPLATE, model_max_length=8192,
+    )
+
+
+def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0, device: str | None = None) -> Path:
+    """Write a random-weight Llama of ``shape`` and its tokenizer to ``out_dir``; return the folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if shape not in SHAPES:
+        raise ValueError(f"Unknown shape {shape!r}; choose one of {', '.join(SHAPES)}.")
+    out_dir = Path(out_dir)
+    dims = dict(SHAPES[shape])
+    tokenizer = build_tokenizer(dims.pop("vocab_size"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16", **dims,
+    )
+    torch.manual_seed(seed)
+    device = device or ("cuda" if torch.cuda.is_available() and shape != "tiny" else "cpu")
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    model = model.to(torch.bfloat16 if shape != "tiny" else torch.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    params = sum(p.numel() for p in model.parameters())
+    logger.info("built %s model at %s: %.1fM parameters, vocab %d", shape, out_dir, params / 1e6, len(tokenizer))
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", help="folder to write the model and tokenizer to")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    build_model(args.out_dir, args.shape, args.seed)
+
+
+if __name__ == "__main__":
+    main()
