@@ -82,10 +82,13 @@ def strict_format_reward(completions, **kwargs) -> list[float]:
     return [FORMAT_REWARD if is_strict_format(t) else 0.0 for t in texts_of(completions)]
 
 
+from .purity import japanese_purity_reward  # noqa: E402  (defined with the purity metrics; registered here)
+
 REWARD_FUNCS: dict[str, RewardFunc] = {
     "xmlcount": xmlcount_reward,
     "soft_format": soft_format_reward,
     "strict_format": strict_format_reward,
+    "japanese_purity": japanese_purity_reward,  # language consistency of the thinking, see docs/purity-reward.md
 }
 
 
