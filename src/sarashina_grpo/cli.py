@@ -1,8 +1,9 @@
-"""Command line: ``sarashina-grpo train | infer | build-tiny`` (``--help`` on each lists every option).
+"""Command line: ``sarashina-grpo train | infer | eval | build-tiny`` (``--help`` on each lists every option).
 
     sarashina-grpo train --model tiny --max-steps 5     # CPU smoke run on the offline tiny model
     sarashina-grpo train                                # the article's run on a CUDA GPU
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
+    sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare base
 
 The commands call the same package functions as the notebooks.
 """
@@ -123,10 +124,70 @@ def run_build_tiny(args: argparse.Namespace) -> None:
     build_model(args.out_dir, args.shape, args.seed)
 
 
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluation import DEFAULT_EVAL_DATA
+    from .training import DEFAULT_ARTIFACT_DIR
+
+    add_model_arguments(parser)
+    parser.add_argument("--name", default=None,
+                        help="evaluation name: results go to <artifact-dir>/eval/<name>/ (default: from --model)")
+    parser.add_argument("--data", default=str(DEFAULT_EVAL_DATA), help="held-out prompt CSV with columns prompt,lang")
+    parser.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR))
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--samples-per-prompt", type=int, default=1, help="outputs per prompt (with --sample)")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="NAME",
+                        help="earlier evaluations (names or folders) to compare with: writes comparison.md/.png")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="generate nothing; compare the evaluations named by --compare")
+
+
+def default_eval_name(model: str) -> str:
+    """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500'."""
+    from pathlib import Path
+
+    parts = Path(model).parts[-2:] if looks_like_checkpoint(model) else Path(model).parts[-1:]
+    return "-".join(parts).replace(".", "_") or "model"
+
+
+def looks_like_checkpoint(model: str) -> bool:
+    from pathlib import Path
+
+    return Path(model).name.startswith("checkpoint-")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from .evaluation import compare_runs, evaluate_model
+    from .inference import GenerationSettings
+
+    names = list(args.compare)
+    if not args.compare_only:
+        settings = settings_from_args(args)
+        name = args.name or default_eval_name(args.model)
+        gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                 temperature=args.temperature, batch_size=args.batch_size)
+        metrics = evaluate_model(settings, name, data_path=args.data, artifact_dir=args.artifact_dir, gen=gen,
+                                 samples_per_prompt=args.samples_per_prompt, limit=args.limit)
+        print(f"{args.artifact_dir}/eval/{name}/metrics.json")
+        print("\n".join(f"  {k}: {v}" for k, v in metrics.items()))
+        names.insert(0, name)
+    if len(names) >= 2:
+        table, chart = compare_runs(names, artifact_dir=args.artifact_dir)
+        print(table)
+        print(f"Chart: {chart}")
+    elif args.compare_only:
+        raise SettingsError("--compare-only needs at least two evaluations after --compare.")
+
+
 # name -> (help, add_arguments, run). Further commands register here.
 COMMANDS = {
     "train": ("GRPO-train a model (the notebook's finetuning recipe)", add_train_arguments, run_train),
     "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
+    "eval": ("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",
+             add_eval_arguments, run_eval),
     "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)", add_build_tiny_arguments,
                    run_build_tiny),
 }
