@@ -119,6 +119,40 @@ def build_trainer(model, tokenizer, dataset, settings: Settings, paths: RunPaths
     return trainer
 
 
+def prepare_run(settings: Settings, artifact_dir: str | Path = DEFAULT_ARTIFACT_DIR, *, resume: str | None = None,
+                run_name: str | None = None) -> tuple[RunPaths, Path | None]:
+    """Check settings, device and folders before any model loads; return the run's folders and the checkpoint to
+    resume from (``None`` for a fresh run)."""
+    from .modeling import check_device
+
+    settings.validate()
+    check_device(settings, training=True)
+    artifact_dir = Path(artifact_dir)
+    check_writable(artifact_dir)
+    if resume:
+        paths, checkpoint = find_resume_checkpoint(artifact_dir, resume)
+        logger.info("Resuming run %s from %s", paths.name, checkpoint)
+        return paths, checkpoint
+    return new_run_paths(artifact_dir, run_name), None
+
+
+def run_trainer(trainer, paths: RunPaths, checkpoint: Path | None = None):
+    """``trainer.train()`` with Ctrl-C turned into save-then-stop; return the trainer."""
+    interrupt = GracefulInterrupt()
+    trainer.add_callback(interrupt)
+    logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
+    interrupt.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        interrupt.uninstall()
+        trainer.remove_callback(interrupt)
+    if interrupt.requested:
+        logger.warning("Stopped by Ctrl-C at step %d; resume with --resume %s", trainer.state.global_step, paths.name)
+    trainer.run_paths = paths
+    return trainer
+
+
 def train(
     settings: Settings,
     data_path: str | Path = DEFAULT_DATA_PATH,
@@ -130,29 +164,10 @@ def train(
 ):
     """Run GRPO end to end and return the trainer. Settings and paths are checked before the model loads."""
     from .data import load_prompts
-    from .modeling import check_device, load_model
+    from .modeling import load_model
 
-    settings.validate()
-    check_device(settings, training=True)
-    artifact_dir = Path(artifact_dir)
-    check_writable(artifact_dir)
-    checkpoint = None
-    if resume:
-        paths, checkpoint = find_resume_checkpoint(artifact_dir, resume)
-        logger.info("Resuming run %s from %s", paths.name, checkpoint)
-    else:
-        paths = new_run_paths(artifact_dir, run_name)
+    paths, checkpoint = prepare_run(settings, artifact_dir, resume=resume, run_name=run_name)
     model, tokenizer = model_and_tokenizer or load_model(settings, training=True)
     dataset = load_prompts(data_path, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
-    interrupt = GracefulInterrupt()
-    trainer = build_trainer(model, tokenizer, dataset, settings, paths, callbacks=[interrupt])
-    logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
-    interrupt.install()
-    try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        interrupt.uninstall()
-    if interrupt.requested:
-        logger.warning("Stopped by Ctrl-C at step %d; resume with --resume %s", trainer.state.global_step, paths.name)
-    trainer.run_paths = paths
-    return trainer
+    trainer = build_trainer(model, tokenizer, dataset, settings, paths)
+    return run_trainer(trainer, paths, checkpoint)
