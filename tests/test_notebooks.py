@@ -71,8 +71,20 @@ def test_inference_chats_with_the_checkpoint(finetuned, repo_root, tmp_path):
 
 
 def test_inference_runs_on_the_base_tiny_model(repo_root, tmp_path):
-    nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"])
+    nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"],
+                 EVAL_LIMIT=3, ARTIFACT_DIR=str(tmp_path / "artifact"))
     assert "### おはよう" in outputs_text(nb)
+
+
+def test_inference_evaluates_and_compares_with_an_earlier_evaluation(repo_root, tmp_path):
+    from sarashina_grpo.evaluation import write_eval
+
+    artifact = tmp_path / "artifact"
+    write_eval([{"prompt": "p", "completion": "<think>\nはい\n</think>"}], artifact / "eval" / "earlier")
+    execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"], CHAT_TURNS=[],
+            EVAL_NAME="now", EVAL_LIMIT=3, COMPARE_WITH=["earlier"], ARTIFACT_DIR=str(artifact))
+    assert (artifact / "eval" / "now" / "metrics.json").exists()  # the evaluation ran on the held-out prompts
+    assert (artifact / "eval" / "compare-now-vs-earlier" / "comparison.png").exists()  # and was compared
 
 
 def test_notebooks_are_committed_without_outputs(repo_root):

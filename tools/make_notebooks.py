@@ -133,6 +133,10 @@ MAX_NEW_TOKENS = 512
 DO_SAMPLE = False  # greedy: the same answer each run
 PROMPTS = ["こんにちは！今日はいい天気ですね。", "おすすめの休日の過ごし方を教えてください。"]
 CHAT_TURNS = ["週末に京都へ行きます。", "二日目はどこへ行くといいですか？"]
+EVAL_NAME = "base"  # results go to <ARTIFACT_DIR>/eval/<EVAL_NAME>/; use e.g. "step500" for a checkpoint
+EVAL_LIMIT = None  # None: all held-out prompts of datasets/eval.csv; a number: only the first ones
+COMPARE_WITH = []  # names of earlier evaluations to put side by side with this one, e.g. ["base"]
+ARTIFACT_DIR = "../artifact"
 """),
     md("## Model"),
     code("""
@@ -164,6 +168,26 @@ for turn in CHAT_TURNS:
     print("user:", turn)
     print("assistant:", chat.say(turn), "\\n")
 [m["role"] for m in chat.messages]
+"""),
+    md("""
+## Evaluate and compare
+Generates for every held-out prompt and scores format compliance and Japanese purity (definitions in
+`sarashina_grpo/purity.py` and `evaluation.py`). Evaluate the base model and a checkpoint under two names, then
+list the first in `COMPARE_WITH` to see them side by side (same as `sarashina-grpo eval --compare`).
+"""),
+    code("""
+from sarashina_grpo.evaluation import compare_runs, evaluate
+
+metrics = evaluate(model, tokenizer, EVAL_NAME, artifact_dir=ARTIFACT_DIR, gen=gen, limit=EVAL_LIMIT,
+                   meta={"model": MODEL_NAME})
+metrics
+"""),
+    code("""
+from IPython.display import Image, Markdown, display
+
+if COMPARE_WITH:
+    table, chart = compare_runs([EVAL_NAME, *COMPARE_WITH], artifact_dir=ARTIFACT_DIR)
+    display(Markdown(table), Image(str(chart)))
 """),
 ]
 
