@@ -8,10 +8,12 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-# Margins sit well below the smallest effect seen over the seeds recorded in docs/learning.md and well above the
-# seed-to-seed spread of the untrained rates (held-out rates are measured on 270 samples, about ±3% each).
-MIN_STRICT_GAIN = 0.15  # seen: +0.23 to +0.42
-MIN_EXTRA_PURITY_GAIN = 0.10  # seen: +0.17 to +0.33 more think purity than the format-only run
+# Margins hold on every seed recorded in docs/learning.md (0–4), with room: held-out rates are measured on 270
+# sampled outputs (about ±3% each). The format-only run's purity wanders by seed (−0.16 to +0.25), so one seed can
+# only show the direction of (b); the five seeds of docs/learning.md show its size (+0.04 to +0.33).
+MIN_STRICT_GAIN = 0.15  # seen: +0.21 to +0.54, with and without the purity reward
+MIN_PURITY_GAIN = 0.10  # seen: +0.14 to +0.29 think purity with the purity reward
+MIN_FINAL_PURITY = 0.80  # seen: 0.85 to 0.97 with the purity reward, 0.52 to 0.92 without
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +34,16 @@ def test_grpo_raises_the_strict_format_rate(proof):
     assert proof["format"]["strict_format_rate"] - proof["before"]["strict_format_rate"] >= MIN_STRICT_GAIN
 
 
+def test_purity_reward_raises_think_purity(proof):
+    assert proof["format+purity"]["think_purity_mean"] - proof["before"]["think_purity_mean"] >= MIN_PURITY_GAIN
+
+
 def test_purity_reward_raises_purity_more_than_format_rewards_alone(proof):
-    before = proof["before"]["think_purity_mean"]
-    gain_with = proof["format+purity"]["think_purity_mean"] - before
-    gain_without = proof["format"]["think_purity_mean"] - before
-    assert gain_with - gain_without >= MIN_EXTRA_PURITY_GAIN
+    assert proof["format+purity"]["think_purity_mean"] > proof["format"]["think_purity_mean"]  # same start, same seed
+
+
+def test_purity_reward_brings_thinking_to_mostly_japanese(proof):
+    assert proof["format+purity"]["think_purity_mean"] >= MIN_FINAL_PURITY
 
 
 def test_purity_reward_does_not_collapse_the_format(proof):
