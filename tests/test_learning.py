@@ -8,10 +8,10 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-# Margins hold on every seed recorded in docs/learning.md (0–4), with room: held-out rates are measured on 270
+# Margins hold on every run recorded in docs/learning.md (six), with room: held-out rates are measured on 270
 # sampled outputs (about ±3% each). The format-only run's purity wanders by seed (−0.16 to +0.25), so one seed can
-# only show the direction of (b); the five seeds of docs/learning.md show its size (+0.04 to +0.33).
-MIN_STRICT_GAIN = 0.15  # seen: +0.21 to +0.54, with and without the purity reward
+# only show the direction of (b); the six runs of docs/learning.md show its size (+0.04 to +0.33).
+MIN_STRICT_GAIN = 0.15  # seen: +0.20 to +0.54, with and without the purity reward
 MIN_PURITY_GAIN = 0.10  # seen: +0.14 to +0.29 think purity with the purity reward
 MIN_FINAL_PURITY = 0.80  # seen: 0.85 to 0.97 with the purity reward, 0.52 to 0.92 without
 
