@@ -94,18 +94,20 @@ def _lang_code(value: str) -> str | None:
 
 def _records(text: str, path: Path):
     """(first line, fields) of each non-empty CSV record; quoted fields may span lines."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        while True:
-            start = reader.line_num + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            if fields:  # a blank line is no record
-                yield start, fields
-    except csv.Error as err:
-        raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({err}). Check its quoting.") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(
+                f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting there: "
+                'a prompt with commas or line breaks must be wrapped in "…", with any " inside doubled ("").'
+            ) from None
+        if fields:  # a blank line is no record
+            yield start, fields
 
 
 def read_rows(path: str | Path) -> list[Row]:
