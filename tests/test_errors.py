@@ -78,7 +78,7 @@ def test_blank_and_nan_prompts_are_skipped_with_one_warning_counting_them(write_
     path = write_csv("prompt,lang\nこんにちは,ja\n,ja\nNaN,ja\n   ,ja\n元気？,ja\n")
     rows = check_prompts(path)
     assert [r.prompt for r in rows] == ["こんにちは", "元気？"]
-    assert "skipped 3 blank or NaN prompt(s) on line(s) 3, 4, 5" in warnings_of(caplog)
+    assert "skipped 3 blank prompt(s) on line(s) 3, 4, 5 (empty, spaces or NaN)" in warnings_of(caplog)
 
 
 def test_rows_without_lang_are_skipped_with_a_warning(write_csv, caplog):
@@ -105,7 +105,7 @@ def test_region_subtags_and_case_count_as_the_language(write_csv):
 
 def test_no_japanese_rows_left_names_the_languages_found(write_csv):
     message = error_of(check_prompts, write_csv("prompt,lang\nhello,en\nhola,es\n,ja\n"))
-    assert "no non-blank rows with lang == 'ja'" in message and "['en', 'es']" in message
+    assert "no rows with lang == 'ja' and a non-blank prompt" in message and "['en', 'es']" in message
 
 
 def test_shift_jis_file_is_decoded_with_a_warning(write_csv, caplog):
@@ -173,7 +173,7 @@ def test_unclosed_quote_names_the_line_where_the_row_starts(write_csv):
 
 def test_batch_not_divisible_by_generations_names_both_flags_and_a_fix():
     message = error_of(Settings(per_device_train_batch_size=6, num_generations=4).validate)
-    assert "= 6 must be a multiple of Settings.num_generations = 4" in message
+    assert "(6) must be a multiple of num_generations (4)" in message
     assert "Use a batch size of 4 or 8 (CLI --batch-size)" in message
 
 
@@ -186,7 +186,7 @@ def test_batch_not_divisible_by_generations_names_both_flags_and_a_fix():
         (dict(learning_rate=float("nan")), "Settings.learning_rate (CLI --learning-rate) must be > 0"),
         (dict(temperature=0), "Settings.temperature (CLI --temperature) must be > 0"),
         (dict(warmup_ratio=1.0), "Settings.warmup_ratio must be in [0, 1)"),
-        (dict(max_completion_length=4000), "raise max_seq_length or lower one of the two"),
+        (dict(max_completion_length=4000), "exceeds max_seq_length (4096): raise max_seq_length"),
         (dict(reward_names=()), "GRPO needs at least one reward"),
     ],
 )

@@ -94,16 +94,16 @@ class Settings:
             lower = completions - completions % self.num_generations
             fits = f"{lower} or {lower + self.num_generations}" if lower else f"{self.num_generations}"
             raise SettingsError(
-                f"Settings.per_device_train_batch_size × gradient_accumulation_steps = {completions} must be a "
-                f"multiple of Settings.num_generations = {self.num_generations}: every prompt needs its whole group "
-                f"of completions. Use a batch size of {fits} (CLI --batch-size), or change num_generations "
+                f"Settings.per_device_train_batch_size × gradient_accumulation_steps ({completions}) must be a "
+                f"multiple of num_generations ({self.num_generations}): every prompt needs its whole group of "
+                f"completions. Use a batch size of {fits} (CLI --batch-size), or change num_generations "
                 "(CLI --num-generations)."
             )
         if self.max_prompt_length + self.max_completion_length > self.max_seq_length:
             raise SettingsError(
-                f"{_field('max_prompt_length')} ({self.max_prompt_length}) + {_field('max_completion_length')} "
-                f"({self.max_completion_length}) exceeds {_field('max_seq_length')} ({self.max_seq_length}): "
-                "raise max_seq_length or lower one of the two."
+                f"max_prompt_length ({self.max_prompt_length}) + max_completion_length ({self.max_completion_length})"
+                f" exceeds max_seq_length ({self.max_seq_length}): raise max_seq_length (CLI --max-seq-length) or "
+                "lower one of the two (--max-prompt-length, --max-completion-length)."
             )
         _check_range(self.warmup_ratio, "warmup_ratio", "in [0, 1)", lambda v: 0 <= v < 1)
         _check_range(self.learning_rate, "learning_rate", "> 0", lambda v: v > 0)

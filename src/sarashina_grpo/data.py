@@ -163,14 +163,16 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
     blank = [r.line for r in rows if not r.prompt]
     no_lang = [r.line for r in rows if r.prompt and not r.lang]
     if blank:
-        logger.warning("%s: skipped %d blank or NaN prompt(s) on line(s) %s.", path, len(blank), _lines(blank))
+        logger.warning("%s: skipped %d blank prompt(s) on line(s) %s (empty, spaces or NaN).", path, len(blank),
+                       _lines(blank))
     if no_lang:
         logger.warning("%s: skipped %d row(s) with no 'lang' on line(s) %s.", path, len(no_lang), _lines(no_lang))
     kept = [r for r in rows if r.prompt and r.lang == lang]
     if not kept:
         langs = sorted({r.lang for r in rows if r.lang and r.prompt})
         raise DataError(
-            f"{path}: no non-blank rows with lang == {lang!r} (found {langs or 'none'}); nothing to train on. "
+            f"{path}: no rows with lang == {lang!r} and a non-blank prompt (found {langs or 'none'}); nothing to "
+            "train on. "
             f"Add rows whose 'lang' column is {lang!r}."
         )
     seen, unique, dupes = set(), [], []
