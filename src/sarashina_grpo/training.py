@@ -163,8 +163,8 @@ def set_aside_newer(run_dir: Path, checkpoint: Path) -> None:
                            checkpoint.name)
 
 
-def write_run_info(paths: RunPaths, settings: Settings, data_path: Path) -> None:
-    info = {"settings": dataclasses.asdict(settings), "data": str(data_path)}
+def write_run_info(paths: RunPaths, settings: Settings, data_path: Path | None) -> None:
+    info = {"settings": dataclasses.asdict(settings), "data": str(Path(data_path).resolve()) if data_path else None}
     (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
@@ -180,7 +180,7 @@ def run_settings(info: dict) -> Settings:
     return Settings(**saved)
 
 
-def check_resume_settings(settings: Settings, data_path: Path, run_dir: Path) -> None:
+def check_resume_settings(settings: Settings, data_path: Path | None, run_dir: Path) -> None:
     """Refuse to continue a run with settings that change its maths; warn on harmless changes."""
     info = read_run_info(run_dir)
     if info is None:
@@ -197,7 +197,7 @@ def check_resume_settings(settings: Settings, data_path: Path, run_dir: Path) ->
         )
     for k, (a, b) in changed.items():
         logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
-    if info.get("data") and Path(info["data"]).resolve() != Path(data_path).resolve():
+    if data_path and info.get("data") and Path(info["data"]).resolve() != Path(data_path).resolve():
         logger.warning("Resuming with prompts from %s; the run started with %s.", data_path, info["data"])
 
 
@@ -225,6 +225,65 @@ def build_trainer(model, tokenizer, dataset, settings: Settings, paths: RunPaths
     return trainer
 
 
+def prepare_run(settings: Settings, artifact_dir: str | Path = DEFAULT_ARTIFACT_DIR, *, resume: str | None = None,
+                run_name: str | None = None, data_path: str | Path | None = None,
+                check_model: bool = True) -> tuple[RunPaths, Path | None]:
+    """Check settings, device, MODEL_NAME, folders and (given ``data_path``) the prompt file before any model
+    loads; return the run's folders and the checkpoint to resume from (``None`` for a fresh run).
+
+    A fresh run gets new folders and a ``run.json``; a resumed one must keep the settings that shape its maths,
+    and its checkpoint folders after the chosen one are moved aside.
+    """
+    paths, checkpoint, _ = _prepare_run(settings, artifact_dir, resume, run_name, data_path, check_model)
+    return paths, checkpoint
+
+
+def _prepare_run(settings, artifact_dir, resume, run_name, data_path, check_model):
+    from .data import check_prompts
+    from .modeling import check_device, check_model_name
+
+    settings.validate()
+    check_device(settings, training=True)
+    if check_model:
+        check_model_name(settings.model_name)
+    artifact_dir = Path(artifact_dir)
+    check_writable(artifact_dir)
+    rows = check_prompts(data_path) if data_path is not None else None
+    if resume:
+        paths, checkpoint = find_resume_checkpoint(artifact_dir, resume)
+        check_resume_settings(settings, data_path, paths.output_dir)
+        set_aside_newer(paths.output_dir, checkpoint)
+        logger.info("Resuming run %s from %s", paths.name, checkpoint)
+        return paths, checkpoint, rows
+    paths = new_run_paths(artifact_dir, run_name)
+    write_run_info(paths, settings, data_path)
+    return paths, None, rows
+
+
+def run_trainer(trainer, paths: RunPaths, checkpoint: Path | None = None):
+    """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop; return the trainer.
+
+    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None.
+    """
+    from .callbacks import GracefulInterrupt
+
+    interrupt = GracefulInterrupt()
+    trainer.add_callback(interrupt)
+    logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
+    interrupt.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        interrupt.uninstall()
+        trainer.remove_callback(interrupt)
+    trainer.interrupted = interrupt.signal_name
+    if interrupt.requested:
+        logger.warning("Stopped by %s at step %d after saving checkpoint-%d; resume with --resume %s",
+                       interrupt.signal_name, trainer.state.global_step, trainer.state.global_step, paths.name)
+    trainer.run_paths = paths
+    return trainer
+
+
 def train(
     settings: Settings,
     data_path: str | Path = DEFAULT_DATA_PATH,
@@ -234,43 +293,14 @@ def train(
     run_name: str | None = None,
     model_and_tokenizer=None,
 ):
-    """Run GRPO end to end and return the trainer (``trainer.run_paths``; ``trainer.interrupted`` names the
-    signal that stopped it early, else None). Settings, device, paths and the prompt file are all checked before
-    the model loads; Ctrl-C or SIGTERM saves a complete checkpoint, then returns."""
-    from .data import check_prompts, prompts_dataset
-    from .modeling import check_device, check_model_name, load_model
+    """Run GRPO end to end and return the trainer. Settings, device, paths and the prompt file are all checked
+    before the model loads; Ctrl-C or SIGTERM saves a complete checkpoint, then returns (see ``run_trainer``)."""
+    from .data import prompts_dataset
+    from .modeling import load_model
 
-    settings.validate()
-    check_device(settings, training=True)
-    if model_and_tokenizer is None:
-        check_model_name(settings.model_name)
-    artifact_dir, data_path = Path(artifact_dir), Path(data_path)
-    check_writable(artifact_dir)
-    rows = check_prompts(data_path)
-    checkpoint = None
-    if resume:
-        paths, checkpoint = find_resume_checkpoint(artifact_dir, resume)
-        check_resume_settings(settings, data_path, paths.output_dir)
-        set_aside_newer(paths.output_dir, checkpoint)
-        logger.info("Resuming run %s from %s", paths.name, checkpoint)
-    else:
-        paths = new_run_paths(artifact_dir, run_name)
-        write_run_info(paths, settings, data_path)
+    paths, checkpoint, rows = _prepare_run(settings, artifact_dir, resume, run_name, Path(data_path),
+                                           check_model=model_and_tokenizer is None)
     model, tokenizer = model_and_tokenizer or load_model(settings, training=True)
     dataset = prompts_dataset(rows, data_path, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
-    from .callbacks import GracefulInterrupt
-
-    interrupt = GracefulInterrupt()
-    trainer = build_trainer(model, tokenizer, dataset, settings, paths, callbacks=[interrupt])
-    logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
-    interrupt.install()
-    try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        interrupt.uninstall()
-    trainer.interrupted = interrupt.signal_name
-    if interrupt.requested:
-        logger.warning("Stopped by %s at step %d after saving checkpoint-%d; resume with --resume %s",
-                       interrupt.signal_name, trainer.state.global_step, trainer.state.global_step, paths.name)
-    trainer.run_paths = paths
-    return trainer
+    trainer = build_trainer(model, tokenizer, dataset, settings, paths)
+    return run_trainer(trainer, paths, checkpoint)

@@ -1,0 +1,85 @@
+"""Both notebooks run end to end on the tiny model on CPU, with parameters injected as papermill would."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(MODEL_NAME="tiny", LOAD_IN_4BIT=False)
+
+
+def execute(repo_root, name, tmp_path, **parameters):
+    import papermill
+
+    out = tmp_path / name
+    papermill.execute_notebook(
+        str(repo_root / "notebooks" / name), str(out), parameters=parameters,
+        cwd=str(repo_root / "notebooks"), kernel_name="python3", progress_bar=False,
+    )
+    return json.loads(out.read_text())
+
+
+def outputs_text(notebook) -> str:
+    texts = []
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            texts.append("".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", "")))
+    return "\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def finetuned(repo_root, tmp_path_factory):
+    """Run the finetuning notebook once; return (artifact dir, executed notebook)."""
+    tmp = tmp_path_factory.mktemp("finetuning")
+    artifact = tmp / "artifact"
+    nb = execute(
+        repo_root, "finetuning.ipynb", tmp, **TINY, MAX_STEPS=2, SAVE_STEPS=2, NUM_GENERATIONS=2, BATCH_SIZE=2,
+        MAX_COMPLETION_LENGTH=16, MAX_SEQ_LENGTH=2048, ARTIFACT_DIR=str(artifact), RUN_NAME="nbtest",
+    )
+    return artifact, nb
+
+
+def test_finetuning_writes_a_complete_checkpoint(finetuned):
+    artifact, _ = finetuned
+    checkpoint = artifact / "outputs" / "nbtest" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").exists() and (checkpoint / "checkpoint_complete").exists()
+
+
+def test_finetuning_writes_tensorboard_events(finetuned):
+    artifact, _ = finetuned
+    assert list((artifact / "logs" / "nbtest").glob("events.out.tfevents.*"))
+
+
+def test_finetuning_reports_finished_step(finetuned):
+    _, nb = finetuned
+    assert "finished at step 2" in outputs_text(nb)
+
+
+def test_inference_chats_with_the_checkpoint(finetuned, repo_root, tmp_path):
+    artifact, _ = finetuned
+    nb = execute(
+        repo_root, "inference.ipynb", tmp_path, **{**TINY, "MODEL_NAME": str(artifact / "outputs" / "nbtest" /
+                                                                                "checkpoint-2")},
+        MAX_NEW_TOKENS=8, CHAT_TURNS=["こんにちは", "元気？"],
+    )
+    # replies are stored as assistant turns, not system ones
+    assert "['system', 'user', 'assistant', 'user', 'assistant']" in outputs_text(nb)
+
+
+def test_inference_runs_on_the_base_tiny_model(repo_root, tmp_path):
+    nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"])
+    assert "### おはよう" in outputs_text(nb)
+
+
+def test_notebooks_are_committed_without_outputs(repo_root):
+    for name in ("finetuning.ipynb", "inference.ipynb"):
+        cells = json.loads((repo_root / "notebooks" / name).read_text())["cells"]
+        assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code")
+
+
+def test_first_code_cell_is_tagged_parameters(repo_root):
+    for name in ("finetuning.ipynb", "inference.ipynb"):
+        cells = json.loads((repo_root / "notebooks" / name).read_text())["cells"]
+        first_code = next(c for c in cells if c["cell_type"] == "code")
+        assert "parameters" in first_code["metadata"].get("tags", [])

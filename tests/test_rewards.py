@@ -1,0 +1,199 @@
+"""The three format rewards, as tables of cases, plus properties that hold for any text."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sarashina_grpo.rewards import (
+    REWARD_FUNCS,
+    get_reward_funcs,
+    soft_format_reward,
+    strict_format_reward,
+    xmlcount_reward,
+)
+
+PERFECT = "<think>\n天気を聞かれた。\n</think>\n<response>\n晴れです。\n</response>"
+
+
+def chat(text):
+    """A completion as TRL passes it for conversational datasets."""
+    return [{"role": "assistant", "content": text}]
+
+
+def score(reward, text):
+    return reward([chat(text)])[0]
+
+
+# xmlcount: 0.125 per tag that occurs exactly once, minus 0.001 per character after the last </response>
+def test_xmlcount_perfect():
+    assert score(xmlcount_reward, PERFECT) == pytest.approx(0.5)  # all four tags once, nothing after
+
+
+def test_xmlcount_missing_tag():
+    assert score(xmlcount_reward, PERFECT.replace("</think>", "")) == pytest.approx(0.375)  # three of four tags
+
+
+def test_xmlcount_doubled_tag():
+    assert score(xmlcount_reward, "<think>\n<think>\na\n</think>\n<response>\nb\n</response>") == pytest.approx(0.375)
+
+
+def test_xmlcount_wrong_order_still_counts_tags():
+    assert score(xmlcount_reward, "<response>\nb\n</response>\n<think>\na\n</think>") == pytest.approx(
+        0.5 - 0.001 * len("\n<think>\na\n</think>")
+    )  # counting ignores order; text after </response> is penalised
+
+
+def test_xmlcount_trailing_text():
+    assert score(xmlcount_reward, PERFECT + "\nおまけ") == pytest.approx(0.5 - 0.004)  # 4 characters after
+
+
+def test_xmlcount_trailing_after_last_response_only():
+    text = "<think>\na\n</think>\n<response>\nb\n</response>x</response>yz"
+    assert score(xmlcount_reward, text) == pytest.approx(0.375 - 0.002)  # </response> twice; 2 chars after the last
+
+
+def test_xmlcount_no_newlines():
+    assert score(xmlcount_reward, "<think>a</think><response>b</response>") == pytest.approx(0.5)  # tags, not lines
+
+
+def test_xmlcount_empty():
+    assert score(xmlcount_reward, "") == 0.0  # nothing to count
+
+
+def test_xmlcount_english_text_is_not_its_business():
+    assert score(xmlcount_reward, "<think>\nHello\n</think>\n<response>\nHi\n</response>") == pytest.approx(0.5)
+
+
+# soft: 0.5 when the four tags occur in order, anything between
+def test_soft_perfect():
+    assert score(soft_format_reward, PERFECT) == 0.5  # the strict layout is also in order
+
+
+def test_soft_no_newlines():
+    assert score(soft_format_reward, "<think>a</think><response>b</response>") == 0.5  # newlines optional
+
+
+def test_soft_text_between_and_around():
+    assert score(soft_format_reward, "はい。<think>a\nb</think>\nそして\n<response>c</response>以上") == 0.5
+
+
+def test_soft_missing_tag():
+    assert score(soft_format_reward, "<think>a</think><response>b") == 0.0  # no </response>
+
+
+def test_soft_wrong_order():
+    assert score(soft_format_reward, "<response>b</response><think>a</think>") == 0.0  # answer before thinking
+
+
+def test_soft_empty():
+    assert score(soft_format_reward, "") == 0.0
+
+
+def test_soft_english():
+    assert score(soft_format_reward, "<think>Let me see</think><response>Fine</response>") == 0.5  # format only
+
+
+# strict: 0.5 only for exactly "<think>\n…\n</think>\n<response>\n…\n</response>"
+def test_strict_perfect():
+    assert score(strict_format_reward, PERFECT) == 0.5
+
+
+def test_strict_multiline_thinking():
+    assert score(strict_format_reward, "<think>\n一行目\n二行目\n</think>\n<response>\n答え\n</response>") == 0.5
+
+
+def test_strict_no_newlines():
+    assert score(strict_format_reward, "<think>a</think><response>b</response>") == 0.0  # newlines are required
+
+
+def test_strict_missing_newline_between_blocks():
+    assert score(strict_format_reward, "<think>\na\n</think><response>\nb\n</response>") == 0.0
+
+
+def test_strict_trailing_text():
+    assert score(strict_format_reward, PERFECT + "\nおまけ") == 0.0  # nothing may follow </response>
+
+
+def test_strict_leading_text():
+    assert score(strict_format_reward, "はい。\n" + PERFECT) == 0.0  # nothing may precede <think>
+
+
+def test_strict_doubled_response_block():
+    assert score(strict_format_reward, PERFECT + "\n<response>\nもう一度\n</response>") == 0.0  # each tag once
+
+
+def test_strict_missing_tag():
+    assert score(strict_format_reward, PERFECT.replace("<think>\n", "")) == 0.0
+
+
+def test_strict_wrong_order():
+    assert score(strict_format_reward, "<response>\nb\n</response>\n<think>\na\n</think>") == 0.0
+
+
+def test_strict_empty():
+    assert score(strict_format_reward, "") == 0.0
+
+
+def test_strict_english():
+    assert score(strict_format_reward, "<think>\nHmm\n</think>\n<response>\nYes\n</response>") == 0.5  # format only
+
+
+# input shapes TRL may pass
+def test_plain_string_completions():
+    assert xmlcount_reward([PERFECT]) == [pytest.approx(0.5)]  # non-conversational datasets pass strings
+
+
+def test_one_value_per_completion():
+    assert len(strict_format_reward([chat(PERFECT), chat(""), chat("x")])) == 3
+
+
+def test_missing_content_key_scores_as_empty():
+    assert strict_format_reward([[{"role": "assistant"}]]) == [0.0]
+
+
+def test_extra_dataset_columns_are_accepted():
+    assert soft_format_reward([chat(PERFECT)], prompts=[[]], lang=["ja"]) == [0.5]  # TRL passes columns by name
+
+
+# registry
+def test_registry_names_match_function_names():
+    assert all(fn.__name__ == f"{name}_reward" for name, fn in REWARD_FUNCS.items())
+
+
+def test_get_reward_funcs_accepts_comma_string():
+    assert get_reward_funcs("xmlcount,strict_format") == [xmlcount_reward, strict_format_reward]
+
+
+def test_unknown_reward_lists_valid_names():
+    with pytest.raises(KeyError, match="strict_format"):
+        get_reward_funcs(["xmlcount", "nope"])
+
+
+# properties for any text
+FORMAT_REWARDS = [soft_format_reward, strict_format_reward]
+tagged_text = st.lists(
+    st.one_of(st.text(max_size=20), st.sampled_from(["<think>", "</think>", "<response>", "</response>", "\n"])),
+    max_size=12,
+).map("".join)
+
+
+@given(text=st.one_of(st.text(), tagged_text))
+def test_xmlcount_bounds(text):
+    value = score(xmlcount_reward, text)
+    assert -0.001 * len(text) - 1e-9 <= value <= 0.5 + 1e-9
+
+
+@given(text=st.one_of(st.text(), tagged_text))
+def test_format_rewards_are_zero_or_half(text):
+    assert all(score(reward, text) in (0.0, 0.5) for reward in FORMAT_REWARDS)
+
+
+@given(text=st.one_of(st.text(), tagged_text))
+def test_strict_implies_soft(text):
+    assert score(strict_format_reward, text) <= score(soft_format_reward, text)
+
+
+@given(think=st.text().filter(lambda s: "<" not in s), response=st.text().filter(lambda s: "<" not in s))
+def test_strict_layout_always_earns_full_format_reward(think, response):
+    text = f"<think>\n{think}\n</think>\n<response>\n{response}\n</response>"
+    assert (score(strict_format_reward, text), score(xmlcount_reward, text)) == (0.5, pytest.approx(0.5))

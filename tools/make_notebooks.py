@@ -1,0 +1,181 @@
+"""Regenerate notebooks/finetuning.ipynb and notebooks/inference.ipynb from the cell sources below.
+
+    uv run python tools/make_notebooks.py
+
+The notebooks are the user's surface; keeping their source here makes review and diffs readable. Outputs are never
+committed (nbstripout).
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def parameters(source: str):
+    cell = new_code_cell(source.strip())
+    cell.metadata["tags"] = ["parameters"]  # papermill injects overrides after this cell
+    return cell
+
+
+def md(source: str):
+    return new_markdown_cell(source.strip())
+
+
+def code(source: str):
+    return new_code_cell(source.strip())
+
+
+FINETUNING = [
+    md("""
+# GRPO fine-tuning: think before answering
+
+Teaches Sarashina 2.2 3B instruct to answer as `<think>\\n…\\n</think>\\n<response>\\n…\\n</response>` with
+Unsloth (4-bit + LoRA) and TRL's `GRPOTrainer`. Set the parameters below and **Run All**. With a CUDA GPU and the
+defaults this is the article's run (500 steps); without one, set `MODEL_NAME = "tiny"` and `LOAD_IN_4BIT = False`
+for a CPU smoke run. Watch rewards with `tensorboard --logdir artifact/logs`.
+"""),
+    parameters("""
+MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"  # or "tiny" (offline test model) or a local folder
+LOAD_IN_4BIT = True  # QLoRA; needs a CUDA GPU
+USE_VLLM = False  # Unsloth fast_inference; needs `uv sync --extra vllm`
+MAX_STEPS = 500
+SAVE_STEPS = 250
+NUM_GENERATIONS = 6  # completions per prompt (the GRPO group)
+BATCH_SIZE = 6  # completions per step; a multiple of NUM_GENERATIONS
+MAX_COMPLETION_LENGTH = 512
+MAX_SEQ_LENGTH = 4096
+LEARNING_RATE = 5e-6
+REWARDS = "xmlcount,soft_format,strict_format"
+DATA_PATH = "../datasets/smalltalk.csv"
+ARTIFACT_DIR = "../artifact"  # logs/<run>/ and outputs/<run>/checkpoint-N go here
+RUN_NAME = None  # default: a timestamp
+RESUME = None  # "latest", a run name, or a checkpoint folder to continue from
+"""),
+    md("## Settings\nEverything below derives from the parameters; the defaults are the article's."),
+    code("""
+import logging
+
+import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
+
+from sarashina_grpo.config import Settings
+from sarashina_grpo.training import build_trainer, prepare_run, run_trainer
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+settings = Settings(
+    model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM, max_steps=MAX_STEPS,
+    save_steps=SAVE_STEPS, num_generations=NUM_GENERATIONS, per_device_train_batch_size=BATCH_SIZE,
+    max_completion_length=MAX_COMPLETION_LENGTH, max_seq_length=MAX_SEQ_LENGTH, learning_rate=LEARNING_RATE,
+    reward_names=tuple(REWARDS.split(",")),
+)
+paths, checkpoint = prepare_run(settings, ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME)  # fails fast
+paths
+"""),
+    md("## Model + LoRA\nUnsloth loads the model (4-bit on a GPU) and attaches LoRA r=32 to the seven projections."),
+    code("""
+from sarashina_grpo.modeling import load_model
+
+model, tokenizer = load_model(settings)
+model.print_trainable_parameters()
+"""),
+    md("## Prompts\nJapanese rows of the CSV become `[system, user]` chat prompts; the system prompt asks for tags."),
+    code("""
+from sarashina_grpo.data import load_prompts
+
+dataset = load_prompts(DATA_PATH, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
+print(len(dataset), "prompts")
+print(tokenizer.apply_chat_template(dataset[0]["prompt"], tokenize=False, add_generation_prompt=True))
+"""),
+    md("## Rewards\nWhat each reward gives a well-formed and a sloppy answer."),
+    code("""
+from sarashina_grpo.rewards import get_reward_funcs
+
+examples = [
+    "<think>\\n週末の予定を聞かれた。\\n</think>\\n<response>\\n散歩はいかがですか。\\n</response>",
+    "<think>週末</think> <response>散歩</response> おまけ",
+]
+for reward in get_reward_funcs(settings.reward_names):
+    print(f"{reward.__name__:24s}", reward(examples))
+"""),
+    md("## Trainer"),
+    code("""
+trainer = build_trainer(model, tokenizer, dataset, settings, paths)
+"""),
+    md('## Train\nCtrl-C / *Interrupt kernel* saves a checkpoint and stops; set `RESUME = "latest"` to continue.'),
+    code("""
+trainer = run_trainer(trainer, paths, checkpoint)
+print("finished at step", trainer.state.global_step)
+"""),
+    md("## Where things are\nPoint the inference notebook's `MODEL_NAME` at one of these checkpoints."),
+    code("""
+from sarashina_grpo.training import complete_checkpoints
+
+print("TensorBoard:", paths.log_dir)
+for path in complete_checkpoints(paths.output_dir):
+    print("checkpoint:", path)
+"""),
+]
+
+INFERENCE = [
+    md("""
+# Inference: chat with the base model or a checkpoint
+
+Set `MODEL_NAME` to the base model or to a training checkpoint (`../artifact/outputs/<run>/checkpoint-500`) and
+**Run All**. Replies are kept in the history as `assistant` turns.
+"""),
+    parameters("""
+MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"  # or "../artifact/outputs/<run>/checkpoint-500", "tiny"
+LOAD_IN_4BIT = True
+USE_VLLM = False
+MAX_NEW_TOKENS = 512
+DO_SAMPLE = False  # greedy: the same answer each run
+PROMPTS = ["こんにちは！今日はいい天気ですね。", "おすすめの休日の過ごし方を教えてください。"]
+CHAT_TURNS = ["週末に京都へ行きます。", "二日目はどこへ行くといいですか？"]
+"""),
+    md("## Model"),
+    code("""
+import logging
+
+import unsloth  # noqa: F401
+
+from sarashina_grpo.config import Settings
+from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+settings = Settings(model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+model, tokenizer = load_for_inference(settings)
+gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
+"""),
+    md("## Single prompts, scored by the rewards"),
+    code("""
+from sarashina_grpo.rewards import REWARD_FUNCS
+
+replies = answer(model, tokenizer, PROMPTS, gen, progress=True)
+for prompt, reply in zip(PROMPTS, replies):
+    scores = {name: round(fn([reply])[0], 3) for name, fn in REWARD_FUNCS.items()}
+    print(f"### {prompt}\\n{reply}\\n{scores}\\n")
+"""),
+    md("## Multi-turn chat"),
+    code("""
+chat = Chat(model, tokenizer, gen=gen)
+for turn in CHAT_TURNS:
+    print("user:", turn)
+    print("assistant:", chat.say(turn), "\\n")
+[m["role"] for m in chat.messages]
+"""),
+]
+
+
+def write(name: str, cells) -> None:
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    NOTEBOOKS.mkdir(exist_ok=True)
+    nbformat.write(nb, NOTEBOOKS / name)
+
+
+if __name__ == "__main__":
+    write("finetuning.ipynb", FINETUNING)
+    write("inference.ipynb", INFERENCE)
