@@ -68,7 +68,7 @@ def texts_of(completions: Iterable) -> list[str]:
 
 def xmlcount_score(text: str) -> float:
     """0.125 per tag present exactly once, minus 0.001 per character after the last </response>."""
-    score = sum(TAG_REWARD for tag in TAGS if text.count(tag) == 1)
+    score = sum((TAG_REWARD for tag in TAGS if text.count(tag) == 1), 0.0)  # 0.0, not int 0, with no tag
     end = text.rfind("</response>")
     if end != -1:
         score -= TRAILING_PENALTY_PER_CHAR * len(text[end + len("</response>"):])
