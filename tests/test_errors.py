@@ -115,9 +115,23 @@ def test_shift_jis_file_is_decoded_with_a_warning(write_csv, caplog):
     assert "decoded it as Shift_JIS (cp932)" in warnings_of(caplog)
 
 
-def test_undecodable_file_says_which_encoding_was_expected(write_csv):
-    message = error_of(read_rows, write_csv(b"prompt,lang\n\x80\xff\xfe\x81,ja\n"))
-    assert "not valid UTF-8" in message and "Save the file as UTF-8" in message
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"prompt,lang\n\x80\xff\xfe\x81,ja\n",  # bytes that are neither UTF-8 nor cp932
+        b"prompt,lang\n\x80\xff,ja\n",  # cp932 would "decode" these to control/private-use characters
+        "prompt,lang\ncafé à la crème,fr\n".encode("latin-1"),  # a European export
+        "prompt,lang\nこんにちは,ja\n".encode("utf-16-le"),  # UTF-16 without its BOM
+    ],
+    ids=["garbage", "cp932-lookalike", "latin-1", "utf16-no-bom"],
+)
+def test_undecodable_file_says_which_encoding_was_expected(write_csv, raw):
+    message = error_of(read_rows, write_csv(raw))
+    assert "not valid UTF-8" in message and "nor Shift_JIS/cp932" in message and "Save the file as UTF-8" in message
+
+
+def test_excel_workbook_is_told_to_export_csv(write_csv):
+    assert "is an Excel workbook or zip, not a CSV" in error_of(read_rows, write_csv(b"PK\x03\x04\x14\x00", "p.xlsx"))
 
 
 def test_utf8_bom_just_works(write_csv, caplog):

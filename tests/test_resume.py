@@ -190,6 +190,22 @@ def expected_learning_rate(step: int, base: float = 5e-6, warmup_ratio: float = 
     return base * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (MAX_STEPS - warmup)))
 
 
+OPTIMIZER_MARK = 1000
+
+
+def mark_optimizer_steps(checkpoint: Path, offset: int) -> None:
+    """Add ``offset`` to AdamW's own step counters in the checkpoint, so the final counters show where the
+    optimizer state came from: this checkpoint (offset + MAX_STEPS), a fresh optimizer (MAX_STEPS - k), or a
+    run restarted from scratch (MAX_STEPS)."""
+    import torch
+
+    path = checkpoint / "optimizer.pt"
+    state = torch.load(path, weights_only=False)
+    for param_state in state["state"].values():
+        param_state["step"] = param_state["step"] + offset
+    torch.save(state, path)
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
     """Run 'r' is SIGKILLed right after its first complete checkpoint, given two bogus newer checkpoint folders,
@@ -198,19 +214,22 @@ def killed_and_resumed(tmp_path_factory):
     run = artifact / "outputs" / "r"
     log = artifact / "first.log"
     first = start_cli(*TRAIN, "--artifact-dir", artifact, "--run-name", "r", log=log)
-    done = wait_for(lambda: complete_checkpoints(run), first, log)
+    wait_for(lambda: complete_checkpoints(run), first, log)
     first.send_signal(signal.SIGKILL)
     first.wait(60)
     assert not (run / f"checkpoint-{MAX_STEPS}").exists(), "the run finished before it could be killed"
     killed_at = max(int(p.name.split("-")[1]) for p in complete_checkpoints(run))
-    before = {p.name: snapshot(p) for p in done}
+    mark_optimizer_steps(run / f"checkpoint-{killed_at}", OPTIMIZER_MARK)
+    history = state_of(run / f"checkpoint-{killed_at}")["log_history"]
+    before = {p.name: snapshot(p) for p in complete_checkpoints(run)}
     bogus_steps = (MAX_STEPS + 40, MAX_STEPS + 50)
     make_checkpoint(run, bogus_steps[0], marker=False)  # half-written: killed while saving
     make_checkpoint(run, bogus_steps[1], state=False)  # marker but files missing
     log = artifact / "resume.log"
     code, output = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", log=log), log)
     assert code == 0, output[-3000:]
-    return dict(artifact=artifact, run=run, killed_at=killed_at, before=before, output=output, bogus=bogus_steps)
+    return dict(artifact=artifact, run=run, killed_at=killed_at, before=before, output=output, bogus=bogus_steps,
+                history=history)
 
 
 @pytest.mark.slow
@@ -226,6 +245,8 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint_and_reaches_the_pl
 def test_resume_continues_the_step_count_without_gaps_or_repeats(killed_and_resumed):
     history = state_of(killed_and_resumed["run"] / f"checkpoint-{MAX_STEPS}")["log_history"]
     assert [h["step"] for h in history if "loss" in h] == list(range(1, MAX_STEPS + 1))
+    # The steps before the crash are the killed process's own records, carried over, not trained again.
+    assert history[: len(killed_and_resumed["history"])] == killed_and_resumed["history"]
 
 
 @pytest.mark.slow
@@ -243,9 +264,8 @@ def test_resume_restores_optimizer_and_scheduler_state(killed_and_resumed):
     final = killed_and_resumed["run"] / f"checkpoint-{MAX_STEPS}"
     optimizer = torch.load(final / "optimizer.pt", weights_only=False)
     scheduler = torch.load(final / "scheduler.pt", weights_only=False)
-    # AdamW counts its own steps: a fresh optimizer after checkpoint-k would end at MAX_STEPS - k.
-    assert {float(s["step"]) for s in optimizer["state"].values()} == {float(MAX_STEPS)}
-    assert scheduler["last_epoch"] == MAX_STEPS
+    assert {float(s["step"]) for s in optimizer["state"].values()} == {float(OPTIMIZER_MARK + MAX_STEPS)}
+    assert scheduler["last_epoch"] == MAX_STEPS  # a fresh scheduler would end at MAX_STEPS - k
 
 
 @pytest.mark.slow

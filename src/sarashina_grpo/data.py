@@ -45,6 +45,7 @@ LANG_SUGGESTIONS = {
 # Cells pandas reads as NaN (and writes back as these words with na_rep): treated as blank, never as a prompt.
 NA_MARKERS = frozenset({"nan", "none", "null", "na", "n/a", "#n/a"})
 MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
+UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
 
 
 class DataError(ValueError):
@@ -67,18 +68,23 @@ def _lines(lines: list[int]) -> str:
 def read_text(path: Path) -> str:
     """The file's text: UTF-8 (a BOM is fine) or UTF-16 with a BOM, else cp932/Shift_JIS with a warning."""
     raw = path.read_bytes()
+    if raw.startswith(b"PK\x03\x04"):  # a zip: what an .xlsx workbook is
+        raise DataError(f"{path} is an Excel workbook or zip, not a CSV. In Excel use Save As > 'CSV UTF-8'.")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text" export
         return raw.decode("utf-16")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as utf8_err:
+        expected = (f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
+                    "Save the file as UTF-8 (Excel: 'CSV UTF-8').")
         try:
             text = raw.decode("cp932")  # cp932 is Windows' superset of Shift_JIS, what Excel writes in Japan
         except UnicodeDecodeError:
-            raise DataError(
-                f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
-                "Save the file as UTF-8 (Excel: 'CSV UTF-8')."
-            ) from None
+            raise DataError(expected) from None
+        # cp932 maps a few bytes no Japanese text uses (0x80, 0xA0, 0xFD-0xFF) to control or private-use
+        # characters: seeing them means the guess is wrong (Latin-1, UTF-16 without BOM, a binary file).
+        if UNLIKELY_CP932.search(text):
+            raise DataError(expected) from None
         logger.warning("%s is not UTF-8; decoded it as Shift_JIS (cp932). Save it as UTF-8 to avoid guessing.", path)
         return text
 
