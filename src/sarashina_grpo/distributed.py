@@ -151,6 +151,24 @@ def train_distributed(settings: Settings, data_path, artifact_dir, *, backend: s
     return run_trainer(trainer, paths, checkpoint)
 
 
+def lora_fingerprint(state_dict) -> dict:
+    """sha256 over LoRA tensors (sorted by name) and the total |lora_B| (zero until a step moves it).
+
+    Compare it across ranks (``get_peft_model_state_dict(model)``) or with a checkpoint's
+    ``adapter_model.safetensors``: data-parallel replicas that stay in sync have equal digests."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    lora_b = 0.0
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().float().cpu()
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+        if "lora_B" in name:
+            lora_b += tensor.abs().sum().item()
+    return {"sha256": digest.hexdigest(), "lora_b_abs_sum": lora_b, "tensors": len(state_dict)}
+
+
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_train_arguments
 
@@ -207,11 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     level = (logging.DEBUG if args.verbose else logging.INFO) if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from .data import DataError
+
     try:
         settings = settings_from_distributed_args(args)
         trainer = train_distributed(settings, args.data, args.artifact_dir, backend=args.backend,
                                     resume=args.resume, run_name=args.run_name)
-    except SettingsError as err:
+    except (SettingsError, DataError) as err:  # bad settings or prompts: a message, not a traceback per rank
         print(f"error: {err}", file=sys.stderr)
         return 2
     if trainer.accelerator.is_main_process:
