@@ -113,3 +113,53 @@ def test_checkpoint_holds_the_synchronised_weights(ddp_run):
     saved = load_file(artifact_dir / "outputs" / "ddp" / f"checkpoint-{STEPS}" / "adapter_model.safetensors")
     # why: what rank 0 saved is exactly what every rank ends with
     assert lora_fingerprint(saved)["sha256"] == ranks[0]["sha256"]
+
+
+def distributed_settings(*argv):
+    from sarashina_grpo.distributed import build_parser, settings_from_distributed_args
+
+    return settings_from_distributed_args(build_parser().parse_args(["--model", "tiny", "--no-4bit", *argv]))
+
+
+def test_default_backend_is_plain_trl_peft():
+    from sarashina_grpo.distributed import build_parser
+
+    # why: Unsloth's GPU data-parallel path is not proven in this repository, so it is opt-in
+    assert build_parser().parse_args([]).backend == "trl-peft"
+
+
+def test_ddp_skips_the_unused_parameter_search():
+    # why: every LoRA weight gets a gradient each step; the search costs a graph walk per step
+    assert distributed_settings().extra_grpo_args["ddp_find_unused_parameters"] is False
+
+
+def test_vllm_server_mode_reaches_grpo_config():
+    extra = distributed_settings("--vllm", "--vllm-mode", "server",
+                                 "--vllm-server-base-url", "http://10.0.0.1:8000").extra_grpo_args
+    # why: the training ranks must send generation to the separate `trl vllm-serve` process
+    assert (extra["vllm_mode"], extra["vllm_server_base_url"]) == ("server", "http://10.0.0.1:8000")
+
+
+def test_vllm_server_mode_without_vllm_is_refused():
+    from sarashina_grpo.config import SettingsError
+
+    # why: server mode alone would silently train with generation inside each rank
+    with pytest.raises(SettingsError, match="--vllm"):
+        distributed_settings("--vllm-mode", "server")
+
+
+def test_vllm_server_mode_is_refused_for_unsloth():
+    from sarashina_grpo.config import SettingsError
+
+    # why: Unsloth generates through its own colocated vLLM (fast_inference), not TRL's server client
+    with pytest.raises(SettingsError, match="trl-peft"):
+        distributed_settings("--vllm", "--vllm-mode", "server", "--backend", "unsloth")
+
+
+@pytest.mark.parametrize(("name", "kind"), [("multi_gpu.yaml", "MULTI_GPU"), ("deepspeed_zero2.yaml", "DEEPSPEED")])
+def test_accelerate_configs_load(repo_root, name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(repo_root / "configs" / "accelerate" / name))
+    # why: a typo in a config file would only show on a multi-GPU machine
+    assert (config.distributed_type.name, config.num_machines) == (kind, 1)
