@@ -126,9 +126,14 @@ def shared_run_paths(settings: Settings, artifact_dir: Path, *, resume: str | No
     with state.main_process_first():  # the main process builds the tiny model; the others then find it
         resolve_model_name(settings.model_name)
     if state.is_main_process:
-        decided[0] = prepare_run(settings, artifact_dir, resume=resume, run_name=run_name)
+        try:
+            decided[0] = prepare_run(settings, artifact_dir, resume=resume, run_name=run_name)
+        except SettingsError as err:  # e.g. nothing to resume: every rank reports it, none waits for folders
+            decided[0] = err
     if state.num_processes > 1:
         broadcast_object_list(decided, from_process=0)
+    if isinstance(decided[0], SettingsError):
+        raise decided[0]
     return decided[0]
 
 
