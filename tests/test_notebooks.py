@@ -11,11 +11,14 @@ TINY = dict(MODEL_NAME="tiny", LOAD_IN_4BIT=False)
 
 def execute(repo_root, name, tmp_path, **parameters):
     import papermill
+    from jupyter_client import KernelManager
 
     out = tmp_path / name
+    # IPC sockets in tmp_path: TCP ports picked at random can collide with other kernels started at the same time.
+    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
     papermill.execute_notebook(
         str(repo_root / "notebooks" / name), str(out), parameters=parameters,
-        cwd=str(repo_root / "notebooks"), kernel_name="python3", progress_bar=False,
+        cwd=str(repo_root / "notebooks"), kernel_name="python3", progress_bar=False, km=kernel,
     )
     return json.loads(out.read_text())
 
