@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL_DIR = REPO_ROOT / "artifact" / "models" / "tiny"
+MODEL_FILES = ("config.json",)
+ADAPTER_FILES = ("adapter_config.json",)
+# A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -52,9 +55,9 @@ def check_model_name(name: str) -> None:
     if not path.is_dir():
         raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
     has = {f.name for f in path.iterdir()}
-    if "adapter_config.json" in has and has & set(ADAPTER_WEIGHT_FILES):
+    if has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES):
         return
-    if "config.json" in has and has & set(WEIGHT_FILES):
+    if has & set(MODEL_FILES) and has & set(WEIGHT_FILES):
         return
     complete = sorted((p for p in path.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()),
                       key=lambda p: int(p.name.split("-")[1]))
