@@ -14,7 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_MODEL_NAME, Settings, SettingsError
+from . import bench
+from .config import DEFAULT_MODEL_NAME, ROLLOUTS, Settings, SettingsError
 
 logger = logging.getLogger("sarashina_grpo")
 DEFAULTS = Settings()
@@ -52,6 +53,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     parser.add_argument("--lora-rank", type=int, default=DEFAULTS.lora_rank)
     parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
+    parser.add_argument("--rollout", choices=list(ROLLOUTS), default=DEFAULTS.rollout,
+                        help="how completions are generated: 'fast' = static KV cache + CUDA graphs "
+                             "(docs/benchmarks), 'default' = the article's Unsloth path")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--rewards", default=",".join(DEFAULTS.reward_names),
                         help="comma-separated reward names from the registry")
@@ -81,6 +85,7 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
             per_device_train_batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
             max_completion_length=args.max_completion_length, learning_rate=args.learning_rate,
             lora_rank=args.lora_rank, lora_alpha=args.lora_rank, temperature=args.temperature, seed=args.seed,
+            rollout=args.rollout,
             reward_names=tuple(n.strip() for n in args.rewards.split(",") if n.strip()),
         )
     if base is None:
@@ -165,6 +170,7 @@ COMMANDS = {
     "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
     "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)", add_build_tiny_arguments,
                    run_build_tiny),
+    "bench": (bench.HELP, bench.add_arguments, bench.run),
 }
 
 

@@ -28,6 +28,13 @@ SYSTEM_PROMPT = (
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_REWARDS = ("xmlcount", "soft_format", "strict_format")
+# How completions are generated during training (docs/benchmarks/README.md has the measurements):
+ROLLOUTS = {
+    "default": "the article's path: Unsloth's generate inside TRL's GRPOTrainer",
+    "fast": "static KV cache + one CUDA graph per decoded token (sarashina_grpo.rollout); same sampling and loss",
+    "static": "TRL generate with cache_implementation='static' (measured, slower than 'fast')",
+    "paged": "TRL's transformers continuous batching (use_transformers_continuous_batching; measured)",
+}
 
 
 class SettingsError(ValueError):
@@ -63,6 +70,7 @@ class Settings:
     logging_steps: int = 1
     max_grad_norm: float = 0.1  # small: GRPO updates on few samples are noisy
     temperature: float = 1.0
+    rollout: str = "default"  # one of ROLLOUTS; "fast" keeps prompts, sampling, rewards, loss and LoRA targets
     seed: int = 3407
     reward_names: tuple[str, ...] = DEFAULT_REWARDS
     extra_grpo_args: dict = field(default_factory=dict)  # passed through to GRPOConfig unchanged
@@ -109,6 +117,15 @@ class Settings:
         _check_range(self.learning_rate, "learning_rate", "> 0", lambda v: v > 0)
         _check_range(self.temperature, "temperature", "> 0", lambda v: v > 0)
         _check_range(self.gpu_memory_utilization, "gpu_memory_utilization", "in (0, 1]", lambda v: 0 < v <= 1)
+        if self.rollout not in ROLLOUTS:
+            raise SettingsError(
+                f"Settings.rollout must be one of {', '.join(map(repr, ROLLOUTS))}, got {self.rollout!r}."
+            )
+        if self.use_vllm and self.rollout != "default":
+            raise SettingsError(
+                f"Settings.rollout={self.rollout!r} and use_vllm are alternatives: vLLM is its own rollout engine. "
+                "Keep rollout='default' with use_vllm, or turn use_vllm off."
+            )
         if not self.reward_names:
             raise SettingsError(f"{_field('reward_names')} is empty: GRPO needs at least one reward.")
         from .rewards import get_reward_funcs
@@ -172,6 +189,11 @@ def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bo
         use_cpu=use_cpu,
         report_to="tensorboard",
     )
+    if settings.rollout == "static":
+        args["cache_implementation"] = "static"
+    elif settings.rollout == "paged":
+        args["use_transformers_continuous_batching"] = True
+    # rollout="fast" needs no GRPOConfig change: build_trainer swaps in sarashina_grpo.rollout's generation.
     args.update(settings.extra_grpo_args)
     args.update(overrides)
     return GRPOConfig(**args)

@@ -222,6 +222,10 @@ def build_trainer(model, tokenizer, dataset, settings: Settings, paths: RunPaths
         callbacks=[sample_logger, CheckpointMarker(), *callbacks],
     )
     sample_logger.trainer = trainer
+    if settings.rollout == "fast":
+        from .rollout import install
+
+        install(trainer)
     return trainer
 
 
