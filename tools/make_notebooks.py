@@ -41,6 +41,7 @@ for a CPU smoke run. Watch rewards with `tensorboard --logdir artifact/logs`.
 MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"  # or "tiny" (offline test model) or a local folder
 LOAD_IN_4BIT = True  # QLoRA; needs a CUDA GPU
 USE_VLLM = False  # Unsloth fast_inference; needs `uv sync --extra vllm`
+ROLLOUT = "default"  # "fast": static KV cache + CUDA graphs for generation (README, Speed)
 MAX_STEPS = 500
 SAVE_STEPS = 250
 NUM_GENERATIONS = 6  # completions per prompt (the GRPO group)
@@ -65,12 +66,13 @@ from sarashina_grpo.training import build_trainer, prepare_run, run_trainer
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 settings = Settings(
-    model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM, max_steps=MAX_STEPS,
+    model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM, rollout=ROLLOUT, max_steps=MAX_STEPS,
     save_steps=SAVE_STEPS, num_generations=NUM_GENERATIONS, per_device_train_batch_size=BATCH_SIZE,
     max_completion_length=MAX_COMPLETION_LENGTH, max_seq_length=MAX_SEQ_LENGTH, learning_rate=LEARNING_RATE,
     reward_names=tuple(REWARDS.split(",")),
 )
-paths, checkpoint = prepare_run(settings, ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME)  # fails fast
+# Checks settings, device, model name, folders and the prompt file now, before minutes of model loading.
+paths, checkpoint = prepare_run(settings, ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME, data_path=DATA_PATH)
 paths
 """),
     md("## Model + LoRA\nUnsloth loads the model (4-bit on a GPU) and attaches LoRA r=32 to the seven projections."),
@@ -194,6 +196,8 @@ if COMPARE_WITH:
 
 def write(name: str, cells) -> None:
     nb = new_notebook(cells=cells)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{name.split('.')[0]}-{i:02d}"  # stable ids: regenerating leaves unchanged cells unchanged
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     NOTEBOOKS.mkdir(exist_ok=True)

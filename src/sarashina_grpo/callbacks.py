@@ -1,4 +1,4 @@
-"""Trainer callbacks: sample printing, complete-checkpoint markers, and Ctrl-C that saves before it stops."""
+"""Trainer callbacks: sample printing, complete-checkpoint markers, and Ctrl-C/SIGTERM that save, then stop."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .modeling import COMPLETE_MARKER  # written last, so a folder without it is a half-written save
+
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "checkpoint_complete"  # written last, so a folder without it is a half-written save
 
 
 class SampleLogger(TrainerCallback):
@@ -46,28 +47,37 @@ class CheckpointMarker(TrainerCallback):
 
 
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C (SIGINT): finish the current step, save a checkpoint, stop. A second one aborts at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop. A second one aborts.
+
+    SIGTERM is what schedulers and `docker stop` send before killing, so it gets the same grace.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name = None
+        self._previous = {}
 
     def install(self) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread (e.g. some notebook runners): keep the default behaviour
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook runners): keep the default behaviour
+                pass
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        logger.warning("Interrupted: saving a checkpoint after this step, then stopping (Ctrl-C again to abort).")
+        self.signal_name = signal.Signals(signum).name
+        logger.warning("%s: saving a checkpoint after this step, then stopping (Ctrl-C again to abort without "
+                       "saving).", self.signal_name)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:

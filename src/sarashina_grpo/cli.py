@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from .config import DEFAULT_MODEL_NAME, Settings, SettingsError
+from . import bench
+from .config import DEFAULT_MODEL_NAME, ROLLOUTS, Settings, SettingsError
 
 logger = logging.getLogger("sarashina_grpo")
 DEFAULTS = Settings()
@@ -52,12 +54,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     parser.add_argument("--lora-rank", type=int, default=DEFAULTS.lora_rank)
     parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
+    parser.add_argument("--rollout", choices=list(ROLLOUTS), default=DEFAULTS.rollout,
+                        help="how completions are generated: 'fast' = static KV cache + CUDA graphs "
+                             "(docs/benchmarks), 'default' = the article's Unsloth path")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--rewards", default=",".join(DEFAULTS.reward_names),
                         help="comma-separated reward names from the registry")
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+# Flags that set more (or other) Settings fields than their own name.
+DEST_FIELDS = {"model": ("model_name",), "batch_size": ("per_device_train_batch_size",),
+               "lora_rank": ("lora_rank", "lora_alpha"), "rewards": ("reward_names",)}
+# Machine-dependent: a resumed run takes them from this machine, not from the run's record.
+MACHINE_FIELDS = {"load_in_4bit", "use_vllm"}
+
+
+def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -> Settings:
+    """Settings from the flags; with ``base`` (a resumed run's settings), only flags given explicitly override it."""
     from .modeling import cuda_available
 
     load_in_4bit = args.load_in_4bit
@@ -73,18 +86,46 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             per_device_train_batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
             max_completion_length=args.max_completion_length, learning_rate=args.learning_rate,
             lora_rank=args.lora_rank, lora_alpha=args.lora_rank, temperature=args.temperature, seed=args.seed,
+            rollout=args.rollout,
             reward_names=tuple(n.strip() for n in args.rewards.split(",") if n.strip()),
         )
-    return Settings(**fields).validate()
+    if base is None:
+        return Settings(**fields).validate()
+    given = {f for dest in explicit_dests(args) for f in DEST_FIELDS.get(dest, (dest,))} | MACHINE_FIELDS
+    return base.replace(**{k: v for k, v in fields.items() if k in given}).validate()
 
 
-def run_train(args: argparse.Namespace) -> None:
-    settings = settings_from_args(args)
-    from .training import train
+def explicit_dests(args: argparse.Namespace) -> set[str]:
+    """Destinations of the options that appear on the command line (not left at their defaults)."""
+    argv = getattr(args, "argv", [])
+    given = set()
+    for action in getattr(args, "command_parser", argparse.ArgumentParser())._actions:
+        for option in action.option_strings:
+            if any(a == option or a.startswith(option + "=") for a in argv):
+                given.add(action.dest)
+    return given
 
-    trainer = train(settings, args.data, args.artifact_dir, resume=args.resume, run_name=args.run_name)
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training import find_resume_checkpoint, read_run_info, run_settings, train
+
+    data, base = args.data, None
+    if args.resume:  # continue with the run's own settings and data, except for flags given now
+        paths, _ = find_resume_checkpoint(Path(args.artifact_dir), args.resume)
+        info = read_run_info(paths.output_dir)
+        if info:
+            base = run_settings(info)
+            data = args.data if "data" in explicit_dests(args) else info.get("data") or args.data
+    settings = settings_from_args(args, base)
+    trainer = train(settings, data, args.artifact_dir, resume=args.resume, run_name=args.run_name)
     paths = trainer.run_paths
+    if trainer.interrupted:
+        print(f"Stopped by {trainer.interrupted} at step {trainer.state.global_step}; saved "
+              f"{paths.output_dir / f'checkpoint-{trainer.state.global_step}'}. Continue with: "
+              f"sarashina-grpo train --artifact-dir {args.artifact_dir} --resume {paths.name}", file=sys.stderr)
+        return 130  # the shell's code for "ended by SIGINT"
     print(f"Finished at step {trainer.state.global_step}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
+    return 0
 
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +231,7 @@ COMMANDS = {
              add_eval_arguments, run_eval),
     "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)", add_build_tiny_arguments,
                    run_build_tiny),
+    "bench": (bench.HELP, bench.add_arguments, bench.run),
 }
 
 
@@ -201,27 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_arguments(command)
-        command.set_defaults(run=run)
+        command.set_defaults(run=run, command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad input ends in one ``error: …`` paragraph and exit code 2, not a traceback."""
+    from .data import DataError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        args.run(args)
-    except SettingsError as err:  # includes DataError-like checks made before any model loads
+        return args.run(args) or 0
+    except (SettingsError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except ValueError as err:
-        from .data import DataError
-
-        if not isinstance(err, DataError):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
+        print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

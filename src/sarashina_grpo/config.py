@@ -28,6 +28,13 @@ SYSTEM_PROMPT = (
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_REWARDS = ("xmlcount", "soft_format", "strict_format")
+# How completions are generated during training (docs/benchmarks/README.md has the measurements):
+ROLLOUTS = {
+    "default": "the article's path: Unsloth's generate inside TRL's GRPOTrainer",
+    "fast": "static KV cache + one CUDA graph per decoded token (sarashina_grpo.rollout); same sampling and loss",
+    "static": "TRL generate with cache_implementation='static' (measured, slower than 'fast')",
+    "paged": "TRL's transformers continuous batching (use_transformers_continuous_batching; measured)",
+}
 
 
 class SettingsError(ValueError):
@@ -63,6 +70,7 @@ class Settings:
     logging_steps: int = 1
     max_grad_norm: float = 0.1  # small: GRPO updates on few samples are noisy
     temperature: float = 1.0
+    rollout: str = "default"  # one of ROLLOUTS; "fast" keeps prompts, sampling, rewards, loss and LoRA targets
     seed: int = 3407
     reward_names: tuple[str, ...] = DEFAULT_REWARDS
     extra_grpo_args: dict = field(default_factory=dict)  # passed through to GRPOConfig unchanged
@@ -71,49 +79,84 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> Settings:
-        """Raise ``SettingsError`` naming the field for any inconsistent value; return self."""
+        """Raise ``SettingsError`` naming the field (and its CLI flag) for any inconsistent value; return self.
+
+        Called before any model loads, so a typo costs seconds, not a model download.
+        """
         positive = (
-            "max_seq_length", "lora_rank", "num_generations", "per_device_train_batch_size",
+            "max_seq_length", "lora_rank", "lora_alpha", "num_generations", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_prompt_length", "max_completion_length", "max_steps",
             "save_steps", "logging_steps",
         )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SettingsError(f"Settings.{name} must be a positive integer, got {value!r}.")
+                raise SettingsError(f"{_field(name)} must be a positive integer, got {value!r}.")
         if self.num_generations < 2:
             raise SettingsError(
-                f"Settings.num_generations must be at least 2 (GRPO compares completions within a group), "
+                f"{_field('num_generations')} must be at least 2 (GRPO compares completions within a group), "
                 f"got {self.num_generations}."
             )
         completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if completions % self.num_generations:
+            lower = completions - completions % self.num_generations
+            fits = f"{lower} or {lower + self.num_generations}" if lower else f"{self.num_generations}"
             raise SettingsError(
                 f"Settings.per_device_train_batch_size × gradient_accumulation_steps ({completions}) must be a "
-                f"multiple of num_generations ({self.num_generations}): every prompt needs its whole group."
+                f"multiple of num_generations ({self.num_generations}): every prompt needs its whole group of "
+                f"completions. Use a batch size of {fits} (CLI --batch-size), or change num_generations "
+                "(CLI --num-generations)."
             )
         if self.max_prompt_length + self.max_completion_length > self.max_seq_length:
             raise SettingsError(
-                f"max_prompt_length ({self.max_prompt_length}) + max_completion_length "
-                f"({self.max_completion_length}) exceeds max_seq_length ({self.max_seq_length})."
+                f"max_prompt_length ({self.max_prompt_length}) + max_completion_length ({self.max_completion_length})"
+                f" exceeds max_seq_length ({self.max_seq_length}): raise max_seq_length (CLI --max-seq-length) or "
+                "lower one of the two (--max-prompt-length, --max-completion-length)."
             )
-        if not 0 <= self.warmup_ratio < 1:
-            raise SettingsError(f"Settings.warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
-        if not self.learning_rate > 0:
-            raise SettingsError(f"Settings.learning_rate must be > 0, got {self.learning_rate}.")
-        if not 0 < self.gpu_memory_utilization <= 1:
+        _check_range(self.warmup_ratio, "warmup_ratio", "in [0, 1)", lambda v: 0 <= v < 1)
+        _check_range(self.learning_rate, "learning_rate", "> 0", lambda v: v > 0)
+        _check_range(self.temperature, "temperature", "> 0", lambda v: v > 0)
+        _check_range(self.gpu_memory_utilization, "gpu_memory_utilization", "in (0, 1]", lambda v: 0 < v <= 1)
+        if self.rollout not in ROLLOUTS:
             raise SettingsError(
-                f"Settings.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}."
+                f"Settings.rollout must be one of {', '.join(map(repr, ROLLOUTS))}, got {self.rollout!r}."
+            )
+        if self.use_vllm and self.rollout != "default":
+            raise SettingsError(
+                f"Settings.rollout={self.rollout!r} and use_vllm are alternatives: vLLM is its own rollout engine. "
+                "Keep rollout='default' with use_vllm, or turn use_vllm off."
             )
         if not self.reward_names:
-            raise SettingsError("Settings.reward_names is empty: GRPO needs at least one reward.")
+            raise SettingsError(f"{_field('reward_names')} is empty: GRPO needs at least one reward.")
         from .rewards import get_reward_funcs
 
         try:
             get_reward_funcs(self.reward_names)
         except KeyError as err:
-            raise SettingsError(err.args[0]) from None
+            raise SettingsError(f"{_field('reward_names')}: {err.args[0]}") from None
         return self
+
+
+# CLI spelling of the fields whose flag is not just the field name with dashes; named in errors.
+CLI_FLAGS = {"per_device_train_batch_size": "--batch-size", "reward_names": "--rewards", "load_in_4bit": "--4bit",
+             "use_vllm": "--vllm", "model_name": "--model"}
+CLI_FIELDS = {"max_seq_length", "lora_rank", "num_generations", "max_prompt_length", "max_completion_length",
+              "max_steps", "save_steps", "learning_rate", "temperature", "seed"}
+
+
+def _field(name: str) -> str:
+    """How an error names a setting: the dataclass field, and its CLI flag where there is one."""
+    flag = CLI_FLAGS.get(name) or (f"--{name.replace('_', '-')}" if name in CLI_FIELDS else None)
+    return f"Settings.{name}" + (f" (CLI {flag})" if flag else "")
+
+
+def _check_range(value, name: str, wanted: str, ok) -> None:
+    try:
+        good = ok(float(value))  # NaN fails every comparison, so it is rejected too
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise SettingsError(f"{_field(name)} must be {wanted}, got {value!r}.")
 
 
 def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides):
@@ -146,6 +189,11 @@ def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bo
         use_cpu=use_cpu,
         report_to="tensorboard",
     )
+    if settings.rollout == "static":
+        args["cache_implementation"] = "static"
+    elif settings.rollout == "paged":
+        args["use_transformers_continuous_batching"] = True
+    # rollout="fast" needs no GRPOConfig change: build_trainer swaps in sarashina_grpo.rollout's generation.
     args.update(settings.extra_grpo_args)
     args.update(overrides)
     return GRPOConfig(**args)

@@ -3,10 +3,18 @@
 Only rows whose ``lang`` is the target language (Japanese by default) are kept. Every problem is reported with
 the file and the line it is on: fatal ones raise ``DataError``, recoverable ones (blank prompts, duplicates,
 prompts over the length limit) are skipped with one warning that counts them and names their lines.
+
+Decisions (docs/troubleshooting.md lists every message):
+- fatal: missing/empty file, no ``prompt`` or ``lang`` header, a ``lang`` that is not an ISO 639-1 code (all
+  offending lines listed), undecodable bytes, no usable row in the target language;
+- skipped with a warning: blank or NaN prompts, rows without ``lang``, duplicates, prompts over the limit;
+- silently fine: extra columns, a UTF-8 BOM, header case/spaces, region subtags (``ja-JP`` counts as ``ja``);
+- decoded with a warning: Shift_JIS/cp932 (what Excel writes in Japan), UTF-16 with a BOM.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
@@ -19,9 +27,25 @@ from .config import SYSTEM_PROMPT
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "lang")
-# ISO 639-1/639-3 codes with an optional region or script subtag: ja, en, zh-Hant, pt-BR.
-LANG_CODE_RE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
+# ISO 639-1 language codes. A row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR); only the
+# language part is compared, so "ja-JP" rows count as "ja".
+ISO_639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el en
+eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv
+ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne
+ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st
+su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu
+""".split())
+LANG_CODE_RE = re.compile(r"([a-z]{2})(?:[-_][a-z0-9]{2,8})*")
+# Codes people write instead of ISO 639-1 ones; named in the error so the fix is obvious.
+LANG_SUGGESTIONS = {
+    "jp": "ja", "jpn": "ja", "japanese": "ja", "日本語": "ja", "eng": "en", "english": "en", "英語": "en",
+    "cn": "zh", "chi": "zh", "zho": "zh", "chinese": "zh", "中国語": "zh",
+}
+# Cells pandas reads as NaN (and writes back as these words with na_rep): treated as blank, never as a prompt.
+NA_MARKERS = frozenset({"nan", "none", "null", "na", "n/a", "#n/a"})
 MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
+UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
 
 
 class DataError(ValueError):
@@ -31,8 +55,8 @@ class DataError(ValueError):
 @dataclass
 class Row:
     line: int  # 1-based line of the file where the row starts (the header is line 1)
-    prompt: str
-    lang: str
+    prompt: str  # stripped; "" for blank and NaN cells
+    lang: str  # ISO 639-1 language part, lower case ("ja" for "ja-JP"); "" when missing
 
 
 def _lines(lines: list[int]) -> str:
@@ -42,24 +66,58 @@ def _lines(lines: list[int]) -> str:
 
 
 def read_text(path: Path) -> str:
-    """The file's text: UTF-8 (a BOM is fine), else cp932/Shift_JIS with a warning; otherwise a DataError."""
+    """The file's text: UTF-8 (a BOM is fine) or UTF-16 with a BOM, else cp932/Shift_JIS with a warning."""
     raw = path.read_bytes()
+    if raw.startswith(b"PK\x03\x04"):  # a zip: what an .xlsx workbook is
+        raise DataError(f"{path} is an Excel workbook or zip, not a CSV. In Excel use Save As > 'CSV UTF-8'.")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text" export
+        return raw.decode("utf-16")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as utf8_err:
+        expected = (f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
+                    "Save the file as UTF-8 (Excel: 'CSV UTF-8').")
         try:
             text = raw.decode("cp932")  # cp932 is Windows' superset of Shift_JIS, what Excel writes in Japan
         except UnicodeDecodeError:
-            raise DataError(
-                f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
-                "Save the file as UTF-8 (Excel: 'CSV UTF-8')."
-            ) from None
+            raise DataError(expected) from None
+        # cp932 maps a few bytes no Japanese text uses (0x80, 0xA0, 0xFD-0xFF) to control or private-use
+        # characters: seeing them means the guess is wrong (Latin-1, UTF-16 without BOM, a binary file).
+        if UNLIKELY_CP932.search(text):
+            raise DataError(expected) from None
         logger.warning("%s is not UTF-8; decoded it as Shift_JIS (cp932). Save it as UTF-8 to avoid guessing.", path)
         return text
 
 
+def _lang_code(value: str) -> str | None:
+    """The ISO 639-1 part of ``value`` ("" when blank), or None when it is not a language code."""
+    value = value.strip().lower()
+    if not value or value in NA_MARKERS:
+        return ""
+    match = LANG_CODE_RE.fullmatch(value)
+    return match.group(1) if match and match.group(1) in ISO_639_1 else None
+
+
+def _records(text: str, path: Path):
+    """(first line, fields) of each non-empty CSV record; quoted fields may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(
+                f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting there: "
+                'a prompt with commas or line breaks must be wrapped in "…", with any " inside doubled ("").'
+            ) from None
+        if fields:  # a blank line is no record
+            yield start, fields
+
+
 def read_rows(path: str | Path) -> list[Row]:
-    """Parse ``path`` into rows, checking the header and the ``lang`` codes; prompts are stripped."""
+    """Parse ``path`` into rows, checking the header and the ``lang`` codes. Extra columns are ignored."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Prompt file not found: {path}. Expected a CSV with columns prompt,lang.")
@@ -68,31 +126,42 @@ def read_rows(path: str | Path) -> list[Row]:
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path} is empty: expected a header line 'prompt,lang' and one row per prompt.")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    records = _records(text, path)
+    _, header = next(records)
+    header = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DataError(
-            f"{path}: header has no {' or '.join(repr(c) for c in missing)} column (found {header}). "
+            f"{path}: header (line 1) has no {' or '.join(repr(c) for c in missing)} column (found {header}). "
             "The first line must name the columns, e.g. 'prompt,lang'."
         )
-    reader.fieldnames = header  # stripped names, so ' lang' still counts; extra columns are ignored
+    prompt_at, lang_at = header.index("prompt"), header.index("lang")
     rows, bad_lang = [], []
-    line = 2
-    for record in reader:
-        prompt = (record.get("prompt") or "").strip()
-        lang = (record.get("lang") or "").strip().lower()
-        if lang and not LANG_CODE_RE.fullmatch(lang):
-            bad_lang.append((line, lang))
-        rows.append(Row(line, prompt, lang))
-        line = reader.line_num + 1
+    for line, fields in records:
+        prompt = fields[prompt_at].strip() if prompt_at < len(fields) else ""
+        raw_lang = fields[lang_at] if lang_at < len(fields) else ""
+        lang = _lang_code(raw_lang)
+        if lang is None:
+            bad_lang.append((line, raw_lang.strip()))
+        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or ""))
     if bad_lang:
-        shown = "; ".join(f"line {n}: {v!r}" for n, v in bad_lang[:MAX_LINES_NAMED])
-        raise DataError(
-            f"{path}: field 'lang' holds {len(bad_lang)} value(s) that are not language codes ({shown}). "
-            "Use ISO 639-1 codes such as 'ja' or 'en'."
-        )
+        raise DataError(f"{path}: {_bad_lang_message(bad_lang)}")
+    if not rows:
+        raise DataError(f"{path} has a header but no rows: add one row per prompt, e.g. 'こんにちは,ja'.")
     return rows
+
+
+def _bad_lang_message(bad: list[tuple[int, str]]) -> str:
+    def hint(value: str) -> str:
+        better = LANG_SUGGESTIONS.get(value.lower())
+        return f" (did you mean {better!r}?)" if better else ""
+
+    shown = "; ".join(f"line {n}: {v!r}{hint(v)}" for n, v in bad[:MAX_LINES_NAMED])
+    more = f"; and {len(bad) - MAX_LINES_NAMED} more" if len(bad) > MAX_LINES_NAMED else ""
+    return (
+        f"field 'lang' holds {len(bad)} value(s) that are not ISO 639-1 language codes ({shown}{more}). "
+        "Use two-letter codes such as 'ja' or 'en' (a region is fine: 'ja-JP')."
+    )
 
 
 def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) -> list[Row]:
@@ -100,14 +169,16 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
     blank = [r.line for r in rows if not r.prompt]
     no_lang = [r.line for r in rows if r.prompt and not r.lang]
     if blank:
-        logger.warning("%s: skipped %d blank prompt(s) on line(s) %s.", path, len(blank), _lines(blank))
+        logger.warning("%s: skipped %d blank prompt(s) on line(s) %s (empty, spaces or NaN).", path, len(blank),
+                       _lines(blank))
     if no_lang:
         logger.warning("%s: skipped %d row(s) with no 'lang' on line(s) %s.", path, len(no_lang), _lines(no_lang))
     kept = [r for r in rows if r.prompt and r.lang == lang]
     if not kept:
-        langs = sorted({r.lang for r in rows if r.lang})
+        langs = sorted({r.lang for r in rows if r.lang and r.prompt})
         raise DataError(
-            f"{path}: no rows with lang == {lang!r} (found {langs or 'none'}); nothing to train on. "
+            f"{path}: no rows with lang == {lang!r} and a non-blank prompt (found {langs or 'none'}); nothing to "
+            "train on. "
             f"Add rows whose 'lang' column is {lang!r}."
         )
     seen, unique, dupes = set(), [], []
@@ -119,22 +190,57 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
             unique.append(r)
     if dupes:
         logger.warning("%s: skipped %d duplicate prompt(s) on line(s) %s.", path, len(dupes), _lines(dupes))
-    if prompt_too_long is None:
-        return unique
-    too_long = [r.line for r in unique if prompt_too_long(r.prompt)]
-    if too_long:
-        logger.warning(
-            "%s: skipped %d prompt(s) longer than the prompt limit on line(s) %s (they are not truncated).",
-            path, len(too_long), _lines(too_long),
+    return unique if prompt_too_long is None else drop_too_long(unique, path, prompt_too_long)
+
+
+def drop_too_long(rows: list[Row], path: Path, prompt_too_long) -> list[Row]:
+    """Skip rows whose prompt is over the limit, naming their lines: TRL 1.x would feed them whole."""
+    too_long = {r.line for r in rows if prompt_too_long(r.prompt)}
+    if not too_long:
+        return rows
+    logger.warning(
+        "%s: skipped %d prompt(s) longer than the prompt limit on line(s) %s (they are not truncated). "
+        "Shorten them or raise max_prompt_length (CLI: --max-prompt-length).",
+        path, len(too_long), _lines(sorted(too_long)),
+    )
+    kept = [r for r in rows if r.line not in too_long]
+    if not kept:
+        raise DataError(
+            f"{path}: every prompt is longer than the prompt limit; raise max_prompt_length "
+            "(CLI: --max-prompt-length) or shorten them."
         )
-        unique = [r for r in unique if r.line not in set(too_long)]
-        if not unique:
-            raise DataError(f"{path}: every {lang!r} prompt is longer than the prompt limit; raise it or shorten them.")
-    return unique
+    return kept
 
 
 def to_messages(prompt: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
+
+
+def check_prompts(path: str | Path, lang: str = "ja") -> list[Row]:
+    """The usable rows of ``path`` (blank, other-language and duplicate rows skipped, with warnings).
+
+    Cheap and model-free: training calls it before loading the model, so a bad file fails in seconds.
+    """
+    path = Path(path)
+    return select_rows(read_rows(path), path, lang)
+
+
+def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = SYSTEM_PROMPT, tokenizer=None,
+                    max_prompt_length: int | None = None):
+    """``rows`` as a ``datasets.Dataset`` of chat prompts, skipping those over ``max_prompt_length`` tokens."""
+    from datasets import Dataset
+
+    if tokenizer is not None and max_prompt_length:
+        def too_long(prompt: str) -> bool:
+            ids = tokenizer.apply_chat_template(
+                to_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=True
+            )
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            return len(ids) > max_prompt_length
+
+        rows = drop_too_long(rows, Path(path), too_long)
+    logger.info("%s: %d prompts.", path, len(rows))
+    return Dataset.from_list([{"prompt": to_messages(r.prompt, system_prompt), "lang": r.lang} for r in rows])
 
 
 def load_prompts(
@@ -148,20 +254,7 @@ def load_prompts(
     """A ``datasets.Dataset`` with a ``prompt`` column of ``[system, user]`` messages and the row's ``lang``.
 
     With a ``tokenizer`` and ``max_prompt_length``, prompts whose chat-formatted length exceeds the limit are
-    skipped with a warning (TRL would otherwise feed them whole).
+    skipped with a warning naming their lines (TRL would otherwise feed them whole).
     """
-    from datasets import Dataset
-
-    path = Path(path)
-    too_long = None
-    if tokenizer is not None and max_prompt_length:
-        def too_long(prompt: str) -> bool:
-            ids = tokenizer.apply_chat_template(
-                to_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=True
-            )
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            return len(ids) > max_prompt_length
-
-    rows = select_rows(read_rows(path), path, lang, too_long)
-    logger.info("%s: %d %r prompts.", path, len(rows), lang)
-    return Dataset.from_list([{"prompt": to_messages(r.prompt, system_prompt), "lang": r.lang} for r in rows])
+    return prompts_dataset(check_prompts(path, lang), path, system_prompt=system_prompt, tokenizer=tokenizer,
+                           max_prompt_length=max_prompt_length)

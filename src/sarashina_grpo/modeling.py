@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from pathlib import Path
 
 from .config import Settings, SettingsError
@@ -18,6 +19,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL_DIR = REPO_ROOT / "artifact" / "models" / "tiny"
 MODEL_FILES = ("config.json",)
 ADAPTER_FILES = ("adapter_config.json",)
+# A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+CHECKPOINT_RE = re.compile(r"checkpoint-\d+")
+COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by callbacks.CheckpointMarker
 
 
 class ModelNotFoundError(SettingsError):
@@ -31,7 +38,40 @@ def cuda_available() -> bool:
 
 
 def looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.startswith("artifact")
+    """A local folder rather than a hub id ("org/name", exactly one slash)."""
+    return (
+        name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
+        or Path(name).expanduser().exists() or any(CHECKPOINT_RE.fullmatch(part) for part in Path(name).parts)
+    )
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load."""
+    if name == "tiny" or not looks_like_path(name):
+        return
+    path = Path(name).expanduser()
+    examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
+                "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
+    if not path.is_dir():
+        raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
+    has = {f.name for f in path.iterdir()}
+    if has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES):
+        return
+    if has & set(MODEL_FILES) and has & set(WEIGHT_FILES):
+        return
+    complete = sorted((p for p in path.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()),
+                      key=lambda p: int(p.name.split("-")[1]))
+    if complete:  # a run folder: point at its newest finished checkpoint
+        hint = f"It is a run folder; its newest finished checkpoint is {complete[-1]}."
+    elif CHECKPOINT_RE.fullmatch(path.name) and COMPLETE_MARKER not in has:
+        hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
+                "while saving. Use an earlier checkpoint-N of the same run.")
+    else:
+        hint = examples
+    raise ModelNotFoundError(
+        f"MODEL_NAME {name!r} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
+        f"(adapter_config.json + adapter_model.safetensors). {hint}"
+    )
 
 
 def resolve_model_name(name: str) -> str:
@@ -42,22 +82,8 @@ def resolve_model_name(name: str) -> str:
 
             build_model(TINY_MODEL_DIR, "tiny")
         return str(TINY_MODEL_DIR)
-    if not looks_like_path(name):
-        return name
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise ModelNotFoundError(
-            f"MODEL_NAME {name!r} is not an existing folder. Give a hub id such as "
-            "'sbintuitions/sarashina2.2-3b-instruct-v0.1', a checkpoint like 'artifact/outputs/<run>/checkpoint-500', "
-            "or 'tiny'."
-        )
-    if not any((path / f).exists() for f in MODEL_FILES + ADAPTER_FILES):
-        raise ModelNotFoundError(
-            f"MODEL_NAME {name!r} holds neither model files (config.json) nor LoRA adapter files "
-            "(adapter_config.json, adapter_model.safetensors). Point it at a 'checkpoint-N' folder of a finished "
-            "save."
-        )
-    return str(path)
+    check_model_name(name)
+    return str(Path(name).expanduser()) if looks_like_path(name) else name
 
 
 def check_device(settings: Settings, *, training: bool) -> None:
@@ -87,8 +113,10 @@ def load_model(settings: Settings, *, training: bool = True, lora: bool = True):
     """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached."""
     settings.validate()
     check_device(settings, training=training)
+    check_model_name(settings.model_name)
+    from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
+
     model_name = resolve_model_name(settings.model_name)
-    from unsloth import FastLanguageModel  # imported here: Unsloth patches transformers/TRL on import
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_name,

@@ -13,14 +13,15 @@ Bounds (documented and property-tested):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 TAGS = ("<think>", "</think>", "<response>", "</response>")
 TAG_REWARD = 0.125  # four tags × 0.125 = 0.5, the same ceiling as each format reward
 TRAILING_PENALTY_PER_CHAR = 0.001
 FORMAT_REWARD = 0.5
 
-# Soft: the four tags in order, anything (newlines too) before, between and after.
+# Soft: the four tags in order, anything (newlines too) before, between and after. is_soft_format checks
+# the same thing without the regex engine; the regex stays as its definition and its test oracle.
 SOFT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<response>.*?</response>", re.DOTALL)
 # Strict: exactly "<think>\n…\n</think>\n<response>\n…\n</response>", nothing before or after. The tag-count check
 # in strict_format_reward stops a lazy `.*` from swallowing a second <response> block.
@@ -30,29 +31,44 @@ RewardFunc = Callable[..., list[float]]
 
 
 def completion_text(completion) -> str:
-    """The generated text of one completion: a string, a message dict, or a list of messages (last one wins)."""
+    """The generated text of one completion: a string, a message dict, or a list of messages (last one wins).
+
+    A message's ``content`` may also be a list of parts (``[{"type": "text", "text": …}]``); anything else,
+    a missing ``content`` included, reads as empty text.
+    """
     try:
         if isinstance(completion, str):
             return completion
-        if isinstance(completion, dict):
-            content = completion.get("content", "")
-        elif isinstance(completion, Sequence) and completion:
+        if isinstance(completion, Mapping):
+            return _content_text(completion.get("content", ""))
+        if isinstance(completion, Sequence) and not isinstance(completion, bytes | bytearray) and completion:
             last = completion[-1]
-            content = last.get("content", "") if isinstance(last, dict) else last
-        else:
-            return ""
-        return content if isinstance(content, str) else ""
+            return _content_text(last.get("content", "") if isinstance(last, Mapping) else last)
+        return ""
     except Exception:  # a reward must never stop a run over one odd completion
         return ""
 
 
+def _content_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    return ""
+
+
 def texts_of(completions: Iterable) -> list[str]:
-    return [completion_text(c) for c in (completions or [])]
+    """One text per completion; ``None`` or a non-iterable batch reads as no completions."""
+    try:
+        items = [] if completions is None else list(completions)
+    except Exception:
+        return []
+    return [completion_text(c) for c in items]
 
 
 def xmlcount_score(text: str) -> float:
     """0.125 per tag present exactly once, minus 0.001 per character after the last </response>."""
-    score = sum(TAG_REWARD for tag in TAGS if text.count(tag) == 1)
+    score = sum((TAG_REWARD for tag in TAGS if text.count(tag) == 1), 0.0)  # 0.0, not int 0, with no tag
     end = text.rfind("</response>")
     if end != -1:
         score -= TRAILING_PENALTY_PER_CHAR * len(text[end + len("</response>"):])
@@ -60,11 +76,20 @@ def xmlcount_score(text: str) -> float:
 
 
 def is_soft_format(text: str) -> bool:
-    return SOFT_FORMAT_RE.search(text) is not None
+    """Same answer as ``SOFT_FORMAT_RE.search``, in linear time: three lazy ``.*?`` backtrack in O(n⁴) on text
+    that repeats the tags without closing them (2,500 such characters took 2 s), which would stall a step."""
+    position = 0
+    for tag in TAGS:
+        position = text.find(tag, position)
+        if position == -1:
+            return False
+        position += len(tag)
+    return True
 
 
 def is_strict_format(text: str) -> bool:
-    return STRICT_FORMAT_RE.fullmatch(text) is not None and all(text.count(tag) == 1 for tag in TAGS)
+    # Tag counts first: cheap, and they keep the two greedy `.*` from backtracking over repeated tags.
+    return all(text.count(tag) == 1 for tag in TAGS) and STRICT_FORMAT_RE.fullmatch(text) is not None
 
 
 def xmlcount_reward(completions, **kwargs) -> list[float]:

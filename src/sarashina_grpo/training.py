@@ -4,12 +4,18 @@
     sarashina-grpo train                                   # the article's run (CUDA GPU)
 
 Each run gets its own folders, ``artifact/logs/<run>/`` (TensorBoard) and ``artifact/outputs/<run>/checkpoint-N``,
-so runs never overwrite each other. A checkpoint counts only once ``checkpoint_complete`` is written in it;
-``resume`` continues a run from its last complete checkpoint with optimizer and scheduler state.
+so runs never overwrite each other; ``outputs/<run>/run.json`` records the run's settings and data file. A
+checkpoint counts only once ``checkpoint_complete`` is written in it (last, after weights, optimizer, scheduler and
+trainer state); ``resume`` continues a run from its last complete checkpoint with optimizer and scheduler state,
+moving any later (half-written) checkpoint folders aside, never deleting them. Ctrl-C or SIGTERM saves, then stops.
+
+    sarashina-grpo train --model tiny --max-steps 50 --resume          # continue the latest run
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -18,8 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .callbacks import COMPLETE_MARKER, CheckpointMarker, GracefulInterrupt, SampleLogger
 from .config import Settings, SettingsError, build_grpo_config
+from .modeling import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, WEIGHT_FILES
+
+# callbacks, trl and transformers are imported inside functions: Unsloth must be imported before them.
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +35,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifact"
 DEFAULT_DATA_PATH = REPO_ROOT / "datasets" / "smalltalk.csv"
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+RUN_INFO = "run.json"  # the run's settings and data file, written at its start; --resume reads it
+# Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
+RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
+                     "max_seq_length"}
 
 
 @dataclass
@@ -50,41 +62,80 @@ def check_writable(folder: Path) -> None:
 
 
 def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
-    """Fresh, timestamped log and output folders that no earlier run uses."""
+    """Fresh, timestamped log and output folders that no other run uses, created here.
+
+    The output folder is claimed with an exclusive ``mkdir``, so two runs started in the same second (or with
+    the same ``--run-name``) still get different folders.
+    """
     base = name or time.strftime("%Y%m%d-%H%M%S")
-    candidate, n = base, 1
-    while (artifact_dir / "outputs" / candidate).exists() or (artifact_dir / "logs" / candidate).exists():
-        n += 1
-        candidate = f"{base}-{n}"
-    return RunPaths(candidate, artifact_dir / "logs" / candidate, artifact_dir / "outputs" / candidate)
+    (artifact_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if (artifact_dir / "logs" / candidate).exists():
+            continue
+        try:
+            (artifact_dir / "outputs" / candidate).mkdir()
+        except FileExistsError:
+            continue
+        if n > 1 and name:
+            logger.warning("Run name %r is taken; this run is %r.", name, candidate)
+        paths = RunPaths(candidate, artifact_dir / "logs" / candidate, artifact_dir / "outputs" / candidate)
+        paths.log_dir.mkdir(parents=True, exist_ok=True)
+        return paths
+    raise SettingsError(f"Could not find a free run name for {base!r} in {artifact_dir / 'outputs'}.")
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = CHECKPOINT_RE.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Marker written last, state and weights present: a save that was not cut off."""
+    return (
+        (checkpoint / COMPLETE_MARKER).exists() and (checkpoint / "trainer_state.json").exists()
+        and any((checkpoint / f).exists() for f in ADAPTER_WEIGHT_FILES + WEIGHT_FILES)
+    )
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """Checkpoints of one run that were fully written, oldest first."""
-    found = []
-    for child in Path(output_dir).glob("checkpoint-*"):
-        match = CHECKPOINT_RE.fullmatch(child.name)
-        if match and (child / COMPLETE_MARKER).exists() and (child / "trainer_state.json").exists():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
+    found = [(checkpoint_step(c), c) for c in Path(output_dir).glob("checkpoint-*") if checkpoint_step(c) is not None]
+    return [path for _, path in sorted(found) if is_complete(path)]
+
+
+def _runs_with_checkpoints(outputs: Path) -> list[Path]:
+    """Runs that can be resumed, the one whose newest complete checkpoint was written last coming last."""
+    runs = [(complete_checkpoints(p), p) for p in outputs.glob("*") if p.is_dir()]
+    return [p for done, p in sorted((r for r in runs if r[0]), key=lambda r: r[0][-1].stat().st_mtime)]
 
 
 def find_resume_checkpoint(artifact_dir: Path, resume: str | os.PathLike) -> tuple[RunPaths, Path]:
     """The run folders and checkpoint to continue from. ``resume`` is ``latest``, a run name or folder, or a
-    ``checkpoint-N`` folder."""
+    ``checkpoint-N`` folder. Half-written checkpoints are never chosen."""
     outputs = artifact_dir / "outputs"
     resume = str(resume)
     if resume == "latest":
-        runs = sorted((p for p in outputs.glob("*") if complete_checkpoints(p)), key=lambda p: p.stat().st_mtime)
+        runs = _runs_with_checkpoints(outputs)
         if not runs:
-            raise SettingsError(f"Nothing to resume: no run in {outputs} has a complete checkpoint.")
+            raise SettingsError(
+                f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run without --resume."
+            )
         run_dir, checkpoint = runs[-1], None
     else:
-        path = Path(resume) if Path(resume).exists() else outputs / resume
-        if CHECKPOINT_RE.fullmatch(path.name):
+        path = Path(resume).expanduser() if Path(resume).expanduser().exists() else outputs / resume
+        if not path.exists():
+            known = [p.name for p in _runs_with_checkpoints(outputs)]
+            raise SettingsError(f"Cannot resume {resume!r}: no such run or folder. Resumable runs in {outputs}: "
+                                f"{known or 'none'}.")
+        if checkpoint_step(path) is not None:
             run_dir, checkpoint = path.parent, path
-            if not (path / COMPLETE_MARKER).exists():
-                raise SettingsError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}); it was cut off.")
+            if not is_complete(path):
+                raise SettingsError(
+                    f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
+                    f"off while saving it. Resume the run instead (--resume {path.parent.name}) to use its last "
+                    "complete checkpoint."
+                )
         else:
             run_dir, checkpoint = path, None
     if checkpoint is None:
@@ -93,13 +144,68 @@ def find_resume_checkpoint(artifact_dir: Path, resume: str | os.PathLike) -> tup
             raise SettingsError(f"Nothing to resume in {run_dir}: it holds no complete checkpoint-N folder.")
         checkpoint = done[-1]
     name = run_dir.name
-    return RunPaths(name, artifact_dir / "logs" / name, run_dir), checkpoint
+    # Runs may live outside artifact_dir/outputs when given as a folder: keep their logs next to their outputs.
+    log_root = artifact_dir / "logs" if run_dir.parent == outputs else run_dir.parent.parent / "logs"
+    return RunPaths(name, log_root / name, run_dir), checkpoint
+
+
+def set_aside_newer(run_dir: Path, checkpoint: Path) -> None:
+    """Rename the run's checkpoint folders after ``checkpoint`` (half-written, or from a branch being replaced) so
+    the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted."""
+    step = checkpoint_step(checkpoint)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for folder in Path(run_dir).glob("checkpoint-*"):
+        n = checkpoint_step(folder)
+        if n is not None and n > step:
+            target = folder.with_name(f"{folder.name}.set-aside-{stamp}")
+            folder.rename(target)
+            logger.warning("Moved %s aside to %s: resuming from the earlier %s.", folder.name, target.name,
+                           checkpoint.name)
+
+
+def write_run_info(paths: RunPaths, settings: Settings, data_path: Path | None) -> None:
+    info = {"settings": dataclasses.asdict(settings), "data": str(Path(data_path).resolve()) if data_path else None}
+    (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def read_run_info(run_dir: Path) -> dict | None:
+    """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
+    path = Path(run_dir) / RUN_INFO
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_settings(info: dict) -> Settings:
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in info["settings"].items() if k in fields}
+    return Settings(**saved)
+
+
+def check_resume_settings(settings: Settings, data_path: Path | None, run_dir: Path) -> None:
+    """Refuse to continue a run with settings that change its maths; warn on harmless changes."""
+    info = read_run_info(run_dir)
+    if info is None:
+        return
+    before = json.loads(json.dumps(info["settings"], default=str))
+    now = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+    changed = {k: (before.get(k), now[k]) for k in now if k in before and before[k] != now[k]}
+    hard = {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}
+    if hard:
+        listed = "; ".join(f"{k}: run used {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in hard.items()))
+        raise SettingsError(
+            f"Resuming {run_dir.name} with different settings ({listed}). Resume with the run's own settings "
+            f"(the CLI takes them from {run_dir / RUN_INFO} for every flag you do not pass), or start a new run."
+        )
+    for k, (a, b) in changed.items():
+        logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
+    if data_path and info.get("data") and Path(info["data"]).resolve() != Path(data_path).resolve():
+        logger.warning("Resuming with prompts from %s; the run started with %s.", data_path, info["data"])
 
 
 def build_trainer(model, tokenizer, dataset, settings: Settings, paths: RunPaths, *, callbacks=(), **overrides):
     """TRL ``GRPOTrainer`` on an (Unsloth) model with the project's rewards and callbacks."""
     from trl import GRPOTrainer
 
+    from .callbacks import CheckpointMarker, SampleLogger
     from .modeling import cuda_available
     from .rewards import get_reward_funcs
 
@@ -116,28 +222,55 @@ def build_trainer(model, tokenizer, dataset, settings: Settings, paths: RunPaths
         callbacks=[sample_logger, CheckpointMarker(), *callbacks],
     )
     sample_logger.trainer = trainer
+    if settings.rollout == "fast":
+        from .rollout import install
+
+        install(trainer)
     return trainer
 
 
 def prepare_run(settings: Settings, artifact_dir: str | Path = DEFAULT_ARTIFACT_DIR, *, resume: str | None = None,
-                run_name: str | None = None) -> tuple[RunPaths, Path | None]:
-    """Check settings, device and folders before any model loads; return the run's folders and the checkpoint to
-    resume from (``None`` for a fresh run)."""
-    from .modeling import check_device
+                run_name: str | None = None, data_path: str | Path | None = None,
+                check_model: bool = True) -> tuple[RunPaths, Path | None]:
+    """Check settings, device, MODEL_NAME, folders and (given ``data_path``) the prompt file before any model
+    loads; return the run's folders and the checkpoint to resume from (``None`` for a fresh run).
+
+    A fresh run gets new folders and a ``run.json``; a resumed one must keep the settings that shape its maths,
+    and its checkpoint folders after the chosen one are moved aside.
+    """
+    paths, checkpoint, _ = _prepare_run(settings, artifact_dir, resume, run_name, data_path, check_model)
+    return paths, checkpoint
+
+
+def _prepare_run(settings, artifact_dir, resume, run_name, data_path, check_model):
+    from .data import check_prompts
+    from .modeling import check_device, check_model_name
 
     settings.validate()
     check_device(settings, training=True)
+    if check_model:
+        check_model_name(settings.model_name)
     artifact_dir = Path(artifact_dir)
     check_writable(artifact_dir)
+    rows = check_prompts(data_path) if data_path is not None else None
     if resume:
         paths, checkpoint = find_resume_checkpoint(artifact_dir, resume)
+        check_resume_settings(settings, data_path, paths.output_dir)
+        set_aside_newer(paths.output_dir, checkpoint)
         logger.info("Resuming run %s from %s", paths.name, checkpoint)
-        return paths, checkpoint
-    return new_run_paths(artifact_dir, run_name), None
+        return paths, checkpoint, rows
+    paths = new_run_paths(artifact_dir, run_name)
+    write_run_info(paths, settings, data_path)
+    return paths, None, rows
 
 
 def run_trainer(trainer, paths: RunPaths, checkpoint: Path | None = None):
-    """``trainer.train()`` with Ctrl-C turned into save-then-stop; return the trainer."""
+    """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop; return the trainer.
+
+    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None.
+    """
+    from .callbacks import GracefulInterrupt
+
     interrupt = GracefulInterrupt()
     trainer.add_callback(interrupt)
     logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
@@ -147,8 +280,10 @@ def run_trainer(trainer, paths: RunPaths, checkpoint: Path | None = None):
     finally:
         interrupt.uninstall()
         trainer.remove_callback(interrupt)
+    trainer.interrupted = interrupt.signal_name
     if interrupt.requested:
-        logger.warning("Stopped by Ctrl-C at step %d; resume with --resume %s", trainer.state.global_step, paths.name)
+        logger.warning("Stopped by %s at step %d after saving checkpoint-%d; resume with --resume %s",
+                       interrupt.signal_name, trainer.state.global_step, trainer.state.global_step, paths.name)
     trainer.run_paths = paths
     return trainer
 
@@ -162,12 +297,14 @@ def train(
     run_name: str | None = None,
     model_and_tokenizer=None,
 ):
-    """Run GRPO end to end and return the trainer. Settings and paths are checked before the model loads."""
-    from .data import load_prompts
+    """Run GRPO end to end and return the trainer. Settings, device, paths and the prompt file are all checked
+    before the model loads; Ctrl-C or SIGTERM saves a complete checkpoint, then returns (see ``run_trainer``)."""
+    from .data import prompts_dataset
     from .modeling import load_model
 
-    paths, checkpoint = prepare_run(settings, artifact_dir, resume=resume, run_name=run_name)
+    paths, checkpoint, rows = _prepare_run(settings, artifact_dir, resume, run_name, Path(data_path),
+                                           check_model=model_and_tokenizer is None)
     model, tokenizer = model_and_tokenizer or load_model(settings, training=True)
-    dataset = load_prompts(data_path, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
+    dataset = prompts_dataset(rows, data_path, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
     trainer = build_trainer(model, tokenizer, dataset, settings, paths)
     return run_trainer(trainer, paths, checkpoint)

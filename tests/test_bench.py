@@ -1,0 +1,41 @@
+"""``sarashina-grpo bench`` runs on CPU (tiny model) and writes its three result files; numbers are meaningless here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sarashina_grpo.bench import markdown_table, parse_configs
+from sarashina_grpo.config import SettingsError
+
+
+def test_config_names_parse_into_rollout_batch_and_generation_reuse():
+    cfg = parse_configs("fast-6x6-bf16", cuda=True)[0]
+    assert (cfg.rollout, cfg.completions, cfg.steps_per_generation, cfg.load_in_4bit) == ("fast", 6, 6, False)
+
+
+def test_configs_load_in_4bit_only_with_cuda():
+    assert parse_configs("default-6", cuda=False)[0].load_in_4bit is False  # why: bitsandbytes 4-bit needs CUDA
+
+
+def test_unknown_bench_config_is_rejected():
+    with pytest.raises(SettingsError, match="turbo-6"):
+        parse_configs("turbo-6", cuda=False)
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path):
+    from sarashina_grpo.cli import main
+
+    out = tmp_path / "bench"
+    code = main(["bench", "--model", str(tiny_model_dir), "--configs", "default-6,fast-6", "--steps", "2",
+                 "--max-completion-length", "8", "--out", str(out)])
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["config"] for r in rows] == ["default-6", "fast-6"]
+    for row in rows:
+        assert row["steps"] == 2 and row["step_s"] > 0 and row["completion_tokens_per_s"] > 0
+        assert 0 < row["generation_s"] <= row["step_s"]  # why: the rollout is timed inside the step
+    assert markdown_table(rows) in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,382 @@
+"""Bad input gets one named error that says where and what to do; recoverable input is skipped with a warning.
+
+Each test is one case of docs/troubleshooting.md. None loads a model: device and vLLM situations are simulated.
+
+    .venv/bin/pytest tests/test_errors.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import pytest
+
+from sarashina_grpo import modeling
+from sarashina_grpo.cli import main
+from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
+from sarashina_grpo.modeling import COMPLETE_MARKER, ModelNotFoundError, check_device, check_model_name
+from sarashina_grpo.training import check_writable, train
+
+CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
+
+
+def error_of(func, *args, **kwargs) -> str:
+    with pytest.raises((DataError, SettingsError)) as info:
+        func(*args, **kwargs)
+    return str(info.value)
+
+
+def warnings_of(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+# --- the prompt CSV -------------------------------------------------------------------------------------------
+
+
+def test_missing_file_names_the_path_and_the_expected_columns(tmp_path):
+    message = error_of(read_rows, tmp_path / "nope.csv")
+    assert str(tmp_path / "nope.csv") in message and "prompt,lang" in message
+
+
+def test_a_folder_instead_of_a_file_is_named(tmp_path):
+    assert "is a folder" in error_of(read_rows, tmp_path)
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_empty_file_says_what_the_header_must_be(write_csv, content):
+    message = error_of(read_rows, write_csv(content))
+    assert "is empty" in message and "'prompt,lang'" in message
+
+
+@pytest.mark.parametrize(
+    ("header", "missing"),
+    [("text,lang", "'prompt'"), ("prompt,language", "'lang'"), ("question,answer", "'prompt' or 'lang'")],
+)
+def test_header_without_a_required_column_names_it_and_what_was_found(write_csv, header, missing):
+    message = error_of(read_rows, write_csv(f"{header}\nこんにちは,ja\n"))
+    assert f"has no {missing} column" in message and header.split(",")[0] in message and "line 1" in message
+
+
+def test_file_without_header_line_is_told_to_add_one(write_csv):
+    message = error_of(read_rows, write_csv("こんにちは,ja\n元気？,ja\n"))
+    assert "The first line must name the columns" in message
+
+
+def test_header_only_file_asks_for_rows(write_csv):
+    assert "has a header but no rows" in error_of(read_rows, write_csv("prompt,lang\n"))
+
+
+def test_extra_columns_and_header_case_are_fine(write_csv):
+    rows = read_rows(write_csv("id, Prompt ,LANG,note\n1,こんにちは,ja,x\n2,元気？,ja\n"))
+    assert [(r.prompt, r.lang) for r in rows] == [("こんにちは", "ja"), ("元気？", "ja")]
+
+
+def test_blank_and_nan_prompts_are_skipped_with_one_warning_counting_them(write_csv, caplog):
+    path = write_csv("prompt,lang\nこんにちは,ja\n,ja\nNaN,ja\n   ,ja\n元気？,ja\n")
+    rows = check_prompts(path)
+    assert [r.prompt for r in rows] == ["こんにちは", "元気？"]
+    assert "skipped 3 blank prompt(s) on line(s) 3, 4, 5 (empty, spaces or NaN)" in warnings_of(caplog)
+
+
+def test_rows_without_lang_are_skipped_with_a_warning(write_csv, caplog):
+    rows = check_prompts(write_csv("prompt,lang\nこんにちは,ja\n元気？\nおはよう,\n"))
+    assert len(rows) == 1 and "skipped 2 row(s) with no 'lang' on line(s) 3, 4" in warnings_of(caplog)
+
+
+def test_unknown_lang_codes_are_an_error_listing_each_line_and_a_fix(write_csv):
+    message = error_of(read_rows, write_csv("prompt,lang\nこんにちは,ja\n元気？,jp\nhello,english\nhola,xx\n"))
+    assert "3 value(s) that are not ISO 639-1" in message
+    assert "line 3: 'jp' (did you mean 'ja'?)" in message  # the usual slip: Japan's country code
+    assert "line 4: 'english' (did you mean 'en'?)" in message and "line 5: 'xx'" in message
+
+
+def test_many_unknown_lang_codes_are_counted_after_the_first_eight(write_csv):
+    message = error_of(read_rows, write_csv("prompt,lang\n" + "".join(f"p{i},zz\n" for i in range(20))))
+    assert "and 12 more" in message
+
+
+def test_region_subtags_and_case_count_as_the_language(write_csv):
+    rows = check_prompts(write_csv("prompt,lang\nこんにちは,ja-JP\n元気？,JA\nおはよう,ja_jp\nhello,en-US\n"))
+    assert [r.prompt for r in rows] == ["こんにちは", "元気？", "おはよう"]
+
+
+def test_no_japanese_rows_left_names_the_languages_found(write_csv):
+    message = error_of(check_prompts, write_csv("prompt,lang\nhello,en\nhola,es\n,ja\n"))
+    assert "no rows with lang == 'ja' and a non-blank prompt" in message and "['en', 'es']" in message
+
+
+def test_shift_jis_file_is_decoded_with_a_warning(write_csv, caplog):
+    text = "prompt,lang\nこんにちは、①番の髙橋です～,ja\n"  # ①, 髙 and ～ exist only in cp932, not plain Shift_JIS
+    rows = read_rows(write_csv(text.encode("cp932")))
+    assert rows[0].prompt == "こんにちは、①番の髙橋です～"
+    assert "decoded it as Shift_JIS (cp932)" in warnings_of(caplog)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"prompt,lang\n\x80\xff\xfe\x81,ja\n",  # bytes that are neither UTF-8 nor cp932
+        b"prompt,lang\n\x80\xff,ja\n",  # cp932 would "decode" these to control/private-use characters
+        "prompt,lang\ncafé à la crème,fr\n".encode("latin-1"),  # a European export
+        "prompt,lang\nこんにちは,ja\n".encode("utf-16-le"),  # UTF-16 without its BOM
+    ],
+    ids=["garbage", "cp932-lookalike", "latin-1", "utf16-no-bom"],
+)
+def test_undecodable_file_says_which_encoding_was_expected(write_csv, raw):
+    message = error_of(read_rows, write_csv(raw))
+    assert "not valid UTF-8" in message and "nor Shift_JIS/cp932" in message and "Save the file as UTF-8" in message
+
+
+def test_excel_workbook_is_told_to_export_csv(write_csv):
+    assert "is an Excel workbook or zip, not a CSV" in error_of(read_rows, write_csv(b"PK\x03\x04\x14\x00", "p.xlsx"))
+
+
+def test_utf8_bom_just_works(write_csv, caplog):
+    rows = read_rows(write_csv("prompt,lang\nこんにちは,ja\n".encode("utf-8-sig")))
+    assert [(r.prompt, r.lang) for r in rows] == [("こんにちは", "ja")] and not warnings_of(caplog)
+
+
+def test_utf16_with_bom_just_works(write_csv):
+    rows = read_rows(write_csv("prompt,lang\nこんにちは,ja\n".encode("utf-16")))
+    assert rows[0].prompt == "こんにちは"
+
+
+def test_duplicate_prompts_keep_the_first_and_warn_with_lines(write_csv, caplog):
+    rows = check_prompts(write_csv("prompt,lang\nこんにちは,ja\n元気？,ja\nこんにちは,ja\n こんにちは ,ja\n"))
+    assert [r.line for r in rows] == [2, 3]
+    assert "skipped 2 duplicate prompt(s) on line(s) 4, 5" in warnings_of(caplog)
+
+
+class CharTokenizer:
+    """One token per character of the user prompt: enough to test the length limit without a model."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+        return list(messages[-1]["content"])
+
+
+def test_prompt_over_the_limit_is_skipped_with_its_line_not_truncated(write_csv, caplog):
+    path = write_csv("prompt,lang\n短い,ja\n" + "長" * 50 + ",ja\nまた短い,ja\n")
+    dataset = load_prompts(path, tokenizer=CharTokenizer(), max_prompt_length=10)
+    assert [p[-1]["content"] for p in dataset["prompt"]] == ["短い", "また短い"]
+    assert "skipped 1 prompt(s) longer than the prompt limit on line(s) 3 (they are not truncated)" in (
+        warnings_of(caplog)
+    )
+
+
+def test_every_prompt_over_the_limit_is_an_error(write_csv):
+    path = write_csv("prompt,lang\n" + "長" * 50 + ",ja\n")
+    message = error_of(prompts_dataset, check_prompts(path), path, tokenizer=CharTokenizer(), max_prompt_length=10)
+    assert "every prompt is longer than the prompt limit" in message and "--max-prompt-length" in message
+
+
+def test_line_numbers_stay_right_after_blank_lines_and_multiline_prompts(write_csv):
+    rows = read_rows(write_csv('prompt,lang\n\n"一行目\n二行目",ja\n\n三つ目,ja\n'))
+    assert [r.line for r in rows] == [3, 6]
+
+
+def test_unclosed_quote_names_the_line_where_the_row_starts(write_csv):
+    message = error_of(read_rows, write_csv('prompt,lang\nこんにちは,ja\n"閉じていない,ja\n元気？,ja\n'))
+    assert "line 3: not readable as CSV" in message and "Check the quoting" in message
+
+
+# --- settings: caught before any model loads ------------------------------------------------------------------
+
+
+def test_batch_not_divisible_by_generations_names_both_flags_and_a_fix():
+    message = error_of(Settings(per_device_train_batch_size=6, num_generations=4).validate)
+    assert "(6) must be a multiple of num_generations (4)" in message
+    assert "Use a batch size of 4 or 8 (CLI --batch-size)" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (dict(num_generations=1), "Settings.num_generations (CLI --num-generations) must be at least 2"),
+        (dict(max_steps=0), "Settings.max_steps (CLI --max-steps) must be a positive integer, got 0"),
+        (dict(lora_rank=8.0), "Settings.lora_rank (CLI --lora-rank) must be a positive integer"),
+        (dict(learning_rate=float("nan")), "Settings.learning_rate (CLI --learning-rate) must be > 0"),
+        (dict(temperature=0), "Settings.temperature (CLI --temperature) must be > 0"),
+        (dict(warmup_ratio=1.0), "Settings.warmup_ratio must be in [0, 1)"),
+        (dict(max_completion_length=4000), "exceeds max_seq_length (4096): raise max_seq_length"),
+        (dict(reward_names=()), "GRPO needs at least one reward"),
+    ],
+)
+def test_invalid_settings_name_the_field(changes, expected):
+    assert expected in error_of(Settings(**changes).validate)
+
+
+def test_unknown_reward_name_lists_the_valid_ones():
+    message = error_of(Settings(reward_names=("xmlcount", "strict")).validate)
+    assert "Unknown reward 'strict'" in message and "soft_format, strict_format, xmlcount" in message
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if anything tries to load a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(modeling, "load_model", refuse)
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("settings", "data", "expected"),
+    [
+        (Settings(per_device_train_batch_size=5, **CPU_TINY), None, "must be a multiple"),
+        (Settings(reward_names=("nope",), **CPU_TINY), None, "Unknown reward 'nope'"),
+        (Settings(model_name="./missing-model", load_in_4bit=False), None, "no such folder"),
+        (Settings(**CPU_TINY), "missing.csv", "Prompt file not found"),
+        (Settings(**CPU_TINY), "bad.csv", "not ISO 639-1"),
+    ],
+)
+def test_bad_input_is_caught_before_the_model_loads(no_model_load, tmp_path, write_csv, settings, data, expected):
+    write_csv("prompt,lang\nこんにちは,ja\n", "ok.csv")
+    write_csv("prompt,lang\nこんにちは,jp\n", "bad.csv")
+    assert expected in error_of(train, settings, tmp_path / (data or "ok.csv"), tmp_path / "artifact")
+    assert not list((tmp_path / "artifact").glob("outputs/*"))  # and no empty run folder was left behind
+
+
+# --- MODEL_NAME -----------------------------------------------------------------------------------------------
+
+
+def test_missing_model_folder_says_what_to_give_instead(tmp_path):
+    with pytest.raises(ModelNotFoundError) as info:
+        check_model_name(str(tmp_path / "models" / "mine"))
+    assert "no such folder" in str(info.value) and "'tiny'" in str(info.value)
+
+
+def test_relative_checkpoint_path_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "no such folder" in error_of(check_model_name, "outputs/run/checkpoint-5")
+
+
+def test_half_written_checkpoint_without_adapter_files_is_named_as_such(tmp_path):
+    folder = tmp_path / "checkpoint-20"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text("{}")
+    message = error_of(check_model_name, str(folder))
+    assert "neither model files" in message and "half-written checkpoint" in message
+
+
+def test_adapter_config_without_adapter_weights_is_not_a_model(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert "LoRA adapter files (adapter_config.json + adapter_model.safetensors)" in error_of(
+        check_model_name, str(tmp_path)
+    )
+
+
+def test_run_folder_points_at_its_newest_finished_checkpoint(tmp_path):
+    for step in (5, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("")
+    assert f"its newest finished checkpoint is {tmp_path / 'checkpoint-10'}" in error_of(
+        check_model_name, str(tmp_path)
+    )
+
+
+def test_complete_adapter_folder_and_hub_ids_pass(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    check_model_name(str(tmp_path))
+    check_model_name("sbintuitions/sarashina2.2-3b-instruct-v0.1")  # a hub id is the loader's business
+
+
+# --- artifact folder ------------------------------------------------------------------------------------------
+
+
+def test_artifact_folder_under_a_file_is_not_writable(tmp_path):
+    (tmp_path / "file").write_text("")
+    message = error_of(check_writable, tmp_path / "file" / "artifact")
+    assert "is not writable" in message and "--artifact-dir" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_artifact_folder_is_not_writable(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        assert "is not writable" in error_of(check_writable, tmp_path / "artifact")
+    finally:
+        tmp_path.chmod(0o700)
+
+
+# --- device and vLLM (simulated) ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+
+
+@pytest.fixture
+def with_cuda(monkeypatch):
+    monkeypatch.setattr(modeling, "cuda_available", lambda: True)
+
+
+def fake_vllm(monkeypatch, installed: bool):
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "vllm":
+            return object() if installed else None
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(modeling.importlib.util, "find_spec", find_spec)
+
+
+def test_4bit_without_cuda_names_the_cpu_route(no_cuda):
+    message = error_of(check_device, Settings(load_in_4bit=True), training=False)
+    assert "needs a CUDA GPU" in message and "--no-4bit" in message and "--model tiny" in message
+
+
+def test_training_the_3b_model_without_cuda_names_the_tiny_route(no_cuda):
+    message = error_of(check_device, Settings(load_in_4bit=False), training=True)
+    assert "needs a CUDA GPU" in message and "sarashina-grpo train --model tiny" in message
+
+
+def test_tiny_model_trains_on_cpu(no_cuda):
+    check_device(Settings(**CPU_TINY), training=True)  # no error: the CPU route works
+
+
+def test_4bit_training_with_cuda_passes(with_cuda):
+    check_device(Settings(), training=True)
+
+
+def test_vllm_not_installed_says_how_to_install_or_turn_it_off(with_cuda, monkeypatch):
+    fake_vllm(monkeypatch, installed=False)
+    message = error_of(check_device, Settings(use_vllm=True), training=True)
+    assert "vLLM is not installed" in message and "uv sync --extra vllm" in message and "USE_VLLM=False" in message
+
+
+def test_vllm_without_cuda_says_to_turn_it_off(no_cuda, monkeypatch):
+    fake_vllm(monkeypatch, installed=True)
+    message = error_of(check_device, Settings(use_vllm=True, **CPU_TINY), training=True)
+    assert "USE_VLLM needs a CUDA GPU" in message
+
+
+# --- the CLI: one paragraph, exit code 2 ----------------------------------------------------------------------
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    code = main(["train", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def test_cli_turns_a_data_error_into_one_error_line_and_exit_code_2(no_cuda, capsys, tmp_path):
+    code, err = run_cli(capsys, "--model", "tiny", "--data", tmp_path / "nope.csv", "--artifact-dir", tmp_path)
+    assert code == 2 and err.startswith("error: Prompt file not found") and "Traceback" not in err
+
+
+def test_cli_turns_a_settings_error_into_one_error_line_and_exit_code_2(no_cuda, capsys, tmp_path):
+    code, err = run_cli(capsys, "--model", "tiny", "--batch-size", 3, "--num-generations", 2,
+                        "--artifact-dir", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "--batch-size" in err
+
+
+def test_cli_resume_without_a_checkpoint_is_an_error_not_a_new_run(no_cuda, capsys, tmp_path):
+    code, err = run_cli(capsys, "--model", "tiny", "--resume", "--artifact-dir", tmp_path)
+    assert code == 2 and "Nothing to resume" in err

@@ -1,0 +1,313 @@
+"""A long run is never lost: complete checkpoints only, resume after a crash, Ctrl-C saves, runs stay apart.
+
+The fast tests build checkpoint folders by hand; the slow ones train the tiny model on CPU through the CLI in
+subprocesses, SIGKILL one after its first complete checkpoint, resume it, and Ctrl-C another (~2-3 minutes).
+
+    .venv/bin/pytest tests/test_resume.py            # add -m "not slow" for the folder logic only
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sarashina_grpo.cli import build_parser, explicit_dests, settings_from_args
+from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.modeling import COMPLETE_MARKER
+from sarashina_grpo.training import (
+    check_resume_settings,
+    complete_checkpoints,
+    find_resume_checkpoint,
+    new_run_paths,
+    set_aside_newer,
+    write_run_info,
+)
+
+# --- checkpoint folders, built by hand ------------------------------------------------------------------------
+
+
+def make_checkpoint(run_dir: Path, step: int, *, marker=True, state=True, weights=True) -> Path:
+    folder = run_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    if weights:
+        (folder / "adapter_model.safetensors").write_bytes(b"w")
+    if state:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if marker:
+        (folder / COMPLETE_MARKER).write_text(f"{step}\n")
+    return folder
+
+
+def test_only_fully_written_checkpoints_count(tmp_path):
+    good = make_checkpoint(tmp_path, 2)
+    make_checkpoint(tmp_path, 3, marker=False)  # killed while saving: no marker yet
+    make_checkpoint(tmp_path, 4, state=False)  # marker but trainer state gone
+    make_checkpoint(tmp_path, 5, weights=False)  # marker but no weights
+    (tmp_path / "checkpoint-6.set-aside-20250101-000000").mkdir()  # moved aside by an earlier resume
+    assert complete_checkpoints(tmp_path) == [good]
+
+
+def test_resume_picks_the_last_complete_checkpoint_not_a_newer_half_written_one(tmp_path):
+    run = tmp_path / "outputs" / "r"
+    make_checkpoint(run, 2)
+    make_checkpoint(run, 10)
+    make_checkpoint(run, 12, marker=False)
+    paths, checkpoint = find_resume_checkpoint(tmp_path, "r")
+    assert (paths.output_dir, checkpoint) == (run, run / "checkpoint-10")
+
+
+def test_steps_are_compared_as_numbers_not_text(tmp_path):
+    run = tmp_path / "outputs" / "r"
+    make_checkpoint(run, 9)
+    make_checkpoint(run, 10)
+    assert find_resume_checkpoint(tmp_path, "r")[1].name == "checkpoint-10"  # "checkpoint-9" > "checkpoint-10"
+
+
+def test_naming_a_half_written_checkpoint_is_an_error_that_says_what_to_do(tmp_path):
+    folder = make_checkpoint(tmp_path / "outputs" / "r", 3, marker=False)
+    with pytest.raises(SettingsError, match=r"not a complete checkpoint .*\(--resume r\)"):
+        find_resume_checkpoint(tmp_path, str(folder))
+
+
+def test_latest_is_the_run_whose_last_complete_checkpoint_is_newest(tmp_path):
+    older = make_checkpoint(tmp_path / "outputs" / "b", 50)
+    newer = make_checkpoint(tmp_path / "outputs" / "a", 1)
+    os.utime(older / COMPLETE_MARKER, (1, 1))
+    make_checkpoint(tmp_path / "outputs" / "c", 99, marker=False)  # newest folder, but cut off
+    assert find_resume_checkpoint(tmp_path, "latest")[1] == newer
+
+
+def test_unknown_run_name_lists_the_resumable_runs(tmp_path):
+    make_checkpoint(tmp_path / "outputs" / "good-run", 1)
+    with pytest.raises(SettingsError, match=r"no such run or folder.*\['good-run'\]"):
+        find_resume_checkpoint(tmp_path, "typo-run")
+
+
+def test_later_checkpoint_folders_are_moved_aside_never_deleted(tmp_path):
+    keep = make_checkpoint(tmp_path, 2)
+    make_checkpoint(tmp_path, 3, marker=False)
+    set_aside_newer(tmp_path, keep)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "checkpoint-2" and names[1].startswith("checkpoint-3.set-aside-") and len(names) == 2
+    assert (tmp_path / names[1] / "adapter_model.safetensors").exists()
+
+
+def test_two_runs_with_the_same_name_get_different_folders(tmp_path):
+    first, second = new_run_paths(tmp_path, "exp"), new_run_paths(tmp_path, "exp")
+    assert (first.name, second.name) == ("exp", "exp-2")
+    assert first.output_dir.is_dir() and second.output_dir.is_dir() and first.log_dir != second.log_dir
+
+
+def test_timestamped_names_skip_a_log_folder_already_taken(tmp_path):
+    (tmp_path / "logs" / "exp").mkdir(parents=True)  # e.g. a run whose outputs were cleaned up
+    assert new_run_paths(tmp_path, "exp").name == "exp-2"
+
+
+def test_resuming_with_settings_that_change_the_maths_is_refused(tmp_path):
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, Settings(model_name="tiny", num_generations=2, per_device_train_batch_size=2), None)
+    changed = Settings(model_name="tiny", num_generations=4, per_device_train_batch_size=4)
+    with pytest.raises(SettingsError, match="num_generations: run used 2, now 4"):
+        check_resume_settings(changed, None, paths.output_dir)
+
+
+def test_resuming_with_more_steps_is_allowed_with_a_warning(tmp_path, caplog):
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, Settings(model_name="tiny", max_steps=10), None)
+    with caplog.at_level(logging.WARNING):
+        check_resume_settings(Settings(model_name="tiny", max_steps=20), None, paths.output_dir)
+    assert "max_steps = 20 (the run started with 10)" in caplog.text
+
+
+def test_cli_resume_keeps_the_runs_settings_except_flags_given_again():
+    argv = ["train", "--resume", "r", "--max-steps", "20", "--no-4bit"]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    base = Settings(model_name="tiny", max_steps=10, num_generations=2, per_device_train_batch_size=2)
+    settings = settings_from_args(args, base)
+    assert explicit_dests(args) >= {"max_steps", "resume"}
+    assert (settings.model_name, settings.max_steps, settings.num_generations) == ("tiny", 20, 2)
+
+
+# --- real runs of the tiny model on CPU -----------------------------------------------------------------------
+
+MAX_STEPS = 8
+TRAIN = ["--model", "tiny", "--no-4bit", "--max-steps", str(MAX_STEPS), "--save-steps", "1",
+         "--max-completion-length", "16", "--num-generations", "2", "--batch-size", "2"]
+
+
+def start_cli(*args, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen([sys.executable, "-m", "sarashina_grpo.cli", "train", *map(str, args)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (found := condition()):
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"exited ({process.returncode}) too early:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"timed out:\n{log.read_text()[-3000:]}")
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float = 240) -> tuple[int, str]:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"did not finish:\n{log.read_text()[-3000:]}")
+    return process.returncode, log.read_text()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[float, str]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def state_of(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def expected_learning_rate(step: int, base: float = 5e-6, warmup_ratio: float = 0.1) -> float:
+    """The cosine-with-warmup rate TRL logs at ``step`` (the rate the step trained with)."""
+    warmup, t = math.ceil(MAX_STEPS * warmup_ratio), step - 1
+    if t < warmup:
+        return base * t / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (MAX_STEPS - warmup)))
+
+
+OPTIMIZER_MARK = 1000
+
+
+def mark_optimizer_steps(checkpoint: Path, offset: int) -> None:
+    """Add ``offset`` to AdamW's own step counters in the checkpoint, so the final counters show where the
+    optimizer state came from: this checkpoint (offset + MAX_STEPS), a fresh optimizer (MAX_STEPS - k), or a
+    run restarted from scratch (MAX_STEPS)."""
+    import torch
+
+    path = checkpoint / "optimizer.pt"
+    state = torch.load(path, weights_only=False)
+    for param_state in state["state"].values():
+        param_state["step"] = param_state["step"] + offset
+    torch.save(state, path)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """Run 'r' is SIGKILLed right after its first complete checkpoint, given two bogus newer checkpoint folders,
+    then resumed with a bare --resume (its settings come from run.json)."""
+    artifact = tmp_path_factory.mktemp("artifact")
+    run = artifact / "outputs" / "r"
+    log = artifact / "first.log"
+    first = start_cli(*TRAIN, "--artifact-dir", artifact, "--run-name", "r", log=log)
+    wait_for(lambda: complete_checkpoints(run), first, log)
+    first.send_signal(signal.SIGKILL)
+    first.wait(60)
+    assert not (run / f"checkpoint-{MAX_STEPS}").exists(), "the run finished before it could be killed"
+    killed_at = max(int(p.name.split("-")[1]) for p in complete_checkpoints(run))
+    mark_optimizer_steps(run / f"checkpoint-{killed_at}", OPTIMIZER_MARK)
+    history = state_of(run / f"checkpoint-{killed_at}")["log_history"]
+    before = {p.name: snapshot(p) for p in complete_checkpoints(run)}
+    bogus_steps = (MAX_STEPS + 40, MAX_STEPS + 50)
+    make_checkpoint(run, bogus_steps[0], marker=False)  # half-written: killed while saving
+    make_checkpoint(run, bogus_steps[1], state=False)  # marker but files missing
+    log = artifact / "resume.log"
+    code, output = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", log=log), log)
+    assert code == 0, output[-3000:]
+    return dict(artifact=artifact, run=run, killed_at=killed_at, before=before, output=output, bogus=bogus_steps,
+                history=history)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_complete_checkpoint_and_reaches_the_planned_steps(killed_and_resumed):
+    run, k = killed_and_resumed["run"], killed_and_resumed["killed_at"]
+    assert f"Resuming run r from {run / f'checkpoint-{k}'}" in killed_and_resumed["output"]
+    assert f"Finished at step {MAX_STEPS}" in killed_and_resumed["output"]
+    assert state_of(run / f"checkpoint-{MAX_STEPS}")["global_step"] == MAX_STEPS
+    assert [p.name for p in (killed_and_resumed["artifact"] / "outputs").iterdir()] == ["r"]  # no new run
+
+
+@pytest.mark.slow
+def test_resume_continues_the_step_count_without_gaps_or_repeats(killed_and_resumed):
+    history = state_of(killed_and_resumed["run"] / f"checkpoint-{MAX_STEPS}")["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, MAX_STEPS + 1))
+    # The steps before the crash are the killed process's own records, carried over, not trained again.
+    assert history[: len(killed_and_resumed["history"])] == killed_and_resumed["history"]
+
+
+@pytest.mark.slow
+def test_resume_restores_the_learning_rate_schedule(killed_and_resumed):
+    # A fresh scheduler would restart the warmup at the resumed step; the logged rates follow one schedule.
+    history = state_of(killed_and_resumed["run"] / f"checkpoint-{MAX_STEPS}")["log_history"]
+    logged = [h["learning_rate"] for h in history if "loss" in h]
+    assert logged == pytest.approx([expected_learning_rate(s) for s in range(1, MAX_STEPS + 1)], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_resume_restores_optimizer_and_scheduler_state(killed_and_resumed):
+    import torch
+
+    final = killed_and_resumed["run"] / f"checkpoint-{MAX_STEPS}"
+    optimizer = torch.load(final / "optimizer.pt", weights_only=False)
+    scheduler = torch.load(final / "scheduler.pt", weights_only=False)
+    assert {float(s["step"]) for s in optimizer["state"].values()} == {float(OPTIMIZER_MARK + MAX_STEPS)}
+    assert scheduler["last_epoch"] == MAX_STEPS  # a fresh scheduler would end at MAX_STEPS - k
+
+
+@pytest.mark.slow
+def test_resume_never_rewrites_the_checkpoints_it_continues_from(killed_and_resumed):
+    run = killed_and_resumed["run"]
+    assert {name: snapshot(run / name) for name in killed_and_resumed["before"]} == killed_and_resumed["before"]
+
+
+@pytest.mark.slow
+def test_half_written_newer_checkpoints_were_never_chosen_and_are_kept_aside(killed_and_resumed):
+    run = killed_and_resumed["run"]
+    for step in killed_and_resumed["bogus"]:
+        assert not (run / f"checkpoint-{step}").exists()
+        assert len(list(run.glob(f"checkpoint-{step}.set-aside-*"))) == 1  # moved, not deleted
+
+
+@pytest.fixture(scope="module")
+def interrupted(killed_and_resumed):
+    """A second run with the same --run-name in the same artifact folder, stopped with Ctrl-C (SIGINT)."""
+    artifact = killed_and_resumed["artifact"]
+    first_run = {"outputs": snapshot(artifact / "outputs" / "r"), "logs": snapshot(artifact / "logs" / "r")}
+    log = artifact / "interrupted.log"
+    process = start_cli(*TRAIN, "--max-steps", "200", "--save-steps", "1000", "--artifact-dir", artifact,
+                        "--run-name", "r", log=log)
+    wait_for(lambda: "'loss'" in log.read_text(), process, log)  # training has started
+    process.send_signal(signal.SIGINT)
+    code, output = finish(process, log)
+    return dict(artifact=artifact, code=code, output=output, first_run=first_run)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_complete_checkpoint_then_exits_with_a_clean_message(interrupted):
+    assert interrupted["code"] == 130 and "Traceback" not in interrupted["output"]
+    last_line = interrupted["output"].strip().splitlines()[-1]
+    assert last_line.startswith("Stopped by SIGINT at step ") and "--resume r-2" in last_line
+    saved = complete_checkpoints(interrupted["artifact"] / "outputs" / "r-2")
+    assert len(saved) == 1 and f"saved {saved[0]}." in last_line  # a save the regular schedule would not make
+
+
+@pytest.mark.slow
+def test_a_second_run_never_overwrites_or_deletes_the_first_runs_files(interrupted):
+    artifact = interrupted["artifact"]
+    assert snapshot(artifact / "outputs" / "r") == interrupted["first_run"]["outputs"]
+    assert snapshot(artifact / "logs" / "r") == interrupted["first_run"]["logs"]
+    assert any((artifact / "logs" / "r-2").iterdir())  # its own TensorBoard folder
