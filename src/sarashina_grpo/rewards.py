@@ -8,6 +8,7 @@ Bounds (documented and property-tested):
 - ``xmlcount_reward``: at most 0.5; at least ``-0.001 × len(text)`` (the trailing-text penalty has no floor, as in
   the article).
 - ``soft_format_reward``, ``strict_format_reward``: exactly 0.0 or 0.5.
+- ``japanese_purity_reward`` (defined in ``purity.py``): in [0, 0.5].
 """
 
 from __future__ import annotations
