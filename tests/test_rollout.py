@@ -115,3 +115,25 @@ def test_fast_setting_routes_training_rollouts_through_the_engine(tiny_model_dir
     trainer = train(settings, artifact_dir=tmp_path)
     assert trainer.fast_rollout.calls == 1  # why: one optimizer step, one rollout, made by the fast engine
     assert trainer.state.global_step == 1
+
+
+@pytest.mark.slow
+def test_a_reused_engine_decodes_like_a_fresh_one_and_sees_lora_updates(tiny_trainer):
+    trainer, dataset = tiny_trainer
+    prompt_ids = _prompt_ids(trainer, dataset)
+    engine = _fast(trainer)
+    engine.generate(prompt_ids[::-1])  # leaves its cache, buffers and weights behind for the next rollout
+    # why: stale cache rows of an earlier rollout must stay masked, and a kept engine must match a new one
+    assert engine.generate(prompt_ids) == _fast(trainer).generate(prompt_ids)
+    lora_b = [p for name, p in trainer.model.named_parameters() if "lora_B" in name]
+    saved = [p.detach().clone() for p in lora_b]
+    try:
+        with torch.no_grad():
+            for p in lora_b:
+                p.mul_(-1.0)  # an "optimizer step" between two rollouts
+        # why: the engine keeps the base weights but must decode from the adapters as they are now
+        assert engine.generate(prompt_ids) == _fast(trainer).generate(prompt_ids)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(lora_b, saved, strict=True):
+                p.copy_(s)

@@ -275,7 +275,9 @@ def run(args: argparse.Namespace) -> None:
     rows, loaded = [], {}
     with tempfile.TemporaryDirectory(prefix="sarashina-bench-run-") as work:
         for cfg in configs:
-            steps = max(args.steps, 1 + cfg.steps_per_generation)  # steady steps span one whole rollout
+            # steady steps (all but the first) span whole rollouts: a multiple of steps_per_generation
+            spg = cfg.steps_per_generation
+            steps = 1 + -(-max(args.steps - 1, spg) // spg) * spg
             try:
                 rows.append(run_config(cfg, model_name, args.data, steps, args.max_completion_length, Path(work),
                                        loaded))

@@ -15,6 +15,12 @@ applied *unmerged* (``x W + s (x A) B``, as in training, so tiny early LoRA upda
 merge), sampled with the trainer's temperature / top-k / top-p and cut after the first EOS token, like TRL does.
 4-bit base weights are dequantized to bf16 for the rollout, which is what bitsandbytes does inside each matmul anyway.
 
+Between rollouts the engine keeps the dequantized base weights (frozen; the LoRA factors are re-read into fixed
+buffers before every rollout) and, when the KV cache is small (``KEEP_CACHE_BYTES``: the 6-completion case), the
+cache and its captured graphs too. Graphs are captured without ``torch.cuda.graph``'s ``empty_cache()`` (which
+would also empty the pinned-host cache every rollout), into one long-lived pool. Decoding attends only to the
+filled part of the cache, one graph per ``ATTN_BUCKET`` of length (docs/benchmarks/README.md has the measurements).
+
 Supports Llama-architecture models (Sarashina 2.2) without biases; anything else raises ``UnsupportedModelError``
 when the trainer is built. ``SARASHINA_ROLLOUT_COMPILE=1`` also compiles the per-layer function (experimental).
 """
@@ -25,7 +31,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +39,9 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 EOS_CHECK_EVERY = 32  # tokens between host syncs that look for "every row has finished"
-CACHE_BUCKET = 64  # KV-cache length is rounded up to this: fewer distinct shapes, aligned attention masks
+CACHE_BUCKET = 128  # KV-cache length is rounded up to this: fewer distinct shapes, aligned attention masks
+ATTN_BUCKET = 128  # decode attends to the cache's first multiple of this many slots that holds every filled one
+KEEP_CACHE_BYTES = 2**30  # a KV cache (and its graphs) up to this size stays allocated for the next rollout
 
 
 class UnsupportedModelError(ValueError):
@@ -47,6 +55,7 @@ class Linear:
     weight: torch.Tensor  # [out, in]
     lora_a: torch.Tensor | None = None  # [R, in]: the A matrices of the fused projections, stacked
     lora_b: torch.Tensor | None = None  # [out, R]: scaling × B, block-diagonal over the fused projections
+    rows: tuple[int, ...] = ()  # output rows of each fused projection
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = x @ self.weight.t()
@@ -93,23 +102,50 @@ def _lora_parts(module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return parts
 
 
-def fuse(modules, dtype) -> Linear:
-    """One ``Linear`` computing the concatenated outputs of ``modules`` (which share their input)."""
-    weights = [_dense_weight(m, dtype) for m in modules]
-    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+def _fused_lora(modules, rows: tuple[int, ...], dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(stacked A, block-diagonal scaling × B) of the fused ``modules``; None when none has an active adapter."""
     parts = [(i, a, b) for i, m in enumerate(modules) for a, b in _lora_parts(m)]
     if not parts:
-        return Linear(weight)
+        return None
     lora_a = torch.cat([a for _, a, _ in parts]).to(dtype)
-    lora_b = weight.new_zeros(weight.shape[0], lora_a.shape[0])
+    lora_b = lora_a.new_zeros(sum(rows), lora_a.shape[0])
     row_starts = [0]
-    for w in weights:
-        row_starts.append(row_starts[-1] + w.shape[0])
+    for r in rows:
+        row_starts.append(row_starts[-1] + r)
     col = 0
     for i, a, b in parts:
         lora_b[row_starts[i]:row_starts[i + 1], col:col + a.shape[0]] = b.to(dtype)
         col += a.shape[0]
-    return Linear(weight, lora_a, lora_b)
+    return lora_a, lora_b
+
+
+def fuse(modules, dtype) -> Linear:
+    """One ``Linear`` computing the concatenated outputs of ``modules`` (which share their input)."""
+    weights = [_dense_weight(m, dtype) for m in modules]
+    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+    rows = tuple(w.shape[0] for w in weights)
+    lora = _fused_lora(modules, rows, dtype)
+    return Linear(weight, rows=rows) if lora is None else Linear(weight, *lora, rows=rows)
+
+
+def refresh_lora(linear: Linear, modules, dtype) -> bool:
+    """Re-read the adapters of ``modules`` into ``linear``, in place when the shapes allow (captured graphs read the
+    same buffers); False when the buffers had to be replaced."""
+    lora = _fused_lora(modules, linear.rows, dtype)
+    if lora is None or linear.lora_a is None:
+        same = lora is None and linear.lora_a is None
+    else:
+        same = lora[0].shape == linear.lora_a.shape and lora[1].shape == linear.lora_b.shape
+    if same and lora is not None:
+        linear.lora_a.copy_(lora[0])
+        linear.lora_b.copy_(lora[1])
+    elif not same:
+        linear.lora_a, linear.lora_b = lora if lora is not None else (None, None)
+    return same
+
+
+def _frozen(module) -> bool:
+    return not getattr(getattr(module, "base_layer", module).weight, "requires_grad", False)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -143,6 +179,22 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int = 0, top_
     return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
 
 
+@dataclass(eq=False)
+class _Decoder:
+    """A KV cache with its decode buffers and CUDA graphs (one per attention length), for one batch shape."""
+
+    batch: int
+    length: int
+    steps: int
+    caches: list[tuple[torch.Tensor, torch.Tensor]]
+    cos: torch.Tensor
+    sin: torch.Tensor
+    state: dict[str, torch.Tensor]
+    step: object  # step(attn_len): one decode step on the state
+    graphs: dict = field(default_factory=dict)
+    warm: set = field(default_factory=set)
+
+
 class FastRollout:
     """Decode a Llama-architecture (PEFT/Unsloth) causal LM from a static cache; ``generate`` returns token ids."""
 
@@ -174,6 +226,9 @@ class FastRollout:
             compile_layers = os.environ.get("SARASHINA_ROLLOUT_COMPILE") == "1"
         self._layer_fn = torch.compile(self._layer, dynamic=False) if compile_layers else None
         self.calls = 0
+        self._layers: list[Layer] | None = None  # kept between rollouts when the base weights are frozen
+        self._decoder: _Decoder | None = None  # kept between rollouts when its KV cache is small
+        self._pool = self._stream = self._keeper = None  # one graph memory pool and capture stream for all captures
 
     # -- weights --------------------------------------------------------------------------------------------------
     def snapshot(self) -> list[Layer]:
@@ -192,9 +247,32 @@ class FastRollout:
             ))
         return layers
 
+    def _modules(self, layer):
+        a, m = layer.self_attn, layer.mlp
+        return [a.q_proj, a.k_proj, a.v_proj], [a.o_proj], [m.gate_proj, m.up_proj], [m.down_proj]
+
+    def layers(self) -> list[Layer]:
+        """The decode-time layers: dequantized once while the base weights are frozen (LoRA training), with the
+        LoRA factors re-read before every rollout. A changed adapter layout drops the captured graphs."""
+        dtype = self.core.embed_tokens.weight.dtype
+        if self._layers is None:
+            layers = self.snapshot()
+            if all(_frozen(m) for layer in self.core.layers for group in self._modules(layer) for m in group):
+                self._layers = layers
+            return layers
+        same = True
+        for layer, decoded in zip(self.core.layers, self._layers, strict=True):
+            for group, linear in zip(self._modules(layer), (decoded.qkv, decoded.o, decoded.gate_up, decoded.down),
+                                     strict=True):
+                same &= refresh_lora(linear, group, dtype)
+        if not same:
+            self._decoder = None
+        return self._layers
+
     # -- one transformer layer over T new tokens per row ---------------------------------------------------------
-    def _layer(self, h, layer: Layer, cos, sin, k_cache, v_cache, slots, mask):
-        """h [B,T,H]; cos/sin [B,T,D]; caches [B,L,kv,D]; slots [T] cache rows written; mask [B,1,T,L] additive."""
+    def _layer(self, h, layer: Layer, cos, sin, k_cache, v_cache, slots, mask, attn_len: int):
+        """h [B,T,H]; cos/sin [B,T,D]; caches [B,L,kv,D]; slots [T] cache rows written; mask [B,1,T,A] additive
+        over the first A = ``attn_len`` cache rows, the only ones attended to."""
         batch, t, _ = h.shape
         nq, nkv, d = self.n_heads, self.n_kv, self.head_dim
         qkv = layer.qkv(_rms_norm(h, layer.norm1, self.eps)).view(batch, t, nq + 2 * nkv, d)
@@ -207,19 +285,22 @@ class FastRollout:
         # so the rep query heads of one kv head become rep × T query rows against that kv head.
         rep = nq // nkv
         q = qk[:, :, :nq].transpose(1, 2).reshape(batch, nkv, rep * t, d)
-        length = k_cache.shape[1]
-        m = mask[:, :, None].expand(batch, 1, rep, t, length).reshape(batch, 1, rep * t, length)
-        out = F.scaled_dot_product_attention(q, k_cache.transpose(1, 2), v_cache.transpose(1, 2), attn_mask=m)
+        if t > 1:
+            mask = mask[:, :, None].expand(batch, 1, rep, t, attn_len).reshape(batch, 1, rep * t, attn_len)
+        # (one new token: the [B,1,1,A] mask broadcasts over the rep query rows, no copy)
+        keys, values = k_cache[:, :attn_len].transpose(1, 2), v_cache[:, :attn_len].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.view(batch, nq, t, d).transpose(1, 2).reshape(batch, t, nq * d)
         h = h + layer.o(out)
         gate, up = layer.gate_up(_rms_norm(h, layer.norm2, self.eps)).chunk(2, dim=-1)
         return h + layer.down(F.silu(gate) * up)
 
-    def _forward(self, layers, tokens, positions, slots, mask, caches, cos_table, sin_table, layer_fn=None):
+    def _forward(self, layers, tokens, positions, slots, mask, caches, cos_table, sin_table, attn_len: int,
+                 layer_fn=None):
         h = F.embedding(tokens, self.core.embed_tokens.weight)
         cos, sin = cos_table[positions], sin_table[positions]
         for layer, (k_cache, v_cache) in zip(layers, caches, strict=True):
-            h = (layer_fn or self._layer)(h, layer, cos, sin, k_cache, v_cache, slots, mask)
+            h = (layer_fn or self._layer)(h, layer, cos, sin, k_cache, v_cache, slots, mask, attn_len)
         h = _rms_norm(h[:, -1], self.core.norm.weight, self.eps)
         return sample_tokens(h @ self.lm.lm_head.weight.t(), self.temperature, self.top_k, self.top_p)
 
@@ -235,6 +316,57 @@ class FastRollout:
         return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
 
     # -- a rollout -----------------------------------------------------------------------------------------------
+    def _new_decoder(self, batch: int, length: int, steps: int, layers, dtype, device) -> _Decoder:
+        cos, sin = self._rope_tables(length, dtype, device)
+        # Zeros, not empty: stale or unwritten rows are masked, and 0 × masked row must not be 0 × NaN.
+        caches = [tuple(torch.zeros(2, batch, length, self.n_kv, self.head_dim, dtype=dtype, device=device))
+                  for _ in layers]
+        # Decode state lives in fixed buffers so that captured graphs read and advance it on the device.
+        state = dict(
+            token=torch.zeros(batch, dtype=torch.long, device=device),
+            position=torch.zeros(batch, dtype=torch.long, device=device),
+            slot=torch.zeros(1, dtype=torch.long, device=device), step=torch.zeros(1, dtype=torch.long, device=device),
+            mask=torch.zeros(batch, 1, 1, length, dtype=dtype, device=device),
+            out=torch.zeros(batch, steps, dtype=torch.long, device=device),
+        )
+
+        def step(attn_len: int):
+            state["mask"].index_fill_(-1, state["slot"], 0.0)
+            nxt = self._forward(layers, state["token"][:, None], state["position"][:, None], state["slot"],
+                                state["mask"][..., :attn_len], caches, cos, sin, attn_len, self._layer_fn)
+            state["out"].index_copy_(1, state["step"], nxt[:, None])
+            state["token"].copy_(nxt)
+            state["position"].add_(1)
+            state["slot"].add_(1)
+            state["step"].add_(1)
+
+        return _Decoder(batch, length, steps, caches, cos, sin, state, step)
+
+    def _capture(self, fn) -> torch.cuda.CUDAGraph:
+        """``fn`` captured as a CUDA graph, without ``torch.cuda.graph``'s ``empty_cache()`` (see module doc)."""
+        first = self._stream is None
+        if first:
+            self._stream = torch.cuda.Stream()
+            # One pool for every capture, kept alive by a one-kernel graph that never dies: when all the graphs
+            # of a pool die, the pool is released (and torch 2.11's pinned-host allocator asserts if its id is
+            # captured into again), and dead pools stay reserved until the next empty_cache().
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            if first:
+                self._keeper = (torch.cuda.CUDAGraph(), torch.zeros(1, device="cuda"))
+                self._keeper[0].capture_begin(pool=self._pool)
+                self._keeper[1].add_(1)
+                self._keeper[0].capture_end()
+            graph.capture_begin(pool=self._pool)
+            try:
+                fn()
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(self._stream)
+        return graph
+
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], max_new_tokens: int | None = None) -> list[list[int]]:
         """Completion token ids for each prompt, each cut after its first EOS token (kept), as TRL does."""
@@ -244,8 +376,12 @@ class FastRollout:
         device, dtype = weight.device, weight.dtype
         graphs = self.use_cuda_graph if self.use_cuda_graph is not None else device.type == "cuda"
         batch, prompt_len = len(prompt_ids), max(len(p) for p in prompt_ids)
-        length = -(-(prompt_len + steps) // CACHE_BUCKET) * CACHE_BUCKET
-        layers = self.snapshot()
+        layers = self.layers()
+        dec = self._decoder
+        if dec is None or (dec.batch, dec.steps) != (batch, steps) or dec.length < prompt_len + steps:
+            self._decoder = dec = None  # freed before the next one is allocated
+            length = -(-(prompt_len + steps) // CACHE_BUCKET) * CACHE_BUCKET
+            dec = self._new_decoder(batch, length, steps, layers, dtype, device)
 
         # Left padding as in TRL: row b's prompt ends at column prompt_len - 1; positions count its real tokens.
         tokens = torch.full((batch, prompt_len), self.pad_token_id, dtype=torch.long)
@@ -255,55 +391,48 @@ class FastRollout:
             real[row, prompt_len - len(ids):] = True
         tokens, real = tokens.to(device), real.to(device)
         positions = (real.long().cumsum(1) - 1).clamp(min=0)
-        positions_1d = torch.arange(length, device=device)
-        cos_table, sin_table = self._rope_tables(length, dtype, device)
-        caches = [tuple(torch.zeros(2, batch, length, self.n_kv, self.head_dim, dtype=dtype, device=device))
-                  for _ in layers]
         neg = torch.finfo(dtype).min
 
-        # Prefill: causal over real prompt tokens; a pad row attends to itself so it stays finite (it is never read).
-        cols = torch.arange(length, device=device)
-        allowed = (cols[None, :] <= cols[:prompt_len, None])[None] & F.pad(real, (0, length - prompt_len))[:, None]
-        allowed |= (cols[None, :] == cols[:prompt_len, None])[None]
-        prefill_mask = torch.zeros(batch, 1, prompt_len, length, dtype=dtype, device=device)
+        # Prefill over the prompt columns only: causal over real tokens; a pad row attends to itself so that it
+        # stays finite (it is never read).
+        cols = torch.arange(prompt_len, device=device)
+        allowed = (cols[None, :] <= cols[:, None])[None] & real[:, None]
+        allowed |= (cols[None, :] == cols[:, None])[None]
+        prefill_mask = torch.zeros(batch, 1, prompt_len, prompt_len, dtype=dtype, device=device)
         prefill_mask.masked_fill_(~allowed[:, None], neg)
-        first = self._forward(layers, tokens, positions, positions_1d[:prompt_len], prefill_mask, caches,
-                              cos_table, sin_table)
+        first = self._forward(layers, tokens, positions, cols, prefill_mask, dec.caches, dec.cos, dec.sin,
+                              prompt_len)
 
-        # Decode state lives in fixed buffers so that a captured graph reads and advances it on the device.
-        state = dict(
-            token=first.clone(), position=positions[:, -1] + 1, slot=torch.tensor([prompt_len], device=device),
-            step=torch.tensor([1], device=device), mask=prefill_mask[:, :, -1:].clone(),
-            out=torch.full((batch, steps), self.pad_token_id, dtype=torch.long, device=device),
-        )
+        state = dec.state
+        state["token"].copy_(first)
+        state["position"].copy_(positions[:, -1] + 1)
+        state["slot"].fill_(prompt_len)
+        state["step"].fill_(1)
+        state["mask"].fill_(neg)  # cache rows of an earlier rollout, and rows not yet written, stay masked
+        state["mask"][:, 0, 0, :prompt_len].masked_fill_(real, 0.0)
+        state["out"].fill_(self.pad_token_id)
         state["out"][:, 0] = first
 
-        def decode_step():
-            state["mask"].index_fill_(-1, state["slot"], 0.0)
-            nxt = self._forward(layers, state["token"][:, None], state["position"][:, None], state["slot"],
-                                state["mask"], caches, cos_table, sin_table, self._layer_fn)
-            state["out"].index_copy_(1, state["step"], nxt[:, None])
-            state["token"].copy_(nxt)
-            state["position"].add_(1)
-            state["slot"].add_(1)
-            state["step"].add_(1)
-
         eos = self.eos.to(device)
-        graph = None
         for i in range(1, steps):
+            # Attend to the first ATTN_BUCKET multiple of cache rows that holds slot prompt_len + i - 1 (this step's).
+            attn_len = min(dec.length, -(-(prompt_len + i) // ATTN_BUCKET) * ATTN_BUCKET)
+            graph = dec.graphs.get(attn_len)
             if graph is not None:
                 graph.replay()
-            elif graphs and i == 2:  # step 1 ran eagerly (warm-up); capture from here on
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    decode_step()
+            elif graphs and attn_len in dec.warm:  # each length runs once eagerly (warm-up), then is captured
+                graph = dec.graphs[attn_len] = self._capture(lambda n=attn_len: dec.step(n))
                 graph.replay()
             else:
-                decode_step()
+                dec.step(attn_len)
+                dec.warm.add(attn_len)
             if i % EOS_CHECK_EVERY == 0 and torch.isin(state["out"][:, : i + 1], eos).any(1).all():
                 break
-        del graph
-        return [self._until_eos(row) for row in state["out"].tolist()]
+        out = state["out"].tolist()
+        cache_bytes = sum(k.numel() * k.element_size() for pair in dec.caches for k in pair)
+        # Kept only over persistent layers: its graphs read their buffers.
+        self._decoder = dec if self._layers is not None and cache_bytes <= KEEP_CACHE_BYTES else None
+        return [self._until_eos(row) for row in out]
 
     def _until_eos(self, row: list[int]) -> list[int]:
         eos = set(self.eos.tolist())
