@@ -159,10 +159,9 @@ def _check_range(value, name: str, wanted: str, ok) -> None:
         raise SettingsError(f"{_field(name)} must be {wanted}, got {value!r}.")
 
 
-def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides):
-    """TRL ``GRPOConfig`` for ``settings``; ``overrides`` win over both settings and ``extra_grpo_args``."""
-    from trl import GRPOConfig
-
+def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides) -> dict:
+    """The keyword arguments of TRL's ``GRPOConfig`` for ``settings``; ``overrides`` win over both settings and
+    ``extra_grpo_args``. (Unsloth may still rewrite some, e.g. the optimiser on a machine without CUDA.)"""
     args = dict(
         output_dir=str(output_dir),
         learning_rate=settings.learning_rate,
@@ -196,4 +195,11 @@ def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bo
     # rollout="fast" needs no GRPOConfig change: build_trainer swaps in sarashina_grpo.rollout's generation.
     args.update(settings.extra_grpo_args)
     args.update(overrides)
-    return GRPOConfig(**args)
+    return args
+
+
+def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides):
+    """TRL ``GRPOConfig`` for ``settings`` (see ``grpo_config_kwargs``)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(**grpo_config_kwargs(settings, output_dir, use_cpu=use_cpu, **overrides))
