@@ -27,10 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import REPO_ROOT
+
 logger = logging.getLogger(__name__)
 
 HELP = "time GRPO steps of the training path per rollout configuration; write results.json/.md/.png"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36"
 CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?$")
 TARGETS = {6: 1500, 36: 3000}  # completion tokens/s asked of the fast path on one H100 (issue 3)

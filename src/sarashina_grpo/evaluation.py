@@ -25,12 +25,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .config import REPO_ROOT
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EVAL_DATA = REPO_ROOT / "datasets" / "eval.csv"
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",

@@ -19,13 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DEFAULT_REWARDS, Settings
+from .config import DEFAULT_REWARDS, REPO_ROOT, Settings
 from .inference import GenerationSettings
 from .warmstart import WarmStart
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_DATA = REPO_ROOT / "datasets" / "smalltalk.csv"
 EVAL_DATA = REPO_ROOT / "datasets" / "eval.csv"
 RUNS = {"format": DEFAULT_REWARDS, "format+purity": (*DEFAULT_REWARDS, "japanese_purity")}

@@ -11,11 +11,10 @@ import logging
 import re
 from pathlib import Path
 
-from .config import Settings, SettingsError
+from .config import REPO_ROOT, Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL_DIR = REPO_ROOT / "artifact" / "models" / "tiny"
 MODEL_FILES = ("config.json",)
 ADAPTER_FILES = ("adapter_config.json",)

@@ -24,14 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings, SettingsError, build_grpo_config
+from .config import REPO_ROOT, Settings, SettingsError, build_grpo_config
 from .modeling import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, WEIGHT_FILES
 
 # callbacks, trl and transformers are imported inside functions: Unsloth must be imported before them.
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifact"
 DEFAULT_DATA_PATH = REPO_ROOT / "datasets" / "smalltalk.csv"
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
