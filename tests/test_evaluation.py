@@ -77,4 +77,64 @@ def test_eval_command_on_the_tiny_model_writes_metrics_generations_and_compariso
     metrics = json.loads((tmp_path / "eval" / "sampled" / "metrics.json").read_text(encoding="utf-8"))
     lines = (tmp_path / "eval" / "sampled" / "generations.jsonl").read_text(encoding="utf-8").splitlines()
     assert set(METRIC_KEYS) <= set(metrics) and metrics["n"] == len(lines) == 10  # 5 prompts × 2 samples
+    assert 0 < metrics["mean_tokens"] <= 12  # generated ids, not the decoded text re-tokenized
     assert (tmp_path / "eval" / "compare-sampled-vs-greedy" / "comparison.png").stat().st_size > 0
+
+
+LEAKY = "<think>\n本当は百円で買いました。\n</think>\n<response>\n本当は百円で買いました。\n</response>"
+
+
+def test_leak_is_reported_per_output():
+    assert score_text(LEAKY)["think_leak"] == 1.0  # the response repeats the thinking word for word
+
+
+def test_leak_mean_skips_outputs_without_both_sections():
+    assert score_texts([LEAKY, STRICT_JA, "no tags"])["think_leak_mean"] == 1.0  # only LEAKY has 8+ chars to judge
+
+
+def test_leak_is_a_column_of_the_comparison():
+    table = comparison_table({"a": score_texts([LEAKY]), "b": score_texts([STRICT_JA])})
+    assert "| think_leak_mean | 1.000 | – |" in table  # "–": STRICT_JA's response is too short to judge
+
+
+def test_chart_labels_tell_missing_from_zero():
+    from sarashina_grpo.evaluation import chart_label, chart_value
+
+    assert [chart_label(chart_value(v)) for v in (None, float("nan"), 0.0, 0.5)] == ["n/a", "n/a", "0.00", "0.50"]
+
+
+def test_chart_draws_missing_values_without_failing(tmp_path):
+    from sarashina_grpo.evaluation import comparison_chart
+
+    chart = comparison_chart({"a": score_texts(["no tags"]), "b": score_texts([STRICT_JA])}, tmp_path / "c.png")
+    assert chart.stat().st_size > 0  # "no tags" has no think purity: drawn as n/a
+
+
+def test_an_existing_evaluation_name_is_refused(tmp_path):
+    from sarashina_grpo.evaluation import EvalExistsError, check_eval_name
+
+    write_eval([{"prompt": "p", "completion": STRICT_JA}], tmp_path / "eval" / "base")
+    with pytest.raises(EvalExistsError, match="--overwrite"):
+        check_eval_name("base", tmp_path)
+
+
+def test_overwrite_allows_reusing_an_evaluation_name(tmp_path):
+    from sarashina_grpo.evaluation import check_eval_name
+
+    write_eval([{"prompt": "p", "completion": STRICT_JA}], tmp_path / "eval" / "base")
+    assert check_eval_name("base", tmp_path, overwrite=True) == tmp_path / "eval" / "base"
+
+
+# Generated tokens are counted from the generated ids: never more than max_new_tokens, padding not counted.
+@pytest.mark.parametrize(("ids", "expected"), [
+    ([5, 6, 2, 0, 0], 3),  # stopped at EOS (2): the EOS is generated, the padding (0) after it is not
+    ([5, 6, 7, 8], 4),  # ran to max_new_tokens without stopping
+    ([5, 2, 2, 2], 2),  # pad == eos (many tokenizers): the first EOS ends the count
+    ([0, 0, 5, 6], 2),  # stray padding without EOS is not counted
+])
+def test_generated_tokens_are_counted_from_ids(ids, expected):
+    import torch
+
+    from sarashina_grpo.inference import count_generated
+
+    assert count_generated(torch.tensor(ids), stop_ids={2}, pad_id=0) == expected

@@ -9,6 +9,9 @@ Decisions (docs/troubleshooting.md lists every message):
   offending lines listed), undecodable bytes, no usable row in the target language;
 - skipped with a warning: blank or NaN prompts, rows without ``lang``, duplicates, prompts over the limit;
 - silently fine: extra columns, a UTF-8 BOM, header case/spaces, region subtags (``ja-JP`` counts as ``ja``);
+- an optional ``role`` column (or ``system``, same meaning): that row's persona/scenario, added to its system prompt
+  after the format instructions (``roles.with_role``); a blank cell means no role. The same prompt under two roles
+  is not a duplicate;
 - decoded with a warning: Shift_JIS/cp932 (what Excel writes in Japan), UTF-16 with a BOM.
 """
 
@@ -23,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SYSTEM_PROMPT
+from .roles import with_role
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "lang")
+ROLE_COLUMNS = ("role", "system")  # optional; the first present is the row's role
 # ISO 639-1 language codes. A row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR); only the
 # language part is compared, so "ja-JP" rows count as "ja".
 ISO_639_1 = frozenset("""
@@ -57,6 +62,7 @@ class Row:
     line: int  # 1-based line of the file where the row starts (the header is line 1)
     prompt: str  # stripped; "" for blank and NaN cells
     lang: str  # ISO 639-1 language part, lower case ("ja" for "ja-JP"); "" when missing
+    role: str = ""  # the row's role (column `role` or `system`), stripped; "" when none
 
 
 def _lines(lines: list[int]) -> str:
@@ -136,6 +142,7 @@ def read_rows(path: str | Path) -> list[Row]:
             "The first line must name the columns, e.g. 'prompt,lang'."
         )
     prompt_at, lang_at = header.index("prompt"), header.index("lang")
+    role_at = next((header.index(c) for c in ROLE_COLUMNS if c in header), None)
     rows, bad_lang = [], []
     for line, fields in records:
         prompt = fields[prompt_at].strip() if prompt_at < len(fields) else ""
@@ -143,7 +150,9 @@ def read_rows(path: str | Path) -> list[Row]:
         lang = _lang_code(raw_lang)
         if lang is None:
             bad_lang.append((line, raw_lang.strip()))
-        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or ""))
+        role = fields[role_at].strip() if role_at is not None and role_at < len(fields) else ""
+        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or "",
+                        "" if role.lower() in NA_MARKERS else role))
     if bad_lang:
         raise DataError(f"{path}: {_bad_lang_message(bad_lang)}")
     if not rows:
@@ -183,10 +192,10 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
         )
     seen, unique, dupes = set(), [], []
     for r in kept:
-        if r.prompt in seen:
+        if (r.prompt, r.role) in seen:
             dupes.append(r.line)
         else:
-            seen.add(r.prompt)
+            seen.add((r.prompt, r.role))
             unique.append(r)
     if dupes:
         logger.warning("%s: skipped %d duplicate prompt(s) on line(s) %s.", path, len(dupes), _lines(dupes))
@@ -231,16 +240,22 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
     from datasets import Dataset
 
     if tokenizer is not None and max_prompt_length:
+        roles: dict[str, str] = {}
+        for r in rows:  # a prompt under several roles is measured with its longest one: never fed over the limit
+            roles[r.prompt] = max(roles.get(r.prompt, ""), r.role, key=len)
+
         def too_long(prompt: str) -> bool:
             ids = tokenizer.apply_chat_template(
-                to_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=True
+                to_messages(prompt, with_role(system_prompt, roles.get(prompt))), add_generation_prompt=True,
+                tokenize=True,
             )
             ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
             return len(ids) > max_prompt_length
 
         rows = drop_too_long(rows, Path(path), too_long)
     logger.info("%s: %d prompts.", path, len(rows))
-    return Dataset.from_list([{"prompt": to_messages(r.prompt, system_prompt), "lang": r.lang} for r in rows])
+    return Dataset.from_list([{"prompt": to_messages(r.prompt, with_role(system_prompt, r.role)), "lang": r.lang}
+                              for r in rows])
 
 
 def load_prompts(

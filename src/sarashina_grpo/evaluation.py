@@ -3,6 +3,11 @@
     sarashina-grpo eval --model tiny --name tiny-base                 # CPU, offline
     sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare tiny-base
     sarashina-grpo eval --compare-only --compare base step500         # table + chart of earlier evals
+    sarashina-grpo eval --model tiny --name merchant --data datasets/roleplay.csv   # under each row's role
+
+An evaluation name is never silently reused: evaluating again under a name that already holds a ``metrics.json``
+is an error unless ``overwrite`` (CLI ``--overwrite``) is given, because ``--compare`` would otherwise compare
+something else than the user thinks.
 
 Each evaluation writes ``artifact/eval/<name>/metrics.json`` (keys in ``METRIC_KEYS``, plus ``meta``) and
 ``generations.jsonl`` (one line per output with its per-output scores). ``compare_runs`` writes
@@ -13,7 +18,13 @@ Metrics (rates and means over all outputs unless said otherwise; purity is defin
 ``xmlcount_mean``; ``think_purity_mean``/``response_purity_mean`` Japanese purity of the ``<think>``/``<response>``
 contents, averaged over outputs that have that section with letters in it (``think_judged_rate`` says how many);
 ``purity_mean`` purity of the whole output (tags ignored) over outputs with letters; ``latin_run_rate`` share with
-≥3 consecutive Latin words; ``mean_chars``/``mean_think_chars``/``mean_response_chars`` and ``mean_tokens``.
+≥3 consecutive Latin words; ``think_leak_mean`` how much of the thinking is repeated verbatim in the response
+(share of the response's character 8-grams found in the thinking, ``roles.py``), averaged over outputs with both
+sections and a response of ≥8 characters; ``mean_chars``/``mean_think_chars``/``mean_response_chars`` and
+``mean_tokens`` (generated token ids, padding excluded: at most ``max_new_tokens``).
+
+A role (persona/scenario) joins the system prompt of every prompt (``role``), and a CSV with a ``role`` (or
+``system``) column gives each of its rows its own role, which wins over the ``role`` argument for that row.
 """
 
 from __future__ import annotations
@@ -25,22 +36,23 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import REPO_ROOT
+from .config import REPO_ROOT, SettingsError
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
+from .roles import think_leak
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EVAL_DATA = REPO_ROOT / "datasets" / "eval.csv"
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
-    "purity_mean", "think_judged_rate", "latin_run_rate", "mean_chars", "mean_think_chars", "mean_response_chars",
-    "mean_tokens",
+    "purity_mean", "think_judged_rate", "latin_run_rate", "think_leak_mean", "mean_chars", "mean_think_chars",
+    "mean_response_chars", "mean_tokens",
 )
 # Shown in the comparison chart: the figures on a 0–1 scale, so that one axis fits them all.
 CHART_KEYS = (
     "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
-    "latin_run_rate",
+    "latin_run_rate", "think_leak_mean",
 )
 
 
@@ -55,6 +67,7 @@ def score_text(text: str) -> dict:
         "response_purity": japanese_purity(response) if response is not None else None,
         "purity": japanese_purity(text),
         "latin_run": has_latin_run(text),
+        "think_leak": think_leak(text),
         "chars": len(text),
         "think_chars": len(think.strip()) if think is not None else 0,
         "response_chars": len(response.strip()) if response is not None else 0,
@@ -80,6 +93,7 @@ def summarize(scores: list[dict], token_counts: list[int] | None = None) -> dict
         "purity_mean": _mean(column("purity")),
         "think_judged_rate": _mean([s["think_purity"] is not None for s in scores]),
         "latin_run_rate": _mean(column("latin_run")),
+        "think_leak_mean": _mean(column("think_leak")),
         "mean_chars": _mean(column("chars")),
         "mean_think_chars": _mean(column("think_chars")),
         "mean_response_chars": _mean(column("response_chars")),
@@ -92,24 +106,30 @@ def score_texts(texts: list[str], token_counts: list[int] | None = None) -> dict
 
 
 def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per_prompt: int = 1,
-                     progress: bool = True) -> list[dict]:
-    """Generate for every prompt (``samples_per_prompt`` times when sampling); one record per output."""
+                     progress: bool = True, roles: list[str | None] | str | None = None) -> list[dict]:
+    """Generate for every prompt (``samples_per_prompt`` times when sampling); one record per output.
+
+    ``roles``: one role for all prompts, or one per prompt (``None`` entries: no role); records then carry it."""
+    from .config import SYSTEM_PROMPT
     from .data import to_messages
-    from .inference import GenerationSettings, generate
+    from .inference import GenerationSettings, generate_counted
+    from .roles import with_role
 
     gen = gen or GenerationSettings()
     if not gen.do_sample and samples_per_prompt > 1:
         raise ValueError("samples_per_prompt > 1 needs sampling (do_sample=True): greedy outputs would repeat.")
-    conversations = [to_messages(p) for p in prompts for _ in range(samples_per_prompt)]
+    if roles is None or isinstance(roles, str):
+        roles = [roles] * len(prompts)
+    pairs = [(p, r) for p, r in zip(prompts, roles, strict=True) for _ in range(samples_per_prompt)]
+    conversations = [to_messages(p, with_role(SYSTEM_PROMPT, r)) for p, r in pairs]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
     try:
-        texts = generate(model, tokenizer, conversations, gen, progress=progress)
+        replies = generate_counted(model, tokenizer, conversations, gen, progress=progress)
     finally:
         tokenizer.padding_side = side
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return [{"prompt": c[-1]["content"], "completion": t, "tokens": count(t)}
-            for c, t in zip(conversations, texts, strict=True)]
+    return [{"prompt": p, **({"role": r} if r else {}), "completion": text, "tokens": tokens}
+            for (p, r), (text, tokens) in zip(pairs, replies, strict=True)]
 
 
 def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = None) -> dict:
@@ -128,27 +148,50 @@ def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = No
     return metrics
 
 
+class EvalExistsError(SettingsError):
+    """An evaluation of that name exists and ``overwrite`` was not asked for."""
+
+
+def check_eval_name(name: str, artifact_dir: str | Path, overwrite: bool = False) -> Path:
+    """The folder for evaluation ``name``; ``EvalExistsError`` if an earlier evaluation lives there (unless
+    ``overwrite``). Called before the model loads, so the mistake costs nothing."""
+    eval_dir = Path(artifact_dir) / "eval" / name
+    if (eval_dir / "metrics.json").exists() and not overwrite:
+        raise EvalExistsError(
+            f"An evaluation named {name!r} already exists in {eval_dir}. Choose another name (CLI --name, notebook "
+            "EVAL_NAME) or replace it (CLI --overwrite, notebook EVAL_OVERWRITE = True)."
+        )
+    return eval_dir
+
+
 def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVAL_DATA,
              artifact_dir: str | Path = REPO_ROOT / "artifact", gen=None, samples_per_prompt: int = 1,
-             limit: int | None = None, meta: dict | None = None, progress: bool = True) -> dict:
-    """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics."""
+             limit: int | None = None, meta: dict | None = None, progress: bool = True, role: str | None = None,
+             overwrite: bool = False) -> dict:
+    """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics.
+
+    ``role`` is added to the system prompt of every row that has no role of its own (module docstring)."""
     from .data import read_rows, select_rows
     from .inference import GenerationSettings
 
+    eval_dir = check_eval_name(name, artifact_dir, overwrite)
     gen = gen or GenerationSettings()
     data_path = Path(data_path)
-    prompts = [r.prompt for r in select_rows(read_rows(data_path), data_path, "ja")][:limit]
+    rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
+    roles = [getattr(r, "role", None) or role for r in rows]
     started = time.monotonic()
-    outputs = generate_outputs(model, tokenizer, prompts, gen, samples_per_prompt, progress)
-    meta = {"data": str(data_path), "prompts": len(prompts), "samples_per_prompt": samples_per_prompt,
-            "generation": asdict(gen), "seconds": round(time.monotonic() - started, 1), **(meta or {})}
-    return write_eval(outputs, Path(artifact_dir) / "eval" / name, meta)
+    outputs = generate_outputs(model, tokenizer, [r.prompt for r in rows], gen, samples_per_prompt, progress, roles)
+    meta = {"data": str(data_path), "prompts": len(rows), "samples_per_prompt": samples_per_prompt,
+            "generation": asdict(gen), "role": role, "seconds": round(time.monotonic() - started, 1),
+            **(meta or {})}
+    return write_eval(outputs, eval_dir, meta)
 
 
 def evaluate_model(settings, name: str, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
 
+    check_eval_name(name, kwargs.get("artifact_dir", REPO_ROOT / "artifact"), kwargs.get("overwrite", False))
     model, tokenizer = load_for_inference(settings)
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)
 
@@ -161,6 +204,17 @@ def load_metrics(run: str | Path, artifact_dir: str | Path = REPO_ROOT / "artifa
     if not (path / "metrics.json").exists():
         raise FileNotFoundError(f"No metrics.json for {run!r} (looked in {path}); run `sarashina-grpo eval` first.")
     return path.name, json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+
+
+def chart_value(value) -> float | None:
+    """A metric as a bar height; ``None`` for missing values (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def chart_label(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _cell(value) -> str:
@@ -185,13 +239,17 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(CHART_KEYS), 4))
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(CHART_KEYS), 4.5))
     for i, (name, metrics) in enumerate(runs.items()):
-        values = [metrics.get(k) or 0.0 for k in CHART_KEYS]
-        ax.bar([x + i * width for x in range(len(CHART_KEYS))], values, width, label=name)
+        values = [chart_value(metrics.get(k)) for k in CHART_KEYS]
+        xs = [x + i * width for x in range(len(CHART_KEYS))]
+        bars = ax.bar(xs, [0.0 if v is None else v for v in values], width, label=name)
+        # A missing figure (nothing to judge) is not a zero: label it "n/a" instead of drawing an empty bar as 0.
+        ax.bar_label(bars, labels=[chart_label(v) for v in values], fontsize=7, padding=2)
     ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(CHART_KEYS))])
     ax.set_xticklabels([k.replace("_", "\n") for k in CHART_KEYS], fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.15)  # room for the value labels above bars at 1.0
+    ax.set_ylabel("rate or mean (0–1)")
     ax.legend(fontsize=8)
     ax.set_title("evaluation comparison")
     fig.tight_layout()

@@ -1,9 +1,11 @@
 """Generate with the base model or a trained checkpoint, one prompt, a batch, or a multi-turn chat.
 
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "週末は何をしようかな？"
+    sarashina-grpo infer --model tiny --role-file my_role.txt "このサボテン、いくら？"
 
 Replies are stored in the history with role ``assistant`` (the original notebook stored them as ``system``, which
-the chat template then rendered as a new system prompt).
+the chat template then rendered as a new system prompt). A ``role`` (persona or scenario, see ``roles.py``) is
+added to the system prompt after its format instructions.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from dataclasses import dataclass, field
 
 from .config import SYSTEM_PROMPT, Settings
 from .data import to_messages
+from .roles import read_role, with_role
+
+__all__ = ["Chat", "GenerationSettings", "answer", "auto_4bit", "generate", "generate_counted", "load_for_inference",
+           "read_role", "with_role"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +30,18 @@ class GenerationSettings:
     temperature: float = 0.7
     top_p: float = 0.95
     batch_size: int = 8
+
+
+def auto_4bit(load_in_4bit: bool | None) -> bool:
+    """``None`` means: 4-bit with a CUDA GPU, 16-bit without one (what the CLI does when --4bit is not given)."""
+    if load_in_4bit is not None:
+        return bool(load_in_4bit)
+    from .modeling import cuda_available
+
+    if cuda_available():
+        return True
+    logger.info("No CUDA GPU: loading in 16-bit (4-bit needs CUDA).")
+    return False
 
 
 def load_for_inference(settings: Settings):
@@ -41,11 +59,35 @@ def load_for_inference(settings: Settings):
 def generate(model, tokenizer, conversations: list[list[dict]], gen: GenerationSettings | None = None,
              progress: bool = False) -> list[str]:
     """The assistant's reply to each conversation (a list of chat messages), in order."""
+    return [text for text, _ in generate_counted(model, tokenizer, conversations, gen, progress)]
+
+
+def count_generated(row, stop_ids: set[int], pad_id: int | None) -> int:
+    """Tokens the model generated in one row of new ids: up to and including the first stop token; padding after
+    it (or anywhere, for a row that never stopped) is not generated text."""
+    ids = row.tolist()
+    for i, token in enumerate(ids):
+        if token in stop_ids:
+            return i + 1
+    return sum(token != pad_id for token in ids)
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list | tuple) else [eos]) | {tokenizer.eos_token_id}
+    return {i for i in ids if i is not None}
+
+
+def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: GenerationSettings | None = None,
+                     progress: bool = False) -> list[tuple[str, int]]:
+    """(reply, generated token count) for each conversation; the count is of the generated ids (≤ max_new_tokens),
+    not of the decoded text re-tokenized, which can come out longer."""
     import torch
     from tqdm.auto import tqdm
 
     gen = gen or GenerationSettings()
-    replies: list[str] = []
+    replies: list[tuple[str, int]] = []
+    stop_ids = stop_token_ids(model, tokenizer)
     starts = range(0, len(conversations), gen.batch_size)
     for start in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
         batch = conversations[start:start + gen.batch_size]
@@ -59,23 +101,27 @@ def generate(model, tokenizer, conversations: list[list[dict]], gen: GenerationS
                 pad_token_id=tokenizer.pad_token_id, **sampling,
             )
         new_tokens = out[:, enc["input_ids"].shape[1]:]
-        replies += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        replies += [(text, count_generated(row, stop_ids, tokenizer.pad_token_id))
+                    for text, row in zip(texts, new_tokens, strict=True)]
     return replies
 
 
 @dataclass
 class Chat:
-    """A multi-turn conversation under the system prompt; ``say`` returns the reply and remembers both turns."""
+    """A multi-turn conversation under the system prompt (plus ``role``, if any); ``say`` returns the reply and
+    remembers both turns."""
 
     model: object
     tokenizer: object
     system_prompt: str = SYSTEM_PROMPT
     gen: GenerationSettings = field(default_factory=GenerationSettings)
     messages: list[dict] = field(default_factory=list)
+    role: str | None = None
 
     def __post_init__(self):
         if not self.messages:
-            self.messages = [{"role": "system", "content": self.system_prompt}]
+            self.messages = [{"role": "system", "content": with_role(self.system_prompt, self.role)}]
 
     def say(self, text: str) -> str:
         self.messages.append({"role": "user", "content": text})
@@ -85,6 +131,7 @@ class Chat:
 
 
 def answer(model, tokenizer, prompts: list[str], gen: GenerationSettings | None = None,
-           system_prompt: str = SYSTEM_PROMPT, progress: bool = False) -> list[str]:
-    """Single-turn replies to plain prompts under the system prompt."""
-    return generate(model, tokenizer, [to_messages(p, system_prompt) for p in prompts], gen, progress)
+           system_prompt: str = SYSTEM_PROMPT, progress: bool = False, role: str | None = None) -> list[str]:
+    """Single-turn replies to plain prompts under the system prompt (plus ``role``, if any)."""
+    system = with_role(system_prompt, role)
+    return generate(model, tokenizer, [to_messages(p, system) for p in prompts], gen, progress)

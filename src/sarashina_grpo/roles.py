@@ -1,0 +1,82 @@
+"""Roles: a persona or scenario added to the system prompt, and how much of the private thinking leaks out.
+
+    from sarashina_grpo.roles import with_role
+    system = with_role(SYSTEM_PROMPT, "あなたは100円のサボテンを3万円で売りたい商人です。安いことは隠してください。")
+
+The article's demonstration: the model plays a role that hides something (a merchant overcharging for a cactus),
+plans privately in ``<think>`` and says only what fits the role in ``<response>``. ``with_role`` keeps the format
+instructions of the system prompt and appends the role after them, saying that the thinking is not shown to the
+other person. A role comes from text or from a UTF-8 file (``read_role``); a blank role leaves the prompt as is.
+
+Leak: ``think_leak`` is the share of the response's character 8-grams (whitespace collapsed) that also occur in
+the thinking. 0 means the response shares no 8-character run with the thinking, 1 that every 8-character window
+of the response was copied from it; ``None`` when either section is missing or the response is shorter than 8
+characters. Eight Japanese characters are about a short phrase: shorter n-grams match common endings such as
+「と思います。」 by chance; longer ones miss a copied clause with one word changed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .purity import split_sections
+
+# Placed after the format instructions: the layout stays what the rewards check, the role adds who is speaking.
+ROLE_HEADER = (
+    "\n\n次の役になりきって会話してください。<think>と</think>の間は相手には見えません。"
+    "本音や作戦はそこに書き、相手に伝える言葉だけを<response>と</response>の間に書きます。\n"
+    "【役】\n"
+)
+LEAK_NGRAM = 8
+_SPACE_RE = re.compile(r"\s+")
+
+
+class RoleError(ValueError):
+    """A role file cannot be used; the message names the file and what to do."""
+
+
+def with_role(system_prompt: str, role: str | None) -> str:
+    """``system_prompt`` with ``role`` appended after its format instructions; unchanged for a blank role."""
+    role = (role or "").strip()
+    return f"{system_prompt}{ROLE_HEADER}{role}" if role else system_prompt
+
+
+def read_role(path: str | Path) -> str:
+    """The role text of a UTF-8 file (a BOM is fine), stripped; ``RoleError`` for a missing or empty file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise RoleError(f"Role file {path}: {what}. Give a UTF-8 text file holding the role, or pass the role "
+                        "as text (CLI --role, notebook ROLE).")
+    try:
+        text = path.read_text(encoding="utf-8-sig").strip()
+    except UnicodeDecodeError as err:
+        raise RoleError(f"Role file {path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
+    if not text:
+        raise RoleError(f"Role file {path} is empty: write the persona or scenario into it, e.g. "
+                        "'あなたはサボテンを売る商人です。'")
+    return text
+
+
+def ngrams(text: str, n: int = LEAK_NGRAM) -> list[str]:
+    text = _SPACE_RE.sub(" ", text).strip()
+    return [text[i:i + n] for i in range(len(text) - n + 1)]
+
+
+def leak_share(think: str, response: str, n: int = LEAK_NGRAM) -> float | None:
+    """Share of ``response``'s character n-grams that also occur in ``think``; None if the response has none."""
+    grams = ngrams(response, n)
+    if not grams:
+        return None
+    private = set(ngrams(think, n))
+    return sum(g in private for g in grams) / len(grams)
+
+
+def think_leak(text: str) -> float | None:
+    """How much of the completion's thinking is repeated verbatim in its response (module docstring)."""
+    think, response = split_sections(text)
+    if think is None or response is None:
+        return None
+    # An unclosed <think> runs to the end of the text: cut it where the response starts, or it would contain it.
+    return leak_share(think.split("<response>")[0], response)
