@@ -121,3 +121,16 @@ def test_roleplay_dataset_has_100_rows_with_varied_roles(repo_root):
 def test_roleplay_dataset_loads_with_its_roles(repo_root):
     dataset = load_prompts(repo_root / "datasets" / "roleplay.csv")
     assert len(dataset) >= 100 and all(row["prompt"][0]["content"] != SYSTEM_PROMPT for row in dataset)
+
+
+def test_roleplay_recipe_names_settings_fields_and_the_roleplay_data(repo_root):
+    import dataclasses
+
+    import yaml
+
+    from sarashina_grpo.config import Settings
+
+    recipe = yaml.safe_load((repo_root / "configs" / "recipes" / "roleplay.yaml").read_text(encoding="utf-8"))
+    fields = {f.name for f in dataclasses.fields(Settings)} | {"data_path"}  # data_path: added with the recipes
+    assert set(recipe) <= fields and (repo_root / recipe["data_path"]).exists()
+    Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k != "data_path"}).validate()
