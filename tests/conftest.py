@@ -40,3 +40,21 @@ def write_csv(tmp_path):
         return path
 
     return write
+
+
+GUARDED = ("eval", "logs", "outputs")  # run results; artifact/models/ is a cache the tests may fill
+
+
+def _artifact_entries() -> set[Path]:
+    return {p for name in GUARDED if (REPO_ROOT / "artifact" / name).is_dir()
+            for p in (REPO_ROOT / "artifact" / name).iterdir() if p.name != ".gitkeep"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_artifacts_untouched():
+    """Tests write into tmp folders only: a test that forgets to pass one fails here instead of leaving results
+    in the user's own artifact/ (where a later `eval --compare` or `--resume latest` would pick them up)."""
+    before = _artifact_entries()
+    yield
+    new = sorted(str(p.relative_to(REPO_ROOT)) for p in _artifact_entries() - before)
+    assert not new, f"tests wrote into the repository's artifact folder: {new}; pass a tmp_path artifact dir"

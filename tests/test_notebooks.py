@@ -64,7 +64,8 @@ def test_inference_chats_with_the_checkpoint(finetuned, repo_root, tmp_path):
     nb = execute(
         repo_root, "inference.ipynb", tmp_path, **{**TINY, "MODEL_NAME": str(artifact / "outputs" / "nbtest" /
                                                                                 "checkpoint-2")},
-        MAX_NEW_TOKENS=8, CHAT_TURNS=["こんにちは", "元気？"],
+        MAX_NEW_TOKENS=8, CHAT_TURNS=["こんにちは", "元気？"], ROLEPLAY_TURNS=[], EVAL_LIMIT=3,
+        ARTIFACT_DIR=str(tmp_path / "artifact"),  # never the repository's own artifact/
     )
     # replies are stored as assistant turns, not system ones
     assert "['system', 'user', 'assistant', 'user', 'assistant']" in outputs_text(nb)
@@ -72,8 +73,37 @@ def test_inference_chats_with_the_checkpoint(finetuned, repo_root, tmp_path):
 
 def test_inference_runs_on_the_base_tiny_model(repo_root, tmp_path):
     nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"],
-                 EVAL_LIMIT=3, ARTIFACT_DIR=str(tmp_path / "artifact"))
+                 ROLEPLAY_TURNS=[], EVAL_LIMIT=3, ARTIFACT_DIR=str(tmp_path / "artifact"))
     assert "### おはよう" in outputs_text(nb)
+
+
+@pytest.fixture(scope="module")
+def roleplay_notebook(repo_root, tmp_path_factory):
+    """The inference notebook with its defaults except the model (LOAD_IN_4BIT left at None) and short outputs."""
+    tmp = tmp_path_factory.mktemp("roleplay")
+    return execute(repo_root, "inference.ipynb", tmp, MODEL_NAME="tiny", MAX_NEW_TOKENS=8, PROMPTS=["おはよう"],
+                   CHAT_TURNS=[], EVAL_LIMIT=2, ARTIFACT_DIR=str(tmp / "artifact"))
+
+
+def test_inference_notebook_falls_back_to_16_bit_without_a_gpu(roleplay_notebook):
+    # The default LOAD_IN_4BIT=None must not stop on CPU; the fallback is said in the package's INFO log line,
+    # which also shows that the notebook displays the package's INFO lines.
+    assert "No CUDA GPU: loading in 16-bit" in outputs_text(roleplay_notebook)
+
+
+def test_inference_notebook_plays_the_merchant_over_several_turns(roleplay_notebook):
+    text = outputs_text(roleplay_notebook)
+    assert text.count("客:") >= 3 and text.count("商人の心の声 <think>:") == text.count("客:")
+
+
+def test_inference_notebook_answers_under_a_role(repo_root, tmp_path):
+    role = tmp_path / "role.txt"
+    role.write_text("あなたはパン屋の店主です。", encoding="utf-8")
+    nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=4, PROMPTS=[],
+                 CHAT_TURNS=["こんにちは"], ROLEPLAY_TURNS=[], EVAL_LIMIT=1, ROLE_FILE=str(role),
+                 ARTIFACT_DIR=str(tmp_path / "artifact"))
+    meta = json.loads((tmp_path / "artifact" / "eval" / "base" / "metrics.json").read_text(encoding="utf-8"))["meta"]
+    assert meta["role"] == "あなたはパン屋の店主です。" and "['system', 'user', 'assistant']" in outputs_text(nb)
 
 
 def test_inference_evaluates_and_compares_with_an_earlier_evaluation(repo_root, tmp_path):
@@ -82,7 +112,7 @@ def test_inference_evaluates_and_compares_with_an_earlier_evaluation(repo_root, 
     artifact = tmp_path / "artifact"
     write_eval([{"prompt": "p", "completion": "<think>\nはい\n</think>"}], artifact / "eval" / "earlier")
     execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"], CHAT_TURNS=[],
-            EVAL_NAME="now", EVAL_LIMIT=3, COMPARE_WITH=["earlier"], ARTIFACT_DIR=str(artifact))
+            ROLEPLAY_TURNS=[], EVAL_NAME="now", EVAL_LIMIT=3, COMPARE_WITH=["earlier"], ARTIFACT_DIR=str(artifact))
     assert (artifact / "eval" / "now" / "metrics.json").exists()  # the evaluation ran on the held-out prompts
     assert (artifact / "eval" / "compare-now-vs-earlier" / "comparison.png").exists()  # and was compared
 

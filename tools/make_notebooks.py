@@ -125,32 +125,48 @@ INFERENCE = [
 # Inference: chat with the base model or a checkpoint
 
 Set `MODEL_NAME` to the base model or to a training checkpoint (`../artifact/outputs/<run>/checkpoint-500`) and
-**Run All**. Replies are kept in the history as `assistant` turns.
+**Run All**. Replies are kept in the history as `assistant` turns. `LOAD_IN_4BIT = None` loads in 4-bit with a CUDA
+GPU and in 16-bit without one (as the `sarashina-grpo` command does); set `True` or `False` to force it (4-bit needs
+CUDA). `ROLE` (or `ROLE_FILE`) adds a persona or scenario to the system prompt, after the format instructions; the
+role-play section at the end shows a merchant who must hide that his cactus is cheap.
 """),
     parameters("""
 MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"  # or "../artifact/outputs/<run>/checkpoint-500", "tiny"
-LOAD_IN_4BIT = True
+LOAD_IN_4BIT = None  # None: 4-bit with a CUDA GPU, 16-bit without one
 USE_VLLM = False
 MAX_NEW_TOKENS = 512
 DO_SAMPLE = False  # greedy: the same answer each run
 PROMPTS = ["こんにちは！今日はいい天気ですね。", "おすすめの休日の過ごし方を教えてください。"]
 CHAT_TURNS = ["週末に京都へ行きます。", "二日目はどこへ行くといいですか？"]
+ROLE = None  # a persona/scenario for the prompts, chat and evaluation, e.g. "あなたは駅前のパン屋の店主です。"
+ROLE_FILE = None  # or a UTF-8 text file holding the role (wins over ROLE)
+ROLEPLAY_ROLE = (
+    "あなたは市場でサボテンを売る商人です。このサボテンはどこのお店でも100円で買えるものですが、"
+    "あなたは3万円で売りたいと思っています。安く手に入ることは、決してお客さんに知られてはいけません。"
+)
+ROLEPLAY_TURNS = [
+    "わあ、このサボテンかわいいですね！おいくらですか？",
+    "えっ、3万円ですか？ちょっと高くないですか？",
+    "どうしてそんなに高いんですか？",
+    "うーん、少し考えます。",
+]
 EVAL_NAME = "base"  # results go to <ARTIFACT_DIR>/eval/<EVAL_NAME>/; use e.g. "step500" for a checkpoint
+EVAL_OVERWRITE = False  # True: replace an earlier evaluation of the same name (otherwise that is an error)
 EVAL_LIMIT = None  # None: all held-out prompts of datasets/eval.csv; a number: only the first ones
 COMPARE_WITH = []  # names of earlier evaluations to put side by side with this one, e.g. ["base"]
 ARTIFACT_DIR = "../artifact"
 """),
     md("## Model"),
     code("""
-import logging
+import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
-import unsloth  # noqa: F401
-
+from sarashina_grpo import setup_logging
 from sarashina_grpo.config import Settings
-from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference
+from sarashina_grpo.inference import Chat, GenerationSettings, answer, auto_4bit, load_for_inference, read_role
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-settings = Settings(model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+setup_logging()  # the package's INFO lines, as the command line shows them
+role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
+settings = Settings(model_name=MODEL_NAME, load_in_4bit=auto_4bit(LOAD_IN_4BIT), use_vllm=USE_VLLM)
 model, tokenizer = load_for_inference(settings)
 gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
 """),
@@ -158,30 +174,50 @@ gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
     code("""
 from sarashina_grpo.rewards import REWARD_FUNCS
 
-replies = answer(model, tokenizer, PROMPTS, gen, progress=True)
+replies = answer(model, tokenizer, PROMPTS, gen, progress=True, role=role)
 for prompt, reply in zip(PROMPTS, replies):
     scores = {name: round(fn([reply])[0], 3) for name, fn in REWARD_FUNCS.items()}
     print(f"### {prompt}\\n{reply}\\n{scores}\\n")
 """),
     md("## Multi-turn chat"),
     code("""
-chat = Chat(model, tokenizer, gen=gen)
+chat = Chat(model, tokenizer, gen=gen, role=role)
 for turn in CHAT_TURNS:
     print("user:", turn)
     print("assistant:", chat.say(turn), "\\n")
 [m["role"] for m in chat.messages]
 """),
     md("""
+## Role-play: thinking privately, speaking in character
+The article's example. The role joins the system prompt after the format instructions and says that `<think>` is
+not shown to the other person: a model trained on the layout plans there (how to justify the price) and keeps to
+the role in `<response>`. Below, each turn shows the two apart; the whole reply, tags included, stays in the
+history, so the model sees its own earlier plans.
+"""),
+    code("""
+from sarashina_grpo.purity import split_sections
+from sarashina_grpo.roles import think_leak
+
+merchant = Chat(model, tokenizer, gen=gen, role=ROLEPLAY_ROLE)
+for turn in ROLEPLAY_TURNS:
+    think, response = split_sections(merchant.say(turn))
+    print("客:", turn)
+    print("  商人の心の声 <think>:", (think or "(なし)").strip())
+    print("  商人のせりふ <response>:", (response or "(なし)").strip())
+    print("  thinking repeated in the response:", think_leak(merchant.messages[-1]["content"]), "\\n")
+"""),
+    md("""
 ## Evaluate and compare
-Generates for every held-out prompt and scores format compliance and Japanese purity (definitions in
-`sarashina_grpo/purity.py` and `evaluation.py`). Evaluate the base model and a checkpoint under two names, then
-list the first in `COMPARE_WITH` to see them side by side (same as `sarashina-grpo eval --compare`).
+Generates for every held-out prompt and scores format compliance, Japanese purity and how much of the thinking
+leaks into the response (definitions in `sarashina_grpo/evaluation.py`, `purity.py`, `roles.py`). Evaluate the base
+model and a checkpoint under two names, then list the first in `COMPARE_WITH` to see them side by side (same as
+`sarashina-grpo eval --compare`). An existing `EVAL_NAME` is refused unless `EVAL_OVERWRITE = True`.
 """),
     code("""
 from sarashina_grpo.evaluation import compare_runs, evaluate
 
-metrics = evaluate(model, tokenizer, EVAL_NAME, artifact_dir=ARTIFACT_DIR, gen=gen, limit=EVAL_LIMIT,
-                   meta={"model": MODEL_NAME})
+metrics = evaluate(model, tokenizer, EVAL_NAME, artifact_dir=ARTIFACT_DIR, gen=gen, limit=EVAL_LIMIT, role=role,
+                   overwrite=EVAL_OVERWRITE, meta={"model": MODEL_NAME})
 metrics
 """),
     code("""
