@@ -27,15 +27,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DEFAULT_REWARDS, REPO_ROOT, Settings
+from .config import DEFAULT_REWARDS, Settings, default_artifact_dir, project_path
 from .inference import GenerationSettings
 from .warmstart import WarmStart
 
 logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `python -m`
 
-DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifact"
-TRAIN_DATA = REPO_ROOT / "datasets" / "smalltalk.csv"
-EVAL_DATA = REPO_ROOT / "datasets" / "eval.csv"
+TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (config.project_path)
+EVAL_DATA = "datasets/eval.csv"
 TABLE_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "purity_mean")
 # What the reward-curve plot draws from trainer.state.log_history (TRL's names; TensorBoard prefixes "train/").
 CURVE_KEYS = ("rewards/strict_format_reward/mean", "rewards/soft_format_reward/mean",
@@ -56,14 +55,16 @@ class DemoSettings:
     # One CPU thread: a hidden-64 model gains nothing from more, and on a busy machine two threads' OpenMP spinning
     # made 10 GRPO steps take 238 s instead of 17.5 s (2 cores shared with other jobs).
     threads: int = 1
+    overrides: dict = field(default_factory=dict)  # further Settings fields, e.g. {"loss_type": "dapo", "beta": 0}
 
     def settings(self, model_dir: Path) -> Settings:
-        # Shorter completions and a larger learning rate than the 3B run: a 1 MB model learns in 100 steps.
+        # Shorter completions and a larger learning rate than the 3B run: a 1 MB model learns in 100 steps. The GRPO
+        # algorithm is the project's default (the article's), as `sarashina-grpo train` runs it.
         return Settings(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.steps, save_steps=10_000, logging_steps=self.logging_steps, seed=self.seed,
-            reward_names=tuple(self.reward_names),
+            reward_names=tuple(self.reward_names), data_path=str(project_path(TRAIN_DATA)), **self.overrides,
         ).validate()
 
     def generation(self) -> GenerationSettings:
@@ -89,7 +90,7 @@ class DemoResult:
 def train_prompts() -> list[str]:
     from .data import check_prompts
 
-    return [r.prompt for r in check_prompts(TRAIN_DATA)]
+    return [r.prompt for r in check_prompts(project_path(TRAIN_DATA))]
 
 
 def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
@@ -123,19 +124,19 @@ def sampled_outputs(model, tokenizer, demo: DemoSettings) -> list[dict]:
     from .evaluation import generate_outputs
 
     torch.manual_seed(demo.seed + 10_000)
-    prompts = [r.prompt for r in check_prompts(EVAL_DATA)][:demo.eval_limit]
+    prompts = [r.prompt for r in check_prompts(project_path(EVAL_DATA))][:demo.eval_limit]
     return generate_outputs(model, tokenizer, prompts, demo.generation(), demo.eval_samples_per_prompt,
                             progress=False)
 
 
 def train_grpo(settings: Settings, artifact_dir: Path, run_name: str | None):
-    """The project's training path: the one call to change when the pipeline's entry point moves."""
-    from .training import train
+    """The project's one training path (prepare → build → run), as `sarashina-grpo train` takes it."""
+    from .pipeline import train
 
-    return train(settings, TRAIN_DATA, artifact_dir, run_name=run_name)
+    return train(settings, artifact_dir=artifact_dir, run_name=run_name)
 
 
-def run_demo(artifact_dir: str | Path = DEFAULT_ARTIFACT_DIR, demo: DemoSettings | None = None, *,
+def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None = None, *,
              run_name: str | None = None) -> DemoResult:
     """Warm start (cached), evaluate, GRPO, evaluate; write the curve and tables into the run's folder."""
     import torch
@@ -144,7 +145,7 @@ def run_demo(artifact_dir: str | Path = DEFAULT_ARTIFACT_DIR, demo: DemoSettings
     threads = torch.get_num_threads()
     torch.set_num_threads(demo.threads)
     try:
-        return _run_demo(Path(artifact_dir), demo, run_name)
+        return _run_demo(Path(artifact_dir or default_artifact_dir()), demo, run_name)
     finally:
         torch.set_num_threads(threads)
 
@@ -167,14 +168,17 @@ def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> D
     mark = time.monotonic()
     trainer = train_grpo(settings, artifact_dir, run_name)
     seconds["grpo"] = round(time.monotonic() - mark, 1)
-    paths = trainer.run_paths
+    paths = trainer.run.paths
+    if trainer.interrupted:  # Ctrl-C saved a checkpoint; the table below then shows the steps that ran
+        logger.warning("GRPO stopped by %s at step %d of %d.", trainer.interrupted, trainer.state.global_step,
+                       demo.steps)
 
     mark = time.monotonic()
     trainer.model.eval()
     after_outputs = sampled_outputs(trainer.model, trainer.processing_class, demo)
     seconds["eval_after"] = round(time.monotonic() - mark, 1)
-    meta = {"model": str(warm), "data": str(EVAL_DATA), "generation": dataclasses.asdict(demo.generation()),
-            "samples_per_prompt": demo.eval_samples_per_prompt}
+    meta = {"model": str(warm), "data": str(project_path(EVAL_DATA)),
+            "generation": dataclasses.asdict(demo.generation()), "samples_per_prompt": demo.eval_samples_per_prompt}
     before = write_eval(before_outputs, paths.output_dir / "eval" / "before", {**meta, "stage": "before"})
     after = write_eval(after_outputs, paths.output_dir / "eval" / "after", {**meta, "stage": "after GRPO"})
     seconds["total"] = round(time.monotonic() - started, 1)
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
     parser.add_argument("--steps", type=int, default=DemoSettings.steps)
-    parser.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR))
+    parser.add_argument("--artifact-dir", default=None, help="unset: artifact/ in the project folder")
     parser.add_argument("--run-name", default=None)
     args = parser.parse_args(argv)
     setup_logging()

@@ -36,14 +36,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import REPO_ROOT, SettingsError
+from .config import SettingsError, default_artifact_dir, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
 from .roles import think_leak
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EVAL_DATA = REPO_ROOT / "datasets" / "eval.csv"
+DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (config.project_path)
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
     "purity_mean", "think_judged_rate", "latin_run_rate", "think_leak_mean", "mean_chars", "mean_think_chars",
@@ -106,7 +106,8 @@ def score_texts(texts: list[str], token_counts: list[int] | None = None) -> dict
 
 
 def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per_prompt: int = 1,
-                     progress: bool = True, roles: list[str | None] | str | None = None) -> list[dict]:
+                     progress: bool = True, roles: list[str | None] | str | None = None, *,
+                     system_prompt: str | None = None) -> list[dict]:
     """Generate for every prompt (``samples_per_prompt`` times when sampling); one record per output.
 
     ``roles``: one role for all prompts, or one per prompt (``None`` entries: no role); records then carry it."""
@@ -121,7 +122,7 @@ def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per
     if roles is None or isinstance(roles, str):
         roles = [roles] * len(prompts)
     pairs = [(p, r) for p, r in zip(prompts, roles, strict=True) for _ in range(samples_per_prompt)]
-    conversations = [to_messages(p, with_role(SYSTEM_PROMPT, r)) for p, r in pairs]
+    conversations = [to_messages(p, with_role(system_prompt or SYSTEM_PROMPT, r)) for p, r in pairs]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
     try:
@@ -152,10 +153,10 @@ class EvalExistsError(SettingsError):
     """An evaluation of that name exists and ``overwrite`` was not asked for."""
 
 
-def check_eval_name(name: str, artifact_dir: str | Path, overwrite: bool = False) -> Path:
+def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """The folder for evaluation ``name``; ``EvalExistsError`` if an earlier evaluation lives there (unless
     ``overwrite``). Called before the model loads, so the mistake costs nothing."""
-    eval_dir = Path(artifact_dir) / "eval" / name
+    eval_dir = Path(artifact_dir or default_artifact_dir()) / "eval" / name
     if (eval_dir / "metrics.json").exists() and not overwrite:
         raise EvalExistsError(
             f"An evaluation named {name!r} already exists in {eval_dir}. Choose another name (CLI --name, notebook "
@@ -165,9 +166,9 @@ def check_eval_name(name: str, artifact_dir: str | Path, overwrite: bool = False
 
 
 def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVAL_DATA,
-             artifact_dir: str | Path = REPO_ROOT / "artifact", gen=None, samples_per_prompt: int = 1,
+             artifact_dir: str | Path | None = None, gen=None, samples_per_prompt: int = 1,
              limit: int | None = None, meta: dict | None = None, progress: bool = True, role: str | None = None,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, system_prompt: str | None = None) -> dict:
     """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics.
 
     ``role`` is added to the system prompt of every row that has no role of its own (module docstring)."""
@@ -176,11 +177,12 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
 
     eval_dir = check_eval_name(name, artifact_dir, overwrite)
     gen = gen or GenerationSettings()
-    data_path = Path(data_path)
+    data_path = project_path(data_path)
     rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
     roles = [getattr(r, "role", None) or role for r in rows]
     started = time.monotonic()
-    outputs = generate_outputs(model, tokenizer, [r.prompt for r in rows], gen, samples_per_prompt, progress, roles)
+    outputs = generate_outputs(model, tokenizer, [r.prompt for r in rows], gen, samples_per_prompt, progress, roles,
+                               system_prompt=system_prompt)
     meta = {"data": str(data_path), "prompts": len(rows), "samples_per_prompt": samples_per_prompt,
             "generation": asdict(gen), "role": role, "seconds": round(time.monotonic() - started, 1),
             **(meta or {})}
@@ -191,18 +193,20 @@ def evaluate_model(settings, name: str, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
 
-    check_eval_name(name, kwargs.get("artifact_dir", REPO_ROOT / "artifact"), kwargs.get("overwrite", False))
+    check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
     model, tokenizer = load_for_inference(settings)
+    kwargs.setdefault("system_prompt", getattr(settings, "system_prompt", None))
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)
 
 
-def load_metrics(run: str | Path, artifact_dir: str | Path = REPO_ROOT / "artifact") -> tuple[str, dict]:
+def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tuple[str, dict]:
     """(name, metrics) of an earlier evaluation, given its name or its folder."""
     path = Path(run)
     if not (path / "metrics.json").exists():
-        path = Path(artifact_dir) / "eval" / str(run)
+        path = Path(artifact_dir or default_artifact_dir()) / "eval" / str(run)
     if not (path / "metrics.json").exists():
-        raise FileNotFoundError(f"No metrics.json for {run!r} (looked in {path}); run `sarashina-grpo eval` first.")
+        raise SettingsError(f"No evaluation named {run!r} (no metrics.json in {path}); run `sarashina-grpo eval "
+                            f"--name {run}` first, or give the folder of an earlier evaluation.")
     return path.name, json.loads((path / "metrics.json").read_text(encoding="utf-8"))
 
 
@@ -259,13 +263,14 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
 
 
 def compare_runs(runs: list[str | Path], out_dir: str | Path | None = None,
-                 artifact_dir: str | Path = REPO_ROOT / "artifact") -> tuple[str, Path]:
+                 artifact_dir: str | Path | None = None) -> tuple[str, Path]:
     """Write ``comparison.md`` and ``comparison.png`` for two or more evaluations; return (markdown, png path).
     ``out_dir`` defaults to ``<artifact_dir>/eval/compare-<name1>-vs-<name2>…``."""
     if len(runs) < 2:
         raise ValueError("Comparing needs at least two evaluations.")
     loaded = dict(load_metrics(r, artifact_dir) for r in runs)
-    out_dir = Path(out_dir or Path(artifact_dir) / "eval" / ("compare-" + "-vs-".join(loaded)))
+    eval_root = Path(artifact_dir or default_artifact_dir()) / "eval"
+    out_dir = Path(out_dir or eval_root / ("compare-" + "-vs-".join(loaded)))
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(loaded)
     (out_dir / "comparison.md").write_text(table, encoding="utf-8")
