@@ -124,15 +124,23 @@ def table_rows(seed: int, results: dict) -> list[str]:
     return rows
 
 
+@dataclass
+class ProofOptions:
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds to run", "nargs": "+"})
+    steps: int = field(default=ProofSettings.grpo_steps, metadata={"help": "GRPO steps per run"})
+    out: str = field(default="artifact/learning", metadata={"help": "folder for models, runs and proof.json"})
+
+
 def main(argv: list[str] | None = None) -> None:
     import unsloth  # noqa: F401  (patches transformers and TRL; must come first)
 
+    from .. import setup_logging
+    from ..cli import add_dataclass_arguments, options
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=ProofSettings.grpo_steps)
-    parser.add_argument("--out", default="artifact/learning")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    add_dataclass_arguments(parser, ProofOptions)
+    args = options(parser.parse_args(argv), ProofOptions)
+    setup_logging()
     lines = ["| seed | run | " + " | ".join(TABLE_KEYS) + " | GRPO s |", "|---|---|" + "---:|" * (len(TABLE_KEYS) + 1)]
     for seed in args.seeds:
         results = run_proof(Path(args.out) / f"seed{seed}", ProofSettings(seed=seed, grpo_steps=args.steps))
