@@ -73,11 +73,12 @@ def test_eval_command_on_the_tiny_model_writes_metrics_generations_and_compariso
               "--max-new-tokens", "12"]
     assert main(["eval", *common, "--name", "greedy"]) == 0
     assert main(["eval", *common, "--name", "sampled", "--sample", "--samples-per-prompt", "2",
-                 "--compare", "greedy"]) == 0
+                 "--compare", "greedy", "--role", "あなたは手品師です。"]) == 0
     metrics = json.loads((tmp_path / "eval" / "sampled" / "metrics.json").read_text(encoding="utf-8"))
     lines = (tmp_path / "eval" / "sampled" / "generations.jsonl").read_text(encoding="utf-8").splitlines()
     assert set(METRIC_KEYS) <= set(metrics) and metrics["n"] == len(lines) == 10  # 5 prompts × 2 samples
     assert 0 < metrics["mean_tokens"] <= 12  # generated ids, not the decoded text re-tokenized
+    assert metrics["meta"]["role"] == json.loads(lines[0])["role"] == "あなたは手品師です。"  # evaluated in role
     assert (tmp_path / "eval" / "compare-sampled-vs-greedy" / "comparison.png").stat().st_size > 0
 
 

@@ -134,3 +134,21 @@ def test_roleplay_recipe_names_settings_fields_and_the_roleplay_data(repo_root):
     fields = {f.name for f in dataclasses.fields(Settings)} | {"data_path"}  # data_path: added with the recipes
     assert set(recipe) <= fields and (repo_root / recipe["data_path"]).exists()
     Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k != "data_path"}).validate()
+
+
+# The command line: an unreadable role file or a taken evaluation name fails before the model loads.
+def test_infer_with_a_missing_role_file_is_an_error_line(tmp_path, capsys):
+    from sarashina_grpo.cli import main
+
+    assert main(["infer", "--model", "tiny", "--role-file", str(tmp_path / "nope.txt"), "こんにちは"]) == 2
+    assert "error: Role file" in capsys.readouterr().err  # one error line (log lines may come before it)
+
+
+def test_eval_refuses_an_existing_name_without_overwrite(tmp_path, capsys):
+    from sarashina_grpo.cli import main
+    from sarashina_grpo.evaluation import write_eval
+
+    write_eval([{"prompt": "p", "completion": "はい"}], tmp_path / "eval" / "base")
+    assert main(["eval", "--model", "tiny", "--name", "base", "--artifact-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: An evaluation named 'base' already exists" in err and "--overwrite" in err

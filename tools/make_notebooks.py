@@ -115,9 +115,10 @@ INFERENCE = [
 
 Set `MODEL_NAME` to the base model or to a training checkpoint (`../artifact/outputs/<run>/checkpoint-500`) and
 **Run All**. Replies are kept in the history as `assistant` turns. `LOAD_IN_4BIT = None` loads in 4-bit with a CUDA
-GPU and in 16-bit without one (as the `sarashina-grpo` command does); set `True` or `False` to force it (4-bit needs
-CUDA). `ROLE` (or `ROLE_FILE`) adds a persona or scenario to the system prompt, after the format instructions; the
-role-play section at the end shows a merchant who must hide that his cactus is cheap.
+GPU and in 16-bit without one (as the `sarashina-grpo` command does), so the notebook runs on a CPU as it is; set
+`True` or `False` to force it (4-bit needs CUDA). `ROLE` (or `ROLE_FILE`) adds a persona or scenario to the system
+prompt, after the format instructions; the role-play section at the end shows a merchant who must hide that his
+cactus is cheap.
 """),
     parameters("""
 MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"  # or "../artifact/outputs/<run>/checkpoint-500", "tiny"
@@ -143,19 +144,24 @@ EVAL_NAME = "base"  # results go to <ARTIFACT_DIR>/eval/<EVAL_NAME>/; use e.g. "
 EVAL_OVERWRITE = False  # True: replace an earlier evaluation of the same name (otherwise that is an error)
 EVAL_LIMIT = None  # None: all held-out prompts of datasets/eval.csv; a number: only the first ones
 COMPARE_WITH = []  # names of earlier evaluations to put side by side with this one, e.g. ["base"]
-ARTIFACT_DIR = "../artifact"
+ARTIFACT_DIR = None  # eval/<EVAL_NAME>/ goes here; None: the project's artifact/
 """),
     md("## Model"),
     code("""
+import os
+from pathlib import Path
+
+os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets/ and artifact/ of this repo
+
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
 from sarashina_grpo import setup_logging
 from sarashina_grpo.config import Settings
-from sarashina_grpo.inference import Chat, GenerationSettings, answer, auto_4bit, load_for_inference, read_role
+from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 
 setup_logging()  # the package's INFO lines, as the command line shows them
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
-settings = Settings(model_name=MODEL_NAME, load_in_4bit=auto_4bit(LOAD_IN_4BIT), use_vllm=USE_VLLM)
+settings = Settings(model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
 model, tokenizer = load_for_inference(settings)
 gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
 """),

@@ -1,8 +1,10 @@
-"""Command line: ``sarashina-grpo train | infer | eval | build-tiny | bench`` (``--help`` on each lists every option).
+"""Command line: ``sarashina-grpo demo | train | infer | eval | build-tiny | bench`` (``--help`` lists every option).
 
+    sarashina-grpo demo                                                  # CPU, offline: watch GRPO learn the format
     sarashina-grpo train --model tiny --max-steps 5                      # CPU smoke run on the offline tiny model
     sarashina-grpo train --config configs/recipes/article.yaml           # the article's run on a CUDA GPU
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
+    sarashina-grpo infer --model tiny --role-file merchant.txt "このサボテン、おいくら？"
     sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare base
     accelerate launch --num_processes 2 -m sarashina_grpo train --max-steps 500     # one process per GPU
 
@@ -77,6 +79,16 @@ class EvalOptions:
         "help": "earlier evaluations (names or folders) to compare with: writes comparison.md/.png", "nargs": "+",
         "metavar": "NAME"})
     compare_only: bool = setting(False, "generate nothing; compare the evaluations named by --compare")
+    overwrite: bool = setting(False, "replace an earlier evaluation of the same --name (otherwise that is an error)")
+
+
+@dataclass
+class RoleOptions:
+    """A persona or scenario added to the system prompt after its format instructions (``roles.with_role``)."""
+
+    role: str | None = setting(None, "role added to the system prompt, e.g. 'あなたはサボテンを売る商人です。'; "
+                               "eval: for rows without a role column; unset: none")
+    role_file: str | None = setting(None, "read the role from this UTF-8 text file (wins over --role)")
 
 
 @dataclass
@@ -220,18 +232,27 @@ def generation_settings(args: argparse.Namespace):
                               top_p=gen.top_p, batch_size=gen.batch_size)
 
 
+def role_from_args(args: argparse.Namespace) -> str | None:
+    from .roles import read_role
+
+    opts = options(args, RoleOptions)
+    return read_role(opts.role_file) if opts.role_file else opts.role
+
+
 def run_infer(args: argparse.Namespace) -> None:
     from .inference import Chat, answer, load_for_inference
 
     settings = settings_from_args(args, MODEL_FIELDS)
     gen = generation_settings(args)
+    role = role_from_args(args)  # before the model loads: a missing file costs seconds
     model, tokenizer = load_for_inference(settings)
     if args.prompts:
-        replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True)
+        replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True,
+                         role=role)
         for prompt, reply in zip(args.prompts, replies, strict=True):
             print(f"### {prompt}\n{reply}\n")
         return
-    chat = Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen)
+    chat = Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen, role=role)
     while (line := input("you> ").strip()):
         print(chat.say(line))
 
@@ -259,7 +280,7 @@ def run_eval(args: argparse.Namespace) -> None:
         name = opts.name or default_eval_name(settings.model_name)
         metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir,
                                  gen=generation_settings(args), samples_per_prompt=opts.samples_per_prompt,
-                                 limit=opts.limit)
+                                 limit=opts.limit, role=role_from_args(args), overwrite=opts.overwrite)
         print(f"{Path(artifact_dir) / 'eval' / name / 'metrics.json'}")
         print("\n".join(f"  {k}: {v}" for k, v in metrics.items()))
         names.insert(0, name)
@@ -289,11 +310,37 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, InferOptions)
     add_model_arguments(parser)
+    add_dataclass_arguments(parser, RoleOptions, title="role")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, EvalOptions, title="evaluation")
     add_model_arguments(parser)
+    add_dataclass_arguments(parser, RoleOptions, title="role")
+
+
+# The demo's own knobs (sarashina_grpo.demo.DemoSettings); its training settings are fixed by the demo's recipe.
+DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "threads")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo import DemoSettings
+
+    add_dataclass_arguments(parser, DemoSettings, DEMO_FIELDS, title="demo")
+    add_dataclass_arguments(parser, RunOptions, ("artifact_dir", "run_name"), title="run")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
+
+    from . import demo
+
+    run_options = options(args, RunOptions)
+    result = demo.run_demo(run_options.artifact_dir, demo.DemoSettings(**given(args, demo.DemoSettings, DEMO_FIELDS)),
+                           run_name=run_options.run_name)
+    print(result.table)
+    print(f"Reward curve: {result.curve_png}\nTensorBoard: uv run tensorboard --logdir {result.log_dir.parent} "
+          "(train/rewards/strict_format_reward/mean)")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,6 +357,8 @@ def run_bench(args: argparse.Namespace) -> None:
 
 # name -> (help, add_arguments, run). Further commands register here.
 COMMANDS = {
+    "demo": ("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the strict-format rate "
+             "before and after and the reward curve", add_demo_arguments, run_demo),
     "train": ("GRPO-train a model (the finetuning notebook's recipe)", add_train_arguments, run_train),
     "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
     "eval": ("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",

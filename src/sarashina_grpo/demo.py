@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DEFAULT_REWARDS, Settings, default_artifact_dir, project_path
+from .config import DEFAULT_REWARDS, Settings, default_artifact_dir, project_path, setting
 from .inference import GenerationSettings
 from .warmstart import WarmStart
 
@@ -45,16 +45,17 @@ CURVE_KEYS = ("rewards/strict_format_reward/mean", "rewards/soft_format_reward/m
 class DemoSettings:
     """The demo's recipe: the learning proof's tiny-model GRPO settings (docs/learning.md), one run."""
 
-    seed: int = 0
-    steps: int = 100
-    logging_steps: int = 5  # TRL averages the logged rewards over these steps: a readable curve from 8 samples
+    seed: int = setting(0, "seed of the tiny model, its warm start, GRPO and the evaluation's sampling")
+    steps: int = setting(100, "GRPO steps")
+    # TRL averages the logged rewards over these steps: a readable curve from 8 samples per step.
+    logging_steps: int = setting(5, "log (and plot) the rewards every N steps")
     reward_names: tuple[str, ...] = DEFAULT_REWARDS
     warm_start: WarmStart = field(default_factory=WarmStart)
     eval_samples_per_prompt: int = 2  # 135 held-out prompts × 2 sampled outputs
-    eval_limit: int | None = None  # None: every held-out prompt
+    eval_limit: int | None = setting(None, "evaluate on the first N held-out prompts only; unset: all 135")
     # One CPU thread: a hidden-64 model gains nothing from more, and on a busy machine two threads' OpenMP spinning
     # made 10 GRPO steps take 238 s instead of 17.5 s (2 cores shared with other jobs).
-    threads: int = 1
+    threads: int = setting(1, "CPU threads for torch (more only helps on an idle machine with a bigger model)")
     overrides: dict = field(default_factory=dict)  # further Settings fields, e.g. {"loss_type": "dapo", "beta": 0}
 
     def settings(self, model_dir: Path) -> Settings:

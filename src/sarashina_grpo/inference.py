@@ -17,7 +17,7 @@ from .config import SYSTEM_PROMPT, Settings
 from .data import to_messages
 from .roles import read_role, with_role
 
-__all__ = ["Chat", "GenerationSettings", "answer", "auto_4bit", "generate", "generate_counted", "load_for_inference",
+__all__ = ["Chat", "GenerationSettings", "answer", "generate", "generate_counted", "load_for_inference",
            "read_role", "with_role"]
 
 logger = logging.getLogger(__name__)
@@ -30,18 +30,6 @@ class GenerationSettings:
     temperature: float = 0.7
     top_p: float = 0.95
     batch_size: int = 8
-
-
-def auto_4bit(load_in_4bit: bool | None) -> bool:
-    """``None`` means: 4-bit with a CUDA GPU, 16-bit without one (what the CLI does when --4bit is not given)."""
-    if load_in_4bit is not None:
-        return bool(load_in_4bit)
-    from .modeling import cuda_available
-
-    if cuda_available():
-        return True
-    logger.info("No CUDA GPU: loading in 16-bit (4-bit needs CUDA).")
-    return False
 
 
 def load_for_inference(settings: Settings):

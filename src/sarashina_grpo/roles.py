@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .config import SettingsError
 from .purity import split_sections
 
 # Placed after the format instructions: the layout stays what the rewards check, the role adds who is speaking.
@@ -32,8 +33,8 @@ LEAK_NGRAM = 8
 _SPACE_RE = re.compile(r"\s+")
 
 
-class RoleError(ValueError):
-    """A role file cannot be used; the message names the file and what to do."""
+class RoleError(SettingsError):
+    """A role file cannot be used; the message names the file and what to do (the CLI prints it as ``error:``)."""
 
 
 def with_role(system_prompt: str, role: str | None) -> str:
