@@ -65,7 +65,9 @@ class DemoSettings:
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.steps, save_steps=10_000, logging_steps=self.logging_steps, seed=self.seed,
-            reward_names=tuple(self.reward_names), data_path=str(project_path(TRAIN_DATA)), **self.overrides,
+            reward_names=tuple(self.reward_names), data_path=str(project_path(TRAIN_DATA)),
+            log_completions=False,  # a table every few steps would bury the progress bar; see eval/*/generations.jsonl
+            **self.overrides,
         ).validate()
 
     def generation(self) -> GenerationSettings:
