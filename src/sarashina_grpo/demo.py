@@ -190,8 +190,8 @@ def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> D
     result = DemoResult(before, after, paths.output_dir, paths.log_dir,
                         reward_curve(history, paths.output_dir / "reward_curve.png"), seconds, history)
     write_summary(result, demo)
-    logger.info("Demo finished in %.0f s (GRPO %.0f s). Before → after GRPO on held-out prompts:\n%s",
-                seconds["total"], seconds["grpo"], result.table)
+    logger.info("Demo finished in %.0f s (GRPO %.0f s); before/after table in %s", seconds["total"], seconds["grpo"],
+                result.run_dir / "demo.md")
     return result
 
 
