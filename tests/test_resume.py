@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, find_resume_checkpoint, set_aside_newer
-from sarashina_grpo.cli import build_parser, settings_from_args
+from sarashina_grpo.cli import build_parser, explicit_settings
 from sarashina_grpo.config import Settings, SettingsError
-from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, write_run_info
+from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, prepare, write_run_info
 
 # --- checkpoint folders, built by hand ------------------------------------------------------------------------
 
@@ -136,8 +136,12 @@ def test_cli_resume_keeps_the_runs_settings_except_flags_given_again(tmp_path):
     make_checkpoint(paths.output_dir, 5)
     args = build_parser().parse_args(["train", "--artifact-dir", str(tmp_path), "--resume", "r",
                                       "--max-steps", "20", "--no-4bit"])
-    settings = settings_from_args(args)
+    explicit = explicit_settings(args)
+    run = prepare(Settings.from_dict(explicit), artifact_dir=tmp_path, resume="r", given=set(explicit))
+    settings = run.settings
+    # why: a resumed run keeps its own settings (num_generations 2, not the default 6) except the flags given now
     assert (settings.model_name, settings.max_steps, settings.num_generations) == ("tiny", 20, 2)
+    assert run.checkpoint == paths.output_dir / "checkpoint-5"
 
 
 # --- real runs of the tiny model on CPU -----------------------------------------------------------------------

@@ -170,17 +170,16 @@ def options(args: argparse.Namespace, cls):
     return cls(**given(args, cls))
 
 
-def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
-    """Settings for a command: defaults < recipe (``--config``) < resumed run's settings < flags."""
-    values: dict = {}
-    if getattr(args, "config", None):
-        values.update(load_recipe(args.config))
-    if getattr(args, "resume", None):
-        from .pipeline import saved_settings
+def explicit_settings(args: argparse.Namespace, names=None) -> dict:
+    """The settings the command line asks for: a recipe's (``--config``), then the flags given."""
+    values = load_recipe(args.config) if getattr(args, "config", None) else {}
+    return {**values, **given(args, Settings, names)}
 
-        values.update(saved_settings(args.artifact_dir or default_artifact_dir(), args.resume))
-    values.update(given(args, Settings, names))
-    return Settings.from_dict(values, source="command line").validate()
+
+def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
+    """Settings for a command: defaults < recipe (``--config``) < flags. (Resuming, ``pipeline.prepare`` puts the
+    run's recorded settings under the recipe and flags.) Checked where they are used, before a model loads."""
+    return Settings.from_dict(explicit_settings(args, names), source="command line")
 
 
 # --- commands
@@ -188,16 +187,19 @@ def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
 
 def run_train(args: argparse.Namespace) -> int:
     from .modeling import resolve_backend, use_triton_interpreter_without_gpu
-    from .pipeline import train
+    from .pipeline import build_trainer, load_model, prepare, run_training
 
     run_options = options(args, RunOptions)
-    settings = settings_from_args(args)
-    if resolve_backend(settings) == "unsloth":
+    explicit = explicit_settings(args)
+    # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
+    run = prepare(Settings.from_dict(explicit, source="command line"), artifact_dir=run_options.artifact_dir,
+                  resume=run_options.resume, run_name=run_options.run_name, given=set(explicit))
+    if resolve_backend(run.settings) == "unsloth":
         import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
     else:
         use_triton_interpreter_without_gpu()
-    trainer = train(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
-                    run_name=run_options.run_name)
+    model, tokenizer = load_model(run)
+    trainer = run_training(build_trainer(run, model, tokenizer), run)
     if not trainer.accelerator.is_main_process:
         return 0
     paths, step = trainer.run.paths, trainer.state.global_step

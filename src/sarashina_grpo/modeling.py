@@ -104,11 +104,19 @@ def check_device(settings: Settings, *, training: bool) -> None:
         )
 
 
-def load_model(settings: Settings, *, training: bool = True, lora: bool = True):
-    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached."""
+def check_loadable(settings: Settings, *, training: bool) -> Settings:
+    """Resolved, validated settings whose model can load on this machine (else a clear ``SettingsError``)."""
     settings = settings.resolved().validate()
     check_device(settings, training=training)
     check_model_name(settings.model_name)
+    return settings
+
+
+def load_model(settings: Settings, *, training: bool = True, lora: bool = True, checked: bool = False):
+    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached.
+    ``checked``: the caller (``pipeline.prepare``) already ran ``check_loadable``."""
+    if not checked:
+        settings = check_loadable(settings, training=training)
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
@@ -158,7 +166,7 @@ def lora_config(settings: Settings):
     )
 
 
-def load_model_peft(settings: Settings, *, training: bool = True):
+def load_model_peft(settings: Settings, *, training: bool = True, checked: bool = False):
     """(model, tokenizer) through transformers + PEFT, with the same LoRA and quantisation choices as Unsloth.
 
     ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
@@ -167,8 +175,8 @@ def load_model_peft(settings: Settings, *, training: bool = True):
     from peft import AutoPeftModelForCausalLM, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 
-    settings = settings.resolved().validate()
-    check_device(settings, training=training)
+    if not checked:
+        settings = check_loadable(settings, training=training)
     model_name = resolve_model_name(settings.model_name)
     on_gpu = cuda_available()
     kwargs = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # fp32 on CPU: bf16 matmuls there are slow
