@@ -9,6 +9,7 @@ Bounds (documented and property-tested):
   the article).
 - ``soft_format_reward``, ``strict_format_reward``: exactly 0.0 or 0.5.
 - ``japanese_purity_reward`` (defined in ``purity.py``): in [0, 0.5].
+- ``correct_answer_reward`` (defined in ``arithmetic.py``): exactly 0.0 or 1.0.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def strict_format_reward(completions, **kwargs) -> list[float]:
     return [FORMAT_REWARD if is_strict_format(t) else 0.0 for t in texts_of(completions)]
 
 
+from .arithmetic import correct_answer_reward  # noqa: E402  (number parsing lives in arithmetic.py)
 from .purity import japanese_purity_reward  # noqa: E402  (defined with the purity metrics; registered here)
 
 REWARD_FUNCS: dict[str, RewardFunc] = {
@@ -115,6 +117,7 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
     "soft_format": soft_format_reward,
     "strict_format": strict_format_reward,
     "japanese_purity": japanese_purity_reward,  # language consistency of the thinking, see docs/purity-reward.md
+    "correct_answer": correct_answer_reward,  # needs an `answer` column (datasets/arithmetic.csv)
 }
 
 
