@@ -14,11 +14,12 @@ import os
 import pytest
 
 from sarashina_grpo import modeling
+from sarashina_grpo.checkpoints import COMPLETE_MARKER
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
-from sarashina_grpo.modeling import COMPLETE_MARKER, ModelNotFoundError, check_device, check_model_name
-from sarashina_grpo.training import check_writable, train
+from sarashina_grpo.modeling import ModelNotFoundError, check_device, check_model_name
+from sarashina_grpo.pipeline import check_writable, train
 
 CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
 
@@ -199,7 +200,7 @@ def test_batch_not_divisible_by_generations_names_both_flags_and_a_fix():
         (dict(lora_rank=8.0), "Settings.lora_rank (CLI --lora-rank) must be a positive integer"),
         (dict(learning_rate=float("nan")), "Settings.learning_rate (CLI --learning-rate) must be > 0"),
         (dict(temperature=0), "Settings.temperature (CLI --temperature) must be > 0"),
-        (dict(warmup_ratio=1.0), "Settings.warmup_ratio must be in [0, 1)"),
+        (dict(warmup_ratio=1.0), "Settings.warmup_ratio (CLI --warmup-ratio) must be in [0, 1)"),
         (dict(max_completion_length=4000), "exceeds max_seq_length (4096): raise max_seq_length"),
         (dict(reward_names=()), "GRPO needs at least one reward"),
     ],
@@ -237,7 +238,8 @@ def no_model_load(monkeypatch):
 def test_bad_input_is_caught_before_the_model_loads(no_model_load, tmp_path, write_csv, settings, data, expected):
     write_csv("prompt,lang\nこんにちは,ja\n", "ok.csv")
     write_csv("prompt,lang\nこんにちは,jp\n", "bad.csv")
-    assert expected in error_of(train, settings, tmp_path / (data or "ok.csv"), tmp_path / "artifact")
+    settings = settings.replace(data_path=str(tmp_path / (data or "ok.csv")))
+    assert expected in error_of(train, settings, artifact_dir=tmp_path / "artifact")
     assert not list((tmp_path / "artifact").glob("outputs/*"))  # and no empty run folder was left behind
 
 
@@ -273,7 +275,9 @@ def test_adapter_config_without_adapter_weights_is_not_a_model(tmp_path):
 def test_run_folder_points_at_its_newest_finished_checkpoint(tmp_path):
     for step in (5, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("")
+        for name in ("trainer_state.json", "adapter_model.safetensors", COMPLETE_MARKER):
+            (tmp_path / f"checkpoint-{step}" / name).write_text("")
+    (tmp_path / "checkpoint-20.set-aside-20250101-000000").mkdir()  # set aside by a resume: not a checkpoint
     assert f"its newest finished checkpoint is {tmp_path / 'checkpoint-10'}" in error_of(
         check_model_name, str(tmp_path)
     )

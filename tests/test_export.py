@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from sarashina_grpo.checkpoints import COMPLETE_MARKER
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.export import check_checkpoint, export_checkpoint, last_evaluation, model_card
-from sarashina_grpo.modeling import COMPLETE_MARKER
 
 PROMPTS = ["こんにちは", "週末は何をしよう？", "1個120円のりんごを3個買うといくらですか？"]
 NEW_TOKENS = 24

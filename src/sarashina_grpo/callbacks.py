@@ -1,38 +1,18 @@
-"""Trainer callbacks: sample printing, complete-checkpoint markers, and Ctrl-C/SIGTERM that save, then stop."""
+"""Trainer callbacks: complete-checkpoint markers, and Ctrl-C/SIGTERM that save, then stop.
+
+Sampled completions are printed by TRL itself (``Settings.log_completions``).
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .modeling import COMPLETE_MARKER  # written last, so a folder without it is a half-written save
+from .checkpoints import checkpoint_dir, mark_complete
 
 logger = logging.getLogger(__name__)
-
-
-
-class SampleLogger(TrainerCallback):
-    """Every ``every`` steps, log a few of the step's completions with each reward (TRL keeps them in _logs)."""
-
-    def __init__(self, every: int = 10, samples: int = 2, max_chars: int = 400):
-        self.every, self.samples, self.max_chars = every, samples, max_chars
-        self.trainer = None  # set by build_trainer: TRL's buffers of the last step live on the trainer
-
-    def on_log(self, args, state, control, **kwargs):
-        if self.trainer is None or not state.is_world_process_zero or state.global_step % self.every:
-            return
-        buffers = getattr(self.trainer, "_logs", None)
-        if not buffers or not buffers.get("completion"):
-            return
-        completions = list(buffers["completion"])[-self.samples:]
-        rewards = {name: list(values)[-self.samples:] for name, values in buffers["rewards"].items()}
-        for i, completion in enumerate(completions):
-            text = completion[-1]["content"] if isinstance(completion, list) else str(completion)
-            scores = ", ".join(f"{name}={values[i]:.3f}" for name, values in rewards.items())
-            logger.info("step %d sample %d [%s]\n%s", state.global_step, i, scores, text[: self.max_chars])
 
 
 class CheckpointMarker(TrainerCallback):
@@ -40,9 +20,9 @@ class CheckpointMarker(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = checkpoint_dir(args.output_dir, state.global_step)
             if folder.is_dir():
-                (folder / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
+                mark_complete(folder, state.global_step)
         return control
 
 

@@ -21,21 +21,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete, step_of
 from .config import SYSTEM_PROMPT, SettingsError
-from .modeling import (
-    ADAPTER_WEIGHT_FILES,
-    CHECKPOINT_RE,
-    COMPLETE_MARKER,
-    MODEL_FILES,
-    TINY_MODEL_DIR,
-    WEIGHT_FILES,
-    looks_like_path,
-)
+from .modeling import looks_like_path, tiny_model_dir
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-RUN_INFO = "run.json"  # written by training into outputs/<run>/
+RUN_INFO = "run.json"  # pipeline.RUN_INFO, written into outputs/<run>/ (not imported: pipeline pulls in TRL)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")  # any one loads a tokenizer
 DTYPES = ("bfloat16", "float16", "float32")
 # Settings shown in the model card, in this order; the full record is the run's run.json.
@@ -52,11 +45,10 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
         raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
                             "artifact/outputs/<run>/checkpoint-500.")
     has = {p.name for p in path.iterdir()}
-    finished = sorted((p for p in path.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()),
-                      key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
-    if ADAPTER_CONFIG not in has and finished:
-        raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {finished[-1]}.")
-    if CHECKPOINT_RE.fullmatch(path.name) and COMPLETE_MARKER not in has:
+    newest = newest_complete(path)
+    if ADAPTER_CONFIG not in has and newest:
+        raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {newest}.")
+    if step_of(path) is not None and COMPLETE_MARKER not in has:
         raise SettingsError(f"{path} is a half-written checkpoint (no {COMPLETE_MARKER} marker): the run was cut off "
                             "while saving it. Export an earlier checkpoint-N of the same run.")
     if ADAPTER_CONFIG not in has:
@@ -91,7 +83,7 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
     if not name:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
     if name == "tiny":
-        return str(TINY_MODEL_DIR)
+        return str(tiny_model_dir())
     if looks_like_path(name) or Path(name).is_absolute():
         folder = Path(name).expanduser()
         if not (folder / "config.json").exists():
@@ -200,7 +192,7 @@ def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
     for path in eval_dir.glob("*/metrics.json"):
         metrics = read_json(path) or {}
         model = Path(str(metrics.get("meta", {}).get("model", "")))
-        if model.parent.name == run and CHECKPOINT_RE.fullmatch(model.name):  # meta.model may be relative
+        if model.parent.name == run and step_of(model) is not None:  # meta.model may be relative
             found.append((model.name == checkpoint.name, path.stat().st_mtime, path.parent.name, metrics))
     if not found:
         return None
