@@ -112,6 +112,13 @@ def test_merging_onto_a_base_folder_that_is_gone_says_to_pass_base_model(tmp_pat
         export_checkpoint(checkpoint, tmp_path / "out", merged=True)
 
 
+def test_cli_reports_a_bad_checkpoint_as_one_error_line(tmp_path, capsys):
+    from sarashina_grpo.cli import main
+
+    assert main(["export", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: Checkpoint ")
+
+
 def test_unknown_dtype_is_an_error(tmp_path):
     with pytest.raises(SettingsError, match="dtype must be one of"):
         export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", dtype="int8")
@@ -128,6 +135,43 @@ def test_a_failed_export_leaves_no_out_folder_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # neither OUT nor a staging folder
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_out(tmp_path, monkeypatch):
+    # A stand-in for huggingface_hub.HfApi: the real hub is never reached from tests (nor from this project).
+    import huggingface_hub
+
+    import sarashina_grpo.export as export
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+            calls.append(("upload_folder", kwargs["repo_id"], files))
+
+    monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: (folder / "adapter_model.safetensors").touch())
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
+    assert calls == [("create_repo", "me/think", {"private": True, "exist_ok": True}),
+                     ("upload_folder", "me/think", ["README.md", "adapter_model.safetensors"])]
+
+
+def test_a_failed_upload_keeps_the_export_and_says_so(tmp_path, monkeypatch):
+    import sarashina_grpo.export as export
+
+    def no_token(folder, repo_id, private):
+        raise RuntimeError("401 Unauthorized")
+
+    monkeypatch.setattr(export, "write_adapter", lambda checkpoint, folder: None)
+    monkeypatch.setattr(export, "upload", no_token)
+    with pytest.raises(SettingsError, match=r"Exported to .*out, but the upload to 'me/think' failed .*401"):
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
+    assert (tmp_path / "out" / "README.md").exists()
 
 
 # --- the model card ----------------------------------------------------------------------------------------------
@@ -168,7 +212,7 @@ def test_card_of_a_run_without_records_says_so(tmp_path):
 
 FRESH = textwrap.dedent("""
     # Runs in a fresh interpreter: what a user outside this repo does with the merged folder.
-    import json, sys
+    import contextlib, io, json, sys
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -195,6 +239,14 @@ FRESH = textwrap.dedent("""
         "base": greedy(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)),
         "imported": sorted({m.split(".")[0] for m in sys.modules} & {"unsloth", "unsloth_zoo", "peft"}),
     }
+    # The model card's own snippet, run as written (folder and length filled in): it asks "こんにちは".
+    card = open(out + "/README.md", encoding="utf-8").read()
+    snippet = card.split("```python\\n")[1].split("```")[0]
+    snippet = snippet.replace('"OUT"', repr(out)).replace("max_new_tokens=512", f"max_new_tokens={n}")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet, {})
+    report["card_reply"] = printed.getvalue()[:-1]  # print's newline
     print("REPORT " + json.dumps(report))
 """)
 
@@ -241,9 +293,10 @@ def exported(tiny_model_dir, tmp_path_factory):
     artifact = tmp_path_factory.mktemp("artifact")
     checkpoint = make_lora_checkpoint(tiny_model_dir, artifact / "outputs" / "r")
     out = artifact / "exported"
-    run_python("import sys\nfrom sarashina_grpo.export import export_checkpoint\n"
-               "export_checkpoint(sys.argv[1], sys.argv[2], merged=True, dtype='float32')\n"
-               "assert 'unsloth' not in sys.modules, 'the export imported Unsloth'", checkpoint, out)
+    # The command a user runs, in a process of its own, which must not import Unsloth.
+    run_python("import sys\nfrom sarashina_grpo.cli import main\n"
+               "code = main(['export', *sys.argv[1:], '--merged', '--dtype', 'float32'])\n"
+               "assert 'unsloth' not in sys.modules, 'the export imported Unsloth'\nsys.exit(code)", checkpoint, out)
     stdout = run_python(FRESH, out, tiny_model_dir, json.dumps(PROMPTS, ensure_ascii=False), SYSTEM_PROMPT,
                         NEW_TOKENS)
     report = json.loads(stdout.split("REPORT ", 1)[1])
@@ -258,6 +311,12 @@ def test_merged_folder_is_a_plain_transformers_model(exported):
     assert report["imported"] == []  # neither Unsloth nor PEFT was needed to load and generate
     assert not (exported["out"] / "adapter_config.json").exists()
     assert "library_name: transformers" in (exported["out"] / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_the_model_cards_usage_snippet_runs_and_answers_like_the_checkpoint(exported):
+    report = exported["report"]
+    assert PROMPTS[0] == "こんにちは" and report["card_reply"] == report["merged"][0]["text"]
 
 
 @pytest.mark.slow
@@ -300,3 +359,30 @@ def test_adapter_export_keeps_adapter_and_tokenizer_and_16_bit_is_the_default(ex
     merged = export_checkpoint(exported["checkpoint"], tmp_path / "merged16", merged=True)
     with safe_open(merged / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+
+
+@pytest.mark.slow
+def test_a_checkpoint_trained_with_the_arithmetic_recipe_exports_merged(tiny_model_dir, repo_root, tmp_path):
+    """The real path: Unsloth + TRL train one step on the arithmetic data (TRL hands the answer column to
+    correct_answer), then the CLI merges the checkpoint Unsloth saved."""
+    from safetensors import safe_open
+
+    def cli(*args):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        return subprocess.run([sys.executable, "-m", "sarashina_grpo.cli", *map(str, args)], capture_output=True,
+                              text=True, cwd=repo_root, env=env, timeout=900)
+
+    artifact = tmp_path / "artifact"
+    train = cli("train", "--config", "configs/recipes/arithmetic.yaml", "--model", tiny_model_dir, "--max-steps", 1,
+                "--save-steps", 1, "--max-completion-length", 8, "--num-generations", 2, "--batch-size", 2,
+                "--artifact-dir", artifact, "--run-name", "arith")
+    assert train.returncode == 0, train.stderr[-3000:]
+    checkpoint = artifact / "outputs" / "arith" / "checkpoint-1"
+    logged = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"][0]
+    assert "rewards/correct_answer_reward/mean" in logged  # the reward ran on the answer column
+    export = cli("export", checkpoint, tmp_path / "merged", "--merged")
+    assert export.returncode == 0, export.stderr[-3000:]
+    with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as f:
+        assert f.keys() and not [k for k in f.keys() if "lora" in k.lower()]
+    card = (tmp_path / "merged" / "README.md").read_text(encoding="utf-8")
+    assert "- data: `arithmetic.csv`" in card and "- `correct_answer`:" in card and "- steps: 1" in card

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
-import tempfile
+import time
 from pathlib import Path
 
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete, step_of
@@ -106,7 +107,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     base = base_model_of(checkpoint, base_model) if merged else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{time.time_ns()}"
+    staging.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on OUT
     try:
         if merged:
             write_merged(checkpoint, base, staging, dtype)
@@ -121,7 +123,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
         raise
     logger.info("Exported %s to %s (%s).", checkpoint, out, "merged model" if merged else "LoRA adapter")
     if push_to_hub:
-        upload(out, push_to_hub, private=private)
+        try:
+            upload(out, push_to_hub, private=private)
+        except Exception as err:  # no token, no network, a name taken: the export itself is done and kept
+            raise SettingsError(f"Exported to {out}, but the upload to {push_to_hub!r} failed "
+                                f"({type(err).__name__}: {err}). Log in (`hf auth login` or HF_TOKEN) and run "
+                                "the export again into a new folder, or upload OUT yourself.") from None
     return out
 
 
@@ -222,17 +229,18 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str) 
     system_prompt = settings.get("system_prompt") or SYSTEM_PROMPT  # the prompt it was trained under
     lines += ["## Use", "", "It was trained under this system prompt; use it (or one like it) to get the format:", "",
               "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f"SYSTEM_PROMPT = {system_prompt!r}"]
+              'MODEL = "OUT"  # this folder, or its hub repo id', f"SYSTEM_PROMPT = {system_prompt!r}"]
     if merged:
-        lines += ['model = AutoModelForCausalLM.from_pretrained("OUT")']
+        lines += ["model = AutoModelForCausalLM.from_pretrained(MODEL)"]
     else:
         lines += ["from peft import PeftModel", "",
-                  f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "OUT")']
-    lines += ['tokenizer = AutoTokenizer.from_pretrained("OUT")',
+                  f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), MODEL)']
+    lines += ["tokenizer = AutoTokenizer.from_pretrained(MODEL)",
               'messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "こんにちは"}]',
-              "ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")",
-              "print(tokenizer.decode(model.generate(ids, max_new_tokens=512)[0, ids.shape[1]:], "
-              "skip_special_tokens=True))", "```", ""]
+              "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+              "return_dict=True)",
+              "reply = model.generate(**inputs, max_new_tokens=512)[0, inputs[\"input_ids\"].shape[1]:]",
+              "print(tokenizer.decode(reply, skip_special_tokens=True))", "```", ""]
     lines += ["## Training", "", f"- steps: {state.get('global_step', '?')} (checkpoint `{checkpoint.name}`)"]
     if run:
         lines += [f"- data: `{Path(run['data']).name if run.get('data') else '?'}`", "", "| setting | value |",
