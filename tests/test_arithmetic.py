@@ -249,3 +249,11 @@ def test_loader_keeps_every_row_and_passes_the_answer_column(repo_root, name):
     rows = read(repo_root / "datasets" / name)
     assert len(dataset) == len(rows)  # nothing skipped as blank, duplicate or foreign
     assert dataset[0]["answer"] == rows[0]["answer"]  # TRL will hand this column to correct_answer_reward
+
+
+def test_the_arithmetic_recipe_trains_on_the_arithmetic_set_with_format_and_correctness_rewards(repo_root):
+    from sarashina_grpo.config import Settings, load_recipe
+
+    settings = Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / "arithmetic.yaml")).validate()
+    assert settings.data_path == "datasets/arithmetic.csv" and (repo_root / settings.data_path).exists()
+    assert {"strict_format", "correct_answer"} <= set(settings.reward_names)
