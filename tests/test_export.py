@@ -4,7 +4,9 @@ transformers loads and that answers exactly as the checkpoint does through the p
 The slow part builds a LoRA checkpoint on the tiny model with plain PEFT (non-zero LoRA B weights, so the adapter
 changes the outputs), exports it merged in a subprocess, loads the result in a fresh subprocess that never imports
 Unsloth or PEFT, and compares greedy tokens with ``inference.load_for_inference`` + ``generate`` (float32 on CPU:
-random bf16 weights give near-ties that flip argmaxes). ~2 minutes on 2 busy cores.
+random bf16 weights give near-ties that flip argmaxes), and runs the model card's usage snippet. A last test
+trains one real GRPO step with the arithmetic recipe (Unsloth + TRL) and exports that checkpoint merged.
+~7 minutes on 2 shared cores (fixture ~200 s, the training test ~200 s).
 
     uv run pytest tests/test_export.py -q               # add -m "not slow" for the checks and the model card only
 """
