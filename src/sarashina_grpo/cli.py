@@ -1,9 +1,11 @@
-"""Command line: ``sarashina-grpo train | infer | eval | build-tiny | bench`` (``--help`` on each lists every option).
+"""Command line: ``sarashina-grpo train | infer | eval | export | build-tiny | bench`` (``--help`` on each lists every
+option).
 
     sarashina-grpo train --model tiny --max-steps 5                      # CPU smoke run on the offline tiny model
     sarashina-grpo train --config configs/recipes/article.yaml           # the article's run on a CUDA GPU
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
     sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare base
+    sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/step500 --merged
     accelerate launch --num_processes 2 -m sarashina_grpo train --max-steps 500     # one process per GPU
 
 This is the one module that builds the command line. Its flags are generated from dataclasses: ``Settings``
@@ -77,6 +79,23 @@ class EvalOptions:
         "help": "earlier evaluations (names or folders) to compare with: writes comparison.md/.png", "nargs": "+",
         "metavar": "NAME"})
     compare_only: bool = setting(False, "generate nothing; compare the evaluations named by --compare")
+
+
+@dataclass
+class ExportOptions:
+    """``export.export_checkpoint``'s arguments."""
+
+    checkpoint: str = field(default="", metadata={"help": "checkpoint folder to export (outputs/<run>/checkpoint-N)",
+                                                  "positional": True})
+    out: str = field(default="", metadata={"help": "new (or empty) folder to write the export to", "positional": True})
+    merged: bool = setting(False, "merge the LoRA into the base weights: one model that plain transformers loads "
+                           "(off: the LoRA adapter alone)")
+    base_model: str | None = setting(None, "base model to merge into (hub id or folder); unset: the one named in "
+                                     "the checkpoint's adapter_config.json")
+    dtype: str = setting("bfloat16", "weight type of the merged model", choices=("bfloat16", "float16", "float32"))
+    push_to_hub: str | None = setting(None, "also upload OUT to this hub repo (user/name; needs a hub token; "
+                                      "untested here)")
+    private: bool = setting(True, "create the hub repo private (with --push-to-hub)")
 
 
 @dataclass
@@ -271,6 +290,14 @@ def run_eval(args: argparse.Namespace) -> None:
         print(f"Chart: {chart}")
 
 
+def run_export(args: argparse.Namespace) -> None:
+    from .export import export_checkpoint  # transformers + PEFT only: Unsloth is never imported for an export
+
+    opts = options(args, ExportOptions)
+    print(export_checkpoint(opts.checkpoint, opts.out, merged=opts.merged, base_model=opts.base_model,
+                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private))
+
+
 def run_build_tiny(args: argparse.Namespace) -> None:
     from .tiny import build_model
 
@@ -316,6 +343,8 @@ COMMANDS = {
     "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
     "eval": ("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",
              add_eval_arguments, run_eval),
+    "export": ("write a checkpoint's LoRA adapter, or a merged model (--merged), with tokenizer and model card",
+               lambda p: add_dataclass_arguments(p, ExportOptions), run_export),
     "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)",
                    lambda p: add_dataclass_arguments(p, BuildTinyOptions), run_build_tiny),
     "bench": ("time GRPO steps of the training path per rollout configuration (docs/benchmarks)",

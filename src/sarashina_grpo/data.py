@@ -8,7 +8,8 @@ Decisions (docs/troubleshooting.md lists every message):
 - fatal: missing/empty file, no ``prompt`` or ``lang`` header, a ``lang`` that is not an ISO 639-1 code (all
   offending lines listed), undecodable bytes, no usable row in the target language;
 - skipped with a warning: blank or NaN prompts, rows without ``lang``, duplicates, prompts over the limit;
-- silently fine: extra columns, a UTF-8 BOM, header case/spaces, region subtags (``ja-JP`` counts as ``ja``);
+- silently fine: extra columns (passed through to the dataset, e.g. ``answer`` for rewards), a UTF-8 BOM, header
+  case/spaces, region subtags (``ja-JP`` counts as ``ja``);
 - decoded with a warning: Shift_JIS/cp932 (what Excel writes in Japan), UTF-16 with a BOM.
 """
 
@@ -19,7 +20,7 @@ import csv
 import io
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import SYSTEM_PROMPT
@@ -57,6 +58,7 @@ class Row:
     line: int  # 1-based line of the file where the row starts (the header is line 1)
     prompt: str  # stripped; "" for blank and NaN cells
     lang: str  # ISO 639-1 language part, lower case ("ja" for "ja-JP"); "" when missing
+    extra: dict[str, str] = field(default_factory=dict)  # other columns by (lower-case) header name, e.g. answer
 
 
 def _lines(lines: list[int]) -> str:
@@ -117,7 +119,7 @@ def _records(text: str, path: Path):
 
 
 def read_rows(path: str | Path) -> list[Row]:
-    """Parse ``path`` into rows, checking the header and the ``lang`` codes. Extra columns are ignored."""
+    """Parse ``path`` into rows, checking the header and the ``lang`` codes. Extra columns go to ``Row.extra``."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Prompt file not found: {path}. Expected a CSV with columns prompt,lang.")
@@ -136,6 +138,7 @@ def read_rows(path: str | Path) -> list[Row]:
             "The first line must name the columns, e.g. 'prompt,lang'."
         )
     prompt_at, lang_at = header.index("prompt"), header.index("lang")
+    extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS}
     rows, bad_lang = [], []
     for line, fields in records:
         prompt = fields[prompt_at].strip() if prompt_at < len(fields) else ""
@@ -143,7 +146,8 @@ def read_rows(path: str | Path) -> list[Row]:
         lang = _lang_code(raw_lang)
         if lang is None:
             bad_lang.append((line, raw_lang.strip()))
-        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or ""))
+        extra = {name: fields[at].strip() if at < len(fields) else "" for name, at in extras.items()}
+        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or "", extra))
     if bad_lang:
         raise DataError(f"{path}: {_bad_lang_message(bad_lang)}")
     if not rows:
@@ -240,7 +244,9 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
 
         rows = drop_too_long(rows, Path(path), too_long)
     logger.info("%s: %d prompts.", path, len(rows))
-    return Dataset.from_list([{"prompt": to_messages(r.prompt, system_prompt), "lang": r.lang} for r in rows])
+    # Extra columns ride along: TRL hands every dataset column to the reward functions by name.
+    return Dataset.from_list([{"prompt": to_messages(r.prompt, system_prompt), "lang": r.lang, **r.extra}
+                              for r in rows])
 
 
 def load_prompts(
@@ -251,7 +257,8 @@ def load_prompts(
     tokenizer=None,
     max_prompt_length: int | None = None,
 ):
-    """A ``datasets.Dataset`` with a ``prompt`` column of ``[system, user]`` messages and the row's ``lang``.
+    """A ``datasets.Dataset`` with a ``prompt`` column of ``[system, user]`` messages, the row's ``lang`` and the
+    file's other columns (as text).
 
     With a ``tokenizer`` and ``max_prompt_length``, prompts whose chat-formatted length exceeds the limit are
     skipped with a warning naming their lines (TRL would otherwise feed them whole).

@@ -13,7 +13,9 @@ Metrics (rates and means over all outputs unless said otherwise; purity is defin
 ``xmlcount_mean``; ``think_purity_mean``/``response_purity_mean`` Japanese purity of the ``<think>``/``<response>``
 contents, averaged over outputs that have that section with letters in it (``think_judged_rate`` says how many);
 ``purity_mean`` purity of the whole output (tags ignored) over outputs with letters; ``latin_run_rate`` share with
-≥3 consecutive Latin words; ``mean_chars``/``mean_think_chars``/``mean_response_chars`` and ``mean_tokens``.
+≥3 consecutive Latin words; ``mean_chars``/``mean_think_chars``/``mean_response_chars`` and ``mean_tokens``;
+``answer_accuracy`` share whose ``<response>`` ends in the row's ``answer`` (``arithmetic.py``), over outputs whose
+prompt has an answer (``None`` when the CSV has no ``answer`` column, e.g. datasets/arithmetic_eval.csv has one).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .arithmetic import is_correct
 from .config import SettingsError, default_artifact_dir, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
@@ -35,7 +38,7 @@ DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (confi
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
     "purity_mean", "think_judged_rate", "latin_run_rate", "mean_chars", "mean_think_chars", "mean_response_chars",
-    "mean_tokens",
+    "mean_tokens", "answer_accuracy",
 )
 # Shown in the comparison chart: the figures on a 0–1 scale, so that one axis fits them all.
 CHART_KEYS = (
@@ -44,10 +47,12 @@ CHART_KEYS = (
 )
 
 
-def score_text(text: str) -> dict:
-    """Per-output scores; purity fields are ``None`` where there was nothing to judge."""
+def score_text(text: str, answer: str | None = None) -> dict:
+    """Per-output scores; purity fields (and ``answer_correct`` without an ``answer``) are ``None`` where there was
+    nothing to judge."""
     think, response = split_sections(text)
     return {
+        "answer_correct": is_correct(text, answer) if answer not in (None, "") else None,
         "strict_format": is_strict_format(text),
         "soft_format": is_soft_format(text),
         "xmlcount": xmlcount_score(text),
@@ -84,6 +89,7 @@ def summarize(scores: list[dict], token_counts: list[int] | None = None) -> dict
         "mean_think_chars": _mean(column("think_chars")),
         "mean_response_chars": _mean(column("response_chars")),
         "mean_tokens": _mean(token_counts) if token_counts else None,
+        "answer_accuracy": _mean([s.get("answer_correct") for s in scores]),
     }
 
 
@@ -116,7 +122,7 @@ def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = No
     """Score ``outputs`` (from ``generate_outputs``); write metrics.json and generations.jsonl; return metrics."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    scores = [score_text(o["completion"]) for o in outputs]
+    scores = [score_text(o["completion"], o.get("answer")) for o in outputs]
     metrics = summarize(scores, [o["tokens"] for o in outputs if "tokens" in o])
     with open(eval_dir / "generations.jsonl", "w", encoding="utf-8") as f:
         for output, score in zip(outputs, scores, strict=True):
@@ -137,9 +143,13 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
 
     gen = gen or GenerationSettings()
     data_path = project_path(data_path)
-    prompts = [r.prompt for r in select_rows(read_rows(data_path), data_path, "ja")][:limit]
+    rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
+    prompts = [r.prompt for r in rows]
     started = time.monotonic()
     outputs = generate_outputs(model, tokenizer, prompts, gen, samples_per_prompt, progress)
+    if any("answer" in r.extra for r in rows):  # outputs come samples_per_prompt per row, in row order
+        for output, row in zip(outputs, [r for r in rows for _ in range(samples_per_prompt)], strict=True):
+            output["answer"] = row.extra.get("answer")
     meta = {"data": str(data_path), "prompts": len(prompts), "samples_per_prompt": samples_per_prompt,
             "generation": asdict(gen), "seconds": round(time.monotonic() - started, 1), **(meta or {})}
     return write_eval(outputs, Path(artifact_dir or default_artifact_dir()) / "eval" / name, meta)
@@ -185,13 +195,16 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
     matplotlib.use("Agg")  # no display needed: CI and notebooks alike
     import matplotlib.pyplot as plt
 
+    # Accuracy only where some run has answers: a bar of 0 would read as "always wrong".
+    keys = CHART_KEYS + (("answer_accuracy",) if any(m.get("answer_accuracy") is not None for m in runs.values())
+                         else ())
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(CHART_KEYS), 4))
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(keys), 4))
     for i, (name, metrics) in enumerate(runs.items()):
-        values = [metrics.get(k) or 0.0 for k in CHART_KEYS]
-        ax.bar([x + i * width for x in range(len(CHART_KEYS))], values, width, label=name)
-    ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(CHART_KEYS))])
-    ax.set_xticklabels([k.replace("_", "\n") for k in CHART_KEYS], fontsize=8)
+        values = [metrics.get(k) or 0.0 for k in keys]
+        ax.bar([x + i * width for x in range(len(keys))], values, width, label=name)
+    ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(keys))])
+    ax.set_xticklabels([k.replace("_", "\n") for k in keys], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.set_title("evaluation comparison")

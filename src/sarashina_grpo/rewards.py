@@ -9,6 +9,7 @@ Bounds (documented and property-tested):
   the article).
 - ``soft_format_reward``, ``strict_format_reward``: exactly 0.0 or 0.5.
 - ``japanese_purity_reward``: in [0, 0.5].
+- ``correct_answer_reward`` (defined in ``arithmetic.py``): exactly 0.0 or 1.0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from .arithmetic import correct_answer_reward  # number parsing lives in arithmetic.py
 from .purity import consistency_score
 
 TAGS = ("<think>", "</think>", "<response>", "</response>")
@@ -120,6 +122,7 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
     "soft_format": soft_format_reward,
     "strict_format": strict_format_reward,
     "japanese_purity": japanese_purity_reward,  # language consistency of the thinking, see docs/purity-reward.md
+    "correct_answer": correct_answer_reward,  # needs an `answer` column (datasets/arithmetic.csv)
 }
 
 
