@@ -12,12 +12,13 @@ import logging
 import os
 
 import pytest
+from checkpoint_files import make_checkpoint
 
 from sarashina_grpo import modeling
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
-from sarashina_grpo.modeling import COMPLETE_MARKER, ModelNotFoundError, check_device, check_model_name
+from sarashina_grpo.modeling import ModelNotFoundError, check_device, check_model_name
 from sarashina_grpo.training import check_writable, train
 
 CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
@@ -272,8 +273,16 @@ def test_adapter_config_without_adapter_weights_is_not_a_model(tmp_path):
 
 def test_run_folder_points_at_its_newest_finished_checkpoint(tmp_path):
     for step in (5, 10):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("")
+        make_checkpoint(tmp_path, step)
+    assert f"its newest finished checkpoint is {tmp_path / 'checkpoint-10'}" in error_of(
+        check_model_name, str(tmp_path)
+    )
+
+
+def test_run_folder_with_a_set_aside_checkpoint_is_not_misread(tmp_path):
+    make_checkpoint(tmp_path, 10)
+    make_checkpoint(tmp_path, 20).rename(tmp_path / "checkpoint-20.set-aside-20261125-120000")
+    # was: ValueError: invalid literal for int() with base 10: '20.set'
     assert f"its newest finished checkpoint is {tmp_path / 'checkpoint-10'}" in error_of(
         check_model_name, str(tmp_path)
     )

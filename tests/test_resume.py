@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
+from checkpoint_files import make_checkpoint
 
+from sarashina_grpo.checkpoints import COMPLETE_MARKER
 from sarashina_grpo.cli import build_parser, explicit_dests, settings_from_args
 from sarashina_grpo.config import Settings, SettingsError
-from sarashina_grpo.modeling import COMPLETE_MARKER
 from sarashina_grpo.training import (
     check_resume_settings,
     complete_checkpoints,
@@ -33,19 +34,7 @@ from sarashina_grpo.training import (
     write_run_info,
 )
 
-# --- checkpoint folders, built by hand ------------------------------------------------------------------------
-
-
-def make_checkpoint(run_dir: Path, step: int, *, marker=True, state=True, weights=True) -> Path:
-    folder = run_dir / f"checkpoint-{step}"
-    folder.mkdir(parents=True)
-    if weights:
-        (folder / "adapter_model.safetensors").write_bytes(b"w")
-    if state:
-        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    if marker:
-        (folder / COMPLETE_MARKER).write_text(f"{step}\n")
-    return folder
+# --- checkpoint folders, built by hand (tests/checkpoint_files.py) ---------------------------------------------
 
 
 def test_only_fully_written_checkpoints_count(tmp_path):

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from pathlib import Path
 
+from .checkpoints import (  # noqa: F401 - names re-exported for callers that predate the checkpoints module
+    ADAPTER_FILES,
+    ADAPTER_WEIGHT_FILES,
+    COMPLETE_MARKER,
+    MODEL_FILES,
+    WEIGHT_FILES,
+    newest_complete_in,
+    step_of,
+)
 from .config import REPO_ROOT, Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
 TINY_MODEL_DIR = REPO_ROOT / "artifact" / "models" / "tiny"
-MODEL_FILES = ("config.json",)
-ADAPTER_FILES = ("adapter_config.json",)
-# A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-CHECKPOINT_RE = re.compile(r"checkpoint-\d+")
-COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by callbacks.CheckpointMarker
 
 
 class ModelNotFoundError(SettingsError):
@@ -40,7 +40,7 @@ def looks_like_path(name: str) -> bool:
     """A local folder rather than a hub id ("org/name", exactly one slash)."""
     return (
         name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
-        or Path(name).expanduser().exists() or any(CHECKPOINT_RE.fullmatch(part) for part in Path(name).parts)
+        or Path(name).expanduser().exists() or any(step_of(part) is not None for part in Path(name).parts)
     )
 
 
@@ -58,11 +58,10 @@ def check_model_name(name: str) -> None:
         return
     if has & set(MODEL_FILES) and has & set(WEIGHT_FILES):
         return
-    complete = sorted((p for p in path.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists()),
-                      key=lambda p: int(p.name.split("-")[1]))
-    if complete:  # a run folder: point at its newest finished checkpoint
-        hint = f"It is a run folder; its newest finished checkpoint is {complete[-1]}."
-    elif CHECKPOINT_RE.fullmatch(path.name) and COMPLETE_MARKER not in has:
+    newest = newest_complete_in(path)
+    if newest:  # a run folder: point at its newest finished checkpoint
+        hint = f"It is a run folder; its newest finished checkpoint is {newest}."
+    elif step_of(path) is not None and COMPLETE_MARKER not in has:
         hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
                 "while saving. Use an earlier checkpoint-N of the same run.")
     else:

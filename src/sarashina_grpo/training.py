@@ -18,14 +18,14 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import checkpoints
+from .checkpoints import complete_checkpoints, is_complete, set_aside_newer  # noqa: F401 - used by callers
 from .config import REPO_ROOT, Settings, SettingsError, build_grpo_config
-from .modeling import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, WEIGHT_FILES
 
 # callbacks, trl and transformers are imported inside functions: Unsloth must be imported before them.
 
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifact"
 DEFAULT_DATA_PATH = REPO_ROOT / "datasets" / "smalltalk.csv"
-CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 RUN_INFO = "run.json"  # the run's settings and data file, written at its start; --resume reads it
 # Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
@@ -84,82 +83,13 @@ def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
     raise SettingsError(f"Could not find a free run name for {base!r} in {artifact_dir / 'outputs'}.")
 
 
-def checkpoint_step(path: Path) -> int | None:
-    match = CHECKPOINT_RE.fullmatch(path.name)
-    return int(match.group(1)) if match else None
-
-
-def is_complete(checkpoint: Path) -> bool:
-    """Marker written last, state and weights present: a save that was not cut off."""
-    return (
-        (checkpoint / COMPLETE_MARKER).exists() and (checkpoint / "trainer_state.json").exists()
-        and any((checkpoint / f).exists() for f in ADAPTER_WEIGHT_FILES + WEIGHT_FILES)
-    )
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoints of one run that were fully written, oldest first."""
-    found = [(checkpoint_step(c), c) for c in Path(output_dir).glob("checkpoint-*") if checkpoint_step(c) is not None]
-    return [path for _, path in sorted(found) if is_complete(path)]
-
-
-def _runs_with_checkpoints(outputs: Path) -> list[Path]:
-    """Runs that can be resumed, the one whose newest complete checkpoint was written last coming last."""
-    runs = [(complete_checkpoints(p), p) for p in outputs.glob("*") if p.is_dir()]
-    return [p for done, p in sorted((r for r in runs if r[0]), key=lambda r: r[0][-1].stat().st_mtime)]
-
-
 def find_resume_checkpoint(artifact_dir: Path, resume: str | os.PathLike) -> tuple[RunPaths, Path]:
-    """The run folders and checkpoint to continue from. ``resume`` is ``latest``, a run name or folder, or a
-    ``checkpoint-N`` folder. Half-written checkpoints are never chosen."""
-    outputs = artifact_dir / "outputs"
-    resume = str(resume)
-    if resume == "latest":
-        runs = _runs_with_checkpoints(outputs)
-        if not runs:
-            raise SettingsError(
-                f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run without --resume."
-            )
-        run_dir, checkpoint = runs[-1], None
-    else:
-        path = Path(resume).expanduser() if Path(resume).expanduser().exists() else outputs / resume
-        if not path.exists():
-            known = [p.name for p in _runs_with_checkpoints(outputs)]
-            raise SettingsError(f"Cannot resume {resume!r}: no such run or folder. Resumable runs in {outputs}: "
-                                f"{known or 'none'}.")
-        if checkpoint_step(path) is not None:
-            run_dir, checkpoint = path.parent, path
-            if not is_complete(path):
-                raise SettingsError(
-                    f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
-                    f"off while saving it. Resume the run instead (--resume {path.parent.name}) to use its last "
-                    "complete checkpoint."
-                )
-        else:
-            run_dir, checkpoint = path, None
-    if checkpoint is None:
-        done = complete_checkpoints(run_dir)
-        if not done:
-            raise SettingsError(f"Nothing to resume in {run_dir}: it holds no complete checkpoint-N folder.")
-        checkpoint = done[-1]
+    """The run folders and checkpoint to continue from (see ``checkpoints.find_resume_checkpoint``)."""
+    run_dir, checkpoint = checkpoints.find_resume_checkpoint(artifact_dir, resume)
     name = run_dir.name
     # Runs may live outside artifact_dir/outputs when given as a folder: keep their logs next to their outputs.
-    log_root = artifact_dir / "logs" if run_dir.parent == outputs else run_dir.parent.parent / "logs"
+    log_root = artifact_dir / "logs" if run_dir.parent == artifact_dir / "outputs" else run_dir.parent.parent / "logs"
     return RunPaths(name, log_root / name, run_dir), checkpoint
-
-
-def set_aside_newer(run_dir: Path, checkpoint: Path) -> None:
-    """Rename the run's checkpoint folders after ``checkpoint`` (half-written, or from a branch being replaced) so
-    the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted."""
-    step = checkpoint_step(checkpoint)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for folder in Path(run_dir).glob("checkpoint-*"):
-        n = checkpoint_step(folder)
-        if n is not None and n > step:
-            target = folder.with_name(f"{folder.name}.set-aside-{stamp}")
-            folder.rename(target)
-            logger.warning("Moved %s aside to %s: resuming from the earlier %s.", folder.name, target.name,
-                           checkpoint.name)
 
 
 def write_run_info(paths: RunPaths, settings: Settings, data_path: Path | None) -> None:
