@@ -134,7 +134,7 @@ def build_trainer(model, tokenizer, dataset, settings: Settings, paths: RunPaths
     """TRL ``GRPOTrainer`` on an (Unsloth) model with the project's rewards and callbacks."""
     from trl import GRPOTrainer
 
-    from .callbacks import CheckpointMarker, SampleLogger
+    from .callbacks import CheckpointMarker, NonFiniteGuard, SampleLogger
     from .modeling import cuda_available
     from .rewards import get_reward_funcs
 
@@ -148,7 +148,7 @@ def build_trainer(model, tokenizer, dataset, settings: Settings, paths: RunPaths
         reward_funcs=get_reward_funcs(settings.reward_names),
         args=args,
         train_dataset=dataset,
-        callbacks=[sample_logger, CheckpointMarker(), *callbacks],
+        callbacks=[sample_logger, CheckpointMarker(), NonFiniteGuard(), *callbacks],
     )
     sample_logger.trainer = trainer
     if settings.rollout == "fast":
