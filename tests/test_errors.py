@@ -7,9 +7,12 @@ Each test is one case of docs/troubleshooting.md. None loads a model: device and
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
+import stat
+from pathlib import Path
 
 import pytest
 from checkpoint_files import make_checkpoint
@@ -389,3 +392,120 @@ def test_cli_turns_a_settings_error_into_one_error_line_and_exit_code_2(no_cuda,
 def test_cli_resume_without_a_checkpoint_is_an_error_not_a_new_run(no_cuda, capsys, tmp_path):
     code, err = run_cli(capsys, "--model", "tiny", "--resume", "--artifact-dir", tmp_path)
     assert code == 2 and "Nothing to resume" in err
+
+
+# --- no tracebacks for user-caused failures (errors.py) -------------------------------------------------------
+
+
+def test_cut_off_run_json_on_resume_is_one_error_line(no_cuda, capsys, tmp_path):
+    run = tmp_path / "outputs" / "r"
+    make_checkpoint(run, 1)
+    (run / "run.json").write_text('{"settings": {"model_name": "tiny", "max_st')  # the disk filled up mid-write
+    code, err = run_cli(capsys, "--resume", "r", "--artifact-dir", tmp_path)
+    assert code == 2 and err.startswith(f"error: {run / 'run.json'} is cut off or damaged (JSONDecodeError: ")
+    assert "Restore it, or delete it" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("folder", ["outputs", "logs"])
+def test_an_artifact_sub_folder_that_is_a_file_is_named_before_the_run_starts(no_model_load, capsys, tmp_path,
+                                                                             write_csv, folder):
+    (tmp_path / "artifact").mkdir()
+    (tmp_path / "artifact" / folder).write_text("")  # e.g. `cp results.txt artifact/outputs`
+    data = write_csv("prompt,lang\nこんにちは,ja\n")
+    code, err = run_cli(capsys, "--model", "tiny", "--data", data, "--artifact-dir", tmp_path / "artifact")
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'artifact' / folder} is a file, but it must be the folder")
+    assert "Traceback" not in err and not (tmp_path / "artifact" / "outputs").is_dir()  # no run folder left behind
+
+
+def test_an_unknown_compare_name_is_an_error_before_the_evaluation_runs(no_cuda, capsys, tmp_path, monkeypatch):
+    from sarashina_grpo import evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate_model", lambda *a, **k: pytest.fail("evaluated before checking"))
+    (tmp_path / "eval" / "base").mkdir(parents=True)
+    (tmp_path / "eval" / "base" / "metrics.json").write_text("{}")
+    code = main(["eval", "--model", "tiny", "--compare", "base", "bsae", "--artifact-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --compare: no evaluation named 'bsae'") and "['base']" in err
+
+
+def test_a_damaged_compare_metrics_file_is_named(tmp_path):
+    from sarashina_grpo.errors import check_compare_names
+
+    (tmp_path / "eval" / "base").mkdir(parents=True)
+    (tmp_path / "eval" / "base" / "metrics.json").write_text('{"format_ok": 0.')
+    assert "metrics.json is cut off or not valid JSON" in error_of(check_compare_names, ["base"], tmp_path)
+
+
+def disk_full_errors():
+    """The exceptions a full disk really raises, from writing to /dev/full (always full, by design)."""
+    import torch
+
+    found = []
+    for write in (lambda: torch.save({"w": torch.zeros(256, 256)}, "/dev/full"),  # a checkpoint's optimizer.pt
+                  lambda: Path("/dev/full").write_text("{}" * 10_000)):  # trainer_state.json, run.json
+        try:
+            write()
+        except (RuntimeError, OSError) as err:
+            found.append(err)
+    return found
+
+
+def dev_full_is_a_device() -> bool:
+    try:
+        return stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not dev_full_is_a_device(), reason="needs Linux's /dev/full device")
+def test_a_full_disk_during_a_save_says_no_space_left_on_device():
+    from sarashina_grpo.errors import user_error_message
+
+    found = disk_full_errors()
+    assert len(found) == 2  # torch: "unexpected pos 704 vs 598" and no word of the disk
+    for err in found:
+        message = user_error_message(err)
+        assert "no space left on device" in message.lower() and "--resume continues from the last complete" in message
+
+
+@pytest.mark.parametrize(
+    ("err", "expected"),
+    [
+        (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/outputs/r"),
+         "Cannot write (/mnt/ro/outputs/r): it is on a read-only file system. Choose a writable --artifact-dir"),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/artifact/logs"),
+         "Permission denied (/data/artifact/logs). Choose a writable --artifact-dir"),
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device. Free some space"),
+        (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
+                      "left on device\" })"), "No space left on device."),  # safetensors' wording
+    ],
+)
+def test_os_failures_map_to_one_line_saying_what_to_do(err, expected):
+    from sarashina_grpo.errors import user_error_message
+
+    assert user_error_message(err).startswith(expected)
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    from sarashina_grpo.errors import user_error_message
+
+    (tmp_path / "outputs").write_text("")
+    with pytest.raises(OSError) as info:
+        (tmp_path / "outputs" / "r" / "checkpoint-1").mkdir(parents=True)
+    assert user_error_message(info.value).startswith(f"{tmp_path / 'outputs'} is a file where a folder is needed")
+
+
+def test_a_bug_keeps_its_traceback():
+    from sarashina_grpo.errors import report
+
+    assert report(ZeroDivisionError("division by zero")) is None  # cli.main re-raises it
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_traceback_as_well(no_cuda, capsys, tmp_path, monkeypatch, how):
+    if how == "env":
+        monkeypatch.setenv("SARASHINA_GRPO_DEBUG", "1")
+    argv = ["--debug"] if how == "flag" else []
+    code = main([*argv, "train", "--model", "tiny", "--resume", "--artifact-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback (most recent call last)" in err and "\nerror: Nothing to resume" in err

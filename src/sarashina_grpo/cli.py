@@ -201,10 +201,12 @@ def looks_like_checkpoint(model: str) -> bool:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from .errors import check_compare_names
     from .evaluation import compare_runs, evaluate_model
     from .inference import GenerationSettings
 
     names = list(args.compare)
+    check_compare_names(names, args.artifact_dir)  # before the evaluation, not after it
     if not args.compare_only:
         settings = settings_from_args(args)
         name = args.name or default_eval_name(args.model)
@@ -238,6 +240,8 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: SARASHINA_GRPO_DEBUG=1), for bug reports")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text,
@@ -249,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; bad input ends in one ``error: …`` paragraph and exit code 2, not a traceback."""
-    from .data import DataError
+    from . import errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -258,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.run(args) or 0
-    except (SettingsError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
         print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
         return 130
+    except Exception as err:  # user-caused failures: one line (see errors.py); bugs keep their traceback
+        code = errors.report(err, debug=args.debug)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

@@ -100,7 +100,17 @@ def write_run_info(paths: RunPaths, settings: Settings, data_path: Path | None) 
 def read_run_info(run_dir: Path) -> dict | None:
     """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
     path = Path(run_dir) / RUN_INFO
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        info["settings"].items()
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise SettingsError(
+            f"{path} is cut off or damaged ({type(err).__name__}: {err}); it records the run's settings. Restore it, "
+            "or delete it and resume giving the run's settings again as flags (they are then not checked)."
+        ) from None
+    return info
 
 
 def run_settings(info: dict) -> Settings:
@@ -173,6 +183,7 @@ def prepare_run(settings: Settings, artifact_dir: str | Path = DEFAULT_ARTIFACT_
 
 def _prepare_run(settings, artifact_dir, resume, run_name, data_path, check_model):
     from .data import check_prompts
+    from .errors import check_artifact_dir
     from .modeling import check_device, check_model_name
 
     settings.validate()
@@ -180,6 +191,7 @@ def _prepare_run(settings, artifact_dir, resume, run_name, data_path, check_mode
     if check_model:
         check_model_name(settings.model_name)
     artifact_dir = Path(artifact_dir)
+    check_artifact_dir(artifact_dir)
     check_writable(artifact_dir)
     rows = check_prompts(data_path) if data_path is not None else None
     if resume:
