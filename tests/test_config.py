@@ -1,12 +1,15 @@
 """Settings carry the article's hyper-parameters into TRL's GRPOConfig, and bad values fail before any model loads."""
 
-import logging
-from types import SimpleNamespace
-
 import pytest
 
-from sarashina_grpo.callbacks import SampleLogger
-from sarashina_grpo.config import LORA_TARGET_MODULES, Settings, SettingsError, build_grpo_config, grpo_config_kwargs
+from sarashina_grpo.config import (
+    LORA_TARGET_MODULES,
+    Settings,
+    SettingsError,
+    build_grpo_config,
+    grpo_config_kwargs,
+    load_recipe,
+)
 
 
 def test_defaults_are_the_articles():
@@ -61,13 +64,59 @@ def test_invalid_settings_name_the_field(changes, field):
         Settings(**changes).validate()
 
 
-def test_sample_logger_logs_completions_with_their_rewards(caplog):
-    logger = SampleLogger(every=1, samples=1)
-    logger.trainer = SimpleNamespace(_logs={
-        "completion": [[{"role": "assistant", "content": "<think>\nはい\n</think>"}]],
-        "rewards": {"strict_format_reward": [0.0], "xmlcount_reward": [0.25]},
-    })
-    state = SimpleNamespace(global_step=3, is_world_process_zero=True)
-    with caplog.at_level(logging.INFO):
-        logger.on_log(None, state, None)
-    assert "strict_format_reward=0.000, xmlcount_reward=0.250" in caplog.text and "はい" in caplog.text
+def test_the_default_algorithm_is_the_articles_trl_not_the_installed_default(tmp_path):
+    kwargs = grpo_config_kwargs(Settings(), tmp_path)
+    found = {k: kwargs[k] for k in ("loss_type", "beta", "scale_rewards", "epsilon", "epsilon_high", "num_iterations",
+                                    "mask_truncated_completions", "importance_sampling_level")}
+    # why: TRL 0.14 (Jan 2025): per-completion mean loss, KL beta 0.04, group std scaling, one pass, token ratios;
+    # every value is passed explicitly so Unsloth's "dapo, beta 0" default never applies silently
+    assert found == dict(loss_type="grpo", beta=0.04, scale_rewards="group", epsilon=0.2, epsilon_high=0.2,
+                         num_iterations=1, mask_truncated_completions=False, importance_sampling_level="token")
+
+
+def test_recipe_values_override_defaults_and_unknown_keys_fail(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("loss_type: dapo\nbeta: 0.0\nreward_names: [xmlcount]\n")
+    settings = Settings.from_dict(load_recipe(recipe))
+    assert (settings.loss_type, settings.beta, settings.reward_names) == ("dapo", 0.0, ("xmlcount",))
+    recipe.write_text("learning_rat: 1e-5\n")
+    with pytest.raises(SettingsError, match="unknown setting.*learning_rat"):  # why: a typo must not be ignored
+        load_recipe(recipe)
+
+
+def test_the_article_recipe_is_the_defaults(repo_root):
+    # why: configs/recipes/article.yaml documents the article's run; it must not drift from Settings' defaults
+    assert Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / "article.yaml")) == Settings()
+
+
+@pytest.mark.parametrize("name", ["article", "dapo", "dr_grpo", "gspo"])
+def test_every_recipe_is_valid(repo_root, name):
+    Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / f"{name}.yaml")).validate()
+
+
+def test_system_prompt_can_come_from_a_file(tmp_path):
+    (tmp_path / "p.txt").write_text("短く答えてください。\n", encoding="utf-8")
+    assert Settings(system_prompt_file=str(tmp_path / "p.txt")).resolved().system_prompt == "短く答えてください。"
+
+
+def test_missing_system_prompt_file_is_one_clear_error(tmp_path):
+    with pytest.raises(SettingsError, match="system_prompt_file: file not found"):
+        Settings(system_prompt_file=str(tmp_path / "nope.txt")).resolved()
+
+
+@pytest.mark.slow
+def test_the_trainer_runs_with_our_algorithm_after_unsloths_patching(tiny_model_dir, tmp_path):
+    import unsloth  # noqa: F401
+
+    from sarashina_grpo.pipeline import train
+
+    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=1, save_steps=10,
+                        max_completion_length=8, num_generations=2, per_device_train_batch_size=2,
+                        scale_rewards="batch", epsilon=0.3, epsilon_high=0.35, mask_truncated_completions=True)
+    trainer = train(settings, artifact_dir=tmp_path)
+    found = (trainer.loss_type, trainer.beta, trainer.scale_rewards, trainer.epsilon_low, trainer.epsilon_high,
+             trainer.mask_truncated_completions, trainer.importance_sampling_level)
+    # why: Unsloth rewrites GRPOConfig's defaults when it patches TRL; the values we pass must survive it
+    assert found == ("grpo", 0.04, "batch", 0.3, 0.35, True, "token")
+    # why: with beta > 0 the KL to the reference model is computed and logged (TensorBoard: train/kl)
+    assert any("kl" in entry for entry in trainer.state.log_history)

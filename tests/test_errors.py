@@ -15,14 +15,14 @@ import stat
 from pathlib import Path
 
 import pytest
-from checkpoint_files import make_checkpoint
+from checkpoint_files import make_checkpoint, write_adapter
 
 from sarashina_grpo import modeling
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
 from sarashina_grpo.modeling import ModelNotFoundError, check_device, check_model_name
-from sarashina_grpo.training import check_writable, train
+from sarashina_grpo.pipeline import check_writable, train
 
 CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
 
@@ -203,7 +203,7 @@ def test_batch_not_divisible_by_generations_names_both_flags_and_a_fix():
         (dict(lora_rank=8.0), "Settings.lora_rank (CLI --lora-rank) must be a positive integer"),
         (dict(learning_rate=float("nan")), "Settings.learning_rate (CLI --learning-rate) must be > 0"),
         (dict(temperature=0), "Settings.temperature (CLI --temperature) must be > 0"),
-        (dict(warmup_ratio=1.0), "Settings.warmup_ratio must be in [0, 1)"),
+        (dict(warmup_ratio=1.0), "Settings.warmup_ratio (CLI --warmup-ratio) must be in [0, 1)"),
         (dict(max_completion_length=4000), "exceeds max_seq_length (4096): raise max_seq_length"),
         (dict(reward_names=()), "GRPO needs at least one reward"),
     ],
@@ -241,7 +241,8 @@ def no_model_load(monkeypatch):
 def test_bad_input_is_caught_before_the_model_loads(no_model_load, tmp_path, write_csv, settings, data, expected):
     write_csv("prompt,lang\nこんにちは,ja\n", "ok.csv")
     write_csv("prompt,lang\nこんにちは,jp\n", "bad.csv")
-    assert expected in error_of(train, settings, tmp_path / (data or "ok.csv"), tmp_path / "artifact")
+    settings = settings.replace(data_path=str(tmp_path / (data or "ok.csv")))
+    assert expected in error_of(train, settings, artifact_dir=tmp_path / "artifact")
     assert not list((tmp_path / "artifact").glob("outputs/*"))  # and no empty run folder was left behind
 
 
@@ -292,10 +293,44 @@ def test_run_folder_with_a_set_aside_checkpoint_is_not_misread(tmp_path):
 
 
 def test_complete_adapter_folder_and_hub_ids_pass(tmp_path):
-    (tmp_path / "adapter_config.json").write_text("{}")
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    write_adapter(tmp_path)
     check_model_name(str(tmp_path))
     check_model_name("sbintuitions/sarashina2.2-3b-instruct-v0.1")  # a hub id is the loader's business
+
+
+@pytest.fixture
+def no_unsloth_load(monkeypatch):
+    """A stand-in for Unsloth that fails the test if a model is loaded (and saves importing the real one)."""
+    import sys
+    import types
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    fake = types.ModuleType("unsloth")
+    fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
+    monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_a_damaged_checkpoint_given_to_infer_or_eval_is_one_error_before_loading(no_unsloth_load, capsys, tmp_path,
+                                                                               command):
+    earlier = make_checkpoint(tmp_path, 5)
+    damaged = make_checkpoint(tmp_path, 10)
+    weights = damaged / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # the disk filled up while it was saved
+    extra = ["こんにちは"] if command == "infer" else ["--artifact-dir", str(tmp_path / "a")]
+    code = main([command, "--model", str(damaged), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err).startswith(f"error: {damaged} is damaged (adapter_model.safetensors: cut off")
+    assert f"e.g. {earlier}" in err and "Traceback" not in err
+
+
+def test_an_adapter_with_nan_weights_is_refused(tmp_path):
+    write_adapter(tmp_path, float("nan"))
+    message = error_of(check_model_name, str(tmp_path))
+    assert "adapter_model.safetensors: holds non-finite values (NaN or inf)" in message
 
 
 # --- artifact folder ------------------------------------------------------------------------------------------
@@ -373,6 +408,11 @@ def test_vllm_without_cuda_says_to_turn_it_off(no_cuda, monkeypatch):
 # --- the CLI: one paragraph, exit code 2 ----------------------------------------------------------------------
 
 
+def last_line(err: str) -> str:
+    """The CLI's own last word on stderr (library warnings printed while importing may come before it)."""
+    return err.strip().splitlines()[-1]
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
     code = main(["train", *map(str, argv)])
     return code, capsys.readouterr().err
@@ -402,8 +442,8 @@ def test_cut_off_run_json_on_resume_is_one_error_line(no_cuda, capsys, tmp_path)
     make_checkpoint(run, 1)
     (run / "run.json").write_text('{"settings": {"model_name": "tiny", "max_st')  # the disk filled up mid-write
     code, err = run_cli(capsys, "--resume", "r", "--artifact-dir", tmp_path)
-    assert code == 2 and err.startswith(f"error: {run / 'run.json'} is cut off or damaged (JSONDecodeError: ")
-    assert "Restore it, or delete it" in err and "Traceback" not in err
+    assert code == 2 and last_line(err).startswith(f"error: {run / 'run.json'} is damaged (")
+    assert "restore run.json" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("folder", ["outputs", "logs"])
@@ -413,7 +453,7 @@ def test_an_artifact_sub_folder_that_is_a_file_is_named_before_the_run_starts(no
     (tmp_path / "artifact" / folder).write_text("")  # e.g. `cp results.txt artifact/outputs`
     data = write_csv("prompt,lang\nこんにちは,ja\n")
     code, err = run_cli(capsys, "--model", "tiny", "--data", data, "--artifact-dir", tmp_path / "artifact")
-    assert code == 2 and err.startswith(f"error: {tmp_path / 'artifact' / folder} is a file, but it must be the folder")
+    assert code == 2 and last_line(err).startswith(f"error: {tmp_path / 'artifact' / folder} is a file, but it must")
     assert "Traceback" not in err and not (tmp_path / "artifact" / "outputs").is_dir()  # no run folder left behind
 
 
@@ -425,7 +465,7 @@ def test_an_unknown_compare_name_is_an_error_before_the_evaluation_runs(no_cuda,
     (tmp_path / "eval" / "base" / "metrics.json").write_text("{}")
     code = main(["eval", "--model", "tiny", "--compare", "base", "bsae", "--artifact-dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: --compare: no evaluation named 'bsae'") and "['base']" in err
+    assert code == 2 and last_line(err).startswith("error: --compare: no evaluation named 'bsae'") and "['base']" in err
 
 
 def test_a_damaged_compare_metrics_file_is_named(tmp_path):

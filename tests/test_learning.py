@@ -20,7 +20,7 @@ MIN_FINAL_PURITY = 0.80  # seen: 0.85 to 0.97 with the purity reward, 0.52 to 0.
 def proof(tmp_path_factory):
     import unsloth  # noqa: F401  (Unsloth patches transformers/TRL; import it first)
 
-    from sarashina_grpo.learning import ProofSettings, run_proof
+    from sarashina_grpo.experiments.learning import ProofSettings, run_proof
 
     return run_proof(tmp_path_factory.mktemp("learning"), ProofSettings(seed=0))
 

@@ -1,4 +1,4 @@
-"""Data-parallel GRPO on CPU: two processes (gloo) train the tiny model through ``sarashina_grpo.distributed``.
+"""Data-parallel GRPO on CPU: two processes (gloo) run ``sarashina-grpo train`` under ``accelerate launch``.
 
 The proof of DDP: both ranks ran, they scored different prompts, their LoRA weights moved away from the
 initialisation and are bit-identical at the end (so gradients were averaged), and only one run's folders exist.
@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from sarashina_grpo.callbacks import COMPLETE_MARKER
+from sarashina_grpo.checkpoints import COMPLETE_MARKER
+from sarashina_grpo.config import Settings, SettingsError
 
 STEPS = 2
 PROMPTS = "prompt,lang\n" + "".join(f"今日の予定{i}を教えてください。,ja\n" for i in range(8))
@@ -107,7 +108,7 @@ def test_one_run_with_one_complete_checkpoint(ddp_run):
 def test_checkpoint_holds_the_synchronised_weights(ddp_run):
     from safetensors.torch import load_file
 
-    from sarashina_grpo.distributed import lora_fingerprint
+    from sarashina_grpo.modeling import lora_fingerprint
 
     ranks, _, artifact_dir = ddp_run
     saved = load_file(artifact_dir / "outputs" / "ddp" / f"checkpoint-{STEPS}" / "adapter_model.safetensors")
@@ -115,45 +116,31 @@ def test_checkpoint_holds_the_synchronised_weights(ddp_run):
     assert lora_fingerprint(saved)["sha256"] == ranks[0]["sha256"]
 
 
-def distributed_settings(*argv):
-    from sarashina_grpo.distributed import build_parser, settings_from_distributed_args
+def test_auto_backend_is_plain_trl_peft_across_processes(monkeypatch):
+    from sarashina_grpo.modeling import resolve_backend
 
-    return settings_from_distributed_args(build_parser().parse_args(["--model", "tiny", "--no-4bit", *argv]))
-
-
-def test_default_backend_is_plain_trl_peft():
-    from sarashina_grpo.distributed import build_parser
-
-    # why: Unsloth's GPU data-parallel path is not proven in this repository, so it is opt-in
-    assert build_parser().parse_args([]).backend == "trl-peft"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    # why: Unsloth's GPU data-parallel path is not proven in this repository, so it is opt-in (--backend unsloth)
+    assert resolve_backend(Settings()) == "trl-peft"
 
 
-def test_ddp_skips_the_unused_parameter_search():
-    # why: every LoRA weight gets a gradient each step; the search costs a graph walk per step
-    assert distributed_settings().extra_grpo_args["ddp_find_unused_parameters"] is False
+def test_auto_backend_is_unsloth_in_one_process(monkeypatch):
+    from sarashina_grpo.modeling import resolve_backend
 
-
-def test_vllm_server_mode_reaches_grpo_config():
-    extra = distributed_settings("--vllm", "--vllm-mode", "server",
-                                 "--vllm-server-base-url", "http://10.0.0.1:8000").extra_grpo_args
-    # why: the training ranks must send generation to the separate `trl vllm-serve` process
-    assert (extra["vllm_mode"], extra["vllm_server_base_url"]) == ("server", "http://10.0.0.1:8000")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_backend(Settings()) == "unsloth"  # why: the article's path
 
 
 def test_vllm_server_mode_without_vllm_is_refused():
-    from sarashina_grpo.config import SettingsError
-
     # why: server mode alone would silently train with generation inside each rank
     with pytest.raises(SettingsError, match="--vllm"):
-        distributed_settings("--vllm-mode", "server")
+        Settings(backend="trl-peft", extra_grpo_args={"vllm_mode": "server"}).validate()
 
 
 def test_vllm_server_mode_is_refused_for_unsloth():
-    from sarashina_grpo.config import SettingsError
-
     # why: Unsloth generates through its own colocated vLLM (fast_inference), not TRL's server client
     with pytest.raises(SettingsError, match="trl-peft"):
-        distributed_settings("--vllm", "--vllm-mode", "server", "--backend", "unsloth")
+        Settings(use_vllm=True, backend="unsloth", extra_grpo_args={"vllm_mode": "server"}).validate()
 
 
 @pytest.mark.parametrize(("name", "kind"), [("multi_gpu.yaml", "MULTI_GPU"), ("deepspeed_zero2.yaml", "DEEPSPEED")])

@@ -6,15 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sarashina_grpo.purity import (
-    PURITY_REWARD,
     consistency_score,
     has_latin_run,
     japanese_purity,
-    japanese_purity_reward,
     script_counts,
     split_sections,
 )
-from sarashina_grpo.rewards import REWARD_FUNCS, get_reward_funcs
+from sarashina_grpo.rewards import FORMAT_REWARD as PURITY_REWARD
+from sarashina_grpo.rewards import REWARD_FUNCS, get_reward_funcs, japanese_purity_reward
 
 JA = "今日はいい天気ですね。"
 EN = "It is a nice day today."

@@ -22,17 +22,10 @@ from pathlib import Path
 import pytest
 from checkpoint_files import make_checkpoint
 
-from sarashina_grpo.checkpoints import COMPLETE_MARKER
-from sarashina_grpo.cli import build_parser, explicit_dests, settings_from_args
+from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, find_resume_checkpoint, set_aside_newer
+from sarashina_grpo.cli import build_parser, settings_from_args
 from sarashina_grpo.config import Settings, SettingsError
-from sarashina_grpo.training import (
-    check_resume_settings,
-    complete_checkpoints,
-    find_resume_checkpoint,
-    new_run_paths,
-    set_aside_newer,
-    write_run_info,
-)
+from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, write_run_info
 
 # --- checkpoint folders, built by hand (tests/checkpoint_files.py) ---------------------------------------------
 
@@ -51,8 +44,8 @@ def test_resume_picks_the_last_complete_checkpoint_not_a_newer_half_written_one(
     make_checkpoint(run, 2)
     make_checkpoint(run, 10)
     make_checkpoint(run, 12, marker=False)
-    paths, checkpoint = find_resume_checkpoint(tmp_path, "r")
-    assert (paths.output_dir, checkpoint) == (run, run / "checkpoint-10")
+    run_dir, checkpoint = find_resume_checkpoint(tmp_path, "r")
+    assert (run_dir, checkpoint) == (run, run / "checkpoint-10")
 
 
 def test_steps_are_compared_as_numbers_not_text(tmp_path):
@@ -104,27 +97,35 @@ def test_timestamped_names_skip_a_log_folder_already_taken(tmp_path):
 
 def test_resuming_with_settings_that_change_the_maths_is_refused(tmp_path):
     paths = new_run_paths(tmp_path, "r")
-    write_run_info(paths, Settings(model_name="tiny", num_generations=2, per_device_train_batch_size=2), None)
+    write_run_info(paths, Settings(model_name="tiny", num_generations=2, per_device_train_batch_size=2))
     changed = Settings(model_name="tiny", num_generations=4, per_device_train_batch_size=4)
     with pytest.raises(SettingsError, match="num_generations: run used 2, now 4"):
-        check_resume_settings(changed, None, paths.output_dir)
+        check_resume_settings(changed, paths.output_dir)
+
+
+def test_resuming_with_another_system_prompt_is_refused(tmp_path):
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, Settings(model_name="tiny"))
+    with pytest.raises(SettingsError, match="system_prompt: run used"):  # why: the prompt shapes every completion
+        check_resume_settings(Settings(model_name="tiny", system_prompt="短く答えて"), paths.output_dir)
 
 
 def test_resuming_with_more_steps_is_allowed_with_a_warning(tmp_path, caplog):
     paths = new_run_paths(tmp_path, "r")
-    write_run_info(paths, Settings(model_name="tiny", max_steps=10), None)
+    write_run_info(paths, Settings(model_name="tiny", max_steps=10))
     with caplog.at_level(logging.WARNING):
-        check_resume_settings(Settings(model_name="tiny", max_steps=20), None, paths.output_dir)
+        check_resume_settings(Settings(model_name="tiny", max_steps=20), paths.output_dir)
     assert "max_steps = 20 (the run started with 10)" in caplog.text
 
 
-def test_cli_resume_keeps_the_runs_settings_except_flags_given_again():
-    argv = ["train", "--resume", "r", "--max-steps", "20", "--no-4bit"]
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    base = Settings(model_name="tiny", max_steps=10, num_generations=2, per_device_train_batch_size=2)
-    settings = settings_from_args(args, base)
-    assert explicit_dests(args) >= {"max_steps", "resume"}
+def test_cli_resume_keeps_the_runs_settings_except_flags_given_again(tmp_path):
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, Settings(model_name="tiny", max_steps=10, num_generations=2, per_device_train_batch_size=2,
+                                   load_in_4bit=False))
+    make_checkpoint(paths.output_dir, 5)
+    args = build_parser().parse_args(["train", "--artifact-dir", str(tmp_path), "--resume", "r",
+                                      "--max-steps", "20", "--no-4bit"])
+    settings = settings_from_args(args)
     assert (settings.model_name, settings.max_steps, settings.num_generations) == ("tiny", 20, 2)
 
 

@@ -45,13 +45,12 @@ def test_unknown_rollout_is_rejected_by_name():
 @pytest.fixture(scope="module")
 def tiny_trainer(tiny_model_dir, tmp_path_factory):
     """A default-rollout GRPOTrainer on the tiny model, with non-zero LoRA B so that the adapters change outputs."""
-    from sarashina_grpo.data import load_prompts
-    from sarashina_grpo.modeling import load_model
-    from sarashina_grpo.training import DEFAULT_DATA_PATH, RunPaths, build_trainer
+    from sarashina_grpo.pipeline import build_trainer, load_model, prepare
 
     settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_completion_length=COMPLETION_TOKENS,
                         max_steps=1, save_steps=1000)
-    model, tokenizer = load_model(settings)
+    run = prepare(settings, artifact_dir=tmp_path_factory.mktemp("rollout"), run_name="t")
+    model, tokenizer = load_model(run)
     torch.manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -60,11 +59,8 @@ def tiny_trainer(tiny_model_dir, tmp_path_factory):
     # float32: in bf16 the random tiny model has exact logit ties (gap 0.0), which the two paths' different
     # rounding breaks either way; without rounding noise greedy decoding has one answer.
     model.to(torch.float32)
-    dataset = load_prompts(DEFAULT_DATA_PATH, tokenizer=tokenizer)
-    work = tmp_path_factory.mktemp("rollout")
-    paths = RunPaths("t", work / "logs", work / "out")
-    trainer = build_trainer(model, tokenizer, dataset, settings, paths, report_to="none")
-    return trainer, dataset
+    trainer = build_trainer(run, model, tokenizer, report_to="none")
+    return trainer, trainer.train_dataset
 
 
 def _prompt_ids(trainer, dataset, n=4):
@@ -108,7 +104,7 @@ def test_fast_rollout_applies_the_lora_adapters(tiny_trainer):
 
 @pytest.mark.slow
 def test_fast_setting_routes_training_rollouts_through_the_engine(tiny_model_dir, tmp_path):
-    from sarashina_grpo.training import train
+    from sarashina_grpo.pipeline import train
 
     settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, rollout="fast", max_steps=1,
                         save_steps=1000, max_completion_length=8)

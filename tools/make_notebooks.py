@@ -34,61 +34,49 @@ FINETUNING = [
 
 Teaches Sarashina 2.2 3B instruct to answer as `<think>\\n…\\n</think>\\n<response>\\n…\\n</response>` with
 Unsloth (4-bit + LoRA) and TRL's `GRPOTrainer`. Set the parameters below and **Run All**. With a CUDA GPU and the
-defaults this is the article's run (500 steps); without one, set `MODEL_NAME = "tiny"` and `LOAD_IN_4BIT = False`
-for a CPU smoke run. Watch rewards with `tensorboard --logdir artifact/logs`.
+defaults this is the article's run (500 steps, the article's GRPO algorithm); without one, set
+`SETTINGS = {"model_name": "tiny", "max_steps": 5}` for a CPU smoke run. Watch rewards with
+`uv run tensorboard --logdir artifact/logs` (tag `train/rewards/strict_format_reward/mean`).
+
+`SETTINGS` takes any field of `sarashina_grpo.config.Settings` by name, exactly as the recipe files and the
+`sarashina-grpo train --help` flags do (`"learning_rate"` is `--learning-rate`).
 """),
     parameters("""
-MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"  # or "tiny" (offline test model) or a local folder
-LOAD_IN_4BIT = True  # QLoRA; needs a CUDA GPU
-USE_VLLM = False  # Unsloth fast_inference; needs `uv sync --extra vllm`
-ROLLOUT = "default"  # "fast": static KV cache + CUDA graphs for generation (README, Speed)
-MAX_STEPS = 500
-SAVE_STEPS = 250
-NUM_GENERATIONS = 6  # completions per prompt (the GRPO group)
-BATCH_SIZE = 6  # completions per step; a multiple of NUM_GENERATIONS
-MAX_COMPLETION_LENGTH = 512
-MAX_SEQ_LENGTH = 4096
-LEARNING_RATE = 5e-6
-REWARDS = "xmlcount,soft_format,strict_format"
-DATA_PATH = "../datasets/smalltalk.csv"
-ARTIFACT_DIR = "../artifact"  # logs/<run>/ and outputs/<run>/checkpoint-N go here
+RECIPE = "configs/recipes/article.yaml"  # the article's run; configs/recipes/ has role-play, arithmetic, DAPO, …
+SETTINGS = {}  # overrides by Settings field name, e.g. {"model_name": "tiny", "max_steps": 5, "rollout": "fast"}
+ARTIFACT_DIR = None  # logs/<run>/ and outputs/<run>/checkpoint-N go here; None: the project's artifact/
 RUN_NAME = None  # default: a timestamp
 RESUME = None  # "latest", a run name, or a checkpoint folder to continue from
 """),
-    md("## Settings\nEverything below derives from the parameters; the defaults are the article's."),
+    md("## Settings\nThe recipe, then your overrides; everything is checked now, before minutes of model loading."),
     code("""
-import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets/ and artifact/ of this repo
 
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
-from sarashina_grpo.config import Settings
-from sarashina_grpo.training import build_trainer, prepare_run, run_trainer
+from sarashina_grpo import setup_logging
+from sarashina_grpo.config import Settings, load_recipe
+from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-settings = Settings(
-    model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM, rollout=ROLLOUT, max_steps=MAX_STEPS,
-    save_steps=SAVE_STEPS, num_generations=NUM_GENERATIONS, per_device_train_batch_size=BATCH_SIZE,
-    max_completion_length=MAX_COMPLETION_LENGTH, max_seq_length=MAX_SEQ_LENGTH, learning_rate=LEARNING_RATE,
-    reward_names=tuple(REWARDS.split(",")),
-)
-# Checks settings, device, model name, folders and the prompt file now, before minutes of model loading.
-paths, checkpoint = prepare_run(settings, ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME, data_path=DATA_PATH)
-paths
+setup_logging()  # the package's INFO lines, as the CLI prints them
+settings = Settings.from_dict({**(load_recipe(RECIPE) if RECIPE else {}), **SETTINGS})
+run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME)
+print(run.paths)
+print({k: v for k, v in run.settings.to_dict().items() if k != "system_prompt"})
 """),
     md("## Model + LoRA\nUnsloth loads the model (4-bit on a GPU) and attaches LoRA r=32 to the seven projections."),
     code("""
-from sarashina_grpo.modeling import load_model
-
-model, tokenizer = load_model(settings)
+model, tokenizer = load_model(run)
 model.print_trainable_parameters()
 """),
     md("## Prompts\nJapanese rows of the CSV become `[system, user]` chat prompts; the system prompt asks for tags."),
     code("""
-from sarashina_grpo.data import load_prompts
-
-dataset = load_prompts(DATA_PATH, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
-print(len(dataset), "prompts")
-print(tokenizer.apply_chat_template(dataset[0]["prompt"], tokenize=False, add_generation_prompt=True))
+print(len(run.rows), "prompts, e.g.:")
+print(run.settings.system_prompt)
+print("user:", run.rows[0].prompt)
 """),
     md("## Rewards\nWhat each reward gives a well-formed and a sloppy answer."),
     code("""
@@ -98,24 +86,25 @@ examples = [
     "<think>\\n週末の予定を聞かれた。\\n</think>\\n<response>\\n散歩はいかがですか。\\n</response>",
     "<think>週末</think> <response>散歩</response> おまけ",
 ]
-for reward in get_reward_funcs(settings.reward_names):
+for reward in get_reward_funcs(run.settings.reward_names):
     print(f"{reward.__name__:24s}", reward(examples))
 """),
-    md("## Trainer"),
+    md("## Trainer\nThe project's one `GRPOTrainer` (`pipeline.build_trainer`), with the algorithm of the settings."),
     code("""
-trainer = build_trainer(model, tokenizer, dataset, settings, paths)
+trainer = build_trainer(run, model, tokenizer)
+print({k: getattr(trainer.args, k) for k in ("loss_type", "beta", "scale_rewards", "epsilon", "num_iterations")})
 """),
     md('## Train\nCtrl-C / *Interrupt kernel* saves a checkpoint and stops; set `RESUME = "latest"` to continue.'),
     code("""
-trainer = run_trainer(trainer, paths, checkpoint)
+trainer = run_training(trainer, run)
 print("finished at step", trainer.state.global_step)
 """),
     md("## Where things are\nPoint the inference notebook's `MODEL_NAME` at one of these checkpoints."),
     code("""
-from sarashina_grpo.training import complete_checkpoints
+from sarashina_grpo.checkpoints import complete_checkpoints
 
-print("TensorBoard:", paths.log_dir)
-for path in complete_checkpoints(paths.output_dir):
+print("TensorBoard:", run.paths.log_dir)
+for path in complete_checkpoints(run.paths.output_dir):
     print("checkpoint:", path)
 """),
 ]

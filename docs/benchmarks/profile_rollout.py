@@ -19,7 +19,6 @@ from sarashina_grpo.config import Settings
 from sarashina_grpo.data import load_prompts
 from sarashina_grpo.modeling import load_model
 from sarashina_grpo.rollout import FastRollout
-from sarashina_grpo.training import DEFAULT_DATA_PATH
 
 
 def copy_bandwidth() -> float:
@@ -44,7 +43,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     model, tok = load_model(Settings(model_name=args.model))
-    rows = load_prompts(DEFAULT_DATA_PATH, tokenizer=tok)["prompt"]
+    rows = load_prompts("datasets/smalltalk.csv", tokenizer=tok)["prompt"]
     texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in rows[:64]]
     prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     engine = FastRollout(model, eos_token_ids=[-1], pad_token_id=tok.pad_token_id, max_new_tokens=args.tokens,

@@ -5,3 +5,16 @@ over it. Heavy modules (Unsloth, TRL) are imported lazily so that rewards and da
 """
 
 __version__ = "0.1.0"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Show the package's INFO lines (DEBUG with ``verbose``), as the CLI does; notebooks call it in their first cell.
+    Under ``accelerate launch`` the other ranks log warnings only: N copies of every line would bury rank 0's."""
+    import logging
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)

@@ -1,4 +1,7 @@
-"""Trainer callbacks: sample printing, complete-checkpoint markers, NaN/inf guard, Ctrl-C/SIGTERM save-then-stop."""
+"""Trainer callbacks: complete-checkpoint markers, a NaN/inf guard, and Ctrl-C/SIGTERM that save, then stop.
+
+Sampled completions are printed by TRL itself (``Settings.log_completions``).
+"""
 
 from __future__ import annotations
 
@@ -11,28 +14,6 @@ from .checkpoints import checkpoint_dir, mark_complete
 from .guards import NonFiniteError, check_logs
 
 logger = logging.getLogger(__name__)
-
-
-
-class SampleLogger(TrainerCallback):
-    """Every ``every`` steps, log a few of the step's completions with each reward (TRL keeps them in _logs)."""
-
-    def __init__(self, every: int = 10, samples: int = 2, max_chars: int = 400):
-        self.every, self.samples, self.max_chars = every, samples, max_chars
-        self.trainer = None  # set by build_trainer: TRL's buffers of the last step live on the trainer
-
-    def on_log(self, args, state, control, **kwargs):
-        if self.trainer is None or not state.is_world_process_zero or state.global_step % self.every:
-            return
-        buffers = getattr(self.trainer, "_logs", None)
-        if not buffers or not buffers.get("completion"):
-            return
-        completions = list(buffers["completion"])[-self.samples:]
-        rewards = {name: list(values)[-self.samples:] for name, values in buffers["rewards"].items()}
-        for i, completion in enumerate(completions):
-            text = completion[-1]["content"] if isinstance(completion, list) else str(completion)
-            scores = ", ".join(f"{name}={values[i]:.3f}" for name, values in rewards.items())
-            logger.info("step %d sample %d [%s]\n%s", state.global_step, i, scores, text[: self.max_chars])
 
 
 class CheckpointMarker(TrainerCallback):

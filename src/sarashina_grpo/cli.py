@@ -1,239 +1,321 @@
-"""Command line: ``sarashina-grpo train | infer | eval | build-tiny`` (``--help`` on each lists every option).
+"""Command line: ``sarashina-grpo train | infer | eval | build-tiny | bench`` (``--help`` on each lists every option).
 
-    sarashina-grpo train --model tiny --max-steps 5     # CPU smoke run on the offline tiny model
-    sarashina-grpo train                                # the article's run on a CUDA GPU
+    sarashina-grpo train --model tiny --max-steps 5                      # CPU smoke run on the offline tiny model
+    sarashina-grpo train --config configs/recipes/article.yaml           # the article's run on a CUDA GPU
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
     sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare base
+    accelerate launch --num_processes 2 -m sarashina_grpo train --max-steps 500     # one process per GPU
 
-The commands call the same package functions as the notebooks.
+This is the one module that builds the command line. Its flags are generated from dataclasses: ``Settings``
+(every field of it is a ``train`` flag, named after the field, with its help text and default) and the small
+option classes below. Precedence: ``Settings`` defaults < a YAML recipe (``--config``) < a resumed run's
+``run.json`` < flags given on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import os
 import sys
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bench
-from .config import DEFAULT_MODEL_NAME, ROLLOUTS, Settings, SettingsError
+from . import setup_logging
+from .config import Settings, SettingsError, default_artifact_dir, load_recipe, setting
 
 logger = logging.getLogger("sarashina_grpo")
-DEFAULTS = Settings()
+DEBUG_VARIABLE = "SARASHINA_GRPO_DEBUG"  # set to 1 for full tracebacks (same as --debug)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL_NAME,
-                        help="hub id, local model or checkpoint folder, or 'tiny' (offline test model). "
-                             f"Default: {DEFAULT_MODEL_NAME}")
-    parser.add_argument("--4bit", dest="load_in_4bit", action=argparse.BooleanOptionalAction, default=None,
-                        help="load in 4-bit (QLoRA). Default: on with a CUDA GPU, off without one")
-    parser.add_argument("--vllm", dest="use_vllm", action="store_true",
-                        help="Unsloth fast_inference through vLLM (needs the 'vllm' extra and a GPU)")
-    parser.add_argument("--max-seq-length", type=int, default=DEFAULTS.max_seq_length)
+# --- option classes of the commands (Settings holds the run's own settings)
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .training import DEFAULT_ARTIFACT_DIR, DEFAULT_DATA_PATH
+@dataclass
+class RunOptions:
+    """Where a training run goes and what it continues; not part of its maths, so not in ``Settings``."""
 
-    add_model_arguments(parser)
-    parser.add_argument("--data", default=str(DEFAULT_DATA_PATH), help="prompt CSV with columns prompt,lang")
-    parser.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR),
-                        help="where logs/<run>/ and outputs/<run>/checkpoint-N are written")
-    parser.add_argument("--run-name", default=None, help="name of the run folders (default: a timestamp)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="continue a run from its last complete checkpoint: 'latest' (default when the flag "
-                             "is bare), a run name, a run folder or a checkpoint-N folder")
-    parser.add_argument("--max-steps", type=int, default=DEFAULTS.max_steps)
-    parser.add_argument("--save-steps", type=int, default=DEFAULTS.save_steps)
-    parser.add_argument("--num-generations", type=int, default=DEFAULTS.num_generations)
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.per_device_train_batch_size,
-                        help="completions per device per step (a multiple of --num-generations)")
-    parser.add_argument("--max-prompt-length", type=int, default=DEFAULTS.max_prompt_length)
-    parser.add_argument("--max-completion-length", type=int, default=DEFAULTS.max_completion_length)
-    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
-    parser.add_argument("--lora-rank", type=int, default=DEFAULTS.lora_rank)
-    parser.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
-    parser.add_argument("--rollout", choices=list(ROLLOUTS), default=DEFAULTS.rollout,
-                        help="how completions are generated: 'fast' = static KV cache + CUDA graphs "
-                             "(docs/benchmarks), 'default' = the article's Unsloth path")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    parser.add_argument("--rewards", default=",".join(DEFAULTS.reward_names),
-                        help="comma-separated reward names from the registry")
+    config: str | None = setting(None, "YAML recipe of settings (configs/recipes/*.yaml); flags override it; unset: "
+                                 "the defaults (the article's run)")
+    artifact_dir: str | None = setting(None, "where logs/<run>/ and outputs/<run>/checkpoint-N go; unset: "
+                                       "artifact/ in the project folder")
+    run_name: str | None = setting(None, "name of the run folders; unset: a timestamp")
+    resume: str | None = field(default=None, metadata={
+        "help": "continue a run from its last intact checkpoint: 'latest' (the flag alone), a run name, a run folder "
+                "or a checkpoint-N folder", "const": "latest"})
 
 
-# Flags that set more (or other) Settings fields than their own name.
-DEST_FIELDS = {"model": ("model_name",), "batch_size": ("per_device_train_batch_size",),
-               "lora_rank": ("lora_rank", "lora_alpha"), "rewards": ("reward_names",)}
-# Machine-dependent: a resumed run takes them from this machine, not from the run's record.
-MACHINE_FIELDS = {"load_in_4bit", "use_vllm"}
+@dataclass
+class GenerateOptions:
+    """How ``infer`` and ``eval`` generate (``inference.GenerationSettings``)."""
+
+    max_new_tokens: int = setting(512, "tokens generated per answer at most")
+    sample: bool = setting(False, "sample instead of greedy decoding")
+    temperature: float = setting(0.7, "sampling temperature (with --sample)")
+    top_p: float = setting(0.95, "nucleus sampling share (with --sample)")
+    batch_size: int = setting(8, "prompts generated together")
 
 
-def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -> Settings:
-    """Settings from the flags; with ``base`` (a resumed run's settings), only flags given explicitly override it."""
-    from .modeling import cuda_available
-
-    load_in_4bit = args.load_in_4bit
-    if load_in_4bit is None:
-        load_in_4bit = cuda_available()
-        if not load_in_4bit:
-            logger.info("No CUDA GPU: loading in 16-bit (4-bit needs CUDA).")
-    fields = dict(model_name=args.model, load_in_4bit=load_in_4bit, use_vllm=args.use_vllm,
-                  max_seq_length=args.max_seq_length)
-    if hasattr(args, "max_steps"):
-        fields.update(
-            max_steps=args.max_steps, save_steps=args.save_steps, num_generations=args.num_generations,
-            per_device_train_batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
-            max_completion_length=args.max_completion_length, learning_rate=args.learning_rate,
-            lora_rank=args.lora_rank, lora_alpha=args.lora_rank, temperature=args.temperature, seed=args.seed,
-            rollout=args.rollout,
-            reward_names=tuple(n.strip() for n in args.rewards.split(",") if n.strip()),
-        )
-    if base is None:
-        return Settings(**fields).validate()
-    given = {f for dest in explicit_dests(args) for f in DEST_FIELDS.get(dest, (dest,))} | MACHINE_FIELDS
-    return base.replace(**{k: v for k, v in fields.items() if k in given}).validate()
+@dataclass
+class InferOptions:
+    prompts: list[str] = field(default_factory=list, metadata={
+        "help": "prompts to answer; none: an interactive chat (an empty line quits)", "positional": True})
 
 
-def explicit_dests(args: argparse.Namespace) -> set[str]:
-    """Destinations of the options that appear on the command line (not left at their defaults)."""
-    argv = getattr(args, "argv", [])
-    given = set()
-    for action in getattr(args, "command_parser", argparse.ArgumentParser())._actions:
-        for option in action.option_strings:
-            if any(a == option or a.startswith(option + "=") for a in argv):
-                given.add(action.dest)
-    return given
+@dataclass
+class EvalOptions:
+    name: str | None = setting(None, "evaluation name: results go to <artifact-dir>/eval/<name>/; unset: derived from "
+                               "--model")
+    data: str = setting("datasets/eval.csv", "held-out prompt CSV (columns prompt,lang)")
+    artifact_dir: str | None = setting(None, "where eval/<name>/ goes; unset: artifact/ in the project folder")
+    limit: int | None = setting(None, "evaluate only the first N prompts; unset: all")
+    samples_per_prompt: int = setting(1, "outputs per prompt (with --sample)")
+    compare: list[str] = field(default_factory=list, metadata={
+        "help": "earlier evaluations (names or folders) to compare with: writes comparison.md/.png", "nargs": "+"})
+    compare_only: bool = setting(False, "generate nothing; compare the evaluations named by --compare")
+
+
+@dataclass
+class BuildTinyOptions:
+    out_dir: str = field(default="", metadata={"help": "folder to write the model to", "positional": True})
+    shape: str = setting("tiny", "the tiny test model, or the exact Sarashina 2.2 3B shape (random weights)",
+                         choices=("tiny", "sarashina-3b"))
+    seed: int = setting(0, "random seed of the weights")
+
+
+# Settings that infer and eval take (the model and how it is prompted); train takes every field.
+MODEL_FIELDS = ("model_name", "load_in_4bit", "use_vllm", "max_seq_length", "system_prompt", "system_prompt_file")
+
+
+# --- flags from dataclasses
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if value is None:
+        return "unset"
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _parse_json(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err.msg}); e.g. '{{\"steps_per_generation\": 6}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"steps_per_generation\": 6}'")
+    return value
+
+
+def _base_type(hint):
+    """``int`` for ``int | None`` and the like."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) else hint
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *, title: str | None = None) -> None:
+    """One flag per field of ``cls`` (or of ``names``): ``--field-name`` (plus the field's alias), its type, choices
+    and help with the default shown once. Flags are absent from the parsed namespace unless given."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        meta, hint = f.metadata, _base_type(hints[f.name])
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if meta.get("positional"):
+            nargs = "*" if typing.get_origin(hint) is list else None
+            group.add_argument(f.name, nargs=nargs, help=meta["help"], default=default)
+            continue
+        flags = [flag for flag in (meta.get("flag"), "--" + f.name.replace("_", "-")) if flag]
+        shown = meta.get("shown") or _shown(default)
+        # A field that is unset by default says in its help what "unset" means.
+        text = meta["help"] if default is None else f"{meta['help']} (default: {shown})"
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is tuple:
+            kwargs.update(type=_parse_list, metavar="A,B,…")
+        elif typing.get_origin(hint) is list:
+            kwargs.update(nargs=meta.get("nargs", "+"), metavar="NAME")
+        elif hint is dict:
+            kwargs.update(type=_parse_json, metavar="JSON")
+        else:
+            kwargs["type"] = hint
+            if meta.get("const"):  # the flag alone means this value
+                kwargs.update(nargs="?", const=meta["const"])
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+        group.add_argument(*flags, **kwargs)
+
+
+def given(args: argparse.Namespace, cls, names=None) -> dict:
+    """The fields of ``cls`` that the command line set (flags left out are absent from ``args``)."""
+    wanted = {f.name for f in dataclasses.fields(cls)} if names is None else set(names)
+    return {k: v for k, v in vars(args).items() if k in wanted}
+
+
+def options(args: argparse.Namespace, cls):
+    """An instance of ``cls`` with the command line's values over its defaults."""
+    return cls(**given(args, cls))
+
+
+def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
+    """Settings for a command: defaults < recipe (``--config``) < resumed run's settings < flags."""
+    values: dict = {}
+    if getattr(args, "config", None):
+        values.update(load_recipe(args.config))
+    if getattr(args, "resume", None):
+        from .pipeline import saved_settings
+
+        values.update(saved_settings(args.artifact_dir or default_artifact_dir(), args.resume))
+    values.update(given(args, Settings, names))
+    return Settings.from_dict(values, source="command line").validate()
+
+
+# --- commands
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import find_resume_checkpoint, read_run_info, run_settings, train
+    from .modeling import resolve_backend, use_triton_interpreter_without_gpu
+    from .pipeline import train
 
-    data, base = args.data, None
-    if args.resume:  # continue with the run's own settings and data, except for flags given now
-        paths, _ = find_resume_checkpoint(Path(args.artifact_dir), args.resume)
-        info = read_run_info(paths.output_dir)
-        if info:
-            base = run_settings(info)
-            data = args.data if "data" in explicit_dests(args) else info.get("data") or args.data
-    settings = settings_from_args(args, base)
-    trainer = train(settings, data, args.artifact_dir, resume=args.resume, run_name=args.run_name)
-    paths = trainer.run_paths
+    run_options = options(args, RunOptions)
+    settings = settings_from_args(args)
+    if resolve_backend(settings) == "unsloth":
+        import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
+    else:
+        use_triton_interpreter_without_gpu()
+    trainer = train(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
+                    run_name=run_options.run_name)
+    if not trainer.accelerator.is_main_process:
+        return 0
+    paths, step = trainer.run.paths, trainer.state.global_step
     if trainer.interrupted:
-        print(f"Stopped by {trainer.interrupted} at step {trainer.state.global_step}; saved "
-              f"{paths.output_dir / f'checkpoint-{trainer.state.global_step}'}. Continue with: "
-              f"sarashina-grpo train --artifact-dir {args.artifact_dir} --resume {paths.name}", file=sys.stderr)
+        artifact = f" --artifact-dir {run_options.artifact_dir}" if run_options.artifact_dir else ""
+        print(f"Stopped by {trainer.interrupted} at step {step}; saved {paths.output_dir / f'checkpoint-{step}'}. "
+              f"Continue with: sarashina-grpo train{artifact} --resume {paths.name}", file=sys.stderr)
         return 130  # the shell's code for "ended by SIGINT"
-    print(f"Finished at step {trainer.state.global_step}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
+    processes = trainer.accelerator.num_processes
+    on = f" on {processes} processes" if processes > 1 else ""
+    print(f"Finished at step {step}{on}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
     return 0
 
 
-def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument("prompts", nargs="*", help="prompts to answer; none: an interactive chat (empty line quits)")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
+def generation_settings(args: argparse.Namespace):
+    from .inference import GenerationSettings
+
+    gen = options(args, GenerateOptions)
+    return GenerationSettings(max_new_tokens=gen.max_new_tokens, do_sample=gen.sample, temperature=gen.temperature,
+                              top_p=gen.top_p, batch_size=gen.batch_size)
 
 
 def run_infer(args: argparse.Namespace) -> None:
-    from .inference import Chat, GenerationSettings, answer, load_for_inference
+    from .inference import Chat, answer, load_for_inference
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, MODEL_FIELDS)
+    gen = generation_settings(args)
     model, tokenizer = load_for_inference(settings)
-    gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                             temperature=args.temperature)
     if args.prompts:
-        for prompt, reply in zip(args.prompts, answer(model, tokenizer, args.prompts, gen, progress=True),
-                                 strict=True):
+        replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True)
+        for prompt, reply in zip(args.prompts, replies, strict=True):
             print(f"### {prompt}\n{reply}\n")
         return
-    chat = Chat(model, tokenizer, gen=gen)
+    chat = Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen)
     while (line := input("you> ").strip()):
         print(chat.say(line))
 
 
-def add_build_tiny_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir")
-    parser.add_argument("--shape", choices=["tiny", "sarashina-3b"], default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run_build_tiny(args: argparse.Namespace) -> None:
-    from .tiny import build_model
-
-    build_model(args.out_dir, args.shape, args.seed)
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluation import DEFAULT_EVAL_DATA
-    from .training import DEFAULT_ARTIFACT_DIR
-
-    add_model_arguments(parser)
-    parser.add_argument("--name", default=None,
-                        help="evaluation name: results go to <artifact-dir>/eval/<name>/ (default: from --model)")
-    parser.add_argument("--data", default=str(DEFAULT_EVAL_DATA), help="held-out prompt CSV with columns prompt,lang")
-    parser.add_argument("--artifact-dir", default=str(DEFAULT_ARTIFACT_DIR))
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
-    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--samples-per-prompt", type=int, default=1, help="outputs per prompt (with --sample)")
-    parser.add_argument("--compare", nargs="+", default=[], metavar="NAME",
-                        help="earlier evaluations (names or folders) to compare with: writes comparison.md/.png")
-    parser.add_argument("--compare-only", action="store_true",
-                        help="generate nothing; compare the evaluations named by --compare")
-
-
 def default_eval_name(model: str) -> str:
     """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500'."""
-    from pathlib import Path
+    from .checkpoints import step_of
 
-    parts = Path(model).parts[-2:] if looks_like_checkpoint(model) else Path(model).parts[-1:]
+    parts = Path(model).parts[-2:] if step_of(model) is not None else Path(model).parts[-1:]
     return "-".join(parts).replace(".", "_") or "model"
-
-
-def looks_like_checkpoint(model: str) -> bool:
-    from pathlib import Path
-
-    return Path(model).name.startswith("checkpoint-")
 
 
 def run_eval(args: argparse.Namespace) -> None:
     from .errors import check_compare_names
     from .evaluation import compare_runs, evaluate_model
-    from .inference import GenerationSettings
 
-    names = list(args.compare)
-    check_compare_names(names, args.artifact_dir)  # before the evaluation, not after it
-    if not args.compare_only:
-        settings = settings_from_args(args)
-        name = args.name or default_eval_name(args.model)
-        gen = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                 temperature=args.temperature, batch_size=args.batch_size)
-        metrics = evaluate_model(settings, name, data_path=args.data, artifact_dir=args.artifact_dir, gen=gen,
-                                 samples_per_prompt=args.samples_per_prompt, limit=args.limit)
-        print(f"{args.artifact_dir}/eval/{name}/metrics.json")
+    opts = options(args, EvalOptions)
+    artifact_dir = opts.artifact_dir or default_artifact_dir()
+    names = list(opts.compare)
+    if opts.compare_only and len(names) < 2:
+        raise SettingsError("--compare-only needs at least two evaluations after --compare.")
+    check_compare_names(names, artifact_dir)  # before the evaluation runs: a typo should cost seconds
+    if not opts.compare_only:
+        settings = settings_from_args(args, MODEL_FIELDS)
+        name = opts.name or default_eval_name(settings.model_name)
+        metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir,
+                                 gen=generation_settings(args), samples_per_prompt=opts.samples_per_prompt,
+                                 limit=opts.limit)
+        print(f"{Path(artifact_dir) / 'eval' / name / 'metrics.json'}")
         print("\n".join(f"  {k}: {v}" for k, v in metrics.items()))
         names.insert(0, name)
     if len(names) >= 2:
-        table, chart = compare_runs(names, artifact_dir=args.artifact_dir)
+        table, chart = compare_runs(names, artifact_dir=artifact_dir)
         print(table)
         print(f"Chart: {chart}")
-    elif args.compare_only:
-        raise SettingsError("--compare-only needs at least two evaluations after --compare.")
+
+
+def run_build_tiny(args: argparse.Namespace) -> None:
+    from .tiny import build_model
+
+    opts = options(args, BuildTinyOptions)
+    print(build_model(opts.out_dir, opts.shape, opts.seed))
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, RunOptions, title="run")
+    add_dataclass_arguments(parser, Settings, title="settings (sarashina_grpo.config.Settings)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, Settings, MODEL_FIELDS, title="model")
+    add_dataclass_arguments(parser, GenerateOptions, title="generation")
+
+
+def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, InferOptions)
+    add_model_arguments(parser)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, EvalOptions, title="evaluation")
+    add_model_arguments(parser)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from .experiments import bench
+
+    bench.add_arguments(parser)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from .experiments import bench
+
+    bench.run(args)
 
 
 # name -> (help, add_arguments, run). Further commands register here.
 COMMANDS = {
-    "train": ("GRPO-train a model (the notebook's finetuning recipe)", add_train_arguments, run_train),
+    "train": ("GRPO-train a model (the finetuning notebook's recipe)", add_train_arguments, run_train),
     "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
     "eval": ("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",
              add_eval_arguments, run_eval),
-    "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)", add_build_tiny_arguments,
-                   run_build_tiny),
-    "bench": (bench.HELP, bench.add_arguments, bench.run),
+    "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)",
+                   lambda p: add_dataclass_arguments(p, BuildTinyOptions), run_build_tiny),
+    "bench": ("time GRPO steps of the training path per rollout configuration (docs/benchmarks)",
+              add_bench_arguments, run_bench),
 }
 
 
@@ -241,32 +323,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (also: SARASHINA_GRPO_DEBUG=1), for bug reports")
+                        help=f"full tracebacks for every error (or set {DEBUG_VARIABLE}=1), for bug reports")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, run) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(command)
-        command.set_defaults(run=run, command_parser=command)
+        command.set_defaults(run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; bad input ends in one ``error: …`` paragraph and exit code 2, not a traceback."""
+    """Run a command; a user-caused failure ends in one ``error: …`` line and exit code 2, not a traceback."""
     from . import errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args.verbose)
+    debug = args.debug or os.environ.get(DEBUG_VARIABLE) == "1"
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
         print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
         return 130
-    except Exception as err:  # user-caused failures: one line (see errors.py); bugs keep their traceback
-        code = errors.report(err, debug=args.debug)
+    except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
+        code = errors.report(err, debug=debug)
         if code is None:
             raise
         return code

@@ -25,13 +25,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import REPO_ROOT
+from .config import SettingsError, default_artifact_dir, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EVAL_DATA = REPO_ROOT / "datasets" / "eval.csv"
+DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (config.project_path)
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
     "purity_mean", "think_judged_rate", "latin_run_rate", "mean_chars", "mean_think_chars", "mean_response_chars",
@@ -129,20 +129,20 @@ def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = No
 
 
 def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVAL_DATA,
-             artifact_dir: str | Path = REPO_ROOT / "artifact", gen=None, samples_per_prompt: int = 1,
+             artifact_dir: str | Path | None = None, gen=None, samples_per_prompt: int = 1,
              limit: int | None = None, meta: dict | None = None, progress: bool = True) -> dict:
     """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics."""
     from .data import read_rows, select_rows
     from .inference import GenerationSettings
 
     gen = gen or GenerationSettings()
-    data_path = Path(data_path)
+    data_path = project_path(data_path)
     prompts = [r.prompt for r in select_rows(read_rows(data_path), data_path, "ja")][:limit]
     started = time.monotonic()
     outputs = generate_outputs(model, tokenizer, prompts, gen, samples_per_prompt, progress)
     meta = {"data": str(data_path), "prompts": len(prompts), "samples_per_prompt": samples_per_prompt,
             "generation": asdict(gen), "seconds": round(time.monotonic() - started, 1), **(meta or {})}
-    return write_eval(outputs, Path(artifact_dir) / "eval" / name, meta)
+    return write_eval(outputs, Path(artifact_dir or default_artifact_dir()) / "eval" / name, meta)
 
 
 def evaluate_model(settings, name: str, **kwargs) -> dict:
@@ -153,13 +153,14 @@ def evaluate_model(settings, name: str, **kwargs) -> dict:
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)
 
 
-def load_metrics(run: str | Path, artifact_dir: str | Path = REPO_ROOT / "artifact") -> tuple[str, dict]:
+def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tuple[str, dict]:
     """(name, metrics) of an earlier evaluation, given its name or its folder."""
     path = Path(run)
     if not (path / "metrics.json").exists():
-        path = Path(artifact_dir) / "eval" / str(run)
+        path = Path(artifact_dir or default_artifact_dir()) / "eval" / str(run)
     if not (path / "metrics.json").exists():
-        raise FileNotFoundError(f"No metrics.json for {run!r} (looked in {path}); run `sarashina-grpo eval` first.")
+        raise SettingsError(f"No evaluation named {run!r} (no metrics.json in {path}); run `sarashina-grpo eval "
+                            f"--name {run}` first, or give the folder of an earlier evaluation.")
     return path.name, json.loads((path / "metrics.json").read_text(encoding="utf-8"))
 
 
@@ -201,13 +202,14 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
 
 
 def compare_runs(runs: list[str | Path], out_dir: str | Path | None = None,
-                 artifact_dir: str | Path = REPO_ROOT / "artifact") -> tuple[str, Path]:
+                 artifact_dir: str | Path | None = None) -> tuple[str, Path]:
     """Write ``comparison.md`` and ``comparison.png`` for two or more evaluations; return (markdown, png path).
     ``out_dir`` defaults to ``<artifact_dir>/eval/compare-<name1>-vs-<name2>…``."""
     if len(runs) < 2:
         raise ValueError("Comparing needs at least two evaluations.")
     loaded = dict(load_metrics(r, artifact_dir) for r in runs)
-    out_dir = Path(out_dir or Path(artifact_dir) / "eval" / ("compare-" + "-vs-".join(loaded)))
+    eval_root = Path(artifact_dir or default_artifact_dir()) / "eval"
+    out_dir = Path(out_dir or eval_root / ("compare-" + "-vs-".join(loaded)))
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(loaded)
     (out_dir / "comparison.md").write_text(table, encoding="utf-8")

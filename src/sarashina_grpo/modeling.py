@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
-from .checkpoints import (  # noqa: F401 - names re-exported for callers that predate the checkpoints module
+from .checkpoints import (
     ADAPTER_FILES,
     ADAPTER_WEIGHT_FILES,
-    COMPLETE_MARKER,
     MODEL_FILES,
     WEIGHT_FILES,
+    check_loadable,
     newest_complete_in,
     step_of,
 )
-from .config import REPO_ROOT, Settings, SettingsError
+from .config import Settings, SettingsError, default_artifact_dir
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL_DIR = REPO_ROOT / "artifact" / "models" / "tiny"
+
+def tiny_model_dir() -> Path:
+    """Where ``--model tiny`` is built on first use: ``<project>/artifact/models/tiny``."""
+    return default_artifact_dir() / "models" / "tiny"
 
 
 class ModelNotFoundError(SettingsError):
@@ -54,14 +58,14 @@ def check_model_name(name: str) -> None:
     if not path.is_dir():
         raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
     has = {f.name for f in path.iterdir()}
-    if has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES):
-        return
-    if has & set(MODEL_FILES) and has & set(WEIGHT_FILES):
+    adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
+    if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
+        check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
         return
     newest = newest_complete_in(path)
     if newest:  # a run folder: point at its newest finished checkpoint
         hint = f"It is a run folder; its newest finished checkpoint is {newest}."
-    elif step_of(path) is not None and COMPLETE_MARKER not in has:
+    elif step_of(path) is not None:
         hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
                 "while saving. Use an earlier checkpoint-N of the same run.")
     else:
@@ -75,11 +79,12 @@ def check_model_name(name: str) -> None:
 def resolve_model_name(name: str) -> str:
     """Hub ids pass through; ``tiny`` becomes the built tiny model; folders are checked for model files."""
     if name == "tiny":
-        if not (TINY_MODEL_DIR / "config.json").exists():
+        folder = tiny_model_dir()
+        if not (folder / "config.json").exists():
             from .tiny import build_model
 
-            build_model(TINY_MODEL_DIR, "tiny")
-        return str(TINY_MODEL_DIR)
+            build_model(folder, "tiny")
+        return str(folder)
     check_model_name(name)
     return str(Path(name).expanduser()) if looks_like_path(name) else name
 
@@ -109,7 +114,7 @@ def check_device(settings: Settings, *, training: bool) -> None:
 
 def load_model(settings: Settings, *, training: bool = True, lora: bool = True):
     """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached."""
-    settings.validate()
+    settings = settings.resolved().validate()
     check_device(settings, training=training)
     check_model_name(settings.model_name)
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
@@ -130,10 +135,102 @@ def load_model(settings: Settings, *, training: bool = True, lora: bool = True):
             model,
             r=settings.lora_rank,
             target_modules=list(settings.lora_target_modules),
-            lora_alpha=settings.lora_alpha,
+            lora_alpha=settings.effective_lora_alpha,
             use_gradient_checkpointing="unsloth",  # recompute activations: long completions fit in memory
             random_state=settings.seed,
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def resolve_backend(settings: Settings) -> str:
+    """``settings.backend`` with ``auto`` decided: Unsloth in one process, transformers + PEFT across several
+    (docs/multi-gpu.md: Unsloth's single-process patches are what it supports best)."""
+    if settings.backend != "auto":
+        return settings.backend
+    return "trl-peft" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "unsloth"
+
+
+def lora_config(settings: Settings):
+    """PEFT ``LoraConfig`` equal to what ``load_model`` asks Unsloth for."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_rank,
+        lora_alpha=settings.effective_lora_alpha,
+        target_modules=list(settings.lora_target_modules),
+        lora_dropout=0.0,  # Unsloth's default, and what its fast LoRA kernels assume
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model_peft(settings: Settings, *, training: bool = True):
+    """(model, tokenizer) through transformers + PEFT, with the same LoRA and quantisation choices as Unsloth.
+
+    ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
+    trainable). Under ``accelerate launch`` each rank loads its own copy onto its own device."""
+    import torch
+    from peft import AutoPeftModelForCausalLM, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
+
+    settings = settings.resolved().validate()
+    check_device(settings, training=training)
+    model_name = resolve_model_name(settings.model_name)
+    on_gpu = cuda_available()
+    kwargs = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # fp32 on CPU: bf16 matmuls there are slow
+    if settings.load_in_4bit:
+        from accelerate import PartialState
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        # Quantised weights cannot be moved after loading, so each rank loads straight onto its own GPU.
+        kwargs["device_map"] = {"": PartialState().device}
+    is_adapter = any((Path(model_name) / f).exists() for f in ADAPTER_FILES)
+    if is_adapter:
+        model = AutoPeftModelForCausalLM.from_pretrained(model_name, is_trainable=training, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
+    # Non-reentrant checkpointing: reentrant recomputation marks LoRA weights "ready" twice under DDP.
+    checkpointing = {"use_reentrant": False}
+    if settings.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs=checkpointing)
+    elif training:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        model.enable_input_require_grads()
+    if training and not is_adapter:
+        set_seed(settings.seed)  # same LoRA init everywhere (DDP also broadcasts rank 0's weights at wrap time)
+        model = get_peft_model(model, lora_config(settings))
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def use_triton_interpreter_without_gpu() -> None:
+    """TRL 1.15 scores completions with a Triton kernel (its fused LM head) that has no CPU driver; Triton's
+    interpreter runs it on CPU. Triton reads the switch when it defines kernels: call this before importing
+    transformers or TRL (the trl-peft backend on a machine without CUDA)."""
+    if not cuda_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def lora_fingerprint(state_dict) -> dict:
+    """sha256 over LoRA tensors (sorted by name) and the total |lora_B| (zero until a step moves it).
+
+    Compare it across data-parallel ranks (``peft.get_peft_model_state_dict(model)``) or with a checkpoint's
+    ``adapter_model.safetensors``: replicas that stay in sync have equal digests."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    lora_b = 0.0
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().float().cpu()
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+        if "lora_B" in name:
+            lora_b += tensor.abs().sum().item()
+    return {"sha256": digest.hexdigest(), "lora_b_abs_sum": lora_b, "tensors": len(state_dict)}

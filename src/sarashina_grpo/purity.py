@@ -1,4 +1,5 @@
-"""Japanese purity of generated text, measured by Unicode script (offline, deterministic, no model).
+"""Japanese purity of generated text, measured by Unicode script (offline, deterministic, no model); metrics only
+(the ``japanese_purity`` reward built on them lives in ``rewards.py``).
 
     from sarashina_grpo.purity import japanese_purity, has_latin_run, split_sections
     japanese_purity("まず考えます。Let me think.")   # 7 / (7 + 10) ≈ 0.41
@@ -92,8 +93,6 @@ def split_sections(text: str) -> tuple[str | None, str | None]:
     return (think.group(1) if think else None), (response.group(1) if response else None)
 
 
-PURITY_REWARD = 0.5  # the ceiling of each format reward: comparable spread within a group, so it is not drowned out
-
 
 def consistency_score(text: str) -> float:
     """Language consistency of a completion in [0, 1]: the Japanese purity of its ``<think>`` section, or the
@@ -106,9 +105,3 @@ def consistency_score(text: str) -> float:
     response_purity = japanese_purity(response) if response is not None else None
     return think_purity if response_purity is None else min(think_purity, response_purity)
 
-
-def japanese_purity_reward(completions, **kwargs) -> list[float]:
-    """0.5 × Japanese purity of the <think> section (the lower of think and response purity); 0 without <think>."""
-    from .rewards import texts_of  # rewards.py registers this function, so import it lazily
-
-    return [PURITY_REWARD * consistency_score(t) for t in texts_of(completions)]

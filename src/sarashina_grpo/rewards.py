@@ -8,13 +8,15 @@ Bounds (documented and property-tested):
 - ``xmlcount_reward``: at most 0.5; at least ``-0.001 × len(text)`` (the trailing-text penalty has no floor, as in
   the article).
 - ``soft_format_reward``, ``strict_format_reward``: exactly 0.0 or 0.5.
-- ``japanese_purity_reward`` (defined in ``purity.py``): in [0, 0.5].
+- ``japanese_purity_reward``: in [0, 0.5].
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from .purity import consistency_score
 
 TAGS = ("<think>", "</think>", "<response>", "</response>")
 TAG_REWARD = 0.125  # four tags × 0.125 = 0.5, the same ceiling as each format reward
@@ -108,7 +110,10 @@ def strict_format_reward(completions, **kwargs) -> list[float]:
     return [FORMAT_REWARD if is_strict_format(t) else 0.0 for t in texts_of(completions)]
 
 
-from .purity import japanese_purity_reward  # noqa: E402  (defined with the purity metrics; registered here)
+def japanese_purity_reward(completions, **kwargs) -> list[float]:
+    """0.5 × Japanese purity of the <think> section (the lower of think and response purity); 0 without <think>."""
+    return [FORMAT_REWARD * consistency_score(t) for t in texts_of(completions)]
+
 
 REWARD_FUNCS: dict[str, RewardFunc] = {
     "xmlcount": xmlcount_reward,

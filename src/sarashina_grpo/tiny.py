@@ -1,8 +1,8 @@
 """Build offline stand-ins for Sarashina 2.2: a few-MB Llama for tests and CPU runs, or the exact 3B shape
 with random weights for speed and memory benchmarks. Nothing is downloaded.
 
-    python -m sarashina_grpo.tiny artifact/models/tiny            # ~1 MB, CPU-friendly
-    python -m sarashina_grpo.tiny /tmp/sarashina-3b --shape sarashina-3b
+    sarashina-grpo build-tiny artifact/models/tiny            # ~1 MB, CPU-friendly
+    sarashina-grpo build-tiny /tmp/sarashina-3b --shape sarashina-3b
 
 The tokenizer is a byte-level BPE trained on the project's own prompts, with Sarashina's chat format
 (``<|system|>…</s><|user|>…</s><|assistant|>``). The XML tags are ordinary text, not special tokens, because
@@ -11,12 +11,9 @@ TRL decodes completions with ``skip_special_tokens=True`` and the rewards must s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
-
-from .config import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +43,12 @@ TAG_LINES = ["<think>\n", "\n</think>\n", "<response>\n", "\n</response>"]
 
 def training_corpus() -> list[str]:
     """Text the BPE learns its merges from: the project's prompts, the system prompt and the tag layout."""
-    from .config import SYSTEM_PROMPT
+    from .config import SYSTEM_PROMPT, project_path
     from .data import read_rows
 
     texts = [SYSTEM_PROMPT] * 4 + ["".join(TAG_LINES)] * 50 + TAG_LINES * 20
     for name in ("smalltalk.csv", "eval.csv"):
-        path = REPO_ROOT / "datasets" / name
+        path = project_path(Path("datasets") / name)
         if path.exists():
             texts += [r.prompt for r in read_rows(path)]
     texts += ["Hello! How are you today? I think the weather is nice.", "Let me think about it step by step."] * 5
@@ -110,16 +107,3 @@ def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0, device:
     logger.info("built %s model at %s: %.1fM parameters, vocab %d", shape, out_dir, params / 1e6, len(tokenizer))
     return out_dir
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="folder to write the model and tokenizer to")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_model(args.out_dir, args.shape, args.seed)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """CPU learning proof: warm-start the tiny model, then GRPO it with and without the purity reward, and measure.
 
-    python -m sarashina_grpo.learning --seeds 0 1 2 --out /tmp/proof     # a few minutes per seed on 2 CPU cores
+    python -m sarashina_grpo.experiments.learning --seeds 0 1 2 --out /tmp/proof   # minutes per seed, 2 CPU cores
 
 For one seed: build the offline tiny model, warm-start it (``warmstart.py``) so it is partly compliant, evaluate
 it on the held-out prompts (``datasets/eval.csv``, sampled at the training temperature: greedy decoding of a tiny
@@ -19,15 +19,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DEFAULT_REWARDS, REPO_ROOT, Settings
-from .inference import GenerationSettings
-from .warmstart import WarmStart
+from ..config import DEFAULT_REWARDS, Settings, project_path
+from ..inference import GenerationSettings
+from ..warmstart import WarmStart
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DATA = REPO_ROOT / "datasets" / "smalltalk.csv"
-EVAL_DATA = REPO_ROOT / "datasets" / "eval.csv"
+TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (config.project_path)
+EVAL_DATA = "datasets/eval.csv"
 RUNS = {"format": DEFAULT_REWARDS, "format+purity": (*DEFAULT_REWARDS, "japanese_purity")}
+# GRPO variants (Settings fields): the article's (TRL 0.14, early 2025) and DAPO without KL (TRL 1.x's default).
+ALGORITHMS = {
+    "article": dict(loss_type="grpo", beta=0.04),
+    "dapo": dict(loss_type="dapo", beta=0.0),
+}
 TABLE_KEYS = ("strict_format_rate", "soft_format_rate", "think_purity_mean", "purity_mean", "latin_run_rate")
 
 
@@ -39,13 +44,16 @@ class ProofSettings:
     grpo_steps: int = 100
     warm_start: WarmStart = field(default_factory=WarmStart)
     eval_samples_per_prompt: int = 2  # 135 prompts × 2 sampled outputs: a rate is measured to about ±4%
+    # The proof's runs use DAPO without KL (what TRL 1.15 + Unsloth ran when the margins were measured);
+    # ALGORITHMS compares it with the article's GRPO from the same warm start (docs/learning.md).
+    algorithm: dict = field(default_factory=lambda: dict(ALGORITHMS["dapo"]))
 
     def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...]) -> Settings:
         return Settings(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.grpo_steps, save_steps=10_000, logging_steps=10, seed=self.seed,
-            reward_names=reward_names,
+            reward_names=reward_names, data_path=TRAIN_DATA, log_completions=False, **self.algorithm,
         ).validate()
 
     def generation(self) -> GenerationSettings:
@@ -54,15 +62,15 @@ class ProofSettings:
 
 
 def train_prompts() -> list[str]:
-    from .data import read_rows, select_rows
+    from ..data import check_prompts
 
-    return [r.prompt for r in select_rows(read_rows(TRAIN_DATA), TRAIN_DATA, "ja")]
+    return [r.prompt for r in check_prompts(project_path(TRAIN_DATA))]
 
 
 def evaluate_sampled(model, tokenizer, name: str, out_dir: Path, proof: ProofSettings) -> dict:
     import torch
 
-    from .evaluation import evaluate
+    from ..evaluation import evaluate
 
     torch.manual_seed(proof.seed + 10_000)  # the same sampling noise for every run of one seed
     return evaluate(model, tokenizer, name, data_path=EVAL_DATA, artifact_dir=out_dir, gen=proof.generation(),
@@ -71,17 +79,13 @@ def evaluate_sampled(model, tokenizer, name: str, out_dir: Path, proof: ProofSet
 
 def grpo(model_dir: Path, reward_names: tuple[str, ...], run: str, out_dir: Path, proof: ProofSettings):
     """A fresh LoRA on the warm-started model, trained with the project's GRPO trainer; returns (model, tok, s)."""
-    from .data import load_prompts
-    from .modeling import load_model
-    from .training import RunPaths, build_trainer
+    from ..pipeline import build_trainer, load_model, prepare, run_training
 
-    settings = proof.grpo_settings(model_dir, reward_names)
-    model, tokenizer = load_model(settings, training=True)
-    dataset = load_prompts(TRAIN_DATA, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
-    paths = RunPaths(run, out_dir / "logs" / run, out_dir / "outputs" / run)
-    trainer = build_trainer(model, tokenizer, dataset, settings, paths)
+    run_info = prepare(proof.grpo_settings(model_dir, reward_names), artifact_dir=out_dir, run_name=run)
+    model, tokenizer = load_model(run_info)
+    trainer = build_trainer(run_info, model, tokenizer)
     started = time.monotonic()
-    trainer.train()
+    run_training(trainer, run_info)
     seconds = time.monotonic() - started
     zero_std = [h["frac_reward_zero_std"] for h in trainer.state.log_history if "frac_reward_zero_std" in h]
     model.eval()
@@ -90,9 +94,9 @@ def grpo(model_dir: Path, reward_names: tuple[str, ...], run: str, out_dir: Path
 
 def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     """Warm start, evaluate, GRPO twice from the same start, evaluate each; return {run: metrics} plus timings."""
-    from .modeling import load_model
-    from .tiny import build_model
-    from .warmstart import warm_start
+    from ..modeling import load_model
+    from ..tiny import build_model
+    from ..warmstart import warm_start
 
     proof = proof or ProofSettings()
     out_dir = Path(out_dir)
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=ProofSettings.grpo_steps)
-    parser.add_argument("--out", default=str(REPO_ROOT / "artifact" / "learning"))
+    parser.add_argument("--out", default="artifact/learning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     lines = ["| seed | run | " + " | ".join(TABLE_KEYS) + " | GRPO s |", "|---|---|" + "---:|" * (len(TABLE_KEYS) + 1)]

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import REPO_ROOT
+from ..config import project_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class BenchConfig:
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
-    from .config import ROLLOUTS, SettingsError
+    from ..config import ROLLOUTS, SettingsError
 
     configs = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
@@ -67,11 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="'sarashina-3b' (random weights, exact config; default with CUDA), 'tiny' (default "
                              "without), or a model folder")
-    parser.add_argument("--model-dir", default=str(REPO_ROOT / "artifact" / "models"),
+    parser.add_argument("--model-dir", default="artifact/models",
                         help="where the random-weight models are built")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per configuration (first + steady)")
     parser.add_argument("--max-completion-length", type=int, default=512)
-    parser.add_argument("--data", default=str(REPO_ROOT / "datasets" / "smalltalk.csv"))
+    parser.add_argument("--data", default="datasets/smalltalk.csv")
     parser.add_argument("--out", default=None,
                         help="folder for results.json/.md/.png (default: docs/benchmarks with CUDA, a tmp dir without)")
 
@@ -122,7 +122,7 @@ def _time_method(trainer, name: str) -> dict[int, float]:
 
 
 def resolve_bench_model(model: str | None, model_dir: Path, *, cuda: bool) -> str:
-    from .tiny import SHAPES, build_model
+    from ..tiny import SHAPES, build_model
 
     model = model or ("sarashina-3b" if cuda else "tiny")
     if model not in SHAPES:
@@ -140,17 +140,18 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     """Train ``steps`` GRPO steps with ``cfg`` and return its result row."""
     import torch
 
-    from .config import Settings
-    from .data import load_prompts
-    from .modeling import load_model
-    from .training import RunPaths, build_trainer
+    from ..config import Settings
+    from ..modeling import load_model
+    from ..pipeline import build_trainer, prepare
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
     settings = Settings(
         model_name=model_name, load_in_4bit=cfg.load_in_4bit, rollout=cfg.rollout,
         per_device_train_batch_size=cfg.completions, max_steps=steps, save_steps=10**6,
-        max_completion_length=completion_length, extra_grpo_args=extra,
-    ).validate()
+        max_completion_length=completion_length, extra_grpo_args=extra, data_path=data, log_completions=False,
+    )
+    run = prepare(settings, artifact_dir=work, run_name=cfg.name, check_model=False)
+    settings = run.settings
     cuda = torch.cuda.is_available()
     load_s = 0.0
     if cfg.load_in_4bit not in loaded:  # one load per precision: the model is the same for every rollout
@@ -160,14 +161,12 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         loaded[cfg.load_in_4bit] = load_model(settings)
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[cfg.load_in_4bit]
-    dataset = load_prompts(data, tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
-    paths = RunPaths(cfg.name, work / "logs" / cfg.name, work / "outputs" / cfg.name)
     clock = _clock_callback()
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(model, tokenizer, dataset, settings, paths, callbacks=[clock], report_to="none")
+    trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
     generation = _time_method(trainer, "_generate_single_turn")  # the rollout, default or fast
     prepare = _time_method(trainer, "_generate_and_score_completions")  # rollout + rewards + old log-probs
     logger.info("bench %s: %d steps", cfg.name, steps)
@@ -256,13 +255,13 @@ def run(args: argparse.Namespace) -> None:
     unsloth_version = getattr(unsloth, "__version__", None)
     import torch
 
-    from .modeling import cuda_available
+    from ..modeling import cuda_available
 
     cuda = cuda_available()
     configs = parse_configs(args.configs, cuda=cuda)
-    out = Path(args.out) if args.out else (REPO_ROOT / "docs" / "benchmarks" if cuda
+    out = Path(args.out) if args.out else (project_path("docs/benchmarks") if cuda
                                           else Path(tempfile.mkdtemp(prefix="sarashina-bench-")))
-    model_name = resolve_bench_model(args.model, Path(args.model_dir), cuda=cuda)
+    model_name = resolve_bench_model(args.model, project_path(args.model_dir), cuda=cuda)
     import transformers
     import trl
 

@@ -1,0 +1,94 @@
+"""The one place that touches private or version-specific names of TRL, Unsloth, PEFT and bitsandbytes.
+
+Everything else in the package uses public APIs. Each name used here has a contract test
+(``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move and the name changes, so an
+upgrade breaks a test in CI instead of a training run. Lookups that can fail raise ``CompatError``: there is no
+silent fallback to a no-op.
+
+Names used, and why:
+- ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance.
+- ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
+  rollout generates in (Unsloth switches to inference mode in it and back to training mode after it).
+- ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
+  ``inv_freq`` buffer can be stale under transformers 5).
+- ``Linear4bit.weight.quant_state`` + ``bitsandbytes.functional.dequantize_4bit``: the dense weight of a 4-bit layer.
+- PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+GENERATE_METHOD = "_generate_single_turn"
+GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")
+UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"
+
+
+class CompatError(RuntimeError):
+    """A library internal this project relies on is missing or changed: the installed versions differ from the lock."""
+
+
+def check_generate_hook(trainer_class) -> None:
+    """Raise unless ``trainer_class`` has the rollout hook with the signature the fast rollout replaces."""
+    method = getattr(trainer_class, GENERATE_METHOD, None)
+    if method is None:
+        raise CompatError(f"{trainer_class.__name__}.{GENERATE_METHOD} is gone: the installed TRL is not the locked "
+                          "one (uv.lock); rollout='fast' cannot hook into it. Use rollout='default'.")
+    params = tuple(inspect.signature(method).parameters)[1:]
+    if params != GENERATE_PARAMETERS:
+        raise CompatError(f"{trainer_class.__name__}.{GENERATE_METHOD} takes {params}, expected "
+                          f"{GENERATE_PARAMETERS}: the installed TRL is not the locked one. Use rollout='default'.")
+
+
+def replace_generation(trainer, generate) -> None:
+    """Make ``trainer`` generate with ``generate(prompt_ids, images, multimodal_fields, num_generations,
+    has_tool_images=False) -> (completion_ids, logprobs)`` instead of its own rollout."""
+    check_generate_hook(type(trainer))
+    setattr(trainer, GENERATE_METHOD, generate)  # an instance attribute overrides the class method
+
+
+def generation_context(trainer):
+    """The context manager the trainer's own rollout generates in (``unwrap_model_for_generation``).
+
+    Unsloth compiles a patched copy of the trainer into its own module and binds its version of the function there,
+    so the trainer's module is searched first, then TRL's."""
+    unwrap = getattr(sys.modules.get(type(trainer).__module__), "unwrap_model_for_generation", None)
+    if unwrap is None:
+        from trl import models as trl_models
+
+        unwrap = getattr(trl_models, "unwrap_model_for_generation", None)
+    if unwrap is None:
+        raise CompatError("unwrap_model_for_generation is in neither the trainer's module nor trl.models: the "
+                          "installed TRL is not the locked one.")
+    return unwrap(trainer.model_wrapped, trainer.accelerator,
+                  gather_deepspeed3_params=trainer.args.ds3_gather_for_generation)
+
+
+def rotary_inv_freq(rotary):
+    """Inverse rotary frequencies of a Llama rotary module: Unsloth's recomputation when it patched the module."""
+    recompute = getattr(rotary, UNSLOTH_ROPE_METHOD, None)
+    if recompute is not None:
+        return recompute()
+    if not hasattr(rotary, "inv_freq"):
+        raise CompatError(f"{type(rotary).__name__} has neither {UNSLOTH_ROPE_METHOD} nor inv_freq.")
+    return rotary.inv_freq
+
+
+def dense_weight(linear):
+    """The weight of a (possibly bitsandbytes 4-bit) linear layer as a dense tensor."""
+    weight = linear.weight
+    if getattr(weight, "quant_state", None) is not None:  # the same dequantize bitsandbytes' matmul does
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(weight.data, weight.quant_state)
+    return weight.detach()
+
+
+def lora_pairs(module) -> list[tuple[object, object, float, bool]]:
+    """(A, B, scaling, uses_dora) of each active adapter of a PEFT LoRA layer; none when adapters are off or merged."""
+    if not hasattr(module, "lora_A") or getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
+        return []
+    dora = getattr(module, "use_dora", {})
+    return [(module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), module.scaling[name],
+             bool(dora.get(name))) for name in module.active_adapters if name in module.lora_A]

@@ -1,0 +1,317 @@
+"""One GRPO run, in three steps that every entry point shares: prepare → build → run.
+
+    from sarashina_grpo.config import Settings
+    from sarashina_grpo.pipeline import train
+    trainer = train(Settings(model_name="tiny", max_steps=5))         # CPU smoke run
+
+- ``prepare(settings, …)`` checks everything that can be checked before a model loads (settings, device, model
+  name, the prompt file, folders, what to resume) exactly once, creates the run's folders and writes ``run.json``
+  (every setting), or, resuming, compares the run's recorded settings with these ones.
+- ``build_trainer(run, model, tokenizer)`` turns the prompt rows into a dataset, picks the rewards and constructs
+  the one ``GRPOTrainer`` of the project (with the fast rollout when asked for).
+- ``run_training(trainer, run)`` trains, turning Ctrl-C/SIGTERM into save-then-stop.
+
+The CLI (``sarashina-grpo train``, also under ``accelerate launch``), the finetuning notebook, the demo, the
+benchmark and the learning proof all go through these functions. Under ``accelerate launch`` with several
+processes, the main process alone prepares the folders and tells the other ranks (a race otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checkpoints
+from .config import Settings, SettingsError, build_grpo_config, default_artifact_dir, project_path
+from .errors import check_artifact_dir
+from .guards import check_numeric_settings, settings_warnings
+
+# trl, transformers and callbacks are imported inside functions: Unsloth must be imported before them.
+
+logger = logging.getLogger(__name__)
+
+RUN_INFO = "run.json"  # every setting of the run, written at its start; resume compares with it
+# Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
+RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
+                     "max_seq_length", "data_path", "system_prompt_file", "log_completions",
+                     "num_completions_to_print", "backend"}
+# Decided by the machine, not the run: a resumed run takes them from this machine unless given again.
+MACHINE_FIELDS = {"load_in_4bit", "use_vllm", "backend"}
+
+
+@dataclass
+class RunPaths:
+    name: str
+    log_dir: Path
+    output_dir: Path
+
+
+@dataclass
+class Run:
+    """A prepared run: resolved settings, its folders, the checkpoint to resume from, and the checked prompt rows."""
+
+    settings: Settings
+    paths: RunPaths
+    checkpoint: Path | None = None
+    rows: list = field(default_factory=list)
+
+
+# --- prepare
+
+
+def multi_process() -> bool:
+    """Started by ``accelerate launch`` (or torchrun) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def distributed_state():
+    """Accelerate's process state, started the way TRL's Trainer will start it (gloo on CPU, NCCL on GPU)."""
+    from accelerate import PartialState
+
+    from .modeling import cuda_available
+
+    return PartialState(cpu=not cuda_available())
+
+
+def check_writable(folder: Path) -> None:
+    """Raise a clear error now rather than after hours of training when the first save fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise SettingsError(
+            f"Artifact folder {folder} is not writable ({err.strerror}). Choose another with --artifact-dir "
+            "(notebook: ARTIFACT_DIR) or fix its permissions."
+        ) from None
+
+
+def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
+    """Fresh, timestamped log and output folders that no other run uses, created here.
+
+    The output folder is claimed with an exclusive ``mkdir``, so two runs started in the same second (or with
+    the same ``--run-name``) still get different folders.
+    """
+    base = name or time.strftime("%Y%m%d-%H%M%S")
+    (artifact_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if (artifact_dir / "logs" / candidate).exists():
+            continue
+        try:
+            (artifact_dir / "outputs" / candidate).mkdir()
+        except FileExistsError:
+            continue
+        if n > 1 and name:
+            logger.warning("Run name %r is taken; this run is %r.", name, candidate)
+        paths = RunPaths(candidate, artifact_dir / "logs" / candidate, artifact_dir / "outputs" / candidate)
+        paths.log_dir.mkdir(parents=True, exist_ok=True)
+        return paths
+    raise SettingsError(f"Could not find a free run name for {base!r} in {artifact_dir / 'outputs'}.")
+
+
+def resumed_paths(artifact_dir: Path, run_dir: Path) -> RunPaths:
+    # Runs may live outside artifact_dir/outputs when given as a folder: keep their logs next to their outputs.
+    outputs = artifact_dir / "outputs"
+    log_root = artifact_dir / "logs" if run_dir.parent == outputs else run_dir.parent.parent / "logs"
+    return RunPaths(run_dir.name, log_root / run_dir.name, run_dir)
+
+
+def write_run_info(paths: RunPaths, settings: Settings) -> None:
+    info = {"settings": settings.to_dict(), "data": str(project_path(settings.data_path).resolve())}
+    (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_run_info(run_dir: Path) -> dict | None:
+    """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
+    path = Path(run_dir) / RUN_INFO
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info.get("settings"), dict):
+            raise ValueError("no 'settings' mapping")
+    except (ValueError, AttributeError) as err:
+        raise SettingsError(f"{path} is damaged ({err}); the run's settings cannot be read. Start a new run, or "
+                            f"restore {RUN_INFO} from a backup.") from None
+    return info
+
+
+def saved_settings(artifact_dir: str | Path, resume: str) -> dict:
+    """The recorded settings of the run ``resume`` names (field → value), ``{}`` for runs without ``run.json``.
+
+    The CLI starts a resumed run from these and applies only the flags given on its command line."""
+    run_dir, _ = checkpoints.find_resume_checkpoint(Path(artifact_dir), resume)
+    info = read_run_info(run_dir)
+    if not info:
+        return {}
+    saved = {k: v for k, v in info["settings"].items() if k in Settings.__dataclass_fields__}
+    for name in MACHINE_FIELDS & saved.keys():
+        saved.pop(name)
+    return saved
+
+
+def check_resume_settings(settings: Settings, run_dir: Path) -> None:
+    """Refuse to continue a run with settings that change its maths; warn on harmless changes."""
+    info = read_run_info(run_dir)
+    if info is None:
+        return
+    before, now = info["settings"], settings.to_dict()
+    changed = {k: (before.get(k), now[k]) for k in now if k in before and before[k] != now[k]}
+    hard = {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}
+    if hard:
+        listed = "; ".join(f"{k}: run used {a!r}, now {b!r}" for k, (a, b) in hard.items())
+        raise SettingsError(
+            f"Resuming {run_dir.name} with different settings ({listed}). Resume with the run's own settings "
+            f"(the CLI takes them from {run_dir / RUN_INFO} for every flag you do not pass), or start a new run."
+        )
+    for k, (a, b) in changed.items():
+        logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
+
+
+def _prepare_folders(settings: Settings, artifact_dir: Path, resume, run_name) -> tuple[RunPaths, Path | None]:
+    check_artifact_dir(artifact_dir)
+    check_writable(artifact_dir)
+    if resume:
+        run_dir, checkpoint = checkpoints.find_resume_checkpoint(artifact_dir, resume)
+        check_resume_settings(settings, run_dir)
+        checkpoints.set_aside_newer(run_dir, checkpoint)
+        logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
+        return resumed_paths(artifact_dir, run_dir), checkpoint
+    paths = new_run_paths(artifact_dir, run_name)
+    write_run_info(paths, settings)
+    return paths, None
+
+
+def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
+            run_name: str | None = None, check_model: bool = True) -> Run:
+    """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
+
+    A fresh run gets new folders and a ``run.json``; a resumed one must keep the settings that shape its maths,
+    and its checkpoint folders after the chosen one are moved aside.
+    """
+    from .data import check_prompts
+    from .modeling import check_device, check_model_name, resolve_model_name
+
+    settings = settings.resolved().validate()
+    check_numeric_settings(settings)
+    for warning in settings_warnings(settings):
+        logger.warning(warning)
+    check_device(settings, training=True)
+    if check_model:
+        check_model_name(settings.model_name)
+    rows = check_prompts(project_path(settings.data_path))
+    artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
+    if not multi_process():
+        paths, checkpoint = _prepare_folders(settings, artifact_dir, resume, run_name)
+        return Run(settings, paths, checkpoint, rows)
+    from accelerate.utils import broadcast_object_list
+
+    state = distributed_state()
+    decided: list = [None]
+    with state.main_process_first():  # the main process builds the tiny model; the others then find it
+        resolve_model_name(settings.model_name)
+    if state.is_main_process:
+        try:
+            decided[0] = _prepare_folders(settings, artifact_dir, resume, run_name)
+        except SettingsError as err:  # e.g. nothing to resume: every rank reports it, none waits for folders
+            decided[0] = err
+    broadcast_object_list(decided, from_process=0)
+    if isinstance(decided[0], SettingsError):
+        raise decided[0]
+    paths, checkpoint = decided[0]
+    return Run(settings, paths, checkpoint, rows)
+
+
+# --- build
+
+
+def load_model(run: Run):
+    """(model, tokenizer) for training with the run's backend (Unsloth, or transformers + PEFT)."""
+    from .modeling import load_model as load_unsloth
+    from .modeling import load_model_peft, resolve_backend
+
+    backend = resolve_backend(run.settings)
+    logger.info("Loading %s with %s (4-bit: %s)", run.settings.model_name, backend, run.settings.load_in_4bit)
+    if backend == "unsloth":
+        return load_unsloth(run.settings, training=True)
+    return load_model_peft(run.settings, training=True)
+
+
+def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides):
+    """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``."""
+    from trl import GRPOTrainer
+
+    from .callbacks import CheckpointMarker, NonFiniteGuard
+    from .data import prompts_dataset
+    from .modeling import cuda_available
+    from .rewards import get_reward_funcs
+
+    settings = run.settings
+    if multi_process():
+        # Every LoRA weight gets a gradient each step, so DDP need not search for unused parameters (a full extra
+        # traversal of the graph, and an error under reentrant checkpointing).
+        grpo_overrides.setdefault("ddp_find_unused_parameters",
+                                  settings.extra_grpo_args.get("ddp_find_unused_parameters", False))
+    dataset = prompts_dataset(run.rows, settings.data_path, system_prompt=settings.system_prompt,
+                              tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
+    # transformers 5 removed `logging_dir`: the TensorBoard writer reads this variable instead.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.paths.log_dir)
+    args = build_grpo_config(settings, run.paths.output_dir, use_cpu=not cuda_available(), **grpo_overrides)
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=get_reward_funcs(settings.reward_names),
+        args=args,
+        train_dataset=dataset,
+        callbacks=[CheckpointMarker(), NonFiniteGuard(), *callbacks],
+    )
+    if settings.rollout == "fast":
+        from .rollout import install
+
+        install(trainer)
+    return trainer
+
+
+# --- run
+
+
+def run_training(trainer, run: Run):
+    """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop; return the trainer.
+
+    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None.
+    """
+    from .callbacks import GracefulInterrupt
+
+    interrupt = GracefulInterrupt()
+    trainer.add_callback(interrupt)
+    paths = run.paths
+    logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
+    interrupt.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    finally:
+        interrupt.uninstall()
+        trainer.remove_callback(interrupt)
+    trainer.interrupted = interrupt.signal_name
+    if interrupt.requested:
+        logger.warning("Stopped by %s at step %d after saving checkpoint-%d; resume with --resume %s",
+                       interrupt.signal_name, trainer.state.global_step, trainer.state.global_step, paths.name)
+    trainer.run = run
+    return trainer
+
+
+def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
+          run_name: str | None = None, model_and_tokenizer=None, callbacks=(), **grpo_overrides):
+    """Prepare, build and run GRPO end to end; return the trainer (``trainer.run`` has the run's folders)."""
+    run = prepare(settings, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
+                  check_model=model_and_tokenizer is None)
+    model, tokenizer = model_and_tokenizer or load_model(run)
+    trainer = build_trainer(run, model, tokenizer, callbacks=callbacks, **grpo_overrides)
+    return run_training(trainer, run)
+
