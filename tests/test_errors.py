@@ -186,6 +186,69 @@ def test_unclosed_quote_names_the_line_where_the_row_starts(write_csv):
     assert "line 3: not readable as CSV" in message and "Check the quoting" in message
 
 
+# --- input hygiene: invisible characters, control characters, odd files ---------------------------------------
+
+
+def test_prompts_made_only_of_invisible_characters_are_skipped_like_blank_ones(write_csv, caplog):
+    # zero-width space, word joiner, BOM, and a mix with an ordinary space: str.strip() sees none of them
+    path = write_csv("prompt,lang\nこんにちは,ja\n\u200b,ja\n\u2060,ja\n\ufeff,ja\n\u200b \u200c\u2060,ja\n")
+    assert [r.prompt for r in check_prompts(path)] == ["こんにちは"]
+    assert "skipped 4 prompt(s) made only of invisible characters" in warnings_of(caplog)
+    assert "on line(s) 3, 4, 5, 6." in warnings_of(caplog)
+
+
+def test_prompts_holding_control_characters_are_skipped_naming_line_and_character(write_csv, caplog):
+    path = write_csv('prompt,lang\nこん\x00にちは,ja\n\x1b[31m赤\x1b[0m,ja\n"タブ\tと\n改行",ja\n')
+    assert [r.prompt for r in check_prompts(path)] == ["タブ\tと\n改行"]  # tab and line break are ordinary text
+    assert "skipped 2 prompt(s) holding control characters (line 2: U+0000; line 3: U+001B)" in warnings_of(caplog)
+
+
+def test_a_mostly_utf8_file_with_a_few_undecodable_rows_names_those_rows(write_csv):
+    rows = ["こんにちは", "元気ですか", "おはよう", "ありがとう", "さようなら"]
+    raw = ("prompt,lang\n" + "".join(f"{r},ja\n" for r in rows)).encode() + "髙橋です,ja\n".encode("cp932")
+    message = error_of(read_rows, write_csv(raw + "おやすみ,ja\n".encode()))
+    assert "1 line(s) are not valid UTF-8 while the rest of the file is: line(s) 7." in message
+
+
+def test_a_fifo_is_refused_at_once_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "prompts.csv"
+    os.mkfifo(fifo)  # reading it would wait forever for a writer
+    assert "is not a regular file" in error_of(read_rows, fifo)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_device_is_refused_instead_of_read_until_memory_runs_out():
+    assert "/dev/zero is not a regular file" in error_of(read_rows, "/dev/zero")
+
+
+def test_a_file_over_the_size_limit_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as f:
+        f.truncate(51 * 2**20)  # sparse: 51 MB on paper, nothing on disk
+    assert "huge.csv is 51 MB; prompt files are limited to 50 MB and 1,000,000 rows" in error_of(read_rows, path)
+
+
+def test_a_file_over_the_row_limit_names_where_it_stopped(write_csv, monkeypatch):
+    from sarashina_grpo import data
+
+    monkeypatch.setattr(data, "MAX_ROWS", 3)  # the real limit is a million rows
+    path = write_csv("prompt,lang\n" + "".join(f"p{i},ja\n" for i in range(5)))
+    assert "has more than 3 rows (line 5)" in error_of(read_rows, path)
+
+
+def test_a_prompt_over_the_csv_field_limit_is_an_over_long_prompt_not_a_quoting_problem(write_csv):
+    message = error_of(read_rows, write_csv("prompt,lang\nこんにちは,ja\n" + "長" * 200_000 + ",ja\n"))
+    assert message.endswith("line 3: a prompt longer than 131,072 characters (the CSV field limit), far beyond any "
+                            "prompt length the model takes. Shorten or split it.")
+    assert "quoting" not in message
+
+
+def test_an_unclosed_quote_swallowing_the_file_past_the_field_limit_points_at_the_quote(write_csv):
+    body = "".join(f"行{i}" + "あ" * 1000 + ",ja\n" for i in range(200))
+    message = error_of(read_rows, write_csv('prompt,lang\n"閉じていない,ja\n' + body))
+    assert "line 2: a prompt longer than" in message and "close the quote opened on line 2" in message
+
+
 # --- settings: caught before any model loads ------------------------------------------------------------------
 
 
