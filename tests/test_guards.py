@@ -132,3 +132,38 @@ def test_a_finite_checkpoint_is_marked(tmp_path):
     folder = make_checkpoint(tmp_path, 3, marker=False)
     CheckpointMarker().on_save(*trainer_args(tmp_path, 3))
     assert (folder / COMPLETE_MARKER).read_text() == "3\n"
+
+
+# --- a real run of the tiny model on CPU ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_resume_point(tmp_path, monkeypatch):
+    import torch
+    import unsloth  # noqa: F401 - before transformers, as every entry point does
+    from transformers import TrainerCallback
+
+    from sarashina_grpo import modeling
+    from sarashina_grpo.checkpoints import complete_checkpoints, find_resume_checkpoint
+    from sarashina_grpo.pipeline import train
+
+    class NanGradientsFromStep(TrainerCallback):
+        """What a diverging run looks like to the Trainer: from step ``step`` on every gradient is NaN."""
+
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step + 1 == self.step:
+                for param in (p for p in model.parameters() if p.requires_grad):
+                    param.register_hook(lambda grad: torch.full_like(grad, NAN))
+
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    settings = Settings(model_name="tiny", load_in_4bit=False, max_steps=4, save_steps=1, max_completion_length=16,
+                        num_generations=2, per_device_train_batch_size=2)
+    with pytest.raises(NonFiniteError, match=r"^Training stopped at step 2: grad_norm = nan\. .*checkpoint-1\)"):
+        train(settings, artifact_dir=tmp_path, run_name="r", callbacks=[NanGradientsFromStep(2)])
+    run = tmp_path / "outputs" / "r"
+    assert complete_checkpoints(run) == [run / "checkpoint-1"]
+    assert not (run / "checkpoint-2").exists()  # stopped in on_log, before the Trainer saved the NaN weights
+    assert find_resume_checkpoint(tmp_path, "r") == (run, run / "checkpoint-1")

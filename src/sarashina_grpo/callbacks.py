@@ -27,7 +27,7 @@ class CheckpointMarker(TrainerCallback):
                 raise NonFiniteError(
                     f"Training stopped at step {state.global_step}: the weights saved in {folder} hold NaN or inf, "
                     "so it was not marked complete and the last good checkpoint stays the resume point. Start a "
-                    "new run with a lower --learning-rate or max_grad_norm."
+                    "new run with a lower --learning-rate or --max-grad-norm."
                 )
         return control
 

@@ -93,7 +93,7 @@ def settings_warnings(settings) -> list[str]:
             f"The learning-rate warm-up lasts {warmup:,} steps (warmup_ratio {settings.warmup_ratio} × max_steps "
             f"{settings.max_steps:,}): the learning rate stays below {settings.learning_rate:g} for all of them, "
             "which is the whole run if you stop it earlier. Set --max-steps to the steps you mean to run, or "
-            "lower warmup_ratio."
+            "lower --warmup-ratio."
         )
     if 0 < settings.learning_rate < NO_UPDATE_LEARNING_RATE:
         found.append(
@@ -131,6 +131,6 @@ def check_logs(logs: dict, step: int, output_dir: str | Path) -> None:
     raise NonFiniteError(
         f"Training stopped at step {step}: {values}. The weights are no longer usable, so nothing from this step on "
         f"is saved or marked complete ({kept}). Usual causes: a learning rate too high for this model or a loose "
-        "gradient clip; start a new run with a lower --learning-rate or max_grad_norm (resuming keeps the run's "
+        "gradient clip; start a new run with a lower --learning-rate or --max-grad-norm (resuming keeps the run's "
         "settings and would meet the same numbers)."
     )
