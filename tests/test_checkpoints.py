@@ -184,3 +184,11 @@ def test_loading_ignores_a_damaged_optimizer_it_does_not_need(tmp_path):
     folder = make_checkpoint(tmp_path, 5, trainer_files=True)
     (folder / "optimizer.pt").write_bytes(b"garbage")
     check_loadable(folder)
+
+
+def test_a_folder_another_rank_set_aside_first_is_left_to_it(tmp_path):
+    from sarashina_grpo.checkpoints import set_aside
+
+    folder = make_checkpoint(tmp_path, 3)
+    folder.rename(tmp_path / "checkpoint-3.set-aside-20261125-120000")  # rank 0 of the same launch was quicker
+    assert set_aside(folder, "damaged") is None

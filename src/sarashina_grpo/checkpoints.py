@@ -212,15 +212,19 @@ def mark_complete(folder: str | os.PathLike, step: int) -> bool:
 # --- choosing and setting aside -------------------------------------------------------------------------------
 
 
-def set_aside(folder: Path, reason: str) -> Path:
-    """Rename ``folder`` to ``<name>.set-aside-<time>`` (never delete) and warn, naming it and ``reason``."""
+def set_aside(folder: Path, reason: str) -> Path | None:
+    """Rename ``folder`` to ``<name>.set-aside-<time>`` (never delete) and warn, naming it and ``reason``. None
+    when another process of the same ``accelerate launch`` moved it first."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = folder.with_name(f"{folder.name}{SET_ASIDE}{stamp}")
     n = 1
     while target.exists():  # two set-asides in the same second
         n += 1
         target = folder.with_name(f"{folder.name}{SET_ASIDE}{stamp}-{n}")
-    folder.rename(target)
+    try:
+        folder.rename(target)
+    except FileNotFoundError:
+        return None
     logger.warning("Set %s aside as %s: %s.", folder.name, target.name, reason)
     return target
 
@@ -238,7 +242,10 @@ def latest_intact(run_dir: str | os.PathLike) -> Path | None:
     """The run's newest complete checkpoint that passes ``verify``. Damaged newer ones are set aside with a warning
     naming each and what is wrong with it; None when no complete checkpoint is intact."""
     for checkpoint in reversed(complete_checkpoints(run_dir)):
-        problems = verify(checkpoint)
+        try:
+            problems = verify(checkpoint)
+        except FileNotFoundError:  # set aside meanwhile by another process of the same launch
+            continue
         if not problems:
             return checkpoint
         set_aside(checkpoint, f"it is damaged ({'; '.join(problems)}); using the checkpoint before it")
