@@ -92,7 +92,7 @@ def test_lora_weights_identical_across_ranks(ddp_run):
 def test_one_run_with_one_complete_checkpoint(ddp_run):
     _, _, artifact_dir = ddp_run
     outputs, logs = artifact_dir / "outputs", artifact_dir / "logs"
-    checkpoints = sorted(p.name for p in (outputs / "ddp").iterdir() if p.is_dir())
+    checkpoints = sorted(p.name for p in (outputs / "ddp").iterdir() if p.name.startswith("checkpoint-"))
     found = (
         sorted(p.name for p in outputs.iterdir()),
         sorted(p.name for p in logs.iterdir()),

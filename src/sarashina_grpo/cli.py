@@ -74,7 +74,8 @@ class EvalOptions:
     limit: int | None = setting(None, "evaluate only the first N prompts; unset: all")
     samples_per_prompt: int = setting(1, "outputs per prompt (with --sample)")
     compare: list[str] = field(default_factory=list, metadata={
-        "help": "earlier evaluations (names or folders) to compare with: writes comparison.md/.png", "nargs": "+"})
+        "help": "earlier evaluations (names or folders) to compare with: writes comparison.md/.png", "nargs": "+",
+        "metavar": "NAME"})
     compare_only: bool = setting(False, "generate nothing; compare the evaluations named by --compare")
 
 
@@ -145,7 +146,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *,
         elif typing.get_origin(hint) is tuple:
             kwargs.update(type=_parse_list, metavar="A,B,…")
         elif typing.get_origin(hint) is list:
-            kwargs.update(nargs=meta.get("nargs", "+"), metavar="NAME")
+            item = typing.get_args(hint)[0]
+            kwargs.update(nargs=meta.get("nargs", "+"), type=item, metavar=meta.get("metavar", item.__name__.upper()))
         elif hint is dict:
             kwargs.update(type=_parse_json, metavar="JSON")
         else:

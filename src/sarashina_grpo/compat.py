@@ -7,6 +7,7 @@ silent fallback to a no-op.
 
 Names used, and why:
 - ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance.
+- ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs).
 - ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
   rollout generates in (Unsloth switches to inference mode in it and back to training mode after it).
 - ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
@@ -17,12 +18,16 @@ Names used, and why:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 
 GENERATE_METHOD = "_generate_single_turn"
 GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")
 UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"
+TRL_UNWRAP_MODULE = "trl.models.utils"
+# What the benchmark times: one rollout, and one rollout plus rewards and old log-probs (experiments/bench.py).
+SCORE_METHOD = "_generate_and_score_completions"
 
 
 class CompatError(RuntimeError):
@@ -55,12 +60,10 @@ def generation_context(trainer):
     so the trainer's module is searched first, then TRL's."""
     unwrap = getattr(sys.modules.get(type(trainer).__module__), "unwrap_model_for_generation", None)
     if unwrap is None:
-        from trl import models as trl_models
-
-        unwrap = getattr(trl_models, "unwrap_model_for_generation", None)
+        unwrap = getattr(importlib.import_module(TRL_UNWRAP_MODULE), "unwrap_model_for_generation", None)
     if unwrap is None:
-        raise CompatError("unwrap_model_for_generation is in neither the trainer's module nor trl.models: the "
-                          "installed TRL is not the locked one.")
+        raise CompatError(f"unwrap_model_for_generation is in neither the trainer's module nor {TRL_UNWRAP_MODULE}: "
+                          "the installed TRL is not the locked one.")
     return unwrap(trainer.model_wrapped, trainer.accelerator,
                   gather_deepspeed3_params=trainer.args.ds3_gather_for_generation)
 

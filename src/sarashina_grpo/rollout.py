@@ -27,14 +27,14 @@ when the trainer is built. ``SARASHINA_ROLLOUT_COMPILE=1`` also compiles the per
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from . import compat
 
 logger = logging.getLogger(__name__)
 
@@ -80,25 +80,16 @@ def _dense_weight(module, dtype) -> torch.Tensor:
     base = getattr(module, "base_layer", module)
     if getattr(base, "bias", None) is not None:
         raise UnsupportedModelError("rollout='fast' decodes bias-free Llama projections only; use rollout='default'.")
-    weight = base.weight
-    if getattr(weight, "quant_state", None) is not None:  # bitsandbytes 4-bit: the same dequantize its matmul does
-        import bitsandbytes.functional as bnbf
-
-        return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
-    return weight.detach().to(dtype)
+    return compat.dense_weight(base).to(dtype)
 
 
 def _lora_parts(module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(A, scaling × B) of each active adapter; none when adapters are off or already merged into the base."""
-    if not hasattr(module, "lora_A") or getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
-        return []
     parts = []
-    for name in module.active_adapters:
-        if name not in module.lora_A:
-            continue
-        if getattr(module, "use_dora", {}).get(name):
+    for lora_a, lora_b, scaling, dora in compat.lora_pairs(module):
+        if dora:
             raise UnsupportedModelError("rollout='fast' does not decode DoRA adapters; use rollout='default'.")
-        parts.append((module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach() * module.scaling[name]))
+        parts.append((lora_a, lora_b * scaling))
     return parts
 
 
@@ -308,8 +299,7 @@ class FastRollout:
         """cos/sin [length, D] for positions 0..length-1, from the model's own inverse frequencies and scaling."""
         rotary = self.core.rotary_emb
         # Unsloth's rotary module rebuilds inv_freq from the config (transformers 5 may leave the buffer stale).
-        recompute = getattr(rotary, "_unsloth_recompute_inv_freq", None)
-        inv_freq = (recompute() if recompute else rotary.inv_freq).to(device=device, dtype=torch.float32)
+        inv_freq = compat.rotary_inv_freq(rotary).to(device=device, dtype=torch.float32)
         freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         scaling = float(getattr(rotary, "attention_scaling", 1.0))
@@ -456,19 +446,15 @@ def install(trainer) -> FastRollout:
         top_p=trainer.top_p if trainer.top_p is not None else 1.0,
     )
 
-    # The context the default path generates in (Unsloth's: inference mode in, training mode and gradient
-    # checkpointing back out), so that the model is in the same state for the update whichever rollout ran.
-    unwrap = getattr(sys.modules.get(type(trainer).__module__), "unwrap_model_for_generation", None)
-
     def generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images or multimodal_fields:
             raise UnsupportedModelError("rollout='fast' generates text only.")
-        context = contextlib.nullcontext() if unwrap is None else unwrap(
-            trainer.model_wrapped, trainer.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation)
-        with context:
+        # The context the default path generates in (Unsloth's: inference mode in, training mode and gradient
+        # checkpointing back out), so that the model is in the same state for the update whichever rollout ran.
+        with compat.generation_context(trainer):
             return engine.generate(prompt_ids), None  # TRL's transformers path returns no logprobs either
 
-    trainer._generate_single_turn = generate_single_turn  # instance attribute: overrides the class method
+    compat.replace_generation(trainer, generate_single_turn)
     trainer.fast_rollout = engine
     logger.info("Fast rollout on: static KV cache%s.", " + CUDA graph" if engine.use_cuda_graph is not False else "")
     return engine

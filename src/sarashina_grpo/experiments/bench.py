@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import compat
 from ..config import project_path
 
 logger = logging.getLogger(__name__)
@@ -167,8 +168,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
-    generation = _time_method(trainer, "_generate_single_turn")  # the rollout, default or fast
-    prepare = _time_method(trainer, "_generate_and_score_completions")  # rollout + rewards + old log-probs
+    generation = _time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
+    prepare = _time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
     logger.info("bench %s: %d steps", cfg.name, steps)
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
