@@ -83,6 +83,25 @@ def test_a_near_greedy_temperature_warns_that_groups_stop_differing():
     assert "nearly identical" in warning and "--temperature" in warning
 
 
+def test_prepare_refuses_an_infinite_learning_rate_before_any_run_folder_or_model(tmp_path, monkeypatch):
+    from sarashina_grpo import modeling
+    from sarashina_grpo.pipeline import prepare
+
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    with pytest.raises(SettingsError, match=r"learning_rate \(CLI --learning-rate\) must be .*got inf"):
+        prepare(Settings(model_name="tiny", load_in_4bit=False, learning_rate=INF), artifact_dir=tmp_path)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_prepare_logs_the_settings_warnings(tmp_path, monkeypatch, caplog):
+    from sarashina_grpo import modeling
+    from sarashina_grpo.pipeline import prepare
+
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    prepare(Settings(model_name="tiny", load_in_4bit=False, max_steps=100_000), artifact_dir=tmp_path)
+    assert "The learning-rate warm-up lasts 10,000 steps" in caplog.text
+
+
 # --- during training ------------------------------------------------------------------------------------------
 
 
