@@ -266,15 +266,15 @@ def default_eval_name(model: str) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from .evaluation import compare_runs, evaluate_model, load_metrics
+    from .errors import check_compare_names
+    from .evaluation import compare_runs, evaluate_model
 
     opts = options(args, EvalOptions)
     artifact_dir = opts.artifact_dir or default_artifact_dir()
     names = list(opts.compare)
     if opts.compare_only and len(names) < 2:
         raise SettingsError("--compare-only needs at least two evaluations after --compare.")
-    for earlier in names:  # before the evaluation runs: a typo should cost seconds
-        load_metrics(earlier, artifact_dir)
+    check_compare_names(names, artifact_dir)  # before the evaluation runs: a typo should cost seconds
     if not opts.compare_only:
         settings = settings_from_args(args, MODEL_FIELDS)
         name = opts.name or default_eval_name(settings.model_name)
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user-caused failure ends in one ``error: …`` line and exit code 2, not a traceback."""
-    from .data import DataError
+    from . import errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -375,14 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_VARIABLE) == "1"
     try:
         return args.run(args) or 0
-    except (SettingsError, DataError) as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
         print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
         return 130
+    except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
+        code = errors.report(err, debug=debug)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

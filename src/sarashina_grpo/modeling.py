@@ -11,7 +11,15 @@ import logging
 import os
 from pathlib import Path
 
-from .checkpoints import ADAPTER_FILES, ADAPTER_WEIGHT_FILES, MODEL_FILES, WEIGHT_FILES, newest_complete, step_of
+from .checkpoints import (
+    ADAPTER_FILES,
+    ADAPTER_WEIGHT_FILES,
+    MODEL_FILES,
+    WEIGHT_FILES,
+    check_loadable,
+    newest_complete_in,
+    step_of,
+)
 from .config import Settings, SettingsError, default_artifact_dir
 
 logger = logging.getLogger(__name__)
@@ -50,11 +58,11 @@ def check_model_name(name: str) -> None:
     if not path.is_dir():
         raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
     has = {f.name for f in path.iterdir()}
-    if has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES):
+    adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
+    if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
+        check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
         return
-    if has & set(MODEL_FILES) and has & set(WEIGHT_FILES):
-        return
-    newest = newest_complete(path)
+    newest = newest_complete_in(path)
     if newest:  # a run folder: point at its newest finished checkpoint
         hint = f"It is a run folder; its newest finished checkpoint is {newest}."
     elif step_of(path) is not None:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from . import checkpoints
 from .config import Settings, SettingsError, build_grpo_config, default_artifact_dir, project_path
+from .errors import check_artifact_dir
+from .guards import check_numeric_settings, settings_warnings
 
 # trl, transformers and callbacks are imported inside functions: Unsloth must be imported before them.
 
@@ -181,10 +183,14 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
         if given is not None:
             settings = with_recorded_settings(settings, run_dir, given)
     settings = settings.resolved().validate()
+    check_numeric_settings(settings)
+    for warning in settings_warnings(settings):
+        logger.warning(warning)
     check_device(settings, training=True)
     if check_model:
         check_model_name(settings.model_name)
     rows = check_prompts(project_path(settings.data_path))
+    check_artifact_dir(artifact_dir)
     check_writable(artifact_dir)
     if run_dir is not None:
         check_resume_settings(settings, run_dir)
@@ -248,7 +254,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
     """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``."""
     from trl import GRPOTrainer
 
-    from .callbacks import CheckpointMarker
+    from .callbacks import CheckpointMarker, NonFiniteGuard
     from .data import prompts_dataset
     from .modeling import cuda_available
     from .rewards import get_reward_funcs
@@ -270,7 +276,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
         reward_funcs=get_reward_funcs(settings.reward_names),
         args=args,
         train_dataset=dataset,
-        callbacks=[CheckpointMarker(), *callbacks],
+        callbacks=[CheckpointMarker(), NonFiniteGuard(), *callbacks],
     )
     if settings.rollout == "fast":
         from .rollout import install
