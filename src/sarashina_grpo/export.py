@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete, step_of
+from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete_in, step_of
 from .config import SYSTEM_PROMPT, SettingsError
 from .modeling import looks_like_path, tiny_model_dir
 
@@ -46,7 +46,7 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
         raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
                             "artifact/outputs/<run>/checkpoint-500.")
     has = {p.name for p in path.iterdir()}
-    newest = newest_complete(path)
+    newest = newest_complete_in(path)
     if ADAPTER_CONFIG not in has and newest:
         raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {newest}.")
     if step_of(path) is not None and COMPLETE_MARKER not in has:

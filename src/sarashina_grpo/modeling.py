@@ -112,7 +112,7 @@ def check_device(settings: Settings, *, training: bool) -> None:
         )
 
 
-def check_loadable(settings: Settings, *, training: bool) -> Settings:
+def checked_settings(settings: Settings, *, training: bool) -> Settings:
     """Resolved, validated settings whose model can load on this machine (else a clear ``SettingsError``)."""
     settings = settings.resolved().validate()
     check_device(settings, training=training)
@@ -122,9 +122,9 @@ def check_loadable(settings: Settings, *, training: bool) -> Settings:
 
 def load_model(settings: Settings, *, training: bool = True, lora: bool = True, checked: bool = False):
     """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached.
-    ``checked``: the caller (``pipeline.prepare``) already ran ``check_loadable``."""
+    ``checked``: the caller (``pipeline.prepare``) already ran these checks (``checked_settings``)."""
     if not checked:
-        settings = check_loadable(settings, training=training)
+        settings = checked_settings(settings, training=training)
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
@@ -184,7 +184,7 @@ def load_model_peft(settings: Settings, *, training: bool = True, checked: bool 
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 
     if not checked:
-        settings = check_loadable(settings, training=training)
+        settings = checked_settings(settings, training=training)
     model_name = resolve_model_name(settings.model_name)
     on_gpu = cuda_available()
     kwargs = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # fp32 on CPU: bf16 matmuls there are slow
