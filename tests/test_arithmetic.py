@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sarashina_grpo.arithmetic import CORRECT_REWARD, correct_answer_reward, extract_answer, is_correct
+from sarashina_grpo.arithmetic import CORRECT_REWARD, extract_answer, is_correct
 from sarashina_grpo.data import load_prompts
 from sarashina_grpo.evaluation import score_text, score_texts, summarize
-from sarashina_grpo.rewards import REWARD_FUNCS, get_reward_funcs
+from sarashina_grpo.rewards import REWARD_FUNCS, correct_answer_reward, get_reward_funcs
 
 
 def reply(response: str, think: str = "考えます。") -> str:

@@ -86,15 +86,3 @@ def is_correct(text, answer) -> bool:
         return False
     return math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
 
-
-def correct_answer_reward(completions, answer=None, **kwargs) -> list[float]:
-    """1.0 when the last number in <response> equals the row's ``answer`` column, else 0.0."""
-    from .rewards import texts_of  # rewards.py registers this function, so import it lazily
-
-    texts = texts_of(completions)
-    try:
-        answers = list(answer) if answer is not None and not isinstance(answer, str | bytes) else [answer] * len(texts)
-    except TypeError:  # a lone number, not one per completion
-        answers = [answer] * len(texts)
-    answers += [None] * (len(texts) - len(answers))  # a short column scores the rest as wrong, never raises
-    return [CORRECT_REWARD if is_correct(t, a) else 0.0 for t, a in zip(texts, answers, strict=False)]

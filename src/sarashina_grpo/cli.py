@@ -178,6 +178,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *,
         group.add_argument(*flags, **kwargs)
 
 
+def options_parser(cls, description: str) -> argparse.ArgumentParser:
+    """A stand-alone parser for one option class (the research scripts in ``experiments/``)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_dataclass_arguments(parser, cls)
+    return parser
+
+
 def given(args: argparse.Namespace, cls, names=None) -> dict:
     """The fields of ``cls`` that the command line set (flags left out are absent from ``args``)."""
     wanted = {f.name for f in dataclasses.fields(cls)} if names is None else set(names)

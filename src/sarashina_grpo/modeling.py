@@ -20,7 +20,7 @@ from .checkpoints import (
     newest_complete_in,
     step_of,
 )
-from .config import Settings, SettingsError, default_artifact_dir
+from .config import Settings, SettingsError, cuda_available, default_artifact_dir
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ def tiny_model_dir() -> Path:
 
 class ModelNotFoundError(SettingsError):
     """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def looks_like_path(name: str) -> bool:

@@ -11,7 +11,6 @@ model repeats one output for every prompt), then from that same warm start run t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -147,11 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     import unsloth  # noqa: F401  (patches transformers and TRL; must come first)
 
     from .. import setup_logging
-    from ..cli import add_dataclass_arguments, options
+    from ..cli import options, options_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(parser, ProofOptions)
-    args = options(parser.parse_args(argv), ProofOptions)
+    args = options(options_parser(ProofOptions, __doc__.split("\n\n")[0]).parse_args(argv), ProofOptions)
     setup_logging()
     lines = ["| seed | run | " + " | ".join(TABLE_KEYS) + " | GRPO s |", "|---|---|" + "---:|" * (len(TABLE_KEYS) + 1)]
     for seed in args.seeds:
