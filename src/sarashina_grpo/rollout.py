@@ -10,9 +10,9 @@ sampling, bookkeeping) is captured once per rollout as one CUDA graph and replay
 close to its weight-reading floor.
 
 What stays the same: ``install(trainer)`` swaps only TRL's rollout hook (``compat.GENERATE_METHOD``). TRL still
-tokenizes the prompts, decodes, scores the rewards and computes the loss; the policy is the same model with its LoRA adapters
-applied *unmerged* (``x W + s (x A) B``, as in training, so tiny early LoRA updates are not rounded away in a bf16
-merge), sampled with the trainer's temperature / top-k / top-p and cut after the first EOS token, like TRL does.
+tokenizes the prompts, decodes, scores the rewards and computes the loss; the policy is the same model with its LoRA
+adapters applied *unmerged* (``x W + s (x A) B``, as in training, so tiny early LoRA updates are not rounded away in a
+bf16 merge), sampled with the trainer's temperature / top-k / top-p and cut after the first EOS token, like TRL does.
 4-bit base weights are dequantized to bf16 for the rollout, which is what bitsandbytes does inside each matmul anyway.
 
 Between rollouts the engine keeps the dequantized base weights (frozen; the LoRA factors are re-read into fixed
