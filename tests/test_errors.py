@@ -7,14 +7,17 @@ Each test is one case of docs/troubleshooting.md. None loads a model: device and
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
+import stat
+from pathlib import Path
 
 import pytest
+from checkpoint_files import make_checkpoint, write_adapter
 
 from sarashina_grpo import modeling
-from sarashina_grpo.checkpoints import COMPLETE_MARKER
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
@@ -183,6 +186,69 @@ def test_unclosed_quote_names_the_line_where_the_row_starts(write_csv):
     assert "line 3: not readable as CSV" in message and "Check the quoting" in message
 
 
+# --- input hygiene: invisible characters, control characters, odd files ---------------------------------------
+
+
+def test_prompts_made_only_of_invisible_characters_are_skipped_like_blank_ones(write_csv, caplog):
+    # zero-width space, word joiner, BOM, and a mix with an ordinary space: str.strip() sees none of them
+    path = write_csv("prompt,lang\nこんにちは,ja\n\u200b,ja\n\u2060,ja\n\ufeff,ja\n\u200b \u200c\u2060,ja\n")
+    assert [r.prompt for r in check_prompts(path)] == ["こんにちは"]
+    assert "skipped 4 prompt(s) made only of invisible characters" in warnings_of(caplog)
+    assert "on line(s) 3, 4, 5, 6." in warnings_of(caplog)
+
+
+def test_prompts_holding_control_characters_are_skipped_naming_line_and_character(write_csv, caplog):
+    path = write_csv('prompt,lang\nこん\x00にちは,ja\n\x1b[31m赤\x1b[0m,ja\n"タブ\tと\n改行",ja\n')
+    assert [r.prompt for r in check_prompts(path)] == ["タブ\tと\n改行"]  # tab and line break are ordinary text
+    assert "skipped 2 prompt(s) holding control characters (line 2: U+0000; line 3: U+001B)" in warnings_of(caplog)
+
+
+def test_a_mostly_utf8_file_with_a_few_undecodable_rows_names_those_rows(write_csv):
+    rows = ["こんにちは", "元気ですか", "おはよう", "ありがとう", "さようなら"]
+    raw = ("prompt,lang\n" + "".join(f"{r},ja\n" for r in rows)).encode() + "髙橋です,ja\n".encode("cp932")
+    message = error_of(read_rows, write_csv(raw + "おやすみ,ja\n".encode()))
+    assert "1 line(s) are not valid UTF-8 while the rest of the file is: line(s) 7." in message
+
+
+def test_a_fifo_is_refused_at_once_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "prompts.csv"
+    os.mkfifo(fifo)  # reading it would wait forever for a writer
+    assert "is not a regular file" in error_of(read_rows, fifo)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_device_is_refused_instead_of_read_until_memory_runs_out():
+    assert "/dev/zero is not a regular file" in error_of(read_rows, "/dev/zero")
+
+
+def test_a_file_over_the_size_limit_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as f:
+        f.truncate(51 * 2**20)  # sparse: 51 MB on paper, nothing on disk
+    assert "huge.csv is 51 MB; prompt files are limited to 50 MB and 1,000,000 rows" in error_of(read_rows, path)
+
+
+def test_a_file_over_the_row_limit_names_where_it_stopped(write_csv, monkeypatch):
+    from sarashina_grpo import data
+
+    monkeypatch.setattr(data, "MAX_ROWS", 3)  # the real limit is a million rows
+    path = write_csv("prompt,lang\n" + "".join(f"p{i},ja\n" for i in range(5)))
+    assert "has more than 3 rows (line 5)" in error_of(read_rows, path)
+
+
+def test_a_prompt_over_the_csv_field_limit_is_an_over_long_prompt_not_a_quoting_problem(write_csv):
+    message = error_of(read_rows, write_csv("prompt,lang\nこんにちは,ja\n" + "長" * 200_000 + ",ja\n"))
+    assert message.endswith("line 3: a prompt longer than 131,072 characters (the CSV field limit), far beyond any "
+                            "prompt length the model takes. Shorten or split it.")
+    assert "quoting" not in message
+
+
+def test_an_unclosed_quote_swallowing_the_file_past_the_field_limit_points_at_the_quote(write_csv):
+    body = "".join(f"行{i}" + "あ" * 1000 + ",ja\n" for i in range(200))
+    message = error_of(read_rows, write_csv('prompt,lang\n"閉じていない,ja\n' + body))
+    assert "line 2: a prompt longer than" in message and "close the quote opened on line 2" in message
+
+
 # --- settings: caught before any model loads ------------------------------------------------------------------
 
 
@@ -274,20 +340,60 @@ def test_adapter_config_without_adapter_weights_is_not_a_model(tmp_path):
 
 def test_run_folder_points_at_its_newest_finished_checkpoint(tmp_path):
     for step in (5, 10):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        for name in ("trainer_state.json", "adapter_model.safetensors", COMPLETE_MARKER):
-            (tmp_path / f"checkpoint-{step}" / name).write_text("")
-    (tmp_path / "checkpoint-20.set-aside-20250101-000000").mkdir()  # set aside by a resume: not a checkpoint
+        make_checkpoint(tmp_path, step)
+    assert f"its newest finished checkpoint is {tmp_path / 'checkpoint-10'}" in error_of(
+        check_model_name, str(tmp_path)
+    )
+
+
+def test_run_folder_with_a_set_aside_checkpoint_is_not_misread(tmp_path):
+    make_checkpoint(tmp_path, 10)
+    make_checkpoint(tmp_path, 20).rename(tmp_path / "checkpoint-20.set-aside-20261125-120000")
+    # was: ValueError: invalid literal for int() with base 10: '20.set'
     assert f"its newest finished checkpoint is {tmp_path / 'checkpoint-10'}" in error_of(
         check_model_name, str(tmp_path)
     )
 
 
 def test_complete_adapter_folder_and_hub_ids_pass(tmp_path):
-    (tmp_path / "adapter_config.json").write_text("{}")
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    write_adapter(tmp_path)
     check_model_name(str(tmp_path))
     check_model_name("sbintuitions/sarashina2.2-3b-instruct-v0.1")  # a hub id is the loader's business
+
+
+@pytest.fixture
+def no_unsloth_load(monkeypatch):
+    """A stand-in for Unsloth that fails the test if a model is loaded (and saves importing the real one)."""
+    import sys
+    import types
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    fake = types.ModuleType("unsloth")
+    fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
+    monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_a_damaged_checkpoint_given_to_infer_or_eval_is_one_error_before_loading(no_unsloth_load, capsys, tmp_path,
+                                                                               command):
+    earlier = make_checkpoint(tmp_path, 5)
+    damaged = make_checkpoint(tmp_path, 10)
+    weights = damaged / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # the disk filled up while it was saved
+    extra = ["こんにちは"] if command == "infer" else ["--artifact-dir", str(tmp_path / "a")]
+    code = main([command, "--model", str(damaged), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err).startswith(f"error: {damaged} is damaged (adapter_model.safetensors: cut off")
+    assert f"e.g. {earlier}" in err and "Traceback" not in err
+
+
+def test_an_adapter_with_nan_weights_is_refused(tmp_path):
+    write_adapter(tmp_path, float("nan"))
+    message = error_of(check_model_name, str(tmp_path))
+    assert "adapter_model.safetensors: holds non-finite values (NaN or inf)" in message
 
 
 # --- artifact folder ------------------------------------------------------------------------------------------
@@ -365,6 +471,11 @@ def test_vllm_without_cuda_says_to_turn_it_off(no_cuda, monkeypatch):
 # --- the CLI: one paragraph, exit code 2 ----------------------------------------------------------------------
 
 
+def last_line(err: str) -> str:
+    """The CLI's own last word on stderr (library warnings printed while importing may come before it)."""
+    return err.strip().splitlines()[-1]
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
     code = main(["train", *map(str, argv)])
     return code, capsys.readouterr().err
@@ -384,3 +495,120 @@ def test_cli_turns_a_settings_error_into_one_error_line_and_exit_code_2(no_cuda,
 def test_cli_resume_without_a_checkpoint_is_an_error_not_a_new_run(no_cuda, capsys, tmp_path):
     code, err = run_cli(capsys, "--model", "tiny", "--resume", "--artifact-dir", tmp_path)
     assert code == 2 and "Nothing to resume" in err
+
+
+# --- no tracebacks for user-caused failures (errors.py) -------------------------------------------------------
+
+
+def test_cut_off_run_json_on_resume_is_one_error_line(no_cuda, capsys, tmp_path):
+    run = tmp_path / "outputs" / "r"
+    make_checkpoint(run, 1)
+    (run / "run.json").write_text('{"settings": {"model_name": "tiny", "max_st')  # the disk filled up mid-write
+    code, err = run_cli(capsys, "--resume", "r", "--artifact-dir", tmp_path)
+    assert code == 2 and last_line(err).startswith(f"error: {run / 'run.json'} is damaged (")
+    assert "restore run.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("folder", ["outputs", "logs"])
+def test_an_artifact_sub_folder_that_is_a_file_is_named_before_the_run_starts(no_model_load, capsys, tmp_path,
+                                                                             write_csv, folder):
+    (tmp_path / "artifact").mkdir()
+    (tmp_path / "artifact" / folder).write_text("")  # e.g. `cp results.txt artifact/outputs`
+    data = write_csv("prompt,lang\nこんにちは,ja\n")
+    code, err = run_cli(capsys, "--model", "tiny", "--data", data, "--artifact-dir", tmp_path / "artifact")
+    assert code == 2 and last_line(err).startswith(f"error: {tmp_path / 'artifact' / folder} is a file, but it must")
+    assert "Traceback" not in err and not (tmp_path / "artifact" / "outputs").is_dir()  # no run folder left behind
+
+
+def test_an_unknown_compare_name_is_an_error_before_the_evaluation_runs(no_cuda, capsys, tmp_path, monkeypatch):
+    from sarashina_grpo import evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate_model", lambda *a, **k: pytest.fail("evaluated before checking"))
+    (tmp_path / "eval" / "base").mkdir(parents=True)
+    (tmp_path / "eval" / "base" / "metrics.json").write_text("{}")
+    code = main(["eval", "--model", "tiny", "--compare", "base", "bsae", "--artifact-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err).startswith("error: --compare: no evaluation named 'bsae'") and "['base']" in err
+
+
+def test_a_damaged_compare_metrics_file_is_named(tmp_path):
+    from sarashina_grpo.errors import check_compare_names
+
+    (tmp_path / "eval" / "base").mkdir(parents=True)
+    (tmp_path / "eval" / "base" / "metrics.json").write_text('{"format_ok": 0.')
+    assert "metrics.json is cut off or not valid JSON" in error_of(check_compare_names, ["base"], tmp_path)
+
+
+def disk_full_errors():
+    """The exceptions a full disk really raises, from writing to /dev/full (always full, by design)."""
+    import torch
+
+    found = []
+    for write in (lambda: torch.save({"w": torch.zeros(256, 256)}, "/dev/full"),  # a checkpoint's optimizer.pt
+                  lambda: Path("/dev/full").write_text("{}" * 10_000)):  # trainer_state.json, run.json
+        try:
+            write()
+        except (RuntimeError, OSError) as err:
+            found.append(err)
+    return found
+
+
+def dev_full_is_a_device() -> bool:
+    try:
+        return stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not dev_full_is_a_device(), reason="needs Linux's /dev/full device")
+def test_a_full_disk_during_a_save_says_no_space_left_on_device():
+    from sarashina_grpo.errors import user_error_message
+
+    found = disk_full_errors()
+    assert len(found) == 2  # torch: "unexpected pos 704 vs 598" and no word of the disk
+    for err in found:
+        message = user_error_message(err)
+        assert "no space left on device" in message.lower() and "--resume continues from the last complete" in message
+
+
+@pytest.mark.parametrize(
+    ("err", "expected"),
+    [
+        (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/outputs/r"),
+         "Cannot write (/mnt/ro/outputs/r): it is on a read-only file system. Choose a writable --artifact-dir"),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/artifact/logs"),
+         "Permission denied (/data/artifact/logs). Choose a writable --artifact-dir"),
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device. Free some space"),
+        (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
+                      "left on device\" })"), "No space left on device."),  # safetensors' wording
+    ],
+)
+def test_os_failures_map_to_one_line_saying_what_to_do(err, expected):
+    from sarashina_grpo.errors import user_error_message
+
+    assert user_error_message(err).startswith(expected)
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    from sarashina_grpo.errors import user_error_message
+
+    (tmp_path / "outputs").write_text("")
+    with pytest.raises(OSError) as info:
+        (tmp_path / "outputs" / "r" / "checkpoint-1").mkdir(parents=True)
+    assert user_error_message(info.value).startswith(f"{tmp_path / 'outputs'} is a file where a folder is needed")
+
+
+def test_a_bug_keeps_its_traceback():
+    from sarashina_grpo.errors import report
+
+    assert report(ZeroDivisionError("division by zero")) is None  # cli.main re-raises it
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_traceback_as_well(no_cuda, capsys, tmp_path, monkeypatch, how):
+    if how == "env":
+        monkeypatch.setenv("SARASHINA_GRPO_DEBUG", "1")
+    argv = ["--debug"] if how == "flag" else []
+    code = main([*argv, "train", "--model", "tiny", "--resume", "--artifact-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback (most recent call last)" in err and "\nerror: Nothing to resume" in err

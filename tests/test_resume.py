@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,25 +21,14 @@ import time
 from pathlib import Path
 
 import pytest
+from checkpoint_files import make_checkpoint
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, find_resume_checkpoint, set_aside_newer
-from sarashina_grpo.cli import build_parser, settings_from_args
+from sarashina_grpo.cli import build_parser, explicit_settings
 from sarashina_grpo.config import Settings, SettingsError
-from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, write_run_info
+from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, prepare, write_run_info
 
-# --- checkpoint folders, built by hand ------------------------------------------------------------------------
-
-
-def make_checkpoint(run_dir: Path, step: int, *, marker=True, state=True, weights=True) -> Path:
-    folder = run_dir / f"checkpoint-{step}"
-    folder.mkdir(parents=True)
-    if weights:
-        (folder / "adapter_model.safetensors").write_bytes(b"w")
-    if state:
-        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    if marker:
-        (folder / COMPLETE_MARKER).write_text(f"{step}\n")
-    return folder
+# --- checkpoint folders, built by hand (tests/checkpoint_files.py) ---------------------------------------------
 
 
 def test_only_fully_written_checkpoints_count(tmp_path):
@@ -136,8 +126,12 @@ def test_cli_resume_keeps_the_runs_settings_except_flags_given_again(tmp_path):
     make_checkpoint(paths.output_dir, 5)
     args = build_parser().parse_args(["train", "--artifact-dir", str(tmp_path), "--resume", "r",
                                       "--max-steps", "20", "--no-4bit"])
-    settings = settings_from_args(args)
+    explicit = explicit_settings(args)
+    run = prepare(Settings.from_dict(explicit), artifact_dir=tmp_path, resume="r", given=set(explicit))
+    settings = run.settings
+    # why: a resumed run keeps its own settings (num_generations 2, not the default 6) except the flags given now
     assert (settings.model_name, settings.max_steps, settings.num_generations) == ("tiny", 20, 2)
+    assert run.checkpoint == paths.output_dir / "checkpoint-5"
 
 
 # --- real runs of the tiny model on CPU -----------------------------------------------------------------------
@@ -226,11 +220,14 @@ def killed_and_resumed(tmp_path_factory):
     bogus_steps = (MAX_STEPS + 40, MAX_STEPS + 50)
     make_checkpoint(run, bogus_steps[0], marker=False)  # half-written: killed while saving
     make_checkpoint(run, bogus_steps[1], state=False)  # marker but files missing
+    damaged = run / f"checkpoint-{MAX_STEPS + 60}"  # a real, complete checkpoint whose optimizer file was overwritten
+    shutil.copytree(run / f"checkpoint-{killed_at}", damaged)
+    (damaged / "optimizer.pt").write_bytes(os.urandom(4096))
     log = artifact / "resume.log"
     code, output = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", log=log), log)
     assert code == 0, output[-3000:]
     return dict(artifact=artifact, run=run, killed_at=killed_at, before=before, output=output, bogus=bogus_steps,
-                history=history)
+                history=history, damaged=damaged)
 
 
 @pytest.mark.slow
@@ -281,6 +278,15 @@ def test_half_written_newer_checkpoints_were_never_chosen_and_are_kept_aside(kil
     for step in killed_and_resumed["bogus"]:
         assert not (run / f"checkpoint-{step}").exists()
         assert len(list(run.glob(f"checkpoint-{step}.set-aside-*"))) == 1  # moved, not deleted
+
+
+@pytest.mark.slow
+def test_a_damaged_newer_checkpoint_is_set_aside_with_a_warning_and_the_real_intact_one_resumed(killed_and_resumed):
+    damaged, output = killed_and_resumed["damaged"], killed_and_resumed["output"]
+    assert f"Set {damaged.name} aside as {damaged.name}.set-aside-" in output
+    assert "it is damaged (optimizer.pt: not a readable PyTorch file (cut off or overwritten))" in output
+    assert "weights_only=False" not in output  # torch's advice to run the file's code is never passed on
+    assert not damaged.exists() and len(list(damaged.parent.glob(f"{damaged.name}.set-aside-*"))) == 1
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sarashina_grpo.arithmetic import correct_answer_reward
 from sarashina_grpo.rewards import (
     REWARD_FUNCS,
     SOFT_FORMAT_RE,
@@ -39,6 +40,8 @@ def within_bounds(reward, value: float, text: str) -> bool:
         return value in (0.0, 0.5)
     if reward is japanese_purity_reward:
         return 0.0 <= value <= 0.5
+    if reward is correct_answer_reward:
+        return value in (0.0, 1.0)
     raise AssertionError(f"{reward.__name__} has no documented bounds in this test")
 
 

@@ -1,74 +1,260 @@
-"""Checkpoint folders: the one module that knows their names, the complete marker, and how one is chosen.
+"""Checkpoint folders: their names, the complete marker, listing, verifying, choosing one to resume, setting aside.
 
-A checkpoint is ``<run>/checkpoint-<step>`` (digits only: a folder set aside as ``checkpoint-20.set-aside-…`` is not
-one). It counts only once ``checkpoint_complete`` is written in it, last, after weights, optimizer, scheduler and
-trainer state. Resuming picks a run's newest complete checkpoint; later folders are set aside, never deleted.
+The only module that knows what a checkpoint folder looks like. A run writes
+``artifact/outputs/<run>/checkpoint-<step>/``; the folder counts once ``checkpoint_complete`` is written into it
+(last, after weights, optimizer, scheduler, RNG and trainer state), and is *intact* when its files also pass
+``verify``: cheap checks that catch a save cut off by a full disk, a file overwritten, or NaN weights, before a
+model loads for 20 s and then fails deep in safetensors or torch. Damaged or superseded folders are renamed to
+``checkpoint-<step>.set-aside-<time>``, never deleted, and are never read as checkpoints again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import re
 import time
+import zipfile
 from pathlib import Path
 
 from .config import SettingsError
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by callbacks.CheckpointMarker
+CHECKPOINT_PREFIX = "checkpoint-"
+# Strict on purpose: "checkpoint-20.set-aside-…" is a folder a resume moved away, not step 20.
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+SET_ASIDE = ".set-aside-"
+COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by mark_complete
+TRAINER_STATE = "trainer_state.json"
 MODEL_FILES = ("config.json",)
 ADAPTER_FILES = ("adapter_config.json",)
 # A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+# Trainer state that resume loads with torch.load(weights_only=True); training_args.bin is a pickle of the whole
+# config that resume never reads, so it is not opened here.
+TORCH_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit; a larger length means the file was overwritten
 
 
-def step_of(path: str | Path) -> int | None:
-    """The step of a checkpoint folder name, None for anything else (set-aside folders included)."""
+def step_of(path: str | os.PathLike) -> int | None:
+    """The step of a ``checkpoint-<digits>`` folder name, else None (set-aside folders included)."""
     match = CHECKPOINT_RE.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
 
 
-def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / f"checkpoint-{step}"
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
 
 
-def is_complete(checkpoint: Path) -> bool:
-    """Marker written last, state and weights present: a save that was not cut off."""
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Every ``checkpoint-N`` folder of a run, complete or not, by step (9 before 10)."""
+    found = [(step_of(p), p) for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
+    return [p for _, p in sorted(f for f in found if f[0] is not None)]
+
+
+def is_complete(checkpoint: str | os.PathLike) -> bool:
+    """Marker written last, trainer state and weights present: a save that was not cut off."""
+    checkpoint = Path(checkpoint)
     return (
-        (checkpoint / COMPLETE_MARKER).exists() and (checkpoint / "trainer_state.json").exists()
+        (checkpoint / COMPLETE_MARKER).exists() and (checkpoint / TRAINER_STATE).exists()
         and any((checkpoint / f).exists() for f in ADAPTER_WEIGHT_FILES + WEIGHT_FILES)
     )
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Every checkpoint folder of a run, complete or not, by step."""
-    found = [(step_of(c), c) for c in Path(run_dir).glob("checkpoint-*") if step_of(c) is not None and c.is_dir()]
-    return [path for _, path in sorted(found)]
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints of one run that were fully written, oldest first (not yet verified)."""
+    return [p for p in list_checkpoints(run_dir) if is_complete(p)]
 
 
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of one run that were fully written, oldest first."""
-    return [path for path in list_checkpoints(run_dir) if is_complete(path)]
+def newest_complete_in(run_folder: str | os.PathLike) -> Path | None:
+    """The run's newest complete checkpoint, for hints such as 'use …/checkpoint-N instead'."""
+    done = complete_checkpoints(run_folder)
+    return done[-1] if done else None
 
 
-def mark_complete(folder: Path, step: int) -> None:
-    (Path(folder) / COMPLETE_MARKER).write_text(f"{step}\n")
-
-
-def runs_with_checkpoints(outputs: Path) -> list[Path]:
+def runs_with_checkpoints(outputs: str | os.PathLike) -> list[Path]:
     """Runs that can be resumed, the one whose newest complete checkpoint was written last coming last."""
     runs = [(complete_checkpoints(p), p) for p in Path(outputs).glob("*") if p.is_dir()]
     return [p for done, p in sorted((r for r in runs if r[0]), key=lambda r: r[0][-1].stat().st_mtime)]
 
 
-def find_resume_checkpoint(artifact_dir: Path, resume: str | os.PathLike) -> tuple[Path, Path]:
+# --- verifying ------------------------------------------------------------------------------------------------
+
+
+def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[str]:
+    """What is wrong with the checkpoint's files ("file: problem" each); empty when it is intact.
+
+    Cheap: headers and sizes of safetensors files, every JSON file parses, adapter weights are finite, and (for
+    resume) optimizer/scheduler/RNG state loads with ``torch.load(weights_only=True)``, the way resume loads it.
+    """
+    folder = Path(checkpoint)
+    problems = []
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            problems.append(f"{path.name}: {problem}")
+    for path in sorted(folder.glob("*.json")):
+        if for_resume or path.name != TRAINER_STATE:
+            problem = json_problem(path)
+            if problem:
+                problems.append(f"{path.name}: {problem}")
+    if not problems:
+        problems += [f"{name}: holds non-finite values (NaN or inf)" for name in nonfinite_weight_files(folder)]
+    if for_resume:
+        for pattern in TORCH_STATE_PATTERNS:
+            for path in sorted(folder.glob(pattern)):
+                problem = torch_state_problem(path)
+                if problem:
+                    problems.append(f"{path.name}: {problem}")
+    return problems
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (cut off, overwritten), from its header alone."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            return f"cut off ({size} bytes, shorter than a safetensors header)"
+        length = int.from_bytes(prefix, "little")
+        if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+            return f"cut off or overwritten (its header claims {length} bytes; the file has {size})"
+        try:
+            header = json.loads(f.read(length))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError):
+            return "overwritten (its header is not a safetensors header)"
+    expected = 8 + length + max(ends, default=0)
+    if expected != size:
+        return f"cut off ({size} bytes; its header describes {expected})"
+    return None
+
+
+def json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"not valid JSON, cut off or overwritten ({err})"
+    return None
+
+
+def _numpy_types_in_rng_state() -> list:
+    """Types transformers' rng_state.pth holds (NumPy's generator state); allowed for weights_only loading. The
+    same allowlist as transformers' ``trainer_pt_utils.safe_globals``, which cannot be imported before Unsloth."""
+    import numpy as np
+
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def torch_state_problem(path: Path) -> str | None:
+    """Why ``path`` does not load with ``torch.load(weights_only=True)``. Never suggests weights_only=False: that
+    would run whatever code a damaged or foreign file holds."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_types_in_rng_state()):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):  # a pickle of arbitrary objects: overwritten, or not ours
+            return ("holds objects other than tensors and numbers (overwritten?); not loaded, as that could run "
+                    "code from the file")
+        return "not a readable PyTorch file (cut off or overwritten)"
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        return "not a readable PyTorch file (cut off or overwritten)"
+    return None
+
+
+def nonfinite_weight_files(folder: str | os.PathLike) -> list[str]:
+    """Names of the folder's adapter weight files that hold NaN or inf (unreadable files are verify's business)."""
+    import torch
+
+    bad = []
+    for name in ADAPTER_WEIGHT_FILES:
+        path = Path(folder) / name
+        if not path.exists():
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as f:
+                    finite = all(torch.isfinite(f.get_tensor(key)).all() for key in f.keys())
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                finite = all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t))
+        except Exception:  # noqa: BLE001 - damage is reported by the header and load checks
+            continue
+        if not finite:
+            bad.append(name)
+    return bad
+
+
+def mark_complete(folder: str | os.PathLike, step: int) -> bool:
+    """Write the complete marker into a saved checkpoint, unless its adapter weights hold NaN or inf: such a
+    checkpoint must never become a resume point. Returns whether it was marked; the refusal is logged."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    bad = nonfinite_weight_files(folder)
+    if bad:
+        logger.error("%s holds non-finite (NaN or inf) weights in %s; it is not marked complete and will never be "
+                     "resumed from.", folder, ", ".join(bad))
+        return False
+    (folder / COMPLETE_MARKER).write_text(f"{step}\n")
+    return True
+
+
+# --- choosing and setting aside -------------------------------------------------------------------------------
+
+
+def set_aside(folder: Path, reason: str) -> Path | None:
+    """Rename ``folder`` to ``<name>.set-aside-<time>`` (never delete) and warn, naming it and ``reason``. None
+    when another process of the same ``accelerate launch`` moved it first."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}{SET_ASIDE}{stamp}")
+    n = 1
+    while target.exists():  # two set-asides in the same second
+        n += 1
+        target = folder.with_name(f"{folder.name}{SET_ASIDE}{stamp}-{n}")
+    try:
+        folder.rename(target)
+    except FileNotFoundError:
+        return None
+    logger.warning("Set %s aside as %s: %s.", folder.name, target.name, reason)
+    return target
+
+
+def set_aside_newer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
+    """Set aside the run's checkpoint folders after ``checkpoint`` (half-written, or from a branch being replaced)
+    so the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted."""
+    step = step_of(checkpoint)
+    for folder in list_checkpoints(run_dir):
+        if step_of(folder) > step:
+            set_aside(folder, f"resuming from the earlier {Path(checkpoint).name}")
+
+
+def latest_intact(run_dir: str | os.PathLike) -> Path | None:
+    """The run's newest complete checkpoint that passes ``verify``. Damaged newer ones are set aside with a warning
+    naming each and what is wrong with it; None when no complete checkpoint is intact."""
+    for checkpoint in reversed(complete_checkpoints(run_dir)):
+        try:
+            problems = verify(checkpoint)
+        except FileNotFoundError:  # set aside meanwhile by another process of the same launch
+            continue
+        if not problems:
+            return checkpoint
+        set_aside(checkpoint, f"it is damaged ({'; '.join(problems)}); using the checkpoint before it")
+    return None
+
+
+def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path]:
     """(run folder, checkpoint) to continue from. ``resume`` is ``latest``, a run name or folder, or a
-    ``checkpoint-N`` folder. Half-written checkpoints are never chosen."""
+    ``checkpoint-N`` folder. Half-written checkpoints are never chosen; damaged ones are set aside."""
     outputs = Path(artifact_dir) / "outputs"
     resume = str(resume)
     if resume == "latest":
@@ -77,44 +263,46 @@ def find_resume_checkpoint(artifact_dir: Path, resume: str | os.PathLike) -> tup
             raise SettingsError(
                 f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run without --resume."
             )
-        run_dir, checkpoint = runs[-1], None
-    else:
-        path = Path(resume).expanduser() if Path(resume).expanduser().exists() else outputs / resume
-        if not path.exists():
-            known = [p.name for p in runs_with_checkpoints(outputs)]
-            raise SettingsError(f"Cannot resume {resume!r}: no such run or folder. Resumable runs in {outputs}: "
-                                f"{known or 'none'}.")
-        if step_of(path) is not None:
-            run_dir, checkpoint = path.parent, path
-            if not is_complete(path):
-                raise SettingsError(
-                    f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
-                    f"off while saving it. Resume the run instead (--resume {path.parent.name}) to use its last "
-                    "complete checkpoint."
-                )
-        else:
-            run_dir, checkpoint = path, None
-    if checkpoint is None:
-        done = complete_checkpoints(run_dir)
-        if not done:
-            raise SettingsError(f"Nothing to resume in {run_dir}: it holds no complete checkpoint-N folder.")
-        checkpoint = done[-1]
-    return run_dir, checkpoint
+        return runs[-1], _intact_or_error(runs[-1])
+    path = Path(resume).expanduser() if Path(resume).expanduser().exists() else outputs / resume
+    if not path.exists():
+        known = [p.name for p in runs_with_checkpoints(outputs)]
+        raise SettingsError(f"Cannot resume {resume!r}: no such run or folder. Resumable runs in {outputs}: "
+                            f"{known or 'none'}.")
+    if step_of(path) is None:
+        return path, _intact_or_error(path)
+    if not is_complete(path):
+        raise SettingsError(
+            f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
+            f"off while saving it. Resume the run instead (--resume {path.parent.name}) to use its last "
+            "complete checkpoint."
+        )
+    problems = verify(path)
+    if problems:
+        raise SettingsError(f"{path} is damaged ({'; '.join(problems)}). Resume the run instead "
+                            f"(--resume {path.parent.name}) to use its newest intact checkpoint.")
+    return path.parent, path
 
 
-def set_aside_newer(run_dir: Path, checkpoint: Path) -> None:
-    """Rename the run's checkpoint folders after ``checkpoint`` (half-written, or from a branch being replaced) so
-    the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted."""
-    step = step_of(checkpoint)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for folder in list_checkpoints(run_dir):
-        if step_of(folder) > step:
-            target = folder.with_name(f"{folder.name}.set-aside-{stamp}")
-            folder.rename(target)
-            logger.warning("Moved %s aside to %s: resuming from the earlier %s.", folder.name, target.name,
-                           checkpoint.name)
+def _intact_or_error(run_dir: Path) -> Path:
+    had = [p.name for p in complete_checkpoints(run_dir)]
+    checkpoint = latest_intact(run_dir)
+    if checkpoint is not None:
+        return checkpoint
+    if had:
+        raise SettingsError(f"Nothing intact to resume in {run_dir}: every complete checkpoint ({', '.join(had)}) "
+                            "is damaged and was set aside (see the warnings). Start a new run without --resume.")
+    raise SettingsError(f"Nothing to resume in {run_dir}: it holds no complete checkpoint-N folder.")
 
 
-def newest_complete(run_dir: Path) -> Path | None:
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
+def check_loadable(folder: str | os.PathLike) -> None:
+    """Raise ``SettingsError`` naming what is wrong when a checkpoint or adapter folder about to be loaded for
+    inference or evaluation is damaged (cut off, overwritten, NaN weights)."""
+    folder = Path(folder)
+    problems = verify(folder, for_resume=False)
+    if problems:
+        step = step_of(folder)
+        earlier = [p for p in complete_checkpoints(folder.parent) if step is not None and step_of(p) < step]
+        hint = f" Use an earlier checkpoint of the run, e.g. {earlier[-1]}." if earlier else ""
+        raise SettingsError(f"{folder} is damaged ({'; '.join(problems)}).{hint}")
+

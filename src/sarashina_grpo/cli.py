@@ -1,4 +1,5 @@
-"""Command line: ``sarashina-grpo demo | train | infer | eval | build-tiny | bench`` (``--help`` lists every option).
+"""Command line: ``sarashina-grpo demo | train | infer | eval | export | build-tiny | bench`` (``--help`` on each lists
+every option).
 
     sarashina-grpo demo                                                  # CPU, offline: watch GRPO learn the format
     sarashina-grpo train --model tiny --max-steps 5                      # CPU smoke run on the offline tiny model
@@ -6,6 +7,7 @@
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
     sarashina-grpo infer --model tiny --role-file merchant.txt "このサボテン、おいくら？"
     sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare base
+    sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/step500 --merged
     accelerate launch --num_processes 2 -m sarashina_grpo train --max-steps 500     # one process per GPU
 
 This is the one module that builds the command line. Its flags are generated from dataclasses: ``Settings``
@@ -92,6 +94,23 @@ class RoleOptions:
 
 
 @dataclass
+class ExportOptions:
+    """``export.export_checkpoint``'s arguments."""
+
+    checkpoint: str = field(default="", metadata={"help": "checkpoint folder to export (outputs/<run>/checkpoint-N)",
+                                                  "positional": True})
+    out: str = field(default="", metadata={"help": "new (or empty) folder to write the export to", "positional": True})
+    merged: bool = setting(False, "merge the LoRA into the base weights: one model that plain transformers loads "
+                           "(off: the LoRA adapter alone)")
+    base_model: str | None = setting(None, "base model to merge into (hub id or folder); unset: the one named in "
+                                     "the checkpoint's adapter_config.json")
+    dtype: str = setting("bfloat16", "weight type of the merged model", choices=("bfloat16", "float16", "float32"))
+    push_to_hub: str | None = setting(None, "also upload OUT to this hub repo (user/name; needs a hub token; "
+                                      "untested here)")
+    private: bool = setting(True, "create the hub repo private (with --push-to-hub)")
+
+
+@dataclass
 class BuildTinyOptions:
     out_dir: str = field(default="", metadata={"help": "folder to write the model to", "positional": True})
     shape: str = setting("tiny", "the tiny test model, or the exact Sarashina 2.2 3B shape (random weights)",
@@ -171,6 +190,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *,
         group.add_argument(*flags, **kwargs)
 
 
+def options_parser(cls, description: str) -> argparse.ArgumentParser:
+    """A stand-alone parser for one option class (the research scripts in ``experiments/``)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_dataclass_arguments(parser, cls)
+    return parser
+
+
 def given(args: argparse.Namespace, cls, names=None) -> dict:
     """The fields of ``cls`` that the command line set (flags left out are absent from ``args``)."""
     wanted = {f.name for f in dataclasses.fields(cls)} if names is None else set(names)
@@ -182,17 +208,16 @@ def options(args: argparse.Namespace, cls):
     return cls(**given(args, cls))
 
 
-def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
-    """Settings for a command: defaults < recipe (``--config``) < resumed run's settings < flags."""
-    values: dict = {}
-    if getattr(args, "config", None):
-        values.update(load_recipe(args.config))
-    if getattr(args, "resume", None):
-        from .pipeline import saved_settings
+def explicit_settings(args: argparse.Namespace, names=None) -> dict:
+    """The settings the command line asks for: a recipe's (``--config``), then the flags given."""
+    values = load_recipe(args.config) if getattr(args, "config", None) else {}
+    return {**values, **given(args, Settings, names)}
 
-        values.update(saved_settings(args.artifact_dir or default_artifact_dir(), args.resume))
-    values.update(given(args, Settings, names))
-    return Settings.from_dict(values, source="command line").validate()
+
+def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
+    """Settings for a command: defaults < recipe (``--config``) < flags. (Resuming, ``pipeline.prepare`` puts the
+    run's recorded settings under the recipe and flags.) Checked where they are used, before a model loads."""
+    return Settings.from_dict(explicit_settings(args, names), source="command line")
 
 
 # --- commands
@@ -200,16 +225,19 @@ def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
 
 def run_train(args: argparse.Namespace) -> int:
     from .modeling import resolve_backend, use_triton_interpreter_without_gpu
-    from .pipeline import train
+    from .pipeline import build_trainer, load_model, prepare, run_training
 
     run_options = options(args, RunOptions)
-    settings = settings_from_args(args)
-    if resolve_backend(settings) == "unsloth":
+    explicit = explicit_settings(args)
+    # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
+    run = prepare(Settings.from_dict(explicit, source="command line"), artifact_dir=run_options.artifact_dir,
+                  resume=run_options.resume, run_name=run_options.run_name, given=set(explicit))
+    if resolve_backend(run.settings) == "unsloth":
         import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
     else:
         use_triton_interpreter_without_gpu()
-    trainer = train(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
-                    run_name=run_options.run_name)
+    model, tokenizer = load_model(run)
+    trainer = run_training(build_trainer(run, model, tokenizer), run)
     if not trainer.accelerator.is_main_process:
         return 0
     paths, step = trainer.run.paths, trainer.state.global_step
@@ -266,15 +294,15 @@ def default_eval_name(model: str) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from .evaluation import compare_runs, evaluate_model, load_metrics
+    from .errors import check_compare_names
+    from .evaluation import compare_runs, evaluate_model
 
     opts = options(args, EvalOptions)
     artifact_dir = opts.artifact_dir or default_artifact_dir()
     names = list(opts.compare)
     if opts.compare_only and len(names) < 2:
         raise SettingsError("--compare-only needs at least two evaluations after --compare.")
-    for earlier in names:  # before the evaluation runs: a typo should cost seconds
-        load_metrics(earlier, artifact_dir)
+    check_compare_names(names, artifact_dir)  # before the evaluation runs: a typo should cost seconds
     if not opts.compare_only:
         settings = settings_from_args(args, MODEL_FIELDS)
         name = opts.name or default_eval_name(settings.model_name)
@@ -288,6 +316,14 @@ def run_eval(args: argparse.Namespace) -> None:
         table, chart = compare_runs(names, artifact_dir=artifact_dir)
         print(table)
         print(f"Chart: {chart}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .export import export_checkpoint  # transformers + PEFT only: Unsloth is never imported for an export
+
+    opts = options(args, ExportOptions)
+    print(export_checkpoint(opts.checkpoint, opts.out, merged=opts.merged, base_model=opts.base_model,
+                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private))
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:
@@ -363,6 +399,8 @@ COMMANDS = {
     "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
     "eval": ("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",
              add_eval_arguments, run_eval),
+    "export": ("write a checkpoint's LoRA adapter, or a merged model (--merged), with tokenizer and model card",
+               lambda p: add_dataclass_arguments(p, ExportOptions), run_export),
     "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)",
                    lambda p: add_dataclass_arguments(p, BuildTinyOptions), run_build_tiny),
     "bench": ("time GRPO steps of the training path per rollout configuration (docs/benchmarks)",
@@ -385,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user-caused failure ends in one ``error: …`` line and exit code 2, not a traceback."""
-    from .data import DataError
+    from . import errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -393,14 +431,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_VARIABLE) == "1"
     try:
         return args.run(args) or 0
-    except (SettingsError, DataError) as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
         print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
         return 130
+    except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
+        code = errors.report(err, debug=debug)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

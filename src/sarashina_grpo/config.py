@@ -52,6 +52,12 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class SettingsError(ValueError):
     """A setting is invalid; raised before any model is loaded."""
 
@@ -149,8 +155,6 @@ class Settings:
         system prompt read from ``system_prompt_file``. ``run.json`` records the resolved values."""
         changes = {}
         if self.load_in_4bit is None:
-            from .modeling import cuda_available
-
             changes["load_in_4bit"] = cuda_available()
         if self.system_prompt_file:
             changes["system_prompt"] = read_text_setting(self.system_prompt_file, "system_prompt_file")

@@ -8,11 +8,16 @@ Decisions (docs/troubleshooting.md lists every message):
 - fatal: missing/empty file, no ``prompt`` or ``lang`` header, a ``lang`` that is not an ISO 639-1 code (all
   offending lines listed), undecodable bytes, no usable row in the target language;
 - skipped with a warning: blank or NaN prompts, rows without ``lang``, duplicates, prompts over the limit;
-- silently fine: extra columns, a UTF-8 BOM, header case/spaces, region subtags (``ja-JP`` counts as ``ja``);
+- silently fine: extra columns (passed through to the dataset, e.g. ``answer`` for rewards), a UTF-8 BOM, header
+  case/spaces, region subtags (``ja-JP`` counts as ``ja``);
 - an optional ``role`` column (or ``system``, same meaning): that row's persona/scenario, added to its system prompt
-  after the format instructions (``roles.with_role``); a blank cell means no role. The same prompt under two roles
-  is not a duplicate;
+  after the format instructions (``roles.with_role``) instead of being passed through; a blank cell means no role.
+  The same prompt under two roles is not a duplicate;
 - decoded with a warning: Shift_JIS/cp932 (what Excel writes in Japan), UTF-16 with a BOM.
+Hygiene: only regular files up to ``MAX_FILE_BYTES`` and ``MAX_ROWS`` are read (a FIFO or ``/dev/zero`` is an
+error at once, not a hang); prompts made only of invisible characters (zero-width space, word joiner, BOM, other
+format/control characters) count as blank; prompts holding control characters (NUL, ESC, …; tab and line breaks
+are fine) are skipped with their lines named; a mostly UTF-8 file with a few undecodable rows names those rows.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import csv
 import io
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import SYSTEM_PROMPT
@@ -50,6 +55,14 @@ LANG_SUGGESTIONS = {
 # Cells pandas reads as NaN (and writes back as these words with na_rep): treated as blank, never as a prompt.
 NA_MARKERS = frozenset({"nan", "none", "null", "na", "n/a", "#n/a"})
 MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
+# Far above any prompt set this project trains on (the article's has ~100 rows); beyond it the file is most likely
+# the wrong one (a log, a dump), and reading it whole would take the machine's memory.
+MAX_FILE_BYTES = 50 * 2**20
+MAX_ROWS = 1_000_000
+# Unicode categories that print nothing: format (Cf: U+200B zero-width space, U+2060 word joiner, U+FEFF BOM, …),
+# control (Cc), and separators (Z*: spaces, which str.strip() already removes, and line/paragraph separators).
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
+ALLOWED_CONTROLS = frozenset("\t\n\r")  # line breaks inside quoted prompts, tabs: ordinary text
 UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
 
 
@@ -62,6 +75,7 @@ class Row:
     line: int  # 1-based line of the file where the row starts (the header is line 1)
     prompt: str  # stripped; "" for blank and NaN cells
     lang: str  # ISO 639-1 language part, lower case ("ja" for "ja-JP"); "" when missing
+    extra: dict[str, str] = field(default_factory=dict)  # other columns by (lower-case) header name, e.g. answer
     role: str = ""  # the row's role (column `role` or `system`), stripped; "" when none
 
 
@@ -81,6 +95,7 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as utf8_err:
+        check_mostly_utf8(raw, path)
         expected = (f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
                     "Save the file as UTF-8 (Excel: 'CSV UTF-8').")
         try:
@@ -95,6 +110,52 @@ def read_text(path: Path) -> str:
         return text
 
 
+def check_mostly_utf8(raw: bytes, path: Path) -> None:
+    """Raise ``DataError`` naming the undecodable lines of a file whose other non-ASCII lines are valid UTF-8 (a
+    few rows pasted from elsewhere), instead of re-reading the whole file as cp932 and training on mojibake."""
+    good, bad = 0, []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if line.isascii():
+            continue  # ASCII lines read the same in every candidate encoding: no evidence either way
+        try:
+            line.decode("utf-8")
+            good += 1
+        except UnicodeDecodeError:
+            bad.append(number)
+    if bad and good > len(bad):
+        raise DataError(
+            f"{path}: {len(bad)} line(s) are not valid UTF-8 while the rest of the file is: line(s) {_lines(bad)}. "
+            "Retype or delete those rows (they were probably pasted from a file in another encoding)."
+        )
+
+
+def check_regular_file(path: Path) -> None:
+    """Raise ``DataError`` unless ``path`` is a regular file of a sane size: a FIFO would block forever and
+    ``/dev/zero`` would be read until memory runs out. Uses ``stat`` only; nothing is opened."""
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file (a pipe, device or socket?). Give a CSV file on disk; save "
+                        "a stream to a file first.")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path} is {size / 2**20:.0f} MB; prompt files are limited to {MAX_FILE_BYTES // 2**20} MB "
+                        f"and {MAX_ROWS:,} rows. Check that it is the right file, or split it.")
+
+
+def visible_text(text: str) -> str:
+    """``text`` without the characters that print nothing; "" for a prompt a reader would see as blank."""
+    import unicodedata
+
+    return "".join(ch for ch in text if unicodedata.category(ch) not in INVISIBLE_CATEGORIES)
+
+
+def control_characters(text: str) -> list[str]:
+    """The control characters in ``text`` other than tab and line breaks, as ``U+0000``."""
+    import unicodedata
+
+    found = {ch for ch in text if unicodedata.category(ch) == "Cc" and ch not in ALLOWED_CONTROLS}
+    return sorted(f"U+{ord(ch):04X}" for ch in found)
+
+
 def _lang_code(value: str) -> str | None:
     """The ISO 639-1 part of ``value`` ("" when blank), or None when it is not a language code."""
     value = value.strip().lower()
@@ -107,6 +168,7 @@ def _lang_code(value: str) -> str | None:
 def _records(text: str, path: Path):
     """(first line, fields) of each non-empty CSV record; quoted fields may span lines."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
+    count = 0
     while True:
         start = reader.line_num + 1
         try:
@@ -114,21 +176,38 @@ def _records(text: str, path: Path):
         except StopIteration:
             return
         except csv.Error as err:
+            if "field larger than field limit" in str(err):
+                raise DataError(_over_long_field_message(path, start, reader.line_num)) from None
             raise DataError(
                 f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting there: "
                 'a prompt with commas or line breaks must be wrapped in "…", with any " inside doubled ("").'
             ) from None
         if fields:  # a blank line is no record
+            count += 1
+            if count > MAX_ROWS + 1:  # + the header
+                raise DataError(f"{path} has more than {MAX_ROWS:,} rows (line {start}); prompt files are limited to "
+                                f"{MAX_ROWS:,} rows and {MAX_FILE_BYTES // 2**20} MB. Check that it is the right file, "
+                                "or split it.")
             yield start, fields
 
 
+def _over_long_field_message(path: Path, start: int, end: int) -> str:
+    limit = csv.field_size_limit()
+    message = (f"{path}, line {start}: a prompt longer than {limit:,} characters (the CSV field limit), far beyond "
+               "any prompt length the model takes. Shorten or split it.")
+    if end > start:  # the field ran over several lines: more likely a quote that never closes
+        message += f" If it should not run on to line {end}, close the quote opened on line {start}."
+    return message
+
+
 def read_rows(path: str | Path) -> list[Row]:
-    """Parse ``path`` into rows, checking the header and the ``lang`` codes. Extra columns are ignored."""
+    """Parse ``path`` into rows, checking the header and the ``lang`` codes. Extra columns go to ``Row.extra``."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Prompt file not found: {path}. Expected a CSV with columns prompt,lang.")
     if path.is_dir():
         raise DataError(f"{path} is a folder; expected a CSV file with columns prompt,lang.")
+    check_regular_file(path)
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path} is empty: expected a header line 'prompt,lang' and one row per prompt.")
@@ -143,6 +222,7 @@ def read_rows(path: str | Path) -> list[Row]:
         )
     prompt_at, lang_at = header.index("prompt"), header.index("lang")
     role_at = next((header.index(c) for c in ROLE_COLUMNS if c in header), None)
+    extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS and at != role_at}
     rows, bad_lang = [], []
     for line, fields in records:
         prompt = fields[prompt_at].strip() if prompt_at < len(fields) else ""
@@ -150,8 +230,9 @@ def read_rows(path: str | Path) -> list[Row]:
         lang = _lang_code(raw_lang)
         if lang is None:
             bad_lang.append((line, raw_lang.strip()))
+        extra = {name: fields[at].strip() if at < len(fields) else "" for name, at in extras.items()}
         role = fields[role_at].strip() if role_at is not None and role_at < len(fields) else ""
-        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or "",
+        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or "", extra,
                         "" if role.lower() in NA_MARKERS else role))
     if bad_lang:
         raise DataError(f"{path}: {_bad_lang_message(bad_lang)}")
@@ -176,10 +257,24 @@ def _bad_lang_message(bad: list[tuple[int, str]]) -> str:
 def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) -> list[Row]:
     """Keep rows in ``lang``; skip blank, duplicate and over-long prompts with one warning per kind."""
     blank = [r.line for r in rows if not r.prompt]
+    invisible = [r.line for r in rows if r.prompt and not visible_text(r.prompt)]
+    controls = {r.line: control_characters(r.prompt) for r in rows if visible_text(r.prompt)}
+    controls = {line: found for line, found in controls.items() if found}
+    unusable = set(invisible) | set(controls)
+    rows = [r for r in rows if r.line not in unusable]
     no_lang = [r.line for r in rows if r.prompt and not r.lang]
     if blank:
         logger.warning("%s: skipped %d blank prompt(s) on line(s) %s (empty, spaces or NaN).", path, len(blank),
                        _lines(blank))
+    if invisible:
+        logger.warning("%s: skipped %d prompt(s) made only of invisible characters (zero-width spaces, word joiners, "
+                       "BOMs, control characters) on line(s) %s.", path, len(invisible), _lines(invisible))
+    if controls:
+        shown = list(controls.items())[:MAX_LINES_NAMED]
+        named = "; ".join(f"line {line}: {', '.join(found)}" for line, found in shown)
+        more = f"; and {len(controls) - MAX_LINES_NAMED} more" if len(controls) > MAX_LINES_NAMED else ""
+        logger.warning("%s: skipped %d prompt(s) holding control characters (%s%s). Remove them; a NUL (U+0000) "
+                       "often means part of the file is binary or UTF-16.", path, len(controls), named, more)
     if no_lang:
         logger.warning("%s: skipped %d row(s) with no 'lang' on line(s) %s.", path, len(no_lang), _lines(no_lang))
     kept = [r for r in rows if r.prompt and r.lang == lang]
@@ -254,7 +349,9 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
 
         rows = drop_too_long(rows, Path(path), too_long)
     logger.info("%s: %d prompts.", path, len(rows))
-    return Dataset.from_list([{"prompt": to_messages(r.prompt, with_role(system_prompt, r.role)), "lang": r.lang}
+    # Extra columns ride along: TRL hands every dataset column to the reward functions by name.
+    return Dataset.from_list([{"prompt": to_messages(r.prompt, with_role(system_prompt, r.role)), "lang": r.lang,
+                               **r.extra}
                               for r in rows])
 
 
@@ -266,7 +363,8 @@ def load_prompts(
     tokenizer=None,
     max_prompt_length: int | None = None,
 ):
-    """A ``datasets.Dataset`` with a ``prompt`` column of ``[system, user]`` messages and the row's ``lang``.
+    """A ``datasets.Dataset`` with a ``prompt`` column of ``[system, user]`` messages, the row's ``lang`` and the
+    file's other columns (as text).
 
     With a ``tokenizer`` and ``max_prompt_length``, prompts whose chat-formatted length exceeds the limit are
     skipped with a warning naming their lines (TRL would otherwise feed them whole).

@@ -21,7 +21,9 @@ contents, averaged over outputs that have that section with letters in it (``thi
 ≥3 consecutive Latin words; ``think_leak_mean`` how much of the thinking is repeated verbatim in the response
 (share of the response's character 8-grams found in the thinking, ``roles.py``), averaged over outputs with both
 sections and a response of ≥8 characters; ``mean_chars``/``mean_think_chars``/``mean_response_chars`` and
-``mean_tokens`` (generated token ids, padding excluded: at most ``max_new_tokens``).
+``mean_tokens`` (generated token ids, padding excluded: at most ``max_new_tokens``);
+``answer_accuracy`` share whose ``<response>`` ends in the row's ``answer`` (``arithmetic.py``), over outputs whose
+prompt has an answer (``None`` when the CSV has no ``answer`` column, e.g. datasets/arithmetic_eval.csv has one).
 
 A role (persona/scenario) joins the system prompt of every prompt (``role``), and a CSV with a ``role`` (or
 ``system``) column gives each of its rows its own role, which wins over the ``role`` argument for that row.
@@ -36,6 +38,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .arithmetic import is_correct
 from .config import SettingsError, default_artifact_dir, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
@@ -47,7 +50,7 @@ DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (confi
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
     "purity_mean", "think_judged_rate", "latin_run_rate", "think_leak_mean", "mean_chars", "mean_think_chars",
-    "mean_response_chars", "mean_tokens",
+    "mean_response_chars", "mean_tokens", "answer_accuracy",
 )
 # Shown in the comparison chart: the figures on a 0–1 scale, so that one axis fits them all.
 CHART_KEYS = (
@@ -56,10 +59,12 @@ CHART_KEYS = (
 )
 
 
-def score_text(text: str) -> dict:
-    """Per-output scores; purity fields are ``None`` where there was nothing to judge."""
+def score_text(text: str, answer: str | None = None) -> dict:
+    """Per-output scores; purity fields (and ``answer_correct`` without an ``answer``) are ``None`` where there was
+    nothing to judge."""
     think, response = split_sections(text)
     return {
+        "answer_correct": is_correct(text, answer) if answer not in (None, "") else None,
         "strict_format": is_strict_format(text),
         "soft_format": is_soft_format(text),
         "xmlcount": xmlcount_score(text),
@@ -98,6 +103,7 @@ def summarize(scores: list[dict], token_counts: list[int] | None = None) -> dict
         "mean_think_chars": _mean(column("think_chars")),
         "mean_response_chars": _mean(column("response_chars")),
         "mean_tokens": _mean(token_counts) if token_counts else None,
+        "answer_accuracy": _mean([s.get("answer_correct") for s in scores]),
     }
 
 
@@ -137,7 +143,7 @@ def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = No
     """Score ``outputs`` (from ``generate_outputs``); write metrics.json and generations.jsonl; return metrics."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    scores = [score_text(o["completion"]) for o in outputs]
+    scores = [score_text(o["completion"], o.get("answer")) for o in outputs]
     metrics = summarize(scores, [o["tokens"] for o in outputs if "tokens" in o])
     with open(eval_dir / "generations.jsonl", "w", encoding="utf-8") as f:
         for output, score in zip(outputs, scores, strict=True):
@@ -179,10 +185,13 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
     gen = gen or GenerationSettings()
     data_path = project_path(data_path)
     rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
-    roles = [getattr(r, "role", None) or role for r in rows]
+    roles = [r.role or role for r in rows]
     started = time.monotonic()
     outputs = generate_outputs(model, tokenizer, [r.prompt for r in rows], gen, samples_per_prompt, progress, roles,
                                system_prompt=system_prompt)
+    if any("answer" in r.extra for r in rows):  # outputs come samples_per_prompt per row, in row order
+        for output, row in zip(outputs, [r for r in rows for _ in range(samples_per_prompt)], strict=True):
+            output["answer"] = row.extra.get("answer")
     meta = {"data": str(data_path), "prompts": len(rows), "samples_per_prompt": samples_per_prompt,
             "generation": asdict(gen), "role": role, "seconds": round(time.monotonic() - started, 1),
             **(meta or {})}
@@ -242,16 +251,19 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
     matplotlib.use("Agg")  # no display needed: CI and notebooks alike
     import matplotlib.pyplot as plt
 
+    # Accuracy only where some run has answers: a bar of 0 would read as "always wrong".
+    keys = CHART_KEYS + (("answer_accuracy",) if any(m.get("answer_accuracy") is not None for m in runs.values())
+                         else ())
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(CHART_KEYS), 4.5))
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(keys), 4.5))
     for i, (name, metrics) in enumerate(runs.items()):
-        values = [chart_value(metrics.get(k)) for k in CHART_KEYS]
-        xs = [x + i * width for x in range(len(CHART_KEYS))]
+        values = [chart_value(metrics.get(k)) for k in keys]
+        xs = [x + i * width for x in range(len(keys))]
         bars = ax.bar(xs, [0.0 if v is None else v for v in values], width, label=name)
         # A missing figure (nothing to judge) is not a zero: label it "n/a" instead of drawing an empty bar as 0.
         ax.bar_label(bars, labels=[chart_label(v) for v in values], fontsize=7, padding=2)
-    ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(CHART_KEYS))])
-    ax.set_xticklabels([k.replace("_", "\n") for k in CHART_KEYS], fontsize=8)
+    ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(keys))])
+    ax.set_xticklabels([k.replace("_", "\n") for k in keys], fontsize=8)
     ax.set_ylim(0, 1.15)  # room for the value labels above bars at 1.0
     ax.set_ylabel("rate or mean (0–1)")
     ax.legend(fontsize=8)

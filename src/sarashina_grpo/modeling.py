@@ -11,8 +11,16 @@ import logging
 import os
 from pathlib import Path
 
-from .checkpoints import ADAPTER_FILES, ADAPTER_WEIGHT_FILES, MODEL_FILES, WEIGHT_FILES, newest_complete, step_of
-from .config import Settings, SettingsError, default_artifact_dir
+from .checkpoints import (
+    ADAPTER_FILES,
+    ADAPTER_WEIGHT_FILES,
+    MODEL_FILES,
+    WEIGHT_FILES,
+    check_loadable,
+    newest_complete_in,
+    step_of,
+)
+from .config import Settings, SettingsError, cuda_available, default_artifact_dir
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +32,6 @@ def tiny_model_dir() -> Path:
 
 class ModelNotFoundError(SettingsError):
     """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def looks_like_path(name: str) -> bool:
@@ -50,11 +52,11 @@ def check_model_name(name: str) -> None:
     if not path.is_dir():
         raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
     has = {f.name for f in path.iterdir()}
-    if has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES):
+    adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
+    if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
+        check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
         return
-    if has & set(MODEL_FILES) and has & set(WEIGHT_FILES):
-        return
-    newest = newest_complete(path)
+    newest = newest_complete_in(path)
     if newest:  # a run folder: point at its newest finished checkpoint
         hint = f"It is a run folder; its newest finished checkpoint is {newest}."
     elif step_of(path) is not None:
@@ -104,11 +106,19 @@ def check_device(settings: Settings, *, training: bool) -> None:
         )
 
 
-def load_model(settings: Settings, *, training: bool = True, lora: bool = True):
-    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached."""
+def checked_settings(settings: Settings, *, training: bool) -> Settings:
+    """Resolved, validated settings whose model can load on this machine (else a clear ``SettingsError``)."""
     settings = settings.resolved().validate()
     check_device(settings, training=training)
     check_model_name(settings.model_name)
+    return settings
+
+
+def load_model(settings: Settings, *, training: bool = True, lora: bool = True, checked: bool = False):
+    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached.
+    ``checked``: the caller (``pipeline.prepare``) already ran these checks (``checked_settings``)."""
+    if not checked:
+        settings = checked_settings(settings, training=training)
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
@@ -158,7 +168,7 @@ def lora_config(settings: Settings):
     )
 
 
-def load_model_peft(settings: Settings, *, training: bool = True):
+def load_model_peft(settings: Settings, *, training: bool = True, checked: bool = False):
     """(model, tokenizer) through transformers + PEFT, with the same LoRA and quantisation choices as Unsloth.
 
     ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
@@ -167,8 +177,8 @@ def load_model_peft(settings: Settings, *, training: bool = True):
     from peft import AutoPeftModelForCausalLM, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 
-    settings = settings.resolved().validate()
-    check_device(settings, training=training)
+    if not checked:
+        settings = checked_settings(settings, training=training)
     model_name = resolve_model_name(settings.model_name)
     on_gpu = cuda_available()
     kwargs = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # fp32 on CPU: bf16 matmuls there are slow

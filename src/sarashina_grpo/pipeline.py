@@ -28,6 +28,8 @@ from pathlib import Path
 
 from . import checkpoints
 from .config import Settings, SettingsError, build_grpo_config, default_artifact_dir, project_path
+from .errors import check_artifact_dir
+from .guards import check_numeric_settings, settings_warnings
 
 # trl, transformers and callbacks are imported inside functions: Unsloth must be imported before them.
 
@@ -140,18 +142,16 @@ def read_run_info(run_dir: Path) -> dict | None:
     return info
 
 
-def saved_settings(artifact_dir: str | Path, resume: str) -> dict:
-    """The recorded settings of the run ``resume`` names (field → value), ``{}`` for runs without ``run.json``.
-
-    The CLI starts a resumed run from these and applies only the flags given on its command line."""
-    run_dir, _ = checkpoints.find_resume_checkpoint(Path(artifact_dir), resume)
+def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -> Settings:
+    """The settings a resumed run continues with: its ``run.json`` for every field, except the fields in ``given``
+    (set explicitly now: flags, a recipe) and those decided by the machine (``MACHINE_FIELDS``), taken from
+    ``settings``. Runs recorded before ``run.json`` existed keep ``settings`` as they are."""
     info = read_run_info(run_dir)
     if not info:
-        return {}
-    saved = {k: v for k, v in info["settings"].items() if k in Settings.__dataclass_fields__}
-    for name in MACHINE_FIELDS & saved.keys():
-        saved.pop(name)
-    return saved
+        return settings
+    recorded = {k: v for k, v in info["settings"].items() if k in Settings.__dataclass_fields__}
+    now = {k: getattr(settings, k) for k in given | MACHINE_FIELDS}
+    return Settings.from_dict({**recorded, **now}, source=str(run_dir / RUN_INFO))
 
 
 def check_resume_settings(settings: Settings, run_dir: Path) -> None:
@@ -172,54 +172,67 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
         logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
 
 
-def _prepare_folders(settings: Settings, artifact_dir: Path, resume, run_name) -> tuple[RunPaths, Path | None]:
-    check_writable(artifact_dir)
+def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given) -> Run:
+    """``prepare`` on one process: every check before any folder is created, then the folders."""
+    from .data import check_prompts
+    from .modeling import check_device, check_model_name
+
+    checkpoint = run_dir = None
     if resume:
         run_dir, checkpoint = checkpoints.find_resume_checkpoint(artifact_dir, resume)
-        check_resume_settings(settings, run_dir)
-        checkpoints.set_aside_newer(run_dir, checkpoint)
-        logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-        return resumed_paths(artifact_dir, run_dir), checkpoint
-    paths = new_run_paths(artifact_dir, run_name)
-    write_run_info(paths, settings)
-    return paths, None
-
-
-def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
-            run_name: str | None = None, check_model: bool = True) -> Run:
-    """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
-
-    A fresh run gets new folders and a ``run.json``; a resumed one must keep the settings that shape its maths,
-    and its checkpoint folders after the chosen one are moved aside.
-    """
-    from .data import check_prompts
-    from .modeling import check_device, check_model_name, resolve_model_name
-
+        if given is not None:
+            settings = with_recorded_settings(settings, run_dir, given)
     settings = settings.resolved().validate()
+    check_numeric_settings(settings)
+    for warning in settings_warnings(settings):
+        logger.warning(warning)
     check_device(settings, training=True)
     if check_model:
         check_model_name(settings.model_name)
     rows = check_prompts(project_path(settings.data_path))
+    check_artifact_dir(artifact_dir)
+    check_writable(artifact_dir)
+    if run_dir is not None:
+        check_resume_settings(settings, run_dir)
+        checkpoints.set_aside_newer(run_dir, checkpoint)
+        logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
+        return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, rows)
+    paths = new_run_paths(artifact_dir, run_name)
+    write_run_info(paths, settings)
+    return Run(settings, paths, None, rows)
+
+
+def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
+            run_name: str | None = None, check_model: bool = True, given: set[str] | None = None) -> Run:
+    """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
+
+    A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen and its recorded
+    settings must match these (harmless differences such as ``max_steps`` only warn); with ``given`` (the fields
+    set explicitly, as the CLI passes them) the recorded settings are used for every other field. Later checkpoint
+    folders are moved aside. Under ``accelerate launch`` the main process does all of it and tells the others.
+    """
+    from .data import DataError
+    from .modeling import resolve_model_name
+
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
     if not multi_process():
-        paths, checkpoint = _prepare_folders(settings, artifact_dir, resume, run_name)
-        return Run(settings, paths, checkpoint, rows)
+        return _prepare(settings, artifact_dir, resume, run_name, check_model, given)
     from accelerate.utils import broadcast_object_list
 
     state = distributed_state()
     decided: list = [None]
-    with state.main_process_first():  # the main process builds the tiny model; the others then find it
-        resolve_model_name(settings.model_name)
     if state.is_main_process:
         try:
-            decided[0] = _prepare_folders(settings, artifact_dir, resume, run_name)
-        except SettingsError as err:  # e.g. nothing to resume: every rank reports it, none waits for folders
+            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given)
+        except (SettingsError, DataError) as err:  # every rank reports it, none waits for folders
             decided[0] = err
     broadcast_object_list(decided, from_process=0)
-    if isinstance(decided[0], SettingsError):
+    if isinstance(decided[0], Exception):
         raise decided[0]
-    paths, checkpoint = decided[0]
-    return Run(settings, paths, checkpoint, rows)
+    run = decided[0]
+    with state.main_process_first():  # the main process builds the tiny model; the others then find it
+        resolve_model_name(run.settings.model_name)
+    return run
 
 
 # --- build
@@ -232,16 +245,16 @@ def load_model(run: Run):
 
     backend = resolve_backend(run.settings)
     logger.info("Loading %s with %s (4-bit: %s)", run.settings.model_name, backend, run.settings.load_in_4bit)
-    if backend == "unsloth":
-        return load_unsloth(run.settings, training=True)
-    return load_model_peft(run.settings, training=True)
+    if backend == "unsloth":  # prepare() has checked the settings, device and model name
+        return load_unsloth(run.settings, training=True, checked=True)
+    return load_model_peft(run.settings, training=True, checked=True)
 
 
 def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides):
     """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``."""
     from trl import GRPOTrainer
 
-    from .callbacks import CheckpointMarker
+    from .callbacks import CheckpointMarker, NonFiniteGuard
     from .data import prompts_dataset
     from .modeling import cuda_available
     from .rewards import get_reward_funcs
@@ -263,7 +276,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
         reward_funcs=get_reward_funcs(settings.reward_names),
         args=args,
         train_dataset=dataset,
-        callbacks=[CheckpointMarker(), *callbacks],
+        callbacks=[CheckpointMarker(), NonFiniteGuard(), *callbacks],
     )
     if settings.rollout == "fast":
         from .rollout import install
@@ -301,10 +314,11 @@ def run_training(trainer, run: Run):
 
 
 def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
-          run_name: str | None = None, model_and_tokenizer=None, callbacks=(), **grpo_overrides):
+          run_name: str | None = None, given: set[str] | None = None, model_and_tokenizer=None, callbacks=(),
+          **grpo_overrides):
     """Prepare, build and run GRPO end to end; return the trainer (``trainer.run`` has the run's folders)."""
     run = prepare(settings, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
-                  check_model=model_and_tokenizer is None)
+                  check_model=model_and_tokenizer is None, given=given)
     model, tokenizer = model_and_tokenizer or load_model(run)
     trainer = build_trainer(run, model, tokenizer, callbacks=callbacks, **grpo_overrides)
     return run_training(trainer, run)

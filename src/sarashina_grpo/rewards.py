@@ -9,6 +9,7 @@ Bounds (documented and property-tested):
   the article).
 - ``soft_format_reward``, ``strict_format_reward``: exactly 0.0 or 0.5.
 - ``japanese_purity_reward``: in [0, 0.5].
+- ``correct_answer_reward`` (number parsing in ``arithmetic.py``): exactly 0.0 or 1.0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from .arithmetic import CORRECT_REWARD, is_correct  # number parsing lives in arithmetic.py
 from .purity import consistency_score
 
 TAGS = ("<think>", "</think>", "<response>", "</response>")
@@ -115,11 +117,23 @@ def japanese_purity_reward(completions, **kwargs) -> list[float]:
     return [FORMAT_REWARD * consistency_score(t) for t in texts_of(completions)]
 
 
+def correct_answer_reward(completions, answer=None, **kwargs) -> list[float]:
+    """1.0 when the last number in <response> equals the row's ``answer`` column, else 0.0."""
+    texts = texts_of(completions)
+    try:
+        answers = list(answer) if answer is not None and not isinstance(answer, str | bytes) else [answer] * len(texts)
+    except TypeError:  # a lone number, not one per completion
+        answers = [answer] * len(texts)
+    answers += [None] * (len(texts) - len(answers))  # a short column scores the rest as wrong, never raises
+    return [CORRECT_REWARD if is_correct(t, a) else 0.0 for t, a in zip(texts, answers, strict=False)]
+
+
 REWARD_FUNCS: dict[str, RewardFunc] = {
     "xmlcount": xmlcount_reward,
     "soft_format": soft_format_reward,
     "strict_format": strict_format_reward,
     "japanese_purity": japanese_purity_reward,  # language consistency of the thinking, see docs/purity-reward.md
+    "correct_answer": correct_answer_reward,  # needs an `answer` column (datasets/arithmetic.csv)
 }
 
 

@@ -9,10 +9,10 @@ of small kernel launches and Python per token), not by the GPU. Here the whole d
 sampling, bookkeeping) is captured once per rollout as one CUDA graph and replayed for every token, so the GPU runs
 close to its weight-reading floor.
 
-What stays the same: ``install(trainer)`` swaps only ``GRPOTrainer._generate_single_turn``. TRL still tokenizes the
-prompts, decodes, scores the rewards and computes the loss; the policy is the same model with its LoRA adapters
-applied *unmerged* (``x W + s (x A) B``, as in training, so tiny early LoRA updates are not rounded away in a bf16
-merge), sampled with the trainer's temperature / top-k / top-p and cut after the first EOS token, like TRL does.
+What stays the same: ``install(trainer)`` swaps only TRL's rollout hook (``compat.GENERATE_METHOD``). TRL still
+tokenizes the prompts, decodes, scores the rewards and computes the loss; the policy is the same model with its LoRA
+adapters applied *unmerged* (``x W + s (x A) B``, as in training, so tiny early LoRA updates are not rounded away in a
+bf16 merge), sampled with the trainer's temperature / top-k / top-p and cut after the first EOS token, like TRL does.
 4-bit base weights are dequantized to bf16 for the rollout, which is what bitsandbytes does inside each matmul anyway.
 
 Between rollouts the engine keeps the dequantized base weights (frozen; the LoRA factors are re-read into fixed

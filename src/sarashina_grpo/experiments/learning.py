@@ -11,7 +11,6 @@ model repeats one output for every prompt), then from that same warm start run t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -28,6 +27,7 @@ logger = logging.getLogger(__name__)
 TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (config.project_path)
 EVAL_DATA = "datasets/eval.csv"
 RUNS = {"format": DEFAULT_REWARDS, "format+purity": (*DEFAULT_REWARDS, "japanese_purity")}
+ARTICLE_RUN = "format-article"  # with ProofSettings.compare_algorithms: format rewards, the article's algorithm
 # GRPO variants (Settings fields): the article's (TRL 0.14, early 2025) and DAPO without KL (TRL 1.x's default).
 ALGORITHMS = {
     "article": dict(loss_type="grpo", beta=0.04),
@@ -45,15 +45,17 @@ class ProofSettings:
     warm_start: WarmStart = field(default_factory=WarmStart)
     eval_samples_per_prompt: int = 2  # 135 prompts × 2 sampled outputs: a rate is measured to about ±4%
     # The proof's runs use DAPO without KL (what TRL 1.15 + Unsloth ran when the margins were measured);
-    # ALGORITHMS compares it with the article's GRPO from the same warm start (docs/learning.md).
-    algorithm: dict = field(default_factory=lambda: dict(ALGORITHMS["dapo"]))
+    # compare_algorithms adds a run with the article's GRPO from the same warm start (docs/learning.md).
+    algorithm: str = "dapo"
+    compare_algorithms: bool = False
 
-    def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...]) -> Settings:
+    def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...], algorithm: str | None = None) -> Settings:
         return Settings(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.grpo_steps, save_steps=10_000, logging_steps=10, seed=self.seed,
-            reward_names=reward_names, data_path=TRAIN_DATA, log_completions=False, **self.algorithm,
+            reward_names=reward_names, data_path=TRAIN_DATA, log_completions=False,
+            **ALGORITHMS[algorithm or self.algorithm],
         ).validate()
 
     def generation(self) -> GenerationSettings:
@@ -77,11 +79,13 @@ def evaluate_sampled(model, tokenizer, name: str, out_dir: Path, proof: ProofSet
                     samples_per_prompt=proof.eval_samples_per_prompt, progress=False)
 
 
-def grpo(model_dir: Path, reward_names: tuple[str, ...], run: str, out_dir: Path, proof: ProofSettings):
+def grpo(model_dir: Path, reward_names: tuple[str, ...], run: str, out_dir: Path, proof: ProofSettings,
+         algorithm: str | None = None):
     """A fresh LoRA on the warm-started model, trained with the project's GRPO trainer; returns (model, tok, s)."""
     from ..pipeline import build_trainer, load_model, prepare, run_training
 
-    run_info = prepare(proof.grpo_settings(model_dir, reward_names), artifact_dir=out_dir, run_name=run)
+    settings = proof.grpo_settings(model_dir, reward_names, algorithm)
+    run_info = prepare(settings, artifact_dir=out_dir, run_name=run)
     model, tokenizer = load_model(run_info)
     trainer = build_trainer(run_info, model, tokenizer)
     started = time.monotonic()
@@ -105,8 +109,11 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     warm = warm_start(base, out_dir / "warm", train_prompts(), dataclasses.replace(proof.warm_start, seed=proof.seed))
     model, tokenizer = load_model(proof.grpo_settings(warm, DEFAULT_REWARDS), training=False, lora=False)
     results = {"before": evaluate_sampled(model, tokenizer, "before", out_dir, proof)}
-    for run, rewards in RUNS.items():
-        model, tokenizer, info = grpo(warm, rewards, run, out_dir, proof)
+    runs = [(run, rewards, None) for run, rewards in RUNS.items()]
+    if proof.compare_algorithms:
+        runs.append((ARTICLE_RUN, DEFAULT_REWARDS, "article"))
+    for run, rewards, algorithm in runs:
+        model, tokenizer, info = grpo(warm, rewards, run, out_dir, proof, algorithm)
         results[run] = {**evaluate_sampled(model, tokenizer, run, out_dir, proof), **info}
     results["seconds"] = round(time.monotonic() - started, 1)
     (out_dir / "proof.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -116,7 +123,9 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
 def table_rows(seed: int, results: dict) -> list[str]:
     """Markdown rows: one per run of this seed, the ``TABLE_KEYS`` figures and the GRPO time."""
     rows = []
-    for run in ("before", *RUNS):
+    for run in ("before", *RUNS, ARTICLE_RUN):
+        if run not in results:
+            continue
         metrics = results[run]
         cells = [f"{metrics[k]:.2f}" if metrics.get(k) is not None else "–" for k in TABLE_KEYS]
         seconds = f"{metrics['grpo_seconds']:.0f}" if "grpo_seconds" in metrics else ""
@@ -129,21 +138,22 @@ class ProofOptions:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds to run", "nargs": "+"})
     steps: int = field(default=ProofSettings.grpo_steps, metadata={"help": "GRPO steps per run"})
     out: str = field(default="artifact/learning", metadata={"help": "folder for models, runs and proof.json"})
+    compare_algorithms: bool = field(default=False, metadata={
+        "help": "also train with the article's GRPO (loss grpo, beta 0.04) from the same warm start"})
 
 
 def main(argv: list[str] | None = None) -> None:
     import unsloth  # noqa: F401  (patches transformers and TRL; must come first)
 
     from .. import setup_logging
-    from ..cli import add_dataclass_arguments, options
+    from ..cli import options, options_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(parser, ProofOptions)
-    args = options(parser.parse_args(argv), ProofOptions)
+    args = options(options_parser(ProofOptions, __doc__.split("\n\n")[0]).parse_args(argv), ProofOptions)
     setup_logging()
     lines = ["| seed | run | " + " | ".join(TABLE_KEYS) + " | GRPO s |", "|---|---|" + "---:|" * (len(TABLE_KEYS) + 1)]
     for seed in args.seeds:
-        results = run_proof(Path(args.out) / f"seed{seed}", ProofSettings(seed=seed, grpo_steps=args.steps))
+        proof = ProofSettings(seed=seed, grpo_steps=args.steps, compare_algorithms=args.compare_algorithms)
+        results = run_proof(Path(args.out) / f"seed{seed}", proof)
         lines += table_rows(seed, results)
         logger.info("seed %d done in %.0f s\n%s", seed, results["seconds"], "\n".join(lines))
     print("\n".join(lines))

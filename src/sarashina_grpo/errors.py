@@ -1,0 +1,155 @@
+"""Failures a user can cause or fix become one ``error: …`` line and exit code 2; bugs keep their traceback.
+
+``cli.main`` hands every exception to ``report``: settings and data errors, missing or damaged files, folders in
+the way, a full disk, read-only places. ``--debug`` (or ``SARASHINA_GRPO_DEBUG=1``) prints the full traceback as
+well, for bug reports. The ``check_*`` functions run before long work, so the mistake costs seconds: the
+``--compare`` names before an evaluation, the artifact sub-folders before a run. docs/troubleshooting.md lists
+every message.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .config import SettingsError
+from .data import DataError
+
+DEBUG_ENV = "SARASHINA_GRPO_DEBUG"
+USER_ERROR_EXIT = 2
+DISK_FULL_FIX = ("Free some space, or choose --artifact-dir on a disk with room. A checkpoint cut off by this is "
+                 "never resumed from: --resume continues from the last complete one.")
+WRITE_FIX = "Choose a writable --artifact-dir, or fix the permissions."
+# What PyTorch's C++ writer says when a write comes up short; a full disk is by far the usual cause, and torch
+# itself never mentions it (torch.save to /dev/full raises exactly these).
+TORCH_SHORT_WRITE = ("unexpected pos", "PytorchStreamWriter failed writing", "file write failed",
+                     "basic_ios::clear", "iostream error")
+DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded")
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    """``--debug`` was given, or the environment asks for tracebacks."""
+    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _chain(exc: BaseException):
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _where(err: OSError) -> str:
+    return f" ({err.filename})" if err.filename else ""
+
+
+def _file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The nearest existing part of ``path`` that is a file where a folder is needed."""
+    for part in [Path(path), *Path(path).parents]:
+        if part.exists():
+            return part if not part.is_dir() else None
+    return None
+
+
+def _os_error_message(err: OSError) -> str | None:
+    code, where = err.errno, _where(err)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"No space left on device{where}. {DISK_FULL_FIX}"
+    if code == errno.EROFS:
+        return f"Cannot write{where}: it is on a read-only file system. {WRITE_FIX}"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"Permission denied{where}. {WRITE_FIX}"
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _file_in_the_way(err.filename) if err.filename else None
+        if blocker is not None:
+            return (f"{blocker} is a file where a folder is needed. Move or rename it, or choose another "
+                    "--artifact-dir.")
+        return f"A file is in the way where a folder is needed{where}. Move or rename it."
+    if code == errno.EISDIR:
+        return f"Expected a file but found a folder{where}."
+    if code == errno.ENOENT:
+        return f"No such file or folder{where}."
+    return None
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one-line message for a failure the user can cause or fix; None for anything else (a bug)."""
+    if isinstance(exc, SettingsError | DataError):
+        return str(exc)
+    for err in _chain(exc):
+        if isinstance(err, OSError) and (message := _os_error_message(err)):
+            return message
+    text = " ".join(str(err) for err in _chain(exc))
+    if any(marker in text for marker in DISK_FULL_TEXT):
+        return f"No space left on device. {DISK_FULL_FIX}"
+    if isinstance(exc, RuntimeError) and any(marker in text for marker in TORCH_SHORT_WRITE):
+        return (f"Writing a file failed inside PyTorch ({str(exc).strip()[:80]}): the disk is most likely full "
+                f"(no space left on device). {DISK_FULL_FIX}")
+    if isinstance(exc, json.JSONDecodeError):
+        return (f"A JSON file is cut off or damaged ({exc}). Run again with --debug to see which one, then restore "
+                "or delete it.")
+    return None
+
+
+def report(exc: BaseException, *, debug: bool = False, stream=None) -> int | None:
+    """Print ``error: …`` for a user-caused failure and return the exit code (2); None means a bug: re-raise it.
+    With ``debug`` the full traceback comes first, for bug reports."""
+    message = user_error_message(exc)
+    if message is None:
+        return None
+    stream = stream or sys.stderr
+    if debug_enabled(debug):
+        traceback.print_exception(exc, file=stream)
+    print(f"error: {message}", file=stream)
+    return USER_ERROR_EXIT
+
+
+# --- checks before long work ----------------------------------------------------------------------------------
+
+ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run",
+                    "eval": "evaluations"}
+
+
+def check_artifact_dir(artifact_dir: str | os.PathLike) -> None:
+    """Raise ``SettingsError`` when the artifact folder or one of its sub-folders is a file, before a run starts
+    (instead of a traceback, and an empty run folder, halfway through creating them)."""
+    root = Path(artifact_dir)
+    if root.exists() and not root.is_dir():
+        raise SettingsError(f"Artifact folder {root} is a file. Choose another with --artifact-dir, or move the file.")
+    for name, holds in ARTIFACT_FOLDERS.items():
+        folder = root / name
+        if folder.exists() and not folder.is_dir():
+            raise SettingsError(f"{folder} is a file, but it must be the folder of the {holds}. Move or rename the "
+                                "file, or choose another --artifact-dir.")
+
+
+def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> None:
+    """Raise ``SettingsError`` naming every ``--compare`` evaluation that does not exist or cannot be read, and the
+    ones that do, before an evaluation runs (not after it)."""
+    eval_dir = Path(artifact_dir) / "eval"
+    missing, damaged = [], []
+    for name in names:
+        path = Path(name) if (Path(name) / "metrics.json").exists() else eval_dir / str(name)
+        metrics = path / "metrics.json"
+        if not metrics.is_file():
+            missing.append(str(name))
+            continue
+        try:
+            json.loads(metrics.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            damaged.append(str(metrics))
+    if missing:
+        known = sorted(p.name for p in eval_dir.glob("*") if (p / "metrics.json").is_file())
+        raise SettingsError(
+            f"--compare: no evaluation named {', '.join(map(repr, missing))} (looked in {eval_dir}). Evaluations "
+            f"there: {known or 'none'}. Run `sarashina-grpo eval --name NAME` first, or give an evaluation folder."
+        )
+    if damaged:
+        raise SettingsError(f"--compare: {', '.join(damaged)} is cut off or not valid JSON. Run that evaluation "
+                            "again (sarashina-grpo eval --name …).")

@@ -1,0 +1,275 @@
+"""Export a trained checkpoint for use outside this repo: the LoRA adapter, or one merged 16-bit model.
+
+    sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/sarashina-think            # adapter
+    sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/sarashina-think --merged   # full model
+
+Both write the tokenizer (with its chat template) and a model card ``README.md``: base model, the run's settings
+(from ``outputs/<run>/run.json``), rewards, steps, and the run's last evaluation (``artifact/eval/*/metrics.json``)
+if there is one. ``--merged`` loads the base model named in ``adapter_config.json`` with plain transformers, applies
+the adapter with PEFT, merges it into the weights and saves a model that ``AutoModelForCausalLM.from_pretrained(OUT)``
+loads without PEFT or Unsloth (which this module never imports), ready for vLLM or llama.cpp's GGUF converter.
+
+The export is written to a temporary folder beside OUT and renamed at the end, so a failed export leaves no
+half-written OUT behind. ``push_to_hub`` uploads OUT with ``huggingface_hub`` (not tested here: no hub access).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete_in, step_of
+from .config import SYSTEM_PROMPT, SettingsError
+from .modeling import looks_like_path, tiny_model_dir
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+RUN_INFO = "run.json"  # pipeline.RUN_INFO, written into outputs/<run>/ (not imported: pipeline pulls in TRL)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")  # any one loads a tokenizer
+DTYPES = ("bfloat16", "float16", "float32")
+# Settings shown in the model card, in this order; the full record is the run's run.json.
+CARD_SETTINGS = ("model_name", "load_in_4bit", "lora_rank", "lora_alpha", "learning_rate", "num_generations",
+                 "per_device_train_batch_size", "max_completion_length", "max_steps", "temperature", "rollout", "seed")
+CARD_METRICS = ("n", "strict_format_rate", "soft_format_rate", "think_purity_mean", "response_purity_mean",
+                "answer_accuracy")
+
+
+def check_checkpoint(checkpoint: str | Path) -> Path:
+    """The checkpoint folder, or a ``SettingsError`` saying what to give instead."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
+                            "artifact/outputs/<run>/checkpoint-500.")
+    has = {p.name for p in path.iterdir()}
+    newest = newest_complete_in(path)
+    if ADAPTER_CONFIG not in has and newest:
+        raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {newest}.")
+    if step_of(path) is not None and COMPLETE_MARKER not in has:
+        raise SettingsError(f"{path} is a half-written checkpoint (no {COMPLETE_MARKER} marker): the run was cut off "
+                            "while saving it. Export an earlier checkpoint-N of the same run.")
+    if ADAPTER_CONFIG not in has:
+        full = has & set(MODEL_FILES) and has & set(WEIGHT_FILES)
+        raise SettingsError(f"{path} holds no LoRA adapter ({ADAPTER_CONFIG})" + (
+            ": it is already a full model, which transformers loads as it is." if full else
+            ". Give a checkpoint folder written by training (artifact/outputs/<run>/checkpoint-N)."))
+    missing = [what for what, names in (("adapter weights", ADAPTER_WEIGHT_FILES), ("tokenizer", TOKENIZER_FILES))
+               if not has & set(names)]
+    if missing:
+        raise SettingsError(f"{path} is incomplete: no {' and no '.join(missing)} ({', '.join(missing)} files are "
+                            "saved with every checkpoint). Export another checkpoint of the run.")
+    return path
+
+
+def check_out(out: str | Path) -> Path:
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SettingsError(f"OUT {out} is a file; give a new folder to write the export to.")
+    if out.is_dir() and any(out.iterdir()):
+        raise SettingsError(f"OUT {out} exists and is not empty; give a new folder (nothing is overwritten).")
+    return out
+
+
+def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
+    """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base.
+
+    Hub ids stay hub ids (loaded from the local cache or the hub); a recorded folder must still exist here.
+    """
+    recorded = json.loads((checkpoint / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    name = base_model or recorded
+    if not name:
+        raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
+    if name == "tiny":
+        return str(tiny_model_dir())
+    if looks_like_path(name) or Path(name).is_absolute():
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").exists():
+            source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
+            raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
+                                "config.json. Pass the base model's folder or hub id with --base-model.")
+        return str(folder)
+    return name
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
+                      dtype: str = "bfloat16", push_to_hub: str | None = None, private: bool = True) -> Path:
+    """Write ``checkpoint``'s adapter (or, with ``merged``, the merged model) + tokenizer + model card to ``out``.
+
+    ``dtype`` is the merged model's weight type (16-bit by default; ``float32`` for exact CPU comparisons).
+    All checks run before anything loads; return ``out``.
+    """
+    checkpoint, out = check_checkpoint(checkpoint), check_out(out)
+    if dtype not in DTYPES:
+        raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    base = base_model_of(checkpoint, base_model) if merged else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{time.time_ns()}"
+    staging.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on OUT
+    try:
+        if merged:
+            write_merged(checkpoint, base, staging, dtype)
+        else:
+            write_adapter(checkpoint, staging)
+        write_model_card(checkpoint, staging, merged=merged, base=base, dtype=dtype)
+        if out.exists():
+            out.rmdir()  # empty (check_out), so the rename below can take its place
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Exported %s to %s (%s).", checkpoint, out, "merged model" if merged else "LoRA adapter")
+    if push_to_hub:
+        try:
+            upload(out, push_to_hub, private=private)
+        except Exception as err:  # no token, no network, a name taken: the export itself is done and kept
+            raise SettingsError(f"Exported to {out}, but the upload to {push_to_hub!r} failed "
+                                f"({type(err).__name__}: {err}). Log in (`hf auth login` or HF_TOKEN) and run "
+                                "the export again into a new folder, or upload OUT yourself.") from None
+    return out
+
+
+def write_adapter(checkpoint: Path, folder: Path) -> None:
+    """The adapter files as training saved them, and the tokenizer re-saved (what PEFT and vLLM's LoRA load)."""
+    from transformers import AutoTokenizer
+
+    for name in (ADAPTER_CONFIG, *ADAPTER_WEIGHT_FILES):
+        if (checkpoint / name).exists():
+            shutil.copy2(checkpoint / name, folder / name)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(folder)
+
+
+def write_merged(checkpoint: Path, base: str, folder: Path, dtype: str) -> None:
+    """Base + adapter merged into plain weights with transformers + PEFT (no Unsloth), saved with the tokenizer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(base)
+    except OSError as err:
+        raise SettingsError(f"Cannot load the base model {base!r} to merge into ({err}). Pass its local folder "
+                            "with --base-model, or export the adapter alone (without --merged).") from None
+    if getattr(config, "quantization_config", None):
+        raise SettingsError(f"The base model {base!r} is stored quantized; a merged 16-bit model needs the "
+                            "unquantized base. Pass it with --base-model, e.g. --base-model "
+                            "sbintuitions/sarashina2.2-3b-instruct-v0.1.")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.save_pretrained(folder)
+    # generate() stops at the chat turn's end only if the saved generation config knows that token.
+    if tokenizer.eos_token_id is not None and model.generation_config.eos_token_id is None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.save_pretrained(folder)
+
+
+def upload(folder: Path, repo_id: str, *, private: bool = True) -> str:
+    """Upload ``folder`` to the hub repo ``repo_id`` (created if missing, private by default); return its URL.
+    Needs a token (``hf auth login`` or ``HF_TOKEN``). Not exercised by the tests: this project has no hub access."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload from sarashina-grpo export")
+    logger.info("Uploaded %s to %s", folder, url)
+    return str(url)
+
+
+# --- model card -----------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
+    """(name, metrics) of the newest evaluation of this checkpoint, else of any checkpoint of its run, in
+    ``<artifact>/eval/`` (``artifact/outputs/<run>/checkpoint-N`` → ``artifact/eval``)."""
+    eval_dir = checkpoint.resolve().parent.parent.parent / "eval"
+    run = checkpoint.resolve().parent.name
+    found = []
+    for path in eval_dir.glob("*/metrics.json"):
+        metrics = read_json(path) or {}
+        model = Path(str(metrics.get("meta", {}).get("model", "")))
+        if model.parent.name == run and step_of(model) is not None:  # meta.model may be relative
+            found.append((model.name == checkpoint.name, path.stat().st_mtime, path.parent.name, metrics))
+    if not found:
+        return None
+    _, _, name, metrics = max(found, key=lambda f: f[:2])
+    return name, metrics
+
+
+def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str) -> str:
+    """The README.md of an export: what it is, how to load it, how it was trained and evaluated."""
+    from .rewards import REWARD_FUNCS
+
+    adapter = read_json(checkpoint / ADAPTER_CONFIG) or {}
+    base = base or adapter.get("base_model_name_or_path", "?")
+    run = read_json(checkpoint.parent / RUN_INFO)
+    state = read_json(checkpoint / "trainer_state.json") or {}
+    settings = (run or {}).get("settings", {})
+    rewards = settings.get("reward_names") or []
+    hub_base = base if not looks_like_path(base) and not Path(base).is_absolute() else None
+    lines = ["---", f"base_model: {hub_base}" if hub_base else None,
+             f"library_name: {'transformers' if merged else 'peft'}", "language: [ja]",
+             "tags: [grpo, trl, unsloth, sarashina-grpo]", "---", "",
+             f"# {checkpoint.parent.name}/{checkpoint.name}" + (" (merged)" if merged else " (LoRA adapter)"), "",
+             "GRPO-trained with sarashina-grpo (Unsloth + TRL) to think in `<think>` before answering in "
+             f"`<response>`. Base model: `{base}`. "
+             + (f"The LoRA adapter is merged into the weights ({dtype}): no PEFT needed." if merged else
+                f"LoRA adapter (r={adapter.get('r')}, α={adapter.get('lora_alpha')}) for the base model."), ""]
+    system_prompt = settings.get("system_prompt") or SYSTEM_PROMPT  # the prompt it was trained under
+    lines += ["## Use", "", "It was trained under this system prompt; use it (or one like it) to get the format:", "",
+              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              'MODEL = "OUT"  # this folder, or its hub repo id', f"SYSTEM_PROMPT = {system_prompt!r}"]
+    if merged:
+        lines += ["model = AutoModelForCausalLM.from_pretrained(MODEL)"]
+    else:
+        lines += ["from peft import PeftModel", "",
+                  f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), MODEL)']
+    lines += ["tokenizer = AutoTokenizer.from_pretrained(MODEL)",
+              'messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "こんにちは"}]',
+              "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+              "return_dict=True)",
+              "reply = model.generate(**inputs, max_new_tokens=512)[0, inputs[\"input_ids\"].shape[1]:]",
+              "print(tokenizer.decode(reply, skip_special_tokens=True))", "```", ""]
+    lines += ["## Training", "", f"- steps: {state.get('global_step', '?')} (checkpoint `{checkpoint.name}`)"]
+    if run:
+        lines += [f"- data: `{Path(run['data']).name if run.get('data') else '?'}`", "", "| setting | value |",
+                  "|---|---|"] + [f"| {k} | `{settings[k]}` |" for k in CARD_SETTINGS if k in settings]
+    else:
+        lines += ["- settings: not recorded (no run.json next to the checkpoint)"]
+    if rewards:
+        lines += ["", "Rewards:", ""] + [f"- `{name}`: {_first_line(REWARD_FUNCS.get(name))}" for name in rewards]
+    evaluation = last_evaluation(checkpoint)
+    lines += ["", "## Evaluation", ""]
+    if evaluation:
+        name, metrics = evaluation
+        meta = metrics.get("meta", {})
+        lines += [f"`{name}` (model `{meta.get('model')}`, data `{Path(str(meta.get('data', '?'))).name}`):", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_number(metrics[k])} |" for k in CARD_METRICS if metrics.get(k) is not None]
+    else:
+        lines += ["No evaluation of this run was found (`sarashina-grpo eval --model <checkpoint>` writes one)."]
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def _first_line(func) -> str:
+    lines = (func.__doc__ or "").strip().splitlines() if func else []
+    return lines[0] if lines else "(not described in this version's registry)"
+
+
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(checkpoint: Path, folder: Path, **kwargs) -> None:
+    (folder / "README.md").write_text(model_card(checkpoint, **kwargs), encoding="utf-8")

@@ -1,0 +1,390 @@
+"""Exporting a checkpoint: clear errors before anything loads, a model card, and a merged model that plain
+transformers loads and that answers exactly as the checkpoint does through the project's own inference.
+
+The slow part builds a LoRA checkpoint on the tiny model with plain PEFT (non-zero LoRA B weights, so the adapter
+changes the outputs), exports it merged in a subprocess, loads the result in a fresh subprocess that never imports
+Unsloth or PEFT, and compares greedy tokens with ``inference.load_for_inference`` + ``generate`` (float32 on CPU:
+random bf16 weights give near-ties that flip argmaxes), and runs the model card's usage snippet. A last test
+trains one real GRPO step with the arithmetic recipe (Unsloth + TRL) and exports that checkpoint merged.
+~7 minutes on 2 shared cores (fixture ~200 s, the training test ~200 s).
+
+    uv run pytest tests/test_export.py -q               # add -m "not slow" for the checks and the model card only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sarashina_grpo.checkpoints import COMPLETE_MARKER
+from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.export import check_checkpoint, export_checkpoint, last_evaluation, model_card
+
+PROMPTS = ["こんにちは", "週末は何をしよう？", "1個120円のりんごを3個買うといくらですか？"]
+NEW_TOKENS = 24
+
+
+def fake_checkpoint(run_dir: Path, step: int = 2, *, marker=True, weights=True, base="sbintuitions/x") -> Path:
+    """A checkpoint folder's files without real weights: enough for every check made before a model loads."""
+    folder = run_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 8,
+                                                            "lora_alpha": 16}))
+    if weights:
+        (folder / "adapter_model.safetensors").write_bytes(b"w")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if marker:
+        (folder / COMPLETE_MARKER).write_text(f"{step}\n")
+    return folder
+
+
+def write_run(run_dir: Path, data: str = "datasets/arithmetic.csv", **settings) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {"settings": dataclasses.asdict(Settings(**settings)), "data": data}
+    (run_dir / "run.json").write_text(json.dumps(info, default=str))
+
+
+def write_eval(artifact: Path, name: str, model: str, **metrics) -> Path:
+    folder = artifact / "eval" / name
+    folder.mkdir(parents=True)
+    meta = {"model": model, "data": "datasets/arithmetic_eval.csv"}
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "meta": meta}))
+    return folder
+
+
+# --- errors, before anything loads -------------------------------------------------------------------------------
+
+
+def test_missing_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(SettingsError, match="no such folder"):
+        export_checkpoint(tmp_path / "nope", tmp_path / "out")
+
+
+def test_a_run_folder_points_at_its_newest_finished_checkpoint(tmp_path):
+    fake_checkpoint(tmp_path / "r", 9)
+    newest = fake_checkpoint(tmp_path / "r", 10)
+    fake_checkpoint(tmp_path / "r", 11, marker=False)
+    with pytest.raises(SettingsError, match=f"is a run folder.*{newest}"):
+        check_checkpoint(tmp_path / "r")
+
+
+def test_half_written_checkpoint_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="half-written checkpoint"):
+        check_checkpoint(fake_checkpoint(tmp_path / "r", marker=False))
+
+
+def test_checkpoint_without_adapter_weights_is_incomplete(tmp_path):
+    with pytest.raises(SettingsError, match="incomplete: no adapter weights"):
+        check_checkpoint(fake_checkpoint(tmp_path / "r", weights=False))
+
+
+def test_a_full_model_folder_needs_no_export(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    with pytest.raises(SettingsError, match="already a full model"):
+        check_checkpoint(tmp_path)
+
+
+def test_non_empty_out_is_never_overwritten(tmp_path):
+    checkpoint = fake_checkpoint(tmp_path / "r")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(SettingsError, match="exists and is not empty"):
+        export_checkpoint(checkpoint, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_out_that_is_a_file_is_an_error(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(SettingsError, match="is a file"):
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out")
+
+
+def test_merging_onto_a_base_folder_that_is_gone_says_to_pass_base_model(tmp_path):
+    checkpoint = fake_checkpoint(tmp_path / "r", base=str(tmp_path / "moved-away"))
+    with pytest.raises(SettingsError, match="does not exist here.*--base-model"):
+        export_checkpoint(checkpoint, tmp_path / "out", merged=True)
+
+
+def test_cli_reports_a_bad_checkpoint_as_one_error_line(tmp_path, capsys):
+    from sarashina_grpo.cli import main
+
+    assert main(["export", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: Checkpoint ")
+
+
+def test_unknown_dtype_is_an_error(tmp_path):
+    with pytest.raises(SettingsError, match="dtype must be one of"):
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", dtype="int8")
+
+
+def test_a_failed_export_leaves_no_out_folder_behind(tmp_path, monkeypatch):
+    import sarashina_grpo.export as export
+
+    def broken(checkpoint, folder):
+        (folder / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "write_adapter", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # neither OUT nor a staging folder
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_out(tmp_path, monkeypatch):
+    # A stand-in for huggingface_hub.HfApi: the real hub is never reached from tests (nor from this project).
+    import huggingface_hub
+
+    import sarashina_grpo.export as export
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+            calls.append(("upload_folder", kwargs["repo_id"], files))
+
+    monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: (folder / "adapter_model.safetensors").touch())
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
+    assert calls == [("create_repo", "me/think", {"private": True, "exist_ok": True}),
+                     ("upload_folder", "me/think", ["README.md", "adapter_model.safetensors"])]
+
+
+def test_a_failed_upload_keeps_the_export_and_says_so(tmp_path, monkeypatch):
+    import sarashina_grpo.export as export
+
+    def no_token(folder, repo_id, private):
+        raise RuntimeError("401 Unauthorized")
+
+    monkeypatch.setattr(export, "write_adapter", lambda checkpoint, folder: None)
+    monkeypatch.setattr(export, "upload", no_token)
+    with pytest.raises(SettingsError, match=r"Exported to .*out, but the upload to 'me/think' failed .*401"):
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
+    assert (tmp_path / "out" / "README.md").exists()
+
+
+# --- the model card ----------------------------------------------------------------------------------------------
+
+
+def test_model_card_names_base_settings_rewards_and_this_checkpoints_evaluation(tmp_path):
+    artifact = tmp_path / "artifact"
+    run = artifact / "outputs" / "r"
+    write_run(run, model_name="sbintuitions/x", learning_rate=1e-5,
+              reward_names=("soft_format", "correct_answer"))
+    checkpoint = fake_checkpoint(run, 2)
+    write_eval(artifact, "mine", "artifact/outputs/r/checkpoint-2", strict_format_rate=0.25, answer_accuracy=0.5)
+    newer = write_eval(artifact, "other-ckpt", "artifact/outputs/r/checkpoint-1", answer_accuracy=0.1)
+    os.utime(newer / "metrics.json", (4e9, 4e9))  # newer, but of another checkpoint
+    card = model_card(checkpoint, merged=False, base=None, dtype="bfloat16")
+    assert "base_model: sbintuitions/x" in card and "library_name: peft" in card
+    assert "| learning_rate | `1e-05` |" in card and "- data: `arithmetic.csv`" in card
+    assert "- `correct_answer`: 1.0 when the last number in <response>" in card
+    assert "`mine`" in card and "| answer_accuracy | 0.500 |" in card and "| strict_format_rate | 0.250 |" in card
+
+
+def test_without_an_evaluation_of_this_checkpoint_the_runs_newest_is_used(tmp_path):
+    artifact = tmp_path / "artifact"
+    checkpoint = fake_checkpoint(artifact / "outputs" / "r", 2)
+    old = write_eval(artifact, "old", "artifact/outputs/r/checkpoint-1", answer_accuracy=0.1)
+    os.utime(old / "metrics.json", (1, 1))
+    write_eval(artifact, "new", "/elsewhere/artifact/outputs/r/checkpoint-1", answer_accuracy=0.2)
+    write_eval(artifact, "unrelated", "artifact/outputs/other-run/checkpoint-2", answer_accuracy=0.9)
+    assert last_evaluation(checkpoint)[0] == "new"
+
+
+def test_card_of_a_run_without_records_says_so(tmp_path):
+    card = model_card(fake_checkpoint(tmp_path / "r"), merged=True, base="/models/base", dtype="bfloat16")
+    assert "not recorded" in card and "No evaluation" in card and "base_model:" not in card  # a path is no hub id
+
+
+# --- a real export of the tiny model -----------------------------------------------------------------------------
+
+FRESH = textwrap.dedent("""
+    # Runs in a fresh interpreter: what a user outside this repo does with the merged folder.
+    import contextlib, io, json, sys
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, base, prompts, system, n = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+
+    def greedy(model):
+        results = []
+        for prompt in prompts:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+            inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True)
+            ids = model.generate(**inputs, max_new_tokens=n, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+            results.append({"ids": ids.tolist(), "text": tokenizer.decode(ids, skip_special_tokens=True)})
+        return results
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    report = {
+        "class": type(model).__name__,
+        "dtype": str(model.dtype),
+        "lora_names": [name for name, _ in model.named_modules() if "lora" in name.lower()]
+                      + [key for key in model.state_dict() if "lora" in key.lower()],
+        "merged": greedy(model),
+        "base": greedy(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)),
+        "imported": sorted({m.split(".")[0] for m in sys.modules} & {"unsloth", "unsloth_zoo", "peft"}),
+    }
+    # The model card's own snippet, run as written (folder and length filled in): it asks "こんにちは".
+    card = open(out + "/README.md", encoding="utf-8").read()
+    snippet = card.split("```python\\n")[1].split("```")[0]
+    snippet = snippet.replace('"OUT"', repr(out)).replace("max_new_tokens=512", f"max_new_tokens={n}")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet, {})
+    report["card_reply"] = printed.getvalue()[:-1]  # print's newline
+    print("REPORT " + json.dumps(report))
+""")
+
+
+def run_python(code: str, *args) -> str:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def make_lora_checkpoint(base_dir: Path, run_dir: Path) -> Path:
+    """What training saves, built directly: adapter + tokenizer + trainer state + marker, and the run's run.json.
+    LoRA B starts at zero (the adapter would be a no-op); random B weights make the merge matter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sarashina_grpo.config import LORA_TARGET_MODULES
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # alpha != r, so a merge that ignored the LoRA scale (alpha / r) would give other tokens.
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_TARGET_MODULES),
+                                             task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    checkpoint = run_dir / "checkpoint-2"
+    model.save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(checkpoint)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (checkpoint / COMPLETE_MARKER).write_text("2\n")
+    write_run(run_dir, model_name=str(base_dir), load_in_4bit=False, reward_names=("strict_format", "correct_answer"))
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    from sarashina_grpo.config import SYSTEM_PROMPT
+
+    artifact = tmp_path_factory.mktemp("artifact")
+    checkpoint = make_lora_checkpoint(tiny_model_dir, artifact / "outputs" / "r")
+    out = artifact / "exported"
+    # The command a user runs, in a process of its own, which must not import Unsloth.
+    run_python("import sys\nfrom sarashina_grpo.cli import main\n"
+               "code = main(['export', *sys.argv[1:], '--merged', '--dtype', 'float32'])\n"
+               "assert 'unsloth' not in sys.modules, 'the export imported Unsloth'\nsys.exit(code)", checkpoint, out)
+    stdout = run_python(FRESH, out, tiny_model_dir, json.dumps(PROMPTS, ensure_ascii=False), SYSTEM_PROMPT,
+                        NEW_TOKENS)
+    report = json.loads(stdout.split("REPORT ", 1)[1])
+    return dict(checkpoint=checkpoint, out=out, report=report)
+
+
+@pytest.mark.slow
+def test_merged_folder_is_a_plain_transformers_model(exported):
+    report = exported["report"]
+    assert report["class"] == "LlamaForCausalLM" and report["dtype"] == "torch.float32"
+    assert report["lora_names"] == []
+    assert report["imported"] == []  # neither Unsloth nor PEFT was needed to load and generate
+    assert not (exported["out"] / "adapter_config.json").exists()
+    assert "library_name: transformers" in (exported["out"] / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_the_model_cards_usage_snippet_runs_and_answers_like_the_checkpoint(exported):
+    report = exported["report"]
+    assert PROMPTS[0] == "こんにちは" and report["card_reply"] == report["merged"][0]["text"]
+
+
+@pytest.mark.slow
+def test_the_adapter_changes_the_answers(exported):
+    merged, base = exported["report"]["merged"], exported["report"]["base"]
+    assert [r["ids"] for r in merged] != [r["ids"] for r in base]  # else this test could not see a lost adapter
+
+
+@pytest.mark.slow
+def test_merged_model_gives_the_checkpoints_greedy_tokens_through_the_projects_inference(exported):
+    import torch
+
+    from sarashina_grpo.data import to_messages
+    from sarashina_grpo.inference import GenerationSettings, generate, load_for_inference
+
+    model, tokenizer = load_for_inference(Settings(model_name=str(exported["checkpoint"]), load_in_4bit=False))
+    assert model.dtype == torch.float32
+    conversations = [to_messages(p) for p in PROMPTS]
+    # batch_size=1: no padding, so both sides run the same matrix shapes.
+    texts = generate(model, tokenizer, conversations, GenerationSettings(max_new_tokens=NEW_TOKENS, batch_size=1))
+    ids = []
+    for conversation in conversations:
+        inputs = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        ids.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+    merged = exported["report"]["merged"]
+    assert [r["ids"] for r in merged] == ids
+    assert [r["text"] for r in merged] == texts
+
+
+@pytest.mark.slow
+def test_adapter_export_keeps_adapter_and_tokenizer_and_16_bit_is_the_default(exported, tmp_path):
+    from safetensors import safe_open
+
+    adapter = export_checkpoint(exported["checkpoint"], tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
+        p.name for p in adapter.iterdir()}
+    merged = export_checkpoint(exported["checkpoint"], tmp_path / "merged16", merged=True)
+    with safe_open(merged / "model.safetensors", "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+
+
+@pytest.mark.slow
+def test_a_checkpoint_trained_with_the_arithmetic_recipe_exports_merged(tiny_model_dir, repo_root, tmp_path):
+    """The real path: Unsloth + TRL train one step on the arithmetic data (TRL hands the answer column to
+    correct_answer), then the CLI merges the checkpoint Unsloth saved."""
+    from safetensors import safe_open
+
+    def cli(*args):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        return subprocess.run([sys.executable, "-m", "sarashina_grpo.cli", *map(str, args)], capture_output=True,
+                              text=True, cwd=repo_root, env=env, timeout=900)
+
+    artifact = tmp_path / "artifact"
+    train = cli("train", "--config", "configs/recipes/arithmetic.yaml", "--model", tiny_model_dir, "--max-steps", 1,
+                "--save-steps", 1, "--max-completion-length", 8, "--num-generations", 2, "--batch-size", 2,
+                "--artifact-dir", artifact, "--run-name", "arith")
+    assert train.returncode == 0, train.stderr[-3000:]
+    checkpoint = artifact / "outputs" / "arith" / "checkpoint-1"
+    logged = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"][0]
+    assert "rewards/correct_answer_reward/mean" in logged  # the reward ran on the answer column
+    export = cli("export", checkpoint, tmp_path / "merged", "--merged")
+    assert export.returncode == 0, export.stderr[-3000:]
+    with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as f:
+        assert f.keys() and not [k for k in f.keys() if "lora" in k.lower()]
+    card = (tmp_path / "merged" / "README.md").read_text(encoding="utf-8")
+    assert "- data: `arithmetic.csv`" in card and "- `correct_answer`:" in card and "- steps: 1" in card
