@@ -1,6 +1,6 @@
 """The main job on a CPU: watch GRPO teach a tiny model the think/response layout, in minutes, offline.
 
-    python -m sarashina_grpo.demo                  # about 2–5 minutes on 2 CPU cores (the `demo` command)
+    sarashina-grpo demo                            # about 3 minutes alone on a CPU (docs/demo.md)
     tensorboard --logdir artifact/logs             # train/rewards/strict_format_reward/mean rises
 
 A random-weight model never writes a tag, so every GRPO group scores alike and nothing is learned (the plain
@@ -246,26 +246,3 @@ def write_summary(result: DemoResult, demo: DemoSettings) -> None:
     (result.run_dir / "demo.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str) + "\n",
                                               encoding="utf-8")
     (result.run_dir / "demo.md").write_text(result.table, encoding="utf-8")
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    import unsloth  # noqa: F401  (patches transformers and TRL; must come first)
-
-    from . import setup_logging
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=DemoSettings.seed)
-    parser.add_argument("--steps", type=int, default=DemoSettings.steps)
-    parser.add_argument("--artifact-dir", default=None, help="unset: artifact/ in the project folder")
-    parser.add_argument("--run-name", default=None)
-    args = parser.parse_args(argv)
-    setup_logging()
-    result = run_demo(args.artifact_dir, DemoSettings(seed=args.seed, steps=args.steps), run_name=args.run_name)
-    print(result.table)
-    print(f"Reward curve: {result.curve_png}\nTensorBoard: tensorboard --logdir {result.log_dir.parent}")
-
-
-if __name__ == "__main__":
-    main()
