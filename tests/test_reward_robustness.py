@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sarashina_grpo.arithmetic import correct_answer_reward
 from sarashina_grpo.rewards import (
     REWARD_FUNCS,
     SOFT_FORMAT_RE,
     TAGS,
     completion_text,
+    correct_answer_reward,
     is_soft_format,
     japanese_purity_reward,
     soft_format_reward,
