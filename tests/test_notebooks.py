@@ -36,10 +36,9 @@ def finetuned(repo_root, tmp_path_factory):
     """Run the finetuning notebook once; return (artifact dir, executed notebook)."""
     tmp = tmp_path_factory.mktemp("finetuning")
     artifact = tmp / "artifact"
-    nb = execute(
-        repo_root, "finetuning.ipynb", tmp, **TINY, MAX_STEPS=2, SAVE_STEPS=2, NUM_GENERATIONS=2, BATCH_SIZE=2,
-        MAX_COMPLETION_LENGTH=16, MAX_SEQ_LENGTH=2048, ARTIFACT_DIR=str(artifact), RUN_NAME="nbtest",
-    )
+    settings = dict(model_name="tiny", max_steps=2, save_steps=2, num_generations=2, per_device_train_batch_size=2,
+                    max_completion_length=16, max_seq_length=2048)
+    nb = execute(repo_root, "finetuning.ipynb", tmp, SETTINGS=settings, ARTIFACT_DIR=str(artifact), RUN_NAME="nbtest")
     return artifact, nb
 
 
@@ -57,6 +56,12 @@ def test_finetuning_writes_tensorboard_events(finetuned):
 def test_finetuning_reports_finished_step(finetuned):
     _, nb = finetuned
     assert "finished at step 2" in outputs_text(nb)
+
+
+def test_finetuning_shows_the_algorithm_the_trainer_runs(finetuned):
+    _, nb = finetuned
+    # why: the article recipe's algorithm, read back from the trainer (not the libraries' defaults)
+    assert "'loss_type': 'grpo', 'beta': 0.04" in outputs_text(nb)
 
 
 def test_inference_chats_with_the_checkpoint(finetuned, repo_root, tmp_path):
