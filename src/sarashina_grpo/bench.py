@@ -91,7 +91,8 @@ def realistic_lengths(n: int, rng, max_length: int) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated ROLLOUT-N[xS][-bf16]")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS,
+                        help="comma-separated ROLLOUT-N[xS][-bf16][-real], or peer-N (plain TRL + PEFT, last)")
     parser.add_argument("--model", default=None,
                         help="'sarashina-3b' (random weights, exact config; default with CUDA), 'tiny' (default "
                              "without), or a model folder")
