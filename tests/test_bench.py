@@ -39,3 +39,22 @@ def test_bench_smoke_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path)
         assert 0 < row["generation_s"] <= row["step_s"]  # why: the rollout is timed inside the step
     assert markdown_table(rows) in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_realistic_lengths_follow_the_stated_distribution_within_the_cap():
+    import random
+
+    from sarashina_grpo.bench import REALISTIC_LENGTHS, realistic_lengths
+
+    lengths = realistic_lengths(4000, random.Random(0), 512)
+    mean = sum(lengths) / len(lengths)
+    # why: the README states this distribution next to the numbers it produced
+    assert REALISTIC_LENGTHS["low"] <= min(lengths) and max(lengths) <= 512
+    assert abs(mean - REALISTIC_LENGTHS["mean"]) < 10
+    assert max(realistic_lengths(100, random.Random(0), 64)) == 64  # capped at max_completion_length
+
+
+def test_peer_config_parses_without_4bit_and_rejects_generation_reuse():
+    assert parse_configs("peer-36", cuda=True)[0].load_in_4bit is False  # why: the peer is bf16 LoRA
+    with pytest.raises(SettingsError, match="peer"):
+        parse_configs("peer-6x2", cuda=True)

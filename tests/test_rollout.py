@@ -133,3 +133,52 @@ def test_a_reused_engine_decodes_like_a_fresh_one_and_sees_lora_updates(tiny_tra
         with torch.no_grad():
             for p, s in zip(lora_b, saved, strict=True):
                 p.copy_(s)
+
+
+SPLIT_K_CHECK = """
+import torch, torch.nn.functional as F
+from sarashina_grpo.rollout import decode_attention
+torch.manual_seed(0)
+batch, length, nkv, rep, d = 3, 192, 2, 2, 20  # d: not a power of two, as 160 in the 3B
+kv = torch.randn(2, batch, length, nkv, d)
+q = torch.randn(batch, nkv * rep, d)
+slot = 100  # slots 0..100 are filled; 101.. hold stale values that must not count
+mask = torch.zeros(batch, length)
+mask[0, :7] = mask[2, :40] = torch.finfo(torch.float32).min  # left padding
+out = decode_attention(q, kv, mask, torch.tensor([slot]))
+keys, values = (kv[i, :, : slot + 1].transpose(1, 2) for i in (0, 1))
+ref = F.scaled_dot_product_attention(q.view(batch, nkv, rep, d), keys, values,
+                                     attn_mask=mask[:, None, None, : slot + 1]).reshape(batch, nkv * rep, d)
+print(((out - ref).abs().max() / ref.abs().max()).item())
+"""
+
+
+@pytest.mark.slow
+def test_split_k_decode_attention_matches_sdpa_over_the_filled_slots():
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    # Triton's CPU interpreter must be on before triton is first imported, hence a fresh interpreter; float32
+    # only (the interpreter mishandles bf16 dots). The kernels run on CUDA in the fast rollout.
+    done = subprocess.run([sys.executable, "-c", SPLIT_K_CHECK], capture_output=True, text=True, check=False,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    # why: blocks past the filled slots must be skipped and the blocks' softmax partials combined exactly
+    assert float(done.stdout.split()[-1]) < 1e-5
+
+
+@pytest.mark.slow
+def test_forced_lengths_end_each_completion_with_eos_at_its_length(tiny_trainer):
+    trainer, dataset = tiny_trainer
+    prompt_ids = _prompt_ids(trainer, dataset)
+    natural = _fast(trainer).generate(prompt_ids)
+    engine = _fast(trainer)
+    cuts = [1, 5, 9, 30]  # 30 > max_new_tokens: that row is not cut
+    engine.forced_lengths = lambda n: cuts[:n]
+    eos = min(int(e) for e in trainer.eos_token_ids)
+    expected = [ids if len(ids) < cut else ids[: cut - 1] + [eos] for ids, cut in zip(natural, cuts, strict=True)]
+    # why: the benchmark's realistic lengths must end each completion exactly there, the tokens before unchanged
+    assert engine.generate(prompt_ids) == expected
+    assert engine.generate(prompt_ids) == expected  # and again from the kept graphs and buffers

@@ -8,6 +8,7 @@ silent fallback to a no-op.
 Names used, and why:
 - ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance.
 - ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs).
+- ``autotune_batch_and_chunks`` (Unsloth's compiled GRPO trainer module): watched by the benchmark's profiler.
 - ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
   rollout generates in (Unsloth switches to inference mode in it and back to training mode after it).
 - ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
@@ -95,3 +96,24 @@ def lora_pairs(module) -> list[tuple[object, object, float, bool]]:
     dora = getattr(module, "use_dora", {})
     return [(module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), module.scaling[name],
              bool(dora.get(name))) for name in module.active_adapters if name in module.lora_A]
+
+
+UNSLOTH_CHUNKING_FUNCTION = "autotune_batch_and_chunks"
+
+
+def watch_unsloth_chunking(trainer, record) -> object | None:
+    """Diagnostics for the benchmark: call ``record(rows, result)`` whenever Unsloth's compiled GRPO trainer picks
+    its mini-batches (``autotune_batch_and_chunks``, sized from free GPU memory). Returns a function that restores
+    the original, or None when this Unsloth has no such function (then nothing is recorded: a diagnostic only)."""
+    module = sys.modules.get(type(trainer).__module__)
+    inner = getattr(module, UNSLOTH_CHUNKING_FUNCTION, None)
+    if inner is None:
+        return None
+
+    def watched(rows, *args, **kwargs):
+        result = inner(rows, *args, **kwargs)
+        record(rows, result)
+        return result
+
+    setattr(module, UNSLOTH_CHUNKING_FUNCTION, watched)
+    return lambda: setattr(module, UNSLOTH_CHUNKING_FUNCTION, inner)

@@ -15,18 +15,29 @@ adapters applied *unmerged* (``x W + s (x A) B``, as in training, so tiny early 
 bf16 merge), sampled with the trainer's temperature / top-k / top-p and cut after the first EOS token, like TRL does.
 4-bit base weights are dequantized to bf16 for the rollout, which is what bitsandbytes does inside each matmul anyway.
 
+A decode step is launch-bound (a few µs per kernel even inside a graph), so it is built from few kernels
+(~590 per token instead of ~1,100; docs/benchmarks/README.md has the measurements): each projection group is two
+GEMMs (the LoRA A rows stacked under the base weight, then B added in place), the element-wise work (RoPE, the
+residual adds with the next norm, SwiGLU) runs as torch.compile'd pieces, k and v are written to the cache by one
+index_copy_, and attention is a split-K Triton kernel that reads only the filled cache slots (it reads the filled
+length on the device, so one graph serves the whole rollout). On CPU (tests) the same step runs eagerly with SDPA.
+
 Between rollouts the engine keeps the dequantized base weights (frozen; the LoRA factors are re-read into fixed
 buffers before every rollout) and, when the KV cache is small (``KEEP_CACHE_BYTES``: the 6-completion case), the
-cache and its captured graphs too. Graphs are captured without ``torch.cuda.graph``'s ``empty_cache()`` (which
-would also empty the pinned-host cache every rollout), into one long-lived pool. Decoding attends only to the
-filled part of the cache, one graph per ``ATTN_BUCKET`` of length (docs/benchmarks/README.md has the measurements).
+cache and its captured graph too. Graphs are captured without ``torch.cuda.graph``'s ``empty_cache()`` (which
+would also empty the pinned-host cache every rollout), into one long-lived pool.
 
 Supports Llama-architecture models (Sarashina 2.2) without biases; anything else raises ``UnsupportedModelError``
-when the trainer is built. ``SARASHINA_ROLLOUT_COMPILE=1`` also compiles the per-layer function (experimental).
+when the trainer is built. Switches for measuring the levers: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise
+pieces), ``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over ``ATTN_BUCKET``-rounded lengths, one graph per bucket).
+
+Private names of other libraries (Unsloth's rotary recomputation, TRL's rollout hook and generation context,
+bitsandbytes' quantisation state, PEFT's LoRA layers) are reached through ``compat.py`` only.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -50,20 +61,30 @@ class UnsupportedModelError(ValueError):
 
 @dataclass
 class Linear:
-    """A projection (or q/k/v, gate/up fused) as decoded: base weight plus unmerged, pre-scaled LoRA."""
+    """A projection (or q/k/v, gate/up fused) as decoded: base weight plus unmerged, pre-scaled LoRA.
 
-    weight: torch.Tensor  # [out, in]
-    lora_a: torch.Tensor | None = None  # [R, in]: the A matrices of the fused projections, stacked
+    The LoRA A matrices of the fused projections sit under the base rows of ``weight``, so that one GEMM gives
+    both ``x W^T`` and ``x A^T``; a second, in place (``addmm_``, no copy), adds ``(x A^T) (s B)^T`` to the base
+    part. Two kernels per projection group instead of four (GEMM, A GEMM, the copy an out-of-place addmm makes,
+    and the B GEMM): decoding is launch-bound, so this is measurable (docs/benchmarks/README.md)."""
+
+    weight: torch.Tensor  # [out + R, in]: base rows, then the stacked A rows of the fused projections
+    out: int  # base output rows
     lora_b: torch.Tensor | None = None  # [out, R]: scaling × B, block-diagonal over the fused projections
     rows: tuple[int, ...] = ()  # output rows of each fused projection
 
+    @property
+    def lora_a(self) -> torch.Tensor | None:
+        return None if self.lora_b is None else self.weight[self.out:]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = x @ self.weight.t()
-        if self.lora_a is not None:
-            shape = y.shape
-            y = torch.addmm(y.reshape(-1, shape[-1]), (x @ self.lora_a.t()).reshape(-1, self.lora_a.shape[0]),
-                            self.lora_b.t()).view(shape)
-        return y
+        lead = x.shape[:-1]
+        y = x.reshape(-1, x.shape[-1]) @ self.weight.t()
+        if self.lora_b is not None:
+            base = y[:, : self.out]
+            base.addmm_(y[:, self.out:], self.lora_b.t())  # base rows += (x A^T) (s B)^T, in place
+            y = base
+        return y.view(*lead, self.out)
 
 
 @dataclass
@@ -113,26 +134,24 @@ def _fused_lora(modules, rows: tuple[int, ...], dtype) -> tuple[torch.Tensor, to
 def fuse(modules, dtype) -> Linear:
     """One ``Linear`` computing the concatenated outputs of ``modules`` (which share their input)."""
     weights = [_dense_weight(m, dtype) for m in modules]
-    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
     rows = tuple(w.shape[0] for w in weights)
     lora = _fused_lora(modules, rows, dtype)
-    return Linear(weight, rows=rows) if lora is None else Linear(weight, *lora, rows=rows)
+    if lora is None:
+        return Linear(weights[0] if len(weights) == 1 else torch.cat(weights), sum(rows), rows=rows)
+    return Linear(torch.cat([*weights, lora[0]]), sum(rows), lora[1], rows=rows)
 
 
 def refresh_lora(linear: Linear, modules, dtype) -> bool:
-    """Re-read the adapters of ``modules`` into ``linear``, in place when the shapes allow (captured graphs read the
-    same buffers); False when the buffers had to be replaced."""
+    """Re-read the adapters of ``modules`` into ``linear`` in place (captured graphs read the same buffers);
+    False, leaving ``linear`` as it was, when the adapter layout changed and the weights must be rebuilt."""
     lora = _fused_lora(modules, linear.rows, dtype)
-    if lora is None or linear.lora_a is None:
-        same = lora is None and linear.lora_a is None
-    else:
-        same = lora[0].shape == linear.lora_a.shape and lora[1].shape == linear.lora_b.shape
-    if same and lora is not None:
-        linear.lora_a.copy_(lora[0])
-        linear.lora_b.copy_(lora[1])
-    elif not same:
-        linear.lora_a, linear.lora_b = lora if lora is not None else (None, None)
-    return same
+    if lora is None or linear.lora_b is None:
+        return lora is None and linear.lora_b is None
+    if lora[0].shape != linear.lora_a.shape or lora[1].shape != linear.lora_b.shape:
+        return False
+    linear.lora_a.copy_(lora[0])
+    linear.lora_b.copy_(lora[1])
+    return True
 
 
 def _frozen(module) -> bool:
@@ -148,6 +167,155 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+# The element-wise pieces of a layer. On CUDA the decode step runs them torch.compile'd (``POINTWISE``): each
+# becomes one generated kernel instead of 2-6 eager ones, captured into the step's CUDA graph like any kernel.
+
+
+def _add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float):
+    """The residual add and the next norm: (h + y, rms_norm(h + y))."""
+    h = h + y
+    return h, F.rms_norm(h, (h.shape[-1],), weight, eps)
+
+
+def _rope_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nq: int, nkv: int):
+    """qkv [B,T,nq+2nkv,D] -> (q [B,T,nq,D] rotated, kv [2,B,T,nkv,D]: k rotated and v, ready for the cache)."""
+    qk = qkv[:, :, : nq + nkv]
+    qk = qk * cos[:, :, None] + _rotate_half(qk) * sin[:, :, None]  # RoPE on q and k in one pass
+    return qk[:, :, :nq], torch.stack((qk[:, :, nq:], qkv[:, :, nq + nkv:]))
+
+
+def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+POINTWISE = {"add_rms_norm": _add_rms_norm, "rope_kv": _rope_kv, "swiglu": _swiglu}
+
+
+def _compiled_pointwise() -> dict:
+    # dynamic=False: decode shapes are fixed per batch size. Inductor's own CUDA graphs stay off: these run
+    # inside the engine's graph capture.
+    return {name: torch.compile(fn, dynamic=False, options={"triton.cudagraphs": False})
+            for name, fn in POINTWISE.items()}
+
+
+# -- decode attention: split-K ("flash decoding") in Triton ------------------------------------------------------
+# SDPA's kernels tile 64+ query rows, and a decode step has rep = 2 per kv head: at batch 36 cuDNN's flash kernel took
+# ~35 µs per layer for 128-256 cached tokens (docs/benchmarks/README.md). Here each program reads one block of
+# keys/values of one (row, kv head) for its ``rep`` query heads (the cache is read once, in parallel over blocks),
+# and a second kernel combines the blocks' softmax partials. The number of filled slots is read on the device
+# (``slot + 1``), so blocks past it exit at once: one captured graph serves every length, no padding is paid for
+# beyond the last block, and no ATTN_BUCKET graphs are needed.
+
+ATTN_BLOCK = 64  # cache slots per program of the first kernel
+
+
+@functools.cache
+def _triton_attention():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def partial_kernel(q_ptr, kv_ptr, mask_ptr, slot_ptr, acc_ptr, ml_ptr, scale,
+                       stride_qb, stride_kvs, stride_kvb, stride_kvn, stride_mb, n_blocks,
+                       NKV: tl.constexpr, REP: tl.constexpr, QROWS: tl.constexpr, D: tl.constexpr,
+                       DP: tl.constexpr, BLOCK: tl.constexpr):
+        bh = tl.program_id(0)  # row b, kv head h
+        blk = tl.program_id(1)
+        b = bh // NKV
+        h = bh % NKV
+        n_valid = tl.load(slot_ptr) + 1  # slots 0..slot hold keys (pads among them are masked)
+        r = tl.arange(0, QROWS)  # the rep query heads of kv head h, padded to a tensor-core tile
+        d = tl.arange(0, DP)  # head dim padded to a power of two (Sarashina 3B: 160 -> 256), masked
+        dd = d < D
+        n = blk * BLOCK + tl.arange(0, BLOCK)
+        valid = n < n_valid  # a block past the filled slots loads nothing (masked loads move no bytes)
+        q = tl.load(q_ptr + b * stride_qb + (h * REP + r)[:, None] * D + d[None, :],
+                    mask=(r < REP)[:, None] & dd[None, :], other=0.0)  # [QROWS, DP]
+        kv = kv_ptr + b * stride_kvb + n[:, None] * stride_kvn + h * D + d[None, :]
+        k = tl.load(kv, mask=valid[:, None] & dd[None, :], other=0.0)  # [BLOCK, DP]
+        v = tl.load(kv + stride_kvs, mask=valid[:, None] & dd[None, :], other=0.0)
+        bias = tl.load(mask_ptr + b * stride_mb + n, mask=valid, other=0.0).to(tl.float32)
+        scores = tl.dot(q, tl.trans(k)) * scale + bias[None, :]  # [QROWS, BLOCK], fp32 accumulation
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m = tl.max(scores, axis=1)
+        p = tl.exp(scores - tl.where(m > float("-inf"), m, 0.0)[:, None])  # an empty block: p = 0, m = -inf
+        out = (bh * n_blocks + blk) * REP + r
+        keep = r < REP
+        tl.store(ml_ptr + out * 2, m, mask=keep)
+        tl.store(ml_ptr + out * 2 + 1, tl.sum(p, axis=1), mask=keep)
+        tl.store(acc_ptr + out[:, None] * D + d[None, :], tl.dot(p.to(v.dtype), v), mask=keep[:, None] & dd[None, :])
+
+    @triton.jit
+    def combine_kernel(acc_ptr, ml_ptr, out_ptr, stride_ob, n_blocks,
+                       NKV: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, NB: tl.constexpr):
+        bh = tl.program_id(0)
+        r = tl.program_id(1)
+        b = bh // NKV
+        h = bh % NKV
+        i = tl.arange(0, NB)
+        d = tl.arange(0, DP)
+        dd = d < D
+        live = i < n_blocks
+        row = (bh * n_blocks + i) * REP + r
+        m = tl.load(ml_ptr + row * 2, mask=live, other=float("-inf"))
+        m_all = tl.max(m, axis=0)
+        w = tl.where(m > float("-inf"), tl.exp(m - m_all), 0.0)
+        total = tl.sum(w * tl.load(ml_ptr + row * 2 + 1, mask=live, other=0.0), axis=0)
+        acc = tl.load(acc_ptr + row[:, None] * D + d[None, :], mask=live[:, None] & dd[None, :], other=0.0)
+        o = tl.sum(w[:, None] * acc, axis=0) / total
+        tl.store(out_ptr + b * stride_ob + (h * REP + r) * D + d, o.to(out_ptr.dtype.element_ty), mask=dd)
+
+    def attend(q: torch.Tensor, kv_cache: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """q [B, nq, D] (one new token per row); kv_cache [2, B, L, nkv, D]; mask [B, L] additive; slot [1]: the
+        last filled cache slot. Returns [B, nq, D], softmax(q k^T / sqrt(D) + mask) v over slots 0..slot."""
+        _, batch, length, nkv, d = kv_cache.shape
+        rep = q.shape[1] // nkv
+        n_blocks = triton.cdiv(length, ATTN_BLOCK)
+        acc = torch.empty(batch * nkv * n_blocks * rep, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(batch * nkv * n_blocks * rep, 2, dtype=torch.float32, device=q.device)
+        out = torch.empty_like(q)
+        partial_kernel[(batch * nkv, n_blocks)](
+            q, kv_cache, mask, slot, acc, ml, d ** -0.5, q.stride(0), kv_cache.stride(0), kv_cache.stride(1),
+            kv_cache.stride(2), mask.stride(0), n_blocks, NKV=nkv, REP=rep, QROWS=max(16, rep), D=d,
+            DP=max(16, triton.next_power_of_2(d)), BLOCK=ATTN_BLOCK, num_warps=4)
+        combine_kernel[(batch * nkv, rep)](acc, ml, out, out.stride(0), n_blocks, NKV=nkv, REP=rep, D=d,
+                                           DP=triton.next_power_of_2(d), NB=triton.next_power_of_2(n_blocks),
+                                           num_warps=4)
+        return out
+
+    return attend
+
+
+def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor):
+    """The split-K decode attention (Triton; on CPU only under ``TRITON_INTERPRET=1``, for tests)."""
+    return _triton_attention()(q, kv_cache, mask, slot)
+
+
+def split_k_agrees_with_sdpa(nkv: int, rep: int, head_dim: int, dtype, device) -> bool:
+    """Run the split-K kernel once on random inputs of this shape against SDPA; False (and a warning) if it fails
+    to build or disagrees, so that the rollout falls back to SDPA instead of decoding garbage."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    batch, length, slot = 2, 3 * ATTN_BLOCK, 2 * ATTN_BLOCK + 5
+    kv = torch.randn(2, batch, length, nkv, head_dim, generator=gen).to(device, dtype)
+    q = torch.randn(batch, nkv * rep, head_dim, generator=gen).to(device, dtype)
+    mask = torch.zeros(batch, length, dtype=dtype, device=device)
+    mask[0, :9] = torch.finfo(dtype).min
+    try:
+        out = decode_attention(q, kv, mask, torch.tensor([slot], device=device)).float()
+    except Exception as err:  # no Triton, an unsupported GPU or shape: SDPA still decodes
+        logger.warning("Split-K decode attention unavailable (%s: %s); using SDPA.", type(err).__name__, err)
+        return False
+    keys, values = (kv[i, :, : slot + 1].transpose(1, 2).float() for i in (0, 1))
+    ref = F.scaled_dot_product_attention(q.view(batch, nkv, rep, head_dim).float(), keys, values,
+                                         attn_mask=mask[:, None, None, : slot + 1].float()).reshape(out.shape)
+    err = ((out - ref).norm() / ref.norm()).item()
+    if not err < 2e-2:  # bf16 inputs: ~2e-3 expected
+        logger.warning("Split-K decode attention disagrees with SDPA (relative error %.3g); using SDPA.", err)
+        return False
+    return True
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -177,11 +345,12 @@ class _Decoder:
     batch: int
     length: int
     steps: int
-    caches: list[tuple[torch.Tensor, torch.Tensor]]
+    caches: list[torch.Tensor]  # per layer [2, B, L, kv, D]: k and v
     cos: torch.Tensor
     sin: torch.Tensor
     state: dict[str, torch.Tensor]
     step: object  # step(attn_len): one decode step on the state
+    forced: bool = False  # its step forces EOS at state["stop"] (the benchmark's realistic lengths)
     graphs: dict = field(default_factory=dict)
     warm: set = field(default_factory=set)
 
@@ -190,7 +359,8 @@ class FastRollout:
     """Decode a Llama-architecture (PEFT/Unsloth) causal LM from a static cache; ``generate`` returns token ids."""
 
     def __init__(self, model, *, eos_token_ids, pad_token_id: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, use_cuda_graph: bool | None = None, compile_layers=None):
+                 top_k: int = 0, top_p: float = 1.0, use_cuda_graph: bool | None = None,
+                 compile_pointwise: bool | None = None, attention: str | None = None):
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         core = getattr(lm, "model", None)
         if core is None or not hasattr(core, "layers") or not hasattr(lm, "lm_head"):
@@ -213,9 +383,15 @@ class FastRollout:
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.use_cuda_graph = use_cuda_graph
-        if compile_layers is None:
-            compile_layers = os.environ.get("SARASHINA_ROLLOUT_COMPILE") == "1"
-        self._layer_fn = torch.compile(self._layer, dynamic=False) if compile_layers else None
+        # None: compiled on CUDA (unless SARASHINA_ROLLOUT_POINTWISE=0), eager on CPU, where tests run.
+        self.compile_pointwise = compile_pointwise
+        self._compiled = None
+        # Decode attention: "triton" (split-K kernel, CUDA default unless SARASHINA_ROLLOUT_ATTENTION=sdpa) or "sdpa".
+        self.attention = attention
+        self._split_k_ok = None  # the kernel's one-time check against SDPA (a failing Triton falls back to SDPA)
+        # Benchmark hook (``sarashina-grpo bench``'s ``-real`` mode): batch size -> the length at which each row's
+        # completion is forced to end with EOS. None in training.
+        self.forced_lengths = None
         self.calls = 0
         self._layers: list[Layer] | None = None  # kept between rollouts when the base weights are frozen
         self._decoder: _Decoder | None = None  # kept between rollouts when its KV cache is small
@@ -251,49 +427,74 @@ class FastRollout:
             if all(_frozen(m) for layer in self.core.layers for group in self._modules(layer) for m in group):
                 self._layers = layers
             return layers
-        same = True
         for layer, decoded in zip(self.core.layers, self._layers, strict=True):
             for group, linear in zip(self._modules(layer), (decoded.qkv, decoded.o, decoded.gate_up, decoded.down),
                                      strict=True):
-                same &= refresh_lora(linear, group, dtype)
-        if not same:
-            self._decoder = None
+                if not refresh_lora(linear, group, dtype):  # adapters added or removed: rebuild everything
+                    self.release()
+                    return self.layers()
         return self._layers
 
     # -- one transformer layer over T new tokens per row ---------------------------------------------------------
-    def _layer(self, h, layer: Layer, cos, sin, k_cache, v_cache, slots, mask, attn_len: int):
-        """h [B,T,H]; cos/sin [B,T,D]; caches [B,L,kv,D]; slots [T] cache rows written; mask [B,1,T,A] additive
-        over the first A = ``attn_len`` cache rows, the only ones attended to."""
+    def _layer(self, h, x, layer: Layer, next_norm, cos, sin, kv_cache, slots, mask, attn_len: int, fns):
+        """h [B,T,H] the residual stream, x = norm1(h); returns (h, x) for the next layer (x normed with
+        ``next_norm``: the residual add and the next norm are one element-wise pass). cos/sin [B,T,D];
+        kv_cache [2,B,L,kv,D]; slots [T] cache rows written; mask [B,1,T,A] additive over the first A =
+        ``attn_len`` cache rows, the only ones attended to."""
         batch, t, _ = h.shape
         nq, nkv, d = self.n_heads, self.n_kv, self.head_dim
-        qkv = layer.qkv(_rms_norm(h, layer.norm1, self.eps)).view(batch, t, nq + 2 * nkv, d)
-        qk = qkv[:, :, : nq + nkv]
-        qk = qk * cos[:, :, None] + _rotate_half(qk) * sin[:, :, None]  # RoPE on q and k in one pass
-        # Token-major caches: the new rows are contiguous slices, written without a transposing copy.
-        k_cache.index_copy_(1, slots, qk[:, :, nq:])
-        v_cache.index_copy_(1, slots, qkv[:, :, nq + nkv:])
+        q, kv = fns["rope_kv"](layer.qkv(x).view(batch, t, nq + 2 * nkv, d), cos, sin, nq, nkv)
+        # Token-major caches, k and v in one tensor: the new rows of both are written by one index_copy_.
+        kv_cache.index_copy_(2, slots, kv)
         # Grouped-query attention without repeating the cache: query head h reads kv head h // rep (HF repeat_kv),
         # so the rep query heads of one kv head become rep × T query rows against that kv head.
+        if "attention" in fns:  # decode on CUDA: the split-K kernel over the filled slots, read on the device
+            out = fns["attention"](q.view(batch, nq, d), kv_cache, mask.view(batch, -1), slots)
+            h, x = fns["add_rms_norm"](h, layer.o(out.view(batch, 1, nq * d)), layer.norm2, self.eps)
+            return fns["add_rms_norm"](h, layer.down(fns["swiglu"](layer.gate_up(x))), next_norm, self.eps)
         rep = nq // nkv
-        q = qk[:, :, :nq].transpose(1, 2).reshape(batch, nkv, rep * t, d)
+        q = q.transpose(1, 2).reshape(batch, nkv, rep * t, d)  # one new token: a view, no copy
         if t > 1:
             mask = mask[:, :, None].expand(batch, 1, rep, t, attn_len).reshape(batch, 1, rep * t, attn_len)
         # (one new token: the [B,1,1,A] mask broadcasts over the rep query rows, no copy)
-        keys, values = k_cache[:, :attn_len].transpose(1, 2), v_cache[:, :attn_len].transpose(1, 2)
+        keys, values = kv_cache[0, :, :attn_len].transpose(1, 2), kv_cache[1, :, :attn_len].transpose(1, 2)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         out = out.view(batch, nq, t, d).transpose(1, 2).reshape(batch, t, nq * d)
-        h = h + layer.o(out)
-        gate, up = layer.gate_up(_rms_norm(h, layer.norm2, self.eps)).chunk(2, dim=-1)
-        return h + layer.down(F.silu(gate) * up)
+        h, x = fns["add_rms_norm"](h, layer.o(out), layer.norm2, self.eps)
+        return fns["add_rms_norm"](h, layer.down(fns["swiglu"](layer.gate_up(x))), next_norm, self.eps)
 
     def _forward(self, layers, tokens, positions, slots, mask, caches, cos_table, sin_table, attn_len: int,
-                 layer_fn=None):
+                 fns=POINTWISE):
         h = F.embedding(tokens, self.core.embed_tokens.weight)
         cos, sin = cos_table[positions], sin_table[positions]
-        for layer, (k_cache, v_cache) in zip(layers, caches, strict=True):
-            h = (layer_fn or self._layer)(h, layer, cos, sin, k_cache, v_cache, slots, mask, attn_len)
-        h = _rms_norm(h[:, -1], self.core.norm.weight, self.eps)
-        return sample_tokens(h @ self.lm.lm_head.weight.t(), self.temperature, self.top_k, self.top_p)
+        x = _rms_norm(h, layers[0].norm1, self.eps)
+        norms = [layer.norm1 for layer in layers[1:]] + [self.core.norm.weight.detach()]  # final norm last
+        for layer, next_norm, kv_cache in zip(layers, norms, caches, strict=True):
+            h, x = self._layer(h, x, layer, next_norm, cos, sin, kv_cache, slots, mask, attn_len, fns)
+        return sample_tokens(x[:, -1] @ self.lm.lm_head.weight.t(), self.temperature, self.top_k, self.top_p)
+
+    def _decode_fns(self, device) -> dict:
+        """The element-wise pieces (and the attention) of a decode step: compiled / Triton on CUDA by default."""
+        use = self.compile_pointwise
+        if use is None:
+            use = device.type == "cuda" and os.environ.get("SARASHINA_ROLLOUT_POINTWISE", "1") != "0"
+        if use and self._compiled is None:
+            self._compiled = _compiled_pointwise()
+        fns = dict(self._compiled if use else POINTWISE)
+        if self._split_k_attention(device):
+            fns["attention"] = decode_attention
+        return fns
+
+    def _split_k_attention(self, device) -> bool:
+        if self.attention is None:
+            wanted = device.type == "cuda" and os.environ.get("SARASHINA_ROLLOUT_ATTENTION", "triton") != "sdpa"
+        else:
+            wanted = self.attention == "triton"
+        if wanted and self._split_k_ok is None:
+            dtype = self.core.embed_tokens.weight.dtype
+            self._split_k_ok = split_k_agrees_with_sdpa(self.n_kv, self.n_heads // self.n_kv, self.head_dim, dtype,
+                                                        device)
+        return wanted and self._split_k_ok
 
     def _rope_tables(self, length: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [length, D] for positions 0..length-1, from the model's own inverse frequencies and scaling."""
@@ -306,10 +507,10 @@ class FastRollout:
         return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
 
     # -- a rollout -----------------------------------------------------------------------------------------------
-    def _new_decoder(self, batch: int, length: int, steps: int, layers, dtype, device) -> _Decoder:
+    def _new_decoder(self, batch: int, length: int, steps: int, layers, dtype, device, forced: bool) -> _Decoder:
         cos, sin = self._rope_tables(length, dtype, device)
         # Zeros, not empty: stale or unwritten rows are masked, and 0 × masked row must not be 0 × NaN.
-        caches = [tuple(torch.zeros(2, batch, length, self.n_kv, self.head_dim, dtype=dtype, device=device))
+        caches = [torch.zeros(2, batch, length, self.n_kv, self.head_dim, dtype=dtype, device=device)
                   for _ in layers]
         # Decode state lives in fixed buffers so that captured graphs read and advance it on the device.
         state = dict(
@@ -318,19 +519,24 @@ class FastRollout:
             slot=torch.zeros(1, dtype=torch.long, device=device), step=torch.zeros(1, dtype=torch.long, device=device),
             mask=torch.zeros(batch, 1, 1, length, dtype=dtype, device=device),
             out=torch.zeros(batch, steps, dtype=torch.long, device=device),
+            stop=torch.full((batch,), -1, dtype=torch.long, device=device),  # forced: the step that emits EOS
         )
+        fns = self._decode_fns(device)
+        eos = int(self.eos[0])
 
         def step(attn_len: int):
             state["mask"].index_fill_(-1, state["slot"], 0.0)
             nxt = self._forward(layers, state["token"][:, None], state["position"][:, None], state["slot"],
-                                state["mask"][..., :attn_len], caches, cos, sin, attn_len, self._layer_fn)
+                                state["mask"][..., :attn_len], caches, cos, sin, attn_len, fns)
+            if forced:
+                nxt = torch.where(state["step"] == state["stop"], eos, nxt)
             state["out"].index_copy_(1, state["step"], nxt[:, None])
             state["token"].copy_(nxt)
             state["position"].add_(1)
             state["slot"].add_(1)
             state["step"].add_(1)
 
-        return _Decoder(batch, length, steps, caches, cos, sin, state, step)
+        return _Decoder(batch, length, steps, caches, cos, sin, state, step, forced=forced)
 
     def _capture(self, fn) -> torch.cuda.CUDAGraph:
         """``fn`` captured as a CUDA graph, without ``torch.cuda.graph``'s ``empty_cache()`` (see module doc)."""
@@ -367,11 +573,13 @@ class FastRollout:
         graphs = self.use_cuda_graph if self.use_cuda_graph is not None else device.type == "cuda"
         batch, prompt_len = len(prompt_ids), max(len(p) for p in prompt_ids)
         layers = self.layers()
+        forced = self.forced_lengths(batch) if self.forced_lengths is not None else None
         dec = self._decoder
-        if dec is None or (dec.batch, dec.steps) != (batch, steps) or dec.length < prompt_len + steps:
+        if (dec is None or (dec.batch, dec.steps, dec.forced) != (batch, steps, forced is not None)
+                or dec.length < prompt_len + steps):
             self._decoder = dec = None  # freed before the next one is allocated
             length = -(-(prompt_len + steps) // CACHE_BUCKET) * CACHE_BUCKET
-            dec = self._new_decoder(batch, length, steps, layers, dtype, device)
+            dec = self._new_decoder(batch, length, steps, layers, dtype, device, forced is not None)
 
         # Left padding as in TRL: row b's prompt ends at column prompt_len - 1; positions count its real tokens.
         tokens = torch.full((batch, prompt_len), self.pad_token_id, dtype=torch.long)
@@ -394,6 +602,9 @@ class FastRollout:
                               prompt_len)
 
         state = dec.state
+        if forced is not None:  # row b's completion ends with EOS as its forced[b]-th token
+            state["stop"].copy_(torch.tensor(forced, dtype=torch.long) - 1)
+            first = torch.where(state["stop"] == 0, int(self.eos[0]), first)
         state["token"].copy_(first)
         state["position"].copy_(positions[:, -1] + 1)
         state["slot"].fill_(prompt_len)
@@ -404,9 +615,11 @@ class FastRollout:
         state["out"][:, 0] = first
 
         eos = self.eos.to(device)
+        split_k = self._split_k_attention(device)
         for i in range(1, steps):
             # Attend to the first ATTN_BUCKET multiple of cache rows that holds slot prompt_len + i - 1 (this step's).
-            attn_len = min(dec.length, -(-(prompt_len + i) // ATTN_BUCKET) * ATTN_BUCKET)
+            attn_len = (dec.length if split_k  # the kernel reads the filled length itself
+                        else min(dec.length, -(-(prompt_len + i) // ATTN_BUCKET) * ATTN_BUCKET))
             graph = dec.graphs.get(attn_len)
             if graph is not None:
                 graph.replay()
@@ -419,10 +632,14 @@ class FastRollout:
             if i % EOS_CHECK_EVERY == 0 and torch.isin(state["out"][:, : i + 1], eos).any(1).all():
                 break
         out = state["out"].tolist()
-        cache_bytes = sum(k.numel() * k.element_size() for pair in dec.caches for k in pair)
+        cache_bytes = sum(c.numel() * c.element_size() for c in dec.caches)
         # Kept only over persistent layers: its graphs read their buffers.
         self._decoder = dec if self._layers is not None and cache_bytes <= KEEP_CACHE_BYTES else None
         return [self._until_eos(row) for row in out]
+
+    def release(self) -> None:
+        """Free the kept weights, KV cache and graphs (the next rollout rebuilds them)."""
+        self._layers = self._decoder = None
 
     def _until_eos(self, row: list[int]) -> list[int]:
         eos = set(self.eos.tolist())

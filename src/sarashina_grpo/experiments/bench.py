@@ -4,11 +4,20 @@
     sarashina-grpo bench --configs default-6,fast-6 --steps 4
     sarashina-grpo bench --model tiny --max-completion-length 16 --steps 2   # CPU smoke run, writes to a tmp dir
 
-A configuration is ``ROLLOUT-N[xS][-bf16]``: ``Settings.rollout``, N completions per optimizer step (groups of 6),
-S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip 4-bit loading. Everything else is
-the article's ``Settings``: the model is loaded by ``load_model`` and trained by ``build_trainer`` on
-``datasets/smalltalk.csv`` with the project's rewards. The 3B shape has random weights, which never stop early, so
-every completion is ``max_completion_length`` tokens long: the worst case. Numbers on CPU are meaningless.
+A configuration is ``ROLLOUT-N[xS][-bf16][-real]``: ``Settings.rollout``, N completions per optimizer step (groups
+of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip 4-bit loading, ``-real`` for
+realistic completion lengths (below). Everything else is the article's ``Settings``: the model is loaded by
+``load_model`` and trained by ``build_trainer`` on ``datasets/smalltalk.csv`` with the project's rewards. The 3B
+shape has random weights, which never stop early, so every completion is ``max_completion_length`` tokens long: the
+worst case. Numbers on CPU are meaningless.
+
+``-real``: each completion is forced to end (its EOS token) at a length drawn from ``REALISTIC_LENGTHS``, inside the
+rollout, so a batch stops when its longest completion ends, as it would with a trained model. The forcing is part of
+the benchmark only (a logits processor on the default path, the fast engine's ``forced_lengths`` hook).
+
+``peer-N``: the rest of the field on the same GPU without vLLM, in a child process (no Unsloth imported): plain TRL +
+PEFT, bf16 LoRA with the same rank/targets, gradient checkpointing, TRL's ``use_transformers_continuous_batching``,
+with the same prompts, rewards and GRPO arguments (``peer_child``). Run it last: the parent frees its model first.
 
 Per configuration: first step and steady s/step, the generation / rest-of-step split (rest = rewards, log-probs and
 the LoRA update), completion tokens/s over the steady steps, peak GPU memory allocated and reserved.
@@ -17,10 +26,12 @@ the LoRA update), completion tokens/s over the steady steps, peak GPU memory all
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +44,18 @@ from ..config import project_path
 logger = logging.getLogger(__name__)
 
 HELP = "time GRPO steps of the training path per rollout configuration; write results.json/.md/.png"
-DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36"
-CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?$")
-TARGETS = {6: 1500, 36: 3000}  # completion tokens/s asked of the fast path on one H100 (issue 3)
+DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36,fast-36-real,default-6-real,peer-36"
+CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real)?$")
+PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous batching, in a child process
+# The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
+# transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
+PEER_SETTINGS = dict(backend="trl-peft", rollout="paged", load_in_4bit=False)
+TARGETS = {6: 1000, 36: 3500}  # on-policy completion tokens/s asked of the fast path on one H100 (issue 13)
 GIB = 2**30
+# Realistic completion lengths (tokens, EOS included): normal with this mean and spread, clipped to [low, high],
+# drawn per completion with a fixed seed. A stated stand-in for a warm-started model's think + response answers
+# (this repository has no measured length distribution of a trained 3B model yet); 512 = max_completion_length.
+REALISTIC_LENGTHS = dict(mean=220.0, std=90.0, low=32, high=512, seed=1234)
 
 
 @dataclass
@@ -46,6 +65,7 @@ class BenchConfig:
     completions: int  # per optimizer step
     steps_per_generation: int = 1
     load_in_4bit: bool = True
+    realistic: bool = False  # completions end at lengths drawn from REALISTIC_LENGTHS
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
@@ -54,17 +74,29 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
     configs = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
         match = CONFIG_RE.match(name)
-        if not match or match["rollout"] not in ROLLOUTS:
+        if not match or match["rollout"] not in (*ROLLOUTS, PEER):
             raise SettingsError(
-                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16], ROLLOUT in {list(ROLLOUTS)}."
+                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real], ROLLOUT in "
+                f"{[*ROLLOUTS, PEER]}."
             )
+        peer = match["rollout"] == PEER
+        if peer and (match["spg"] or match["real"]):
+            raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case lengths).")
         configs.append(BenchConfig(name, match["rollout"], int(match["n"]), int(match["spg"] or 1),
-                                   load_in_4bit=cuda and not match["bf16"]))
+                                   load_in_4bit=cuda and not match["bf16"] and not peer,
+                                   realistic=bool(match["real"])))
     return configs
 
 
+def realistic_lengths(n: int, rng, max_length: int) -> list[int]:
+    """``n`` completion lengths drawn from ``REALISTIC_LENGTHS`` (capped at ``max_length``)."""
+    d = REALISTIC_LENGTHS
+    return [int(min(max_length, d["high"], max(d["low"], round(rng.gauss(d["mean"], d["std"]))))) for _ in range(n)]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated ROLLOUT-N[xS][-bf16]")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS,
+                        help="comma-separated ROLLOUT-N[xS][-bf16][-real], or peer-N (plain TRL + PEFT, last)")
     parser.add_argument("--model", default=None,
                         help="'sarashina-3b' (random weights, exact config; default with CUDA), 'tiny' (default "
                              "without), or a model folder")
@@ -75,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="datasets/smalltalk.csv")
     parser.add_argument("--out", default=None,
                         help="folder for results.json/.md/.png (default: docs/benchmarks with CUDA, a tmp dir without)")
+    parser.add_argument("--peer-steps", type=int, default=2,
+                        help="optimizer steps of the peer configurations (slow: ~1 min each on an H100)")
+    parser.add_argument("--profile-step", type=int, default=None,
+                        help="torch.profiler trace of this optimizer step's update (after its rollout and "
+                             "scoring), per configuration, summarised in profile_update.txt (CUDA only)")
 
 
 def _sync() -> None:
@@ -92,14 +129,20 @@ def _clock_callback():
 
         def __init__(self):
             self.times: list[float] = []
+            self.started: list[float] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
             _sync()
+            self.started.append(round(time.time(), 3))  # wall clock, to line steps up with GPU clock logs
             self._start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync()
             self.times.append(time.perf_counter() - self._start)
+            if self.on_step_end_extra is not None:
+                self.on_step_end_extra()
+
+        on_step_end_extra = None  # the update profiler's stop, when one runs
 
     return StepClock()
 
@@ -136,24 +179,190 @@ def resolve_bench_model(model: str | None, model_dir: Path, *, cuda: bool) -> st
     return str(folder)
 
 
+class _ForceEOS:
+    """HF logits processor for ``-real`` on the default path: row b emits EOS as its ``lengths[b]``-th token."""
+
+    def __init__(self, lengths: list[int], eos: int, prompt_len: int):
+        self.lengths, self.eos, self.prompt_len = lengths, eos, prompt_len
+
+    def __call__(self, input_ids, scores):
+        index = input_ids.shape[1] - self.prompt_len  # the token being chosen now, 0-based
+        rows = [b for b, n in enumerate(self.lengths) if n - 1 == index]
+        if rows:
+            scores[rows] = float("-inf")
+            scores[rows, self.eos] = 0.0
+        return scores
+
+
+def _force_lengths(trainer, draw) -> contextlib.AbstractContextManager:
+    """Make every rollout of ``trainer`` end its completions at lengths from ``draw(batch)`` (bench only)."""
+    engine = getattr(trainer, "fast_rollout", None)
+    if engine is not None:
+        engine.forced_lengths = draw
+        return contextlib.nullcontext()
+    from transformers import LogitsProcessorList
+
+    model = trainer.model  # the object TRL's default path calls .generate on (unwrap_model_for_generation)
+    eos = trainer.eos_token_ids[0] if isinstance(trainer.eos_token_ids, list) else trainer.eos_token_ids
+    inner = model.generate
+    had_own = "generate" in model.__dict__
+
+    def generate(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
+        processors.append(_ForceEOS(draw(ids.shape[0]), int(eos), ids.shape[1]))
+        return inner(*args, logits_processor=processors, **kwargs)
+
+    @contextlib.contextmanager
+    def restore():
+        model.generate = generate
+        try:
+            yield
+        finally:
+            if had_own:
+                model.generate = inner
+            else:
+                del model.generate
+
+    return restore()
+
+
+def _model_state(model) -> dict:
+    """What mode the model trains in: the suspects for a slow update (issue 13)."""
+    modules = list(model.modules())
+    return dict(
+        training=model.training,
+        gradient_checkpointing=sorted({str(getattr(m, "gradient_checkpointing", None)) for m in modules
+                                       if hasattr(m, "gradient_checkpointing")}),
+        use_cache=sorted({str(getattr(getattr(m, "config", None), "use_cache", None)) for m in modules
+                          if getattr(m, "config", None) is not None}),
+        modules_in_eval=sum(1 for m in modules if not m.training),
+    )
+
+
+class _UpdateProfiler:
+    """torch.profiler over one optimizer step's update: from the end of its rollout + scoring to the step's end."""
+
+    MEMORY_KEYS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams",
+                   "segment.all.current", "reserved_bytes.all.current", "allocated_bytes.all.current",
+                   "active_bytes.all.peak", "inactive_split_bytes.all.current")
+
+    def __init__(self, step: int | None, out: Path, name: str):
+        self.step, self.out, self.name = step, out, name
+        self.prof = None
+        self.trainer = None
+
+    def wrap(self, trainer) -> None:
+        self.trainer = trainer
+        self.chunking: list[dict] = []
+        if self.step is not None:
+            self._watch_chunking(trainer)
+        inner = getattr(trainer, compat.SCORE_METHOD)
+
+        def wrapped(*args, **kwargs):
+            result = inner(*args, **kwargs)
+            if self.step is not None and self.prof is None and trainer.state.global_step == self.step:
+                self._start()
+            return result
+
+        setattr(trainer, compat.SCORE_METHOD, wrapped)
+
+    def _watch_chunking(self, trainer) -> None:
+        """Record each of Unsloth's choices of GRPO mini-batches (it sizes them from the driver's free memory)."""
+        import torch
+
+        def record(rows, result):
+            free, total = torch.cuda.mem_get_info()
+            self.chunking.append(dict(step=trainer.state.global_step, rows=rows, rows_per_chunk=result[0],
+                                      free_gib=round(free / GIB, 2), reserved_gib=round(
+                                          torch.cuda.memory_reserved() / GIB, 2)))
+
+        self.restore = compat.watch_unsloth_chunking(trainer, record) or (lambda: None)
+
+    def _memory(self) -> dict:
+        import torch
+
+        stats = torch.cuda.memory_stats()
+        memory = {k: stats.get(k) for k in self.MEMORY_KEYS}
+        host = getattr(torch.cuda, "host_memory_stats", None)  # the pinned-host cache (offloaded checkpoints)
+        if host is not None:
+            memory["host"] = {k: v for k, v in host().items() if not isinstance(v, dict)}
+        return memory
+
+    def _start(self) -> None:
+        import torch
+
+        _sync()
+        self.mem0 = self._memory()
+        self.dynamo0 = _dynamo_counts()
+        self.state = _model_state(self.trainer.model)
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                       torch.profiler.ProfilerActivity.CUDA])
+        self.prof.__enter__()
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.prof is None or self.t0 is None:
+            return
+        import torch
+
+        _sync()
+        wall = time.perf_counter() - self.t0
+        self.t0 = None
+        self.prof.__exit__(None, None, None)
+        mem1, dyn1 = self._memory(), _dynamo_counts()
+        kernels = [e for e in self.prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        averages = self.prof.key_averages()
+        lines = [f"== {self.name}: update of step {self.step}: wall {wall:.3f} s, {len(kernels)} GPU kernels / "
+                 f"memcpys, GPU busy {sum(e.device_time for e in kernels) / 1e6:.3f} s",
+                 f"model state: {json.dumps(self.state)}",
+                 f"memory before: {json.dumps(self.mem0)}", f"memory after:  {json.dumps(mem1)}",
+                 "dynamo counters changed: " + json.dumps({k: (self.dynamo0.get(k), v) for k, v in dyn1.items()
+                                                           if self.dynamo0.get(k) != v}),
+                 averages.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70),
+                 averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70), ""]
+        self.out.mkdir(parents=True, exist_ok=True)
+        with (self.out / "profile_update.txt").open("a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def _dynamo_counts() -> dict:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {f"{group}.{key}": value for group, values in counters.items() for key, value in values.items()}
+
+
 def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, completion_length: int, work: Path,
-               loaded: dict) -> dict:
+               loaded: dict, *, out: Path | None = None, profile_step: int | None = None) -> dict:
     """Train ``steps`` GRPO steps with ``cfg`` and return its result row."""
+    import random
+
     import torch
 
+    # The package calls of the benchmark, all here.
     from ..config import Settings
     from ..modeling import load_model
-    from ..pipeline import build_trainer, prepare
+    from ..pipeline import build_trainer, prepare, run_training
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
     settings = Settings(
-        model_name=model_name, load_in_4bit=cfg.load_in_4bit, rollout=cfg.rollout,
+        model_name=model_name, load_in_4bit=cfg.load_in_4bit, rollout="default" if cfg.rollout == PEER else cfg.rollout,
         per_device_train_batch_size=cfg.completions, max_steps=steps, save_steps=10**6,
         max_completion_length=completion_length, extra_grpo_args=extra, data_path=data, log_completions=False,
     )
     run = prepare(settings, artifact_dir=work, run_name=cfg.name, check_model=False)
     settings = run.settings
     cuda = torch.cuda.is_available()
+    if cfg.rollout == PEER:
+        loaded.clear()  # the child needs the GPU to itself
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        spec = dict(name=cfg.name, settings=settings.replace(**PEER_SETTINGS).to_dict(), work=str(work),
+                    completions=cfg.completions, completion_length=completion_length)
+        return run_peer(spec, work)
     load_s = 0.0
     if cfg.load_in_4bit not in loaded:  # one load per precision: the model is the same for every rollout
         loaded.clear()
@@ -163,44 +372,124 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[cfg.load_in_4bit]
     clock = _clock_callback()
+    profiler = _UpdateProfiler(profile_step if cuda else None, out or work, cfg.name)
+    clock.on_step_end_extra = profiler.stop
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
+    profiler.wrap(trainer)
     generation = _time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
-    prepare = _time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
+    scored = _time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
+    rng = random.Random(REALISTIC_LENGTHS["seed"])
+    forcing = (_force_lengths(trainer, lambda n: realistic_lengths(n, rng, completion_length)) if cfg.realistic
+               else contextlib.nullcontext())
     logger.info("bench %s: %d steps", cfg.name, steps)
-    trainer.train()
+    with forcing:
+        run_training(trainer, run)  # Ctrl-C saves and stops, as in a real run
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    times = clock.times
-    gen = [generation.get(i, 0.0) for i in range(len(times))]
+    row = _result_row(cfg, clock.times, [generation.get(i, 0.0) for i in range(len(clock.times))],
+                      [scored.get(i, 0.0) for i in range(len(clock.times))], lengths, completion_length,
+                      device=torch.cuda.get_device_name(0) if cuda else "cpu",
+                      peak_allocated=torch.cuda.max_memory_allocated() if cuda else None,
+                      peak_reserved=torch.cuda.max_memory_reserved() if cuda else None,
+                      num_generations=settings.num_generations, load_in_4bit=cfg.load_in_4bit)
+    row["model_load_s"] = round(load_s, 1)
+    row["step_started_unix"] = clock.started
+    if getattr(profiler, "chunking", None):
+        row["unsloth_chunking"] = profiler.chunking
+        profiler.restore()
+    engine = getattr(trainer, "fast_rollout", None)
+    if engine is not None:
+        engine.forced_lengths = None
+        engine.release()  # its kept weights and graphs belong to this configuration's measurement only
+    del trainer, engine
+    gc.collect()
+    logger.info("bench %s: %s", cfg.name, json.dumps(row))
+    return row
+
+
+def _result_row(cfg: BenchConfig, times: list[float], gen: list[float], prepare: list[float], lengths: list[float],
+                completion_length: int, *, device: str, peak_allocated, peak_reserved, num_generations: int,
+                load_in_4bit: bool) -> dict:
     steady = slice(1, None) if len(times) > 1 else slice(0, None)
     steady_times, steady_lengths = times[steady], (lengths[steady] or [completion_length])
     step_s = sum(steady_times) / len(steady_times)
     mean_length = sum(steady_lengths) / len(steady_lengths)
     gen_s = sum(gen[steady]) / len(steady_times)
-    scoring_s = sum(prepare.get(i, 0.0) for i in range(len(times))[steady]) / len(steady_times) - gen_s
-    row = dict(
-        config=cfg.name, rollout=cfg.rollout, device=torch.cuda.get_device_name(0) if cuda else "cpu",
-        num_gpus=1 if cuda else 0, load_in_4bit=cfg.load_in_4bit, completions_per_step=cfg.completions,
-        num_generations=settings.num_generations, steps_per_generation=cfg.steps_per_generation,
-        max_completion_length=completion_length, steps=len(times), first_step_s=round(times[0], 2),
+    scoring_s = sum(prepare[steady]) / len(steady_times) - gen_s
+    return dict(
+        config=cfg.name, rollout=cfg.rollout, device=device, num_gpus=0 if device == "cpu" else 1,
+        load_in_4bit=load_in_4bit, completions_per_step=cfg.completions, num_generations=num_generations,
+        steps_per_generation=cfg.steps_per_generation, max_completion_length=completion_length,
+        lengths="realistic" if cfg.realistic else "worst case (all max_completion_length)",
+        steps=len(times), first_step_s=round(times[0], 2),
         step_s=round(step_s, 3), generation_s=round(gen_s, 3), rest_of_step_s=round(step_s - gen_s, 3),
         scoring_s=round(scoring_s, 3), update_s=round(step_s - gen_s - scoring_s, 3),
         mean_completion_length=round(mean_length, 1),
         completion_tokens_per_s=round(cfg.completions * mean_length / step_s, 1),
         step_times_s=[round(t, 3) for t in times], generation_times_s=[round(t, 3) for t in gen],
-        peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
-        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
-        # per decoded token position of a rollout (prefill and weight snapshot included)
+        update_times_s=[round(t - p, 3) for t, p in zip(times, prepare, strict=True)],
+        peak_allocated_gib=None if peak_allocated is None else round(peak_allocated / GIB, 2),
+        peak_reserved_gib=None if peak_reserved is None else round(peak_reserved / GIB, 2),
+        # per decoded token position of a rollout (prefill and weight refresh included)
         generation_ms_per_token=round(1000 * gen_s * cfg.steps_per_generation / max(1.0, mean_length), 2),
-        model_load_s=round(load_s, 1),
     )
-    del trainer
-    gc.collect()
-    logger.info("bench %s: %s", cfg.name, json.dumps(row))
+
+
+def run_peer(spec: dict, work: Path) -> dict:
+    """Run ``peer_child`` in a fresh interpreter (no Unsloth patches) and return its result row."""
+    spec_path = work / f"{spec['name']}.spec.json"
+    row_path = work / f"{spec['name']}.row.json"
+    spec_path.write_text(json.dumps(spec, ensure_ascii=False))
+    logger.info("bench %s: child process (plain TRL + PEFT, continuous batching)", spec["name"])
+    done = subprocess.run([sys.executable, "-m", "sarashina_grpo.experiments.bench", "peer-child", str(spec_path),
+                           str(row_path)], check=False)
+    if done.returncode != 0 or not row_path.exists():
+        raise RuntimeError(f"peer child exited with code {done.returncode}")
+    row = json.loads(row_path.read_text())
+    logger.info("bench %s: %s", spec["name"], json.dumps(row))
     return row
+
+
+def peer_child(spec_path: str, row_path: str) -> None:
+    """The peer configuration: plain TRL + PEFT (the pipeline's ``trl-peft`` backend: bf16 LoRA, gradient
+    checkpointing) with TRL's own continuous batching (``rollout="paged"``), in a process without Unsloth."""
+    import torch
+
+    from ..config import Settings
+    from ..modeling import use_triton_interpreter_without_gpu
+    from ..pipeline import build_trainer, load_model, prepare
+
+    assert "unsloth" not in sys.modules, "the peer must run without Unsloth's patches"
+    use_triton_interpreter_without_gpu()
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = torch.cuda.is_available()
+    run = prepare(Settings.from_dict(spec["settings"]), artifact_dir=Path(spec["work"]) / "peer",
+                  run_name=spec["name"], check_model=False)
+    start = time.perf_counter()
+    model, tokenizer = load_model(run)
+    load_s = time.perf_counter() - start
+    clock = _clock_callback()
+    trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
+    generation = _time_method(trainer, compat.GENERATE_METHOD)
+    scored = _time_method(trainer, compat.SCORE_METHOD)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    n = len(clock.times)
+    cfg = BenchConfig(spec["name"], PEER, spec["completions"], load_in_4bit=False)
+    row = _result_row(cfg, clock.times, [generation.get(i, 0.0) for i in range(n)],
+                      [scored.get(i, 0.0) for i in range(n)], lengths, spec["completion_length"],
+                      device=torch.cuda.get_device_name(0) if cuda else "cpu",
+                      peak_allocated=torch.cuda.max_memory_allocated() if cuda else None,
+                      peak_reserved=torch.cuda.max_memory_reserved() if cuda else None,
+                      num_generations=trainer.num_generations, load_in_4bit=False)
+    row["model_load_s"] = round(load_s, 1)
+    row["note"] = "plain TRL + PEFT, bf16 LoRA, gradient checkpointing, use_transformers_continuous_batching=True"
+    Path(row_path).write_text(json.dumps(row))
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -280,8 +569,9 @@ def run(args: argparse.Namespace) -> None:
             spg = cfg.steps_per_generation
             steps = 1 + -(-max(args.steps - 1, spg) // spg) * spg
             try:
-                rows.append(run_config(cfg, model_name, args.data, steps, args.max_completion_length, Path(work),
-                                       loaded))
+                steps_here = min(steps, max(2, args.peer_steps)) if cfg.rollout == PEER else steps
+                rows.append(run_config(cfg, model_name, args.data, steps_here, args.max_completion_length,
+                                       Path(work), loaded, out=out, profile_step=args.profile_step))
             except Exception as err:  # a losing configuration that crashes is a result too; keep measuring
                 logger.exception("bench %s failed", cfg.name)
                 rows.append(dict(config=cfg.name, rollout=cfg.rollout, completions_per_step=cfg.completions,
@@ -290,3 +580,12 @@ def run(args: argparse.Namespace) -> None:
     write_results(rows, out, meta)
     print(markdown_table(rows))
     print(f"Wrote {out / 'results.json'}, results.md and results.png")
+
+
+if __name__ == "__main__":  # the peer's child process: python -m sarashina_grpo.experiments.bench peer-child SPEC ROW
+    if len(sys.argv) == 4 and sys.argv[1] == "peer-child":
+        logging.basicConfig(level=logging.INFO)
+        peer_child(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: python -m sarashina_grpo.experiments.bench peer-child SPEC_JSON ROW_JSON "
+                 "(run by sarashina-grpo bench)")
