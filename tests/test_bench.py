@@ -44,7 +44,7 @@ def test_bench_smoke_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path)
 def test_realistic_lengths_follow_the_stated_distribution_within_the_cap():
     import random
 
-    from sarashina_grpo.bench import REALISTIC_LENGTHS, realistic_lengths
+    from sarashina_grpo.experiments.bench import REALISTIC_LENGTHS, realistic_lengths
 
     lengths = realistic_lengths(4000, random.Random(0), 512)
     mean = sum(lengths) / len(lengths)

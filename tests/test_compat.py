@@ -121,3 +121,22 @@ def test_peft_lora_layers_expose_what_the_fast_rollout_reads():
     assert (tuple(a.shape), tuple(b.shape), scaling, dora) == ((2, 4), (4, 2), 2.0, False)
     with model.disable_adapter():
         assert compat.lora_pairs(layer) == []  # why: disabled adapters must not be decoded
+
+
+def test_trl_adds_its_reference_adapter_under_the_name_we_drop():
+    from trl import GRPOTrainer
+
+    # why: with beta > 0 TRL copies the adapter into "ref"; a second trainer on the same model fails unless dropped
+    assert f'add_adapter("{compat.TRL_REFERENCE_ADAPTER}"' in inspect.getsource(GRPOTrainer.__init__)
+
+
+def test_dropping_the_reference_adapter_leaves_the_policy():
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False)),
+                           LoraConfig(r=2, target_modules=["0"]))
+    model.add_adapter(compat.TRL_REFERENCE_ADAPTER, LoraConfig(r=2, target_modules=["0"]))
+    compat.drop_reference_adapter(model)
+    compat.drop_reference_adapter(model)  # a model without one: nothing happens
+    assert list(model.peft_config) == ["default"]

@@ -14,6 +14,8 @@ Names used, and why:
 - ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
   ``inv_freq`` buffer can be stale under transformers 5).
 - ``Linear4bit.weight.quant_state`` + ``bitsandbytes.functional.dequantize_4bit``: the dense weight of a 4-bit layer.
+- TRL's reference adapter name ``"ref"``: with ``beta > 0`` on a PEFT model, ``GRPOTrainer`` adds a frozen copy of
+  the adapter under that name; a model reused for a second trainer (the benchmark) must drop it first.
 - PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``.
 """
 
@@ -117,3 +119,13 @@ def watch_unsloth_chunking(trainer, record) -> object | None:
 
     setattr(module, UNSLOTH_CHUNKING_FUNCTION, watched)
     return lambda: setattr(module, UNSLOTH_CHUNKING_FUNCTION, inner)
+
+
+TRL_REFERENCE_ADAPTER = "ref"
+
+
+def drop_reference_adapter(model) -> None:
+    """Remove the frozen reference adapter an earlier ``GRPOTrainer`` (``beta > 0``) added to ``model``, so that a
+    new trainer can add its own; nothing to do on a model that never had one."""
+    if TRL_REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {}):
+        model.delete_adapter(TRL_REFERENCE_ADAPTER)

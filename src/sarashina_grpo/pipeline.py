@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints
+from . import checkpoints, compat
 from .config import Settings, SettingsError, build_grpo_config, default_artifact_dir, project_path
 from .errors import check_artifact_dir
 from .guards import check_numeric_settings, settings_warnings
@@ -267,6 +267,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
                                   settings.extra_grpo_args.get("ddp_find_unused_parameters", False))
     dataset = prompts_dataset(run.rows, settings.data_path, system_prompt=settings.system_prompt,
                               tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
+    compat.drop_reference_adapter(model)  # a model reused from an earlier trainer (the benchmark) carries TRL's copy
     # transformers 5 removed `logging_dir`: the TensorBoard writer reads this variable instead.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.paths.log_dir)
     args = build_grpo_config(settings, run.paths.output_dir, use_cpu=not cuda_available(), **grpo_overrides)
