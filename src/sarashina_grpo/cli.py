@@ -380,15 +380,15 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .experiments import bench
+    from .experiments.bench import BenchOptions
 
-    bench.add_arguments(parser)
+    add_dataclass_arguments(parser, BenchOptions)
 
 
 def run_bench(args: argparse.Namespace) -> None:
     from .experiments import bench
 
-    bench.run(args)
+    bench.run(options(args, bench.BenchOptions))
 
 
 # name -> (help, add_arguments, run). Further commands register here.
