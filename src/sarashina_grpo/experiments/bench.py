@@ -201,7 +201,7 @@ def _force_lengths(trainer, draw) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     from transformers import LogitsProcessorList
 
-    model = trainer.model  # the object TRL's default path calls .generate on (unwrap_model_for_generation)
+    model = trainer.model  # the object TRL's default path calls .generate on (inside its generation context)
     eos = trainer.eos_token_ids[0] if isinstance(trainer.eos_token_ids, list) else trainer.eos_token_ids
     inner = model.generate
     had_own = "generate" in model.__dict__
