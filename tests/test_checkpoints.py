@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 
 import pytest
 from checkpoint_files import COMPLETE_MARKER, make_checkpoint
@@ -22,6 +23,7 @@ from sarashina_grpo.checkpoints import (
     mark_complete,
     newest_complete_in,
     step_of,
+    torch_state_problem,
     verify,
 )
 from sarashina_grpo.config import SettingsError
@@ -73,7 +75,7 @@ def cut_in_half(path):
 DAMAGE = {
     "adapter cut in half": ("adapter_model.safetensors", cut_in_half),
     "trainer_state.json cut off": ("trainer_state.json", cut_in_half),
-    "optimizer.pt overwritten": ("optimizer.pt", lambda p: p.write_bytes(os.urandom(4096))),
+    "optimizer.pt overwritten": ("optimizer.pt", lambda p: p.write_bytes(random.Random(0).randbytes(4096))),
     "scheduler.pt emptied": ("scheduler.pt", lambda p: p.write_bytes(b"")),
     "rng_state.pth cut off": ("rng_state.pth", cut_in_half),
     "adapter_config.json overwritten": ("adapter_config.json", lambda p: p.write_bytes(b"\x00" * 64)),
@@ -94,6 +96,13 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_intact_one_before_it_r
     assert len(set_aside) == 1 and (set_aside[0] / file).exists()  # moved, never deleted
     assert "Set checkpoint-20 aside" in caplog.text and f"{file}: " in caplog.text  # names it and the problem
     assert "weights_only=False" not in caplog.text  # never advise loading an untrusted pickle
+
+
+def test_any_garbage_in_a_torch_state_file_is_reported_as_damage(tmp_path):
+    path = tmp_path / "optimizer.pt"
+    for seed in range(300):  # why: random bytes raise many kinds of errors inside torch.load, not only RuntimeError
+        path.write_bytes(random.Random(seed).randbytes(random.Random(seed).randint(1, 4096)))
+        assert torch_state_problem(path), seed
 
 
 def test_latest_also_skips_a_damaged_newest_checkpoint(tmp_path):

@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import time
-import zipfile
 from pathlib import Path
 
 from .config import SettingsError
@@ -164,7 +163,7 @@ def torch_state_problem(path: Path) -> str | None:
             return ("holds objects other than tensors and numbers (overwritten?); not loaded, as that could run "
                     "code from the file")
         return "not a readable PyTorch file (cut off or overwritten)"
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+    except Exception:  # whatever garbage raises (RuntimeError, EOFError, KeyError, struct.error, …) is damage
         return "not a readable PyTorch file (cut off or overwritten)"
     return None
 
