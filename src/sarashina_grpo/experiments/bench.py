@@ -108,6 +108,9 @@ class BenchOptions:
     out: str | None = setting(None, "folder for results.json/.md/.png; unset: docs/benchmarks with CUDA, a tmp dir "
                               "without")
     peer_steps: int = setting(2, "optimizer steps of the peer configurations (slow: ~1 min each on an H100)")
+    loss_type: str = setting("grpo", "GRPO loss of every configuration (Settings.loss_type; the committed rows ran "
+                             "'dapo', Unsloth's implicit choice then)")
+    beta: float = setting(0.04, "KL coefficient of every configuration (Settings.beta; the committed rows ran 0)")
     profile_step: int | None = setting(None, "torch.profiler trace of this optimizer step's update (after its rollout "
                                        "and scoring), per configuration, in profile_update.txt (CUDA only); unset: "
                                        "none")
@@ -334,8 +337,9 @@ def _dynamo_counts() -> dict:
 
 
 def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, completion_length: int, work: Path,
-               loaded: dict, *, out: Path | None = None, profile_step: int | None = None) -> dict:
-    """Train ``steps`` GRPO steps with ``cfg`` and return its result row."""
+               loaded: dict, *, out: Path | None = None, profile_step: int | None = None,
+               algorithm: dict | None = None) -> dict:
+    """Train ``steps`` GRPO steps with ``cfg`` (and ``algorithm``: Settings' loss_type/beta) and return its row."""
     import random
 
     import torch
@@ -350,6 +354,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         model_name=model_name, load_in_4bit=cfg.load_in_4bit, rollout="default" if cfg.rollout == PEER else cfg.rollout,
         per_device_train_batch_size=cfg.completions, max_steps=steps, save_steps=10**6,
         max_completion_length=completion_length, extra_grpo_args=extra, data_path=data, log_completions=False,
+        **(algorithm or {}),
     )
     run = prepare(settings, artifact_dir=work, run_name=cfg.name, check_model=False)
     settings = run.settings
@@ -560,6 +565,7 @@ def run(args: BenchOptions) -> None:
         max_completion_length=args.max_completion_length, torch=torch.__version__,
         transformers=transformers.__version__, trl=trl.__version__, unsloth=unsloth_version,
         date=time.strftime("%Y-%m-%d %H:%M:%S"), config_order="as listed, one process, one model load per precision",
+        loss_type=args.loss_type, beta=args.beta,
     )
     rows, loaded = [], {}
     with tempfile.TemporaryDirectory(prefix="sarashina-bench-run-") as work:
@@ -570,7 +576,8 @@ def run(args: BenchOptions) -> None:
             try:
                 steps_here = min(steps, max(2, args.peer_steps)) if cfg.rollout == PEER else steps
                 rows.append(run_config(cfg, model_name, args.data, steps_here, args.max_completion_length,
-                                       Path(work), loaded, out=out, profile_step=args.profile_step))
+                                       Path(work), loaded, out=out, profile_step=args.profile_step,
+                                       algorithm=dict(loss_type=args.loss_type, beta=args.beta)))
             except Exception as err:  # a losing configuration that crashes is a result too; keep measuring
                 logger.exception("bench %s failed", cfg.name)
                 rows.append(dict(config=cfg.name, rollout=cfg.rollout, completions_per_step=cfg.completions,
