@@ -8,6 +8,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
+# The proof runs on one torch thread (ProofSettings.threads), so CI repeats the recorded seed-0 run exactly.
 # Margins hold on every run recorded in docs/learning.md (six), with room: held-out rates are measured on 270
 # sampled outputs (about ±3% each). The format-only run's purity wanders by seed (−0.16 to +0.25), so one seed can
 # only show the direction of (b); the six runs of docs/learning.md show its size (+0.04 to +0.33).

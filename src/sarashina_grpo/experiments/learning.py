@@ -48,6 +48,9 @@ class ProofSettings:
     # compare_algorithms adds a run with the article's GRPO from the same warm start (docs/learning.md).
     algorithm: str = "dapo"
     compare_algorithms: bool = False
+    # Torch threads: the same seed and thread count give the same run; other counts round differently and take
+    # another trajectory (docs/learning.md: seed 0 on two threads collapsed the strict layout with the purity reward).
+    threads: int = 1
 
     def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...], algorithm: str | None = None) -> Settings:
         return Settings(
@@ -98,6 +101,8 @@ def grpo(model_dir: Path, reward_names: tuple[str, ...], run: str, out_dir: Path
 
 def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     """Warm start, evaluate, GRPO twice from the same start, evaluate each; return {run: metrics} plus timings."""
+    import torch
+
     from ..modeling import load_model
     from ..tiny import build_model
     from ..warmstart import warm_start
@@ -105,6 +110,7 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     proof = proof or ProofSettings()
     out_dir = Path(out_dir)
     started = time.monotonic()
+    torch.set_num_threads(proof.threads)
     base = build_model(out_dir / "tiny", "tiny", seed=proof.seed)
     warm = warm_start(base, out_dir / "warm", train_prompts(), dataclasses.replace(proof.warm_start, seed=proof.seed))
     model, tokenizer = load_model(proof.grpo_settings(warm, DEFAULT_REWARDS), training=False, lora=False)
