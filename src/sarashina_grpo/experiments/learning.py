@@ -48,8 +48,7 @@ class ProofSettings:
     # compare_algorithms adds a run with the article's GRPO from the same warm start (docs/learning.md).
     algorithm: str = "dapo"
     compare_algorithms: bool = False
-    # Torch threads: the same seed and thread count give the same run; other counts round differently and take
-    # another trajectory (docs/learning.md: seed 0 on two threads collapsed the strict layout with the purity reward).
+    # Torch threads: the same seed and thread count give the same run (other counts round differently).
     threads: int = 1
 
     def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...], algorithm: str | None = None) -> Settings:
