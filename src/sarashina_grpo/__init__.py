@@ -13,8 +13,10 @@ def setup_logging(verbose: bool = False) -> None:
     import logging
     import os
 
+    from .config import multi_process
+
     rank = int(os.environ.get("RANK", "0"))
     level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING
-    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    prefix = f"[rank {rank}] " if multi_process() else ""
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)

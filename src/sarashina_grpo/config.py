@@ -58,6 +58,11 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def multi_process() -> bool:
+    """Started by ``accelerate launch`` (or torchrun) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 class SettingsError(ValueError):
     """A setting is invalid; raised before any model is loaded."""
 

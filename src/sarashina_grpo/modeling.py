@@ -20,7 +20,7 @@ from .checkpoints import (
     newest_complete_in,
     step_of,
 )
-from .config import Settings, SettingsError, cuda_available, default_artifact_dir
+from .config import Settings, SettingsError, cuda_available, default_artifact_dir, multi_process
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def resolve_backend(settings: Settings) -> str:
     (docs/multi-gpu.md: Unsloth's single-process patches are what it supports best)."""
     if settings.backend != "auto":
         return settings.backend
-    return "trl-peft" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "unsloth"
+    return "trl-peft" if multi_process() else "unsloth"
 
 
 def lora_config(settings: Settings):

@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoints, compat
-from .config import Settings, SettingsError, build_grpo_config, default_artifact_dir, project_path
+from .config import (
+    Settings,
+    SettingsError,
+    build_grpo_config,
+    default_artifact_dir,
+    multi_process,
+    project_path,
+)
 from .errors import check_artifact_dir
 from .guards import check_numeric_settings, settings_warnings
 
@@ -62,11 +69,6 @@ class Run:
 
 
 # --- prepare
-
-
-def multi_process() -> bool:
-    """Started by ``accelerate launch`` (or torchrun) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def distributed_state():
