@@ -355,10 +355,56 @@ def test_run_folder_with_a_set_aside_checkpoint_is_not_misread(tmp_path):
     )
 
 
-def test_complete_adapter_folder_and_hub_ids_pass(tmp_path):
+def test_complete_adapter_folder_passes(tmp_path):
     write_adapter(tmp_path)
     check_model_name(str(tmp_path))
-    check_model_name("sbintuitions/sarashina2.2-3b-instruct-v0.1")  # a hub id is the loader's business
+
+
+HUB_ID = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def test_a_hub_id_that_is_not_cached_and_unreachable_names_the_offline_routes(empty_hub_cache, monkeypatch):
+    monkeypatch.setattr(modeling, "hub_reachable", lambda endpoint: False)
+    message = error_of(check_model_name, HUB_ID)
+    assert "cannot be reached" in message and "--model tiny" in message and "local model folder" in message
+
+
+def test_hf_hub_offline_with_an_uncached_hub_id_is_an_error(empty_hub_cache, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE is set" in error_of(check_model_name, HUB_ID)
+
+
+def test_a_reachable_hub_id_passes(empty_hub_cache, monkeypatch):
+    monkeypatch.setattr(modeling, "hub_reachable", lambda endpoint: True)
+    check_model_name(HUB_ID)  # the loader downloads it
+
+
+def test_a_cached_hub_id_passes_offline(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: "/cache/config.json")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    check_model_name(HUB_ID)
+
+
+@pytest.mark.parametrize("command", [["infer", "こんにちは"], ["eval", "--limit", "1"]])
+def test_infer_and_eval_on_an_unreachable_hub_id_end_in_one_line_before_loading(
+        empty_hub_cache, no_unsloth_load, monkeypatch, capsys, tmp_path, command):
+    monkeypatch.setattr(modeling, "hub_reachable", lambda endpoint: False)
+    code = main([*command, "--model", HUB_ID, *(["--artifact-dir", str(tmp_path)] if command[0] == "eval" else [])])
+    err = capsys.readouterr().err
+    assert last_line(err).startswith(f"error: MODEL_NAME {HUB_ID!r} is a hub id")
+    assert code == 2 and "Traceback" not in err
 
 
 @pytest.fixture
@@ -612,3 +658,9 @@ def test_debug_shows_the_traceback_as_well(no_cuda, capsys, tmp_path, monkeypatc
     code = main([*argv, "train", "--model", "tiny", "--resume", "--artifact-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback (most recent call last)" in err and "\nerror: Nothing to resume" in err
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(False, "tiny"), (True, HUB_ID)])
+def test_the_inference_notebook_default_model_runs_on_this_machine(monkeypatch, cuda, expected):
+    monkeypatch.setattr(modeling, "cuda_available", lambda: cuda)
+    assert modeling.model_for_this_machine(None) == expected  # why: a first run on a CPU works offline

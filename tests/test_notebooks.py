@@ -95,7 +95,8 @@ def test_inference_notebook_runs_on_cpu_with_its_default_load_in_4bit(roleplay_n
 
 
 def test_inference_notebook_shows_the_package_log_lines(roleplay_notebook):
-    assert "INFO sarashina_grpo.evaluation: eval base" in outputs_text(roleplay_notebook)  # the CLI prints it too
+    # the CLI prints it too
+    assert "INFO sarashina_grpo.evaluation: eval notebook-base" in outputs_text(roleplay_notebook)
 
 
 def test_inference_notebook_plays_the_merchant_over_several_turns(roleplay_notebook):
@@ -109,7 +110,8 @@ def test_inference_notebook_answers_under_a_role(repo_root, tmp_path):
     nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=4, PROMPTS=[],
                  CHAT_TURNS=["こんにちは"], ROLEPLAY_TURNS=[], EVAL_LIMIT=1, ROLE_FILE=str(role),
                  ARTIFACT_DIR=str(tmp_path / "artifact"))
-    meta = json.loads((tmp_path / "artifact" / "eval" / "base" / "metrics.json").read_text(encoding="utf-8"))["meta"]
+    metrics = tmp_path / "artifact" / "eval" / "notebook-base" / "metrics.json"
+    meta = json.loads(metrics.read_text(encoding="utf-8"))["meta"]
     assert meta["role"] == "あなたはパン屋の店主です。" and "['system', 'user', 'assistant']" in outputs_text(nb)
 
 

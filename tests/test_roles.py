@@ -9,7 +9,7 @@ import pytest
 
 from sarashina_grpo.config import SYSTEM_PROMPT
 from sarashina_grpo.data import load_prompts
-from sarashina_grpo.roles import RoleError, leak_share, read_role, think_leak, with_role
+from sarashina_grpo.roles import NOTHING, RoleError, leak_share, read_role, shown_turn, think_leak, with_role
 
 MERCHANT = "あなたはサボテンを売る商人です。100円で仕入れたことは隠してください。"
 
@@ -146,3 +146,21 @@ def test_eval_refuses_an_existing_name_without_overwrite(tmp_path, capsys):
     assert main(["eval", "--model", "tiny", "--name", "base", "--artifact-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error: An evaluation named 'base' already exists" in err and "--overwrite" in err
+
+
+# --- how the role-play cell shows a turn ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("<think>\n高く売る\n</think>\n<response>\n3万円\n</response>", ("高く売る", "3万円")),  # why: the layout
+        ("いらっしゃいませ", (NOTHING, "いらっしゃいませ")),  # why: no tags: the raw reply is the speech, not hidden
+        ("<think>作戦<response>3万円です", ("作戦", "3万円です")),  # why: unclosed think stops at <response>
+        ("<response>3万円です</think></resp", (NOTHING, "3万円です")),  # why: stray and cut-off tags never show
+        ("<think>作戦</think>3万円です", ("作戦", "3万円です")),  # why: text after </think> outside tags is speech
+        ("<think></think>", (NOTHING, NOTHING)),  # why: empty parts say so
+    ],
+)
+def test_a_roleplay_turn_shows_thinking_and_speech_without_tag_fragments(reply, expected):
+    assert shown_turn(reply) == expected

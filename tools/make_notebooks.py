@@ -114,14 +114,16 @@ INFERENCE = [
 # Inference: chat with the base model or a checkpoint
 
 Set `MODEL_NAME` to the base model or to a training checkpoint (`../artifact/outputs/<run>/checkpoint-500`) and
-**Run All**. Replies are kept in the history as `assistant` turns. `LOAD_IN_4BIT = None` loads in 4-bit with a CUDA
-GPU and in 16-bit without one (as the `sarashina-grpo` command does), so the notebook runs on a CPU as it is; set
-`True` or `False` to force it (4-bit needs CUDA). `ROLE` (or `ROLE_FILE`) adds a persona or scenario to the system
-prompt, after the format instructions; the role-play section at the end shows a merchant who must hide that his
-cactus is cheap.
+**Run All**. The default `None` takes Sarashina 2.2 3B with a CUDA GPU and the offline `"tiny"` model without one,
+so a first run on a CPU works as it is, offline (the tiny model's replies are noise: it shows the mechanics). A hub
+id that is neither downloaded nor reachable stops at once with a message saying so. Replies are kept in the
+history as `assistant` turns. `LOAD_IN_4BIT = None` loads in 4-bit with a CUDA GPU and in 16-bit without one (as the
+`sarashina-grpo` command does); set `True` or `False` to force it (4-bit needs CUDA). `ROLE` (or `ROLE_FILE`)
+adds a persona or scenario to the system prompt, after the format instructions; the role-play section at the end
+shows a merchant who must hide that his cactus is cheap.
 """),
     parameters("""
-MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"  # or "../artifact/outputs/<run>/checkpoint-500", "tiny"
+MODEL_NAME = None  # None: the 3B base model with a CUDA GPU, "tiny" on a CPU; or a hub id, a checkpoint folder
 LOAD_IN_4BIT = None  # None: 4-bit with a CUDA GPU, 16-bit without one
 USE_VLLM = False
 MAX_NEW_TOKENS = 512
@@ -140,7 +142,7 @@ ROLEPLAY_TURNS = [
     "どうしてそんなに高いんですか？",
     "うーん、少し考えます。",
 ]
-EVAL_NAME = "base"  # results go to <ARTIFACT_DIR>/eval/<EVAL_NAME>/; use e.g. "step500" for a checkpoint
+EVAL_NAME = "notebook-base"  # results go to <ARTIFACT_DIR>/eval/<EVAL_NAME>/; e.g. "notebook-step500"
 EVAL_OVERWRITE = False  # True: replace an earlier evaluation of the same name (otherwise that is an error)
 EVAL_LIMIT = None  # None: all held-out prompts of datasets/eval.csv; a number: only the first ones
 COMPARE_WITH = []  # names of earlier evaluations to put side by side with this one, e.g. ["base"]
@@ -158,10 +160,13 @@ import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on im
 from sarashina_grpo import setup_logging
 from sarashina_grpo.config import Settings
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
+from sarashina_grpo.modeling import model_for_this_machine
 
 setup_logging()  # the package's INFO lines, as the command line shows them
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
-settings = Settings(model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+model_name = model_for_this_machine(MODEL_NAME)
+settings = Settings(model_name=model_name, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+print("model:", settings.model_name)
 model, tokenizer = load_for_inference(settings)
 gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
 """),
@@ -190,15 +195,14 @@ the role in `<response>`. Below, each turn shows the two apart; the whole reply,
 history, so the model sees its own earlier plans.
 """),
     code("""
-from sarashina_grpo.purity import split_sections
-from sarashina_grpo.roles import think_leak
+from sarashina_grpo.roles import shown_turn, think_leak
 
 merchant = Chat(model, tokenizer, gen=gen, role=ROLEPLAY_ROLE)
 for turn in ROLEPLAY_TURNS:
-    think, response = split_sections(merchant.say(turn))
+    think, response = shown_turn(merchant.say(turn))  # no tags: the whole reply is the speech
     print("客:", turn)
-    print("  商人の心の声 <think>:", (think or "(なし)").strip())
-    print("  商人のせりふ <response>:", (response or "(なし)").strip())
+    print("  商人の心の声 <think>:", think)
+    print("  商人のせりふ <response>:", response)
     print("  thinking repeated in the response:", think_leak(merchant.messages[-1]["content"]), "\\n")
 """),
     md("""
@@ -212,7 +216,7 @@ model and a checkpoint under two names, then list the first in `COMPARE_WITH` to
 from sarashina_grpo.evaluation import compare_runs, evaluate
 
 metrics = evaluate(model, tokenizer, EVAL_NAME, artifact_dir=ARTIFACT_DIR, gen=gen, limit=EVAL_LIMIT, role=role,
-                   overwrite=EVAL_OVERWRITE, meta={"model": MODEL_NAME})
+                   overwrite=EVAL_OVERWRITE, meta={"model": settings.model_name})
 metrics
 """),
     code("""

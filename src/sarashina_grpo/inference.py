@@ -34,9 +34,10 @@ class GenerationSettings:
 
 def load_for_inference(settings: Settings):
     """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise."""
-    from unsloth import FastLanguageModel
+    from .modeling import check_model_name, load_model
 
-    from .modeling import load_model
+    check_model_name(settings.model_name)  # before Unsloth's import: a missing model costs seconds, not a minute
+    from unsloth import FastLanguageModel
 
     model, tokenizer = load_model(settings, training=False, lora=False)
     FastLanguageModel.for_inference(model)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .checkpoints import (
     ADAPTER_FILES,
@@ -20,9 +22,11 @@ from .checkpoints import (
     newest_complete_in,
     step_of,
 )
-from .config import Settings, SettingsError, cuda_available, default_artifact_dir, multi_process
+from .config import DEFAULT_MODEL_NAME, Settings, SettingsError, cuda_available, default_artifact_dir, multi_process
 
 logger = logging.getLogger(__name__)
+
+HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
 
 
 def tiny_model_dir() -> Path:
@@ -42,9 +46,47 @@ def looks_like_path(name: str) -> bool:
     )
 
 
+def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """A TCP connection to the hub's host opens within ``timeout``. Behind a proxy (``HTTPS_PROXY`` and the like) the
+    direct route says nothing, so the hub is taken as reachable and the download decides."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:  # no DNS, no route, refused, timed out
+        return False
+
+
+def check_hub_model(name: str) -> None:
+    """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
+    (``HF_HUB_OFFLINE`` set, or the hub unreachable): one line in seconds, instead of the loader's traceback after
+    minutes of retries. No torch import: it runs before any heavy library."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: the loader reads it offline
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable(constants.ENDPOINT):
+        why = f"{urlparse(constants.ENDPOINT).hostname} cannot be reached (no network?)"
+    else:
+        return
+    raise ModelNotFoundError(
+        f"MODEL_NAME {name!r} is a hub id that is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. "
+        "Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a local model folder, or "
+        "connect to the internet once to download it."
+    )
+
+
 def check_model_name(name: str) -> None:
-    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load."""
-    if name == "tiny" or not looks_like_path(name):
+    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
+    id that cannot be had here (``check_hub_model``)."""
+    if name == "tiny":
+        return
+    if not looks_like_path(name):
+        check_hub_model(name)
         return
     path = Path(name).expanduser()
     examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
@@ -81,6 +123,16 @@ def resolve_model_name(name: str) -> str:
         return str(folder)
     check_model_name(name)
     return str(Path(name).expanduser()) if looks_like_path(name) else name
+
+
+def model_for_this_machine(name: str | None) -> str:
+    """``name``, or for None the article's model with a CUDA GPU and the offline tiny model without one: a first run
+    on a CPU then works as it is (the 3B model would take minutes per answer there, and needs the hub)."""
+    if name is not None:
+        return name
+    chosen = DEFAULT_MODEL_NAME if cuda_available() else "tiny"
+    logger.info("MODEL_NAME is None: using %r (%s).", chosen, "CUDA GPU" if chosen != "tiny" else "no CUDA GPU")
+    return chosen
 
 
 def check_device(settings: Settings, *, training: bool) -> None:

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from .config import SettingsError
-from .purity import split_sections
+from .purity import TAG_RE, split_sections
 
 # Placed after the format instructions: the layout stays what the rewards check, the role adds who is speaking.
 ROLE_HEADER = (
@@ -81,3 +81,26 @@ def think_leak(text: str) -> float | None:
         return None
     # An unclosed <think> runs to the end of the text: cut it where the response starts, or it would contain it.
     return leak_share(think.split("<response>")[0], response)
+
+
+NOTHING = "(なし)"
+# A tag cut off by max_new_tokens ("</resp") at the end of a reply: a fragment, not speech.
+CUT_TAG_RE = re.compile(r"</?[a-z]*$")
+
+
+def _shown(text: str) -> str:
+    return CUT_TAG_RE.sub("", TAG_RE.sub("", text)).strip()
+
+
+def shown_turn(reply: str) -> tuple[str, str]:
+    """(thinking, speech) of a role-play reply as a reader should see them, tags and tag fragments removed. A reply
+    with neither section is all speech, shown raw, so nothing the model said is hidden; text after ``</think>``
+    outside any ``<response>`` is speech too. ``NOTHING`` stands for an empty part."""
+    think, response = split_sections(reply)
+    if think is None and response is None:
+        return NOTHING, _shown(reply) or NOTHING
+    if think is not None:
+        think = think.split("<response>")[0]  # an unclosed <think> runs to the end: the response is not thinking
+    if response is None:
+        response = reply.split("</think>", 1)[1] if "</think>" in reply else ""
+    return _shown(think or "") or NOTHING, _shown(response) or NOTHING
