@@ -38,7 +38,8 @@ def finetuned(repo_root, tmp_path_factory):
     artifact = tmp / "artifact"
     settings = dict(model_name="tiny", max_steps=2, save_steps=2, num_generations=2, per_device_train_batch_size=2,
                     max_completion_length=16, max_seq_length=2048)
-    nb = execute(repo_root, "finetuning.ipynb", tmp, SETTINGS=settings, ARTIFACT_DIR=str(artifact), RUN_NAME="nbtest")
+    nb = execute(repo_root, "finetuning.ipynb", tmp, SETTINGS=settings, ARTIFACT_DIR=str(artifact), RUN_NAME="nbtest",
+                 EVAL_STEPS=2, EVAL_LIMIT=2)
     return artifact, nb
 
 
@@ -51,6 +52,11 @@ def test_finetuning_writes_a_complete_checkpoint(finetuned):
 def test_finetuning_writes_tensorboard_events(finetuned):
     artifact, _ = finetuned
     assert list((artifact / "logs" / "nbtest").glob("events.out.tfevents.*"))
+
+
+def test_finetuning_evaluates_held_out_prompts_during_training(finetuned):
+    artifact, _ = finetuned
+    assert (artifact / "outputs" / "nbtest" / "eval" / "step-2" / "metrics.json").exists()  # EVAL_STEPS=2
 
 
 def test_finetuning_reports_finished_step(finetuned):

@@ -36,7 +36,8 @@ Teaches Sarashina 2.2 3B instruct to answer as `<think>\\n…\\n</think>\\n<resp
 Unsloth (4-bit + LoRA) and TRL's `GRPOTrainer`. Set the parameters below and **Run All**. With a CUDA GPU and the
 defaults this is the article's run (500 steps, the article's GRPO algorithm); without one, set
 `SETTINGS = {"model_name": "tiny", "max_steps": 5}` for a CPU smoke run. Watch rewards with
-`uv run tensorboard --logdir artifact/logs` (tag `train/rewards/strict_format_reward/mean`).
+`uv run tensorboard --logdir artifact/logs` (tag `train/rewards/strict_format_reward/mean`; with `EVAL_STEPS` set,
+`eval/strict_format_rate` and the other held-out figures of `sarashina-grpo eval`).
 
 `SETTINGS` takes any field of `sarashina_grpo.config.Settings` by name, exactly as the recipe files and the
 `sarashina-grpo train --help` flags do (`"learning_rate"` is `--learning-rate`).
@@ -47,6 +48,8 @@ SETTINGS = {}  # overrides by Settings field name, e.g. {"model_name": "tiny", "
 ARTIFACT_DIR = None  # logs/<run>/ and outputs/<run>/checkpoint-N go here; None: the project's artifact/
 RUN_NAME = None  # default: a timestamp
 RESUME = None  # "latest", a run name, or a checkpoint folder to continue from
+EVAL_STEPS = 0  # every N steps (and before the first): held-out format and purity rates in TensorBoard (eval/*); 0: off
+EVAL_LIMIT = 16  # held-out prompts of datasets/eval.csv answered (greedily) at each of those evaluations
 """),
     md("## Settings\nThe recipe, then your overrides; everything is checked now, before minutes of model loading."),
     code("""
@@ -62,7 +65,8 @@ from sarashina_grpo.config import Settings, load_recipe
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
 setup_logging()  # the package's INFO lines, as the CLI prints them
-settings = Settings.from_dict({**(load_recipe(RECIPE) if RECIPE else {}), **SETTINGS})
+recipe = load_recipe(RECIPE) if RECIPE else {}
+settings = Settings.from_dict({**recipe, "eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT, **SETTINGS})
 run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME)
 print(run.paths)
 print({k: v for k, v in run.settings.to_dict().items() if k != "system_prompt"})

@@ -1,4 +1,5 @@
-"""Trainer callbacks: complete-checkpoint markers, a NaN/inf guard, and Ctrl-C/SIGTERM that save, then stop.
+"""Trainer callbacks: complete-checkpoint markers, a NaN/inf guard, Ctrl-C/SIGTERM that save, then stop, and the
+held-out evaluation during training (``Settings.eval_steps``).
 
 Sampled completions are printed by TRL itself (``Settings.log_completions``).
 """
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from .checkpoints import checkpoint_dir, mark_complete
 from .guards import NonFiniteError, check_logs
@@ -78,3 +80,103 @@ class GracefulInterrupt(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+# Logged during training: the figures of `sarashina-grpo eval` that describe format and language (lengths are in
+# the eval folder's metrics.json; token counts and answer accuracy only where they exist).
+HELD_OUT_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean",
+                 "response_purity_mean", "purity_mean", "latin_run_rate", "think_leak_mean", "mean_tokens",
+                 "answer_accuracy")
+HELD_OUT_BATCH = 16  # prompts generated together: the default eval_limit in one batch
+
+
+class HeldOutEval(TrainerCallback):
+    """Before the first step and every ``settings.eval_steps`` steps, answer the held-out rows greedily (up to
+    ``max_completion_length`` tokens) and score them as ``sarashina-grpo eval`` does (``evaluation.write_eval``):
+    TensorBoard gets ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to
+    ``<output_dir>/eval/step-N/``. Greedy, so the curve moves only when the model does, not with sampling noise.
+    The main process evaluates; ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
+
+    def __init__(self, rows, settings):
+        from .inference import GenerationSettings
+
+        self.prompts = [r.prompt for r in rows]
+        self.roles = [r.role or None for r in rows]
+        self.every = settings.eval_steps
+        self.system_prompt = settings.system_prompt
+        self.gen = GenerationSettings(max_new_tokens=settings.max_completion_length, do_sample=False,
+                                      batch_size=HELD_OUT_BATCH)
+        self.trainer = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:  # a resumed run has its baseline already
+            self.evaluate(args, state, kwargs["model"], kwargs["processing_class"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            self.evaluate(args, state, kwargs["model"], kwargs["processing_class"])
+
+    def evaluate(self, args, state, model, tokenizer) -> dict | None:
+        from transformers import Trainer
+
+        from .evaluation import generate_outputs, write_eval
+
+        if not state.is_world_process_zero:
+            return None
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = generate_outputs(model, tokenizer, self.prompts, self.gen, progress=False, roles=self.roles,
+                                       system_prompt=self.system_prompt)
+        finally:
+            model.train(was_training)
+        folder = Path(args.output_dir) / "eval" / f"step-{state.global_step}"
+        metrics = write_eval(outputs, folder, {"step": state.global_step, "prompts": len(self.prompts)})
+        logs = {f"eval_{k}": metrics[k] for k in HELD_OUT_KEYS if metrics.get(k) is not None}
+        if self.trainer is not None:
+            # Trainer.log, not GRPOTrainer.log: TRL's would fold in the averaged training metrics and print the
+            # completion table again. "eval_" keys become eval/<metric> in TensorBoard (transformers' rewrite_logs).
+            # on_log clears control.should_log: keep it, or this step's training log would be skipped.
+            should_log = self.trainer.control.should_log
+            Trainer.log(self.trainer, logs)
+            self.trainer.control.should_log = should_log
+        return metrics
+
+
+class OneCompletionTable(TrainerCallback):
+    """TRL prints its completion table in every ``GRPOTrainer.log``, the end-of-training summary included, so the
+    last step's table came twice. This turns the table off for that summary (the log that has ``train_runtime``);
+    TRL checks ``trainer.log_completions`` after the callbacks' ``on_log``. ``trainer`` is set by the pipeline."""
+
+    def __init__(self):
+        self.trainer = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.trainer is not None and logs and "train_runtime" in logs:
+            self.trainer.log_completions = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.trainer is not None:
+            self.trainer.log_completions = args.log_completions
+
+
+# What the compact progress line shows, in order: (logged key, short name).
+COMPACT_KEYS = (("reward", "reward"), ("rewards/strict_format_reward/mean", "strict"), ("loss", "loss"),
+                ("kl", "kl"), ("eval_strict_format_rate", "held-out strict rate"),
+                ("eval_think_purity_mean", "held-out think purity"))
+
+
+def compact_line(logs: dict, step: int) -> str | None:
+    """One short line for a Trainer log (``None`` for the end-of-training summary, which has no step figures)."""
+    parts = [f"{name} {logs[key]:.3f}" for key, name in COMPACT_KEYS if isinstance(logs.get(key), int | float)]
+    return f"step {step}: " + ", ".join(parts) if parts else None
+
+
+class CompactProgress(ProgressCallback):
+    """The progress bar with one short line per log (``compact_line``) instead of transformers' ~1,500-character
+    dict of every TRL metric (all of them are in TensorBoard and ``trainer_state.json``)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = compact_line(logs or {}, state.global_step)
+        if state.is_world_process_zero and self.training_bar is not None and line:
+            self.training_bar.write(line)

@@ -83,7 +83,8 @@ class Settings:
     # --- model and data
     model_name: str = setting(DEFAULT_MODEL_NAME, "hub id, local model or checkpoint folder, or 'tiny' (the "
                               "offline test model)", flag="--model")
-    data_path: str = setting("datasets/smalltalk.csv", "prompt CSV (columns prompt,lang; optional role, answer); "
+    data_path: str = setting("datasets/smalltalk.csv", "prompt file: CSV, JSONL or Parquet (columns prompt,lang; "
+                             "optional role, answer); "
                              "relative paths are taken from the project folder", flag="--data")
     system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
                                  shown="config.SYSTEM_PROMPT, our Japanese wording of the <think>/<response> layout")
@@ -136,14 +137,21 @@ class Settings:
                                                "loss (DAPO's overlong filtering)")
     importance_sampling_level: str = setting("token", "importance ratio per token (GRPO) or per sequence (GSPO)",
                                              choices=("token", "sequence"))
-    reward_names: tuple[str, ...] = setting(DEFAULT_REWARDS, "reward functions from the registry "
-                                            "(sarashina_grpo.rewards)", flag="--rewards")
+    reward_names: tuple[str, ...] = setting(DEFAULT_REWARDS, "reward functions: registry names "
+                                            "(sarashina_grpo.rewards), or your own as module:function or "
+                                            "path/to/file.py:function", flag="--rewards")
     # --- schedule and logging
     max_steps: int = setting(500, "optimizer steps of the run")
     save_steps: int = setting(250, "write a checkpoint every N steps (and at the end)")
     logging_steps: int = setting(1, "log metrics to TensorBoard every N steps")
     log_completions: bool = setting(True, "print sampled completions with their rewards at each log (TRL)")
     num_completions_to_print: int = setting(2, "completions printed per log when log_completions is on")
+    # --- evaluation during training (callbacks.HeldOutEval; not TRL's eval loop, which would sample and score rewards)
+    eval_steps: int = setting(0, "every N steps (and before the first), answer eval_limit held-out prompts greedily "
+                              "and log the metrics of `sarashina-grpo eval` to TensorBoard as eval/<metric>; 0: off")
+    eval_data: str = setting("datasets/eval.csv", "held-out prompt file scored every eval_steps (CSV, JSONL or "
+                             "Parquet; columns prompt,lang)")
+    eval_limit: int = setting(16, "held-out prompts scored at each evaluation (the first N of eval_data)")
     seed: int = setting(3407, "random seed (LoRA init, sampling, data order)")
     extra_grpo_args: dict = setting(None, "further TRL GRPOConfig arguments, as JSON on the command line",
                                     factory=dict)
@@ -173,12 +181,15 @@ class Settings:
         positive = (
             "max_seq_length", "lora_rank", "num_generations", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_prompt_length", "max_completion_length", "max_steps",
-            "save_steps", "logging_steps", "num_iterations", "num_completions_to_print",
+            "save_steps", "logging_steps", "num_iterations", "num_completions_to_print", "eval_limit",
         )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{field_label(name)} must be a positive integer, got {value!r}.")
+        if not isinstance(self.eval_steps, int) or isinstance(self.eval_steps, bool) or self.eval_steps < 0:
+            raise SettingsError(f"{field_label('eval_steps')} must be 0 (off) or a positive integer, got "
+                                f"{self.eval_steps!r}.")
         if self.lora_alpha is not None and (not isinstance(self.lora_alpha, int) or self.lora_alpha < 1):
             raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {self.lora_alpha!r}.")
         if self.num_generations < 2:

@@ -79,6 +79,13 @@ def score_text(text: str, answer: str | None = None) -> dict:
     }
 
 
+def rounded(value, digits: int = 3) -> str:
+    """A figure as people read it: floats to ``digits`` decimals, integers as they are, ``n/a`` for nothing judged."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
 def _mean(values) -> float | None:
     values = [float(v) for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -151,7 +158,7 @@ def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = No
     document = {**metrics, "meta": meta or {}}
     (eval_dir / "metrics.json").write_text(json.dumps(document, ensure_ascii=False, indent=2), encoding="utf-8")
     logger.info("eval %s: strict %.3f, think purity %s", eval_dir.name, metrics["strict_format_rate"] or 0,
-                metrics["think_purity_mean"])
+                rounded(metrics["think_purity_mean"]))
     return metrics
 
 

@@ -46,7 +46,7 @@ RUN_INFO = "run.json"  # every setting of the run, written at its start; resume 
 # Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
                      "max_seq_length", "data_path", "system_prompt_file", "log_completions",
-                     "num_completions_to_print", "backend"}
+                     "num_completions_to_print", "backend", "eval_steps", "eval_data", "eval_limit"}
 # Decided by the machine, not the run: a resumed run takes them from this machine unless given again.
 MACHINE_FIELDS = {"load_in_4bit", "use_vllm", "backend"}
 
@@ -66,6 +66,7 @@ class Run:
     paths: RunPaths
     checkpoint: Path | None = None
     rows: list = field(default_factory=list)
+    eval_rows: list = field(default_factory=list)  # held-out rows scored during training (Settings.eval_steps)
 
 
 # --- prepare
@@ -192,16 +193,17 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
     if check_model:
         check_model_name(settings.model_name)
     rows = check_prompts(project_path(settings.data_path))
+    eval_rows = check_prompts(project_path(settings.eval_data))[:settings.eval_limit] if settings.eval_steps else []
     check_artifact_dir(artifact_dir)
     check_writable(artifact_dir)
     if run_dir is not None:
         check_resume_settings(settings, run_dir)
         checkpoints.set_aside_newer(run_dir, checkpoint)
         logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-        return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, rows)
+        return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, rows, eval_rows)
     paths = new_run_paths(artifact_dir, run_name)
     write_run_info(paths, settings)
-    return Run(settings, paths, None, rows)
+    return Run(settings, paths, None, rows, eval_rows)
 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
@@ -254,9 +256,10 @@ def load_model(run: Run):
 
 def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides):
     """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``."""
+    from transformers import ProgressCallback
     from trl import GRPOTrainer
 
-    from .callbacks import CheckpointMarker, NonFiniteGuard
+    from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, OneCompletionTable
     from .data import prompts_dataset
     from .modeling import cuda_available
     from .rewards import get_reward_funcs
@@ -273,14 +276,20 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
     # transformers 5 removed `logging_dir`: the TensorBoard writer reads this variable instead.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.paths.log_dir)
     args = build_grpo_config(settings, run.paths.output_dir, use_cpu=not cuda_available(), **grpo_overrides)
+    linked = [OneCompletionTable(), *([HeldOutEval(run.eval_rows, settings)] if run.eval_rows else [])]
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,
         reward_funcs=get_reward_funcs(settings.reward_names),
         args=args,
         train_dataset=dataset,
-        callbacks=[CheckpointMarker(), NonFiniteGuard(), *callbacks],
+        callbacks=[CheckpointMarker(), NonFiniteGuard(), *linked, *callbacks],
     )
+    for callback in linked:
+        callback.trainer = trainer  # they log through the trainer or switch its completion table
+    if any(isinstance(c, ProgressCallback) for c in callbacks):  # a caller's own progress display replaces the default
+        for default in [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]:
+            trainer.remove_callback(default)
     if settings.rollout == "fast":
         from .rollout import install
 

@@ -1,0 +1,82 @@
+"""Evaluation during training (``Settings.eval_steps``): held-out prompts scored greedily with the metrics of
+``sarashina-grpo eval``, logged to TensorBoard as ``eval/<metric>``; one completion table per log step; a compact
+progress line instead of the raw log dicts.
+
+    .venv/bin/pytest tests/test_held_out_eval.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import pytest
+
+from sarashina_grpo.callbacks import compact_line
+from sarashina_grpo.config import Settings, SettingsError
+
+
+def test_eval_steps_must_not_be_negative():
+    with pytest.raises(SettingsError, match="eval_steps"):
+        Settings(eval_steps=-1).validate()
+
+
+def test_compact_line_names_the_step_and_rounds():
+    line = compact_line({"reward": 0.88745, "rewards/strict_format_reward/mean": 0.075, "loss": 0.0068}, 60)
+    assert line == "step 60: reward 0.887, strict 0.075, loss 0.007"
+
+
+def test_compact_line_shows_the_held_out_rate():
+    assert compact_line({"eval_strict_format_rate": 0.5}, 10) == "step 10: held-out strict rate 0.500"
+
+
+def test_the_end_of_training_summary_has_no_compact_line():
+    assert compact_line({"train_runtime": 30.8, "train_loss": 0.006}, 100) is None
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    import unsloth  # noqa: F401
+
+    from sarashina_grpo.pipeline import train
+
+    tmp = tmp_path_factory.mktemp("held-out")
+    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=2, save_steps=10,
+                        max_completion_length=8, num_generations=2, per_device_train_batch_size=2, eval_steps=1,
+                        eval_limit=3)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # TRL's rich console prints the completion tables to stdout
+        trainer = train(settings, artifact_dir=tmp / "artifact")
+    return trainer, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_held_out_metrics_reach_tensorboard_before_and_during_training(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer, _ = trained
+    events = EventAccumulator(str(trainer.run.paths.log_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/strict_format_rate")] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_training_is_still_logged_on_the_steps_that_evaluate(trained):
+    trainer, _ = trained
+    # why: logging the evaluation clears the Trainer's should_log; the step's own log must survive it
+    assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2]
+
+
+@pytest.mark.slow
+def test_each_held_out_evaluation_is_kept_like_an_eval_run(trained):
+    trainer, _ = trained
+    folder = trainer.run.paths.output_dir / "eval" / "step-2"
+    assert (folder / "metrics.json").exists() and len((folder / "generations.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_the_completion_table_is_printed_once_per_log_step(trained):
+    trainer, printed = trained
+    # why: TRL printed the last step's table again with the end-of-training summary
+    assert re.findall(r"Step (\d+)", printed) == ["1", "2"] and trainer.log_completions is True
