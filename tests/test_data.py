@@ -81,3 +81,55 @@ def test_eval_prompts_are_held_out(repo_root):
 
 def test_full_dataset_loads_520_prompts(repo_root):
     assert len(load_prompts(repo_root / "datasets" / "smalltalk.csv")) == 520
+
+
+# --- JSON Lines and Parquet: the same columns and checks as CSV ------------------------------------------------
+
+
+def rows_of(path):
+    return [(r.line, r.prompt, r.lang, r.extra, r.role) for r in read_rows(path)]
+
+
+def test_jsonl_rows_read_like_the_csv_rows(write_csv):
+    csv_rows = rows_of(write_csv("prompt,lang,answer\nこんにちは,ja,\n1+1は？,ja,2\n"))
+    jsonl = write_csv('{"prompt": "こんにちは", "lang": "ja"}\n{"prompt": "1+1は？", "lang": "ja", "answer": 2}\n',
+                      "prompts.jsonl")
+    # why: a file's line numbers differ (JSONL has no header line), the contents do not
+    assert [row[1:] for row in rows_of(jsonl)] == [row[1:] for row in csv_rows]
+
+
+def test_parquet_rows_read_like_the_csv_rows(write_csv, tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"prompt": ["こんにちは", "おはよう"], "lang": ["ja", "ja"]}).to_parquet(tmp_path / "p.parquet")
+    assert [(r.prompt, r.lang) for r in read_rows(tmp_path / "p.parquet")] == [("こんにちは", "ja"), ("おはよう", "ja")]
+
+
+def test_a_jsonl_line_that_is_not_json_is_named(write_csv):
+    path = write_csv('{"prompt": "こんにちは", "lang": "ja"}\n{"prompt": "おはよう", "lang": \n', "p.jsonl")
+    with pytest.raises(DataError, match=r"p\.jsonl, line 2: not valid JSON"):
+        read_rows(path)
+
+
+def test_a_jsonl_line_that_is_not_an_object_is_named(write_csv):
+    with pytest.raises(DataError, match=r"line 1: a JSON list"):
+        read_rows(write_csv('["こんにちは", "ja"]\n', "p.jsonl"))
+
+
+def test_a_bad_lang_in_jsonl_names_its_line(write_csv):
+    path = write_csv('{"prompt": "こんにちは", "lang": "ja"}\n\n{"prompt": "おはよう", "lang": "jp"}\n', "p.jsonl")
+    with pytest.raises(DataError, match=r"line 3: 'jp' \(did you mean 'ja'\?\)"):
+        read_rows(path)
+
+
+def test_parquet_without_a_lang_column_is_an_error(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"prompt": ["こんにちは"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match="no 'lang' column"):
+        read_rows(tmp_path / "p.parquet")
+
+
+def test_a_file_that_is_not_parquet_is_an_error(write_csv):
+    with pytest.raises(DataError, match="not readable as Parquet"):
+        read_rows(write_csv("prompt,lang\nこんにちは,ja\n", "p.parquet"))

@@ -197,3 +197,78 @@ def test_strict_implies_soft(text):
 def test_strict_layout_always_earns_full_format_reward(think, response):
     text = f"<think>\n{think}\n</think>\n<response>\n{response}\n</response>"
     assert (score(strict_format_reward, text), score(xmlcount_reward, text)) == (0.5, pytest.approx(0.5))
+
+
+# --- your own rewards: module:function or path/to/file.py:function, checked before a model loads -----------------
+
+MY_REWARDS = '''
+def length_reward(completions, **kwargs):
+    """0.01 per character."""
+    return [0.01 * len(c[0]["content"]) for c in completions]
+
+def no_kwargs_reward(completions):
+    return [0.0 for _ in completions]
+
+NOT_A_FUNCTION = 3
+'''
+
+
+@pytest.fixture
+def my_rewards(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(MY_REWARDS, encoding="utf-8")
+    return path
+
+
+def reward_error(name) -> str:
+    from sarashina_grpo.rewards import get_reward_funcs
+
+    with pytest.raises(KeyError) as info:
+        get_reward_funcs([name])
+    return info.value.args[0]
+
+
+def test_a_reward_from_a_file_joins_the_built_in_ones(my_rewards):
+    from sarashina_grpo.rewards import get_reward_funcs
+
+    funcs = get_reward_funcs(["xmlcount", f"{my_rewards}:length_reward"])
+    assert [f.__name__ for f in funcs] == ["xmlcount_reward", "length_reward"]  # TRL logs it under its own name
+
+
+def test_a_reward_from_an_importable_module():
+    from sarashina_grpo.rewards import get_reward_funcs, strict_format_reward
+
+    assert get_reward_funcs(["sarashina_grpo.rewards:strict_format_reward"]) == [strict_format_reward]
+
+
+def test_a_missing_reward_file_is_named(tmp_path):
+    assert "no such file" in reward_error(f"{tmp_path}/nope.py:my_reward")
+
+
+def test_a_missing_function_is_named(my_rewards):
+    assert "has no function 'other_reward'" in reward_error(f"{my_rewards}:other_reward")
+
+
+def test_a_value_that_is_not_a_function_is_refused(my_rewards):
+    assert "has no function 'NOT_A_FUNCTION'" in reward_error(f"{my_rewards}:NOT_A_FUNCTION")
+
+
+def test_a_reward_without_kwargs_is_refused_before_training(my_rewards):
+    # why: TRL passes every dataset column by name; without **kwargs the first step would fail
+    assert "must accept completions and **kwargs" in reward_error(f"{my_rewards}:no_kwargs_reward")
+
+
+def test_an_unimportable_module_says_how_to_give_a_file():
+    assert "give its path: my_rewards.py:length_reward" in reward_error("my_rewards:length_reward")
+
+
+def test_a_reward_file_that_fails_to_import_says_why(tmp_path):
+    (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n", encoding="utf-8")
+    assert "cannot import" in reward_error(f"{tmp_path}/broken.py:f")
+
+
+def test_settings_check_a_custom_reward_before_any_model_loads(my_rewards):
+    from sarashina_grpo.config import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="must accept completions"):
+        Settings(model_name="tiny", reward_names=(f"{my_rewards}:no_kwargs_reward",)).validate()

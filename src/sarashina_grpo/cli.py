@@ -73,7 +73,7 @@ class InferOptions:
 class EvalOptions:
     name: str | None = setting(None, "evaluation name: results go to <artifact-dir>/eval/<name>/; unset: derived from "
                                "--model")
-    data: str = setting("datasets/eval.csv", "held-out prompt CSV (columns prompt,lang)")
+    data: str = setting("datasets/eval.csv", "held-out prompt file: CSV, JSONL or Parquet (columns prompt,lang)")
     artifact_dir: str | None = setting(None, "where eval/<name>/ goes; unset: artifact/ in the project folder")
     limit: int | None = setting(None, "evaluate only the first N prompts; unset: all")
     samples_per_prompt: int = setting(1, "outputs per prompt (with --sample)")

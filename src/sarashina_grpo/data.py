@@ -1,4 +1,7 @@
-"""Load the prompt CSV (columns ``prompt,lang``) into a ``datasets.Dataset`` of ``[system, user]`` chat prompts.
+"""Load the prompt file (columns ``prompt,lang``) into a ``datasets.Dataset`` of ``[system, user]`` chat prompts.
+
+The file is a CSV, or by its suffix JSON Lines (``.jsonl``: one object per line, keys as columns) or Parquet
+(``.parquet``); all three go through the same checks, and errors name the file and the line (a Parquet file's row).
 
 Only rows whose ``lang`` is the target language (Japanese by default) are kept. Every problem is reported with
 the file and the line it is on: fatal ones raise ``DataError``, recoverable ones (blank prompts, duplicates,
@@ -200,26 +203,86 @@ def _over_long_field_message(path: Path, start: int, end: int) -> str:
     return message
 
 
-def read_rows(path: str | Path) -> list[Row]:
-    """Parse ``path`` into rows, checking the header and the ``lang`` codes. Extra columns go to ``Row.extra``."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"Prompt file not found: {path}. Expected a CSV with columns prompt,lang.")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; expected a CSV file with columns prompt,lang.")
-    check_regular_file(path)
+def _csv_table(path: Path):
+    """(header, records) of a CSV file; records are (first line, fields)."""
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path} is empty: expected a header line 'prompt,lang' and one row per prompt.")
     records = _records(text, path)
     _, header = next(records)
+    return header, records
+
+
+def _cell(value) -> str:
+    """A JSON or Parquet value as the text a CSV cell would hold (None: blank)."""
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _table_of(objects: list[tuple[int, dict]]):
+    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns."""
+    header = list(dict.fromkeys(key for _, obj in objects for key in obj))
+    return header, ((line, [_cell(obj.get(key)) for key in header]) for line, obj in objects)
+
+
+def _jsonl_table(path: Path):
+    """(header, records) of a JSON Lines file: one object per line, keys as columns; blank lines are skipped."""
+    import json
+
+    objects = []
+    for line, text in enumerate(read_text(path).splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {line}: not valid JSON ({err.msg}). Each line holds one object, e.g. "
+                            '{"prompt": "こんにちは", "lang": "ja"}.') from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, line {line}: a JSON {type(obj).__name__}, not an object with keys prompt, "
+                            "lang.")
+        objects.append((line, obj))
+    if not objects:
+        raise DataError(f"{path} is empty: expected one JSON object per line with keys prompt, lang.")
+    return _table_of(objects)
+
+
+def _parquet_table(path: Path):
+    """(header, records) of a Parquet file; a record's "line" is its row number, the first row being 1."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, … for a damaged or foreign file
+        raise DataError(f"{path}: not readable as Parquet ({err}).") from None
+    if table.num_rows > MAX_ROWS:
+        raise DataError(f"{path} has {table.num_rows:,} rows; prompt files are limited to {MAX_ROWS:,}.")
+    header, records = _table_of(list(enumerate(table.to_pylist(), 1)))
+    return header or table.column_names, records
+
+
+# Prompt file formats by suffix; anything else is read as CSV (the project's own files are).
+TABLE_READERS = {".jsonl": _jsonl_table, ".ndjson": _jsonl_table, ".parquet": _parquet_table}
+FORMATS = "a CSV, JSONL or Parquet file with columns prompt,lang"
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    """Parse ``path`` (CSV; JSONL or Parquet by suffix) into rows, checking the columns and the ``lang`` codes.
+    Extra columns go to ``Row.extra``. A Parquet row's ``line`` is its row number."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"Prompt file not found: {path}. Expected {FORMATS}.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; expected {FORMATS}.")
+    check_regular_file(path)
+    header, records = TABLE_READERS.get(path.suffix.lower(), _csv_table)(path)
     header = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise DataError(
-            f"{path}: header (line 1) has no {' or '.join(repr(c) for c in missing)} column (found {header}). "
-            "The first line must name the columns, e.g. 'prompt,lang'."
-        )
+        csv_file = path.suffix.lower() not in TABLE_READERS
+        where, fix = (("header (line 1)", "The first line must name the columns, e.g. 'prompt,lang'.") if csv_file
+                      else ("columns", "Give every row the keys prompt and lang."))
+        raise DataError(f"{path}: {where} has no {' or '.join(repr(c) for c in missing)} column (found {header}). "
+                        f"{fix}")
     prompt_at, lang_at = header.index("prompt"), header.index("lang")
     role_at = next((header.index(c) for c in ROLE_COLUMNS if c in header), None)
     extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS and at != role_at}

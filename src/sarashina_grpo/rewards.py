@@ -1,5 +1,8 @@
 """Reward functions for the <think>/<response> format, and their registry.
 
+Your own rewards join them by reference, without editing the package: ``--rewards xmlcount,my_rewards.py:length_reward``
+(``module:function`` or ``path/to/file.py:function``; ``load_reward`` checks them before a model loads).
+
 Each reward is a pure ``(completions, **kwargs) -> list[float]``: TRL passes the sampled completions (chat
 messages ``[[{"role": "assistant", "content": ...}]]`` or plain strings) plus every dataset column by name, and
 logs each reward under its function's ``__name__``. Rewards never raise: malformed input scores as empty text.
@@ -138,12 +141,75 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
 
 
 def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
-    """Reward functions by registry name; an unknown name raises ``KeyError`` listing the valid ones."""
+    """Reward functions by registry name, or your own as ``module:function`` or ``path/to/file.py:function``
+    (``load_reward``); an unknown name raises ``KeyError`` listing the valid ones."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     funcs = []
     for name in names:
-        if name not in REWARD_FUNCS:
-            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {', '.join(sorted(REWARD_FUNCS))}.")
-        funcs.append(REWARD_FUNCS[name])
+        if ":" in name:
+            funcs.append(load_reward(name))
+        elif name in REWARD_FUNCS:
+            funcs.append(REWARD_FUNCS[name])
+        else:
+            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {', '.join(sorted(REWARD_FUNCS))}, or your own "
+                           "as module:function or path/to/file.py:function.")
     return funcs
+
+
+_LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings check and trainer share it
+
+
+def load_reward(reference: str) -> RewardFunc:
+    """The function named by ``module:function`` (importable) or ``path/to/file.py:function`` (relative paths from
+    the project folder), checked to be a reward: callable, taking ``completions`` and ``**kwargs`` (TRL passes every
+    dataset column by name). Raises ``KeyError`` saying what is wrong, before any model loads."""
+    if reference in _LOADED:
+        return _LOADED[reference]
+    target, _, name = reference.rpartition(":")
+    module = _import_target(reference, target)
+    func = getattr(module, name, None)
+    if not callable(func):
+        raise KeyError(f"Reward {reference!r}: {target} has no function {name!r}.")
+    _check_signature(reference, func)
+    _LOADED[reference] = func
+    return func
+
+
+def _import_target(reference: str, target: str):
+    import importlib
+    import importlib.util
+
+    from .config import project_path
+
+    try:
+        if target.endswith(".py"):
+            path = project_path(target)
+            if not path.is_file():
+                raise KeyError(f"Reward {reference!r}: no such file {path}.")
+            spec = importlib.util.spec_from_file_location(f"sarashina_grpo_user_rewards.{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(target)
+    except KeyError:
+        raise
+    except Exception as err:  # the user's module failed to import: say why, in one line
+        # The installed `sarashina-grpo` command does not put the working folder on sys.path.
+        hint = (f" For a file of your own give its path: {target.replace('.', '/')}.py:{reference.rpartition(':')[2]}."
+                if isinstance(err, ModuleNotFoundError) and err.name == target.split(".")[0] else "")
+        raise KeyError(f"Reward {reference!r}: cannot import {target} ({type(err).__name__}: {err}).{hint}") from None
+
+
+def _check_signature(reference: str, func) -> None:
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return  # a builtin or C function: nothing to inspect, TRL will call it
+    names = {p.name for p in params}
+    if "completions" not in names or not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise KeyError(f"Reward {reference!r}: {func.__name__}{inspect.signature(func)} must accept completions and "
+                       "**kwargs, e.g. def my_reward(completions, **kwargs) -> list[float] (TRL passes every "
+                       "dataset column by name).")
