@@ -25,7 +25,14 @@ import pytest
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER
 from sarashina_grpo.config import Settings, SettingsError
-from sarashina_grpo.export import check_checkpoint, export_checkpoint, last_evaluation, model_card
+from sarashina_grpo.export import (
+    check_checkpoint,
+    export_checkpoint,
+    last_evaluation,
+    model_card,
+    portable_base,
+    share_files,
+)
 
 PROMPTS = ["こんにちは", "週末は何をしよう？", "1個120円のりんごを3個買うといくらですか？"]
 NEW_TOKENS = 24
@@ -205,6 +212,31 @@ def test_without_an_evaluation_of_this_checkpoint_the_runs_newest_is_used(tmp_pa
     assert last_evaluation(checkpoint)[0] == "new"
 
 
+def test_the_cards_snippet_loads_the_export_it_describes(tmp_path):
+    card = model_card(fake_checkpoint(tmp_path / "r"), merged=True, base=None, dtype="bfloat16", model="exported/s2")
+    assert "MODEL = 'exported/s2'" in card  # why: was MODEL = "OUT", literally
+
+
+def test_a_base_folder_inside_the_project_is_recorded_relative_to_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SARASHINA_GRPO_HOME", str(tmp_path))
+    # why: an absolute path names the exporting machine's disk
+    assert portable_base(str(tmp_path / "artifact" / "models" / "tiny")) == "artifact/models/tiny"
+
+
+@pytest.mark.parametrize("base", ["sbintuitions/x", "/models/elsewhere"])
+def test_hub_ids_and_folders_outside_the_project_stay_as_they_are(tmp_path, monkeypatch, base):
+    monkeypatch.setenv("SARASHINA_GRPO_HOME", str(tmp_path))
+    assert portable_base(base) == base
+
+
+def test_exported_files_are_readable_by_everyone(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"w")
+    weights.chmod(0o600)  # what training's safetensors save leaves
+    share_files(tmp_path)
+    assert weights.stat().st_mode & 0o777 == 0o644
+
+
 def test_card_of_a_run_without_records_says_so(tmp_path):
     card = model_card(fake_checkpoint(tmp_path / "r"), merged=True, base="/models/base", dtype="bfloat16")
     assert "not recorded" in card and "No evaluation" in card and "base_model:" not in card  # a path is no hub id
@@ -244,7 +276,7 @@ FRESH = textwrap.dedent("""
     # The model card's own snippet, run as written (folder and length filled in): it asks "こんにちは".
     card = open(out + "/README.md", encoding="utf-8").read()
     snippet = card.split("```python\\n")[1].split("```")[0]
-    snippet = snippet.replace('"OUT"', repr(out)).replace("max_new_tokens=512", f"max_new_tokens={n}")
+    snippet = snippet.replace("max_new_tokens=512", f"max_new_tokens={n}")  # MODEL already names the folder
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(snippet, {})

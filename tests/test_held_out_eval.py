@@ -80,3 +80,10 @@ def test_the_completion_table_is_printed_once_per_log_step(trained):
     trainer, printed = trained
     # why: TRL printed the last step's table again with the end-of-training summary
     assert re.findall(r"Step (\d+)", printed) == ["1", "2"] and trainer.log_completions is True
+
+
+@pytest.mark.slow
+def test_trls_run_readme_names_the_local_base_model(trained, tiny_model_dir):
+    trainer, _ = trained
+    readme = (trainer.run.paths.output_dir / "README.md").read_text(encoding="utf-8")
+    assert "[None]" not in readme and f"the local model `{tiny_model_dir}`" in readme

@@ -18,12 +18,33 @@ from .guards import NonFiniteError, check_logs
 logger = logging.getLogger(__name__)
 
 
+# TRL's run README names a base model given as a local folder "None" (create_model_card keeps hub ids only).
+TRL_CARD_NONE = ("[None](https://huggingface.co/None)", 'model="None"')
+
+
+def name_local_base(readme: Path, base_model: str) -> None:
+    """Put ``base_model`` where TRL's run README (``outputs/<run>/README.md``) says "None"."""
+    if not readme.is_file():
+        return
+    text = readme.read_text(encoding="utf-8")
+    if TRL_CARD_NONE[0] in text:
+        text = text.replace(TRL_CARD_NONE[0], f"the local model `{base_model}`")
+        text = text.replace(TRL_CARD_NONE[1], f'model="{readme.parent}/checkpoint-N"')
+        readme.write_text(text, encoding="utf-8")
+
+
 class CheckpointMarker(TrainerCallback):
     """Mark a checkpoint complete after the Trainer has written all of it (model, optimizer, scheduler, state);
-    stop the run instead when its weights hold NaN or inf (such a checkpoint must never be resumed from)."""
+    stop the run instead when its weights hold NaN or inf (such a checkpoint must never be resumed from). With
+    ``base_model``, the run README that TRL writes on each save names it instead of "None" (``name_local_base``)."""
+
+    def __init__(self, base_model: str | None = None):
+        self.base_model = base_model
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
+            if self.base_model:
+                name_local_base(Path(args.output_dir) / "README.md", self.base_model)
             folder = checkpoint_dir(args.output_dir, state.global_step)
             if folder.is_dir() and not mark_complete(folder, state.global_step):
                 raise NonFiniteError(

@@ -64,6 +64,12 @@ class GenerateOptions:
 
 
 @dataclass
+class CpuOptions:
+    threads: int | None = setting(None, "CPU threads for torch; unset: 1 without a CUDA GPU (faster for small "
+                                  "models on a busy machine, docs/troubleshooting.md) unless OMP_NUM_THREADS is set")
+
+
+@dataclass
 class InferOptions:
     prompts: list[str] = field(default_factory=list, metadata={
         "help": "prompts to answer; none: an interactive chat (an empty line quits)", "positional": True})
@@ -224,7 +230,7 @@ def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .modeling import resolve_backend, use_triton_interpreter_without_gpu
+    from .modeling import resolve_backend, use_cpu_threads, use_triton_interpreter_without_gpu
     from .pipeline import build_trainer, load_model, prepare, run_training
 
     run_options = options(args, RunOptions)
@@ -232,6 +238,7 @@ def run_train(args: argparse.Namespace) -> int:
     # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
     run = prepare(Settings.from_dict(explicit, source="command line"), artifact_dir=run_options.artifact_dir,
                   resume=run_options.resume, run_name=run_options.run_name, given=set(explicit))
+    use_cpu_threads(options(args, CpuOptions).threads)
     if resolve_backend(run.settings) == "unsloth":
         import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
     else:
@@ -273,7 +280,7 @@ def run_infer(args: argparse.Namespace) -> None:
     settings = settings_from_args(args, MODEL_FIELDS)
     gen = generation_settings(args)
     role = role_from_args(args)  # before the model loads: a missing file costs seconds
-    model, tokenizer = load_for_inference(settings)
+    model, tokenizer = load_for_inference(settings, threads=options(args, CpuOptions).threads)
     if args.prompts:
         replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True,
                          role=role)
@@ -295,7 +302,7 @@ def default_eval_name(model: str) -> str:
 
 def run_eval(args: argparse.Namespace) -> None:
     from .errors import check_compare_names
-    from .evaluation import compare_runs, evaluate_model
+    from .evaluation import compare_runs, evaluate_model, rounded
 
     opts = options(args, EvalOptions)
     artifact_dir = opts.artifact_dir or default_artifact_dir()
@@ -308,9 +315,11 @@ def run_eval(args: argparse.Namespace) -> None:
         name = opts.name or default_eval_name(settings.model_name)
         metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir,
                                  gen=generation_settings(args), samples_per_prompt=opts.samples_per_prompt,
-                                 limit=opts.limit, role=role_from_args(args), overwrite=opts.overwrite)
+                                 limit=opts.limit, role=role_from_args(args), overwrite=opts.overwrite,
+                                 threads=options(args, CpuOptions).threads)
         print(f"{Path(artifact_dir) / 'eval' / name / 'metrics.json'}")
-        print("\n".join(f"  {k}: {v}" for k, v in metrics.items()))
+        # Figures rounded as the comparison table shows them; those with nothing to judge (None) left out.
+        print("\n".join(f"  {k}: {rounded(v)}" for k, v in metrics.items() if v is not None))
         names.insert(0, name)
     if len(names) >= 2:
         table, chart = compare_runs(names, artifact_dir=artifact_dir)
@@ -335,12 +344,14 @@ def run_build_tiny(args: argparse.Namespace) -> None:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, RunOptions, title="run")
+    add_dataclass_arguments(parser, CpuOptions, title="machine")
     add_dataclass_arguments(parser, Settings, title="settings (sarashina_grpo.config.Settings)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, Settings, MODEL_FIELDS, title="model")
     add_dataclass_arguments(parser, GenerateOptions, title="generation")
+    add_dataclass_arguments(parser, CpuOptions, title="machine")
 
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -409,7 +420,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
                         help=f"full tracebacks for every error (or set {DEBUG_VARIABLE}=1), for bug reports")

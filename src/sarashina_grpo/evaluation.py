@@ -194,8 +194,15 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
     rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
     roles = [r.role or role for r in rows]
     started = time.monotonic()
-    outputs = generate_outputs(model, tokenizer, [r.prompt for r in rows], gen, samples_per_prompt, progress, roles,
-                               system_prompt=system_prompt)
+    prompts = [r.prompt for r in rows]
+    first = max(1, gen.batch_size // samples_per_prompt)  # prompts of the first batch, timed on a CPU
+    timed = str(getattr(model, "device", "cpu")) == "cpu" and len(prompts) > first
+    outputs = generate_outputs(model, tokenizer, prompts[:first] if timed else prompts, gen, samples_per_prompt,
+                               progress and not timed, roles[:first] if timed else roles, system_prompt=system_prompt)
+    if timed:
+        log_cpu_estimate(time.monotonic() - started, first, len(prompts))
+        outputs += generate_outputs(model, tokenizer, prompts[first:], gen, samples_per_prompt, progress,
+                                    roles[first:], system_prompt=system_prompt)
     if any("answer" in r.extra for r in rows):  # outputs come samples_per_prompt per row, in row order
         for output, row in zip(outputs, [r for r in rows for _ in range(samples_per_prompt)], strict=True):
             output["answer"] = row.extra.get("answer")
@@ -205,12 +212,20 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
     return write_eval(outputs, eval_dir, meta)
 
 
-def evaluate_model(settings, name: str, **kwargs) -> dict:
+def log_cpu_estimate(seconds: float, done: int, total: int) -> None:
+    """After the first batch on a CPU: how long the rest will take, and how to shorten it."""
+    left = seconds / done * (total - done)
+    logger.warning("Generating on a CPU: the first %d prompt(s) took %.0f s, so the other %d need about %s. "
+                   "Evaluate fewer with --limit N (notebook EVAL_LIMIT) or shorter answers with --max-new-tokens.",
+                   done, seconds, total - done, f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s")
+
+
+def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
 
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
-    model, tokenizer = load_for_inference(settings)
+    model, tokenizer = load_for_inference(settings, threads=threads)
     kwargs.setdefault("system_prompt", getattr(settings, "system_prompt", None))
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete_in, step_of
-from .config import SYSTEM_PROMPT, SettingsError
+from .config import SYSTEM_PROMPT, SettingsError, project_dir
 from .modeling import looks_like_path, tiny_model_dir
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
             write_merged(checkpoint, base, staging, dtype)
         else:
             write_adapter(checkpoint, staging)
-        write_model_card(checkpoint, staging, merged=merged, base=base, dtype=dtype)
+        write_model_card(checkpoint, staging, merged=merged, base=base, dtype=dtype, model=push_to_hub or str(out))
+        share_files(staging)
         if out.exists():
             out.rmdir()  # empty (check_out), so the rename below can take its place
         staging.rename(out)
@@ -133,13 +134,40 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
 
 
 def write_adapter(checkpoint: Path, folder: Path) -> None:
-    """The adapter files as training saved them, and the tokenizer re-saved (what PEFT and vLLM's LoRA load)."""
+    """The adapter files as training saved them, and the tokenizer re-saved (what PEFT and vLLM's LoRA load). The
+    recorded base model, when it is a folder inside the project, is written relative to the project folder
+    (``portable_base``) instead of this machine's absolute path."""
     from transformers import AutoTokenizer
 
     for name in (ADAPTER_CONFIG, *ADAPTER_WEIGHT_FILES):
         if (checkpoint / name).exists():
             shutil.copy2(checkpoint / name, folder / name)
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if config.get("base_model_name_or_path"):
+        config["base_model_name_or_path"] = portable_base(config["base_model_name_or_path"])
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     AutoTokenizer.from_pretrained(checkpoint).save_pretrained(folder)
+
+
+def portable_base(name: str) -> str:
+    """A base model as another machine can read it: hub ids as they are; a folder inside the project folder relative
+    to it (``artifact/models/tiny``), since an absolute path names this machine's disk; other folders unchanged
+    (the model card says to pass the base with ``--base-model`` or ``from_pretrained``)."""
+    path = Path(name)
+    if not path.is_absolute():
+        return name
+    try:
+        return path.resolve().relative_to(project_dir().resolve()).as_posix()
+    except ValueError:
+        return name
+
+
+def share_files(folder: Path) -> None:
+    """Files readable by everyone (0644), as a model folder is meant to be shared: safetensors and ``copy2`` keep
+    the 0600 mode training wrote the weights with."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
 
 
 def write_merged(checkpoint: Path, base: str, folder: Path, dtype: str) -> None:
@@ -207,12 +235,13 @@ def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
     return name, metrics
 
 
-def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str) -> str:
-    """The README.md of an export: what it is, how to load it, how it was trained and evaluated."""
+def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, model: str = "OUT") -> str:
+    """The README.md of an export: what it is, how to load it (``model``: the export's folder or hub repo), how it
+    was trained and evaluated."""
     from .rewards import REWARD_FUNCS
 
     adapter = read_json(checkpoint / ADAPTER_CONFIG) or {}
-    base = base or adapter.get("base_model_name_or_path", "?")
+    base = portable_base(base or adapter.get("base_model_name_or_path", "?"))
     run = read_json(checkpoint.parent / RUN_INFO)
     state = read_json(checkpoint / "trainer_state.json") or {}
     settings = (run or {}).get("settings", {})
@@ -229,7 +258,7 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str) 
     system_prompt = settings.get("system_prompt") or SYSTEM_PROMPT  # the prompt it was trained under
     lines += ["## Use", "", "It was trained under this system prompt; use it (or one like it) to get the format:", "",
               "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              'MODEL = "OUT"  # this folder, or its hub repo id', f"SYSTEM_PROMPT = {system_prompt!r}"]
+              f"MODEL = {model!r}  # this folder, or its hub repo id", f"SYSTEM_PROMPT = {system_prompt!r}"]
     if merged:
         lines += ["model = AutoModelForCausalLM.from_pretrained(MODEL)"]
     else:

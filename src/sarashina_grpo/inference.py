@@ -32,11 +32,13 @@ class GenerationSettings:
     batch_size: int = 8
 
 
-def load_for_inference(settings: Settings):
-    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise."""
-    from .modeling import check_model_name, load_model
+def load_for_inference(settings: Settings, *, threads: int | None = None):
+    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise. ``threads``:
+    torch's CPU threads (``modeling.use_cpu_threads``: unset is 1 on a CPU)."""
+    from .modeling import check_model_name, load_model, use_cpu_threads
 
     check_model_name(settings.model_name)  # before Unsloth's import: a missing model costs seconds, not a minute
+    use_cpu_threads(threads)
     from unsloth import FastLanguageModel
 
     model, tokenizer = load_model(settings, training=False, lora=False)

@@ -26,6 +26,10 @@ from .config import DEFAULT_MODEL_NAME, Settings, SettingsError, cuda_available,
 
 logger = logging.getLogger(__name__)
 
+# Default torch threads on a CPU. `train --model tiny --max-steps 3` on a 2-core machine shared with other jobs took
+# much longer per step with 2 threads than with 1 (docs/troubleshooting.md, "CPU threads"): OpenMP threads spin
+# waiting for each other, and small matrices gain nothing from a second thread. --threads N overrides it.
+CPU_THREADS = 1
 HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
 
 
@@ -133,6 +137,20 @@ def model_for_this_machine(name: str | None) -> str:
     chosen = DEFAULT_MODEL_NAME if cuda_available() else "tiny"
     logger.info("MODEL_NAME is None: using %r (%s).", chosen, "CUDA GPU" if chosen != "tiny" else "no CUDA GPU")
     return chosen
+
+
+def use_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads: ``threads``, else ``CPU_THREADS`` without a CUDA GPU unless ``OMP_NUM_THREADS`` says
+    otherwise; with a GPU torch's default stays. Returns the count in use."""
+    import torch
+
+    if threads is None and not cuda_available() and not os.environ.get("OMP_NUM_THREADS"):
+        threads = CPU_THREADS
+    if threads is not None:
+        if threads < 1:
+            raise SettingsError(f"--threads must be a positive integer, got {threads}.")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def check_device(settings: Settings, *, training: bool) -> None:

@@ -283,7 +283,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
         reward_funcs=get_reward_funcs(settings.reward_names),
         args=args,
         train_dataset=dataset,
-        callbacks=[CheckpointMarker(), NonFiniteGuard(), *linked, *callbacks],
+        callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
     )
     for callback in linked:
         callback.trainer = trainer  # they log through the trainer or switch its completion table
