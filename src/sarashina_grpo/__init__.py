@@ -20,3 +20,7 @@ def setup_logging(verbose: bool = False) -> None:
     prefix = f"[rank {rank}] " if multi_process() else ""
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
+    if not verbose:
+        from .noise import hide_known_messages
+
+        hide_known_messages()  # docs/troubleshooting.md, "Messages we hide"

@@ -112,21 +112,26 @@ HELD_OUT_BATCH = 16  # prompts generated together: the default eval_limit in one
 
 
 class HeldOutEval(TrainerCallback):
-    """Before the first step and every ``settings.eval_steps`` steps, answer the held-out rows greedily (up to
-    ``max_completion_length`` tokens) and score them as ``sarashina-grpo eval`` does (``evaluation.write_eval``):
-    TensorBoard gets ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to
-    ``<output_dir>/eval/step-N/``. Greedy, so the curve moves only when the model does, not with sampling noise.
-    The main process evaluates; ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
+    """Before the first step and every ``every`` (default ``settings.eval_steps``) steps, answer the held-out rows
+    and score them as ``sarashina-grpo eval`` does (``evaluation.write_eval``): TensorBoard gets
+    ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to ``<output_dir>/eval/step-N/``.
 
-    def __init__(self, rows, settings):
+    By default greedy, up to ``max_completion_length`` tokens: the curve moves only when the model does. A sampling
+    ``gen`` (the demo's) draws from a torch RNG forked and seeded with ``seed`` for each evaluation, so every point
+    sees the same noise and training's own random stream is left exactly as it was. The main process evaluates;
+    ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
+
+    def __init__(self, rows, settings, *, every: int | None = None, gen=None, samples_per_prompt: int = 1,
+                 seed: int = 0):
         from .inference import GenerationSettings
 
         self.prompts = [r.prompt for r in rows]
         self.roles = [r.role or None for r in rows]
-        self.every = settings.eval_steps
+        self.every = every or settings.eval_steps
         self.system_prompt = settings.system_prompt
-        self.gen = GenerationSettings(max_new_tokens=settings.max_completion_length, do_sample=False,
-                                      batch_size=HELD_OUT_BATCH)
+        self.gen = gen or GenerationSettings(max_new_tokens=settings.max_completion_length, do_sample=False,
+                                             batch_size=HELD_OUT_BATCH)
+        self.samples_per_prompt, self.seed = samples_per_prompt, seed
         self.trainer = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -136,6 +141,23 @@ class HeldOutEval(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
             self.evaluate(args, state, kwargs["model"], kwargs["processing_class"])
+
+    def own_random_stream(self):
+        import contextlib
+
+        import torch
+
+        if not self.gen.do_sample:
+            return contextlib.nullcontext()  # greedy decoding draws nothing
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+        @contextlib.contextmanager
+        def forked():
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                yield
+
+        return forked()
 
     def evaluate(self, args, state, model, tokenizer) -> dict | None:
         from transformers import Trainer
@@ -147,8 +169,9 @@ class HeldOutEval(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            outputs = generate_outputs(model, tokenizer, self.prompts, self.gen, progress=False, roles=self.roles,
-                                       system_prompt=self.system_prompt)
+            with self.own_random_stream():
+                outputs = generate_outputs(model, tokenizer, self.prompts, self.gen, self.samples_per_prompt,
+                                           progress=False, roles=self.roles, system_prompt=self.system_prompt)
         finally:
             model.train(was_training)
         folder = Path(args.output_dir) / "eval" / f"step-{state.global_step}"

@@ -231,6 +231,7 @@ def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
 
 def run_train(args: argparse.Namespace) -> int:
     from .modeling import resolve_backend, use_cpu_threads, use_triton_interpreter_without_gpu
+    from .noise import import_unsloth
     from .pipeline import build_trainer, load_model, prepare, run_training
 
     run_options = options(args, RunOptions)
@@ -240,7 +241,7 @@ def run_train(args: argparse.Namespace) -> int:
                   resume=run_options.resume, run_name=run_options.run_name, given=set(explicit))
     use_cpu_threads(options(args, CpuOptions).threads)
     if resolve_backend(run.settings) == "unsloth":
-        import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
+        import_unsloth()  # patches transformers and TRL: before anything imports them
     else:
         use_triton_interpreter_without_gpu()
     model, tokenizer = load_model(run)
@@ -367,7 +368,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # The demo's own knobs (sarashina_grpo.demo.DemoSettings); its training settings are fixed by the demo's recipe.
-DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "threads")
+DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "eval_steps", "threads")
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -378,16 +379,17 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
+    from .noise import import_unsloth
 
+    import_unsloth()  # patches transformers and TRL: before anything imports them
     from . import demo
 
     run_options = options(args, RunOptions)
     result = demo.run_demo(run_options.artifact_dir, demo.DemoSettings(**given(args, demo.DemoSettings, DEMO_FIELDS)),
                            run_name=run_options.run_name)
     print(result.table)
-    print(f"Reward curve: {result.curve_png}\nTensorBoard: uv run tensorboard --logdir {result.log_dir.parent} "
-          "(train/rewards/strict_format_reward/mean)")
+    print(f"Curves: {result.curve_png}\nTensorBoard: uv run tensorboard --logdir {result.log_dir.parent} "
+          "(eval/strict_format_rate: the held-out rate during GRPO; train/rewards/strict_format_reward/mean)")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The main job on a CPU: watch GRPO teach a tiny model the think/response layout, in minutes, offline.
 
     sarashina-grpo demo                            # about 3 minutes alone on a CPU (docs/demo.md)
-    tensorboard --logdir artifact/logs             # train/rewards/strict_format_reward/mean rises
+    tensorboard --logdir artifact/logs             # eval/strict_format_rate: the held-out rate during GRPO
 
 A random-weight model never writes a tag, so every GRPO group scores alike and nothing is learned (the plain
 ``train --model tiny`` smoke run shows loss 0). The demo therefore does what the learning proof
@@ -10,7 +10,9 @@ A random-weight model never writes a tag, so every GRPO group scores alike and n
 1. build the offline tiny model and warm-start it by a short SFT (``warmstart.py``) so that it is *partly*
    compliant; the warm model is cached in ``<artifact>/models/`` and reused by later demos;
 2. evaluate it on the held-out prompts, sampled at the training temperature (what GRPO's groups see);
-3. run real GRPO steps through the project's training path (the same function ``sarashina-grpo train`` uses);
+3. run real GRPO steps through the project's training path (the same function ``sarashina-grpo train`` uses),
+   scoring the held-out prompts every ``eval_steps`` steps the same way (``callbacks.HeldOutEval``), so that the
+   curve in TensorBoard (``eval/strict_format_rate``) and ``reward_curve.png`` starts and ends at the table's rates;
 4. evaluate again, log a before/after table, and write ``reward_curve.png``, ``demo.json`` and ``demo.md`` into
    the run's folder ``<artifact>/outputs/<run>/`` (TensorBoard events in ``<artifact>/logs/<run>/``).
 """
@@ -39,6 +41,9 @@ TABLE_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_
 # What the reward-curve plot draws from trainer.state.log_history (TRL's names; TensorBoard prefixes "train/").
 CURVE_KEYS = ("rewards/strict_format_reward/mean", "rewards/soft_format_reward/mean",
               "rewards/xmlcount_reward/mean", "reward")
+# The held-out evaluation during GRPO (callbacks.HeldOutEval; TensorBoard eval/<metric>): the table's own figures.
+HELD_OUT_CURVE_KEYS = ("eval_strict_format_rate", "eval_soft_format_rate", "eval_think_purity_mean")
+EVAL_SEED_OFFSET = 10_000  # the evaluations' sampling seed is demo.seed + this, apart from training's
 
 
 @dataclass
@@ -53,6 +58,8 @@ class DemoSettings:
     warm_start: WarmStart = field(default_factory=WarmStart)
     eval_samples_per_prompt: int = 2  # 135 held-out prompts × 2 sampled outputs
     eval_limit: int | None = setting(None, "evaluate on the first N held-out prompts only; unset: all 135")
+    eval_steps: int = setting(20, "during GRPO, score the held-out prompts every N steps exactly as the before/after "
+                              "table does (TensorBoard eval/strict_format_rate; the curve's ends are the table's)")
     # One CPU thread: a hidden-64 model gains nothing from more, and on a busy machine two threads' OpenMP spinning
     # made 10 GRPO steps take 238 s instead of 17.5 s (2 cores shared with other jobs).
     threads: int = setting(1, "CPU threads for torch (more only helps on an idle machine with a bigger model)")
@@ -126,17 +133,26 @@ def sampled_outputs(model, tokenizer, demo: DemoSettings) -> list[dict]:
     from .data import check_prompts
     from .evaluation import generate_outputs
 
-    torch.manual_seed(demo.seed + 10_000)
+    torch.manual_seed(demo.seed + EVAL_SEED_OFFSET)
     prompts = [r.prompt for r in check_prompts(project_path(EVAL_DATA))][:demo.eval_limit]
     return generate_outputs(model, tokenizer, prompts, demo.generation(), demo.eval_samples_per_prompt,
                             progress=False)
 
 
-def train_grpo(settings: Settings, artifact_dir: Path, run_name: str | None):
-    """The project's one training path (prepare → build → run), as `sarashina-grpo train` takes it."""
+def train_grpo(settings: Settings, artifact_dir: Path, run_name: str | None, demo: DemoSettings):
+    """The project's one training path (prepare → build → run), as `sarashina-grpo train` takes it, with a compact
+    progress line and the held-out evaluation every ``demo.eval_steps`` steps."""
+    from .callbacks import CompactProgress, HeldOutEval
+    from .data import check_prompts
     from .pipeline import train
 
-    return train(settings, artifact_dir=artifact_dir, run_name=run_name)
+    callbacks = [CompactProgress()]
+    if demo.eval_steps:
+        rows = check_prompts(project_path(EVAL_DATA))[:demo.eval_limit]
+        callbacks.append(HeldOutEval(rows, settings, every=demo.eval_steps, gen=demo.generation(),
+                                     samples_per_prompt=demo.eval_samples_per_prompt,
+                                     seed=demo.seed + EVAL_SEED_OFFSET))
+    return train(settings, artifact_dir=artifact_dir, run_name=run_name, callbacks=callbacks)
 
 
 def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None = None, *,
@@ -169,7 +185,7 @@ def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> D
     seconds["eval_before"] = round(time.monotonic() - mark, 1)
 
     mark = time.monotonic()
-    trainer = train_grpo(settings, artifact_dir, run_name)
+    trainer = train_grpo(settings, artifact_dir, run_name, demo)
     seconds["grpo"] = round(time.monotonic() - mark, 1)
     paths = trainer.run.paths
     if trainer.interrupted:  # Ctrl-C saved a checkpoint; the table below then shows the steps that ran
@@ -209,6 +225,19 @@ def demo_table(before: dict, after: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held_out_table(held_out_curve: dict[str, dict]) -> str:
+    """Markdown: the held-out rates during GRPO (``demo.json``'s ``held_out_curve``), one column per evaluated step."""
+    rows = {key: values for key, values in held_out_curve.items() if values}
+    if not rows:
+        return ""
+    steps = sorted({int(step) for values in rows.values() for step in values})
+    lines = ["| held-out, step | " + " | ".join(map(str, steps)) + " |", "|---|" + "---:|" * len(steps)]
+    for key, values in rows.items():
+        by_step = {int(step): value for step, value in values.items()}
+        lines.append(f"| {key} | " + " | ".join(f"{by_step[s]:.2f}" if s in by_step else "–" for s in steps) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one logged metric; the final summary entry (no such key) is skipped."""
     points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
@@ -216,13 +245,15 @@ def curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def reward_curve(history: list[dict], path: Path) -> Path:
-    """Plot the logged reward means against the step and save a PNG."""
+    """Plot the logged reward means (left) and the held-out rates (right, when evaluated) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    held_out = any(HELD_OUT_CURVE_KEYS[0] in h for h in history)
+    fig, axes = plt.subplots(1, 2 if held_out else 1, figsize=(13 if held_out else 7, 4), squeeze=False)
+    ax = axes[0][0]
     for key in CURVE_KEYS:
         steps, values = curve(history, key)
         if steps:
@@ -230,9 +261,22 @@ def reward_curve(history: list[dict], path: Path) -> Path:
                     linewidth=2.5 if "strict" in key else 1.2)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward of the step's completions")
-    ax.set_title("reward during GRPO (strict_format: 0.5 when the layout is exact)")
+    ax.set_title("training reward (strict_format: 0.5 when the layout is exact)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if held_out:
+        ax = axes[0][1]
+        for key in HELD_OUT_CURVE_KEYS:
+            steps, values = curve(history, key)
+            if steps:
+                ax.plot(steps, values, marker="o", markersize=3, label=key.removeprefix("eval_"),
+                        linewidth=2.5 if "strict" in key else 1.2)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel("share of held-out outputs (0–1)")
+        ax.set_title("held-out rates, as in the before/after table")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -241,8 +285,11 @@ def reward_curve(history: list[dict], path: Path) -> Path:
 
 def write_summary(result: DemoResult, demo: DemoSettings) -> None:
     steps, strict = curve(result.log_history, CURVE_KEYS[0])
+    held_out = {key.removeprefix("eval_"): dict(zip(*curve(result.log_history, key), strict=True))
+                for key in HELD_OUT_CURVE_KEYS}
     summary = {"before": result.before, "after": result.after, "seconds": result.seconds,
-               "demo": dataclasses.asdict(demo), "strict_format_reward_curve": dict(zip(steps, strict, strict=True))}
+               "demo": dataclasses.asdict(demo), "strict_format_reward_curve": dict(zip(steps, strict, strict=True)),
+               "held_out_curve": held_out}
     (result.run_dir / "demo.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str) + "\n",
                                               encoding="utf-8")
     (result.run_dir / "demo.md").write_text(result.table, encoding="utf-8")

@@ -39,7 +39,9 @@ def load_for_inference(settings: Settings, *, threads: int | None = None):
 
     check_model_name(settings.model_name)  # before Unsloth's import: a missing model costs seconds, not a minute
     use_cpu_threads(threads)
-    from unsloth import FastLanguageModel
+    from .noise import import_unsloth
+
+    FastLanguageModel = import_unsloth().FastLanguageModel
 
     model, tokenizer = load_model(settings, training=False, lora=False)
     FastLanguageModel.for_inference(model)

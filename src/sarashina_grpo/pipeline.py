@@ -285,8 +285,9 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
         train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
     )
-    for callback in linked:
-        callback.trainer = trainer  # they log through the trainer or switch its completion table
+    for callback in [*linked, *callbacks]:
+        if hasattr(callback, "trainer"):
+            callback.trainer = trainer  # they log through the trainer or switch its completion table
     if any(isinstance(c, ProgressCallback) for c in callbacks):  # a caller's own progress display replaces the default
         for default in [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]:
             trainer.remove_callback(default)

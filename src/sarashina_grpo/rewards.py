@@ -162,7 +162,7 @@ _LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings
 
 def load_reward(reference: str) -> RewardFunc:
     """The function named by ``module:function`` (importable) or ``path/to/file.py:function`` (relative paths from
-    the project folder), checked to be a reward: callable, taking ``completions`` and ``**kwargs`` (TRL passes every
+    the working folder), checked to be a reward: callable, taking ``completions`` and ``**kwargs`` (TRL passes every
     dataset column by name). Raises ``KeyError`` saying what is wrong, before any model loads."""
     if reference in _LOADED:
         return _LOADED[reference]
@@ -179,12 +179,11 @@ def load_reward(reference: str) -> RewardFunc:
 def _import_target(reference: str, target: str):
     import importlib
     import importlib.util
-
-    from .config import project_path
+    from pathlib import Path
 
     try:
         if target.endswith(".py"):
-            path = project_path(target)
+            path = Path(target).expanduser()
             if not path.is_file():
                 raise KeyError(f"Reward {reference!r}: no such file {path}.")
             spec = importlib.util.spec_from_file_location(f"sarashina_grpo_user_rewards.{path.stem}", path)

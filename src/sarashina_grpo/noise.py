@@ -1,0 +1,68 @@
+"""Known-harmless messages of the libraries, filtered so that the ones that matter stand out.
+
+``setup_logging`` (the CLI, the notebooks) installs the filters; ``--verbose`` keeps every message. Each one is
+listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless here:
+
+- torch ``_pytree``: "<enum …> is an Enum subclass and is now natively supported by torch.compile …", logged when
+  torchao (imported by Unsloth) registers its enums; a deprecation inside the libraries, nothing a user can change.
+- bitsandbytes on a CPU: "Failed to load CPU gemm_4bit_forward from kernels-community"; 4-bit needs CUDA here
+  anyway (``modeling.check_device``).
+- Unsloth on a CPU prints at import "… supported: text LoRA / full finetuning with SFTTrainer …", which reads as
+  "GRPO is not supported"; GRPO through TRL's ``GRPOTrainer`` does run on that backend (the CPU tests train with it).
+  ``import_unsloth`` replaces the line with one INFO line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+# (logger name, text in the message) of log records that are dropped.
+HIDDEN_LOGS = (
+    ("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+)
+UNSLOTH_CPU_NOTE = "supported: text LoRA / full finetuning with SFTTrainer"
+
+
+class _DropText(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def hide_known_messages() -> None:
+    """Drop the ``HIDDEN_LOGS`` records (once per logger, however often it is called)."""
+    for name, text in HIDDEN_LOGS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropText) and f.text == text for f in target.filters):
+            target.addFilter(_DropText(text))
+
+
+def without_known_lines(printed: str) -> str:
+    """``printed`` without Unsloth's CPU note (other lines kept, in order)."""
+    return "".join(line for line in printed.splitlines(keepends=True) if UNSLOTH_CPU_NOTE not in line)
+
+
+def import_unsloth():
+    """``import unsloth`` (which must come before transformers and TRL), its misleading CPU note replaced by one
+    INFO line; every other line it prints is passed on."""
+    if "unsloth" in sys.modules:
+        return sys.modules["unsloth"]
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            import unsloth
+    finally:
+        sys.stdout.write(without_known_lines(printed.getvalue()))
+    if UNSLOTH_CPU_NOTE in printed.getvalue():
+        logger.info("Unsloth %s runs on the CPU (no CUDA GPU): GRPO through TRL works there, slowly; use a small "
+                    "model such as --model tiny.", unsloth.__version__)
+    return unsloth
