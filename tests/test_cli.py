@@ -82,3 +82,26 @@ def test_train_runs_the_article_recipe_on_the_tiny_model_with_overrides(tmp_path
     assert (recorded["loss_type"], recorded["beta"], recorded["max_steps"], recorded["model_name"]) == (
         "grpo", 0.04, 1, "tiny")
     assert set(recorded) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def test_top_level_help_has_no_rest_markup(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "infer", "eval", "demo"])
+def test_every_cpu_command_takes_threads(command):
+    assert build_parser().parse_args([command, "--threads", "2"]).threads == 2
+
+
+@pytest.mark.slow
+def test_eval_prints_rounded_figures_and_no_none(tmp_path, capsys):
+    from sarashina_grpo.cli import main
+
+    assert main(["eval", "--model", "tiny", "--limit", "2", "--max-new-tokens", "4", "--artifact-dir",
+                 str(tmp_path), "--name", "t"]) == 0
+    figures = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    # why: unrounded floats and "None" (nothing judged) made the figures hard to read
+    assert figures and all(line.split(": ")[1].replace(".", "").isdigit() for line in figures)
+    assert all(len(line.split(".")[-1]) == 3 for line in figures if "." in line.split(": ")[1])

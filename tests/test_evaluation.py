@@ -104,6 +104,19 @@ def test_chart_labels_tell_missing_from_zero():
     assert [chart_label(chart_value(v)) for v in (None, float("nan"), 0.0, 0.5)] == ["n/a", "n/a", "0.00", "0.50"]
 
 
+def test_chart_legend_gives_each_runs_number_of_outputs():
+    from sarashina_grpo.evaluation import chart_legend
+
+    assert chart_legend("step500", {"n": 20}) == "step500 (n=20)"  # why: n=20 beside n=135 must be visible
+
+
+def test_a_cpu_evaluation_says_how_long_it_will_take_and_how_to_shorten_it(caplog):
+    from sarashina_grpo.evaluation import log_cpu_estimate
+
+    log_cpu_estimate(40.0, 8, 136)
+    assert "the other 128 need about 11 min" in caplog.text and "--limit N" in caplog.text
+
+
 def test_chart_draws_missing_values_without_failing(tmp_path):
     from sarashina_grpo.evaluation import comparison_chart
 

@@ -212,12 +212,19 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
     return write_eval(outputs, eval_dir, meta)
 
 
+LONG_EVAL_SECONDS = 60  # beyond this a CPU evaluation warns and says how to shorten it
+
+
 def log_cpu_estimate(seconds: float, done: int, total: int) -> None:
-    """After the first batch on a CPU: how long the rest will take, and how to shorten it."""
+    """After the first batch on a CPU: how long the rest will take, and (when long) how to shorten it."""
     left = seconds / done * (total - done)
+    shown = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+    if left < LONG_EVAL_SECONDS:
+        logger.info("Generating on a CPU: the other %d prompt(s) need about %s.", total - done, shown)
+        return
     logger.warning("Generating on a CPU: the first %d prompt(s) took %.0f s, so the other %d need about %s. "
                    "Evaluate fewer with --limit N (notebook EVAL_LIMIT) or shorter answers with --max-new-tokens.",
-                   done, seconds, total - done, f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s")
+                   done, seconds, total - done, shown)
 
 
 def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs) -> dict:
@@ -246,6 +253,11 @@ def chart_value(value) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value)
+
+
+def chart_legend(name: str, metrics: dict) -> str:
+    """A run's legend entry with its number of outputs: a rate over 20 outputs beside one over 135 is less sure."""
+    return f"{name} (n={metrics.get('n', '?')})"
 
 
 def chart_label(value: float | None) -> str:
@@ -281,7 +293,7 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
     for i, (name, metrics) in enumerate(runs.items()):
         values = [chart_value(metrics.get(k)) for k in keys]
         xs = [x + i * width for x in range(len(keys))]
-        bars = ax.bar(xs, [0.0 if v is None else v for v in values], width, label=name)
+        bars = ax.bar(xs, [0.0 if v is None else v for v in values], width, label=chart_legend(name, metrics))
         # A missing figure (nothing to judge) is not a zero: label it "n/a" instead of drawing an empty bar as 0.
         ax.bar_label(bars, labels=[chart_label(v) for v in values], fontsize=7, padding=2)
     ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(keys))])
