@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import signal
+from contextlib import nullcontext
 from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
+from . import compat
 from .checkpoints import checkpoint_dir, mark_complete
 from .guards import NonFiniteError, check_logs
 
@@ -148,7 +150,7 @@ class HeldOutEval(TrainerCallback):
         import torch
 
         if not self.gen.do_sample:
-            return contextlib.nullcontext()  # greedy decoding draws nothing
+            return nullcontext()  # greedy decoding draws nothing
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
         @contextlib.contextmanager
@@ -168,8 +170,10 @@ class HeldOutEval(TrainerCallback):
             return None
         was_training = model.training
         model.eval()
+        # The context TRL's own rollout generates in: Unsloth switches to its inference mode there and back after.
+        context = compat.generation_context(self.trainer) if self.trainer is not None else nullcontext()
         try:
-            with self.own_random_stream():
+            with context, self.own_random_stream():
                 outputs = generate_outputs(model, tokenizer, self.prompts, self.gen, self.samples_per_prompt,
                                            progress=False, roles=self.roles, system_prompt=self.system_prompt)
         finally:
