@@ -56,3 +56,14 @@ def test_warm_model_is_cached_in_the_artifact_folder(demo):
     built = (cached / "model.safetensors").stat().st_mtime
     assert warm_model(artifact, DemoSettings(seed=0)) == cached  # a second demo reuses it, without rebuilding
     assert (cached / "model.safetensors").stat().st_mtime == built
+
+
+def test_the_held_out_curve_during_grpo_ends_at_the_tables_rates(demo):
+    from sarashina_grpo.demo import curve
+
+    steps, strict = curve(demo.log_history, "eval_strict_format_rate")
+    # why: the in-training evaluation samples as the table does, so TensorBoard's eval/strict_format_rate and the
+    # table can be read together
+    assert steps == [0, 20, 40, 60] and (strict[0], strict[-1]) == (demo.before["strict_format_rate"],
+                                                                    demo.after["strict_format_rate"])
+

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from sarashina_grpo.callbacks import compact_line
+from sarashina_grpo.callbacks import CompactProgress, compact_line
 from sarashina_grpo.config import Settings, SettingsError
 
 
@@ -47,7 +47,7 @@ def trained(tiny_model_dir, tmp_path_factory):
                         eval_limit=3)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # TRL's rich console prints the completion tables to stdout
-        trainer = train(settings, artifact_dir=tmp / "artifact")
+        trainer = train(settings, artifact_dir=tmp / "artifact", callbacks=[CompactProgress()])
     return trainer, printed.getvalue()
 
 
@@ -87,3 +87,10 @@ def test_trls_run_readme_names_the_local_base_model(trained, tiny_model_dir):
     trainer, _ = trained
     readme = (trainer.run.paths.output_dir / "README.md").read_text(encoding="utf-8")
     assert "[None]" not in readme and f"the local model `{tiny_model_dir}`" in readme
+
+
+@pytest.mark.slow
+def test_a_compact_progress_line_replaces_the_raw_log_dicts(trained):
+    _, printed = trained
+    # why: the demo printed 20 dicts of ~1,500 characters each
+    assert "step 1: reward" in printed and "{'loss'" not in printed
