@@ -104,7 +104,8 @@ class ExportOptions:
                            "(off: the LoRA adapter alone)")
     base_model: str | None = setting(None, "base model to merge into (hub id or folder); unset: the one named in "
                                      "the checkpoint's adapter_config.json")
-    dtype: str = setting("bfloat16", "weight type of the merged model", choices=("bfloat16", "float16", "float32"))
+    dtype: str = setting("auto", "weight type of the merged model; auto: bfloat16, or float16 on a GPU without bf16",
+                         choices=("auto", "bfloat16", "float16", "float32"))
     push_to_hub: str | None = setting(None, "also upload OUT to this hub repo (user/name; needs a hub token; "
                                       "untested here)")
     private: bool = setting(True, "create the hub repo private (with --push-to-hub)")
@@ -113,8 +114,8 @@ class ExportOptions:
 @dataclass
 class BuildTinyOptions:
     out_dir: str = field(default="", metadata={"help": "folder to write the model to", "positional": True})
-    shape: str = setting("tiny", "the tiny test model, or the exact Sarashina 2.2 3B shape (random weights)",
-                         choices=("tiny", "sarashina-3b"))
+    shape: str = setting("tiny", "the tiny test model, a small GPU test model, or the exact Sarashina 2.2 3B shape "
+                         "(random weights)", choices=("tiny", "small", "sarashina-3b"))
     seed: int = setting(0, "random seed of the weights")
 
 

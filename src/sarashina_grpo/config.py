@@ -58,6 +58,28 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
+# the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def precision() -> str:
+    """The 16-bit type this machine trains in: ``"bf16"`` on a GPU that has it, ``"fp16"`` on an older GPU,
+    ``"fp32"`` without CUDA (bf16 matmuls on a CPU are slow)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability() >= BF16_MIN_CAPABILITY else "fp16"
+
+
+def torch_dtype(kind: str | None = None):
+    """The torch dtype of ``precision()`` (or of ``kind``: "bf16", "fp16", "fp32")."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
+
+
 def multi_process() -> bool:
     """Started by ``accelerate launch`` (or torchrun) with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -96,7 +118,7 @@ class Settings:
                              flag="--vllm")
     gpu_memory_utilization: float = setting(0.6, "share of GPU memory vLLM may reserve (with --vllm)")
     backend: str = setting("auto", "model loading: 'unsloth', or plain transformers+PEFT ('trl-peft'); 'auto' = "
-                           "unsloth in one process, trl-peft under `accelerate launch` with several",
+                           "unsloth (one process or several)",
                            choices=BACKENDS)
     # --- LoRA
     lora_rank: int = setting(32, "LoRA rank r")
@@ -378,7 +400,6 @@ def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: b
         importance_sampling_level=settings.importance_sampling_level,
         log_completions=settings.log_completions,
         num_completions_to_print=settings.num_completions_to_print,
-        bf16=not use_cpu,
         use_cpu=use_cpu,
         report_to="tensorboard",
     )
@@ -387,6 +408,9 @@ def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: b
     elif settings.rollout == "paged":
         args["use_transformers_continuous_batching"] = True
     # rollout="fast" needs no GRPOConfig change: the pipeline swaps in sarashina_grpo.rollout's generation.
+    if not use_cpu:  # mixed precision of the card; CPU runs stay in fp32
+        kind = precision()
+        args.update(bf16=kind == "bf16", fp16=kind == "fp16")
     args.update(settings.extra_grpo_args)
     args.update(overrides)
     return args
