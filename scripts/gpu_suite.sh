@@ -31,13 +31,28 @@ if [ ! -f "$SARASHINA_GRPO_3B/config.json" ]; then
 fi
 echo "suite: 3B shape ready after $(( $(date +%s) - start )) s"
 
-python3 -m pytest tests/gpu -m gpu -v -p no:cacheprovider -o addopts="" -rA --junitxml "$out/gpu-suite.xml" "$@" \
-  2>&1 | tee "$out/gpu-suite.log"
-rc=${PIPESTATUS[0]}
+suite() {  # suite NAME GPUS PYTEST-ARGS...: one pytest run on the given GPUs, its log and junit in $out
+  local name=$1 gpus=$2; shift 2
+  CUDA_VISIBLE_DEVICES=$gpus python3 -m pytest -v -p no:cacheprovider -o addopts="" -rA \
+    --junitxml "$out/gpu-suite-$name.xml" "$@" >"$out/gpu-suite-$name.log" 2>&1
+}
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$gpus" -ge 4 ]; then
+  # Three groups side by side on their own GPUs (each needs at most two): the suite fits one 10-minute call.
+  suite 3b 0 tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
+  suite one-gpu 1 tests/gpu/test_gpu_rollout.py tests/gpu/test_gpu_runs.py -m "gpu and not two_gpus" "$@" & p2=$!
+  suite two-gpus 2,3 tests/gpu/test_gpu_runs.py -m "gpu and two_gpus" "$@" & p3=$!
+  rc=0; for p in $p1 $p2 $p3; do wait "$p" || rc=1; done
+else
+  suite all "$(seq -s, 0 $((gpus - 1)))" tests/gpu -m gpu "$@"; rc=$?
+fi
 
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sort | uniq -c | sed 's/^ *//' | paste -sd, -)
 commit=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-result=$(grep -E '^=+ .*(passed|failed|error).* =+$' "$out/gpu-suite.log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')
-echo "| $(date -u +%Y-%m-%d) | ${device:-no GPU} | $commit | ${result:-no result} | $(( $(date +%s) - start )) s |" \
-  | tee "$out/summary.md"
+for log in "$out"/gpu-suite-*.log; do
+  grep -E '^(PASSED|FAILED|ERROR|SKIPPED)' "$log"
+  result=$(grep -E '^=+ .*(passed|failed|error|skipped).* =+$' "$log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')
+  echo "| $(date -u +%Y-%m-%d) | ${device:-no GPU} | $commit | $(basename "$log" .log) | ${result:-no result} |"
+done | tee "$out/summary.md"
+echo "suite: $(( $(date +%s) - start )) s in all"
 exit "$rc"

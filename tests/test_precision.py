@@ -90,3 +90,18 @@ def test_peft_backend_loads_in_the_cards_dtype(card, monkeypatch):
     with pytest.raises(Stop):
         modeling.load_model_peft(Settings(model_name="tiny", load_in_4bit=False), checked=True)
     assert seen["dtype"] == torch.float16  # why: the transformers + PEFT path must not force bf16 either
+
+
+def test_the_precision_variable_takes_the_fp16_path_on_a_bf16_card(card, monkeypatch):
+    card((9, 0))
+    monkeypatch.setenv("SARASHINA_GRPO_PRECISION", "fp16")
+    assert precision() == "fp16"  # why: the GPU suite trains as a T4 would on an H100
+
+
+def test_the_precision_variable_cannot_ask_a_t4_for_bf16(card, monkeypatch):
+    from sarashina_grpo.config import SettingsError
+
+    card((7, 5))
+    monkeypatch.setenv("SARASHINA_GRPO_PRECISION", "bf16")
+    with pytest.raises(SettingsError, match="no bf16"):
+        precision()

@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow,
 
 WORKER = REPO_ROOT / "tests" / "multigpu_worker.py"  # sarashina-grpo train + a varying reward + a LoRA record
 COMPLETE = "checkpoint_complete"
-TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def two_gpus(test):
+    return pytest.mark.two_gpus(pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")(test))
 
 
 def train_args(model_dir, data, artifact_dir, run_name, steps, *extra):
@@ -117,14 +118,14 @@ def test_a_gpu_checkpoint_exports_merged_and_loads_in_plain_transformers(one_gpu
 
 
 def test_a_card_without_bf16_trains_in_fp16(tmp_path, small_model_dir, prompts_csv):
-    # The capability is faked before anything reads it (Unsloth decides its dtype on import).
-    prelude = ("import sys, runpy, torch; torch.cuda.get_device_capability = lambda *a, **k: (7, 5); "
-               "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    # This card has bf16: $SARASHINA_GRPO_PRECISION=fp16 takes the path a T4 takes (tests/test_precision.py checks
+    # that such a card's compute capability leads there).
     out_dir, artifact = tmp_path / "fp16", tmp_path / "artifact"
     out_dir.mkdir()
-    done = subprocess.run([sys.executable, "-c", prelude, str(WORKER), str(out_dir),
+    done = subprocess.run([sys.executable, str(WORKER), str(out_dir),
                            *map(str, train_args(small_model_dir, prompts_csv, artifact, "fp16", 2))],
-                          cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=400)
+                          cwd=REPO_ROOT, env=cli_env(SARASHINA_GRPO_PRECISION="fp16"), capture_output=True,
+                          text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     state = json.loads((artifact / "outputs" / "fp16" / "checkpoint-2" / "trainer_state.json").read_text())
     args = json.loads((artifact / "outputs" / "fp16" / "run.json").read_text())
@@ -144,7 +145,7 @@ def two_gpus_resumed(tmp_path_factory, small_model_dir, prompts_csv):
     return kill_and_resume(2, tmp_path_factory.mktemp("two"), small_model_dir, prompts_csv)
 
 
-@TWO_GPUS
+@two_gpus
 def test_two_processes_on_the_unsloth_backend_keep_identical_lora_weights(two_gpus_resumed):
     _, (rank0, rank1), _ = two_gpus_resumed
     # why: each rank scored other prompts; equal digests mean the gradients were averaged every step
@@ -152,21 +153,21 @@ def test_two_processes_on_the_unsloth_backend_keep_identical_lora_weights(two_gp
     assert rank0["lora_b_abs_sum"] > 0
 
 
-@TWO_GPUS
+@two_gpus
 def test_the_default_backend_under_two_processes_is_unsloth(two_gpus_resumed):
     _, records, _ = two_gpus_resumed
     # why: `accelerate launch ... train` without --backend must train with Unsloth's patched trainer on every rank
     assert [r["trainer_class"] for r in records] == ["UnslothGRPOTrainer"] * 2
 
 
-@TWO_GPUS
+@two_gpus
 def test_a_two_gpu_checkpoint_serves_on_one_gpu(two_gpus_resumed, run_cli):
     run_dir, _, _ = two_gpus_resumed
     done = run_cli("infer", "--model", run_dir / "checkpoint-6", "--max-new-tokens", 8, "こんにちは")
     assert done.stdout.strip()  # why: a DDP checkpoint is an ordinary adapter that one process loads
 
 
-@TWO_GPUS
+@two_gpus
 def test_the_fast_rollout_runs_under_ddp(tmp_path, small_model_dir, prompts_csv):
     out_dir = tmp_path / "fast"
     args = train_args(small_model_dir, prompts_csv, tmp_path / "artifact", "fast", 2, "--rollout", "fast")
