@@ -348,6 +348,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     from ..config import Settings
     from ..modeling import load_model
     from ..pipeline import build_trainer, prepare, run_training
+    from ..validation import check_model
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
     settings = Settings(
@@ -372,7 +373,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         loaded.clear()
         gc.collect()
         start = time.perf_counter()
-        loaded[cfg.load_in_4bit] = load_model(settings)
+        loaded[cfg.load_in_4bit] = load_model(check_model(settings, training=True))
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[cfg.load_in_4bit]
     clock = _clock_callback()
