@@ -49,7 +49,7 @@ PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous bat
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
 PEER_SETTINGS = dict(backend="trl-peft", rollout="paged", load_in_4bit=False)
-TARGETS = {6: 1000, 36: 3500}  # on-policy completion tokens/s asked of the fast path on one H100 (issue 13)
+TARGETS = {6: 1000, 36: 3500}  # on-policy completion tokens/s asked of the fast path on one H100
 GIB = 2**30
 # Realistic completion lengths (tokens, EOS included): normal with this mean and spread, clipped to [low, high],
 # drawn per completion with a fixed seed. A stated stand-in for a warm-started model's think + response answers
@@ -230,7 +230,7 @@ def _force_lengths(trainer, draw) -> contextlib.AbstractContextManager:
 
 
 def _model_state(model) -> dict:
-    """What mode the model trains in: the suspects for a slow update (issue 13)."""
+    """What mode the model trains in: the suspects for a slow update."""
     modules = list(model.modules())
     return dict(
         training=model.training,
