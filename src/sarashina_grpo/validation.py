@@ -118,8 +118,7 @@ def check_ranges(settings: Settings) -> None:
 def check_choices(settings: Settings) -> None:
     from .rewards import REWARD_FUNCS
 
-    choices = {name: FIELDS[name].metadata["choices"] for name in
-               ("rollout", "backend", "scale_rewards", "importance_sampling_level")}
+    choices = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata.get("choices")}
     choices["loss_type"], choices["lr_scheduler_type"] = loss_types(), scheduler_names()
     for name, allowed in choices.items():
         value = getattr(settings, name)
