@@ -5,8 +5,10 @@
 
 ``Settings`` is the only place a setting is defined: each field carries its help text in ``metadata``, and the
 command line (``cli.py``), the YAML recipes (``configs/recipes/*.yaml``, keys = field names), ``run.json`` and the
-notebooks' parameters all derive from it. Defaults reproduce the article's run, including its GRPO algorithm as
-TRL ran it in early 2025 (docs/algorithm.md), whatever the installed TRL/Unsloth would default to.
+notebooks' parameters all derive from it. ``read_settings`` is the one typed reading of all of them; keys that are
+fields of TRL's ``GRPOConfig`` rather than of ``Settings`` travel in ``extra_grpo_args``. Defaults reproduce the
+article's run, including its GRPO algorithm as TRL ran it in early 2025 (docs/algorithm.md), whatever the installed
+TRL/Unsloth would default to.
 
 Default locations (``datasets/``, ``artifact/``) are relative to the project folder: ``$SARASHINA_GRPO_HOME`` when
 set, else the working directory, never the place the package is installed in.
@@ -356,43 +358,22 @@ def load_recipe(path: str | Path) -> dict:
 
 
 def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides) -> dict:
-    """The keyword arguments of TRL's ``GRPOConfig`` for ``settings``; ``overrides`` win over both settings and
-    ``extra_grpo_args``. Every algorithm choice is passed explicitly, so Unsloth's own defaults never apply."""
-    args = dict(
+    """The keyword arguments of TRL's ``GRPOConfig`` for ``settings``: every ``Settings`` field that is also a
+    ``GRPOConfig`` field, under its own name, then ``extra_grpo_args``, then ``overrides``. Every algorithm choice
+    is passed explicitly, so Unsloth's own defaults never apply."""
+    from .grpo_fields import grpo_fields
+
+    args = {name: getattr(settings, name) for name in FIELDS if name in grpo_fields()}
+    args.update(
         output_dir=str(output_dir),
-        learning_rate=settings.learning_rate,
-        adam_beta1=settings.adam_beta1,
-        adam_beta2=settings.adam_beta2,
-        weight_decay=settings.weight_decay,
         # transformers 5 dropped warmup_ratio; a float warmup_steps < 1 is read as a share of max_steps.
         warmup_steps=float(settings.warmup_ratio),
-        lr_scheduler_type=settings.lr_scheduler_type,
         # bitsandbytes' paged optimiser needs CUDA; on CPU the plain AdamW keeps the same maths.
         optim="adamw_torch" if use_cpu else settings.optim,
-        logging_steps=settings.logging_steps,
-        per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        num_generations=settings.num_generations,
-        max_completion_length=settings.max_completion_length,
-        max_steps=settings.max_steps,
-        save_steps=settings.save_steps,
-        max_grad_norm=settings.max_grad_norm,
-        temperature=settings.temperature,
-        seed=settings.seed,
-        use_vllm=settings.use_vllm,
-        loss_type=settings.loss_type,
-        beta=settings.beta,
-        scale_rewards=settings.scale_rewards,
-        epsilon=settings.epsilon,
         epsilon_high=settings.epsilon if settings.epsilon_high is None else settings.epsilon_high,
-        num_iterations=settings.num_iterations,
-        mask_truncated_completions=settings.mask_truncated_completions,
-        importance_sampling_level=settings.importance_sampling_level,
-        log_completions=settings.log_completions,
-        num_completions_to_print=settings.num_completions_to_print,
         bf16=not use_cpu,
         use_cpu=use_cpu,
-        report_to="tensorboard",
+        report_to="tensorboard",  # the article's logs; --report-to (extra_grpo_args) replaces it
     )
     if settings.rollout == "static":
         args["cache_implementation"] = "static"
