@@ -121,3 +121,23 @@ def test_one_module_builds_the_command_line():
 @pytest.mark.parametrize("name", PRIVATE_NAMES)
 def test_private_library_names_live_in_compat_only(name):
     assert files_containing(name) == ["compat.py"]
+
+
+def modules_taking_settings() -> set[str]:
+    """Modules with a function that has a parameter annotated ``Settings``."""
+    found = set()
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+                if any(a.annotation is not None and ast.unparse(a.annotation) == "Settings" for a in arguments):
+                    found.add(short(module_name(path)))
+    return found
+
+
+def test_below_the_pipeline_settings_enter_only_config_validation_and_modeling():
+    layers = documented_layers()
+    below = {m for m in modules_taking_settings() if layers[m] < layers["pipeline"]}
+    # why: docs/architecture.md's walk: train's settings enter pipeline, validation, config and modeling only;
+    # data, rewards, checkpoints and the callbacks get plain values
+    assert below <= {"config", "validation", "modeling"}
