@@ -396,6 +396,17 @@ def test_a_damaged_checkpoint_given_to_infer_or_eval_is_one_error_before_loading
     assert f"e.g. {earlier}" in err and "Traceback" not in err
 
 
+def test_an_adapter_whose_base_model_folder_moved_is_refused_before_loading(tmp_path):
+    import json
+
+    write_adapter(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "moved-away")
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    # why: the loader would look for the folder on the hub and fail with an unrelated OSError after loading started
+    assert "its base model folder" in error_of(check_model_name, str(tmp_path))
+
+
 def test_an_adapter_with_nan_weights_is_refused(tmp_path):
     write_adapter(tmp_path, float("nan"))
     message = error_of(check_model_name, str(tmp_path))

@@ -262,6 +262,8 @@ def check_model_name(name: str) -> None:
     adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
     if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
+        if adapter:
+            check_base_model(path)
         return
     newest = newest_complete_in(path)
     if newest:  # a run folder: point at its newest finished checkpoint
@@ -275,6 +277,20 @@ def check_model_name(name: str) -> None:
         f"MODEL_NAME {name!r} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
         f"(adapter_config.json + adapter_model.safetensors). {hint}"
     )
+
+
+def check_base_model(adapter_dir: Path) -> None:
+    """An adapter's base model, when it is a local folder, must still be there (the loader would go looking for it
+    on the hub and fail with an unrelated message)."""
+    try:
+        base = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # check_loadable reports a damaged adapter; a missing entry is the loader's default
+    if isinstance(base, str) and (Path(base).is_absolute() or looks_like_path(base)) and not (
+            Path(base).expanduser() / "config.json").is_file():
+        raise ModelNotFoundError(f"{adapter_dir}: its base model folder {base} (adapter_config.json, "
+                                 "base_model_name_or_path) does not exist here. Put the base model back there, or "
+                                 "write its new place into adapter_config.json.")
 
 
 def check_device(settings: Settings, *, training: bool) -> None:
