@@ -146,8 +146,9 @@ class Settings:
     log_completions: bool = setting(True, "print sampled completions with their rewards at each log (TRL)")
     num_completions_to_print: int = setting(2, "completions printed per log when log_completions is on")
     seed: int = setting(3407, "random seed (LoRA init, sampling, data order)")
-    extra_grpo_args: dict = setting(None, "further TRL GRPOConfig arguments, as JSON on the command line",
-                                    factory=dict)
+    extra_grpo_args: dict = setting(None, "further TRL GRPOConfig fields, by name; each is also its own flag and "
+                                    "recipe key (--report-to wandb, --save-total-limit 3, …), this JSON form "
+                                    "stays for older command lines", factory=dict)
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
