@@ -361,7 +361,8 @@ def load_recipe(path: str | Path) -> dict:
 def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides) -> dict:
     """The keyword arguments of TRL's ``GRPOConfig`` for ``settings``: every ``Settings`` field that is also a
     ``GRPOConfig`` field, under its own name, then ``extra_grpo_args``, then ``overrides``. Every algorithm choice
-    is passed explicitly, so Unsloth's own defaults never apply."""
+    is passed explicitly, so Unsloth's own defaults never apply. A new ``Settings`` field named like a ``GRPOConfig``
+    field reaches TRL as that field with no further code; name a project-only setting differently."""
     from .grpo_fields import grpo_fields
 
     args = {name: getattr(settings, name) for name in FIELDS if name in grpo_fields()}
