@@ -48,7 +48,7 @@ def test_realistic_lengths_follow_the_stated_distribution_within_the_cap():
 
     lengths = realistic_lengths(4000, random.Random(0), 512)
     mean = sum(lengths) / len(lengths)
-    # why: the README states this distribution next to the numbers it produced
+    # why: docs/speed.md states this distribution next to the numbers it produced
     assert REALISTIC_LENGTHS["low"] <= min(lengths) and max(lengths) <= 512
     assert abs(mean - REALISTIC_LENGTHS["mean"]) < 10
     assert max(realistic_lengths(100, random.Random(0), 64)) == 64  # capped at max_completion_length

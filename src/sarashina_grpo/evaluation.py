@@ -201,7 +201,9 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
 def evaluate_model(settings, name: str, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
+    from .validation import check_model
 
+    settings = check_model(settings, training=False)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
     model, tokenizer = load_for_inference(settings)
     kwargs.setdefault("system_prompt", getattr(settings, "system_prompt", None))

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete_in, step_of
 from .config import SYSTEM_PROMPT, SettingsError
-from .modeling import looks_like_path, tiny_model_dir
+from .modeling import tiny_model_dir
+from .validation import looks_like_path
 
 logger = logging.getLogger(__name__)
 

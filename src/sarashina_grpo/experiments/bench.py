@@ -53,7 +53,7 @@ PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous bat
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
 PEER_SETTINGS = dict(backend="trl-peft", rollout="paged", load_in_4bit=False)
-TARGETS = {6: 1000, 36: 3500}  # on-policy completion tokens/s asked of the fast path on one H100 (issue 13)
+TARGETS = {6: 1000, 36: 3500}  # on-policy completion tokens/s asked of the fast path on one H100
 GIB = 2**30
 # Realistic completion lengths (tokens, EOS included): normal with this mean and spread, clipped to [low, high],
 # drawn per completion with a fixed seed. A stated stand-in for a warm-started model's think + response answers
@@ -250,7 +250,7 @@ def _force_lengths(trainer, draw) -> contextlib.AbstractContextManager:
 
 
 def _model_state(model) -> dict:
-    """What mode the model trains in: the suspects for a slow update (issue 13)."""
+    """What mode the model trains in: the suspects for a slow update."""
     modules = list(model.modules())
     return dict(
         training=model.training,
@@ -368,6 +368,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     from ..config import Settings
     from ..modeling import load_model
     from ..pipeline import build_trainer, prepare, run_training
+    from ..validation import check_model
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
     settings = Settings(
@@ -392,7 +393,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         loaded.clear()
         gc.collect()
         start = time.perf_counter()
-        loaded[cfg.load_in_4bit] = load_model(settings)
+        loaded[cfg.load_in_4bit] = load_model(check_model(settings, training=True))
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[cfg.load_in_4bit]
     clock = _clock_callback()
