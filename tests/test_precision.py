@@ -88,7 +88,7 @@ def test_peft_backend_loads_in_the_cards_dtype(card, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     with pytest.raises(Stop):
-        modeling.load_model_peft(Settings(model_name="tiny", load_in_4bit=False), checked=True)
+        modeling.load_model_peft(Settings(model_name="tiny", load_in_4bit=False))
     assert seen["dtype"] == torch.float16  # why: the transformers + PEFT path must not force bf16 either
 
 
