@@ -43,7 +43,7 @@ def load_model(settings: Settings, *, lora: bool = True):
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_name,
-        dtype=torch_dtype() if cuda_available() else None,  # fp16 on cards without bf16 (T4, V100)
+        dtype=torch_dtype(),  # fp16 on cards without bf16 (T4, V100); fp32 on CPU, even one with bf16
         max_seq_length=settings.max_seq_length,
         load_in_4bit=settings.load_in_4bit,
         fast_inference=settings.use_vllm,
