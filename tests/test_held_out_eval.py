@@ -1,4 +1,4 @@
-"""Evaluation during training (``Settings.eval_steps``): held-out prompts scored greedily with the metrics of
+"""Evaluation during training (``Settings.held_out_eval_steps``): held-out prompts scored greedily with the metrics of
 ``sarashina-grpo eval``, logged to TensorBoard as ``eval/<metric>``; one completion table per log step; a compact
 progress line instead of the raw log dicts.
 
@@ -14,12 +14,37 @@ import re
 import pytest
 
 from sarashina_grpo.callbacks import CompactProgress, compact_line
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings, SettingsError, grpo_config_kwargs
+from sarashina_grpo.validation import check_settings
 
 
 def test_eval_steps_must_not_be_negative():
-    with pytest.raises(SettingsError, match="eval_steps"):
-        Settings(eval_steps=-1).validate()
+    with pytest.raises(SettingsError, match="held_out_eval_steps"):
+        check_settings(Settings(held_out_eval_steps=-1))
+
+
+def test_eval_limit_must_be_positive():
+    with pytest.raises(SettingsError, match="eval_limit"):
+        check_settings(Settings(eval_limit=0))
+
+
+def test_the_held_out_eval_steps_never_switch_on_trls_own_evaluation():
+    # eval_steps is a GRPOConfig field: a Settings field of that name would reach TRL (grpo_config_kwargs).
+    kwargs = grpo_config_kwargs(Settings(held_out_eval_steps=5), "out", use_cpu=True)
+    assert "eval_steps" not in kwargs and "held_out_eval_steps" not in kwargs
+
+
+def test_trls_eval_steps_given_as_a_recipe_key_points_to_the_held_out_evaluation():
+    # A recipe or notebook key `eval_steps` is TRL's field (read_settings), which would do nothing here.
+    with pytest.raises(SettingsError, match="--eval-steps"):
+        check_settings(Settings.from_dict({"eval_steps": 5}))
+
+
+def test_the_eval_flag_sets_the_held_out_evaluation():
+    from sarashina_grpo.cli import build_parser, explicit_settings
+
+    args = build_parser().parse_args(["train", "--eval-steps", "5", "--eval-limit", "3"])
+    assert explicit_settings(args) == {"held_out_eval_steps": 5, "eval_limit": 3}
 
 
 def test_compact_line_names_the_step_and_rounds():
@@ -43,7 +68,8 @@ def trained(tiny_model_dir, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("held-out")
     settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=2, save_steps=10,
-                        max_completion_length=8, num_generations=2, per_device_train_batch_size=2, eval_steps=1,
+                        max_completion_length=8, num_generations=2, per_device_train_batch_size=2,
+                        held_out_eval_steps=1,
                         eval_limit=3)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # TRL's rich console prints the completion tables to stdout

@@ -18,10 +18,19 @@ def test_unsloths_cpu_note_is_dropped_and_other_lines_kept():
 def test_torch_pytree_enum_warnings_are_hidden(caplog):
     hide_known_messages()
     pytree = logging.getLogger("torch.utils._pytree")
-    with caplog.at_level(logging.WARNING):
-        pytree.warning("%s is an Enum subclass and is now natively supported by torch.compile as an opaque value "
-                       "type.", "<enum 'KernelPreference'>")
-        pytree.warning("something else")
+    # caplog's handler and level on the logger itself, and only there: once torch sets up its own logging
+    # (torch.compile, _dynamo, as earlier tests do), "torch" may stop propagating to the root logger that caplog
+    # listens on, or raise its level.
+    pytree.addHandler(caplog.handler)
+    propagate, pytree.propagate = pytree.propagate, False
+    try:
+        with caplog.at_level(logging.WARNING, logger=pytree.name):
+            pytree.warning("%s is an Enum subclass and is now natively supported by torch.compile as an opaque value "
+                           "type.", "<enum 'KernelPreference'>")
+            pytree.warning("something else")
+    finally:
+        pytree.removeHandler(caplog.handler)
+        pytree.propagate = propagate
     assert [r.getMessage() for r in caplog.records] == ["something else"]  # why: only the known text is dropped
 
 

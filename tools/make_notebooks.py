@@ -66,7 +66,7 @@ from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_trai
 
 setup_logging()  # the package's INFO lines, as the CLI prints them
 recipe = load_recipe(RECIPE) if RECIPE else {}
-settings = Settings.from_dict({**recipe, "eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT, **SETTINGS})
+settings = Settings.from_dict({**recipe, "held_out_eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT, **SETTINGS})
 run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME)
 print(run.paths)
 print({k: v for k, v in run.settings.to_dict().items() if k != "system_prompt"})
@@ -165,11 +165,12 @@ from sarashina_grpo import setup_logging
 from sarashina_grpo.config import Settings
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 from sarashina_grpo.modeling import model_for_this_machine
+from sarashina_grpo.validation import check_model
 
 setup_logging()  # the package's INFO lines, as the command line shows them
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
-model_name = model_for_this_machine(MODEL_NAME)
-settings = Settings(model_name=model_name, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+settings = Settings(model_name=model_for_this_machine(MODEL_NAME), load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+settings = check_model(settings, training=False)
 print("model:", settings.model_name)
 model, tokenizer = load_for_inference(settings)
 gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)

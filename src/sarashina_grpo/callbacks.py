@@ -1,5 +1,5 @@
 """Trainer callbacks: complete-checkpoint markers, a NaN/inf guard, Ctrl-C/SIGTERM that save, then stop, and the
-held-out evaluation during training (``Settings.eval_steps``).
+held-out evaluation during training (``Settings.held_out_eval_steps``).
 
 Sampled completions are printed by TRL itself (``Settings.log_completions``).
 """
@@ -114,25 +114,26 @@ HELD_OUT_BATCH = 16  # prompts generated together: the default eval_limit in one
 
 
 class HeldOutEval(TrainerCallback):
-    """Before the first step and every ``every`` (default ``settings.eval_steps``) steps, answer the held-out rows
-    and score them as ``sarashina-grpo eval`` does (``evaluation.write_eval``): TensorBoard gets
-    ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to ``<output_dir>/eval/step-N/``.
+    """Before the first step and every ``every`` steps (``Settings.held_out_eval_steps``), answer the held-out rows
+    (with ``system_prompt``) and score them as ``sarashina-grpo eval`` does (``evaluation.write_eval``):
+    TensorBoard gets ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to
+    ``<output_dir>/eval/step-N/``.
 
-    By default greedy, up to ``max_completion_length`` tokens: the curve moves only when the model does. A sampling
+    By default greedy, up to ``max_new_tokens`` (the run's ``max_completion_length``): the curve moves only when the
+    model does. A sampling
     ``gen`` (the demo's) draws from a torch RNG forked and seeded with ``seed`` for each evaluation, so every point
     sees the same noise and training's own random stream is left exactly as it was. The main process evaluates;
     ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
 
-    def __init__(self, rows, settings, *, every: int | None = None, gen=None, samples_per_prompt: int = 1,
-                 seed: int = 0):
+    def __init__(self, rows, *, every: int, system_prompt: str, max_new_tokens: int, gen=None,
+                 samples_per_prompt: int = 1, seed: int = 0):
         from .inference import GenerationSettings
 
         self.prompts = [r.prompt for r in rows]
         self.roles = [r.role or None for r in rows]
-        self.every = every or settings.eval_steps
-        self.system_prompt = settings.system_prompt
-        self.gen = gen or GenerationSettings(max_new_tokens=settings.max_completion_length, do_sample=False,
-                                             batch_size=HELD_OUT_BATCH)
+        self.every = every
+        self.system_prompt = system_prompt
+        self.gen = gen or GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=HELD_OUT_BATCH)
         self.samples_per_prompt, self.seed = samples_per_prompt, seed
         self.trainer = None
 

@@ -230,7 +230,9 @@ def log_cpu_estimate(seconds: float, done: int, total: int) -> None:
 def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
+    from .validation import check_model
 
+    settings = check_model(settings, training=False)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
     model, tokenizer = load_for_inference(settings, threads=threads)
     kwargs.setdefault("system_prompt", getattr(settings, "system_prompt", None))

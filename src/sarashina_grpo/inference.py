@@ -33,17 +33,17 @@ class GenerationSettings:
 
 
 def load_for_inference(settings: Settings, *, threads: int | None = None):
-    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise. ``threads``:
-    torch's CPU threads (``modeling.use_cpu_threads``: unset is 1 on a CPU)."""
-    from .modeling import check_model_name, load_model, use_cpu_threads
+    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise.
+    ``settings`` have passed ``validation.check_model(settings, training=False)``. ``threads``: torch's CPU threads
+    (``modeling.use_cpu_threads``: unset is 1 on a CPU)."""
+    from .modeling import load_model, use_cpu_threads
 
-    check_model_name(settings.model_name)  # before Unsloth's import: a missing model costs seconds, not a minute
     use_cpu_threads(threads)
     from .noise import import_unsloth
 
     FastLanguageModel = import_unsloth().FastLanguageModel
 
-    model, tokenizer = load_model(settings, training=False, lora=False)
+    model, tokenizer = load_model(settings, lora=False)
     FastLanguageModel.for_inference(model)
     tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
     return model, tokenizer

@@ -1,4 +1,4 @@
-"""Load the policy through Unsloth (``FastLanguageModel``), with LoRA, after checking the request can work here.
+"""Load the policy through Unsloth (``FastLanguageModel``) with LoRA, or through transformers + PEFT.
 
 ``MODEL_NAME`` may be a hub id (the default, Sarashina 2.2 3B instruct), a local model folder, a checkpoint folder
 written by training (LoRA adapter files), or ``"tiny"``: the project's offline few-MB Llama, built on first use.
@@ -6,23 +6,13 @@ written by training (LoRA adapter files), or ``"tiny"``: the project's offline f
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
-from .checkpoints import (
-    ADAPTER_FILES,
-    ADAPTER_WEIGHT_FILES,
-    MODEL_FILES,
-    WEIGHT_FILES,
-    check_loadable,
-    newest_complete_in,
-    step_of,
-)
-from .config import DEFAULT_MODEL_NAME, Settings, SettingsError, cuda_available, default_artifact_dir, multi_process
+from .checkpoints import ADAPTER_FILES
+from .config import DEFAULT_MODEL_NAME, Settings, cuda_available, default_artifact_dir, torch_dtype
+from .validation import looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +20,6 @@ logger = logging.getLogger(__name__)
 # much longer per step with 2 threads than with 1 (docs/troubleshooting.md, "CPU threads"): OpenMP threads spin
 # waiting for each other, and small matrices gain nothing from a second thread. --threads N overrides it.
 CPU_THREADS = 1
-HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
 
 
 def tiny_model_dir() -> Path:
@@ -38,86 +27,8 @@ def tiny_model_dir() -> Path:
     return default_artifact_dir() / "models" / "tiny"
 
 
-class ModelNotFoundError(SettingsError):
-    """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
-
-
-def looks_like_path(name: str) -> bool:
-    """A local folder rather than a hub id ("org/name", exactly one slash)."""
-    return (
-        name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
-        or Path(name).expanduser().exists() or any(step_of(part) is not None for part in Path(name).parts)
-    )
-
-
-def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """A TCP connection to the hub's host opens within ``timeout``. Behind a proxy (``HTTPS_PROXY`` and the like) the
-    direct route says nothing, so the hub is taken as reachable and the download decides."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:  # no DNS, no route, refused, timed out
-        return False
-
-
-def check_hub_model(name: str) -> None:
-    """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
-    (``HF_HUB_OFFLINE`` set, or the hub unreachable): one line in seconds, instead of the loader's traceback after
-    minutes of retries. No torch import: it runs before any heavy library."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return  # cached: the loader reads it offline
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif not hub_reachable(constants.ENDPOINT):
-        why = f"{urlparse(constants.ENDPOINT).hostname} cannot be reached (no network?)"
-    else:
-        return
-    raise ModelNotFoundError(
-        f"MODEL_NAME {name!r} is a hub id that is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. "
-        "Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a local model folder, or "
-        "connect to the internet once to download it."
-    )
-
-
-def check_model_name(name: str) -> None:
-    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
-    id that cannot be had here (``check_hub_model``)."""
-    if name == "tiny":
-        return
-    if not looks_like_path(name):
-        check_hub_model(name)
-        return
-    path = Path(name).expanduser()
-    examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
-                "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
-    if not path.is_dir():
-        raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
-    has = {f.name for f in path.iterdir()}
-    adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
-    if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
-        check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
-        return
-    newest = newest_complete_in(path)
-    if newest:  # a run folder: point at its newest finished checkpoint
-        hint = f"It is a run folder; its newest finished checkpoint is {newest}."
-    elif step_of(path) is not None:
-        hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
-                "while saving. Use an earlier checkpoint-N of the same run.")
-    else:
-        hint = examples
-    raise ModelNotFoundError(
-        f"MODEL_NAME {name!r} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
-        f"(adapter_config.json + adapter_model.safetensors). {hint}"
-    )
-
-
 def resolve_model_name(name: str) -> str:
-    """Hub ids pass through; ``tiny`` becomes the built tiny model; folders are checked for model files."""
+    """Hub ids pass through; ``tiny`` becomes the built tiny model; folders (checked by ``validation``) are expanded."""
     if name == "tiny":
         folder = tiny_model_dir()
         if not (folder / "config.json").exists():
@@ -125,7 +36,6 @@ def resolve_model_name(name: str) -> str:
 
             build_model(folder, "tiny")
         return str(folder)
-    check_model_name(name)
     return str(Path(name).expanduser()) if looks_like_path(name) else name
 
 
@@ -146,55 +56,21 @@ def use_cpu_threads(threads: int | None = None) -> int:
 
     if threads is None and not cuda_available() and not os.environ.get("OMP_NUM_THREADS"):
         threads = CPU_THREADS
-    if threads is not None:
-        if threads < 1:
-            raise SettingsError(f"--threads must be a positive integer, got {threads}.")
+    if threads is not None:  # checked by validation.check_threads
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 
-def check_device(settings: Settings, *, training: bool) -> None:
-    """Fail before loading when the request cannot run on this machine, naming the route that can."""
-    if settings.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise SettingsError(
-            "USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, CUDA only) "
-            "or set USE_VLLM=False / drop --vllm."
-        )
-    if cuda_available():
-        return
-    if settings.load_in_4bit:
-        raise SettingsError(
-            "4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set LOAD_IN_4BIT=False "
-            "(CLI: --no-4bit) and use a small model, e.g. MODEL_NAME='tiny' (CLI: --model tiny)."
-        )
-    if settings.use_vllm:
-        raise SettingsError("USE_VLLM needs a CUDA GPU and none is visible; set USE_VLLM=False (drop --vllm).")
-    if training and not looks_like_path(settings.model_name) and settings.model_name != "tiny":
-        raise SettingsError(
-            f"Training {settings.model_name} needs a CUDA GPU and none is visible. On CPU, train the offline tiny "
-            "model instead: MODEL_NAME='tiny' (CLI: sarashina-grpo train --model tiny --max-steps 5)."
-        )
-
-
-def checked_settings(settings: Settings, *, training: bool) -> Settings:
-    """Resolved, validated settings whose model can load on this machine (else a clear ``SettingsError``)."""
-    settings = settings.resolved().validate()
-    check_device(settings, training=training)
-    check_model_name(settings.model_name)
-    return settings
-
-
-def load_model(settings: Settings, *, training: bool = True, lora: bool = True, checked: bool = False):
+def load_model(settings: Settings, *, lora: bool = True):
     """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached.
-    ``checked``: the caller (``pipeline.prepare``) already ran these checks (``checked_settings``)."""
-    if not checked:
-        settings = checked_settings(settings, training=training)
+    ``settings`` have passed ``validation`` (``check_run`` or ``check_model``)."""
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_name,
+        dtype=torch_dtype(),  # fp16 on cards without bf16 (T4, V100); fp32 on CPU, even one with bf16
         max_seq_length=settings.max_seq_length,
         load_in_4bit=settings.load_in_4bit,
         fast_inference=settings.use_vllm,
@@ -217,11 +93,9 @@ def load_model(settings: Settings, *, training: bool = True, lora: bool = True, 
 
 
 def resolve_backend(settings: Settings) -> str:
-    """``settings.backend`` with ``auto`` decided: Unsloth in one process, transformers + PEFT across several
-    (docs/multi-gpu.md: Unsloth's single-process patches are what it supports best)."""
-    if settings.backend != "auto":
-        return settings.backend
-    return "trl-peft" if multi_process() else "unsloth"
+    """``settings.backend`` with ``auto`` decided: Unsloth, in one process and under ``accelerate launch`` alike
+    (docs/multi-gpu.md: on two H100s it stepped ~7× faster than transformers + PEFT, whose weights it matches)."""
+    return "unsloth" if settings.backend == "auto" else settings.backend
 
 
 def lora_config(settings: Settings):
@@ -238,26 +112,24 @@ def lora_config(settings: Settings):
     )
 
 
-def load_model_peft(settings: Settings, *, training: bool = True, checked: bool = False):
+def load_model_peft(settings: Settings, *, training: bool = True):
     """(model, tokenizer) through transformers + PEFT, with the same LoRA and quantisation choices as Unsloth.
 
     ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
-    trainable). Under ``accelerate launch`` each rank loads its own copy onto its own device."""
-    import torch
+    trainable). Under ``accelerate launch`` each rank loads its own copy onto its own device. ``settings`` have
+    passed ``validation``."""
     from peft import AutoPeftModelForCausalLM, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 
-    if not checked:
-        settings = checked_settings(settings, training=training)
     model_name = resolve_model_name(settings.model_name)
-    on_gpu = cuda_available()
-    kwargs = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # fp32 on CPU: bf16 matmuls there are slow
+    dtype = torch_dtype()  # bf16, fp16 on cards without bf16, fp32 on CPU (bf16 matmuls there are slow)
+    kwargs = {"dtype": dtype}
     if settings.load_in_4bit:
         from accelerate import PartialState
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         )
         # Quantised weights cannot be moved after loading, so each rank loads straight onto its own GPU.
         kwargs["device_map"] = {"": PartialState().device}
