@@ -254,6 +254,13 @@ def latest_intact(run_dir: str | os.PathLike) -> Path | None:
 def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path]:
     """(run folder, checkpoint) to continue from. ``resume`` is ``latest``, a run name or folder, or a
     ``checkpoint-N`` folder. Half-written checkpoints are never chosen; damaged ones are set aside."""
+    run_dir, named = locate_resume(artifact_dir, resume)
+    return run_dir, choose_resume_checkpoint(run_dir, named)
+
+
+def locate_resume(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(run folder, the checkpoint folder named by ``resume`` or None) without touching any folder: the caller
+    locks the run before ``choose_resume_checkpoint`` sets anything aside."""
     outputs = Path(artifact_dir) / "outputs"
     resume = str(resume)
     if resume == "latest":
@@ -262,14 +269,20 @@ def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.Pat
             raise SettingsError(
                 f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run without --resume."
             )
-        return runs[-1], _intact_or_error(runs[-1])
+        return runs[-1], None
     path = Path(resume).expanduser() if Path(resume).expanduser().exists() else outputs / resume
     if not path.exists():
         known = [p.name for p in runs_with_checkpoints(outputs)]
         raise SettingsError(f"Cannot resume {resume!r}: no such run or folder. Resumable runs in {outputs}: "
                             f"{known or 'none'}.")
-    if step_of(path) is None:
-        return path, _intact_or_error(path)
+    return (path, None) if step_of(path) is None else (path.parent, path)
+
+
+def choose_resume_checkpoint(run_dir: Path, named: Path | None) -> Path:
+    """``named`` if it is complete and intact (else an error), or the run's newest intact checkpoint."""
+    if named is None:
+        return _intact_or_error(run_dir)
+    path = named
     if not is_complete(path):
         raise SettingsError(
             f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
@@ -280,7 +293,7 @@ def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.Pat
     if problems:
         raise SettingsError(f"{path} is damaged ({'; '.join(problems)}). Resume the run instead "
                             f"(--resume {path.parent.name}) to use its newest intact checkpoint.")
-    return path.parent, path
+    return path
 
 
 def _intact_or_error(run_dir: Path) -> Path:

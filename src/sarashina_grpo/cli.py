@@ -50,6 +50,8 @@ class RunOptions:
     resume: str | None = field(default=None, metadata={
         "help": "continue a run from its last intact checkpoint: 'latest' (the flag alone), a run name, a run folder "
                 "or a checkpoint-N folder", "const": "latest"})
+    allow_data_change: bool = setting(False, "resume even though the prompt file changed since the run started "
+                                      "(run.json records its hash)")
 
 
 @dataclass
@@ -226,12 +228,18 @@ def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
 def run_train(args: argparse.Namespace) -> int:
     from .modeling import resolve_backend, use_triton_interpreter_without_gpu
     from .pipeline import build_trainer, load_model, prepare, run_training
+    from .runs import RunFinished
 
     run_options = options(args, RunOptions)
     explicit = explicit_settings(args)
     # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
-    run = prepare(Settings.from_dict(explicit, source="command line"), artifact_dir=run_options.artifact_dir,
-                  resume=run_options.resume, run_name=run_options.run_name, given=set(explicit))
+    try:
+        run = prepare(Settings.from_dict(explicit, source="command line"), artifact_dir=run_options.artifact_dir,
+                      resume=run_options.resume, run_name=run_options.run_name, given=set(explicit),
+                      allow_data_change=run_options.allow_data_change)
+    except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
+        print(finished)
+        return 0
     if resolve_backend(run.settings) == "unsloth":
         import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
     else:

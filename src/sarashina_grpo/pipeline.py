@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints, compat
+from . import checkpoints, compat, runs
 from .config import (
     Settings,
     SettingsError,
@@ -66,6 +66,7 @@ class Run:
     paths: RunPaths
     checkpoint: Path | None = None
     rows: list = field(default_factory=list)
+    lock: runs.RunLock | None = None  # held by the process that prepared the run until training ends
 
 
 # --- prepare
@@ -125,8 +126,20 @@ def resumed_paths(artifact_dir: Path, run_dir: Path) -> RunPaths:
 
 
 def write_run_info(paths: RunPaths, settings: Settings) -> None:
-    info = {"settings": settings.to_dict(), "data": str(project_path(settings.data_path).resolve())}
+    data = project_path(settings.data_path).resolve()
+    info = {"settings": settings.to_dict(), "data": str(data), "data_sha256": runs.file_sha256(data)}
     (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+
+
+def record_data_change(run_dir: Path, data: Path, sha256: str, step: int) -> None:
+    """Keep the hash of a data file accepted with ``--allow-data-change`` in ``run.json`` (and when it came), so
+    the next resume compares with the file the run now trains on."""
+    path = run_dir / RUN_INFO
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
+                                                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    info["data_sha256"] = sha256
+    path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
 
 
 def read_run_info(run_dir: Path) -> dict | None:
@@ -174,16 +187,55 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
         logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
 
 
-def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given) -> Run:
+def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
+             allow_data_change: bool = False) -> Run:
     """``prepare`` on one process: every check before any folder is created, then the folders."""
-    from .data import check_prompts
+    if run_name is not None:
+        runs.check_run_name(run_name)
+    if not resume:
+        settings = _checked(settings, artifact_dir, check_model)
+        rows = _rows(settings)
+        paths = new_run_paths(artifact_dir, run_name)
+        lock = runs.lock_run(paths.output_dir)
+        write_run_info(paths, settings)
+        return Run(settings, paths, None, rows, lock)
+    run_dir, named = checkpoints.locate_resume(artifact_dir, resume)
+    if run_name is not None and run_name != run_dir.name:
+        raise SettingsError(f"--run-name {run_name!r} disagrees with the run being resumed ({run_dir.name!r}): a "
+                            f"resumed run keeps its name and folders. Drop --run-name, or resume that run with "
+                            f"--resume {run_name}.")
+    lock = runs.lock_run(run_dir)  # before anything is set aside: another process may be saving into the run
+    try:
+        return _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock) -> Run:
+    checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
+    info = read_run_info(run_dir)
+    if given is not None:
+        settings = with_recorded_settings(settings, run_dir, given)
+    explicit = given is None or "max_steps" in given
+    recorded = (info or {}).get("settings", {}).get("max_steps")
+    max_steps = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
+    settings = _checked(settings.replace(max_steps=max_steps), artifact_dir, check_model)
+    rows = _rows(settings)
+    check_resume_settings(settings, run_dir)
+    data = project_path(settings.data_path).resolve()
+    changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
+    checkpoints.set_aside_newer(run_dir, checkpoint)
+    if changed:
+        record_data_change(run_dir, data, changed, runs.checkpoint_progress(checkpoint)[0])
+    logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
+    return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, rows, lock)
+
+
+def _checked(settings: Settings, artifact_dir: Path, check_model: bool) -> Settings:
+    """Settings resolved and checked, with the device, model name and artifact folder; nothing is written."""
     from .modeling import check_device, check_model_name
 
-    checkpoint = run_dir = None
-    if resume:
-        run_dir, checkpoint = checkpoints.find_resume_checkpoint(artifact_dir, resume)
-        if given is not None:
-            settings = with_recorded_settings(settings, run_dir, given)
     settings = settings.resolved().validate()
     check_numeric_settings(settings)
     for warning in settings_warnings(settings):
@@ -191,41 +243,45 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
     check_device(settings, training=True)
     if check_model:
         check_model_name(settings.model_name)
-    rows = check_prompts(project_path(settings.data_path))
     check_artifact_dir(artifact_dir)
     check_writable(artifact_dir)
-    if run_dir is not None:
-        check_resume_settings(settings, run_dir)
-        checkpoints.set_aside_newer(run_dir, checkpoint)
-        logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-        return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, rows)
-    paths = new_run_paths(artifact_dir, run_name)
-    write_run_info(paths, settings)
-    return Run(settings, paths, None, rows)
+    return settings
+
+
+def _rows(settings: Settings) -> list:
+    from .data import check_prompts
+
+    return check_prompts(project_path(settings.data_path))
 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
-            run_name: str | None = None, check_model: bool = True, given: set[str] | None = None) -> Run:
+            run_name: str | None = None, check_model: bool = True, given: set[str] | None = None,
+            allow_data_change: bool = False) -> Run:
     """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
 
     A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen and its recorded
     settings must match these (harmless differences such as ``max_steps`` only warn); with ``given`` (the fields
     set explicitly, as the CLI passes them) the recorded settings are used for every other field. Later checkpoint
     folders are moved aside. Under ``accelerate launch`` the main process does all of it and tells the others.
+
+    The run folder is locked (``runs.lock_run``) by the preparing process until ``run_training`` ends. Resuming,
+    a run that reached its planned steps raises ``runs.RunFinished``; a ``max_steps`` at or below the checkpoint's
+    step, a ``run_name`` other than the resumed run's, or a changed prompt file (unless ``allow_data_change``) is a
+    ``SettingsError``.
     """
     from .data import DataError
     from .modeling import resolve_model_name
 
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
     if not multi_process():
-        return _prepare(settings, artifact_dir, resume, run_name, check_model, given)
+        return _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change)
     from accelerate.utils import broadcast_object_list
 
     state = distributed_state()
     decided: list = [None]
     if state.is_main_process:
         try:
-            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given)
+            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change)
         except (SettingsError, DataError) as err:  # every rank reports it, none waits for folders
             decided[0] = err
     broadcast_object_list(decided, from_process=0)
@@ -308,6 +364,8 @@ def run_training(trainer, run: Run):
     finally:
         interrupt.uninstall()
         trainer.remove_callback(interrupt)
+        if run.lock is not None:
+            run.lock.release()
     trainer.interrupted = interrupt.signal_name
     if interrupt.requested:
         logger.warning("Stopped by %s at step %d after saving checkpoint-%d; resume with --resume %s",
@@ -317,11 +375,11 @@ def run_training(trainer, run: Run):
 
 
 def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
-          run_name: str | None = None, given: set[str] | None = None, model_and_tokenizer=None, callbacks=(),
-          **grpo_overrides):
+          run_name: str | None = None, given: set[str] | None = None, allow_data_change: bool = False,
+          model_and_tokenizer=None, callbacks=(), **grpo_overrides):
     """Prepare, build and run GRPO end to end; return the trainer (``trainer.run`` has the run's folders)."""
     run = prepare(settings, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
-                  check_model=model_and_tokenizer is None, given=given)
+                  check_model=model_and_tokenizer is None, given=given, allow_data_change=allow_data_change)
     model, tokenizer = model_and_tokenizer or load_model(run)
     trainer = build_trainer(run, model, tokenizer, callbacks=callbacks, **grpo_overrides)
     return run_training(trainer, run)
