@@ -26,6 +26,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # Strict on purpose: "checkpoint-20.set-aside-…" is a folder a resume moved away, not step 20.
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 SET_ASIDE = ".set-aside-"
+SET_ASIDE_RE = re.compile(r"checkpoint-(\d+)\.set-aside-.+")
 COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by mark_complete
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILES = ("config.json",)
@@ -43,6 +44,12 @@ MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit; a larger length 
 def step_of(path: str | os.PathLike) -> int | None:
     """The step of a ``checkpoint-<digits>`` folder name, else None (set-aside folders included)."""
     match = CHECKPOINT_RE.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def set_aside_step(path: str | os.PathLike) -> int | None:
+    """The step of a ``checkpoint-<digits>.set-aside-<time>`` folder name, else None."""
+    match = SET_ASIDE_RE.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
 
 
@@ -313,7 +320,7 @@ def check_loadable(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     problems = verify(folder, for_resume=False)
     if problems:
-        step = step_of(folder)
+        step = step_of(folder) if step_of(folder) is not None else set_aside_step(folder)
         earlier = [p for p in complete_checkpoints(folder.parent) if step is not None and step_of(p) < step]
         hint = f" Use an earlier checkpoint of the run, e.g. {earlier[-1]}." if earlier else ""
         raise SettingsError(f"{folder} is damaged ({'; '.join(problems)}).{hint}")

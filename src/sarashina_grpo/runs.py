@@ -81,6 +81,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; None where that is not readable.
+    Tells a live process from a later one that was given a dead process's id."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat; fields[0] is field 3
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 class RunLock:
     """The open, ``flock``-ed ``run.lock`` of a run. Pickled (sent to other ranks), it holds nothing."""
 
