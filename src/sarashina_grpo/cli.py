@@ -68,7 +68,7 @@ class GenerateOptions:
 @dataclass
 class InferOptions:
     prompts: list[str] = field(default_factory=list, metadata={
-        "help": "prompts to answer; none: an interactive chat (an empty line quits)", "positional": True})
+        "help": "prompts to answer; none: an interactive chat (an empty line or Ctrl-D quits)", "positional": True})
 
 
 @dataclass
@@ -276,7 +276,7 @@ def role_from_args(args: argparse.Namespace) -> str | None:
 
 
 def run_infer(args: argparse.Namespace) -> None:
-    from .inference import Chat, answer, load_for_inference
+    from .inference import Chat, answer, chat_loop, load_for_inference
 
     settings = settings_from_args(args, MODEL_FIELDS)
     gen = generation_settings(args)
@@ -288,9 +288,7 @@ def run_infer(args: argparse.Namespace) -> None:
         for prompt, reply in zip(args.prompts, replies, strict=True):
             print(f"### {prompt}\n{reply}\n")
         return
-    chat = Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen, role=role)
-    while (line := input("you> ").strip()):
-        print(chat.say(line))
+    chat_loop(Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen, role=role))
 
 
 def default_eval_name(model: str) -> str:

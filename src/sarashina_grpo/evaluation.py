@@ -141,6 +141,8 @@ def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per
 
 def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = None) -> dict:
     """Score ``outputs`` (from ``generate_outputs``); write metrics.json and generations.jsonl; return metrics."""
+    if not outputs:  # e.g. samples_per_prompt 0: nothing was generated, and an empty result is no result
+        raise SettingsError(f"Nothing was generated for {Path(eval_dir).name}; no evaluation was saved.")
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     scores = [score_text(o["completion"], o.get("answer")) for o in outputs]
@@ -171,6 +173,20 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
     return eval_dir
 
 
+def eval_rows(data_path: Path, limit: int | None) -> list:
+    """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
+    evaluation saved as a result would compare as if it were one."""
+    from .data import read_rows, select_rows
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SettingsError(f"limit (CLI --limit) must be a positive number of prompts, got {limit!r}; leave it "
+                            "unset to evaluate every prompt.")
+    rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
+    if not rows:
+        raise SettingsError(f"Nothing to evaluate: {data_path} leaves no prompt to evaluate.")
+    return rows
+
+
 def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVAL_DATA,
              artifact_dir: str | Path | None = None, gen=None, samples_per_prompt: int = 1,
              limit: int | None = None, meta: dict | None = None, progress: bool = True, role: str | None = None,
@@ -178,13 +194,12 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
     """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics.
 
     ``role`` is added to the system prompt of every row that has no role of its own (module docstring)."""
-    from .data import read_rows, select_rows
     from .inference import GenerationSettings
 
     eval_dir = check_eval_name(name, artifact_dir, overwrite)
     gen = gen or GenerationSettings()
     data_path = project_path(data_path)
-    rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
+    rows = eval_rows(data_path, limit)
     roles = [r.role or role for r in rows]
     started = time.monotonic()
     outputs = generate_outputs(model, tokenizer, [r.prompt for r in rows], gen, samples_per_prompt, progress, roles,
@@ -203,6 +218,7 @@ def evaluate_model(settings, name: str, **kwargs) -> dict:
     from .inference import load_for_inference
 
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
+    eval_rows(project_path(kwargs.get("data_path", DEFAULT_EVAL_DATA)), kwargs.get("limit"))  # before loading
     model, tokenizer = load_for_inference(settings)
     kwargs.setdefault("system_prompt", getattr(settings, "system_prompt", None))
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)

@@ -39,7 +39,7 @@ from .checkpoints import (
     step_of,
 )
 from .config import SYSTEM_PROMPT, SettingsError
-from .modeling import looks_like_path, tiny_model_dir
+from .modeling import looks_like_path, missing_local_model, tiny_model_dir
 from .runs import pid_alive, process_started
 
 logger = logging.getLogger(__name__)
@@ -110,14 +110,11 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
     if name == "tiny":
         return str(tiny_model_dir())
-    if looks_like_path(name) or Path(name).is_absolute():
-        folder = Path(name).expanduser()
-        if not (folder / "config.json").exists():
-            source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
-            raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
-                                "config.json. Pass the base model's folder or hub id with --base-model.")
-        return str(folder)
-    return name
+    if missing_local_model(name):  # the same check infer and eval make (modeling.check_adapter_base)
+        source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
+        raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
+                            "config.json. Pass the base model's folder or hub id with --base-model.")
+    return str(Path(name).expanduser()) if looks_like_path(name) or Path(name).is_absolute() else name
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,

@@ -7,6 +7,7 @@ written by training (LoRA adapter files), or ``"tiny"``: the project's offline f
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -55,6 +56,8 @@ def check_model_name(name: str) -> None:
     adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
     if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
+        if adapter:
+            check_adapter_base(path)
         return
     newest = newest_complete_in(path)
     if newest:  # a run folder: point at its newest finished checkpoint
@@ -68,6 +71,34 @@ def check_model_name(name: str) -> None:
         f"MODEL_NAME {name!r} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
         f"(adapter_config.json + adapter_model.safetensors). {hint}"
     )
+
+
+def adapter_base_model(folder: Path) -> str | None:
+    """The base model an adapter folder was trained on (``base_model_name_or_path`` of its adapter_config.json)."""
+    try:
+        return json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):  # unreadable files are verify's business
+        return None
+
+
+def missing_local_model(name: str) -> bool:
+    """``name`` is a local folder (not a hub id, not 'tiny') that holds no model (no config.json) here."""
+    if name == "tiny" or not (looks_like_path(name) or Path(name).is_absolute()):
+        return False
+    return not (Path(name).expanduser() / "config.json").exists()
+
+
+def check_adapter_base(folder: Path) -> None:
+    """Raise ``ModelNotFoundError`` when the adapter's base model is a local folder that is gone (moved, deleted,
+    another machine): loading would fail deep in the hub code with an ``OSError`` about a repo id."""
+    base = adapter_base_model(folder)
+    if base and missing_local_model(base):
+        raise ModelNotFoundError(
+            f"{folder} was trained on the base model folder {base} (adapter_config.json, base_model_name_or_path), "
+            f"which does not exist here or has no config.json. Put the base model back there, or set "
+            f"base_model_name_or_path in {Path(folder) / 'adapter_config.json'} to its new folder or hub id."
+        )
 
 
 def resolve_model_name(name: str) -> str:
