@@ -236,7 +236,8 @@ def test_resuming_over_a_changed_data_file_is_an_error_that_names_the_flag(tmp_p
     data.write_text("prompt,lang\n別の質問,ja\n", encoding="utf-8")  # edited under the run
     code, _, err = resume(tmp_path, "r")  # was: resumed without a word
     assert code == 2 and err.startswith(f"error: The prompt file {data} has changed since run r started (sha256 ")
-    assert err.endswith("Restore the file, or resume with --allow-data-change to go on with it as it is now.")
+    assert err.endswith("Restore the file, or resume with --allow-data-change (notebook: ALLOW_DATA_CHANGE = True) "
+                        "to go on with it as it is now.")
 
 
 def test_allow_data_change_goes_on_with_a_warning_and_records_the_new_file(tmp_path, data, caplog):

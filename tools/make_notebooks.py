@@ -47,6 +47,7 @@ SETTINGS = {}  # overrides by Settings field name, e.g. {"model_name": "tiny", "
 ARTIFACT_DIR = None  # logs/<run>/ and outputs/<run>/checkpoint-N go here; None: the project's artifact/
 RUN_NAME = None  # default: a timestamp
 RESUME = None  # "latest", a run name, or a checkpoint folder to continue from
+ALLOW_DATA_CHANGE = False  # resume even though the prompt file changed since the run started
 """),
     md("## Settings\nThe recipe, then your overrides; everything is checked now, before minutes of model loading."),
     code("""
@@ -63,7 +64,8 @@ from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_trai
 
 setup_logging()  # the package's INFO lines, as the CLI prints them
 settings = Settings.from_dict({**(load_recipe(RECIPE) if RECIPE else {}), **SETTINGS})
-run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME)
+run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME,
+              allow_data_change=ALLOW_DATA_CHANGE)
 print(run.paths)
 print({k: v for k, v in run.settings.to_dict().items() if k != "system_prompt"})
 """),

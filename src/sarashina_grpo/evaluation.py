@@ -175,16 +175,13 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
 
 def eval_rows(data_path: Path, limit: int | None) -> list:
     """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
-    evaluation saved as a result would compare as if it were one."""
+    evaluation saved as a result would be compared as if it were one."""
     from .data import read_rows, select_rows
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SettingsError(f"limit (CLI --limit) must be a positive number of prompts, got {limit!r}; leave it "
                             "unset to evaluate every prompt.")
-    rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
-    if not rows:
-        raise SettingsError(f"Nothing to evaluate: {data_path} leaves no prompt to evaluate.")
-    return rows
+    return select_rows(read_rows(data_path), data_path, "ja")[:limit]  # select_rows: an error when none is left
 
 
 def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVAL_DATA,

@@ -187,7 +187,8 @@ def check_data_unchanged(info: dict | None, data: Path, run_dir: Path, *, allow:
             f"{now[:12]}… now)")
     if not allow:
         raise SettingsError(f"{said}: the remaining steps would train on other prompts than the steps before. "
-                            "Restore the file, or resume with --allow-data-change to go on with it as it is now.")
+                            "Restore the file, or resume with --allow-data-change (notebook: ALLOW_DATA_CHANGE = "
+                            "True) to go on with it as it is now.")
     logger.warning("%s; going on with it as it is now (--allow-data-change).", said)
     return now
 
