@@ -255,3 +255,31 @@ def test_the_same_data_under_another_path_is_no_change(tmp_path, data):
     resumable_run(tmp_path, data, step=3, planned=5)
     moved = data.rename(tmp_path / "moved.csv")
     assert prepared(tmp_path, settings={"data_path": str(moved)}, given={"data_path"}).rows
+
+
+@pytest.fixture
+def no_file_locks(monkeypatch):
+    """A file system without flock (some network or FUSE mounts)."""
+    import errno
+
+    import sarashina_grpo.runs as runs
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runs.fcntl, "flock", unsupported)
+
+
+def test_without_file_locks_a_live_recorded_process_holds_the_run(tmp_path, no_file_locks):
+    import socket
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                      "started": "2026-11-26 14:00:00 UTC"}))
+        with pytest.raises(SettingsError, match=f"pid {sleeper.pid} on host .*delete {tmp_path / LOCK_FILE}"):
+            lock_run(tmp_path)
+    finally:
+        sleeper.kill()
+        sleeper.wait(30)
+    lock_run(tmp_path).release()  # why: the recorded process is gone, so its record no longer blocks

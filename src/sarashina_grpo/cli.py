@@ -238,7 +238,8 @@ def run_train(args: argparse.Namespace) -> int:
                       resume=run_options.resume, run_name=run_options.run_name, given=set(explicit),
                       allow_data_change=run_options.allow_data_change)
     except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
-        print(finished)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process of an `accelerate launch`
+            print(finished)
         return 0
     if resolve_backend(run.settings) == "unsloth":
         import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
