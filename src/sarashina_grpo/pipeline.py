@@ -131,17 +131,6 @@ def write_run_info(paths: RunPaths, settings: Settings) -> None:
     (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
 
 
-def record_data_change(run_dir: Path, data: Path, sha256: str, step: int) -> None:
-    """Keep the hash of a data file accepted with ``--allow-data-change`` in ``run.json`` (and when it came), so
-    the next resume compares with the file the run now trains on."""
-    path = run_dir / RUN_INFO
-    info = json.loads(path.read_text(encoding="utf-8"))
-    info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
-                                                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
-    info["data_sha256"] = sha256
-    path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
-
-
 def read_run_info(run_dir: Path) -> dict | None:
     """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
     path = Path(run_dir) / RUN_INFO
@@ -227,7 +216,7 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
     changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
     checkpoints.set_aside_newer(run_dir, checkpoint)
     if changed:
-        record_data_change(run_dir, data, changed, runs.checkpoint_progress(checkpoint)[0])
+        runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
     logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
     return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, rows, lock)
 

@@ -7,8 +7,8 @@
 - ``lock_run``: ``outputs/<run>/run.lock``, held with ``flock`` while a process prepares and trains the run; a
   second process gets ``RunLockedError`` naming the holder (pid, host, start). The kernel drops the lock when its
   process dies, however it dies, so a crash never leaves a lock that blocks. The file stays (empty once released).
-- ``file_sha256`` / ``check_data_unchanged``: the prompt file's hash is recorded in ``run.json``; a resume over a
-  changed file is refused unless asked for (``--allow-data-change``).
+- ``file_sha256`` / ``check_data_unchanged`` / ``record_data_change``: the prompt file's hash is recorded in
+  ``run.json``; a resume over a changed file is refused unless asked for (``--allow-data-change``).
 - ``resume_max_steps``: where a resume stands against its plan (``RunFinished`` when nothing is left to train).
 """
 
@@ -191,6 +191,16 @@ def check_data_unchanged(info: dict | None, data: Path, run_dir: Path, *, allow:
                             "True) to go on with it as it is now.")
     logger.warning("%s; going on with it as it is now (--allow-data-change).", said)
     return now
+
+
+def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> None:
+    """Keep the hash of a data file accepted with ``--allow-data-change`` in ``run.json`` (the old one, the step
+    and the time under ``data_changes``), so the next resume compares with the file the run now trains on."""
+    info = json.loads(run_info.read_text(encoding="utf-8"))
+    info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
+                                                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    info["data_sha256"] = sha256
+    run_info.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
 
 
 # --- where a resume stands ------------------------------------------------------------------------------------
