@@ -131,3 +131,12 @@ def test_the_library_refuses_an_empty_evaluation_too(tmp_path, write_csv):
 def test_a_limit_keeps_the_first_prompts(write_csv):
     data = write_csv("prompt,lang\n一,ja\n二,ja\n三,ja\n")
     assert [r.prompt for r in eval_rows(data, 2)] == ["一", "二"]
+
+
+def test_an_evaluation_name_is_a_plain_folder_name_too(no_unsloth_load, capsys, tmp_path):
+    code = main(["eval", "--model", "tiny", "--name", "../../x", "--artifact-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err) == ("error: --name '../../x' is not a plain folder name (it holds a path "
+                                            "separator). An evaluation lives in eval/<name>/; use letters, digits, "
+                                            "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
+    assert not (tmp_path / "x").exists()

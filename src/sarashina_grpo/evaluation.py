@@ -164,6 +164,9 @@ class EvalExistsError(SettingsError):
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """The folder for evaluation ``name``; ``EvalExistsError`` if an earlier evaluation lives there (unless
     ``overwrite``). Called before the model loads, so the mistake costs nothing."""
+    from .runs import check_plain_name
+
+    check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
     eval_dir = Path(artifact_dir or default_artifact_dir()) / "eval" / name
     if (eval_dir / "metrics.json").exists() and not overwrite:
         raise EvalExistsError(

@@ -47,6 +47,12 @@ class RunFinished(SettingsError):
 
 def check_run_name(name: str) -> None:
     """Raise ``SettingsError`` unless ``name`` is one plain folder name (checked before anything is written)."""
+    check_plain_name(name, "--run-name", "A run lives in outputs/<run-name>/")
+
+
+def check_plain_name(name: str, flag: str, lives: str) -> None:
+    """Raise ``SettingsError`` naming ``flag`` unless ``name`` is one plain folder name: no path separators,
+    ``..``, hidden, padded, over-long or control-character names (``lives`` says where the folder goes)."""
     why = None
     if not name.strip():
         why = "it is empty"
@@ -63,8 +69,8 @@ def check_run_name(name: str) -> None:
     elif any(ord(c) < 32 or ord(c) == 127 for c in name):
         why = "it holds control characters"
     if why:
-        raise SettingsError(f"--run-name {name!r} is not a plain folder name ({why}). A run lives in "
-                            "outputs/<run-name>/; use letters, digits, '-', '_' and '.', e.g. 'lr5e-6-seed1'.")
+        raise SettingsError(f"{flag} {name!r} is not a plain folder name ({why}). {lives}; use letters, digits, "
+                            "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
 
 
 # --- the lock -------------------------------------------------------------------------------------------------
