@@ -48,6 +48,9 @@ def record_after_training(run_training):
             "world_size": trainer.accelerator.num_processes,
             "global_step": trainer.state.global_step,
             "run": run.paths.name,
+            "trainer_class": type(trainer).__name__,
+            "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
+            "base_dtype": str(next(p.dtype for p in model.parameters() if not p.requires_grad)),
             **lora_fingerprint(get_peft_model_state_dict(model)),
         }
         (OUT_DIR / f"rank{record['rank']}.json").write_text(json.dumps(record))

@@ -1,21 +1,25 @@
 """The package's shape, as docs/architecture.md states it: checked from the source, so it cannot drift.
 
-No import cycles between the package's modules (function-level imports included); the GRPO trainer is constructed
-in one place; one module builds the command line; private library names appear in ``compat.py`` only.
+The page's module list names every module; its layer table holds every module once and every import (function-level
+ones included) points to the same or a lower layer; no import cycles; the GRPO trainer is constructed in one place;
+one module builds the command line; private library names appear in ``compat.py`` only.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sarashina_grpo"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "sarashina_grpo"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
-# Private names of TRL / Unsloth / PEFT / bitsandbytes that only compat.py may spell out.
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+# Private names of TRL / Unsloth / PEFT / bitsandbytes that compat.py spells out, and no other module.
 PRIVATE_NAMES = ("_generate_single_turn", "_generate_and_score_completions", "_unsloth_recompute_inv_freq",
-                 "unwrap_model_for_generation", "quant_state", "trainer._logs")
+                 "unwrap_model_for_generation", "quant_state")
 
 
 def module_name(path: Path) -> str:
@@ -37,6 +41,48 @@ def imports_of(path: Path) -> set[str]:
                 found |= {".".join([*base, alias.name]) for alias in node.names}
     modules = {module_name(p) for p in SOURCES}
     return {m for m in found if m in modules and m != name}
+
+
+def short(module: str) -> str:
+    return module.removeprefix("sarashina_grpo.") if module != "sarashina_grpo" else module
+
+
+def documented_files() -> set[str]:
+    """The ``name.py`` entries of the page's module list (its first code block), with their sub-folder."""
+    block = ARCHITECTURE.split("```")[1]
+    files, folder = set(), ""
+    for line in block.splitlines():
+        if match := re.match(r"^  (\w+)/\s", line):
+            folder = match.group(1) + "/"
+        elif match := re.match(r"^  (  )?(\w+\.py)\s", line):
+            files.add((folder if match.group(1) else "") + match.group(2))
+    return files
+
+
+def documented_layers() -> dict[str, int]:
+    """Module → layer, from the page's layer table (rows ``| N | `a`, `b` |``)."""
+    layers: dict[str, int] = {}
+    for number, modules in re.findall(r"^\| (\d+) \| (.+) \|$", ARCHITECTURE, flags=re.MULTILINE):
+        for module in re.findall(r"`([\w.]+)`", modules):
+            assert module not in layers, f"{module} is in two layers"
+            layers[module] = int(number)
+    return layers
+
+
+def test_the_module_list_names_every_module():
+    real = {p.relative_to(PACKAGE).as_posix() for p in SOURCES if p.name != "__init__.py" or p.parent == PACKAGE}
+    assert documented_files() == real
+
+
+def test_the_layer_table_holds_every_module():
+    assert set(documented_layers()) == {short(module_name(p)) for p in SOURCES}
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_imports_point_down_the_layers(path):
+    layers, name = documented_layers(), short(module_name(path))
+    upward = sorted(t for t in map(short, imports_of(path)) if t != "sarashina_grpo" and layers[t] > layers[name])
+    assert upward == [], f"{name} (layer {layers[name]}) imports a higher layer: {upward}"
 
 
 def test_no_import_cycles():
@@ -68,10 +114,30 @@ def test_the_grpo_trainer_is_constructed_in_one_place():
 
 
 def test_one_module_builds_the_command_line():
-    assert files_containing("ArgumentParser(") == ["cli.py"]
+    assert files_containing("argparse.ArgumentParser(") == ["cli.py"]
     assert files_containing(".add_argument(") == ["cli.py"]  # why: flags come from dataclasses, in one place
 
 
 @pytest.mark.parametrize("name", PRIVATE_NAMES)
 def test_private_library_names_live_in_compat_only(name):
-    assert files_containing(name) in ([], ["compat.py"])
+    assert files_containing(name) == ["compat.py"]
+
+
+def modules_taking_settings() -> set[str]:
+    """Modules with a function that has a parameter annotated ``Settings``."""
+    found = set()
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+                if any(a.annotation is not None and ast.unparse(a.annotation) == "Settings" for a in arguments):
+                    found.add(short(module_name(path)))
+    return found
+
+
+def test_below_the_pipeline_settings_enter_only_config_validation_and_modeling():
+    layers = documented_layers()
+    below = {m for m in modules_taking_settings() if layers[m] < layers["pipeline"]}
+    # why: docs/architecture.md's walk: train's settings enter pipeline, validation, config and modeling only;
+    # data, rewards, checkpoints and the callbacks get plain values
+    assert below <= {"config", "validation", "modeling"}

@@ -48,7 +48,7 @@ def test_realistic_lengths_follow_the_stated_distribution_within_the_cap():
 
     lengths = realistic_lengths(4000, random.Random(0), 512)
     mean = sum(lengths) / len(lengths)
-    # why: the README states this distribution next to the numbers it produced
+    # why: docs/speed.md states this distribution next to the numbers it produced
     assert REALISTIC_LENGTHS["low"] <= min(lengths) and max(lengths) <= 512
     assert abs(mean - REALISTIC_LENGTHS["mean"]) < 10
     assert max(realistic_lengths(100, random.Random(0), 64)) == 64  # capped at max_completion_length
@@ -58,3 +58,39 @@ def test_peer_config_parses_without_4bit_and_rejects_generation_reuse():
     assert parse_configs("peer-36", cuda=True)[0].load_in_4bit is False  # why: the peer is bf16 LoRA
     with pytest.raises(SettingsError, match="peer"):
         parse_configs("peer-6x2", cuda=True)
+
+
+def _row(num_gpus: int, step_s: float = 2.0):
+    from sarashina_grpo.experiments.bench import BenchConfig, _result_row
+
+    cfg = BenchConfig("fast-36-real", "fast", 36, realistic=True)
+    return _result_row(cfg, [9.0, step_s, step_s], [1.0] * 3, [1.5] * 3, [200.0] * 3, 512, device="H100",
+                       peak_allocated=None, peak_reserved=None, num_generations=6, load_in_4bit=True,
+                       num_gpus=num_gpus)
+
+
+def test_a_data_parallel_row_counts_every_gpus_completions():
+    one, two = _row(1), _row(2)
+    # why: each of two GPUs ran 36 completions in the same 2 s step, so throughput doubles
+    assert (two["completions_per_s"], two["completion_tokens_per_s"]) == (
+        2 * one["completions_per_s"], 2 * one["completion_tokens_per_s"])
+
+
+def test_the_peer_cannot_run_under_accelerate(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SettingsError, match="one process"):
+        parse_configs("fast-36,peer-36", cuda=True)  # why: the peer is a child process of one parent
+
+
+def test_the_scaling_table_compares_each_count_with_one_gpu():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "multi_gpu_table.py"
+    spec = importlib.util.spec_from_file_location("multi_gpu_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    rows = table.with_scaling([_row(4, step_s=4.0), _row(1), _row(2, step_s=2.5)])
+    found = [(r["num_gpus"], r["speedup"], r["efficiency"]) for r in rows]
+    # why: 4 GPUs at twice the step time give 2x the completions/s of one, i.e. half the per-GPU efficiency
+    assert found == [(1, 1.0, 1.0), (2, 1.6, 0.8), (4, 2.0, 0.5)]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sarashina_grpo.cli import COMMANDS, build_parser, settings_from_args
+from sarashina_grpo.cli import COMMANDS, build_parser, main, parse_args, settings_from_args
 from sarashina_grpo.config import Settings, flag_of
 
 
@@ -27,7 +27,7 @@ def test_every_command_has_help(command, capsys):
 
 def test_train_defaults_are_the_articles():
     # why: no flag given means the Settings defaults, which are the article's run
-    assert settings_from_args(build_parser().parse_args(["train"])) == Settings()
+    assert settings_from_args(parse_args(["train"])) == Settings()
 
 
 def test_every_setting_is_a_train_flag_with_its_default_shown_once(capsys):
@@ -42,15 +42,64 @@ def test_every_setting_is_a_train_flag_with_its_default_shown_once(capsys):
 def test_flags_override_a_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("max_steps: 7\nloss_type: dapo\nbeta: 0.0\n")
-    args = build_parser().parse_args(["train", "--config", str(recipe), "--max-steps", "3", "--rewards", "xmlcount"])
+    args = parse_args(["train", "--config", str(recipe), "--max-steps", "3", "--rewards", "xmlcount"])
     settings = settings_from_args(args)
     # why: precedence is defaults < recipe < flags given now
     assert (settings.max_steps, settings.loss_type, settings.reward_names) == (3, "dapo", ("xmlcount",))
 
 
 def test_json_flag_for_further_grpo_arguments():
-    args = build_parser().parse_args(["train", "--extra-grpo-args", '{"steps_per_generation": 6}'])
+    args = parse_args(["train", "--extra-grpo-args", '{"steps_per_generation": 6}'])
     assert settings_from_args(args).extra_grpo_args == {"steps_per_generation": 6}
+
+
+def test_every_grpo_config_field_is_a_typed_flag():
+    args = parse_args(["train", "--report-to", "wandb", "--save-total-limit", "3", "--reward-weights", "1", "1", "2",
+                       "--multi-objective-aggregation=normalize_then_sum", "--bf16", "false"])
+    # why: TRL's own field types, read from its source: a list of floats, an int, a list of names, a bool
+    assert settings_from_args(args).extra_grpo_args == {
+        "report_to": ["wandb"], "save_total_limit": 3, "reward_weights": [1.0, 1.0, 2.0],
+        "multi_objective_aggregation": "normalize_then_sum", "bf16": False}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--max-step", "5"], "unrecognized flag --max-step (did you mean --max-steps?)"),  # no prefixes
+        (["train", "--lerning-rate", "1e-5"], "did you mean --learning-rate?"),
+        (["train", "--save-total-limit", "many"], "save_total_limit takes a number"),
+        (["train", "--report-to"], "--report-to needs a value"),
+        (["train", "--rewards", "xmlcount,xmlcount"], "names xmlcount twice"),
+        (["train", "--rewards", "xmlcont"], "Unknown reward 'xmlcont' (did you mean xmlcount?)"),
+        (["train", "--lr-scheduler-type", "cosin"], "got 'cosin' (did you mean cosine?)"),
+        (["train", "--seed", "-1"], "Settings.seed (CLI --seed) must be a whole number ≥ 0"),
+        (["train", "--loss-type", "vespo", "--reward-weights", "1"], "reward_weights has 1 value(s) for 3 rewards"),
+        (["infer", "--max-new-tokens", "0", "hi"], "--max-new-tokens must be at least 1"),
+        (["infer", "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
+        (["infer", "--sample", "--temperature", "0", "hi"], "--temperature must be in (0, 10] when sampling"),
+        (["eval", "--samples-per-prompt", "2"], "--samples-per-prompt 2 needs --sample"),
+        (["eval", "--limit", "0"], "--limit must be at least 1"),
+        (["eval", "--limit", "-1"], "--limit must be at least 1"),
+    ],
+)
+def test_a_bad_option_is_one_error_line_before_anything_loads(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1
+
+
+def test_an_unknown_flag_of_another_command_is_a_usage_error_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "--batch", "3", "hi"])
+    assert exit_info.value.code == 2 and "(did you mean --batch-size?)" in capsys.readouterr().err
+
+
+def test_a_bad_flag_is_reported_without_importing_torch():
+    code = ("import sys; from sarashina_grpo.cli import main; assert main(['train', '--rewards', 'nope']) == 2; "
+            "assert not {'torch', 'transformers', 'trl', 'unsloth'} & set(sys.modules), sys.modules.keys()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # why: a typo must cost a second, not the 10-40 s of importing the training stack
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_invalid_settings_fail_before_loading_a_model():

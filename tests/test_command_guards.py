@@ -16,7 +16,7 @@ import types
 import pytest
 from checkpoint_files import make_checkpoint
 
-from sarashina_grpo import inference, modeling
+from sarashina_grpo import config, inference, modeling, validation
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import SettingsError
 from sarashina_grpo.evaluation import eval_rows, evaluate, write_eval
@@ -33,6 +33,7 @@ def no_unsloth_load(monkeypatch):
     fake = types.ModuleType("unsloth")
     fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
     monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)  # what validation.check_device asks
     monkeypatch.setattr(modeling, "cuda_available", lambda: False)
 
 
@@ -95,16 +96,16 @@ def test_a_checkpoint_whose_base_model_moved_is_one_error_before_loading(no_unsl
     code = main([command, "--model", str(checkpoint), *extra])  # was: OSError from the hub code after loading
     err = capsys.readouterr().err
     assert code == 2 and last_line(err) == (
-        f"error: {checkpoint} was trained on the base model folder {base} (adapter_config.json, "
-        "base_model_name_or_path), which does not exist here or has no config.json. Put the base model back there, "
-        f"or set base_model_name_or_path in {checkpoint / 'adapter_config.json'} to its new folder or hub id.")
+        f"error: {checkpoint}: its base model folder {base} (adapter_config.json, base_model_name_or_path) does "
+        "not exist here or has no config.json. Put the base model back there, or write its new place (a folder or "
+        f"hub id) into {checkpoint / 'adapter_config.json'}.")
 
 
 def test_a_base_model_named_by_hub_id_is_the_loaders_business(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "outputs" / "r", 5)
     config = json.loads((checkpoint / "adapter_config.json").read_text())
     (checkpoint / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/model"}))
-    modeling.check_model_name(str(checkpoint))
+    validation.check_model_name(str(checkpoint))
 
 
 # --- an empty evaluation --------------------------------------------------------------------------------------
@@ -114,14 +115,14 @@ def test_a_base_model_named_by_hub_id_is_the_loaders_business(tmp_path):
 def test_an_evaluation_of_no_prompts_is_an_error_before_loading(no_unsloth_load, capsys, tmp_path, limit):
     code = main(["eval", "--model", "tiny", "--limit", limit, "--artifact-dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and last_line(err) == (f"error: limit (CLI --limit) must be a positive number of prompts, got "
-                                            f"{limit}; leave it unset to evaluate every prompt.")
+    assert code == 2 and last_line(err) == (f"error: --limit must be at least 1 (prompts to evaluate), got {limit}; "
+                                            "leave it out to evaluate all.")
     assert not (tmp_path / "eval").exists()  # was: an empty evaluation saved with exit 0
 
 
 def test_the_library_refuses_an_empty_evaluation_too(tmp_path, write_csv):
     data = write_csv("prompt,lang\nこんにちは,ja\n")
-    with pytest.raises(SettingsError, match="must be a positive number of prompts"):
+    with pytest.raises(SettingsError, match="--limit must be at least 1"):
         evaluate(None, None, "e", data_path=data, artifact_dir=tmp_path, limit=0)
     with pytest.raises(SettingsError, match="Nothing was generated for e; no evaluation was saved"):
         write_eval([], tmp_path / "eval" / "e")

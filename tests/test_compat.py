@@ -67,12 +67,6 @@ def test_generation_context_fails_loudly_when_the_lookup_fails(monkeypatch):
         compat.generation_context(trainer)
 
 
-def test_grpo_trainer_keeps_completion_logs_where_the_evaluation_of_logs_expects_them():
-    # TRL's log_completions (Settings.log_completions) prints from these buffers; their keys are public output
-    source = trl_grpo_source()
-    assert all(f'self._logs["{key}"]' in source for key in ("prompt", "completion", "rewards", "advantages"))
-
-
 def test_grpo_config_has_every_algorithm_field_we_set():
     from trl import GRPOConfig
 
@@ -81,6 +75,20 @@ def test_grpo_config_has_every_algorithm_field_we_set():
     fields = set(GRPOConfig.__dataclass_fields__)
     # why: an argument TRL dropped would raise in GRPOConfig(...); one it renamed would be lost silently
     assert set(grpo_config_kwargs(Settings(), "out")) - {"output_dir"} <= fields
+
+
+def test_grpo_fields_read_from_the_source_are_the_imported_classes():
+    import dataclasses
+
+    from transformers.trainer_utils import SchedulerType
+    from trl import GRPOConfig
+
+    from sarashina_grpo.grpo_fields import grpo_fields, loss_types, scheduler_names
+
+    # why: flags and recipe keys are checked against this reading before TRL is imported; it must be TRL's truth
+    assert set(grpo_fields()) == {f.name for f in dataclasses.fields(GRPOConfig) if not f.name.startswith("_")}
+    assert scheduler_names() == tuple(s.value for s in SchedulerType)
+    assert {"grpo", "dapo", "dr_grpo", "vespo"} <= set(loss_types())
 
 
 def test_grpo_trainer_reads_the_algorithm_attributes_our_test_checks():

@@ -10,6 +10,7 @@ from sarashina_grpo.config import (
     grpo_config_kwargs,
     load_recipe,
 )
+from sarashina_grpo.validation import check_settings
 
 
 def test_defaults_are_the_articles():
@@ -61,7 +62,7 @@ def test_overrides_win(tmp_path):
 )
 def test_invalid_settings_name_the_field(changes, field):
     with pytest.raises(SettingsError, match=field):
-        Settings(**changes).validate()
+        check_settings(Settings(**changes))
 
 
 def test_the_default_algorithm_is_the_articles_trl_not_the_installed_default(tmp_path):
@@ -91,7 +92,7 @@ def test_the_article_recipe_is_the_defaults(repo_root):
 
 @pytest.mark.parametrize("name", ["article", "dapo", "dr_grpo", "gspo"])
 def test_every_recipe_is_valid(repo_root, name):
-    Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / f"{name}.yaml")).validate()
+    check_settings(Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / f"{name}.yaml")))
 
 
 def test_system_prompt_can_come_from_a_file(tmp_path):
@@ -120,3 +121,76 @@ def test_the_trainer_runs_with_our_algorithm_after_unsloths_patching(tiny_model_
     assert found == ("grpo", 0.04, "batch", 0.3, 0.35, True, "token")
     # why: with beta > 0 the KL to the reference model is computed and logged (TensorBoard: train/kl)
     assert any("kl" in entry for entry in trainer.state.log_history)
+
+
+# --- every source of settings is read in the fields' types (config.read_settings) --------------------------------
+
+
+def recipe_of(tmp_path, text: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "expected"),
+    [
+        ("learning_rate: 5e-6\n", "learning_rate", 5e-6),  # YAML 1.1 would leave it a string
+        ("warmup_ratio: 1e-1\n", "warmup_ratio", 0.1),
+        ("max_steps: 1e3\n", "max_steps", 1000),  # a whole number written as a float
+        ("lora_target_modules: q_proj, o_proj\n", "lora_target_modules", ("q_proj", "o_proj")),  # one string
+        ("reward_names: [xmlcount]\n", "reward_names", ("xmlcount",)),
+        ("lora_alpha: null\n", "lora_alpha", None),  # optional fields take null
+    ],
+)
+def test_recipe_values_are_read_in_the_fields_types(tmp_path, text, field, expected):
+    assert getattr(Settings(**load_recipe(recipe_of(tmp_path, text))), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("reward_names: 3\n", "Settings.reward_names (CLI --rewards) must be a list of names"),
+        ("system_prompt: 7\n", "Settings.system_prompt (CLI --system-prompt) must be text, got 7 (int)"),
+        ("data_path: null\n", "Settings.data_path (CLI --data) must be text, got nothing (null)"),
+        ("learning_rate: fast\n", "Settings.learning_rate (CLI --learning-rate) must be a number, got 'fast'"),
+        ("max_steps: 2.5\n", "Settings.max_steps (CLI --max-steps) must be an integer, got 2.5"),
+        ("log_completions: 1\n", "must be true or false, got 1"),
+        ("extra_grpo_args: [1, 2]\n", "extra_grpo_args (CLI --extra-grpo-args) must be a mapping"),
+        ("learning_rat: 1e-5\n", "unknown setting 'learning_rat' (did you mean learning_rate?)"),
+        ("save_total_limit: many\n", "GRPOConfig.save_total_limit takes a number"),
+        ("- a\n- b\n", "a recipe is a mapping"),
+    ],
+)
+def test_a_recipe_value_of_the_wrong_type_is_one_error_naming_the_field(tmp_path, text, expected):
+    with pytest.raises(SettingsError) as info:
+        load_recipe(recipe_of(tmp_path, text))
+    assert expected in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_grpo_config_fields_are_recipe_keys(tmp_path):
+    values = load_recipe(recipe_of(tmp_path, "report_to: [wandb]\nsave_total_limit: 2\nreward_weights: [1, 2, 1]\n"))
+    # why: every GRPOConfig field is reachable without JSON; they travel in extra_grpo_args (and run.json)
+    assert values == {"extra_grpo_args": {"report_to": ["wandb"], "save_total_limit": 2, "reward_weights": [1, 2, 1]}}
+
+
+def test_a_binary_file_or_a_folder_as_recipe_is_one_clear_error(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(SettingsError, match="is not UTF-8 text"):
+        load_recipe(binary)
+    with pytest.raises(SettingsError, match="is a folder"):
+        load_recipe(tmp_path)
+
+
+def test_an_old_run_json_still_loads(tmp_path):
+    # why: run.json of earlier versions holds every field by name, lists for tuples, and may lack newer fields
+    recorded = {**Settings().to_dict(), "max_steps": 7}
+    del recorded["rollout"]
+    assert Settings.from_dict(recorded) == Settings(max_steps=7)
+
+
+def test_a_system_prompt_file_over_the_limit_is_refused(tmp_path):
+    (tmp_path / "p.txt").write_text("あ" * 20_001, encoding="utf-8")
+    with pytest.raises(SettingsError, match="limited to 20,000"):
+        Settings(system_prompt_file=str(tmp_path / "p.txt")).resolved()

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from checkpoint_files import make_checkpoint, write_adapter
 
-from sarashina_grpo import modeling
+from sarashina_grpo import config, modeling, validation
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
-from sarashina_grpo.modeling import ModelNotFoundError, check_device, check_model_name
-from sarashina_grpo.pipeline import check_writable, train
+from sarashina_grpo.pipeline import train
+from sarashina_grpo.validation import ModelNotFoundError, check_device, check_model_name, check_settings, check_writable
 
 CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
 
@@ -71,6 +71,12 @@ def test_file_without_header_line_is_told_to_add_one(write_csv):
 
 def test_header_only_file_asks_for_rows(write_csv):
     assert "has a header but no rows" in error_of(read_rows, write_csv("prompt,lang\n"))
+
+
+def test_a_column_named_like_a_reward_argument_is_refused(write_csv):
+    message = error_of(read_rows, write_csv("prompt,lang,completions\nこんにちは,ja,x\n"))
+    # why: TRL passes every column to the rewards by name, where it would collide with their completions argument
+    assert "column named 'completions'" in message and "Rename that column" in message
 
 
 def test_extra_columns_and_header_case_are_fine(write_csv):
@@ -253,7 +259,7 @@ def test_an_unclosed_quote_swallowing_the_file_past_the_field_limit_points_at_th
 
 
 def test_batch_not_divisible_by_generations_names_both_flags_and_a_fix():
-    message = error_of(Settings(per_device_train_batch_size=6, num_generations=4).validate)
+    message = error_of(check_settings, Settings(per_device_train_batch_size=6, num_generations=4))
     assert "(6) must be a multiple of num_generations (4)" in message
     assert "Use a batch size of 4 or 8 (CLI --batch-size)" in message
 
@@ -263,20 +269,20 @@ def test_batch_not_divisible_by_generations_names_both_flags_and_a_fix():
     [
         (dict(num_generations=1), "Settings.num_generations (CLI --num-generations) must be at least 2"),
         (dict(max_steps=0), "Settings.max_steps (CLI --max-steps) must be a positive integer, got 0"),
-        (dict(lora_rank=8.0), "Settings.lora_rank (CLI --lora-rank) must be a positive integer"),
-        (dict(learning_rate=float("nan")), "Settings.learning_rate (CLI --learning-rate) must be > 0"),
-        (dict(temperature=0), "Settings.temperature (CLI --temperature) must be > 0"),
-        (dict(warmup_ratio=1.0), "Settings.warmup_ratio (CLI --warmup-ratio) must be in [0, 1)"),
+        (dict(lora_rank=8.5), "Settings.lora_rank (CLI --lora-rank) must be an integer, got 8.5"),
+        (dict(learning_rate=float("nan")), "learning_rate (CLI --learning-rate) must be a finite number in (0, 1]"),
+        (dict(temperature=0), "Settings.temperature (CLI --temperature) must be a finite number in (0, 10]"),
+        (dict(warmup_ratio=1.0), "Settings.warmup_ratio (CLI --warmup-ratio) must be a finite number in [0, 1)"),
         (dict(max_completion_length=4000), "exceeds max_seq_length (4096): raise max_seq_length"),
         (dict(reward_names=()), "GRPO needs at least one reward"),
     ],
 )
 def test_invalid_settings_name_the_field(changes, expected):
-    assert expected in error_of(Settings(**changes).validate)
+    assert expected in error_of(check_settings, Settings(**changes))
 
 
 def test_unknown_reward_name_lists_the_valid_ones():
-    message = error_of(Settings(reward_names=("xmlcount", "strict")).validate)
+    message = error_of(check_settings, Settings(reward_names=("xmlcount", "strict")))
     assert "Unknown reward 'strict'" in message and "soft_format, strict_format, xmlcount" in message
 
 
@@ -288,7 +294,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("the model was loaded before the input was checked")
 
     monkeypatch.setattr(modeling, "load_model", refuse)
-    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
 
 
 @pytest.mark.parametrize(
@@ -373,7 +379,7 @@ def no_unsloth_load(monkeypatch):
     fake = types.ModuleType("unsloth")
     fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
     monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
 
 
 @pytest.mark.parametrize("command", ["infer", "eval"])
@@ -388,6 +394,17 @@ def test_a_damaged_checkpoint_given_to_infer_or_eval_is_one_error_before_loading
     err = capsys.readouterr().err
     assert code == 2 and last_line(err).startswith(f"error: {damaged} is damaged (adapter_model.safetensors: cut off")
     assert f"e.g. {earlier}" in err and "Traceback" not in err
+
+
+def test_an_adapter_whose_base_model_folder_moved_is_refused_before_loading(tmp_path):
+    import json
+
+    write_adapter(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "moved-away")
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    # why: the loader would look for the folder on the hub and fail with an unrelated OSError after loading started
+    assert "its base model folder" in error_of(check_model_name, str(tmp_path))
 
 
 def test_an_adapter_with_nan_weights_is_refused(tmp_path):
@@ -419,12 +436,12 @@ def test_read_only_artifact_folder_is_not_writable(tmp_path):
 
 @pytest.fixture
 def no_cuda(monkeypatch):
-    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
 
 
 @pytest.fixture
 def with_cuda(monkeypatch):
-    monkeypatch.setattr(modeling, "cuda_available", lambda: True)
+    monkeypatch.setattr(config, "cuda_available", lambda: True)
 
 
 def fake_vllm(monkeypatch, installed: bool):
@@ -435,7 +452,7 @@ def fake_vllm(monkeypatch, installed: bool):
             return object() if installed else None
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(modeling.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(validation.importlib.util, "find_spec", find_spec)
 
 
 def test_4bit_without_cuda_names_the_cpu_route(no_cuda):

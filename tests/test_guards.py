@@ -8,25 +8,21 @@ hand (tests/checkpoint_files.py).
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
 from checkpoint_files import COMPLETE_MARKER, make_checkpoint
 
+from sarashina_grpo import config
 from sarashina_grpo.config import Settings, SettingsError
-from sarashina_grpo.guards import NonFiniteError, check_logs, check_numeric_settings, settings_warnings
+from sarashina_grpo.guards import NonFiniteError, check_logs
+from sarashina_grpo.validation import check_settings, settings_warnings
 
 NAN, INF = float("nan"), float("inf")
 
 
-def with_fields(**fields):
-    """Settings plus fields the dataclass may not have yet (the GRPO algorithm settings)."""
-    return SimpleNamespace(**{**dataclasses.asdict(Settings()), **fields})
-
-
 def test_the_articles_settings_pass():
-    check_numeric_settings(Settings())
+    check_settings(Settings())
     assert settings_warnings(Settings()) == []
 
 
@@ -54,7 +50,7 @@ def test_the_articles_settings_pass():
 )
 def test_non_finite_or_absurd_numbers_are_refused_naming_the_field(fields, expected):
     with pytest.raises(SettingsError) as info:
-        check_numeric_settings(with_fields(**fields))
+        check_settings(Settings(**fields))
     assert expected in str(info.value)
 
 
@@ -84,20 +80,18 @@ def test_a_near_greedy_temperature_warns_that_groups_stop_differing():
 
 
 def test_prepare_refuses_an_infinite_learning_rate_before_any_run_folder_or_model(tmp_path, monkeypatch):
-    from sarashina_grpo import modeling
     from sarashina_grpo.pipeline import prepare
 
-    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
     with pytest.raises(SettingsError, match=r"learning_rate \(CLI --learning-rate\) must be .*got inf"):
         prepare(Settings(model_name="tiny", load_in_4bit=False, learning_rate=INF), artifact_dir=tmp_path)
     assert not (tmp_path / "outputs").exists()
 
 
 def test_prepare_logs_the_settings_warnings(tmp_path, monkeypatch, caplog):
-    from sarashina_grpo import modeling
     from sarashina_grpo.pipeline import prepare
 
-    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
     prepare(Settings(model_name="tiny", load_in_4bit=False, max_steps=100_000), artifact_dir=tmp_path)
     assert "The learning-rate warm-up lasts 10,000 steps" in caplog.text
 
@@ -162,7 +156,6 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
     import unsloth  # noqa: F401 - before transformers, as every entry point does
     from transformers import TrainerCallback
 
-    from sarashina_grpo import modeling
     from sarashina_grpo.checkpoints import complete_checkpoints, find_resume_checkpoint
     from sarashina_grpo.pipeline import train
 
@@ -177,7 +170,7 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
                 for param in (p for p in model.parameters() if p.requires_grad):
                     param.register_hook(lambda grad: torch.full_like(grad, NAN))
 
-    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
     settings = Settings(model_name="tiny", load_in_4bit=False, max_steps=4, save_steps=1, max_completion_length=16,
                         num_generations=2, per_device_train_batch_size=2)
     with pytest.raises(NonFiniteError, match=r"^Training stopped at step 2: grad_norm = nan\. .*checkpoint-1\)"):

@@ -10,6 +10,7 @@ import pytest
 from sarashina_grpo.config import SYSTEM_PROMPT
 from sarashina_grpo.data import load_prompts
 from sarashina_grpo.roles import RoleError, leak_share, read_role, think_leak, with_role
+from sarashina_grpo.validation import check_settings
 
 MERCHANT = "あなたはサボテンを売る商人です。100円で仕入れたことは隠してください。"
 
@@ -44,6 +45,12 @@ def test_missing_role_file_is_a_clear_error(tmp_path):
 def test_empty_role_file_is_a_clear_error(tmp_path):
     (tmp_path / "role.txt").write_text(" \n", encoding="utf-8")
     with pytest.raises(RoleError, match="empty"):
+        read_role(tmp_path / "role.txt")
+
+
+def test_a_role_file_of_megabytes_is_refused_before_it_reaches_a_prompt(tmp_path):
+    (tmp_path / "role.txt").write_text("商人" * 1_000_000, encoding="utf-8")
+    with pytest.raises(RoleError, match="limited to 20,000"):  # why: it would go whole into every prompt
         read_role(tmp_path / "role.txt")
 
 
@@ -126,7 +133,7 @@ def test_roleplay_dataset_loads_with_its_roles(repo_root):
 def test_roleplay_recipe_loads_and_trains_on_the_roleplay_data(repo_root):
     from sarashina_grpo.config import Settings, load_recipe
 
-    settings = Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / "roleplay.yaml")).validate()
+    settings = check_settings(Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / "roleplay.yaml")))
     assert settings.data_path == "datasets/roleplay.csv" and "japanese_purity" in settings.reward_names
 
 

@@ -13,6 +13,7 @@ import torch
 
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.rollout import FastRollout, sample_tokens
+from sarashina_grpo.validation import check_settings
 
 COMPLETION_TOKENS = 24
 
@@ -39,7 +40,7 @@ def test_sampling_follows_the_softmax_distribution():
 
 def test_unknown_rollout_is_rejected_by_name():
     with pytest.raises(SettingsError, match="rollout"):
-        Settings(rollout="turbo").validate()
+        check_settings(Settings(rollout="turbo"))
 
 
 @pytest.fixture(scope="module")

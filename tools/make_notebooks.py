@@ -160,10 +160,11 @@ import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on im
 from sarashina_grpo import setup_logging
 from sarashina_grpo.config import Settings
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
+from sarashina_grpo.validation import check_model
 
 setup_logging()  # the package's INFO lines, as the command line shows them
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
-settings = Settings(model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+settings = check_model(Settings(model_name=MODEL_NAME, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM), training=False)
 model, tokenizer = load_for_inference(settings)
 gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
 """),

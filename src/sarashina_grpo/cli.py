@@ -4,16 +4,24 @@ every option).
     sarashina-grpo demo                                                  # CPU, offline: watch GRPO learn the format
     sarashina-grpo train --model tiny --max-steps 5                      # CPU smoke run on the offline tiny model
     sarashina-grpo train --config configs/recipes/article.yaml           # the article's run on a CUDA GPU
+    sarashina-grpo train --report-to wandb --save-total-limit 3          # any field of TRL's GRPOConfig is a flag
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
     sarashina-grpo infer --model tiny --role-file merchant.txt "このサボテン、おいくら？"
     sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare base
     sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/step500 --merged
-    accelerate launch --num_processes 2 -m sarashina_grpo train --max-steps 500     # one process per GPU
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m sarashina_grpo train --max-steps 500
 
-This is the one module that builds the command line. Its flags are generated from dataclasses: ``Settings``
-(every field of it is a ``train`` flag, named after the field, with its help text and default) and the small
-option classes below. Precedence: ``Settings`` defaults < a YAML recipe (``--config``) < a resumed run's
-``run.json`` < flags given on the command line.
+A command is one entry of ``COMMANDS``: its help, its option dataclasses and the function that runs it. Flags are
+the dataclasses' fields: ``Settings`` for ``train`` (plus every other ``GRPOConfig`` field, read by
+``config.read_settings``), the commands' option classes for the rest. Precedence: ``Settings`` defaults < a YAML
+recipe (``--config``) < a resumed run's ``run.json`` < flags given on the command line.
+
+Why a small flag layer here rather than transformers' ``HfArgumentParser``/TRL's ``TrlParser``: both live inside
+transformers, and importing transformers before Unsloth loses Unsloth's patches (it warns "Unsloth should be
+imported before transformers") and costs seconds; reading the flags must come first, so that a typo ends in one
+``error:`` line in about a second. ``GRPOConfig``'s own fields are read from TRL's source (``grpo_fields.py``) and
+checked by ``GRPOConfig`` itself before the model loads; the research scripts, which import Unsloth first anyway,
+use ``HfArgumentParser`` directly.
 """
 
 from __future__ import annotations
@@ -29,10 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import setup_logging
-from .config import Settings, SettingsError, default_artifact_dir, load_recipe, setting
+from .config import (
+    FIELDS,
+    Settings,
+    SettingsError,
+    default_artifact_dir,
+    did_you_mean,
+    load_recipe,
+    read_settings,
+    setting,
+)
+from .grpo_fields import grpo_fields
 
 logger = logging.getLogger("sarashina_grpo")
-DEBUG_VARIABLE = "SARASHINA_GRPO_DEBUG"  # set to 1 for full tracebacks (same as --debug)
 
 
 # --- option classes of the commands (Settings holds the run's own settings)
@@ -106,7 +123,8 @@ class ExportOptions:
                            "(off: the LoRA adapter alone)")
     base_model: str | None = setting(None, "base model to merge into (hub id or folder); unset: the one named in "
                                      "the checkpoint's adapter_config.json")
-    dtype: str = setting("bfloat16", "weight type of the merged model", choices=("bfloat16", "float16", "float32"))
+    dtype: str = setting("auto", "weight type of the merged model; auto: bfloat16, or float16 on a GPU without bf16",
+                         choices=("auto", "bfloat16", "float16", "float32"))
     push_to_hub: str | None = setting(None, "also upload OUT to this hub repo (user/name; needs a hub token; "
                                       "untested here)")
     private: bool = setting(True, "create the hub repo private (with --push-to-hub)")
@@ -115,13 +133,15 @@ class ExportOptions:
 @dataclass
 class BuildTinyOptions:
     out_dir: str = field(default="", metadata={"help": "folder to write the model to", "positional": True})
-    shape: str = setting("tiny", "the tiny test model, or the exact Sarashina 2.2 3B shape (random weights)",
-                         choices=("tiny", "sarashina-3b"))
+    shape: str = setting("tiny", "the tiny test model, a small GPU test model, or the exact Sarashina 2.2 3B shape "
+                         "(random weights)", choices=("tiny", "small", "sarashina-3b"))
     seed: int = setting(0, "random seed of the weights")
 
 
 # Settings that infer and eval take (the model and how it is prompted); train takes every field.
 MODEL_FIELDS = ("model_name", "load_in_4bit", "use_vllm", "max_seq_length", "system_prompt", "system_prompt_file")
+# The demo's own knobs (sarashina_grpo.demo.DemoSettings); its training settings are fixed by the demo's recipe.
+DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "threads")
 
 
 # --- flags from dataclasses
@@ -139,20 +159,10 @@ def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _parse_json(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON ({err.msg}); e.g. '{{\"steps_per_generation\": 6}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"steps_per_generation\": 6}'")
-    return value
-
-
 def _base_type(hint):
     """``int`` for ``int | None`` and the like."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) else hint
+    return args[0] if len(args) == 1 and len(typing.get_args(hint)) == 2 else hint
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *, title: str | None = None) -> None:
@@ -166,8 +176,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *,
         meta, hint = f.metadata, _base_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if meta.get("positional"):
-            nargs = "*" if typing.get_origin(hint) is list else None
-            group.add_argument(f.name, nargs=nargs, help=meta["help"], default=default)
+            group.add_argument(f.name, nargs="*" if typing.get_origin(hint) is list else None, help=meta["help"],
+                               default=default)
             continue
         flags = [flag for flag in (meta.get("flag"), "--" + f.name.replace("_", "-")) if flag]
         shown = meta.get("shown") or _shown(default)
@@ -182,7 +192,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *,
             item = typing.get_args(hint)[0]
             kwargs.update(nargs=meta.get("nargs", "+"), type=item, metavar=meta.get("metavar", item.__name__.upper()))
         elif hint is dict:
-            kwargs.update(type=_parse_json, metavar="JSON")
+            kwargs.update(metavar="JSON")  # read by config.typed_setting
         else:
             kwargs["type"] = hint
             if meta.get("const"):  # the flag alone means this value
@@ -190,13 +200,6 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, names=None, *,
             if meta.get("choices"):
                 kwargs["choices"] = meta["choices"]
         group.add_argument(*flags, **kwargs)
-
-
-def options_parser(cls, description: str) -> argparse.ArgumentParser:
-    """A stand-alone parser for one option class (the research scripts in ``experiments/``)."""
-    parser = argparse.ArgumentParser(description=description)
-    add_dataclass_arguments(parser, cls)
-    return parser
 
 
 def given(args: argparse.Namespace, cls, names=None) -> dict:
@@ -210,16 +213,58 @@ def options(args: argparse.Namespace, cls):
     return cls(**given(args, cls))
 
 
+def grpo_flags(extras: list[str]) -> dict[str, list[str]]:
+    """``--name value …`` of ``GRPOConfig`` fields among the flags the parser did not know, as field name → texts
+    (typed later by ``config.read_settings``); an unknown flag is a ``SettingsError`` with the closest name."""
+    found: dict[str, list[str]] = {}
+    name = None
+    for token in extras:
+        if token.startswith("--"):
+            name, _, value = token[2:].partition("=")
+            name = name.replace("-", "_")
+            if name not in grpo_fields():
+                known = [*(f"--{n.replace('_', '-')}" for n in [*FIELDS, *grpo_fields()]), "--config"]
+                raise SettingsError(f"unrecognized flag {token.split('=')[0]}"
+                                    f"{did_you_mean(token.split('=')[0], known)}; `sarashina-grpo train --help` "
+                                    "lists the flags.")
+            found[name] = [value] if value else []
+        elif name is None:
+            raise SettingsError(f"unexpected argument {token!r}: train takes flags only.")
+        else:
+            found[name].append(token)
+    for key, values in found.items():
+        if not values:  # a flag alone switches a boolean field on, as HfArgumentParser reads it
+            if "bool" not in grpo_fields()[key].annotation:
+                raise SettingsError(f"--{key.replace('_', '-')} needs a value ({grpo_fields()[key].annotation}).")
+            values.append("true")
+    return found
+
+
 def explicit_settings(args: argparse.Namespace, names=None) -> dict:
-    """The settings the command line asks for: a recipe's (``--config``), then the flags given."""
+    """The typed settings the command line asks for: a recipe's (``--config``), then the flags given (``GRPOConfig``
+    fields among them join ``extra_grpo_args``)."""
     values = load_recipe(args.config) if getattr(args, "config", None) else {}
-    return {**values, **given(args, Settings, names)}
+    flags = {**given(args, Settings, names), **getattr(args, "grpo_flags", {})}
+    return {**values, **read_settings(flags, source="command line")}
 
 
 def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
     """Settings for a command: defaults < recipe (``--config``) < flags. (Resuming, ``pipeline.prepare`` puts the
-    run's recorded settings under the recipe and flags.) Checked where they are used, before a model loads."""
-    return Settings.from_dict(explicit_settings(args, names), source="command line")
+    run's recorded settings under the recipe and flags.) Checked by ``validation`` before a model loads."""
+    return Settings(**explicit_settings(args, names))
+
+
+class GRPOHelp(argparse.Action):
+    """``train --help-grpo``: every further ``GRPOConfig`` flag with TRL's help (read from its source: no import)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for f in grpo_fields().values():
+            if f.name not in FIELDS:
+                print(f"--{f.name.replace('_', '-')} ({f.annotation}): {f.help.strip()}")
+        parser.exit()
 
 
 # --- commands
@@ -234,8 +279,8 @@ def run_train(args: argparse.Namespace) -> int:
     explicit = explicit_settings(args)
     # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
     try:
-        run = prepare(Settings.from_dict(explicit, source="command line"), artifact_dir=run_options.artifact_dir,
-                      resume=run_options.resume, run_name=run_options.run_name, given=set(explicit),
+        run = prepare(Settings(**explicit), artifact_dir=run_options.artifact_dir, resume=run_options.resume,
+                      run_name=run_options.run_name, given=set(explicit),
                       allow_data_change=run_options.allow_data_change)
     except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
         if os.environ.get("RANK", "0") == "0":  # once, not once per process of an `accelerate launch`
@@ -261,10 +306,13 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def generation_settings(args: argparse.Namespace):
+def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
+    """The generation options of ``infer``/``eval``, checked (``validation.check_generation``)."""
     from .inference import GenerationSettings
+    from .validation import check_generation
 
     gen = options(args, GenerateOptions)
+    check_generation(gen.max_new_tokens, gen.sample, gen.temperature, gen.top_p, gen.batch_size, samples_per_prompt)
     return GenerationSettings(max_new_tokens=gen.max_new_tokens, do_sample=gen.sample, temperature=gen.temperature,
                               top_p=gen.top_p, batch_size=gen.batch_size)
 
@@ -278,10 +326,11 @@ def role_from_args(args: argparse.Namespace) -> str | None:
 
 def run_infer(args: argparse.Namespace) -> None:
     from .inference import Chat, answer, chat_loop, load_for_inference
+    from .validation import check_model
 
-    settings = settings_from_args(args, MODEL_FIELDS)
     gen = generation_settings(args)
     role = role_from_args(args)  # before the model loads: a missing file costs seconds
+    settings = check_model(settings_from_args(args, MODEL_FIELDS), training=False)
     model, tokenizer = load_for_inference(settings)
     if args.prompts:
         replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True,
@@ -303,8 +352,11 @@ def default_eval_name(model: str) -> str:
 def run_eval(args: argparse.Namespace) -> None:
     from .errors import check_compare_names
     from .evaluation import compare_runs, evaluate_model
+    from .validation import check_eval_limit
 
     opts = options(args, EvalOptions)
+    check_eval_limit(opts.limit)
+    gen = generation_settings(args, opts.samples_per_prompt)
     artifact_dir = opts.artifact_dir or default_artifact_dir()
     names = list(opts.compare)
     if opts.compare_only and len(names) < 2:
@@ -314,7 +366,7 @@ def run_eval(args: argparse.Namespace) -> None:
         settings = settings_from_args(args, MODEL_FIELDS)
         name = opts.name or default_eval_name(settings.model_name)
         metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir,
-                                 gen=generation_settings(args), samples_per_prompt=opts.samples_per_prompt,
+                                 gen=gen, samples_per_prompt=opts.samples_per_prompt,
                                  limit=opts.limit, role=role_from_args(args), overwrite=opts.overwrite)
         print(f"{Path(artifact_dir) / 'eval' / name / 'metrics.json'}")
         print("\n".join(f"  {k}: {v}" for k, v in metrics.items()))
@@ -340,39 +392,6 @@ def run_build_tiny(args: argparse.Namespace) -> None:
     print(build_model(opts.out_dir, opts.shape, opts.seed))
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, RunOptions, title="run")
-    add_dataclass_arguments(parser, Settings, title="settings (sarashina_grpo.config.Settings)")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, Settings, MODEL_FIELDS, title="model")
-    add_dataclass_arguments(parser, GenerateOptions, title="generation")
-
-
-def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, InferOptions)
-    add_model_arguments(parser)
-    add_dataclass_arguments(parser, RoleOptions, title="role")
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, EvalOptions, title="evaluation")
-    add_model_arguments(parser)
-    add_dataclass_arguments(parser, RoleOptions, title="role")
-
-
-# The demo's own knobs (sarashina_grpo.demo.DemoSettings); its training settings are fixed by the demo's recipe.
-DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "threads")
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .demo import DemoSettings
-
-    add_dataclass_arguments(parser, DemoSettings, DEMO_FIELDS, title="demo")
-    add_dataclass_arguments(parser, RunOptions, ("artifact_dir", "run_name"), title="run")
-
-
 def run_demo(args: argparse.Namespace) -> None:
     import unsloth  # noqa: F401  # patches transformers and TRL: before anything imports them
 
@@ -386,46 +405,94 @@ def run_demo(args: argparse.Namespace) -> None:
           "(train/rewards/strict_format_reward/mean)")
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .experiments.bench import BenchOptions
-
-    add_dataclass_arguments(parser, BenchOptions)
-
-
 def run_bench(args: argparse.Namespace) -> None:
     from .experiments import bench
 
     bench.run(options(args, bench.BenchOptions))
 
 
-# name -> (help, add_arguments, run). Further commands register here.
+@dataclass
+class Command:
+    """A sub-command: its help, what it runs, its option dataclasses ((class, field names or None = all, group
+    title)), and the ``Settings`` fields it takes (None: none; "all": every one, and ``GRPOConfig``'s too)."""
+
+    help: str
+    run: typing.Callable[[argparse.Namespace], int | None]
+    options: tuple = ()
+    settings: tuple[str, ...] | str | None = None
+
+
+def _demo_settings():
+    from .demo import DemoSettings
+
+    return DemoSettings
+
+
+def _bench_options():
+    from .experiments.bench import BenchOptions
+
+    return BenchOptions
+
+
+# A new command is one options dataclass and one entry here.
 COMMANDS = {
-    "demo": ("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the strict-format rate "
-             "before and after and the reward curve", add_demo_arguments, run_demo),
-    "train": ("GRPO-train a model (the finetuning notebook's recipe)", add_train_arguments, run_train),
-    "infer": ("answer prompts or chat with a model or checkpoint", add_infer_arguments, run_infer),
-    "eval": ("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",
-             add_eval_arguments, run_eval),
-    "export": ("write a checkpoint's LoRA adapter, or a merged model (--merged), with tokenizer and model card",
-               lambda p: add_dataclass_arguments(p, ExportOptions), run_export),
-    "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)",
-                   lambda p: add_dataclass_arguments(p, BuildTinyOptions), run_build_tiny),
-    "bench": ("time GRPO steps of the training path per rollout configuration (docs/benchmarks)",
-              add_bench_arguments, run_bench),
+    "demo": Command("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the "
+                    "strict-format rate before and after and the reward curve", run_demo,
+                    ((_demo_settings, DEMO_FIELDS, "demo"), (RunOptions, ("artifact_dir", "run_name"), "run"))),
+    "train": Command("GRPO-train a model (the finetuning notebook's recipe)", run_train,
+                     ((RunOptions, None, "run"),), settings="all"),
+    "infer": Command("answer prompts or chat with a model or checkpoint", run_infer,
+                     ((InferOptions, None, None), (GenerateOptions, None, "generation"), (RoleOptions, None, "role")),
+                     settings=MODEL_FIELDS),
+    "eval": Command("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",
+                    run_eval, ((EvalOptions, None, "evaluation"), (GenerateOptions, None, "generation"),
+                               (RoleOptions, None, "role")), settings=MODEL_FIELDS),
+    "export": Command("write a checkpoint's LoRA adapter, or a merged model (--merged), with tokenizer and model "
+                      "card", run_export, ((ExportOptions, None, None),)),
+    "build-tiny": Command("build an offline random-weight model (tiny, or the 3B shape)", run_build_tiny,
+                          ((BuildTinyOptions, None, None),)),
+    "bench": Command("time GRPO steps of the training path per rollout configuration (docs/benchmarks)", run_bench,
+                     ((_bench_options, None, None),)),
 }
+EPILOG_TRAIN = ("Every other field of TRL's GRPOConfig is a flag (and a recipe key) too, e.g. --report-to wandb, "
+                "--save-total-limit 3, --reward-weights 1 1 2, --multi-objective-aggregation normalize_then_sum; "
+                "--help-grpo lists them.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0])
+    # allow_abbrev=False: a prefix of a flag is a typo to report, not a flag to guess.
+    parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
-                        help=f"full tracebacks for every error (or set {DEBUG_VARIABLE}=1), for bug reports")
+                        help="full tracebacks for every error (or set SARASHINA_GRPO_DEBUG=1), for bug reports")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, run) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(command)
-        command.set_defaults(run=run)
+    parser.commands = {}
+    for name, command in COMMANDS.items():
+        every = command.settings == "all"
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False,
+                                    epilog=EPILOG_TRAIN if every else None)
+        for cls, names, title in command.options:
+            add_dataclass_arguments(sub_parser, cls if dataclasses.is_dataclass(cls) else cls(), names, title=title)
+        if command.settings:
+            add_dataclass_arguments(sub_parser, Settings, None if every else command.settings,
+                                    title="settings (sarashina_grpo.config.Settings)" if every else "model")
+        if every:
+            sub_parser.add_argument("--help-grpo", action=GRPOHelp, help="list the further GRPOConfig flags")
+        sub_parser.set_defaults(run=command.run, takes_grpo_flags=every)
+        parser.commands[name] = sub_parser
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; ``train``'s further ``GRPOConfig`` flags land in ``args.grpo_flags``."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and not args.takes_grpo_flags:
+        command = parser.commands[args.command]
+        flags = list(command._option_string_actions)  # every flag of the command, aliases included
+        command.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(extras[0].split('=')[0], flags)}")
+    args.grpo_flags = grpo_flags(extras) if extras else {}
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,16 +500,18 @@ def main(argv: list[str] | None = None) -> int:
     from . import errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SettingsError as err:
+        return errors.report(err)
     setup_logging(args.verbose)
-    debug = args.debug or os.environ.get(DEBUG_VARIABLE) == "1"
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
         print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
         return 130
     except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
-        code = errors.report(err, debug=debug)
+        code = errors.report(err, debug=args.debug)
         if code is None:
             raise
         return code

@@ -5,8 +5,10 @@
 
 ``Settings`` is the only place a setting is defined: each field carries its help text in ``metadata``, and the
 command line (``cli.py``), the YAML recipes (``configs/recipes/*.yaml``, keys = field names), ``run.json`` and the
-notebooks' parameters all derive from it. Defaults reproduce the article's run, including its GRPO algorithm as
-TRL ran it in early 2025 (docs/algorithm.md), whatever the installed TRL/Unsloth would default to.
+notebooks' parameters all derive from it. ``read_settings`` is the one typed reading of all of them; keys that are
+fields of TRL's ``GRPOConfig`` rather than of ``Settings`` travel in ``extra_grpo_args``. Defaults reproduce the
+article's run, including its GRPO algorithm as TRL ran it in early 2025 (docs/algorithm.md), whatever the installed
+TRL/Unsloth would default to.
 
 Default locations (``datasets/``, ``artifact/``) are relative to the project folder: ``$SARASHINA_GRPO_HOME`` when
 set, else the working directory, never the place the package is installed in.
@@ -15,9 +17,10 @@ set, else the working directory, never the place the package is installed in.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +51,6 @@ ROLLOUTS = {
     "paged": "TRL's transformers continuous batching (use_transformers_continuous_batching; measured)",
 }
 BACKENDS = ("auto", "unsloth", "trl-peft")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -56,6 +58,38 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
+# the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
+BF16_MIN_CAPABILITY = (8, 0)
+# Set to fp16 to train as a card without bf16 would, on one that has it (reproducing a T4 user's run; the GPU suite).
+PRECISION_VARIABLE = "SARASHINA_GRPO_PRECISION"
+
+
+def precision() -> str:
+    """The 16-bit type this machine trains in: ``"bf16"`` on a GPU that has it, ``"fp16"`` on an older GPU (or when
+    ``$SARASHINA_GRPO_PRECISION=fp16``), ``"fp32"`` without CUDA (bf16 matmuls on a CPU are slow)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "fp32"
+    supported = torch.cuda.get_device_capability() >= BF16_MIN_CAPABILITY
+    wanted = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
+    if wanted not in ("", "bf16", "fp16"):
+        raise SettingsError(f"${PRECISION_VARIABLE}={wanted!r}: use fp16 or bf16, or leave it unset (the card "
+                            "decides).")
+    if wanted == "bf16" and not supported:
+        raise SettingsError(f"${PRECISION_VARIABLE}=bf16, but this GPU has no bf16 (compute capability "
+                            f"{torch.cuda.get_device_capability()}); unset it to train in fp16.")
+    return wanted or ("bf16" if supported else "fp16")
+
+
+def torch_dtype(kind: str | None = None):
+    """The torch dtype of ``precision()`` (or of ``kind``: "bf16", "fp16", "fp32")."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
 
 
 def multi_process() -> bool:
@@ -96,7 +130,7 @@ class Settings:
                              flag="--vllm")
     gpu_memory_utilization: float = setting(0.6, "share of GPU memory vLLM may reserve (with --vllm)")
     backend: str = setting("auto", "model loading: 'unsloth', or plain transformers+PEFT ('trl-peft'); 'auto' = "
-                           "unsloth in one process, trl-peft under `accelerate launch` with several",
+                           "unsloth (one process or several)",
                            choices=BACKENDS)
     # --- LoRA
     lora_rank: int = setting(32, "LoRA rank r")
@@ -124,8 +158,7 @@ class Settings:
         f"{k} = {v}" for k, v in ROLLOUTS.items()), choices=tuple(ROLLOUTS))
     # --- GRPO algorithm: the article's (TRL 0.14/0.15, early 2025); docs/algorithm.md gives the modern variants
     loss_type: str = setting("grpo", "loss normalisation: 'grpo' = mean over each completion's tokens, then over "
-                             "completions (the article's TRL); 'dapo', 'dr_grpo', 'bnpo', … as in TRL",
-                             choices=LOSS_TYPES)
+                             "completions (the article's TRL); 'dapo', 'dr_grpo', 'bnpo', … as TRL lists them")
     beta: float = setting(0.04, "KL coefficient against the reference (LoRA-disabled) model; 0 drops the KL term")
     scale_rewards: str = setting("group", "divide advantages by the reward std of the group, the batch, or none",
                                  choices=SCALE_REWARDS)
@@ -145,8 +178,9 @@ class Settings:
     log_completions: bool = setting(True, "print sampled completions with their rewards at each log (TRL)")
     num_completions_to_print: int = setting(2, "completions printed per log when log_completions is on")
     seed: int = setting(3407, "random seed (LoRA init, sampling, data order)")
-    extra_grpo_args: dict = setting(None, "further TRL GRPOConfig arguments, as JSON on the command line",
-                                    factory=dict)
+    extra_grpo_args: dict = setting(None, "further TRL GRPOConfig fields, by name; each is also its own flag and "
+                                    "recipe key (--report-to wandb, --save-total-limit 3, …), this JSON form "
+                                    "stays for older command lines", factory=dict)
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -165,93 +199,15 @@ class Settings:
             changes["system_prompt"] = read_text_setting(self.system_prompt_file, "system_prompt_file")
         return self.replace(**changes) if changes else self
 
-    def validate(self) -> Settings:
-        """Raise ``SettingsError`` naming the field (and its CLI flag) for any inconsistent value; return self.
-
-        Called before any model loads, so a typo costs seconds, not a model download.
-        """
-        positive = (
-            "max_seq_length", "lora_rank", "num_generations", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "max_prompt_length", "max_completion_length", "max_steps",
-            "save_steps", "logging_steps", "num_iterations", "num_completions_to_print",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SettingsError(f"{field_label(name)} must be a positive integer, got {value!r}.")
-        if self.lora_alpha is not None and (not isinstance(self.lora_alpha, int) or self.lora_alpha < 1):
-            raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {self.lora_alpha!r}.")
-        if self.num_generations < 2:
-            raise SettingsError(
-                f"{field_label('num_generations')} must be at least 2 (GRPO compares completions within a group), "
-                f"got {self.num_generations}."
-            )
-        completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if completions % self.num_generations:
-            lower = completions - completions % self.num_generations
-            fits = f"{lower} or {lower + self.num_generations}" if lower else f"{self.num_generations}"
-            raise SettingsError(
-                f"Settings.per_device_train_batch_size × gradient_accumulation_steps ({completions}) must be a "
-                f"multiple of num_generations ({self.num_generations}): every prompt needs its whole group of "
-                f"completions. Use a batch size of {fits} (CLI --batch-size), or change num_generations "
-                "(CLI --num-generations)."
-            )
-        if self.max_prompt_length + self.max_completion_length > self.max_seq_length:
-            raise SettingsError(
-                f"max_prompt_length ({self.max_prompt_length}) + max_completion_length ({self.max_completion_length})"
-                f" exceeds max_seq_length ({self.max_seq_length}): raise max_seq_length (CLI --max-seq-length) or "
-                "lower one of the two (--max-prompt-length, --max-completion-length)."
-            )
-        _check_range(self.warmup_ratio, "warmup_ratio", "in [0, 1)", lambda v: 0 <= v < 1)
-        _check_range(self.learning_rate, "learning_rate", "> 0", lambda v: v > 0)
-        _check_range(self.temperature, "temperature", "> 0", lambda v: v > 0)
-        _check_range(self.gpu_memory_utilization, "gpu_memory_utilization", "in (0, 1]", lambda v: 0 < v <= 1)
-        _check_range(self.beta, "beta", ">= 0", lambda v: v >= 0)
-        _check_range(self.epsilon, "epsilon", "> 0", lambda v: v > 0)
-        if self.epsilon_high is not None:
-            _check_range(self.epsilon_high, "epsilon_high", "> 0", lambda v: v > 0)
-        for name in ("rollout", "backend", "loss_type", "scale_rewards", "importance_sampling_level"):
-            choices = FIELDS[name].metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, choices))}, "
-                                    f"got {getattr(self, name)!r}.")
-        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
-            raise SettingsError("loss_type 'luspo' needs importance_sampling_level 'sequence' (CLI "
-                                "--importance-sampling-level sequence).")
-        if self.use_vllm and self.rollout != "default":
-            raise SettingsError(
-                f"Settings.rollout={self.rollout!r} and use_vllm are alternatives: vLLM is its own rollout engine. "
-                "Keep rollout='default' with use_vllm, or turn use_vllm off."
-            )
-        if self.extra_grpo_args.get("vllm_mode") == "server":
-            # TRL's client to a separate `trl vllm-serve` GPU; Unsloth generates through its own colocated vLLM.
-            if not self.use_vllm or self.backend == "unsloth":
-                raise SettingsError("vllm_mode 'server' needs --vllm and --backend trl-peft (TRL's own vLLM client "
-                                    "talks to `trl vllm-serve`).")
-        if not self.system_prompt.strip() and not self.system_prompt_file:
-            raise SettingsError(f"{field_label('system_prompt')} is empty: it tells the model the format.")
-        if not self.reward_names:
-            raise SettingsError(f"{field_label('reward_names')} is empty: GRPO needs at least one reward.")
-        from .rewards import get_reward_funcs
-
-        try:
-            get_reward_funcs(self.reward_names)
-        except KeyError as err:
-            raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
-        return self
-
     def to_dict(self) -> dict:
         """JSON-ready values of every field (``run.json``)."""
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
     @classmethod
     def from_dict(cls, values: dict, *, source: str = "settings") -> Settings:
-        """Settings from field names (a recipe, ``run.json``); an unknown key is an error naming the valid ones."""
-        unknown = sorted(set(values) - set(FIELDS))
-        if unknown:
-            raise SettingsError(f"{source}: unknown setting(s) {', '.join(unknown)}. Valid names: "
-                                f"{', '.join(FIELDS)}.")
-        return cls(**{k: coerce(k, v) for k, v in values.items()})
+        """Settings from field names (a recipe, ``run.json``, a notebook's ``SETTINGS``), each value read in its
+        field's type (``read_settings``)."""
+        return cls(**read_settings(values, source=source))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -267,23 +223,91 @@ def field_label(name: str) -> str:
     return f"Settings.{name} (CLI {flag_of(name)})"
 
 
-def coerce(name: str, value):
-    """A recipe/run.json value in the field's Python type (YAML/JSON lists become tuples)."""
-    if isinstance(value, list) and isinstance(FIELDS[name].default, tuple):
-        return tuple(value)
-    if name == "reward_names" and isinstance(value, str):
-        return tuple(n.strip() for n in value.split(",") if n.strip())
+HINTS = typing.get_type_hints(Settings)
+# A system prompt or role is a paragraph or two; far beyond this a file is surely the wrong one, and the model would
+# spend its whole context (and memory) on it.
+MAX_PROMPT_CHARS = 20_000
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """' (did you mean X?)' for the closest of ``candidates``, else ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _kind(hint) -> tuple[object, bool]:
+    """(the type a field holds, whether it may be None) for hints such as ``int | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and len(typing.get_args(hint)) == 2:
+        return args[0], True
+    return hint, False
+
+
+def typed_setting(name: str, value, source: str = "settings"):
+    """``value`` read as the type of ``Settings.<name>``, or a ``SettingsError`` naming the field, the source, the
+    type wanted and the value found. Numbers may come as text ("5e-6", what YAML 1.1 leaves a string); lists of
+    names may come as one comma-separated string; nothing else is converted."""
+    kind, optional = _kind(HINTS[name])
+    wanted = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping"}
+    where = f"{source}: {field_label(name)}"
+    if value is None:
+        if optional:
+            return None
+        raise SettingsError(f"{where} must be {wanted.get(kind, 'a list of names')}, got nothing (null).")
+    if typing.get_origin(kind) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise SettingsError(f"{where} must be a list of names (or one string 'a,b'), got {value!r}.")
+        return tuple(i.strip() for i in items if i.strip())
+    if kind is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise SettingsError(f"{where} is not JSON ({err.msg}): {value!r}.") from None
+        if not isinstance(value, dict):
+            raise SettingsError(f"{where} must be a mapping of GRPOConfig names to values, got {value!r}.")
+        return value
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise SettingsError(f"{where} must be {wanted[kind]}, got {value!r}.") from None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise SettingsError(f"{where} must be {wanted[kind]}, got {value!r} ({type(value).__name__}).")
     return value
 
 
-def _check_range(value, name: str, wanted: str, ok) -> None:
-    try:
-        number = float(value)
-        good = math.isfinite(number) and ok(number)  # NaN and inf fail here too
-    except (TypeError, ValueError):
-        good = False
-    if not good:
-        raise SettingsError(f"{field_label(name)} must be {wanted} and finite, got {value!r}.")
+def read_settings(values: dict, *, source: str = "settings") -> dict:
+    """The typed fields of ``values`` (a recipe, ``run.json``, ``SETTINGS``, the flags given).
+
+    A key that is no ``Settings`` field but a field of TRL's ``GRPOConfig`` (``report_to``, ``save_total_limit``,
+    ``reward_weights``, …) joins ``extra_grpo_args``, read in that field's type; any other key is an error that
+    suggests the closest name."""
+    from .grpo_fields import FieldTypeError, grpo_fields, typed_value
+
+    if not isinstance(values, dict):
+        raise SettingsError(f"{source}: settings are a mapping of names to values, got {type(values).__name__}.")
+    fields, grpo = {}, {}
+    for key, value in values.items():
+        if key in FIELDS:
+            fields[key] = typed_setting(key, value, source)
+        elif key in grpo_fields():
+            try:
+                grpo[key] = typed_value(key, value)
+            except FieldTypeError as err:
+                raise SettingsError(f"{source}: GRPOConfig.{err}") from None
+        else:
+            hint = did_you_mean(str(key), [*FIELDS, *grpo_fields()])
+            raise SettingsError(f"{source}: unknown setting {key!r}{hint}. Settings are the fields of "
+                                "sarashina_grpo.config.Settings and of TRL's GRPOConfig.")
+    if grpo:
+        fields["extra_grpo_args"] = {**fields.get("extra_grpo_args", {}), **grpo}
+    return fields
 
 
 def read_text_setting(path: str | Path, name: str) -> str:
@@ -293,10 +317,15 @@ def read_text_setting(path: str | Path, name: str) -> str:
         text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise SettingsError(f"{name}: file not found: {file}.") from None
-    except (IsADirectoryError, UnicodeDecodeError, OSError) as err:
+    except IsADirectoryError:
+        raise SettingsError(f"{name}: {file} is a folder; give a UTF-8 text file.") from None
+    except (UnicodeDecodeError, OSError) as err:
         raise SettingsError(f"{name}: cannot read {file} as UTF-8 text ({err}).") from None
     if not text.strip():
         raise SettingsError(f"{name}: {file} is empty.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise SettingsError(f"{name}: {file} holds {len(text):,} characters; a prompt file is limited to "
+                            f"{MAX_PROMPT_CHARS:,}. Check that it is the right file, or shorten it.")
     return text.strip()
 
 
@@ -323,70 +352,70 @@ def default_artifact_dir() -> Path:
 # --- YAML recipes
 
 
+def yaml_loader():
+    """PyYAML's safe loader reading floats the YAML 1.2 way: ``5e-6`` is a number (YAML 1.1 wants ``5.0e-6``)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
+    return Loader
+
+
 def load_recipe(path: str | Path) -> dict:
-    """The settings of a YAML recipe (``configs/recipes/*.yaml``): a mapping of ``Settings`` field names."""
+    """The typed settings of a YAML recipe (``configs/recipes/*.yaml``): ``Settings`` and ``GRPOConfig`` field
+    names (``read_settings``)."""
     import yaml
 
     file = project_path(path)
+    if file.is_dir():
+        raise SettingsError(f"Recipe {file} is a folder; give a YAML file such as configs/recipes/article.yaml.")
     if not file.is_file():
         raise SettingsError(f"Recipe not found: {file}. Recipes live in configs/recipes/ (e.g. article.yaml).")
     try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        values = yaml.load(file.read_text(encoding="utf-8-sig"), Loader=yaml_loader()) or {}  # noqa: S506
+    except UnicodeDecodeError as err:
+        raise SettingsError(f"Recipe {file} is not UTF-8 text (byte {err.start}); is it a YAML file?") from None
     except yaml.YAMLError as err:
         raise SettingsError(f"{file}: not valid YAML ({err}).") from None
     if not isinstance(values, dict):
         raise SettingsError(f"{file}: a recipe is a mapping of setting names to values, got {type(values).__name__}.")
-    Settings.from_dict(values, source=str(file))  # unknown keys fail here, naming the file
-    return {k: coerce(k, v) for k, v in values.items()}
+    return read_settings(values, source=str(file))
 
 
 # --- TRL
 
 
 def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides) -> dict:
-    """The keyword arguments of TRL's ``GRPOConfig`` for ``settings``; ``overrides`` win over both settings and
-    ``extra_grpo_args``. Every algorithm choice is passed explicitly, so Unsloth's own defaults never apply."""
-    args = dict(
+    """The keyword arguments of TRL's ``GRPOConfig`` for ``settings``: every ``Settings`` field that is also a
+    ``GRPOConfig`` field, under its own name, then ``extra_grpo_args``, then ``overrides``. Every algorithm choice
+    is passed explicitly, so Unsloth's own defaults never apply. A new ``Settings`` field named like a ``GRPOConfig``
+    field reaches TRL as that field with no further code; name a project-only setting differently."""
+    from .grpo_fields import grpo_fields
+
+    args = {name: getattr(settings, name) for name in FIELDS if name in grpo_fields()}
+    args.update(
         output_dir=str(output_dir),
-        learning_rate=settings.learning_rate,
-        adam_beta1=settings.adam_beta1,
-        adam_beta2=settings.adam_beta2,
-        weight_decay=settings.weight_decay,
         # transformers 5 dropped warmup_ratio; a float warmup_steps < 1 is read as a share of max_steps.
         warmup_steps=float(settings.warmup_ratio),
-        lr_scheduler_type=settings.lr_scheduler_type,
         # bitsandbytes' paged optimiser needs CUDA; on CPU the plain AdamW keeps the same maths.
         optim="adamw_torch" if use_cpu else settings.optim,
-        logging_steps=settings.logging_steps,
-        per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        num_generations=settings.num_generations,
-        max_completion_length=settings.max_completion_length,
-        max_steps=settings.max_steps,
-        save_steps=settings.save_steps,
-        max_grad_norm=settings.max_grad_norm,
-        temperature=settings.temperature,
-        seed=settings.seed,
-        use_vllm=settings.use_vllm,
-        loss_type=settings.loss_type,
-        beta=settings.beta,
-        scale_rewards=settings.scale_rewards,
-        epsilon=settings.epsilon,
         epsilon_high=settings.epsilon if settings.epsilon_high is None else settings.epsilon_high,
-        num_iterations=settings.num_iterations,
-        mask_truncated_completions=settings.mask_truncated_completions,
-        importance_sampling_level=settings.importance_sampling_level,
-        log_completions=settings.log_completions,
-        num_completions_to_print=settings.num_completions_to_print,
-        bf16=not use_cpu,
         use_cpu=use_cpu,
-        report_to="tensorboard",
+        report_to="tensorboard",  # the article's logs; --report-to (extra_grpo_args) replaces it
     )
     if settings.rollout == "static":
         args["cache_implementation"] = "static"
     elif settings.rollout == "paged":
         args["use_transformers_continuous_batching"] = True
     # rollout="fast" needs no GRPOConfig change: the pipeline swaps in sarashina_grpo.rollout's generation.
+    if not use_cpu:  # mixed precision of the card; CPU runs stay in fp32
+        kind = precision()
+        args.update(bf16=kind == "bf16", fp16=kind == "fp16")
     args.update(settings.extra_grpo_args)
     args.update(overrides)
     return args

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "lang")
 ROLE_COLUMNS = ("role", "system")  # optional; the first present is the row's role
+# TRL calls every reward function with these keyword arguments and then with every dataset column by name: a column
+# of the same name would collide with them (TRL 1.15 GRPOTrainer._calculate_rewards).
+RESERVED_COLUMNS = ("prompts", "completions", "completion", "completion_ids", "trainer_state", "log_extra",
+                    "log_metric", "environments")
 # ISO 639-1 language codes. A row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR); only the
 # language part is compared, so "ja-JP" rows count as "ja".
 ISO_639_1 = frozenset("""
@@ -220,6 +224,10 @@ def read_rows(path: str | Path) -> list[Row]:
             f"{path}: header (line 1) has no {' or '.join(repr(c) for c in missing)} column (found {header}). "
             "The first line must name the columns, e.g. 'prompt,lang'."
         )
+    reserved = [c for c in header if c in RESERVED_COLUMNS]
+    if reserved:
+        raise DataError(f"{path}: header (line 1) has a column named {reserved[0]!r}, which is the name of an "
+                        "argument TRL passes to every reward function. Rename that column.")
     prompt_at, lang_at = header.index("prompt"), header.index("lang")
     role_at = next((header.index(c) for c in ROLE_COLUMNS if c in header), None)
     extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS and at != role_at}

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .config import DEFAULT_REWARDS, Settings, default_artifact_dir, project_path, setting
 from .inference import GenerationSettings
+from .validation import check_settings
 from .warmstart import WarmStart
 
 logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `python -m`
@@ -61,14 +62,14 @@ class DemoSettings:
     def settings(self, model_dir: Path) -> Settings:
         # Shorter completions and a larger learning rate than the 3B run: a 1 MB model learns in 100 steps. The GRPO
         # algorithm is the project's default (the article's), as `sarashina-grpo train` runs it.
-        return Settings(
+        return check_settings(Settings(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.steps, save_steps=10_000, logging_steps=self.logging_steps, seed=self.seed,
             reward_names=tuple(self.reward_names), data_path=str(project_path(TRAIN_DATA)),
             log_completions=False,  # a table every few steps would bury the progress bar; see eval/*/generations.jsonl
             **self.overrides,
-        ).validate()
+        ))
 
     def generation(self) -> GenerationSettings:
         # The training temperature and length: greedy decoding of a tiny model repeats one output everywhere.
@@ -156,6 +157,7 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
 def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> DemoResult:
     from .evaluation import write_eval
     from .modeling import load_model
+    from .validation import check_model
 
     seconds, started = {}, time.monotonic()
     warm = warm_model(artifact_dir, demo)
@@ -163,7 +165,7 @@ def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> D
 
     settings = demo.settings(warm)
     mark = time.monotonic()
-    model, tokenizer = load_model(settings, training=False, lora=False)
+    model, tokenizer = load_model(check_model(settings, training=False), lora=False)
     before_outputs = sampled_outputs(model, tokenizer, demo)
     del model
     seconds["eval_before"] = round(time.monotonic() - mark, 1)

@@ -180,10 +180,9 @@ def eval_rows(data_path: Path, limit: int | None) -> list:
     """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
     evaluation saved as a result would be compared as if it were one."""
     from .data import read_rows, select_rows
+    from .validation import check_eval_limit
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise SettingsError(f"limit (CLI --limit) must be a positive number of prompts, got {limit!r}; leave it "
-                            "unset to evaluate every prompt.")
+    check_eval_limit(limit)
     return select_rows(read_rows(data_path), data_path, "ja")[:limit]  # select_rows: an error when none is left
 
 
@@ -216,7 +215,9 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
 def evaluate_model(settings, name: str, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
+    from .validation import check_model
 
+    settings = check_model(settings, training=False)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
     eval_rows(project_path(kwargs.get("data_path", DEFAULT_EVAL_DATA)), kwargs.get("limit"))  # before loading
     model, tokenizer = load_for_inference(settings)

@@ -39,15 +39,16 @@ from .checkpoints import (
     step_of,
 )
 from .config import SYSTEM_PROMPT, SettingsError
-from .modeling import looks_like_path, missing_local_model, tiny_model_dir
+from .modeling import tiny_model_dir
 from .runs import pid_alive, process_started
+from .validation import looks_like_path, missing_local_model
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 RUN_INFO = "run.json"  # pipeline.RUN_INFO, written into outputs/<run>/ (not imported: pipeline pulls in TRL)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")  # any one loads a tokenizer
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: float16 on a GPU without bf16, else bfloat16
 # Settings shown in the model card, in this order; the full record is the run's run.json.
 CARD_SETTINGS = ("model_name", "load_in_4bit", "lora_rank", "lora_alpha", "learning_rate", "num_generations",
                  "per_device_train_batch_size", "max_completion_length", "max_steps", "temperature", "rollout", "seed")
@@ -110,7 +111,7 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
     if name == "tiny":
         return str(tiny_model_dir())
-    if missing_local_model(name):  # the same check infer and eval make (modeling.check_adapter_base)
+    if missing_local_model(name):  # the same check infer and eval make (validation.check_base_model)
         source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
         raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
                             "config.json. Pass the base model's folder or hub id with --base-model.")
@@ -118,15 +119,18 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
-                      dtype: str = "bfloat16", push_to_hub: str | None = None, private: bool = True) -> Path:
+                      dtype: str = "auto", push_to_hub: str | None = None, private: bool = True) -> Path:
     """Write ``checkpoint``'s adapter (or, with ``merged``, the merged model) + tokenizer + model card to ``out``.
 
-    ``dtype`` is the merged model's weight type (16-bit by default; ``float32`` for exact CPU comparisons).
+    ``dtype`` is the merged model's weight type: ``auto`` is the 16-bit type this machine trains in (bfloat16, or
+    float16 on a GPU without bf16); ``float32`` for exact CPU comparisons.
     All checks run before anything loads; return ``out``.
     """
     checkpoint, out = check_checkpoint(checkpoint), check_out(out)
     if dtype not in DTYPES:
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if dtype == "auto":
+        dtype = export_dtype()
     base = base_model_of(checkpoint, base_model) if merged else None
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out.parent)
@@ -153,6 +157,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
                                 f"({type(err).__name__}: {err}). Log in (`hf auth login` or HF_TOKEN) and run "
                                 "the export again into a new folder, or upload OUT yourself.") from None
     return out
+
+
+def export_dtype() -> str:
+    """``dtype="auto"``: float16 where the GPU lacks bf16 (what such a card trains and serves in), else bfloat16."""
+    from .config import precision
+
+    return "float16" if precision() == "fp16" else "bfloat16"
 
 
 def remove_stale_partials(folder: Path) -> None:

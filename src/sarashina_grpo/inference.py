@@ -33,12 +33,13 @@ class GenerationSettings:
 
 
 def load_for_inference(settings: Settings):
-    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise."""
+    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise.
+    ``settings`` have passed ``validation.check_model(settings, training=False)``."""
     from unsloth import FastLanguageModel
 
     from .modeling import load_model
 
-    model, tokenizer = load_model(settings, training=False, lora=False)
+    model, tokenizer = load_model(settings, lora=False)
     FastLanguageModel.for_inference(model)
     tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
     return model, tokenizer

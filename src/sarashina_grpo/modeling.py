@@ -1,4 +1,4 @@
-"""Load the policy through Unsloth (``FastLanguageModel``), with LoRA, after checking the request can work here.
+"""Load the policy through Unsloth (``FastLanguageModel``) with LoRA, or through transformers + PEFT.
 
 ``MODEL_NAME`` may be a hub id (the default, Sarashina 2.2 3B instruct), a local model folder, a checkpoint folder
 written by training (LoRA adapter files), or ``"tiny"``: the project's offline few-MB Llama, built on first use.
@@ -6,22 +6,13 @@ written by training (LoRA adapter files), or ``"tiny"``: the project's offline f
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
 
-from .checkpoints import (
-    ADAPTER_FILES,
-    ADAPTER_WEIGHT_FILES,
-    MODEL_FILES,
-    WEIGHT_FILES,
-    check_loadable,
-    newest_complete_in,
-    step_of,
-)
-from .config import Settings, SettingsError, cuda_available, default_artifact_dir, multi_process
+from .checkpoints import ADAPTER_FILES
+from .config import Settings, cuda_available, default_artifact_dir, torch_dtype
+from .validation import looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -31,78 +22,8 @@ def tiny_model_dir() -> Path:
     return default_artifact_dir() / "models" / "tiny"
 
 
-class ModelNotFoundError(SettingsError):
-    """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
-
-
-def looks_like_path(name: str) -> bool:
-    """A local folder rather than a hub id ("org/name", exactly one slash)."""
-    return (
-        name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
-        or Path(name).expanduser().exists() or any(step_of(part) is not None for part in Path(name).parts)
-    )
-
-
-def check_model_name(name: str) -> None:
-    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load."""
-    if name == "tiny" or not looks_like_path(name):
-        return
-    path = Path(name).expanduser()
-    examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
-                "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
-    if not path.is_dir():
-        raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
-    has = {f.name for f in path.iterdir()}
-    adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
-    if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
-        check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
-        if adapter:
-            check_adapter_base(path)
-        return
-    newest = newest_complete_in(path)
-    if newest:  # a run folder: point at its newest finished checkpoint
-        hint = f"It is a run folder; its newest finished checkpoint is {newest}."
-    elif step_of(path) is not None:
-        hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
-                "while saving. Use an earlier checkpoint-N of the same run.")
-    else:
-        hint = examples
-    raise ModelNotFoundError(
-        f"MODEL_NAME {name!r} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
-        f"(adapter_config.json + adapter_model.safetensors). {hint}"
-    )
-
-
-def adapter_base_model(folder: Path) -> str | None:
-    """The base model an adapter folder was trained on (``base_model_name_or_path`` of its adapter_config.json)."""
-    try:
-        return json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8")).get(
-            "base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):  # unreadable files are verify's business
-        return None
-
-
-def missing_local_model(name: str) -> bool:
-    """``name`` is a local folder (not a hub id, not 'tiny') that holds no model (no config.json) here."""
-    if name == "tiny" or not (looks_like_path(name) or Path(name).is_absolute()):
-        return False
-    return not (Path(name).expanduser() / "config.json").exists()
-
-
-def check_adapter_base(folder: Path) -> None:
-    """Raise ``ModelNotFoundError`` when the adapter's base model is a local folder that is gone (moved, deleted,
-    another machine): loading would fail deep in the hub code with an ``OSError`` about a repo id."""
-    base = adapter_base_model(folder)
-    if base and missing_local_model(base):
-        raise ModelNotFoundError(
-            f"{folder} was trained on the base model folder {base} (adapter_config.json, base_model_name_or_path), "
-            f"which does not exist here or has no config.json. Put the base model back there, or set "
-            f"base_model_name_or_path in {Path(folder) / 'adapter_config.json'} to its new folder or hub id."
-        )
-
-
 def resolve_model_name(name: str) -> str:
-    """Hub ids pass through; ``tiny`` becomes the built tiny model; folders are checked for model files."""
+    """Hub ids pass through; ``tiny`` becomes the built tiny model; folders (checked by ``validation``) are expanded."""
     if name == "tiny":
         folder = tiny_model_dir()
         if not (folder / "config.json").exists():
@@ -110,52 +31,19 @@ def resolve_model_name(name: str) -> str:
 
             build_model(folder, "tiny")
         return str(folder)
-    check_model_name(name)
     return str(Path(name).expanduser()) if looks_like_path(name) else name
 
 
-def check_device(settings: Settings, *, training: bool) -> None:
-    """Fail before loading when the request cannot run on this machine, naming the route that can."""
-    if settings.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise SettingsError(
-            "USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, CUDA only) "
-            "or set USE_VLLM=False / drop --vllm."
-        )
-    if cuda_available():
-        return
-    if settings.load_in_4bit:
-        raise SettingsError(
-            "4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set LOAD_IN_4BIT=False "
-            "(CLI: --no-4bit) and use a small model, e.g. MODEL_NAME='tiny' (CLI: --model tiny)."
-        )
-    if settings.use_vllm:
-        raise SettingsError("USE_VLLM needs a CUDA GPU and none is visible; set USE_VLLM=False (drop --vllm).")
-    if training and not looks_like_path(settings.model_name) and settings.model_name != "tiny":
-        raise SettingsError(
-            f"Training {settings.model_name} needs a CUDA GPU and none is visible. On CPU, train the offline tiny "
-            "model instead: MODEL_NAME='tiny' (CLI: sarashina-grpo train --model tiny --max-steps 5)."
-        )
-
-
-def checked_settings(settings: Settings, *, training: bool) -> Settings:
-    """Resolved, validated settings whose model can load on this machine (else a clear ``SettingsError``)."""
-    settings = settings.resolved().validate()
-    check_device(settings, training=training)
-    check_model_name(settings.model_name)
-    return settings
-
-
-def load_model(settings: Settings, *, training: bool = True, lora: bool = True, checked: bool = False):
+def load_model(settings: Settings, *, lora: bool = True):
     """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached.
-    ``checked``: the caller (``pipeline.prepare``) already ran these checks (``checked_settings``)."""
-    if not checked:
-        settings = checked_settings(settings, training=training)
+    ``settings`` have passed ``validation`` (``check_run`` or ``check_model``)."""
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_name,
+        dtype=torch_dtype(),  # fp16 on cards without bf16 (T4, V100); fp32 on CPU, even one with bf16
         max_seq_length=settings.max_seq_length,
         load_in_4bit=settings.load_in_4bit,
         fast_inference=settings.use_vllm,
@@ -178,11 +66,9 @@ def load_model(settings: Settings, *, training: bool = True, lora: bool = True, 
 
 
 def resolve_backend(settings: Settings) -> str:
-    """``settings.backend`` with ``auto`` decided: Unsloth in one process, transformers + PEFT across several
-    (docs/multi-gpu.md: Unsloth's single-process patches are what it supports best)."""
-    if settings.backend != "auto":
-        return settings.backend
-    return "trl-peft" if multi_process() else "unsloth"
+    """``settings.backend`` with ``auto`` decided: Unsloth, in one process and under ``accelerate launch`` alike
+    (docs/multi-gpu.md: on two H100s it stepped ~7× faster than transformers + PEFT, whose weights it matches)."""
+    return "unsloth" if settings.backend == "auto" else settings.backend
 
 
 def lora_config(settings: Settings):
@@ -199,26 +85,24 @@ def lora_config(settings: Settings):
     )
 
 
-def load_model_peft(settings: Settings, *, training: bool = True, checked: bool = False):
+def load_model_peft(settings: Settings, *, training: bool = True):
     """(model, tokenizer) through transformers + PEFT, with the same LoRA and quantisation choices as Unsloth.
 
     ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
-    trainable). Under ``accelerate launch`` each rank loads its own copy onto its own device."""
-    import torch
+    trainable). Under ``accelerate launch`` each rank loads its own copy onto its own device. ``settings`` have
+    passed ``validation``."""
     from peft import AutoPeftModelForCausalLM, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 
-    if not checked:
-        settings = checked_settings(settings, training=training)
     model_name = resolve_model_name(settings.model_name)
-    on_gpu = cuda_available()
-    kwargs = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # fp32 on CPU: bf16 matmuls there are slow
+    dtype = torch_dtype()  # bf16, fp16 on cards without bf16, fp32 on CPU (bf16 matmuls there are slow)
+    kwargs = {"dtype": dtype}
     if settings.load_in_4bit:
         from accelerate import PartialState
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype,
         )
         # Quantised weights cannot be moved after loading, so each rank loads straight onto its own GPU.
         kwargs["device_map"] = {"": PartialState().device}

@@ -4,9 +4,11 @@
     from sarashina_grpo.pipeline import train
     trainer = train(Settings(model_name="tiny", max_steps=5))         # CPU smoke run
 
-- ``prepare(settings, …)`` checks everything that can be checked before a model loads (settings, device, model
-  name, the prompt file, folders, what to resume) exactly once, creates the run's folders and writes ``run.json``
-  (every setting), or, resuming, compares the run's recorded settings with these ones.
+- ``prepare(settings, …)`` has ``validation.check_run`` check everything that can be checked before a model loads
+  (settings, device, model name, the prompt file, folders, what to resume) exactly once, creates the run's
+  folders, locks the run (``runs.lock_run``) and writes ``run.json`` (every setting, the prompt file's hash), or,
+  resuming, compares the run's recorded settings with these ones and keeps the run's promises (``runs``: a
+  finished run trains nothing, no ``max_steps`` below the checkpoint, the same data, the run's own name).
 - ``build_trainer(run, model, tokenizer)`` turns the prompt rows into a dataset, picks the rewards and constructs
   the one ``GRPOTrainer`` of the project (with the fast rollout when asked for).
 - ``run_training(trainer, run)`` trains, turning Ctrl-C/SIGTERM into save-then-stop.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,22 +32,17 @@ from .config import (
     Settings,
     SettingsError,
     build_grpo_config,
+    cuda_available,
     default_artifact_dir,
     multi_process,
     project_path,
 )
-from .errors import check_artifact_dir
-from .guards import check_numeric_settings, settings_warnings
+from .validation import RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
 
 # trl, transformers and callbacks are imported inside functions: Unsloth must be imported before them.
 
 logger = logging.getLogger(__name__)
 
-RUN_INFO = "run.json"  # every setting of the run, written at its start; resume compares with it
-# Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
-RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
-                     "max_seq_length", "data_path", "system_prompt_file", "log_completions",
-                     "num_completions_to_print", "backend"}
 # Decided by the machine, not the run: a resumed run takes them from this machine unless given again.
 MACHINE_FIELDS = {"load_in_4bit", "use_vllm", "backend"}
 
@@ -76,22 +72,7 @@ def distributed_state():
     """Accelerate's process state, started the way TRL's Trainer will start it (gloo on CPU, NCCL on GPU)."""
     from accelerate import PartialState
 
-    from .modeling import cuda_available
-
     return PartialState(cpu=not cuda_available())
-
-
-def check_writable(folder: Path) -> None:
-    """Raise a clear error now rather than after hours of training when the first save fails."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise SettingsError(
-            f"Artifact folder {folder} is not writable ({err.strerror}). Choose another with --artifact-dir "
-            "(notebook: ARTIFACT_DIR) or fix its permissions."
-        ) from None
 
 
 def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
@@ -131,21 +112,6 @@ def write_run_info(paths: RunPaths, settings: Settings) -> None:
     (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
 
 
-def read_run_info(run_dir: Path) -> dict | None:
-    """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
-    path = Path(run_dir) / RUN_INFO
-    if not path.exists():
-        return None
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(info.get("settings"), dict):
-            raise ValueError("no 'settings' mapping")
-    except (ValueError, AttributeError) as err:
-        raise SettingsError(f"{path} is damaged ({err}); the run's settings cannot be read. Start a new run, or "
-                            f"restore {RUN_INFO} from a backup.") from None
-    return info
-
-
 def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -> Settings:
     """The settings a resumed run continues with: its ``run.json`` for every field, except the fields in ``given``
     (set explicitly now: flags, a recipe) and those decided by the machine (``MACHINE_FIELDS``), taken from
@@ -158,36 +124,18 @@ def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -
     return Settings.from_dict({**recorded, **now}, source=str(run_dir / RUN_INFO))
 
 
-def check_resume_settings(settings: Settings, run_dir: Path) -> None:
-    """Refuse to continue a run with settings that change its maths; warn on harmless changes."""
-    info = read_run_info(run_dir)
-    if info is None:
-        return
-    before, now = info["settings"], settings.to_dict()
-    changed = {k: (before.get(k), now[k]) for k in now if k in before and before[k] != now[k]}
-    hard = {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}
-    if hard:
-        listed = "; ".join(f"{k}: run used {a!r}, now {b!r}" for k, (a, b) in hard.items())
-        raise SettingsError(
-            f"Resuming {run_dir.name} with different settings ({listed}). Resume with the run's own settings "
-            f"(the CLI takes them from {run_dir / RUN_INFO} for every flag you do not pass), or start a new run."
-        )
-    for k, (a, b) in changed.items():
-        logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
-
-
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
              allow_data_change: bool = False) -> Run:
-    """``prepare`` on one process: every check before any folder is created, then the folders."""
+    """``prepare`` on one process: every check (``validation.check_run``, the run's promises in ``runs``) before
+    any folder is created or set aside; the run is locked from its first folder on."""
     if run_name is not None:
         runs.check_run_name(run_name)
     if not resume:
-        settings = _checked(settings, artifact_dir, check_model)
-        rows = _rows(settings)
+        checked = check_run(settings, artifact_dir=artifact_dir, check_model_files=check_model)
         paths = new_run_paths(artifact_dir, run_name)
         lock = runs.lock_run(paths.output_dir)
-        write_run_info(paths, settings)
-        return Run(settings, paths, None, rows, lock)
+        write_run_info(paths, checked.settings)
+        return Run(checked.settings, paths, None, checked.rows, lock)
     run_dir, named = checkpoints.locate_resume(artifact_dir, resume)
     if run_name is not None and run_name != run_dir.name:
         raise SettingsError(f"--run-name {run_name!r} disagrees with the run being resumed ({run_dir.name!r}): a "
@@ -209,38 +157,15 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
     explicit = given is None or "max_steps" in given
     recorded = (info or {}).get("settings", {}).get("max_steps")
     max_steps = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
-    settings = _checked(settings.replace(max_steps=max_steps), artifact_dir, check_model)
-    rows = _rows(settings)
-    check_resume_settings(settings, run_dir)
-    data = project_path(settings.data_path).resolve()
+    checked = check_run(settings.replace(max_steps=max_steps), artifact_dir=artifact_dir, run_dir=run_dir,
+                        check_model_files=check_model)
+    data = project_path(checked.settings.data_path).resolve()
     changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
     checkpoints.set_aside_newer(run_dir, checkpoint)
     if changed:
         runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
     logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-    return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, rows, lock)
-
-
-def _checked(settings: Settings, artifact_dir: Path, check_model: bool) -> Settings:
-    """Settings resolved and checked, with the device, model name and artifact folder; nothing is written."""
-    from .modeling import check_device, check_model_name
-
-    settings = settings.resolved().validate()
-    check_numeric_settings(settings)
-    for warning in settings_warnings(settings):
-        logger.warning(warning)
-    check_device(settings, training=True)
-    if check_model:
-        check_model_name(settings.model_name)
-    check_artifact_dir(artifact_dir)
-    check_writable(artifact_dir)
-    return settings
-
-
-def _rows(settings: Settings) -> list:
-    from .data import check_prompts
-
-    return check_prompts(project_path(settings.data_path))
+    return Run(checked.settings, resumed_paths(artifact_dir, run_dir), checkpoint, checked.rows, lock)
 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
@@ -290,11 +215,21 @@ def load_model(run: Run):
     from .modeling import load_model as load_unsloth
     from .modeling import load_model_peft, resolve_backend
 
+    check_grpo_config(run)
     backend = resolve_backend(run.settings)
     logger.info("Loading %s with %s (4-bit: %s)", run.settings.model_name, backend, run.settings.load_in_4bit)
     if backend == "unsloth":  # prepare() has checked the settings, device and model name
-        return load_unsloth(run.settings, training=True, checked=True)
-    return load_model_peft(run.settings, training=True, checked=True)
+        return load_unsloth(run.settings)
+    return load_model_peft(run.settings, training=True)
+
+
+def check_grpo_config(run: Run) -> None:
+    """Build the run's ``GRPOConfig`` once before the model loads: TRL's own checks of its fields (and of the values
+    passed through ``extra_grpo_args``) then cost seconds, not a model load. Call after ``import unsloth``."""
+    try:
+        build_grpo_config(run.settings, run.paths.output_dir, use_cpu=not cuda_available())
+    except (ValueError, TypeError) as err:
+        raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}") from None
 
 
 def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides):
@@ -303,7 +238,6 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
 
     from .callbacks import CheckpointMarker, NonFiniteGuard
     from .data import prompts_dataset
-    from .modeling import cuda_available
     from .rewards import get_reward_funcs
 
     settings = run.settings

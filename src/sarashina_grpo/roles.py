@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .config import SettingsError
+from .config import MAX_PROMPT_CHARS, SettingsError
 from .purity import split_sections
 
 # Placed after the format instructions: the layout stays what the rewards check, the role adds who is speaking.
@@ -54,6 +54,9 @@ def read_role(path: str | Path) -> str:
         text = path.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError as err:
         raise RoleError(f"Role file {path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
+    if len(text) > MAX_PROMPT_CHARS:
+        raise RoleError(f"Role file {path} holds {len(text):,} characters; a role is limited to {MAX_PROMPT_CHARS:,} "
+                        "(it goes into every prompt). Check that it is the right file, or shorten it.")
     if not text:
         raise RoleError(f"Role file {path} is empty: write the persona or scenario into it, e.g. "
                         "'あなたはサボテンを売る商人です。'")

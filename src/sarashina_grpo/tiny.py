@@ -32,6 +32,11 @@ SHAPES = {
         vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2,
     ),
+    # The GPU suite's quick model: head_dim 64 like common kernels expect, seconds to load and step on a GPU.
+    "small": dict(
+        vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=4,
+    ),
     # config.json of sbintuitions/sarashina2.2-3b-instruct-v0.1
     "sarashina-3b": dict(
         vocab_size=102400, hidden_size=2560, intermediate_size=8960, num_hidden_layers=32,

@@ -19,6 +19,10 @@ the benchmark only (a logits processor on the default path, the fast engine's ``
 PEFT, bf16 LoRA with the same rank/targets, gradient checkpointing, TRL's ``use_transformers_continuous_batching``,
 with the same prompts, rewards and GRPO arguments (``peer_child``). Run it last: the parent frees its model first.
 
+Under ``accelerate launch --num_processes N -m sarashina_grpo bench`` every GPU runs the same configuration (N
+completions per optimizer step per GPU, data parallel): the rows count all GPUs (``num_gpus``, completions/s,
+completion tok/s) and the main process alone writes them; ``scripts/multi_gpu_bench.sh`` runs 1, 2 and 4 GPUs.
+
 Per configuration: first step and steady s/step, the generation / rest-of-step split (rest = rewards, log-probs and
 the LoRA update), completion tokens/s over the steady steps, peak GPU memory allocated and reserved.
 """
@@ -49,7 +53,7 @@ PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous bat
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
 PEER_SETTINGS = dict(backend="trl-peft", rollout="paged", load_in_4bit=False)
-TARGETS = {6: 1000, 36: 3500}  # on-policy completion tokens/s asked of the fast path on one H100 (issue 13)
+TARGETS = {6: 1000, 36: 3500}  # on-policy completion tokens/s asked of the fast path on one H100
 GIB = 2**30
 # Realistic completion lengths (tokens, EOS included): normal with this mean and spread, clipped to [low, high],
 # drawn per completion with a fixed seed. A stated stand-in for a warm-started model's think + response answers
@@ -68,7 +72,7 @@ class BenchConfig:
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
-    from ..config import ROLLOUTS, SettingsError
+    from ..config import ROLLOUTS, SettingsError, multi_process
 
     configs = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
@@ -78,6 +82,9 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
                 f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real], ROLLOUT in "
                 f"{[*ROLLOUTS, PEER]}."
             )
+        if match["rollout"] == PEER and multi_process():
+            raise SettingsError(f"Bench config {name!r}: the peer runs in one process; leave it out under "
+                                "accelerate launch.")
         peer = match["rollout"] == PEER
         if peer and (match["spg"] or match["real"]):
             raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case lengths).")
@@ -114,6 +121,19 @@ class BenchOptions:
     profile_step: int | None = setting(None, "torch.profiler trace of this optimizer step's update (after its rollout "
                                        "and scoring), per configuration, in profile_update.txt (CUDA only); unset: "
                                        "none")
+
+
+def world_size() -> int:
+    """GPUs (processes) running this benchmark together: 1 unless started by ``accelerate launch``."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _sync() -> None:
@@ -230,7 +250,7 @@ def _force_lengths(trainer, draw) -> contextlib.AbstractContextManager:
 
 
 def _model_state(model) -> dict:
-    """What mode the model trains in: the suspects for a slow update (issue 13)."""
+    """What mode the model trains in: the suspects for a slow update."""
     modules = list(model.modules())
     return dict(
         training=model.training,
@@ -348,6 +368,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     from ..config import Settings
     from ..modeling import load_model
     from ..pipeline import build_trainer, prepare, run_training
+    from ..validation import check_model
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
     settings = Settings(
@@ -372,7 +393,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         loaded.clear()
         gc.collect()
         start = time.perf_counter()
-        loaded[cfg.load_in_4bit] = load_model(settings)
+        loaded[cfg.load_in_4bit] = load_model(check_model(settings, training=True))
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[cfg.load_in_4bit]
     clock = _clock_callback()
@@ -398,7 +419,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
                       device=torch.cuda.get_device_name(0) if cuda else "cpu",
                       peak_allocated=torch.cuda.max_memory_allocated() if cuda else None,
                       peak_reserved=torch.cuda.max_memory_reserved() if cuda else None,
-                      num_generations=settings.num_generations, load_in_4bit=cfg.load_in_4bit)
+                      num_generations=settings.num_generations, load_in_4bit=cfg.load_in_4bit,
+                      num_gpus=world_size())
     row["model_load_s"] = round(load_s, 1)
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):
@@ -416,7 +438,9 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
 
 def _result_row(cfg: BenchConfig, times: list[float], gen: list[float], prepare: list[float], lengths: list[float],
                 completion_length: int, *, device: str, peak_allocated, peak_reserved, num_generations: int,
-                load_in_4bit: bool) -> dict:
+                load_in_4bit: bool, num_gpus: int = 1) -> dict:
+    """One configuration's row. With ``num_gpus`` > 1 each GPU ran ``cfg.completions`` per step (data parallel):
+    throughput counts them all; ``lengths`` are TRL's means over all GPUs' completions."""
     steady = slice(1, None) if len(times) > 1 else slice(0, None)
     steady_times, steady_lengths = times[steady], (lengths[steady] or [completion_length])
     step_s = sum(steady_times) / len(steady_times)
@@ -424,7 +448,7 @@ def _result_row(cfg: BenchConfig, times: list[float], gen: list[float], prepare:
     gen_s = sum(gen[steady]) / len(steady_times)
     scoring_s = sum(prepare[steady]) / len(steady_times) - gen_s
     return dict(
-        config=cfg.name, rollout=cfg.rollout, device=device, num_gpus=0 if device == "cpu" else 1,
+        config=cfg.name, rollout=cfg.rollout, device=device, num_gpus=0 if device == "cpu" else num_gpus,
         load_in_4bit=load_in_4bit, completions_per_step=cfg.completions, num_generations=num_generations,
         steps_per_generation=cfg.steps_per_generation, max_completion_length=completion_length,
         lengths="realistic" if cfg.realistic else "worst case (all max_completion_length)",
@@ -432,7 +456,8 @@ def _result_row(cfg: BenchConfig, times: list[float], gen: list[float], prepare:
         step_s=round(step_s, 3), generation_s=round(gen_s, 3), rest_of_step_s=round(step_s - gen_s, 3),
         scoring_s=round(scoring_s, 3), update_s=round(step_s - gen_s - scoring_s, 3),
         mean_completion_length=round(mean_length, 1),
-        completion_tokens_per_s=round(cfg.completions * mean_length / step_s, 1),
+        completion_tokens_per_s=round(max(1, num_gpus) * cfg.completions * mean_length / step_s, 1),
+        completions_per_s=round(max(1, num_gpus) * cfg.completions / step_s, 2),
         step_times_s=[round(t, 3) for t in times], generation_times_s=[round(t, 3) for t in gen],
         update_times_s=[round(t - p, 3) for t, p in zip(times, prepare, strict=True)],
         peak_allocated_gib=None if peak_allocated is None else round(peak_allocated / GIB, 2),
@@ -564,7 +589,8 @@ def run(args: BenchOptions) -> None:
         device=torch.cuda.get_device_name(0) if cuda else "cpu", model=Path(model_name).name,
         max_completion_length=args.max_completion_length, torch=torch.__version__,
         transformers=transformers.__version__, trl=trl.__version__, unsloth=unsloth_version,
-        date=time.strftime("%Y-%m-%d %H:%M:%S"), config_order="as listed, one process, one model load per precision",
+        date=time.strftime("%Y-%m-%d %H:%M:%S"), num_gpus=world_size() if cuda else 0,
+        config_order=f"as listed, {world_size()} process(es), one model load per precision",
         loss_type=args.loss_type, beta=args.beta,
     )
     rows, loaded = [], {}
@@ -582,10 +608,12 @@ def run(args: BenchOptions) -> None:
                 logger.exception("bench %s failed", cfg.name)
                 rows.append(dict(config=cfg.name, rollout=cfg.rollout, completions_per_step=cfg.completions,
                                  error=f"{type(err).__name__}: {err}"))
-            write_results(rows, out, meta, with_plot=False)  # a run cut off later still leaves its rows
-    write_results(rows, out, meta)
-    print(markdown_table(rows))
-    print(f"Wrote {out / 'results.json'}, results.md and results.png")
+            if is_main_process():
+                write_results(rows, out, meta, with_plot=False)  # a run cut off later still leaves its rows
+    if is_main_process():
+        write_results(rows, out, meta)
+        print(markdown_table(rows))
+        print(f"Wrote {out / 'results.json'}, results.md and results.png")
 
 
 if __name__ == "__main__":  # the peer's child process: python -m sarashina_grpo.experiments.bench peer-child SPEC ROW

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_REWARDS, Settings, project_path
 from ..inference import GenerationSettings
+from ..validation import check_settings
 from ..warmstart import WarmStart
 
 logger = logging.getLogger(__name__)
@@ -52,13 +53,13 @@ class ProofSettings:
     threads: int = 1
 
     def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...], algorithm: str | None = None) -> Settings:
-        return Settings(
+        return check_settings(Settings(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.grpo_steps, save_steps=10_000, logging_steps=10, seed=self.seed,
             reward_names=reward_names, data_path=TRAIN_DATA, log_completions=False,
             **ALGORITHMS[algorithm or self.algorithm],
-        ).validate()
+        ))
 
     def generation(self) -> GenerationSettings:
         # The training temperature and length: the evaluation sees what GRPO's groups see.
@@ -104,6 +105,7 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
 
     from ..modeling import load_model
     from ..tiny import build_model
+    from ..validation import check_model
     from ..warmstart import warm_start
 
     proof = proof or ProofSettings()
@@ -112,7 +114,7 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     torch.set_num_threads(proof.threads)
     base = build_model(out_dir / "tiny", "tiny", seed=proof.seed)
     warm = warm_start(base, out_dir / "warm", train_prompts(), dataclasses.replace(proof.warm_start, seed=proof.seed))
-    model, tokenizer = load_model(proof.grpo_settings(warm, DEFAULT_REWARDS), training=False, lora=False)
+    model, tokenizer = load_model(check_model(proof.grpo_settings(warm, DEFAULT_REWARDS), training=False), lora=False)
     results = {"before": evaluate_sampled(model, tokenizer, "before", out_dir, proof)}
     runs = [(run, rewards, None) for run, rewards in RUNS.items()]
     if proof.compare_algorithms:
@@ -149,11 +151,11 @@ class ProofOptions:
 
 def main(argv: list[str] | None = None) -> None:
     import unsloth  # noqa: F401  (patches transformers and TRL; must come first)
+    from transformers import HfArgumentParser  # the field's own parser: safe here, Unsloth is imported
 
     from .. import setup_logging
-    from ..cli import options, options_parser
 
-    args = options(options_parser(ProofOptions, __doc__.split("\n\n")[0]).parse_args(argv), ProofOptions)
+    (args,) = HfArgumentParser(ProofOptions, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(argv)
     setup_logging()
     lines = ["| seed | run | " + " | ".join(TABLE_KEYS) + " | GRPO s |", "|---|---|" + "---:|" * (len(TABLE_KEYS) + 1)]
     for seed in args.seeds:

@@ -1,0 +1,107 @@
+"""Precision comes from the card: bf16 where the GPU has it, fp16 on older GPUs (T4, V100, RTX 20xx), fp32 on CPU.
+
+No such card is here, so the capability is faked; the GPU suite (tests/gpu) trains in the real card's precision.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sarashina_grpo.config import Settings, grpo_config_kwargs, precision, torch_dtype
+
+
+@pytest.fixture
+def card(monkeypatch):
+    """Pretend a CUDA GPU of the given compute capability is visible."""
+
+    def fake(capability: tuple[int, int]):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+
+    return fake
+
+
+@pytest.mark.parametrize(("capability", "expected"), [
+    ((7, 5), "fp16"),  # why: T4 / RTX 20xx have no bf16 units
+    ((7, 0), "fp16"),  # why: V100
+    ((8, 0), "bf16"),  # why: A100, the first with bf16
+    ((9, 0), "bf16"),  # why: H100
+])
+def test_precision_follows_the_compute_capability(card, capability, expected):
+    card(capability)
+    assert precision() == expected
+
+
+def test_cpu_trains_in_fp32(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (precision(), torch_dtype()) == ("fp32", torch.float32)  # why: bf16 matmuls are slow on a CPU
+
+
+def test_grpo_config_asks_for_fp16_mixed_precision_on_a_t4(card, tmp_path):
+    card((7, 5))
+    args = grpo_config_kwargs(Settings(), tmp_path)
+    # why: bf16=True on a card without bf16 stops TRL/transformers before the first step
+    assert (args["bf16"], args["fp16"]) == (False, True)
+
+
+def test_grpo_config_asks_for_bf16_on_an_h100(card, tmp_path):
+    card((9, 0))
+    args = grpo_config_kwargs(Settings(), tmp_path)
+    assert (args["bf16"], args["fp16"]) == (True, False)
+
+
+def test_cpu_run_uses_neither_16_bit_type(tmp_path):
+    args = grpo_config_kwargs(Settings(), tmp_path, use_cpu=True)
+    assert (args.get("bf16", False), args.get("fp16", False), args["use_cpu"]) == (False, False, True)
+
+
+def test_export_auto_dtype_is_float16_on_a_t4(card):
+    from sarashina_grpo.export import export_dtype
+
+    card((7, 5))
+    assert export_dtype() == "float16"  # why: what such a card can serve the merged model in
+
+
+def test_export_auto_dtype_is_bfloat16_elsewhere(card):
+    from sarashina_grpo.export import export_dtype
+
+    card((8, 6))
+    assert export_dtype() == "bfloat16"
+
+
+def test_peft_backend_loads_in_the_cards_dtype(card, monkeypatch):
+    import peft  # noqa: F401  (imported before the fake card: PEFT probes CUDA on import)
+    import transformers
+
+    from sarashina_grpo import modeling
+
+    card((7, 5))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_from_pretrained(name, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(Stop):
+        modeling.load_model_peft(Settings(model_name="tiny", load_in_4bit=False))
+    assert seen["dtype"] == torch.float16  # why: the transformers + PEFT path must not force bf16 either
+
+
+def test_the_precision_variable_takes_the_fp16_path_on_a_bf16_card(card, monkeypatch):
+    card((9, 0))
+    monkeypatch.setenv("SARASHINA_GRPO_PRECISION", "fp16")
+    assert precision() == "fp16"  # why: the GPU suite trains as a T4 would on an H100
+
+
+def test_the_precision_variable_cannot_ask_a_t4_for_bf16(card, monkeypatch):
+    from sarashina_grpo.config import SettingsError
+
+    card((7, 5))
+    monkeypatch.setenv("SARASHINA_GRPO_PRECISION", "bf16")
+    with pytest.raises(SettingsError, match="no bf16"):
+        precision()
