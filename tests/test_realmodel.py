@@ -84,3 +84,20 @@ def test_the_converted_folder_is_a_plain_llama_that_stops_at_its_own_end_token(s
     output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
     assert "Paris" in answer and answer.endswith("<|im_end|>")  # real weights: a right answer, then it stops
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_grpo_step_and_an_evaluation_run_on_the_converted_model(smollm2_dir, tmp_path, repo_root):
+    artifact, system = tmp_path / "artifact", str(repo_root / "configs" / "prompts" / "system_en.txt")
+    # One GRPO step of 2 completions of 8 tokens: 135M parameters on 2 CPU cores, so the smallest real step.
+    train = cli("train", "--model", str(smollm2_dir), "--no-4bit", "--system-prompt-file", system, "--rewards",
+                "xmlcount,soft_format,strict_format", "--max-steps", "1", "--num-generations", "2", "--batch-size",
+                "2", "--max-completion-length", "8", "--save-steps", "1", "--no-log-completions", "--artifact-dir",
+                str(artifact), "--run-name", "real", cwd=repo_root)
+    assert train.returncode == 0, train.stderr[-3000:]
+    checkpoint = artifact / "outputs" / "real" / "checkpoint-1"
+    evaluation = cli("eval", "--model", str(checkpoint), "--no-4bit", "--system-prompt-file", system, "--limit", "4",
+                     "--max-new-tokens", "8", "--artifact-dir", str(artifact), "--name", "real", cwd=repo_root)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert json.loads((artifact / "eval" / "real" / "metrics.json").read_text())["n"] == 4
