@@ -51,6 +51,17 @@ def test_an_unsupported_architecture_is_refused_before_loading(tmp_path):
     assert result.returncode == 2 and "architecture 'gpt2' is not supported" in result.stderr
 
 
+def test_a_cut_off_gguf_is_refused_naming_the_cause(tmp_path):
+    from sarashina_grpo.config import SettingsError
+    from sarashina_grpo.realmodel import check_gguf
+
+    cut = tmp_path / "cut.gguf"
+    with packaged_gguf().open("rb") as source:
+        cut.write_bytes(source.read(100_000))  # inside the header: the token list alone is megabytes
+    with pytest.raises(SettingsError, match="the file may be cut off"):
+        check_gguf(cut)
+
+
 def test_a_non_empty_output_folder_is_refused(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
