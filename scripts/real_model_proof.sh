@@ -7,7 +7,7 @@
 #
 # Every stage is skipped when its result exists in $WORK, and GRPO resumes from its last checkpoint, so a call cut
 # off by a time limit is continued by calling again: the script stops GRPO itself (Ctrl-C, which saves a
-# checkpoint) when $BUDGET seconds of this call are used up, leaving time for nothing else. Exit 0: done, summary
+# checkpoint) when $BUDGET seconds of this call less $RESERVE (for the last evaluation) are used up. Exit 0: done, summary
 # printed (and copied to $OUT when set); exit 3: GRPO not finished, call again.
 #
 # Settings (environment): GRPO is the article's algorithm (loss grpo, beta 0.04, 6 completions per step, the
@@ -20,6 +20,7 @@ GGUF=${1:-}                       # unset: the GGUF inside the installed llm-smo
 WORK=${WORK:-$ROOT/artifact/real-proof}
 PY=${PY:-python}
 BUDGET=${BUDGET:-540}             # seconds this call may take (a device command is limited to 10 minutes)
+RESERVE=${RESERVE:-120}           # of which GRPO leaves this much for the evaluation after it and the summary
 LR=${LR:-5e-5}
 STEPS=${STEPS:-300}
 BATCH=${BATCH:-6}                 # completions per step; the group is 6 (the article's)
@@ -59,7 +60,7 @@ stage eval_before "$WORK/eval/before/metrics.json" evaluate before "$WORK/smollm
 
 final="$WORK/outputs/grpo/checkpoint-$STEPS"
 grpo() {  # one call's share of GRPO; records its own time, since a cut-off call does not reach stage's record
-  local resume=() t0 left=$(( BUDGET - ($(date +%s) - start) ))
+  local resume=() t0 left=$(( BUDGET - RESERVE - ($(date +%s) - start) ))
   [ -d "$WORK/outputs/grpo" ] && resume=(--resume grpo)
   if [ "$left" -lt 90 ]; then echo "GRPO: only ${left}s left in this call; call again."; exit 3; fi
   t0=$(date +%s)
