@@ -97,7 +97,7 @@ class WarmStart:
         """Self, checked for what the command line must give (a recipe in code may fill ``output`` later)."""
         if not self.output:
             raise SettingsError("warmstart needs --output: the folder to write the warm-started model to.")
-        from .modeling import check_model_name
+        from .validation import check_model_name
 
         check_model_name(self.model)
         return self
