@@ -11,30 +11,15 @@ from __future__ import annotations
 import io
 import json
 import sys
-import types
 
 import pytest
 from checkpoint_files import make_checkpoint
 
-from sarashina_grpo import config, inference, modeling, validation
+from sarashina_grpo import inference, validation
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import SettingsError
 from sarashina_grpo.evaluation import eval_rows, evaluate, write_eval
 from sarashina_grpo.inference import chat_loop
-
-
-@pytest.fixture
-def no_unsloth_load(monkeypatch):
-    """A stand-in for Unsloth that fails the test if a model is loaded (and saves importing the real one)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-
-    fake = types.ModuleType("unsloth")
-    fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
-    monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(config, "cuda_available", lambda: False)  # what validation.check_device asks
-    monkeypatch.setattr(modeling, "cuda_available", lambda: False)
 
 
 def last_line(err: str) -> str:

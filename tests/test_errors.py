@@ -367,21 +367,6 @@ def test_complete_adapter_folder_and_hub_ids_pass(tmp_path):
     check_model_name("sbintuitions/sarashina2.2-3b-instruct-v0.1")  # a hub id is the loader's business
 
 
-@pytest.fixture
-def no_unsloth_load(monkeypatch):
-    """A stand-in for Unsloth that fails the test if a model is loaded (and saves importing the real one)."""
-    import sys
-    import types
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-
-    fake = types.ModuleType("unsloth")
-    fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
-    monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(config, "cuda_available", lambda: False)
-
-
 @pytest.mark.parametrize("command", ["infer", "eval"])
 def test_a_damaged_checkpoint_given_to_infer_or_eval_is_one_error_before_loading(no_unsloth_load, capsys, tmp_path,
                                                                                command):
