@@ -58,3 +58,22 @@ def repository_artifacts_untouched():
     yield
     new = sorted(str(p.relative_to(REPO_ROOT)) for p in _artifact_entries() - before)
     assert not new, f"tests wrote into the repository's artifact folder: {new}; pass a tmp_path artifact dir"
+
+
+@pytest.fixture
+def no_unsloth_load(monkeypatch):
+    """A stand-in for Unsloth that fails the test if a model is loaded (and saves importing the real one), on a
+    machine that looks GPU-less to every check."""
+    import sys
+    import types
+
+    from sarashina_grpo import config, modeling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    fake = types.ModuleType("unsloth")
+    fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
+    monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.setattr(config, "cuda_available", lambda: False)  # what validation.check_device asks
+    monkeypatch.setattr(modeling, "cuda_available", lambda: False)

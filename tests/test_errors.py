@@ -413,21 +413,6 @@ def test_infer_and_eval_on_an_unreachable_hub_id_end_in_one_line_before_loading(
     assert code == 2 and "Traceback" not in err
 
 
-@pytest.fixture
-def no_unsloth_load(monkeypatch):
-    """A stand-in for Unsloth that fails the test if a model is loaded (and saves importing the real one)."""
-    import sys
-    import types
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-
-    fake = types.ModuleType("unsloth")
-    fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
-    monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(config, "cuda_available", lambda: False)
-
-
 @pytest.mark.parametrize("command", ["infer", "eval"])
 def test_a_damaged_checkpoint_given_to_infer_or_eval_is_one_error_before_loading(no_unsloth_load, capsys, tmp_path,
                                                                                command):

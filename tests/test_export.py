@@ -19,9 +19,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from checkpoint_files import write_adapter as write_adapter_weights
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER
 from sarashina_grpo.config import Settings, SettingsError
@@ -42,10 +44,10 @@ def fake_checkpoint(run_dir: Path, step: int = 2, *, marker=True, weights=True, 
     """A checkpoint folder's files without real weights: enough for every check made before a model loads."""
     folder = run_dir / f"checkpoint-{step}"
     folder.mkdir(parents=True)
+    if weights:
+        write_adapter_weights(folder)  # a real (tiny) safetensors file: export verifies it as a resume would
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 8,
                                                             "lora_alpha": 16}))
-    if weights:
-        (folder / "adapter_model.safetensors").write_bytes(b"w")
     (folder / "tokenizer.json").write_text("{}")
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     if marker:
@@ -144,6 +146,65 @@ def test_a_failed_export_leaves_no_out_folder_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # neither OUT nor a staging folder
+
+
+def test_an_adapter_cut_off_is_an_error_and_nothing_is_written(tmp_path):
+    checkpoint = fake_checkpoint(tmp_path / "r", 3)
+    weights = checkpoint / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # the disk filled up while it was saved
+    with pytest.raises(SettingsError, match=r"checkpoint-3 is damaged \(adapter_model.safetensors: cut off"):
+        export_checkpoint(checkpoint, tmp_path / "out")  # was: copied, exit 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_nan_adapter_weights_are_not_exported(tmp_path):
+    checkpoint = fake_checkpoint(tmp_path / "r", 3)
+    write_adapter_weights(checkpoint, float("nan"))
+    with pytest.raises(SettingsError, match="holds non-finite values"):
+        check_checkpoint(checkpoint)
+
+
+def test_a_damaged_checkpoint_a_resume_set_aside_is_an_error(tmp_path):
+    fake_checkpoint(tmp_path / "r", 2)
+    damaged = fake_checkpoint(tmp_path / "r", 3)
+    (damaged / "adapter_config.json").write_text('{"r": 8, "lora_al')  # overwritten, then set aside by a resume
+    aside = damaged.rename(tmp_path / "r" / "checkpoint-3.set-aside-20261126-101500")
+    with pytest.raises(SettingsError, match=r"set-aside-20261126-101500 is damaged \(adapter_config.json: not valid "
+                                            r"JSON.*e\.g\. .*checkpoint-2"):
+        check_checkpoint(aside)
+
+
+def test_a_half_written_checkpoint_a_resume_set_aside_is_an_error(tmp_path):
+    aside = fake_checkpoint(tmp_path / "r", 3, marker=False).rename(tmp_path / "r" / "checkpoint-3.set-aside-x")
+    with pytest.raises(SettingsError, match="was set aside by a resume as a half-written checkpoint"):
+        check_checkpoint(aside)
+
+
+def test_an_intact_set_aside_checkpoint_exports_with_a_warning(tmp_path, caplog):
+    aside = fake_checkpoint(tmp_path / "r", 3).rename(tmp_path / "r" / "checkpoint-3.set-aside-x")
+    assert check_checkpoint(aside) == aside  # why: a replaced branch is still a whole checkpoint
+    assert "was set aside by a resume" in caplog.text
+
+
+def test_staging_folders_of_killed_exports_are_removed_by_the_next_export(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+
+    import sarashina_grpo.export as export
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, host, now = int(dead.stdout), socket.gethostname(), time.time_ns()
+    killed = tmp_path / f".out.partial-{host}-{dead_pid}-{now}"  # SIGKILL during `export --merged`
+    older = tmp_path / f".other.partial-{dead_pid}-{now}"  # named before the host was part of the name
+    running = tmp_path / f".x.partial-{host}-{os.getpid()}-{now}"  # an export running right now
+    elsewhere = tmp_path / f".y.partial-another-host-{dead_pid}-{now}"  # its process is not visible from here
+    for folder in (killed, older, running, elsewhere):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: (folder / "adapter_model.safetensors").touch())
+    export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out")
+    assert not killed.exists() and not older.exists()
+    assert running.exists() and elsewhere.exists()
 
 
 def test_push_to_hub_creates_the_repo_and_uploads_out(tmp_path, monkeypatch):
@@ -420,3 +481,20 @@ def test_a_checkpoint_trained_with_the_arithmetic_recipe_exports_merged(tiny_mod
         assert f.keys() and not [k for k in f.keys() if "lora" in k.lower()]
     card = (tmp_path / "merged" / "README.md").read_text(encoding="utf-8")
     assert "- data: `arithmetic.csv`" in card and "- `correct_answer`:" in card and "- steps: 1" in card
+
+
+@pytest.mark.slow
+def test_an_export_killed_mid_merge_is_cleaned_up_by_the_next_one(exported):
+    checkpoint, out = exported["checkpoint"], exported["out"].parent / "killed"
+    command = [sys.executable, "-m", "sarashina_grpo", "export", str(checkpoint), str(out), "--merged"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(".killed.partial-*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: no Python cleanup runs
+    process.wait(30)
+    assert list(out.parent.glob(".killed.partial-*")) and not out.exists()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "config.json").exists() and not list(out.parent.glob(".killed.partial-*"))

@@ -117,6 +117,28 @@ def test_checkpoint_holds_the_synchronised_weights(ddp_run):
     assert lora_fingerprint(saved)["sha256"] == ranks[0]["sha256"]
 
 
+@pytest.mark.slow
+def test_the_main_process_alone_locked_the_run_and_released_it(ddp_run):
+    run = ddp_run[2] / "outputs" / "ddp"
+    # why: one lock file, taken by the main process only (a second rank locking would have failed the run) and
+    # emptied when training ended
+    assert (run / "run.lock").read_text() == ""
+
+
+@pytest.mark.slow
+def test_resuming_the_finished_run_on_two_processes_trains_nothing(ddp_run, repo_root):
+    artifact_dir = ddp_run[2]
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--config_file", str(repo_root / "configs" / "accelerate" / "multi_gpu.yaml"),
+               "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "sarashina_grpo", "train",
+               "--no-4bit", "--artifact-dir", str(artifact_dir), "--resume", "ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count(f"Run ddp is finished: checkpoint-{STEPS} is step {STEPS}") == 1  # said once
+    assert not (artifact_dir / "outputs" / "ddp" / f"checkpoint-{STEPS + 1}").exists()
+
+
 def test_auto_backend_is_unsloth_across_processes(monkeypatch):
     from sarashina_grpo.modeling import resolve_backend
 

@@ -318,3 +318,44 @@ def test_a_second_run_never_overwrites_or_deletes_the_first_runs_files(interrupt
     assert snapshot(artifact / "outputs" / "r") == interrupted["first_run"]["outputs"]
     assert snapshot(artifact / "logs" / "r") == interrupted["first_run"]["logs"]
     assert any((artifact / "logs" / "r-2").iterdir())  # its own TensorBoard folder
+
+
+@pytest.mark.slow
+def test_resuming_the_finished_run_again_trains_nothing(killed_and_resumed):
+    artifact, run = killed_and_resumed["artifact"], killed_and_resumed["run"]
+    log = artifact / "finished.log"
+    code, output = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r", log=log), log)
+    assert code == 0 and f"Run r is finished: checkpoint-{MAX_STEPS} is step {MAX_STEPS} of the {MAX_STEPS}" in output
+    assert not (run / f"checkpoint-{MAX_STEPS + 1}").exists()  # was: trained step 9, then 10 the next time
+
+
+@pytest.fixture(scope="module")
+def second_resume_while_training(interrupted):
+    """``--resume r-2`` trains; meanwhile a second ``--resume r-2`` and one with ``--max-steps 1`` are started."""
+    artifact = interrupted["artifact"]
+    log = artifact / "resume-r-2.log"
+    first = start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", log=log)
+    wait_for(lambda: "'loss'" in log.read_text(), first, log)  # training, and holding the run's lock
+    second_log = artifact / "second.log"
+    second = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", log=second_log),
+                    second_log)
+    first.send_signal(signal.SIGINT)
+    first_result = finish(first, log)
+    lower_log = artifact / "lower.log"
+    lower = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", "--max-steps", "1",
+                             log=lower_log), lower_log)
+    return dict(artifact=artifact, first=first_result, second=second, lower=lower)
+
+
+@pytest.mark.slow
+def test_a_second_process_cannot_resume_a_run_being_trained(second_resume_while_training):
+    code, output = second_resume_while_training["second"]
+    assert code == 2 and output.strip().splitlines()[-1].startswith(
+        "error: Run r-2 is being trained by another process (pid ")
+    assert second_resume_while_training["first"][0] == 130  # the first went on until stopped, undisturbed
+
+
+@pytest.mark.slow
+def test_max_steps_below_the_reached_step_is_refused_on_a_real_run(second_resume_while_training):
+    code, output = second_resume_while_training["lower"]
+    assert code == 2 and "error: --max-steps 1 (Settings.max_steps) is at or below step " in output

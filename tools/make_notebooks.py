@@ -50,6 +50,7 @@ RUN_NAME = None  # default: a timestamp
 RESUME = None  # "latest", a run name, or a checkpoint folder to continue from
 EVAL_STEPS = 0  # every N steps (and before the first): held-out format and purity rates in TensorBoard (eval/*); 0: off
 EVAL_LIMIT = 16  # held-out prompts of datasets/eval.csv answered (greedily) at each of those evaluations
+ALLOW_DATA_CHANGE = False  # resume even though the prompt file changed since the run started
 """),
     md("## Settings\nThe recipe, then your overrides; everything is checked now, before minutes of model loading."),
     code("""
@@ -67,7 +68,8 @@ from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_trai
 setup_logging()  # the package's INFO lines, as the CLI prints them
 recipe = load_recipe(RECIPE) if RECIPE else {}
 settings = Settings.from_dict({**recipe, "held_out_eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT, **SETTINGS})
-run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME)
+run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME,
+              allow_data_change=ALLOW_DATA_CHANGE)
 print(run.paths)
 print({k: v for k, v in run.settings.to_dict().items() if k != "system_prompt"})
 """),

@@ -26,6 +26,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # Strict on purpose: "checkpoint-20.set-aside-…" is a folder a resume moved away, not step 20.
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 SET_ASIDE = ".set-aside-"
+SET_ASIDE_RE = re.compile(r"checkpoint-(\d+)\.set-aside-.+")
 COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by mark_complete
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILES = ("config.json",)
@@ -43,6 +44,12 @@ MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit; a larger length 
 def step_of(path: str | os.PathLike) -> int | None:
     """The step of a ``checkpoint-<digits>`` folder name, else None (set-aside folders included)."""
     match = CHECKPOINT_RE.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def set_aside_step(path: str | os.PathLike) -> int | None:
+    """The step of a ``checkpoint-<digits>.set-aside-<time>`` folder name, else None."""
+    match = SET_ASIDE_RE.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
 
 
@@ -254,6 +261,13 @@ def latest_intact(run_dir: str | os.PathLike) -> Path | None:
 def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path]:
     """(run folder, checkpoint) to continue from. ``resume`` is ``latest``, a run name or folder, or a
     ``checkpoint-N`` folder. Half-written checkpoints are never chosen; damaged ones are set aside."""
+    run_dir, named = locate_resume(artifact_dir, resume)
+    return run_dir, choose_resume_checkpoint(run_dir, named)
+
+
+def locate_resume(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(run folder, the checkpoint folder named by ``resume`` or None) without touching any folder: the caller
+    locks the run before ``choose_resume_checkpoint`` sets anything aside."""
     outputs = Path(artifact_dir) / "outputs"
     resume = str(resume)
     if resume == "latest":
@@ -262,14 +276,20 @@ def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.Pat
             raise SettingsError(
                 f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run without --resume."
             )
-        return runs[-1], _intact_or_error(runs[-1])
+        return runs[-1], None
     path = Path(resume).expanduser() if Path(resume).expanduser().exists() else outputs / resume
     if not path.exists():
         known = [p.name for p in runs_with_checkpoints(outputs)]
         raise SettingsError(f"Cannot resume {resume!r}: no such run or folder. Resumable runs in {outputs}: "
                             f"{known or 'none'}.")
-    if step_of(path) is None:
-        return path, _intact_or_error(path)
+    return (path, None) if step_of(path) is None else (path.parent, path)
+
+
+def choose_resume_checkpoint(run_dir: Path, named: Path | None) -> Path:
+    """``named`` if it is complete and intact (else an error), or the run's newest intact checkpoint."""
+    if named is None:
+        return _intact_or_error(run_dir)
+    path = named
     if not is_complete(path):
         raise SettingsError(
             f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
@@ -280,7 +300,7 @@ def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.Pat
     if problems:
         raise SettingsError(f"{path} is damaged ({'; '.join(problems)}). Resume the run instead "
                             f"(--resume {path.parent.name}) to use its newest intact checkpoint.")
-    return path.parent, path
+    return path
 
 
 def _intact_or_error(run_dir: Path) -> Path:
@@ -300,7 +320,7 @@ def check_loadable(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     problems = verify(folder, for_resume=False)
     if problems:
-        step = step_of(folder)
+        step = step_of(folder) if step_of(folder) is not None else set_aside_step(folder)
         earlier = [p for p in complete_checkpoints(folder.parent) if step is not None and step_of(p) < step]
         hint = f" Use an earlier checkpoint of the run, e.g. {earlier[-1]}." if earlier else ""
         raise SettingsError(f"{folder} is damaged ({'; '.join(problems)}).{hint}")

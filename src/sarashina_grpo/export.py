@@ -9,8 +9,12 @@ if there is one. ``--merged`` loads the base model named in ``adapter_config.jso
 the adapter with PEFT, merges it into the weights and saves a model that ``AutoModelForCausalLM.from_pretrained(OUT)``
 loads without PEFT or Unsloth (which this module never imports), ready for vLLM or llama.cpp's GGUF converter.
 
-The export is written to a temporary folder beside OUT and renamed at the end, so a failed export leaves no
-half-written OUT behind. ``push_to_hub`` uploads OUT with ``huggingface_hub`` (not tested here: no hub access).
+The checkpoint's files are verified first, as a resume verifies them (``checkpoints.verify``): an adapter cut off
+or overwritten, NaN weights, or a checkpoint a resume set aside as damaged or half-written is an error, never
+copied. The export is written to a hidden ``.OUT.partial-<host>-<pid>-<time>`` folder beside OUT and renamed at the
+end, so a failed export leaves no half-written OUT behind; one left by a killed export (its process is gone) is
+removed by the next export into the same folder. ``push_to_hub`` uploads OUT with ``huggingface_hub`` (not
+tested here: no hub access).
 """
 
 from __future__ import annotations
@@ -18,14 +22,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
-from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, MODEL_FILES, WEIGHT_FILES, newest_complete_in, step_of
+from .checkpoints import (
+    ADAPTER_WEIGHT_FILES,
+    COMPLETE_MARKER,
+    MODEL_FILES,
+    WEIGHT_FILES,
+    check_loadable,
+    newest_complete_in,
+    set_aside_step,
+    step_of,
+)
 from .config import SYSTEM_PROMPT, SettingsError, project_dir
 from .modeling import tiny_model_dir
-from .validation import looks_like_path
+from .runs import pid_alive, process_started
+from .validation import looks_like_path, missing_local_model
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +54,8 @@ CARD_SETTINGS = ("model_name", "load_in_4bit", "lora_rank", "lora_alpha", "learn
                  "per_device_train_batch_size", "max_completion_length", "max_steps", "temperature", "rollout", "seed")
 CARD_METRICS = ("n", "strict_format_rate", "soft_format_rate", "think_purity_mean", "response_purity_mean",
                 "answer_accuracy")
+# The staging folder of an export: .OUT.partial-<host>-<pid>-<time_ns> (exports before the host was added: no host)
+PARTIAL_RE = re.compile(r"\..+\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)-(?P<ns>\d+)")
 
 
 def check_checkpoint(checkpoint: str | Path) -> Path:
@@ -53,6 +71,9 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     if step_of(path) is not None and COMPLETE_MARKER not in has:
         raise SettingsError(f"{path} is a half-written checkpoint (no {COMPLETE_MARKER} marker): the run was cut off "
                             "while saving it. Export an earlier checkpoint-N of the same run.")
+    if set_aside_step(path) is not None and COMPLETE_MARKER not in has:
+        raise SettingsError(f"{path} was set aside by a resume as a half-written checkpoint (no {COMPLETE_MARKER} "
+                            "marker). Export a checkpoint-N of the run instead.")
     if ADAPTER_CONFIG not in has:
         full = has & set(MODEL_FILES) and has & set(WEIGHT_FILES)
         raise SettingsError(f"{path} holds no LoRA adapter ({ADAPTER_CONFIG})" + (
@@ -63,6 +84,10 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     if missing:
         raise SettingsError(f"{path} is incomplete: no {' and no '.join(missing)} ({', '.join(missing)} files are "
                             "saved with every checkpoint). Export another checkpoint of the run.")
+    check_loadable(path)  # cut off, overwritten or NaN: the same checks as a resume, before anything is copied
+    if set_aside_step(path) is not None:
+        logger.warning("%s was set aside by a resume (it was replaced by the resumed run's own checkpoints); its "
+                       "files are intact, so it is exported as it is.", path)
     return path
 
 
@@ -86,14 +111,11 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
     if name == "tiny":
         return str(tiny_model_dir())
-    if looks_like_path(name) or Path(name).is_absolute():
-        folder = Path(name).expanduser()
-        if not (folder / "config.json").exists():
-            source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
-            raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
-                                "config.json. Pass the base model's folder or hub id with --base-model.")
-        return str(folder)
-    return name
+    if missing_local_model(name):  # the same check infer and eval make (validation.check_base_model)
+        source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
+        raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
+                            "config.json. Pass the base model's folder or hub id with --base-model.")
+    return str(Path(name).expanduser()) if looks_like_path(name) or Path(name).is_absolute() else name
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
@@ -111,7 +133,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
         dtype = export_dtype()
     base = base_model_of(checkpoint, base_model) if merged else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{time.time_ns()}"
+    remove_stale_partials(out.parent)
+    staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     staging.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on OUT
     try:
         if merged:
@@ -142,6 +165,21 @@ def export_dtype() -> str:
     from .config import precision
 
     return "float16" if precision() == "fp16" else "bfloat16"
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Remove the staging folders in ``folder`` that exports killed on this machine left (their process is gone,
+    or its id now belongs to a process started later). Another machine's are left alone: they may be running."""
+    for partial in folder.glob(".*.partial-*"):
+        match = PARTIAL_RE.fullmatch(partial.name)
+        if not match or not partial.is_dir() or (match["host"] or socket.gethostname()) != socket.gethostname():
+            continue
+        pid, created = int(match["pid"]), int(match["ns"]) / 1e9
+        started = process_started(pid) if pid_alive(pid) else None
+        if pid_alive(pid) and (started is None or started <= created + 1):  # 1 s: /proc's clock-tick rounding
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
+        logger.info("Removed %s, left by an export that was killed (pid %d).", partial, pid)
 
 
 def write_adapter(checkpoint: Path, folder: Path) -> None:

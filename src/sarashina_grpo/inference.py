@@ -17,7 +17,7 @@ from .config import SYSTEM_PROMPT, Settings
 from .data import to_messages
 from .roles import read_role, with_role
 
-__all__ = ["Chat", "GenerationSettings", "answer", "generate", "generate_counted", "load_for_inference",
+__all__ = ["Chat", "GenerationSettings", "answer", "chat_loop", "generate", "generate_counted", "load_for_inference",
            "read_role", "with_role"]
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,20 @@ def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: Gen
         replies += [(text, count_generated(row, stop_ids, tokenizer.pad_token_id))
                     for text, row in zip(texts, new_tokens, strict=True)]
     return replies
+
+
+def chat_loop(chat: Chat, read=input, write=print) -> None:
+    """Talk with ``chat`` at a ``you>`` prompt until an empty line, Ctrl-D (end of input) or Ctrl-C there; each
+    ends the chat cleanly (no traceback), as it would in any shell."""
+    while True:
+        try:
+            line = read("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("")  # the shell's prompt then starts on a line of its own
+            return
+        if not line:
+            return
+        write(chat.say(line))
 
 
 @dataclass

@@ -6,8 +6,9 @@
 
 - ``prepare(settings, …)`` has ``validation.check_run`` check everything that can be checked before a model loads
   (settings, device, model name, the prompt file, folders, what to resume) exactly once, creates the run's
-  folders and writes ``run.json``
-  (every setting), or, resuming, compares the run's recorded settings with these ones.
+  folders, locks the run (``runs.lock_run``) and writes ``run.json`` (every setting, the prompt file's hash), or,
+  resuming, compares the run's recorded settings with these ones and keeps the run's promises (``runs``: a
+  finished run trains nothing, no ``max_steps`` below the checkpoint, the same data, the run's own name).
 - ``build_trainer(run, model, tokenizer)`` turns the prompt rows into a dataset, picks the rewards and constructs
   the one ``GRPOTrainer`` of the project (with the fast rollout when asked for).
 - ``run_training(trainer, run)`` trains, turning Ctrl-C/SIGTERM into save-then-stop.
@@ -26,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints, compat
+from . import checkpoints, compat, runs
 from .config import (
     Settings,
     SettingsError,
@@ -62,6 +63,7 @@ class Run:
     checkpoint: Path | None = None
     rows: list = field(default_factory=list)
     eval_rows: list = field(default_factory=list)  # held-out rows scored during training (held_out_eval_steps)
+    lock: runs.RunLock | None = None  # held by the process that prepared the run until training ends
 
 
 # --- prepare
@@ -106,7 +108,8 @@ def resumed_paths(artifact_dir: Path, run_dir: Path) -> RunPaths:
 
 
 def write_run_info(paths: RunPaths, settings: Settings) -> None:
-    info = {"settings": settings.to_dict(), "data": str(project_path(settings.data_path).resolve())}
+    data = project_path(settings.data_path).resolve()
+    info = {"settings": settings.to_dict(), "data": str(data), "data_sha256": runs.file_sha256(data)}
     (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
 
 
@@ -122,45 +125,79 @@ def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -
     return Settings.from_dict({**recorded, **now}, source=str(run_dir / RUN_INFO))
 
 
-def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given) -> Run:
-    """``prepare`` on one process: every check (``validation.check_run``) before any folder is created."""
-    checkpoint = run_dir = None
-    if resume:
-        run_dir, checkpoint = checkpoints.find_resume_checkpoint(artifact_dir, resume)
-        if given is not None:
-            settings = with_recorded_settings(settings, run_dir, given)
-    checked = check_run(settings, artifact_dir=artifact_dir, run_dir=run_dir, check_model_files=check_model)
-    if run_dir is not None:
-        checkpoints.set_aside_newer(run_dir, checkpoint)
-        logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-        return Run(checked.settings, resumed_paths(artifact_dir, run_dir), checkpoint, checked.rows, checked.eval_rows)
-    paths = new_run_paths(artifact_dir, run_name)
-    write_run_info(paths, checked.settings)
-    return Run(checked.settings, paths, None, checked.rows, checked.eval_rows)
+def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
+             allow_data_change: bool = False) -> Run:
+    """``prepare`` on one process: every check (``validation.check_run``, the run's promises in ``runs``) before
+    any folder is created or set aside; the run is locked from its first folder on."""
+    if run_name is not None:
+        runs.check_run_name(run_name)
+    if not resume:
+        checked = check_run(settings, artifact_dir=artifact_dir, check_model_files=check_model)
+        paths = new_run_paths(artifact_dir, run_name)
+        lock = runs.lock_run(paths.output_dir)
+        write_run_info(paths, checked.settings)
+        return Run(checked.settings, paths, None, checked.rows, checked.eval_rows, lock)
+    run_dir, named = checkpoints.locate_resume(artifact_dir, resume)
+    if run_name is not None and run_name != run_dir.name:
+        raise SettingsError(f"--run-name {run_name!r} disagrees with the run being resumed ({run_dir.name!r}): a "
+                            f"resumed run keeps its name and folders. Drop --run-name, or resume that run with "
+                            f"--resume {run_name}.")
+    lock = runs.lock_run(run_dir)  # before anything is set aside: another process may be saving into the run
+    try:
+        return _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock) -> Run:
+    checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
+    info = read_run_info(run_dir)
+    if given is not None:
+        settings = with_recorded_settings(settings, run_dir, given)
+    explicit = given is None or "max_steps" in given
+    recorded = (info or {}).get("settings", {}).get("max_steps")
+    max_steps = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
+    checked = check_run(settings.replace(max_steps=max_steps), artifact_dir=artifact_dir, run_dir=run_dir,
+                        check_model_files=check_model)
+    data = project_path(checked.settings.data_path).resolve()
+    changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
+    checkpoints.set_aside_newer(run_dir, checkpoint)
+    if changed:
+        runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
+    logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
+    return Run(checked.settings, resumed_paths(artifact_dir, run_dir), checkpoint, checked.rows, checked.eval_rows,
+               lock)
 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
-            run_name: str | None = None, check_model: bool = True, given: set[str] | None = None) -> Run:
+            run_name: str | None = None, check_model: bool = True, given: set[str] | None = None,
+            allow_data_change: bool = False) -> Run:
     """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
 
     A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen and its recorded
     settings must match these (harmless differences such as ``max_steps`` only warn); with ``given`` (the fields
     set explicitly, as the CLI passes them) the recorded settings are used for every other field. Later checkpoint
     folders are moved aside. Under ``accelerate launch`` the main process does all of it and tells the others.
+
+    The run folder is locked (``runs.lock_run``) by the preparing process until ``run_training`` ends. Resuming,
+    a run that reached its planned steps raises ``runs.RunFinished``; a ``max_steps`` at or below the checkpoint's
+    step, a ``run_name`` other than the resumed run's, or a changed prompt file (unless ``allow_data_change``) is a
+    ``SettingsError``.
     """
     from .data import DataError
     from .modeling import resolve_model_name
 
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
     if not multi_process():
-        return _prepare(settings, artifact_dir, resume, run_name, check_model, given)
+        return _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change)
     from accelerate.utils import broadcast_object_list
 
     state = distributed_state()
     decided: list = [None]
     if state.is_main_process:
         try:
-            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given)
+            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change)
         except (SettingsError, DataError) as err:  # every rank reports it, none waits for folders
             decided[0] = err
     broadcast_object_list(decided, from_process=0)
@@ -262,6 +299,8 @@ def run_training(trainer, run: Run):
     finally:
         interrupt.uninstall()
         trainer.remove_callback(interrupt)
+        if run.lock is not None:
+            run.lock.release()
     trainer.interrupted = interrupt.signal_name
     if interrupt.requested:
         logger.warning("Stopped by %s at step %d after saving checkpoint-%d; resume with --resume %s",
@@ -271,11 +310,11 @@ def run_training(trainer, run: Run):
 
 
 def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
-          run_name: str | None = None, given: set[str] | None = None, model_and_tokenizer=None, callbacks=(),
-          **grpo_overrides):
+          run_name: str | None = None, given: set[str] | None = None, allow_data_change: bool = False,
+          model_and_tokenizer=None, callbacks=(), **grpo_overrides):
     """Prepare, build and run GRPO end to end; return the trainer (``trainer.run`` has the run's folders)."""
     run = prepare(settings, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
-                  check_model=model_and_tokenizer is None, given=given)
+                  check_model=model_and_tokenizer is None, given=given, allow_data_change=allow_data_change)
     model, tokenizer = model_and_tokenizer or load_model(run)
     trainer = build_trainer(run, model, tokenizer, callbacks=callbacks, **grpo_overrides)
     return run_training(trainer, run)

@@ -339,18 +339,26 @@ def check_model_name(name: str) -> None:
     )
 
 
+def missing_local_model(name: str) -> bool:
+    """``name`` is a local folder (not a hub id, not 'tiny') that holds no model (no config.json) here."""
+    if name == "tiny" or not (looks_like_path(name) or Path(name).is_absolute()):
+        return False
+    return not (Path(name).expanduser() / "config.json").is_file()
+
+
 def check_base_model(adapter_dir: Path) -> None:
     """An adapter's base model, when it is a local folder, must still be there (the loader would go looking for it
-    on the hub and fail with an unrelated message)."""
+    on the hub and fail with an unrelated message). ``export --merged`` makes the same check
+    (``missing_local_model``)."""
     try:
         base = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # check_loadable reports a damaged adapter; a missing entry is the loader's default
-    if isinstance(base, str) and (Path(base).is_absolute() or looks_like_path(base)) and not (
-            Path(base).expanduser() / "config.json").is_file():
+    if isinstance(base, str) and missing_local_model(base):
         raise ModelNotFoundError(f"{adapter_dir}: its base model folder {base} (adapter_config.json, "
-                                 "base_model_name_or_path) does not exist here. Put the base model back there, or "
-                                 "write its new place into adapter_config.json.")
+                                 "base_model_name_or_path) does not exist here or has no config.json. Put the base "
+                                 "model back there, or write its new place (a folder or hub id) into "
+                                 f"{adapter_dir / 'adapter_config.json'}.")
 
 
 def check_device(settings: Settings, *, training: bool) -> None:
@@ -485,6 +493,8 @@ def check_threads(threads: int | None) -> int | None:
 
 
 def check_eval_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise SettingsError(f"--limit must be at least 1 (prompts to evaluate), got {limit}; leave it out to "
+    """``eval --limit`` (``evaluation.evaluate``'s ``limit``): a positive number of prompts, or None for all; an
+    empty evaluation saved as a result would be compared as if it were one."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SettingsError(f"--limit must be at least 1 (prompts to evaluate), got {limit!r}; leave it out to "
                             "evaluate all.")

@@ -1,28 +1,38 @@
-"""Warm-start a small model by supervised fine-tuning on synthetic completions, so GRPO has something to amplify.
+"""Warm-start (cold-start) a model by a short supervised pass on the tag layout, so GRPO has something to amplify.
 
-    from sarashina_grpo.warmstart import WarmStart, warm_start
-    warm_start("artifact/models/tiny", "artifact/models/tiny-warm", prompts, WarmStart(seed=0))
+    sarashina-grpo warmstart --model artifact/models/smollm2 --output artifact/models/smollm2-warm
+    sarashina-grpo train --model artifact/models/smollm2-warm --no-4bit ...       # GRPO from the warm start
 
-GRPO only reinforces what a group already samples: a random-weight model never writes the tag layout, so every
-group scores the same and nothing is learned. A short SFT on a mix of completions leaves the model *partly*
-compliant, the situation of a real instruct model at the start of the article's run:
+GRPO only reinforces what a group already samples: a model that never writes the tag layout (random weights, or a
+real instruct model such as SmolLM2: docs/real-model.md) scores the same in every group and learns nothing. A short
+SFT leaves the model *partly* compliant, the situation of Sarashina at the start of the article's run. A share of
+the examples is deliberately malformed (``malformed_share``), so the strict layout stays a minority habit that GRPO
+can still raise (docs/learning.md: a useful warm start leaves the strict rate between 0.1 and 0.5).
 
-- ``ja``: the strict layout, Japanese thinking and response;
-- ``drift``: the strict layout, but the thinking drifts into English (the failure the article reports);
-- ``malformed``: the right words with a broken layout (a missing tag or newline, text after ``</response>``).
+Two sources of examples, one list of (chat prompt, completion) pairs:
 
-The loop is plain PyTorch on the Hugging Face model (no LoRA, no Unsloth): it is small and runs in seconds on CPU.
-Loss is taken on completion tokens only, as in TRL's SFT with completion-only loss.
+- a JSONL file of written examples (``datasets/format_examples.jsonl``: prompt, think, response), each laid out
+  strictly or, with probability ``malformed_share``, broken by ``malform``;
+- ``synthetic``: completions drawn from small sentence pools over the training prompts (the demo and the learning
+  proof, on the tiny model), of three kinds: ``ja`` (strict layout, Japanese), ``drift`` (strict layout, thinking
+  slides into English, the failure the article reports) and ``malformed`` (right words, broken layout).
+
+One loop trains on them (plain PyTorch, loss on completion tokens only, as TRL's SFT with completion-only loss),
+by ``lora_rank``: above 0, a LoRA on the seven projections, merged into the weights afterwards (real models: their
+knowledge stays); 0, every weight (random-weight models, nothing to keep; the learning proof's recorded runs). The
+result is a plain model folder that ``--model`` takes.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import to_messages
+from .config import LORA_TARGET_MODULES, SYSTEM_PROMPT, SettingsError, project_path, read_text_setting, setting
+from .data import DataError, to_messages
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +51,66 @@ JA_RESPONSES = (
 KINDS = ("ja", "drift", "malformed")
 
 
+SYNTHETIC = "synthetic"
+FORMAT_EXAMPLES = "datasets/format_examples.jsonl"
+EXAMPLE_KEYS = ("prompt", "think", "response")
+
+
 @dataclass
 class WarmStart:
-    """How to build and run the warm-start SFT. Shares are of the synthetic completions."""
+    """The warm start's recipe: model and output, examples, and the supervised pass. Defaults suit a real instruct
+    model (SmolLM2, Sarashina); ``DEMO_RECIPE`` is the tiny model's."""
 
+    model: str = setting("tiny", "model to warm-start: a model folder, a hub id or 'tiny'")
+    output: str | None = setting(None, "new (or empty) folder to write the warm-started model to (required)")
+    data: str = setting(FORMAT_EXAMPLES, "JSONL of written examples (keys prompt, think, response), or "
+                        f"'{SYNTHETIC}': sentence-pool completions over the training prompts (the demo's)")
+    system_prompt_file: str | None = setting(None, "system prompt of the examples (use the one training will "
+                                             "use); unset: the project's Japanese format prompt")
+    # Half: the learning proof found GRPO needs a warm start whose strict rate is between 0.1 and 0.5.
+    malformed_share: float = setting(0.5, "share of examples whose layout is broken on purpose, so the strict "
+                                     "rate stays low enough for GRPO to raise")
+    steps: int = setting(60, "optimizer steps")
+    batch_size: int = setting(8, "examples per step")
+    learning_rate: float = setting(2e-4, "learning rate (constant)")
+    lora_rank: int = setting(16, "LoRA rank of the supervised pass, merged afterwards; 0: full fine-tune (for "
+                             "random-weight models)")
+    seed: int = setting(0, "seed of the example draw, the LoRA init and the batch order")
+    threads: int | None = setting(None, "CPU threads for torch; unset: torch's default")
+    # 'synthetic' only (malformed_share is not used there): the kinds' shares, the rest malformed, and how many
+    # completions are drawn.
     ja_share: float = 0.3
-    drift_share: float = 0.3  # the rest is malformed
+    drift_share: float = 0.3
     examples: int = 512
-    steps: int = 150
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    seed: int = 0
+
+    def __post_init__(self):
+        if self.data != SYNTHETIC and not project_path(self.data).is_file():
+            raise SettingsError(f"warmstart --data: file not found: {project_path(self.data)}.")
+        for name in ("steps", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SettingsError(f"warmstart --{name.replace('_', '-')} must be a positive integer.")
+        if self.lora_rank < 0 or not 0 <= self.malformed_share <= 1 or not self.learning_rate > 0:
+            raise SettingsError("warmstart: --lora-rank must be >= 0, --malformed-share in [0, 1], "
+                                "--learning-rate > 0.")
+
+    def for_command(self) -> WarmStart:
+        """Self, checked for what the command line must give (a recipe in code may fill ``output`` later)."""
+        if not self.output:
+            raise SettingsError("warmstart needs --output: the folder to write the warm-started model to.")
+        from .validation import check_model_name
+
+        check_model_name(self.model)
+        return self
+
+    def system_prompt(self) -> str:
+        return read_text_setting(self.system_prompt_file, "system_prompt_file") if self.system_prompt_file \
+            else SYSTEM_PROMPT
+
+
+CLI_FIELDS = ("model", "output", "data", "system_prompt_file", "malformed_share", "steps", "batch_size",
+              "learning_rate", "lora_rank", "seed", "threads")  # the synthetic-only knobs stay code-level
+# The tiny model's recipe (demo, learning proof): synthetic completions, a full fine-tune of random weights.
+DEMO_RECIPE = WarmStart(data=SYNTHETIC, steps=150, batch_size=16, learning_rate=3e-3, lora_rank=0)
 
 
 def layout(think: str, response: str) -> str:
@@ -87,15 +146,61 @@ def synthetic_completion(kind: str, rng: random.Random) -> str:
     raise ValueError(f"Unknown completion kind {kind!r}; choose one of {', '.join(KINDS)}.")
 
 
-def synthetic_examples(prompts: list[str], config: WarmStart) -> list[tuple[list[dict], str]]:
+def synthetic_examples(prompts: list[str], config: WarmStart, system_prompt: str = SYSTEM_PROMPT,
+                       ) -> list[tuple[list[dict], str]]:
     """(chat prompt, completion) pairs drawn with the configured shares of the three kinds."""
     rng = random.Random(config.seed)
     weights = (config.ja_share, config.drift_share, max(0.0, 1 - config.ja_share - config.drift_share))
     examples = []
     for _ in range(config.examples):
         kind = rng.choices(KINDS, weights)[0]
-        examples.append((to_messages(rng.choice(prompts)), synthetic_completion(kind, rng)))
+        examples.append((to_messages(rng.choice(prompts), system_prompt), synthetic_completion(kind, rng)))
     return examples
+
+
+def read_format_examples(path: str | Path) -> list[dict]:
+    """The rows of a JSONL file of written examples; a row without a non-empty prompt, think and response is a
+    ``DataError`` naming its line."""
+    import json
+
+    path = project_path(path)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {number}: not JSON ({err.msg}).") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip() for k in EXAMPLE_KEYS):
+            raise DataError(f"{path}, line {number}: needs non-empty text under {', '.join(EXAMPLE_KEYS)}.")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path} holds no examples.")
+    return rows
+
+
+def format_examples(rows: list[dict], config: WarmStart, system_prompt: str) -> list[tuple[list[dict], str]]:
+    """(chat prompt, completion) for every written example: strict layout, or broken with ``malformed_share``."""
+    rng = random.Random(config.seed)
+    examples = []
+    for row in rows:
+        think, response = row["think"].strip(), row["response"].strip()
+        broken = rng.random() < config.malformed_share
+        examples.append((to_messages(row["prompt"], system_prompt),
+                         malform(think, response, rng) if broken else layout(think, response)))
+    return examples
+
+
+def build_examples(config: WarmStart, prompts: list[str] | None = None) -> list[tuple[list[dict], str]]:
+    """The recipe's examples: from its JSONL file, or synthetic over ``prompts`` (the training prompts)."""
+    if config.data == SYNTHETIC:
+        if not prompts:
+            from .data import check_prompts
+
+            prompts = [r.prompt for r in check_prompts(project_path("datasets/smalltalk.csv"))]
+        return synthetic_examples(prompts, config, config.system_prompt())
+    return format_examples(read_format_examples(config.data), config, config.system_prompt())
 
 
 def encode(tokenizer, examples: list[tuple[list[dict], str]]):
@@ -119,29 +224,85 @@ def encode(tokenizer, examples: list[tuple[list[dict], str]]):
     return input_ids, labels, mask
 
 
-def warm_start(model_dir: str | Path, out_dir: str | Path, prompts: list[str], config: WarmStart | None = None) -> Path:
-    """Fine-tune the model in ``model_dir`` on synthetic completions; save model and tokenizer to ``out_dir``."""
+def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
+    """Train ``config.model`` on the recipe's examples; write a plain model folder (weights, tokenizer) to
+    ``config.output`` and return it."""
+    import torch
+
+    from .modeling import resolve_model_name
+
+    out_dir = Path(config.output)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise SettingsError(f"warmstart --output {out_dir} exists and is not an empty folder: choose a new one.")
+    examples = build_examples(config, prompts)  # before the model loads: a bad file costs seconds
+    model_dir = resolve_model_name(config.model)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.monotonic()
+    try:
+        model, tokenizer = supervised_pass(model_dir, examples, config)
+    finally:
+        torch.set_num_threads(threads)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    logger.info("warm start of %s: %d examples, %d steps, %.0f s -> %s", config.model, len(examples), config.steps,
+                time.monotonic() - started, out_dir)
+    return out_dir
+
+
+def supervised_pass(model_dir: str, examples: list[tuple[list[dict], str]], config: WarmStart):
+    """Completion-only NLL on batches drawn with replacement; with ``lora_rank`` a PEFT LoRA on the seven
+    projections, merged afterwards, else every weight (fp32). Returns (model, tokenizer) ready to save.
+
+    A plain loop rather than TRL's ``SFTTrainer``: TRL 1.15 always patches its Triton fused LM head into the model,
+    and without a GPU Triton's interpreter runs it (4 SFT steps of SmolLM2 did not finish in 10 minutes on 2 cores).
+    The loss is the one ``SFTTrainer`` computes with ``completion_only_loss``."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = config or WarmStart()
     torch.manual_seed(config.seed)
+    device = "cuda" if config.lora_rank and torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    input_ids, labels, mask = encode(tokenizer, synthetic_examples(prompts, config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # fp32 on CPU (bf16 matmuls there are slow); a LoRA pass saves the merged weights in the model's own dtype.
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    saved_dtype = model.config.dtype if not config.lora_rank else _config_dtype(model_dir)
+    if config.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_rank, lora_dropout=0.0, bias="none",
+            target_modules=list(LORA_TARGET_MODULES), task_type="CAUSAL_LM"))
+    input_ids, labels, mask = encode(tokenizer, examples)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     for step in tqdm(range(config.steps), desc="warm start", unit="step", mininterval=5):
         batch = torch.randint(len(input_ids), (config.batch_size,), generator=generator)
-        loss = model(input_ids=input_ids[batch], attention_mask=mask[batch], labels=labels[batch]).loss
+        # LoRA: cut the batch's common right padding (speed). Not for the full fine-tune: the learning proof's
+        # recorded runs used whole rows, and its seeds are sensitive to the last bit.
+        width = int(mask[batch].sum(1).max()) if config.lora_rank else input_ids.shape[1]
+        loss = model(input_ids=input_ids[batch, :width].to(device), attention_mask=mask[batch, :width].to(device),
+                     labels=labels[batch, :width].to(device)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if step % 50 == 0 or step == config.steps - 1:
             logger.info("warm start step %d: loss %.3f", step, loss.item())
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    if config.lora_rank:
+        model = model.merge_and_unload()
+    return model.to(saved_dtype), tokenizer
+
+
+def _config_dtype(model_dir: str):
+    import torch
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir).dtype or torch.float32

@@ -1,0 +1,246 @@
+"""A run folder's promises: a plain name, one training process at a time, the same data, no steps past the plan.
+
+``pipeline.prepare`` calls these before a run trains; nothing here imports a model library.
+
+- ``check_run_name``: a run name is one plain folder name (no ``/``, ``..``, hidden or over-long names), so a run
+  is never written outside ``outputs/``.
+- ``lock_run``: ``outputs/<run>/run.lock``, held with ``flock`` while a process prepares and trains the run; a
+  second process gets ``RunLockedError`` naming the holder (pid, host, start). The kernel drops the lock when its
+  process dies, however it dies, so a crash never leaves a lock that blocks. The file stays (empty once released).
+- ``file_sha256`` / ``check_data_unchanged`` / ``record_data_change``: the prompt file's hash is recorded in
+  ``run.json``; a resume over a changed file is refused unless asked for (``--allow-data-change``).
+- ``resume_max_steps``: where a resume stands against its plan (``RunFinished`` when nothing is left to train).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from .checkpoints import TRAINER_STATE, step_of
+from .config import SettingsError
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = "run.lock"
+MAX_RUN_NAME = 100  # leaves room for the "-2" suffix and checkpoint-N/… below it within the 255-byte name limit
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # file systems without flock
+
+
+class RunLockedError(SettingsError):
+    """Another process is training the run."""
+
+
+class RunFinished(SettingsError):
+    """A resumed run has trained every step it planned: there is nothing to do (the CLI says so and exits 0)."""
+
+
+# --- names ----------------------------------------------------------------------------------------------------
+
+
+def check_run_name(name: str) -> None:
+    """Raise ``SettingsError`` unless ``name`` is one plain folder name (checked before anything is written)."""
+    check_plain_name(name, "--run-name", "A run lives in outputs/<run-name>/")
+
+
+def check_plain_name(name: str, flag: str, lives: str) -> None:
+    """Raise ``SettingsError`` naming ``flag`` unless ``name`` is one plain folder name: no path separators,
+    ``..``, hidden, padded, over-long or control-character names (``lives`` says where the folder goes)."""
+    why = None
+    if not name.strip():
+        why = "it is empty"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        why = "it holds a path separator"
+    elif name in (".", ".."):
+        why = "it is a relative folder, not a name"
+    elif name.startswith("."):
+        why = "it starts with '.', which hides the run's folders"
+    elif name != name.strip():
+        why = "it starts or ends with spaces"
+    elif len(name) > MAX_RUN_NAME:
+        why = f"it is {len(name)} characters long; at most {MAX_RUN_NAME}"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "it holds control characters"
+    if why:
+        raise SettingsError(f"{flag} {name!r} is not a plain folder name ({why}). {lives}; use letters, digits, "
+                            "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
+
+
+# --- the lock -------------------------------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this id runs on this machine (whoever owns it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; None where that is not readable.
+    Tells a live process from a later one that was given a dead process's id."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat; fields[0] is field 3
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+class RunLock:
+    """The open, ``flock``-ed ``run.lock`` of a run. Pickled (sent to other ranks), it holds nothing."""
+
+    def __init__(self, path: Path, fd: int | None = None):
+        self.path, self.fd = path, fd
+
+    def __getstate__(self):
+        return {"path": self.path, "fd": None}
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)  # an empty file is a released lock, also where flock is missing
+        finally:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+            _HELD.pop(self.path, None)
+
+
+_HELD: dict[Path, RunLock] = {}  # locks this process holds, by resolved path
+
+
+def _holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _locked_message(run_dir: Path, holder: dict, *, flock: bool) -> str:
+    who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('started', '?')}"
+           if holder else "a process that has not written its details yet")
+    fix = ("A crashed process releases the lock by itself." if flock else
+           f"This file system has no file locks: if that process no longer runs, delete {run_dir / LOCK_FILE}.")
+    return (f"Run {run_dir.name} is being trained by another process ({who}): two processes would write the same "
+            f"checkpoints. Wait for it to finish or stop it, then resume. {fix}")
+
+
+def lock_run(run_dir: str | os.PathLike) -> RunLock:
+    """Take ``run_dir``'s lock for this process, or raise ``RunLockedError`` naming the process that has it.
+
+    Preparing the same run again in this process (a notebook cell run twice) hands the lock over."""
+    path = (Path(run_dir) / LOCK_FILE).resolve()
+    if path in _HELD:
+        _HELD[path].release()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunLockedError(_locked_message(Path(run_dir), _holder(path), flock=True)) from None
+    except OSError as err:
+        if err.errno not in NO_LOCKS:
+            os.close(fd)
+            raise
+        holder = _holder(path)  # no flock here: a recorded live process on this host holds it
+        if holder.get("host") == socket.gethostname() and pid_alive(int(holder.get("pid", 0))):
+            os.close(fd)
+            raise RunLockedError(_locked_message(Path(run_dir), holder, flock=False)) from None
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    lock = _HELD[path] = RunLock(path, fd)
+    return lock
+
+
+# --- the data file --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_data_unchanged(info: dict | None, data: Path, run_dir: Path, *, allow: bool) -> str | None:
+    """The data file's hash now when it differs from the one ``run.json`` recorded, else None.
+
+    A difference is a ``SettingsError`` unless ``allow``; then a warning (the caller records the new hash).
+    Runs recorded before hashes were kept are not checked."""
+    recorded = (info or {}).get("data_sha256")
+    if not recorded:
+        return None
+    now = file_sha256(data)
+    if now == recorded:
+        return None
+    said = (f"The prompt file {data} has changed since run {run_dir.name} started (sha256 {recorded[:12]}… then, "
+            f"{now[:12]}… now)")
+    if not allow:
+        raise SettingsError(f"{said}: the remaining steps would train on other prompts than the steps before. "
+                            "Restore the file, or resume with --allow-data-change (notebook: ALLOW_DATA_CHANGE = "
+                            "True) to go on with it as it is now.")
+    logger.warning("%s; going on with it as it is now (--allow-data-change).", said)
+    return now
+
+
+def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> None:
+    """Keep the hash of a data file accepted with ``--allow-data-change`` in ``run.json`` (the old one, the step
+    and the time under ``data_changes``), so the next resume compares with the file the run now trains on."""
+    info = json.loads(run_info.read_text(encoding="utf-8"))
+    info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
+                                                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    info["data_sha256"] = sha256
+    run_info.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+
+
+# --- where a resume stands ------------------------------------------------------------------------------------
+
+
+def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
+    """(step reached, max_steps it was trained towards) from the checkpoint's trainer state."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    step = state.get("global_step")
+    step = step if isinstance(step, int) else step_of(checkpoint) or 0
+    planned = state.get("max_steps")
+    return step, planned if isinstance(planned, int) and planned > 0 else None
+
+
+def resume_max_steps(checkpoint: Path, max_steps: int, *, recorded: int | None, explicit: bool) -> int:
+    """The ``max_steps`` a resume from ``checkpoint`` trains to.
+
+    Not ``explicit`` (no flag or recipe sets it): the plan the checkpoint was trained towards (a run extended with
+    ``--max-steps`` keeps its new plan). ``RunFinished`` when that plan is reached; an explicit ``max_steps`` at or
+    below the checkpoint's step (and not the plan itself) is a ``SettingsError``."""
+    step, planned = checkpoint_progress(checkpoint)
+    planned = planned or recorded
+    if not explicit and planned:
+        max_steps = planned
+    if step < max_steps:
+        return max_steps
+    run = checkpoint.parent.name
+    if not explicit or max_steps == planned:
+        raise RunFinished(f"Run {run} is finished: {checkpoint.name} is step {step} of the {max_steps} it planned; "
+                          f"nothing to train. To train it further, resume with a higher --max-steps (e.g. "
+                          f"--resume {run} --max-steps {2 * max_steps}).")
+    raise SettingsError(f"--max-steps {max_steps} (Settings.max_steps) is at or below step {step} of {checkpoint}: "
+                        f"a resume continues from that step, so nothing would be trained. Give --max-steps above "
+                        f"{step} to train further, or resume from an earlier checkpoint-N of {run}.")

@@ -1,0 +1,128 @@
+"""``infer`` and ``eval`` check what they can before a model loads, and the chat ends the way a shell user ends it.
+
+Nothing here loads a model: Unsloth is replaced by a stand-in that fails the test if anything is loaded, or the
+loading function by one that returns placeholders.
+
+    .venv/bin/pytest tests/test_command_guards.py
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+from checkpoint_files import make_checkpoint
+
+from sarashina_grpo import inference, validation
+from sarashina_grpo.cli import main
+from sarashina_grpo.config import SettingsError
+from sarashina_grpo.evaluation import eval_rows, evaluate, write_eval
+from sarashina_grpo.inference import chat_loop
+
+
+def last_line(err: str) -> str:
+    return err.strip().splitlines()[-1]
+
+
+# --- the chat -------------------------------------------------------------------------------------------------
+
+
+class EchoChat:
+    def say(self, text: str) -> str:
+        return f"<response>{text}</response>"
+
+
+def scripted(*lines):
+    """``input`` reading ``lines``, then what ends them (EOFError: Ctrl-D; KeyboardInterrupt: Ctrl-C)."""
+    feed = iter(lines)
+
+    def read(prompt: str) -> str:
+        item = next(feed)
+        if isinstance(item, type) and issubclass(item, BaseException):
+            raise item
+        return item
+
+    return read
+
+
+@pytest.mark.parametrize("end", [EOFError, KeyboardInterrupt, ""])
+def test_the_chat_ends_cleanly_on_ctrl_d_ctrl_c_or_an_empty_line(end):
+    said = []
+    chat_loop(EchoChat(), read=scripted("こんにちは", end), write=said.append)  # was: EOFError traceback
+    assert said[0] == "<response>こんにちは</response>" and len(said) <= 2
+
+
+def test_infer_without_prompts_ends_at_the_end_of_its_input(monkeypatch, capsys):
+    monkeypatch.setattr(inference, "load_for_inference", lambda settings, threads=None: (object(), object()))
+    monkeypatch.setattr(inference, "generate", lambda model, tokenizer, conversations, gen: ["はい"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("こんにちは\n"))  # then end of input, as `echo … |` or Ctrl-D
+    assert main(["infer", "--model", "tiny"]) == 0
+    captured = capsys.readouterr()
+    assert "はい" in captured.out and "Traceback" not in captured.err
+
+
+# --- the base model of a checkpoint ---------------------------------------------------------------------------
+
+
+def checkpoint_on_moved_base(tmp_path):
+    base = tmp_path / "models" / "base"  # trained on this folder, which was moved away since
+    checkpoint = make_checkpoint(tmp_path / "outputs" / "r", 5)
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    (checkpoint / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    return checkpoint, base
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_a_checkpoint_whose_base_model_moved_is_one_error_before_loading(no_unsloth_load, capsys, tmp_path, command):
+    checkpoint, base = checkpoint_on_moved_base(tmp_path)
+    extra = ["こんにちは"] if command == "infer" else ["--artifact-dir", str(tmp_path / "a")]
+    code = main([command, "--model", str(checkpoint), *extra])  # was: OSError from the hub code after loading
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err) == (
+        f"error: {checkpoint}: its base model folder {base} (adapter_config.json, base_model_name_or_path) does "
+        "not exist here or has no config.json. Put the base model back there, or write its new place (a folder or "
+        f"hub id) into {checkpoint / 'adapter_config.json'}.")
+
+
+def test_a_base_model_named_by_hub_id_is_the_loaders_business(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "outputs" / "r", 5)
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    (checkpoint / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/model"}))
+    validation.check_model_name(str(checkpoint))
+
+
+# --- an empty evaluation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_an_evaluation_of_no_prompts_is_an_error_before_loading(no_unsloth_load, capsys, tmp_path, limit):
+    code = main(["eval", "--model", "tiny", "--limit", limit, "--artifact-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err) == (f"error: --limit must be at least 1 (prompts to evaluate), got {limit}; "
+                                            "leave it out to evaluate all.")
+    assert not (tmp_path / "eval").exists()  # was: an empty evaluation saved with exit 0
+
+
+def test_the_library_refuses_an_empty_evaluation_too(tmp_path, write_csv):
+    data = write_csv("prompt,lang\nこんにちは,ja\n")
+    with pytest.raises(SettingsError, match="--limit must be at least 1"):
+        evaluate(None, None, "e", data_path=data, artifact_dir=tmp_path, limit=0)
+    with pytest.raises(SettingsError, match="Nothing was generated for e; no evaluation was saved"):
+        write_eval([], tmp_path / "eval" / "e")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_limit_keeps_the_first_prompts(write_csv):
+    data = write_csv("prompt,lang\n一,ja\n二,ja\n三,ja\n")
+    assert [r.prompt for r in eval_rows(data, 2)] == ["一", "二"]
+
+
+def test_an_evaluation_name_is_a_plain_folder_name_too(no_unsloth_load, capsys, tmp_path):
+    code = main(["eval", "--model", "tiny", "--name", "../../x", "--artifact-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err) == ("error: --name '../../x' is not a plain folder name (it holds a path "
+                                            "separator). An evaluation lives in eval/<name>/; use letters, digits, "
+                                            "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
+    assert not (tmp_path / "x").exists()
