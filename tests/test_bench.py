@@ -94,3 +94,21 @@ def test_the_scaling_table_compares_each_count_with_one_gpu():
     found = [(r["num_gpus"], r["speedup"], r["efficiency"]) for r in rows]
     # why: 4 GPUs at twice the step time give 2x the completions/s of one, i.e. half the per-GPU efficiency
     assert found == [(1, 1.0, 1.0), (2, 1.6, 0.8), (4, 2.0, 0.5)]
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--steps", "0"], "--steps"),  # why: no step, nothing to time (it used to run every configuration anyway)
+    (["--max-completion-length", "0"], "--max-completion-length"),
+    (["--beta", "-0.1"], "--beta"),
+    (["--loss-type", "grp"], "--loss-type"),
+    (["--profile-step", "9", "--steps", "4"], "--profile-step"),
+    (["--configs", "turbo-6"], "turbo-6"),
+])
+def test_bad_bench_options_fail_before_anything_loads(flags, named, capsys, monkeypatch):
+    import sys
+
+    from sarashina_grpo.cli import main
+
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # importing it would raise: the check must come first
+    assert main(["bench", *flags]) == 2
+    assert named in capsys.readouterr().err

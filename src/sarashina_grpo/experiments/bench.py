@@ -568,7 +568,27 @@ def write_results(rows: list[dict], out: Path, meta: dict, *, with_plot: bool = 
         plot(rows, out / "results.png", title)
 
 
+def check_options(args: BenchOptions) -> None:
+    """One ``error:`` before anything heavy is imported, for options argparse cannot judge."""
+    from ..config import SettingsError
+    from ..grpo_fields import loss_types
+
+    for name in ("steps", "max_completion_length", "peer_steps"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SettingsError(f"bench --{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+    if args.beta < 0:
+        raise SettingsError(f"bench --beta must be >= 0 (0 drops the KL term), got {args.beta!r}.")
+    if args.loss_type not in loss_types():
+        raise SettingsError(f"bench --loss-type {args.loss_type!r} is not one of TRL's: {', '.join(loss_types())}.")
+    if args.profile_step is not None and not 1 <= args.profile_step <= args.steps:
+        raise SettingsError(f"bench --profile-step must be a step of the run (1 to --steps {args.steps}), got "
+                            f"{args.profile_step!r}.")
+    parse_configs(args.configs, cuda=False)  # the names; 4-bit is decided later, from the machine
+
+
 def run(args: BenchOptions) -> None:
+    check_options(args)
     import unsloth  # patches transformers and TRL: must be imported before them
 
     unsloth_version = getattr(unsloth, "__version__", None)
