@@ -179,3 +179,23 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
     assert complete_checkpoints(run) == [run / "checkpoint-1"]
     assert not (run / "checkpoint-2").exists()  # stopped in on_log, before the Trainer saved the NaN weights
     assert find_resume_checkpoint(tmp_path, "r") == (run, run / "checkpoint-1")
+
+
+def test_a_lora_target_that_names_no_layer_is_refused_before_loading(tiny_model_dir, tmp_path):
+    from sarashina_grpo.validation import check_run
+
+    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, lora_target_modules=("q_proj", "foo_proj"))
+    # why: PEFT would train q_proj alone without a word about foo_proj
+    with pytest.raises(SettingsError, match="foo_proj match no layer of this llama model"):
+        check_run(settings, artifact_dir=tmp_path)
+
+
+def test_the_llama_layers_are_accepted_and_other_architectures_are_left_to_peft(tmp_path):
+    from sarashina_grpo.validation import check_lora_targets, model_type_of
+
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "gpt2"}')
+    check_lora_targets(Settings(model_name="tiny"))  # the seven projections of the default
+    check_lora_targets(Settings(model_name=str(other), lora_target_modules=("c_attn",)))
+    assert (model_type_of("tiny"), model_type_of(str(other)), model_type_of("org/unknown")) == ("llama", "gpt2", None)

@@ -385,6 +385,41 @@ def check_device(settings: Settings, *, training: bool) -> None:
         )
 
 
+# The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model): what LoRA can target.
+LLAMA_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def model_type_of(name: str) -> str | None:
+    """``model_type`` of the model to train: from its config.json (a checkpoint's: its base model's), "llama" for
+    'tiny' and the default hub id; None where it cannot be read without loading (another hub id)."""
+    if name in ("tiny", config.DEFAULT_MODEL_NAME):
+        return "llama"
+    folder = Path(name).expanduser()
+    if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return model_type_of(base) if base and base != name else None
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_lora_targets(settings: Settings) -> None:
+    """LoRA targets that name no layer of the model: PEFT skips them without a word (or fails after loading)."""
+    kind = model_type_of(settings.model_name)
+    if kind not in ("llama", "mistral"):
+        return
+    unknown = [t for t in settings.lora_target_modules if t not in LLAMA_LINEAR_MODULES]
+    if unknown:
+        raise SettingsError(
+            f"{field_label('lora_target_modules')}: {', '.join(unknown)} match no layer of this {kind} model"
+            f"{config.did_you_mean(unknown[0], LLAMA_LINEAR_MODULES)}. Its layers are "
+            f"{', '.join(LLAMA_LINEAR_MODULES)}.")
+
+
 def check_model(settings: Settings, *, training: bool) -> Settings:
     """Resolved, checked settings whose model can load on this machine (what ``infer``/``eval`` need)."""
     settings = check_settings(settings).resolved()
@@ -456,6 +491,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     check_device(settings, training=True)
     if check_model_files:
         check_model_name(settings.model_name)
+        check_lora_targets(settings)
     rows = check_prompts(project_path(settings.data_path))
     eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
                  if settings.held_out_eval_steps else [])
