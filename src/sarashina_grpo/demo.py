@@ -248,6 +248,19 @@ def curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
+def _plot_curves(ax, history: list[dict], keys, prefix: str, ylabel: str, title: str) -> None:
+    for key in keys:
+        steps, values = curve(history, key)
+        if steps:
+            ax.plot(steps, values, marker="o", markersize=3, label=key.removeprefix(prefix),
+                    linewidth=2.5 if "strict" in key else 1.2)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def reward_curve(history: list[dict], path: Path) -> Path:
     """Plot the logged reward means (left) and the held-out rates (right, when evaluated) against the step."""
     import matplotlib
@@ -257,30 +270,12 @@ def reward_curve(history: list[dict], path: Path) -> Path:
 
     held_out = any(HELD_OUT_CURVE_KEYS[0] in h for h in history)
     fig, axes = plt.subplots(1, 2 if held_out else 1, figsize=(13 if held_out else 7, 4), squeeze=False)
-    ax = axes[0][0]
-    for key in CURVE_KEYS:
-        steps, values = curve(history, key)
-        if steps:
-            ax.plot(steps, values, marker="o", markersize=3, label=key.removeprefix("rewards/"),
-                    linewidth=2.5 if "strict" in key else 1.2)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("mean reward of the step's completions")
-    ax.set_title("training reward (strict_format: 0.5 when the layout is exact)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _plot_curves(axes[0][0], history, CURVE_KEYS, "rewards/", "mean reward of the step's completions",
+                 "training reward (strict_format: 0.5 when the layout is exact)")
     if held_out:
-        ax = axes[0][1]
-        for key in HELD_OUT_CURVE_KEYS:
-            steps, values = curve(history, key)
-            if steps:
-                ax.plot(steps, values, marker="o", markersize=3, label=key.removeprefix("eval_"),
-                        linewidth=2.5 if "strict" in key else 1.2)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel("share of held-out outputs (0–1)")
-        ax.set_title("held-out rates, as in the before/after table")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _plot_curves(axes[0][1], history, HELD_OUT_CURVE_KEYS, "eval_", "share of held-out outputs (0–1)",
+                     "held-out rates, as in the before/after table")
+        axes[0][1].set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
