@@ -171,3 +171,13 @@ def test_eval_prints_rounded_figures_and_no_none(tmp_path, capsys):
     # why: unrounded floats and "None" (nothing judged) made the figures hard to read
     assert figures and all(line.split(": ")[1].replace(".", "").isdigit() for line in figures)
     assert all(len(line.split(".")[-1]) == 3 for line in figures if "." in line.split(": ")[1])
+
+
+def test_a_grpo_flag_adds_to_the_recipes_grpo_keys(tmp_path):
+    from sarashina_grpo.cli import explicit_settings, parse_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("report_to: none\nsave_total_limit: 2\n", encoding="utf-8")
+    values = explicit_settings(parse_args(["train", "--config", str(recipe), "--logging-first-step"]))
+    # why: one flag used to replace every GRPOConfig key the recipe set; "none" is report_to's own value, not None
+    assert values["extra_grpo_args"] == {"report_to": "none", "save_total_limit": 2, "logging_first_step": True}

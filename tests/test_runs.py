@@ -283,3 +283,15 @@ def test_without_file_locks_a_live_recorded_process_holds_the_run(tmp_path, no_f
         sleeper.kill()
         sleeper.wait(30)
     lock_run(tmp_path).release()  # why: the recorded process is gone, so its record no longer blocks
+
+
+def test_a_data_file_switched_with_the_flag_stays_the_runs_file_on_the_next_resume(tmp_path, data):
+    run = resumable_run(tmp_path, data, step=3, planned=5)
+    other = tmp_path / "other.csv"
+    other.write_text("prompt,lang\n別の質問,ja\n", encoding="utf-8")
+    prepared(tmp_path, settings={"data_path": str(other)}, given={"data_path"}, allow_data_change=True)
+    info = json.loads((run / "run.json").read_text())
+    # why: run.json used to keep the first file's path with the second file's hash; the next plain resume then
+    # compared the wrong file and refused (or, with the flag, went back to the first file)
+    assert (info["settings"]["data_path"], info["data"]) == (str(other.resolve()), str(other.resolve()))
+    assert [r.prompt for r in prepared(tmp_path).rows] == ["別の質問"]

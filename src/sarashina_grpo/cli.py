@@ -251,8 +251,11 @@ def explicit_settings(args: argparse.Namespace, names=None) -> dict:
     """The typed settings the command line asks for: a recipe's (``--config``), then the flags given (``GRPOConfig``
     fields among them join ``extra_grpo_args``)."""
     values = load_recipe(args.config) if getattr(args, "config", None) else {}
-    flags = {**given(args, Settings, names), **getattr(args, "grpo_flags", {})}
-    return {**values, **read_settings(flags, source="command line")}
+    flags = read_settings({**given(args, Settings, names), **getattr(args, "grpo_flags", {})}, source="command line")
+    merged = {**values, **flags}
+    if "extra_grpo_args" in values and "extra_grpo_args" in flags:  # a flag adds to the recipe's GRPOConfig keys
+        merged["extra_grpo_args"] = {**values["extra_grpo_args"], **flags["extra_grpo_args"]}
+    return merged
 
 
 def settings_from_args(args: argparse.Namespace, names=None) -> Settings:

@@ -107,7 +107,8 @@ def _scalar(name: str, annotation: str, text):
     if not isinstance(text, str):
         return text  # YAML/JSON already typed it; GRPOConfig checks the rest
     word = text.strip().lower()
-    if word in ("none", "null") and "None" in annotation:
+    # report_to's "none" is a value of its own (no integration); None would be read as one integration named None.
+    if word in ("none", "null") and "None" in annotation and not (name == "report_to" and word == "none"):
         return None
     if re.search(r"\bbool\b", annotation) and word in TRUE_WORDS | FALSE_WORDS:
         return word in TRUE_WORDS

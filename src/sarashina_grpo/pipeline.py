@@ -122,6 +122,8 @@ def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -
         return settings
     recorded = {k: v for k, v in info["settings"].items() if k in Settings.__dataclass_fields__}
     now = {k: getattr(settings, k) for k in given | MACHINE_FIELDS}
+    if "extra_grpo_args" in now:  # GRPOConfig keys given now add to the run's recorded ones
+        now["extra_grpo_args"] = {**recorded.get("extra_grpo_args", {}), **now["extra_grpo_args"]}
     return Settings.from_dict({**recorded, **now}, source=str(run_dir / RUN_INFO))
 
 

@@ -206,6 +206,9 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
     info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
                                                 "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     info["data_sha256"] = sha256
+    # The file trained on from now on: a later plain --resume reads it back from here and checks it against this hash.
+    info["data"] = str(data)
+    info.setdefault("settings", {})["data_path"] = str(data)
     run_info.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
 
 
