@@ -120,3 +120,21 @@ def test_a_compact_progress_line_replaces_the_raw_log_dicts(trained):
     _, printed = trained
     # why: the demo printed 20 dicts of ~1,500 characters each
     assert "step 1: reward" in printed and "{'loss'" not in printed
+
+
+@pytest.mark.slow
+def test_held_out_answers_are_scored_when_the_data_has_them(tiny_model_dir, tmp_path):
+    import unsloth  # noqa: F401
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sarashina_grpo.pipeline import train
+
+    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=1, save_steps=10,
+                        max_completion_length=8, num_generations=2, per_device_train_batch_size=2,
+                        held_out_eval_steps=1, eval_limit=2, eval_data="datasets/arithmetic_eval.csv")
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer = train(settings, artifact_dir=tmp_path)
+    events = EventAccumulator(str(trainer.run.paths.log_dir))
+    events.Reload()
+    # why: the rows' answer column must reach the held-out outputs, as it does in `sarashina-grpo eval`
+    assert [e.step for e in events.Scalars("eval/answer_accuracy")] == [0, 1]

@@ -129,6 +129,7 @@ class HeldOutEval(TrainerCallback):
                  samples_per_prompt: int = 1, seed: int = 0):
         from .inference import GenerationSettings
 
+        self.rows = rows
         self.prompts = [r.prompt for r in rows]
         self.roles = [r.role or None for r in rows]
         self.every = every
@@ -165,7 +166,7 @@ class HeldOutEval(TrainerCallback):
     def evaluate(self, args, state, model, tokenizer) -> dict | None:
         from transformers import Trainer
 
-        from .evaluation import generate_outputs, write_eval
+        from .evaluation import attach_answers, generate_outputs, write_eval
 
         if not state.is_world_process_zero:
             return None
@@ -179,6 +180,7 @@ class HeldOutEval(TrainerCallback):
                                            progress=False, roles=self.roles, system_prompt=self.system_prompt)
         finally:
             model.train(was_training)
+        attach_answers(outputs, self.rows, self.samples_per_prompt)
         folder = Path(args.output_dir) / "eval" / f"step-{state.global_step}"
         metrics = write_eval(outputs, folder, {"step": state.global_step, "prompts": len(self.prompts)})
         logs = {f"eval_{k}": metrics[k] for k in HELD_OUT_KEYS if metrics.get(k) is not None}

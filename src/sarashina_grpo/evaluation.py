@@ -217,13 +217,18 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
         log_cpu_estimate(time.monotonic() - started, first, len(prompts))
         outputs += generate_outputs(model, tokenizer, prompts[first:], gen, samples_per_prompt, progress,
                                     roles[first:], system_prompt=system_prompt)
-    if any("answer" in r.extra for r in rows):  # outputs come samples_per_prompt per row, in row order
-        for output, row in zip(outputs, [r for r in rows for _ in range(samples_per_prompt)], strict=True):
-            output["answer"] = row.extra.get("answer")
+    attach_answers(outputs, rows, samples_per_prompt)
     meta = {"data": str(data_path), "prompts": len(rows), "samples_per_prompt": samples_per_prompt,
             "generation": asdict(gen), "role": role, "seconds": round(time.monotonic() - started, 1),
             **(meta or {})}
     return write_eval(outputs, eval_dir, meta)
+
+
+def attach_answers(outputs: list[dict], rows, samples_per_prompt: int) -> None:
+    """Give each output its row's ``answer`` (when the data has that column), so ``answer_accuracy`` is scored."""
+    if any("answer" in r.extra for r in rows):  # outputs come samples_per_prompt per row, in row order
+        for output, row in zip(outputs, [r for r in rows for _ in range(samples_per_prompt)], strict=True):
+            output["answer"] = row.extra.get("answer")
 
 
 LONG_EVAL_SECONDS = 60  # beyond this a CPU evaluation warns and says how to shorten it
