@@ -282,6 +282,16 @@ class GRPOHelp(argparse.Action):
 # --- commands
 
 
+def end_process_group() -> None:
+    """Close the process group ``prepare`` opened under ``accelerate launch``: a process that exits with it still
+    open aborts in its C++ destructor ("terminate called without an active exception", exit -6)."""
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .modeling import resolve_backend, use_cpu_threads, use_triton_interpreter_without_gpu
     from .noise import import_unsloth
@@ -299,6 +309,7 @@ def run_train(args: argparse.Namespace) -> int:
     except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
         if os.environ.get("RANK", "0") == "0":  # once, not once per process of an `accelerate launch`
             print(finished)
+        end_process_group()
         return 0
     use_cpu_threads(threads)
     if resolve_backend(run.settings) == "unsloth":

@@ -423,9 +423,10 @@ def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: b
     elif settings.rollout == "paged":
         args["use_transformers_continuous_batching"] = True
     # rollout="fast" needs no GRPOConfig change: the pipeline swaps in sarashina_grpo.rollout's generation.
-    if not use_cpu:  # mixed precision of the card; CPU runs stay in fp32
-        kind = precision()
-        args.update(bf16=kind == "bf16", fp16=kind == "fp16")
+    # Mixed precision of the card; CPU runs stay in fp32. Both are always given: TRL's GRPOConfig turns bf16 on
+    # when neither is set (and transformers then autocasts a CPU run to bf16 where the CPU has it).
+    kind = "fp32" if use_cpu else precision()
+    args.update(bf16=kind == "bf16", fp16=kind == "fp16")
     args.update(settings.extra_grpo_args)
     args.update(overrides)
     return args
