@@ -80,3 +80,16 @@ def test_warmstart_writes_a_merged_model_folder_that_loads_without_peft(tiny_mod
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files and "adapter_config.json" not in files
     weights = json.loads((out / "config.json").read_text())
     assert weights["architectures"] == ["LlamaForCausalLM"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--threads", "-1"], "--threads must be a positive integer"),  # why: was a torch traceback after the data read
+    (["--threads", "0"], "--threads must be a positive integer"),  # why: was silently ignored
+    (["--output", "/proc/no/such/place"], "its folder cannot be written"),  # why: failed only when saving
+])
+def test_warmstart_options_fail_before_the_model_loads(flags, message, capsys, tmp_path):
+    from sarashina_grpo.cli import main
+
+    args = ["warmstart", "--model", "tiny", "--output", str(tmp_path / "warm"), *flags]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err

@@ -76,7 +76,8 @@ class WarmStart:
     lora_rank: int = setting(16, "LoRA rank of the supervised pass, merged afterwards; 0: full fine-tune (for "
                              "random-weight models)")
     seed: int = setting(0, "seed of the example draw, the LoRA init and the batch order")
-    threads: int | None = setting(None, "CPU threads for torch; unset: torch's default")
+    threads: int | None = setting(None, "CPU threads for torch; unset: 1 on a machine without a CUDA GPU (unless "
+                                  "OMP_NUM_THREADS is set), torch's default with one")
     # 'synthetic' only (malformed_share is not used there): the kinds' shares, the rest malformed, and how many
     # completions are drawn.
     ja_share: float = 0.3
@@ -97,9 +98,22 @@ class WarmStart:
         """Self, checked for what the command line must give (a recipe in code may fill ``output`` later)."""
         if not self.output:
             raise SettingsError("warmstart needs --output: the folder to write the warm-started model to.")
-        from .validation import check_model_name
+        import tempfile
 
+        from .validation import check_model_name, check_threads
+
+        check_threads(self.threads)
         check_model_name(self.model)
+        out_dir = Path(self.output)
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise SettingsError(f"warmstart --output {out_dir} exists and is not an empty folder: choose a new one.")
+        try:  # a folder that cannot be written fails now, not after the training pass
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=out_dir.parent):
+                pass
+        except OSError as err:
+            raise SettingsError(f"warmstart --output {out_dir}: its folder cannot be written ({err.strerror}); "
+                                "choose another place.") from None
         return self
 
     def system_prompt(self) -> str:
@@ -229,7 +243,7 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
     ``config.output`` and return it."""
     import torch
 
-    from .modeling import resolve_model_name
+    from .modeling import resolve_model_name, use_cpu_threads
 
     out_dir = Path(config.output)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -237,8 +251,7 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
     examples = build_examples(config, prompts)  # before the model loads: a bad file costs seconds
     model_dir = resolve_model_name(config.model)
     threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    use_cpu_threads(config.threads)
     started = time.monotonic()
     try:
         model, tokenizer = supervised_pass(model_dir, examples, config)
