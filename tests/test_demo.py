@@ -67,3 +67,20 @@ def test_the_held_out_curve_during_grpo_ends_at_the_tables_rates(demo):
     assert steps == [0, 20, 40, 60] and (strict[0], strict[-1]) == (demo.before["strict_format_rate"],
                                                                     demo.after["strict_format_rate"])
 
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--threads", "0"], "--threads must be a positive integer"),  # why: was a torch traceback after Unsloth loaded
+    (["--steps", "0"], "demo --steps must be a positive integer"),  # why: was refused only after the warm start
+    (["--eval-limit", "0"], "demo --eval-limit must be a positive integer"),  # why: was refused after loading
+    (["--eval-steps", "-1"], "demo --eval-steps must be 0 (off)"),  # why: evaluated at every step (x % -1 == 0)
+    (["--run-name", "../x"], "is not a plain folder name"),  # why: was refused after the first evaluation
+])
+def test_demo_options_fail_before_unsloth_is_imported(flags, message, capsys, monkeypatch):
+    import sys
+
+    from sarashina_grpo.cli import main
+
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # importing it would raise: the check must come first
+    assert main(["demo", *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -431,13 +431,15 @@ def run_build_tiny(args: argparse.Namespace) -> None:
 
 def run_demo(args: argparse.Namespace) -> None:
     from .noise import import_unsloth
+    from .validation import check_demo
 
+    run_options = options(args, RunOptions)
+    settings = _demo_settings()(**given(args, _demo_settings(), DEMO_FIELDS))
+    check_demo(settings, run_options.run_name)  # a typo costs a second, not the warm start
     import_unsloth()  # patches transformers and TRL: before anything imports them
     from . import demo
 
-    run_options = options(args, RunOptions)
-    result = demo.run_demo(run_options.artifact_dir, demo.DemoSettings(**given(args, demo.DemoSettings, DEMO_FIELDS)),
-                           run_name=run_options.run_name)
+    result = demo.run_demo(run_options.artifact_dir, settings, run_name=run_options.run_name)
     print(result.table)
     print(f"Curves: {result.curve_png}\nTensorBoard: uv run tensorboard --logdir {result.log_dir.parent} "
           "(eval/strict_format_rate: the held-out rate during GRPO; train/rewards/strict_format_reward/mean)")

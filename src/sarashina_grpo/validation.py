@@ -528,6 +528,23 @@ def check_threads(threads: int | None) -> int | None:
     return threads
 
 
+def check_demo(demo, run_name: str | None = None) -> None:
+    """``sarashina-grpo demo``'s options (a ``demo.DemoSettings``), before Unsloth is imported and the warm start
+    runs: its threads, held-out limit and interval, run name and the GRPO settings it derives."""
+    from .runs import check_run_name
+
+    check_threads(demo.threads)
+    for name in ("steps", "logging_steps", "eval_limit"):
+        value = getattr(demo, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SettingsError(f"demo --{name.replace('_', '-')} must be a positive integer, got {value}.")
+    if isinstance(demo.eval_steps, bool) or not isinstance(demo.eval_steps, int) or demo.eval_steps < 0:
+        raise SettingsError(f"demo --eval-steps must be 0 (off) or a positive number of steps, got {demo.eval_steps}.")
+    if run_name is not None:
+        check_run_name(run_name)
+    demo.settings(Path("tiny"))  # its GRPO settings (steps, logging steps, overrides), checked by check_settings
+
+
 def check_eval_limit(limit: int | None) -> None:
     """``eval --limit`` (``evaluation.evaluate``'s ``limit``): a positive number of prompts, or None for all; an
     empty evaluation saved as a result would be compared as if it were one."""
