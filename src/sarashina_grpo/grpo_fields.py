@@ -5,7 +5,7 @@
 
 Why read the source instead of importing the class: importing ``trl`` takes 10-40 s (torch, transformers) and must
 come after ``import unsloth``, which patches both. Settings are checked before either is imported, so a typo in a
-flag or a recipe key costs a second. ``tests/test_grpo_fields.py`` compares this reading with the imported classes,
+flag or a recipe key costs a second. ``tests/test_compat.py`` compares this reading with the imported classes,
 so a TRL or transformers upgrade that changes them fails there, not here.
 """
 

@@ -8,8 +8,9 @@ artifact folder, the run being resumed) and either returns them checked or raise
 or row and the fix: types and ranges, choices (TRL's loss and scheduler names, the reward registry, your own rewards
 by reference), the device, the model folder or hub id (cached or reachable), the prompt file and the held-out file
 scored during training, the folders, and a resumed run's recorded settings. ``check_generation`` and
-``check_eval`` do the same for the options of ``infer`` and ``eval``. Everything below (modeling, pipeline, data's
-dataset building, TRL) trusts what passed here. Nothing here imports torch, transformers, TRL or Unsloth.
+``check_eval_limit`` do the same for the options of ``infer`` and ``eval``, ``check_demo`` for ``demo``.
+Everything below (modeling, pipeline, data's dataset building, TRL) trusts what passed here. Nothing here imports
+transformers, TRL or Unsloth; the device check asks torch whether CUDA is there.
 """
 
 from __future__ import annotations
