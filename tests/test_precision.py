@@ -106,3 +106,10 @@ def test_the_precision_variable_cannot_ask_a_t4_for_bf16(card, monkeypatch):
     monkeypatch.setenv("SARASHINA_GRPO_PRECISION", "bf16")
     with pytest.raises(SettingsError, match="no bf16"):
         precision()
+
+
+def test_the_precision_variable_keeps_cpu_weights_in_bf16_when_asked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SARASHINA_GRPO_PRECISION", "bf16")
+    # why: the learning proof reproduces its recorded runs, whose weights were bf16 on the CPU
+    assert (precision(), torch_dtype()) == ("bf16", torch.bfloat16)

@@ -63,7 +63,8 @@ def cuda_available() -> bool:
 # bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
 # the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
 BF16_MIN_CAPABILITY = (8, 0)
-# Set to fp16 to train as a card without bf16 would, on one that has it (reproducing a T4 user's run; the GPU suite).
+# Set to fp16 to train as a card without bf16 would, on one that has it (reproducing a T4 user's run; the GPU suite);
+# bf16 on a CPU keeps the weights in bf16 (the learning proof's recorded runs were made so).
 PRECISION_VARIABLE = "SARASHINA_GRPO_PRECISION"
 
 
@@ -72,13 +73,13 @@ def precision() -> str:
     ``$SARASHINA_GRPO_PRECISION=fp16``), ``"fp32"`` without CUDA (bf16 matmuls on a CPU are slow)."""
     import torch
 
-    if not torch.cuda.is_available():
-        return "fp32"
-    supported = torch.cuda.get_device_capability() >= BF16_MIN_CAPABILITY
     wanted = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
     if wanted not in ("", "bf16", "fp16"):
         raise SettingsError(f"${PRECISION_VARIABLE}={wanted!r}: use fp16 or bf16, or leave it unset (the card "
                             "decides).")
+    if not torch.cuda.is_available():
+        return "bf16" if wanted == "bf16" else "fp32"
+    supported = torch.cuda.get_device_capability() >= BF16_MIN_CAPABILITY
     if wanted == "bf16" and not supported:
         raise SettingsError(f"${PRECISION_VARIABLE}=bf16, but this GPU has no bf16 (compute capability "
                             f"{torch.cuda.get_device_capability()}); unset it to train in fp16.")

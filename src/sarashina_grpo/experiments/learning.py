@@ -51,6 +51,9 @@ class ProofSettings:
     compare_algorithms: bool = False
     # Torch threads: the same seed and thread count give the same run (other counts round differently).
     threads: int = 1
+    # Weights in bf16 on the CPU, as in the recorded runs (Unsloth then chose bf16 on CPUs that have it). In fp32,
+    # seed 0's purity run trades the strict layout away (0.48 -> 0.00; docs/learning.md): the margin is one trajectory.
+    precision: str = "bf16"
 
     def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...], algorithm: str | None = None) -> Settings:
         return check_settings(Settings(
@@ -101,8 +104,11 @@ def grpo(model_dir: Path, reward_names: tuple[str, ...], run: str, out_dir: Path
 
 def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     """Warm start, evaluate, GRPO twice from the same start, evaluate each; return {run: metrics} plus timings."""
+    import os
+
     import torch
 
+    from ..config import PRECISION_VARIABLE
     from ..modeling import load_model
     from ..tiny import build_model
     from ..validation import check_model
@@ -112,6 +118,7 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     out_dir = Path(out_dir)
     started = time.monotonic()
     torch.set_num_threads(proof.threads)
+    os.environ[PRECISION_VARIABLE] = proof.precision  # the proof runs as its own process (tests/test_learning.py)
     base = build_model(out_dir / "tiny", "tiny", seed=proof.seed)
     recipe = dataclasses.replace(proof.warm_start, model=str(base), output=str(out_dir / "warm"), seed=proof.seed)
     warm = warm_start(recipe, train_prompts())
