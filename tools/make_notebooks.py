@@ -48,8 +48,8 @@ SETTINGS = {}  # overrides by Settings field name, e.g. {"model_name": "tiny", "
 ARTIFACT_DIR = None  # logs/<run>/ and outputs/<run>/checkpoint-N go here; None: the project's artifact/
 RUN_NAME = None  # default: a timestamp
 RESUME = None  # "latest", a run name, or a checkpoint folder to continue from
-EVAL_STEPS = 0  # every N steps (and before the first): held-out format and purity rates in TensorBoard (eval/*); 0: off
-EVAL_LIMIT = 16  # held-out prompts of datasets/eval.csv answered (greedily) at each of those evaluations
+EVAL_STEPS = None  # every N steps (and before the first): held-out rates in TensorBoard (eval/*); None: recipe (off)
+EVAL_LIMIT = None  # held-out prompts answered (greedily) at each of those evaluations; None: the recipe's (16)
 ALLOW_DATA_CHANGE = False  # resume even though the prompt file changed since the run started
 """),
     md("## Settings\nThe recipe, then your overrides; everything is checked now, before minutes of model loading."),
@@ -67,7 +67,8 @@ from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_trai
 
 setup_logging()  # the package's INFO lines, as the CLI prints them
 recipe = load_recipe(RECIPE) if RECIPE else {}
-settings = Settings.from_dict({**recipe, "held_out_eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT, **SETTINGS})
+held_out = {"held_out_eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT}  # None: the recipe's value stays
+settings = Settings.from_dict({**recipe, **{k: v for k, v in held_out.items() if v is not None}, **SETTINGS})
 run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME,
               allow_data_change=ALLOW_DATA_CHANGE)
 print(run.paths)
