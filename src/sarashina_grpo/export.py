@@ -41,12 +41,11 @@ from .checkpoints import (
 from .config import SYSTEM_PROMPT, SettingsError, project_dir
 from .modeling import tiny_model_dir
 from .runs import pid_alive, process_started
-from .validation import looks_like_path, missing_local_model
+from .validation import RUN_INFO, looks_like_path, missing_local_model
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-RUN_INFO = "run.json"  # pipeline.RUN_INFO, written into outputs/<run>/ (not imported: pipeline pulls in TRL)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")  # any one loads a tokenizer
 DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: float16 on a GPU without bf16, else bfloat16
 # Settings shown in the model card, in this order; the full record is the run's run.json.

@@ -386,8 +386,9 @@ def check_device(settings: Settings, *, training: bool) -> None:
         )
 
 
-# The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model): what LoRA can target.
-LLAMA_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model), what LoRA can target:
+# the seven projections the project targets by default.
+LLAMA_LINEAR_MODULES = config.LORA_TARGET_MODULES
 
 
 def model_type_of(name: str) -> str | None:
