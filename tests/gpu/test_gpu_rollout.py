@@ -13,12 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from .conftest import agree_up_to_near_ties, margins, prompt_ids
+
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_suite.sh)")]
 
 NEW_TOKENS = 48
-# Two logits closer than this share of the larger one are a near-tie: 2^-6 is four bf16 ulps (8 mantissa bits).
-NEAR_TIE = 2.0**-6
 
 
 @pytest.fixture(scope="module")
@@ -41,33 +41,6 @@ def small_trainer(small_model_dir, tmp_path_factory):
     return trainer
 
 
-def prompt_ids(trainer, n=6):
-    tok = trainer.processing_class
-    rows = sorted(trainer.train_dataset.select(range(60))["prompt"], key=lambda p: len(p[-1]["content"]))
-    picked = [rows[i * (len(rows) - 1) // (n - 1)] for i in range(n)]  # short to long: left padding matters
-    return [tok(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
-                add_special_tokens=False)["input_ids"] for p in picked]
-
-
-def margins(trainer, prompts, completions) -> list[list[float]]:
-    """Per completion token: (top-1 − top-2) / |top-1| of the default model's logits, teacher-forced."""
-    import os
-
-    model = trainer.model
-    out = []
-    # Unsloth's GRPO path may leave its forward returning hidden states instead of logits: ask for logits.
-    os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = "0"
-    vocab = model.get_base_model().lm_head.weight.shape[0]
-    with torch.no_grad():
-        for prompt, completion in zip(prompts, completions, strict=True):
-            ids = torch.tensor([prompt + completion], device=model.device)
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1: len(prompt) + len(completion) - 1].float()
-            assert logits.shape[-1] == vocab
-            top = logits.topk(2, dim=-1).values
-            out.append(((top[:, 0] - top[:, 1]) / top[:, 0].abs().clamp(min=1e-6)).tolist())
-    return out
-
-
 def test_fast_and_default_greedy_tokens_agree_up_to_bf16_near_ties(small_trainer):
     from sarashina_grpo.rollout import FastRollout
 
@@ -82,18 +55,7 @@ def test_fast_and_default_greedy_tokens_agree_up_to_bf16_near_ties(small_trainer
     fast_again = engine.generate(prompts)  # the second call replays the captured graphs
     assert engine._split_k_ok is True and engine._decoder is not None and engine._decoder.graphs
     assert fast_again == fast  # why: replayed graphs decode what the eager warm-up decoded
-    gaps = margins(trainer, prompts, default)
-    agreed = total = 0
-    for row, (d, f, gap) in enumerate(zip(default, fast, gaps, strict=True)):
-        first = next((i for i, (a, b) in enumerate(zip(d, f, strict=False)) if a != b), None)
-        if first is None:
-            assert len(d) == len(f), f"row {row}: one path stopped early without a differing token"
-            agreed += len(d)
-        else:
-            # why: parting at a clear winner is a bug in the engine, not rounding
-            assert gap[first] < NEAR_TIE, f"row {row} parts at token {first}, where the margin is {gap[first]:.4f}"
-            agreed += first
-        total += len(d)
+    agreed, total = agree_up_to_near_ties(default, fast, margins(trainer, prompts, default))
     assert agreed >= total // 4  # why: most of the decode must be compared, or the test proves little
 
 

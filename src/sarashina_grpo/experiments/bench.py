@@ -318,8 +318,9 @@ class _UpdateProfiler:
         self.mem0 = self._memory()
         self.dynamo0 = _dynamo_counts()
         self.state = _model_state(self.trainer.model)
+        # with_stack: the Python caller of each op, to name who runs the extra passes over the model
         self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                       torch.profiler.ProfilerActivity.CUDA])
+                                                       torch.profiler.ProfilerActivity.CUDA], with_stack=True)
         self.prof.__enter__()
         self.t0 = time.perf_counter()
 
@@ -342,7 +343,10 @@ class _UpdateProfiler:
                  "dynamo counters changed: " + json.dumps({k: (self.dynamo0.get(k), v) for k, v in dyn1.items()
                                                            if self.dynamo0.get(k) != v}),
                  averages.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70),
-                 averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70), ""]
+                 averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70),
+                 "== the most called ops, with their Python callers:",
+                 self.prof.key_averages(group_by_stack_n=12).table(sort_by="count", row_limit=15,
+                                                                   max_name_column_width=70), ""]
         self.out.mkdir(parents=True, exist_ok=True)
         with (self.out / "profile_update.txt").open("a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
