@@ -70,7 +70,7 @@ def cli_env(**extra) -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **extra}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli():
     """Run ``python -m sarashina_grpo ARGS`` (or a script) to the end; return the CompletedProcess."""
 
