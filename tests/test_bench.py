@@ -37,8 +37,36 @@ def test_bench_smoke_run_writes_json_markdown_and_plot(tiny_model_dir, tmp_path)
     for row in rows:
         assert row["steps"] == 2 and row["step_s"] > 0 and row["completion_tokens_per_s"] > 0
         assert 0 < row["generation_s"] <= row["step_s"]  # why: the rollout is timed inside the step
+        assert len(row["gc_times_s"]) == 2 and row["model"] == tiny_model_dir.name
     assert markdown_table(rows) in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eos_configs_run_on_the_real_model_and_need_its_folder(tmp_path):
+    from sarashina_grpo.experiments.bench import BenchOptions, check_options
+
+    cfg = parse_configs("fast-36-bf16-eos", cuda=True)[0]
+    assert (cfg.real_model, cfg.realistic, cfg.load_in_4bit) == (True, False, False)
+    with pytest.raises(SettingsError, match="--real-model"):
+        check_options(BenchOptions(configs="fast-6,fast-36-eos"))
+    with pytest.raises(SettingsError, match="config.json"):
+        check_options(BenchOptions(configs="fast-36-eos", real_model=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    check_options(BenchOptions(configs="fast-36-eos", real_model=str(tmp_path)))
+
+
+def test_training_hides_the_objects_alive_before_it_from_full_collections_and_gives_them_back(monkeypatch):
+    import gc
+
+    from sarashina_grpo.pipeline import long_lived_objects_frozen
+
+    before = gc.get_freeze_count()
+    with long_lived_objects_frozen():
+        assert gc.get_freeze_count() > before + 1000  # why: the interpreter's own objects already number thousands
+    assert gc.get_freeze_count() == 0  # collectable again after training (a notebook trains more than once)
+    monkeypatch.setenv("SARASHINA_GRPO_GC_FREEZE", "0")
+    with long_lived_objects_frozen():
+        assert gc.get_freeze_count() == 0
 
 
 def test_realistic_lengths_follow_the_stated_distribution_within_the_cap():

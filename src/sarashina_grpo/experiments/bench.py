@@ -4,9 +4,11 @@
     sarashina-grpo bench --configs default-6,fast-6 --steps 4
     sarashina-grpo bench --model tiny --max-completion-length 16 --steps 2   # CPU smoke run, writes to a tmp dir
 
-A configuration is ``ROLLOUT-N[xS][-bf16][-real]``: ``Settings.rollout``, N completions per optimizer step (groups
-of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip 4-bit loading, ``-real`` for
-realistic completion lengths (below). Everything else is the article's ``Settings``: the model is loaded by
+A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos]``: ``Settings.rollout``, N completions per optimizer step
+(groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip 4-bit loading,
+``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained model (``--real-model``, e.g.
+SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its end-of-sequence. Everything
+else is the article's ``Settings``: the model is loaded by
 ``load_model`` and trained by ``build_trainer`` on ``datasets/smalltalk.csv`` with the project's rewards. The 3B
 shape has random weights, which never stop early, so every completion is ``max_completion_length`` tokens long: the
 worst case. Numbers on CPU are meaningless.
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 HELP = "time GRPO steps of the training path per rollout configuration; write results.json/.md/.png"
 DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36,fast-36-real,default-6-real,peer-36"
-CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real)?$")
+CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real|-eos)?$")
 PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous batching, in a child process
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
@@ -69,6 +71,7 @@ class BenchConfig:
     steps_per_generation: int = 1
     load_in_4bit: bool = True
     realistic: bool = False  # completions end at lengths drawn from REALISTIC_LENGTHS
+    real_model: bool = False  # on --real-model, completions end at the model's own EOS
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
@@ -79,7 +82,7 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
         match = CONFIG_RE.match(name)
         if not match or match["rollout"] not in (*ROLLOUTS, PEER):
             raise SettingsError(
-                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real], ROLLOUT in "
+                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos], ROLLOUT in "
                 f"{[*ROLLOUTS, PEER]}."
             )
         if match["rollout"] == PEER and multi_process():
@@ -90,7 +93,7 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
             raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case lengths).")
         configs.append(BenchConfig(name, match["rollout"], int(match["n"]), int(match["spg"] or 1),
                                    load_in_4bit=cuda and not match["bf16"] and not peer,
-                                   realistic=bool(match["real"])))
+                                   realistic=match["real"] == "-real", real_model=match["real"] == "-eos"))
     return configs
 
 
@@ -118,6 +121,8 @@ class BenchOptions:
     loss_type: str = setting("grpo", "GRPO loss of every configuration (Settings.loss_type; the committed rows ran "
                              "'dapo', Unsloth's implicit choice then)")
     beta: float = setting(0.04, "KL coefficient of every configuration (Settings.beta; the committed rows ran 0)")
+    real_model: str | None = setting(None, "a real pretrained model folder (convert-gguf) for the -eos "
+                                     "configurations")
     profile_step: int | None = setting(None, "torch.profiler trace of this optimizer step's update (after its rollout "
                                        "and scoring), per configuration, in profile_update.txt (CUDA only); unset: "
                                        "none")
@@ -152,15 +157,25 @@ def _clock_callback():
         def __init__(self):
             self.times: list[float] = []
             self.started: list[float] = []
+            self.gc_s: list[float] = []  # Python's collector inside each step (all generations)
+            self._gc_total, self._gc_start = 0.0, None
+
+        def gc_event(self, phase, info):
+            if phase == "start":
+                self._gc_start = time.perf_counter()
+            elif self._gc_start is not None:
+                self._gc_total += time.perf_counter() - self._gc_start
+                self._gc_start = None
 
         def on_step_begin(self, args, state, control, **kwargs):
             _sync()
             self.started.append(round(time.time(), 3))  # wall clock, to line steps up with GPU clock logs
-            self._start = time.perf_counter()
+            self._start, self._gc_at_start = time.perf_counter(), self._gc_total
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync()
             self.times.append(time.perf_counter() - self._start)
+            self.gc_s.append(self._gc_total - self._gc_at_start)
             if self.on_step_end_extra is not None:
                 self.on_step_end_extra()
 
@@ -393,13 +408,14 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
                     completions=cfg.completions, completion_length=completion_length)
         return run_peer(spec, work)
     load_s = 0.0
-    if cfg.load_in_4bit not in loaded:  # one load per precision: the model is the same for every rollout
+    key = (model_name, cfg.load_in_4bit)
+    if key not in loaded:  # one load per model and precision: the same for every rollout
         loaded.clear()
         gc.collect()
         start = time.perf_counter()
-        loaded[cfg.load_in_4bit] = load_model(check_model(settings, training=True))
+        loaded[key] = load_model(check_model(settings, training=True))
         load_s = time.perf_counter() - start
-    model, tokenizer = loaded[cfg.load_in_4bit]
+    model, tokenizer = loaded[key]
     clock = _clock_callback()
     profiler = _UpdateProfiler(profile_step if cuda else None, out or work, cfg.name)
     clock.on_step_end_extra = profiler.stop
@@ -415,8 +431,12 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     forcing = (_force_lengths(trainer, lambda n: realistic_lengths(n, rng, completion_length)) if cfg.realistic
                else contextlib.nullcontext())
     logger.info("bench %s: %d steps", cfg.name, steps)
-    with forcing:
-        run_training(trainer, run)  # Ctrl-C saves and stops, as in a real run
+    gc.callbacks.append(clock.gc_event)
+    try:
+        with forcing:
+            run_training(trainer, run)  # Ctrl-C saves and stops, as in a real run
+    finally:
+        gc.callbacks.remove(clock.gc_event)
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     row = _result_row(cfg, clock.times, [generation.get(i, 0.0) for i in range(len(clock.times))],
                       [scored.get(i, 0.0) for i in range(len(clock.times))], lengths, completion_length,
@@ -426,6 +446,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
                       num_generations=settings.num_generations, load_in_4bit=cfg.load_in_4bit,
                       num_gpus=world_size())
     row["model_load_s"] = round(load_s, 1)
+    row["model"] = Path(model_name).name
+    row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):
         row["unsloth_chunking"] = profiler.chunking
@@ -455,7 +477,8 @@ def _result_row(cfg: BenchConfig, times: list[float], gen: list[float], prepare:
         config=cfg.name, rollout=cfg.rollout, device=device, num_gpus=0 if device == "cpu" else num_gpus,
         load_in_4bit=load_in_4bit, completions_per_step=cfg.completions, num_generations=num_generations,
         steps_per_generation=cfg.steps_per_generation, max_completion_length=completion_length,
-        lengths="realistic" if cfg.realistic else "worst case (all max_completion_length)",
+        lengths=("the model's own EOS" if cfg.real_model else "realistic" if cfg.realistic
+                 else "worst case (all max_completion_length)"),
         steps=len(times), first_step_s=round(times[0], 2),
         step_s=round(step_s, 3), generation_s=round(gen_s, 3), rest_of_step_s=round(step_s - gen_s, 3),
         scoring_s=round(scoring_s, 3), update_s=round(step_s - gen_s - scoring_s, 3),
@@ -521,6 +544,7 @@ def peer_child(spec_path: str, row_path: str) -> None:
                       peak_reserved=torch.cuda.max_memory_reserved() if cuda else None,
                       num_generations=trainer.num_generations, load_in_4bit=False)
     row["model_load_s"] = round(load_s, 1)
+    row["model"] = Path(spec["settings"]["model_name"]).name
     row["note"] = "plain TRL + PEFT, bf16 LoRA, gradient checkpointing, use_transformers_continuous_batching=True"
     Path(row_path).write_text(json.dumps(row))
 
@@ -588,7 +612,14 @@ def check_options(args: BenchOptions) -> None:
     if args.profile_step is not None and not 1 <= args.profile_step <= args.steps:
         raise SettingsError(f"bench --profile-step must be a step of the run (1 to --steps {args.steps}), got "
                             f"{args.profile_step!r}.")
-    parse_configs(args.configs, cuda=False)  # the names; 4-bit is decided later, from the machine
+    configs = parse_configs(args.configs, cuda=False)  # the names; 4-bit is decided later, from the machine
+    eos = [cfg.name for cfg in configs if cfg.real_model]
+    if eos and not args.real_model:
+        raise SettingsError(f"bench config {eos[0]!r} runs on a real model: give its folder with --real-model "
+                            "(sarashina-grpo convert-gguf makes one).")
+    if args.real_model and not (project_path(args.real_model) / "config.json").is_file():
+        raise SettingsError(f"bench --real-model {args.real_model!r}: no config.json there; give a model folder "
+                            "(sarashina-grpo convert-gguf makes one).")
 
 
 def run(args: BenchOptions) -> None:
@@ -625,7 +656,8 @@ def run(args: BenchOptions) -> None:
             steps = 1 + -(-max(args.steps - 1, spg) // spg) * spg
             try:
                 steps_here = min(steps, max(2, args.peer_steps)) if cfg.rollout == PEER else steps
-                rows.append(run_config(cfg, model_name, args.data, steps_here, args.max_completion_length,
+                name_here = str(project_path(args.real_model)) if cfg.real_model else model_name
+                rows.append(run_config(cfg, name_here, args.data, steps_here, args.max_completion_length,
                                        Path(work), loaded, out=out, profile_step=args.profile_step,
                                        algorithm=dict(loss_type=args.loss_type, beta=args.beta)))
             except Exception as err:  # a losing configuration that crashes is a result too; keep measuring
