@@ -333,9 +333,13 @@ class _UpdateProfiler:
         self.mem0 = self._memory()
         self.dynamo0 = _dynamo_counts()
         self.state = _model_state(self.trainer.model)
-        # with_stack: the Python caller of each op, to name who runs the extra passes over the model
+        # with_stack: the Python caller of each op, to name who runs the extra passes over the model; torch keeps
+        # the Python frames for key_averages(group_by_stack_n) only with the verbose experimental config
+        from torch._C._profiler import _ExperimentalConfig
+
         self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                       torch.profiler.ProfilerActivity.CUDA], with_stack=True)
+                                                       torch.profiler.ProfilerActivity.CUDA], with_stack=True,
+                                           experimental_config=_ExperimentalConfig(verbose=True))
         self.prof.__enter__()
         self.t0 = time.perf_counter()
 
