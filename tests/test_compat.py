@@ -294,3 +294,18 @@ def test_without_a_kl_term_the_reference_is_left_alone():
     assert compat.choose_reference(toy_trainer(model, beta=0.0)) is None
     assert list(model.peft_config) == ["default", compat.TRL_REFERENCE_ADAPTER]
 
+
+def trl_method_source(name: str) -> str:
+    source = trl_grpo_source()
+    start = source.index(f"    def {name}(")
+    return source[start:source.index("\n    def ", start + 1)]
+
+
+def test_trls_rollout_func_is_handed_messages_so_the_fast_rollout_keeps_its_hook():
+    generate = trl_method_source("_generate")
+    handed = generate.index("output = self.rollout_func(prompts, self)")
+    tokenized = generate.index("prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)")
+    # why: rollout_func gets the prompts before TRL tokenizes them (docs/speed.md); when this fails, TRL may hand it
+    # token ids, and the fast rollout can move onto the public hook
+    assert handed < generate.index("else:", handed) < tokenized
+    assert 'required_keys = {"prompt_ids", "completion_ids", "logprobs"}' in generate

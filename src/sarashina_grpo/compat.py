@@ -6,7 +6,10 @@ upgrade breaks a test in CI instead of a training run. Lookups that can fail rai
 silent fallback to a no-op.
 
 Names used, and why:
-- ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance.
+- ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance. Not
+  TRL's public ``rollout_func``: that one is handed chat messages and must return the prompt token ids itself, so
+  it cannot carry TRL's own tokenization (``_tokenize_prompts``) and the fast rollout would have to copy it (or call
+  that private method instead); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
 - ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs).
 - ``autotune_batch_and_chunks`` (Unsloth's compiled GRPO trainer module): watched by the benchmark's profiler.
 - ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
