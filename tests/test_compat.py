@@ -149,3 +149,163 @@ def test_dropping_the_reference_adapter_leaves_the_policy():
     compat.drop_reference_adapter(model)
     compat.drop_reference_adapter(model)  # a model without one: nothing happens
     assert list(model.peft_config) == ["default"]
+
+
+# --- the KL reference (compat.choose_reference) -----------------------------------------------------------------
+
+
+def unsloth_source(relative: str) -> str:
+    """A file of the installed Unsloth, read without importing it."""
+    return (Path(importlib.util.find_spec("unsloth").origin).parent / relative).read_text(encoding="utf-8")
+
+
+def toy_lora(**config):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    return get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False)),
+                          LoraConfig(r=2, target_modules=["0"], **config))
+
+
+def toy_trainer(model, beta=0.04):
+    import types
+
+    loads = []
+    return types.SimpleNamespace(model=model, beta=beta, loads=loads,
+                                 accelerator=types.SimpleNamespace(unwrap_model=lambda m: m),
+                                 _load_from_checkpoint=lambda path, model=None: loads.append(path))
+
+
+def set_lora_b(model, adapter: str, value: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if f"lora_B.{adapter}." in name:
+                param.fill_(value)
+
+
+def test_trl_scores_the_reference_through_ref_or_with_the_adapter_disabled():
+    # why: choose_reference drops or adds "ref" because this one line picks the reference from its presence
+    assert compat.REFERENCE_CHOICE in trl_grpo_source()
+
+
+def test_trl_copies_the_policy_adapter_into_ref_by_parameter_name():
+    source = trl_grpo_source()
+    # why: copy_adapter (used where Unsloth removed this block) must build the same copy TRL builds
+    assert f'model.peft_config["{compat.POLICY_ADAPTER}"]' in source
+    assert (f'name.replace(".{compat.POLICY_ADAPTER}.", ".{compat.TRL_REFERENCE_ADAPTER}.")' in source
+            and "ref_param.data.copy_(param.data)" in source)
+
+
+def test_trls_use_adapter_without_a_name_is_the_base_model():
+    import torch
+    from trl.trainer.utils import use_adapter
+
+    model = toy_lora()
+    set_lora_b(model, "default", 0.5)
+    x = torch.ones(1, 4)
+    layers = model.base_model.model
+    base = x @ layers[0].base_layer.weight.t() @ layers[1].weight.t()
+    with use_adapter(model, adapter_name=None):
+        # why: "base" in choose_reference means exactly this: TRL's fallback when there is no "ref" adapter
+        assert torch.equal(model(x), base)
+    assert not torch.equal(model(x), base)
+
+
+def test_unsloths_trainer_drops_trls_reference_copy_so_it_scores_the_base_model():
+    import re
+
+    rl = unsloth_source("models/rl.py")
+    # the pattern Unsloth (models/rl.py, trl >= 1.4.0) deletes from TRL's GRPOTrainer.__init__ source
+    pieces = (r"\s*elif is_peft_model\(model\) and args\.beta != 0\.0:", r".*?",
+              r"ref_param\.data\.copy_\(param\.data\)")
+    assert all(f'r"{piece}"' in rl for piece in pieces) and "PEFT initialization logic removed" in rl
+    pattern = "".join(pieces)
+    # why: it matches the installed TRL, so on CUDA there is no "ref" adapter unless choose_reference adds one
+    assert re.search(pattern, trl_grpo_source(), flags=re.DOTALL)
+
+
+def test_transformers_resume_reads_only_adapter_subfolders_when_a_checkpoint_has_any():
+    from transformers import Trainer
+
+    source = inspect.getsource(getattr(Trainer, compat.TRAINER_LOAD_METHOD))
+    subfolders = source.index("if adapter_subdirs:")
+    root = source.index("model.load_adapter(resume_from_checkpoint, active_adapter, is_trainable=True)")
+    # why: the root (trained) adapter is loaded only in the else branch: resume_loads_the_policy adds it back
+    assert subfolders < source.index("else:", subfolders) < root
+
+
+def test_a_fresh_lora_is_the_identity_and_a_trained_one_is_not():
+    model = toy_lora()
+    assert compat.adapter_is_identity(model, "default")  # why: PEFT starts lora_B at zero
+    set_lora_b(model, "default", 0.1)
+    assert not compat.adapter_is_identity(model, "default")
+    assert not compat.adapter_is_identity(model, "missing")
+
+
+@pytest.mark.parametrize("config", [{"use_dora": True}, {"modules_to_save": ["1"]}])
+def test_adapters_with_more_than_lora_factors_are_never_called_the_identity(config):
+    # why: a zero B does not make DoRA's rescaling or a saved module copy equal to the base model
+    assert not compat.adapter_is_identity(toy_lora(**config), "default")
+
+
+def test_a_reference_copy_of_a_fresh_lora_is_dropped_for_the_base_model():
+    model = toy_lora()
+    compat.copy_adapter(model, "default", compat.TRL_REFERENCE_ADAPTER)  # what TRL's __init__ does
+    trainer = toy_trainer(model)
+    assert compat.choose_reference(trainer) == "base"
+    assert list(model.peft_config) == ["default"] and model.active_adapters == ["default"]
+
+
+def test_a_reference_copy_of_a_trained_lora_is_kept_and_resume_loads_the_policy_too():
+    model = toy_lora()
+    set_lora_b(model, "default", 0.1)
+    compat.copy_adapter(model, "default", compat.TRL_REFERENCE_ADAPTER)
+    trainer = toy_trainer(model)
+    assert compat.choose_reference(trainer) == compat.TRL_REFERENCE_ADAPTER
+    assert list(model.peft_config) == ["default", compat.TRL_REFERENCE_ADAPTER]
+    trainer._load_from_checkpoint("/nowhere")  # no adapter files there: only the original load runs
+    assert trainer.loads == ["/nowhere"]
+
+
+def test_where_unsloth_removed_the_copy_a_trained_start_gets_one_equal_and_frozen():
+    import torch
+
+    model = toy_lora()
+    set_lora_b(model, "default", 0.1)
+    assert compat.choose_reference(toy_trainer(model)) == compat.TRL_REFERENCE_ADAPTER
+    layer = model.base_model.model[0]
+    assert torch.equal(layer.lora_B["ref"].weight, layer.lora_B["default"].weight)
+    assert torch.equal(layer.lora_A["ref"].weight, layer.lora_A["default"].weight)
+    assert not layer.lora_B["ref"].weight.requires_grad and model.active_adapters == ["default"]
+
+
+def test_where_unsloth_removed_the_copy_a_fresh_start_scores_the_base_model():
+    model = toy_lora()
+    assert compat.choose_reference(toy_trainer(model)) == "base"
+    assert list(model.peft_config) == ["default"]
+
+
+def test_without_a_kl_term_the_reference_is_left_alone():
+    model = toy_lora()
+    compat.copy_adapter(model, "default", compat.TRL_REFERENCE_ADAPTER)
+    assert compat.choose_reference(toy_trainer(model, beta=0.0)) is None
+    assert list(model.peft_config) == ["default", compat.TRL_REFERENCE_ADAPTER]
+
+
+def trl_method_source(name: str) -> str:
+    source = trl_grpo_source()
+    start = source.index(f"    def {name}(")
+    return source[start:source.index("\n    def ", start + 1)]
+
+
+def test_trls_rollout_func_is_handed_messages_so_the_fast_rollout_keeps_its_hook():
+    generate = trl_method_source("_generate")
+    handed = generate.index("output = self.rollout_func(prompts, self)")
+    tokenized = generate.index("prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)")
+    # why: rollout_func gets the prompts before TRL tokenizes them (docs/speed.md); when this fails, TRL may hand it
+    # token ids, and the fast rollout can move onto the public hook
+    assert handed < generate.index("else:", handed) < tokenized
+    assert 'required_keys = {"prompt_ids", "completion_ids", "logprobs"}' in generate

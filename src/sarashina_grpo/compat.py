@@ -6,7 +6,10 @@ upgrade breaks a test in CI instead of a training run. Lookups that can fail rai
 silent fallback to a no-op.
 
 Names used, and why:
-- ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance.
+- ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance. Not
+  TRL's public ``rollout_func``: that one is handed chat messages and must return the prompt token ids itself, so
+  it cannot carry TRL's own tokenization (``_tokenize_prompts``) and the fast rollout would have to copy it (or call
+  that private method instead); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
 - ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs).
 - ``autotune_batch_and_chunks`` (Unsloth's compiled GRPO trainer module): watched by the benchmark's profiler.
 - ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
@@ -14,8 +17,14 @@ Names used, and why:
 - ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
   ``inv_freq`` buffer can be stale under transformers 5).
 - ``Linear4bit.weight.quant_state`` + ``bitsandbytes.functional.dequantize_4bit``: the dense weight of a 4-bit layer.
-- TRL's reference adapter name ``"ref"``: with ``beta > 0`` on a PEFT model, ``GRPOTrainer`` adds a frozen copy of
-  the adapter under that name; a model reused for a second trainer (the benchmark) must drop it first.
+- TRL's reference adapter name ``"ref"`` and how the trainer picks its KL reference (``choose_reference``): with
+  ``beta > 0`` on a PEFT model, TRL's ``GRPOTrainer.__init__`` adds a frozen copy of the starting adapter under that
+  name, and ``_generate_and_score_completions`` scores the reference with ``use_adapter(model, "ref" if "ref" in
+  model.peft_config else None)``: through the copy when there is one, with the adapter disabled when not. Unsloth's
+  compiled trainer deletes that ``__init__`` block (``unsloth/models/rl.py``, "PEFT initialization logic removed"),
+  so on CUDA it always scores the base model. A model reused for a second trainer (the benchmark) drops the copy.
+- ``Trainer._load_from_checkpoint`` (transformers): when a checkpoint holds adapter sub-folders (TRL's ``ref/``), it
+  loads only those and not the trained adapter in the checkpoint's root; ``resume_loads_the_policy`` loads it too.
 - PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``.
 """
 
@@ -24,6 +33,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from pathlib import Path
 
 GENERATE_METHOD = "_generate_single_turn"
 GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")
@@ -129,3 +139,100 @@ def drop_reference_adapter(model) -> None:
     new trainer can add its own; nothing to do on a model that never had one."""
     if TRL_REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {}):
         model.delete_adapter(TRL_REFERENCE_ADAPTER)
+
+
+# --- the KL reference -------------------------------------------------------------------------------------------
+# TRL 1.15 (trl/trainer/grpo_trainer.py, ``__init__``): for a PEFT policy and beta > 0 it copies every ``.default.``
+# parameter into an adapter "ref"; ``_generate_and_score_completions`` then scores the reference under
+# ``use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)``, where None means
+# ``model.disable_adapter()``. The names below are those of that code (contract tests pin them).
+POLICY_ADAPTER = "default"
+REFERENCE_CHOICE = 'use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)'
+LORA_FACTORS = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}  # an adapter's delta is B·A (scaled)
+
+
+def adapter_is_identity(model, adapter: str) -> bool:
+    """True when PEFT ``adapter`` provably changes no output of ``model``: a plain LoRA (no DoRA, bias, saved module
+    copies or trainable tokens) whose every layer has an all-zero A or B factor. Anything else is False, including
+    parameters this process cannot see (ZeRO-3 shards): the caller then keeps the adapter, never guesses."""
+    config = (getattr(model, "peft_config", None) or {}).get(adapter)
+    if config is None or getattr(config.peft_type, "value", config.peft_type) != "LORA":
+        return False
+    if (getattr(config, "use_dora", False) or getattr(config, "lora_bias", False)
+            or getattr(config, "modules_to_save", None) or getattr(config, "trainable_token_indices", None)):
+        return False
+    zero: dict[str, dict[str, bool]] = {}
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        if adapter not in parts[1:]:
+            continue
+        at = parts.index(adapter, 1)
+        kind = parts[at - 1]
+        if kind not in {*LORA_FACTORS, *LORA_FACTORS.values()} or param.numel() == 0:
+            return False  # a per-adapter weight we do not know how to read, or one held elsewhere
+        zero.setdefault(".".join(parts[: at - 1]), {})[kind] = not bool(param.detach().any())
+    if not zero:
+        return False
+    return all(any(factors.get(a, False) or factors.get(b, False) for a, b in LORA_FACTORS.items())
+               and any(a in factors for a in LORA_FACTORS) for factors in zero.values())
+
+
+def copy_adapter(model, source: str, target: str) -> None:
+    """Add ``target`` as a frozen copy of adapter ``source``, the way TRL's ``GRPOTrainer.__init__`` adds "ref"."""
+    import torch
+
+    model.add_adapter(target, model.peft_config[source])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if f".{source}." in name:
+                model.get_parameter(name.replace(f".{source}.", f".{target}.")).copy_(param)
+
+
+def choose_reference(trainer) -> str | None:
+    """Make the trainer's KL reference exact, and as cheap as exactness allows; call it right after construction.
+
+    The reference TRL means is the policy as the trainer found it (its starting adapter). When that adapter is the
+    identity (a fresh LoRA: B = 0), it *is* the base model, and TRL's own fallback (adapter disabled: no LoRA
+    matmuls, no second adapter in memory or in checkpoints) gives the same log-probs; so the "ref" copy is dropped.
+    When it is not (a LoRA checkpoint given as the model), the copy stays, and is added where Unsloth's compiled
+    trainer removed it (it would otherwise score the base model, not the starting adapter).
+    Keeping the copy, resuming is made to load the trained policy too (``resume_loads_the_policy``).
+    Returns "base", "ref" (the frozen copy), or None (beta 0 or no PEFT adapter: no reference involved)."""
+    model = trainer.model
+    config = getattr(model, "peft_config", None)
+    if not trainer.beta or not config or POLICY_ADAPTER not in config:
+        return None
+    if TRL_REFERENCE_ADAPTER in config and adapter_is_identity(model, TRL_REFERENCE_ADAPTER):
+        model.delete_adapter(TRL_REFERENCE_ADAPTER)
+        return "base"
+    if TRL_REFERENCE_ADAPTER not in config:
+        if adapter_is_identity(model, POLICY_ADAPTER):
+            return "base"
+        copy_adapter(model, POLICY_ADAPTER, TRL_REFERENCE_ADAPTER)
+    resume_loads_the_policy(trainer)  # its checkpoints now hold the copy in ref/ next to the policy
+    return TRL_REFERENCE_ADAPTER
+
+
+TRAINER_LOAD_METHOD = "_load_from_checkpoint"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT's names for the root adapter
+
+
+def resume_loads_the_policy(trainer) -> None:
+    """Make resuming load the trained adapter of a checkpoint that also holds TRL's "ref" copy.
+
+    transformers 5's ``Trainer._load_from_checkpoint`` loads only the adapter sub-folders when a checkpoint has any
+    (``ref/``), leaving the trained adapter saved in the checkpoint's root unread: the run would go on from its
+    starting weights. After it, the root adapter is loaded into the active one."""
+    load = getattr(trainer, TRAINER_LOAD_METHOD, None)
+    if load is None:
+        raise CompatError(f"Trainer.{TRAINER_LOAD_METHOD} is gone: the installed transformers is not the locked one.")
+
+    def load_with_policy(resume_from_checkpoint, model=None):
+        load(resume_from_checkpoint, model)
+        peft_model = trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
+        active = peft_model.active_adapter
+        if any((Path(resume_from_checkpoint) / name).is_file() for name in ADAPTER_WEIGHTS):
+            peft_model.load_adapter(str(resume_from_checkpoint), active, is_trainable=True)
+            peft_model.set_adapter(active)
+
+    setattr(trainer, TRAINER_LOAD_METHOD, load_with_policy)

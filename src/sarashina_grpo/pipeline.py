@@ -270,6 +270,9 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
         train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
     )
+    # The KL reference: the base model (adapter disabled) when the starting adapter is a fresh LoRA, TRL's frozen
+    # copy of it otherwise (docs/algorithm.md). Chosen before any step or resume changes the adapter.
+    trainer.kl_reference = compat.choose_reference(trainer)
     for callback in [*linked, *callbacks]:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer  # they log through the trainer or switch its completion table
