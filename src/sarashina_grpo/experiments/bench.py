@@ -589,8 +589,9 @@ def check_options(args: BenchOptions) -> None:
 
 def run(args: BenchOptions) -> None:
     check_options(args)
-    import unsloth  # patches transformers and TRL: must be imported before them
+    from ..noise import import_unsloth
 
+    unsloth = import_unsloth()  # patches transformers and TRL: must be imported before them
     unsloth_version = getattr(unsloth, "__version__", None)
     import torch
 
