@@ -87,9 +87,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
-    """The generation options of ``infer``/``eval``, checked (``validation.check_generation``)."""
+    """The generation options of ``infer``/``eval``, checked (``command_checks.check_generation``)."""
+    from .command_checks import check_generation
     from .inference import GenerationSettings
-    from .validation import check_generation
 
     gen = options(args, GenerateOptions)
     check_generation(gen.max_new_tokens, gen.sample, gen.temperature, gen.top_p, gen.batch_size, samples_per_prompt)
@@ -98,8 +98,8 @@ def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
 
 
 def cpu_threads(args: argparse.Namespace) -> int | None:
-    """``--threads``, checked (``validation.check_threads``)."""
-    from .validation import check_threads
+    """``--threads``, checked (``command_checks.check_threads``)."""
+    from .command_checks import check_threads
 
     return check_threads(options(args, CpuOptions).threads)
 
@@ -138,9 +138,9 @@ def default_eval_name(model: str) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from .command_checks import check_eval_limit
     from .errors import check_compare_names
     from .evaluation import compare_runs, evaluate_model, rounded
-    from .validation import check_eval_limit
 
     opts = options(args, EvalOptions)
     check_eval_limit(opts.limit)
@@ -184,8 +184,8 @@ def run_build_tiny(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    from .command_checks import check_demo
     from .noise import import_unsloth
-    from .validation import check_demo
 
     run_options = options(args, RunOptions)
     settings = _demo_settings()(**given(args, _demo_settings(), DEMO_FIELDS))

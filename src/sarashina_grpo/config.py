@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -97,6 +98,11 @@ def torch_dtype(kind: str | None = None):
 def multi_process() -> bool:
     """Started by ``accelerate launch`` (or torchrun) with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def finite_number(value) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class SettingsError(ValueError):

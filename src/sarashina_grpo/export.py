@@ -39,9 +39,10 @@ from .checkpoints import (
     step_of,
 )
 from .config import SYSTEM_PROMPT, SettingsError, project_dir
+from .model_checks import looks_like_path, missing_local_model
 from .modeling import tiny_model_dir
 from .runs import pid_alive, process_started
-from .validation import RUN_INFO, looks_like_path, missing_local_model
+from .validation import RUN_INFO
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
     if name == "tiny":
         return str(tiny_model_dir())
-    if missing_local_model(name):  # the same check infer and eval make (validation.check_base_model)
+    if missing_local_model(name):  # the same check infer and eval make (model_checks.check_base_model)
         source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
         raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
                             "config.json. Pass the base model's folder or hub id with --base-model.")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .checkpoints import ADAPTER_FILES
 from .config import DEFAULT_MODEL_NAME, Settings, cuda_available, default_artifact_dir, torch_dtype
-from .validation import looks_like_path
+from .model_checks import looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def use_cpu_threads(threads: int | None = None) -> int:
 
     if threads is None and not cuda_available() and not os.environ.get("OMP_NUM_THREADS"):
         threads = CPU_THREADS
-    if threads is not None:  # checked by validation.check_threads
+    if threads is not None:  # checked by command_checks.check_threads
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 

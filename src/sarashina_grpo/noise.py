@@ -6,7 +6,7 @@ listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless 
 - torch ``_pytree``: "<enum …> is an Enum subclass and is now natively supported by torch.compile …", logged when
   torchao (imported by Unsloth) registers its enums; a deprecation inside the libraries, nothing a user can change.
 - bitsandbytes on a CPU: "Failed to load CPU gemm_4bit_forward from kernels-community"; 4-bit needs CUDA here
-  anyway (``validation.check_device``).
+  anyway (``model_checks.check_device``).
 - Unsloth on a CPU prints at import "… supported: text LoRA / full finetuning with SFTTrainer …", which reads as
   "GRPO is not supported"; GRPO through TRL's ``GRPOTrainer`` does run on that backend (the CPU tests train with it).
   ``import_unsloth`` replaces the line with one INFO line.

@@ -100,7 +100,8 @@ class WarmStart:
             raise SettingsError("warmstart needs --output: the folder to write the warm-started model to.")
         import tempfile
 
-        from .validation import check_model_name, check_threads
+        from .command_checks import check_threads
+        from .model_checks import check_model_name
 
         check_threads(self.threads)
         check_model_name(self.model)
