@@ -41,13 +41,13 @@ gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$gpus" -ge 4 ]; then
   # Three groups side by side on their own GPUs (each needs at most two): the suite fits one 10-minute call.
   suite 3b 0 tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
-  suite one-gpu 1 tests/gpu/test_gpu_rollout.py tests/gpu/test_gpu_runs.py -m "gpu and not two_gpus" "$@" & p2=$!
+  suite one-gpu 1 tests/gpu/test_gpu_rollout.py tests/gpu/test_gpu_runs.py tests/gpu/test_gpu_import_order.py -m "gpu and not two_gpus" "$@" & p2=$!
   suite two-gpus 2,3 tests/gpu/test_gpu_runs.py -m "gpu and two_gpus" "$@" & p3=$!
   rc=0; for p in $p1 $p2 $p3; do wait "$p" || rc=1; done
 elif [ "${SUITE_PARALLEL:-0}" = 1 ]; then
   # Fewer GPUs: the 3B group and the single-GPU group share GPU 0 (about 20 GB together, timings are not the point).
   suite 3b 0 tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
-  suite one-gpu 0 tests/gpu/test_gpu_rollout.py tests/gpu/test_gpu_runs.py -m "gpu and not two_gpus" "$@" & p2=$!
+  suite one-gpu 0 tests/gpu/test_gpu_rollout.py tests/gpu/test_gpu_runs.py tests/gpu/test_gpu_import_order.py -m "gpu and not two_gpus" "$@" & p2=$!
   rc=0; for p in $p1 $p2; do wait "$p" || rc=1; done
   if [ "$gpus" -ge 2 ]; then suite two-gpus 0,1 tests/gpu/test_gpu_runs.py -m "gpu and two_gpus" "$@" || rc=1; fi
 else
