@@ -104,16 +104,16 @@ def add_command(sub, name: str, command) -> argparse.ArgumentParser:
     defaults left out of the result (only the flags given are there)."""
     loaded = [(cls() if callable(cls) and not dataclasses.is_dataclass(cls) else cls,
                names() if callable(names) else names, title) for cls, names, title in command.options]
-    positionals = [(cls, f) for cls, names, _ in loaded for f in positional_fields(cls, names)]
+    positionals = [f for cls, names, _ in loaded for f in positional_fields(cls, names)]
     usage = " ".join(["%(prog)s [flags]", *(f"[{f.name.upper()} ...]" if f.default_factory is list else f.name.upper()
-                                            for _, f in positionals)])
+                                            for f in positionals)])
     parser = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False, usage=usage,
                             epilog=EPILOG_TRAIN if command.grpo_flags else None, formatter_class=HelpFormatter,
                             dataclass_types=[flag_class(*entry) for entry in loaded])
-    for cls, f in positionals:
-        many = typing.get_origin(typing.get_type_hints(cls)[f.name]) is list
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        parser.add_argument(f.name, nargs="*" if many else None, help=f.metadata["help"], default=default)
+    for f in positionals:  # a list (default_factory=list) takes any number of words
+        many = f.default_factory is list
+        parser.add_argument(f.name, nargs="*" if many else None, help=f.metadata["help"],
+                            default=[] if many else f.default)
     for action in parser._actions:  # as TRL's TrlParser.set_defaults_with_config sets them
         if action.option_strings and action.dest != "help":
             action.default = argparse.SUPPRESS
