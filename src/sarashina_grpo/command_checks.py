@@ -43,10 +43,8 @@ def check_demo(demo, run_name: str | None = None) -> None:
     from .runs import check_run_name
 
     check_threads(demo.threads)
-    for name in ("steps", "logging_steps", "eval_limit"):
-        value = getattr(demo, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise SettingsError(f"demo --{name.replace('_', '-')} must be a positive integer, got {value}.")
+    check_positive_integers("demo", demo, [n for n in ("steps", "logging_steps", "eval_limit") if getattr(demo, n)
+                                           is not None])
     if isinstance(demo.eval_steps, bool) or not isinstance(demo.eval_steps, int) or demo.eval_steps < 0:
         raise SettingsError(f"demo --eval-steps must be 0 (off) or a positive number of steps, got {demo.eval_steps}.")
     if run_name is not None:
@@ -60,3 +58,67 @@ def check_eval_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SettingsError(f"--limit must be at least 1 (prompts to evaluate), got {limit!r}; leave it out to "
                             "evaluate all.")
+
+
+def check_new_folder(folder: str | Path, label: str) -> Path:
+    """``folder`` expanded, when it is new or an empty folder: nothing a command writes there overwrites anything."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise SettingsError(f"{label} {folder} is a file; give a new folder to write to.")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise SettingsError(f"{label} {folder} exists and is not an empty folder; give a new one (nothing is "
+                            "overwritten).")
+    return folder
+
+
+def check_positive_integers(command: str, options, names) -> None:
+    for name in names:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SettingsError(f"{command} --{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+
+
+def check_warm_start(recipe, examples_file: Path | None) -> None:
+    """A warm start's recipe (``warmstart.WarmStart``): its examples file (None: synthetic examples) and the numbers
+    of its supervised pass."""
+    if examples_file is not None and not examples_file.is_file():
+        raise SettingsError(f"warmstart --data: file not found: {examples_file}.")
+    check_positive_integers("warmstart", recipe, ("steps", "batch_size"))
+    if recipe.lora_rank < 0 or not 0 <= recipe.malformed_share <= 1 or not recipe.learning_rate > 0:
+        raise SettingsError("warmstart: --lora-rank must be >= 0, --malformed-share in [0, 1], --learning-rate > 0.")
+
+
+def check_warm_start_command(recipe) -> None:
+    """What the ``warmstart`` command must be given besides a valid recipe: a model that loads here, threads, and
+    an output folder that is new and can be written."""
+    import tempfile
+
+    from .model_checks import check_model_name
+
+    if not recipe.output:
+        raise SettingsError("warmstart needs --output: the folder to write the warm-started model to.")
+    check_threads(recipe.threads)
+    check_model_name(recipe.model)
+    out_dir = check_new_folder(recipe.output, "warmstart --output")
+    try:  # a folder that cannot be written fails now, not after the training pass
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir.parent):
+            pass
+    except OSError as err:
+        raise SettingsError(f"warmstart --output {out_dir}: its folder cannot be written ({err.strerror}); "
+                            "choose another place.") from None
+
+
+def check_bench(options) -> None:
+    """``sarashina-grpo bench``'s numbers and loss (an ``experiments.bench.BenchOptions``); its configuration names
+    are read by the benchmark itself."""
+    from .grpo_fields import loss_types
+
+    check_positive_integers("bench", options, ("steps", "max_completion_length", "peer_steps"))
+    if options.beta < 0:
+        raise SettingsError(f"bench --beta must be >= 0 (0 drops the KL term), got {options.beta!r}.")
+    if options.loss_type not in loss_types():
+        raise SettingsError(f"bench --loss-type {options.loss_type!r} is not one of TRL's: {', '.join(loss_types())}.")
+    if options.profile_step is not None and not 1 <= options.profile_step <= options.steps:
+        raise SettingsError(f"bench --profile-step must be a step of the run (1 to --steps {options.steps}), got "
+                            f"{options.profile_step!r}.")

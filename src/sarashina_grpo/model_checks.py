@@ -17,15 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import config
-from .checkpoints import (
-    ADAPTER_FILES,
-    ADAPTER_WEIGHT_FILES,
-    MODEL_FILES,
-    WEIGHT_FILES,
-    check_loadable,
-    newest_complete_in,
-    step_of,
-)
+from .checkpoints import check_loadable, folder_kind, step_of
 from .config import SettingsError, field_label
 
 HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
@@ -90,17 +82,15 @@ def check_model_name(name: str) -> None:
                 "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
     if not path.is_dir():
         raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
-    has = {f.name for f in path.iterdir()}
-    adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
-    if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
+    kind = folder_kind(path)
+    if kind.adapter or kind.model:
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
-        if adapter:
+        if kind.adapter:
             check_base_model(path)
         return
-    newest = newest_complete_in(path)
-    if newest:  # a run folder: point at its newest finished checkpoint
-        hint = f"It is a run folder; its newest finished checkpoint is {newest}."
-    elif step_of(path) is not None:
+    if kind.newest:  # a run folder: point at its newest finished checkpoint
+        hint = f"It is a run folder; its newest finished checkpoint is {kind.newest}."
+    elif kind.step is not None:
         hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
                 "while saving. Use an earlier checkpoint-N of the same run.")
     else:
