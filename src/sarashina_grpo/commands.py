@@ -11,13 +11,12 @@ A command is one entry of ``COMMANDS``: its help, the function that runs it, its
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings, SettingsError, default_artifact_dir
+from .config import Settings, SettingsError, default_artifact_dir, process_rank
 from .options import (
     DEMO_FIELDS,
     MODEL_FIELDS,
@@ -61,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
                       run_name=run_options.run_name, given=set(explicit),
                       allow_data_change=run_options.allow_data_change)
     except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
-        if os.environ.get("RANK", "0") == "0":  # once, not once per process of an `accelerate launch`
+        if process_rank() == 0:  # once, not once per process of an `accelerate launch`
             print(finished)
         end_process_group()
         return 0

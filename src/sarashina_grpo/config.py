@@ -95,9 +95,19 @@ def torch_dtype(kind: str | None = None):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
 
 
+def process_rank() -> int:
+    """This process's rank under ``accelerate launch`` (or torchrun); 0 when it runs alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """Processes started together by ``accelerate launch`` (or torchrun); 1 when it runs alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def multi_process() -> bool:
     """Started by ``accelerate launch`` (or torchrun) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
 
 
 def finite_number(value) -> bool:

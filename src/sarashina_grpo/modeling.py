@@ -6,6 +6,7 @@ written by training (LoRA adapter files), or ``"tiny"``: the project's offline f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -59,6 +60,19 @@ def use_cpu_threads(threads: int | None = None) -> int:
     if threads is not None:  # checked by command_checks.check_threads
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None = None):
+    """torch's CPU threads as ``use_cpu_threads`` sets them, for the ``with`` block only (a notebook that calls the
+    demo or a warm start keeps its own count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield use_cpu_threads(threads)
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_model(settings: Settings, *, lora: bool = True):

@@ -221,21 +221,15 @@ def encode(tokenizer, examples: list[tuple[list[dict], str]]):
 def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
     """Train ``config.model`` on the recipe's examples; write a plain model folder (weights, tokenizer) to
     ``config.output`` and return it."""
-    import torch
-
     from .command_checks import check_new_folder
-    from .modeling import resolve_model_name, use_cpu_threads
+    from .modeling import cpu_threads, resolve_model_name
 
     out_dir = check_new_folder(config.output, "warmstart --output")
     examples = build_examples(config, prompts)  # before the model loads: a bad file costs seconds
     model_dir = resolve_model_name(config.model)
-    threads = torch.get_num_threads()
-    use_cpu_threads(config.threads)
     started = time.monotonic()
-    try:
+    with cpu_threads(config.threads):
         model, tokenizer = supervised_pass(model_dir, examples, config)
-    finally:
-        torch.set_num_threads(threads)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.save_pretrained(out_dir)
