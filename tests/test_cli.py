@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from sarashina_grpo.cli import COMMANDS, build_parser, main, parse_args, settings_from_args
+from sarashina_grpo.cli import build_parser, main, parse_args
+from sarashina_grpo.commands import COMMANDS
 from sarashina_grpo.config import Settings, flag_of
+from sarashina_grpo.options import settings_from_args
 
 
 def cli(*args, cwd=None, timeout=600):
@@ -94,11 +96,13 @@ def test_an_unknown_flag_of_another_command_is_a_usage_error_with_a_suggestion(c
     assert exit_info.value.code == 2 and "(did you mean --batch-size?)" in capsys.readouterr().err
 
 
-def test_a_bad_flag_is_reported_without_importing_torch():
+def test_a_bad_flag_is_reported_before_torch_trl_or_any_model_code_is_imported():
     code = ("import sys; from sarashina_grpo.cli import main; assert main(['train', '--rewards', 'nope']) == 2; "
-            "assert not {'torch', 'transformers', 'trl', 'unsloth'} & set(sys.modules), sys.modules.keys()")
+            "heavy = {'torch', 'trl', 'peft', 'unsloth', 'transformers.modeling_utils', 'transformers.trainer', "
+            "'transformers.models.llama.modeling_llama'} & set(sys.modules); assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    # why: a typo must cost a second, not the 10-40 s of importing the training stack
+    # why: a typo must cost a second or two, not the 10-40 s of importing the training stack; HfArgumentParser loads
+    # only transformers' lazy root, and Unsloth's patches stay intact (tests/gpu/test_gpu_import_order.py)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -174,7 +178,8 @@ def test_eval_prints_rounded_figures_and_no_none(tmp_path, capsys):
 
 
 def test_a_grpo_flag_adds_to_the_recipes_grpo_keys(tmp_path):
-    from sarashina_grpo.cli import explicit_settings, parse_args
+    from sarashina_grpo.cli import parse_args
+    from sarashina_grpo.options import explicit_settings
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("report_to: none\nsave_total_limit: 2\n", encoding="utf-8")

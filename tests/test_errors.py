@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from checkpoint_files import make_checkpoint, write_adapter
 
-from sarashina_grpo import config, modeling, validation
+from sarashina_grpo import config, model_checks, modeling
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
+from sarashina_grpo.model_checks import ModelNotFoundError, check_device, check_model_name
 from sarashina_grpo.pipeline import train
-from sarashina_grpo.validation import ModelNotFoundError, check_device, check_model_name, check_settings, check_writable
+from sarashina_grpo.validation import check_settings, check_writable
 
 CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
 
@@ -378,7 +379,7 @@ def empty_hub_cache(monkeypatch, tmp_path):
 
 
 def test_a_hub_id_that_is_not_cached_and_unreachable_names_the_offline_routes(empty_hub_cache, monkeypatch):
-    monkeypatch.setattr(validation, "hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: False)
     message = error_of(check_model_name, HUB_ID)
     assert "cannot be reached" in message and "--model tiny" in message and "local model folder" in message
 
@@ -391,7 +392,7 @@ def test_hf_hub_offline_with_an_uncached_hub_id_is_an_error(empty_hub_cache, mon
 
 
 def test_a_reachable_hub_id_passes(empty_hub_cache, monkeypatch):
-    monkeypatch.setattr(validation, "hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: True)
     check_model_name(HUB_ID)  # the loader downloads it
 
 
@@ -406,7 +407,7 @@ def test_a_cached_hub_id_passes_offline(monkeypatch):
 @pytest.mark.parametrize("command", [["infer", "こんにちは"], ["eval", "--limit", "1"]])
 def test_infer_and_eval_on_an_unreachable_hub_id_end_in_one_line_before_loading(
         empty_hub_cache, no_unsloth_load, monkeypatch, capsys, tmp_path, command):
-    monkeypatch.setattr(validation, "hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: False)
     code = main([*command, "--model", HUB_ID, *(["--artifact-dir", str(tmp_path)] if command[0] == "eval" else [])])
     err = capsys.readouterr().err
     assert last_line(err).startswith(f"error: MODEL_NAME {HUB_ID!r} is a hub id")
@@ -483,36 +484,42 @@ def fake_vllm(monkeypatch, installed: bool):
             return object() if installed else None
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(validation.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(model_checks.importlib.util, "find_spec", find_spec)
+
+
+def device_request(training: bool, **settings) -> dict:
+    """``check_device``'s arguments for a run of these settings."""
+    s = Settings(**settings)
+    return dict(model_name=s.model_name, load_in_4bit=s.load_in_4bit, use_vllm=s.use_vllm, training=training)
 
 
 def test_4bit_without_cuda_names_the_cpu_route(no_cuda):
-    message = error_of(check_device, Settings(load_in_4bit=True), training=False)
+    message = error_of(check_device, **device_request(False, load_in_4bit=True))
     assert "needs a CUDA GPU" in message and "--no-4bit" in message and "--model tiny" in message
 
 
 def test_training_the_3b_model_without_cuda_names_the_tiny_route(no_cuda):
-    message = error_of(check_device, Settings(load_in_4bit=False), training=True)
+    message = error_of(check_device, **device_request(True, load_in_4bit=False))
     assert "needs a CUDA GPU" in message and "sarashina-grpo train --model tiny" in message
 
 
 def test_tiny_model_trains_on_cpu(no_cuda):
-    check_device(Settings(**CPU_TINY), training=True)  # no error: the CPU route works
+    check_device(**device_request(True, **CPU_TINY))  # no error: the CPU route works
 
 
 def test_4bit_training_with_cuda_passes(with_cuda):
-    check_device(Settings(), training=True)
+    check_device(**device_request(True))
 
 
 def test_vllm_not_installed_says_how_to_install_or_turn_it_off(with_cuda, monkeypatch):
     fake_vllm(monkeypatch, installed=False)
-    message = error_of(check_device, Settings(use_vllm=True), training=True)
+    message = error_of(check_device, **device_request(True, use_vllm=True))
     assert "vLLM is not installed" in message and "uv sync --extra vllm" in message and "USE_VLLM=False" in message
 
 
 def test_vllm_without_cuda_says_to_turn_it_off(no_cuda, monkeypatch):
     fake_vllm(monkeypatch, installed=True)
-    message = error_of(check_device, Settings(use_vllm=True, **CPU_TINY), training=True)
+    message = error_of(check_device, **device_request(True, use_vllm=True, **CPU_TINY))
     assert "USE_VLLM needs a CUDA GPU" in message
 
 

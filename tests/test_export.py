@@ -106,7 +106,7 @@ def test_non_empty_out_is_never_overwritten(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "r")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(SettingsError, match="exists and is not empty"):
+    with pytest.raises(SettingsError, match="exists and is not an empty folder"):
         export_checkpoint(checkpoint, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 

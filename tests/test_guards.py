@@ -191,11 +191,11 @@ def test_a_lora_target_that_names_no_layer_is_refused_before_loading(tiny_model_
 
 
 def test_the_llama_layers_are_accepted_and_other_architectures_are_left_to_peft(tmp_path):
-    from sarashina_grpo.validation import check_lora_targets, model_type_of
+    from sarashina_grpo.model_checks import check_lora_targets, model_type_of
 
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text('{"model_type": "gpt2"}')
-    check_lora_targets(Settings(model_name="tiny"))  # the seven projections of the default
-    check_lora_targets(Settings(model_name=str(other), lora_target_modules=("c_attn",)))
+    check_lora_targets("tiny", Settings().lora_target_modules)  # the seven projections of the default
+    check_lora_targets(str(other), ("c_attn",))
     assert (model_type_of("tiny"), model_type_of(str(other)), model_type_of("org/unknown")) == ("llama", "gpt2", None)

@@ -41,7 +41,8 @@ def test_trls_eval_steps_given_as_a_recipe_key_points_to_the_held_out_evaluation
 
 
 def test_the_eval_flag_sets_the_held_out_evaluation():
-    from sarashina_grpo.cli import build_parser, explicit_settings
+    from sarashina_grpo.cli import build_parser
+    from sarashina_grpo.options import explicit_settings
 
     args = build_parser().parse_args(["train", "--eval-steps", "5", "--eval-limit", "3"])
     assert explicit_settings(args) == {"held_out_eval_steps": 5, "eval_limit": 3}

@@ -24,8 +24,9 @@ import pytest
 from checkpoint_files import make_checkpoint
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, find_resume_checkpoint, set_aside_newer
-from sarashina_grpo.cli import build_parser, explicit_settings
+from sarashina_grpo.cli import build_parser
 from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.options import explicit_settings
 from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, prepare, write_run_info
 
 # --- checkpoint folders, built by hand (tests/checkpoint_files.py) ---------------------------------------------

@@ -11,11 +11,10 @@ def setup_logging(verbose: bool = False) -> None:
     """Show the package's INFO lines (DEBUG with ``verbose``), as the CLI does; notebooks call it in their first cell.
     Under ``accelerate launch`` the other ranks log warnings only: N copies of every line would bury rank 0's."""
     import logging
-    import os
 
-    from .config import multi_process
+    from .config import multi_process, process_rank
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = process_rank()
     level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING
     prefix = f"[rank {rank}] " if multi_process() else ""
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SettingsError
@@ -51,6 +52,28 @@ def set_aside_step(path: str | os.PathLike) -> int | None:
     """The step of a ``checkpoint-<digits>.set-aside-<time>`` folder name, else None."""
     match = SET_ASIDE_RE.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """What a folder given as a model or checkpoint holds (``folder_kind``); callers word their own advice."""
+
+    files: frozenset[str]
+    adapter: bool  # adapter_config.json and adapter weights: a LoRA checkpoint or adapter export
+    model: bool  # config.json and weights: a full model
+    newest: Path | None  # a run folder's newest complete checkpoint
+    step: int | None  # checkpoint-N
+    half_written: bool  # checkpoint-N, or one set aside, without the complete marker
+
+
+def folder_kind(folder: str | os.PathLike) -> FolderKind:
+    """The one reading of what an existing folder is: adapter, full model, run folder, (half-written) checkpoint."""
+    files = frozenset(p.name for p in Path(folder).iterdir())
+    named_step = step_of(folder) is not None or set_aside_step(folder) is not None
+    return FolderKind(
+        files=files, adapter=bool(files & set(ADAPTER_FILES) and files & set(ADAPTER_WEIGHT_FILES)),
+        model=bool(files & set(MODEL_FILES) and files & set(WEIGHT_FILES)), newest=newest_complete_in(folder),
+        step=step_of(folder), half_written=named_step and COMPLETE_MARKER not in files)
 
 
 def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:

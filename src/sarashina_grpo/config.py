@@ -16,9 +16,11 @@ set, else the working directory, never the place the package is installed in.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -93,19 +95,58 @@ def torch_dtype(kind: str | None = None):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
 
 
+def process_rank() -> int:
+    """This process's rank under ``accelerate launch`` (or torchrun); 0 when it runs alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """Processes started together by ``accelerate launch`` (or torchrun); 1 when it runs alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def multi_process() -> bool:
     """Started by ``accelerate launch`` (or torchrun) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
+
+
+def finite_number(value) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class SettingsError(ValueError):
     """A setting is invalid; raised before any model is loaded."""
 
 
-def setting(default, help: str, *, flag: str | None = None, choices=None, factory=None, shown: str | None = None):
-    """A dataclass field with its help text in ``metadata``, and optionally a short flag alias, the allowed values
-    and how ``--help`` shows a long default."""
-    metadata = {"help": help, "flag": flag, "choices": choices, "shown": shown}
+def shown(value) -> str:
+    """A default as ``--help`` shows it: names comma-separated, mappings as JSON."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+class OnOff(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag`` for a setting whose unset value (None) means "the machine decides": transformers'
+    ``HfArgumentParser`` gives ``bool | None`` fields neither form."""
+
+    def __init__(self, *args, type=None, **kwargs):  # noqa: A002  (HfArgumentParser passes its bool parser)
+        super().__init__(*args, **kwargs)
+
+
+def setting(default, help: str, *, flag: str | None = None, choices=None, factory=None, shown_as: str | None = None,
+            **parser_options):
+    """A dataclass field whose ``metadata`` is its command-line flag as transformers' ``HfArgumentParser`` reads it:
+    the help text with the default shown once (``shown_as`` for a long one; a field unset by default says in its
+    help what "unset" means), an optional short alias (``flag``), the allowed values, further ``add_argument``
+    options (``parser_options``)."""
+    value = factory() if factory is not None else default
+    text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
+    metadata = {"help": text, **parser_options}
+    if flag:
+        metadata["aliases"] = [flag]
+    if choices:
+        metadata["choices"] = choices
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -122,11 +163,11 @@ class Settings:
                              "optional role, answer); "
                              "relative paths are taken from the project folder", flag="--data")
     system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
-                                 shown="config.SYSTEM_PROMPT, our Japanese wording of the <think>/<response> layout")
+                                 shown_as="config.SYSTEM_PROMPT, our Japanese wording of the <think>/<response> layout")
     system_prompt_file: str | None = setting(None, "read the system prompt from this UTF-8 text file; unset: use "
                                              "--system-prompt")
     load_in_4bit: bool | None = setting(None, "QLoRA 4-bit loading; unset: on with a CUDA GPU, off without one",
-                                        flag="--4bit")
+                                        flag="--4bit", action=OnOff)
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + completion fit with room)")
     use_vllm: bool = setting(False, "Unsloth fast_inference through vLLM (the 'vllm' extra, CUDA only)",
                              flag="--vllm")
@@ -226,7 +267,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 def flag_of(name: str) -> str:
     """The command-line flag of a field: its alias where it has one, else the name with dashes."""
-    return FIELDS[name].metadata.get("flag") or "--" + name.replace("_", "-")
+    return next(iter(FIELDS[name].metadata.get("aliases", ())), "--" + name.replace("_", "-"))
 
 
 def field_label(name: str) -> str:

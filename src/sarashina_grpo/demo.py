@@ -161,15 +161,11 @@ def train_grpo(settings: Settings, artifact_dir: Path, run_name: str | None, dem
 def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None = None, *,
              run_name: str | None = None) -> DemoResult:
     """Warm start (cached), evaluate, GRPO, evaluate; write the curve and tables into the run's folder."""
-    import torch
+    from .modeling import cpu_threads
 
     demo = demo or DemoSettings()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(demo.threads)
-    try:
+    with cpu_threads(demo.threads):
         return _run_demo(Path(artifact_dir or default_artifact_dir()), demo, run_name)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> DemoResult:

@@ -186,8 +186,8 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
 def eval_rows(data_path: Path, limit: int | None) -> list:
     """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
     evaluation saved as a result would be compared as if it were one."""
+    from .command_checks import check_eval_limit
     from .data import read_rows, select_rows
-    from .validation import check_eval_limit
 
     check_eval_limit(limit)
     return select_rows(read_rows(data_path), data_path, "ja")[:limit]  # select_rows: an error when none is left

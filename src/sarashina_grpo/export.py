@@ -28,20 +28,13 @@ import socket
 import time
 from pathlib import Path
 
-from .checkpoints import (
-    ADAPTER_WEIGHT_FILES,
-    COMPLETE_MARKER,
-    MODEL_FILES,
-    WEIGHT_FILES,
-    check_loadable,
-    newest_complete_in,
-    set_aside_step,
-    step_of,
-)
+from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, folder_kind, set_aside_step, step_of
+from .command_checks import check_new_folder
 from .config import SYSTEM_PROMPT, SettingsError, project_dir
+from .model_checks import looks_like_path, missing_local_model
 from .modeling import tiny_model_dir
 from .runs import pid_alive, process_started
-from .validation import RUN_INFO, looks_like_path, missing_local_model
+from .validation import RUN_INFO
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +56,19 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     if not path.is_dir():
         raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
                             "artifact/outputs/<run>/checkpoint-500.")
-    has = {p.name for p in path.iterdir()}
-    newest = newest_complete_in(path)
-    if ADAPTER_CONFIG not in has and newest:
-        raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {newest}.")
-    if step_of(path) is not None and COMPLETE_MARKER not in has:
+    kind = folder_kind(path)
+    has = kind.files
+    if ADAPTER_CONFIG not in has and kind.newest:
+        raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {kind.newest}.")
+    if kind.half_written and kind.step is not None:
         raise SettingsError(f"{path} is a half-written checkpoint (no {COMPLETE_MARKER} marker): the run was cut off "
                             "while saving it. Export an earlier checkpoint-N of the same run.")
-    if set_aside_step(path) is not None and COMPLETE_MARKER not in has:
+    if kind.half_written:
         raise SettingsError(f"{path} was set aside by a resume as a half-written checkpoint (no {COMPLETE_MARKER} "
                             "marker). Export a checkpoint-N of the run instead.")
     if ADAPTER_CONFIG not in has:
-        full = has & set(MODEL_FILES) and has & set(WEIGHT_FILES)
         raise SettingsError(f"{path} holds no LoRA adapter ({ADAPTER_CONFIG})" + (
-            ": it is already a full model, which transformers loads as it is." if full else
+            ": it is already a full model, which transformers loads as it is." if kind.model else
             ". Give a checkpoint folder written by training (artifact/outputs/<run>/checkpoint-N)."))
     missing = [what for what, names in (("adapter weights", ADAPTER_WEIGHT_FILES), ("tokenizer", TOKENIZER_FILES))
                if not has & set(names)]
@@ -90,15 +82,6 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     return path
 
 
-def check_out(out: str | Path) -> Path:
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise SettingsError(f"OUT {out} is a file; give a new folder to write the export to.")
-    if out.is_dir() and any(out.iterdir()):
-        raise SettingsError(f"OUT {out} exists and is not empty; give a new folder (nothing is overwritten).")
-    return out
-
-
 def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
     """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base.
 
@@ -110,7 +93,7 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
     if name == "tiny":
         return str(tiny_model_dir())
-    if missing_local_model(name):  # the same check infer and eval make (validation.check_base_model)
+    if missing_local_model(name):  # the same check infer and eval make (model_checks.check_base_model)
         source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
         raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
                             "config.json. Pass the base model's folder or hub id with --base-model.")
@@ -125,7 +108,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
     float16 on a GPU without bf16); ``float32`` for exact CPU comparisons.
     All checks run before anything loads; return ``out``.
     """
-    checkpoint, out = check_checkpoint(checkpoint), check_out(out)
+    checkpoint, out = check_checkpoint(checkpoint), check_new_folder(out, "export OUT")
     if dtype not in DTYPES:
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     if dtype == "auto":
@@ -143,7 +126,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
         write_model_card(checkpoint, staging, merged=merged, base=base, dtype=dtype, model=push_to_hub or str(out))
         share_files(staging)
         if out.exists():
-            out.rmdir()  # empty (check_out), so the rename below can take its place
+            out.rmdir()  # empty (check_new_folder), so the rename below can take its place
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

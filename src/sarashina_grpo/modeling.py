@@ -6,13 +6,14 @@ written by training (LoRA adapter files), or ``"tiny"``: the project's offline f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 
 from .checkpoints import ADAPTER_FILES
 from .config import DEFAULT_MODEL_NAME, Settings, cuda_available, default_artifact_dir, torch_dtype
-from .validation import looks_like_path
+from .model_checks import looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,22 @@ def use_cpu_threads(threads: int | None = None) -> int:
 
     if threads is None and not cuda_available() and not os.environ.get("OMP_NUM_THREADS"):
         threads = CPU_THREADS
-    if threads is not None:  # checked by validation.check_threads
+    if threads is not None:  # checked by command_checks.check_threads
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None = None):
+    """torch's CPU threads as ``use_cpu_threads`` sets them, for the ``with`` block only (a notebook that calls the
+    demo or a warm start keeps its own count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield use_cpu_threads(threads)
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_model(settings: Settings, *, lora: bool = True):

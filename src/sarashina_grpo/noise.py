@@ -6,10 +6,14 @@ listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless 
 - torch ``_pytree``: "<enum …> is an Enum subclass and is now natively supported by torch.compile …", logged when
   torchao (imported by Unsloth) registers its enums; a deprecation inside the libraries, nothing a user can change.
 - bitsandbytes on a CPU: "Failed to load CPU gemm_4bit_forward from kernels-community"; 4-bit needs CUDA here
-  anyway (``validation.check_device``).
+  anyway (``model_checks.check_device``).
 - Unsloth on a CPU prints at import "… supported: text LoRA / full finetuning with SFTTrainer …", which reads as
   "GRPO is not supported"; GRPO through TRL's ``GRPOTrainer`` does run on that backend (the CPU tests train with it).
   ``import_unsloth`` replaces the line with one INFO line.
+- Unsloth's "Unsloth should be imported before [transformers]" when the only thing of transformers loaded is what
+  the command line's ``HfArgumentParser`` needs (its lazy root, no model code): Unsloth patches the classes it
+  imports itself, and ``tests/gpu/test_gpu_import_order.py`` checks that its patches are the same as with Unsloth
+  imported first. With TRL, PEFT or transformers' model code loaded earlier the warning stays.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import io
 import logging
 import sys
+import warnings
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +32,9 @@ HIDDEN_LOGS = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
 )
 UNSLOTH_CPU_NOTE = "supported: text LoRA / full finetuning with SFTTrainer"
+UNSLOTH_ORDER_WARNING = r"WARNING: Unsloth should be imported before \[transformers\] "
+# Loaded by any transformers model code (and by TRL and PEFT): then Unsloth's order warning is a real one.
+MODEL_CODE = "transformers.modeling_utils"
 
 
 class _DropText(logging.Filter):
@@ -52,10 +60,14 @@ def without_known_lines(printed: str) -> str:
 
 
 def import_unsloth():
-    """``import unsloth`` (which must come before transformers and TRL), its misleading CPU note replaced by one
-    INFO line; every other line it prints is passed on."""
+    """``import unsloth`` (which must come before TRL and transformers' model code), its misleading CPU note replaced
+    by one INFO line and its order warning hidden where only the command line's parser came first; every other line
+    it prints is passed on."""
     if "unsloth" in sys.modules:
         return sys.modules["unsloth"]
+    if MODEL_CODE not in sys.modules:  # only the command line's parser came first (module docstring)
+        # Not inside catch_warnings: that would also undo the filters Unsloth installs while it is imported.
+        warnings.filterwarnings("ignore", message=UNSLOTH_ORDER_WARNING, category=UserWarning)
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):

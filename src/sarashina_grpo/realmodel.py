@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .command_checks import check_new_folder
 from .config import SettingsError, setting
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ class ConvertOptions:
         self.gguf = Path(self.paths[0]).expanduser() if len(self.paths) == 2 else packaged_gguf()
         self.out = Path(self.paths[-1]).expanduser()
         check_gguf(self.gguf)
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise SettingsError(f"{self.out} exists and is not an empty folder: choose a new OUT.")
+        check_new_folder(self.out, "convert-gguf OUT")
 
 
 def packaged_gguf() -> Path:

@@ -7,39 +7,28 @@
 artifact folder, the run being resumed) and either returns them checked or raises one error naming the field, file
 or row and the fix: types and ranges, choices (TRL's loss and scheduler names, the reward registry, your own rewards
 by reference), the device, the model folder or hub id (cached or reachable), the prompt file and the held-out file
-scored during training, the folders, and a resumed run's recorded settings. ``check_generation`` and
-``check_eval_limit`` do the same for the options of ``infer`` and ``eval``, ``check_demo`` for ``demo``.
-Everything below (modeling, pipeline, data's dataset building, TRL) trusts what passed here. Nothing here imports
-transformers, TRL or Unsloth; the device check asks torch whether CUDA is there.
+scored during training, the folders, and a resumed run's recorded settings. ``check_model`` does the same for the
+model of ``infer`` and ``eval``. The model and device checks take plain values and live in ``model_checks.py``; the
+commands' own options are checked in ``command_checks.py``. Everything below (modeling, pipeline, data's dataset
+building, TRL) trusts what passed here. Nothing here imports transformers, TRL or Unsloth; the device check asks
+torch whether CUDA is there.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
-import os
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from . import config
-from .checkpoints import (
-    ADAPTER_FILES,
-    ADAPTER_WEIGHT_FILES,
-    MODEL_FILES,
-    WEIGHT_FILES,
-    check_loadable,
-    newest_complete_in,
-    step_of,
-)
-from .config import FIELDS, Settings, SettingsError, field_label, project_path
+from .config import FIELDS, Settings, SettingsError, field_label, finite_number, project_path
 from .data import check_prompts
 from .errors import check_artifact_dir
 from .grpo_fields import grpo_fields, loss_types, scheduler_names
+from .model_checks import check_device, check_lora_targets, check_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +64,6 @@ RUN_INFO = "run.json"  # every setting of the run, written at its start; resume 
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
                      "max_seq_length", "data_path", "system_prompt_file", "log_completions",
                      "num_completions_to_print", "backend", "held_out_eval_steps", "eval_data", "eval_limit"}
-HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
-
-
-class ModelNotFoundError(SettingsError):
-    """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
-
-
 @dataclass
 class CheckedRun:
     """Settings that passed every check, with the usable rows of their prompt file and, when the run evaluates
@@ -93,10 +75,6 @@ class CheckedRun:
 
 
 # --- settings
-
-
-def _finite(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_ranges(settings: Settings) -> None:
@@ -119,7 +97,7 @@ def check_ranges(settings: Settings) -> None:
             continue
         above = (value >= low) if low_ok else (value > low)
         below = (value <= high) if high_ok else (value < high)
-        if not (_finite(value) and above and below):
+        if not (finite_number(value) and above and below):
             wanted = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
             raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
     if settings.epsilon_high is not None and settings.epsilon_high < settings.epsilon:
@@ -261,171 +239,11 @@ def settings_warnings(settings: Settings) -> list[str]:
     return found
 
 
-# --- the model and the machine
-
-
-def looks_like_path(name: str) -> bool:
-    """A local folder rather than a hub id ("org/name", exactly one slash)."""
-    return (
-        name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
-        or Path(name).expanduser().exists() or any(step_of(part) is not None for part in Path(name).parts)
-    )
-
-
-def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """A TCP connection to the hub's host opens within ``timeout``. Behind a proxy (``HTTPS_PROXY`` and the like) the
-    direct route says nothing, so the hub is taken as reachable and the download decides."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:  # no DNS, no route, refused, timed out
-        return False
-
-
-def check_hub_model(name: str) -> None:
-    """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
-    (``HF_HUB_OFFLINE`` set, or the hub unreachable): one line in seconds, instead of the loader's traceback after
-    minutes of retries."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return  # cached: the loader reads it offline
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif not hub_reachable(constants.ENDPOINT):
-        why = f"{urlparse(constants.ENDPOINT).hostname} cannot be reached (no network?)"
-    else:
-        return
-    raise ModelNotFoundError(
-        f"MODEL_NAME {name!r} is a hub id that is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. "
-        "Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a local model folder, or "
-        "connect to the internet once to download it."
-    )
-
-
-def check_model_name(name: str) -> None:
-    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
-    id that cannot be had here (``check_hub_model``)."""
-    if name == "tiny":
-        return
-    if not looks_like_path(name):
-        check_hub_model(name)
-        return
-    path = Path(name).expanduser()
-    examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
-                "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
-    if not path.is_dir():
-        raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
-    has = {f.name for f in path.iterdir()}
-    adapter = has & set(ADAPTER_FILES) and has & set(ADAPTER_WEIGHT_FILES)
-    if adapter or (has & set(MODEL_FILES) and has & set(WEIGHT_FILES)):
-        check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
-        if adapter:
-            check_base_model(path)
-        return
-    newest = newest_complete_in(path)
-    if newest:  # a run folder: point at its newest finished checkpoint
-        hint = f"It is a run folder; its newest finished checkpoint is {newest}."
-    elif step_of(path) is not None:
-        hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
-                "while saving. Use an earlier checkpoint-N of the same run.")
-    else:
-        hint = examples
-    raise ModelNotFoundError(
-        f"MODEL_NAME {name!r} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
-        f"(adapter_config.json + adapter_model.safetensors). {hint}"
-    )
-
-
-def missing_local_model(name: str) -> bool:
-    """``name`` is a local folder (not a hub id, not 'tiny') that holds no model (no config.json) here."""
-    if name == "tiny" or not (looks_like_path(name) or Path(name).is_absolute()):
-        return False
-    return not (Path(name).expanduser() / "config.json").is_file()
-
-
-def check_base_model(adapter_dir: Path) -> None:
-    """An adapter's base model, when it is a local folder, must still be there (the loader would go looking for it
-    on the hub and fail with an unrelated message). ``export --merged`` makes the same check
-    (``missing_local_model``)."""
-    try:
-        base = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # check_loadable reports a damaged adapter; a missing entry is the loader's default
-    if isinstance(base, str) and missing_local_model(base):
-        raise ModelNotFoundError(f"{adapter_dir}: its base model folder {base} (adapter_config.json, "
-                                 "base_model_name_or_path) does not exist here or has no config.json. Put the base "
-                                 "model back there, or write its new place (a folder or hub id) into "
-                                 f"{adapter_dir / 'adapter_config.json'}.")
-
-
-def check_device(settings: Settings, *, training: bool) -> None:
-    """Fail before loading when the request cannot run on this machine, naming the route that can."""
-    if settings.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise SettingsError(
-            "USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, CUDA only) "
-            "or set USE_VLLM=False / drop --vllm."
-        )
-    if config.cuda_available():
-        config.precision()  # a bad $SARASHINA_GRPO_PRECISION is one error now, not after the model loaded
-        return
-    if settings.load_in_4bit:
-        raise SettingsError(
-            "4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set LOAD_IN_4BIT=False "
-            "(CLI: --no-4bit) and use a small model, e.g. MODEL_NAME='tiny' (CLI: --model tiny)."
-        )
-    if settings.use_vllm:
-        raise SettingsError("USE_VLLM needs a CUDA GPU and none is visible; set USE_VLLM=False (drop --vllm).")
-    if training and not looks_like_path(settings.model_name) and settings.model_name != "tiny":
-        raise SettingsError(
-            f"Training {settings.model_name} needs a CUDA GPU and none is visible. On CPU, train the offline tiny "
-            "model instead: MODEL_NAME='tiny' (CLI: sarashina-grpo train --model tiny --max-steps 5)."
-        )
-
-
-# The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model), what LoRA can target:
-# the seven projections the project targets by default.
-LLAMA_LINEAR_MODULES = config.LORA_TARGET_MODULES
-
-
-def model_type_of(name: str) -> str | None:
-    """``model_type`` of the model to train: from its config.json (a checkpoint's: its base model's), "llama" for
-    'tiny' and the default hub id; None where it cannot be read without loading (another hub id)."""
-    if name in ("tiny", config.DEFAULT_MODEL_NAME):
-        return "llama"
-    folder = Path(name).expanduser()
-    if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
-        try:
-            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return model_type_of(base) if base and base != name else None
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def check_lora_targets(settings: Settings) -> None:
-    """LoRA targets that name no layer of the model: PEFT skips them without a word (or fails after loading)."""
-    kind = model_type_of(settings.model_name)
-    if kind not in ("llama", "mistral"):
-        return
-    unknown = [t for t in settings.lora_target_modules if t not in LLAMA_LINEAR_MODULES]
-    if unknown:
-        raise SettingsError(
-            f"{field_label('lora_target_modules')}: {', '.join(unknown)} match no layer of this {kind} model"
-            f"{config.did_you_mean(unknown[0], LLAMA_LINEAR_MODULES)}. Its layers are "
-            f"{', '.join(LLAMA_LINEAR_MODULES)}.")
-
-
 def check_model(settings: Settings, *, training: bool) -> Settings:
     """Resolved, checked settings whose model can load on this machine (what ``infer``/``eval`` need)."""
     settings = check_settings(settings).resolved()
-    check_device(settings, training=training)
+    check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm,
+                 training=training)
     check_model_name(settings.model_name)
     return settings
 
@@ -490,10 +308,10 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     settings = check_settings(settings).resolved()
     for warning in settings_warnings(settings):
         logger.warning(warning)
-    check_device(settings, training=True)
+    check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
         check_model_name(settings.model_name)
-        check_lora_targets(settings)
+        check_lora_targets(settings.model_name, settings.lora_target_modules)
     rows = check_prompts(project_path(settings.data_path))
     eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
                  if settings.held_out_eval_steps else [])
@@ -501,55 +319,3 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     if run_dir is not None:
         check_resume_settings(settings, run_dir)
     return CheckedRun(settings, rows, eval_rows)
-
-
-# --- the options of infer and eval
-
-
-def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, batch_size: int,
-                     samples_per_prompt: int = 1) -> None:
-    """``infer``/``eval`` generation options (CLI flags named) that no generation can use."""
-    for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
-                        ("--samples-per-prompt", samples_per_prompt)):
-        if value < 1:
-            raise SettingsError(f"{flag} must be at least 1, got {value}.")
-    if sample and not (_finite(temperature) and 0 < temperature <= 10):
-        raise SettingsError(f"--temperature must be in (0, 10] when sampling, got {temperature}; for deterministic "
-                            "answers drop --sample (greedy decoding) instead of a temperature of 0.")
-    if sample and not (_finite(top_p) and 0 < top_p <= 1):
-        raise SettingsError(f"--top-p must be in (0, 1], got {top_p}.")
-    if samples_per_prompt > 1 and not sample:
-        raise SettingsError(f"--samples-per-prompt {samples_per_prompt} needs --sample: greedy decoding gives the "
-                            "same answer every time.")
-
-
-def check_threads(threads: int | None) -> int | None:
-    """``--threads`` of the commands that compute on a CPU: unset, or a positive count; returned as given."""
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise SettingsError(f"--threads must be a positive integer, got {threads}.")
-    return threads
-
-
-def check_demo(demo, run_name: str | None = None) -> None:
-    """``sarashina-grpo demo``'s options (a ``demo.DemoSettings``), before Unsloth is imported and the warm start
-    runs: its threads, held-out limit and interval, run name and the GRPO settings it derives."""
-    from .runs import check_run_name
-
-    check_threads(demo.threads)
-    for name in ("steps", "logging_steps", "eval_limit"):
-        value = getattr(demo, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise SettingsError(f"demo --{name.replace('_', '-')} must be a positive integer, got {value}.")
-    if isinstance(demo.eval_steps, bool) or not isinstance(demo.eval_steps, int) or demo.eval_steps < 0:
-        raise SettingsError(f"demo --eval-steps must be 0 (off) or a positive number of steps, got {demo.eval_steps}.")
-    if run_name is not None:
-        check_run_name(run_name)
-    demo.settings(Path("tiny"))  # its GRPO settings (steps, logging steps, overrides), checked by check_settings
-
-
-def check_eval_limit(limit: int | None) -> None:
-    """``eval --limit`` (``evaluation.evaluate``'s ``limit``): a positive number of prompts, or None for all; an
-    empty evaluation saved as a result would be compared as if it were one."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise SettingsError(f"--limit must be at least 1 (prompts to evaluate), got {limit!r}; leave it out to "
-                            "evaluate all.")

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LORA_TARGET_MODULES, SYSTEM_PROMPT, SettingsError, project_path, read_text_setting, setting
+from .config import LORA_TARGET_MODULES, SYSTEM_PROMPT, project_path, read_text_setting, setting
 from .data import DataError, to_messages
 
 logger = logging.getLogger(__name__)
@@ -85,35 +85,15 @@ class WarmStart:
     examples: int = 512
 
     def __post_init__(self):
-        if self.data != SYNTHETIC and not project_path(self.data).is_file():
-            raise SettingsError(f"warmstart --data: file not found: {project_path(self.data)}.")
-        for name in ("steps", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SettingsError(f"warmstart --{name.replace('_', '-')} must be a positive integer.")
-        if self.lora_rank < 0 or not 0 <= self.malformed_share <= 1 or not self.learning_rate > 0:
-            raise SettingsError("warmstart: --lora-rank must be >= 0, --malformed-share in [0, 1], "
-                                "--learning-rate > 0.")
+        from .command_checks import check_warm_start
+
+        check_warm_start(self, None if self.data == SYNTHETIC else project_path(self.data))
 
     def for_command(self) -> WarmStart:
         """Self, checked for what the command line must give (a recipe in code may fill ``output`` later)."""
-        if not self.output:
-            raise SettingsError("warmstart needs --output: the folder to write the warm-started model to.")
-        import tempfile
+        from .command_checks import check_warm_start_command
 
-        from .validation import check_model_name, check_threads
-
-        check_threads(self.threads)
-        check_model_name(self.model)
-        out_dir = Path(self.output)
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise SettingsError(f"warmstart --output {out_dir} exists and is not an empty folder: choose a new one.")
-        try:  # a folder that cannot be written fails now, not after the training pass
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=out_dir.parent):
-                pass
-        except OSError as err:
-            raise SettingsError(f"warmstart --output {out_dir}: its folder cannot be written ({err.strerror}); "
-                                "choose another place.") from None
+        check_warm_start_command(self)
         return self
 
     def system_prompt(self) -> str:
@@ -241,22 +221,15 @@ def encode(tokenizer, examples: list[tuple[list[dict], str]]):
 def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
     """Train ``config.model`` on the recipe's examples; write a plain model folder (weights, tokenizer) to
     ``config.output`` and return it."""
-    import torch
+    from .command_checks import check_new_folder
+    from .modeling import cpu_threads, resolve_model_name
 
-    from .modeling import resolve_model_name, use_cpu_threads
-
-    out_dir = Path(config.output)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise SettingsError(f"warmstart --output {out_dir} exists and is not an empty folder: choose a new one.")
+    out_dir = check_new_folder(config.output, "warmstart --output")
     examples = build_examples(config, prompts)  # before the model loads: a bad file costs seconds
     model_dir = resolve_model_name(config.model)
-    threads = torch.get_num_threads()
-    use_cpu_threads(config.threads)
     started = time.monotonic()
-    try:
+    with cpu_threads(config.threads):
         model, tokenizer = supervised_pass(model_dir, examples, config)
-    finally:
-        torch.set_num_threads(threads)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.save_pretrained(out_dir)

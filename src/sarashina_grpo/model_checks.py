@@ -1,0 +1,183 @@
+"""Whether a model can be loaded here, checked before anything heavy is imported: a model or checkpoint folder (its
+files, its base model), a hub id (cached, or the hub reachable), the device it needs, and LoRA targets that name
+layers of it. Plain values in, one ``SettingsError`` (``ModelNotFoundError``) out; ``validation.check_run`` and
+``check_model`` call these with a run's settings, ``export`` and ``warmstart`` with their own.
+
+    from sarashina_grpo.model_checks import check_model_name
+    check_model_name("artifact/outputs/r1/checkpoint-500")   # or an error saying what to give instead
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import config
+from .checkpoints import check_loadable, folder_kind, step_of
+from .config import SettingsError, field_label
+
+HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
+
+
+class ModelNotFoundError(SettingsError):
+    """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
+
+
+def looks_like_path(name: str) -> bool:
+    """A local folder rather than a hub id ("org/name", exactly one slash)."""
+    return (
+        name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
+        or Path(name).expanduser().exists() or any(step_of(part) is not None for part in Path(name).parts)
+    )
+
+
+def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """A TCP connection to the hub's host opens within ``timeout``. Behind a proxy (``HTTPS_PROXY`` and the like) the
+    direct route says nothing, so the hub is taken as reachable and the download decides."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:  # no DNS, no route, refused, timed out
+        return False
+
+
+def check_hub_model(name: str) -> None:
+    """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
+    (``HF_HUB_OFFLINE`` set, or the hub unreachable): one line in seconds, instead of the loader's traceback after
+    minutes of retries."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: the loader reads it offline
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable(constants.ENDPOINT):
+        why = f"{urlparse(constants.ENDPOINT).hostname} cannot be reached (no network?)"
+    else:
+        return
+    raise ModelNotFoundError(
+        f"MODEL_NAME {name!r} is a hub id that is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. "
+        "Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a local model folder, or "
+        "connect to the internet once to download it."
+    )
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
+    id that cannot be had here (``check_hub_model``)."""
+    if name == "tiny":
+        return
+    if not looks_like_path(name):
+        check_hub_model(name)
+        return
+    path = Path(name).expanduser()
+    examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
+                "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
+    if not path.is_dir():
+        raise ModelNotFoundError(f"MODEL_NAME {name!r}: no such folder. {examples}")
+    kind = folder_kind(path)
+    if kind.adapter or kind.model:
+        check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
+        if kind.adapter:
+            check_base_model(path)
+        return
+    if kind.newest:  # a run folder: point at its newest finished checkpoint
+        hint = f"It is a run folder; its newest finished checkpoint is {kind.newest}."
+    elif kind.step is not None:
+        hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
+                "while saving. Use an earlier checkpoint-N of the same run.")
+    else:
+        hint = examples
+    raise ModelNotFoundError(
+        f"MODEL_NAME {name!r} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
+        f"(adapter_config.json + adapter_model.safetensors). {hint}"
+    )
+
+
+def missing_local_model(name: str) -> bool:
+    """``name`` is a local folder (not a hub id, not 'tiny') that holds no model (no config.json) here."""
+    if name == "tiny" or not (looks_like_path(name) or Path(name).is_absolute()):
+        return False
+    return not (Path(name).expanduser() / "config.json").is_file()
+
+
+def check_base_model(adapter_dir: Path) -> None:
+    """An adapter's base model, when it is a local folder, must still be there (the loader would go looking for it
+    on the hub and fail with an unrelated message). ``export --merged`` makes the same check
+    (``missing_local_model``)."""
+    try:
+        base = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # check_loadable reports a damaged adapter; a missing entry is the loader's default
+    if isinstance(base, str) and missing_local_model(base):
+        raise ModelNotFoundError(f"{adapter_dir}: its base model folder {base} (adapter_config.json, "
+                                 "base_model_name_or_path) does not exist here or has no config.json. Put the base "
+                                 "model back there, or write its new place (a folder or hub id) into "
+                                 f"{adapter_dir / 'adapter_config.json'}.")
+
+
+def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, training: bool) -> None:
+    """Fail before loading when the request cannot run on this machine, naming the route that can."""
+    if use_vllm and importlib.util.find_spec("vllm") is None:
+        raise SettingsError(
+            "USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, CUDA only) "
+            "or set USE_VLLM=False / drop --vllm."
+        )
+    if config.cuda_available():
+        config.precision()  # a bad $SARASHINA_GRPO_PRECISION is one error now, not after the model loaded
+        return
+    if load_in_4bit:
+        raise SettingsError(
+            "4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set LOAD_IN_4BIT=False "
+            "(CLI: --no-4bit) and use a small model, e.g. MODEL_NAME='tiny' (CLI: --model tiny)."
+        )
+    if use_vllm:
+        raise SettingsError("USE_VLLM needs a CUDA GPU and none is visible; set USE_VLLM=False (drop --vllm).")
+    if training and not looks_like_path(model_name) and model_name != "tiny":
+        raise SettingsError(
+            f"Training {model_name} needs a CUDA GPU and none is visible. On CPU, train the offline tiny "
+            "model instead: MODEL_NAME='tiny' (CLI: sarashina-grpo train --model tiny --max-steps 5)."
+        )
+
+
+# The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model), what LoRA can target:
+# the seven projections the project targets by default.
+LLAMA_LINEAR_MODULES = config.LORA_TARGET_MODULES
+
+
+def model_type_of(name: str) -> str | None:
+    """``model_type`` of the model to train: from its config.json (a checkpoint's: its base model's), "llama" for
+    'tiny' and the default hub id; None where it cannot be read without loading (another hub id)."""
+    if name in ("tiny", config.DEFAULT_MODEL_NAME):
+        return "llama"
+    folder = Path(name).expanduser()
+    if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return model_type_of(base) if base and base != name else None
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_lora_targets(model_name: str, targets: tuple[str, ...]) -> None:
+    """LoRA targets that name no layer of the model: PEFT skips them without a word (or fails after loading)."""
+    kind = model_type_of(model_name)
+    if kind not in ("llama", "mistral"):
+        return
+    unknown = [t for t in targets if t not in LLAMA_LINEAR_MODULES]
+    if unknown:
+        raise SettingsError(
+            f"{field_label('lora_target_modules')}: {', '.join(unknown)} match no layer of this {kind} model"
+            f"{config.did_you_mean(unknown[0], LLAMA_LINEAR_MODULES)}. Its layers are "
+            f"{', '.join(LLAMA_LINEAR_MODULES)}.")

@@ -1,0 +1,141 @@
+"""The options of the commands other than the run's own ``Settings``, and their reading from a parsed command line.
+
+    from sarashina_grpo.options import RunOptions, options
+    run_options = options(args, RunOptions)   # the flags given, over the dataclass's defaults
+
+Each option class is a dataclass whose fields are flags (``cli.py`` hands them to transformers' ``HfArgumentParser``);
+``metadata["positional"]`` marks a field given without a flag. ``explicit_settings`` is the one reading of a
+command line's settings: a YAML recipe (``--config``), then the flags given, typed by ``config.read_settings`` as
+recipes, ``run.json`` and the notebooks' ``SETTINGS`` are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from .config import Settings, load_recipe, read_settings, setting
+
+
+@dataclass
+class RunOptions:
+    """Where a training run goes and what it continues; not part of its maths, so not in ``Settings``."""
+
+    config: str | None = setting(None, "YAML recipe of settings (configs/recipes/*.yaml); flags override it; unset: "
+                                 "the defaults (the article's run)")
+    artifact_dir: str | None = setting(None, "where logs/<run>/ and outputs/<run>/checkpoint-N go; unset: "
+                                       "artifact/ in the project folder")
+    run_name: str | None = setting(None, "name of the run folders; unset: a timestamp")
+    resume: str | None = setting(None, "continue a run from its last intact checkpoint: 'latest' (the flag alone), a "
+                                 "run name, a run folder or a checkpoint-N folder", nargs="?", const="latest")
+    allow_data_change: bool = setting(False, "resume even though the prompt file changed since the run started "
+                                      "(run.json records its hash)")
+
+
+@dataclass
+class GenerateOptions:
+    """How ``infer`` and ``eval`` generate (``inference.GenerationSettings``)."""
+
+
+    max_new_tokens: int = setting(512, "tokens generated per answer at most")
+    sample: bool = setting(False, "sample instead of greedy decoding")
+    temperature: float = setting(0.7, "sampling temperature (with --sample)")
+    top_p: float = setting(0.95, "nucleus sampling share (with --sample)")
+    batch_size: int = setting(8, "prompts generated together")
+
+
+@dataclass
+class CpuOptions:
+    threads: int | None = setting(None, "CPU threads for torch; unset: 1 without a CUDA GPU (faster for small "
+                                  "models on a busy machine, docs/troubleshooting.md) unless OMP_NUM_THREADS is set")
+
+
+@dataclass
+class InferOptions:
+    prompts: list[str] = field(default_factory=list, metadata={
+        "help": "prompts to answer; none: an interactive chat (an empty line or Ctrl-D quits)", "positional": True})
+
+
+@dataclass
+class EvalOptions:
+    name: str | None = setting(None, "evaluation name: results go to <artifact-dir>/eval/<name>/; unset: derived from "
+                               "--model")
+    data: str = setting("datasets/eval.csv", "held-out prompt file: CSV, JSONL or Parquet (columns prompt,lang)")
+    artifact_dir: str | None = setting(None, "where eval/<name>/ goes; unset: artifact/ in the project folder")
+    limit: int | None = setting(None, "evaluate only the first N prompts; unset: all")
+    samples_per_prompt: int = setting(1, "outputs per prompt (with --sample)")
+    compare: list[str] = setting(None, "earlier evaluations (names or folders) to compare with: writes "
+                                 "comparison.md/.png", factory=list, metavar="NAME")
+    compare_only: bool = setting(False, "generate nothing; compare the evaluations named by --compare")
+    overwrite: bool = setting(False, "replace an earlier evaluation of the same --name (otherwise that is an error)")
+
+
+@dataclass
+class RoleOptions:
+    """A persona or scenario added to the system prompt after its format instructions (``roles.with_role``)."""
+
+
+    role: str | None = setting(None, "role added to the system prompt, e.g. 'あなたはサボテンを売る商人です。'; "
+                               "eval: for rows without a role column; unset: none")
+    role_file: str | None = setting(None, "read the role from this UTF-8 text file (wins over --role)")
+
+
+@dataclass
+class ExportOptions:
+    """``export.export_checkpoint``'s arguments."""
+
+    checkpoint: str = field(default="", metadata={"help": "checkpoint folder to export (outputs/<run>/checkpoint-N)",
+                                                  "positional": True})
+    out: str = field(default="", metadata={"help": "new (or empty) folder to write the export to", "positional": True})
+    merged: bool = setting(False, "merge the LoRA into the base weights: one model that plain transformers loads "
+                           "(off: the LoRA adapter alone)")
+    base_model: str | None = setting(None, "base model to merge into (hub id or folder); unset: the one named in "
+                                     "the checkpoint's adapter_config.json")
+    dtype: str = setting("auto", "weight type of the merged model; auto: bfloat16, or float16 on a GPU without bf16",
+                         choices=("auto", "bfloat16", "float16", "float32"))
+    push_to_hub: str | None = setting(None, "also upload OUT to this hub repo (user/name; needs a hub token; "
+                                      "untested here)")
+    private: bool = setting(True, "create the hub repo private (with --push-to-hub)")
+
+
+@dataclass
+class BuildTinyOptions:
+    out_dir: str = field(default="", metadata={"help": "folder to write the model to", "positional": True})
+    shape: str = setting("tiny", "the tiny test model, a small GPU test model, or the exact Sarashina 2.2 3B shape "
+                         "(random weights)", choices=("tiny", "small", "sarashina-3b"))
+    seed: int = setting(0, "random seed of the weights")
+
+
+# Settings that infer and eval take (the model and how it is prompted); train takes every field.
+MODEL_FIELDS = ("model_name", "load_in_4bit", "use_vllm", "max_seq_length", "system_prompt", "system_prompt_file")
+# The demo's own knobs (sarashina_grpo.demo.DemoSettings); its training settings are fixed by the demo's recipe.
+DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "eval_steps", "threads")
+
+
+def given(args: argparse.Namespace, cls, names=None) -> dict:
+    """The fields of ``cls`` (or ``names``) that the command line set: flags left out are absent from ``args``."""
+    wanted = {f.name for f in dataclasses.fields(cls)} if names is None else set(names)
+    return {k: v for k, v in vars(args).items() if k in wanted}
+
+
+def options(args: argparse.Namespace, cls):
+    """An instance of ``cls`` with the command line's values over its defaults."""
+    return cls(**given(args, cls))
+
+
+def explicit_settings(args: argparse.Namespace, names=None) -> dict:
+    """The typed settings a command line asks for: its recipe's (``--config``), then the flags given, which win;
+    ``GRPOConfig`` fields among the flags (``args.grpo_flags``) join the recipe's ``extra_grpo_args``."""
+    values = load_recipe(args.config) if getattr(args, "config", None) else {}
+    flags = read_settings({**given(args, Settings, names), **getattr(args, "grpo_flags", {})}, source="command line")
+    merged = {**values, **flags}
+    if "extra_grpo_args" in values and "extra_grpo_args" in flags:  # a flag adds to the recipe's GRPOConfig keys
+        merged["extra_grpo_args"] = {**values["extra_grpo_args"], **flags["extra_grpo_args"]}
+    return merged
+
+
+def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
+    """Settings for a command: defaults < recipe (``--config``) < flags. (Resuming, ``pipeline.prepare`` puts the
+    run's recorded settings under the recipe and flags.) Checked by ``validation`` before a model loads."""
+    return Settings(**explicit_settings(args, names))

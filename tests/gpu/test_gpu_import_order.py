@@ -1,0 +1,69 @@
+"""The command line reads its flags with transformers' ``HfArgumentParser`` before Unsloth is imported; Unsloth's
+patches must come out the same as when Unsloth is imported first (``cli.py``'s docstring says why they should).
+
+Two processes train one step of the small model through ``cli.main`` (``import_order_probe.py``): one in the command
+line's own order, one with ``import unsloth`` first. Both record which trainer class ``trl.GRPOTrainer`` is and every
+function of transformers' Llama classes, ``Trainer``, PEFT's and TRL's classes, and where it is defined.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import REPO_ROOT, cli_env
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_suite.sh)")]
+
+PROBE = Path(__file__).with_name("import_order_probe.py")
+
+
+@pytest.fixture(scope="module")
+def recorded(small_model_dir, prompts_csv, tmp_path_factory):
+    found = {}
+    for mode in ("cli-first", "unsloth-first"):
+        out = tmp_path_factory.mktemp(mode)
+        command = [sys.executable, str(PROBE), mode, str(out / "patched.json"), "--model", str(small_model_dir),
+                   "--data", str(prompts_csv), "--max-steps", "1", "--save-steps", "1000", "--max-completion-length",
+                   "16", "--no-log-completions", "--report-to", "none", "--artifact-dir", str(out), "--run-name", mode]
+        done = subprocess.run(command, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        found[mode] = json.loads((out / "patched.json").read_text(encoding="utf-8"))
+        found[mode]["stderr"] = done.stderr
+    return found
+
+
+def test_the_command_lines_order_is_what_the_probe_ran(recorded):
+    # why: the comparison below means something only if transformers (and nothing of TRL or PEFT) came first
+    loaded = recorded["cli-first"]["loaded_before_unsloth"]
+    assert "transformers.hf_argparser" in loaded and not [m for m in loaded if m.split(".")[0] in ("trl", "peft")]
+    assert "transformers.modeling_utils" not in loaded
+    assert recorded["unsloth-first"]["loaded_before_unsloth"] == []
+
+
+def test_unsloth_patched_something_to_compare(recorded):
+    # why: two empty records would compare equal; Unsloth replaces TRL's trainer and Llama's forward passes
+    first = recorded["unsloth-first"]
+    patched = [key for key, where in first["functions"].items() if "unsloth" in where.lower()]
+    assert "UnslothGRPOTrainer" in first["trl.GRPOTrainer"] and len(patched) >= 5, first
+
+
+def test_reading_the_flags_first_leaves_unsloths_patches_as_they_are(recorded):
+    cli_first, unsloth_first = recorded["cli-first"], recorded["unsloth-first"]
+    for key in ("trl.GRPOTrainer", "trainer_class", "model_forward"):
+        assert cli_first[key] == unsloth_first[key], key
+    # why: every function of the patched classes, defined in the same place either way (Unsloth's or the library's)
+    differ = {k: (cli_first["functions"].get(k), v) for k, v in unsloth_first["functions"].items()
+              if cli_first["functions"].get(k) != v}
+    assert differ == {} and set(cli_first["functions"]) == set(unsloth_first["functions"])
+
+
+def test_unsloths_order_warning_is_hidden_only_for_the_parser(recorded):
+    # why: noise.import_unsloth hides "imported before [transformers]" when only the parser came first
+    assert "Unsloth should be imported before" not in recorded["cli-first"]["stderr"]
