@@ -56,8 +56,8 @@ def move(model, adapter, seed, scale=0.3):
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
-def trainer(name, model=model_dir, how="ours", warm=False):
-    run = prepare(Settings(model_name=str(model), max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
+def trainer(name, how="ours", warm=False):
+    run = prepare(Settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
     policy, tokenizer = load_model(run)
     if warm:
         move(policy, "default", seed=2)  # a trained start, as a LoRA checkpoint given as the model
@@ -111,7 +111,6 @@ warm_ours = score(trainer("warm-ours", warm=True), disabled=True)
 warm_trl = score(trainer("warm-trl", how="trl", warm=True))
 result["warm"] = summary(warm_ours, warm_trl, base_gap=gap(warm_ours, warm_trl, key="base"))
 result["unsloth_like"] = summary(score(trainer("warm-unsloth", how="unsloth", warm=True)), warm_trl)
-
 
 
 def resumed_kl(name, fixed=True, warm=True):
