@@ -259,15 +259,15 @@ def test_a_reference_copy_of_a_fresh_lora_is_dropped_for_the_base_model():
     assert list(model.peft_config) == ["default"] and model.active_adapters == ["default"]
 
 
-def test_a_reference_copy_of_a_trained_lora_is_kept_and_resume_loads_the_policy_too():
+def test_a_reference_copy_of_a_trained_lora_is_kept_and_resume_loads_the_policy_too(tmp_path):
     model = toy_lora()
     set_lora_b(model, "default", 0.1)
     compat.copy_adapter(model, "default", compat.TRL_REFERENCE_ADAPTER)
     trainer = toy_trainer(model)
     assert compat.choose_reference(trainer) == compat.TRL_REFERENCE_ADAPTER
     assert list(model.peft_config) == ["default", compat.TRL_REFERENCE_ADAPTER]
-    trainer._load_from_checkpoint("/nowhere")  # no adapter files there: only the original load runs
-    assert trainer.loads == ["/nowhere"]
+    trainer._load_from_checkpoint(str(tmp_path))  # no adapter files there: only the original load runs
+    assert trainer.loads == [str(tmp_path)]
 
 
 def test_where_unsloth_removed_the_copy_a_trained_start_gets_one_equal_and_frozen():

@@ -9,7 +9,8 @@ model against a trainer built the way TRL alone builds it, on the same completio
 - the same comparison with a non-zero "ref" adapter on TRL's side finds the gap (the test can fail);
 - a trained start (a LoRA checkpoint as the model): the copy is kept and agrees exactly, the base model would not;
 - the same with the copy removed first, as Unsloth's trainer removes it: choose_reference's copy agrees exactly;
-- resuming such a run loads the trained policy, not only the "ref/" copy (transformers alone would not).
+- resuming a run whose checkpoints hold a "ref/" copy loads the trained policy, not only the copy (transformers
+  alone would not), for a trained start and for checkpoints saved before the copy of a fresh LoRA was dropped.
 
 The run happens in its own process on the trl-peft backend (plain TRL, TRL's fused LM head under Triton's
 interpreter), like tests/test_algorithm.py.
@@ -55,8 +56,8 @@ def move(model, adapter, seed, scale=0.3):
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
-def trainer(name, model=model_dir, how="ours", warm=False):
-    run = prepare(Settings(model_name=str(model), max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
+def trainer(name, how="ours", warm=False):
+    run = prepare(Settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
     policy, tokenizer = load_model(run)
     if warm:
         move(policy, "default", seed=2)  # a trained start, as a LoRA checkpoint given as the model
@@ -112,27 +113,34 @@ result["warm"] = summary(warm_ours, warm_trl, base_gap=gap(warm_ours, warm_trl, 
 result["unsloth_like"] = summary(score(trainer("warm-unsloth", how="unsloth", warm=True)), warm_trl)
 
 
-
-def resumed_kl(name, fixed=True):
-    # a warm run, checkpointed with its "ref/" copy, then resumed: step 2 starts from the step-1 policy
+def resumed_kl(name, fixed=True, warm=True):
+    # a run checkpointed with its "ref/" copy (a warm start; or a fresh one as TRL alone, and this project before,
+    # saved it), then resumed: step 2 starts from the step-1 policy
     first = prepare(Settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
     policy, tokenizer = load_model(first)
-    move(policy, "default", seed=2)
-    run_training(build_trainer(first, policy, tokenizer, report_to="none"), first)
+    if warm:
+        move(policy, "default", seed=2)
+    compat.choose_reference = choose if warm else lambda t: None
+    built = build_trainer(first, policy, tokenizer, report_to="none")
+    compat.choose_reference = choose
+    run_training(built, first)
     saved = sorted(p.name for p in (first.paths.output_dir / "checkpoint-1").iterdir() if p.is_dir())
     again = prepare(Settings(model_name=model_dir, max_steps=2, **SETTINGS), artifact_dir=artifact, resume=name)
     policy, tokenizer = load_model(again)
-    move(policy, "default", seed=2)
+    if warm:
+        move(policy, "default", seed=2)
     fix = compat.resume_loads_the_policy
     compat.resume_loads_the_policy = fix if fixed else lambda trainer: None  # transformers alone
     resumed = build_trainer(again, policy, tokenizer, report_to="none")
     compat.resume_loads_the_policy = fix
     run_training(resumed, again)
-    return {"subfolders": saved, "kl": [h["kl"] for h in resumed.state.log_history if "kl" in h]}
+    return {"subfolders": saved, "kl": [h["kl"] for h in resumed.state.log_history if "kl" in h],
+            "adapters": list(resumed.model.peft_config)}
 
 
 result["resume"] = resumed_kl("resumed")
 result["resume_unfixed"] = resumed_kl("resumed-unfixed", fixed=False)
+result["resume_old_checkpoint"] = resumed_kl("resumed-old", warm=False)
 print("RESULT", json.dumps(result))
 """
 
@@ -185,6 +193,13 @@ def test_resuming_a_run_with_the_reference_copy_continues_from_its_trained_polic
     assert resume["subfolders"] == ["ref"]  # why: transformers alone would then load ref/ and not the policy
     # step 1 starts at the reference (KL 0); step 2, resumed, starts from the moved policy
     assert resume["kl"][0] == pytest.approx(0.0, abs=1e-7) and resume["kl"][1] > 1e-4
+
+
+def test_a_checkpoint_saved_with_a_copy_of_a_fresh_lora_resumes_its_trained_policy(compared):
+    old = compared["resume_old_checkpoint"]
+    # why: checkpoints written before the copy was dropped hold ref/ too; the resumed run now scores the base model
+    assert old["subfolders"] == ["ref"] and old["kl"][0] == pytest.approx(0.0, abs=1e-7) and old["kl"][1] > 1e-4
+    assert old["adapters"] == ["default"]  # the reloaded copy of the fresh LoRA is dropped again
 
 
 def test_without_the_fix_the_resumed_run_restarts_from_its_starting_policy(compared):

@@ -196,12 +196,14 @@ def choose_reference(trainer) -> str | None:
     matmuls, no second adapter in memory or in checkpoints) gives the same log-probs; so the "ref" copy is dropped.
     When it is not (a LoRA checkpoint given as the model), the copy stays, and is added where Unsloth's compiled
     trainer removed it (it would otherwise score the base model, not the starting adapter).
-    Keeping the copy, resuming is made to load the trained policy too (``resume_loads_the_policy``).
+    Resuming from a checkpoint that holds a copy is made to load the trained policy too (``resume_loads_the_policy``).
     Returns "base", "ref" (the frozen copy), or None (beta 0 or no PEFT adapter: no reference involved)."""
     model = trainer.model
     config = getattr(model, "peft_config", None)
     if not trainer.beta or not config or POLICY_ADAPTER not in config:
         return None
+    # Checkpoints keep the copy in ref/ next to the policy (and so did every plain-TRL checkpoint before this).
+    resume_loads_the_policy(trainer)
     if TRL_REFERENCE_ADAPTER in config and adapter_is_identity(model, TRL_REFERENCE_ADAPTER):
         model.delete_adapter(TRL_REFERENCE_ADAPTER)
         return "base"
@@ -209,7 +211,6 @@ def choose_reference(trainer) -> str | None:
         if adapter_is_identity(model, POLICY_ADAPTER):
             return "base"
         copy_adapter(model, POLICY_ADAPTER, TRL_REFERENCE_ADAPTER)
-    resume_loads_the_policy(trainer)  # its checkpoints now hold the copy in ref/ next to the policy
     return TRL_REFERENCE_ADAPTER
 
 
@@ -222,7 +223,7 @@ def resume_loads_the_policy(trainer) -> None:
 
     transformers 5's ``Trainer._load_from_checkpoint`` loads only the adapter sub-folders when a checkpoint has any
     (``ref/``), leaving the trained adapter saved in the checkpoint's root unread: the run would go on from its
-    starting weights. After it, the root adapter is loaded into the active one."""
+    starting weights. After it, when there are sub-folders, the root adapter is loaded into the active one."""
     load = getattr(trainer, TRAINER_LOAD_METHOD, None)
     if load is None:
         raise CompatError(f"Trainer.{TRAINER_LOAD_METHOD} is gone: the installed transformers is not the locked one.")
@@ -231,8 +232,15 @@ def resume_loads_the_policy(trainer) -> None:
         load(resume_from_checkpoint, model)
         peft_model = trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
         active = peft_model.active_adapter
-        if any((Path(resume_from_checkpoint) / name).is_file() for name in ADAPTER_WEIGHTS):
+        folder = Path(resume_from_checkpoint)
+        if has_adapter(folder) and any(has_adapter(sub) for sub in folder.iterdir() if sub.is_dir()):
             peft_model.load_adapter(str(resume_from_checkpoint), active, is_trainable=True)
             peft_model.set_adapter(active)
+        if adapter_is_identity(peft_model, TRL_REFERENCE_ADAPTER):  # an old checkpoint's copy of a fresh LoRA
+            peft_model.delete_adapter(TRL_REFERENCE_ADAPTER)
 
     setattr(trainer, TRAINER_LOAD_METHOD, load_with_policy)
+
+
+def has_adapter(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ADAPTER_WEIGHTS)
