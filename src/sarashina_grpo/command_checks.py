@@ -1,6 +1,7 @@
-"""Checks of the commands' own options (``infer``/``eval`` generation, threads, ``eval --limit``, ``demo``), before
-anything heavy is imported or loaded. Plain values in, one ``SettingsError`` out; a run's ``Settings`` are checked by
-``validation``.
+"""Checks of the commands' own options (``infer``/``eval`` generation, threads, ``eval --limit``, ``demo``, the
+``warmstart`` recipe, ``bench``) and of the new-or-empty folder an export, a conversion or a warm start writes to,
+before anything heavy is imported or loaded. Plain values in, one ``SettingsError`` out; a run's ``Settings`` are
+checked by ``validation``.
 
     from sarashina_grpo.command_checks import check_threads
     check_threads(0)   # SettingsError: --threads must be a positive integer, got 0.
