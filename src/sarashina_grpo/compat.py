@@ -25,7 +25,8 @@ Names used, and why:
   so on CUDA it always scores the base model. A model reused for a second trainer (the benchmark) drops the copy.
 - ``Trainer._load_from_checkpoint`` (transformers): when a checkpoint holds adapter sub-folders (TRL's ``ref/``), it
   loads only those and not the trained adapter in the checkpoint's root; ``resume_loads_the_policy`` loads it too.
-- PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``.
+- PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``
+  and ``reset_lora_parameters`` (a fresh LoRA for each benchmark configuration).
 """
 
 from __future__ import annotations
@@ -108,6 +109,19 @@ def lora_pairs(module) -> list[tuple[object, object, float, bool]]:
     dora = getattr(module, "use_dora", {})
     return [(module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), module.scaling[name],
              bool(dora.get(name))) for name in module.active_adapters if name in module.lora_A]
+
+
+def reset_lora(model) -> int:
+    """Give every LoRA layer of ``model`` a fresh start (PEFT's own initialisation: A random, B zero), as a new
+    ``get_peft_model`` would; returns the number of layers reset. The benchmark reuses one loaded model for several
+    configurations, each of which must start where a real run starts."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "reset_lora_parameters"):
+            for name in list(module.lora_A):
+                module.reset_lora_parameters(name, True)
+                count += 1
+    return count
 
 
 UNSLOTH_CHUNKING_FUNCTION = "autotune_batch_and_chunks"

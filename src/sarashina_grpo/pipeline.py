@@ -20,8 +20,6 @@ processes, the main process alone prepares the folders and tells the other ranks
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import logging
 import os
@@ -289,23 +287,6 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
 # --- run
 
 
-@contextlib.contextmanager
-def long_lived_objects_frozen():
-    """Keep what exists before training (model, tokenizer, Unsloth's compiled code: millions of Python objects that
-    live as long as the run) out of Python's full collections, which otherwise walk all of them at whatever step the
-    collector picks (``gc.freeze``). ``SARASHINA_GRPO_GC_FREEZE=0`` leaves the collector as it is; the benchmark
-    records the collector's time per step (``gc_times_s``) to compare the two."""
-    if os.environ.get("SARASHINA_GRPO_GC_FREEZE", "1") == "0":
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 def run_training(trainer, run: Run):
     """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop; return the trainer.
 
@@ -319,8 +300,7 @@ def run_training(trainer, run: Run):
     logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
     interrupt.install()
     try:
-        with long_lived_objects_frozen():
-            trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+        trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
     finally:
         interrupt.uninstall()
         trainer.remove_callback(interrupt)

@@ -407,6 +407,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         loaded[key] = load_model(check_model(settings, training=True))
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[key]
+    if not load_s:  # reused from an earlier configuration, whose training moved its LoRA: start where a run starts
+        compat.reset_lora(model)
     clock = _clock_callback()
     profiler = _UpdateProfiler(profile_step if cuda else None, out or work, cfg.name)
     clock.on_step_end_extra = profiler.stop
@@ -438,6 +440,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
                       num_gpus=world_size())
     row["model_load_s"] = round(load_s, 1)
     row["model"] = Path(model_name).name
+    row["kl_reference"] = getattr(trainer, "kl_reference", None)  # "base": adapter disabled; "ref": TRL's copy
     row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):
