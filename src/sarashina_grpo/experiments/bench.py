@@ -564,9 +564,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if "error" not in r]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows)), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(rows)), 4.0))
     colors = ["tab:green" if r["rollout"] == "fast" else "tab:gray" for r in rows]
-    bars = ax.bar([r["config"] for r in rows], [r["completion_tokens_per_s"] for r in rows], color=colors)
+    # rows on another model than the title's (-eos: the real model) name it under the configuration
+    names = [r["config"] + (f"\n({r['model']})" if r.get("lengths") == "the model's own EOS" else "") for r in rows]
+    bars = ax.bar(names, [r["completion_tokens_per_s"] for r in rows], color=colors)
     ax.bar_label(bars, fmt="{:,.0f}")
     if rows and rows[0]["num_gpus"]:
         for n, target in TARGETS.items():
