@@ -202,7 +202,8 @@ class Settings:
     # --- GRPO algorithm: the article's (TRL 0.14/0.15, early 2025); docs/algorithm.md gives the modern variants
     loss_type: str = setting("grpo", "loss normalisation: 'grpo' = mean over each completion's tokens, then over "
                              "completions (the article's TRL); 'dapo', 'dr_grpo', 'bnpo', … as TRL lists them")
-    beta: float = setting(0.04, "KL coefficient against the reference (LoRA-disabled) model; 0 drops the KL term")
+    beta: float = setting(0.04, "KL coefficient against the reference: the starting model (the base model for a fresh "
+                          "LoRA); 0 drops the KL term")
     scale_rewards: str = setting("group", "divide advantages by the reward std of the group, the batch, or none",
                                  choices=SCALE_REWARDS)
     epsilon: float = setting(0.2, "PPO-style clipping range of the importance ratio (inert at num_iterations=1)")
