@@ -126,3 +126,34 @@ def agree_up_to_near_ties(default, fast, gaps) -> tuple[int, int]:
             agreed += first
         total += len(d)
     return agreed, total
+
+
+def greedy_trainer(settings, artifact_dir, prepare_model=None):
+    """The project's trainer for ``settings``, decoding greedily; ``prepare_model(model)`` runs before it is built."""
+    from sarashina_grpo.pipeline import build_trainer, load_model, prepare
+
+    run = prepare(settings, artifact_dir=artifact_dir, run_name="r")
+    model, tokenizer = load_model(run)
+    if prepare_model is not None:
+        prepare_model(model)
+    trainer = build_trainer(run, model, tokenizer, report_to="none")
+    trainer.generation_config.do_sample = False
+    trainer.generation_kwargs["do_sample"] = False
+    return trainer
+
+
+def greedy_default_and_fast(trainer, prompts, new_tokens):
+    """Greedy tokens of the default rollout (Unsloth's generate inside TRL) and of the fast engine for ``prompts``,
+    and the engine (its CUDA graphs and Triton split-K attention checked live)."""
+    import torch
+
+    from sarashina_grpo.rollout import FastRollout
+
+    assert trainer.model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
+    default = [list(map(int, ids)) for ids in trainer._generate_single_turn(prompts, None, {}, 1)[0]]
+    engine = FastRollout(trainer.model, eos_token_ids=trainer.eos_token_ids,
+                         pad_token_id=trainer.processing_class.pad_token_id, max_new_tokens=new_tokens,
+                         temperature=0.0)
+    fast = engine.generate(prompts)
+    assert engine._split_k_ok is True and engine._decoder is not None and engine._decoder.graphs
+    return default, fast, engine

@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import NEAR_TIE, REPO_ROOT, agree_up_to_near_ties, cli_env, margins, prompt_ids
+from .conftest import (
+    NEAR_TIE,
+    REPO_ROOT,
+    agree_up_to_near_ties,
+    cli_env,
+    greedy_default_and_fast,
+    greedy_trainer,
+    margins,
+    prompt_ids,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_suite.sh)"),
@@ -42,31 +51,17 @@ def real_model_dir(tmp_path_factory, run_cli) -> Path:
 @pytest.fixture(scope="module")
 def real_trainer(real_model_dir, tmp_path_factory):
     from sarashina_grpo.config import Settings
-    from sarashina_grpo.pipeline import build_trainer, load_model, prepare
 
     settings = Settings(model_name=str(real_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
                         max_steps=1, save_steps=1000, system_prompt_file=str(SYSTEM_EN),
                         reward_names=("xmlcount", "soft_format", "strict_format"))
-    run = prepare(settings, artifact_dir=tmp_path_factory.mktemp("real-rollout"), run_name="r")
-    model, tokenizer = load_model(run)
-    trainer = build_trainer(run, model, tokenizer, report_to="none")
-    trainer.generation_config.do_sample = False
-    trainer.generation_kwargs["do_sample"] = False
-    return trainer
+    return greedy_trainer(settings, tmp_path_factory.mktemp("real-rollout"))
 
 
 def test_fast_and_default_greedy_tokens_agree_on_real_weights(real_trainer):
-    from sarashina_grpo.rollout import FastRollout
-
     trainer = real_trainer
     prompts = prompt_ids(trainer, n=8)
-    assert trainer.model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
-    default = [list(map(int, ids)) for ids in trainer._generate_single_turn(prompts, None, {}, 1)[0]]
-    engine = FastRollout(trainer.model, eos_token_ids=trainer.eos_token_ids,
-                         pad_token_id=trainer.processing_class.pad_token_id, max_new_tokens=NEW_TOKENS,
-                         temperature=0.0)
-    fast = engine.generate(prompts)
-    assert engine._split_k_ok is True and engine._decoder is not None and engine._decoder.graphs
+    default, fast, _ = greedy_default_and_fast(trainer, prompts, NEW_TOKENS)
     agreed, total = agree_up_to_near_ties(default, fast, margins(trainer, prompts, default))
     # Sharper than the top-2 gap: where the paths part, the fast path's token must itself be a near-winner of the
     # default model's logits after the common prefix (a wrong mask or LoRA term picks a clearly worse token).

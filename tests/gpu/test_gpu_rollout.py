@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import agree_up_to_near_ties, margins, prompt_ids
+from .conftest import agree_up_to_near_ties, greedy_default_and_fast, greedy_trainer, margins, prompt_ids
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_suite.sh)")]
@@ -24,36 +24,24 @@ NEW_TOKENS = 48
 @pytest.fixture(scope="module")
 def small_trainer(small_model_dir, tmp_path_factory):
     from sarashina_grpo.config import Settings
-    from sarashina_grpo.pipeline import build_trainer, load_model, prepare
+
+    def nonzero_adapters(model):  # so that a path that ignored them would show
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)
 
     settings = Settings(model_name=str(small_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
                         max_steps=1, save_steps=1000)
-    run = prepare(settings, artifact_dir=tmp_path_factory.mktemp("rollout"), run_name="r")
-    model, tokenizer = load_model(run)
-    torch.manual_seed(1)
-    with torch.no_grad():  # non-zero adapters, so that a path that ignored them would show
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    trainer = build_trainer(run, model, tokenizer, report_to="none")
-    trainer.generation_config.do_sample = False
-    trainer.generation_kwargs["do_sample"] = False
-    return trainer
+    return greedy_trainer(settings, tmp_path_factory.mktemp("rollout"), nonzero_adapters)
 
 
 def test_fast_and_default_greedy_tokens_agree_up_to_bf16_near_ties(small_trainer):
-    from sarashina_grpo.rollout import FastRollout
-
     trainer = small_trainer
     prompts = prompt_ids(trainer)
-    assert trainer.model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
-    default = [list(map(int, ids)) for ids in trainer._generate_single_turn(prompts, None, {}, 1)[0]]
-    engine = FastRollout(trainer.model, eos_token_ids=trainer.eos_token_ids,
-                         pad_token_id=trainer.processing_class.pad_token_id, max_new_tokens=NEW_TOKENS,
-                         temperature=0.0)
-    fast = engine.generate(prompts)
+    default, fast, engine = greedy_default_and_fast(trainer, prompts, NEW_TOKENS)
     fast_again = engine.generate(prompts)  # the second call replays the captured graphs
-    assert engine._split_k_ok is True and engine._decoder is not None and engine._decoder.graphs
     assert fast_again == fast  # why: replayed graphs decode what the eager warm-up decoded
     agreed, total = agree_up_to_near_ties(default, fast, margins(trainer, prompts, default))
     assert agreed >= total // 4  # why: most of the decode must be compared, or the test proves little
