@@ -58,6 +58,15 @@ def test_eos_configs_run_on_the_real_model_and_need_its_folder(tmp_path):
     check_options(BenchOptions(configs="fast-36-eos", real_model=str(tmp_path)))
 
 
+def test_without_a_gpu_the_gpu_defaults_become_a_smoke_run_and_given_options_stay():
+    from sarashina_grpo.experiments.bench import CPU_SMOKE, BenchOptions, cpu_smoke
+
+    # why: the GPU defaults (seven configurations, the peer, 512 tokens) took 17 minutes on two CPU cores
+    assert {k: getattr(cpu_smoke(BenchOptions()), k) for k in CPU_SMOKE} == CPU_SMOKE
+    given = cpu_smoke(BenchOptions(configs="fast-6", steps=3))
+    assert (given.configs, given.steps, given.max_completion_length) == ("fast-6", 3, 16)
+
+
 def test_realistic_lengths_follow_the_stated_distribution_within_the_cap():
     import random
 

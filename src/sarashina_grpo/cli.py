@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import sys
 import typing
 
@@ -124,17 +125,41 @@ def add_command(sub, name: str, command) -> argparse.ArgumentParser:
     return parser
 
 
+def usage_error(parser: argparse.ArgumentParser, message: str):
+    """argparse's own complaints (a value of the wrong type, a missing argument, an unknown flag) as the one
+    ``error:`` line every other mistake gets, naming the flag as users spell it (not its ``_`` alias)."""
+    def dashed(match) -> str:
+        names = match.group(1).split("/")
+        return next((n for n in names if "_" not in n.lstrip("-")), names[-1])
+
+    message = re.sub(r"argument ((?:-{1,2}[\w-]+/?)+)", dashed, message)
+    raise SettingsError(f"{parser.prog}: {message} (`{parser.prog} --help` lists the flags).")
+
+
+class OneLineErrors:
+    """A parser mixin: its errors are ``usage_error``'s one line, not argparse's usage block."""
+
+    def error(self, message):
+        usage_error(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from transformers.hf_argparser import HfArgumentParser  # the lazy transformers root: no torch, no model code
 
+    class CommandParser(OneLineErrors, HfArgumentParser):
+        pass
+
+    class TopParser(OneLineErrors, argparse.ArgumentParser):
+        pass
+
     # allow_abbrev=False: a prefix of a flag is a typo to report, not a flag to guess. The docstring's ``markup``
     # is for Sphinx readers, not for --help.
-    parser = argparse.ArgumentParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0].replace("``", ""),
-                                     allow_abbrev=False)
+    parser = TopParser(prog="sarashina-grpo", description=__doc__.split("\n\n")[0].replace("``", ""),
+                       allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
                         help="full tracebacks for every error (or set SARASHINA_GRPO_DEBUG=1), for bug reports")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     parser.commands = {name: add_command(sub, name, command) for name, command in COMMANDS.items()}
     return parser
 

@@ -32,6 +32,7 @@ the LoRA update), completion tokens/s over the steady steps, peak GPU memory all
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -48,7 +49,11 @@ from ..config import process_rank, project_path, setting, world_size
 
 logger = logging.getLogger(__name__)
 
-HELP = "time GRPO steps of the training path per rollout configuration; write results.json/.md/.png"
+HELP = ("time GRPO steps of the training path per rollout configuration; write results.json/.md/.png (without a "
+        "GPU: a 1-minute smoke run of the tiny model)")
+# Without CUDA the options left at their GPU defaults become a smoke run: the GPU defaults (seven configurations,
+# the peer among them, 512-token completions) take a quarter of an hour on two CPU cores and measure nothing.
+CPU_SMOKE = dict(configs="default-6,fast-6", max_completion_length=16, steps=2)
 DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36,fast-36-real,default-6-real,peer-36"
 CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real|-eos)?$")
 PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous batching, in a child process
@@ -107,13 +112,14 @@ def realistic_lengths(n: int, rng, max_length: int) -> list[int]:
 class BenchOptions:
     """The benchmark's options (``sarashina-grpo bench --help``; flags: ``cli.py``'s ``HfArgumentParser``)."""
 
-    configs: str = setting(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real], or peer-N (plain TRL + PEFT, "
-                           "last)")
+    configs: str = setting(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos] (-eos: on "
+                           "--real-model, lengths from its own EOS), or peer-N (plain TRL + PEFT, last); without a "
+                           "GPU the default is default-6,fast-6")
     model: str | None = setting(None, "'sarashina-3b' (random weights, exact config), 'tiny', or a model folder; "
                                 "unset: sarashina-3b with CUDA, tiny without")
     model_dir: str = setting("artifact/models", "where the random-weight models are built")
-    steps: int = setting(4, "optimizer steps per configuration (first + steady)")
-    max_completion_length: int = setting(512, "tokens per completion at most")
+    steps: int = setting(4, "optimizer steps per configuration (first + steady); without a GPU the default is 2")
+    max_completion_length: int = setting(512, "tokens per completion at most; without a GPU the default is 16")
     data: str = setting("datasets/smalltalk.csv", "prompt CSV")
     out: str | None = setting(None, "folder for results.json/.md/.png; unset: docs/benchmarks with CUDA, a tmp dir "
                               "without")
@@ -608,6 +614,16 @@ def check_options(args: BenchOptions) -> None:
                             "(sarashina-grpo convert-gguf makes one).")
 
 
+def cpu_smoke(args: BenchOptions) -> BenchOptions:
+    """``args`` with the options left at their GPU defaults replaced by ``CPU_SMOKE`` (said in a warning)."""
+    defaults = BenchOptions()
+    smoke = {k: v for k, v in CPU_SMOKE.items() if getattr(args, k) == getattr(defaults, k)}
+    if smoke:
+        logger.warning("No CUDA GPU: a smoke run (%s); numbers on a CPU are meaningless.",
+                       ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in smoke.items()))
+    return dataclasses.replace(args, **smoke)
+
+
 def run(args: BenchOptions) -> None:
     check_options(args)
     from ..noise import import_unsloth
@@ -619,6 +635,8 @@ def run(args: BenchOptions) -> None:
     from ..modeling import cuda_available
 
     cuda = cuda_available()
+    if not cuda:
+        args = cpu_smoke(args)
     configs = parse_configs(args.configs, cuda=cuda)
     out = Path(args.out) if args.out else (project_path("docs/benchmarks") if cuda
                                           else Path(tempfile.mkdtemp(prefix="sarashina-bench-")))
