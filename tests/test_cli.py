@@ -198,3 +198,11 @@ def test_a_grpo_flag_adds_to_the_recipes_grpo_keys(tmp_path):
     values = explicit_settings(parse_args(["train", "--config", str(recipe), "--logging-first-step"]))
     # why: one flag used to replace every GRPOConfig key the recipe set; "none" is report_to's own value, not None
     assert values["extra_grpo_args"] == {"report_to": "none", "save_total_limit": 2, "logging_first_step": True}
+
+
+def test_a_missing_prompt_file_is_reported_before_the_model_that_needs_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    # why: the default model (Sarashina 3B) cannot train on a CPU either; the file the user typed is fixed first
+    assert main(["train", "--data", "no/such/prompts.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Prompt file not found") and "prompts.csv" in err

@@ -308,13 +308,15 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     settings = check_settings(settings).resolved()
     for warning in settings_warnings(settings):
         logger.warning(warning)
+    # The files the user named come first: a missing prompt file is reported even where the model would not run
+    # on this machine either, so that one fix is not hidden behind another.
+    rows = check_prompts(project_path(settings.data_path))
+    eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
+                 if settings.held_out_eval_steps else [])
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
         check_model_name(settings.model_name)
         check_lora_targets(settings.model_name, settings.lora_target_modules)
-    rows = check_prompts(project_path(settings.data_path))
-    eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
-                 if settings.held_out_eval_steps else [])
     check_writable(artifact_dir)
     if run_dir is not None:
         check_resume_settings(settings, run_dir)
