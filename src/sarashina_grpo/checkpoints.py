@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .compat import ADAPTER_WEIGHTS
 from .config import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ ADAPTER_FILES = ("adapter_config.json",)
 # A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+# PEFT's names for adapter weights: one list, kept in compat because its resume hook (a layer below) reads them too
+ADAPTER_WEIGHT_FILES = ADAPTER_WEIGHTS
 # Trainer state that resume loads with torch.load(weights_only=True); training_args.bin is a pickle of the whole
 # config that resume never reads, so it is not opened here.
 TORCH_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")

@@ -111,17 +111,14 @@ def lora_pairs(module) -> list[tuple[object, object, float, bool]]:
              bool(dora.get(name))) for name in module.active_adapters if name in module.lora_A]
 
 
-def reset_lora(model) -> int:
+def reset_lora(model) -> None:
     """Give every LoRA layer of ``model`` a fresh start (PEFT's own initialisation: A random, B zero), as a new
-    ``get_peft_model`` would; returns the number of layers reset. The benchmark reuses one loaded model for several
-    configurations, each of which must start where a real run starts."""
-    count = 0
+    ``get_peft_model`` would. The benchmark reuses one loaded model for several configurations, each of which must
+    start where a real run starts."""
     for module in model.modules():
         if hasattr(module, "lora_A") and hasattr(module, "reset_lora_parameters"):
             for name in list(module.lora_A):
                 module.reset_lora_parameters(name, True)
-                count += 1
-    return count
 
 
 UNSLOTH_CHUNKING_FUNCTION = "autotune_batch_and_chunks"

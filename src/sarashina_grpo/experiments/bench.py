@@ -406,14 +406,15 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         return run_peer(spec, work)
     load_s = 0.0
     key = (model_name, cfg.load_in_4bit)
-    if key not in loaded:  # one load per model and precision: the same for every rollout
+    reused = key in loaded
+    if not reused:  # one load per model and precision: the same for every rollout
         loaded.clear()
         gc.collect()
         start = time.perf_counter()
         loaded[key] = load_model(check_model(settings, training=True))
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[key]
-    if not load_s:  # reused from an earlier configuration, whose training moved its LoRA: start where a run starts
+    if reused:  # from an earlier configuration, whose training moved its LoRA: start where a run starts
         compat.reset_lora(model)
     clock = _clock_callback()
     profiler = _UpdateProfiler(profile_step if cuda else None, out or work, cfg.name)
