@@ -8,6 +8,7 @@
 # Sarashina 2.2 3B shape once (random weights, kept in $SARASHINA_GRPO_3B, default /tmp/sarashina-3b), runs
 # `pytest -m gpu tests/gpu` and prints a summary line to paste into docs/gpu-tests.md. Tests that need two GPUs
 # skip on a machine with one. With four GPUs the groups run side by side; SUITE_PARALLEL=1 does that on fewer.
+# It uses the GPUs CUDA_VISIBLE_DEVICES names (all by default), e.g. CUDA_VISIBLE_DEVICES=1 next to a benchmark on 0.
 # The real-weights checks run when SARASHINA_GRPO_REAL_MODEL names a convert-gguf folder (docs/real-model.md).
 # Set GIT_COMMIT to record the commit where the tree carries no .git folder.
 set -uo pipefail
@@ -38,24 +39,25 @@ suite() {  # suite NAME GPUS PYTEST-ARGS...: one pytest run on the given GPUs, i
   CUDA_VISIBLE_DEVICES=$gpus python3 -m pytest -v -p no:cacheprovider -o addopts="" -rA \
     --junitxml "$out/gpu-suite-$name.xml" "$@" >"$out/gpu-suite-$name.log" 2>&1
 }
-gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then ids=(${CUDA_VISIBLE_DEVICES//,/ }); else ids=($(seq 0 $(( $(nvidia-smi -L 2>/dev/null | wc -l) - 1 )))); fi
+gpus=${#ids[@]}
 if [ "$gpus" -ge 4 ]; then
   # Three groups side by side on their own GPUs (each needs at most two): the suite fits one 10-minute call.
-  suite 3b 0 tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
-  suite one-gpu 1 tests/gpu --ignore=tests/gpu/test_gpu_trainer.py -m "gpu and not two_gpus" "$@" & p2=$!
-  suite two-gpus 2,3 tests/gpu -m "gpu and two_gpus" "$@" & p3=$!
+  suite 3b "${ids[0]}" tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
+  suite one-gpu "${ids[1]}" tests/gpu --ignore=tests/gpu/test_gpu_trainer.py -m "gpu and not two_gpus" "$@" & p2=$!
+  suite two-gpus "${ids[2]},${ids[3]}" tests/gpu -m "gpu and two_gpus" "$@" & p3=$!
   rc=0; for p in $p1 $p2 $p3; do wait "$p" || rc=1; done
 elif [ "${SUITE_PARALLEL:-0}" = 1 ]; then
   # Fewer GPUs: the 3B group and the single-GPU group share GPU 0 (about 20 GB together, timings are not the point).
-  suite 3b 0 tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
-  suite one-gpu 0 tests/gpu --ignore=tests/gpu/test_gpu_trainer.py -m "gpu and not two_gpus" "$@" & p2=$!
+  suite 3b "${ids[0]}" tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
+  suite one-gpu "${ids[0]}" tests/gpu --ignore=tests/gpu/test_gpu_trainer.py -m "gpu and not two_gpus" "$@" & p2=$!
   rc=0; for p in $p1 $p2; do wait "$p" || rc=1; done
-  if [ "$gpus" -ge 2 ]; then suite two-gpus 0,1 tests/gpu -m "gpu and two_gpus" "$@" || rc=1; fi
+  if [ "$gpus" -ge 2 ]; then suite two-gpus "${ids[0]},${ids[1]}" tests/gpu -m "gpu and two_gpus" "$@" || rc=1; fi
 else
-  suite all "$(seq -s, 0 $((gpus - 1)))" tests/gpu -m gpu "$@"; rc=$?
+  suite all "$(IFS=,; echo "${ids[*]}")" tests/gpu -m gpu "$@"; rc=$?
 fi
 
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sort | uniq -c | sed 's/^ *//' | paste -sd, -)
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader -i "$(IFS=,; echo "${ids[*]}")" 2>/dev/null | sort | uniq -c | sed 's/^ *//' | paste -sd, -)
 commit=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 for log in "$out"/gpu-suite-*.log; do
   grep -E '^(PASSED|FAILED|ERROR|SKIPPED)' "$log"

@@ -309,3 +309,21 @@ def test_trls_rollout_func_is_handed_messages_so_the_fast_rollout_keeps_its_hook
     # token ids, and the fast rollout can move onto the public hook
     assert handed < generate.index("else:", handed) < tokenized
     assert 'required_keys = {"prompt_ids", "completion_ids", "logprobs"}' in generate
+
+
+def test_unsloth_keeps_its_packing_trust_in_the_attributes_the_upfront_check_sets():
+    import re
+
+    zoo = (Path(importlib.util.find_spec("unsloth_zoo").origin).parent / "rl_replacements.py").read_text("utf-8")
+    scorer = unsloth_source("models/rl_replacements.py")
+    sources = {"_unsloth_seq_packing_grad": zoo, "_unsloth_seq_packing_nograd": scorer}
+    assert set(sources) == set(compat.PACKING_TRUST)
+    for prefix, source in sources.items():
+        # why: the loss (grad) and the scorer (no grad) each skip their per-row comparison only when the packed
+        # length and the longest row lie within these, and only while "_ok" is True
+        for suffix in ("_ok", "_verified_T", "_verified_seg"):
+            assert re.search(rf"getattr\(\s*unwrapped_model,\s*\"{prefix}{suffix}\"", source), prefix + suffix
+        assert "_diff < 7e-1" in source and compat.PACKING_TOLERANCE == 0.7  # the same pass band as Unsloth's
+    assert f'"{compat.PACKING_VARIABLE}", "1"' in zoo
+    llama = unsloth_source("models/llama.py")
+    assert '"packed_seq_lengths"' in llama and f'"{compat.HIDDEN_STATES_VARIABLE}", "0") == "1"' in llama

@@ -25,6 +25,9 @@ Names used, and why:
   so on CUDA it always scores the base model. A model reused for a second trainer (the benchmark) drops the copy.
 - ``Trainer._load_from_checkpoint`` (transformers): when a checkpoint holds adapter sub-folders (TRL's ``ref/``), it
   loads only those and not the trained adapter in the checkpoint's root; ``resume_loads_the_policy`` loads it too.
+- Unsloth's sequence-packing trust (``check_packing_upfront``): the model attributes ``_unsloth_seq_packing_grad_*``
+  and ``_unsloth_seq_packing_nograd_*`` (``ok``, ``verified_T``, ``verified_seg``) its compiled GRPO loss and scorer
+  keep, the ``packed_seq_lengths`` argument of its Llama forward, and ``UNSLOTH_RETURN_HIDDEN_STATES``.
 - PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``
   and ``reset_lora_parameters`` (a fresh LoRA for each benchmark configuration).
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -255,3 +259,75 @@ def resume_loads_the_policy(trainer) -> None:
 
 def has_adapter(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ADAPTER_WEIGHTS)
+
+
+# --- Unsloth's sequence packing ---------------------------------------------------------------------------------
+# Unsloth's compiled GRPO trainer runs a batch's rows as one packed varlen forward (the scorer without grad in
+# unsloth/models/rl_replacements.py, the loss with grad in unsloth_zoo/rl_replacements.py) and trusts the packing only
+# after comparing it with one forward per row, no grad. It repeats that comparison whenever a batch's packed length T
+# or its longest row exceeds what it compared before: 36 extra forwards at 36 completions, on a step that happens to
+# bring a new record (issue 17's slow 4th step). It keeps its trust in these attributes of the unwrapped model:
+PACKING_TRUST = ("_unsloth_seq_packing_grad", "_unsloth_seq_packing_nograd")  # + "_ok", "_verified_T", "_verified_seg"
+PACKING_VARIABLE = "UNSLOTH_GRPO_SEQ_PACKING"  # "0" turns Unsloth's packing off
+HIDDEN_STATES_VARIABLE = "UNSLOTH_RETURN_HIDDEN_STATES"  # "1": the forward returns hidden states as .logits
+PACKING_TOLERANCE = 0.7  # Unsloth's own pass band in nats of log-prob: kernel noise ~0.25, mixed-up rows >= 2.4
+
+
+def packing_enabled() -> bool:
+    return os.environ.get(PACKING_VARIABLE, "1").lower() not in ("0", "false", "no", "off")
+
+
+def check_packing_upfront(model, rows: int, longest: int, *, dtype=None, seed: int = 0) -> float:
+    """Do Unsloth's packing check once, at the largest batch a run makes, instead of again at each longer batch.
+
+    ``rows`` sequences of ``longest`` random tokens (rows mixing into each other show on any text) go through the
+    packed forward and through one forward each; the largest gap between their next-token log-probs is returned.
+    Within Unsloth's tolerance, the trust it would have built up batch by batch is recorded for T = rows × longest and
+    rows up to ``longest`` (never narrowed; a model it has ruled unsafe stays so). Beyond it nothing is recorded and
+    Unsloth keeps checking batch by batch. ``model`` is the unwrapped PEFT model, with Unsloth's Llama forward."""
+    import torch
+
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (rows, longest), generator=generator).to(device)
+    head = model.get_output_embeddings().weight
+
+    def log_probs(out, row_ids):  # out [longest, hidden or vocab] -> log-prob of each next token [longest - 1]
+        logits = out[:-1] if out.shape[-1] != head.shape[1] else out[:-1].to(head.dtype) @ head.T
+        return torch.log_softmax(logits.float(), -1).gather(-1, row_ids[1:, None]).squeeze(-1)
+
+    before = os.environ.get(HIDDEN_STATES_VARIABLE)
+    os.environ[HIDDEN_STATES_VARIABLE] = "1"  # hidden states, not a rows × longest × vocab block of logits
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            packed = model(input_ids=ids.reshape(1, -1), position_ids=torch.arange(longest, device=device)
+                           .repeat(rows)[None], packed_seq_lengths=torch.full((rows,), longest, dtype=torch.int32,
+                                                                              device=device), use_cache=False).logits
+            gap = 0.0
+            for row in range(rows):
+                alone = model(input_ids=ids[row][None], position_ids=torch.arange(longest, device=device)[None],
+                              use_cache=False).logits
+                together = packed[0, row * longest:(row + 1) * longest]
+                gap = max(gap, (log_probs(together, ids[row]) - log_probs(alone[0], ids[row])).abs().max().item())
+    finally:
+        if before is None:
+            os.environ.pop(HIDDEN_STATES_VARIABLE, None)
+        else:
+            os.environ[HIDDEN_STATES_VARIABLE] = before
+    if gap < PACKING_TOLERANCE and rows >= 2:  # like Unsloth: one row proves nothing about rows mixing
+        for prefix in PACKING_TRUST:
+            if getattr(model, f"{prefix}_ok", None) is False:
+                continue
+            setattr(model, f"{prefix}_ok", True)
+            setattr(model, f"{prefix}_verified_T", max(int(getattr(model, f"{prefix}_verified_T", 0)), rows * longest))
+            setattr(model, f"{prefix}_verified_seg", max(int(getattr(model, f"{prefix}_verified_seg", 0)), longest))
+    return gap
+
+
+def forget_packing_checks(model) -> None:
+    """Drop every packing verdict Unsloth (or ``check_packing_upfront``) left on ``model``: the benchmark reuses one
+    model for several configurations, and each must start as a new process does."""
+    for prefix in PACKING_TRUST:
+        for suffix in ("_ok", "_verified_T", "_verified_seg", "_unsafe_T"):
+            if hasattr(model, prefix + suffix):
+                delattr(model, prefix + suffix)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 
+from . import compat
 from .checkpoints import ADAPTER_FILES
 from .config import DEFAULT_MODEL_NAME, Settings, cuda_available, default_artifact_dir, torch_dtype
 from .model_checks import looks_like_path
@@ -104,6 +106,42 @@ def load_model(settings: Settings, *, lora: bool = True):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+PACKING_CHECK_VARIABLE = "SARASHINA_GRPO_PACKING_CHECK"  # "0": leave the packing checks to Unsloth, batch by batch
+
+
+def check_packing(trainer) -> dict | None:
+    """Check Unsloth's sequence packing once, at the run's largest batch, before the first step.
+
+    Unsloth's compiled trainer otherwise checks it again (one extra forward per completion) on every step whose batch
+    is longer than any before: steady steps are then uneven, and early steps slower (docs/speed.md). The largest
+    batch is ``per_device_train_batch_size`` rows of the longest prompt (chat template included) plus
+    ``max_completion_length``; a longer one than estimated is simply checked by Unsloth as before. Returns what was
+    checked (``rows``, ``longest``, the log-prob ``gap``, ``seconds``), or None where nothing was: no CUDA, not
+    Unsloth's trainer, packing off, or ``$SARASHINA_GRPO_PACKING_CHECK=0``."""
+    if (os.environ.get(PACKING_CHECK_VARIABLE, "1") == "0" or not cuda_available() or not compat.packing_enabled()
+            or not type(trainer).__name__.startswith("Unsloth")):
+        return None
+    tokenizer, args = trainer.processing_class, trainer.args
+    kwargs = dict(add_generation_prompt=True, tokenize=True, **(getattr(args, "chat_template_kwargs", None) or {}))
+    longest_prompt = 0
+    for prompt in trainer.train_dataset["prompt"]:
+        ids = tokenizer.apply_chat_template(prompt, **kwargs)
+        longest_prompt = max(longest_prompt, len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    rows, longest = args.per_device_train_batch_size, longest_prompt + args.max_completion_length
+    start = time.perf_counter()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    dtype = torch_dtype("bf16" if args.bf16 else "fp16") if (args.bf16 or args.fp16) else None
+    gap = compat.check_packing_upfront(model, rows, longest, dtype=dtype)
+    checked = {"rows": rows, "longest": longest, "gap": round(gap, 4), "seconds": round(time.perf_counter() - start, 2)}
+    if gap < compat.PACKING_TOLERANCE:
+        logger.info("Sequence packing checked once for %d rows of up to %d tokens (log-prob gap %.3f, %.1f s).",
+                    rows, longest, gap, checked["seconds"])
+    else:
+        logger.warning("Sequence packing differs from one forward per row by %.2f nats at %d rows of %d tokens; "
+                       "Unsloth checks each batch itself.", gap, rows, longest)
+    return checked
 
 
 def resolve_backend(settings: Settings) -> str:

@@ -4,10 +4,12 @@
     sarashina-grpo bench --configs default-6,fast-6 --steps 4
     sarashina-grpo bench --model tiny --max-completion-length 16 --steps 2   # CPU smoke run, writes to a tmp dir
 
-A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos]``: ``Settings.rollout``, N completions per optimizer step
-(groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip 4-bit loading,
-``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained model (``--real-model``, e.g.
-SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its end-of-sequence. Everything
+A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-recheck]``: ``Settings.rollout``, N completions per
+optimizer step (groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip
+4-bit loading, ``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained model
+(``--real-model``, e.g. SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its
+end-of-sequence, ``-recheck`` to leave the sequence-packing checks to Unsloth, batch by batch
+(``modeling.check_packing`` off). Everything
 else is the article's ``Settings``: the model is loaded by
 ``load_model`` and trained by ``build_trainer`` on ``datasets/smalltalk.csv`` with the project's rewards. The 3B
 shape has random weights, which never stop early, so every completion is ``max_completion_length`` tokens long: the
@@ -36,6 +38,7 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -43,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from .. import compat
 from ..config import process_rank, project_path, setting, world_size
@@ -55,7 +59,8 @@ HELP = ("time GRPO steps of the training path per rollout configuration; write r
 # the peer among them, 512-token completions) take a quarter of an hour on two CPU cores and measure nothing.
 CPU_SMOKE = dict(configs="default-6,fast-6", max_completion_length=16, steps=2)
 DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36,fast-36-real,default-6-real,peer-36"
-CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real|-eos)?$")
+CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real|-eos)?"
+                       r"(?P<recheck>-recheck)?$")
 PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous batching, in a child process
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
@@ -77,6 +82,7 @@ class BenchConfig:
     load_in_4bit: bool = True
     realistic: bool = False  # completions end at lengths drawn from REALISTIC_LENGTHS
     real_model: bool = False  # on --real-model, completions end at the model's own EOS
+    recheck: bool = False  # Unsloth checks its sequence packing per longer batch (modeling.check_packing off)
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
@@ -87,7 +93,7 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
         match = CONFIG_RE.match(name)
         if not match or match["rollout"] not in (*ROLLOUTS, PEER):
             raise SettingsError(
-                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos], ROLLOUT in "
+                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos][-recheck], ROLLOUT in "
                 f"{[*ROLLOUTS, PEER]}."
             )
         if match["rollout"] == PEER and multi_process():
@@ -98,7 +104,8 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
             raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case lengths).")
         configs.append(BenchConfig(name, match["rollout"], int(match["n"]), int(match["spg"] or 1),
                                    load_in_4bit=cuda and not match["bf16"] and not peer,
-                                   realistic=match["real"] == "-real", real_model=match["real"] == "-eos"))
+                                   realistic=match["real"] == "-real", real_model=match["real"] == "-eos",
+                                   recheck=bool(match["recheck"])))
     return configs
 
 
@@ -112,9 +119,10 @@ def realistic_lengths(n: int, rng, max_length: int) -> list[int]:
 class BenchOptions:
     """The benchmark's options (``sarashina-grpo bench --help``; flags: ``cli.py``'s ``HfArgumentParser``)."""
 
-    configs: str = setting(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos] (-eos: on "
-                           "--real-model, lengths from its own EOS), or peer-N (plain TRL + PEFT, last); without a "
-                           "GPU the default is default-6,fast-6")
+    configs: str = setting(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-recheck] (-eos: "
+                           "on --real-model, lengths from its own EOS; -recheck: Unsloth checks its sequence packing "
+                           "on each longer batch, as without the upfront check), or peer-N (plain TRL + PEFT, last); "
+                           "without a GPU the default is default-6,fast-6")
     model: str | None = setting(None, "'sarashina-3b' (random weights, exact config), 'tiny', or a model folder; "
                                 "unset: sarashina-3b with CUDA, tiny without")
     model_dir: str = setting("artifact/models", "where the random-weight models are built")
@@ -382,7 +390,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
 
     # The package calls of the benchmark, all here.
     from ..config import Settings
-    from ..modeling import load_model
+    from ..modeling import PACKING_CHECK_VARIABLE, load_model
     from ..pipeline import build_trainer, prepare, run_training
     from ..validation import check_model
 
@@ -416,6 +424,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     model, tokenizer = loaded[key]
     if reused:  # from an earlier configuration, whose training moved its LoRA: start where a run starts
         compat.reset_lora(model)
+        compat.forget_packing_checks(model)
     clock = _clock_callback()
     profiler = _UpdateProfiler(profile_step if cuda else None, out or work, cfg.name)
     clock.on_step_end_extra = profiler.stop
@@ -423,7 +432,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
+    with mock.patch.dict(os.environ, {PACKING_CHECK_VARIABLE: "0"} if cfg.recheck else {}):
+        trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
     profiler.wrap(trainer)
     generation = _time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
     scored = _time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
@@ -448,6 +458,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     row["model_load_s"] = round(load_s, 1)
     row["model"] = Path(model_name).name
     row["kl_reference"] = getattr(trainer, "kl_reference", None)  # "base": adapter disabled; "ref": TRL's copy
+    row["packing_check"] = getattr(trainer, "packing_check", None)  # rows, longest, gap, seconds (before step 1)
     row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):
@@ -550,14 +561,27 @@ def peer_child(spec_path: str, row_path: str) -> None:
     Path(row_path).write_text(json.dumps(row))
 
 
+def update_spread(row: dict) -> float | None:
+    """Slowest over fastest update of the steady steps (the first compiles)."""
+    steady = row.get("update_times_s", [])[1:]
+    return round(max(steady) / min(steady), 2) if len(steady) > 1 and min(steady) > 0 else None
+
+
+def first_step(row: dict) -> str:
+    """The first step's seconds, plus the packing check that ran before it (``modeling.check_packing``)."""
+    check = (row.get("packing_check") or {}).get("seconds")
+    return f"{row['first_step_s']:.1f}" + (f" + {check:.1f} check" if check else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = ("| config | rollout | completions/step | steps/generation | steady s/step | first step s "
-            "| generation s/step | rest of step s | completion tok/s | peak alloc GiB | peak reserved GiB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| generation s/step | rest of step s | update s | slowest/fastest update | completion tok/s "
+            "| peak alloc GiB | peak reserved GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [
         f"| {r['config']} | {r['rollout']} | failed: {r['error'][:200]} |" if "error" in r else
         f"| {r['config']} | {r['rollout']} | {r['completions_per_step']} | {r['steps_per_generation']} "
-        f"| {r['step_s']:.2f} | {r['first_step_s']:.1f} | {r['generation_s']:.2f} | {r['rest_of_step_s']:.2f} "
+        f"| {r['step_s']:.2f} | {first_step(r)} | {r['generation_s']:.2f} | {r['rest_of_step_s']:.2f} "
+        f"| {r.get('update_s', '')} | {update_spread(r) or ''} "
         f"| {r['completion_tokens_per_s']:,.0f} | {r['peak_allocated_gib']} | {r['peak_reserved_gib']} |"
         for r in rows
     ]
