@@ -1,8 +1,9 @@
 """The one upfront check of Unsloth's sequence packing (``compat.check_packing_upfront``, ``modeling.check_packing``).
 
 On the CPU the forward is plain transformers, which honours packed rows through their restarting position ids: the
-check then finds no gap and records Unsloth's trust for the whole run. A forward that lets rows see each other is
-refused and records nothing, so Unsloth goes on checking each batch itself. The GPU side, where Unsloth's own
+check then finds no gap and records Unsloth's trust for the whole run. A forward that lets rows see each other, or
+one that cuts rows of unequal length in the wrong places, is refused and records nothing, so Unsloth goes on checking
+each batch itself. The GPU side, where Unsloth's own
 checks are counted, is tests/gpu/test_gpu_packing.py.
 """
 
@@ -45,6 +46,18 @@ class RowsSeeEachOther(torch.nn.Module):
         return self.inner(input_ids=input_ids, position_ids=torch.arange(input_ids.shape[1])[None], use_cache=False)
 
 
+class EqualRowsOnly(RowsSeeEachOther):
+    """A forward that cuts the packed rows as if all had the first row's length: right for a batch of equal rows,
+    wrong as soon as lengths differ (a bug in the code for runs of unequal rows)."""
+
+    def forward(self, input_ids, position_ids, packed_seq_lengths=None, use_cache=False):
+        if packed_seq_lengths is None:  # one row on its own
+            return self.inner(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        first = int(packed_seq_lengths[0])
+        positions = torch.arange(input_ids.shape[1]) % first
+        return self.inner(input_ids=input_ids, position_ids=positions[None], use_cache=False)
+
+
 def trust(model) -> dict:
     return {f"{p}{k}": getattr(model, f"{p}{k}", None) for p in compat.PACKING_TRUST
             for k in ("_ok", "_verified_T", "_verified_seg")}
@@ -62,6 +75,22 @@ def test_rows_that_see_each_other_are_refused_and_nothing_is_trusted(sharp_model
     gap = compat.check_packing_upfront(model, rows=3, longest=20)
     assert gap > 10 * compat.PACKING_TOLERANCE
     assert set(trust(model).values()) == {None}
+
+
+def test_rows_of_unequal_length_are_checked_not_only_equal_ones(sharp_model, monkeypatch):
+    model = EqualRowsOnly(sharp_model)
+    assert compat.check_packing_upfront(model, rows=3, longest=20) > 10 * compat.PACKING_TOLERANCE
+    assert set(trust(model).values()) == {None}
+    # why the lengths are mixed: the same faulty forward passes a check made of equal rows only
+    monkeypatch.setattr(compat, "packing_lengths", lambda rows, longest: [longest] * rows)
+    assert compat.check_packing_upfront(EqualRowsOnly(sharp_model), rows=3, longest=20) < 1e-4
+
+
+def test_the_checked_rows_mix_lengths_and_cover_the_largest_batch():
+    for rows, longest in [(2, 10), (6, 606), (36, 606)]:
+        lengths = compat.packing_lengths(rows, longest)
+        assert rows * longest <= sum(lengths) <= rows * longest + 2 and max(lengths) == longest >= min(lengths) >= 2
+        assert len(set(lengths)) >= 3  # neighbours of unequal length: several runs, as in a real batch
 
 
 def test_the_check_never_narrows_trust_nor_revives_packing_unsloth_turned_off(sharp_model):

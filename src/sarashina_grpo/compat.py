@@ -277,38 +277,52 @@ def packing_enabled() -> bool:
     return os.environ.get(PACKING_VARIABLE, "1").lower() not in ("0", "false", "no", "off")
 
 
+def packing_lengths(rows: int, longest: int) -> list[int]:
+    """Row lengths for ``check_packing_upfront``: ``rows`` rows of three lengths up to ``longest`` in turn, plus one
+    short row that brings the total to ``rows × longest``. Unequal neighbours matter: Unsloth attends one run of
+    equal-length rows per call and hands unequal runs to other kernels (torch's varlen attention where torch has it),
+    so a check on equal rows alone would pass code that real batches never take."""
+    lengths = [max(1, longest - i % 3) for i in range(rows)]
+    missing = rows * longest - sum(lengths)
+    if missing:
+        lengths.insert(rows // 2, max(missing, 2))
+    return lengths
+
+
 def check_packing_upfront(model, rows: int, longest: int, *, dtype=None, seed: int = 0) -> float:
     """Do Unsloth's packing check once, at the largest batch a run makes, instead of again at each longer batch.
 
-    ``rows`` sequences of ``longest`` random tokens (rows mixing into each other show on any text) go through the
-    packed forward and through one forward each; the largest gap between their next-token log-probs is returned.
-    Within Unsloth's tolerance, the trust it would have built up batch by batch is recorded for T = rows × longest and
-    rows up to ``longest`` (never narrowed; a model it has ruled unsafe stays so). Beyond it nothing is recorded and
-    Unsloth keeps checking batch by batch. ``model`` is the unwrapped PEFT model, with Unsloth's Llama forward."""
+    Rows of random tokens (rows mixing into each other show on any text), of the unequal lengths
+    ``packing_lengths`` gives, go through the packed forward and through one forward each; the largest gap between
+    their next-token log-probs is returned. Within Unsloth's tolerance, the trust it would have built up batch by
+    batch is recorded for a packed length of at least ``rows × longest`` and rows up to ``longest`` (never narrowed;
+    a model it has ruled unsafe stays so). Beyond it nothing is recorded and Unsloth keeps checking batch by batch.
+    ``model`` is the unwrapped PEFT model, with Unsloth's Llama forward."""
     import torch
 
     device = next(model.parameters()).device
+    lengths = packing_lengths(rows, longest)
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (rows, longest), generator=generator).to(device)
+    ids = torch.randint(0, model.config.vocab_size, (sum(lengths),), generator=generator).to(device)
+    rows_ids = ids.split(lengths)
     head = model.get_output_embeddings().weight
 
-    def log_probs(out, row_ids):  # out [longest, hidden or vocab] -> log-prob of each next token [longest - 1]
+    def log_probs(out, row_ids):  # out [length, hidden or vocab] -> log-prob of each next token [length - 1]
         logits = out[:-1] if out.shape[-1] != head.shape[1] else out[:-1].to(head.dtype) @ head.T
         return torch.log_softmax(logits.float(), -1).gather(-1, row_ids[1:, None]).squeeze(-1)
 
     before = os.environ.get(HIDDEN_STATES_VARIABLE)
-    os.environ[HIDDEN_STATES_VARIABLE] = "1"  # hidden states, not a rows × longest × vocab block of logits
+    os.environ[HIDDEN_STATES_VARIABLE] = "1"  # hidden states, not a (rows × longest) × vocab block of logits
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            packed = model(input_ids=ids.reshape(1, -1), position_ids=torch.arange(longest, device=device)
-                           .repeat(rows)[None], packed_seq_lengths=torch.full((rows,), longest, dtype=torch.int32,
-                                                                              device=device), use_cache=False).logits
+            positions = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
+            packed = model(input_ids=ids[None], position_ids=positions, use_cache=False,
+                           packed_seq_lengths=torch.tensor(lengths, dtype=torch.int32, device=device)).logits
             gap = 0.0
-            for row in range(rows):
-                alone = model(input_ids=ids[row][None], position_ids=torch.arange(longest, device=device)[None],
-                              use_cache=False).logits
-                together = packed[0, row * longest:(row + 1) * longest]
-                gap = max(gap, (log_probs(together, ids[row]) - log_probs(alone[0], ids[row])).abs().max().item())
+            for row_ids, together in zip(rows_ids, packed[0].split(lengths), strict=True):
+                alone = model(input_ids=row_ids[None], position_ids=torch.arange(len(row_ids), device=device)[None],
+                              use_cache=False).logits[0]
+                gap = max(gap, (log_probs(together, row_ids) - log_probs(alone, row_ids)).abs().max().item())
     finally:
         if before is None:
             os.environ.pop(HIDDEN_STATES_VARIABLE, None)
@@ -319,7 +333,7 @@ def check_packing_upfront(model, rows: int, longest: int, *, dtype=None, seed: i
             if getattr(model, f"{prefix}_ok", None) is False:
                 continue
             setattr(model, f"{prefix}_ok", True)
-            setattr(model, f"{prefix}_verified_T", max(int(getattr(model, f"{prefix}_verified_T", 0)), rows * longest))
+            setattr(model, f"{prefix}_verified_T", max(int(getattr(model, f"{prefix}_verified_T", 0)), sum(lengths)))
             setattr(model, f"{prefix}_verified_seg", max(int(getattr(model, f"{prefix}_verified_seg", 0)), longest))
     return gap
 
