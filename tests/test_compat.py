@@ -324,6 +324,11 @@ def test_unsloth_keeps_its_packing_trust_in_the_attributes_the_upfront_check_set
         for suffix in ("_ok", "_verified_T", "_verified_seg"):
             assert re.search(rf"getattr\(\s*unwrapped_model,\s*\"{prefix}{suffix}\"", source), prefix + suffix
         assert "_diff < 7e-1" in source and compat.PACKING_TOLERANCE == 0.7  # the same pass band as Unsloth's
+    # why the envelope is enough: each skips its comparison when the packed length (non-pad tokens) and the longest
+    # row lie within what was verified, and the scorer packs under inference mode, the loss with grad
+    assert "_pack_T <= _pack_vT and _pack_maxseg <= _pack_vS" in zoo and "_pack_T = sum(_pack_nz_cpu)" in zoo
+    assert "_pk_T <= _pk_vT and _pk_maxseg <= _pk_vS" in scorer and "_pk_T = sum(_pk_nz_cpu)" in scorer
+    assert "with _get_inference_mode_context_manager(model):" in scorer
     assert f'"{compat.PACKING_VARIABLE}", "1"' in zoo
     llama = unsloth_source("models/llama.py")
     assert '"packed_seq_lengths"' in llama and f'"{compat.HIDDEN_STATES_VARIABLE}", "0") == "1"' in llama

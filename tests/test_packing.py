@@ -1,14 +1,15 @@
 """The one upfront check of Unsloth's sequence packing (``compat.check_packing_upfront``, ``modeling.check_packing``).
 
 On the CPU the forward is plain transformers, which honours packed rows through their restarting position ids: the
-check then finds no gap and records Unsloth's trust for the whole run. A forward that lets rows see each other, or
-one that cuts rows of unequal length in the wrong places, is refused and records nothing, so Unsloth goes on checking
-each batch itself. The GPU side, where Unsloth's own
-checks are counted, is tests/gpu/test_gpu_packing.py.
+check then finds no gap and records Unsloth's trust for the whole run. A forward that lets rows see each other, cuts
+rows of unequal (or of equal) length in the wrong places, or goes wrong only with gradients on, is refused where it
+goes wrong and records nothing there, so Unsloth goes on checking those batches itself. The GPU side, where
+Unsloth's own checks are counted, is tests/gpu/test_gpu_packing.py.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from types import SimpleNamespace
 
@@ -21,41 +22,39 @@ GRAD, NOGRAD = compat.PACKING_TRUST
 
 
 @pytest.fixture
-def sharp_model(tiny_model_dir):
-    """The tiny Llama with its output scaled up: random weights give near-uniform next-token log-probs, on which
-    rows mixing into each other would move the log-probs by less than Unsloth's tolerance; a trained model's don't."""
+def plain_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def sharp_model(plain_model):
+    """The tiny Llama with its output scaled up: random weights give near-uniform next-token log-probs, on which
+    rows mixing into each other would move the log-probs by less than Unsloth's tolerance; a trained model's don't."""
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(30)
-    return model
+        plain_model.get_output_embeddings().weight.mul_(30)
+    return plain_model
 
 
-class RowsSeeEachOther(torch.nn.Module):
-    """A forward that ignores where packed rows end (an attention backend without varlen support)."""
+class Faulty(torch.nn.Module):
+    """The model, with a forward that goes wrong on packed rows when ``wrong(lengths)`` says so: it then lets every
+    row see the rows before it (an attention backend that ignores where rows end)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, wrong):
         super().__init__()
-        self.inner, self.config = inner, inner.config
+        self.inner, self.config, self.wrong = inner, inner.config, wrong
 
     def get_output_embeddings(self):
         return self.inner.get_output_embeddings()
 
-    def forward(self, input_ids, position_ids, packed_seq_lengths=None, use_cache=False):
-        return self.inner(input_ids=input_ids, position_ids=torch.arange(input_ids.shape[1])[None], use_cache=False)
-
-
-class EqualRowsOnly(RowsSeeEachOther):
-    """A forward that cuts the packed rows as if all had the first row's length: right for a batch of equal rows,
-    wrong as soon as lengths differ (a bug in the code for runs of unequal rows)."""
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
 
     def forward(self, input_ids, position_ids, packed_seq_lengths=None, use_cache=False):
-        if packed_seq_lengths is None:  # one row on its own
-            return self.inner(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        first = int(packed_seq_lengths[0])
-        positions = torch.arange(input_ids.shape[1]) % first
-        return self.inner(input_ids=input_ids, position_ids=positions[None], use_cache=False)
+        if packed_seq_lengths is not None and self.wrong(packed_seq_lengths.tolist()):
+            position_ids = torch.arange(input_ids.shape[1])[None]
+        return self.inner(input_ids=input_ids, position_ids=position_ids, use_cache=False)
 
 
 def trust(model) -> dict:
@@ -63,27 +62,47 @@ def trust(model) -> dict:
             for k in ("_ok", "_verified_T", "_verified_seg")}
 
 
-def test_packing_that_keeps_rows_apart_is_trusted_for_the_largest_batch(sharp_model):
-    gap = compat.check_packing_upfront(sharp_model, rows=3, longest=20)
-    assert gap < 1e-4
-    assert trust(sharp_model) == {f"{p}{k}": v for p in (GRAD, NOGRAD)
-                                  for k, v in (("_ok", True), ("_verified_T", 60), ("_verified_seg", 20))}
+def check(model, rows=3, longest=20, **kwargs):
+    return compat.check_packing_upfront(model, loss_rows=rows, score_rows=kwargs.pop("score_rows", rows),
+                                        longest=longest, **kwargs)
+
+
+def test_packing_that_keeps_rows_apart_is_trusted_for_the_largest_batches(sharp_model):
+    gaps = check(sharp_model, rows=3, score_rows=6, longest=20)
+    assert max(gaps.values()) < 1e-4
+    assert trust(sharp_model) == {f"{GRAD}_ok": True, f"{GRAD}_verified_T": 60, f"{GRAD}_verified_seg": 20,
+                                  f"{NOGRAD}_ok": True, f"{NOGRAD}_verified_T": 120, f"{NOGRAD}_verified_seg": 20}
 
 
 def test_rows_that_see_each_other_are_refused_and_nothing_is_trusted(sharp_model):
-    model = RowsSeeEachOther(sharp_model)
-    gap = compat.check_packing_upfront(model, rows=3, longest=20)
-    assert gap > 10 * compat.PACKING_TOLERANCE
+    model = Faulty(sharp_model, wrong=lambda lengths: True)
+    assert min(check(model).values()) > 10 * compat.PACKING_TOLERANCE
     assert set(trust(model).values()) == {None}
 
 
-def test_rows_of_unequal_length_are_checked_not_only_equal_ones(sharp_model, monkeypatch):
-    model = EqualRowsOnly(sharp_model)
-    assert compat.check_packing_upfront(model, rows=3, longest=20) > 10 * compat.PACKING_TOLERANCE
+@pytest.mark.parametrize("layout", ["unequal", "equal"])
+def test_both_batch_layouts_are_checked(sharp_model, layout):
+    # why both: Unsloth attends one run of equal rows per call and unequal runs through other kernels, so a forward
+    # can be right for one layout and wrong for the other; a batch of either kind must be covered by what is trusted
+    wrong = (lambda n: len(set(n)) > 1) if layout == "unequal" else (lambda n: len(set(n)) == 1)
+    model = Faulty(sharp_model, wrong=wrong)
+    assert min(check(model).values()) > 10 * compat.PACKING_TOLERANCE
     assert set(trust(model).values()) == {None}
-    # why the lengths are mixed: the same faulty forward passes a check made of equal rows only
-    monkeypatch.setattr(compat, "packing_lengths", lambda rows, longest: [longest] * rows)
-    assert compat.check_packing_upfront(EqualRowsOnly(sharp_model), rows=3, longest=20) < 1e-4
+
+
+def test_a_forward_wrong_only_with_gradients_loses_only_the_loss_trust(sharp_model):
+    model = Faulty(sharp_model, wrong=lambda lengths: torch.is_grad_enabled())
+    gaps = check(model)
+    assert gaps[GRAD] > 10 * compat.PACKING_TOLERANCE and gaps[NOGRAD] < 1e-4
+    assert trust(model)[f"{GRAD}_ok"] is None and trust(model)[f"{NOGRAD}_ok"] is True
+
+
+def test_the_gap_is_measured_at_the_sampling_temperature(plain_model):
+    # random weights: rows leaking into each other move log-probs by less than the tolerance at temperature 1, but
+    # Unsloth compares log-probs at the sampling temperature, where the same leak is larger
+    model = Faulty(plain_model, wrong=lambda lengths: True)
+    assert max(check(model, temperature=1.0).values()) < compat.PACKING_TOLERANCE
+    assert min(check(Faulty(plain_model, wrong=lambda n: True), temperature=0.1).values()) > compat.PACKING_TOLERANCE
 
 
 def test_the_checked_rows_mix_lengths_and_cover_the_largest_batch():
@@ -97,23 +116,39 @@ def test_the_check_never_narrows_trust_nor_revives_packing_unsloth_turned_off(sh
     setattr(sharp_model, f"{GRAD}_verified_T", 500)
     setattr(sharp_model, f"{GRAD}_verified_seg", 400)
     setattr(sharp_model, f"{NOGRAD}_ok", False)
-    compat.check_packing_upfront(sharp_model, rows=3, longest=20)
+    check(sharp_model)
     assert trust(sharp_model)[f"{GRAD}_verified_T"] == 500 and trust(sharp_model)[f"{GRAD}_verified_seg"] == 400
     assert trust(sharp_model)[f"{NOGRAD}_ok"] is False and trust(sharp_model)[f"{NOGRAD}_verified_T"] is None
 
 
 def test_a_single_row_proves_nothing_about_rows_mixing(sharp_model):
-    compat.check_packing_upfront(sharp_model, rows=1, longest=20)
+    check(sharp_model, rows=1)
     assert set(trust(sharp_model).values()) == {None}
 
 
-def test_the_hidden_states_switch_is_put_back(sharp_model, monkeypatch):
+def test_the_model_mode_and_the_hidden_states_switch_are_put_back_even_on_failure(sharp_model, monkeypatch):
     monkeypatch.setenv(compat.HIDDEN_STATES_VARIABLE, "0")
-    compat.check_packing_upfront(sharp_model, rows=2, longest=8)
-    assert os.environ[compat.HIDDEN_STATES_VARIABLE] == "0"
+    sharp_model.eval()
+    check(sharp_model, rows=2, longest=8)
+    assert os.environ[compat.HIDDEN_STATES_VARIABLE] == "0" and not sharp_model.training
     monkeypatch.delenv(compat.HIDDEN_STATES_VARIABLE)
-    compat.check_packing_upfront(sharp_model, rows=2, longest=8)
-    assert compat.HIDDEN_STATES_VARIABLE not in os.environ
+    compat.forget_packing_checks(sharp_model)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(sharp_model, "forward", broken)
+    with pytest.raises(RuntimeError):
+        check(sharp_model, rows=2, longest=8)
+    assert compat.HIDDEN_STATES_VARIABLE not in os.environ and not sharp_model.training
+    assert set(trust(sharp_model).values()) == {None}
+
+
+def test_the_benchmark_forgets_every_verdict_between_configurations(sharp_model):
+    check(sharp_model)
+    sharp_model._unsloth_prefix_grouper_grad_verified = {"sig": (10, 5)}
+    compat.forget_packing_checks(sharp_model)
+    assert not [n for n in vars(sharp_model) if n.startswith(compat.UNSLOTH_VERDICT_PREFIXES)]
 
 
 class UnslothGRPOTrainer(SimpleNamespace):
@@ -127,33 +162,49 @@ def unsloth_like_trainer(sharp_model, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(modeling, "cuda_available", lambda: True)
     prompts = [[{"role": "user", "content": "短い"}], [{"role": "system", "content": "長い" * 30},
                                                       {"role": "user", "content": "質問です"}]]
-    args = SimpleNamespace(per_device_train_batch_size=4, max_completion_length=16, bf16=False, fp16=False,
-                           chat_template_kwargs=None)
+    args = SimpleNamespace(per_device_train_batch_size=4, steps_per_generation=2, max_completion_length=16,
+                           bf16=False, fp16=False, chat_template_kwargs=None, temperature=1.0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = UnslothGRPOTrainer(processing_class=tokenizer, args=args, train_dataset={"prompt": prompts},
                                  model=sharp_model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
-    longest_prompt = max(len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)["input_ids"])
-                         for p in prompts)
+    encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in prompts]
+    # a BatchEncoding, or a plain list once Unsloth has patched the tokenizer (as in the whole suite)
+    longest_prompt = max(len(ids["input_ids"] if hasattr(ids, "keys") else ids) for ids in encoded)
     return trainer, longest_prompt
 
 
-def test_the_run_is_checked_at_its_batch_size_and_longest_prompt_plus_completion(unsloth_like_trainer):
+def test_the_loss_batch_and_the_scored_generation_batch_are_checked_at_the_longest_row(unsloth_like_trainer):
     trainer, longest_prompt = unsloth_like_trainer
     checked = modeling.check_packing(trainer)
-    assert (checked["rows"], checked["longest"]) == (4, longest_prompt + 16)
-    assert checked["gap"] < 1e-4 and trust(trainer.model)[f"{GRAD}_verified_T"] == 4 * (longest_prompt + 16)
+    longest = longest_prompt + 16
+    # why two sizes: TRL scores a whole generation batch (steps_per_generation optimizer steps) in one go
+    assert (checked["loss_rows"], checked["score_rows"], checked["longest"]) == (4, 8, longest)
+    assert trust(trainer.model)[f"{GRAD}_verified_T"] == 4 * longest
+    assert trust(trainer.model)[f"{NOGRAD}_verified_T"] == 8 * longest
 
 
-@pytest.mark.parametrize("why", ["variable", "packing off", "no cuda", "plain trl"])
+def test_a_check_that_cannot_run_leaves_the_checking_to_unsloth_and_training_goes_on(unsloth_like_trainer,
+                                                                                      monkeypatch, caplog):
+    trainer, _ = unsloth_like_trainer
+    monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no kernel")))
+    with caplog.at_level(logging.WARNING, logger="sarashina_grpo.modeling"):
+        assert modeling.check_packing(trainer) is None
+    assert "could not run (RuntimeError: no kernel)" in caplog.text
+    assert set(trust(trainer.model).values()) == {None}
+
+
+@pytest.mark.parametrize("why", ["variable", "packing off", "no cuda", "plain trl", "one row"])
 def test_nothing_is_checked_where_unsloths_packing_does_not_run_or_the_user_said_no(unsloth_like_trainer,
                                                                                      monkeypatch, why):
     trainer, _ = unsloth_like_trainer
     if why == "variable":
-        monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "0")
+        monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "off")
     elif why == "packing off":
         monkeypatch.setenv(compat.PACKING_VARIABLE, "0")
     elif why == "no cuda":
         monkeypatch.setattr(modeling, "cuda_available", lambda: False)
+    elif why == "one row":
+        trainer.args.per_device_train_batch_size, trainer.args.steps_per_generation = 1, 1
     else:
         trainer = SimpleNamespace(**vars(trainer))
     assert modeling.check_packing(trainer) is None

@@ -273,15 +273,23 @@ HIDDEN_STATES_VARIABLE = "UNSLOTH_RETURN_HIDDEN_STATES"  # "1": the forward retu
 PACKING_TOLERANCE = 0.7  # Unsloth's own pass band in nats of log-prob: kernel noise ~0.25, mixed-up rows >= 2.4
 
 
+GRAD, NOGRAD = PACKING_TRUST
+CHUNK = 256  # positions per log-softmax: a [CHUNK, vocab] fp32 block, not [longest, vocab]
+
+
+def env_on(name: str, default: str = "1") -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off")
+
+
 def packing_enabled() -> bool:
-    return os.environ.get(PACKING_VARIABLE, "1").lower() not in ("0", "false", "no", "off")
+    return env_on(PACKING_VARIABLE)
 
 
 def packing_lengths(rows: int, longest: int) -> list[int]:
-    """Row lengths for ``check_packing_upfront``: ``rows`` rows of three lengths up to ``longest`` in turn, plus one
-    short row that brings the total to ``rows × longest``. Unequal neighbours matter: Unsloth attends one run of
-    equal-length rows per call and hands unequal runs to other kernels (torch's varlen attention where torch has it),
-    so a check on equal rows alone would pass code that real batches never take."""
+    """Mixed row lengths for ``check_packing_upfront``: ``rows`` rows of three lengths up to ``longest`` in turn,
+    plus one short row that brings the total to ``rows × longest``. Unequal neighbours matter: Unsloth attends one
+    run of equal-length rows per call and hands unequal runs to other kernels (torch's varlen attention where torch
+    has it); the check also packs ``rows`` equal rows, the layout of a batch whose completions all hit the limit."""
     lengths = [max(1, longest - i % 3) for i in range(rows)]
     missing = rows * longest - sum(lengths)
     if missing:
@@ -289,59 +297,87 @@ def packing_lengths(rows: int, longest: int) -> list[int]:
     return lengths
 
 
-def check_packing_upfront(model, rows: int, longest: int, *, dtype=None, seed: int = 0) -> float:
-    """Do Unsloth's packing check once, at the largest batch a run makes, instead of again at each longer batch.
+def _log_probs(out, ids, head, temperature: float):
+    """Log-probs of each next token of one row, from its hidden states (through ``head``) or its logits, at the
+    sampling temperature (Unsloth compares them at that temperature); CHUNK positions at a time."""
+    import torch
 
-    Rows of random tokens (rows mixing into each other show on any text), of the unequal lengths
-    ``packing_lengths`` gives, go through the packed forward and through one forward each; the largest gap between
-    their next-token log-probs is returned. Within Unsloth's tolerance, the trust it would have built up batch by
-    batch is recorded for a packed length of at least ``rows × longest`` and rows up to ``longest`` (never narrowed;
-    a model it has ruled unsafe stays so). Beyond it nothing is recorded and Unsloth keeps checking batch by batch.
-    ``model`` is the unwrapped PEFT model, with Unsloth's Llama forward."""
+    parts = []
+    for at in range(0, len(ids) - 1, CHUNK):
+        rows = out[at:min(at + CHUNK, len(ids) - 1)]
+        logits = rows if rows.shape[-1] != head.shape[1] else rows.to(head.dtype) @ head.T
+        logits = torch.log_softmax(logits.float() / temperature, -1)
+        parts.append(logits.gather(-1, ids[at + 1:at + 1 + len(rows), None]).squeeze(-1))
+    return torch.cat(parts)
+
+
+def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: int, temperature: float = 1.0,
+                          dtype=None, seed: int = 0) -> dict[str, float]:
+    """Do Unsloth's packing checks once, at the largest batches a run makes, instead of again at each longer batch.
+
+    Random rows of ``longest`` tokens (rows leaking into each other show on any text) go through one forward each:
+    the reference. Then, for the loss (grad on, ``loss_rows`` rows) and for the scorer (inference mode,
+    ``score_rows`` rows), two packed layouts of prefixes of those rows go through the packed forward as Unsloth runs
+    it there: all rows equally long, and mixed lengths (``packing_lengths``). A causal model gives a prefix the
+    log-probs of the whole row's first positions, so one reference serves both. Returns the largest log-prob gap
+    of each ("grad", "nograd"), at the sampling ``temperature``. Where a gap is within Unsloth's tolerance (and at
+    least two rows were packed), the trust Unsloth would have built up batch by batch is recorded for what was
+    checked: packed lengths up to ``rows × longest`` (plus a token or two), rows up to ``longest``; never narrowed,
+    and a model Unsloth has ruled unsafe stays so. Beyond it nothing is recorded, and Unsloth checks each batch.
+    ``model`` is the unwrapped PEFT model with Unsloth's Llama forward; its train/eval mode is restored."""
     import torch
 
     device = next(model.parameters()).device
-    lengths = packing_lengths(rows, longest)
+    vocab = min(model.config.vocab_size, model.get_input_embeddings().num_embeddings)
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (sum(lengths),), generator=generator).to(device)
-    rows_ids = ids.split(lengths)
+    base = torch.randint(0, vocab, (max(loss_rows, score_rows, 1), longest), generator=generator).to(device)
     head = model.get_output_embeddings().weight
-
-    def log_probs(out, row_ids):  # out [length, hidden or vocab] -> log-prob of each next token [length - 1]
-        logits = out[:-1] if out.shape[-1] != head.shape[1] else out[:-1].to(head.dtype) @ head.T
-        return torch.log_softmax(logits.float(), -1).gather(-1, row_ids[1:, None]).squeeze(-1)
-
-    before = os.environ.get(HIDDEN_STATES_VARIABLE)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    before, was_training = os.environ.get(HIDDEN_STATES_VARIABLE), model.training
     os.environ[HIDDEN_STATES_VARIABLE] = "1"  # hidden states, not a (rows × longest) × vocab block of logits
+    gaps: dict[str, float] = {}
     try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            positions = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
-            packed = model(input_ids=ids[None], position_ids=positions, use_cache=False,
-                           packed_seq_lengths=torch.tensor(lengths, dtype=torch.int32, device=device)).logits
-            gap = 0.0
-            for row_ids, together in zip(rows_ids, packed[0].split(lengths), strict=True):
-                alone = model(input_ids=row_ids[None], position_ids=torch.arange(len(row_ids), device=device)[None],
-                              use_cache=False).logits[0]
-                gap = max(gap, (log_probs(together, row_ids) - log_probs(alone, row_ids)).abs().max().item())
+        model.train()  # as in training: TRL scores and Unsloth computes the loss with the model in train mode
+        with torch.no_grad(), autocast:
+            reference = [_log_probs(model(input_ids=row[None], position_ids=torch.arange(longest, device=device)[None],
+                                          use_cache=False).logits[0], row, head, temperature) for row in base]
+        for kind, rows, mode in ((GRAD, loss_rows, torch.enable_grad), (NOGRAD, score_rows, torch.inference_mode)):
+            gaps[kind] = 0.0
+            for lengths in ([longest] * rows, packing_lengths(rows, longest)):
+                segments = [base[i % rows][:n] for i, n in enumerate(lengths)]
+                positions = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
+                with mode(), autocast:
+                    packed = model(input_ids=torch.cat(segments)[None], position_ids=positions, use_cache=False,
+                                   packed_seq_lengths=torch.tensor(lengths, dtype=torch.int32, device=device)).logits
+                with torch.no_grad():
+                    for i, (segment, out) in enumerate(zip(segments, packed[0].detach().split(lengths), strict=True)):
+                        if len(segment) > 1:
+                            got = _log_probs(out, segment, head, temperature)
+                            gaps[kind] = max(gaps[kind], (got - reference[i % rows][:len(got)]).abs().max().item())
+                del packed
     finally:
+        model.train(was_training)
         if before is None:
             os.environ.pop(HIDDEN_STATES_VARIABLE, None)
         else:
             os.environ[HIDDEN_STATES_VARIABLE] = before
-    if gap < PACKING_TOLERANCE and rows >= 2:  # like Unsloth: one row proves nothing about rows mixing
-        for prefix in PACKING_TRUST:
-            if getattr(model, f"{prefix}_ok", None) is False:
-                continue
-            setattr(model, f"{prefix}_ok", True)
-            setattr(model, f"{prefix}_verified_T", max(int(getattr(model, f"{prefix}_verified_T", 0)), sum(lengths)))
-            setattr(model, f"{prefix}_verified_seg", max(int(getattr(model, f"{prefix}_verified_seg", 0)), longest))
-    return gap
+    for kind, rows in ((GRAD, loss_rows), (NOGRAD, score_rows)):
+        # like Unsloth: one row proves nothing about rows mixing, and a model ruled unsafe stays unsafe
+        if gaps[kind] < PACKING_TOLERANCE and rows >= 2 and getattr(model, f"{kind}_ok", None) is not False:
+            setattr(model, f"{kind}_ok", True)
+            checked = max(sum(packing_lengths(rows, longest)), rows * longest)
+            setattr(model, f"{kind}_verified_T", max(int(getattr(model, f"{kind}_verified_T", 0)), checked))
+            setattr(model, f"{kind}_verified_seg", max(int(getattr(model, f"{kind}_verified_seg", 0)), longest))
+    return gaps
+
+
+# What Unsloth's GRPO trainer remembers on the model between batches: packing trust, and its prefix grouping's own
+# (unsloth_zoo/rl_replacements.py, "_unsloth_prefix_grouper_grad_verified" and the like).
+UNSLOTH_VERDICT_PREFIXES = ("_unsloth_seq_packing_", "_unsloth_prefix_grouper_")
 
 
 def forget_packing_checks(model) -> None:
-    """Drop every packing verdict Unsloth (or ``check_packing_upfront``) left on ``model``: the benchmark reuses one
-    model for several configurations, and each must start as a new process does."""
-    for prefix in PACKING_TRUST:
-        for suffix in ("_ok", "_verified_T", "_verified_seg", "_unsafe_T"):
-            if hasattr(model, prefix + suffix):
-                delattr(model, prefix + suffix)
+    """Drop every verdict Unsloth (or ``check_packing_upfront``) left on ``model``: the benchmark reuses one model
+    for several configurations, and each must start as a new process does."""
+    for name in [n for n in vars(model) if n.startswith(UNSLOTH_VERDICT_PREFIXES)]:
+        delattr(model, name)

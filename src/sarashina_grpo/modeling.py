@@ -111,36 +111,58 @@ def load_model(settings: Settings, *, lora: bool = True):
 PACKING_CHECK_VARIABLE = "SARASHINA_GRPO_PACKING_CHECK"  # "0": leave the packing checks to Unsloth, batch by batch
 
 
-def check_packing(trainer) -> dict | None:
-    """Check Unsloth's sequence packing once, at the run's largest batch, before the first step.
-
-    Unsloth's compiled trainer otherwise checks it again (one extra forward per completion) on every step whose batch
-    is longer than any before: steady steps are then uneven, and early steps slower (docs/speed.md). The largest
-    batch is ``per_device_train_batch_size`` rows of the longest prompt (chat template included) plus
-    ``max_completion_length``; a longer one than estimated is simply checked by Unsloth as before. Returns what was
-    checked (``rows``, ``longest``, the log-prob ``gap``, ``seconds``), or None where nothing was: no CUDA, not
-    Unsloth's trainer, packing off, or ``$SARASHINA_GRPO_PACKING_CHECK=0``."""
-    if (os.environ.get(PACKING_CHECK_VARIABLE, "1") == "0" or not cuda_available() or not compat.packing_enabled()
-            or not type(trainer).__name__.startswith("Unsloth")):
-        return None
+def longest_prompt(trainer) -> int:
+    """Tokens of the trainer's longest prompt, chat template included (as TRL formats it)."""
     tokenizer, args = trainer.processing_class, trainer.args
     kwargs = dict(add_generation_prompt=True, tokenize=True, **(getattr(args, "chat_template_kwargs", None) or {}))
-    longest_prompt = 0
+    longest = 0
     for prompt in trainer.train_dataset["prompt"]:
         ids = tokenizer.apply_chat_template(prompt, **kwargs)
-        longest_prompt = max(longest_prompt, len(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    rows, longest = args.per_device_train_batch_size, longest_prompt + args.max_completion_length
+        longest = max(longest, len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return longest
+
+
+def check_packing(trainer) -> dict | None:
+    """Check Unsloth's sequence packing once, at the run's largest batches, before the first step.
+
+    Unsloth's compiled trainer otherwise checks it again (one extra forward per completion) on every step whose batch
+    is longer than any before: steady steps are then uneven, and early steps slower (docs/speed.md). The loss packs
+    ``per_device_train_batch_size`` rows, the scorer up to ``steps_per_generation`` times as many; a row is at most
+    the longest prompt (chat template included) plus ``max_completion_length``. A batch longer than that is checked
+    by Unsloth as before, and so is everything when this check fails or cannot run (it never stops training).
+    Returns what was checked (rows, ``longest``, the log-prob ``gaps``, ``seconds``), or None where nothing was: no
+    CUDA, not Unsloth's trainer, packing off, fewer than two rows, or ``$SARASHINA_GRPO_PACKING_CHECK=0``."""
+    args = trainer.args
+    loss_rows = args.per_device_train_batch_size
+    score_rows = loss_rows * (getattr(args, "steps_per_generation", None) or 1)
+    if (not compat.env_on(PACKING_CHECK_VARIABLE) or not cuda_available() or not compat.packing_enabled()
+            or not type(trainer).__name__.startswith("Unsloth") or score_rows < 2):
+        return None
+    import torch
+
+    longest = longest_prompt(trainer) + args.max_completion_length
     start = time.perf_counter()
-    model = trainer.accelerator.unwrap_model(trainer.model)
     dtype = torch_dtype("bf16" if args.bf16 else "fp16") if (args.bf16 or args.fp16) else None
-    gap = compat.check_packing_upfront(model, rows, longest, dtype=dtype)
-    checked = {"rows": rows, "longest": longest, "gap": round(gap, 4), "seconds": round(time.perf_counter() - start, 2)}
-    if gap < compat.PACKING_TOLERANCE:
+    try:
+        gaps = compat.check_packing_upfront(trainer.accelerator.unwrap_model(trainer.model), loss_rows=loss_rows,
+                                            score_rows=score_rows, longest=longest, dtype=dtype,
+                                            temperature=getattr(args, "temperature", None) or 1.0)
+    except Exception as err:  # noqa: BLE001 (a failed check only leaves the checking to Unsloth, as without it)
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        logger.warning("The sequence-packing check could not run (%s: %s); Unsloth checks each batch itself.",
+                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None
+    checked = {"loss_rows": loss_rows, "score_rows": score_rows, "longest": longest,
+               "gaps": {k: round(v, 4) for k, v in gaps.items()}, "seconds": round(time.perf_counter() - start, 2)}
+    worst = max(gaps.values())
+    if worst < compat.PACKING_TOLERANCE:
         logger.info("Sequence packing checked once for %d rows of up to %d tokens (log-prob gap %.3f, %.1f s).",
-                    rows, longest, gap, checked["seconds"])
+                    score_rows, longest, worst, checked["seconds"])
     else:
-        logger.warning("Sequence packing differs from one forward per row by %.2f nats at %d rows of %d tokens; "
-                       "Unsloth checks each batch itself.", gap, rows, longest)
+        logger.warning("Sequence packing differs from one forward per row by %.2f nats at %d rows of %d tokens: "
+                       "Unsloth checks each batch itself, and turns packing off where rows leak into each other.",
+                       worst, score_rows, longest)
     return checked
 
 

@@ -100,8 +100,9 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
             raise SettingsError(f"Bench config {name!r}: the peer runs in one process; leave it out under "
                                 "accelerate launch.")
         peer = match["rollout"] == PEER
-        if peer and (match["spg"] or match["real"]):
-            raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case lengths).")
+        if peer and (match["spg"] or match["real"] or match["recheck"]):
+            raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case "
+                                "lengths, no Unsloth).")
         configs.append(BenchConfig(name, match["rollout"], int(match["n"]), int(match["spg"] or 1),
                                    load_in_4bit=cuda and not match["bf16"] and not peer,
                                    realistic=match["real"] == "-real", real_model=match["real"] == "-eos",
@@ -570,7 +571,7 @@ def update_spread(row: dict) -> float | None:
 def first_step(row: dict) -> str:
     """The first step's seconds, plus the packing check that ran before it (``modeling.check_packing``)."""
     check = (row.get("packing_check") or {}).get("seconds")
-    return f"{row['first_step_s']:.1f}" + (f" + {check:.1f} check" if check else "")
+    return f"{row['first_step_s']:.1f}" + (f" + {check:.1f} check" if check is not None else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
