@@ -74,6 +74,11 @@ def test_packing_that_keeps_rows_apart_is_trusted_for_the_largest_batches(sharp_
                                   f"{NOGRAD}_ok": True, f"{NOGRAD}_verified_T": 120, f"{NOGRAD}_verified_seg": 20}
 
 
+def test_the_check_leaves_no_gradients_behind(sharp_model):
+    check(sharp_model)
+    assert all(param.grad is None for param in sharp_model.parameters())
+
+
 def test_rows_that_see_each_other_are_refused_and_nothing_is_trusted(sharp_model):
     model = Faulty(sharp_model, wrong=lambda lengths: True)
     assert min(check(model).values()) > 10 * compat.PACKING_TOLERANCE

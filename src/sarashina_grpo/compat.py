@@ -318,13 +318,15 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
     Random rows of ``longest`` tokens (rows leaking into each other show on any text) go through one forward each:
     the reference. Then, for the loss (grad on, ``loss_rows`` rows) and for the scorer (inference mode,
     ``score_rows`` rows), two packed layouts of prefixes of those rows go through the packed forward as Unsloth runs
-    it there: all rows equally long, and mixed lengths (``packing_lengths``). A causal model gives a prefix the
-    log-probs of the whole row's first positions, so one reference serves both. Returns the largest log-prob gap
-    of each ("grad", "nograd"), at the sampling ``temperature``. Where a gap is within Unsloth's tolerance (and at
-    least two rows were packed), the trust Unsloth would have built up batch by batch is recorded for what was
-    checked: packed lengths up to ``rows × longest`` (plus a token or two), rows up to ``longest``; never narrowed,
-    and a model Unsloth has ruled unsafe stays so. Beyond it nothing is recorded, and Unsloth checks each batch.
-    ``model`` is the unwrapped PEFT model with Unsloth's Llama forward; its train/eval mode is restored."""
+    it there: all rows equally long, and mixed lengths (``packing_lengths``); the loss's packed forwards are
+    followed by a backward of zero, as a training forward is, and their (zero) gradients removed. A causal model
+    gives a prefix the log-probs of the whole row's first positions, so one reference serves both. Returns the
+    largest log-prob gap of each ("grad", "nograd"), at the sampling ``temperature``. Where a gap is within
+    Unsloth's tolerance (and at least two rows were packed), the trust Unsloth would have built up batch by batch is
+    recorded for what was checked: packed lengths up to ``rows × longest`` (plus a token or two), rows up to
+    ``longest``; never narrowed, and a model Unsloth has ruled unsafe stays so. Beyond it nothing is recorded, and
+    Unsloth checks each batch. ``model`` is the unwrapped PEFT model with Unsloth's Llama forward; its train/eval
+    mode is restored."""
     import torch
 
     device = next(model.parameters()).device
@@ -336,6 +338,7 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
     before, was_training = os.environ.get(HIDDEN_STATES_VARIABLE), model.training
     os.environ[HIDDEN_STATES_VARIABLE] = "1"  # hidden states, not a (rows × longest) × vocab block of logits
     gaps: dict[str, float] = {}
+    without_grad = [param for param in model.parameters() if param.grad is None]
     try:
         model.train()  # as in training: TRL scores and Unsloth computes the loss with the model in train mode
         with torch.no_grad(), autocast:
@@ -349,6 +352,10 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
                 with mode(), autocast:
                     packed = model(input_ids=torch.cat(segments)[None], position_ids=positions, use_cache=False,
                                    packed_seq_lengths=torch.tensor(lengths, dtype=torch.int32, device=device)).logits
+                if packed.requires_grad:
+                    # A backward of nothing, as after every training forward: Unsloth's offloaded gradient
+                    # checkpointing keeps per-graph state (layer count, host slots) that a backward closes.
+                    (packed.float().sum() * 0).backward()
                 with torch.no_grad():
                     for i, (segment, out) in enumerate(zip(segments, packed[0].detach().split(lengths), strict=True)):
                         if len(segment) > 1:
@@ -356,6 +363,8 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
                             gaps[kind] = max(gaps[kind], (got - reference[i % rows][:len(got)]).abs().max().item())
                 del packed
     finally:
+        for param in without_grad:  # the zero gradients of those backwards: the first step starts as it would
+            param.grad = None
         model.train(was_training)
         if before is None:
             os.environ.pop(HIDDEN_STATES_VARIABLE, None)
