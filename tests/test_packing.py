@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sarashina_grpo import compat, modeling
+from sarashina_grpo.data import chat_prompt_tokens
 
 GRAD, NOGRAD = compat.PACKING_TRUST
 
@@ -172,10 +173,7 @@ def unsloth_like_trainer(sharp_model, tiny_model_dir, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = UnslothGRPOTrainer(processing_class=tokenizer, args=args, train_dataset={"prompt": prompts},
                                  model=sharp_model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
-    encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in prompts]
-    # a BatchEncoding, or a plain list once Unsloth has patched the tokenizer (as in the whole suite)
-    longest_prompt = max(len(ids["input_ids"] if hasattr(ids, "keys") else ids) for ids in encoded)
-    return trainer, longest_prompt
+    return trainer, max(chat_prompt_tokens(tokenizer, p) for p in prompts)
 
 
 def test_the_loss_batch_and_the_scored_generation_batch_are_checked_at_the_longest_row(unsloth_like_trainer):

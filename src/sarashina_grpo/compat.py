@@ -338,6 +338,7 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
     before, was_training = os.environ.get(HIDDEN_STATES_VARIABLE), model.training
     os.environ[HIDDEN_STATES_VARIABLE] = "1"  # hidden states, not a (rows × longest) × vocab block of logits
     gaps: dict[str, float] = {}
+    packed_tokens: dict[str, int] = {}  # the longest packed row each kind was checked at
     without_grad = [param for param in model.parameters() if param.grad is None]
     try:
         model.train()  # as in training: TRL scores and Unsloth computes the loss with the model in train mode
@@ -348,6 +349,7 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
             gaps[kind] = 0.0
             for lengths in ([longest] * rows, packing_lengths(rows, longest)):
                 segments = [base[i % rows][:n] for i, n in enumerate(lengths)]
+                packed_tokens[kind] = max(packed_tokens.get(kind, 0), sum(lengths))
                 positions = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
                 with mode(), autocast:
                     packed = model(input_ids=torch.cat(segments)[None], position_ids=positions, use_cache=False,
@@ -374,8 +376,7 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
         # like Unsloth: one row proves nothing about rows mixing, and a model ruled unsafe stays unsafe
         if gaps[kind] < PACKING_TOLERANCE and rows >= 2 and getattr(model, f"{kind}_ok", None) is not False:
             setattr(model, f"{kind}_ok", True)
-            checked = max(sum(packing_lengths(rows, longest)), rows * longest)
-            setattr(model, f"{kind}_verified_T", max(int(getattr(model, f"{kind}_verified_T", 0)), checked))
+            setattr(model, f"{kind}_verified_T", max(int(getattr(model, f"{kind}_verified_T", 0)), packed_tokens[kind]))
             setattr(model, f"{kind}_verified_seg", max(int(getattr(model, f"{kind}_verified_seg", 0)), longest))
     return gaps
 

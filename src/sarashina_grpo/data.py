@@ -401,6 +401,13 @@ def check_prompts(path: str | Path, lang: str = "ja") -> list[Row]:
     return select_rows(read_rows(path), path, lang)
 
 
+def chat_prompt_tokens(tokenizer, messages: list[dict], **template_kwargs) -> int:
+    """Tokens of ``messages`` in the chat template with the generation prompt, as TRL formats a prompt.
+    ``apply_chat_template`` gives a BatchEncoding, or a plain list where Unsloth has patched the tokenizer."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)
+    return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = SYSTEM_PROMPT, tokenizer=None,
                     max_prompt_length: int | None = None):
     """``rows`` as a ``datasets.Dataset`` of chat prompts, skipping those over ``max_prompt_length`` tokens."""
@@ -412,12 +419,8 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
             roles[r.prompt] = max(roles.get(r.prompt, ""), r.role, key=len)
 
         def too_long(prompt: str) -> bool:
-            ids = tokenizer.apply_chat_template(
-                to_messages(prompt, with_role(system_prompt, roles.get(prompt))), add_generation_prompt=True,
-                tokenize=True,
-            )
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-            return len(ids) > max_prompt_length
+            messages = to_messages(prompt, with_role(system_prompt, roles.get(prompt)))
+            return chat_prompt_tokens(tokenizer, messages) > max_prompt_length
 
         rows = drop_too_long(rows, Path(path), too_long)
     logger.info("%s: %d prompts.", path, len(rows))

@@ -113,13 +113,11 @@ PACKING_CHECK_VARIABLE = "SARASHINA_GRPO_PACKING_CHECK"  # "0": leave the packin
 
 def longest_prompt(trainer) -> int:
     """Tokens of the trainer's longest prompt, chat template included (as TRL formats it)."""
-    tokenizer, args = trainer.processing_class, trainer.args
-    kwargs = dict(add_generation_prompt=True, tokenize=True, **(getattr(args, "chat_template_kwargs", None) or {}))
-    longest = 0
-    for prompt in trainer.train_dataset["prompt"]:
-        ids = tokenizer.apply_chat_template(prompt, **kwargs)
-        longest = max(longest, len(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return longest
+    from .data import chat_prompt_tokens
+
+    kwargs = getattr(trainer.args, "chat_template_kwargs", None) or {}
+    return max((chat_prompt_tokens(trainer.processing_class, prompt, **kwargs)
+                for prompt in trainer.train_dataset["prompt"]), default=0)
 
 
 def check_packing(trainer) -> dict | None:

@@ -459,7 +459,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     row["model_load_s"] = round(load_s, 1)
     row["model"] = Path(model_name).name
     row["kl_reference"] = getattr(trainer, "kl_reference", None)  # "base": adapter disabled; "ref": TRL's copy
-    row["packing_check"] = getattr(trainer, "packing_check", None)  # rows, longest, gap, seconds (before step 1)
+    row["packing_check"] = getattr(trainer, "packing_check", None)  # rows, longest, gaps, seconds (before step 1)
     row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):
