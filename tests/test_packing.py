@@ -166,6 +166,7 @@ def unsloth_like_trainer(sharp_model, tiny_model_dir, monkeypatch):
     from transformers import AutoTokenizer
 
     monkeypatch.setattr(modeling, "cuda_available", lambda: True)
+    monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "1")  # opt-in
     prompts = [[{"role": "user", "content": "短い"}], [{"role": "system", "content": "長い" * 30},
                                                       {"role": "user", "content": "質問です"}]]
     args = SimpleNamespace(per_device_train_batch_size=4, steps_per_generation=2, max_completion_length=16,
@@ -196,11 +197,16 @@ def test_a_check_that_cannot_run_leaves_the_checking_to_unsloth_and_training_goe
     assert set(trust(trainer.model).values()) == {None}
 
 
-@pytest.mark.parametrize("why", ["variable", "packing off", "no cuda", "plain trl", "one row"])
-def test_nothing_is_checked_where_unsloths_packing_does_not_run_or_the_user_said_no(unsloth_like_trainer,
-                                                                                     monkeypatch, why):
+@pytest.mark.parametrize("why", ["not asked for", "left empty", "asked off", "packing off", "no cuda", "plain trl",
+                                 "one row"])
+def test_nothing_is_checked_unless_asked_for_and_where_unsloths_packing_does_not_run(unsloth_like_trainer,
+                                                                                    monkeypatch, why):
     trainer, _ = unsloth_like_trainer
-    if why == "variable":
+    if why == "not asked for":  # the default: Unsloth checks each longer batch itself (modeling.PACKING_CHECK_VARIABLE)
+        monkeypatch.delenv(modeling.PACKING_CHECK_VARIABLE)
+    elif why == "left empty":  # `SARASHINA_GRPO_PACKING_CHECK= sarashina-grpo train` is the default too
+        monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "")
+    elif why == "asked off":
         monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "off")
     elif why == "packing off":
         monkeypatch.setenv(compat.PACKING_VARIABLE, "0")

@@ -278,7 +278,8 @@ CHUNK = 256  # positions per log-softmax: a [CHUNK, vocab] fp32 block, not [long
 
 
 def env_on(name: str, default: str = "1") -> bool:
-    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off")
+    """A switch in the environment: "0", "false", "no" or "off" is off; unset or empty is ``default``."""
+    return (os.environ.get(name, "").strip() or default).lower() not in ("0", "false", "no", "off")
 
 
 def packing_enabled() -> bool:

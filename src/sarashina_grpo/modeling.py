@@ -108,7 +108,10 @@ def load_model(settings: Settings, *, lora: bool = True):
     return model, tokenizer
 
 
-PACKING_CHECK_VARIABLE = "SARASHINA_GRPO_PACKING_CHECK"  # "0": leave the packing checks to Unsloth, batch by batch
+# "1": check Unsloth's packing once before step 1 (opt-in). Off by default: on one H100 it raised peak memory from
+# 13.7 to 55.9 GiB at 36 rows and a cold first step from ~37 to 65 s, to save one ~6 s re-check per record length
+# (docs/benchmarks/README.md, 2026-11-26 evening).
+PACKING_CHECK_VARIABLE = "SARASHINA_GRPO_PACKING_CHECK"
 
 
 def longest_prompt(trainer) -> int:
@@ -121,7 +124,8 @@ def longest_prompt(trainer) -> int:
 
 
 def check_packing(trainer) -> dict | None:
-    """Check Unsloth's sequence packing once, at the run's largest batches, before the first step.
+    """Check Unsloth's sequence packing once, at the run's largest batches, before the first step (opt-in:
+    ``$SARASHINA_GRPO_PACKING_CHECK=1``; see ``PACKING_CHECK_VARIABLE`` for what it costs).
 
     Unsloth's compiled trainer otherwise checks it again (one extra forward per completion) on every step whose batch
     is longer than any before: steady steps are then uneven, and early steps slower (docs/speed.md). The loss packs
@@ -129,11 +133,11 @@ def check_packing(trainer) -> dict | None:
     the longest prompt (chat template included) plus ``max_completion_length``. A batch longer than that is checked
     by Unsloth as before, and so is everything when this check fails or cannot run (it never stops training).
     Returns what was checked (rows, ``longest``, the log-prob ``gaps``, ``seconds``), or None where nothing was: no
-    CUDA, not Unsloth's trainer, packing off, fewer than two rows, or ``$SARASHINA_GRPO_PACKING_CHECK=0``."""
+    CUDA, not Unsloth's trainer, packing off, fewer than two rows, or the check not asked for."""
     args = trainer.args
     loss_rows = args.per_device_train_batch_size
     score_rows = loss_rows * (getattr(args, "steps_per_generation", None) or 1)
-    if (not compat.env_on(PACKING_CHECK_VARIABLE) or not cuda_available() or not compat.packing_enabled()
+    if (not compat.env_on(PACKING_CHECK_VARIABLE, default="0") or not cuda_available() or not compat.packing_enabled()
             or not type(trainer).__name__.startswith("Unsloth") or score_rows < 2):
         return None
     import torch

@@ -272,7 +272,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
     # The KL reference: the base model (adapter disabled) when the starting adapter is a fresh LoRA, TRL's frozen
     # copy of it otherwise (docs/algorithm.md). Chosen before any step or resume changes the adapter.
     trainer.kl_reference = compat.choose_reference(trainer)
-    trainer.packing_check = check_packing(trainer)  # Unsloth's per-row checks, once instead of on each longer batch
+    trainer.packing_check = check_packing(trainer)  # opt-in: Unsloth's per-row checks once, not on each longer batch
     for callback in [*linked, *callbacks]:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer  # they log through the trainer or switch its completion table

@@ -4,12 +4,12 @@
     sarashina-grpo bench --configs default-6,fast-6 --steps 4
     sarashina-grpo bench --model tiny --max-completion-length 16 --steps 2   # CPU smoke run, writes to a tmp dir
 
-A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-recheck]``: ``Settings.rollout``, N completions per
+A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-checked]``: ``Settings.rollout``, N completions per
 optimizer step (groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip
 4-bit loading, ``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained model
 (``--real-model``, e.g. SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its
-end-of-sequence, ``-recheck`` to leave the sequence-packing checks to Unsloth, batch by batch
-(``modeling.check_packing`` off). Everything
+end-of-sequence, ``-checked`` to check Unsloth's sequence packing once before the first step
+(``modeling.check_packing``, opt-in in training) instead of leaving it to Unsloth, batch by batch. Everything
 else is the article's ``Settings``: the model is loaded by
 ``load_model`` and trained by ``build_trainer`` on ``datasets/smalltalk.csv`` with the project's rewards. The 3B
 shape has random weights, which never stop early, so every completion is ``max_completion_length`` tokens long: the
@@ -60,7 +60,7 @@ HELP = ("time GRPO steps of the training path per rollout configuration; write r
 CPU_SMOKE = dict(configs="default-6,fast-6", max_completion_length=16, steps=2)
 DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36,fast-36-real,default-6-real,peer-36"
 CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real|-eos)?"
-                       r"(?P<recheck>-recheck)?$")
+                       r"(?P<checked>-checked)?$")
 PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous batching, in a child process
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
@@ -82,7 +82,7 @@ class BenchConfig:
     load_in_4bit: bool = True
     realistic: bool = False  # completions end at lengths drawn from REALISTIC_LENGTHS
     real_model: bool = False  # on --real-model, completions end at the model's own EOS
-    recheck: bool = False  # Unsloth checks its sequence packing per longer batch (modeling.check_packing off)
+    checked: bool = False  # packing checked once before step 1 (modeling.check_packing), not by Unsloth per batch
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
@@ -93,20 +93,20 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
         match = CONFIG_RE.match(name)
         if not match or match["rollout"] not in (*ROLLOUTS, PEER):
             raise SettingsError(
-                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos][-recheck], ROLLOUT in "
+                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos][-checked], ROLLOUT in "
                 f"{[*ROLLOUTS, PEER]}."
             )
         if match["rollout"] == PEER and multi_process():
             raise SettingsError(f"Bench config {name!r}: the peer runs in one process; leave it out under "
                                 "accelerate launch.")
         peer = match["rollout"] == PEER
-        if peer and (match["spg"] or match["real"] or match["recheck"]):
+        if peer and (match["spg"] or match["real"] or match["checked"]):
             raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case "
                                 "lengths, no Unsloth).")
         configs.append(BenchConfig(name, match["rollout"], int(match["n"]), int(match["spg"] or 1),
                                    load_in_4bit=cuda and not match["bf16"] and not peer,
                                    realistic=match["real"] == "-real", real_model=match["real"] == "-eos",
-                                   recheck=bool(match["recheck"])))
+                                   checked=bool(match["checked"])))
     return configs
 
 
@@ -120,10 +120,10 @@ def realistic_lengths(n: int, rng, max_length: int) -> list[int]:
 class BenchOptions:
     """The benchmark's options (``sarashina-grpo bench --help``; flags: ``cli.py``'s ``HfArgumentParser``)."""
 
-    configs: str = setting(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-recheck] (-eos: "
-                           "on --real-model, lengths from its own EOS; -recheck: Unsloth checks its sequence packing "
-                           "on each longer batch, as without the upfront check), or peer-N (plain TRL + PEFT, last); "
-                           "without a GPU the default is default-6,fast-6")
+    configs: str = setting(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-checked] (-eos: "
+                           "on --real-model, lengths from its own EOS; -checked: Unsloth's sequence packing checked "
+                           "once before step 1, as with SARASHINA_GRPO_PACKING_CHECK=1), or peer-N (plain TRL + PEFT, "
+                           "last); without a GPU the default is default-6,fast-6")
     model: str | None = setting(None, "'sarashina-3b' (random weights, exact config), 'tiny', or a model folder; "
                                 "unset: sarashina-3b with CUDA, tiny without")
     model_dir: str = setting("artifact/models", "where the random-weight models are built")
@@ -433,7 +433,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    with mock.patch.dict(os.environ, {PACKING_CHECK_VARIABLE: "0"} if cfg.recheck else {}):
+    with mock.patch.dict(os.environ, {PACKING_CHECK_VARIABLE: "1" if cfg.checked else "0"}):  # as the row says
         trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
     profiler.wrap(trainer)
     generation = _time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
