@@ -218,3 +218,10 @@ def test_nothing_is_checked_unless_asked_for_and_where_unsloths_packing_does_not
         trainer = SimpleNamespace(**vars(trainer))
     assert modeling.check_packing(trainer) is None
     assert set(trust(trainer.model).values()) == {None}
+
+
+def test_a_callers_choice_beats_the_variable_both_ways(unsloth_like_trainer, monkeypatch):
+    trainer, _ = unsloth_like_trainer  # the variable says "1"
+    assert modeling.check_packing(trainer, asked=False) is None
+    monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "0")
+    assert modeling.check_packing(trainer, asked=True)["loss_rows"] == 4  # why: bench -checked rows ask for it

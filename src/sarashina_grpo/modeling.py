@@ -123,9 +123,10 @@ def longest_prompt(trainer) -> int:
                 for prompt in trainer.train_dataset["prompt"]), default=0)
 
 
-def check_packing(trainer) -> dict | None:
+def check_packing(trainer, asked: bool | None = None) -> dict | None:
     """Check Unsloth's sequence packing once, at the run's largest batches, before the first step (opt-in:
-    ``$SARASHINA_GRPO_PACKING_CHECK=1``; see ``PACKING_CHECK_VARIABLE`` for what it costs).
+    ``asked``, or where that is None ``$SARASHINA_GRPO_PACKING_CHECK=1``; ``PACKING_CHECK_VARIABLE`` says what it
+    costs).
 
     Unsloth's compiled trainer otherwise checks it again (one extra forward per completion) on every step whose batch
     is longer than any before: steady steps are then uneven, and early steps slower (docs/speed.md). The loss packs
@@ -137,7 +138,9 @@ def check_packing(trainer) -> dict | None:
     args = trainer.args
     loss_rows = args.per_device_train_batch_size
     score_rows = loss_rows * (getattr(args, "steps_per_generation", None) or 1)
-    if (not compat.env_on(PACKING_CHECK_VARIABLE, default="0") or not cuda_available() or not compat.packing_enabled()
+    if asked is None:
+        asked = compat.env_on(PACKING_CHECK_VARIABLE, default="0")
+    if (not asked or not cuda_available() or not compat.packing_enabled()
             or not type(trainer).__name__.startswith("Unsloth") or score_rows < 2):
         return None
     import torch

@@ -236,8 +236,11 @@ def check_grpo_config(run: Run) -> None:
         raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}") from None
 
 
-def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides):
-    """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``."""
+def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bool | None = None, **grpo_overrides):
+    """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``.
+
+    ``packing_check``: check Unsloth's sequence packing once before step 1 (``modeling.check_packing``); None reads
+    ``$SARASHINA_GRPO_PACKING_CHECK`` (off unless set)."""
     from transformers import ProgressCallback
     from trl import GRPOTrainer
 
@@ -272,7 +275,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), **grpo_overrides)
     # The KL reference: the base model (adapter disabled) when the starting adapter is a fresh LoRA, TRL's frozen
     # copy of it otherwise (docs/algorithm.md). Chosen before any step or resume changes the adapter.
     trainer.kl_reference = compat.choose_reference(trainer)
-    trainer.packing_check = check_packing(trainer)  # opt-in: Unsloth's per-row checks once, not on each longer batch
+    trainer.packing_check = check_packing(trainer, asked=packing_check)  # opt-in: once, not on each longer batch
     for callback in [*linked, *callbacks]:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer  # they log through the trainer or switch its completion table

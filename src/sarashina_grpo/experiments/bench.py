@@ -38,7 +38,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -46,7 +45,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 from .. import compat
 from ..config import process_rank, project_path, setting, world_size
@@ -391,7 +389,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
 
     # The package calls of the benchmark, all here.
     from ..config import Settings
-    from ..modeling import PACKING_CHECK_VARIABLE, load_model
+    from ..modeling import load_model
     from ..pipeline import build_trainer, prepare, run_training
     from ..validation import check_model
 
@@ -433,8 +431,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    with mock.patch.dict(os.environ, {PACKING_CHECK_VARIABLE: "1" if cfg.checked else "0"}):  # as the row says
-        trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
+    trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none", packing_check=cfg.checked)
     profiler.wrap(trainer)
     generation = _time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
     scored = _time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
