@@ -332,3 +332,15 @@ def test_unsloth_keeps_its_packing_trust_in_the_attributes_the_upfront_check_set
     assert f'"{compat.PACKING_VARIABLE}", "1"' in zoo
     llama = unsloth_source("models/llama.py")
     assert '"packed_seq_lengths"' in llama and f'"{compat.HIDDEN_STATES_VARIABLE}", "0") == "1"' in llama
+
+
+def test_unsloths_trainer_starts_in_inference_mode_and_turns_checkpointing_back_on_to_train():
+    # why the upfront check enters training through for_training: the compiled trainer's __init__ ends in
+    # for_inference, which turns gradient checkpointing off on every layer; train() only turns it back on through
+    # for_training(use_gradient_checkpointing=model._unsloth_gradient_checkpointing)
+    rl = unsloth_source("models/rl.py")
+    assert "model.for_inference()" in rl and "_model._unsloth_gradient_checkpointing" in rl
+    assert "self.model.for_training(use_gradient_checkpointing=use_gc)" in rl
+    llama = unsloth_source("models/llama.py")
+    assert "def for_training(model, use_gradient_checkpointing = None):" in llama
+    assert "m.gradient_checkpointing = False" in llama  # in for_inference

@@ -150,6 +150,23 @@ def test_the_model_mode_and_the_hidden_states_switch_are_put_back_even_on_failur
     assert set(trust(sharp_model).values()) == {None}
 
 
+def test_the_check_runs_in_unsloths_training_mode_with_checkpointing_and_goes_back_to_inference(sharp_model,
+                                                                                                 monkeypatch):
+    # why: Unsloth's trainer ends its __init__ in for_inference (checkpointing off); a grad forward without
+    # for_training keeps every layer's activations, 4x training's memory on an H100
+    calls, forward = [], sharp_model.forward
+    sharp_model._unsloth_gradient_checkpointing = "unsloth"
+    monkeypatch.setattr(sharp_model, "for_training", lambda use_gradient_checkpointing=None: (
+        calls.append(("for_training", use_gradient_checkpointing)), sharp_model.train()), raising=False)
+    monkeypatch.setattr(sharp_model, "for_inference", lambda: (calls.append("for_inference"), sharp_model.eval()),
+                        raising=False)
+    monkeypatch.setattr(sharp_model, "forward", lambda *a, **k: (calls.append("forward"), forward(*a, **k))[1])
+    sharp_model.eval()
+    check(sharp_model, rows=2, longest=8)
+    assert calls[0] == ("for_training", "unsloth") and calls[-1] == "for_inference"
+    assert set(calls[1:-1]) == {"forward"}
+
+
 def test_the_benchmark_forgets_every_verdict_between_configurations(sharp_model):
     check(sharp_model)
     sharp_model._unsloth_prefix_grouper_grad_verified = {"sig": (10, 5)}
