@@ -109,8 +109,9 @@ def load_model(settings: Settings, *, lora: bool = True):
 
 
 # "1": check Unsloth's packing once before step 1 (opt-in). Off by default: on one H100 it raised peak memory from
-# 13.7 to 55.9 GiB at 36 rows and a cold first step from ~37 to 65 s, to save one ~6 s re-check per record length
-# (docs/benchmarks/README.md, 2026-11-26 evening).
+# 13.5 to 55.9 GiB at 36 rows (its grad forward then ran without gradient checkpointing; mended since, not yet
+# measured) and took 46 s in a cold process, to save one ~6 s re-check per record batch length
+# (docs/benchmarks/README.md, 2026-11-26 late evening).
 PACKING_CHECK_VARIABLE = "SARASHINA_GRPO_PACKING_CHECK"
 
 
