@@ -78,7 +78,9 @@ def test_every_grpo_config_field_is_a_typed_flag():
         (["train", "--loss-type", "vespo", "--reward-weights", "1"], "reward_weights has 1 value(s) for 3 rewards"),
         (["infer", "--max-new-tokens", "0", "hi"], "--max-new-tokens must be at least 1"),
         (["infer", "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
-        (["infer", "--sample", "--temperature", "0", "hi"], "--temperature must be in (0, 10] when sampling"),
+        (["infer", "--sample", "--temperature", "0", "hi"], "--temperature must be in (0, 10]"),
+        (["infer", "--temperature", "-1", "hi"], "--temperature must be in (0, 10]"),  # greedy, but still a mistake
+        (["eval", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["eval", "--samples-per-prompt", "2"], "--samples-per-prompt 2 needs --sample"),
         (["eval", "--limit", "0"], "--limit must be at least 1"),
         (["eval", "--limit", "-1"], "--limit must be at least 1"),

@@ -21,11 +21,12 @@ def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_
                         ("--samples-per-prompt", samples_per_prompt)):
         if value < 1:
             raise SettingsError(f"{flag} must be at least 1, got {value}.")
-    if sample and not (finite_number(temperature) and 0 < temperature <= 10):
-        raise SettingsError(f"--temperature must be in (0, 10] when sampling, got {temperature}; for deterministic "
-                            "answers drop --sample (greedy decoding) instead of a temperature of 0.")
-    if sample and not (finite_number(top_p) and 0 < top_p <= 1):
-        raise SettingsError(f"--top-p must be in (0, 1], got {top_p}.")
+    # checked with or without --sample: a value no sampling could use is a mistake either way
+    if not (finite_number(temperature) and 0 < temperature <= 10):
+        raise SettingsError(f"--temperature must be in (0, 10] (it sets how random --sample is), got {temperature}; "
+                            "for deterministic answers drop --sample (greedy decoding) instead of a temperature of 0.")
+    if not (finite_number(top_p) and 0 < top_p <= 1):
+        raise SettingsError(f"--top-p must be in (0, 1] (it applies with --sample), got {top_p}.")
     if samples_per_prompt > 1 and not sample:
         raise SettingsError(f"--samples-per-prompt {samples_per_prompt} needs --sample: greedy decoding gives the "
                             "same answer every time.")
