@@ -410,7 +410,7 @@ def test_infer_and_eval_on_an_unreachable_hub_id_end_in_one_line_before_loading(
     monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: False)
     code = main([*command, "--model", HUB_ID, *(["--artifact-dir", str(tmp_path)] if command[0] == "eval" else [])])
     err = capsys.readouterr().err
-    assert last_line(err).startswith(f"error: MODEL_NAME {HUB_ID!r} is a hub id")
+    assert last_line(err).startswith(f"error: Model {HUB_ID!r} (--model, notebook MODEL_NAME) is a hub id")
     assert code == 2 and "Traceback" not in err
 
 
