@@ -27,6 +27,14 @@ def test_every_command_has_help(command, capsys):
     assert exit_info.value.code == 0 and "usage: sarashina-grpo" in capsys.readouterr().out
 
 
+def test_a_no_flag_says_what_it_turns_off_instead_of_repeating_the_flags_help(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    no_flag = next(line for line in lines if line.strip().startswith("--no-log-completions"))
+    assert "turn --log-completions off" in no_flag
+
+
 def test_train_defaults_are_the_articles():
     # why: no flag given means the Settings defaults, which are the article's run
     assert settings_from_args(parse_args(["train"])) == Settings()

@@ -119,6 +119,8 @@ def add_command(sub, name: str, command) -> argparse.ArgumentParser:
         if action.option_strings and action.dest != "help":
             action.default = argparse.SUPPRESS
             action.help = action.help and action.help.replace("%", "%%")
+        if isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no-x repeats --x's own help
+            action.help = f"turn --{action.dest.replace('_', '-')} off"
     if command.grpo_flags:
         parser.add_argument("--help-grpo", action=GRPOHelp, help="list the further GRPOConfig flags")
     parser.set_defaults(run=command.run, takes_grpo_flags=command.grpo_flags)
