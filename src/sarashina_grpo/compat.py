@@ -40,6 +40,8 @@ import os
 import sys
 from pathlib import Path
 
+from .grpo_fields import FALSE_WORDS  # the words the command line reads as false
+
 GENERATE_METHOD = "_generate_single_turn"
 GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")
 UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"
@@ -279,7 +281,7 @@ CHUNK = 256  # positions per log-softmax: a [CHUNK, vocab] fp32 block, not [long
 
 def env_on(name: str, default: str = "1") -> bool:
     """A switch in the environment: "0", "false", "no" or "off" is off; unset or empty is ``default``."""
-    return (os.environ.get(name, "").strip() or default).lower() not in ("0", "false", "no", "off")
+    return (os.environ.get(name, "").strip() or default).lower() not in FALSE_WORDS
 
 
 def packing_enabled() -> bool:
