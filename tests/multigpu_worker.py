@@ -5,7 +5,8 @@
 
 It runs ``sarashina-grpo train`` itself (``cli.main``), with two test-only additions: a ``text_hash`` reward
 registered before the command starts, and a record of what the test compares, written into OUT_DIR when training
-ends: ``rank<R>.json`` (this rank's LoRA fingerprint and step) and ``prompts-rank<R>.txt`` (the prompts it scored).
+ends: ``rank<R>.json`` (this rank's LoRA fingerprint and step; once the command returns, its exit code and whether
+the process group is still open) and ``prompts-rank<R>.txt`` (the prompts it scored).
 """
 
 from __future__ import annotations
@@ -65,7 +66,15 @@ def main() -> int:
 
     REWARD_FUNCS["text_hash"] = text_hash_reward
     pipeline.run_training = record_after_training(pipeline.run_training)
-    return cli.main(["train", *sys.argv[2:]])
+    code = cli.main(["train", *sys.argv[2:]])
+    record_path = OUT_DIR / f"rank{RANK}.json"
+    if record_path.exists():  # what the command left behind: an open process group can abort the exit
+        import torch.distributed as dist
+
+        record = json.loads(record_path.read_text())
+        record.update(exit_code=code, process_group_open=dist.is_initialized())
+        record_path.write_text(json.dumps(record))
+    return code
 
 
 if __name__ == "__main__":

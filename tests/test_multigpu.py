@@ -118,6 +118,14 @@ def test_checkpoint_holds_the_synchronised_weights(ddp_run):
 
 
 @pytest.mark.slow
+def test_each_rank_closed_its_process_group_before_exiting(ddp_run):
+    ranks, _, _ = ddp_run
+    # why: a process that exits with the gloo/NCCL group still open can abort in a C++ destructor (exit -6) after
+    # training succeeded, failing the launch at random
+    assert [(r["exit_code"], r["process_group_open"]) for r in ranks] == [(0, False), (0, False)]
+
+
+@pytest.mark.slow
 def test_the_main_process_alone_locked_the_run_and_released_it(ddp_run):
     run = ddp_run[2] / "outputs" / "ddp"
     # why: one lock file, taken by the main process only (a second rank locking would have failed the run) and

@@ -35,13 +35,18 @@ from .options import (
 )
 
 
-def end_process_group() -> None:
+def end_process_group(trainer=None) -> None:
     """Close the process group ``prepare`` opened under ``accelerate launch``: a process that exits with it still
-    open aborts in its C++ destructor ("terminate called without an active exception", exit -6)."""
+    open can abort in its C++ destructor ("terminate called without an active exception", exit -6), at random.
+
+    After training, the ranks first wait for each other, so that none closes a connection another still uses;
+    not after an interrupt, where a rank that was not stopped would keep the others waiting."""
     if "torch" in sys.modules:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            if trainer is not None and not trainer.interrupted:
+                trainer.accelerator.wait_for_everyone()
             dist.destroy_process_group()
 
 
@@ -71,6 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
         use_triton_interpreter_without_gpu()
     model, tokenizer = load_model(run)
     trainer = run_training(build_trainer(run, model, tokenizer), run)
+    end_process_group(trainer)
     if not trainer.accelerator.is_main_process:
         return 0
     paths, step = trainer.run.paths, trainer.state.global_step
@@ -201,7 +207,10 @@ def run_demo(args: argparse.Namespace) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     from .experiments import bench
 
-    bench.run(options(args, bench.BenchOptions))
+    try:
+        bench.run(options(args, bench.BenchOptions))
+    finally:
+        end_process_group()  # under `accelerate launch`: the group the rows trained in, closed before exit
 
 
 def run_convert_gguf(args: argparse.Namespace) -> None:
