@@ -236,9 +236,9 @@ def test_a_file_over_the_size_limit_is_refused_before_reading(tmp_path):
 
 
 def test_a_file_over_the_row_limit_names_where_it_stopped(write_csv, monkeypatch):
-    from sarashina_grpo import data
+    from sarashina_grpo import tables
 
-    monkeypatch.setattr(data, "MAX_ROWS", 3)  # the real limit is a million rows
+    monkeypatch.setattr(tables, "MAX_ROWS", 3)  # the real limit is a million rows
     path = write_csv("prompt,lang\n" + "".join(f"p{i},ja\n" for i in range(5)))
     assert "has more than 3 rows (line 5)" in error_of(read_rows, path)
 

@@ -1,33 +1,28 @@
 """Load the prompt file (columns ``prompt,lang``) into a ``datasets.Dataset`` of ``[system, user]`` chat prompts.
 
-The file is a CSV, or by its suffix JSON Lines (``.jsonl``: one object per line, keys as columns) or Parquet
-(``.parquet``); all three go through the same checks, and errors name the file and the line (a Parquet file's row).
+The file is a CSV, or by its suffix JSON Lines or Parquet; ``tables.py`` reads all three into the same header and
+line-numbered records and refuses what is wrong with the file as a file (missing, a folder or pipe, too big, its
+encoding, its quoting). This module checks what the columns hold.
 
 Only rows whose ``lang`` is the target language (Japanese by default) are kept. Every problem is reported with
 the file and the line it is on: fatal ones raise ``DataError``, recoverable ones (blank prompts, duplicates,
 prompts over the length limit) are skipped with one warning that counts them and names their lines.
 
 Decisions (docs/troubleshooting.md lists every message):
-- fatal: missing/empty file, no ``prompt`` or ``lang`` header, a ``lang`` that is not an ISO 639-1 code (all
-  offending lines listed), undecodable bytes, no usable row in the target language;
+- fatal: no ``prompt`` or ``lang`` header, a column named like one of TRL's reward arguments, a ``lang`` that is
+  not an ISO 639-1 code (all offending lines listed), no usable row in the target language;
 - skipped with a warning: blank or NaN prompts, rows without ``lang``, duplicates, prompts over the limit;
-- silently fine: extra columns (passed through to the dataset, e.g. ``answer`` for rewards), a UTF-8 BOM, header
-  case/spaces, region subtags (``ja-JP`` counts as ``ja``);
+- silently fine: extra columns (passed through to the dataset, e.g. ``answer`` for rewards), header case/spaces,
+  region subtags (``ja-JP`` counts as ``ja``);
 - an optional ``role`` column (or ``system``, same meaning): that row's persona/scenario, added to its system prompt
   after the format instructions (``roles.with_role``) instead of being passed through; a blank cell means no role.
-  The same prompt under two roles is not a duplicate;
-- decoded with a warning: Shift_JIS/cp932 (what Excel writes in Japan), UTF-16 with a BOM.
-Hygiene: only regular files up to ``MAX_FILE_BYTES`` and ``MAX_ROWS`` are read (a FIFO or ``/dev/zero`` is an
-error at once, not a hang); prompts made only of invisible characters (zero-width space, word joiner, BOM, other
-format/control characters) count as blank; prompts holding control characters (NUL, ESC, …; tab and line breaks
-are fine) are skipped with their lines named; a mostly UTF-8 file with a few undecodable rows names those rows.
+  The same prompt under two roles is not a duplicate.
+Hygiene: prompts made only of invisible characters (zero-width space, word joiner, BOM, other format/control
+characters) count as blank; prompts holding control characters (NUL, ESC, …; tab and line breaks are fine) are
+skipped with their lines named.
 """
-
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -35,6 +30,7 @@ from pathlib import Path
 
 from .config import SYSTEM_PROMPT
 from .roles import with_role
+from .tables import MAX_LINES_NAMED, DataError, lines_named, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +57,10 @@ LANG_SUGGESTIONS = {
 }
 # Cells pandas reads as NaN (and writes back as these words with na_rep): treated as blank, never as a prompt.
 NA_MARKERS = frozenset({"nan", "none", "null", "na", "n/a", "#n/a"})
-MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
-# Far above any prompt set this project trains on (the article's has ~100 rows); beyond it the file is most likely
-# the wrong one (a log, a dump), and reading it whole would take the machine's memory.
-MAX_FILE_BYTES = 50 * 2**20
-MAX_ROWS = 1_000_000
 # Unicode categories that print nothing: format (Cf: U+200B zero-width space, U+2060 word joiner, U+FEFF BOM, …),
 # control (Cc), and separators (Z*: spaces, which str.strip() already removes, and line/paragraph separators).
 INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
 ALLOWED_CONTROLS = frozenset("\t\n\r")  # line breaks inside quoted prompts, tabs: ordinary text
-UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
-
-
-class DataError(ValueError):
-    """The prompt file cannot be used; the message names the file, line and field, and what to do."""
 
 
 @dataclass
@@ -84,68 +70,6 @@ class Row:
     lang: str  # ISO 639-1 language part, lower case ("ja" for "ja-JP"); "" when missing
     extra: dict[str, str] = field(default_factory=dict)  # other columns by (lower-case) header name, e.g. answer
     role: str = ""  # the row's role (column `role` or `system`), stripped; "" when none
-
-
-def _lines(lines: list[int]) -> str:
-    named = ", ".join(str(n) for n in lines[:MAX_LINES_NAMED])
-    more = len(lines) - MAX_LINES_NAMED
-    return named + (f" and {more} more" if more > 0 else "")
-
-
-def read_text(path: Path) -> str:
-    """The file's text: UTF-8 (a BOM is fine) or UTF-16 with a BOM, else cp932/Shift_JIS with a warning."""
-    raw = path.read_bytes()
-    if raw.startswith(b"PK\x03\x04"):  # a zip: what an .xlsx workbook is
-        raise DataError(f"{path} is an Excel workbook or zip, not a CSV. In Excel use Save As > 'CSV UTF-8'.")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text" export
-        return raw.decode("utf-16")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as utf8_err:
-        check_mostly_utf8(raw, path)
-        expected = (f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
-                    "Save the file as UTF-8 (Excel: 'CSV UTF-8').")
-        try:
-            text = raw.decode("cp932")  # cp932 is Windows' superset of Shift_JIS, what Excel writes in Japan
-        except UnicodeDecodeError:
-            raise DataError(expected) from None
-        # cp932 maps a few bytes no Japanese text uses (0x80, 0xA0, 0xFD-0xFF) to control or private-use
-        # characters: seeing them means the guess is wrong (Latin-1, UTF-16 without BOM, a binary file).
-        if UNLIKELY_CP932.search(text):
-            raise DataError(expected) from None
-        logger.warning("%s is not UTF-8; decoded it as Shift_JIS (cp932). Save it as UTF-8 to avoid guessing.", path)
-        return text
-
-
-def check_mostly_utf8(raw: bytes, path: Path) -> None:
-    """Raise ``DataError`` naming the undecodable lines of a file whose other non-ASCII lines are valid UTF-8 (a
-    few rows pasted from elsewhere), instead of re-reading the whole file as cp932 and training on mojibake."""
-    good, bad = 0, []
-    for number, line in enumerate(raw.split(b"\n"), 1):
-        if line.isascii():
-            continue  # ASCII lines read the same in every candidate encoding: no evidence either way
-        try:
-            line.decode("utf-8")
-            good += 1
-        except UnicodeDecodeError:
-            bad.append(number)
-    if bad and good > len(bad):
-        raise DataError(
-            f"{path}: {len(bad)} line(s) are not valid UTF-8 while the rest of the file is: line(s) {_lines(bad)}. "
-            "Retype or delete those rows (they were probably pasted from a file in another encoding)."
-        )
-
-
-def check_regular_file(path: Path) -> None:
-    """Raise ``DataError`` unless ``path`` is a regular file of a sane size: a FIFO would block forever and
-    ``/dev/zero`` would be read until memory runs out. Uses ``stat`` only; nothing is opened."""
-    if not path.is_file():
-        raise DataError(f"{path} is not a regular file (a pipe, device or socket?). Give a CSV file on disk; save "
-                        "a stream to a file first.")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise DataError(f"{path} is {size / 2**20:.0f} MB; prompt files are limited to {MAX_FILE_BYTES // 2**20} MB "
-                        f"and {MAX_ROWS:,} rows. Check that it is the right file, or split it.")
 
 
 def visible_text(text: str) -> str:
@@ -172,116 +96,13 @@ def _lang_code(value: str) -> str | None:
     return match.group(1) if match and match.group(1) in ISO_639_1 else None
 
 
-def _records(text: str, path: Path):
-    """(first line, fields) of each non-empty CSV record; quoted fields may span lines."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
-    count = 0
-    while True:
-        start = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            if "field larger than field limit" in str(err):
-                raise DataError(_over_long_field_message(path, start, reader.line_num)) from None
-            raise DataError(
-                f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting there: "
-                'a prompt with commas or line breaks must be wrapped in "…", with any " inside doubled ("").'
-            ) from None
-        if fields:  # a blank line is no record
-            count += 1
-            if count > MAX_ROWS + 1:  # + the header
-                raise DataError(f"{path} has more than {MAX_ROWS:,} rows (line {start}); prompt files are limited to "
-                                f"{MAX_ROWS:,} rows and {MAX_FILE_BYTES // 2**20} MB. Check that it is the right file, "
-                                "or split it.")
-            yield start, fields
-
-
-def _over_long_field_message(path: Path, start: int, end: int) -> str:
-    limit = csv.field_size_limit()
-    message = (f"{path}, line {start}: a prompt longer than {limit:,} characters (the CSV field limit), far beyond "
-               "any prompt length the model takes. Shorten or split it.")
-    if end > start:  # the field ran over several lines: more likely a quote that never closes
-        message += f" If it should not run on to line {end}, close the quote opened on line {start}."
-    return message
-
-
-def _csv_table(path: Path):
-    """(header, records) of a CSV file; records are (first line, fields)."""
-    text = read_text(path)
-    if not text.strip():
-        raise DataError(f"{path} is empty: expected a header line 'prompt,lang' and one row per prompt.")
-    records = _records(text, path)
-    _, header = next(records)
-    return header, records
-
-
-def _cell(value) -> str:
-    """A JSON or Parquet value as the text a CSV cell would hold (None: blank)."""
-    return "" if value is None else value if isinstance(value, str) else str(value)
-
-
-def _table_of(objects: list[tuple[int, dict]]):
-    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns."""
-    header = list(dict.fromkeys(key for _, obj in objects for key in obj))
-    return header, ((line, [_cell(obj.get(key)) for key in header]) for line, obj in objects)
-
-
-def _jsonl_table(path: Path):
-    """(header, records) of a JSON Lines file: one object per line, keys as columns; blank lines are skipped."""
-    import json
-
-    objects = []
-    for line, text in enumerate(read_text(path).splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {line}: not valid JSON ({err.msg}). Each line holds one object, e.g. "
-                            '{"prompt": "こんにちは", "lang": "ja"}.') from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}, line {line}: a JSON {type(obj).__name__}, not an object with keys prompt, "
-                            "lang.")
-        objects.append((line, obj))
-    if not objects:
-        raise DataError(f"{path} is empty: expected one JSON object per line with keys prompt, lang.")
-    return _table_of(objects)
-
-
-def _parquet_table(path: Path):
-    """(header, records) of a Parquet file; a record's "line" is its row number, the first row being 1."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, … for a damaged or foreign file
-        raise DataError(f"{path}: not readable as Parquet ({err}).") from None
-    if table.num_rows > MAX_ROWS:
-        raise DataError(f"{path} has {table.num_rows:,} rows; prompt files are limited to {MAX_ROWS:,}.")
-    header, records = _table_of(list(enumerate(table.to_pylist(), 1)))
-    return header or table.column_names, records
-
-
-# Prompt file formats by suffix; anything else is read as CSV (the project's own files are).
-TABLE_READERS = {".jsonl": _jsonl_table, ".ndjson": _jsonl_table, ".parquet": _parquet_table}
-FORMATS = "a CSV, JSONL or Parquet file with columns prompt,lang"
-
-
 def read_rows(path: str | Path) -> list[Row]:
     """Parse ``path`` (CSV; JSONL or Parquet by suffix) into rows, checking the columns and the ``lang`` codes.
     Extra columns go to ``Row.extra``. A Parquet row's ``line`` is its row number."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"Prompt file not found: {path}. Expected {FORMATS}.")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; expected {FORMATS}.")
-    check_regular_file(path)
-    header, records = TABLE_READERS.get(path.suffix.lower(), _csv_table)(path)
+    header, records, csv_file = read_table(path)
     header = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    csv_file = path.suffix.lower() not in TABLE_READERS
     where = "header (line 1)" if csv_file else "columns"
     if missing:
         fix = ("The first line must name the columns, e.g. 'prompt,lang'." if csv_file
@@ -337,10 +158,10 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
     no_lang = [r.line for r in rows if r.prompt and not r.lang]
     if blank:
         logger.warning("%s: skipped %d blank prompt(s) on line(s) %s (empty, spaces or NaN).", path, len(blank),
-                       _lines(blank))
+                       lines_named(blank))
     if invisible:
         logger.warning("%s: skipped %d prompt(s) made only of invisible characters (zero-width spaces, word joiners, "
-                       "BOMs, control characters) on line(s) %s.", path, len(invisible), _lines(invisible))
+                       "BOMs, control characters) on line(s) %s.", path, len(invisible), lines_named(invisible))
     if controls:
         shown = list(controls.items())[:MAX_LINES_NAMED]
         named = "; ".join(f"line {line}: {', '.join(found)}" for line, found in shown)
@@ -348,7 +169,7 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
         logger.warning("%s: skipped %d prompt(s) holding control characters (%s%s). Remove them; a NUL (U+0000) "
                        "often means part of the file is binary or UTF-16.", path, len(controls), named, more)
     if no_lang:
-        logger.warning("%s: skipped %d row(s) with no 'lang' on line(s) %s.", path, len(no_lang), _lines(no_lang))
+        logger.warning("%s: skipped %d row(s) with no 'lang' on line(s) %s.", path, len(no_lang), lines_named(no_lang))
     kept = [r for r in rows if r.prompt and r.lang == lang]
     if not kept:
         langs = sorted({r.lang for r in rows if r.lang and r.prompt})
@@ -365,7 +186,7 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
             seen.add((r.prompt, r.role))
             unique.append(r)
     if dupes:
-        logger.warning("%s: skipped %d duplicate prompt(s) on line(s) %s.", path, len(dupes), _lines(dupes))
+        logger.warning("%s: skipped %d duplicate prompt(s) on line(s) %s.", path, len(dupes), lines_named(dupes))
     return unique if prompt_too_long is None else drop_too_long(unique, path, prompt_too_long)
 
 
@@ -377,7 +198,7 @@ def drop_too_long(rows: list[Row], path: Path, prompt_too_long) -> list[Row]:
     logger.warning(
         "%s: skipped %d prompt(s) longer than the prompt limit on line(s) %s (they are not truncated). "
         "Shorten them or raise max_prompt_length (CLI: --max-prompt-length).",
-        path, len(too_long), _lines(sorted(too_long)),
+        path, len(too_long), lines_named(sorted(too_long)),
     )
     kept = [r for r in rows if r.line not in too_long]
     if not kept:

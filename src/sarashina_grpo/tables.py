@@ -1,0 +1,206 @@
+"""Read a prompt file as a table: a header and records, each record with the line it starts on.
+
+A CSV by default, or by its suffix JSON Lines (``.jsonl``, ``.ndjson``: one object per line, keys as columns) or
+Parquet (``.parquet``: a record's "line" is its row number). Everything that can go wrong with the file as a file is
+refused here with ``DataError`` naming the file and the line: a path that is missing, a folder, a pipe or device,
+over ``MAX_FILE_BYTES`` or ``MAX_ROWS``; an Excel workbook; bytes that are neither UTF-8, UTF-16 with a BOM nor
+Shift_JIS/cp932 (decoded with a warning); a few non-UTF-8 rows in a UTF-8 file; broken CSV quoting; a line that is not
+a JSON object. What the columns hold is ``data.py``'s concern.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import logging
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
+# Far above any prompt set this project trains on (the article's has ~100 rows); beyond it the file is most likely
+# the wrong one (a log, a dump), and reading it whole would take the machine's memory.
+MAX_FILE_BYTES = 50 * 2**20
+MAX_ROWS = 1_000_000
+UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
+
+
+class DataError(ValueError):
+    """The prompt file cannot be used; the message names the file, line and field, and what to do."""
+
+
+def lines_named(lines: list[int]) -> str:
+    """``lines`` as "3, 5, 9", the first ``MAX_LINES_NAMED`` of them and a count of the rest."""
+    named = ", ".join(str(n) for n in lines[:MAX_LINES_NAMED])
+    more = len(lines) - MAX_LINES_NAMED
+    return named + (f" and {more} more" if more > 0 else "")
+
+
+
+def read_text(path: Path) -> str:
+    """The file's text: UTF-8 (a BOM is fine) or UTF-16 with a BOM, else cp932/Shift_JIS with a warning."""
+    raw = path.read_bytes()
+    if raw.startswith(b"PK\x03\x04"):  # a zip: what an .xlsx workbook is
+        raise DataError(f"{path} is an Excel workbook or zip, not a CSV. In Excel use Save As > 'CSV UTF-8'.")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text" export
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as utf8_err:
+        check_mostly_utf8(raw, path)
+        expected = (f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
+                    "Save the file as UTF-8 (Excel: 'CSV UTF-8').")
+        try:
+            text = raw.decode("cp932")  # cp932 is Windows' superset of Shift_JIS, what Excel writes in Japan
+        except UnicodeDecodeError:
+            raise DataError(expected) from None
+        # cp932 maps a few bytes no Japanese text uses (0x80, 0xA0, 0xFD-0xFF) to control or private-use
+        # characters: seeing them means the guess is wrong (Latin-1, UTF-16 without BOM, a binary file).
+        if UNLIKELY_CP932.search(text):
+            raise DataError(expected) from None
+        logger.warning("%s is not UTF-8; decoded it as Shift_JIS (cp932). Save it as UTF-8 to avoid guessing.", path)
+        return text
+
+
+def check_mostly_utf8(raw: bytes, path: Path) -> None:
+    """Raise ``DataError`` naming the undecodable lines of a file whose other non-ASCII lines are valid UTF-8 (a
+    few rows pasted from elsewhere), instead of re-reading the whole file as cp932 and training on mojibake."""
+    good, bad = 0, []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if line.isascii():
+            continue  # ASCII lines read the same in every candidate encoding: no evidence either way
+        try:
+            line.decode("utf-8")
+            good += 1
+        except UnicodeDecodeError:
+            bad.append(number)
+    if bad and good > len(bad):
+        raise DataError(
+            f"{path}: {len(bad)} line(s) are not valid UTF-8 while the rest of the file is: line(s) "
+            f"{lines_named(bad)}. Retype or delete those rows (they were probably pasted from a file in another "
+            "encoding)."
+        )
+
+
+def check_regular_file(path: Path) -> None:
+    """Raise ``DataError`` unless ``path`` is a regular file of a sane size: a FIFO would block forever and
+    ``/dev/zero`` would be read until memory runs out. Uses ``stat`` only; nothing is opened."""
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file (a pipe, device or socket?). Give a CSV file on disk; save "
+                        "a stream to a file first.")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path} is {size / 2**20:.0f} MB; prompt files are limited to {MAX_FILE_BYTES // 2**20} MB "
+                        f"and {MAX_ROWS:,} rows. Check that it is the right file, or split it.")
+
+
+
+def _records(text: str, path: Path):
+    """(first line, fields) of each non-empty CSV record; quoted fields may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
+    count = 0
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if "field larger than field limit" in str(err):
+                raise DataError(_over_long_field_message(path, start, reader.line_num)) from None
+            raise DataError(
+                f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting there: "
+                'a prompt with commas or line breaks must be wrapped in "…", with any " inside doubled ("").'
+            ) from None
+        if fields:  # a blank line is no record
+            count += 1
+            if count > MAX_ROWS + 1:  # + the header
+                raise DataError(f"{path} has more than {MAX_ROWS:,} rows (line {start}); prompt files are limited to "
+                                f"{MAX_ROWS:,} rows and {MAX_FILE_BYTES // 2**20} MB. Check that it is the right file, "
+                                "or split it.")
+            yield start, fields
+
+
+def _over_long_field_message(path: Path, start: int, end: int) -> str:
+    limit = csv.field_size_limit()
+    message = (f"{path}, line {start}: a prompt longer than {limit:,} characters (the CSV field limit), far beyond "
+               "any prompt length the model takes. Shorten or split it.")
+    if end > start:  # the field ran over several lines: more likely a quote that never closes
+        message += f" If it should not run on to line {end}, close the quote opened on line {start}."
+    return message
+
+
+def _csv_table(path: Path):
+    """(header, records) of a CSV file; records are (first line, fields)."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty: expected a header line 'prompt,lang' and one row per prompt.")
+    records = _records(text, path)
+    _, header = next(records)
+    return header, records
+
+
+def _cell(value) -> str:
+    """A JSON or Parquet value as the text a CSV cell would hold (None: blank)."""
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _table_of(objects: list[tuple[int, dict]]):
+    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns."""
+    header = list(dict.fromkeys(key for _, obj in objects for key in obj))
+    return header, ((line, [_cell(obj.get(key)) for key in header]) for line, obj in objects)
+
+
+def _jsonl_table(path: Path):
+    """(header, records) of a JSON Lines file: one object per line, keys as columns; blank lines are skipped."""
+    import json
+
+    objects = []
+    for line, text in enumerate(read_text(path).splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {line}: not valid JSON ({err.msg}). Each line holds one object, e.g. "
+                            '{"prompt": "こんにちは", "lang": "ja"}.') from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, line {line}: a JSON {type(obj).__name__}, not an object with keys prompt, "
+                            "lang.")
+        objects.append((line, obj))
+    if not objects:
+        raise DataError(f"{path} is empty: expected one JSON object per line with keys prompt, lang.")
+    return _table_of(objects)
+
+
+def _parquet_table(path: Path):
+    """(header, records) of a Parquet file; a record's "line" is its row number, the first row being 1."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, … for a damaged or foreign file
+        raise DataError(f"{path}: not readable as Parquet ({err}).") from None
+    if table.num_rows > MAX_ROWS:
+        raise DataError(f"{path} has {table.num_rows:,} rows; prompt files are limited to {MAX_ROWS:,}.")
+    header, records = _table_of(list(enumerate(table.to_pylist(), 1)))
+    return header or table.column_names, records
+
+
+# Prompt file formats by suffix; anything else is read as CSV (the project's own files are).
+TABLE_READERS = {".jsonl": _jsonl_table, ".ndjson": _jsonl_table, ".parquet": _parquet_table}
+FORMATS = "a CSV, JSONL or Parquet file with columns prompt,lang"
+
+
+def read_table(path: Path):
+    """(header, records, is_csv) of the prompt file ``path``; records are (first line, fields) and lazy for a CSV."""
+    if not path.exists():
+        raise DataError(f"Prompt file not found: {path}. Expected {FORMATS}.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; expected {FORMATS}.")
+    check_regular_file(path)
+    reader = TABLE_READERS.get(path.suffix.lower())
+    header, records = (reader or _csv_table)(path)
+    return header, records, reader is None
