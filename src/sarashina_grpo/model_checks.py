@@ -27,6 +27,11 @@ class ModelNotFoundError(SettingsError):
     """MODEL_NAME names a folder that is missing or holds no model/adapter files."""
 
 
+def model_label(name: str) -> str:
+    """How an error names the model setting: the value and the two places it is given."""
+    return f"Model {name!r} (--model, notebook MODEL_NAME)"
+
+
 def looks_like_path(name: str) -> bool:
     """A local folder rather than a hub id ("org/name", exactly one slash)."""
     return (
@@ -63,7 +68,7 @@ def check_hub_model(name: str) -> None:
     else:
         return
     raise ModelNotFoundError(
-        f"Model {name!r} (--model, notebook MODEL_NAME) is a hub id that is not in the Hugging Face cache "
+        f"{model_label(name)} is a hub id that is not in the Hugging Face cache "
         f"({constants.HF_HUB_CACHE}) and {why}. "
         "Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a local model folder, or "
         "connect to the internet once to download it."
@@ -82,7 +87,7 @@ def check_model_name(name: str) -> None:
     examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
                 "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
     if not path.is_dir():
-        raise ModelNotFoundError(f"Model {name!r} (--model, notebook MODEL_NAME): no such folder. {examples}")
+        raise ModelNotFoundError(f"{model_label(name)}: no such folder. {examples}")
     kind = folder_kind(path)
     if kind.adapter or kind.model:
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
@@ -97,7 +102,7 @@ def check_model_name(name: str) -> None:
     else:
         hint = examples
     raise ModelNotFoundError(
-        f"Model {name!r} (--model, notebook MODEL_NAME) holds neither model files (config.json + model.safetensors) "
+        f"{model_label(name)} holds neither model files (config.json + model.safetensors) "
         "nor LoRA adapter files "
         f"(adapter_config.json + adapter_model.safetensors). {hint}"
     )
