@@ -67,7 +67,7 @@ def no_unsloth_load(monkeypatch):
     import sys
     import types
 
-    from sarashina_grpo import config, modeling
+    from sarashina_grpo import modeling, project
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
@@ -75,5 +75,5 @@ def no_unsloth_load(monkeypatch):
     fake = types.ModuleType("unsloth")
     fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
     monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(config, "cuda_available", lambda: False)  # what model_checks.check_device asks
+    monkeypatch.setattr(project, "cuda_available", lambda: False)  # what model_checks.check_device asks
     monkeypatch.setattr(modeling, "cuda_available", lambda: False)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sarashina_grpo.config import SettingsError
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.experiments.bench import markdown_table, parse_configs
 
 

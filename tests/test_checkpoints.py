@@ -26,7 +26,7 @@ from sarashina_grpo.checkpoints import (
     torch_state_problem,
     verify,
 )
-from sarashina_grpo.config import SettingsError
+from sarashina_grpo.project import SettingsError
 
 
 def test_the_marker_name_is_the_one_old_runs_wrote():

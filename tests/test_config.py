@@ -2,14 +2,9 @@
 
 import pytest
 
-from sarashina_grpo.config import (
-    LORA_TARGET_MODULES,
-    Settings,
-    SettingsError,
-    build_grpo_config,
-    grpo_config_kwargs,
-    load_recipe,
-)
+from sarashina_grpo.config import Settings, build_grpo_config, grpo_config_kwargs, load_recipe
+
+from sarashina_grpo.project import LORA_TARGET_MODULES, SettingsError
 from sarashina_grpo.validation import check_settings
 
 

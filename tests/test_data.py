@@ -6,7 +6,7 @@ import logging
 import pytest
 import regex
 
-from sarashina_grpo.config import SYSTEM_PROMPT
+from sarashina_grpo.project import SYSTEM_PROMPT
 from sarashina_grpo.data import DataError, load_prompts, read_rows
 
 JAPANESE = regex.compile(r"[\p{Hiragana}\p{Katakana}\p{Han}]")

@@ -19,7 +19,8 @@ from checkpoint_files import make_checkpoint, write_adapter
 
 from sarashina_grpo import config, model_checks, modeling
 from sarashina_grpo.cli import main
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
 from sarashina_grpo.model_checks import ModelNotFoundError, check_device, check_model_name
 from sarashina_grpo.pipeline import train

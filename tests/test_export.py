@@ -26,7 +26,8 @@ import pytest
 from checkpoint_files import write_adapter as write_adapter_weights
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.export import (
     check_checkpoint,
     export_checkpoint,
@@ -361,7 +362,7 @@ def make_lora_checkpoint(base_dir: Path, run_dir: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sarashina_grpo.config import LORA_TARGET_MODULES
+    from sarashina_grpo.project import LORA_TARGET_MODULES
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     # alpha != r, so a merge that ignored the LoRA scale (alpha / r) would give other tokens.
@@ -383,7 +384,7 @@ def make_lora_checkpoint(base_dir: Path, run_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
-    from sarashina_grpo.config import SYSTEM_PROMPT
+    from sarashina_grpo.project import SYSTEM_PROMPT
 
     artifact = tmp_path_factory.mktemp("artifact")
     checkpoint = make_lora_checkpoint(tiny_model_dir, artifact / "outputs" / "r")

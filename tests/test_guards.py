@@ -14,7 +14,8 @@ import pytest
 from checkpoint_files import COMPLETE_MARKER, make_checkpoint
 
 from sarashina_grpo import config
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.guards import NonFiniteError, check_logs
 from sarashina_grpo.validation import check_settings, settings_warnings
 

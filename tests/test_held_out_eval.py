@@ -14,7 +14,8 @@ import re
 import pytest
 
 from sarashina_grpo.callbacks import CompactProgress, compact_line
-from sarashina_grpo.config import Settings, SettingsError, grpo_config_kwargs
+from sarashina_grpo.config import Settings, grpo_config_kwargs
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.validation import check_settings
 
 

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.validation import check_settings
 
 STEPS = 2

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sarashina_grpo.config import Settings, grpo_config_kwargs, precision, torch_dtype
+from sarashina_grpo.config import Settings, grpo_config_kwargs
+
+from sarashina_grpo.project import precision, torch_dtype
 
 
 @pytest.fixture
@@ -100,7 +102,7 @@ def test_the_precision_variable_takes_the_fp16_path_on_a_bf16_card(card, monkeyp
 
 
 def test_the_precision_variable_cannot_ask_a_t4_for_bf16(card, monkeypatch):
-    from sarashina_grpo.config import SettingsError
+    from sarashina_grpo.project import SettingsError
 
     card((7, 5))
     monkeypatch.setenv("SARASHINA_GRPO_PRECISION", "bf16")

@@ -52,7 +52,7 @@ def test_an_unsupported_architecture_is_refused_before_loading(tmp_path):
 
 
 def test_a_cut_off_gguf_is_refused_naming_the_cause(tmp_path):
-    from sarashina_grpo.config import SettingsError
+    from sarashina_grpo.project import SettingsError
     from sarashina_grpo.realmodel import check_gguf
 
     cut = tmp_path / "cut.gguf"

@@ -25,7 +25,8 @@ from checkpoint_files import make_checkpoint
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, find_resume_checkpoint, set_aside_newer
 from sarashina_grpo.cli import build_parser
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.options import explicit_settings
 from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, prepare, write_run_info
 

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from sarashina_grpo.config import SYSTEM_PROMPT
+from sarashina_grpo.project import SYSTEM_PROMPT
 from sarashina_grpo.data import load_prompts
 from sarashina_grpo.roles import NOTHING, RoleError, leak_share, read_role, shown_turn, think_leak, with_role
 from sarashina_grpo.validation import check_settings

@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings
+
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.rollout import FastRollout, sample_tokens
 from sarashina_grpo.validation import check_settings
 

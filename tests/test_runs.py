@@ -20,7 +20,8 @@ import pytest
 from checkpoint_files import make_checkpoint
 
 from sarashina_grpo.cli import main
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import Settings
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.pipeline import new_run_paths, prepare, write_run_info
 from sarashina_grpo.runs import LOCK_FILE, RunFinished, check_run_name, lock_run
 

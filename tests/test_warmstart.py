@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sarashina_grpo.config import SettingsError
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.data import DataError
 from sarashina_grpo.rewards import is_strict_format
 from sarashina_grpo.warmstart import (

@@ -12,7 +12,7 @@ def setup_logging(verbose: bool = False) -> None:
     Under ``accelerate launch`` the other ranks log warnings only: N copies of every line would bury rank 0's."""
     import logging
 
-    from .config import multi_process, process_rank
+    from .project import multi_process, process_rank
 
     rank = process_rank()
     level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING

@@ -1,5 +1,5 @@
 """Trainer callbacks: complete-checkpoint markers, a NaN/inf guard, Ctrl-C/SIGTERM that save, then stop, and the
-held-out evaluation during training (``Settings.held_out_eval_steps``).
+held-out evaluation during training (``Settings.eval_steps``).
 
 Sampled completions are printed by TRL itself (``Settings.log_completions``).
 """
@@ -114,7 +114,7 @@ HELD_OUT_BATCH = 16  # prompts generated together: the default eval_limit in one
 
 
 class HeldOutEval(TrainerCallback):
-    """Before the first step and every ``every`` steps (``Settings.held_out_eval_steps``), answer the held-out rows
+    """Before the first step and every ``every`` steps (``Settings.eval_steps``), answer the held-out rows
     (with ``system_prompt``) and score them as ``sarashina-grpo eval`` does (``evaluation.write_eval``):
     TensorBoard gets ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to
     ``<output_dir>/eval/step-N/``.

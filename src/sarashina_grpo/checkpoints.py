@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .compat import ADAPTER_WEIGHTS
-from .config import SettingsError
+from .project import SettingsError
 
 logger = logging.getLogger(__name__)
 

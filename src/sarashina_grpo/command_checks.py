@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import SettingsError, finite_number
+from .project import SettingsError, finite_number
 
 
 def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, batch_size: int,
@@ -114,13 +114,9 @@ def check_warm_start_command(recipe) -> None:
 def check_bench(options) -> None:
     """``sarashina-grpo bench``'s numbers and loss (an ``experiments.bench.BenchOptions``); its configuration names
     are read by the benchmark itself."""
-    from .grpo_fields import loss_types
-
     check_positive_integers("bench", options, ("steps", "max_completion_length", "peer_steps"))
     if options.beta < 0:
         raise SettingsError(f"bench --beta must be >= 0 (0 drops the KL term), got {options.beta!r}.")
-    if options.loss_type not in loss_types():
-        raise SettingsError(f"bench --loss-type {options.loss_type!r} is not one of TRL's: {', '.join(loss_types())}.")
     if options.profile_step is not None and not 1 <= options.profile_step <= options.steps:
         raise SettingsError(f"bench --profile-step must be a step of the run (1 to --steps {options.steps}), got "
                             f"{options.profile_step!r}.")

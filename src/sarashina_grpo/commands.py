@@ -16,23 +16,21 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings, SettingsError, default_artifact_dir, process_rank
 from .options import (
     DEMO_FIELDS,
-    MODEL_FIELDS,
     BuildTinyOptions,
     CpuOptions,
     EvalOptions,
     ExportOptions,
     GenerateOptions,
     InferOptions,
+    ModelOptions,
     RoleOptions,
     RunOptions,
-    explicit_settings,
     given,
     options,
-    settings_from_args,
 )
+from .project import SettingsError, default_artifact_dir, process_rank
 
 
 def end_process_group(trainer=None) -> None:
@@ -50,30 +48,59 @@ def end_process_group(trainer=None) -> None:
             dist.destroy_process_group()
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .modeling import resolve_backend, use_cpu_threads, use_triton_interpreter_without_gpu
+def backend_asked(argv: list[str]) -> str | None:
+    """The ``--backend`` a ``train`` command line asks for, directly or in its ``--config`` recipe (read before
+    TRL is imported: it decides whether Unsloth is)."""
+    from .project import load_recipe
+
+    for i, token in enumerate(argv):
+        if token == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--backend="):
+            return token.split("=", 1)[1]
+    for i, token in enumerate(argv):
+        recipe = argv[i + 1] if token == "--config" and i + 1 < len(argv) else token.partition("=")[2] \
+            if token.startswith("--config=") else None
+        if recipe:
+            return load_recipe(recipe).get("backend")
+    return None
+
+
+def import_training_stack(argv: list[str]) -> None:
+    """Unsloth first (it patches transformers and TRL), unless the command line asks for the plain backend: then TRL
+    first, which keeps ``config`` from importing Unsloth."""
+    from .modeling import use_triton_interpreter_without_gpu
     from .noise import import_unsloth
+
+    if backend_asked(argv) == "trl-peft":
+        use_triton_interpreter_without_gpu()
+        import trl  # noqa: F401
+    else:
+        import_unsloth()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import FIELDS, load_settings
+    from .modeling import use_cpu_threads
     from .pipeline import build_trainer, load_model, prepare, run_training
+    from .project import load_recipe
     from .runs import RunFinished
 
     run_options = options(args, RunOptions)
     threads = cpu_threads(args)
-    explicit = explicit_settings(args)
-    # Everything is checked before Unsloth is imported: a typo costs a second, not Unsloth's start-up.
+    recipe = getattr(args, "config", None)
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    settings = load_settings(flags, recipe=recipe, source="command line")
+    given = set(flags) | (set(load_recipe(recipe)) if recipe else set())
     try:
-        run = prepare(Settings(**explicit), artifact_dir=run_options.artifact_dir, resume=run_options.resume,
-                      run_name=run_options.run_name, given=set(explicit),
-                      allow_data_change=run_options.allow_data_change)
+        run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
+                      run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change)
     except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
         if process_rank() == 0:  # once, not once per process of an `accelerate launch`
             print(finished)
         end_process_group()
         return 0
     use_cpu_threads(threads)
-    if resolve_backend(run.settings) == "unsloth":
-        import_unsloth()  # patches transformers and TRL: before anything imports them
-    else:
-        use_triton_interpreter_without_gpu()
     model, tokenizer = load_model(run)
     trainer = run_training(build_trainer(run, model, tokenizer), run)
     end_process_group(trainer)
@@ -123,7 +150,7 @@ def run_infer(args: argparse.Namespace) -> None:
     gen = generation_settings(args)
     threads = cpu_threads(args)
     role = role_from_args(args)  # before the model loads: a missing file costs seconds
-    settings = check_model(settings_from_args(args, MODEL_FIELDS), training=False)
+    settings = check_model(options(args, ModelOptions), training=False)
     model, tokenizer = load_for_inference(settings, threads=threads)
     if args.prompts:
         replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True,
@@ -157,7 +184,7 @@ def run_eval(args: argparse.Namespace) -> None:
         raise SettingsError("--compare-only needs at least two evaluations after --compare.")
     check_compare_names(names, artifact_dir)  # before the evaluation runs: a typo should cost seconds
     if not opts.compare_only:
-        settings = settings_from_args(args, MODEL_FIELDS)
+        settings = options(args, ModelOptions)
         name = opts.name or default_eval_name(settings.model_name)
         metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir,
                                  gen=gen, samples_per_prompt=opts.samples_per_prompt,
@@ -261,25 +288,22 @@ def _bench_options():
 class Command:
     """A sub-command: its help, what it runs, and its option dataclasses as (class, the field names it takes or None
     for all, group title in ``--help``); a class or its field names may come from a function, loaded on demand.
-    ``grpo_flags``: every further field of TRL's ``GRPOConfig`` is a flag too (``train``)."""
+    ``train``'s options are the run's settings, parsed by ``cli.train_parser`` after Unsloth is imported."""
 
     help: str
     run: typing.Callable[[argparse.Namespace], int | None]
     options: tuple = ()
-    grpo_flags: bool = False
 
 
 MACHINE = (CpuOptions, None, "machine")
 GENERATION = ((GenerateOptions, None, "generation"), (RoleOptions, None, "role"), MACHINE)
-MODEL = (Settings, MODEL_FIELDS, "model")
+MODEL = (ModelOptions, None, "model")
 # A new command is one options dataclass and one entry here.
 COMMANDS = {
     "demo": Command("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the "
                     "strict-format rate before and after and the reward curve", run_demo,
                     ((_demo_settings, DEMO_FIELDS, "demo"), (RunOptions, ("artifact_dir", "run_name"), "run"))),
-    "train": Command("GRPO-train a model (the finetuning notebook's recipe)", run_train,
-                     ((Settings, None, "settings (sarashina_grpo.config.Settings)"), (RunOptions, None, "run"),
-                      MACHINE), grpo_flags=True),
+    "train": Command("GRPO-train a model (the finetuning notebook's recipe)", run_train),
     "infer": Command("answer prompts or chat with a model or checkpoint", run_infer,
                      ((InferOptions, None, None), MODEL, *GENERATION)),
     "eval": Command("evaluate a model or checkpoint on held-out prompts (format, Japanese purity); compare runs",

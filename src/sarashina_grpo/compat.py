@@ -40,7 +40,7 @@ import os
 import sys
 from pathlib import Path
 
-from .grpo_fields import FALSE_WORDS  # the words the command line reads as false
+from .project import FALSE_WORDS
 
 GENERATE_METHOD = "_generate_single_turn"
 GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")

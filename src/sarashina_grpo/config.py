@@ -1,269 +1,179 @@
-"""Every setting of a run, defined once: the ``Settings`` dataclass, its YAML recipes, and TRL's ``GRPOConfig``.
+"""The run's settings: TRL's ``GRPOConfig``, extended with this project's own fields, read from recipes and flags.
 
-    from sarashina_grpo.config import Settings, load_recipe
-    settings = Settings(**load_recipe("configs/recipes/article.yaml"), max_steps=5)
+    from sarashina_grpo.config import Settings, load_settings
+    settings = load_settings({"model_name": "tiny", "max_steps": 5})      # the article's recipe, two values changed
 
-``Settings`` is the only place a setting is defined: each field carries its help text in ``metadata``, and the
-command line (``cli.py``), the YAML recipes (``configs/recipes/*.yaml``, keys = field names), ``run.json`` and the
-notebooks' parameters all derive from it. ``read_settings`` is the one typed reading of all of them; keys that are
-fields of TRL's ``GRPOConfig`` rather than of ``Settings`` travel in ``extra_grpo_args``. Defaults reproduce the
-article's run, including its GRPO algorithm as TRL ran it in early 2025 (docs/algorithm.md), whatever the installed
-TRL/Unsloth would default to.
+Importing this module imports Unsloth first (it patches TRL), unless TRL is already imported: a process that
+imported TRL itself chose the plain transformers + PEFT backend (``commands.import_training_stack``).
 
-Default locations (``datasets/``, ``artifact/``) are relative to the project folder: ``$SARASHINA_GRPO_HOME`` when
-set, else the working directory, never the place the package is installed in.
+``Settings`` *is* a ``trl.GRPOConfig``: TRL's fields keep TRL's names, defaults, help and checks, and the trainer
+gets the object itself as ``args``. The subclass adds only what TRL has no field for (model, prompt files, system
+prompt, LoRA, rollout engine, rewards, held-out evaluation) and, in ``__post_init__``, reads every value in its
+field's type, checks the project's own fields and the ranges this project needs of TRL's, and fills in what the
+machine decides (CPU or GPU, bf16 or fp16). So a value is checked the same way whichever road it came by: a flag,
+a recipe key, the notebook's ``SETTINGS`` or a resumed run's ``run.json``.
+
+The article's values live in one place, the default recipe ``configs/recipes/article.yaml``. ``load_settings``
+layers, each over the one before: that recipe (or a resumed run's recorded settings) < a recipe given with
+``--config`` (or ``RECIPE``) < the values given (flags, ``SETTINGS``). Parsing is TRL's own ``TrlParser``
+(``settings_parser``), for the command line and for mappings alike.
 """
 
-from __future__ import annotations
-
-import argparse
 import dataclasses
-import difflib
 import json
 import math
-import os
+import sys
+import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
-HOME_VARIABLE = "SARASHINA_GRPO_HOME"
+if "trl" not in sys.modules:  # Unsloth patches TRL as it is imported, so it comes first; a process that imported
+    from .noise import import_unsloth  # TRL already chose the plain transformers + PEFT backend (--backend trl-peft)
 
-# Our own wording. It states the exact layout the strict reward checks, newlines included, because a model can
-# only be rewarded into a format it has a chance to sample.
-SYSTEM_PROMPT = (
-    "あなたは親切な日本語アシスタントです。答える前に、まず日本語で考えてください。\n"
-    "考えたことは<think>と</think>の間に、ユーザーへの答えは<response>と</response>の間に書きます。\n"
-    "必ず次の形で出力してください。\n"
-    "<think>\n"
-    "（考えたこと）\n"
-    "</think>\n"
-    "<response>\n"
-    "（答え）\n"
-    "</response>"
+    import_unsloth()
+
+from trl import GRPOConfig, TrlParser  # noqa: E402
+
+from . import project  # noqa: E402
+from .project import (  # noqa: E402
+    BACKENDS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_REWARDS,
+    LORA_TARGET_MODULES,
+    ROLLOUTS,
+    SCALE_REWARDS,
+    SYSTEM_PROMPT,
+    OnOff,
+    SettingsError,
+    did_you_mean,
+    finite_number,
+    load_recipe,
+    read_text_setting,
+    setting,
 )
 
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_REWARDS = ("xmlcount", "soft_format", "strict_format")
-# How completions are generated during training (docs/benchmarks/README.md has the measurements):
-ROLLOUTS = {
-    "default": "the article's path: Unsloth's generate inside TRL's GRPOTrainer",
-    "fast": "static KV cache + one CUDA graph per decoded token (sarashina_grpo.rollout); same sampling and loss",
-    "static": "TRL generate with cache_implementation='static' (measured, slower than 'fast')",
-    "paged": "TRL's transformers continuous batching (use_transformers_continuous_batching; measured)",
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+ARTICLE_RECIPE = RECIPES / "article.yaml"
+
+POSITIVE_INTEGERS = (
+    "max_seq_length", "lora_rank", "max_prompt_length", "eval_limit",
+    # TRL's, which the project needs whole and ≥ 1 (it runs by steps, never by epochs)
+    "max_steps", "save_steps", "logging_steps", "num_generations", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "max_completion_length", "num_iterations", "num_completions_to_print",
+)
+# (field, lowest, highest, lowest allowed itself, highest allowed itself): values TRL accepts that no run can use.
+NUMERIC_RANGES = (
+    ("learning_rate", 0.0, 1.0, False, True),  # above 1 every Adam step moves each weight by ~1: instant divergence
+    ("max_grad_norm", 0.0, math.inf, False, False),
+    ("temperature", 0.0, 10.0, False, True),  # beyond 10 sampling is uniform noise over the vocabulary
+    ("beta", 0.0, math.inf, True, False),  # KL coefficient; 0 switches the reference model off (TRL's default)
+    ("epsilon", 0.0, 1.0, False, False),  # clip range of the policy ratio
+    ("epsilon_high", 0.0, math.inf, False, False),
+    ("adam_beta1", 0.0, 1.0, True, False),
+    ("adam_beta2", 0.0, 1.0, True, False),
+    ("weight_decay", 0.0, math.inf, True, False),
+    ("warmup_steps", 0.0, math.inf, True, False),  # a float below 1 is a share of max_steps (transformers 5)
+    ("vllm_gpu_memory_utilization", 0.0, 1.0, False, True),
+)
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+# Fields the project sets for each run: a run's checkpoints live in its own folder, where --resume finds them.
+RUN_OWNED = {
+    "output_dir": "checkpoints go to <artifact-dir>/outputs/<run>/; choose the folder with --artifact-dir and "
+                  "--run-name",
+    "resume_from_checkpoint": "continue a run with --resume [RUN or checkpoint folder]",
 }
-BACKENDS = ("auto", "unsloth", "trl-peft")
-SCALE_REWARDS = ("group", "batch", "none")
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-# bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
-# the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
-BF16_MIN_CAPABILITY = (8, 0)
-# Set to fp16 to train as a card without bf16 would, on one that has it (reproducing a T4 user's run; the GPU suite);
-# bf16 on a CPU keeps the weights in bf16 (the learning proof's recorded runs were made so).
-PRECISION_VARIABLE = "SARASHINA_GRPO_PRECISION"
-
-
-def precision() -> str:
-    """The 16-bit type this machine trains in: ``"bf16"`` on a GPU that has it, ``"fp16"`` on an older GPU (or when
-    ``$SARASHINA_GRPO_PRECISION=fp16``), ``"fp32"`` without CUDA (bf16 matmuls on a CPU are slow)."""
-    import torch
-
-    wanted = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
-    if wanted not in ("", "bf16", "fp16"):
-        raise SettingsError(f"${PRECISION_VARIABLE}={wanted!r}: use fp16 or bf16, or leave it unset (the card "
-                            "decides).")
-    if not torch.cuda.is_available():
-        return "bf16" if wanted == "bf16" else "fp32"
-    supported = torch.cuda.get_device_capability() >= BF16_MIN_CAPABILITY
-    if wanted == "bf16" and not supported:
-        raise SettingsError(f"${PRECISION_VARIABLE}=bf16, but this GPU has no bf16 (compute capability "
-                            f"{torch.cuda.get_device_capability()}); unset it to train in fp16.")
-    return wanted or ("bf16" if supported else "fp16")
-
-
-def torch_dtype(kind: str | None = None):
-    """The torch dtype of ``precision()`` (or of ``kind``: "bf16", "fp16", "fp32")."""
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
-
-
-def process_rank() -> int:
-    """This process's rank under ``accelerate launch`` (or torchrun); 0 when it runs alone."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    """Processes started together by ``accelerate launch`` (or torchrun); 1 when it runs alone."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def multi_process() -> bool:
-    """Started by ``accelerate launch`` (or torchrun) with more than one process."""
-    return world_size() > 1
-
-
-def finite_number(value) -> bool:
-    """An int or float (not a bool) that is neither NaN nor infinite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class SettingsError(ValueError):
-    """A setting is invalid; raised before any model is loaded."""
-
-
-def shown(value) -> str:
-    """A default as ``--help`` shows it: names comma-separated, mappings as JSON."""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return json.dumps(value) if isinstance(value, dict) else str(value)
-
-
-class OnOff(argparse.BooleanOptionalAction):
-    """``--flag`` / ``--no-flag`` for a setting whose unset value (None) means "the machine decides": transformers'
-    ``HfArgumentParser`` gives ``bool | None`` fields neither form."""
-
-    def __init__(self, *args, type=None, **kwargs):  # noqa: A002  (HfArgumentParser passes its bool parser)
-        super().__init__(*args, **kwargs)
-
-
-def setting(default, help: str, *, flag: str | None = None, choices=None, factory=None, shown_as: str | None = None,
-            **parser_options):
-    """A dataclass field whose ``metadata`` is its command-line flag as transformers' ``HfArgumentParser`` reads it:
-    the help text with the default shown once (``shown_as`` for a long one; a field unset by default says in its
-    help what "unset" means), an optional short alias (``flag``), the allowed values, further ``add_argument``
-    options (``parser_options``)."""
-    value = factory() if factory is not None else default
-    text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
-    metadata = {"help": text, **parser_options}
-    if flag:
-        metadata["aliases"] = [flag]
-    if choices:
-        metadata["choices"] = choices
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
-class Settings:
-    """Everything a run computes with. Defaults reproduce the article's run; ``run.json`` records all of them."""
+class Settings(GRPOConfig):
+    """A run's settings: TRL's ``GRPOConfig`` and this project's fields. ``run.json`` records them."""
 
     # --- model and data
     model_name: str = setting(DEFAULT_MODEL_NAME, "hub id, local model or checkpoint folder, or 'tiny' (the "
                               "offline test model)", flag="--model")
     data_path: str = setting("datasets/smalltalk.csv", "prompt file: CSV, JSONL or Parquet (columns prompt,lang; "
-                             "optional role, answer); "
-                             "relative paths are taken from the project folder", flag="--data")
+                             "optional role, answer); relative paths are taken from the project folder",
+                             flag="--data")
     system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
-                                 shown_as="config.SYSTEM_PROMPT, our Japanese wording of the <think>/<response> layout")
+                                 shown_as="project.SYSTEM_PROMPT, our Japanese wording of the <think>/<response> "
+                                 "layout")
     system_prompt_file: str | None = setting(None, "read the system prompt from this UTF-8 text file; unset: use "
                                              "--system-prompt")
+    max_prompt_length: int = setting(1024, "prompts longer than this (tokens, chat template included) are skipped "
+                                     "with a warning: TRL 1.x no longer truncates them")
     load_in_4bit: bool | None = setting(None, "QLoRA 4-bit loading; unset: on with a CUDA GPU, off without one",
                                         flag="--4bit", action=OnOff)
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + completion fit with room)")
-    use_vllm: bool = setting(False, "Unsloth fast_inference through vLLM (the 'vllm' extra, CUDA only)",
-                             flag="--vllm")
-    gpu_memory_utilization: float = setting(0.6, "share of GPU memory vLLM may reserve (with --vllm)")
     backend: str = setting("auto", "model loading: 'unsloth', or plain transformers+PEFT ('trl-peft'); 'auto' = "
-                           "unsloth (one process or several)",
-                           choices=BACKENDS)
+                           "unsloth (one process or several)", choices=BACKENDS)
     # --- LoRA
     lora_rank: int = setting(32, "LoRA rank r")
     lora_alpha: int | None = setting(None, "LoRA alpha; unset: equal to the rank (scale 1.0, as in the article)")
-    lora_target_modules: tuple[str, ...] = setting(LORA_TARGET_MODULES, "projections that get LoRA adapters")
-    # --- optimiser
-    learning_rate: float = setting(5e-6, "peak learning rate")
-    adam_beta1: float = setting(0.9, "AdamW beta1")
-    adam_beta2: float = setting(0.99, "AdamW beta2")
-    weight_decay: float = setting(0.1, "AdamW weight decay")
-    warmup_ratio: float = setting(0.1, "share of max_steps spent warming up the learning rate")
-    lr_scheduler_type: str = setting("cosine", "learning-rate schedule after warm-up (transformers' names)")
-    optim: str = setting("paged_adamw_8bit", "optimiser on a GPU (on CPU plain adamw_torch: bitsandbytes needs CUDA)")
-    max_grad_norm: float = setting(0.1, "gradient clipping norm (small: GRPO updates on few samples are noisy)")
-    # --- GRPO sampling
-    num_generations: int = setting(6, "completions sampled per prompt (the GRPO group)")
-    per_device_train_batch_size: int = setting(6, "completions per device per step (a multiple of "
-                                               "num_generations)", flag="--batch-size")
-    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
-    max_prompt_length: int = setting(1024, "prompts longer than this (tokens, chat template included) are skipped "
-                                     "with a warning: TRL 1.x no longer truncates them")
-    max_completion_length: int = setting(512, "tokens generated per completion at most")
-    temperature: float = setting(1.0, "sampling temperature of the rollouts")
+    lora_target_modules: list[str] = setting(None, "projections that get LoRA adapters (comma-separated or several "
+                                             "words)", factory=lambda: list(LORA_TARGET_MODULES))
+    # --- rollout and rewards
     rollout: str = setting("default", "how completions are generated: " + "; ".join(
         f"{k} = {v}" for k, v in ROLLOUTS.items()), choices=tuple(ROLLOUTS))
-    # --- GRPO algorithm: the article's (TRL 0.14/0.15, early 2025); docs/algorithm.md gives the modern variants
-    loss_type: str = setting("grpo", "loss normalisation: 'grpo' = mean over each completion's tokens, then over "
-                             "completions (the article's TRL); 'dapo', 'dr_grpo', 'bnpo', … as TRL lists them")
-    beta: float = setting(0.04, "KL coefficient against the reference: the starting model (the base model for a fresh "
-                          "LoRA); 0 drops the KL term")
-    scale_rewards: str = setting("group", "divide advantages by the reward std of the group, the batch, or none",
-                                 choices=SCALE_REWARDS)
-    epsilon: float = setting(0.2, "PPO-style clipping range of the importance ratio (inert at num_iterations=1)")
-    epsilon_high: float | None = setting(None, "upper clipping bound; unset: equal to epsilon (DAPO uses 0.28)")
-    num_iterations: int = setting(1, "optimisation passes over each batch of completions (μ in the GRPO paper)")
-    mask_truncated_completions: bool = setting(False, "leave completions cut at max_completion_length out of the "
-                                               "loss (DAPO's overlong filtering)")
-    importance_sampling_level: str = setting("token", "importance ratio per token (GRPO) or per sequence (GSPO)",
-                                             choices=("token", "sequence"))
-    reward_names: tuple[str, ...] = setting(DEFAULT_REWARDS, "reward functions: registry names "
-                                            "(sarashina_grpo.rewards), or your own as module:function or "
-                                            "path/to/file.py:function", flag="--rewards")
-    # --- schedule and logging
-    max_steps: int = setting(500, "optimizer steps of the run")
-    save_steps: int = setting(250, "write a checkpoint every N steps (and at the end)")
-    logging_steps: int = setting(1, "log metrics to TensorBoard every N steps")
-    log_completions: bool = setting(True, "print sampled completions with their rewards at each log (TRL)")
-    num_completions_to_print: int = setting(2, "completions printed per log when log_completions is on")
-    # --- evaluation during training (callbacks.HeldOutEval; not TRL's eval loop, which would sample and score rewards).
-    # Not named eval_steps: that is a GRPOConfig field, and grpo_config_kwargs passes every field named like one to TRL.
-    held_out_eval_steps: int = setting(0, "every N steps (and before the first), answer eval_limit held-out prompts "
-                                       "greedily and log the metrics of `sarashina-grpo eval` to TensorBoard as "
-                                       "eval/<metric>; 0: off", flag="--eval-steps")
+    reward_names: list[str] = setting(None, "reward functions: registry names (sarashina_grpo.rewards), or your own "
+                                      "as module:function or path/to/file.py:function; comma-separated or several "
+                                      "words", flag="--rewards", factory=lambda: list(DEFAULT_REWARDS))
+    # --- held-out evaluation during training (callbacks.HeldOutEval, every `eval_steps`: TRL's field, read by the
+    # project because TRL's own evaluation loop, which would sample and score rewards, is never switched on here)
     eval_data: str = setting("datasets/eval.csv", "held-out prompt file scored every --eval-steps (CSV, JSONL or "
                              "Parquet; columns prompt,lang)")
     eval_limit: int = setting(16, "held-out prompts scored at each evaluation (the first N of eval_data)")
-    seed: int = setting(3407, "random seed (LoRA init, sampling, data order)")
-    extra_grpo_args: dict = setting(None, "further TRL GRPOConfig fields, by name; each is also its own flag and "
-                                    "recipe key (--report-to wandb, --save-total-limit 3, …), this JSON form "
-                                    "stays for older command lines", factory=dict)
 
-    def replace(self, **changes) -> Settings:
-        return dataclasses.replace(self, **changes)
+    def __post_init__(self):
+        self._asked = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in self._asked.items():
+            setattr(self, name, typed(name, value))
+        self.reward_names = split_names(self.reward_names)
+        self.lora_target_modules = split_names(self.lora_target_modules)
+        check_ranges(self)
+        check_combinations(self)
+        if self.system_prompt_file:
+            self.system_prompt = read_text_setting(self.system_prompt_file, "system_prompt_file")
+        self._decide_machine()
+        try:
+            super().__post_init__()
+        except ValueError as err:
+            raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}") from None
+
+    def _decide_machine(self) -> None:
+        """What the machine decides: 4-bit loading, CPU or GPU, the 16-bit type, an optimiser CPUs can run, and the
+        rollout's TRL switches. Every algorithm choice stays the recipe's, so Unsloth's own defaults never apply."""
+        if self.load_in_4bit is None:
+            self.load_in_4bit = project.cuda_available()
+        if not project.cuda_available():
+            self.use_cpu = True
+        if self.bf16 is None and not self.fp16:
+            # TRL turns bf16 on when neither is set (and transformers then autocasts a CPU run to bf16)
+            kind = "fp32" if self.use_cpu else project.precision()
+            self.bf16, self.fp16 = kind == "bf16", kind == "fp16"
+        if self.use_cpu and "8bit" in str(self.optim):
+            self.optim = "adamw_torch"  # bitsandbytes' paged optimiser needs CUDA; plain AdamW keeps the maths
+        if self.rollout == "static":
+            self.cache_implementation = "static"
+        elif self.rollout == "paged":
+            self.use_transformers_continuous_batching = True
 
     @property
     def effective_lora_alpha(self) -> int:
         return self.lora_rank if self.lora_alpha is None else self.lora_alpha
 
-    def resolved(self) -> Settings:
-        """Settings with what the machine and files decide filled in: ``load_in_4bit`` (on with CUDA) and the
-        system prompt read from ``system_prompt_file``. ``run.json`` records the resolved values."""
-        changes = {}
-        if self.load_in_4bit is None:
-            changes["load_in_4bit"] = cuda_available()
-        if self.system_prompt_file:
-            changes["system_prompt"] = read_text_setting(self.system_prompt_file, "system_prompt_file")
-        return self.replace(**changes) if changes else self
+    def replace(self, **changes) -> "Settings":
+        """These settings with ``changes``, built anew from the values asked for (TRL derives some fields)."""
+        return type(self)(**{**self._asked, **changes})
 
-    def to_dict(self) -> dict:
-        """JSON-ready values of every field (``run.json``)."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
-
-    @classmethod
-    def from_dict(cls, values: dict, *, source: str = "settings") -> Settings:
-        """Settings from field names (a recipe, ``run.json``, a notebook's ``SETTINGS``), each value read in its
-        field's type (``read_settings``)."""
-        return cls(**read_settings(values, source=source))
+    def asked(self) -> dict:
+        """The values this object was built from, JSON-ready: what ``run.json`` records and a resume rebuilds."""
+        return json.loads(json.dumps(self._asked, default=str))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+PROJECT_FIELDS = [name for name in FIELDS if name not in {f.name for f in dataclasses.fields(GRPOConfig)}]
+HINTS = typing.get_type_hints(Settings)
 
 
 def flag_of(name: str) -> str:
@@ -272,211 +182,227 @@ def flag_of(name: str) -> str:
 
 
 def field_label(name: str) -> str:
-    """How an error names a setting: the dataclass field and its CLI flag."""
+    """How an error names a setting: the field and its CLI flag."""
     return f"Settings.{name} (CLI {flag_of(name)})"
 
 
-HINTS = typing.get_type_hints(Settings)
-# A system prompt or role is a paragraph or two; far beyond this a file is surely the wrong one, and the model would
-# spend its whole context (and memory) on it.
-MAX_PROMPT_CHARS = 20_000
+# --- typed values: one reading for every source (flags come typed by argparse; recipes, SETTINGS and run.json not)
 
 
-def did_you_mean(name: str, candidates) -> str:
-    """' (did you mean X?)' for the closest of ``candidates``, else ''."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+def split_names(names) -> list[str]:
+    """``["a,b", "c"]`` or ``"a,b"`` as ``["a", "b", "c"]``."""
+    items = [names] if isinstance(names, str) else list(names)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
 
 
-def _kind(hint) -> tuple[object, bool]:
-    """(the type a field holds, whether it may be None) for hints such as ``int | None``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if len(args) == 1 and len(typing.get_args(hint)) == 2:
-        return args[0], True
-    return hint, False
-
-
-def typed_setting(name: str, value, source: str = "settings"):
-    """``value`` read as the type of ``Settings.<name>``, or a ``SettingsError`` naming the field, the source, the
-    type wanted and the value found. Numbers may come as text ("5e-6", what YAML 1.1 leaves a string); lists of
-    names may come as one comma-separated string; nothing else is converted."""
-    kind, optional = _kind(HINTS[name])
-    wanted = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping"}
-    where = f"{source}: {field_label(name)}"
-    if value is None:
-        if optional:
+def _read_as(kind, value):
+    """``value`` as ``kind`` (one member of a field's type), or raise ``TypeError``."""
+    origin = typing.get_origin(kind)
+    if kind is typing.Any or (isinstance(kind, type) and not isinstance(value, bool | int | float | str | list
+                                                                        | tuple | dict)):
+        return value
+    if kind is type(None):
+        if value is None:
             return None
-        raise SettingsError(f"{where} must be {wanted.get(kind, 'a list of names')}, got nothing (null).")
-    if typing.get_origin(kind) is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            raise SettingsError(f"{where} must be a list of names (or one string 'a,b'), got {value!r}.")
-        return tuple(i.strip() for i in items if i.strip())
-    if kind is dict:
+        raise TypeError
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if kind in (int, float):
         if isinstance(value, str):
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                raise SettingsError(f"{where} is not JSON ({err.msg}): {value!r}.") from None
-        if not isinstance(value, dict):
-            raise SettingsError(f"{where} must be a mapping of GRPOConfig names to values, got {value!r}.")
-        return value
-    if kind in (int, float) and isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise SettingsError(f"{where} must be {wanted[kind]}, got {value!r}.") from None
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value.strip())
+            except ValueError:
+                raise TypeError from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise TypeError
+            return int(value) if math.isfinite(value) else value
         return float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise SettingsError(f"{where} must be {wanted[kind]}, got {value!r} ({type(value).__name__}).")
-    return value
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    if origin in (list, tuple):
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise TypeError
+        item = (typing.get_args(kind) or (typing.Any,))[0]
+        return [_read_as(item, v) for v in value]
+    if origin is dict or kind is dict:
+        if isinstance(value, dict):
+            return value
+        raise TypeError
+    if isinstance(kind, type) and issubclass(kind, str) and isinstance(value, str):  # TRL's str enums
+        return value
+    if isinstance(kind, type) and isinstance(value, kind):
+        return value
+    raise TypeError
 
 
-def read_settings(values: dict, *, source: str = "settings") -> dict:
-    """The typed fields of ``values`` (a recipe, ``run.json``, ``SETTINGS``, the flags given).
+WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping",
+          list: "a list"}
 
-    A key that is no ``Settings`` field but a field of TRL's ``GRPOConfig`` (``report_to``, ``save_total_limit``,
-    ``reward_weights``, …) joins ``extra_grpo_args``, read in that field's type; any other key is an error that
-    suggests the closest name."""
-    from .grpo_fields import FieldTypeError, grpo_fields, typed_value
 
+def typed(name: str, value):
+    """``value`` read as the type of ``Settings.<name>``, or a ``SettingsError`` naming the field, the type wanted
+    and the value found. Numbers may come as text ("5e-6", what YAML 1.1 leaves a string); nothing else is
+    converted."""
+    hint = HINTS[name]
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for kind in kinds:
+        try:
+            return _read_as(kind, value)
+        except (TypeError, ValueError):
+            continue
+    wanted = " or ".join(WANTED.get(typing.get_origin(k) or k, getattr(k, "__name__", str(k))) for k in kinds
+                         if k is not type(None))
+    nothing = " (null)" if value is None else f" ({type(value).__name__})"
+    raise SettingsError(f"{field_label(name)} must be {wanted}, got {value!r}{nothing}.")
+
+
+# --- the project's own checks, and the ranges it needs of TRL's fields
+
+
+def check_ranges(settings: Settings) -> None:
+    for name in POSITIVE_INTEGERS:  # TRL types save_steps and logging_steps as floats (a share of the run below 1)
+        value = getattr(settings, name)
+        if value is None and name == "num_completions_to_print":  # TRL's "all of them"
+            continue
+        if not (finite_number(value) and float(value).is_integer() and value >= 1):
+            raise SettingsError(f"{field_label(name)} must be a positive integer, got {value!r}.")
+    steps = settings.eval_steps
+    if steps is not None and not (finite_number(steps) and float(steps).is_integer() and steps >= 1):
+        raise SettingsError(f"{field_label('eval_steps')} must be a whole number of steps ≥ 1 (unset: no held-out "
+                            f"evaluation), got {steps!r}.")
+    if settings.lora_alpha is not None and settings.lora_alpha < 1:
+        raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {settings.lora_alpha!r}.")
+    if not 0 <= settings.seed < SEED_LIMIT:
+        raise SettingsError(f"{field_label('seed')} must be a whole number in [0, 2**32) (numpy's seeds are), got "
+                            f"{settings.seed!r}.")
+    for name, low, high, low_ok, high_ok in NUMERIC_RANGES:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        above = (value >= low) if low_ok else (value > low)
+        below = (value <= high) if high_ok else (value < high)
+        if not (finite_number(value) and above and below):
+            wanted = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
+            raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
+    for name, allowed in (("backend", BACKENDS), ("rollout", tuple(ROLLOUTS)), ("scale_rewards", SCALE_REWARDS),
+                          ("importance_sampling_level", ("token", "sequence"))):
+        value = getattr(settings, name)
+        if value not in allowed:
+            raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, allowed))}, got "
+                                f"{value!r}{did_you_mean(str(value), allowed)}.")
+
+
+def check_combinations(settings: Settings) -> None:
+    """Combinations of the project's fields (and TRL's) that this project cannot run."""
+    if settings.epsilon_high is not None and settings.epsilon_high < settings.epsilon:
+        raise SettingsError(f"{field_label('epsilon_high')} ({settings.epsilon_high}) must be at least epsilon "
+                            f"({settings.epsilon}).")
+    if not settings.reward_names:
+        raise SettingsError(f"{field_label('reward_names')} is empty: GRPO needs at least one reward.")
+    weights = settings.reward_weights
+    if weights is not None and len(weights) != len(settings.reward_names):
+        raise SettingsError(f"reward_weights has {len(weights)} value(s) for {len(settings.reward_names)} rewards "
+                            f"({', '.join(settings.reward_names)}): give one weight per reward.")
+    if not settings.lora_target_modules or not all(t.isidentifier() for t in settings.lora_target_modules):
+        raise SettingsError(f"{field_label('lora_target_modules')} must be module names such as q_proj,v_proj, got "
+                            f"{settings.lora_target_modules!r}.")
+    if settings.max_prompt_length + settings.max_completion_length > settings.max_seq_length:
+        raise SettingsError(
+            f"max_prompt_length ({settings.max_prompt_length}) + max_completion_length "
+            f"({settings.max_completion_length}) exceeds max_seq_length ({settings.max_seq_length}): raise "
+            "max_seq_length (CLI --max-seq-length) or lower one of the two (--max-prompt-length, "
+            "--max-completion-length).")
+    if settings.use_vllm and settings.rollout != "default":
+        raise SettingsError(f"{field_label('rollout')}={settings.rollout!r} and use_vllm are alternatives: vLLM is "
+                            "its own rollout engine. Keep rollout='default' with use_vllm, or turn use_vllm off.")
+    if settings.vllm_mode == "server" and (not settings.use_vllm or settings.backend == "unsloth"):
+        # TRL's client to a separate `trl vllm-serve` GPU; Unsloth generates through its own colocated vLLM.
+        raise SettingsError("vllm_mode 'server' needs --use-vllm and --backend trl-peft (TRL's own vLLM client talks "
+                            "to `trl vllm-serve`).")
+    if str(settings.save_strategy) != "steps":
+        raise SettingsError(f"save_strategy {settings.save_strategy!r}: a run saves every --save-steps steps "
+                            "(save_strategy 'steps'), so that --resume finds its checkpoints.")
+    if str(settings.eval_strategy) != "no":
+        raise SettingsError("eval_strategy: TRL's evaluation loop (sampling and scoring rewards on an eval dataset) "
+                            "is not run by this project; its held-out evaluation is --eval-steps N (notebook "
+                            "EVAL_STEPS), scored greedily on --eval-data.")
+    if not settings.system_prompt.strip() and not settings.system_prompt_file:
+        raise SettingsError(f"{field_label('system_prompt')} is empty: it tells the model the format.")
+
+
+# --- reading recipes, flags and mappings
+
+
+def settings_parser(extra_types=(), parser_class=TrlParser, **options) -> TrlParser:
+    """TRL's parser (or a subclass) over ``Settings`` and ``extra_types`` (the train command's run options): every
+    field is a flag (``--max-steps`` and ``--max_steps``), with short forms of the article's flags as aliases."""
+    parser = parser_class([Settings, *extra_types], allow_abbrev=False, **options)
+    parser.add_argument("--batch-size", dest="per_device_train_batch_size", type=int,
+                        help="--per-device-train-batch-size: completions per device per step")
+    parser.add_argument("--vllm", dest="use_vllm", action="store_true",
+                        help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
+    for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
+        if hint is bool and FIELDS[name].default is not True:
+            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
+                                help=f"turn --{name.replace('_', '-')} off")
+    return parser
+
+
+def known_keys(values: dict, source: str) -> dict:
+    """``values`` if every key is a field, else one error naming the closest."""
     if not isinstance(values, dict):
         raise SettingsError(f"{source}: settings are a mapping of names to values, got {type(values).__name__}.")
-    fields, grpo = {}, {}
-    for key, value in values.items():
-        if key in FIELDS:
-            fields[key] = typed_setting(key, value, source)
-        elif key in grpo_fields():
-            try:
-                grpo[key] = typed_value(key, value)
-            except FieldTypeError as err:
-                raise SettingsError(f"{source}: GRPOConfig.{err}") from None
-        else:
-            hint = did_you_mean(str(key), [*FIELDS, *grpo_fields()])
-            raise SettingsError(f"{source}: unknown setting {key!r}{hint}. Settings are the fields of "
-                                "sarashina_grpo.config.Settings and of TRL's GRPOConfig.")
-    if grpo:
-        fields["extra_grpo_args"] = {**fields.get("extra_grpo_args", {}), **grpo}
-    return fields
+    for key in values:
+        if key not in FIELDS:
+            hint = did_you_mean(str(key), FIELDS)
+            if key in RUN_OWNED:
+                raise SettingsError(f"{source}: {key} is set by the project: {RUN_OWNED[key]}.")
+            raise SettingsError(f"{source}: unknown setting {key!r}{hint}. Settings are the fields of TRL's "
+                                "GRPOConfig and of sarashina_grpo.config.Settings (`sarashina-grpo train --help`).")
+    return values
 
 
-def read_text_setting(path: str | Path, name: str) -> str:
-    """The text of a file named by a setting (system prompt, role), with one clear error when it cannot be used."""
-    file = project_path(path)
+def article() -> dict:
+    """The default recipe: the article's run."""
+    return load_recipe(ARTICLE_RECIPE)
+
+
+def load_settings(values: dict | None = None, *, recipe: str | Path | None = None, base: dict | None = None,
+                  source: str = "settings") -> Settings:
+    """Settings from layers, each over the one before: ``base`` (default: the article's recipe) < ``recipe`` <
+    ``values`` (a notebook's ``SETTINGS``, flags given, …). Every key must be a field; every value is read in its
+    field's type and checked (``Settings.__post_init__``)."""
+    layers = [known_keys(dict(base) if base is not None else article(), str(ARTICLE_RECIPE) if base is None
+                         else source)]
+    if recipe is not None:
+        layers.append(known_keys(load_recipe(recipe), str(recipe)))
+    layers.append(known_keys(dict(values or {}), source))
+    merged = {k: v for layer in layers for k, v in layer.items()}
+    for key in RUN_OWNED:
+        if merged.get(key) is not None:
+            raise SettingsError(f"{source}: {key} is set by the project: {RUN_OWNED[key]}.")
     try:
-        text = file.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SettingsError(f"{name}: file not found: {file}.") from None
-    except IsADirectoryError:
-        raise SettingsError(f"{name}: {file} is a folder; give a UTF-8 text file.") from None
-    except (UnicodeDecodeError, OSError) as err:
-        raise SettingsError(f"{name}: cannot read {file} as UTF-8 text ({err}).") from None
-    if not text.strip():
-        raise SettingsError(f"{name}: {file} is empty.")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise SettingsError(f"{name}: {file} holds {len(text):,} characters; a prompt file is limited to "
-                            f"{MAX_PROMPT_CHARS:,}. Check that it is the right file, or shorten it.")
-    return text.strip()
+        return Settings(**merged)
+    except TypeError as err:  # a key the dataclass does not take (its name passed known_keys): a bug, not input
+        raise SettingsError(f"{source}: {err}") from None
 
 
-# --- where things live
-
-
-def project_dir() -> Path:
-    """The folder that holds ``datasets/`` and ``artifact/``: ``$SARASHINA_GRPO_HOME``, else the working directory."""
-    return Path(os.environ.get(HOME_VARIABLE) or os.getcwd())
-
-
-def project_path(path: str | Path) -> Path:
-    """``path`` as given when absolute or when it exists from here; else relative to the project folder."""
-    path = Path(path).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    return project_dir() / path
-
-
-def default_artifact_dir() -> Path:
-    return project_dir() / "artifact"
-
-
-# --- YAML recipes
-
-
-def yaml_loader():
-    """PyYAML's safe loader reading floats the YAML 1.2 way: ``5e-6`` is a number (YAML 1.1 wants ``5.0e-6``)."""
-    import re
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
-    return Loader
-
-
-def load_recipe(path: str | Path) -> dict:
-    """The typed settings of a YAML recipe (``configs/recipes/*.yaml``): ``Settings`` and ``GRPOConfig`` field
-    names (``read_settings``)."""
-    import yaml
-
-    file = project_path(path)
-    if file.is_dir():
-        raise SettingsError(f"Recipe {file} is a folder; give a YAML file such as configs/recipes/article.yaml.")
-    if not file.is_file():
-        raise SettingsError(f"Recipe not found: {file}. Recipes live in configs/recipes/ (e.g. article.yaml).")
-    try:
-        values = yaml.load(file.read_text(encoding="utf-8-sig"), Loader=yaml_loader()) or {}  # noqa: S506
-    except UnicodeDecodeError as err:
-        raise SettingsError(f"Recipe {file} is not UTF-8 text (byte {err.start}); is it a YAML file?") from None
-    except yaml.YAMLError as err:
-        raise SettingsError(f"{file}: not valid YAML ({err}).") from None
-    if not isinstance(values, dict):
-        raise SettingsError(f"{file}: a recipe is a mapping of setting names to values, got {type(values).__name__}.")
-    return read_settings(values, source=str(file))
-
-
-# --- TRL
-
-
-def grpo_config_kwargs(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides) -> dict:
-    """The keyword arguments of TRL's ``GRPOConfig`` for ``settings``: every ``Settings`` field that is also a
-    ``GRPOConfig`` field, under its own name, then ``extra_grpo_args``, then ``overrides``. Every algorithm choice
-    is passed explicitly, so Unsloth's own defaults never apply. A new ``Settings`` field named like a ``GRPOConfig``
-    field reaches TRL as that field with no further code; name a project-only setting differently."""
-    from .grpo_fields import grpo_fields
-
-    args = {name: getattr(settings, name) for name in FIELDS if name in grpo_fields()}
-    args.update(
-        output_dir=str(output_dir),
-        # transformers 5 dropped warmup_ratio; a float warmup_steps < 1 is read as a share of max_steps.
-        warmup_steps=float(settings.warmup_ratio),
-        # bitsandbytes' paged optimiser needs CUDA; on CPU the plain AdamW keeps the same maths.
-        optim="adamw_torch" if use_cpu else settings.optim,
-        epsilon_high=settings.epsilon if settings.epsilon_high is None else settings.epsilon_high,
-        use_cpu=use_cpu,
-        report_to="tensorboard",  # the article's logs; --report-to (extra_grpo_args) replaces it
-    )
-    if settings.rollout == "static":
-        args["cache_implementation"] = "static"
-    elif settings.rollout == "paged":
-        args["use_transformers_continuous_batching"] = True
-    # rollout="fast" needs no GRPOConfig change: the pipeline swaps in sarashina_grpo.rollout's generation.
-    # Mixed precision of the card; CPU runs stay in fp32. Both are always given: TRL's GRPOConfig turns bf16 on
-    # when neither is set (and transformers then autocasts a CPU run to bf16 where the CPU has it).
-    kind = "fp32" if use_cpu else precision()
-    args.update(bf16=kind == "bf16", fp16=kind == "fp16")
-    args.update(settings.extra_grpo_args)
-    args.update(overrides)
-    return args
-
-
-def build_grpo_config(settings: Settings, output_dir: str | Path, *, use_cpu: bool = False, **overrides):
-    """TRL ``GRPOConfig`` for ``settings`` (see ``grpo_config_kwargs``)."""
-    from trl import GRPOConfig
-
-    return GRPOConfig(**grpo_config_kwargs(settings, output_dir, use_cpu=use_cpu, **overrides))
+def legacy_settings(recorded: dict) -> dict:
+    """A ``run.json`` written before settings were TRL's ``GRPOConfig`` (``extra_grpo_args``, ``warmup_ratio``,
+    ``gpu_memory_utilization``, ``held_out_eval_steps``), as today's fields."""
+    values = {**recorded, **(recorded.pop("extra_grpo_args", None) or {})}
+    values.pop("extra_grpo_args", None)
+    if "warmup_ratio" in values:
+        values.setdefault("warmup_steps", values.pop("warmup_ratio"))
+    if "gpu_memory_utilization" in values:
+        values["vllm_gpu_memory_utilization"] = values.pop("gpu_memory_utilization")
+    if "held_out_eval_steps" in values:
+        values["eval_steps"] = values.pop("held_out_eval_steps") or None
+    return values

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import SYSTEM_PROMPT
+from .project import SYSTEM_PROMPT
 from .roles import with_role
 from .tables import MAX_LINES_NAMED, DataError, lines_named, read_table
 

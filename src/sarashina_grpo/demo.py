@@ -29,8 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DEFAULT_REWARDS, Settings, default_artifact_dir, project_path, setting
+from .config import Settings
 from .inference import GenerationSettings
+from .project import DEFAULT_REWARDS, default_artifact_dir, project_path, setting
 from .validation import check_settings
 from .warmstart import DEMO_RECIPE, WarmStart
 

@@ -16,8 +16,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import SettingsError
 from .data import DataError
+from .project import SettingsError
 
 DEBUG_ENV = "SARASHINA_GRPO_DEBUG"
 USER_ERROR_EXIT = 2

@@ -39,7 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .arithmetic import is_correct
-from .config import SettingsError, default_artifact_dir, project_path
+from .project import SettingsError, default_artifact_dir, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
 from .roles import think_leak
@@ -124,9 +124,9 @@ def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per
     """Generate for every prompt (``samples_per_prompt`` times when sampling); one record per output.
 
     ``roles``: one role for all prompts, or one per prompt (``None`` entries: no role); records then carry it."""
-    from .config import SYSTEM_PROMPT
     from .data import to_messages
     from .inference import GenerationSettings, generate_counted
+    from .project import SYSTEM_PROMPT
     from .roles import with_role
 
     gen = gen or GenerationSettings()

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, folder_kind, set_aside_step, step_of
 from .command_checks import check_new_folder
-from .config import SYSTEM_PROMPT, SettingsError, project_dir
 from .model_checks import looks_like_path, missing_local_model
 from .modeling import tiny_model_dir
+from .project import SYSTEM_PROMPT, SettingsError, project_dir
 from .runs import pid_alive, process_started
 from .validation import RUN_INFO
 
@@ -144,7 +144,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
 
 def export_dtype() -> str:
     """``dtype="auto"``: float16 where the GPU lacks bf16 (what such a card trains and serves in), else bfloat16."""
-    from .config import precision
+    from .project import precision
 
     return "float16" if precision() == "fp16" else "bfloat16"
 

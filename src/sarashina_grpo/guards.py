@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .config import SettingsError
+from .project import SettingsError
 
 WATCHED_LOGS = ("loss", "grad_norm", "learning_rate")
 

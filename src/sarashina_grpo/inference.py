@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .config import SYSTEM_PROMPT, Settings
+from .config import Settings
 from .data import to_messages
+from .project import SYSTEM_PROMPT
 from .roles import read_role, with_role
 
 __all__ = ["Chat", "GenerationSettings", "answer", "chat_loop", "generate", "generate_counted", "load_for_inference",

@@ -16,9 +16,10 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import config
+from . import project
 from .checkpoints import check_loadable, folder_kind, step_of
-from .config import SettingsError, field_label
+from .config import field_label
+from .project import SettingsError
 
 HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
 
@@ -137,8 +138,8 @@ def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, trainin
             "USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, CUDA only) "
             "or set USE_VLLM=False / drop --vllm."
         )
-    if config.cuda_available():
-        config.precision()  # a bad $SARASHINA_GRPO_PRECISION is one error now, not after the model loaded
+    if project.cuda_available():
+        project.precision()  # a bad $SARASHINA_GRPO_PRECISION is one error now, not after the model loaded
         return
     if load_in_4bit:
         raise SettingsError(
@@ -156,13 +157,13 @@ def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, trainin
 
 # The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model), what LoRA can target:
 # the seven projections the project targets by default.
-LLAMA_LINEAR_MODULES = config.LORA_TARGET_MODULES
+LLAMA_LINEAR_MODULES = project.LORA_TARGET_MODULES
 
 
 def model_type_of(name: str) -> str | None:
     """``model_type`` of the model to train: from its config.json (a checkpoint's: its base model's), "llama" for
     'tiny' and the default hub id; None where it cannot be read without loading (another hub id)."""
-    if name in ("tiny", config.DEFAULT_MODEL_NAME):
+    if name in ("tiny", project.DEFAULT_MODEL_NAME):
         return "llama"
     folder = Path(name).expanduser()
     if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
@@ -186,5 +187,5 @@ def check_lora_targets(model_name: str, targets: tuple[str, ...]) -> None:
     if unknown:
         raise SettingsError(
             f"{field_label('lora_target_modules')}: {', '.join(unknown)} match no layer of this {kind} model"
-            f"{config.did_you_mean(unknown[0], LLAMA_LINEAR_MODULES)}. Its layers are "
+            f"{project.did_you_mean(unknown[0], LLAMA_LINEAR_MODULES)}. Its layers are "
             f"{', '.join(LLAMA_LINEAR_MODULES)}.")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from . import compat
 from .checkpoints import ADAPTER_FILES
-from .config import DEFAULT_MODEL_NAME, Settings, cuda_available, default_artifact_dir, torch_dtype
+from .config import Settings
 from .model_checks import looks_like_path
+from .project import DEFAULT_MODEL_NAME, cuda_available, default_artifact_dir, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def load_model(settings: Settings, *, lora: bool = True):
         load_in_4bit=settings.load_in_4bit,
         fast_inference=settings.use_vllm,
         max_lora_rank=settings.lora_rank,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
     )
     already_adapted = hasattr(model, "peft_config")
     if lora and not already_adapted:

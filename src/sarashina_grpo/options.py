@@ -4,9 +4,8 @@
     run_options = options(args, RunOptions)   # the flags given, over the dataclass's defaults
 
 Each option class is a dataclass whose fields are flags (``cli.py`` hands them to transformers' ``HfArgumentParser``);
-``metadata["positional"]`` marks a field given without a flag. ``explicit_settings`` is the one reading of a
-command line's settings: a YAML recipe (``--config``), then the flags given, typed by ``config.read_settings`` as
-recipes, ``run.json`` and the notebooks' ``SETTINGS`` are.
+``metadata["positional"]`` marks a field given without a flag. Nothing here imports TRL: ``ModelOptions`` is what
+``infer`` and ``eval`` need of a model, without the training settings (``config.Settings``, TRL's ``GRPOConfig``).
 """
 
 from __future__ import annotations
@@ -15,15 +14,13 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-from .config import Settings, load_recipe, read_settings, setting
+from .project import DEFAULT_MODEL_NAME, SYSTEM_PROMPT, OnOff, setting
 
 
 @dataclass
 class RunOptions:
     """Where a training run goes and what it continues; not part of its maths, so not in ``Settings``."""
 
-    config: str | None = setting(None, "YAML recipe of settings (configs/recipes/*.yaml); flags override it; unset: "
-                                 "the defaults (the article's run)")
     artifact_dir: str | None = setting(None, "where logs/<run>/ and outputs/<run>/checkpoint-N go; unset: "
                                        "artifact/ in the project folder")
     run_name: str | None = setting(None, "name of the run folders; unset: a timestamp")
@@ -100,6 +97,32 @@ class ExportOptions:
 
 
 @dataclass
+class ModelOptions:
+    """The model of ``infer`` and ``eval``, and how it is prompted."""
+
+    model_name: str = setting(DEFAULT_MODEL_NAME, "hub id, local model or checkpoint folder, or 'tiny' (the offline "
+                              "test model)", flag="--model")
+    system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
+                                 shown_as="project.SYSTEM_PROMPT")
+    system_prompt_file: str | None = setting(None, "read the system prompt from this UTF-8 text file; unset: use "
+                                             "--system-prompt")
+    load_in_4bit: bool | None = setting(None, "4-bit loading; unset: on with a CUDA GPU, off without one",
+                                        flag="--4bit", action=OnOff)
+    use_vllm: bool = setting(False, "Unsloth fast_inference through vLLM (the 'vllm' extra, CUDA only)",
+                             flag="--vllm")
+    max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + answer)")
+
+    def resolved(self) -> ModelOptions:
+        """With what the machine and files decide: 4-bit loading (on with CUDA), the system prompt file's text."""
+        from .project import cuda_available, read_text_setting
+
+        changes = {"load_in_4bit": cuda_available()} if self.load_in_4bit is None else {}
+        if self.system_prompt_file:
+            changes["system_prompt"] = read_text_setting(self.system_prompt_file, "system_prompt_file")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
 class BuildTinyOptions:
     out_dir: str = field(default="", metadata={"help": "folder to write the model to", "positional": True})
     shape: str = setting("tiny", "the tiny test model, a small GPU test model, or the exact Sarashina 2.2 3B shape "
@@ -107,8 +130,6 @@ class BuildTinyOptions:
     seed: int = setting(0, "random seed of the weights")
 
 
-# Settings that infer and eval take (the model and how it is prompted); train takes every field.
-MODEL_FIELDS = ("model_name", "load_in_4bit", "use_vllm", "max_seq_length", "system_prompt", "system_prompt_file")
 # The demo's own knobs (sarashina_grpo.demo.DemoSettings); its training settings are fixed by the demo's recipe.
 DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "eval_steps", "threads")
 
@@ -122,20 +143,3 @@ def given(args: argparse.Namespace, cls, names=None) -> dict:
 def options(args: argparse.Namespace, cls):
     """An instance of ``cls`` with the command line's values over its defaults."""
     return cls(**given(args, cls))
-
-
-def explicit_settings(args: argparse.Namespace, names=None) -> dict:
-    """The typed settings a command line asks for: its recipe's (``--config``), then the flags given, which win;
-    ``GRPOConfig`` fields among the flags (``args.grpo_flags``) join the recipe's ``extra_grpo_args``."""
-    values = load_recipe(args.config) if getattr(args, "config", None) else {}
-    flags = read_settings({**given(args, Settings, names), **getattr(args, "grpo_flags", {})}, source="command line")
-    merged = {**values, **flags}
-    if "extra_grpo_args" in values and "extra_grpo_args" in flags:  # a flag adds to the recipe's GRPOConfig keys
-        merged["extra_grpo_args"] = {**values["extra_grpo_args"], **flags["extra_grpo_args"]}
-    return merged
-
-
-def settings_from_args(args: argparse.Namespace, names=None) -> Settings:
-    """Settings for a command: defaults < recipe (``--config``) < flags. (Resuming, ``pipeline.prepare`` puts the
-    run's recorded settings under the recipe and flags.) Checked by ``validation`` before a model loads."""
-    return Settings(**explicit_settings(args, names))

@@ -28,18 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoints, compat, runs
-from .config import (
-    Settings,
-    SettingsError,
-    build_grpo_config,
-    cuda_available,
-    default_artifact_dir,
-    multi_process,
-    project_path,
-)
+from .config import RUN_OWNED, Settings, legacy_settings, load_settings
+from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, project_path
 from .validation import RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
 
-# trl, transformers and callbacks are imported inside functions: Unsloth must be imported before them.
+# config imports Unsloth before TRL (config.py says when not); transformers' model code and callbacks are imported
+# inside functions.
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +56,7 @@ class Run:
     paths: RunPaths
     checkpoint: Path | None = None
     rows: list = field(default_factory=list)
-    eval_rows: list = field(default_factory=list)  # held-out rows scored during training (held_out_eval_steps)
+    eval_rows: list = field(default_factory=list)  # held-out rows scored during training (eval_steps)
     lock: runs.RunLock | None = None  # held by the process that prepared the run until training ends
 
 
@@ -107,10 +101,18 @@ def resumed_paths(artifact_dir: Path, run_dir: Path) -> RunPaths:
     return RunPaths(run_dir.name, log_root / run_dir.name, run_dir)
 
 
+def recorded(settings: Settings) -> dict:
+    """The settings a run records and a resume rebuilds from: the values asked for, less the run's own folders."""
+    return {k: v for k, v in settings.asked().items() if k not in RUN_OWNED}
+
+
 def write_run_info(paths: RunPaths, settings: Settings) -> None:
+    """``run.json``: the settings as asked for (``settings``, what a resume rebuilds from), as TRL's
+    ``GRPOConfig`` made of them (``grpo_config``: derived fields filled in), and the prompt file's hash."""
     data = project_path(settings.data_path).resolve()
-    info = {"settings": settings.to_dict(), "data": str(data), "data_sha256": runs.file_sha256(data)}
-    (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    info = {"settings": recorded(settings), "grpo_config": settings.to_dict(), "data": str(data),
+            "data_sha256": runs.file_sha256(data)}
+    (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
 def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -> Settings:
@@ -120,11 +122,9 @@ def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -
     info = read_run_info(run_dir)
     if not info:
         return settings
-    recorded = {k: v for k, v in info["settings"].items() if k in Settings.__dataclass_fields__}
-    now = {k: getattr(settings, k) for k in given | MACHINE_FIELDS}
-    if "extra_grpo_args" in now:  # GRPOConfig keys given now add to the run's recorded ones
-        now["extra_grpo_args"] = {**recorded.get("extra_grpo_args", {}), **now["extra_grpo_args"]}
-    return Settings.from_dict({**recorded, **now}, source=str(run_dir / RUN_INFO))
+    base = {k: v for k, v in legacy_settings(info["settings"]).items() if k not in RUN_OWNED}
+    now = {k: v for k, v in settings.asked().items() if k in given | MACHINE_FIELDS}
+    return load_settings(now, base=base, source=str(run_dir / RUN_INFO))
 
 
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
@@ -137,8 +137,9 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
         checked = check_run(settings, artifact_dir=artifact_dir, check_model_files=check_model)
         paths = new_run_paths(artifact_dir, run_name)
         lock = runs.lock_run(paths.output_dir)
-        write_run_info(paths, checked.settings)
-        return Run(checked.settings, paths, None, checked.rows, checked.eval_rows, lock)
+        settings = checked.settings.replace(output_dir=str(paths.output_dir), run_name=paths.name)
+        write_run_info(paths, settings)
+        return Run(settings, paths, None, checked.rows, checked.eval_rows, lock)
     run_dir, named = checkpoints.locate_resume(artifact_dir, resume)
     if run_name is not None and run_name != run_dir.name:
         raise SettingsError(f"--run-name {run_name!r} disagrees with the run being resumed ({run_dir.name!r}): a "
@@ -168,8 +169,9 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
     if changed:
         runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
     logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-    return Run(checked.settings, resumed_paths(artifact_dir, run_dir), checkpoint, checked.rows, checked.eval_rows,
-               lock)
+    paths = resumed_paths(artifact_dir, run_dir)
+    settings = checked.settings.replace(output_dir=str(paths.output_dir), run_name=paths.name)
+    return Run(settings, paths, checkpoint, checked.rows, checked.eval_rows, lock)
 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
@@ -219,21 +221,11 @@ def load_model(run: Run):
     from .modeling import load_model as load_unsloth
     from .modeling import load_model_peft, resolve_backend
 
-    check_grpo_config(run)
     backend = resolve_backend(run.settings)
     logger.info("Loading %s with %s (4-bit: %s)", run.settings.model_name, backend, run.settings.load_in_4bit)
     if backend == "unsloth":  # prepare() has checked the settings, device and model name
         return load_unsloth(run.settings)
     return load_model_peft(run.settings, training=True)
-
-
-def check_grpo_config(run: Run) -> None:
-    """Build the run's ``GRPOConfig`` once before the model loads: TRL's own checks of its fields (and of the values
-    passed through ``extra_grpo_args``) then cost seconds, not a model load. Call after ``import unsloth``."""
-    try:
-        build_grpo_config(run.settings, run.paths.output_dir, use_cpu=not cuda_available())
-    except (ValueError, TypeError) as err:
-        raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}") from None
 
 
 def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bool | None = None, **grpo_overrides):
@@ -250,18 +242,17 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from .rewards import get_reward_funcs
 
     settings = run.settings
-    if multi_process():
+    if multi_process() and settings.ddp_find_unused_parameters is None:
         # Every LoRA weight gets a gradient each step, so DDP need not search for unused parameters (a full extra
         # traversal of the graph, and an error under reentrant checkpointing).
-        grpo_overrides.setdefault("ddp_find_unused_parameters",
-                                  settings.extra_grpo_args.get("ddp_find_unused_parameters", False))
+        grpo_overrides.setdefault("ddp_find_unused_parameters", False)
     dataset = prompts_dataset(run.rows, settings.data_path, system_prompt=settings.system_prompt,
                               tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
     compat.drop_reference_adapter(model)  # a model reused from an earlier trainer (the benchmark) carries TRL's copy
     # transformers 5 removed `logging_dir`: the TensorBoard writer reads this variable instead.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.paths.log_dir)
-    args = build_grpo_config(settings, run.paths.output_dir, use_cpu=not cuda_available(), **grpo_overrides)
-    held_out = [HeldOutEval(run.eval_rows, every=settings.held_out_eval_steps, system_prompt=settings.system_prompt,
+    args = settings.replace(**grpo_overrides) if grpo_overrides else settings
+    held_out = [HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
                             max_new_tokens=settings.max_completion_length)] if run.eval_rows else []
     linked = [OneCompletionTable(), *held_out]
     trainer = GRPOTrainer(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .command_checks import check_new_folder
-from .config import SettingsError, setting
+from .project import SettingsError, setting
 
 logger = logging.getLogger(__name__)
 

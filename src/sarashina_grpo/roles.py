@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .config import MAX_PROMPT_CHARS, SettingsError
+from .project import MAX_PROMPT_CHARS, SettingsError
 from .purity import TAG_RE, split_sections
 
 # Placed after the format instructions: the layout stays what the rewards check, the role adds who is speaking.

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .checkpoints import TRAINER_STATE, step_of
-from .config import SettingsError
+from .project import SettingsError
 
 logger = logging.getLogger(__name__)
 

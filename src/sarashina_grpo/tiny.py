@@ -48,8 +48,8 @@ TAG_LINES = ["<think>\n", "\n</think>\n", "<response>\n", "\n</response>"]
 
 def training_corpus() -> list[str]:
     """Text the BPE learns its merges from: the project's prompts, the system prompt and the tag layout."""
-    from .config import SYSTEM_PROMPT, project_path
     from .data import read_rows
+    from .project import SYSTEM_PROMPT, project_path
 
     texts = [SYSTEM_PROMPT] * 4 + ["".join(TAG_LINES)] * 50 + TAG_LINES * 20
     for name in ("smalltalk.csv", "eval.csv"):

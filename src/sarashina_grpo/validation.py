@@ -1,17 +1,16 @@
-"""The one place a run's inputs are checked, before anything heavy is imported or loaded.
+"""What no settings object can know, checked before a model loads: the run's files, model, device, folders and
+what it resumes.
 
     from sarashina_grpo.validation import check_run
     checked = check_run(settings, artifact_dir=Path("artifact"))  # CheckedRun(settings, rows, eval_rows) or an error
 
-``check_run`` takes settings read by ``config.read_settings`` (typed) and the run's inputs (model, prompt file,
-artifact folder, the run being resumed) and either returns them checked or raises one error naming the field, file
-or row and the fix: types and ranges, choices (TRL's loss and scheduler names, the reward registry, your own rewards
-by reference), the device, the model folder or hub id (cached or reachable), the prompt file and the held-out file
-scored during training, the folders, and a resumed run's recorded settings. ``check_model`` does the same for the
-model of ``infer`` and ``eval``. The model and device checks take plain values and live in ``model_checks.py``; the
-commands' own options are checked in ``command_checks.py``. Everything below (modeling, pipeline, data's dataset
-building, TRL) trusts what passed here. Nothing here imports transformers, TRL or Unsloth; the device check asks
-torch whether CUDA is there.
+The settings themselves were checked when they were built (``config.Settings.__post_init__``: TRL's checks of its
+fields, the project's of its own). ``check_run`` adds what needs the disk, the machine or the registry, in the
+order a user would fix them: the rewards (the registry, your own by reference, imported now), the prompt file and
+the held-out file, the device, the model folder or hub id (cached or reachable) and its LoRA targets, the artifact
+folder, and a resumed run's recorded settings. ``check_model`` does the same for the model of ``infer`` and
+``eval``. The model and device checks take plain values and live in ``model_checks.py``; the commands' own options
+are checked in ``command_checks.py``.
 """
 
 from __future__ import annotations
@@ -23,34 +22,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config
-from .config import FIELDS, Settings, SettingsError, field_label, finite_number, project_path
+from .config import Settings, field_label
 from .data import check_prompts
 from .errors import check_artifact_dir
-from .grpo_fields import grpo_fields, loss_types, scheduler_names
 from .model_checks import check_device, check_lora_targets, check_model_name
+from .project import SettingsError, did_you_mean, project_path
 
 logger = logging.getLogger(__name__)
 
-POSITIVE_INTEGERS = (
-    "max_seq_length", "lora_rank", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_prompt_length", "max_completion_length", "max_steps", "save_steps", "logging_steps", "num_iterations",
-    "num_completions_to_print", "eval_limit",
-)
-# (field, lowest, highest, lowest allowed itself, highest allowed itself)
-NUMERIC_RANGES = (
-    ("learning_rate", 0.0, 1.0, False, True),  # above 1 every Adam step moves each weight by ~1: instant divergence
-    ("max_grad_norm", 0.0, math.inf, False, False),
-    ("temperature", 0.0, 10.0, False, True),  # beyond 10 sampling is uniform noise over the vocabulary
-    ("beta", 0.0, math.inf, True, False),  # KL coefficient; 0 switches the reference model off (TRL's default)
-    ("epsilon", 0.0, 1.0, False, False),  # clip range of the policy ratio
-    ("epsilon_high", 0.0, math.inf, False, False),
-    ("adam_beta1", 0.0, 1.0, True, False),
-    ("adam_beta2", 0.0, 1.0, True, False),
-    ("weight_decay", 0.0, math.inf, True, False),
-    ("warmup_ratio", 0.0, 1.0, True, False),
-    ("gpu_memory_utilization", 0.0, 1.0, False, True),
-)
 # Warm-up steps beyond which no realistic run of this project gets to its full learning rate (the article's run:
 # 500 steps, 50 of warm-up); a longer one usually comes from a huge --max-steps meant as "until I stop it".
 REALISTIC_WARMUP_STEPS = 1_000
@@ -61,13 +40,18 @@ NO_UPDATE_LEARNING_RATE = 1e-9
 NEAR_GREEDY_TEMPERATURE = 0.1
 RUN_INFO = "run.json"  # every setting of the run, written at its start; resume compares with it
 # Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
-RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
-                     "max_seq_length", "data_path", "system_prompt_file", "log_completions",
-                     "num_completions_to_print", "backend", "held_out_eval_steps", "eval_data", "eval_limit"}
+RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm",
+                     "vllm_gpu_memory_utilization", "max_seq_length", "data_path", "system_prompt_file",
+                     "log_completions", "num_completions_to_print", "backend", "eval_steps", "eval_data", "eval_limit",
+                     "report_to", "save_total_limit", "run_name", "logging_first_step", "disable_tqdm", "use_cpu",
+                     "bf16", "fp16"}
+
+
+
 @dataclass
 class CheckedRun:
     """Settings that passed every check, with the usable rows of their prompt file and, when the run evaluates
-    during training (``held_out_eval_steps``), the held-out rows it scores."""
+    during training (``eval_steps``), the held-out rows it scores."""
 
     settings: Settings
     rows: list = field(default_factory=list)
@@ -77,142 +61,31 @@ class CheckedRun:
 # --- settings
 
 
-def check_ranges(settings: Settings) -> None:
-    for name in POSITIVE_INTEGERS:
-        value = getattr(settings, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SettingsError(f"{field_label(name)} must be a positive integer, got {value!r}.")
-    steps = settings.held_out_eval_steps
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise SettingsError(f"{field_label('held_out_eval_steps')} must be 0 (off) or a positive integer, got "
-                            f"{steps!r}.")
-    if settings.lora_alpha is not None and (not isinstance(settings.lora_alpha, int) or settings.lora_alpha < 1):
-        raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {settings.lora_alpha!r}.")
-    if not isinstance(settings.seed, int) or isinstance(settings.seed, bool) or settings.seed < 0:
-        raise SettingsError(f"{field_label('seed')} must be a whole number ≥ 0 (numpy's seeds are), got "
-                            f"{settings.seed!r}.")
-    for name, low, high, low_ok, high_ok in NUMERIC_RANGES:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        above = (value >= low) if low_ok else (value > low)
-        below = (value <= high) if high_ok else (value < high)
-        if not (finite_number(value) and above and below):
-            wanted = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
-            raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
-    if settings.epsilon_high is not None and settings.epsilon_high < settings.epsilon:
-        raise SettingsError(f"{field_label('epsilon_high')} ({settings.epsilon_high}) must be at least epsilon "
-                            f"({settings.epsilon}).")
-
-
-def check_choices(settings: Settings) -> None:
+def check_rewards(names: list[str]) -> None:
+    """Every reward is in the registry, or your own (``module:function``, ``file.py:function``), imported now."""
     from .rewards import REWARD_FUNCS, load_reward
 
-    choices = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata.get("choices")}
-    choices["loss_type"], choices["lr_scheduler_type"] = loss_types(), scheduler_names()
-    for name, allowed in choices.items():
-        value = getattr(settings, name)
-        if value not in allowed:
-            raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, allowed))}, got "
-                                f"{value!r}{config.did_you_mean(str(value), allowed)}.")
-    names = settings.reward_names
-    if not names:
-        raise SettingsError(f"{field_label('reward_names')} is empty: GRPO needs at least one reward.")
     for name in names:
-        if ":" in name:  # your own reward, module:function or path/to/file.py:function: imported and checked now
+        if ":" in name:
             try:
                 load_reward(name)
             except KeyError as err:
                 raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
         elif name not in REWARD_FUNCS:
             raise SettingsError(f"{field_label('reward_names')}: Unknown reward {name!r}"
-                                f"{config.did_you_mean(name, REWARD_FUNCS)}. Valid rewards: "
+                                f"{did_you_mean(name, REWARD_FUNCS)}. Valid rewards: "
                                 f"{', '.join(sorted(REWARD_FUNCS))}, or your own as module:function or "
-                                "path/to/file.py:function.")
+                                "path/to/file.py:function (commas separate rewards).")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SettingsError(f"{field_label('reward_names')} names {', '.join(repeated)} twice; to weigh a reward "
                             "more, give --reward-weights (one number per reward) instead.")
-    targets = settings.lora_target_modules
-    if not targets or not all(t.isidentifier() for t in targets):
-        raise SettingsError(f"{field_label('lora_target_modules')} must be module names such as q_proj,v_proj, got "
-                            f"{targets!r}.")
-
-
-def check_grpo_args(settings: Settings) -> None:
-    """``extra_grpo_args``: known ``GRPOConfig`` names, finite numbers, and combinations the project supports."""
-    extra = settings.extra_grpo_args
-    if "eval_steps" in extra:
-        # TRL's own evaluation loop needs an eval dataset the trainer is never given; ours is held_out_eval_steps.
-        raise SettingsError("eval_steps is TRL's evaluation loop, which this project does not run. For the held-out "
-                            "evaluation during training give Settings.held_out_eval_steps (CLI --eval-steps, "
-                            "notebook EVAL_STEPS).")
-    for key, value in extra.items():
-        if key not in grpo_fields():
-            raise SettingsError(f"{field_label('extra_grpo_args')}: {key!r} is no field of TRL's GRPOConfig"
-                                f"{config.did_you_mean(key, grpo_fields())}.")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SettingsError(f"Settings.extra_grpo_args[{key!r}] must be a finite number, got {value!r}.")
-    weights = extra.get("reward_weights")
-    if weights is not None and len(weights) != len(settings.reward_names):
-        raise SettingsError(f"reward_weights has {len(weights)} value(s) for {len(settings.reward_names)} rewards "
-                            f"({', '.join(settings.reward_names)}): give one weight per reward.")
-    if extra.get("vllm_mode") == "server" and (not settings.use_vllm or settings.backend == "unsloth"):
-        # TRL's client to a separate `trl vllm-serve` GPU; Unsloth generates through its own colocated vLLM.
-        raise SettingsError("vllm_mode 'server' needs --vllm and --backend trl-peft (TRL's own vLLM client talks "
-                            "to `trl vllm-serve`).")
-
-
-def check_consistency(settings: Settings) -> None:
-    if settings.num_generations < 2:
-        raise SettingsError(f"{field_label('num_generations')} must be at least 2 (GRPO compares completions within "
-                            f"a group), got {settings.num_generations}.")
-    completions = settings.per_device_train_batch_size * settings.gradient_accumulation_steps
-    if completions % settings.num_generations:
-        lower = completions - completions % settings.num_generations
-        fits = f"{lower} or {lower + settings.num_generations}" if lower else f"{settings.num_generations}"
-        raise SettingsError(
-            f"Settings.per_device_train_batch_size × gradient_accumulation_steps ({completions}) must be a multiple "
-            f"of num_generations ({settings.num_generations}): every prompt needs its whole group of completions. "
-            f"Use a batch size of {fits} (CLI --batch-size), or change num_generations (CLI --num-generations)."
-        )
-    if settings.max_prompt_length + settings.max_completion_length > settings.max_seq_length:
-        raise SettingsError(
-            f"max_prompt_length ({settings.max_prompt_length}) + max_completion_length "
-            f"({settings.max_completion_length}) exceeds max_seq_length ({settings.max_seq_length}): raise "
-            "max_seq_length (CLI --max-seq-length) or lower one of the two (--max-prompt-length, "
-            "--max-completion-length)."
-        )
-    if settings.loss_type == "luspo" and settings.importance_sampling_level != "sequence":
-        raise SettingsError("loss_type 'luspo' needs importance_sampling_level 'sequence' (CLI "
-                            "--importance-sampling-level sequence).")
-    if settings.use_vllm and settings.rollout != "default":
-        raise SettingsError(
-            f"Settings.rollout={settings.rollout!r} and use_vllm are alternatives: vLLM is its own rollout engine. "
-            "Keep rollout='default' with use_vllm, or turn use_vllm off."
-        )
-    if not settings.system_prompt.strip() and not settings.system_prompt_file:
-        raise SettingsError(f"{field_label('system_prompt')} is empty: it tells the model the format.")
-
-
-def check_settings(settings: Settings) -> Settings:
-    """Raise ``SettingsError`` naming the field (and its flag) for any value no run can use; return ``settings``."""
-    # Settings built by hand (a notebook, a script) rather than by read_settings are typed here too.
-    settings = settings.replace(**{name: config.typed_setting(name, getattr(settings, name)) for name in FIELDS})
-    check_ranges(settings)
-    check_choices(settings)
-    check_grpo_args(settings)
-    check_consistency(settings)
-    return settings
 
 
 def warmup_steps(settings: Settings) -> int:
-    """Steps of the learning-rate warm-up: a ratio of max_steps, or a step count passed through to GRPOConfig."""
-    explicit = settings.extra_grpo_args.get("warmup_steps")
-    if isinstance(explicit, int) and explicit >= 1:
-        return explicit
-    ratio = explicit if isinstance(explicit, float) else settings.warmup_ratio
-    return math.ceil(ratio * settings.max_steps)
+    """Steps of the learning-rate warm-up: ``warmup_steps`` below 1 is a share of max_steps (transformers 5)."""
+    value = settings.warmup_steps
+    return math.ceil(value * settings.max_steps) if value < 1 else int(value)
 
 
 def settings_warnings(settings: Settings) -> list[str]:
@@ -221,10 +94,10 @@ def settings_warnings(settings: Settings) -> list[str]:
     warmup = warmup_steps(settings)
     if warmup > REALISTIC_WARMUP_STEPS:
         found.append(
-            f"The learning-rate warm-up lasts {warmup:,} steps (warmup_ratio {settings.warmup_ratio} × max_steps "
+            f"The learning-rate warm-up lasts {warmup:,} steps (warmup_steps {settings.warmup_steps:g} × max_steps "
             f"{settings.max_steps:,}): the learning rate stays below {settings.learning_rate:g} for all of them, "
             "which is the whole run if you stop it earlier. Set --max-steps to the steps you mean to run, or "
-            "lower --warmup-ratio."
+            "lower --warmup-steps."
         )
     if 0 < settings.learning_rate < NO_UPDATE_LEARNING_RATE:
         found.append(
@@ -239,9 +112,10 @@ def settings_warnings(settings: Settings) -> list[str]:
     return found
 
 
-def check_model(settings: Settings, *, training: bool) -> Settings:
-    """Resolved, checked settings whose model can load on this machine (what ``infer``/``eval`` need)."""
-    settings = check_settings(settings).resolved()
+def check_model(settings, *, training: bool):
+    """Resolved options (``options.ModelOptions``) whose model can load on this machine (what ``infer``/``eval``
+    need)."""
+    settings = settings.resolved()
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm,
                  training=training)
     check_model_name(settings.model_name)
@@ -285,7 +159,7 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
     info = read_run_info(run_dir)
     if info is None:
         return
-    before, now = info["settings"], settings.to_dict()
+    before, now = info["settings"], settings.asked()
     changed = {k: (before.get(k), now[k]) for k in now if k in before and before[k] != now[k]}
     hard = {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}
     if hard:
@@ -304,15 +178,14 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
 
     ``run_dir``: the run being resumed (its ``run.json`` must agree). ``check_model_files`` off: the caller brings
     its own loaded model (the benchmark, the learning proof)."""
-    # Checked before resolving: resolving asks torch about CUDA, seconds that a typo should not cost.
-    settings = check_settings(settings).resolved()
+    check_rewards(settings.reward_names)
     for warning in settings_warnings(settings):
         logger.warning(warning)
     # The files the user named come first: a missing prompt file is reported even where the model would not run
     # on this machine either, so that one fix is not hidden behind another.
     rows = check_prompts(project_path(settings.data_path))
     eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
-                 if settings.held_out_eval_steps else [])
+                 if settings.eval_steps else [])
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
         check_model_name(settings.model_name)

@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LORA_TARGET_MODULES, SYSTEM_PROMPT, project_path, read_text_setting, setting
 from .data import DataError, to_messages
+from .project import LORA_TARGET_MODULES, SYSTEM_PROMPT, project_path, read_text_setting, setting
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,246 @@
+"""What the project is, without TRL: its folders, its system prompt, the machine it runs on, its user-error type.
+
+    from sarashina_grpo.project import SYSTEM_PROMPT, project_path, precision
+
+Light on purpose (no TRL, no transformers, torch only inside functions): the command line, the checks that run
+before a model loads and the modules that never train import this, not ``config`` (the run's settings, which are
+TRL's ``GRPOConfig`` and so import TRL, which Unsloth must patch first).
+
+Default locations (``datasets/``, ``artifact/``) are relative to the project folder: ``$SARASHINA_GRPO_HOME`` when
+set, else the working directory, never the place the package is installed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import re
+from dataclasses import field
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
+HOME_VARIABLE = "SARASHINA_GRPO_HOME"
+FALSE_WORDS = {"false", "no", "0", "off"}  # what an on/off environment variable reads as off
+
+# Our own wording. It states the exact layout the strict reward checks, newlines included, because a model can
+# only be rewarded into a format it has a chance to sample.
+SYSTEM_PROMPT = (
+    "あなたは親切な日本語アシスタントです。答える前に、まず日本語で考えてください。\n"
+    "考えたことは<think>と</think>の間に、ユーザーへの答えは<response>と</response>の間に書きます。\n"
+    "必ず次の形で出力してください。\n"
+    "<think>\n"
+    "（考えたこと）\n"
+    "</think>\n"
+    "<response>\n"
+    "（答え）\n"
+    "</response>"
+)
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_REWARDS = ("xmlcount", "soft_format", "strict_format")
+# How completions are generated during training (docs/benchmarks/README.md has the measurements):
+ROLLOUTS = {
+    "default": "the article's path: Unsloth's generate inside TRL's GRPOTrainer",
+    "fast": "static KV cache + one CUDA graph per decoded token (sarashina_grpo.rollout); same sampling and loss",
+    "static": "TRL generate with cache_implementation='static' (measured, slower than 'fast')",
+    "paged": "TRL's transformers continuous batching (use_transformers_continuous_batching; measured)",
+}
+BACKENDS = ("auto", "unsloth", "trl-peft")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
+# the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
+BF16_MIN_CAPABILITY = (8, 0)
+# Set to fp16 to train as a card without bf16 would, on one that has it (reproducing a T4 user's run; the GPU suite);
+# bf16 on a CPU keeps the weights in bf16 (the learning proof's recorded runs were made so).
+PRECISION_VARIABLE = "SARASHINA_GRPO_PRECISION"
+
+
+def precision() -> str:
+    """The 16-bit type this machine trains in: ``"bf16"`` on a GPU that has it, ``"fp16"`` on an older GPU (or when
+    ``$SARASHINA_GRPO_PRECISION=fp16``), ``"fp32"`` without CUDA (bf16 matmuls on a CPU are slow)."""
+    import torch
+
+    wanted = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
+    if wanted not in ("", "bf16", "fp16"):
+        raise SettingsError(f"${PRECISION_VARIABLE}={wanted!r}: use fp16 or bf16, or leave it unset (the card "
+                            "decides).")
+    if not torch.cuda.is_available():
+        return "bf16" if wanted == "bf16" else "fp32"
+    supported = torch.cuda.get_device_capability() >= BF16_MIN_CAPABILITY
+    if wanted == "bf16" and not supported:
+        raise SettingsError(f"${PRECISION_VARIABLE}=bf16, but this GPU has no bf16 (compute capability "
+                            f"{torch.cuda.get_device_capability()}); unset it to train in fp16.")
+    return wanted or ("bf16" if supported else "fp16")
+
+
+def torch_dtype(kind: str | None = None):
+    """The torch dtype of ``precision()`` (or of ``kind``: "bf16", "fp16", "fp32")."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
+
+
+def process_rank() -> int:
+    """This process's rank under ``accelerate launch`` (or torchrun); 0 when it runs alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """Processes started together by ``accelerate launch`` (or torchrun); 1 when it runs alone."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def multi_process() -> bool:
+    """Started by ``accelerate launch`` (or torchrun) with more than one process."""
+    return world_size() > 1
+
+
+def finite_number(value) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; raised before any model is loaded."""
+
+
+def shown(value) -> str:
+    """A default as ``--help`` shows it: names comma-separated, mappings as JSON."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+class OnOff(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag`` for a setting whose unset value (None) means "the machine decides": transformers'
+    ``HfArgumentParser`` gives ``bool | None`` fields neither form."""
+
+    def __init__(self, *args, type=None, **kwargs):  # noqa: A002  (HfArgumentParser passes its bool parser)
+        super().__init__(*args, **kwargs)
+
+
+def setting(default, help: str, *, flag: str | None = None, choices=None, factory=None, shown_as: str | None = None,
+            **parser_options):
+    """A dataclass field whose ``metadata`` is its command-line flag as transformers' ``HfArgumentParser`` reads it:
+    the help text with the default shown once (``shown_as`` for a long one; a field unset by default says in its
+    help what "unset" means), an optional short alias (``flag``), the allowed values, further ``add_argument``
+    options (``parser_options``)."""
+    value = factory() if factory is not None else default
+    text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
+    metadata = {"help": text, **parser_options}
+    if flag:
+        metadata["aliases"] = [flag]
+    if choices:
+        metadata["choices"] = choices
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+
+# A system prompt or role is a paragraph or two; far beyond this a file is surely the wrong one, and the model would
+# spend its whole context (and memory) on it.
+MAX_PROMPT_CHARS = 20_000
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """' (did you mean X?)' for the closest of ``candidates``, else ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def read_text_setting(path: str | Path, name: str) -> str:
+    """The text of a file named by a setting (system prompt, role), with one clear error when it cannot be used."""
+    file = project_path(path)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SettingsError(f"{name}: file not found: {file}.") from None
+    except IsADirectoryError:
+        raise SettingsError(f"{name}: {file} is a folder; give a UTF-8 text file.") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise SettingsError(f"{name}: cannot read {file} as UTF-8 text ({err}).") from None
+    if not text.strip():
+        raise SettingsError(f"{name}: {file} is empty.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise SettingsError(f"{name}: {file} holds {len(text):,} characters; a prompt file is limited to "
+                            f"{MAX_PROMPT_CHARS:,}. Check that it is the right file, or shorten it.")
+    return text.strip()
+
+
+# --- where things live
+
+
+def project_dir() -> Path:
+    """The folder that holds ``datasets/`` and ``artifact/``: ``$SARASHINA_GRPO_HOME``, else the working directory."""
+    return Path(os.environ.get(HOME_VARIABLE) or os.getcwd())
+
+
+def project_path(path: str | Path) -> Path:
+    """``path`` as given when absolute or when it exists from here; else relative to the project folder."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return project_dir() / path
+
+
+def default_artifact_dir() -> Path:
+    return project_dir() / "artifact"
+
+
+# --- YAML recipes (read here, before TRL is imported: a recipe may ask for the plain backend)
+
+
+def yaml_loader():
+    """PyYAML's safe loader reading floats the YAML 1.2 way (``5e-6`` is a number; YAML 1.1 wants ``5.0e-6``) and
+    refusing a key given twice in one mapping (YAML would keep the last one silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
+    return Loader
+
+
+def load_recipe(path: str | Path) -> dict:
+    """The mapping of a YAML recipe (``configs/recipes/*.yaml``; keys are ``Settings`` fields). Its values are
+    read and checked when settings are built from it (``load_settings``)."""
+    import yaml
+
+    file = project_path(path)
+    if file.is_dir():
+        raise SettingsError(f"Recipe {file} is a folder; give a YAML file such as configs/recipes/article.yaml.")
+    if not file.exists():
+        raise SettingsError(f"Recipe not found: {file}. Recipes live in configs/recipes/ (e.g. article.yaml).")
+    try:
+        with open(file, encoding="utf-8-sig") as handle:  # open(), not is_file(): a pipe (<(…)) is a recipe too
+            values = yaml.load(handle.read(1_000_000), Loader=yaml_loader()) or {}  # noqa: S506
+    except UnicodeDecodeError as err:
+        raise SettingsError(f"Recipe {file} is not UTF-8 text (byte {err.start}); is it a YAML file?") from None
+    except yaml.YAMLError as err:
+        raise SettingsError(f"{file}: not valid YAML ({err}).") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{file}: a recipe is a mapping of setting names to values, got {type(values).__name__}.")
+    return values
