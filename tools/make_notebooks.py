@@ -39,11 +39,11 @@ defaults this is the article's run (500 steps, the article's GRPO algorithm); wi
 `uv run tensorboard --logdir artifact/logs` (tag `train/rewards/strict_format_reward/mean`; with `EVAL_STEPS` set,
 `eval/strict_format_rate` and the other held-out figures of `sarashina-grpo eval`).
 
-`SETTINGS` takes any field of `sarashina_grpo.config.Settings` by name, exactly as the recipe files and the
-`sarashina-grpo train --help` flags do (`"learning_rate"` is `--learning-rate`).
+`SETTINGS` takes any field of `sarashina_grpo.config.Settings` (TRL's `GRPOConfig` and the project's own) by name,
+exactly as the recipe files and the `sarashina-grpo train --help` flags do (`"learning_rate"` is `--learning-rate`).
 """),
     parameters("""
-RECIPE = "configs/recipes/article.yaml"  # the article's run; configs/recipes/ has role-play, arithmetic, DAPO, …
+RECIPE = None  # None: the article's run; or a recipe laid over it: configs/recipes/roleplay.yaml, arithmetic, dapo, …
 SETTINGS = {}  # overrides by Settings field name, e.g. {"model_name": "tiny", "max_steps": 5, "rollout": "fast"}
 ARTIFACT_DIR = None  # logs/<run>/ and outputs/<run>/checkpoint-N go here; None: the project's artifact/
 RUN_NAME = None  # default: a timestamp
@@ -62,17 +62,17 @@ os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
 from sarashina_grpo import setup_logging
-from sarashina_grpo.config import Settings, load_recipe
+from sarashina_grpo.config import load_settings, recipe_values
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
 setup_logging()  # the package's INFO lines, as the CLI prints them
-recipe = load_recipe(RECIPE) if RECIPE else {}
-held_out = {"held_out_eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT}  # None: the recipe's value stays
-settings = Settings.from_dict({**recipe, **{k: v for k, v in held_out.items() if v is not None}, **SETTINGS})
+held_out = {"eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT}  # None: the recipe's value stays
+overrides = {**{k: v for k, v in held_out.items() if v is not None}, **SETTINGS}
+settings = load_settings(overrides, recipe=RECIPE, source="SETTINGS")  # the article's < RECIPE < SETTINGS
 run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME,
               allow_data_change=ALLOW_DATA_CHANGE)
 print(run.paths)
-print({k: v for k, v in run.settings.to_dict().items() if k != "system_prompt"})
+print(recipe_values(run.settings))  # every value that is not TRL's default
 """),
     md("## Model + LoRA\nUnsloth loads the model (4-bit on a GPU) and attaches LoRA r=32 to the seven projections."),
     code("""
@@ -165,14 +165,14 @@ os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
 from sarashina_grpo import setup_logging
-from sarashina_grpo.config import Settings
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 from sarashina_grpo.modeling import model_for_this_machine
+from sarashina_grpo.options import ModelOptions
 from sarashina_grpo.validation import check_model
 
 setup_logging()  # the package's INFO lines, as the command line shows them
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
-settings = Settings(model_name=model_for_this_machine(MODEL_NAME), load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+settings = ModelOptions(model_name=model_for_this_machine(MODEL_NAME), load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
 settings = check_model(settings, training=False)
 print("model:", settings.model_name)
 model, tokenizer = load_for_inference(settings)

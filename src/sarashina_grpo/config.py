@@ -40,6 +40,7 @@ from .project import (  # noqa: E402
     BACKENDS,
     DEFAULT_MODEL_NAME,
     DEFAULT_REWARDS,
+    FLAGS,
     LORA_TARGET_MODULES,
     ROLLOUTS,
     SCALE_REWARDS,
@@ -47,6 +48,7 @@ from .project import (  # noqa: E402
     OnOff,
     SettingsError,
     did_you_mean,
+    field_label,
     finite_number,
     load_recipe,
     read_text_setting,
@@ -91,10 +93,10 @@ class Settings(GRPOConfig):
 
     # --- model and data
     model_name: str = setting(DEFAULT_MODEL_NAME, "hub id, local model or checkpoint folder, or 'tiny' (the "
-                              "offline test model)", flag="--model")
+                              "offline test model)", flag=FLAGS["model_name"])
     data_path: str = setting("datasets/smalltalk.csv", "prompt file: CSV, JSONL or Parquet (columns prompt,lang; "
                              "optional role, answer); relative paths are taken from the project folder",
-                             flag="--data")
+                             flag=FLAGS["data_path"])
     system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
                                  shown_as="project.SYSTEM_PROMPT, our Japanese wording of the <think>/<response> "
                                  "layout")
@@ -103,7 +105,7 @@ class Settings(GRPOConfig):
     max_prompt_length: int = setting(1024, "prompts longer than this (tokens, chat template included) are skipped "
                                      "with a warning: TRL 1.x no longer truncates them")
     load_in_4bit: bool | None = setting(None, "QLoRA 4-bit loading; unset: on with a CUDA GPU, off without one",
-                                        flag="--4bit", action=OnOff)
+                                        flag=FLAGS["load_in_4bit"], action=OnOff)
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + completion fit with room)")
     backend: str = setting("auto", "model loading: 'unsloth', or plain transformers+PEFT ('trl-peft'); 'auto' = "
                            "unsloth (one process or several)", choices=BACKENDS)
@@ -117,7 +119,7 @@ class Settings(GRPOConfig):
         f"{k} = {v}" for k, v in ROLLOUTS.items()), choices=tuple(ROLLOUTS))
     reward_names: list[str] = setting(None, "reward functions: registry names (sarashina_grpo.rewards), or your own "
                                       "as module:function or path/to/file.py:function; comma-separated or several "
-                                      "words", flag="--rewards", factory=lambda: list(DEFAULT_REWARDS))
+                                      "words", flag=FLAGS["reward_names"], factory=lambda: list(DEFAULT_REWARDS))
     # --- held-out evaluation during training (callbacks.HeldOutEval, every `eval_steps`: TRL's field, read by the
     # project because TRL's own evaluation loop, which would sample and score rewards, is never switched on here)
     eval_data: str = setting("datasets/eval.csv", "held-out prompt file scored every --eval-steps (CSV, JSONL or "
@@ -174,16 +176,6 @@ class Settings(GRPOConfig):
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 PROJECT_FIELDS = [name for name in FIELDS if name not in {f.name for f in dataclasses.fields(GRPOConfig)}]
 HINTS = typing.get_type_hints(Settings)
-
-
-def flag_of(name: str) -> str:
-    """The command-line flag of a field: its alias where it has one, else the name with dashes."""
-    return next(iter(FIELDS[name].metadata.get("aliases", ())), "--" + name.replace("_", "-"))
-
-
-def field_label(name: str) -> str:
-    """How an error names a setting: the field and its CLI flag."""
-    return f"Settings.{name} (CLI {flag_of(name)})"
 
 
 # --- typed values: one reading for every source (flags come typed by argparse; recipes, SETTINGS and run.json not)
@@ -344,9 +336,9 @@ def settings_parser(extra_types=(), parser_class=TrlParser, **options) -> TrlPar
     """TRL's parser (or a subclass) over ``Settings`` and ``extra_types`` (the train command's run options): every
     field is a flag (``--max-steps`` and ``--max_steps``), with short forms of the article's flags as aliases."""
     parser = parser_class([Settings, *extra_types], allow_abbrev=False, **options)
-    parser.add_argument("--batch-size", dest="per_device_train_batch_size", type=int,
+    parser.add_argument(FLAGS["per_device_train_batch_size"], dest="per_device_train_batch_size", type=int,
                         help="--per-device-train-batch-size: completions per device per step")
-    parser.add_argument("--vllm", dest="use_vllm", action="store_true",
+    parser.add_argument(FLAGS["use_vllm"], dest="use_vllm", action="store_true",
                         help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
     for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
         if hint is bool and FIELDS[name].default is not True:
@@ -392,6 +384,14 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         return Settings(**merged)
     except TypeError as err:  # a key the dataclass does not take (its name passed known_keys): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
+
+
+def recipe_values(settings: Settings) -> dict:
+    """The values that are not TRL's defaults (what the recipes, flags or ``SETTINGS`` chose), the system prompt
+    left out: what a notebook shows of a run's settings."""
+    defaults = GRPOConfig.__dataclass_fields__
+    return {k: v for k, v in settings.asked().items() if k != "system_prompt" and (
+        k not in defaults or defaults[k].default is dataclasses.MISSING or v != defaults[k].default)}
 
 
 def legacy_settings(recorded: dict) -> dict:

@@ -29,10 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Settings
+from .config import Settings, load_settings
 from .inference import GenerationSettings
 from .project import DEFAULT_REWARDS, default_artifact_dir, project_path, setting
-from .validation import check_settings
 from .warmstart import DEMO_RECIPE, WarmStart
 
 logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `python -m`
@@ -70,14 +69,14 @@ class DemoSettings:
     def settings(self, model_dir: Path) -> Settings:
         # Shorter completions and a larger learning rate than the 3B run: a 1 MB model learns in 100 steps. The GRPO
         # algorithm is the project's default (the article's), as `sarashina-grpo train` runs it.
-        return check_settings(Settings(
+        return load_settings(dict(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.steps, save_steps=10_000, logging_steps=self.logging_steps, seed=self.seed,
-            reward_names=tuple(self.reward_names), data_path=str(project_path(TRAIN_DATA)),
+            reward_names=list(self.reward_names), data_path=str(project_path(TRAIN_DATA)),
             log_completions=False,  # a table every few steps would bury the progress bar; see eval/*/generations.jsonl
             **self.overrides,
-        ))
+        ), source="demo")
 
     def generation(self) -> GenerationSettings:
         # The training temperature and length: greedy decoding of a tiny model repeats one output everywhere.

@@ -11,12 +11,15 @@ added to the system prompt after its format instructions.
 from __future__ import annotations
 
 import logging
+import typing
 from dataclasses import dataclass, field
 
-from .config import Settings
 from .data import to_messages
 from .project import SYSTEM_PROMPT
 from .roles import read_role, with_role
+
+if typing.TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = ["Chat", "GenerationSettings", "answer", "chat_loop", "generate", "generate_counted", "load_for_inference",
            "read_role", "with_role"]

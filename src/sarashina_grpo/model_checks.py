@@ -18,8 +18,7 @@ from urllib.parse import urlparse
 
 from . import project
 from .checkpoints import check_loadable, folder_kind, step_of
-from .config import field_label
-from .project import SettingsError
+from .project import SettingsError, field_label
 
 HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
 

@@ -10,13 +10,16 @@ import contextlib
 import logging
 import os
 import time
+import typing
 from pathlib import Path
 
 from . import compat
 from .checkpoints import ADAPTER_FILES
-from .config import Settings
 from .model_checks import looks_like_path
 from .project import DEFAULT_MODEL_NAME, cuda_available, default_artifact_dir, torch_dtype
+
+if typing.TYPE_CHECKING:
+    from .config import Settings
 
 logger = logging.getLogger(__name__)
 

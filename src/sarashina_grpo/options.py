@@ -111,6 +111,9 @@ class ModelOptions:
     use_vllm: bool = setting(False, "Unsloth fast_inference through vLLM (the 'vllm' extra, CUDA only)",
                              flag="--vllm")
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + answer)")
+    # What loading asks of a training run's settings too: vLLM's LoRA budget and memory share (with --vllm).
+    lora_rank = 32
+    vllm_gpu_memory_utilization = 0.6
 
     def resolved(self) -> ModelOptions:
         """With what the machine and files decide: 4-bit loading (on with CUDA), the system prompt file's text."""

@@ -149,6 +149,21 @@ def setting(default, help: str, *, flag: str | None = None, choices=None, factor
 
 
 
+# Short flags of settings, beside the ``--field-name`` that every field of ``config.Settings`` has.
+FLAGS = {"model_name": "--model", "data_path": "--data", "reward_names": "--rewards", "load_in_4bit": "--4bit",
+         "per_device_train_batch_size": "--batch-size", "use_vllm": "--vllm"}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a setting: its short form where it has one, else the name with dashes."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def field_label(name: str) -> str:
+    """How an error names a setting: the field and its CLI flag."""
+    return f"Settings.{name} (CLI {flag_of(name)})"
+
+
 # A system prompt or role is a paragraph or two; far beyond this a file is surely the wrong one, and the model would
 # spend its whole context (and memory) on it.
 MAX_PROMPT_CHARS = 20_000

@@ -19,14 +19,17 @@ import json
 import logging
 import math
 import tempfile
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Settings, field_label
 from .data import check_prompts
 from .errors import check_artifact_dir
 from .model_checks import check_device, check_lora_targets, check_model_name
-from .project import SettingsError, did_you_mean, project_path
+from .project import SettingsError, did_you_mean, field_label, project_path
+
+if typing.TYPE_CHECKING:
+    from .config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +116,12 @@ def settings_warnings(settings: Settings) -> list[str]:
 
 
 def check_model(settings, *, training: bool):
-    """Resolved options (``options.ModelOptions``) whose model can load on this machine (what ``infer``/``eval``
-    need)."""
-    settings = settings.resolved()
+    """Settings (or ``options.ModelOptions``, resolved here) whose model can load on this machine (what
+    ``infer``/``eval`` need)."""
+    from .options import ModelOptions
+
+    if isinstance(settings, ModelOptions):
+        settings = settings.resolved()
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm,
                  training=training)
     check_model_name(settings.model_name)
