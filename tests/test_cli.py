@@ -1,16 +1,35 @@
 """The sarashina-grpo command: help for every command, and the README's CPU smoke run."""
 
-import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from sarashina_grpo.cli import build_parser, main, parse_args
-from sarashina_grpo.commands import COMMANDS
-from sarashina_grpo.config import Settings, flag_of
-from sarashina_grpo.options import settings_from_args
+from sarashina_grpo.cli import main, parse_args
+from sarashina_grpo.commands import COMMANDS, train_settings
+from sarashina_grpo.project import flag_of
+
+
+def settings_of(*argv):
+    """The settings a ``train`` command line asks for."""
+    return train_settings(parse_args(["train", *argv]))[0]
+
+
+def assert_one_error_line(err: str, expected: str) -> None:
+    """One ``error:`` line, the last, holding ``expected``; before it only the log lines of ``train``'s import of
+    Unsloth (its parser is TRL's, which Unsloth patches first), never a traceback."""
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("error: ") and expected in lines[-1], err
+    assert not any(line.startswith(("error", "Traceback", "usage")) for line in lines[:-1]), err
+    assert all(" INFO " in line for line in lines[:-1]), err
+
+
+def help_of(*argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
 
 
 def cli(*args, cwd=None, timeout=600):
@@ -22,67 +41,72 @@ def cli(*args, cwd=None, timeout=600):
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_has_help(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args([command, "--help"])
-    assert exit_info.value.code == 0 and "usage: sarashina-grpo" in capsys.readouterr().out
+    assert "usage: sarashina-grpo" in help_of(command, capsys=capsys)
 
 
 def test_a_no_flag_says_what_it_turns_off_instead_of_repeating_the_flags_help(capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--help"])
-    lines = capsys.readouterr().out.splitlines()
+    lines = help_of("train", capsys=capsys).splitlines()
     no_flag = next(line for line in lines if line.strip().startswith("--no-log-completions"))
     assert "turn --log-completions off" in no_flag
 
 
-def test_train_defaults_are_the_articles():
-    # why: no flag given means the Settings defaults, which are the article's run
-    assert settings_from_args(parse_args(["train"])) == Settings()
+def test_train_defaults_are_the_articles(repo_root):
+    from sarashina_grpo.config import load_recipe
+
+    settings = settings_of()
+    # why: no flag given means the default recipe, the article's run (its only record)
+    for key, value in load_recipe(repo_root / "configs" / "recipes" / "article.yaml").items():
+        assert settings.asked()[key] == value, key
 
 
-def test_every_setting_is_a_train_flag_with_its_default_shown_once(capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--help"])
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for field in dataclasses.fields(Settings):
-        assert flag_of(field.name) in text, field.name  # why: one source of settings, every field reachable
-    assert text.count("(default: 500)") == 1 and "(default: 0.04)" in text and "--loss-type" in text
+def test_every_setting_is_a_train_flag(capsys):
+    from sarashina_grpo.config import FIELDS
+
+    text = " ".join(help_of("train", capsys=capsys).split())  # argparse wraps lines
+    for name in FIELDS:
+        assert flag_of(name) in text, name  # why: one schema: every field of TRL's GRPOConfig and ours is a flag
+    assert "--loss-type" in text and "--save-total-limit" in text
 
 
-def test_flags_override_a_recipe(tmp_path):
+def test_flags_override_a_recipe_which_overrides_the_article(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("max_steps: 7\nloss_type: dapo\nbeta: 0.0\n")
-    args = parse_args(["train", "--config", str(recipe), "--max-steps", "3", "--rewards", "xmlcount"])
-    settings = settings_from_args(args)
-    # why: precedence is defaults < recipe < flags given now
-    assert (settings.max_steps, settings.loss_type, settings.reward_names) == (3, "dapo", ("xmlcount",))
-
-
-def test_json_flag_for_further_grpo_arguments():
-    args = parse_args(["train", "--extra-grpo-args", '{"steps_per_generation": 6}'])
-    assert settings_from_args(args).extra_grpo_args == {"steps_per_generation": 6}
+    settings = settings_of("--config", str(recipe), "--max-steps", "3", "--rewards", "xmlcount")
+    # why: precedence is the article's recipe < --config < flags given now
+    assert (settings.max_steps, settings.loss_type, settings.reward_names) == (3, "dapo", ["xmlcount"])
+    assert settings.learning_rate == 5e-6  # a key the recipe does not name keeps the article's value
 
 
 def test_every_grpo_config_field_is_a_typed_flag():
-    args = parse_args(["train", "--report-to", "wandb", "--save-total-limit", "3", "--reward-weights", "1", "1", "2",
-                       "--multi-objective-aggregation=normalize_then_sum", "--bf16", "false"])
-    # why: TRL's own field types, read from its source: a list of floats, an int, a list of names, a bool
-    assert settings_from_args(args).extra_grpo_args == {
-        "report_to": ["wandb"], "save_total_limit": 3, "reward_weights": [1.0, 1.0, 2.0],
-        "multi_objective_aggregation": "normalize_then_sum", "bf16": False}
+    settings = settings_of("--report-to", "wandb", "--save-total-limit", "3", "--reward-weights", "1", "1", "2",
+                           "--multi-objective-aggregation=normalize_then_sum", "--steps-per-generation", "2")
+    # why: TRL's own parser types TRL's fields: a list of names, an int, a list of floats, a choice
+    assert (settings.report_to, settings.save_total_limit, settings.reward_weights,
+            settings.multi_objective_aggregation, settings.steps_per_generation) == (
+        ["wandb"], 3, [1.0, 1.0, 2.0], "normalize_then_sum", 2)
+
+
+def test_the_batch_rule_is_trls_global_one():
+    # why: groups are formed over the global generation batch (per device × processes × steps_per_generation);
+    # a copy of the rule over per-device × accumulation refused this valid setup
+    settings = settings_of("--batch-size", "4", "--steps-per-generation", "3", "--num-generations", "6")
+    assert settings.generation_batch_size == 12
 
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["train", "--max-step", "5"], "unrecognized flag --max-step (did you mean --max-steps?)"),  # no prefixes
+        (["train", "--max-step", "5"], "unrecognized arguments: --max-step 5 (did you mean --max-steps?)"),
         (["train", "--lerning-rate", "1e-5"], "did you mean --learning-rate?"),
-        (["train", "--save-total-limit", "many"], "save_total_limit takes a number"),
-        (["train", "--report-to"], "--report-to needs a value"),
+        (["train", "--save-total-limit", "many"], "--save-total-limit: invalid int value: 'many'"),
+        (["train", "--report-to"], "--report-to: expected at least one argument"),
         (["train", "--rewards", "xmlcount,xmlcount"], "names xmlcount twice"),
         (["train", "--rewards", "xmlcont"], "Unknown reward 'xmlcont' (did you mean xmlcount?)"),
-        (["train", "--lr-scheduler-type", "cosin"], "got 'cosin' (did you mean cosine?)"),
-        (["train", "--seed", "-1"], "Settings.seed (CLI --seed) must be a whole number ≥ 0"),
+        (["train", "--lr-scheduler-type", "cosin"], "--lr-scheduler-type: invalid choice: 'cosin'"),
+        (["train", "--warmup-steps", "-1"], "Settings.warmup_steps (CLI --warmup-steps) must be a finite number"),
+        (["train", "--seed", "-1"], "Settings.seed (CLI --seed) must be a whole number in [0, 2**32)"),
+        (["train", "--output-dir", "x"], "output_dir is set by the project"),
+        (["train", "--save-strategy", "no"], "save_strategy 'no': a run saves every --save-steps steps"),
         (["train", "--loss-type", "vespo", "--reward-weights", "1"], "reward_weights has 1 value(s) for 3 rewards"),
         (["infer", "--max-new-tokens", "0", "hi"], "--max-new-tokens must be at least 1"),
         (["infer", "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
@@ -96,8 +120,7 @@ def test_every_grpo_config_field_is_a_typed_flag():
 )
 def test_a_bad_option_is_one_error_line_before_anything_loads(capsys, argv, expected):
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and expected in err and err.count("\n") == 1
+    assert_one_error_line(capsys.readouterr().err, expected)
 
 
 def test_an_unknown_flag_of_another_command_is_a_usage_error_with_a_suggestion(capsys):
@@ -109,7 +132,8 @@ def test_an_unknown_flag_of_another_command_is_a_usage_error_with_a_suggestion(c
 @pytest.mark.parametrize("argv, expected", [
     (["train", "--learning-rate", "abc"], "--learning-rate: invalid float value: 'abc'"),
     (["export"], "the following arguments are required"),
-    (["nosuch"], "invalid choice: 'nosuch'"),
+    (["nosuch"], "unknown command 'nosuch'"),
+    (["trian"], "unknown command 'trian' (did you mean train?)"),
 ])
 def test_argparses_own_complaints_are_one_error_line_naming_the_dashed_flag(argv, expected, capsys):
     assert main(argv) == 2
@@ -118,19 +142,33 @@ def test_argparses_own_complaints_are_one_error_line_naming_the_dashed_flag(argv
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1 and "learning_rate" not in err
 
 
-def test_a_bad_flag_is_reported_before_torch_trl_or_any_model_code_is_imported():
-    code = ("import sys; from sarashina_grpo.cli import main; assert main(['train', '--rewards', 'nope']) == 2; "
+def test_a_bad_flag_of_a_command_that_trains_nothing_is_reported_before_torch_or_trl_is_imported():
+    code = ("import sys; from sarashina_grpo.cli import main; assert main(['infer', '--temperature', '-1']) == 2; "
             "heavy = {'torch', 'trl', 'peft', 'unsloth', 'transformers.modeling_utils', 'transformers.trainer', "
             "'transformers.models.llama.modeling_llama'} & set(sys.modules); assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    # why: a typo must cost a second or two, not the 10-40 s of importing the training stack; HfArgumentParser loads
-    # only transformers' lazy root, and Unsloth's patches stay intact (tests/gpu/test_gpu_import_order.py)
+    # why: a typo must cost a second or two; HfArgumentParser loads only transformers' lazy root
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_train_imports_unsloth_before_trl_and_refuses_a_typo_before_any_model_code():
+    code = ("import builtins; real, order = builtins.__import__, []\n"
+            "def record(name, *args, **kwargs):\n"
+            "    top = name.split('.')[0]\n"
+            "    if top in ('trl', 'unsloth') and top not in order: order.append(top)\n"
+            "    return real(name, *args, **kwargs)\n"
+            "builtins.__import__ = record\n"
+            "from sarashina_grpo.cli import main; assert main(['train', '--rewards', 'nope']) == 2\n"
+            "assert order == ['unsloth', 'trl'], order")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # why: Unsloth patches TRL as it is imported; a train flag is parsed by TRL's parser, so Unsloth comes first
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_invalid_settings_fail_before_loading_a_model():
     result = cli("train", "--model", "tiny", "--num-generations", "4", "--batch-size", "6")
-    assert result.returncode == 2 and "multiple of num_generations" in result.stderr
+    # why: TRL's own rule, in TRL's words: the generation batch holds whole groups
+    assert result.returncode == 2 and "must be divisible by num_generations" in result.stderr
 
 
 @pytest.mark.slow
@@ -156,18 +194,21 @@ def test_train_runs_the_article_recipe_on_the_tiny_model_with_overrides(tmp_path
     # why: run.json records every setting: the recipe's algorithm and the overrides given on the command line
     assert (recorded["loss_type"], recorded["beta"], recorded["max_steps"], recorded["model_name"]) == (
         "grpo", 0.04, 1, "tiny")
-    assert set(recorded) == {f.name for f in dataclasses.fields(Settings)}
+    from sarashina_grpo.config import FIELDS, RUN_OWNED
+
+    assert set(recorded) == set(FIELDS) - set(RUN_OWNED)
 
 
-def test_top_level_help_has_no_rest_markup(capsys):
+def test_top_level_help_lists_the_commands_without_rest_markup(capsys):
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--help"])
-    assert "``" not in capsys.readouterr().out
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and all(name in out for name in COMMANDS)
 
 
 @pytest.mark.parametrize("command", ["train", "infer", "eval", "demo"])
 def test_every_cpu_command_takes_threads(command):
-    assert build_parser().parse_args([command, "--threads", "2"]).threads == 2
+    assert parse_args([command, "--threads", "2"]).threads == 2
 
 
 @pytest.mark.parametrize("command", [["train", "--model", "tiny"], ["infer", "--model", "tiny", "hi"],
@@ -177,14 +218,6 @@ def test_zero_threads_is_one_error_line_before_any_model_loads(command, capsys):
 
     assert main([*command, "--threads", "0"]) == 2
     assert "--threads must be a positive integer, got 0" in capsys.readouterr().err
-
-
-def test_help_grpo_leaves_out_the_flags_the_project_owns(capsys):
-    # why: --eval-steps is the held-out evaluation (Settings.held_out_eval_steps), not TRL's eval_steps
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--help-grpo"])
-    listed = capsys.readouterr().out
-    assert "--eval-steps " not in listed and "--save-total-limit " in listed
 
 
 @pytest.mark.slow
@@ -199,15 +232,12 @@ def test_eval_prints_rounded_figures_and_no_none(tmp_path, capsys):
     assert all(len(line.split(".")[-1]) == 3 for line in figures if "." in line.split(": ")[1])
 
 
-def test_a_grpo_flag_adds_to_the_recipes_grpo_keys(tmp_path):
-    from sarashina_grpo.cli import parse_args
-    from sarashina_grpo.options import explicit_settings
-
+def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("report_to: none\nsave_total_limit: 2\n", encoding="utf-8")
-    values = explicit_settings(parse_args(["train", "--config", str(recipe), "--logging-first-step"]))
-    # why: one flag used to replace every GRPOConfig key the recipe set; "none" is report_to's own value, not None
-    assert values["extra_grpo_args"] == {"report_to": "none", "save_total_limit": 2, "logging_first_step": True}
+    recipe.write_text("learning_rate: 1e-5\nmax_steps: 3\nlearning_rate: 1e-4\n", encoding="utf-8")
+    # why: YAML keeps the last of two equal keys silently; the run would not be the one the file seems to say
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert "key 'learning_rate' is given twice (line 3)" in capsys.readouterr().err
 
 
 def test_a_missing_prompt_file_is_reported_before_the_model_that_needs_a_gpu(capsys, monkeypatch):

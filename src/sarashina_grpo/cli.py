@@ -171,6 +171,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = top.parse_args(argv)
     name = command_of(args.command, top)
     rest = args.command[1:]
+    setup_logging(args.verbose)  # before train's parser imports Unsloth: its known-harmless lines are hidden
     if name == "train":
         from .commands import import_training_stack
 
@@ -193,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SettingsError as err:
         return errors.report(err)
-    setup_logging(args.cli_verbose)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved

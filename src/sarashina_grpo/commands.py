@@ -79,19 +79,26 @@ def import_training_stack(argv: list[str]) -> None:
         import_unsloth()
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_settings(args: argparse.Namespace):
+    """(settings, the fields set explicitly) of a parsed ``train`` command line: the article's recipe < ``--config``
+    < the flags given. On a resume the run's ``run.json`` takes the article's place (``pipeline.prepare``)."""
     from .config import FIELDS, load_settings
+    from .project import load_recipe
+
+    recipe = getattr(args, "config", None)
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    settings = load_settings(flags, recipe=recipe, source="command line")
+    return settings, set(flags) | (set(load_recipe(recipe)) if recipe else set())
+
+
+def run_train(args: argparse.Namespace) -> int:
     from .modeling import use_cpu_threads
     from .pipeline import build_trainer, load_model, prepare, run_training
-    from .project import load_recipe
     from .runs import RunFinished
 
     run_options = options(args, RunOptions)
     threads = cpu_threads(args)
-    recipe = getattr(args, "config", None)
-    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
-    settings = load_settings(flags, recipe=recipe, source="command line")
-    given = set(flags) | (set(load_recipe(recipe)) if recipe else set())
+    settings, given = train_settings(args)
     try:
         run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
                       run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change)

@@ -5,6 +5,8 @@ listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless 
 
 - torch ``_pytree``: "<enum …> is an Enum subclass and is now natively supported by torch.compile …", logged when
   torchao (imported by Unsloth) registers its enums; a deprecation inside the libraries, nothing a user can change.
+- datasets: "Disabling Tensorflow because USE_TORCH is set", logged at INFO as Unsloth imports it; true and
+  irrelevant (the project never uses TensorFlow).
 - bitsandbytes on a CPU: "Failed to load CPU gemm_4bit_forward from kernels-community"; 4-bit needs CUDA here
   anyway (``model_checks.check_device``).
 - Unsloth on a CPU prints at import "… supported: text LoRA / full finetuning with SFTTrainer …", which reads as
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 HIDDEN_LOGS = (
     ("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+    ("datasets", "Disabling Tensorflow because USE_TORCH is set"),
 )
 UNSLOTH_CPU_NOTE = "supported: text LoRA / full finetuning with SFTTrainer"
 UNSLOTH_ORDER_WARNING = r"WARNING: Unsloth should be imported before \[transformers\] "

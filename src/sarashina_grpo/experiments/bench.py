@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import compat
-from ..config import process_rank, project_path, setting, world_size
+from ..project import process_rank, project_path, setting, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class BenchConfig:
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
-    from ..config import ROLLOUTS, SettingsError, multi_process
+    from ..project import ROLLOUTS, SettingsError, multi_process
 
     configs = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
@@ -388,7 +388,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     import torch
 
     # The package calls of the benchmark, all here.
-    from ..config import Settings
+    from ..project import Settings
     from ..modeling import load_model
     from ..pipeline import build_trainer, prepare, run_training
     from ..validation import check_model
@@ -524,7 +524,7 @@ def peer_child(spec_path: str, row_path: str) -> None:
     checkpointing) with TRL's own continuous batching (``rollout="paged"``), in a process without Unsloth."""
     import torch
 
-    from ..config import Settings
+    from ..project import Settings
     from ..modeling import use_triton_interpreter_without_gpu
     from ..pipeline import build_trainer, load_model, prepare
 
@@ -624,7 +624,7 @@ def write_results(rows: list[dict], out: Path, meta: dict, *, with_plot: bool = 
 def check_options(args: BenchOptions) -> None:
     """One ``error:`` before anything heavy is imported, for options argparse cannot judge."""
     from ..command_checks import check_bench
-    from ..config import SettingsError
+    from ..project import SettingsError
 
     check_bench(args)
     configs = parse_configs(args.configs, cuda=False)  # the names; 4-bit is decided later, from the machine
