@@ -33,7 +33,7 @@ from sarashina_grpo.modeling import use_triton_interpreter_without_gpu
 
 use_triton_interpreter_without_gpu()  # TRL's fused LM head on CPU
 from sarashina_grpo import rewards
-from sarashina_grpo.config import Settings
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
 model_dir, data, artifact = sys.argv[1:4]
@@ -47,10 +47,10 @@ def fixed_reward(completions, **kwargs):
 
 
 rewards.REWARD_FUNCS["fixed"] = fixed_reward
-settings = Settings(model_name=model_dir, data_path=data, load_in_4bit=False, backend="trl-peft", max_steps=2,
+settings = article_settings(model_name=model_dir, data_path=data, load_in_4bit=False, backend="trl-peft", max_steps=2,
                     save_steps=100, num_generations=4, per_device_train_batch_size=4, max_completion_length=6,
                     max_prompt_length=128, max_seq_length=256, system_prompt="短く答えてください。",
-                    learning_rate=0.05, beta=beta, warmup_ratio=0.0,
+                    learning_rate=0.05, beta=beta, warmup_steps=0.0,
                     reward_names=("fixed",), log_completions=False, seed=0)
 run = prepare(settings, artifact_dir=artifact)
 model, tokenizer = load_model(run)

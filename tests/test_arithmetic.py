@@ -16,7 +16,6 @@ from sarashina_grpo.arithmetic import CORRECT_REWARD, extract_answer, is_correct
 from sarashina_grpo.data import load_prompts
 from sarashina_grpo.evaluation import score_text, score_texts, summarize
 from sarashina_grpo.rewards import REWARD_FUNCS, correct_answer_reward, get_reward_funcs
-from sarashina_grpo.validation import check_settings
 
 
 def reply(response: str, think: str = "考えます。") -> str:
@@ -253,8 +252,8 @@ def test_loader_keeps_every_row_and_passes_the_answer_column(repo_root, name):
 
 
 def test_the_arithmetic_recipe_trains_on_the_arithmetic_set_with_format_and_correctness_rewards(repo_root):
-    from sarashina_grpo.config import Settings, load_recipe
+    from sarashina_grpo.config import load_settings
 
-    settings = check_settings(Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / "arithmetic.yaml")))
+    settings = load_settings(recipe=repo_root / "configs" / "recipes" / "arithmetic.yaml")
     assert settings.data_path == "datasets/arithmetic.csv" and (repo_root / settings.data_path).exists()
     assert {"strict_format", "correct_answer"} <= set(settings.reward_names)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sarashina_grpo.project import SettingsError
 from sarashina_grpo.experiments.bench import markdown_table, parse_configs
+from sarashina_grpo.project import SettingsError
 
 
 def test_config_names_parse_into_rollout_batch_and_generation_reuse():

@@ -17,9 +17,9 @@ from checkpoint_files import make_checkpoint
 
 from sarashina_grpo import inference, model_checks
 from sarashina_grpo.cli import main
-from sarashina_grpo.project import SettingsError
 from sarashina_grpo.evaluation import eval_rows, evaluate, write_eval
 from sarashina_grpo.inference import chat_loop
+from sarashina_grpo.project import SettingsError
 
 
 def last_line(err: str) -> str:

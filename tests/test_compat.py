@@ -67,28 +67,18 @@ def test_generation_context_fails_loudly_when_the_lookup_fails(monkeypatch):
         compat.generation_context(trainer)
 
 
-def test_grpo_config_has_every_algorithm_field_we_set():
-    from trl import GRPOConfig
-
-    from sarashina_grpo.config import Settings, grpo_config_kwargs
-
-    fields = set(GRPOConfig.__dataclass_fields__)
-    # why: an argument TRL dropped would raise in GRPOConfig(...); one it renamed would be lost silently
-    assert set(grpo_config_kwargs(Settings(), "out")) - {"output_dir"} <= fields
-
-
-def test_grpo_fields_read_from_the_source_are_the_imported_classes():
+def test_settings_declare_no_field_of_trls_a_second_time():
     import dataclasses
 
-    from transformers.trainer_utils import SchedulerType
     from trl import GRPOConfig
 
-    from sarashina_grpo.grpo_fields import grpo_fields, loss_types, scheduler_names
+    from sarashina_grpo.config import PROJECT_FIELDS, Settings
 
-    # why: flags and recipe keys are checked against this reading before TRL is imported; it must be TRL's truth
-    assert set(grpo_fields()) == {f.name for f in dataclasses.fields(GRPOConfig) if not f.name.startswith("_")}
-    assert scheduler_names() == tuple(s.value for s in SchedulerType)
-    assert {"grpo", "dapo", "dr_grpo", "vespo"} <= set(loss_types())
+    ours = {f.name: f for f in dataclasses.fields(Settings)}
+    # why: one schema: TRL's fields keep TRL's defaults and help; the project adds only fields TRL lacks
+    for f in dataclasses.fields(GRPOConfig):
+        assert ours[f.name].default == f.default and ours[f.name].metadata == f.metadata, f.name
+    assert set(PROJECT_FIELDS).isdisjoint(f.name for f in dataclasses.fields(GRPOConfig))
 
 
 def test_grpo_trainer_reads_the_algorithm_attributes_our_test_checks():

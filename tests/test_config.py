@@ -1,114 +1,124 @@
-"""Settings carry the article's hyper-parameters into TRL's GRPOConfig, and bad values fail before any model loads."""
+"""The run's settings are TRL's GRPOConfig, extended: the article's values come from its recipe, every value is
+read in its field's type and checked whichever road it came by, and bad values fail before any model loads."""
+
+import dataclasses
+import json
 
 import pytest
 
-from sarashina_grpo.config import Settings, build_grpo_config, grpo_config_kwargs, load_recipe
-
+from sarashina_grpo.config import (
+    FIELDS,
+    article_settings,
+    legacy_settings,
+    load_recipe,
+    load_settings,
+)
 from sarashina_grpo.project import LORA_TARGET_MODULES, SettingsError
-from sarashina_grpo.validation import check_settings
 
 
 def test_defaults_are_the_articles():
-    s = Settings()
-    assert (s.lora_rank, s.learning_rate, s.adam_beta1, s.adam_beta2, s.weight_decay, s.warmup_ratio) == (
+    s = article_settings()
+    assert (s.lora_rank, s.learning_rate, s.adam_beta1, s.adam_beta2, s.weight_decay, s.warmup_steps) == (
         32, 5e-6, 0.9, 0.99, 0.1, 0.1,
     )
     assert (s.num_generations, s.per_device_train_batch_size, s.max_prompt_length, s.max_completion_length) == (
         6, 6, 1024, 512,
     )
-    assert (s.max_steps, s.save_steps, s.max_grad_norm, s.max_seq_length, s.optim) == (
-        500, 250, 0.1, 4096, "paged_adamw_8bit",
-    )
+    assert (s.max_steps, s.save_steps, s.max_grad_norm, s.max_seq_length) == (500, 250, 0.1, 4096)
+    assert s.asked()["optim"] == "paged_adamw_8bit"
     assert set(LORA_TARGET_MODULES) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-def test_grpo_config_carries_the_settings(tmp_path):
-    args = build_grpo_config(Settings(), tmp_path, use_cpu=True)
-    assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.weight_decay) == (5e-6, 0.9, 0.99, 0.1)
-    assert (args.warmup_steps, str(args.lr_scheduler_type), args.max_grad_norm) == (0.1, "SchedulerType.COSINE", 0.1)
-    assert (args.num_generations, args.per_device_train_batch_size, args.max_completion_length) == (6, 6, 512)
-    assert (args.max_steps, args.save_steps, args.output_dir) == (500, 250, str(tmp_path))
+def test_the_settings_are_the_grpo_config_trl_receives():
+    from trl import GRPOConfig
+
+    s = article_settings()
+    # why: one schema: the trainer gets this object as `args`; nothing is copied into a second config
+    assert isinstance(s, GRPOConfig)
+    assert (s.learning_rate, s.adam_beta1, s.adam_beta2, s.weight_decay) == (5e-6, 0.9, 0.99, 0.1)
+    assert (s.warmup_steps, str(s.lr_scheduler_type), s.max_grad_norm) == (0.1, "SchedulerType.COSINE", 0.1)
 
 
-def test_paged_8bit_adamw_is_asked_for_on_gpu(tmp_path):
-    # The kwargs, not the built config: once Unsloth is imported on a machine without CUDA it rewrites the optimiser.
-    assert grpo_config_kwargs(Settings(), tmp_path)["optim"] == "paged_adamw_8bit"
+def test_plain_adamw_on_a_cpu():
+    # why: bitsandbytes' paged optimiser needs CUDA; the recipe's choice stays what was asked
+    s = article_settings()
+    assert "8bit" not in str(s.optim) and "adamw_torch" in str(s.optim).lower() and s.asked()["optim"] == \
+        "paged_adamw_8bit"
 
 
-def test_plain_adamw_on_cpu(tmp_path):
-    assert grpo_config_kwargs(Settings(), tmp_path, use_cpu=True)["optim"] == "adamw_torch"  # bitsandbytes needs CUDA
+def test_the_default_algorithm_is_the_articles_trl_not_the_installed_default():
+    s = article_settings()
+    found = {k: getattr(s, k) for k in ("loss_type", "beta", "scale_rewards", "epsilon", "num_iterations",
+                                        "mask_truncated_completions", "importance_sampling_level")}
+    # why: TRL 0.14 (Jan 2025): per-completion mean loss, KL beta 0.04, group std scaling, one pass, token ratios;
+    # every value is in the default recipe so Unsloth's or TRL's "dapo, beta 0" default never applies silently
+    assert found == dict(loss_type="grpo", beta=0.04, scale_rewards="group", epsilon=0.2, num_iterations=1,
+                         mask_truncated_completions=False, importance_sampling_level="token")
 
 
-def test_overrides_win(tmp_path):
-    assert build_grpo_config(Settings(), tmp_path, use_cpu=True, max_steps=3).max_steps == 3
+def test_a_bare_settings_object_has_trls_defaults_and_the_recipe_the_articles():
+    from sarashina_grpo.config import Settings
+
+    # why: the article's values live in configs/recipes/article.yaml alone, not as a second set of defaults
+    assert Settings(use_cpu=True, max_steps=1).loss_type == "dapo" and article_settings().loss_type == "grpo"
 
 
 @pytest.mark.parametrize(
     "changes, field",
     [
-        (dict(per_device_train_batch_size=4), "multiple of num_generations"),  # a group must fit in the batch
+        (dict(per_device_train_batch_size=4), "divisible by num_generations"),  # TRL's: whole groups per batch
         (dict(num_generations=1, per_device_train_batch_size=1), "at least 2"),  # no group, no advantage
         (dict(max_steps=0), "max_steps"),
         (dict(max_completion_length=4000), "exceeds max_seq_length"),
-        (dict(warmup_ratio=1.5), "warmup_ratio"),
-        (dict(reward_names=("xmlcount", "typo")), "Valid rewards"),
-        (dict(reward_names=()), "reward_names"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(reward_names=[]), "reward_names"),
+        (dict(save_strategy="no"), "save_strategy"),  # nothing would be saved where --resume looks
     ],
 )
 def test_invalid_settings_name_the_field(changes, field):
     with pytest.raises(SettingsError, match=field):
-        check_settings(Settings(**changes))
+        article_settings(**changes)
 
 
-def test_the_default_algorithm_is_the_articles_trl_not_the_installed_default(tmp_path):
-    kwargs = grpo_config_kwargs(Settings(), tmp_path)
-    found = {k: kwargs[k] for k in ("loss_type", "beta", "scale_rewards", "epsilon", "epsilon_high", "num_iterations",
-                                    "mask_truncated_completions", "importance_sampling_level")}
-    # why: TRL 0.14 (Jan 2025): per-completion mean loss, KL beta 0.04, group std scaling, one pass, token ratios;
-    # every value is passed explicitly so Unsloth's "dapo, beta 0" default never applies silently
-    assert found == dict(loss_type="grpo", beta=0.04, scale_rewards="group", epsilon=0.2, epsilon_high=0.2,
-                         num_iterations=1, mask_truncated_completions=False, importance_sampling_level="token")
+def test_settings_trl_accepts_on_several_processes_are_accepted():
+    # why: TRL forms groups over per-device batch × processes × steps_per_generation; a copy of the rule that
+    # looked at the per-device batch alone refused these
+    assert article_settings(per_device_train_batch_size=4, steps_per_generation=3).generation_batch_size == 12
 
 
-def test_recipe_values_override_defaults_and_unknown_keys_fail(tmp_path):
+def test_a_recipe_is_laid_over_the_articles_and_unknown_keys_fail(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("loss_type: dapo\nbeta: 0.0\nreward_names: [xmlcount]\n")
-    settings = Settings.from_dict(load_recipe(recipe))
-    assert (settings.loss_type, settings.beta, settings.reward_names) == ("dapo", 0.0, ("xmlcount",))
+    settings = load_settings(recipe=recipe)
+    assert (settings.loss_type, settings.beta, settings.reward_names) == ("dapo", 0.0, ["xmlcount"])
+    assert settings.learning_rate == 5e-6  # why: what the recipe leaves out stays the article's
     recipe.write_text("learning_rat: 1e-5\n")
     with pytest.raises(SettingsError, match="unknown setting.*learning_rat"):  # why: a typo must not be ignored
-        load_recipe(recipe)
+        load_settings(recipe=recipe)
 
 
-def test_the_article_recipe_is_the_defaults(repo_root):
-    # why: configs/recipes/article.yaml documents the article's run; it must not drift from Settings' defaults
-    assert Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / "article.yaml")) == Settings()
-
-
-@pytest.mark.parametrize("name", ["article", "dapo", "dr_grpo", "gspo"])
+@pytest.mark.parametrize("name", ["article", "arithmetic", "dapo", "dr_grpo", "gspo", "roleplay"])
 def test_every_recipe_is_valid(repo_root, name):
-    check_settings(Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / f"{name}.yaml")))
+    load_settings(recipe=repo_root / "configs" / "recipes" / f"{name}.yaml")
 
 
 def test_system_prompt_can_come_from_a_file(tmp_path):
     (tmp_path / "p.txt").write_text("短く答えてください。\n", encoding="utf-8")
-    assert Settings(system_prompt_file=str(tmp_path / "p.txt")).resolved().system_prompt == "短く答えてください。"
+    assert article_settings(system_prompt_file=str(tmp_path / "p.txt")).system_prompt == "短く答えてください。"
 
 
 def test_missing_system_prompt_file_is_one_clear_error(tmp_path):
     with pytest.raises(SettingsError, match="system_prompt_file: file not found"):
-        Settings(system_prompt_file=str(tmp_path / "nope.txt")).resolved()
+        article_settings(system_prompt_file=str(tmp_path / "nope.txt"))
 
 
 @pytest.mark.slow
 def test_the_trainer_runs_with_our_algorithm_after_unsloths_patching(tiny_model_dir, tmp_path):
-    import unsloth  # noqa: F401
-
     from sarashina_grpo.pipeline import train
 
-    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=1, save_steps=10,
-                        max_completion_length=8, num_generations=2, per_device_train_batch_size=2,
-                        scale_rewards="batch", epsilon=0.3, epsilon_high=0.35, mask_truncated_completions=True)
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=1, save_steps=10,
+                                max_completion_length=8, num_generations=2, per_device_train_batch_size=2,
+                                scale_rewards="batch", epsilon=0.3, epsilon_high=0.35, mask_truncated_completions=True)
     trainer = train(settings, artifact_dir=tmp_path)
     found = (trainer.loss_type, trainer.beta, trainer.scale_rewards, trainer.epsilon_low, trainer.epsilon_high,
              trainer.mask_truncated_completions, trainer.importance_sampling_level)
@@ -118,7 +128,7 @@ def test_the_trainer_runs_with_our_algorithm_after_unsloths_patching(tiny_model_
     assert any("kl" in entry for entry in trainer.state.log_history)
 
 
-# --- every source of settings is read in the fields' types (config.read_settings) --------------------------------
+# --- every source of settings is read in the fields' types, by the same code --------------------------------------
 
 
 def recipe_of(tmp_path, text: str):
@@ -131,42 +141,51 @@ def recipe_of(tmp_path, text: str):
     ("text", "field", "expected"),
     [
         ("learning_rate: 5e-6\n", "learning_rate", 5e-6),  # YAML 1.1 would leave it a string
-        ("warmup_ratio: 1e-1\n", "warmup_ratio", 0.1),
+        ("warmup_steps: 1e-1\n", "warmup_steps", 0.1),
         ("max_steps: 1e3\n", "max_steps", 1000),  # a whole number written as a float
-        ("lora_target_modules: q_proj, o_proj\n", "lora_target_modules", ("q_proj", "o_proj")),  # one string
-        ("reward_names: [xmlcount]\n", "reward_names", ("xmlcount",)),
+        ("lora_target_modules: q_proj, o_proj\n", "lora_target_modules", ["q_proj", "o_proj"]),  # one string
+        ("reward_names: [xmlcount]\n", "reward_names", ["xmlcount"]),
         ("lora_alpha: null\n", "lora_alpha", None),  # optional fields take null
+        ("report_to: [wandb]\n", "report_to", ["wandb"]),  # TRL's fields are recipe keys under their own names
+        ("reward_weights: [1, 2, 1]\nreward_names: [xmlcount, soft_format, strict_format]\n", "reward_weights",
+         [1.0, 2.0, 1.0]),
     ],
 )
 def test_recipe_values_are_read_in_the_fields_types(tmp_path, text, field, expected):
-    assert getattr(Settings(**load_recipe(recipe_of(tmp_path, text))), field) == expected
+    assert getattr(load_settings(recipe=recipe_of(tmp_path, text)), field) == expected
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("reward_names: 3\n", "Settings.reward_names (CLI --rewards) must be a list of names"),
+        ("reward_names: 3\n", "Settings.reward_names (CLI --rewards) must be a list"),
         ("system_prompt: 7\n", "Settings.system_prompt (CLI --system-prompt) must be text, got 7 (int)"),
-        ("data_path: null\n", "Settings.data_path (CLI --data) must be text, got nothing (null)"),
+        ("data_path: null\n", "Settings.data_path (CLI --data) must be text, got None (null)"),
         ("learning_rate: fast\n", "Settings.learning_rate (CLI --learning-rate) must be a number, got 'fast'"),
         ("max_steps: 2.5\n", "Settings.max_steps (CLI --max-steps) must be an integer, got 2.5"),
         ("log_completions: 1\n", "must be true or false, got 1"),
-        ("extra_grpo_args: [1, 2]\n", "extra_grpo_args (CLI --extra-grpo-args) must be a mapping"),
         ("learning_rat: 1e-5\n", "unknown setting 'learning_rat' (did you mean learning_rate?)"),
-        ("save_total_limit: many\n", "GRPOConfig.save_total_limit takes a number"),
+        ("save_total_limit: many\n", "Settings.save_total_limit (CLI --save-total-limit) must be an integer"),
+        ("beta: -5\n", "Settings.beta (CLI --beta) must be a finite number in [0, ∞)"),  # any road, one check
+        ("output_dir: elsewhere\n", "output_dir is set by the project"),
+        ("resume_from_checkpoint: x\n", "continue a run with --resume"),
         ("- a\n- b\n", "a recipe is a mapping"),
+        ("max_steps: 3\nmax_steps: 4\n", "key 'max_steps' is given twice (line 2)"),
     ],
 )
 def test_a_recipe_value_of_the_wrong_type_is_one_error_naming_the_field(tmp_path, text, expected):
     with pytest.raises(SettingsError) as info:
-        load_recipe(recipe_of(tmp_path, text))
-    assert expected in str(info.value) and str(tmp_path) in str(info.value)
+        load_settings(recipe=recipe_of(tmp_path, text))
+    assert expected in str(info.value)
 
 
-def test_grpo_config_fields_are_recipe_keys(tmp_path):
-    values = load_recipe(recipe_of(tmp_path, "report_to: [wandb]\nsave_total_limit: 2\nreward_weights: [1, 2, 1]\n"))
-    # why: every GRPOConfig field is reachable without JSON; they travel in extra_grpo_args (and run.json)
-    assert values == {"extra_grpo_args": {"report_to": ["wandb"], "save_total_limit": 2, "reward_weights": [1, 2, 1]}}
+@pytest.mark.parametrize("source", ["recipe", "values"])
+def test_a_value_is_checked_the_same_whichever_road_it_takes(tmp_path, source):
+    kwargs = {"recipe": recipe_of(tmp_path, "learning_rate: 1000\n")} if source == "recipe" else {
+        "values": {"learning_rate": 1000}}
+    # why: a learning rate given in a recipe once skipped the range check that the flag got
+    with pytest.raises(SettingsError, match=r"learning_rate \(CLI --learning-rate\) must be a finite number"):
+        load_settings(**kwargs)
 
 
 def test_a_binary_file_or_a_folder_as_recipe_is_one_clear_error(tmp_path):
@@ -178,14 +197,27 @@ def test_a_binary_file_or_a_folder_as_recipe_is_one_clear_error(tmp_path):
         load_recipe(tmp_path)
 
 
-def test_an_old_run_json_still_loads(tmp_path):
-    # why: run.json of earlier versions holds every field by name, lists for tuples, and may lack newer fields
-    recorded = {**Settings().to_dict(), "max_steps": 7}
-    del recorded["rollout"]
-    assert Settings.from_dict(recorded) == Settings(max_steps=7)
+def test_the_settings_asked_for_rebuild_the_same_settings():
+    settings = article_settings(max_steps=7, report_to=["none"], reward_weights=[1, 1, 2])
+    # why: run.json records what was asked; a resume rebuilds from it (TRL derives some fields in __post_init__)
+    assert load_settings(base=json.loads(json.dumps(settings.asked()))) == settings
+    assert settings.replace(max_steps=8).max_steps == 8
+
+
+def test_an_old_run_json_still_loads():
+    # why: run.json of earlier versions carried TRL's further fields in extra_grpo_args and the project's names
+    old = {"max_steps": 7, "warmup_ratio": 0.2, "gpu_memory_utilization": 0.5, "held_out_eval_steps": 0,
+           "extra_grpo_args": {"save_total_limit": 2}, "reward_names": ["xmlcount"]}
+    settings = load_settings(base={**article_settings().asked(), **legacy_settings(old)})
+    assert (settings.max_steps, settings.warmup_steps, settings.vllm_gpu_memory_utilization, settings.eval_steps,
+            settings.save_total_limit) == (7, 0.2, 0.5, None, 2)
+
+
+def test_every_field_is_recorded():
+    assert set(article_settings().asked()) == set(FIELDS) == {f.name for f in dataclasses.fields(article_settings())}
 
 
 def test_a_system_prompt_file_over_the_limit_is_refused(tmp_path):
     (tmp_path / "p.txt").write_text("あ" * 20_001, encoding="utf-8")
     with pytest.raises(SettingsError, match="limited to 20,000"):
-        Settings(system_prompt_file=str(tmp_path / "p.txt")).resolved()
+        article_settings(system_prompt_file=str(tmp_path / "p.txt"))

@@ -6,8 +6,8 @@ import logging
 import pytest
 import regex
 
-from sarashina_grpo.project import SYSTEM_PROMPT
 from sarashina_grpo.data import DataError, load_prompts, read_rows
+from sarashina_grpo.project import SYSTEM_PROMPT
 
 JAPANESE = regex.compile(r"[\p{Hiragana}\p{Katakana}\p{Han}]")
 

@@ -26,8 +26,7 @@ import pytest
 from checkpoint_files import write_adapter as write_adapter_weights
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER
-from sarashina_grpo.config import Settings
-from sarashina_grpo.project import SettingsError
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.export import (
     check_checkpoint,
     export_checkpoint,
@@ -36,6 +35,7 @@ from sarashina_grpo.export import (
     portable_base,
     share_files,
 )
+from sarashina_grpo.project import SettingsError
 
 PROMPTS = ["こんにちは", "週末は何をしよう？", "1個120円のりんごを3個買うといくらですか？"]
 NEW_TOKENS = 24
@@ -58,7 +58,7 @@ def fake_checkpoint(run_dir: Path, step: int = 2, *, marker=True, weights=True, 
 
 def write_run(run_dir: Path, data: str = "datasets/arithmetic.csv", **settings) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"settings": dataclasses.asdict(Settings(**settings)), "data": data}
+    info = {"settings": dataclasses.asdict(article_settings(**settings)), "data": data}
     (run_dir / "run.json").write_text(json.dumps(info, default=str))
 
 
@@ -428,7 +428,7 @@ def test_merged_model_gives_the_checkpoints_greedy_tokens_through_the_projects_i
     from sarashina_grpo.data import to_messages
     from sarashina_grpo.inference import GenerationSettings, generate, load_for_inference
 
-    model, tokenizer = load_for_inference(Settings(model_name=str(exported["checkpoint"]), load_in_4bit=False))
+    model, tokenizer = load_for_inference(article_settings(model_name=str(exported["checkpoint"]), load_in_4bit=False))
     assert model.dtype == torch.float32
     conversations = [to_messages(p) for p in PROMPTS]
     # batch_size=1: no padding, so both sides run the same matrix shapes.

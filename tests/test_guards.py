@@ -14,17 +14,17 @@ import pytest
 from checkpoint_files import COMPLETE_MARKER, make_checkpoint
 
 from sarashina_grpo import config
-from sarashina_grpo.config import Settings
-from sarashina_grpo.project import SettingsError
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.guards import NonFiniteError, check_logs
-from sarashina_grpo.validation import check_settings, settings_warnings
+from sarashina_grpo.project import SettingsError
+from sarashina_grpo.validation import settings_warnings
 
 NAN, INF = float("nan"), float("inf")
 
 
 def test_the_articles_settings_pass():
-    check_settings(Settings())
-    assert settings_warnings(Settings()) == []
+    article_settings()
+    assert settings_warnings(article_settings()) == []
 
 
 @pytest.mark.parametrize(
@@ -46,37 +46,37 @@ def test_the_articles_settings_pass():
         (dict(adam_beta2=1.0), "adam_beta2"),
         (dict(weight_decay=NAN), "weight_decay"),
         (dict(learning_rate=True), "learning_rate"),  # a bool is no number
-        (dict(extra_grpo_args={"beta": NAN}), "Settings.extra_grpo_args['beta'] must be a finite number"),
+        (dict(max_grad_norm=-1.0), "Settings.max_grad_norm (CLI --max-grad-norm) must be a finite number"),
     ],
 )
 def test_non_finite_or_absurd_numbers_are_refused_naming_the_field(fields, expected):
     with pytest.raises(SettingsError) as info:
-        check_settings(Settings(**fields))
+        article_settings(**fields)
     assert expected in str(info.value)
 
 
 def test_a_huge_max_steps_warns_that_the_warm_up_never_ends():
-    (warning,) = settings_warnings(Settings(max_steps=1_000_000))
-    assert warning.startswith("The learning-rate warm-up lasts 100,000 steps (warmup_ratio 0.1 × max_steps 1,000,000)")
+    (warning,) = settings_warnings(article_settings(max_steps=1_000_000))
+    assert warning.startswith("The learning-rate warm-up lasts 100,000 steps (warmup_steps 0.1 × max_steps 1,000,000)")
     assert "--max-steps" in warning
 
 
 def test_a_long_run_with_a_normal_warm_up_does_not_warn():
-    assert settings_warnings(Settings(max_steps=10_000)) == []  # 1,000 steps of warm-up: long, but realistic
+    assert settings_warnings(article_settings(max_steps=10_000)) == []  # 1,000 steps of warm-up: long, but realistic
 
 
 def test_an_explicit_warmup_step_count_is_what_is_checked():
-    assert settings_warnings(Settings(extra_grpo_args={"warmup_steps": 5_000}))[0].startswith(
+    assert settings_warnings(article_settings(warmup_steps=5_000))[0].startswith(
         "The learning-rate warm-up lasts 5,000 steps")
 
 
 def test_a_learning_rate_that_rounds_to_no_update_warns():
-    (warning,) = settings_warnings(Settings(learning_rate=1e-12))
+    (warning,) = settings_warnings(article_settings(learning_rate=1e-12))
     assert "learning_rate 1e-12 is so small that every update rounds to no change" in warning
 
 
 def test_a_near_greedy_temperature_warns_that_groups_stop_differing():
-    (warning,) = settings_warnings(Settings(temperature=0.01))
+    (warning,) = settings_warnings(article_settings(temperature=0.01))
     assert "nearly identical" in warning and "--temperature" in warning
 
 
@@ -85,7 +85,7 @@ def test_prepare_refuses_an_infinite_learning_rate_before_any_run_folder_or_mode
 
     monkeypatch.setattr(config, "cuda_available", lambda: False)
     with pytest.raises(SettingsError, match=r"learning_rate \(CLI --learning-rate\) must be .*got inf"):
-        prepare(Settings(model_name="tiny", load_in_4bit=False, learning_rate=INF), artifact_dir=tmp_path)
+        prepare(article_settings(model_name="tiny", load_in_4bit=False, learning_rate=INF), artifact_dir=tmp_path)
     assert not (tmp_path / "outputs").exists()
 
 
@@ -93,7 +93,7 @@ def test_prepare_logs_the_settings_warnings(tmp_path, monkeypatch, caplog):
     from sarashina_grpo.pipeline import prepare
 
     monkeypatch.setattr(config, "cuda_available", lambda: False)
-    prepare(Settings(model_name="tiny", load_in_4bit=False, max_steps=100_000), artifact_dir=tmp_path)
+    prepare(article_settings(model_name="tiny", load_in_4bit=False, max_steps=100_000), artifact_dir=tmp_path)
     assert "The learning-rate warm-up lasts 10,000 steps" in caplog.text
 
 
@@ -172,7 +172,7 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
                     param.register_hook(lambda grad: torch.full_like(grad, NAN))
 
     monkeypatch.setattr(config, "cuda_available", lambda: False)
-    settings = Settings(model_name="tiny", load_in_4bit=False, max_steps=4, save_steps=1, max_completion_length=16,
+    settings = article_settings(model_name="tiny", load_in_4bit=False, max_steps=4, save_steps=1, max_completion_length=16,
                         num_generations=2, per_device_train_batch_size=2)
     with pytest.raises(NonFiniteError, match=r"^Training stopped at step 2: grad_norm = nan\. .*checkpoint-1\)"):
         train(settings, artifact_dir=tmp_path, run_name="r", callbacks=[NanGradientsFromStep(2)])
@@ -185,7 +185,7 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
 def test_a_lora_target_that_names_no_layer_is_refused_before_loading(tiny_model_dir, tmp_path):
     from sarashina_grpo.validation import check_run
 
-    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, lora_target_modules=("q_proj", "foo_proj"))
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, lora_target_modules=("q_proj", "foo_proj"))
     # why: PEFT would train q_proj alone without a word about foo_proj
     with pytest.raises(SettingsError, match="foo_proj match no layer of this llama model"):
         check_run(settings, artifact_dir=tmp_path)
@@ -197,6 +197,6 @@ def test_the_llama_layers_are_accepted_and_other_architectures_are_left_to_peft(
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text('{"model_type": "gpt2"}')
-    check_lora_targets("tiny", Settings().lora_target_modules)  # the seven projections of the default
+    check_lora_targets("tiny", article_settings().lora_target_modules)  # the seven projections of the default
     check_lora_targets(str(other), ("c_attn",))
     assert (model_type_of("tiny"), model_type_of(str(other)), model_type_of("org/unknown")) == ("llama", "gpt2", None)

@@ -14,39 +14,41 @@ import re
 import pytest
 
 from sarashina_grpo.callbacks import CompactProgress, compact_line
-from sarashina_grpo.config import Settings, grpo_config_kwargs
+from sarashina_grpo.config import article_settings, load_settings
 from sarashina_grpo.project import SettingsError
-from sarashina_grpo.validation import check_settings
 
 
 def test_eval_steps_must_not_be_negative():
     with pytest.raises(SettingsError, match="held_out_eval_steps"):
-        check_settings(Settings(held_out_eval_steps=-1))
+        article_settings(eval_steps=-1)
 
 
 def test_eval_limit_must_be_positive():
     with pytest.raises(SettingsError, match="eval_limit"):
-        check_settings(Settings(eval_limit=0))
+        article_settings(eval_limit=0)
 
 
-def test_the_held_out_eval_steps_never_switch_on_trls_own_evaluation():
-    # eval_steps is a GRPOConfig field: a Settings field of that name would reach TRL (grpo_config_kwargs).
-    kwargs = grpo_config_kwargs(Settings(held_out_eval_steps=5), "out", use_cpu=True)
-    assert "eval_steps" not in kwargs and "held_out_eval_steps" not in kwargs
+def test_the_held_out_evaluation_never_switches_on_trls_own_evaluation_loop():
+    settings = article_settings(eval_steps=5)
+    # why: TRL's loop would sample and score rewards on an eval dataset the trainer is never given; eval_steps is
+    # read by the project's greedy held-out evaluation (callbacks.HeldOutEval) alone
+    assert settings.eval_steps == 5 and str(settings.eval_strategy).endswith("no")
+    with pytest.raises(SettingsError, match="--eval-steps N"):
+        article_settings(eval_strategy="steps")
 
 
-def test_trls_eval_steps_given_as_a_recipe_key_points_to_the_held_out_evaluation():
-    # A recipe or notebook key `eval_steps` is TRL's field (read_settings), which would do nothing here.
-    with pytest.raises(SettingsError, match="--eval-steps"):
-        check_settings(Settings.from_dict({"eval_steps": 5}))
+@pytest.mark.parametrize("steps", [0, 2.5, -1])
+def test_eval_steps_must_be_a_whole_number_of_steps(steps):
+    with pytest.raises(SettingsError, match="eval_steps"):
+        load_settings({"eval_steps": steps})
 
 
 def test_the_eval_flag_sets_the_held_out_evaluation():
-    from sarashina_grpo.cli import build_parser
-    from sarashina_grpo.options import explicit_settings
+    from sarashina_grpo.cli import parse_args
+    from sarashina_grpo.commands import train_settings
 
-    args = build_parser().parse_args(["train", "--eval-steps", "5", "--eval-limit", "3"])
-    assert explicit_settings(args) == {"held_out_eval_steps": 5, "eval_limit": 3}
+    settings, given = train_settings(parse_args(["train", "--eval-steps", "5", "--eval-limit", "3"]))
+    assert (settings.eval_steps, settings.eval_limit, given) == (5, 3, {"eval_steps", "eval_limit"})
 
 
 def test_compact_line_names_the_step_and_rounds():
@@ -69,9 +71,9 @@ def trained(tiny_model_dir, tmp_path_factory):
     from sarashina_grpo.pipeline import train
 
     tmp = tmp_path_factory.mktemp("held-out")
-    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=2, save_steps=10,
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=2, save_steps=10,
                         max_completion_length=8, num_generations=2, per_device_train_batch_size=2,
-                        held_out_eval_steps=1,
+                        eval_steps=1,
                         eval_limit=3)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # TRL's rich console prints the completion tables to stdout
@@ -131,9 +133,9 @@ def test_held_out_answers_are_scored_when_the_data_has_them(tiny_model_dir, tmp_
 
     from sarashina_grpo.pipeline import train
 
-    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=1, save_steps=10,
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_steps=1, save_steps=10,
                         max_completion_length=8, num_generations=2, per_device_train_batch_size=2,
-                        held_out_eval_steps=1, eval_limit=2, eval_data="datasets/arithmetic_eval.csv")
+                        eval_steps=1, eval_limit=2, eval_data="datasets/arithmetic_eval.csv")
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = train(settings, artifact_dir=tmp_path)
     events = EventAccumulator(str(trainer.run.paths.log_dir))

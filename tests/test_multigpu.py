@@ -15,9 +15,8 @@ import sys
 import pytest
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER
-from sarashina_grpo.config import Settings
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.project import SettingsError
-from sarashina_grpo.validation import check_settings
 
 STEPS = 2
 PROMPTS = "prompt,lang\n" + "".join(f"今日の予定{i}を教えてください。,ja\n" for i in range(8))
@@ -153,33 +152,33 @@ def test_auto_backend_is_unsloth_across_processes(monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     # why: on two H100s Unsloth stepped ~7x faster than trl-peft, with identical weights across ranks (GPU suite)
-    assert resolve_backend(Settings()) == "unsloth"
+    assert resolve_backend(article_settings()) == "unsloth"
 
 
 def test_trl_peft_stays_a_choice_across_processes(monkeypatch):
     from sarashina_grpo.modeling import resolve_backend
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert resolve_backend(Settings(backend="trl-peft")) == "trl-peft"
+    assert resolve_backend(article_settings(backend="trl-peft")) == "trl-peft"
 
 
 def test_auto_backend_is_unsloth_in_one_process(monkeypatch):
     from sarashina_grpo.modeling import resolve_backend
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert resolve_backend(Settings()) == "unsloth"  # why: the article's path
+    assert resolve_backend(article_settings()) == "unsloth"  # why: the article's path
 
 
 def test_vllm_server_mode_without_vllm_is_refused():
     # why: server mode alone would silently train with generation inside each rank
-    with pytest.raises(SettingsError, match="--vllm"):
-        check_settings(Settings(backend="trl-peft", extra_grpo_args={"vllm_mode": "server"}))
+    with pytest.raises(SettingsError, match="--use-vllm"):
+        article_settings(backend="trl-peft", vllm_mode="server")
 
 
 def test_vllm_server_mode_is_refused_for_unsloth():
     # why: Unsloth generates through its own colocated vLLM (fast_inference), not TRL's server client
     with pytest.raises(SettingsError, match="trl-peft"):
-        check_settings(Settings(use_vllm=True, backend="unsloth", extra_grpo_args={"vllm_mode": "server"}))
+        article_settings(use_vllm=True, backend="unsloth", vllm_mode="server")
 
 
 @pytest.mark.parametrize(("name", "kind"), [("multi_gpu.yaml", "MULTI_GPU"), ("deepspeed_zero2.yaml", "DEEPSPEED")])

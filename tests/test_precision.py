@@ -5,11 +5,12 @@ No such card is here, so the capability is faked; the GPU suite (tests/gpu) trai
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from sarashina_grpo.config import Settings, grpo_config_kwargs
-
+from sarashina_grpo.config import Settings, article_settings
 from sarashina_grpo.project import precision, torch_dtype
 
 
@@ -40,23 +41,37 @@ def test_cpu_trains_in_fp32(monkeypatch):
     assert (precision(), torch_dtype()) == ("fp32", torch.float32)  # why: bf16 matmuls are slow on a CPU
 
 
-def test_grpo_config_asks_for_fp16_mixed_precision_on_a_t4(card, tmp_path):
+def decided_by_the_machine(**asked) -> SimpleNamespace:
+    """What ``Settings`` fills in from the machine, for values asked as TRL's defaults leave them (TRL's own checks
+    of the faked card would need a real one)."""
+    fields = SimpleNamespace(**{"load_in_4bit": None, "use_cpu": False, "bf16": None, "fp16": False,
+                                "optim": "paged_adamw_8bit", "rollout": "default", **asked})
+    Settings._decide_machine(fields)
+    return fields
+
+
+def test_the_settings_ask_for_fp16_mixed_precision_on_a_t4(card):
     card((7, 5))
-    args = grpo_config_kwargs(Settings(), tmp_path)
+    decided = decided_by_the_machine()
     # why: bf16=True on a card without bf16 stops TRL/transformers before the first step
-    assert (args["bf16"], args["fp16"]) == (False, True)
+    assert (decided.bf16, decided.fp16, decided.use_cpu, decided.load_in_4bit) == (False, True, False, True)
 
 
-def test_grpo_config_asks_for_bf16_on_an_h100(card, tmp_path):
+def test_the_settings_ask_for_bf16_on_an_h100(card):
     card((9, 0))
-    args = grpo_config_kwargs(Settings(), tmp_path)
-    assert (args["bf16"], args["fp16"]) == (True, False)
+    decided = decided_by_the_machine()
+    assert (decided.bf16, decided.fp16, decided.optim) == (True, False, "paged_adamw_8bit")
 
 
-def test_cpu_run_uses_neither_16_bit_type(tmp_path):
-    args = grpo_config_kwargs(Settings(), tmp_path, use_cpu=True)
+def test_cpu_run_uses_neither_16_bit_type():
+    settings = article_settings()
     # why: given neither, TRL's GRPOConfig turns bf16 on, and a CPU that has bf16 then trains in it
-    assert (args["bf16"], args["fp16"], args["use_cpu"]) == (False, False, True)
+    assert (settings.bf16, settings.fp16, settings.use_cpu) == (False, False, True)
+
+
+def test_an_explicit_16_bit_type_is_kept():
+    # why: the machine decides only what the settings leave open
+    assert article_settings(fp16=False, bf16=False).bf16 is False
 
 
 def test_export_auto_dtype_is_float16_on_a_t4(card):
@@ -91,7 +106,7 @@ def test_peft_backend_loads_in_the_cards_dtype(card, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     with pytest.raises(Stop):
-        modeling.load_model_peft(Settings(model_name="tiny", load_in_4bit=False))
+        modeling.load_model_peft(article_settings(model_name="tiny", load_in_4bit=False))
     assert seen["dtype"] == torch.float16  # why: the transformers + PEFT path must not force bf16 either
 
 

@@ -35,14 +35,14 @@ from sarashina_grpo.modeling import use_triton_interpreter_without_gpu
 
 use_triton_interpreter_without_gpu()  # TRL's fused LM head on CPU
 from sarashina_grpo import compat, rewards
-from sarashina_grpo.config import Settings
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
 model_dir, data, artifact = sys.argv[1:4]
 rewards.REWARD_FUNCS["fixed"] = lambda completions, **kwargs: [0.0, 1.0, 3.0, 2.0] * (len(completions) // 4)
 SETTINGS = dict(data_path=data, load_in_4bit=False, backend="trl-peft", save_steps=1, num_generations=4,
                 per_device_train_batch_size=4, max_completion_length=8, max_prompt_length=128, max_seq_length=256,
-                learning_rate=0.05, beta=0.04, warmup_ratio=0.0, reward_names=("fixed",), log_completions=False,
+                learning_rate=0.05, beta=0.04, warmup_steps=0.0, reward_names=("fixed",), log_completions=False,
                 seed=0)
 choose = compat.choose_reference
 
@@ -57,7 +57,7 @@ def move(model, adapter, seed, scale=0.3):
 
 
 def trainer(name, how="ours", warm=False):
-    run = prepare(Settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
+    run = prepare(article_settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
     policy, tokenizer = load_model(run)
     if warm:
         move(policy, "default", seed=2)  # a trained start, as a LoRA checkpoint given as the model
@@ -116,7 +116,7 @@ result["unsloth_like"] = summary(score(trainer("warm-unsloth", how="unsloth", wa
 def resumed_kl(name, fixed=True, warm=True):
     # a run checkpointed with its "ref/" copy (a warm start; or a fresh one as TRL alone, and this project before,
     # saved it), then resumed: step 2 starts from the step-1 policy
-    first = prepare(Settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
+    first = prepare(article_settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
     policy, tokenizer = load_model(first)
     if warm:
         move(policy, "default", seed=2)
@@ -125,7 +125,7 @@ def resumed_kl(name, fixed=True, warm=True):
     compat.choose_reference = choose
     run_training(built, first)
     saved = sorted(p.name for p in (first.paths.output_dir / "checkpoint-1").iterdir() if p.is_dir())
-    again = prepare(Settings(model_name=model_dir, max_steps=2, **SETTINGS), artifact_dir=artifact, resume=name)
+    again = prepare(article_settings(model_name=model_dir, max_steps=2, **SETTINGS), artifact_dir=artifact, resume=name)
     policy, tokenizer = load_model(again)
     if warm:
         move(policy, "default", seed=2)

@@ -24,11 +24,11 @@ import pytest
 from checkpoint_files import make_checkpoint
 
 from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, find_resume_checkpoint, set_aside_newer
-from sarashina_grpo.cli import build_parser
-from sarashina_grpo.config import Settings
-from sarashina_grpo.project import SettingsError
-from sarashina_grpo.options import explicit_settings
+from sarashina_grpo.cli import parse_args
+from sarashina_grpo.commands import train_settings
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.pipeline import check_resume_settings, new_run_paths, prepare, write_run_info
+from sarashina_grpo.project import SettingsError
 
 # --- checkpoint folders, built by hand (tests/checkpoint_files.py) ---------------------------------------------
 
@@ -100,36 +100,35 @@ def test_timestamped_names_skip_a_log_folder_already_taken(tmp_path):
 
 def test_resuming_with_settings_that_change_the_maths_is_refused(tmp_path):
     paths = new_run_paths(tmp_path, "r")
-    write_run_info(paths, Settings(model_name="tiny", num_generations=2, per_device_train_batch_size=2))
-    changed = Settings(model_name="tiny", num_generations=4, per_device_train_batch_size=4)
+    write_run_info(paths, article_settings(model_name="tiny", num_generations=2, per_device_train_batch_size=2))
+    changed = article_settings(model_name="tiny", num_generations=4, per_device_train_batch_size=4)
     with pytest.raises(SettingsError, match="num_generations: run used 2, now 4"):
         check_resume_settings(changed, paths.output_dir)
 
 
 def test_resuming_with_another_system_prompt_is_refused(tmp_path):
     paths = new_run_paths(tmp_path, "r")
-    write_run_info(paths, Settings(model_name="tiny"))
+    write_run_info(paths, article_settings(model_name="tiny"))
     with pytest.raises(SettingsError, match="system_prompt: run used"):  # why: the prompt shapes every completion
-        check_resume_settings(Settings(model_name="tiny", system_prompt="短く答えて"), paths.output_dir)
+        check_resume_settings(article_settings(model_name="tiny", system_prompt="短く答えて"), paths.output_dir)
 
 
 def test_resuming_with_more_steps_is_allowed_with_a_warning(tmp_path, caplog):
     paths = new_run_paths(tmp_path, "r")
-    write_run_info(paths, Settings(model_name="tiny", max_steps=10))
+    write_run_info(paths, article_settings(model_name="tiny", max_steps=10))
     with caplog.at_level(logging.WARNING):
-        check_resume_settings(Settings(model_name="tiny", max_steps=20), paths.output_dir)
+        check_resume_settings(article_settings(model_name="tiny", max_steps=20), paths.output_dir)
     assert "max_steps = 20 (the run started with 10)" in caplog.text
 
 
 def test_cli_resume_keeps_the_runs_settings_except_flags_given_again(tmp_path):
     paths = new_run_paths(tmp_path, "r")
-    write_run_info(paths, Settings(model_name="tiny", max_steps=10, num_generations=2, per_device_train_batch_size=2,
-                                   load_in_4bit=False))
+    write_run_info(paths, article_settings(model_name="tiny", max_steps=10, num_generations=2,
+                                           per_device_train_batch_size=2, load_in_4bit=False))
     make_checkpoint(paths.output_dir, 5)
-    args = build_parser().parse_args(["train", "--artifact-dir", str(tmp_path), "--resume", "r",
-                                      "--max-steps", "20", "--no-4bit"])
-    explicit = explicit_settings(args)
-    run = prepare(Settings.from_dict(explicit), artifact_dir=tmp_path, resume="r", given=set(explicit))
+    args = parse_args(["train", "--artifact-dir", str(tmp_path), "--resume", "r", "--max-steps", "20", "--no-4bit"])
+    settings, given = train_settings(args)
+    run = prepare(settings, artifact_dir=tmp_path, resume="r", given=given)
     settings = run.settings
     # why: a resumed run keeps its own settings (num_generations 2, not the default 6) except the flags given now
     assert (settings.model_name, settings.max_steps, settings.num_generations) == ("tiny", 20, 2)

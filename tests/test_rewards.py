@@ -268,9 +268,8 @@ def test_a_reward_file_that_fails_to_import_says_why(tmp_path):
 
 
 def test_settings_check_a_custom_reward_before_any_model_loads(my_rewards):
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
     from sarashina_grpo.project import SettingsError
-    from sarashina_grpo.validation import check_settings
 
     with pytest.raises(SettingsError, match="must accept completions"):
-        check_settings(Settings(model_name="tiny", reward_names=(f"{my_rewards}:no_kwargs_reward",)))
+        article_settings(model_name="tiny", reward_names=(f"{my_rewards}:no_kwargs_reward",))

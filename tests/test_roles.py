@@ -7,10 +7,9 @@ import csv
 
 import pytest
 
-from sarashina_grpo.project import SYSTEM_PROMPT
 from sarashina_grpo.data import load_prompts
+from sarashina_grpo.project import SYSTEM_PROMPT
 from sarashina_grpo.roles import NOTHING, RoleError, leak_share, read_role, shown_turn, think_leak, with_role
-from sarashina_grpo.validation import check_settings
 
 MERCHANT = "あなたはサボテンを売る商人です。100円で仕入れたことは隠してください。"
 
@@ -131,9 +130,9 @@ def test_roleplay_dataset_loads_with_its_roles(repo_root):
 
 
 def test_roleplay_recipe_loads_and_trains_on_the_roleplay_data(repo_root):
-    from sarashina_grpo.config import Settings, load_recipe
+    from sarashina_grpo.config import load_settings
 
-    settings = check_settings(Settings.from_dict(load_recipe(repo_root / "configs" / "recipes" / "roleplay.yaml")))
+    settings = load_settings(recipe=repo_root / "configs" / "recipes" / "roleplay.yaml")
     assert settings.data_path == "datasets/roleplay.csv" and "japanese_purity" in settings.reward_names
 
 

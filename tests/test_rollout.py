@@ -11,11 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sarashina_grpo.config import Settings
-
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.project import SettingsError
 from sarashina_grpo.rollout import FastRollout, sample_tokens
-from sarashina_grpo.validation import check_settings
 
 COMPLETION_TOKENS = 24
 
@@ -42,7 +40,7 @@ def test_sampling_follows_the_softmax_distribution():
 
 def test_unknown_rollout_is_rejected_by_name():
     with pytest.raises(SettingsError, match="rollout"):
-        check_settings(Settings(rollout="turbo"))
+        article_settings(rollout="turbo")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +48,7 @@ def tiny_trainer(tiny_model_dir, tmp_path_factory):
     """A default-rollout GRPOTrainer on the tiny model, with non-zero LoRA B so that the adapters change outputs."""
     from sarashina_grpo.pipeline import build_trainer, load_model, prepare
 
-    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_completion_length=COMPLETION_TOKENS,
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_completion_length=COMPLETION_TOKENS,
                         max_steps=1, save_steps=1000)
     run = prepare(settings, artifact_dir=tmp_path_factory.mktemp("rollout"), run_name="t")
     model, tokenizer = load_model(run)
@@ -109,7 +107,7 @@ def test_fast_rollout_applies_the_lora_adapters(tiny_trainer):
 def test_fast_setting_routes_training_rollouts_through_the_engine(tiny_model_dir, tmp_path):
     from sarashina_grpo.pipeline import train
 
-    settings = Settings(model_name=str(tiny_model_dir), load_in_4bit=False, rollout="fast", max_steps=1,
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, rollout="fast", max_steps=1,
                         save_steps=1000, max_completion_length=8)
     trainer = train(settings, artifact_dir=tmp_path)
     assert trainer.fast_rollout.calls == 1  # why: one optimizer step, one rollout, made by the fast engine

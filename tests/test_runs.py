@@ -20,9 +20,9 @@ import pytest
 from checkpoint_files import make_checkpoint
 
 from sarashina_grpo.cli import main
-from sarashina_grpo.config import Settings
-from sarashina_grpo.project import SettingsError
+from sarashina_grpo.config import article_settings, load_settings
 from sarashina_grpo.pipeline import new_run_paths, prepare, write_run_info
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.runs import LOCK_FILE, RunFinished, check_run_name, lock_run
 
 RUN_SETTINGS = dict(model_name="tiny", load_in_4bit=False, num_generations=2, per_device_train_batch_size=2,
@@ -39,7 +39,7 @@ def resumable_run(artifact: Path, data: Path, *, step: int, planned: int, record
     """A run that started with max_steps ``recorded`` (default ``planned``) and whose newest checkpoint is
     ``step``, trained towards ``planned`` (what the Trainer writes into trainer_state.json)."""
     paths = new_run_paths(artifact, name)
-    write_run_info(paths, Settings(**RUN_SETTINGS, data_path=str(data), max_steps=recorded or planned))
+    write_run_info(paths, article_settings(**RUN_SETTINGS, data_path=str(data), max_steps=recorded or planned))
     checkpoint = make_checkpoint(paths.output_dir, step)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": planned,
                                                                "log_history": []}))
@@ -61,7 +61,7 @@ def resume(artifact: Path, *flags) -> tuple[int, str, str]:
 def prepared(artifact: Path, **kwargs):
     """``prepare`` as the CLI calls it for a bare ``--resume r``; the lock it takes is released again."""
     given = set(kwargs.pop("given", ()))
-    run = prepare(Settings.from_dict(kwargs.pop("settings", {})), artifact_dir=artifact, resume="r", given=given,
+    run = prepare(load_settings(kwargs.pop("settings", {})), artifact_dir=artifact, resume="r", given=given,
                   **kwargs)
     run.lock.release()
     return run
@@ -128,7 +128,7 @@ def test_run_names_are_plain_folder_names(name, why):
 def test_a_path_as_run_name_is_refused_before_anything_is_written(tmp_path, data):
     artifact = tmp_path / "deep" / "artifact"
     with pytest.raises(SettingsError, match="not a plain folder name"):
-        prepare(Settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=artifact, run_name="../../x")
+        prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=artifact, run_name="../../x")
     assert not (tmp_path / "deep" / "x").exists() and not artifact.exists()
 
 
@@ -198,7 +198,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path, data, other_pr
 
 
 def test_a_new_run_is_locked_until_training_ends(tmp_path, data):
-    run = prepare(Settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=tmp_path, run_name="r")
+    run = prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=tmp_path, run_name="r")
     holder = subprocess.run([sys.executable, "-c", HOLD_LOCK.replace("time.sleep(120)", ""),
                              str(run.paths.output_dir)], capture_output=True, text=True)
     assert "is being trained by another process" in holder.stderr and f"pid {__import__('os').getpid()}" in (
@@ -209,7 +209,7 @@ def test_a_new_run_is_locked_until_training_ends(tmp_path, data):
 
 
 def test_other_ranks_get_a_run_that_holds_no_lock(tmp_path, data):
-    run = prepare(Settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=tmp_path, run_name="r")
+    run = prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=tmp_path, run_name="r")
     copy = pickle.loads(pickle.dumps(run))  # what broadcast_object_list sends to the other processes
     assert copy.lock.fd is None and run.lock.fd is not None
     run.lock.release()
@@ -217,8 +217,8 @@ def test_other_ranks_get_a_run_that_holds_no_lock(tmp_path, data):
 
 def test_preparing_the_same_run_again_in_one_process_hands_the_lock_over(tmp_path, data):
     resumable_run(tmp_path, data, step=3, planned=5)
-    first = prepare(Settings.from_dict({}), artifact_dir=tmp_path, resume="r", given=set())  # a notebook cell …
-    second = prepare(Settings.from_dict({}), artifact_dir=tmp_path, resume="r", given=set())  # … run again
+    first = prepare(load_settings({}), artifact_dir=tmp_path, resume="r", given=set())  # a notebook cell …
+    second = prepare(load_settings({}), artifact_dir=tmp_path, resume="r", given=set())  # … run again
     assert first.lock.fd is None and second.lock.fd is not None
     second.lock.release()
 

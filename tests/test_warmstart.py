@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from sarashina_grpo.project import SettingsError
 from sarashina_grpo.data import DataError
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.rewards import is_strict_format
 from sarashina_grpo.warmstart import (
     FORMAT_EXAMPLES,

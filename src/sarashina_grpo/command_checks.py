@@ -51,7 +51,7 @@ def check_demo(demo, run_name: str | None = None) -> None:
         raise SettingsError(f"demo --eval-steps must be 0 (off) or a positive number of steps, got {demo.eval_steps}.")
     if run_name is not None:
         check_run_name(run_name)
-    demo.settings(Path("tiny"))  # its GRPO settings (steps, logging steps, overrides), checked by check_settings
+    demo.settings(Path("tiny"))  # its GRPO settings (steps, logging steps, overrides), checked as they are built
 
 
 def check_eval_limit(limit: int | None) -> None:

@@ -190,9 +190,9 @@ def split_names(names) -> list[str]:
 def _read_as(kind, value):
     """``value`` as ``kind`` (one member of a field's type), or raise ``TypeError``."""
     origin = typing.get_origin(kind)
-    if kind is typing.Any or (isinstance(kind, type) and not isinstance(value, bool | int | float | str | list
-                                                                        | tuple | dict)):
-        return value
+    if kind is typing.Any or (value is not None and not isinstance(value, bool | int | float | str | list | tuple
+                                                                   | dict)):
+        return value  # an object a caller built (a ParallelismConfig, an enum member): TRL checks it
     if kind is type(None):
         if value is None:
             return None
@@ -219,7 +219,9 @@ def _read_as(kind, value):
             return value
         raise TypeError
     if origin in (list, tuple):
-        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        if isinstance(value, str):  # "a,b": what one line of a recipe or a --flag a,b gives
+            value = split_names(value)
+        if not isinstance(value, list | tuple):
             raise TypeError
         item = (typing.get_args(kind) or (typing.Any,))[0]
         return [_read_as(item, v) for v in value]
@@ -384,6 +386,11 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         return Settings(**merged)
     except TypeError as err:  # a key the dataclass does not take (its name passed known_keys): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
+
+
+def article_settings(**values) -> Settings:
+    """The article's settings with ``values`` changed (``load_settings`` of a mapping, as keywords)."""
+    return load_settings(values)
 
 
 def recipe_values(settings: Settings) -> dict:

@@ -1,8 +1,8 @@
 """One GRPO run, in three steps that every entry point shares: prepare → build → run.
 
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
     from sarashina_grpo.pipeline import train
-    trainer = train(Settings(model_name="tiny", max_steps=5))         # CPU smoke run
+    trainer = train(article_settings(model_name="tiny", max_steps=5))   # CPU smoke run
 
 - ``prepare(settings, …)`` has ``validation.check_run`` check everything that can be checked before a model loads
   (settings, device, model name, the prompt file, folders, what to resume) exactly once, creates the run's

@@ -1,6 +1,6 @@
 """The fast rollout path: GRPO completions decoded from a static KV cache, one CUDA graph per token.
 
-    Settings(rollout="fast")                    # notebook: ROLLOUT = "fast"
+    article_settings(rollout="fast")            # notebook: SETTINGS = {"rollout": "fast"}
     sarashina-grpo train --rollout fast         # CLI
     sarashina-grpo bench                        # measures it against the article's Unsloth path
 

@@ -50,9 +50,9 @@ def real_model_dir(tmp_path_factory, run_cli) -> Path:
 
 @pytest.fixture(scope="module")
 def real_trainer(real_model_dir, tmp_path_factory):
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
 
-    settings = Settings(model_name=str(real_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
+    settings = article_settings(model_name=str(real_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
                         max_steps=1, save_steps=1000, system_prompt_file=str(SYSTEM_EN),
                         reward_names=("xmlcount", "soft_format", "strict_format"))
     return greedy_trainer(settings, tmp_path_factory.mktemp("real-rollout"))

@@ -36,10 +36,10 @@ def set_lora_b(model, adapter: str, seed: int | None, scale: float = 0.05) -> No
 
 @pytest.fixture(scope="module")
 def loaded_small(small_model_dir, tmp_path_factory):
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
     from sarashina_grpo.pipeline import load_model, prepare
 
-    run = prepare(Settings(model_name=str(small_model_dir), max_steps=1), artifact_dir=tmp_path_factory.mktemp("load"),
+    run = prepare(article_settings(model_name=str(small_model_dir), max_steps=1), artifact_dir=tmp_path_factory.mktemp("load"),
                   run_name="load")
     return load_model(run)
 
@@ -50,14 +50,14 @@ def one_step(loaded_small, small_model_dir, text_hash, tmp_path, monkeypatch):
     ``start`` seeds a trained starting adapter; ``reference`` replaces ``compat.choose_reference``;
     ``completions`` are fed instead of generating (the same tokens for every route)."""
     from sarashina_grpo import compat
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
     from sarashina_grpo.pipeline import build_trainer, prepare, run_training
 
     def run(name, *, start=None, reference=None, completions=None):
         model, tokenizer = loaded_small
         set_lora_b(model, "default", start)
-        settings = Settings(model_name=str(small_model_dir), max_steps=1, save_steps=1000, max_completion_length=16,
-                            num_generations=4, per_device_train_batch_size=4, learning_rate=1e-4, warmup_ratio=0.0,
+        settings = article_settings(model_name=str(small_model_dir), max_steps=1, save_steps=1000, max_completion_length=16,
+                            num_generations=4, per_device_train_batch_size=4, learning_rate=1e-4, warmup_steps=0.0,
                             log_completions=False, reward_names=(text_hash,))
         prepared = prepare(settings, artifact_dir=tmp_path, run_name=name)
         with monkeypatch.context() as patch:

@@ -23,7 +23,7 @@ NEW_TOKENS = 48
 
 @pytest.fixture(scope="module")
 def small_trainer(small_model_dir, tmp_path_factory):
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
 
     def nonzero_adapters(model):  # so that a path that ignored them would show
         torch.manual_seed(1)
@@ -32,7 +32,7 @@ def small_trainer(small_model_dir, tmp_path_factory):
                 if "lora_B" in name:
                     param.normal_(0, 0.02)
 
-    settings = Settings(model_name=str(small_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
+    settings = article_settings(model_name=str(small_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
                         max_steps=1, save_steps=1000)
     return greedy_trainer(settings, tmp_path_factory.mktemp("rollout"), nonzero_adapters)
 

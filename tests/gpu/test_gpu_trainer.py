@@ -17,10 +17,10 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def loaded_3b(model_3b_dir, text_hash, tmp_path_factory):
     """The 3B shape loaded once through the pipeline (4-bit: the default on CUDA), for both rollouts."""
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
     from sarashina_grpo.pipeline import load_model, prepare
 
-    run = prepare(Settings(model_name=str(model_3b_dir), max_steps=STEPS),
+    run = prepare(article_settings(model_name=str(model_3b_dir), max_steps=STEPS),
                   artifact_dir=tmp_path_factory.mktemp("load"), run_name="load")
     return load_model(run)
 
@@ -28,7 +28,7 @@ def loaded_3b(model_3b_dir, text_hash, tmp_path_factory):
 def train_3b(loaded, model_3b_dir, tmp_path, rollout: str, reward: str):
     from peft import get_peft_model_state_dict
 
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
     from sarashina_grpo.modeling import lora_fingerprint
     from sarashina_grpo.pipeline import train
 
@@ -38,8 +38,8 @@ def train_3b(loaded, model_3b_dir, tmp_path, rollout: str, reward: str):
             if "lora_B" in name:
                 param.zero_()
     # lr 1e-4 instead of the article's 5e-6: one step must move the policy far enough for the KL to show
-    settings = Settings(model_name=str(model_3b_dir), max_steps=STEPS, save_steps=1000, max_completion_length=32,
-                        learning_rate=1e-4, warmup_ratio=0.0, rollout=rollout, log_completions=False,
+    settings = article_settings(model_name=str(model_3b_dir), max_steps=STEPS, save_steps=1000, max_completion_length=32,
+                        learning_rate=1e-4, warmup_steps=0.0, rollout=rollout, log_completions=False,
                         reward_names=("xmlcount", "soft_format", "strict_format", reward))
     trainer = train(settings, artifact_dir=tmp_path, model_and_tokenizer=(model, tokenizer), report_to="none")
     return trainer, lora_fingerprint(get_peft_model_state_dict(trainer.model))
