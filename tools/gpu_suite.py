@@ -80,8 +80,8 @@ GROUPS = (
     Group("3b", ("test_gpu_trainer.py",), 225),
     Group("runs", ("test_gpu_runs.py",), 210),
     Group("commands", ("test_gpu_import_order.py", "test_gpu_packing.py"), 210),
-    Group("real", ("test_gpu_real.py",), 190),
-    Group("learning", ("test_gpu_learning.py",), 200),
+    Group("real", ("test_gpu_real.py",), 200),
+    Group("learning", ("test_gpu_learning.py",), 210),
     Group("small", ("test_gpu_rollout.py", "test_gpu_reference.py"), 150),
 )
 TWO_GPUS = Group("two-gpus", ("test_gpu_runs.py",), 300, marker="gpu and two_gpus", gpus=2)
