@@ -397,6 +397,11 @@ def command_record(args) -> int:
         text = with_row(text, row)
     else:
         summary = json.loads(Path(args.summary).read_text())
+        summary["commit"] = args.commit or summary["commit"]
+        if summary["commit"] == "unknown":
+            print("error: the summary names no commit (the tree ran without .git and GIT_COMMIT); give --commit.",
+                  file=sys.stderr)
+            return 2
         row = run_row(summary)
         text = with_group_runs(with_row(text, row), summary)
     if args.dry_run:
@@ -460,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     record = sub.add_parser("record", help="add a run's row (or a 'not run' row) to docs/gpu-tests.md")
     record.add_argument("summary", nargs="?", help="summary.json of a run")
     record.add_argument("--not-run", metavar="REASON", help="record why the GPU suite was not run at --commit")
-    record.add_argument("--commit", help="with --not-run: the commit it covers (default HEAD)")
+    record.add_argument("--commit", help="the commit the row covers (default: the summary's; with --not-run, HEAD)")
     record.add_argument("--dry-run", action="store_true", help="print the row, change nothing")
     sub.add_parser("stale", help="GPU-path files changed since the last recorded run")
     args = parser.parse_args(argv)
