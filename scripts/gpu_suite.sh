@@ -20,11 +20,13 @@ start=$(date +%s)
 
 has() { python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
 if ! has unsloth; then
-  if [ ! -f .gpusite/gpusite.tgz ]; then
-    echo "error: Unsloth is not importable and there is no .gpusite/gpusite.tgz bundle; install the project (uv sync)." >&2
-    exit 2
+  if [ ! -d /tmp/site/unsloth ]; then  # unpacked by an earlier call on the same machine, the bundle not carried again
+    if [ ! -f .gpusite/gpusite.tgz ]; then
+      echo "error: Unsloth is not importable and there is no .gpusite/gpusite.tgz bundle; install the project (uv sync)." >&2
+      exit 2
+    fi
+    mkdir -p /tmp/site && tar xzf .gpusite/gpusite.tgz -C /tmp/site
   fi
-  mkdir -p /tmp/site && tar xzf .gpusite/gpusite.tgz -C /tmp/site
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1

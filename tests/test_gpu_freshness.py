@@ -4,7 +4,8 @@ at the code HEAD has, or says why it could not run (tools/gpu_suite.py; docs/gpu
 The first test is the check itself, on this repository's history. The others run the same functions on small git
 repositories made here, where it must fail (a GPU file changed after the run, a failed or partial run, a "not run"
 row for an older commit, a commit the history lacks) and where it must pass (a docs-only commit recording a "not
-run" row, changes off the GPU path), and on the runner and recorder of the suite.
+run" row, changes off the GPU path), and on the runner and recorder of the suite and its helper for commands started
+early.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("gpu_suite", REPO_ROOT / "tools" / "gpu_suite.py")
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_suite"] = module  # dataclasses look their module up while the class is made
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
 
-suite = load_tool()
+suite = load("gpu_suite", REPO_ROOT / "tools" / "gpu_suite.py")
 
 
 def git(root, *args) -> str:
@@ -225,3 +226,15 @@ def test_the_runner_runs_a_group_and_writes_its_summary_without_a_gpu(tmp_path, 
     assert not suite.run_row(summary).full_pass
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
         assert set(tar.getnames()) == {"small/pytest.log", "small/junit.xml"}
+
+
+def test_a_command_started_early_is_not_stopped_by_its_own_output():
+    # why: a pipe nobody reads while the test works fills at 64 KiB and stops the command (a training log does)
+    started = load("gpu_conftest", REPO_ROOT / "tests" / "gpu" / "conftest.py").Started
+    loud = started([sys.executable, "-c", "import sys; sys.stdout.write('x' * 300_000); sys.stderr.write('done')"],
+                   env=dict(os.environ), timeout=60)
+    slow = started([sys.executable, "-c", "import time; time.sleep(60)"], env=dict(os.environ), timeout=1)
+    done = loud.ok()
+    assert (len(done.stdout), done.stderr) == (300_000, "done")
+    assert slow.result().returncode != 0  # killed at its timeout, counted from its start
+    assert started.unfinished == []

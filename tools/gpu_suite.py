@@ -215,6 +215,8 @@ def run_groups(groups: list[Group], gpus: list[str], work: Path, extra: list[str
                     log.write(f"\n[gpu_suite: killed after {timeout:.0f} s]\n")
             if process.poll() is not None:
                 ended[name] = time.monotonic() - started
+                print(f"suite: group {name} ended after {ended[name]:.0f} s (pytest exit code {process.returncode})",
+                      flush=True)
         time.sleep(0.5)
     results = []
     for name, (group, process) in running.items():
