@@ -189,7 +189,11 @@ def test_a_summary_with_a_failure_a_skip_or_fewer_groups_does_not_vouch():
     assert suite.run_row(failed).result == "1 failed, 23 passed"
     assert suite.run_row(skipped).result == "22 passed, 2 skipped"
     assert suite.run_row(groups).suite == "groups 3b, runs"
-    assert not any(suite.run_row(s).full_pass for s in (failed, skipped, groups))
+    killed = fake_summary()
+    killed["groups"][0].update(status="failed", returncode=-9, passed=0)
+    killed.update(passed=20, passed_all=False)
+    assert suite.run_row(killed).result == "20 passed; failed without a test result: 3b (exit -9)"
+    assert not any(suite.run_row(s).full_pass for s in (failed, skipped, groups, killed))
 
 
 def test_record_dry_run_prints_the_row_and_changes_nothing(tmp_path, capsys):

@@ -343,8 +343,11 @@ def read_rows(text: str) -> list[Row]:
 
 
 def result_text(summary: dict) -> str:
-    counts = [f"{summary[k]} {k}" for k in ("failed", "errors", "passed", "skipped") if summary.get(k)]
-    return ", ".join(counts) or "no tests"
+    counts = ", ".join(f"{summary[k]} {k}" for k in ("failed", "errors", "passed", "skipped") if summary.get(k))
+    # a group killed at its timeout, or whose pytest could not start, has failed without a failed test
+    broken = [f"{g['name']} (exit {g['returncode']})" for g in summary["groups"]
+              if g["status"] != "passed" and not (g["failed"] or g["errors"])]
+    return (counts or "no tests") + (f"; failed without a test result: {', '.join(broken)}" if broken else "")
 
 
 def suite_text(summary: dict) -> str:
