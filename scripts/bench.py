@@ -2,10 +2,10 @@
 
     uv run python -m scripts.bench                          # CUDA: Sarashina-2.2-3B shape, writes docs/benchmarks/
     uv run python -m scripts.bench --configs default-6,fast-6 --steps 4
-    uv run python -m scripts.bench                          # without a GPU: a 1-minute smoke run, writes to a tmp dir
+    uv run python -m scripts.bench --model tiny             # no GPU: a 1-minute smoke run (the CPU defaults), tmp dir
 
-Run it from the repository root (``scripts`` is a folder there, not part of the installed package). Results go into
-docs/LOG.md, newest first.
+Run it from the repository root (``scripts`` is a folder there, not part of the installed package); every run gets
+an entry in docs/LOG.md, newest first.
 
 A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-checked]``: ``Settings.rollout``, N completions per
 optimizer step (groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip

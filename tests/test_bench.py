@@ -226,3 +226,13 @@ def test_forced_lengths_on_the_default_path_end_each_row_at_its_own_length():
     scores = force(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 10))  # choosing the 2nd completion token
     assert scores[0].argmax() == 7 and scores[0].isinf().sum() == 9  # why: row 0 ends as its 2nd token
     assert not scores[1].isinf().any()  # row 1 goes on
+
+
+@pytest.mark.parametrize("script", ["bench.py", "learning_proof.py"])
+def test_the_harness_patches_libraries_only_in_bench_patches(script, repo_root):
+    import ast
+
+    tree = ast.parse((repo_root / "scripts" / script).read_text(encoding="utf-8"))
+    calls = [node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+    # why: every replaced method or dropped attribute of a library object is in one place, with its reason
+    assert not {"setattr", "delattr"} & set(calls)
