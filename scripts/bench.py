@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -596,7 +597,8 @@ def cpu_smoke(args: BenchOptions) -> BenchOptions:
     return dataclasses.replace(args, **smoke)
 
 
-def run(args: BenchOptions) -> None:
+def run(args: BenchOptions, argv: list[str] | None = None) -> None:
+    """Measure every configuration of ``args``; ``argv``: the flags as given, recorded in the results."""
     check_options(args)
     from sarashina_grpo.noise import import_unsloth
 
@@ -617,7 +619,7 @@ def run(args: BenchOptions) -> None:
     import trl
 
     meta = dict(
-        command=" ".join([COMMAND, *sys.argv[1:]]),
+        command=shlex.join([*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)]),
         device=torch.cuda.get_device_name(0) if cuda else "cpu", model=Path(model_name).name,
         max_completion_length=args.max_completion_length, torch=torch.__version__,
         transformers=transformers.__version__, trl=trl.__version__, unsloth=unsloth_version,
@@ -680,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = parse_options(argv)
         setup_logging()
-        run(options)
+        run(options, argv)
     except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
         code = errors.report(err)
         if code is None:
