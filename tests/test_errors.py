@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from checkpoint_files import make_checkpoint, write_adapter
 
-from sarashina_grpo import config, model_checks, modeling
+from sarashina_grpo import model_checks, modeling
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import article_settings
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
@@ -298,7 +298,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("the model was loaded before the input was checked")
 
     monkeypatch.setattr(modeling, "load_model", refuse)
-    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    monkeypatch.setattr(project, "cuda_available", lambda: False)
 
 
 @pytest.mark.parametrize(
@@ -471,12 +471,12 @@ def test_read_only_artifact_folder_is_not_writable(tmp_path):
 
 @pytest.fixture
 def no_cuda(monkeypatch):
-    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    monkeypatch.setattr(project, "cuda_available", lambda: False)
 
 
 @pytest.fixture
 def with_cuda(monkeypatch):
-    monkeypatch.setattr(config, "cuda_available", lambda: True)
+    monkeypatch.setattr(project, "cuda_available", lambda: True)
 
 
 def fake_vllm(monkeypatch, installed: bool):

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from checkpoint_files import COMPLETE_MARKER, make_checkpoint
 
-from sarashina_grpo import config
+from sarashina_grpo import project
 from sarashina_grpo.config import article_settings
 from sarashina_grpo.guards import NonFiniteError, check_logs
 from sarashina_grpo.project import SettingsError
@@ -83,7 +83,7 @@ def test_a_near_greedy_temperature_warns_that_groups_stop_differing():
 def test_prepare_refuses_an_infinite_learning_rate_before_any_run_folder_or_model(tmp_path, monkeypatch):
     from sarashina_grpo.pipeline import prepare
 
-    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    monkeypatch.setattr(project, "cuda_available", lambda: False)
     with pytest.raises(SettingsError, match=r"learning_rate \(CLI --learning-rate\) must be .*got inf"):
         prepare(article_settings(model_name="tiny", load_in_4bit=False, learning_rate=INF), artifact_dir=tmp_path)
     assert not (tmp_path / "outputs").exists()
@@ -92,7 +92,7 @@ def test_prepare_refuses_an_infinite_learning_rate_before_any_run_folder_or_mode
 def test_prepare_logs_the_settings_warnings(tmp_path, monkeypatch, caplog):
     from sarashina_grpo.pipeline import prepare
 
-    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    monkeypatch.setattr(project, "cuda_available", lambda: False)
     prepare(article_settings(model_name="tiny", load_in_4bit=False, max_steps=100_000), artifact_dir=tmp_path)
     assert "The learning-rate warm-up lasts 10,000 steps" in caplog.text
 
@@ -171,9 +171,9 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
                 for param in (p for p in model.parameters() if p.requires_grad):
                     param.register_hook(lambda grad: torch.full_like(grad, NAN))
 
-    monkeypatch.setattr(config, "cuda_available", lambda: False)
-    settings = article_settings(model_name="tiny", load_in_4bit=False, max_steps=4, save_steps=1, max_completion_length=16,
-                        num_generations=2, per_device_train_batch_size=2)
+    monkeypatch.setattr(project, "cuda_available", lambda: False)
+    settings = article_settings(model_name="tiny", load_in_4bit=False, max_steps=4, save_steps=1,
+                                max_completion_length=16, num_generations=2, per_device_train_batch_size=2)
     with pytest.raises(NonFiniteError, match=r"^Training stopped at step 2: grad_norm = nan\. .*checkpoint-1\)"):
         train(settings, artifact_dir=tmp_path, run_name="r", callbacks=[NanGradientsFromStep(2)])
     run = tmp_path / "outputs" / "r"
@@ -185,7 +185,8 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
 def test_a_lora_target_that_names_no_layer_is_refused_before_loading(tiny_model_dir, tmp_path):
     from sarashina_grpo.validation import check_run
 
-    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, lora_target_modules=("q_proj", "foo_proj"))
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False,
+                                lora_target_modules=["q_proj", "foo_proj"])
     # why: PEFT would train q_proj alone without a word about foo_proj
     with pytest.raises(SettingsError, match="foo_proj match no layer of this llama model"):
         check_run(settings, artifact_dir=tmp_path)

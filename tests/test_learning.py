@@ -18,8 +18,9 @@ MIN_FINAL_PURITY = 0.80  # seen: 0.85 to 0.97 with the purity reward, 0.52 to 0.
 
 
 @pytest.fixture(scope="module")
-def proof(tmp_path_factory):
-    """Seed 0 of the experiment, run as its own process (``python -m sarashina_grpo.experiments.learning``).
+def proof(tmp_path_factory, repo_root):
+    """Seed 0 of the experiment, run as its own process (``python -m scripts.learning_proof``, from the repository
+    root).
 
     A fresh interpreter repeats the recorded run exactly. Inside the shared pytest process, after the other tests,
     the same seed once took another trajectory (docs/learning.md), so the proof is kept apart from their state."""
@@ -28,8 +29,8 @@ def proof(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("learning")
-    done = subprocess.run([sys.executable, "-m", "sarashina_grpo.experiments.learning", "--seeds", "0", "--out",
-                           str(out)], capture_output=True, text=True, timeout=1400)
+    done = subprocess.run([sys.executable, "-m", "scripts.learning_proof", "--seeds", "0", "--out", str(out)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=1400)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "seed0" / "proof.json").read_text(encoding="utf-8"))
 

@@ -18,6 +18,7 @@ import torch
 
 from sarashina_grpo import compat, modeling
 from sarashina_grpo.data import chat_prompt_tokens
+from scripts import bench_patches
 
 GRAD, NOGRAD = compat.PACKING_TRUST
 
@@ -138,7 +139,7 @@ def test_the_model_mode_and_the_hidden_states_switch_are_put_back_even_on_failur
     check(sharp_model, rows=2, longest=8)
     assert os.environ[compat.HIDDEN_STATES_VARIABLE] == "0" and not sharp_model.training
     monkeypatch.delenv(compat.HIDDEN_STATES_VARIABLE)
-    compat.forget_packing_checks(sharp_model)
+    bench_patches.forget_packing_checks(sharp_model)
 
     def broken(*args, **kwargs):
         raise RuntimeError("kernel failed")
@@ -170,8 +171,8 @@ def test_the_check_runs_in_unsloths_training_mode_with_checkpointing_and_goes_ba
 def test_the_benchmark_forgets_every_verdict_between_configurations(sharp_model):
     check(sharp_model)
     sharp_model._unsloth_prefix_grouper_grad_verified = {"sig": (10, 5)}
-    compat.forget_packing_checks(sharp_model)
-    assert not [n for n in vars(sharp_model) if n.startswith(compat.UNSLOTH_VERDICT_PREFIXES)]
+    bench_patches.forget_packing_checks(sharp_model)
+    assert not [n for n in vars(sharp_model) if n.startswith(bench_patches.UNSLOTH_VERDICT_PREFIXES)]
 
 
 class UnslothGRPOTrainer(SimpleNamespace):

@@ -116,7 +116,8 @@ result["unsloth_like"] = summary(score(trainer("warm-unsloth", how="unsloth", wa
 def resumed_kl(name, fixed=True, warm=True):
     # a run checkpointed with its "ref/" copy (a warm start; or a fresh one as TRL alone, and this project before,
     # saved it), then resumed: step 2 starts from the step-1 policy
-    first = prepare(article_settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
+    first = prepare(article_settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact,
+                    run_name=name)
     policy, tokenizer = load_model(first)
     if warm:
         move(policy, "default", seed=2)

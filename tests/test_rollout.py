@@ -48,8 +48,8 @@ def tiny_trainer(tiny_model_dir, tmp_path_factory):
     """A default-rollout GRPOTrainer on the tiny model, with non-zero LoRA B so that the adapters change outputs."""
     from sarashina_grpo.pipeline import build_trainer, load_model, prepare
 
-    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, max_completion_length=COMPLETION_TOKENS,
-                        max_steps=1, save_steps=1000)
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False,
+                                max_completion_length=COMPLETION_TOKENS, max_steps=1, save_steps=1000)
     run = prepare(settings, artifact_dir=tmp_path_factory.mktemp("rollout"), run_name="t")
     model, tokenizer = load_model(run)
     torch.manual_seed(1)

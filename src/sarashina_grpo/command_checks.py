@@ -1,5 +1,5 @@
 """Checks of the commands' own options (``infer``/``eval`` generation, threads, ``eval --limit``, ``demo``, the
-``warmstart`` recipe, ``bench``) and of the new-or-empty folder an export, a conversion or a warm start writes to,
+``warmstart`` recipe) and of the new-or-empty folder an export, a conversion or a warm start writes to,
 before anything heavy is imported or loaded. Plain values in, one ``SettingsError`` out; a run's ``Settings`` are
 checked by ``validation``.
 
@@ -109,14 +109,3 @@ def check_warm_start_command(recipe) -> None:
     except OSError as err:
         raise SettingsError(f"warmstart --output {out_dir}: its folder cannot be written ({err.strerror}); "
                             "choose another place.") from None
-
-
-def check_bench(options) -> None:
-    """``sarashina-grpo bench``'s numbers and loss (an ``experiments.bench.BenchOptions``); its configuration names
-    are read by the benchmark itself."""
-    check_positive_integers("bench", options, ("steps", "max_completion_length", "peer_steps"))
-    if options.beta < 0:
-        raise SettingsError(f"bench --beta must be >= 0 (0 drops the KL term), got {options.beta!r}.")
-    if options.profile_step is not None and not 1 <= options.profile_step <= options.steps:
-        raise SettingsError(f"bench --profile-step must be a step of the run (1 to --steps {options.steps}), got "
-                            f"{options.profile_step!r}.")

@@ -238,15 +238,6 @@ def run_demo(args: argparse.Namespace) -> None:
           "(eval/strict_format_rate: the held-out rate during GRPO; train/rewards/strict_format_reward/mean)")
 
 
-def run_bench(args: argparse.Namespace) -> None:
-    from .experiments import bench
-
-    try:
-        bench.run(options(args, bench.BenchOptions))
-    finally:
-        end_process_group()  # under `accelerate launch`: the group the rows trained in, closed before exit
-
-
 def run_convert_gguf(args: argparse.Namespace) -> None:
     from .realmodel import ConvertOptions, convert_gguf
 
@@ -285,12 +276,6 @@ def _demo_settings():
     return DemoSettings
 
 
-def _bench_options():
-    from .experiments.bench import BenchOptions
-
-    return BenchOptions
-
-
 @dataclass
 class Command:
     """A sub-command: its help, what it runs, and its option dataclasses as (class, the field names it takes or None
@@ -324,6 +309,4 @@ COMMANDS = {
     "warmstart": Command("cold start: a short supervised (LoRA) pass on format examples, for any model; writes a "
                          "model folder that train --model takes", run_warmstart,
                          ((_warmstart_options, _warmstart_fields, None),)),
-    "bench": Command("time GRPO steps of the training path per rollout configuration (docs/benchmarks)", run_bench,
-                     ((_bench_options, None, None),)),
 }

@@ -10,8 +10,8 @@ Names used, and why:
   TRL's public ``rollout_func``: that one is handed chat messages and must return the prompt token ids itself, so
   it cannot carry TRL's own tokenization (``_tokenize_prompts``) and the fast rollout would have to copy it (or call
   that private method instead); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
-- ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs).
-- ``autotune_batch_and_chunks`` (Unsloth's compiled GRPO trainer module): watched by the benchmark's profiler.
+- ``GRPOTrainer._generate_and_score_completions`` (TRL): one step's rollout + rewards + old log-probs; the tests of the
+  KL reference call it, and the benchmark (``scripts/bench_patches.py``) times it.
 - ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
   rollout generates in (Unsloth switches to inference mode in it and back to training mode after it).
 - ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
@@ -22,14 +22,16 @@ Names used, and why:
   name, and ``_generate_and_score_completions`` scores the reference with ``use_adapter(model, "ref" if "ref" in
   model.peft_config else None)``: through the copy when there is one, with the adapter disabled when not. Unsloth's
   compiled trainer deletes that ``__init__`` block (``unsloth/models/rl.py``, "PEFT initialization logic removed"),
-  so on CUDA it always scores the base model. A model reused for a second trainer (the benchmark) drops the copy.
+  so on CUDA it always scores the base model. A model reused for a second trainer drops the copy.
 - ``Trainer._load_from_checkpoint`` (transformers): when a checkpoint holds adapter sub-folders (TRL's ``ref/``), it
   loads only those and not the trained adapter in the checkpoint's root; ``resume_loads_the_policy`` loads it too.
 - Unsloth's sequence-packing trust (``check_packing_upfront``): the model attributes ``_unsloth_seq_packing_grad_*``
   and ``_unsloth_seq_packing_nograd_*`` (``ok``, ``verified_T``, ``verified_seg``) its compiled GRPO loss and scorer
   keep, the ``packed_seq_lengths`` argument of its Llama forward, and ``UNSLOTH_RETURN_HIDDEN_STATES``.
-- PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``
-  and ``reset_lora_parameters`` (a fresh LoRA for each benchmark configuration).
+- PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``.
+
+What only the benchmark patches (its timing wraps, forced lengths, a fresh LoRA and forgotten Unsloth verdicts between
+rows, Unsloth's chunk sizing watched) is in ``scripts/bench_patches.py``, outside the package.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ GENERATE_METHOD = "_generate_single_turn"
 GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")
 UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"
 TRL_UNWRAP_MODULE = "trl.models.utils"
-# What the benchmark times: one rollout, and one rollout plus rewards and old log-probs (experiments/bench.py).
+# One step's rollout plus rewards and old log-probs (the benchmark times it; the KL reference tests call it).
 SCORE_METHOD = "_generate_and_score_completions"
 
 
@@ -115,37 +117,6 @@ def lora_pairs(module) -> list[tuple[object, object, float, bool]]:
     dora = getattr(module, "use_dora", {})
     return [(module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), module.scaling[name],
              bool(dora.get(name))) for name in module.active_adapters if name in module.lora_A]
-
-
-def reset_lora(model) -> None:
-    """Give every LoRA layer of ``model`` a fresh start (PEFT's own initialisation: A random, B zero), as a new
-    ``get_peft_model`` would. The benchmark reuses one loaded model for several configurations, each of which must
-    start where a real run starts."""
-    for module in model.modules():
-        if hasattr(module, "lora_A") and hasattr(module, "reset_lora_parameters"):
-            for name in list(module.lora_A):
-                module.reset_lora_parameters(name, True)
-
-
-UNSLOTH_CHUNKING_FUNCTION = "autotune_batch_and_chunks"
-
-
-def watch_unsloth_chunking(trainer, record) -> object | None:
-    """Diagnostics for the benchmark: call ``record(rows, result)`` whenever Unsloth's compiled GRPO trainer picks
-    its mini-batches (``autotune_batch_and_chunks``, sized from free GPU memory). Returns a function that restores
-    the original, or None when this Unsloth has no such function (then nothing is recorded: a diagnostic only)."""
-    module = sys.modules.get(type(trainer).__module__)
-    inner = getattr(module, UNSLOTH_CHUNKING_FUNCTION, None)
-    if inner is None:
-        return None
-
-    def watched(rows, *args, **kwargs):
-        result = inner(rows, *args, **kwargs)
-        record(rows, result)
-        return result
-
-    setattr(module, UNSLOTH_CHUNKING_FUNCTION, watched)
-    return lambda: setattr(module, UNSLOTH_CHUNKING_FUNCTION, inner)
 
 
 TRL_REFERENCE_ADAPTER = "ref"
@@ -403,15 +374,3 @@ def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: in
             setattr(model, f"{kind}_verified_T", max(int(getattr(model, f"{kind}_verified_T", 0)), packed_tokens[kind]))
             setattr(model, f"{kind}_verified_seg", max(int(getattr(model, f"{kind}_verified_seg", 0)), longest))
     return gaps
-
-
-# What Unsloth's GRPO trainer remembers on the model between batches: packing trust, and its prefix grouping's own
-# (unsloth_zoo/rl_replacements.py, "_unsloth_prefix_grouper_grad_verified" and the like).
-UNSLOTH_VERDICT_PREFIXES = ("_unsloth_seq_packing_", "_unsloth_prefix_grouper_")
-
-
-def forget_packing_checks(model) -> None:
-    """Drop every verdict Unsloth (or ``check_packing_upfront``) left on ``model``: the benchmark reuses one model
-    for several configurations, and each must start as a new process does."""
-    for name in [n for n in vars(model) if n.startswith(UNSLOTH_VERDICT_PREFIXES)]:
-        delattr(model, name)

@@ -2,7 +2,7 @@
 
     article_settings(rollout="fast")            # notebook: SETTINGS = {"rollout": "fast"}
     sarashina-grpo train --rollout fast         # CLI
-    sarashina-grpo bench                        # measures it against the article's Unsloth path
+    python -m scripts.bench                     # measures it against the article's Unsloth path (repository)
 
 Why: GRPO time is almost all generation, and the Unsloth/TRL ``generate`` loop is bound by host overhead (hundreds
 of small kernel launches and Python per token), not by the GPU. Here the whole decode step (embedding, every layer,
@@ -389,7 +389,7 @@ class FastRollout:
         # Decode attention: "triton" (split-K kernel, CUDA default unless SARASHINA_ROLLOUT_ATTENTION=sdpa) or "sdpa".
         self.attention = attention
         self._split_k_ok = None  # the kernel's one-time check against SDPA (a failing Triton falls back to SDPA)
-        # Benchmark hook (``sarashina-grpo bench``'s ``-real`` mode): batch size -> the length at which each row's
+        # Benchmark hook (``scripts/bench.py``'s ``-real`` mode): batch size -> the length at which each row's
         # completion is forced to end with EOS. None in training.
         self.forced_lengths = None
         self.calls = 0

@@ -2,7 +2,11 @@
 
 These tests run the production path (Unsloth's patched trainer, its kernels, the CUDA-graph rollout, 4-bit weights,
 several processes), which a CPU never reaches. They skip without CUDA; ``scripts/gpu_suite.sh`` runs them on a GPU
-machine in one go.
+machine in one go, its groups (tools/gpu_suite.py) side by side.
+
+Models are built and converted in processes of their own: a test process then imports Unsloth before any of
+transformers' model code, as ``sarashina-grpo train`` does. Commands that a test only waits for are started early
+(``Started``), so that they run beside the test's own work.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -40,23 +46,86 @@ def text_hash():
     REWARD_FUNCS.pop("text_hash", None)
 
 
+class Started:
+    """A command started now and waited for later (``result``), its output in files (a pipe nobody reads while the
+    test works would fill and stop it). One nobody waited for (its test failed first) is killed at the session's end."""
+
+    unfinished: list[Started] = []
+
+    def __init__(self, command, *, env=None, timeout: float = 400):
+        self.command = [str(c) for c in command]
+        self.timeout, self.started = timeout, time.monotonic()
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=env or cli_env(), stdout=self.out,
+                                        stderr=self.err, text=True)
+        self.done: subprocess.CompletedProcess | None = None
+        Started.unfinished.append(self)
+
+    def result(self) -> subprocess.CompletedProcess:
+        """The finished command (killed when it outlives its timeout, counted from its start)."""
+        if self.done is None:
+            try:
+                self.process.wait(timeout=max(1.0, self.timeout - (time.monotonic() - self.started)))
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.out.seek(0)
+            self.err.seek(0)
+            self.done = subprocess.CompletedProcess(self.command, self.process.returncode, self.out.read(),
+                                                    self.err.read())
+            self.seconds = time.monotonic() - self.started
+            Started.unfinished.remove(self)
+        return self.done
+
+    def ok(self) -> subprocess.CompletedProcess:
+        done = self.result()
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        return done
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_command_left_running():
+    yield
+    for started in list(Started.unfinished):
+        started.process.kill()
+        started.result()
+
+
+def build(out: Path, shape: str) -> Path:
+    """A random-weight model of ``shape`` built on the GPU by ``sarashina-grpo build-tiny`` (seed 0)."""
+    Started([sys.executable, "-m", "sarashina_grpo", "build-tiny", out, "--shape", shape], timeout=300).ok()
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory) -> Path:
     """The suite's quick bf16 model (random weights, head_dim 64), built on the GPU."""
-    from sarashina_grpo.tiny import build_model
-
-    return build_model(tmp_path_factory.mktemp("models") / "small", "small")
+    return build(tmp_path_factory.mktemp("models") / "small", "small")
 
 
 @pytest.fixture(scope="session")
 def model_3b_dir(tmp_path_factory) -> Path:
-    """The Sarashina 2.2 3B shape (random weights): ``$SARASHINA_GRPO_3B`` when the suite script built it already."""
+    """The Sarashina 2.2 3B shape (random weights), kept in ``$SARASHINA_GRPO_3B`` when that is set."""
     given = os.environ.get("SARASHINA_GRPO_3B")
     if given and (Path(given) / "config.json").exists():
         return Path(given)
-    from sarashina_grpo.tiny import build_model
+    if given and not Path(given).exists():
+        return build(Path(given), "sarashina-3b")
+    return build(tmp_path_factory.mktemp("models") / "sarashina-3b", "sarashina-3b")
 
-    return build_model(tmp_path_factory.mktemp("models") / "sarashina-3b", "sarashina-3b")
+
+@pytest.fixture(scope="session")
+def real_model_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as ``convert-gguf`` writes it: ``$SARASHINA_GRPO_REAL_MODEL``, or converted here from
+    ``$SARASHINA_GRPO_REAL_GGUF``; the test skips without either (scripts/gpu_suite.sh finds the GGUF)."""
+    given, gguf = os.environ.get("SARASHINA_GRPO_REAL_MODEL"), os.environ.get("SARASHINA_GRPO_REAL_GGUF")
+    if given:
+        return Path(given)
+    if not gguf:
+        pytest.skip("needs SARASHINA_GRPO_REAL_MODEL (a convert-gguf folder) or SARASHINA_GRPO_REAL_GGUF")
+    out = tmp_path_factory.mktemp("real") / "smollm2"
+    Started([sys.executable, "-m", "sarashina_grpo", "convert-gguf", gguf, out], timeout=300).ok()
+    return out
 
 
 @pytest.fixture(scope="session")

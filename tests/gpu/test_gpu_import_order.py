@@ -1,22 +1,22 @@
 """The command line reads its flags with transformers' ``HfArgumentParser`` before Unsloth is imported; Unsloth's
 patches must come out the same as when Unsloth is imported first (``cli.py``'s docstring says why they should).
 
-Two processes train one step of the small model through ``cli.main`` (``import_order_probe.py``): one in the command
-line's own order, one with ``import unsloth`` first. Both record which trainer class ``trl.GRPOTrainer`` is and every
-function of transformers' Llama classes, ``Trainer``, PEFT's and TRL's classes, and where it is defined.
+Two processes, side by side, run ``sarashina-grpo train`` on the small model through ``cli.main`` up to the built
+trainer (``import_order_probe.py``): one in the command line's own order, one with ``import unsloth`` first. Both
+record which trainer class ``trl.GRPOTrainer`` is and every function of transformers' Llama classes, ``Trainer``,
+PEFT's and TRL's classes, and where it is defined, then stop: what is compared is fixed once the trainer exists.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import REPO_ROOT, cli_env
+from .conftest import Started
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_suite.sh)")]
@@ -26,14 +26,16 @@ PROBE = Path(__file__).with_name("import_order_probe.py")
 
 @pytest.fixture(scope="module")
 def recorded(small_model_dir, prompts_csv, tmp_path_factory):
-    found = {}
+    started = {}
     for mode in ("cli-first", "unsloth-first"):
         out = tmp_path_factory.mktemp(mode)
-        command = [sys.executable, str(PROBE), mode, str(out / "patched.json"), "--model", str(small_model_dir),
-                   "--data", str(prompts_csv), "--max-steps", "1", "--save-steps", "1000", "--max-completion-length",
-                   "16", "--no-log-completions", "--report-to", "none", "--artifact-dir", str(out), "--run-name", mode]
-        done = subprocess.run(command, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        command = [sys.executable, PROBE, mode, out / "patched.json", "--model", small_model_dir, "--data",
+                   prompts_csv, "--max-steps", "1", "--save-steps", "1000", "--max-completion-length", "16",
+                   "--no-log-completions", "--report-to", "none", "--artifact-dir", out, "--run-name", mode]
+        started[mode] = (Started(command), out)
+    found = {}
+    for mode, (probe, out) in started.items():
+        done = probe.ok()
         found[mode] = json.loads((out / "patched.json").read_text(encoding="utf-8"))
         found[mode]["stderr"] = done.stderr
     return found

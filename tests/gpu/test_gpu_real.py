@@ -3,7 +3,8 @@ never stop and have many bf16 near-ties; a trained model stops at its own end-of
 winners, so these checks see what the random-weight ones cannot.
 
 They need the converted folder: ``SARASHINA_GRPO_REAL_MODEL=<folder>`` (``sarashina-grpo convert-gguf <folder>``),
-or ``SARASHINA_GRPO_REAL_GGUF=<file.gguf>`` to convert it here; they skip without one.
+or ``SARASHINA_GRPO_REAL_GGUF=<file.gguf>`` to convert it here; they skip without one. The export check's training
+command starts before the rollout check loads its model, and runs beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from .conftest import (
     NEAR_TIE,
     REPO_ROOT,
+    Started,
     agree_up_to_near_ties,
     cli_env,
     greedy_default_and_fast,
@@ -39,17 +41,19 @@ NEW_TOKENS = 96
 
 
 @pytest.fixture(scope="module")
-def real_model_dir(tmp_path_factory, run_cli) -> Path:
-    given = os.environ.get("SARASHINA_GRPO_REAL_MODEL")
-    if given:
-        return Path(given)
-    out = tmp_path_factory.mktemp("real") / "smollm2"
-    run_cli("convert-gguf", os.environ["SARASHINA_GRPO_REAL_GGUF"], out)
-    return out
+def real_training(real_model_dir, tmp_path_factory) -> tuple[Started, Path]:
+    """``sarashina-grpo train`` for 2 steps (lr 1e-3, so that the LoRA moves) with a checkpoint at step 2, started
+    now; (the command, its artifact folder)."""
+    artifact = tmp_path_factory.mktemp("real-train")
+    command = [sys.executable, "-m", "sarashina_grpo", "train", "--model", real_model_dir, "--no-4bit",
+               "--system-prompt-file", SYSTEM_EN, "--rewards", "xmlcount,soft_format,strict_format",
+               "--artifact-dir", artifact, "--run-name", "real", "--max-steps", 2, "--save-steps", 2,
+               "--max-completion-length", 64, "--learning-rate", 1e-3]
+    return Started(command, timeout=600), artifact
 
 
 @pytest.fixture(scope="module")
-def real_trainer(real_model_dir, tmp_path_factory):
+def real_trainer(real_model_dir, real_training, tmp_path_factory):
     from sarashina_grpo.config import article_settings
 
     settings = article_settings(model_name=str(real_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
@@ -117,13 +121,11 @@ json.dump(dict(dtype=str(merged.dtype), merged=greedy(merged), adapter=reference
 """
 
 
-def test_a_real_checkpoint_exports_merged_and_generates_what_the_adapter_generates(real_model_dir, run_cli,
-                                                                                  tmp_path):
-    run_cli("train", "--model", real_model_dir, "--no-4bit", "--system-prompt-file", SYSTEM_EN,
-            "--rewards", "xmlcount,soft_format,strict_format", "--artifact-dir", tmp_path, "--run-name", "real",
-            "--max-steps", 2, "--save-steps", 2, "--max-completion-length", 64, "--learning-rate", 1e-3,
-            timeout=600)
-    checkpoint = tmp_path / "outputs" / "real" / "checkpoint-2"
+def test_a_real_checkpoint_exports_merged_and_generates_what_the_adapter_generates(real_model_dir, real_training,
+                                                                                  run_cli, tmp_path):
+    training, artifact = real_training
+    training.ok()
+    checkpoint = artifact / "outputs" / "real" / "checkpoint-2"
     merged = tmp_path / "merged"
     run_cli("export", checkpoint, merged, "--merged")
     result = tmp_path / "greedy.json"

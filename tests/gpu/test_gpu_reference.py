@@ -39,8 +39,8 @@ def loaded_small(small_model_dir, tmp_path_factory):
     from sarashina_grpo.config import article_settings
     from sarashina_grpo.pipeline import load_model, prepare
 
-    run = prepare(article_settings(model_name=str(small_model_dir), max_steps=1), artifact_dir=tmp_path_factory.mktemp("load"),
-                  run_name="load")
+    run = prepare(article_settings(model_name=str(small_model_dir), max_steps=1),
+                  artifact_dir=tmp_path_factory.mktemp("load"), run_name="load")
     return load_model(run)
 
 
@@ -56,9 +56,10 @@ def one_step(loaded_small, small_model_dir, text_hash, tmp_path, monkeypatch):
     def run(name, *, start=None, reference=None, completions=None):
         model, tokenizer = loaded_small
         set_lora_b(model, "default", start)
-        settings = article_settings(model_name=str(small_model_dir), max_steps=1, save_steps=1000, max_completion_length=16,
-                            num_generations=4, per_device_train_batch_size=4, learning_rate=1e-4, warmup_steps=0.0,
-                            log_completions=False, reward_names=(text_hash,))
+        settings = article_settings(model_name=str(small_model_dir), max_steps=1, save_steps=1000,
+                                    max_completion_length=16, num_generations=4, per_device_train_batch_size=4,
+                                    learning_rate=1e-4, warmup_steps=0.0, log_completions=False,
+                                    reward_names=[text_hash])
         prepared = prepare(settings, artifact_dir=tmp_path, run_name=name)
         with monkeypatch.context() as patch:
             if reference is not None:

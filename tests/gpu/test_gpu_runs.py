@@ -1,6 +1,8 @@
 """Whole commands on a GPU, as a user runs them: train is killed and resumed, its checkpoint exported merged and
 loaded by plain transformers; a card without bf16 trains in fp16; with two GPUs, two processes on the Unsloth
-backend keep identical LoRA weights, survive a kill and resume, and their checkpoint serves on one GPU."""
+backend keep identical LoRA weights, survive a kill and resume, and their checkpoint serves on one GPU.
+
+The fp16 run starts with the kill-and-resume runs and trains beside them."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import REPO_ROOT, cli_env
+from .conftest import REPO_ROOT, Started, cli_env
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_suite.sh)")]
@@ -81,7 +83,20 @@ def kill_and_resume(processes, tmp_path, small_model_dir, prompts_csv):
 
 
 @pytest.fixture(scope="module")
-def one_gpu_resumed(tmp_path_factory, small_model_dir, prompts_csv):
+def fp16_run(tmp_path_factory, small_model_dir, prompts_csv) -> tuple[Started, Path, Path]:
+    """``train`` for 2 steps with ``$SARASHINA_GRPO_PRECISION=fp16``, started now; (the command, its record folder,
+    its artifact folder)."""
+    tmp_path = tmp_path_factory.mktemp("fp16")
+    out_dir, artifact = tmp_path / "fp16", tmp_path / "artifact"
+    out_dir.mkdir()
+    # Unsloth's generated source for an fp16 model may differ from the bf16 runs' beside it: a folder of its own.
+    env = cli_env(SARASHINA_GRPO_PRECISION="fp16", UNSLOTH_COMPILE_LOCATION=str(tmp_path / "unsloth_compiled_cache"))
+    command = [sys.executable, WORKER, out_dir, *train_args(small_model_dir, prompts_csv, artifact, "fp16", 2)]
+    return Started(command, env=env), out_dir, artifact
+
+
+@pytest.fixture(scope="module")
+def one_gpu_resumed(tmp_path_factory, small_model_dir, prompts_csv, fp16_run):
     return kill_and_resume(1, tmp_path_factory.mktemp("one"), small_model_dir, prompts_csv)
 
 
@@ -117,16 +132,11 @@ def test_a_gpu_checkpoint_exports_merged_and_loads_in_plain_transformers(one_gpu
     assert (int(new_tokens) > 0, dtype, float(moved) > 0) == (True, "torch.bfloat16", True)
 
 
-def test_a_card_without_bf16_trains_in_fp16(tmp_path, small_model_dir, prompts_csv):
+def test_a_card_without_bf16_trains_in_fp16(fp16_run):
     # This card has bf16: $SARASHINA_GRPO_PRECISION=fp16 takes the path a T4 takes (tests/test_precision.py checks
     # that such a card's compute capability leads there).
-    out_dir, artifact = tmp_path / "fp16", tmp_path / "artifact"
-    out_dir.mkdir()
-    done = subprocess.run([sys.executable, str(WORKER), str(out_dir),
-                           *map(str, train_args(small_model_dir, prompts_csv, artifact, "fp16", 2))],
-                          cwd=REPO_ROOT, env=cli_env(SARASHINA_GRPO_PRECISION="fp16"), capture_output=True,
-                          text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    run, out_dir, artifact = fp16_run
+    run.ok()
     state = json.loads((artifact / "outputs" / "fp16" / "checkpoint-2" / "trainer_state.json").read_text())
     args = json.loads((artifact / "outputs" / "fp16" / "run.json").read_text())
     record = ranks(out_dir, 1)[0]

@@ -38,9 +38,10 @@ def train_3b(loaded, model_3b_dir, tmp_path, rollout: str, reward: str):
             if "lora_B" in name:
                 param.zero_()
     # lr 1e-4 instead of the article's 5e-6: one step must move the policy far enough for the KL to show
-    settings = article_settings(model_name=str(model_3b_dir), max_steps=STEPS, save_steps=1000, max_completion_length=32,
-                        learning_rate=1e-4, warmup_steps=0.0, rollout=rollout, log_completions=False,
-                        reward_names=("xmlcount", "soft_format", "strict_format", reward))
+    settings = article_settings(model_name=str(model_3b_dir), max_steps=STEPS, save_steps=1000,
+                                max_completion_length=32, learning_rate=1e-4, warmup_steps=0.0, rollout=rollout,
+                                log_completions=False,
+                                reward_names=["xmlcount", "soft_format", "strict_format", reward])
     trainer = train(settings, artifact_dir=tmp_path, model_and_tokenizer=(model, tokenizer), report_to="none")
     return trainer, lora_fingerprint(get_peft_model_state_dict(trainer.model))
 

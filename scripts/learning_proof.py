@@ -1,6 +1,8 @@
 """CPU learning proof: warm-start the tiny model, then GRPO it with and without the purity reward, and measure.
 
-    python -m sarashina_grpo.experiments.learning --seeds 0 1 2 --out /tmp/proof   # minutes per seed, 2 CPU cores
+    uv run python -m scripts.learning_proof --seeds 0 1 2 --out /tmp/proof   # minutes per seed, 2 CPU cores
+
+Run from the repository root (``scripts`` is a folder there, not part of the installed package).
 
 For one seed: build the offline tiny model, warm-start it (``warmstart.py``) so it is partly compliant, evaluate
 it on the held-out prompts (``datasets/eval.csv``, sampled at the training temperature: greedy decoding of a tiny
@@ -15,15 +17,18 @@ import dataclasses
 import json
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import DEFAULT_REWARDS, Settings, project_path
-from ..inference import GenerationSettings
-from ..validation import check_settings
-from ..warmstart import DEMO_RECIPE, WarmStart
+from sarashina_grpo.inference import GenerationSettings
+from sarashina_grpo.project import DEFAULT_REWARDS, project_path
+from sarashina_grpo.warmstart import DEMO_RECIPE, WarmStart
 
-logger = logging.getLogger(__name__)
+if typing.TYPE_CHECKING:
+    from sarashina_grpo.config import Settings
+
+logger = logging.getLogger("scripts.learning_proof")  # not "__main__" when run with -m
 
 TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (config.project_path)
 EVAL_DATA = "datasets/eval.csv"
@@ -56,13 +61,15 @@ class ProofSettings:
     precision: str = "bf16"
 
     def grpo_settings(self, model_dir: Path, reward_names: tuple[str, ...], algorithm: str | None = None) -> Settings:
-        return check_settings(Settings(
+        from sarashina_grpo.config import article_settings
+
+        return article_settings(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
             max_steps=self.grpo_steps, save_steps=10_000, logging_steps=10, seed=self.seed,
-            reward_names=reward_names, data_path=TRAIN_DATA, log_completions=False,
+            reward_names=list(reward_names), data_path=TRAIN_DATA, log_completions=False,
             **ALGORITHMS[algorithm or self.algorithm],
-        ))
+        )
 
     def generation(self) -> GenerationSettings:
         # The training temperature and length: the evaluation sees what GRPO's groups see.
@@ -70,7 +77,7 @@ class ProofSettings:
 
 
 def train_prompts() -> list[str]:
-    from ..data import check_prompts
+    from sarashina_grpo.data import check_prompts
 
     return [r.prompt for r in check_prompts(project_path(TRAIN_DATA))]
 
@@ -78,7 +85,7 @@ def train_prompts() -> list[str]:
 def evaluate_sampled(model, tokenizer, name: str, out_dir: Path, proof: ProofSettings) -> dict:
     import torch
 
-    from ..evaluation import evaluate
+    from sarashina_grpo.evaluation import evaluate
 
     torch.manual_seed(proof.seed + 10_000)  # the same sampling noise for every run of one seed
     return evaluate(model, tokenizer, name, data_path=EVAL_DATA, artifact_dir=out_dir, gen=proof.generation(),
@@ -88,7 +95,7 @@ def evaluate_sampled(model, tokenizer, name: str, out_dir: Path, proof: ProofSet
 def grpo(model_dir: Path, reward_names: tuple[str, ...], run: str, out_dir: Path, proof: ProofSettings,
          algorithm: str | None = None):
     """A fresh LoRA on the warm-started model, trained with the project's GRPO trainer; returns (model, tok, s)."""
-    from ..pipeline import build_trainer, load_model, prepare, run_training
+    from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
     settings = proof.grpo_settings(model_dir, reward_names, algorithm)
     run_info = prepare(settings, artifact_dir=out_dir, run_name=run)
@@ -106,11 +113,11 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     """Warm start, evaluate, GRPO twice from the same start, evaluate each; return {run: metrics} plus timings."""
     import os
 
-    from ..config import PRECISION_VARIABLE
-    from ..modeling import load_model, use_cpu_threads
-    from ..tiny import build_model
-    from ..validation import check_model
-    from ..warmstart import warm_start
+    from sarashina_grpo.modeling import load_model, use_cpu_threads
+    from sarashina_grpo.project import PRECISION_VARIABLE
+    from sarashina_grpo.tiny import build_model
+    from sarashina_grpo.validation import check_model
+    from sarashina_grpo.warmstart import warm_start
 
     proof = proof or ProofSettings()
     out_dir = Path(out_dir)
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     import unsloth  # noqa: F401  (patches transformers and TRL; must come first)
     from transformers import HfArgumentParser  # the field's own parser: safe here, Unsloth is imported
 
-    from .. import setup_logging
+    from sarashina_grpo import setup_logging
 
     (args,) = HfArgumentParser(ProofOptions, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(argv)
     setup_logging()

@@ -1,8 +1,11 @@
-"""``sarashina-grpo bench``: time GRPO steps of the project's own training path, one row per rollout configuration.
+"""The GRPO step benchmark: time GRPO steps of the project's own training path, one row per rollout configuration.
 
-    sarashina-grpo bench                                    # CUDA: Sarashina-2.2-3B shape, writes docs/benchmarks/
-    sarashina-grpo bench --configs default-6,fast-6 --steps 4
-    sarashina-grpo bench --model tiny --max-completion-length 16 --steps 2   # CPU smoke run, writes to a tmp dir
+    uv run python -m scripts.bench                          # CUDA: Sarashina-2.2-3B shape, writes docs/benchmarks/
+    uv run python -m scripts.bench --configs default-6,fast-6 --steps 4
+    uv run python -m scripts.bench --model tiny             # no GPU: a 1-minute smoke run (the CPU defaults), tmp dir
+
+Run it from the repository root (``scripts`` is a folder there, not part of the installed package); every run gets
+an entry in docs/LOG.md, newest first.
 
 A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-checked]``: ``Settings.rollout``, N completions per
 optimizer step (groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip
@@ -23,36 +26,45 @@ the benchmark only (a logits processor on the default path, the fast engine's ``
 PEFT, bf16 LoRA with the same rank/targets, gradient checkpointing, TRL's ``use_transformers_continuous_batching``,
 with the same prompts, rewards and GRPO arguments (``peer_child``). Run it last: the parent frees its model first.
 
-Under ``accelerate launch --num_processes N -m sarashina_grpo bench`` every GPU runs the same configuration (N
+Under ``accelerate launch --num_processes N -m scripts.bench`` every GPU runs the same configuration (N
 completions per optimizer step per GPU, data parallel): the rows count all GPUs (``num_gpus``, completions/s,
 completion tok/s) and the main process alone writes them; ``scripts/multi_gpu_bench.sh`` runs 1, 2 and 4 GPUs.
 
 Per configuration: first step and steady s/step, the generation / rest-of-step split (rest = rewards, log-probs and
 the LoRA update), completion tokens/s over the steady steps, peak GPU memory allocated and reserved.
+
+What the measurement patches in TRL, transformers, PEFT and Unsloth objects (timing wraps, forced lengths, fresh
+LoRA between rows) is in ``scripts/bench_patches.py``, each with its reason. The profiler reads two private torch
+names: ``torch._C._profiler._ExperimentalConfig`` (Python callers of each op) and ``torch._dynamo``'s counters.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import gc
 import json
 import logging
+import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import compat
-from ..project import process_rank, project_path, setting, world_size
+from sarashina_grpo import compat
+from sarashina_grpo.project import SettingsError, process_rank, project_path, world_size
 
-logger = logging.getLogger(__name__)
+from . import bench_patches as patches
 
-HELP = ("time GRPO steps of the training path per rollout configuration; write results.json/.md/.png (without a "
-        "GPU: a 1-minute smoke run of the tiny model)")
+logger = logging.getLogger("scripts.bench")  # not "__main__" when run with -m
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where ``scripts`` is importable from (the peer's child process)
+COMMAND = "python -m scripts.bench"
 # Without CUDA the options left at their GPU defaults become a smoke run: the GPU defaults (seven configurations,
 # the peer among them, 512-token completions) take a quarter of an hour on two CPU cores and measure nothing.
 CPU_SMOKE = dict(configs="default-6,fast-6", max_completion_length=16, steps=2)
@@ -84,7 +96,7 @@ class BenchConfig:
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
-    from ..project import ROLLOUTS, SettingsError, multi_process
+    from sarashina_grpo.project import ROLLOUTS, multi_process
 
     configs = []
     for name in (part.strip() for part in text.split(",") if part.strip()):
@@ -114,38 +126,36 @@ def realistic_lengths(n: int, rng, max_length: int) -> list[int]:
     return [int(min(max_length, d["high"], max(d["low"], round(rng.gauss(d["mean"], d["std"]))))) for _ in range(n)]
 
 
+def option(default, help: str):
+    """A flag of ``BenchOptions``: its default and help (``--help`` shows the default)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class BenchOptions:
-    """The benchmark's options (``sarashina-grpo bench --help``; flags: ``cli.py``'s ``HfArgumentParser``)."""
+    """The benchmark's options (``python -m scripts.bench --help``; flags: transformers' ``HfArgumentParser``)."""
 
-    configs: str = setting(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-checked] (-eos: "
-                           "on --real-model, lengths from its own EOS; -checked: Unsloth's sequence packing checked "
-                           "once before step 1, as with SARASHINA_GRPO_PACKING_CHECK=1), or peer-N (plain TRL + PEFT, "
-                           "last); without a GPU the default is default-6,fast-6")
-    model: str | None = setting(None, "'sarashina-3b' (random weights, exact config), 'tiny', or a model folder; "
-                                "unset: sarashina-3b with CUDA, tiny without")
-    model_dir: str = setting("artifact/models", "where the random-weight models are built")
-    steps: int = setting(4, "optimizer steps per configuration (first + steady); without a GPU the default is 2")
-    max_completion_length: int = setting(512, "tokens per completion at most; without a GPU the default is 16")
-    data: str = setting("datasets/smalltalk.csv", "prompt CSV")
-    out: str | None = setting(None, "folder for results.json/.md/.png; unset: docs/benchmarks with CUDA, a tmp dir "
-                              "without")
-    peer_steps: int = setting(2, "optimizer steps of the peer configurations (slow: ~1 min each on an H100)")
-    loss_type: str = setting("grpo", "GRPO loss of every configuration (Settings.loss_type; the committed rows ran "
-                             "'dapo', Unsloth's implicit choice then)")
-    beta: float = setting(0.04, "KL coefficient of every configuration (Settings.beta; the committed rows ran 0)")
-    real_model: str | None = setting(None, "a real pretrained model folder (convert-gguf) for the -eos "
-                                     "configurations")
-    profile_step: int | None = setting(None, "torch.profiler trace of this optimizer step's update (after its rollout "
-                                       "and scoring), per configuration, in profile_update.txt (CUDA only); unset: "
-                                       "none")
-
-
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    configs: str = option(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-checked] (-eos: on "
+                          "--real-model, lengths from its own EOS; -checked: Unsloth's sequence packing checked once "
+                          "before step 1, as with SARASHINA_GRPO_PACKING_CHECK=1), or peer-N (plain TRL + PEFT, "
+                          "last); without a GPU the default is default-6,fast-6")
+    model: str | None = option(None, "'sarashina-3b' (random weights, exact config), 'tiny', or a model folder; "
+                               "unset: sarashina-3b with CUDA, tiny without")
+    model_dir: str = option("artifact/models", "where the random-weight models are built")
+    steps: int = option(4, "optimizer steps per configuration (first + steady); without a GPU the default is 2")
+    max_completion_length: int = option(512, "tokens per completion at most; without a GPU the default is 16")
+    data: str = option("datasets/smalltalk.csv", "prompt CSV")
+    out: str | None = option(None, "folder for results.json/.md/.png; unset: docs/benchmarks with CUDA, a tmp dir "
+                             "without")
+    peer_steps: int = option(2, "optimizer steps of the peer configurations (slow: ~1 min each on an H100)")
+    loss_type: str = option("grpo", "GRPO loss of every configuration (Settings.loss_type; the committed rows ran "
+                            "'dapo', Unsloth's implicit choice then)")
+    beta: float = option(0.04, "KL coefficient of every configuration (Settings.beta; the committed rows ran 0)")
+    real_model: str | None = option(None, "a real pretrained model folder (sarashina-grpo convert-gguf) for the "
+                                    "-eos configurations")
+    profile_step: int | None = option(None, "torch.profiler trace of this optimizer step's update (after its "
+                                      "rollout and scoring), per configuration, in profile_update.txt (CUDA only); "
+                                      "unset: none")
 
 
 def _clock_callback():
@@ -168,12 +178,12 @@ def _clock_callback():
                 self._gc_start = None
 
         def on_step_begin(self, args, state, control, **kwargs):
-            _sync()
+            patches.sync()
             self.started.append(round(time.time(), 3))  # wall clock, to line steps up with GPU clock logs
             self._start, self._gc_at_start = time.perf_counter(), self._gc_total
 
         def on_step_end(self, args, state, control, **kwargs):
-            _sync()
+            patches.sync()
             self.times.append(time.perf_counter() - self._start)
             self.gc_s.append(self._gc_total - self._gc_at_start)
             if self.on_step_end_extra is not None:
@@ -184,26 +194,8 @@ def _clock_callback():
     return StepClock()
 
 
-def _time_method(trainer, name: str) -> dict[int, float]:
-    """Wrap ``trainer.<name>`` so each call's time is booked to the optimizer step it runs in."""
-    per_step: dict[int, float] = {}
-    inner = getattr(trainer, name)
-
-    def timed(*args, **kwargs):
-        _sync()
-        start = time.perf_counter()
-        result = inner(*args, **kwargs)
-        _sync()
-        step = trainer.state.global_step
-        per_step[step] = per_step.get(step, 0.0) + time.perf_counter() - start
-        return result
-
-    setattr(trainer, name, timed)
-    return per_step
-
-
 def resolve_bench_model(model: str | None, model_dir: Path, *, cuda: bool) -> str:
-    from ..tiny import SHAPES, build_model
+    from sarashina_grpo.tiny import SHAPES, build_model
 
     model = model or ("sarashina-3b" if cuda else "tiny")
     if model not in SHAPES:
@@ -214,54 +206,6 @@ def resolve_bench_model(model: str | None, model_dir: Path, *, cuda: bool) -> st
         build_model(folder, model)
         logger.info("built %s in %.1f s", folder, time.perf_counter() - start)
     return str(folder)
-
-
-class _ForceEOS:
-    """HF logits processor for ``-real`` on the default path: row b emits EOS as its ``lengths[b]``-th token."""
-
-    def __init__(self, lengths: list[int], eos: int, prompt_len: int):
-        self.lengths, self.eos, self.prompt_len = lengths, eos, prompt_len
-
-    def __call__(self, input_ids, scores):
-        index = input_ids.shape[1] - self.prompt_len  # the token being chosen now, 0-based
-        rows = [b for b, n in enumerate(self.lengths) if n - 1 == index]
-        if rows:
-            scores[rows] = float("-inf")
-            scores[rows, self.eos] = 0.0
-        return scores
-
-
-def _force_lengths(trainer, draw) -> contextlib.AbstractContextManager:
-    """Make every rollout of ``trainer`` end its completions at lengths from ``draw(batch)`` (bench only)."""
-    engine = getattr(trainer, "fast_rollout", None)
-    if engine is not None:
-        engine.forced_lengths = draw
-        return contextlib.nullcontext()
-    from transformers import LogitsProcessorList
-
-    model = trainer.model  # the object TRL's default path calls .generate on (inside its generation context)
-    eos = trainer.eos_token_ids[0] if isinstance(trainer.eos_token_ids, list) else trainer.eos_token_ids
-    inner = model.generate
-    had_own = "generate" in model.__dict__
-
-    def generate(*args, **kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-        processors.append(_ForceEOS(draw(ids.shape[0]), int(eos), ids.shape[1]))
-        return inner(*args, logits_processor=processors, **kwargs)
-
-    @contextlib.contextmanager
-    def restore():
-        model.generate = generate
-        try:
-            yield
-        finally:
-            if had_own:
-                model.generate = inner
-            else:
-                del model.generate
-
-    return restore()
 
 
 def _model_state(model) -> dict:
@@ -294,15 +238,12 @@ class _UpdateProfiler:
         self.chunking: list[dict] = []
         if self.step is not None:
             self._watch_chunking(trainer)
-        inner = getattr(trainer, compat.SCORE_METHOD)
 
-        def wrapped(*args, **kwargs):
-            result = inner(*args, **kwargs)
+        def after_scoring():
             if self.step is not None and self.prof is None and trainer.state.global_step == self.step:
                 self._start()
-            return result
 
-        setattr(trainer, compat.SCORE_METHOD, wrapped)
+        patches.call_after(trainer, compat.SCORE_METHOD, after_scoring)
 
     def _watch_chunking(self, trainer) -> None:
         """Record each of Unsloth's choices of GRPO mini-batches (it sizes them from the driver's free memory)."""
@@ -314,7 +255,7 @@ class _UpdateProfiler:
                                       free_gib=round(free / GIB, 2), reserved_gib=round(
                                           torch.cuda.memory_reserved() / GIB, 2)))
 
-        self.restore = compat.watch_unsloth_chunking(trainer, record) or (lambda: None)
+        self.restore = patches.watch_unsloth_chunking(trainer, record)
 
     def _memory(self) -> dict:
         import torch
@@ -329,7 +270,7 @@ class _UpdateProfiler:
     def _start(self) -> None:
         import torch
 
-        _sync()
+        patches.sync()
         self.mem0 = self._memory()
         self.dynamo0 = _dynamo_counts()
         self.state = _model_state(self.trainer.model)
@@ -348,7 +289,7 @@ class _UpdateProfiler:
             return
         import torch
 
-        _sync()
+        patches.sync()
         wall = time.perf_counter() - self.t0
         self.t0 = None
         self.prof.__exit__(None, None, None)
@@ -388,16 +329,16 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     import torch
 
     # The package calls of the benchmark, all here.
-    from ..project import Settings
-    from ..modeling import load_model
-    from ..pipeline import build_trainer, prepare, run_training
-    from ..validation import check_model
+    from sarashina_grpo.config import article_settings
+    from sarashina_grpo.modeling import load_model
+    from sarashina_grpo.pipeline import build_trainer, prepare, recorded, run_training
+    from sarashina_grpo.validation import check_model
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
-    settings = Settings(
+    settings = article_settings(
         model_name=model_name, load_in_4bit=cfg.load_in_4bit, rollout="default" if cfg.rollout == PEER else cfg.rollout,
         per_device_train_batch_size=cfg.completions, max_steps=steps, save_steps=10**6,
-        max_completion_length=completion_length, extra_grpo_args=extra, data_path=data, log_completions=False,
+        max_completion_length=completion_length, data_path=data, log_completions=False, **extra,
         **(algorithm or {}),
     )
     run = prepare(settings, artifact_dir=work, run_name=cfg.name, check_model=False)
@@ -408,7 +349,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-        spec = dict(name=cfg.name, settings=settings.replace(**PEER_SETTINGS).to_dict(), work=str(work),
+        spec = dict(name=cfg.name, settings=recorded(settings.replace(**PEER_SETTINGS)), work=str(work),
                     completions=cfg.completions, completion_length=completion_length)
         return run_peer(spec, work)
     load_s = 0.0
@@ -422,8 +363,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         load_s = time.perf_counter() - start
     model, tokenizer = loaded[key]
     if reused:  # from an earlier configuration, whose training moved its LoRA: start where a run starts
-        compat.reset_lora(model)
-        compat.forget_packing_checks(model)
+        patches.reset_lora(model)
+        patches.forget_packing_checks(model)
     clock = _clock_callback()
     profiler = _UpdateProfiler(profile_step if cuda else None, out or work, cfg.name)
     clock.on_step_end_extra = profiler.stop
@@ -433,10 +374,10 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
         torch.cuda.reset_peak_memory_stats()
     trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none", packing_check=cfg.checked)
     profiler.wrap(trainer)
-    generation = _time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
-    scored = _time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
+    generation = patches.time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
+    scored = patches.time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
     rng = random.Random(REALISTIC_LENGTHS["seed"])
-    forcing = (_force_lengths(trainer, lambda n: realistic_lengths(n, rng, completion_length)) if cfg.realistic
+    forcing = (patches.force_lengths(trainer, lambda n: realistic_lengths(n, rng, completion_length)) if cfg.realistic
                else contextlib.nullcontext())
     logger.info("bench %s: %d steps", cfg.name, steps)
     gc.callbacks.append(clock.gc_event)
@@ -510,8 +451,10 @@ def run_peer(spec: dict, work: Path) -> dict:
     row_path = work / f"{spec['name']}.row.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False))
     logger.info("bench %s: child process (plain TRL + PEFT, continuous batching)", spec["name"])
-    done = subprocess.run([sys.executable, "-m", "sarashina_grpo.experiments.bench", "peer-child", str(spec_path),
-                           str(row_path)], check=False)
+    # ``-m scripts.bench`` resolves from the repository root, wherever the parent was started
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", "scripts.bench", "peer-child", str(spec_path), str(row_path)],
+                          check=False, env={**os.environ, "PYTHONPATH": path})
     if done.returncode != 0 or not row_path.exists():
         raise RuntimeError(f"peer child exited with code {done.returncode}")
     row = json.loads(row_path.read_text())
@@ -523,24 +466,25 @@ def peer_child(spec_path: str, row_path: str) -> None:
     """The peer configuration: plain TRL + PEFT (the pipeline's ``trl-peft`` backend: bf16 LoRA, gradient
     checkpointing) with TRL's own continuous batching (``rollout="paged"``), in a process without Unsloth."""
     import torch
+    import trl  # noqa: F401  (TRL first: sarashina_grpo.config then leaves Unsloth out)
 
-    from ..project import Settings
-    from ..modeling import use_triton_interpreter_without_gpu
-    from ..pipeline import build_trainer, load_model, prepare
+    from sarashina_grpo.config import load_settings
+    from sarashina_grpo.modeling import use_triton_interpreter_without_gpu
+    from sarashina_grpo.pipeline import build_trainer, load_model, prepare
 
     assert "unsloth" not in sys.modules, "the peer must run without Unsloth's patches"
     use_triton_interpreter_without_gpu()
     spec = json.loads(Path(spec_path).read_text())
     cuda = torch.cuda.is_available()
-    run = prepare(Settings.from_dict(spec["settings"]), artifact_dir=Path(spec["work"]) / "peer",
+    run = prepare(load_settings(base=spec["settings"], source="peer"), artifact_dir=Path(spec["work"]) / "peer",
                   run_name=spec["name"], check_model=False)
     start = time.perf_counter()
     model, tokenizer = load_model(run)
     load_s = time.perf_counter() - start
     clock = _clock_callback()
     trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none")
-    generation = _time_method(trainer, compat.GENERATE_METHOD)
-    scored = _time_method(trainer, compat.SCORE_METHOD)
+    generation = patches.time_method(trainer, compat.GENERATE_METHOD)
+    scored = patches.time_method(trainer, compat.SCORE_METHOD)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -623,10 +567,14 @@ def write_results(rows: list[dict], out: Path, meta: dict, *, with_plot: bool = 
 
 def check_options(args: BenchOptions) -> None:
     """One ``error:`` before anything heavy is imported, for options argparse cannot judge."""
-    from ..command_checks import check_bench
-    from ..project import SettingsError
+    from sarashina_grpo.command_checks import check_positive_integers
 
-    check_bench(args)
+    check_positive_integers("bench", args, ("steps", "max_completion_length", "peer_steps"))
+    if args.beta < 0:
+        raise SettingsError(f"bench --beta must be >= 0 (0 drops the KL term), got {args.beta!r}.")
+    if args.profile_step is not None and not 1 <= args.profile_step <= args.steps:
+        raise SettingsError(f"bench --profile-step must be a step of the run (1 to --steps {args.steps}), got "
+                            f"{args.profile_step!r}.")
     configs = parse_configs(args.configs, cuda=False)  # the names; 4-bit is decided later, from the machine
     eos = [cfg.name for cfg in configs if cfg.real_model]
     if eos and not args.real_model:
@@ -647,15 +595,16 @@ def cpu_smoke(args: BenchOptions) -> BenchOptions:
     return dataclasses.replace(args, **smoke)
 
 
-def run(args: BenchOptions) -> None:
+def run(args: BenchOptions, argv: list[str] | None = None) -> None:
+    """Measure every configuration of ``args``; ``argv``: the flags as given, recorded in the results."""
     check_options(args)
-    from ..noise import import_unsloth
+    from sarashina_grpo.noise import import_unsloth
 
     unsloth = import_unsloth()  # patches transformers and TRL: must be imported before them
     unsloth_version = getattr(unsloth, "__version__", None)
     import torch
 
-    from ..modeling import cuda_available
+    from sarashina_grpo.modeling import cuda_available
 
     cuda = cuda_available()
     if not cuda:
@@ -668,7 +617,7 @@ def run(args: BenchOptions) -> None:
     import trl
 
     meta = dict(
-        command="sarashina-grpo " + " ".join(sys.argv[1:]),
+        command=shlex.join([*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)]),
         device=torch.cuda.get_device_name(0) if cuda else "cpu", model=Path(model_name).name,
         max_completion_length=args.max_completion_length, torch=torch.__version__,
         transformers=transformers.__version__, trl=trl.__version__, unsloth=unsloth_version,
@@ -700,10 +649,47 @@ def run(args: BenchOptions) -> None:
         print(f"Wrote {out / 'results.json'}, results.md and results.png")
 
 
-if __name__ == "__main__":  # the peer's child process: python -m sarashina_grpo.experiments.bench peer-child SPEC ROW
-    if len(sys.argv) == 4 and sys.argv[1] == "peer-child":
+def parse_options(argv: list[str]) -> BenchOptions:
+    """``argv`` as ``BenchOptions``; a mistake is one ``SettingsError`` (argparse's complaints included)."""
+    from transformers.hf_argparser import HfArgumentParser  # the lazy transformers root: no torch, no model code
+
+    class Parser(HfArgumentParser):
+        def error(self, message):
+            raise SettingsError(f"{COMMAND}: {message} (`{COMMAND} --help` lists the flags).")
+
+    parser = Parser(BenchOptions, prog=COMMAND, description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    options, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; a user-caused failure is one ``error: …`` line and exit code 2, as in ``sarashina-grpo``.
+
+    ``peer-child SPEC_JSON ROW_JSON`` is the peer's child process (``run_peer`` starts it)."""
+    from sarashina_grpo import errors, setup_logging
+    from sarashina_grpo.commands import end_process_group
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["peer-child"] and len(argv) == 3:
         logging.basicConfig(level=logging.INFO)
-        peer_child(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit("usage: python -m sarashina_grpo.experiments.bench peer-child SPEC_JSON ROW_JSON "
-                 "(run by sarashina-grpo bench)")
+        peer_child(argv[1], argv[2])
+        return 0
+    try:
+        options = parse_options(argv)
+        setup_logging()
+        run(options, argv)
+    except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
+        code = errors.report(err)
+        if code is None:
+            raise
+        return code
+    finally:
+        end_process_group()  # under `accelerate launch`: the group the rows trained in, closed before exit
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Profile the fast rollout alone on the GPU: ms per decoded token, kernels per token, and the weight-read floor.
 
-    python docs/benchmarks/profile_rollout.py artifact/models/sarashina-3b --batch 6 36 \
+    uv run python -m scripts.profile_rollout artifact/models/sarashina-3b --batch 6 36 \
         --variants compiled+triton compiled+sdpa eager+sdpa
 
 Loads the model through the project's ``load_model`` (article settings, 4-bit + LoRA r=32), decodes 512-token

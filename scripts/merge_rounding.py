@@ -1,7 +1,7 @@
 """What a bf16 merge (W + s·B·A rounded to bf16, as TRL's vLLM path does) loses of the LoRA update: the share of
 delta entries below half a bf16 ulp of their weight, which the merge rounds away entirely.
 
-    python docs/benchmarks/merge_rounding.py        # CPU, seconds; prints a JSON table
+    uv run python -m scripts.merge_rounding        # CPU, seconds; prints a JSON table
 
 A model, not a measurement of a trained run: W ~ N(0, 0.02) (the scale of the 3B's random init and of typical LLM
 projections), A as PEFT initialises it (kaiming-uniform, bound 1/sqrt(in)), and every B entry moved by lr per

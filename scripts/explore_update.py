@@ -1,7 +1,7 @@
 """Why is the LoRA update slower after a fast rollout? Times fast-rollout GRPO steps with the engine's memory policy
 switched variant by variant, in one process (the first variant pays the cold compile step).
 
-    python docs/benchmarks/explore_update.py --model-dir /tmp/models --out OUT_DIR     # one GPU; writes explore.json
+    uv run python -m scripts.explore_update --model-dir /tmp/models --out OUT_DIR     # one GPU; writes explore.json
 
 Variants (``fast-6`` unless named): ``legacy`` = the previous engine's policy (weights dequantized every rollout,
 nothing kept, graphs captured with ``torch.cuda.graph``, which empties the CUDA and pinned-host caches);
@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 import unsloth  # noqa: F401  (patches transformers and TRL: before them)
 
-from sarashina_grpo import bench
+from sarashina_grpo.config import project_path
 from sarashina_grpo.rollout import FastRollout
+
+from . import bench
 
 ORIGINAL = dict(capture=FastRollout._capture, layers=FastRollout.layers, generate=FastRollout.generate)
 
@@ -56,7 +58,7 @@ def main() -> None:
                                           "keep:fast-36,keep:fast-36x2")
     args = parser.parse_args()
     model = bench.resolve_bench_model(None, Path(args.model_dir), cuda=True)
-    data = str(bench.REPO_ROOT / "datasets" / "smalltalk.csv")
+    data = str(project_path("datasets/smalltalk.csv"))
     rows, loaded = [], {}
     with tempfile.TemporaryDirectory() as work:
         for item in args.runs.split(","):
