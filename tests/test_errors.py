@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from checkpoint_files import make_checkpoint, write_adapter
 
-from sarashina_grpo import model_checks, modeling
+from sarashina_grpo import model_checks, modeling, project
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import article_settings
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
