@@ -302,21 +302,24 @@ def no_model_load(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("settings", "data", "expected"),
+    ("changes", "data", "expected"),
     [
-        (article_settings(per_device_train_batch_size=5, **CPU_TINY), None, "must be a multiple"),
-        (article_settings(reward_names=("nope",), **CPU_TINY), None, "Unknown reward 'nope'"),
-        (article_settings(model_name="./missing-model", load_in_4bit=False), None, "no such folder"),
-        (article_settings(**CPU_TINY), "missing.csv", "Prompt file not found"),
-        (article_settings(**CPU_TINY), "bad.csv", "not ISO 639-1"),
+        (dict(per_device_train_batch_size=5, **CPU_TINY), None, "must be divisible by num_generations"),
+        (dict(reward_names=["nope"], **CPU_TINY), None, "Unknown reward 'nope'"),
+        (dict(model_name="./missing-model", load_in_4bit=False), None, "no such folder"),
+        (CPU_TINY, "missing.csv", "Prompt file not found"),
+        (CPU_TINY, "bad.csv", "not ISO 639-1"),
     ],
 )
-def test_bad_input_is_caught_before_the_model_loads(no_model_load, tmp_path, write_csv, settings, data, expected):
+def test_bad_input_is_caught_before_the_model_loads(no_model_load, tmp_path, write_csv, changes, data, expected):
     write_csv("prompt,lang\nこんにちは,ja\n", "ok.csv")
     write_csv("prompt,lang\nこんにちは,jp\n", "bad.csv")
-    settings = settings.replace(data_path=str(tmp_path / (data or "ok.csv")))
-    assert expected in error_of(train, settings, artifact_dir=tmp_path / "artifact")
-    assert not list((tmp_path / "artifact").glob("outputs/*"))  # and no empty run folder was left behind
+
+    def run():
+        train(article_settings(**changes, data_path=str(tmp_path / (data or "ok.csv"))), artifact_dir=tmp_path / "a")
+
+    assert expected in error_of(run)
+    assert not list((tmp_path / "a").glob("outputs/*"))  # and no empty run folder was left behind
 
 
 # --- MODEL_NAME -----------------------------------------------------------------------------------------------

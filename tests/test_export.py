@@ -13,7 +13,6 @@ trains one real GRPO step with the arithmetic recipe (Unsloth + TRL) and exports
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -58,7 +57,7 @@ def fake_checkpoint(run_dir: Path, step: int = 2, *, marker=True, weights=True, 
 
 def write_run(run_dir: Path, data: str = "datasets/arithmetic.csv", **settings) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"settings": dataclasses.asdict(article_settings(**settings)), "data": data}
+    info = {"settings": article_settings(**settings).asked(), "data": data}
     (run_dir / "run.json").write_text(json.dumps(info, default=str))
 
 

@@ -45,8 +45,8 @@ GPU_PATH = (
     "src/sarashina_grpo/modeling.py",     # Unsloth's load, LoRA, the packing check
     "src/sarashina_grpo/compat.py",       # the library internals the trainer is patched through
     "src/sarashina_grpo/pipeline.py",     # prepare, the trainer's construction, the run
-    "src/sarashina_grpo/config.py",       # GRPOConfig, precision, the device
-    "src/sarashina_grpo/grpo_fields.py",  # the GRPOConfig fields the trainer gets
+    "src/sarashina_grpo/config.py",       # the settings: TRL's GRPOConfig, the machine's choices
+    "src/sarashina_grpo/project.py",      # precision, the device, how recipes are read
     "src/sarashina_grpo/callbacks.py",    # checkpoint markers, interrupts, the held-out evaluation in training
     "src/sarashina_grpo/checkpoints.py",  # resume after a kill
     "src/sarashina_grpo/noise.py",        # how and when Unsloth is imported
