@@ -126,7 +126,9 @@ def watch_unsloth_chunking(trainer, record: Callable[[int, tuple], None]) -> Cal
     is recorded and the returned function does nothing: a diagnostic only."""
     import sys
 
-    module = sys.modules.get(type(trainer).__module__)
+    from sarashina_grpo.compat import library_class
+
+    module = sys.modules.get(library_class(trainer).__module__)
     inner = getattr(module, UNSLOTH_CHUNKING_FUNCTION, None)
     if inner is None:
         return lambda: None

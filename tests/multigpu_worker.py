@@ -40,6 +40,7 @@ def record_after_training(run_training):
     def wrapped(trainer, run):
         from peft import get_peft_model_state_dict
 
+        from sarashina_grpo.compat import library_class
         from sarashina_grpo.modeling import lora_fingerprint
 
         trainer = run_training(trainer, run)
@@ -49,7 +50,7 @@ def record_after_training(run_training):
             "world_size": trainer.accelerator.num_processes,
             "global_step": trainer.state.global_step,
             "run": run.paths.name,
-            "trainer_class": type(trainer).__name__,
+            "trainer_class": library_class(trainer).__name__,
             "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
             "base_dtype": str(next(p.dtype for p in model.parameters() if not p.requires_grad)),
             **lora_fingerprint(get_peft_model_state_dict(model)),

@@ -68,10 +68,16 @@ def check_generate_hook(trainer_class) -> None:
                           f"{GENERATE_PARAMETERS}: the installed TRL is not the locked one. Use rollout='default'.")
 
 
+def library_class(trainer) -> type:
+    """The library's trainer class under the project's subclass (``pipeline.trainer_class``): TRL's
+    ``GRPOTrainer``, or the copy Unsloth compiled into its own module (where its patched functions live)."""
+    return next(c for c in type(trainer).__mro__ if not c.__module__.startswith("sarashina_grpo"))
+
+
 def replace_generation(trainer, generate) -> None:
     """Make ``trainer`` generate with ``generate(prompt_ids, images, multimodal_fields, num_generations,
     has_tool_images=False) -> (completion_ids, logprobs)`` instead of its own rollout."""
-    check_generate_hook(type(trainer))
+    check_generate_hook(library_class(trainer))
     setattr(trainer, GENERATE_METHOD, generate)  # an instance attribute overrides the class method
 
 
@@ -80,7 +86,7 @@ def generation_context(trainer):
 
     Unsloth compiles a patched copy of the trainer into its own module and binds its version of the function there,
     so the trainer's module is searched first, then TRL's."""
-    unwrap = getattr(sys.modules.get(type(trainer).__module__), "unwrap_model_for_generation", None)
+    unwrap = getattr(sys.modules.get(library_class(trainer).__module__), "unwrap_model_for_generation", None)
     if unwrap is None:
         unwrap = getattr(importlib.import_module(TRL_UNWRAP_MODULE), "unwrap_model_for_generation", None)
     if unwrap is None:

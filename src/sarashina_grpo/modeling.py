@@ -146,7 +146,7 @@ def check_packing(trainer, asked: bool | None = None) -> dict | None:
     if asked is None:
         asked = compat.env_on(PACKING_CHECK_VARIABLE, default="0")
     if (not asked or not cuda_available() or not compat.packing_enabled()
-            or not type(trainer).__name__.startswith("Unsloth") or score_rows < 2):
+            or not compat.library_class(trainer).__name__.startswith("Unsloth") or score_rows < 2):
         return None
     import torch
 

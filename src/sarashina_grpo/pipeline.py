@@ -20,6 +20,7 @@ processes, the main process alone prepares the folders and tells the other ranks
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -228,6 +229,21 @@ def load_model(run: Run):
     return load_model_peft(run.settings, training=True)
 
 
+@functools.cache
+def trainer_class(base):
+    """``base`` (TRL's ``GRPOTrainer``, or Unsloth's once it has patched TRL at the model's load) with the state of
+    one of this project's runs, so that no attribute is set on a library's own class."""
+
+    class SarashinaGRPOTrainer(base):
+        run: Run | None = None  # the prepared run: settings, folders, rows (set by run_training)
+        kl_reference: str | None = None  # what the KL term compares with (compat.choose_reference)
+        packing_check = None  # what the opt-in packing check checked (modeling.check_packing)
+        fast_rollout = None  # the CUDA-graph engine when rollout="fast" (rollout.install)
+        interrupted: str | None = None  # the signal that stopped training early (run_training), else None
+
+    return SarashinaGRPOTrainer
+
+
 def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bool | None = None, **grpo_overrides):
     """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``.
 
@@ -255,7 +271,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     held_out = [HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
                             max_new_tokens=settings.max_completion_length)] if run.eval_rows else []
     linked = [OneCompletionTable(), *held_out]
-    trainer = GRPOTrainer(
+    trainer = trainer_class(GRPOTrainer)(
         model=model,
         processing_class=tokenizer,
         reward_funcs=get_reward_funcs(settings.reward_names),

@@ -72,7 +72,7 @@ def record(trainer) -> None:
         "mode": MODE,
         "loaded_before_unsloth": LOADED_BEFORE_UNSLOTH,
         "trl.GRPOTrainer": f"{trl.GRPOTrainer.__module__}.{trl.GRPOTrainer.__qualname__}",
-        "trainer_class": [f"{c.__module__}.{c.__qualname__}" for c in type(trainer).__mro__[:3]],
+        "trainer_class": [f"{c.__module__}.{c.__qualname__}" for c in type(trainer).__mro__[1:4]],  # under ours
         "model_forward": origin(type(getattr(trainer.model, "get_base_model", lambda: trainer.model)()).forward),
         "functions": functions(),
     }, indent=1, sort_keys=True))
