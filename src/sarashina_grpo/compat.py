@@ -1,7 +1,9 @@
 """The one place that touches private or version-specific names of TRL, Unsloth, PEFT and bitsandbytes.
 
-Everything else in the package uses public APIs. Each name used here has a contract test
-(``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move and the name changes, so an
+Elsewhere the package uses public APIs of these libraries (``cli.py`` reads argparse's ``_actions`` to leave
+defaults out of a parsed command line, as TRL's own ``TrlParser.set_defaults_with_config`` does, and overrides
+``HelpFormatter._format_action_invocation``; ``checkpoints.py`` names numpy's pickle reconstructor). Each name used
+here has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move and the name changes, so an
 upgrade breaks a test in CI instead of a training run. Lookups that can fail raise ``CompatError``: there is no
 silent fallback to a no-op.
 
@@ -28,6 +30,8 @@ Names used, and why:
 - Unsloth's sequence-packing trust (``check_packing_upfront``): the model attributes ``_unsloth_seq_packing_grad_*``
   and ``_unsloth_seq_packing_nograd_*`` (``ok``, ``verified_T``, ``verified_seg``) its compiled GRPO loss and scorer
   keep, the ``packed_seq_lengths`` argument of its Llama forward, and ``UNSLOTH_RETURN_HIDDEN_STATES``.
+- The module of the trainer's library class (``library_class``): Unsloth binds its patched functions in the module
+  of the trainer copy it compiles; the project's subclass (``pipeline.trainer_class``) sits above that class.
 - PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``.
 
 What only the benchmark patches (its timing wraps, forced lengths, a fresh LoRA and forgotten Unsloth verdicts between
