@@ -3,9 +3,9 @@
 Elsewhere the package uses public APIs of these libraries (``cli.py`` reads argparse's ``_actions`` to leave
 defaults out of a parsed command line, as TRL's own ``TrlParser.set_defaults_with_config`` does, and overrides
 ``HelpFormatter._format_action_invocation``; ``checkpoints.py`` names numpy's pickle reconstructor). Each name used
-here has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move and the name changes, so an
-upgrade breaks a test in CI instead of a training run. Lookups that can fail raise ``CompatError``: there is no
-silent fallback to a no-op.
+here has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move and the
+name changes, so an upgrade breaks a test in CI instead of a training run. Lookups that can fail raise
+``CompatError``: there is no silent fallback to a no-op.
 
 Names used, and why:
 - ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance. Not
