@@ -150,16 +150,18 @@ def test_resuming_the_finished_run_on_two_processes_trains_nothing(ddp_run, repo
 def test_auto_backend_is_unsloth_across_processes(monkeypatch):
     from sarashina_grpo.modeling import resolve_backend
 
+    settings = article_settings()  # built in this one process: TRL would start the process group of WORLD_SIZE
     monkeypatch.setenv("WORLD_SIZE", "2")
     # why: on two H100s Unsloth stepped ~7x faster than trl-peft, with identical weights across ranks (GPU suite)
-    assert resolve_backend(article_settings()) == "unsloth"
+    assert resolve_backend(settings) == "unsloth"
 
 
 def test_trl_peft_stays_a_choice_across_processes(monkeypatch):
     from sarashina_grpo.modeling import resolve_backend
 
+    settings = article_settings(backend="trl-peft")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert resolve_backend(article_settings(backend="trl-peft")) == "trl-peft"
+    assert resolve_backend(settings) == "trl-peft"
 
 
 def test_auto_backend_is_unsloth_in_one_process(monkeypatch):
