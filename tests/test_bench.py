@@ -127,7 +127,6 @@ def test_the_scaling_table_compares_each_count_with_one_gpu():
     (["--steps", "0"], "--steps"),  # why: no step, nothing to time (it used to run every configuration anyway)
     (["--max-completion-length", "0"], "--max-completion-length"),
     (["--beta", "-0.1"], "--beta"),
-    (["--loss-type", "grp"], "--loss-type"),
     (["--profile-step", "9", "--steps", "4"], "--profile-step"),
     (["--configs", "turbo-6"], "turbo-6"),
 ])

@@ -99,7 +99,7 @@ def test_the_batch_rule_is_trls_global_one():
         (["train", "--max-step", "5"], "unrecognized arguments: --max-step 5 (did you mean --max-steps?)"),
         (["train", "--lerning-rate", "1e-5"], "did you mean --learning-rate?"),
         (["train", "--save-total-limit", "many"], "--save-total-limit: invalid int value: 'many'"),
-        (["train", "--report-to"], "--report-to: expected at least one argument"),
+        (["train", "--report-to"], "--report-to: expected one argument"),
         (["train", "--rewards", "xmlcount,xmlcount"], "names xmlcount twice"),
         (["train", "--rewards", "xmlcont"], "Unknown reward 'xmlcont' (did you mean xmlcount?)"),
         (["train", "--lr-scheduler-type", "cosin"], "--lr-scheduler-type: invalid choice: 'cosin'"),

@@ -267,9 +267,9 @@ def test_a_reward_file_that_fails_to_import_says_why(tmp_path):
     assert "cannot import" in reward_error(f"{tmp_path}/broken.py:f")
 
 
-def test_settings_check_a_custom_reward_before_any_model_loads(my_rewards):
-    from sarashina_grpo.config import article_settings
+def test_the_preflight_checks_a_custom_reward_before_any_model_loads(my_rewards):
     from sarashina_grpo.project import SettingsError
+    from sarashina_grpo.validation import check_rewards
 
     with pytest.raises(SettingsError, match="must accept completions"):
-        article_settings(model_name="tiny", reward_names=(f"{my_rewards}:no_kwargs_reward",))
+        check_rewards([f"{my_rewards}:no_kwargs_reward"])

@@ -117,12 +117,29 @@ def command_parser(name: str, command) -> argparse.ArgumentParser:
     return parser
 
 
+def settings_parser(extra_types, parser_class, **options):
+    """TRL's parser (or a subclass) over ``Settings`` and ``extra_types`` (the train command's run options): every
+    field is a flag (``--max-steps`` and ``--max_steps``), with short forms of the article's flags as aliases."""
+    from .config import FIELDS, HINTS, Settings
+    from .project import FLAGS
+
+    parser = parser_class([Settings, *extra_types], allow_abbrev=False, **options)
+    parser.add_argument(FLAGS["per_device_train_batch_size"], dest="per_device_train_batch_size", type=int,
+                        help="--per-device-train-batch-size: completions per device per step")
+    parser.add_argument(FLAGS["use_vllm"], dest="use_vllm", action="store_true",
+                        help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
+    for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
+        if hint is bool and FIELDS[name].default is not True:
+            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
+                                help=f"turn --{name.replace('_', '-')} off")
+    return parser
+
+
 def train_parser() -> argparse.ArgumentParser:
     """``train``'s parser: TRL's ``TrlParser`` over the run's ``Settings``, the run options and ``--threads``. It
     imports TRL: call it after ``noise.import_unsloth`` (``commands.import_training_stack``)."""
     from trl import TrlParser
 
-    from .config import settings_parser
     from .options import CpuOptions, RunOptions
 
     class TrainParser(OneLineErrors, TrlParser):

@@ -16,7 +16,7 @@ a recipe key, the notebook's ``SETTINGS`` or a resumed run's ``run.json``.
 The article's values live in one place, the default recipe ``configs/recipes/article.yaml``. ``load_settings``
 layers, each over the one before: that recipe (or a resumed run's recorded settings) < a recipe given with
 ``--config`` (or ``RECIPE``) < the values given (flags, ``SETTINGS``). Parsing is TRL's own ``TrlParser``
-(``settings_parser``), for the command line and for mappings alike.
+(``cli.train_parser``).
 """
 
 import dataclasses
@@ -33,7 +33,7 @@ if "trl" not in sys.modules:  # Unsloth patches TRL as it is imported, so it com
 
     import_unsloth()
 
-from trl import GRPOConfig, TrlParser  # noqa: E402
+from trl import GRPOConfig  # noqa: E402
 
 from . import project  # noqa: E402
 from .project import (  # noqa: E402
@@ -332,21 +332,6 @@ def check_combinations(settings: Settings) -> None:
 
 
 # --- reading recipes, flags and mappings
-
-
-def settings_parser(extra_types=(), parser_class=TrlParser, **options) -> TrlParser:
-    """TRL's parser (or a subclass) over ``Settings`` and ``extra_types`` (the train command's run options): every
-    field is a flag (``--max-steps`` and ``--max_steps``), with short forms of the article's flags as aliases."""
-    parser = parser_class([Settings, *extra_types], allow_abbrev=False, **options)
-    parser.add_argument(FLAGS["per_device_train_batch_size"], dest="per_device_train_batch_size", type=int,
-                        help="--per-device-train-batch-size: completions per device per step")
-    parser.add_argument(FLAGS["use_vllm"], dest="use_vllm", action="store_true",
-                        help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
-    for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
-        if hint is bool and FIELDS[name].default is not True:
-            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
-                                help=f"turn --{name.replace('_', '-')} off")
-    return parser
 
 
 def known_keys(values: dict, source: str) -> dict:
