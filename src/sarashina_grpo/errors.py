@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import SettingsError
 from .data import DataError
+from .rewards import RewardError
 
 DEBUG_ENV = "SARASHINA_GRPO_DEBUG"
 USER_ERROR_EXIT = 2
@@ -80,7 +81,7 @@ def _os_error_message(err: OSError) -> str | None:
 
 def user_error_message(exc: BaseException) -> str | None:
     """The one-line message for a failure the user can cause or fix; None for anything else (a bug)."""
-    if isinstance(exc, SettingsError | DataError):
+    if isinstance(exc, SettingsError | DataError | RewardError):
         return str(exc)
     for err in _chain(exc):
         if isinstance(err, OSError) and (message := _os_error_message(err)):

@@ -247,7 +247,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, OneCompletionTable
     from .data import prompts_dataset
     from .modeling import check_packing
-    from .rewards import get_reward_funcs
+    from .rewards import training_rewards
 
     settings = run.settings
     if multi_process():
@@ -267,7 +267,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,
-        reward_funcs=get_reward_funcs(settings.reward_names),
+        reward_funcs=training_rewards(settings.reward_names),  # a broken reward stops the run with one line
         args=args,
         train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
