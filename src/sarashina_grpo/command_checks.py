@@ -63,7 +63,10 @@ def check_eval_limit(limit: int | None) -> None:
 
 
 def check_new_folder(folder: str | Path, label: str) -> Path:
-    """``folder`` expanded, when it is new or an empty folder: nothing a command writes there overwrites anything."""
+    """``folder`` expanded, when it is new or an empty folder: nothing a command writes there overwrites anything.
+    An empty path (an unset ``$OUT``) is refused: ``Path("")`` is the working folder."""
+    if not str(folder).strip():
+        raise SettingsError(f"{label} is an empty path (an unset variable?); give the folder to write to.")
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise SettingsError(f"{label} {folder} is a file; give a new folder to write to.")

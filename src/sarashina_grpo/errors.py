@@ -133,6 +133,8 @@ def check_artifact_dir(artifact_dir: str | os.PathLike) -> None:
 def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> None:
     """Raise ``SettingsError`` naming every ``--compare`` evaluation that does not exist or cannot be read, and the
     ones that do, before an evaluation runs (not after it)."""
+    from .evaluation import metrics_problem
+
     eval_dir = Path(artifact_dir) / "eval"
     missing, damaged = [], []
     for name in names:
@@ -142,9 +144,11 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
             missing.append(str(name))
             continue
         try:
-            json.loads(metrics.read_bytes())
+            problem = metrics_problem(json.loads(metrics.read_bytes()))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            damaged.append(str(metrics))
+            problem = "is cut off or not valid JSON"
+        if problem:
+            damaged.append(f"{metrics} {problem}")
     if missing:
         known = sorted(p.name for p in eval_dir.glob("*") if (p / "metrics.json").is_file())
         raise SettingsError(
@@ -152,5 +156,5 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
             f"there: {known or 'none'}. Run `sarashina-grpo eval --name NAME` first, or give an evaluation folder."
         )
     if damaged:
-        raise SettingsError(f"--compare: {', '.join(damaged)} is cut off or not valid JSON. Run that evaluation "
-                            "again (sarashina-grpo eval --name …).")
+        raise SettingsError(f"--compare: {'; '.join(damaged)}. Run that evaluation again (sarashina-grpo eval "
+                            "--name …).")

@@ -48,7 +48,7 @@ class ConvertOptions:
         self.gguf = Path(self.paths[0]).expanduser() if len(self.paths) == 2 else packaged_gguf()
         self.out = Path(self.paths[-1]).expanduser()
         check_gguf(self.gguf)
-        check_new_folder(self.out, "convert-gguf OUT")
+        check_new_folder(self.paths[-1], "convert-gguf OUT")  # the text given: Path("") would read as "."
 
 
 def packaged_gguf() -> Path:

@@ -221,6 +221,7 @@ def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
         state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
+    state = state if isinstance(state, dict) else {}  # damage is verify's to report; this reads what it can
     step = state.get("global_step")
     step = step if isinstance(step, int) else step_of(checkpoint) or 0
     planned = state.get("max_steps")
