@@ -9,9 +9,13 @@ checked by ``validation``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .config import SettingsError, finite_number
+
+# More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
+MAX_THREADS_PER_CORE = 4
 
 
 def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, batch_size: int,
@@ -36,6 +40,11 @@ def check_threads(threads: int | None) -> int | None:
     """``--threads`` of the commands that compute on a CPU: unset, or a positive count; returned as given."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise SettingsError(f"--threads must be a positive integer, got {threads}.")
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > MAX_THREADS_PER_CORE * cores:
+        # 100,000 threads ran the machine out of memory while importing Unsloth, then crashed (SIGSEGV)
+        raise SettingsError(f"--threads {threads} is far more than this machine's {cores} CPU core(s); give at most "
+                            f"{MAX_THREADS_PER_CORE * cores} (usually the number of cores, or leave it out).")
     return threads
 
 

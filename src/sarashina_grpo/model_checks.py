@@ -78,6 +78,9 @@ def check_hub_model(name: str) -> None:
 def check_model_name(name: str) -> None:
     """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
     id that cannot be had here (``check_hub_model``)."""
+    from .errors import check_home_folder
+
+    check_home_folder()  # `tiny` and every default path live under $SARASHINA_GRPO_HOME
     if name == "tiny":
         return
     if not looks_like_path(name):
@@ -86,11 +89,18 @@ def check_model_name(name: str) -> None:
     path = Path(name).expanduser()
     examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
                 "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        raise ModelNotFoundError(f"{model_label(name)} is a GGUF file; convert it to a model folder first: "
+                                 f"sarashina-grpo convert-gguf {path} OUT, then give --model OUT.")
+    if path.is_file():
+        raise ModelNotFoundError(f"{model_label(name)} is a file, not a model folder. {examples}")
     if not path.is_dir():
         raise ModelNotFoundError(f"{model_label(name)}: no such folder. {examples}")
     kind = folder_kind(path)
     if kind.adapter or kind.model:
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
+        if kind.model and not kind.adapter and (problem := model_folder_problem(path)):
+            raise ModelNotFoundError(f"{model_label(name)}: {problem}")
         if kind.adapter:
             check_base_model(path)
         return
@@ -106,6 +116,35 @@ def check_model_name(name: str) -> None:
         "nor LoRA adapter files "
         f"(adapter_config.json + adapter_model.safetensors). {hint}"
     )
+
+
+# Files a tokenizer loads from: the fast tokenizer's JSON, a SentencePiece model, or a BPE/WordPiece vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt")
+# config.json fields that are counts for every architecture this project loads: text or a fraction there means the
+# file was edited or overwritten, and transformers would fail with a traceback after importing everything.
+CONFIG_COUNTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings")
+
+
+def model_folder_problem(folder: Path) -> str | None:
+    """What keeps a full model folder from loading, read from its small files: no tokenizer files, or a
+    ``config.json`` that is not an object with whole, positive counts."""
+    files = {p.name for p in folder.iterdir()}
+    if not files & set(TOKENIZER_FILES):
+        return (f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, …): the model cannot read or "
+                "write text. Copy them from the model it came from (they are saved with every checkpoint).")
+    try:
+        model_config = json.loads((folder / "config.json").read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{folder / 'config.json'} is not valid JSON ({err}); restore it."
+    if not isinstance(model_config, dict):
+        return f"{folder / 'config.json'} holds a JSON {type(model_config).__name__}, not a model configuration."
+    for key in CONFIG_COUNTS:
+        value = model_config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return f"{folder / 'config.json'} has {key} = {value!r}, not a positive whole number; restore the file."
+    return None
 
 
 def missing_local_model(name: str) -> bool:

@@ -192,8 +192,10 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
     ``resume_weights_only``: go on from its weights with a fresh optimizer, ``checkpoints.check_resume_state``).
     """
     from .data import DataError
+    from .errors import check_launch_environment
     from .modeling import resolve_model_name
 
+    check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
     if not multi_process():
         return _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change,

@@ -302,7 +302,10 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     ``run_dir``: the run being resumed (its ``run.json`` must agree). ``check_model_files`` off: the caller brings
     its own loaded model (the benchmark, the learning proof)."""
     # Checked before resolving: resolving asks torch about CUDA, seconds that a typo should not cost.
+    from .errors import check_trl_fields
+
     settings = check_settings(settings).resolved()
+    check_trl_fields(settings.extra_grpo_args, settings.seed)  # seed range, report_to installed, hub reachable
     for warning in settings_warnings(settings):
         logger.warning(warning)
     # The files the user named come first: a missing prompt file is reported even where the model would not run

@@ -157,9 +157,12 @@ def read_format_examples(path: str | Path) -> list[dict]:
     ``DataError`` naming its line."""
     import json
 
+    from .tables import read_text
+
     path = project_path(path)
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    # read as the prompt file is: UTF-8, UTF-16 with a BOM, or Shift_JIS/cp932 with a warning, else one DataError
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
