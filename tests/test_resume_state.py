@@ -186,3 +186,12 @@ def test_progress_reads_a_state_that_is_not_an_object_without_raising(tmp_path):
 def test_the_trainers_own_files_pass(tmp_path):
     # why: the checks must not refuse what transformers writes (tests/checkpoint_files.py mirrors it)
     assert verify(make_checkpoint(tmp_path, 3)) == []
+
+
+def test_a_resume_without_run_json_says_so_before_anything_else(run_dir, caplog):
+    # why: the resume fell back to the defaults (the 3B model) and the next error blamed the missing GPU
+    (run_dir / "run.json").unlink()
+    with caplog.at_level(logging.WARNING), pytest.raises(SettingsError):
+        prepare(Settings(model_name="sbintuitions/sarashina2.2-3b-instruct-v0.1", load_in_4bit=True),
+                artifact_dir=run_dir.parent.parent, resume="r", given=set())
+    assert "has no run.json" in caplog.text and "defaults for the rest" in caplog.text

@@ -147,6 +147,29 @@ def model_folder_problem(folder: Path) -> str | None:
     return None
 
 
+def nonfinite_parameters(model, limit: int = 3) -> list[str]:
+    """Names of (up to ``limit``) floating-point parameters of ``model`` holding NaN or inf; quantised weights
+    (integer storage) are skipped. One pass over the weights where they are (fast on a GPU)."""
+    import torch
+
+    bad = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                bad.append(name)
+                if len(bad) >= limit:
+                    break
+    return bad
+
+
+def check_finite_model(model, what: str, fix: str) -> None:
+    """Raise ``SettingsError`` naming the first parameters of ``model`` that hold NaN or inf: such a model answers
+    with empty text or fails at its first sampled token, and written out it would pass the fault on."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise SettingsError(f"{what} holds NaN or inf weights ({', '.join(bad)}). {fix}")
+
+
 def missing_local_model(name: str) -> bool:
     """``name`` is a local folder (not a hub id, not 'tiny') that holds no model (no config.json) here."""
     if name == "tiny" or not (looks_like_path(name) or Path(name).is_absolute()):

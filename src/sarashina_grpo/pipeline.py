@@ -157,6 +157,8 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
                     resume_weights_only=False) -> Run:
     checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
     info = read_run_info(run_dir)
+    if info is None:
+        runs.warn_no_run_info(run_dir, settings.model_name)
     if given is not None:
         settings = with_recorded_settings(settings, run_dir, given)
     explicit = given is None or "max_steps" in given

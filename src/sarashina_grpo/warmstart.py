@@ -235,6 +235,11 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
         model, tokenizer = supervised_pass(model_dir, examples, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    from .model_checks import check_finite_model
+
+    check_finite_model(model, f"The warm start of {config.model}", f"Nothing was written to {out_dir}. The "
+                       f"supervised pass diverged: run it again with a lower --learning-rate (now "
+                       f"{config.learning_rate:g}).")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     logger.info("warm start of %s: %d examples, %d steps, %.0f s -> %s", config.model, len(examples), config.steps,
