@@ -292,3 +292,21 @@ def test_a_reward_error_is_one_line(reward_file):
     err = RewardError("Reward r returned inf for completion 1 at step 1: …")
     stream = io.StringIO()
     assert report(err, stream=stream) == 2 and stream.getvalue() == f"error: {err}\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_training_with_an_infinite_reward_stops_with_one_line(tmp_path, reward_file, write_csv, repo_root):
+    # why: the run used to finish with exit 0, reward inf and loss 0 at every step (TRL zeroes NaN advantages)
+    import subprocess
+
+    ref = reward_file("def r(completions, **kw):\n    return [float('inf')] * len(completions)\n")
+    data = write_csv("prompt,lang\nこんにちは,ja\n元気ですか,ja\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sarashina_grpo.cli", "train", "--model", "tiny", "--num-generations", "2",
+         "--batch-size", "2", "--max-completion-length", "8", "--max-steps", "2", "--threads", "1",
+         "--no-log-completions", "--data", str(data), "--artifact-dir", str(tmp_path / "a"), "--rewards", ref],
+        capture_output=True, text=True, timeout=280, cwd=repo_root)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and "returned inf for completion 1 at step 1" in errors[0]
