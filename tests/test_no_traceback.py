@@ -24,13 +24,12 @@ from sarashina_grpo.data import DataError
 from sarashina_grpo.errors import (
     check_home_folder,
     check_launch_environment,
-    check_push_to_hub,
     check_report_to,
     check_seed,
     user_error_message,
 )
 from sarashina_grpo.inference import chat_loop
-from sarashina_grpo.model_checks import ModelNotFoundError, check_model_name
+from sarashina_grpo.model_checks import ModelNotFoundError, check_model_name, check_push_to_hub
 
 # --- TRL's fields ------------------------------------------------------------------------------------------------
 

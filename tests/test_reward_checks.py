@@ -20,13 +20,11 @@ import pytest
 
 from sarashina_grpo.config import Settings, SettingsError
 from sarashina_grpo.errors import report
+from sarashina_grpo.reward_guard import RewardError, check_reward_values, training_rewards
 from sarashina_grpo.rewards import (
-    RewardError,
     check_reward_columns,
     check_reward_names,
-    check_reward_values,
     correct_answer_reward,
-    training_rewards,
     xmlcount_reward,
 )
 from sarashina_grpo.validation import check_rewards_have_columns, check_settings

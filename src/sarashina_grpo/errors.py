@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import HOME_VARIABLE, SettingsError
 from .data import DataError
-from .rewards import RewardError
+from .reward_guard import RewardError
 
 DEBUG_ENV = "SARASHINA_GRPO_DEBUG"
 USER_ERROR_EXIT = 2
@@ -162,11 +162,20 @@ def check_artifact_dir(artifact_dir: str | os.PathLike) -> None:
                                 "file, or choose another --artifact-dir.")
 
 
+def metrics_problem(metrics) -> str | None:
+    """Why a parsed ``metrics.json`` is not one an evaluation wrote: not an object, or a figure (every key but
+    ``meta``) that is not a number (null is fine: an evaluation without answers has no accuracy)."""
+    if not isinstance(metrics, dict):
+        return f"holds a JSON {type(metrics).__name__}, not an evaluation's figures"
+    for key, value in metrics.items():
+        if key != "meta" and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"has {key} = {value!r}, not a number"
+    return None
+
+
 def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> None:
     """Raise ``SettingsError`` naming every ``--compare`` evaluation that does not exist or cannot be read, and the
     ones that do, before an evaluation runs (not after it)."""
-    from .evaluation import metrics_problem
-
     eval_dir = Path(artifact_dir) / "eval"
     missing, damaged = [], []
     for name in names:
@@ -193,8 +202,8 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
 
 
 # --- the environment and TRL's own fields, before a model loads -----------------------------------------------
-# validation.check_run calls check_trl_fields, pipeline.prepare calls check_launch_environment; the CLI may call
-# check_home_folder first of all.
+# validation.check_run calls check_seed and check_report_to (and model_checks.check_push_to_hub), pipeline.prepare
+# check_launch_environment, model_checks.check_model_name check_home_folder.
 
 # report_to names and the module each needs (transformers.integrations); "none" and "all" need nothing.
 REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
@@ -224,28 +233,6 @@ def check_report_to(report_to) -> None:
             raise SettingsError(f"report_to {name!r} needs the {module} package, which is not installed: install "
                                 f"it (uv pip install {module}) or drop it from report_to (e.g. report_to: "
                                 "tensorboard).")
-
-
-def check_push_to_hub(push_to_hub, hub_model_id=None) -> None:
-    """Raise ``SettingsError`` when ``push_to_hub`` is on but the hub cannot be reached from here (the upload
-    would fail with a connection traceback after the model loads)."""
-    if not push_to_hub:
-        return
-    from huggingface_hub import constants
-
-    from .model_checks import hub_reachable
-
-    if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached (no network?)"
-        raise SettingsError(f"push_to_hub is on but {why}. Turn it off and upload later with sarashina-grpo export "
-                            "CHECKPOINT OUT --push-to-hub REPO.")
-
-
-def check_trl_fields(extra_grpo_args: dict, seed) -> None:
-    """The checks above for the values that reach TRL's GRPOConfig (``extra_grpo_args`` and ``seed``)."""
-    check_seed(seed)
-    check_report_to(extra_grpo_args.get("report_to", "tensorboard"))
-    check_push_to_hub(extra_grpo_args.get("push_to_hub"), extra_grpo_args.get("hub_model_id"))
 
 
 def check_launch_environment(env=None) -> None:

@@ -267,24 +267,14 @@ def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tup
     if not (path / "metrics.json").exists():
         raise SettingsError(f"No evaluation named {run!r} (no metrics.json in {path}); run `sarashina-grpo eval "
                             f"--name {run}` first, or give the folder of an earlier evaluation.")
+    from .errors import metrics_problem
+
     metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     problem = metrics_problem(metrics)
     if problem:
         raise SettingsError(f"{path / 'metrics.json'} {problem}. Run that evaluation again (sarashina-grpo eval "
                             "--name …).")
     return path.name, metrics
-
-
-def metrics_problem(metrics) -> str | None:
-    """Why a parsed ``metrics.json`` is not one ``evaluate`` wrote: not an object, or a figure of ``METRIC_KEYS``
-    that is not a number (missing and null figures are fine: an evaluation without answers has no accuracy)."""
-    if not isinstance(metrics, dict):
-        return f"holds a JSON {type(metrics).__name__}, not an evaluation's figures"
-    for key in METRIC_KEYS:
-        value = metrics.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            return f"has {key} = {value!r}, not a number"
-    return None
 
 
 # File names are limited to 255 bytes on common file systems; a comparison folder is named after its evaluations.

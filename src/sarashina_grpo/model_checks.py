@@ -53,6 +53,19 @@ def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
         return False
 
 
+def check_push_to_hub(push_to_hub) -> None:
+    """Raise ``SettingsError`` when ``push_to_hub`` (a GRPOConfig field) is on but the hub cannot be reached from
+    here: the upload would fail with a connection traceback after the model loads and trains."""
+    if not push_to_hub:
+        return
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached (no network?)"
+        raise SettingsError(f"push_to_hub is on but {why}. Turn it off and upload later with sarashina-grpo export "
+                            "CHECKPOINT OUT --push-to-hub REPO.")
+
+
 def check_hub_model(name: str) -> None:
     """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
     (``HF_HUB_OFFLINE`` set, or the hub unreachable): one line in seconds, instead of the loader's traceback after

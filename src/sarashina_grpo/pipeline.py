@@ -257,7 +257,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, OneCompletionTable
     from .data import prompts_dataset
     from .modeling import check_packing
-    from .rewards import training_rewards
+    from .reward_guard import training_rewards
 
     settings = run.settings
     if multi_process():

@@ -302,10 +302,14 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     ``run_dir``: the run being resumed (its ``run.json`` must agree). ``check_model_files`` off: the caller brings
     its own loaded model (the benchmark, the learning proof)."""
     # Checked before resolving: resolving asks torch about CUDA, seconds that a typo should not cost.
-    from .errors import check_trl_fields
+    from .errors import check_report_to, check_seed
+    from .model_checks import check_push_to_hub
 
     settings = check_settings(settings).resolved()
-    check_trl_fields(settings.extra_grpo_args, settings.seed)  # seed range, report_to installed, hub reachable
+    # values TRL's GRPOConfig takes as they are, which fail only after the model loads
+    check_seed(settings.seed)
+    check_report_to(settings.extra_grpo_args.get("report_to", "tensorboard"))
+    check_push_to_hub(settings.extra_grpo_args.get("push_to_hub"))
     for warning in settings_warnings(settings):
         logger.warning(warning)
     # The files the user named come first: a missing prompt file is reported even where the model would not run
