@@ -195,3 +195,13 @@ def test_a_resume_without_run_json_says_so_before_anything_else(run_dir, caplog)
         prepare(Settings(model_name="sbintuitions/sarashina2.2-3b-instruct-v0.1", load_in_4bit=True),
                 artifact_dir=run_dir.parent.parent, resume="r", given=set())
     assert "has no run.json" in caplog.text and "defaults for the rest" in caplog.text
+
+
+@pytest.mark.parametrize("elsewhere", ["global_step3", "optimizer_0", "optimizer.bin"])
+def test_optimizer_state_kept_by_deepspeed_or_fsdp_counts(tmp_path, elsewhere):
+    # why: DeepSpeed saves the optimizer under global_step<N>/, FSDP as optimizer.bin or optimizer_0/
+    checkpoint = make_checkpoint(tmp_path, 3)
+    (checkpoint / "optimizer.pt").unlink()
+    path = checkpoint / elsewhere
+    path.mkdir() if "." not in elsewhere else path.write_bytes(b"x")
+    assert missing_resume_state(checkpoint) == []

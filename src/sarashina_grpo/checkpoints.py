@@ -205,9 +205,18 @@ RESUME_STATE = {"optimizer.pt": "the optimizer's moments and step count",
                 "scheduler.pt": "the learning-rate schedule, whose warm-up would restart"}
 
 
+# Where other back-ends keep the optimizer state instead of optimizer.pt: DeepSpeed's global_step<N>/ folder, FSDP's
+# optimizer.bin or optimizer_0/, per-rank files (transformers 5 Trainer._save_optimizer_and_scheduler).
+OPTIMIZER_ELSEWHERE = ("global_step*", "optimizer*.bin", "optimizer_*", "rank*-of-*-optimizer.pt")
+
+
 def missing_resume_state(checkpoint: str | os.PathLike) -> list[str]:
     """The files of ``RESUME_STATE`` that ``checkpoint`` lacks (a ``save_only_model`` run, or deleted)."""
-    return [name for name in RESUME_STATE if not (Path(checkpoint) / name).is_file()]
+    folder = Path(checkpoint)
+    missing = [name for name in RESUME_STATE if not (folder / name).is_file()]
+    if "optimizer.pt" in missing and any(any(folder.glob(p)) for p in OPTIMIZER_ELSEWHERE):
+        missing.remove("optimizer.pt")
+    return missing
 
 
 def check_resume_state(checkpoint: str | os.PathLike, *, weights_only: bool = False,
