@@ -365,7 +365,12 @@ def read_settings(values: dict, *, source: str = "settings") -> dict:
 
 def read_text_setting(path: str | Path, name: str) -> str:
     """The text of a file named by a setting (system prompt, role), with one clear error when it cannot be used."""
+    from .tables import file_problem
+
     file = project_path(path)
+    problem = file_problem(file)  # a FIFO or /dev/zero would block or be read until memory runs out
+    if problem and problem not in ("not found", "is a folder"):
+        raise SettingsError(f"{name}: {file} {problem}.")
     try:
         text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:

@@ -106,7 +106,7 @@ def check_ranges(settings: Settings) -> None:
 
 
 def check_choices(settings: Settings) -> None:
-    from .rewards import REWARD_FUNCS, load_reward
+    from .rewards import check_reward_names
 
     choices = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata.get("choices")}
     choices["loss_type"], choices["lr_scheduler_type"] = loss_types(), scheduler_names()
@@ -115,24 +115,10 @@ def check_choices(settings: Settings) -> None:
         if value not in allowed:
             raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, allowed))}, got "
                                 f"{value!r}{config.did_you_mean(str(value), allowed)}.")
-    names = settings.reward_names
-    if not names:
-        raise SettingsError(f"{field_label('reward_names')} is empty: GRPO needs at least one reward.")
-    for name in names:
-        if ":" in name:  # your own reward, module:function or path/to/file.py:function: imported and checked now
-            try:
-                load_reward(name)
-            except KeyError as err:
-                raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
-        elif name not in REWARD_FUNCS:
-            raise SettingsError(f"{field_label('reward_names')}: Unknown reward {name!r}"
-                                f"{config.did_you_mean(name, REWARD_FUNCS)}. Valid rewards: "
-                                f"{', '.join(sorted(REWARD_FUNCS))}, or your own as module:function or "
-                                "path/to/file.py:function.")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise SettingsError(f"{field_label('reward_names')} names {', '.join(repeated)} twice; to weigh a reward "
-                            "more, give --reward-weights (one number per reward) instead.")
+    try:  # unknown names, files that do not load, one function twice, two rewards logged under one name
+        check_reward_names(settings.reward_names)
+    except KeyError as err:
+        raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
     targets = settings.lora_target_modules
     if not targets or not all(t.isidentifier() for t in targets):
         raise SettingsError(f"{field_label('lora_target_modules')} must be module names such as q_proj,v_proj, got "
@@ -298,6 +284,17 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
         logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
 
 
+def check_rewards_have_columns(settings: Settings, rows) -> None:
+    """Each reward finds the columns it needs in the prompt file (``rewards.check_reward_columns``)."""
+    from .rewards import check_reward_columns
+
+    columns = {"prompt", "lang", *(rows[0].extra if rows else {})}
+    try:
+        check_reward_columns(settings.reward_names, columns, settings.data_path)
+    except KeyError as err:
+        raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
+
+
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
               check_model_files: bool = True) -> CheckedRun:
     """Every check of a training run, in the order a user would fix them; one ``SettingsError``/``DataError``.
@@ -305,7 +302,14 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     ``run_dir``: the run being resumed (its ``run.json`` must agree). ``check_model_files`` off: the caller brings
     its own loaded model (the benchmark, the learning proof)."""
     # Checked before resolving: resolving asks torch about CUDA, seconds that a typo should not cost.
+    from .errors import check_report_to, check_seed
+    from .model_checks import check_push_to_hub
+
     settings = check_settings(settings).resolved()
+    # values TRL's GRPOConfig takes as they are, which fail only after the model loads
+    check_seed(settings.seed)
+    check_report_to(settings.extra_grpo_args.get("report_to", "tensorboard"))
+    check_push_to_hub(settings.extra_grpo_args.get("push_to_hub"))
     for warning in settings_warnings(settings):
         logger.warning(warning)
     # The files the user named come first: a missing prompt file is reported even where the model would not run
@@ -313,6 +317,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     rows = check_prompts(project_path(settings.data_path))
     eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
                  if settings.held_out_eval_steps else [])
+    check_rewards_have_columns(settings, rows)
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
         check_model_name(settings.model_name)
