@@ -34,7 +34,7 @@ def write_trainer_files(folder: Path, step: int) -> None:
                folder / "rng_state.pth")
 
 
-def make_checkpoint(run_dir: Path, step: int, *, marker=True, state=True, weights=True, trainer_files=False,
+def make_checkpoint(run_dir: Path, step: int, *, marker=True, state=True, weights=True, trainer_files=True,
                     value: float = 0.01) -> Path:
     folder = Path(run_dir) / f"checkpoint-{step}"
     folder.mkdir(parents=True)

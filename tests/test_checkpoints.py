@@ -92,7 +92,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_intact_one_before_it_r
     with caplog.at_level(logging.WARNING):
         run_dir, checkpoint = find_resume_checkpoint(tmp_path, "r")
     assert (run_dir, checkpoint) == (run, intact)
-    set_aside = list(run.glob("checkpoint-20.set-aside-*"))
+    set_aside = list(run.glob("set-aside/checkpoint-20.set-aside-*"))
     assert len(set_aside) == 1 and (set_aside[0] / file).exists()  # moved, never deleted
     assert "Set checkpoint-20 aside" in caplog.text and f"{file}: " in caplog.text  # names it and the problem
     assert "weights_only=False" not in caplog.text  # never advise loading an untrusted pickle
@@ -120,7 +120,7 @@ def test_no_intact_checkpoint_is_one_error_and_nothing_is_deleted(tmp_path):
         find_resume_checkpoint(tmp_path, "r")
     message = str(info.value)
     assert message.startswith(f"Nothing intact to resume in {run}") and "checkpoint-1, checkpoint-2" in message
-    assert "\n" not in message and len(list(run.iterdir())) == 2
+    assert "\n" not in message and len(list((run / "set-aside").iterdir())) == 2  # moved, not deleted
 
 
 def test_naming_a_damaged_checkpoint_says_what_is_wrong_and_leaves_it_in_place(tmp_path):

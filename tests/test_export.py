@@ -46,7 +46,7 @@ def fake_checkpoint(run_dir: Path, step: int = 2, *, marker=True, weights=True, 
     folder.mkdir(parents=True)
     if weights:
         write_adapter_weights(folder)  # a real (tiny) safetensors file: export verifies it as a resume would
-    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 8,
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 4,
                                                             "lora_alpha": 16}))
     (folder / "tokenizer.json").write_text("{}")
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))

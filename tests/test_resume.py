@@ -82,9 +82,9 @@ def test_later_checkpoint_folders_are_moved_aside_never_deleted(tmp_path):
     keep = make_checkpoint(tmp_path, 2)
     make_checkpoint(tmp_path, 3, marker=False)
     set_aside_newer(tmp_path, keep)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names[0] == "checkpoint-2" and names[1].startswith("checkpoint-3.set-aside-") and len(names) == 2
-    assert (tmp_path / names[1] / "adapter_model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "set-aside"]
+    (aside,) = (tmp_path / "set-aside").iterdir()  # out of reach of transformers' checkpoint rotation
+    assert aside.name.startswith("checkpoint-3.set-aside-") and (aside / "adapter_model.safetensors").exists()
 
 
 def test_two_runs_with_the_same_name_get_different_folders(tmp_path):
@@ -278,16 +278,16 @@ def test_half_written_newer_checkpoints_were_never_chosen_and_are_kept_aside(kil
     run = killed_and_resumed["run"]
     for step in killed_and_resumed["bogus"]:
         assert not (run / f"checkpoint-{step}").exists()
-        assert len(list(run.glob(f"checkpoint-{step}.set-aside-*"))) == 1  # moved, not deleted
+        assert len(list(run.glob(f"set-aside/checkpoint-{step}.set-aside-*"))) == 1  # moved, not deleted
 
 
 @pytest.mark.slow
 def test_a_damaged_newer_checkpoint_is_set_aside_with_a_warning_and_the_real_intact_one_resumed(killed_and_resumed):
     damaged, output = killed_and_resumed["damaged"], killed_and_resumed["output"]
-    assert f"Set {damaged.name} aside as {damaged.name}.set-aside-" in output
+    assert f"Set {damaged.name} aside as set-aside/{damaged.name}.set-aside-" in output
     assert "it is damaged (optimizer.pt: not a readable PyTorch file (cut off or overwritten))" in output
     assert "weights_only=False" not in output  # torch's advice to run the file's code is never passed on
-    assert not damaged.exists() and len(list(damaged.parent.glob(f"{damaged.name}.set-aside-*"))) == 1
+    assert not damaged.exists() and len(list(damaged.parent.glob(f"set-aside/{damaged.name}.set-aside-*"))) == 1
 
 
 @pytest.fixture(scope="module")

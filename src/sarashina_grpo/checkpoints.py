@@ -4,8 +4,9 @@ The only module that knows what a checkpoint folder looks like. A run writes
 ``artifact/outputs/<run>/checkpoint-<step>/``; the folder counts once ``checkpoint_complete`` is written into it
 (last, after weights, optimizer, scheduler, RNG and trainer state), and is *intact* when its files also pass
 ``verify``: cheap checks that catch a save cut off by a full disk, a file overwritten, or NaN weights, before a
-model loads for 20 s and then fails deep in safetensors or torch. Damaged or superseded folders are renamed to
-``checkpoint-<step>.set-aside-<time>``, never deleted, and are never read as checkpoints again.
+model loads for 20 s and then fails deep in safetensors or torch. Damaged or superseded folders are moved to
+``set-aside/checkpoint-<step>.set-aside-<time>`` in the run folder (out of reach of transformers' checkpoint rotation),
+never deleted, and are never read as checkpoints again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 SET_ASIDE = ".set-aside-"
 SET_ASIDE_RE = re.compile(r"checkpoint-(\d+)\.set-aside-.+")
+# Set-aside folders live in this sub-folder of the run: transformers' checkpoint rotation (save_total_limit) deletes
+# every `checkpoint-*` folder of the run folder beyond the limit, set-aside ones included (it reads their step).
+SET_ASIDE_DIR = "set-aside"
 COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by mark_complete
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILES = ("config.json",)
@@ -134,6 +138,12 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
             problem = json_problem(path)
             if problem:
                 problems.append(f"{path.name}: {problem}")
+    if for_resume and not problems and (folder / TRAINER_STATE).exists():
+        problem = trainer_state_problem(folder / TRAINER_STATE)
+        if problem:
+            problems.append(f"{TRAINER_STATE}: {problem}")
+    if not problems:
+        problems += [f"{name}: {problem}" for name, problem in adapter_shape_problems(folder)]
     if not problems:
         problems += [f"{name}: holds non-finite values (NaN or inf)" for name in nonfinite_weight_files(folder)]
     if for_resume:
@@ -143,6 +153,92 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
                 if problem:
                     problems.append(f"{path.name}: {problem}")
     return problems
+
+
+def trainer_state_problem(path: Path) -> str | None:
+    """Why a ``trainer_state.json`` that parses cannot be what the Trainer wrote: not an object, or a
+    ``global_step``/``max_steps`` that is not a whole number, or a ``log_history`` that is not a list."""
+    state = json.loads(path.read_bytes())
+    if not isinstance(state, dict):
+        return f"holds a JSON {type(state).__name__}, not the Trainer's state (overwritten?)"
+    for key in ("global_step", "max_steps"):
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key} is {value!r}, not a whole number (overwritten?)"
+    if not isinstance(state.get("log_history", []), list):
+        return "log_history is not a list (overwritten?)"
+    return None
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    return {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
+
+
+def adapter_shape_problems(folder: Path) -> list[tuple[str, str]]:
+    """(file, problem) when the adapter weights do not have the LoRA rank ``adapter_config.json`` declares (an
+    adapter of another run copied in): PEFT would fail with a size mismatch after the model loads. Reads the
+    safetensors header only."""
+    config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not (config_path.exists() and weights.exists()):
+        return []
+    try:
+        config = json.loads(config_path.read_bytes())
+        rank, patterns = config.get("r"), config.get("rank_pattern") or {}
+        shapes = _safetensors_shapes(weights)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return []  # unreadable files are reported by the header and JSON checks
+    if not isinstance(rank, int) or patterns:
+        return []  # per-module ranks: nothing simple to compare with
+    for key, shape in shapes.items():
+        found = shape[0] if ".lora_A." in key else shape[-1] if ".lora_B." in key else None
+        if found is not None and len(shape) == 2 and found != rank:
+            return [(weights.name, f"holds LoRA rank {found} ({key}) but adapter_config.json says r = {rank}: "
+                     "the weights are from another adapter")]
+    return []
+
+
+# Transformers' Trainer restores these on resume; without them it silently starts a fresh optimizer and schedule.
+RESUME_STATE = {"optimizer.pt": "the optimizer's moments and step count",
+                "scheduler.pt": "the learning-rate schedule, whose warm-up would restart"}
+
+
+# Where other back-ends keep the optimizer state instead of optimizer.pt: DeepSpeed's global_step<N>/ folder, FSDP's
+# optimizer.bin or optimizer_0/, per-rank files (transformers 5 Trainer._save_optimizer_and_scheduler).
+OPTIMIZER_ELSEWHERE = ("global_step*", "optimizer*.bin", "optimizer_*", "rank*-of-*-optimizer.pt")
+
+
+def missing_resume_state(checkpoint: str | os.PathLike) -> list[str]:
+    """The files of ``RESUME_STATE`` that ``checkpoint`` lacks (a ``save_only_model`` run, or deleted)."""
+    folder = Path(checkpoint)
+    missing = [name for name in RESUME_STATE if not (folder / name).is_file()]
+    if "optimizer.pt" in missing and any(any(folder.glob(p)) for p in OPTIMIZER_ELSEWHERE):
+        missing.remove("optimizer.pt")
+    return missing
+
+
+def check_resume_state(checkpoint: str | os.PathLike, *, weights_only: bool = False,
+                       weights_only_flag: str = "--resume-weights-only") -> None:
+    """Raise ``SettingsError`` (one line) unless resuming from ``checkpoint`` restores every piece of training state:
+    ``optimizer.pt`` and ``scheduler.pt`` must be there, unless ``weights_only`` (the caller goes on knowingly with a
+    fresh optimizer and schedule, which is logged). Damaged state files are ``verify``'s to find."""
+    checkpoint = Path(checkpoint)
+    missing = missing_resume_state(checkpoint)
+    if not missing:
+        return
+    what = " and no ".join(f"{name} ({RESUME_STATE[name]})" for name in missing)
+    if weights_only:
+        logger.warning("Resuming from %s without %s: a fresh optimizer and learning-rate schedule (%s).",
+                       checkpoint.name, ", ".join(missing), weights_only_flag)
+        return
+    earlier = [p for p in complete_checkpoints(checkpoint.parent)
+               if step_of(p) < (step_of(checkpoint) or 0) and not missing_resume_state(p)]
+    other = f" or resume from {earlier[-1]}, which has them," if earlier else ""
+    raise SettingsError(f"{checkpoint} has no {what}, so a resume would not continue the run's training but restart "
+                        f"its optimizer (saved with --save-only-model, or deleted). Resume with {weights_only_flag} to "
+                        f"go on from its weights with a fresh optimizer and schedule,{other} or start a new run.")
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -189,7 +285,7 @@ def torch_state_problem(path: Path) -> str | None:
 
     try:
         with torch.serialization.safe_globals(_numpy_types_in_rng_state()):
-            torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):  # a pickle of arbitrary objects: overwritten, or not ours
             return ("holds objects other than tensors and numbers (overwritten?); not loaded, as that could run "
@@ -197,6 +293,19 @@ def torch_state_problem(path: Path) -> str | None:
         return "not a readable PyTorch file (cut off or overwritten)"
     except Exception:  # whatever garbage raises (RuntimeError, EOFError, KeyError, struct.error, …) is damage
         return "not a readable PyTorch file (cut off or overwritten)"
+    return torch_state_shape_problem(path.name, state)
+
+
+def torch_state_shape_problem(name: str, state) -> str | None:
+    """Why a loadable optimizer or scheduler state is not one the Trainer can restore ({} or a list would fail
+    with a KeyError deep in torch after the model loads)."""
+    if name == "optimizer.pt":
+        if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+                and isinstance(state.get("param_groups"), list) and state["param_groups"]):
+            return "not an optimizer's state (no state and param_groups; overwritten?)"
+    elif name == "scheduler.pt":
+        if not (isinstance(state, dict) and isinstance(state.get("last_epoch"), int)):
+            return "not a learning-rate scheduler's state (no last_epoch; overwritten?)"
     return None
 
 
@@ -244,26 +353,40 @@ def mark_complete(folder: str | os.PathLike, step: int) -> bool:
 
 
 def set_aside(folder: Path, reason: str) -> Path | None:
-    """Rename ``folder`` to ``<name>.set-aside-<time>`` (never delete) and warn, naming it and ``reason``. None
-    when another process of the same ``accelerate launch`` moved it first."""
+    """Move ``folder`` to ``set-aside/<name>.set-aside-<time>`` in its run folder (never delete) and warn, naming it
+    and ``reason``. None when another process of the same ``accelerate launch`` moved it first."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = folder.with_name(f"{folder.name}{SET_ASIDE}{stamp}")
+    aside = folder.parent / SET_ASIDE_DIR
+    aside.mkdir(exist_ok=True)
+    target = aside / f"{folder.name}{SET_ASIDE}{stamp}"
     n = 1
     while target.exists():  # two set-asides in the same second
         n += 1
-        target = folder.with_name(f"{folder.name}{SET_ASIDE}{stamp}-{n}")
+        target = aside / f"{folder.name}{SET_ASIDE}{stamp}-{n}"
     try:
         folder.rename(target)
     except FileNotFoundError:
         return None
-    logger.warning("Set %s aside as %s: %s.", folder.name, target.name, reason)
+    logger.warning("Set %s aside as %s/%s: %s.", folder.name, SET_ASIDE_DIR, target.name, reason)
     return target
+
+
+def move_set_aside_out_of_rotation(run_dir: str | os.PathLike) -> None:
+    """Move ``checkpoint-N.set-aside-*`` folders that an older version left in the run folder into ``set-aside/``,
+    out of reach of transformers' checkpoint rotation."""
+    for folder in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*{SET_ASIDE}*"):
+        if folder.is_dir() and set_aside_step(folder) is not None:
+            (folder.parent / SET_ASIDE_DIR).mkdir(exist_ok=True)
+            target = folder.parent / SET_ASIDE_DIR / folder.name
+            if not target.exists():
+                folder.rename(target)
 
 
 def set_aside_newer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
     """Set aside the run's checkpoint folders after ``checkpoint`` (half-written, or from a branch being replaced)
     so the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted."""
     step = step_of(checkpoint)
+    move_set_aside_out_of_rotation(run_dir)
     for folder in list_checkpoints(run_dir):
         if step_of(folder) > step:
             set_aside(folder, f"resuming from the earlier {Path(checkpoint).name}")
@@ -346,7 +469,8 @@ def check_loadable(folder: str | os.PathLike) -> None:
     problems = verify(folder, for_resume=False)
     if problems:
         step = step_of(folder) if step_of(folder) is not None else set_aside_step(folder)
-        earlier = [p for p in complete_checkpoints(folder.parent) if step is not None and step_of(p) < step]
+        run = folder.parent.parent if folder.parent.name == SET_ASIDE_DIR else folder.parent
+        earlier = [p for p in complete_checkpoints(run) if step is not None and step_of(p) < step]
         hint = f" Use an earlier checkpoint of the run, e.g. {earlier[-1]}." if earlier else ""
         raise SettingsError(f"{folder} is damaged ({'; '.join(problems)}).{hint}")
 

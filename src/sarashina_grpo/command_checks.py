@@ -9,9 +9,13 @@ checked by ``validation``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .project import SettingsError, finite_number
+
+# More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
+MAX_THREADS_PER_CORE = 4
 
 
 def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, batch_size: int,
@@ -36,6 +40,11 @@ def check_threads(threads: int | None) -> int | None:
     """``--threads`` of the commands that compute on a CPU: unset, or a positive count; returned as given."""
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise SettingsError(f"--threads must be a positive integer, got {threads}.")
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > MAX_THREADS_PER_CORE * cores:
+        # 100,000 threads ran the machine out of memory while importing Unsloth, then crashed (SIGSEGV)
+        raise SettingsError(f"--threads {threads} is far more than this machine's {cores} CPU core(s); give at most "
+                            f"{MAX_THREADS_PER_CORE * cores} (usually the number of cores, or leave it out).")
     return threads
 
 
@@ -63,7 +72,10 @@ def check_eval_limit(limit: int | None) -> None:
 
 
 def check_new_folder(folder: str | Path, label: str) -> Path:
-    """``folder`` expanded, when it is new or an empty folder: nothing a command writes there overwrites anything."""
+    """``folder`` expanded, when it is new or an empty folder: nothing a command writes there overwrites anything.
+    An empty path (an unset ``$OUT``) is refused: ``Path("")`` is the working folder."""
+    if not str(folder).strip():
+        raise SettingsError(f"{label} is an empty path (an unset variable?); give the folder to write to.")
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise SettingsError(f"{label} {folder} is a file; give a new folder to write to.")

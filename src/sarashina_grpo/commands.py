@@ -101,7 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
     settings, given = train_settings(args)
     try:
         run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
-                      run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change)
+                      run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change,
+                      resume_weights_only=run_options.resume_weights_only)
     except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
         if process_rank() == 0:  # once, not once per process of an `accelerate launch`
             print(finished)
@@ -216,9 +217,11 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:
+    from .command_checks import check_new_folder
     from .tiny import build_model
 
     opts = options(args, BuildTinyOptions)
+    check_new_folder(opts.out_dir, "build-tiny OUT")  # an unset $OUT or a project folder is never written into
     print(build_model(opts.out_dir, opts.shape, opts.seed))
 
 

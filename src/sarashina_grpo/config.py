@@ -137,6 +137,7 @@ class Settings(GRPOConfig):
         if self.system_prompt_file:
             self.system_prompt = read_text_setting(self.system_prompt_file, "system_prompt_file")
         self._decide_machine()
+        project.check_launch_environment()  # TRL's __post_init__ starts the process group these variables name
         try:
             super().__post_init__()
         except ValueError as err:

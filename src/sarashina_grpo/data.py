@@ -109,6 +109,10 @@ def read_rows(path: str | Path) -> list[Row]:
                else "Give every row the keys prompt and lang.")
         raise DataError(f"{path}: {where} has no {' or '.join(repr(c) for c in missing)} column (found {header}). "
                         f"{fix}")
+    repeated = sorted({c for c in header if c and header.count(c) > 1})
+    if repeated:  # the first of them would win silently, the others be dropped
+        raise DataError(f"{path}: {where} names the column {repeated[0]!r} {header.count(repeated[0])} times (found "
+                        f"{header}). Keep one column of each name.")
     reserved = [c for c in header if c in RESERVED_COLUMNS]
     if reserved:
         raise DataError(f"{path}: {where} has a column named {reserved[0]!r}, which is the name of an "
@@ -116,8 +120,11 @@ def read_rows(path: str | Path) -> list[Row]:
     prompt_at, lang_at = header.index("prompt"), header.index("lang")
     role_at = next((header.index(c) for c in ROLE_COLUMNS if c in header), None)
     extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS and at != role_at}
+    text_columns = {at: header[at] for at in (prompt_at, lang_at, role_at) if at is not None}
     rows, bad_lang = [], []
     for line, fields in records:
+        check_text_cells(path, line, fields, text_columns)
+        fields = [f if isinstance(f, str) else str(f) for f in fields]  # extra columns ride along as text
         prompt = fields[prompt_at].strip() if prompt_at < len(fields) else ""
         raw_lang = fields[lang_at] if lang_at < len(fields) else ""
         lang = _lang_code(raw_lang)
@@ -132,6 +139,23 @@ def read_rows(path: str | Path) -> list[Row]:
     if not rows:
         raise DataError(f"{path} has a header but no rows: add one row per prompt, e.g. 'こんにちは,ja'.")
     return rows
+
+
+def check_text_cells(path: Path, line: int, fields: list, columns: dict[int, str]) -> None:
+    """Raise ``DataError`` when a prompt, lang or role cell of a JSONL or Parquet row holds an object, a list, bytes
+    or a struct: read as text they would be trained on in their Python spelling ("['a', 'b']", "b'\\xe6…'")."""
+    for at, name in columns.items():
+        value = fields[at] if at < len(fields) else ""
+        if isinstance(value, str):
+            continue
+        kind = {dict: "an object", list: "a list", bytes: "bytes", bytearray: "bytes"}.get(type(value),
+                                                                                         type(value).__name__)
+        where = "row" if path.suffix.lower() == ".parquet" else "line"
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        fix = " (decode them first, e.g. df[col].str.decode('utf-8'))" if kind == "bytes" else ""
+        raise DataError(f"{path}, {where} {line}: the {name!r} cell holds {kind} ({shown}), not text. Give it as a "
+                        f"string{fix}.")
 
 
 def _bad_lang_message(bad: list[tuple[int, str]]) -> str:

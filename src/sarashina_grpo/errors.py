@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 
 from .data import DataError
-from .project import SettingsError
+from .project import HOME_VARIABLE, SettingsError, check_launch_environment  # noqa: F401  (re-exported)
+from .reward_guard import RewardError
 
 DEBUG_ENV = "SARASHINA_GRPO_DEBUG"
 USER_ERROR_EXIT = 2
@@ -29,6 +30,9 @@ WRITE_FIX = "Choose a writable --artifact-dir, or fix the permissions."
 TORCH_SHORT_WRITE = ("unexpected pos", "PytorchStreamWriter failed writing", "file write failed",
                      "basic_ios::clear", "iostream error")
 DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded")
+FILE_TOO_LARGE_TEXT = ("File too large", "os error 27")  # EFBIG
+FILE_SIZE_FIX = ("Raise the limit (ulimit -f unlimited) or choose --artifact-dir on a file system that takes large "
+                 "files. A checkpoint cut off by this is never resumed from.")
 
 
 def debug_enabled(flag: bool = False) -> bool:
@@ -61,6 +65,8 @@ def _os_error_message(err: OSError) -> str | None:
     code, where = err.errno, _where(err)
     if code in (errno.ENOSPC, errno.EDQUOT):
         return f"No space left on device{where}. {DISK_FULL_FIX}"
+    if code == errno.EFBIG:
+        return f"File too large{where}: {file_size_limit_text()}. {FILE_SIZE_FIX}"
     if code == errno.EROFS:
         return f"Cannot write{where}: it is on a read-only file system. {WRITE_FIX}"
     if code in (errno.EACCES, errno.EPERM):
@@ -68,8 +74,7 @@ def _os_error_message(err: OSError) -> str | None:
     if code in (errno.ENOTDIR, errno.EEXIST):
         blocker = _file_in_the_way(err.filename) if err.filename else None
         if blocker is not None:
-            return (f"{blocker} is a file where a folder is needed. Move or rename it, or choose another "
-                    "--artifact-dir.")
+            return f"{blocker} is a file where a folder is needed. Move or rename it, or {home_fix(blocker)}."
         return f"A file is in the way where a folder is needed{where}. Move or rename it."
     if code == errno.EISDIR:
         return f"Expected a file but found a folder{where}."
@@ -78,9 +83,32 @@ def _os_error_message(err: OSError) -> str | None:
     return None
 
 
+def home_fix(blocker: Path) -> str:
+    """How to choose another place for ``blocker``: the variable that chose it, when it did."""
+    home = os.environ.get(HOME_VARIABLE)
+    if home and Path(home).expanduser().absolute() in [blocker.absolute(), *blocker.absolute().parents]:
+        return f"point {HOME_VARIABLE} (now {home}) at a folder"
+    return "choose another --artifact-dir"
+
+
+def file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (``ulimit -f``), None when there is none."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def file_size_limit_text() -> str:
+    limit = file_size_limit()
+    if limit is None:
+        return "the file system's largest file size was reached"
+    return f"it reached this process's file-size limit of {limit:,} bytes (ulimit -f)"
+
+
 def user_error_message(exc: BaseException) -> str | None:
     """The one-line message for a failure the user can cause or fix; None for anything else (a bug)."""
-    if isinstance(exc, SettingsError | DataError):
+    if isinstance(exc, SettingsError | DataError | RewardError):
         return str(exc)
     for err in _chain(exc):
         if isinstance(err, OSError) and (message := _os_error_message(err)):
@@ -88,7 +116,12 @@ def user_error_message(exc: BaseException) -> str | None:
     text = " ".join(str(err) for err in _chain(exc))
     if any(marker in text for marker in DISK_FULL_TEXT):
         return f"No space left on device. {DISK_FULL_FIX}"
+    if any(marker in text for marker in FILE_TOO_LARGE_TEXT):  # safetensors' Rust writer: "os error 27"
+        return f"File too large: {file_size_limit_text()}. {FILE_SIZE_FIX}"
     if isinstance(exc, RuntimeError) and any(marker in text for marker in TORCH_SHORT_WRITE):
+        if file_size_limit() is not None:  # torch says the same for both; a limit set here is the likelier cause
+            return (f"Writing a file failed inside PyTorch ({str(exc).strip()[:80]}): the disk is full, or "
+                    f"{file_size_limit_text()}. {FILE_SIZE_FIX}")
         return (f"Writing a file failed inside PyTorch ({str(exc).strip()[:80]}): the disk is most likely full "
                 f"(no space left on device). {DISK_FULL_FIX}")
     if isinstance(exc, json.JSONDecodeError):
@@ -129,6 +162,17 @@ def check_artifact_dir(artifact_dir: str | os.PathLike) -> None:
                                 "file, or choose another --artifact-dir.")
 
 
+def metrics_problem(metrics) -> str | None:
+    """Why a parsed ``metrics.json`` is not one an evaluation wrote: not an object, or a figure (every key but
+    ``meta``) that is not a number (null is fine: an evaluation without answers has no accuracy)."""
+    if not isinstance(metrics, dict):
+        return f"holds a JSON {type(metrics).__name__}, not an evaluation's figures"
+    for key, value in metrics.items():
+        if key != "meta" and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"has {key} = {value!r}, not a number"
+    return None
+
+
 def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> None:
     """Raise ``SettingsError`` naming every ``--compare`` evaluation that does not exist or cannot be read, and the
     ones that do, before an evaluation runs (not after it)."""
@@ -141,9 +185,11 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
             missing.append(str(name))
             continue
         try:
-            json.loads(metrics.read_bytes())
+            problem = metrics_problem(json.loads(metrics.read_bytes()))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            damaged.append(str(metrics))
+            problem = "is cut off or not valid JSON"
+        if problem:
+            damaged.append(f"{metrics} {problem}")
     if missing:
         known = sorted(p.name for p in eval_dir.glob("*") if (p / "metrics.json").is_file())
         raise SettingsError(
@@ -151,5 +197,49 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
             f"there: {known or 'none'}. Run `sarashina-grpo eval --name NAME` first, or give an evaluation folder."
         )
     if damaged:
-        raise SettingsError(f"--compare: {', '.join(damaged)} is cut off or not valid JSON. Run that evaluation "
-                            "again (sarashina-grpo eval --name …).")
+        raise SettingsError(f"--compare: {'; '.join(damaged)}. Run that evaluation again (sarashina-grpo eval "
+                            "--name …).")
+
+
+# --- the environment and TRL's own fields, before a model loads -----------------------------------------------
+# validation.check_run calls check_seed and check_report_to (and model_checks.check_push_to_hub), pipeline.prepare
+# check_launch_environment, model_checks.check_model_name check_home_folder.
+
+# report_to names and the module each needs (transformers.integrations); "none" and "all" need nothing.
+REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                  "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "codecarbon": "codecarbon",
+                  "trackio": "trackio", "swanlab": "swanlab", "azure_ml": "azureml", "flyte": "flytekit"}
+MAX_SEED = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too)
+
+
+def check_seed(seed) -> None:
+    """Raise ``SettingsError`` for a seed numpy refuses (set_seed would fail with a traceback)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SettingsError(f"seed (CLI --seed) must be a whole number from 0 to {MAX_SEED:,} (numpy's seeds are), "
+                            f"got {seed!r}.")
+
+
+def check_report_to(report_to) -> None:
+    """Raise ``SettingsError`` naming a ``report_to`` backend whose package is not installed (transformers would
+    raise after the model loads, leaving a run folder with nothing but run.json)."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        module = REPORT_MODULES.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            if name == "tensorboard" and importlib.util.find_spec("tensorboardX"):
+                continue
+            raise SettingsError(f"report_to {name!r} needs the {module} package, which is not installed: install "
+                                f"it (uv pip install {module}) or drop it from report_to (e.g. report_to: "
+                                "tensorboard).")
+
+
+def check_home_folder(env=None) -> None:
+    """Raise ``SettingsError`` when ``SARASHINA_GRPO_HOME`` names a file: every default path (datasets/,
+    artifact/) would fail under it, after a model loads."""
+    env = os.environ if env is None else env
+    home = env.get(HOME_VARIABLE)
+    if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
+        raise SettingsError(f"{HOME_VARIABLE}={home} is a file; it must be the project folder that holds datasets/ "
+                            f"and artifact/. Point {HOME_VARIABLE} at a folder, or unset it.")

@@ -267,7 +267,43 @@ def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tup
     if not (path / "metrics.json").exists():
         raise SettingsError(f"No evaluation named {run!r} (no metrics.json in {path}); run `sarashina-grpo eval "
                             f"--name {run}` first, or give the folder of an earlier evaluation.")
-    return path.name, json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    from .errors import metrics_problem
+
+    metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    problem = metrics_problem(metrics)
+    if problem:
+        raise SettingsError(f"{path / 'metrics.json'} {problem}. Run that evaluation again (sarashina-grpo eval "
+                            "--name …).")
+    return path.name, metrics
+
+
+# File names are limited to 255 bytes on common file systems; a comparison folder is named after its evaluations.
+MAX_COMPARE_NAME_BYTES = 200
+
+
+def comparison_labels(paths: list[Path]) -> list[str]:
+    """One distinct label per evaluation folder: its name, or ``parent/name`` where two folders share a name, or
+    ``name (2)`` where the same folder is given twice, so that no evaluation is dropped from a comparison."""
+    names = [p.name for p in paths]
+    labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+    for i in range(len(labels)):
+        n, base = 1, labels[i]
+        while labels[i] in labels[:i]:
+            n += 1
+            labels[i] = f"{base} ({n})"
+    return labels
+
+
+def comparison_folder_name(labels: list[str]) -> str:
+    """``compare-<a>-vs-<b>…``, shortened with a hash of the full name where it would not fit a file name."""
+    import hashlib
+    import re
+
+    name = "compare-" + "-vs-".join(re.sub(r"[/\\]", "_", label) for label in labels)  # parent/name labels
+    if len(name.encode()) <= MAX_COMPARE_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[:MAX_COMPARE_NAME_BYTES - 13].decode(errors="ignore") + "-" + digest
 
 
 def chart_value(value) -> float | None:
@@ -336,9 +372,11 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path | None = None,
     ``out_dir`` defaults to ``<artifact_dir>/eval/compare-<name1>-vs-<name2>…``."""
     if len(runs) < 2:
         raise ValueError("Comparing needs at least two evaluations.")
-    loaded = dict(load_metrics(r, artifact_dir) for r in runs)
     eval_root = Path(artifact_dir or default_artifact_dir()) / "eval"
-    out_dir = Path(out_dir or eval_root / ("compare-" + "-vs-".join(loaded)))
+    folders = [Path(r) if (Path(r) / "metrics.json").exists() else eval_root / str(r) for r in runs]
+    metrics = [load_metrics(r, artifact_dir)[1] for r in runs]
+    loaded = dict(zip(comparison_labels(folders), metrics, strict=True))
+    out_dir = Path(out_dir or eval_root / comparison_folder_name(list(loaded)))
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(loaded)
     (out_dir / "comparison.md").write_text(table, encoding="utf-8")

@@ -216,8 +216,20 @@ def write_merged(checkpoint: Path, base: str, folder: Path, dtype: str) -> None:
         raise SettingsError(f"The base model {base!r} is stored quantized; a merged 16-bit model needs the "
                             "unquantized base. Pass it with --base-model, e.g. --base-model "
                             "sbintuitions/sarashina2.2-3b-instruct-v0.1.")
+    from .model_checks import check_finite_model
+
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-    model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    try:
+        model = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        raise SettingsError(f"The adapter in {checkpoint} does not fit the base model {base!r} (its layers have other "
+                            "sizes): give the base it was trained on with --base-model (adapter_config.json names "
+                            "it).") from None
+    check_finite_model(model, f"The merged model ({checkpoint} on {base!r})", f"Nothing was written to the export "
+                       f"folder. Check the base model; in {dtype}, a value beyond its range becomes inf (try "
+                       "--dtype float32).")
     model.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     tokenizer.save_pretrained(folder)

@@ -113,9 +113,22 @@ def chat_loop(chat: Chat, read=input, write=print) -> None:
         except (EOFError, KeyboardInterrupt):
             write("")  # the shell's prompt then starts on a line of its own
             return
+        except (RuntimeError, OSError, ValueError) as err:
+            if not closed_input(err):
+                raise
+            return  # stdin closed (`<&-`) or gone: nothing more can be read, as at the end of input
         if not line:
             return
         write(chat.say(line))
+
+
+def closed_input(err: Exception) -> bool:
+    """``input()`` failed because there is no stdin at all: closed (``<&-``: "lost sys.stdin"), or a file
+    descriptor that no longer reads (EBADF), or a closed file object."""
+    import errno
+
+    return ("lost sys.stdin" in str(err) or "closed file" in str(err)
+            or (isinstance(err, OSError) and err.errno == errno.EBADF))
 
 
 @dataclass

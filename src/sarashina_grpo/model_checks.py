@@ -53,6 +53,19 @@ def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
         return False
 
 
+def check_push_to_hub(push_to_hub) -> None:
+    """Raise ``SettingsError`` when ``push_to_hub`` (a GRPOConfig field) is on but the hub cannot be reached from
+    here: the upload would fail with a connection traceback after the model loads and trains."""
+    if not push_to_hub:
+        return
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached (no network?)"
+        raise SettingsError(f"push_to_hub is on but {why}. Turn it off and upload later with sarashina-grpo export "
+                            "CHECKPOINT OUT --push-to-hub REPO.")
+
+
 def check_hub_model(name: str) -> None:
     """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
     (``HF_HUB_OFFLINE`` set, or the hub unreachable): one line in seconds, instead of the loader's traceback after
@@ -78,6 +91,9 @@ def check_hub_model(name: str) -> None:
 def check_model_name(name: str) -> None:
     """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
     id that cannot be had here (``check_hub_model``)."""
+    from .errors import check_home_folder
+
+    check_home_folder()  # `tiny` and every default path live under $SARASHINA_GRPO_HOME
     if name == "tiny":
         return
     if not looks_like_path(name):
@@ -86,11 +102,18 @@ def check_model_name(name: str) -> None:
     path = Path(name).expanduser()
     examples = ("Give a hub id such as 'sbintuitions/sarashina2.2-3b-instruct-v0.1', a finished checkpoint like "
                 "'artifact/outputs/<run>/checkpoint-500', or 'tiny'.")
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        raise ModelNotFoundError(f"{model_label(name)} is a GGUF file; convert it to a model folder first: "
+                                 f"sarashina-grpo convert-gguf {path} OUT, then give --model OUT.")
+    if path.is_file():
+        raise ModelNotFoundError(f"{model_label(name)} is a file, not a model folder. {examples}")
     if not path.is_dir():
         raise ModelNotFoundError(f"{model_label(name)}: no such folder. {examples}")
     kind = folder_kind(path)
     if kind.adapter or kind.model:
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
+        if kind.model and not kind.adapter and (problem := model_folder_problem(path)):
+            raise ModelNotFoundError(f"{model_label(name)}: {problem}")
         if kind.adapter:
             check_base_model(path)
         return
@@ -106,6 +129,58 @@ def check_model_name(name: str) -> None:
         "nor LoRA adapter files "
         f"(adapter_config.json + adapter_model.safetensors). {hint}"
     )
+
+
+# Files a tokenizer loads from: the fast tokenizer's JSON, a SentencePiece model, or a BPE/WordPiece vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt")
+# config.json fields that are counts for every architecture this project loads: text or a fraction there means the
+# file was edited or overwritten, and transformers would fail with a traceback after importing everything.
+CONFIG_COUNTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings")
+
+
+def model_folder_problem(folder: Path) -> str | None:
+    """What keeps a full model folder from loading, read from its small files: no tokenizer files, or a
+    ``config.json`` that is not an object with whole, positive counts."""
+    files = {p.name for p in folder.iterdir()}
+    if not files & set(TOKENIZER_FILES):
+        return (f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, …): the model cannot read or "
+                "write text. Copy them from the model it came from (they are saved with every checkpoint).")
+    try:
+        model_config = json.loads((folder / "config.json").read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{folder / 'config.json'} is not valid JSON ({err}); restore it."
+    if not isinstance(model_config, dict):
+        return f"{folder / 'config.json'} holds a JSON {type(model_config).__name__}, not a model configuration."
+    for key in CONFIG_COUNTS:
+        value = model_config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return f"{folder / 'config.json'} has {key} = {value!r}, not a positive whole number; restore the file."
+    return None
+
+
+def nonfinite_parameters(model, limit: int = 3) -> list[str]:
+    """Names of (up to ``limit``) floating-point parameters of ``model`` holding NaN or inf; quantised weights
+    (integer storage) are skipped. One pass over the weights where they are (fast on a GPU)."""
+    import torch
+
+    bad = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                bad.append(name)
+                if len(bad) >= limit:
+                    break
+    return bad
+
+
+def check_finite_model(model, what: str, fix: str) -> None:
+    """Raise ``SettingsError`` naming the first parameters of ``model`` that hold NaN or inf: such a model answers
+    with empty text or fails at its first sampled token, and written out it would pass the fault on."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise SettingsError(f"{what} holds NaN or inf weights ({', '.join(bad)}). {fix}")
 
 
 def missing_local_model(name: str) -> bool:

@@ -97,6 +97,7 @@ def load_model(settings: Settings, *, lora: bool = True):
         max_lora_rank=settings.lora_rank,
         gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
     )
+    check_loaded_weights(model, settings.model_name)
     already_adapted = hasattr(model, "peft_config")
     if lora and not already_adapted:
         model = FastLanguageModel.get_peft_model(
@@ -110,6 +111,16 @@ def load_model(settings: Settings, *, lora: bool = True):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def check_loaded_weights(model, name: str) -> None:
+    """A model that loaded with NaN or inf weights (a diverged warm start, a damaged file) is one error, not an
+    empty reply or a sampling traceback at the first rollout. Adapters are checked before loading
+    (``checkpoints.verify``); this covers full models, whose weights are read here anyway."""
+    from .model_checks import check_finite_model, model_label
+
+    check_finite_model(model, model_label(name), "Use the model it was made from, or make it again (a warm start "
+                       "with a lower --learning-rate).")
 
 
 # "1": check Unsloth's packing once before step 1 (opt-in). Off by default: on one H100 it raised peak memory from
@@ -222,6 +233,7 @@ def load_model_peft(settings: Settings, *, training: bool = True):
         model = AutoPeftModelForCausalLM.from_pretrained(model_name, is_trainable=training, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
+    check_loaded_weights(model, settings.model_name)
     # Non-reentrant checkpointing: reentrant recomputation marks LoRA weights "ready" twice under DDP.
     checkpointing = {"use_reentrant": False}
     if settings.load_in_4bit:

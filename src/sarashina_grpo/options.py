@@ -28,6 +28,8 @@ class RunOptions:
                                  "run name, a run folder or a checkpoint-N folder", nargs="?", const="latest")
     allow_data_change: bool = setting(False, "resume even though the prompt file changed since the run started "
                                       "(run.json records its hash)")
+    resume_weights_only: bool = setting(False, "resume from a checkpoint without optimizer.pt/scheduler.pt (a "
+                                        "--save-only-model run): its weights, with a fresh optimizer and schedule")
 
 
 @dataclass

@@ -129,7 +129,7 @@ def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -
 
 
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
-             allow_data_change: bool = False) -> Run:
+             allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
     """``prepare`` on one process: every check (``validation.check_run``, the run's promises in ``runs``) before
     any folder is created or set aside; the run is locked from its first folder on."""
     if run_name is not None:
@@ -148,15 +148,19 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
                             f"--resume {run_name}.")
     lock = runs.lock_run(run_dir)  # before anything is set aside: another process may be saving into the run
     try:
-        return _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock)
+        return _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock,
+                               resume_weights_only)
     except BaseException:
         lock.release()
         raise
 
 
-def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock) -> Run:
+def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock,
+                    resume_weights_only=False) -> Run:
     checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
     info = read_run_info(run_dir)
+    if info is None:
+        runs.warn_no_run_info(run_dir, settings.model_name)
     if given is not None:
         settings = with_recorded_settings(settings, run_dir, given)
     explicit = given is None or "max_steps" in given
@@ -164,6 +168,7 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
     max_steps = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
     checked = check_run(settings.replace(max_steps=max_steps), artifact_dir=artifact_dir, run_dir=run_dir,
                         check_model_files=check_model)
+    checkpoints.check_resume_state(checkpoint, weights_only=resume_weights_only)
     data = project_path(checked.settings.data_path).resolve()
     changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
     checkpoints.set_aside_newer(run_dir, checkpoint)
@@ -177,7 +182,7 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
             run_name: str | None = None, check_model: bool = True, given: set[str] | None = None,
-            allow_data_change: bool = False) -> Run:
+            allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
     """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
 
     A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen and its recorded
@@ -188,21 +193,26 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
     The run folder is locked (``runs.lock_run``) by the preparing process until ``run_training`` ends. Resuming,
     a run that reached its planned steps raises ``runs.RunFinished``; a ``max_steps`` at or below the checkpoint's
     step, a ``run_name`` other than the resumed run's, or a changed prompt file (unless ``allow_data_change``) is a
-    ``SettingsError``.
+    ``SettingsError``, and so is a checkpoint without its optimizer or scheduler state (unless
+    ``resume_weights_only``: go on from its weights with a fresh optimizer, ``checkpoints.check_resume_state``).
     """
     from .data import DataError
+    from .errors import check_launch_environment
     from .modeling import resolve_model_name
 
+    check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
     if not multi_process():
-        return _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change)
+        return _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change,
+                        resume_weights_only)
     from accelerate.utils import broadcast_object_list
 
     state = distributed_state()
     decided: list = [None]
     if state.is_main_process:
         try:
-            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change)
+            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change,
+                                  resume_weights_only)
         except (SettingsError, DataError) as err:  # every rank reports it, none waits for folders
             decided[0] = err
     broadcast_object_list(decided, from_process=0)
@@ -255,7 +265,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, OneCompletionTable
     from .data import prompts_dataset
     from .modeling import check_packing
-    from .rewards import get_reward_funcs
+    from .reward_guard import training_rewards
 
     settings = run.settings
     if multi_process() and settings.ddp_find_unused_parameters is None:
@@ -274,7 +284,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     trainer = trainer_class(GRPOTrainer)(
         model=model,
         processing_class=tokenizer,
-        reward_funcs=get_reward_funcs(settings.reward_names),
+        reward_funcs=training_rewards(settings.reward_names),  # a broken reward stops the run with one line
         args=args,
         train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
@@ -328,10 +338,11 @@ def run_training(trainer, run: Run):
 
 def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
           run_name: str | None = None, given: set[str] | None = None, allow_data_change: bool = False,
-          model_and_tokenizer=None, callbacks=(), **grpo_overrides):
+          resume_weights_only: bool = False, model_and_tokenizer=None, callbacks=(), **grpo_overrides):
     """Prepare, build and run GRPO end to end; return the trainer (``trainer.run`` has the run's folders)."""
     run = prepare(settings, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
-                  check_model=model_and_tokenizer is None, given=given, allow_data_change=allow_data_change)
+                  check_model=model_and_tokenizer is None, given=given, allow_data_change=allow_data_change,
+                  resume_weights_only=resume_weights_only)
     model, tokenizer = model_and_tokenizer or load_model(run)
     trainer = build_trainer(run, model, tokenizer, callbacks=callbacks, **grpo_overrides)
     return run_training(trainer, run)

@@ -91,6 +91,32 @@ def torch_dtype(kind: str | None = None):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
 
 
+def check_launch_environment(env=None) -> None:
+    """Raise ``SettingsError`` when ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` are not whole numbers, or say several
+    processes while no launcher started this one (no ``MASTER_ADDR``): left over in a shell, they made accelerate
+    fail with a traceback, or the run wait for processes that never come."""
+    env = os.environ if env is None else env
+    values = {}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        text = env.get(name)
+        if text is None or text.strip() == "":
+            continue
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise SettingsError(f"{name}={text!r} in the environment is not a whole number. It is set by "
+                                f"accelerate launch or torchrun; unset it (unset {name}) to run one process.") from None
+    world = values.get("WORLD_SIZE", 1)
+    if world < 1 or not 0 <= values.get("RANK", 0) < world:
+        raise SettingsError(f"WORLD_SIZE={world} and RANK={values.get('RANK', 0)} in the environment do not fit (RANK "
+                            "must be from 0 to WORLD_SIZE - 1). Unset them to run one process, or start with "
+                            "accelerate launch.")
+    if world > 1 and not env.get("MASTER_ADDR"):
+        raise SettingsError(f"WORLD_SIZE={world} is set in the environment, but no launcher started this process "
+                            "(MASTER_ADDR is not set): left over from an earlier launch? Unset WORLD_SIZE and RANK to "
+                            "run one process, or start several with accelerate launch.")
+
+
 def process_rank() -> int:
     """This process's rank under ``accelerate launch`` (or torchrun); 0 when it runs alone."""
     return int(os.environ.get("RANK", "0"))
@@ -177,7 +203,12 @@ def did_you_mean(name: str, candidates) -> str:
 
 def read_text_setting(path: str | Path, name: str) -> str:
     """The text of a file named by a setting (system prompt, role), with one clear error when it cannot be used."""
+    from .tables import file_problem
+
     file = project_path(path)
+    problem = file_problem(file)  # a FIFO or /dev/zero would block or be read until memory runs out
+    if problem and problem not in ("not found", "is a folder"):
+        raise SettingsError(f"{name}: {file} {problem}.")
     try:
         text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:

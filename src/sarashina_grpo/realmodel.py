@@ -48,7 +48,7 @@ class ConvertOptions:
         self.gguf = Path(self.paths[0]).expanduser() if len(self.paths) == 2 else packaged_gguf()
         self.out = Path(self.paths[-1]).expanduser()
         check_gguf(self.gguf)
-        check_new_folder(self.out, "convert-gguf OUT")
+        check_new_folder(self.paths[-1], "convert-gguf OUT")  # the text given: Path("") would read as "."
 
 
 def packaged_gguf() -> Path:
@@ -71,12 +71,30 @@ def gguf_metadata(path: Path) -> dict:
     except ImportError:
         raise SettingsError(f"Reading GGUF needs the `gguf` package: {INSTALL_HINT}.") from None
     reader = GGUFReader(path)
-    return {name: value.contents() for name, value in reader.fields.items() if not name.startswith("tokenizer.ggml.t")
-            and name != "tokenizer.ggml.merges"}
+    meta = {}
+    for name, value in reader.fields.items():
+        if name.startswith("tokenizer.ggml.t") or name in ("tokenizer.ggml.merges", "tokenizer.ggml.scores"):
+            meta[f"{name}.count"] = len(value.data)  # the arrays are large; their length says they are there
+        else:
+            meta[name] = value.contents()
+    return meta
+
+
+def tokenizer_problem(meta: dict) -> str | None:
+    """What the GGUF header lacks to build a tokenizer (transformers would fail with a traceback after reading the
+    whole file): the token list, and the scores (SentencePiece) or merges (BPE) its tokenizer model needs."""
+    if not meta.get("tokenizer.ggml.tokens.count"):
+        return "no tokenizer (tokenizer.ggml.tokens)"
+    needs = {"llama": "tokenizer.ggml.scores", "gpt2": "tokenizer.ggml.merges"}.get(meta.get("tokenizer.ggml.model"))
+    if needs and not meta.get(f"{needs}.count"):
+        return f"a {meta.get('tokenizer.ggml.model')} tokenizer without {needs}"
+    return None
 
 
 def check_gguf(path: Path) -> dict:
     """Raise ``SettingsError`` unless ``path`` is a readable GGUF of a supported architecture; return its header."""
+    if path.is_dir():
+        raise SettingsError(f"{path} is a folder; give the .gguf file itself.")
     if not path.is_file():
         raise SettingsError(f"GGUF file not found: {path}.")
     with path.open("rb") as f:
@@ -92,6 +110,10 @@ def check_gguf(path: Path) -> dict:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise SettingsError(f"{path}: architecture {arch!r} is not supported; convert-gguf handles "
                             f"{', '.join(SUPPORTED_ARCHITECTURES)} models only.")
+    problem = tokenizer_problem(meta)
+    if problem:
+        raise SettingsError(f"{path} holds {problem}: convert-gguf needs a GGUF that carries its tokenizer (as "
+                            "llama.cpp's own conversions do).")
     return meta
 
 

@@ -144,7 +144,8 @@ def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
     """Reward functions by registry name, or your own as ``module:function`` or ``path/to/file.py:function``
     (``load_reward``); an unknown name raises ``KeyError`` listing the valid ones."""
     if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
+        names = split_reward_names(names)
+    names = list(names)
     funcs = []
     for name in names:
         if ":" in name:
@@ -152,9 +153,85 @@ def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
         elif name in REWARD_FUNCS:
             funcs.append(REWARD_FUNCS[name])
         else:
-            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {', '.join(sorted(REWARD_FUNCS))}, or your own "
-                           "as module:function or path/to/file.py:function.")
+            raise KeyError(unknown_reward_message(name, several=len(names) > 1))
     return funcs
+
+
+def split_reward_names(text: str) -> list[str]:
+    """``"a,b"`` as ``["a", "b"]``: commas separate rewards (a path holding a comma cannot be given)."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def unknown_reward_message(name: str, *, several: bool = False) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(REWARD_FUNCS), n=1, cutoff=0.6)
+    message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
+    if several and ("/" in name or "\\" in name or name.endswith(".py")):
+        # what is left of a path cut at a comma: "dir/a,b/rew.py:r" reads as the rewards "dir/a" and "b/rew.py:r"
+        message += (" Commas separate rewards, so a path holding a comma is cut there: move or rename the file to a "
+                    "path without commas.")
+    return (f"{message} Valid rewards: {', '.join(sorted(REWARD_FUNCS))}, or your own as module:function or "
+            "path/to/file.py:function.")
+
+
+# --- checks of the chosen rewards before a model loads (validation calls them) ---------------------------------
+
+# What TRL passes every reward besides the dataset's columns (TRL 1.15 GRPOTrainer._calculate_rewards); the
+# dataset's ``prompt`` column reaches rewards as ``prompts``.
+TRL_REWARD_ARGUMENTS = frozenset({"prompts", "completions", "completion_ids", "trainer_state", "log_extra",
+                                  "log_metric", "environments"})
+# Columns a built-in reward reads (its parameter has a default, so the signature cannot tell): without the column
+# every completion scores 0 and the run learns nothing from that reward.
+BUILT_IN_COLUMNS = {"correct_answer_reward": ("answer",)}
+
+
+def check_reward_names(names: Sequence[str]) -> list[RewardFunc]:
+    """The rewards ``names`` stand for, after refusing (``KeyError`` with one line) an unknown name, a reward that
+    cannot load, one function given twice (also under two spellings, ``xmlcount`` and
+    ``sarashina_grpo.rewards:xmlcount_reward``), and two rewards TRL would log under one metric name."""
+    if not names:
+        raise KeyError("no reward given: GRPO needs at least one reward.")
+    funcs = get_reward_funcs(list(names))
+    for i, func in enumerate(funcs):
+        for j in range(i):
+            if funcs[j] is func:
+                twice = (f"names {names[i]} twice" if names[i] == names[j] else
+                         f"names {func.__name__} twice ({names[j]} and {names[i]} are the same function)")
+                raise KeyError(f"{twice}; to weigh a reward more, give --reward-weights (one number per reward) "
+                               "instead.")
+            if funcs[j].__name__ == func.__name__:
+                raise KeyError(f"{names[j]} and {names[i]} are two functions named {func.__name__!r}: TRL would log "
+                               f"both as rewards/{func.__name__}/mean and they could not be told apart. Rename one.")
+    return funcs
+
+
+def required_columns(func: RewardFunc) -> list[str]:
+    """The dataset columns ``func`` cannot run without: its parameters with no default that TRL does not pass
+    itself, plus the columns a built-in reward reads (``BUILT_IN_COLUMNS``)."""
+    import inspect
+
+    needed = list(BUILT_IN_COLUMNS.get(func.__name__, ())) if func in REWARD_FUNCS.values() else []
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return needed
+    return needed + [p.name for p in params if p.default is p.empty and p.name not in TRL_REWARD_ARGUMENTS
+                     and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None) -> None:
+    """Raise ``KeyError`` naming the reward and the column when a reward needs a column the prompt file lacks:
+    otherwise a required argument fails at step 1 after the model loads, and a built-in reward such as
+    ``correct_answer`` scores every completion 0 without a word."""
+    columns = {c for c in columns if c != "prompt"}  # the prompt reaches rewards as `prompts`
+    for name, func in zip(names, get_reward_funcs(list(names)), strict=True):
+        missing = [c for c in required_columns(func) if c not in columns]
+        if missing:
+            where = f"the prompt file {data_path}" if data_path else "the prompt file"
+            raise KeyError(f"reward {name} needs the column(s) {', '.join(missing)}, which {where} lacks (its "
+                           f"columns: {', '.join(sorted(columns | {'prompt'}))}). Add the column, or drop the "
+                           "reward.")
 
 
 _LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings check and trainer share it
@@ -162,8 +239,10 @@ _LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings
 
 def load_reward(reference: str) -> RewardFunc:
     """The function named by ``module:function`` (importable) or ``path/to/file.py:function`` (relative paths from
-    the working folder), checked to be a reward: callable, taking ``completions`` and ``**kwargs`` (TRL passes every
-    dataset column by name). Raises ``KeyError`` saying what is wrong, before any model loads."""
+    the working folder), checked to be a reward: a function (not a class), taking ``completions`` and ``**kwargs``
+    (TRL passes every dataset column by name). Raises ``KeyError`` saying what is wrong, before any model loads."""
+    import inspect
+
     if reference in _LOADED:
         return _LOADED[reference]
     target, _, name = reference.rpartition(":")
@@ -171,6 +250,11 @@ def load_reward(reference: str) -> RewardFunc:
     func = getattr(module, name, None)
     if not callable(func):
         raise KeyError(f"Reward {reference!r}: {target} has no function {name!r}.")
+    if inspect.isclass(func):
+        raise KeyError(f"Reward {reference!r}: {name} is a class; give a function, e.g. def my_reward(completions, "
+                       "**kwargs) -> list[float] (calling a class makes an object, not a list of rewards).")
+    if not isinstance(getattr(func, "__name__", None), str):
+        raise KeyError(f"Reward {reference!r}: {name} has no __name__, which TRL logs it under; wrap it in a def.")
     _check_signature(reference, func)
     _LOADED[reference] = func
     return func
@@ -184,20 +268,52 @@ def _import_target(reference: str, target: str):
     try:
         if target.endswith(".py"):
             path = Path(target).expanduser()
+            if path.is_dir():
+                raise KeyError(f"Reward {reference!r}: {path} is a folder, not a Python file.")
             if not path.is_file():
                 raise KeyError(f"Reward {reference!r}: no such file {path}.")
             spec = importlib.util.spec_from_file_location(f"sarashina_grpo_user_rewards.{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            _run_module(reference, path, lambda: spec.loader.exec_module(module))
             return module
-        return importlib.import_module(target)
+        return _run_module(reference, target, lambda: importlib.import_module(target))
     except KeyError:
         raise
     except Exception as err:  # the user's module failed to import: say why, in one line
         # The installed `sarashina-grpo` command does not put the working folder on sys.path.
         hint = (f" For a file of your own give its path: {target.replace('.', '/')}.py:{reference.rpartition(':')[2]}."
                 if isinstance(err, ModuleNotFoundError) and err.name == target.split(".")[0] else "")
+        if isinstance(err, ImportError) and "sarashina_grpo_user_rewards" in str(err):
+            hint = (" A reward file given by path is no package, so relative imports (from .helpers import …) do not "
+                    "work in it: put what it needs in the file, or make it an installed module and give "
+                    "module:function.")
         raise KeyError(f"Reward {reference!r}: cannot import {target} ({type(err).__name__}: {err}).{hint}") from None
+
+
+def _run_module(reference: str, where, load):
+    """Run ``load`` (the import of a reward's module) with ``sys.argv`` holding only the module's name, so that a
+    file parsing the command line at import sees no sarashina-grpo flags; its exit becomes a ``KeyError``."""
+    import contextlib
+    import io
+    import sys
+
+    argv, sys.argv = sys.argv, [str(where)]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            module = load()
+    except SystemExit as exit_:
+        last = (said.getvalue().strip().splitlines() or [""])[-1]
+        raise KeyError(f"Reward {reference!r}: {where} exited while being imported (exit code {exit_.code}"
+                       f"{': ' + last if last else ''}). Code that parses the command line or exits belongs under "
+                       "if __name__ == '__main__':.") from None
+    except BaseException:
+        sys.stderr.write(said.getvalue())
+        raise
+    finally:
+        sys.argv = argv
+    sys.stderr.write(said.getvalue())  # what the module printed on import reaches the user as before
+    return module
 
 
 def _check_signature(reference: str, func) -> None:

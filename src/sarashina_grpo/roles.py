@@ -45,10 +45,11 @@ def with_role(system_prompt: str, role: str | None) -> str:
 
 def read_role(path: str | Path) -> str:
     """The role text of a UTF-8 file (a BOM is fine), stripped; ``RoleError`` for a missing or empty file."""
+    from .tables import file_problem
+
     path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "not found"
-        raise RoleError(f"Role file {path}: {what}. Give a UTF-8 text file holding the role, or pass the role "
+    if problem := file_problem(path):  # a FIFO or /dev/zero would block or be read forever
+        raise RoleError(f"Role file {path}: {problem}. Give a UTF-8 text file holding the role, or pass the role "
                         "as text (CLI --role, notebook ROLE).")
     try:
         text = path.read_text(encoding="utf-8-sig").strip()

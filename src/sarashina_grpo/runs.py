@@ -215,12 +215,21 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
 # --- where a resume stands ------------------------------------------------------------------------------------
 
 
+def warn_no_run_info(run_dir: Path, model_name: str) -> None:
+    """Say that a resumed run has no ``run.json``: its settings (model, data, LoRA, …) cannot be read back, so the
+    resume takes the settings given now and the defaults for the rest; any error that follows is about those."""
+    logger.warning("%s has no run.json (deleted, or a run saved before it was recorded): resuming with the settings "
+                   "given now and the defaults for the rest (model %s). Give the run's own settings again (--model, "
+                   "--data, …), or restore run.json.", run_dir, model_name)
+
+
 def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
     """(step reached, max_steps it was trained towards) from the checkpoint's trainer state."""
     try:
         state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
+    state = state if isinstance(state, dict) else {}  # damage is verify's to report; this reads what it can
     step = state.get("global_step")
     step = step if isinstance(step, int) else step_of(checkpoint) or 0
     planned = state.get("max_steps")

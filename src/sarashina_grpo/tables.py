@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import io
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,32 @@ def check_mostly_utf8(raw: bytes, path: Path) -> None:
         )
 
 
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file, in words that follow its name ("is a pipe (FIFO) …"), or None for a
+    regular file. Uses ``stat`` only: opening a FIFO would wait for a writer forever, and a device such as
+    ``/dev/zero`` would be read until memory runs out."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link that loops (it leads back to itself)"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "not found"
+        return f"cannot be read ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if stat.S_ISFIFO(mode):
+        return "is a pipe (FIFO), which would be waited on for a writer; save what it carries to a file first"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a file"
+    return None
+
+
 def check_regular_file(path: Path) -> None:
     """Raise ``DataError`` unless ``path`` is a regular file of a sane size: a FIFO would block forever and
     ``/dev/zero`` would be read until memory runs out. Uses ``stat`` only; nothing is opened."""
@@ -142,9 +171,15 @@ def _csv_table(path: Path):
     return header, records
 
 
-def _cell(value) -> str:
-    """A JSON or Parquet value as the text a CSV cell would hold (None: blank)."""
-    return "" if value is None else value if isinstance(value, str) else str(value)
+def _cell(value):
+    """A JSON or Parquet value as the text a CSV cell would hold (None: blank; a number as its digits). Objects,
+    lists and bytes stay as they are: ``data.py`` refuses them where text is needed, instead of training on their
+    Python spelling ("['a', 'b']", "b'\\xe6…'")."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, int | float) else value
 
 
 def _table_of(objects: list[tuple[int, dict]]):
@@ -157,12 +192,19 @@ def _jsonl_table(path: Path):
     """(header, records) of a JSON Lines file: one object per line, keys as columns; blank lines are skipped."""
     import json
 
+    def unique_keys(pairs):
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:  # json.loads would keep the last silently
+            raise DataError(f"{path}, line {line}: the key {repeated[0]!r} appears twice in one object; keep one.")
+        return dict(pairs)
+
     objects = []
     for line, text in enumerate(read_text(path).splitlines(), 1):
         if not text.strip():
             continue
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}, line {line}: not valid JSON ({err.msg}). Each line holds one object, e.g. "
                             '{"prompt": "こんにちは", "lang": "ja"}.') from None
@@ -180,7 +222,13 @@ def _parquet_table(path: Path):
     import pyarrow.parquet as pq
 
     try:
+        names = pq.read_schema(path).names
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:  # pyarrow's reader refuses them in words about "matches"
+            raise DataError(f"{path}: the column {repeated[0]!r} appears twice; keep one.")
         table = pq.read_table(path)
+    except DataError:
+        raise
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError, … for a damaged or foreign file
         raise DataError(f"{path}: not readable as Parquet ({err}).") from None
     if table.num_rows > MAX_ROWS:
@@ -196,11 +244,17 @@ FORMATS = "a CSV, JSONL or Parquet file with columns prompt,lang"
 
 def read_table(path: Path):
     """(header, records, is_csv) of the prompt file ``path``; records are (first line, fields) and lazy for a CSV."""
-    if not path.exists():
+    problem = file_problem(path)
+    if problem == "not found":
         raise DataError(f"Prompt file not found: {path}. Expected {FORMATS}.")
-    if path.is_dir():
+    if problem == "is a folder":
         raise DataError(f"{path} is a folder; expected {FORMATS}.")
+    if problem and "symbolic link" in problem:
+        raise DataError(f"Prompt file {path} {problem}. Point --data at the file itself.")
     check_regular_file(path)
+    if path.suffix.lower() == ".json":  # read as CSV, a JSON array would look like a header of odd column names
+        raise DataError(f"{path}: a .json file is not read as prompts; give JSON Lines (.jsonl: one object per line, "
+                        'e.g. {"prompt": "こんにちは", "lang": "ja"}), a CSV or a Parquet file.')
     reader = TABLE_READERS.get(path.suffix.lower())
     header, records = (reader or _csv_table)(path)
     return header, records, reader is None

@@ -26,7 +26,7 @@ from pathlib import Path
 from .data import check_prompts
 from .errors import check_artifact_dir
 from .model_checks import check_device, check_lora_targets, check_model_name
-from .project import SettingsError, did_you_mean, field_label, project_path
+from .project import SettingsError, field_label, project_path
 
 if typing.TYPE_CHECKING:
     from .config import Settings
@@ -65,24 +65,14 @@ class CheckedRun:
 
 
 def check_rewards(names: list[str]) -> None:
-    """Every reward is in the registry, or your own (``module:function``, ``file.py:function``), imported now."""
-    from .rewards import REWARD_FUNCS, load_reward
+    """Every reward is in the registry, or your own (``module:function``, ``file.py:function``), imported now; no
+    function twice (under any spelling), no two rewards that TRL would log under one name."""
+    from .rewards import check_reward_names
 
-    for name in names:
-        if ":" in name:
-            try:
-                load_reward(name)
-            except KeyError as err:
-                raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
-        elif name not in REWARD_FUNCS:
-            raise SettingsError(f"{field_label('reward_names')}: Unknown reward {name!r}"
-                                f"{did_you_mean(name, REWARD_FUNCS)}. Valid rewards: "
-                                f"{', '.join(sorted(REWARD_FUNCS))}, or your own as module:function or "
-                                "path/to/file.py:function (commas separate rewards).")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise SettingsError(f"{field_label('reward_names')} names {', '.join(repeated)} twice; to weigh a reward "
-                            "more, give --reward-weights (one number per reward) instead.")
+    try:
+        check_reward_names(names)
+    except KeyError as err:
+        raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
 
 
 def warmup_steps(settings: Settings) -> int:
@@ -178,13 +168,30 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
         logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
 
 
+def check_rewards_have_columns(settings: Settings, rows) -> None:
+    """Each reward finds the columns it needs in the prompt file (``rewards.check_reward_columns``)."""
+    from .rewards import check_reward_columns
+
+    columns = {"prompt", "lang", *(rows[0].extra if rows else {})}
+    try:
+        check_reward_columns(settings.reward_names, columns, settings.data_path)
+    except KeyError as err:
+        raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
+
+
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
               check_model_files: bool = True) -> CheckedRun:
     """Every check of a training run, in the order a user would fix them; one ``SettingsError``/``DataError``.
 
     ``run_dir``: the run being resumed (its ``run.json`` must agree). ``check_model_files`` off: the caller brings
     its own loaded model (the benchmark, the learning proof)."""
+    from .errors import check_report_to
+    from .model_checks import check_push_to_hub
+
     check_rewards(settings.reward_names)
+    # values TRL's GRPOConfig takes as they are, which fail only after the model loads
+    check_report_to(settings.report_to)
+    check_push_to_hub(settings.push_to_hub)
     for warning in settings_warnings(settings):
         logger.warning(warning)
     # The files the user named come first: a missing prompt file is reported even where the model would not run
@@ -192,6 +199,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     rows = check_prompts(project_path(settings.data_path))
     eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
                  if settings.eval_steps else [])
+    check_rewards_have_columns(settings, rows)
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
         check_model_name(settings.model_name)

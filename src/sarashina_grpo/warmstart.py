@@ -157,9 +157,12 @@ def read_format_examples(path: str | Path) -> list[dict]:
     ``DataError`` naming its line."""
     import json
 
+    from .tables import read_text
+
     path = project_path(path)
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    # read as the prompt file is: UTF-8, UTF-16 with a BOM, or Shift_JIS/cp932 with a warning, else one DataError
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -232,6 +235,11 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
         model, tokenizer = supervised_pass(model_dir, examples, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    from .model_checks import check_finite_model
+
+    check_finite_model(model, f"The warm start of {config.model}", f"Nothing was written to {out_dir}. The "
+                       f"supervised pass diverged: run it again with a lower --learning-rate (now "
+                       f"{config.learning_rate:g}).")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     logger.info("warm start of %s: %d examples, %d steps, %.0f s -> %s", config.model, len(examples), config.steps,

@@ -1,0 +1,108 @@
+"""Rewards as training calls them: each reward wrapped so that one that raises, or returns anything but one finite
+number (or None) per completion, stops the run with one line naming it (``RewardError``) instead of a traceback or a
+run that trains on no signal. ``pipeline.build_trainer`` hands ``training_rewards(names)`` to the trainer; the checks
+before a model loads (names, duplicates, columns) are ``rewards.check_reward_names``/``check_reward_columns``.
+
+    from sarashina_grpo.reward_guard import training_rewards
+    funcs = training_rewards(["xmlcount", "my_rewards.py:length_reward"])
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import numbers
+import traceback
+from collections.abc import Sequence
+
+from .rewards import RewardFunc, get_reward_funcs
+
+logger = logging.getLogger(__name__)
+
+
+class RewardError(RuntimeError):
+    """A reward broke during training (raised, or returned no usable values); the message names it."""
+
+
+def training_rewards(names: Sequence[str]) -> list[RewardFunc]:
+    """``get_reward_funcs(names)``, each wrapped so that a reward that raises or returns something other than one
+    finite number (or None) per completion stops the run with one line naming it (``RewardError``), instead of a
+    traceback or a run that trains on no signal. Each reward gets its own copy of the completions list."""
+    funcs = get_reward_funcs(list(names))
+    return [_checked(name, func, alone=len(funcs) == 1) for name, func in zip(names, funcs, strict=True)]
+
+
+def _checked(name: str, func: RewardFunc, *, alone: bool) -> RewardFunc:
+    if inspect.iscoroutinefunction(func):  # TRL awaits async rewards; the wrapper must stay one
+        @functools.wraps(func)
+        async def checked_async(completions, **kwargs):
+            batch = list(completions)
+            try:
+                values = await func(list(batch), **kwargs)
+            except Exception as err:
+                raise RewardError(_raised_message(name, err, kwargs)) from err
+            return check_reward_values(name, values, len(batch), step=_step(kwargs), alone=alone)
+
+        return checked_async
+
+    @functools.wraps(func)
+    def checked(completions, **kwargs):
+        batch = list(completions)
+        try:
+            values = func(list(batch), **kwargs)
+        except Exception as err:
+            raise RewardError(_raised_message(name, err, kwargs)) from err
+        return check_reward_values(name, values, len(batch), step=_step(kwargs), alone=alone)
+
+    return checked
+
+
+def _step(kwargs) -> int | None:
+    state = kwargs.get("trainer_state")
+    step = getattr(state, "global_step", None)
+    return step + 1 if isinstance(step, int) else None  # the step being computed, as the progress bar counts
+
+
+def _at(step: int | None) -> str:
+    return f" at step {step}" if step is not None else ""
+
+
+def _raised_message(name: str, err: Exception, kwargs) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    text = " ".join(str(err).split())[:200]
+    return (f"Reward {name} raised {type(err).__name__}: {text}{where}{_at(_step(kwargs))}. Fix the reward (it must "
+            "return one number per completion; --debug shows the traceback).")
+
+
+def check_reward_values(name: str, values, expected: int, *, step: int | None = None,
+                        alone: bool = False) -> list[float | None]:
+    """``values`` as a list of one float (or None: the reward does not apply) per completion, or ``RewardError``
+    naming the reward: not a list, the wrong length, a value that is not a number, inf or NaN (TRL would zero the
+    whole group's advantage and train on nothing), or, for the only reward, None for every completion. A reward
+    that returns None for every completion beside others is logged as a warning each time."""
+    fix = "A reward returns a list of one float per completion (None where it does not apply)."
+    if hasattr(values, "tolist") and not isinstance(values, str | bytes):  # numpy arrays, torch tensors
+        values = values.tolist()
+    if not isinstance(values, list | tuple):
+        raise RewardError(f"Reward {name} returned a {type(values).__name__}{_at(step)}, not a list. {fix}")
+    if len(values) != expected:
+        raise RewardError(f"Reward {name} returned {len(values)} value(s) for {expected} completion(s){_at(step)}. "
+                          f"{fix}")
+    for i, value in enumerate(values):
+        if value is not None and not isinstance(value, numbers.Real):  # bools count as 0/1, as TRL reads them
+            raise RewardError(f"Reward {name} returned {value!r} ({type(value).__name__}) for completion {i + 1}"
+                              f"{_at(step)}, not a number. {fix}")
+        if value is not None and not math.isfinite(value):
+            raise RewardError(f"Reward {name} returned {value} for completion {i + 1}{_at(step)}: a reward that is not "
+                              "finite wipes out the advantage of its whole group, and the step learns nothing. Return "
+                              "a finite number (None where the reward does not apply).")
+    if values and all(v is None for v in values):
+        message = f"Reward {name} returned None for all {expected} completions{_at(step)}"
+        if alone:
+            raise RewardError(f"{message}: it is the only reward, so the step has no signal. Return a number where "
+                              "the reward applies.")
+        logger.warning("%s: it gives no signal this step.", message)
+    return [None if v is None else float(v) for v in values]

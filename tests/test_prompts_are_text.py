@@ -1,0 +1,186 @@
+"""Prompts are text: a cell holding an object, list, bytes or struct is refused with its file and line, as is a
+repeated column name; a path that cannot be read as a file (a symlink loop, a pipe, a device) is named for what it
+is and never blocks. No model is loaded.
+
+    .venv/bin/pytest tests/test_prompts_are_text.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sarashina_grpo.config import SettingsError, read_text_setting
+from sarashina_grpo.data import DataError, check_prompts, read_rows
+from sarashina_grpo.roles import RoleError, read_role
+from sarashina_grpo.tables import file_problem
+
+
+def error_of(path) -> str:
+    with pytest.raises(DataError) as info:
+        check_prompts(path)
+    return str(info.value)
+
+
+def jsonl(tmp_path, *rows, name="p.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def parquet(tmp_path, table: pa.Table, name="p.parquet"):
+    path = tmp_path / name
+    pq.write_table(table, path)
+    return path
+
+
+# --- cells that are not text ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("prompt", "kind"),
+    [
+        (["明日から", "追加"], "a list"),  # would train on "['明日から', '追加']"
+        ({"text": "こんにちは"}, "an object"),
+        ([], "a list"),
+    ],
+)
+def test_a_jsonl_prompt_that_is_not_text_is_refused_with_its_line(tmp_path, prompt, kind):
+    path = jsonl(tmp_path, {"prompt": "ok", "lang": "ja"}, {"prompt": prompt, "lang": "ja"})
+    assert f"{path}, line 2: the 'prompt' cell holds {kind}" in error_of(path)
+
+
+def test_a_jsonl_lang_or_role_that_is_not_text_is_refused(tmp_path):
+    assert "the 'lang' cell holds a list" in error_of(jsonl(tmp_path, {"prompt": "a", "lang": ["ja"]}))
+    path = jsonl(tmp_path, {"prompt": "a", "lang": "ja", "role": {"name": "x"}}, name="r.jsonl")
+    assert "line 1: the 'role' cell holds an object" in error_of(path)
+
+
+def test_a_numeric_jsonl_prompt_reads_as_its_digits(tmp_path):
+    # why: a number is text a CSV cell could hold; only objects, lists and bytes lose their meaning
+    assert check_prompts(jsonl(tmp_path, {"prompt": 12, "lang": "ja"}))[0].prompt == "12"
+
+
+def test_extra_columns_that_are_not_text_still_ride_along(tmp_path):
+    rows = check_prompts(jsonl(tmp_path, {"prompt": "a", "lang": "ja", "answer": 3, "tags": ["x"]}))
+    assert rows[0].extra == {"answer": "3", "tags": "['x']"}
+
+
+def test_a_parquet_binary_prompt_is_refused_saying_to_decode_it(tmp_path):
+    table = pa.table({"prompt": pa.array(["明日".encode()], pa.binary()), "lang": ["ja"]})
+    message = error_of(parquet(tmp_path, table))
+    assert "row 1: the 'prompt' cell holds bytes" in message and "decode" in message
+
+
+def test_a_parquet_struct_prompt_is_refused(tmp_path):
+    table = pa.table({"prompt": pa.array([{"text": "こんにちは"}]), "lang": ["ja"]})
+    assert "row 1: the 'prompt' cell holds an object" in error_of(parquet(tmp_path, table))
+
+
+def test_a_parquet_list_prompt_is_refused(tmp_path):
+    table = pa.table({"prompt": pa.array([["a", "b"]]), "lang": ["ja"]})
+    assert "the 'prompt' cell holds a list" in error_of(parquet(tmp_path, table))
+
+
+def test_a_text_parquet_still_reads(tmp_path):
+    table = pa.table({"prompt": ["こんにちは", None], "lang": ["ja", "ja"]})
+    assert [r.prompt for r in read_rows(parquet(tmp_path, table))] == ["こんにちは", ""]
+
+
+# --- repeated column names -------------------------------------------------------------------------------------
+
+def test_a_repeated_csv_column_is_refused(tmp_path):
+    # why: the first 'prompt' column won silently and the second was dropped
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,lang,prompt\nIGNORED,ja,本当\n", encoding="utf-8")
+    assert "names the column 'prompt' 2 times" in error_of(path)
+
+
+def test_a_repeated_extra_column_differing_only_in_case_is_refused(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,lang,Answer,answer\nq,ja,1,2\n", encoding="utf-8")
+    assert "names the column 'answer' 2 times" in error_of(path)
+
+
+def test_a_key_repeated_in_one_jsonl_object_is_refused(tmp_path):
+    path = jsonl(tmp_path, '{"prompt": "a", "lang": "ja", "prompt": "b"}')
+    assert "line 1: the key 'prompt' appears twice" in error_of(path)
+
+
+def test_a_repeated_parquet_column_is_refused(tmp_path):
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["ja"]), pa.array(["b"])], ["prompt", "lang", "prompt"])
+    assert "the column 'prompt' appears twice" in error_of(parquet(tmp_path, table))
+
+
+# --- paths that are not files ----------------------------------------------------------------------------------
+
+def test_a_json_array_file_says_json_lines_are_read(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([{"prompt": "a", "lang": "ja"}]), encoding="utf-8")
+    message = error_of(path)
+    assert "a .json file is not read as prompts; give JSON Lines (.jsonl" in message and "found [" not in message
+
+
+def test_a_symlink_loop_is_called_a_loop(tmp_path):
+    os.symlink(tmp_path / "b.csv", tmp_path / "a.csv")
+    os.symlink(tmp_path / "a.csv", tmp_path / "b.csv")
+    assert "is a symbolic link that loops" in error_of(tmp_path / "a.csv")
+
+
+def test_a_dangling_symlink_names_its_target(tmp_path):
+    os.symlink(tmp_path / "gone.csv", tmp_path / "a.csv")
+    assert "is a symbolic link to" in error_of(tmp_path / "a.csv") and "gone.csv, which does not exist" in \
+        error_of(tmp_path / "a.csv")
+
+
+def test_file_problem_names_each_kind(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "f.txt").write_text("x")
+    assert file_problem(tmp_path / "f.txt") is None
+    assert file_problem(tmp_path / "missing") == "not found"
+    assert file_problem(tmp_path) == "is a folder"
+    assert file_problem(tmp_path / "fifo").startswith("is a pipe (FIFO)")
+    assert file_problem("/dev/zero") == "is a device, not a file"
+
+
+def no_hang(func, *args):
+    """Run ``func(*args)`` in a thread; fail if it blocks (as opening a FIFO with no writer would)."""
+    outcome = {}
+
+    def target():
+        try:
+            func(*args)
+        except Exception as err:  # the refusal we expect, handed back to the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), f"{func.__name__} blocked on {args[0]}"
+    return outcome.get("error")
+
+
+def test_a_fifo_or_device_as_system_prompt_file_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    for path in (tmp_path / "fifo", "/dev/zero"):
+        err = no_hang(read_text_setting, path, "system_prompt_file")
+        assert isinstance(err, SettingsError) and str(path) in str(err)
+
+
+def test_a_fifo_or_device_as_role_file_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    err = no_hang(read_role, tmp_path / "fifo")
+    assert isinstance(err, RoleError) and "is a pipe (FIFO)" in str(err) and "not found" not in str(err)
+    assert "is a device" in str(no_hang(read_role, "/dev/zero"))
+
+
+def test_a_role_file_loop_is_called_a_loop(tmp_path):
+    os.symlink(tmp_path / "r2", tmp_path / "r1")
+    os.symlink(tmp_path / "r1", tmp_path / "r2")
+    with pytest.raises(RoleError, match="loops"):
+        read_role(tmp_path / "r1")
