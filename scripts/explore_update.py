@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import unsloth  # noqa: F401  (patches transformers and TRL: before them)
 
-from sarashina_grpo.config import project_path
+from sarashina_grpo.project import project_path
 from sarashina_grpo.rollout import FastRollout
 
 from . import bench

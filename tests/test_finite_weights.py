@@ -12,8 +12,9 @@ import shutil
 import pytest
 import torch
 
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.model_checks import check_finite_model, nonfinite_parameters
+from sarashina_grpo.project import SettingsError
 
 
 class Two(torch.nn.Module):
@@ -69,14 +70,14 @@ def test_loading_a_model_with_nan_weights_is_an_error(nan_model):
     from sarashina_grpo.modeling import load_model_peft
 
     with pytest.raises(SettingsError, match="holds NaN or inf weights .*q_proj.weight"):
-        load_model_peft(Settings(model_name=str(nan_model), load_in_4bit=False), training=False)
+        load_model_peft(article_settings(model_name=str(nan_model), load_in_4bit=False), training=False)
 
 
 @pytest.mark.slow
 def test_a_finite_model_still_loads(tiny_model_dir):
     from sarashina_grpo.modeling import load_model_peft
 
-    model, _ = load_model_peft(Settings(model_name=str(tiny_model_dir), load_in_4bit=False), training=False)
+    model, _ = load_model_peft(article_settings(model_name=str(tiny_model_dir), load_in_4bit=False), training=False)
     assert nonfinite_parameters(model) == []
 
 

@@ -19,7 +19,6 @@ import pytest
 
 from sarashina_grpo import errors
 from sarashina_grpo.command_checks import check_threads
-from sarashina_grpo.config import SettingsError
 from sarashina_grpo.data import DataError
 from sarashina_grpo.errors import (
     check_home_folder,
@@ -30,6 +29,7 @@ from sarashina_grpo.errors import (
 )
 from sarashina_grpo.inference import chat_loop
 from sarashina_grpo.model_checks import ModelNotFoundError, check_model_name, check_push_to_hub
+from sarashina_grpo.project import SettingsError
 
 # --- TRL's fields ------------------------------------------------------------------------------------------------
 
@@ -81,13 +81,13 @@ def test_push_to_hub_with_the_hub_unreachable_is_refused(monkeypatch):
 def test_the_run_check_refuses_report_to_before_any_model_loads(monkeypatch, tmp_path, write_csv):
     import importlib.util
 
-    from sarashina_grpo.config import Settings
+    from sarashina_grpo.config import article_settings
     from sarashina_grpo.validation import check_run
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    settings = Settings(model_name="tiny", load_in_4bit=False, data_path=str(write_csv("prompt,lang\nこんにちは,ja\n")),
-                        extra_grpo_args={"report_to": "wandb"})
+    data = str(write_csv("prompt,lang\nこんにちは,ja\n"))
+    settings = article_settings(model_name="tiny", load_in_4bit=False, data_path=data, report_to="wandb")
     with pytest.raises(SettingsError, match="wandb"):
         check_run(settings, artifact_dir=tmp_path, check_model_files=False)
 

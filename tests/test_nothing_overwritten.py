@@ -24,7 +24,6 @@ from sarashina_grpo.checkpoints import (
 )
 from sarashina_grpo.cli import main
 from sarashina_grpo.command_checks import check_new_folder
-from sarashina_grpo.config import SettingsError
 from sarashina_grpo.errors import check_compare_names
 from sarashina_grpo.evaluation import (
     MAX_COMPARE_NAME_BYTES,
@@ -33,6 +32,7 @@ from sarashina_grpo.evaluation import (
     comparison_labels,
     load_metrics,
 )
+from sarashina_grpo.project import SettingsError
 
 
 def cli(*args) -> tuple[int, str]:

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sarashina_grpo.config import SettingsError, read_text_setting
 from sarashina_grpo.data import DataError, check_prompts, read_rows
+from sarashina_grpo.project import SettingsError, read_text_setting
 from sarashina_grpo.roles import RoleError, read_role
 from sarashina_grpo.tables import file_problem
 

@@ -24,8 +24,9 @@ from safetensors.torch import save_file
 
 from sarashina_grpo.checkpoints import check_resume_state, missing_resume_state, verify
 from sarashina_grpo.cli import main
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.pipeline import new_run_paths, prepare, write_run_info
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.runs import checkpoint_progress
 
 RUN_SETTINGS = dict(model_name="tiny", load_in_4bit=False, num_generations=2, per_device_train_batch_size=2,
@@ -37,7 +38,7 @@ def run_dir(tmp_path, write_csv) -> Path:
     """artifact ``tmp_path`` with run ``r``: run.json and complete checkpoints 2 and 3 (all state files)."""
     data = write_csv("prompt,lang\nこんにちは,ja\n週末は何をしよう？,ja\n")
     paths = new_run_paths(tmp_path, "r")
-    write_run_info(paths, Settings(**RUN_SETTINGS, data_path=str(data)))
+    write_run_info(paths, article_settings(**RUN_SETTINGS, data_path=str(data)))
     for step in (2, 3):
         make_checkpoint(paths.output_dir, step)
     return paths.output_dir
@@ -89,7 +90,7 @@ def test_the_refusal_names_no_earlier_checkpoint_when_none_has_the_state(run_dir
 def test_resume_weights_only_goes_on_knowingly(run_dir, caplog):
     (run_dir / "checkpoint-3" / "optimizer.pt").unlink()
     with caplog.at_level(logging.WARNING):
-        run = prepare(Settings(), artifact_dir=run_dir.parent.parent, resume="r", given=set(),
+        run = prepare(article_settings(), artifact_dir=run_dir.parent.parent, resume="r", given=set(),
                       resume_weights_only=True)
     run.lock.release()
     assert run.checkpoint == run_dir / "checkpoint-3"
@@ -155,7 +156,7 @@ def test_damaged_state_is_found_by_verify(tmp_path, kind):
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(run_dir, kind, caplog):
     damage(run_dir / "checkpoint-3", kind)
     with caplog.at_level(logging.WARNING):
-        run = prepare(Settings(), artifact_dir=run_dir.parent.parent, resume="r", given=set())
+        run = prepare(article_settings(), artifact_dir=run_dir.parent.parent, resume="r", given=set())
     run.lock.release()
     assert run.checkpoint == run_dir / "checkpoint-2"
     assert not (run_dir / "checkpoint-3").exists() and list(run_dir.glob("set-aside/checkpoint-3.set-aside-*"))
@@ -192,7 +193,7 @@ def test_a_resume_without_run_json_says_so_before_anything_else(run_dir, caplog)
     # why: the resume fell back to the defaults (the 3B model) and the next error blamed the missing GPU
     (run_dir / "run.json").unlink()
     with caplog.at_level(logging.WARNING), pytest.raises(SettingsError):
-        prepare(Settings(model_name="sbintuitions/sarashina2.2-3b-instruct-v0.1", load_in_4bit=True),
+        prepare(article_settings(model_name="sbintuitions/sarashina2.2-3b-instruct-v0.1", load_in_4bit=True),
                 artifact_dir=run_dir.parent.parent, resume="r", given=set())
     assert "has no run.json" in caplog.text and "defaults for the rest" in caplog.text
 

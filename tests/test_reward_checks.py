@@ -18,8 +18,9 @@ import sys
 
 import pytest
 
-from sarashina_grpo.config import Settings, SettingsError
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.errors import report
+from sarashina_grpo.project import SettingsError
 from sarashina_grpo.reward_guard import RewardError, check_reward_values, training_rewards
 from sarashina_grpo.rewards import (
     check_reward_columns,
@@ -27,7 +28,7 @@ from sarashina_grpo.rewards import (
     correct_answer_reward,
     xmlcount_reward,
 )
-from sarashina_grpo.validation import check_rewards_have_columns, check_settings
+from sarashina_grpo.validation import check_rewards, check_rewards_have_columns
 
 COMPLETIONS = [[{"role": "assistant", "content": "<think>\nx\n</think>\n<response>\n3\n</response>"}]] * 2
 
@@ -142,8 +143,7 @@ def test_an_unknown_plain_name_gets_no_comma_hint():
 
 def test_settings_refuse_a_duplicate_before_any_model_loads():
     with pytest.raises(SettingsError, match="same function"):
-        check_settings(Settings(model_name="tiny", reward_names=("strict_format",
-                                                                  "sarashina_grpo.rewards:strict_format_reward")))
+        check_rewards(["strict_format", "sarashina_grpo.rewards:strict_format_reward"])
 
 
 # --- columns a reward needs ------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_the_run_check_reads_the_columns_of_the_prompt_file(tmp_path):
 
     path = tmp_path / "p.csv"
     path.write_text("prompt,lang\n1+1は?,ja\n", encoding="utf-8")
-    settings = Settings(model_name="tiny", reward_names=("correct_answer",), data_path=str(path))
+    settings = article_settings(model_name="tiny", reward_names=("correct_answer",), data_path=str(path))
     with pytest.raises(SettingsError, match=f"which the prompt file {path} lacks"):
         check_rewards_have_columns(settings, check_prompts(path))
     path.write_text("prompt,lang,answer\n1+1は?,ja,2\n", encoding="utf-8")
