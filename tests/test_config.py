@@ -171,6 +171,8 @@ def test_recipe_values_are_read_in_the_fields_types(tmp_path, text, field, expec
         ("resume_from_checkpoint: x\n", "continue a run with --resume"),
         ("- a\n- b\n", "a recipe is a mapping"),
         ("max_steps: 3\nmax_steps: 4\n", "key 'max_steps' is given twice (line 2)"),
+        ("lora_rank: 100000000\n", "Settings.lora_rank (CLI --lora-rank) must be at most 4,096"),
+        ("a: &x [1, 2]\nmodel_init_kwargs: {k: *x}\n", "aliases (*name) are not read in recipes"),  # no alias bombs
     ],
 )
 def test_a_recipe_value_of_the_wrong_type_is_one_error_naming_the_field(tmp_path, text, expected):

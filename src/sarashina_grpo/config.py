@@ -79,6 +79,9 @@ NUMERIC_RANGES = (
     ("vllm_gpu_memory_utilization", 0.0, 1.0, False, True),
 )
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+# Past the width of a model's layers a LoRA rank adds nothing (the article's is 32; the 3B model is 2,560 wide), and a
+# rank of millions asks for more memory than any machine has before the first step.
+MAX_LORA_RANK = 4096
 # Fields the project sets for each run: a run's checkpoints live in its own folder, where --resume finds them.
 RUN_OWNED = {
     "output_dir": "checkpoints go to <artifact-dir>/outputs/<run>/; choose the folder with --artifact-dir and "
@@ -272,6 +275,9 @@ def check_ranges(settings: Settings) -> None:
     if steps is not None and not (finite_number(steps) and float(steps).is_integer() and steps >= 1):
         raise SettingsError(f"{field_label('eval_steps')} must be a whole number of steps ≥ 1 (unset: no held-out "
                             f"evaluation), got {steps!r}.")
+    if settings.lora_rank > MAX_LORA_RANK:
+        raise SettingsError(f"{field_label('lora_rank')} must be at most {MAX_LORA_RANK:,} (wider than the layers it "
+                            f"adapts, a rank adds nothing; the article's is 32), got {settings.lora_rank:,}.")
     if settings.lora_alpha is not None and settings.lora_alpha < 1:
         raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {settings.lora_alpha!r}.")
     if not 0 <= settings.seed < SEED_LIMIT:

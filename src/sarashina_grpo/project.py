@@ -193,6 +193,7 @@ def field_label(name: str) -> str:
 # A system prompt or role is a paragraph or two; far beyond this a file is surely the wrong one, and the model would
 # spend its whole context (and memory) on it.
 MAX_PROMPT_CHARS = 20_000
+MAX_RECIPE_CHARS = 1_000_000
 
 
 def did_you_mean(name: str, candidates) -> str:
@@ -254,6 +255,13 @@ def yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            # An alias is a reference: a few lines of them can stand for billions of values once written out.
+            if self.check_event(yaml.events.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not read in recipes; write the "
+                                                  "values out", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
@@ -282,7 +290,11 @@ def load_recipe(path: str | Path) -> dict:
         raise SettingsError(f"Recipe not found: {file}. Recipes live in configs/recipes/ (e.g. article.yaml).")
     try:
         with open(file, encoding="utf-8-sig") as handle:  # open(), not is_file(): a pipe (<(…)) is a recipe too
-            values = yaml.load(handle.read(1_000_000), Loader=yaml_loader()) or {}  # noqa: S506
+            text = handle.read(MAX_RECIPE_CHARS + 1)
+        if len(text) > MAX_RECIPE_CHARS:
+            raise SettingsError(f"Recipe {file} is over {MAX_RECIPE_CHARS:,} characters; a recipe is a few dozen "
+                                "lines. Is it the right file?")
+        values = yaml.load(text, Loader=yaml_loader()) or {}  # noqa: S506
     except UnicodeDecodeError as err:
         raise SettingsError(f"Recipe {file} is not UTF-8 text (byte {err.start}); is it a YAML file?") from None
     except yaml.YAMLError as err:
