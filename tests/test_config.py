@@ -30,13 +30,33 @@ def test_defaults_are_the_articles():
 
 
 def test_the_settings_are_the_grpo_config_trl_receives():
-    from trl import GRPOConfig
+    from sarashina_grpo import config
 
     s = article_settings()
-    # why: one schema: the trainer gets this object as `args`; nothing is copied into a second config
-    assert isinstance(s, GRPOConfig)
+    # why: one schema: TRL's own class, extended; the trainer gets this object (or Unsloth's copy of it) as `args`
+    assert isinstance(s, config.GRPOConfig) and config.GRPOConfig.__module__ == "trl.trainer.grpo_config"
     assert (s.learning_rate, s.adam_beta1, s.adam_beta2, s.weight_decay) == (5e-6, 0.9, 0.99, 0.1)
     assert (s.warmup_steps, str(s.lr_scheduler_type), s.max_grad_norm) == (0.1, "SchedulerType.COSINE", 0.1)
+
+
+def test_under_unsloths_config_class_the_trainer_gets_one_built_by_its_own_init(monkeypatch):
+    import dataclasses
+
+    import trl
+
+    from sarashina_grpo import config
+
+    @dataclasses.dataclass
+    class PatchedConfig(config.GRPOConfig):  # what Unsloth puts in trl's place as it loads a model
+        unsloth_num_chunks: int = -1
+
+    settings = article_settings(max_steps=7, steps_per_generation=2)
+    assert settings.for_trainer() is settings  # why: under TRL alone the settings are the trainer's args
+    monkeypatch.setattr(trl, "GRPOConfig", PatchedConfig)
+    args = settings.for_trainer()
+    # why: Unsloth's trainer reads its own fields (args.unsloth_num_chunks); a plain GRPOConfig has none
+    assert isinstance(args, PatchedConfig) and args.unsloth_num_chunks == -1
+    assert (args.max_steps, args.generation_batch_size, args.learning_rate, args.bf16) == (7, 12, 5e-6, False)
 
 
 def test_plain_adamw_on_a_cpu():

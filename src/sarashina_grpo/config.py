@@ -140,6 +140,7 @@ class Settings(GRPOConfig):
         if self.system_prompt_file:
             self.system_prompt = read_text_setting(self.system_prompt_file, "system_prompt_file")
         self._decide_machine()
+        self._trl_arguments = {name: getattr(self, name) for name in TRL_FIELDS}
         project.check_launch_environment()  # TRL's __post_init__ starts the process group these variables name
         try:
             super().__post_init__()
@@ -172,13 +173,24 @@ class Settings(GRPOConfig):
         """These settings with ``changes``, built anew from the values asked for (TRL derives some fields)."""
         return type(self)(**{**self._asked, **changes})
 
+    def for_trainer(self):
+        """These settings as the trainer's ``args``: ``self`` under TRL alone. Unsloth replaces TRL's ``GRPOConfig``
+        by a subclass of its own as it loads a model, with fields and checks its trainer reads
+        (``unsloth_num_chunks``, ``context_parallel_size``, …); then an instance of that class, built through its own
+        ``__init__`` from the same values."""
+        import trl
+
+        installed = trl.GRPOConfig
+        return self if isinstance(self, installed) else installed(**self._trl_arguments)
+
     def asked(self) -> dict:
         """The values this object was built from, JSON-ready: what ``run.json`` records and a resume rebuilds."""
         return json.loads(json.dumps(self._asked, default=str))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-PROJECT_FIELDS = [name for name in FIELDS if name not in {f.name for f in dataclasses.fields(GRPOConfig)}]
+TRL_FIELDS = [f.name for f in dataclasses.fields(GRPOConfig)]
+PROJECT_FIELDS = [name for name in FIELDS if name not in TRL_FIELDS]
 HINTS = typing.get_type_hints(Settings)
 
 

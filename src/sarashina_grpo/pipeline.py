@@ -285,7 +285,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
         model=model,
         processing_class=tokenizer,
         reward_funcs=training_rewards(settings.reward_names),  # a broken reward stops the run with one line
-        args=args,
+        args=args.for_trainer(),
         train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
     )
