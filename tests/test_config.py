@@ -51,6 +51,7 @@ def test_under_unsloths_config_class_the_trainer_gets_one_built_by_its_own_init(
         unsloth_num_chunks: int = -1
 
     settings = article_settings(max_steps=7, steps_per_generation=2)
+    monkeypatch.setattr(trl, "GRPOConfig", config.GRPOConfig)  # as before Unsloth loaded a model in this process
     assert settings.for_trainer() is settings  # why: under TRL alone the settings are the trainer's args
     monkeypatch.setattr(trl, "GRPOConfig", PatchedConfig)
     args = settings.for_trainer()
