@@ -66,16 +66,23 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop. A second one aborts.
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop. A second one, at least
+    ``SAME_PRESS_S`` later, aborts.
 
-    SIGTERM is what schedulers and `docker stop` send before killing, so it gets the same grace.
+    SIGTERM is what schedulers and `docker stop` send before killing, so it gets the same grace. One Ctrl-C can
+    arrive twice within milliseconds: `uv run` forwards the SIGINT it gets to its child, which the terminal has
+    already signalled as a member of the same process group (and `timeout -s INT` reaches it through uv alike).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # Signals this close to the first are the same key press delivered twice; a person pressing again to abort
+    # takes longer than this.
+    SAME_PRESS_S = 1.0
 
     def __init__(self):
         self.requested = False
         self.signal_name = None
+        self._first_at = None
         self._previous = {}
 
     def install(self) -> None:
@@ -91,9 +98,16 @@ class GracefulInterrupt(TrainerCallback):
         self._previous = {}
 
     def _handle(self, signum, frame):
+        import time
+
+        now = time.monotonic()
         if self.requested:
+            if now - self._first_at < self.SAME_PRESS_S:
+                logger.debug("%s again within %.1f s: the same interrupt forwarded twice (uv run); ignored.",
+                             signal.Signals(signum).name, self.SAME_PRESS_S)
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._first_at = True, now
         self.signal_name = signal.Signals(signum).name
         logger.warning("%s: saving a checkpoint after this step, then stopping (Ctrl-C again to abort without "
                        "saving).", self.signal_name)

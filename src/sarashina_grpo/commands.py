@@ -11,6 +11,7 @@ A command is one entry of ``COMMANDS``: its help, the function that runs it, its
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -82,8 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
     paths, step = trainer.run.paths, trainer.state.global_step
     if trainer.interrupted:
         artifact = f" --artifact-dir {run_options.artifact_dir}" if run_options.artifact_dir else ""
+        uv = "uv run " if os.environ.get("UV_RUN_RECURSION_DEPTH") else ""  # set by `uv run` for its child
         print(f"Stopped by {trainer.interrupted} at step {step}; saved {paths.output_dir / f'checkpoint-{step}'}. "
-              f"Continue with: sarashina-grpo train{artifact} --resume {paths.name}", file=sys.stderr)
+              f"Continue with: {uv}sarashina-grpo train{artifact} --resume {paths.name}", file=sys.stderr)
         return 130  # the shell's code for "ended by SIGINT"
     processes = trainer.accelerator.num_processes
     on = f" on {processes} processes" if processes > 1 else ""
