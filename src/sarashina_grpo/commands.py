@@ -137,10 +137,13 @@ def run_infer(args: argparse.Namespace) -> None:
 
 
 def default_eval_name(model: str) -> str:
-    """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500'."""
+    """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500', its
+    'best' 'r1-best'."""
+    from .best import names_best
     from .checkpoints import step_of
 
-    parts = Path(model).parts[-2:] if step_of(model) is not None else Path(model).parts[-1:]
+    in_run = step_of(model) is not None or names_best(model)
+    parts = Path(model).parts[-2:] if in_run else Path(model).parts[-1:]
     return "-".join(parts).replace(".", "_") or "model"
 
 

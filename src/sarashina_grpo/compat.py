@@ -10,7 +10,11 @@ Names used, and why:
   TRL's public ``rollout_func``: that one is handed chat messages and must return the prompt token ids itself, so
   it cannot carry TRL's own tokenization (``_tokenize_prompts``) and the fast rollout would have to copy it (or call
   that private method instead); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
-- ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs).
+- ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs);
+  wrapped per instance by dynamic sampling (``dynamic_sampling.install``), which reads only its returned dict.
+- ``GRPOTrainer._logs`` (TRL): the latest generation batch's prompts, completions, rewards per function and
+  advantages, which TRL sends to W&B/trackio only; ``completion_rows`` reads them for TensorBoard and
+  ``completions.jsonl`` (``completions.CompletionLog``).
 - ``autotune_batch_and_chunks`` (Unsloth's compiled GRPO trainer module): watched by the benchmark's profiler.
 - ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
   rollout generates in (Unsloth switches to inference mode in it and back to training mode after it).
@@ -50,6 +54,10 @@ TRL_UNWRAP_MODULE = "trl.models.utils"
 SCORE_METHOD = "_generate_and_score_completions"
 
 
+COMPLETION_LOGS = "_logs"
+COMPLETION_LOG_KEYS = ("prompt", "completion", "rewards", "advantages")
+
+
 class CompatError(RuntimeError):
     """A library internal this project relies on is missing or changed: the installed versions differ from the lock."""
 
@@ -86,6 +94,22 @@ def generation_context(trainer):
                           "the installed TRL is not the locked one.")
     return unwrap(trainer.model_wrapped, trainer.accelerator,
                   gather_deepspeed3_params=trainer.args.ds3_gather_for_generation)
+
+
+def completion_rows(trainer) -> list[dict]:
+    """The completions TRL keeps for its completion table (the latest generation batch, gathered from every
+    process): one ``{"prompt", "completion", "rewards": {reward name: value}, "advantage"}`` per completion, with
+    prompts and completions as TRL has them (chat messages or text)."""
+    logs = getattr(trainer, COMPLETION_LOGS, None)
+    if not isinstance(logs, dict) or not all(key in logs for key in COMPLETION_LOG_KEYS):
+        raise CompatError(f"GRPOTrainer.{COMPLETION_LOGS} no longer holds {COMPLETION_LOG_KEYS}: the installed TRL "
+                          "is not the locked one (uv.lock); the completion log cannot read the completions.")
+    rewards = {name: list(values) for name, values in logs["rewards"].items()}
+    return [{"prompt": prompt, "completion": completion,
+             "rewards": {name: values[i] if i < len(values) else None for name, values in rewards.items()},
+             "advantage": advantage}
+            for i, (prompt, completion, advantage) in enumerate(zip(logs["prompt"], logs["completion"],
+                                                                    logs["advantages"], strict=False))]
 
 
 def rotary_inv_freq(rotary):

@@ -51,8 +51,11 @@ PARTIAL_RE = re.compile(r"\..+\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)-(?P<ns>\d
 
 
 def check_checkpoint(checkpoint: str | Path) -> Path:
-    """The checkpoint folder, or a ``SettingsError`` saying what to give instead."""
-    path = Path(checkpoint).expanduser()
+    """The checkpoint folder (``<run>/best``: the run's best one), or a ``SettingsError`` saying what to give
+    instead."""
+    from .best import resolve_best
+
+    path = Path(resolve_best(str(checkpoint))).expanduser()
     if not path.is_dir():
         raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
                             "artifact/outputs/<run>/checkpoint-500.")

@@ -245,6 +245,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from trl import GRPOTrainer
 
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, OneCompletionTable
+    from .completions import CompletionLog
     from .data import prompts_dataset
     from .modeling import check_packing
     from .rewards import get_reward_funcs
@@ -262,8 +263,9 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.paths.log_dir)
     args = build_grpo_config(settings, run.paths.output_dir, use_cpu=not cuda_available(), **grpo_overrides)
     held_out = [HeldOutEval(run.eval_rows, every=settings.held_out_eval_steps, system_prompt=settings.system_prompt,
-                            max_new_tokens=settings.max_completion_length)] if run.eval_rows else []
-    linked = [OneCompletionTable(), *held_out]
+                            max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
+                            patience=settings.patience)] if run.eval_rows else []
+    linked = [OneCompletionTable(), CompletionLog(), *held_out]
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,

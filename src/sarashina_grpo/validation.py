@@ -28,6 +28,7 @@ from .config import FIELDS, Settings, SettingsError, field_label, finite_number,
 from .data import check_prompts
 from .errors import check_artifact_dir
 from .grpo_fields import grpo_fields, loss_types, scheduler_names
+from .best import resolve_best
 from .model_checks import check_device, check_lora_targets, check_model_name
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ RUN_INFO = "run.json"  # every setting of the run, written at its start; resume 
 # Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
                      "max_seq_length", "data_path", "system_prompt_file", "log_completions",
-                     "num_completions_to_print", "backend", "held_out_eval_steps", "eval_data", "eval_limit"}
+                     "num_completions_to_print", "backend", "held_out_eval_steps", "eval_data", "eval_limit",
+                     "best_metric", "patience"}
 @dataclass
 class CheckedRun:
     """Settings that passed every check, with the usable rows of their prompt file and, when the run evaluates
@@ -86,6 +88,10 @@ def check_ranges(settings: Settings) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise SettingsError(f"{field_label('held_out_eval_steps')} must be 0 (off) or a positive integer, got "
                             f"{steps!r}.")
+    for name in ("patience", "dynamic_sampling_max_rounds"):  # issue 32's settings: 0 is allowed (off / none extra)
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SettingsError(f"{field_label(name)} must be 0 or a positive integer, got {value!r}.")
     if settings.lora_alpha is not None and (not isinstance(settings.lora_alpha, int) or settings.lora_alpha < 1):
         raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {settings.lora_alpha!r}.")
     if not isinstance(settings.seed, int) or isinstance(settings.seed, bool) or settings.seed < 0:
@@ -242,6 +248,7 @@ def settings_warnings(settings: Settings) -> list[str]:
 def check_model(settings: Settings, *, training: bool) -> Settings:
     """Resolved, checked settings whose model can load on this machine (what ``infer``/``eval`` need)."""
     settings = check_settings(settings).resolved()
+    settings = settings.replace(model_name=resolve_best(settings.model_name))  # <run>/best: its best checkpoint
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm,
                  training=training)
     check_model_name(settings.model_name)
