@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config
+from .best import resolve_best
 from .config import FIELDS, Settings, SettingsError, field_label, finite_number, project_path
 from .data import check_prompts
 from .errors import check_artifact_dir
 from .grpo_fields import grpo_fields, loss_types, scheduler_names
-from .best import resolve_best
 from .model_checks import check_device, check_lora_targets, check_model_name
 
 logger = logging.getLogger(__name__)
