@@ -365,3 +365,13 @@ def test_completion_rows_pairs_each_completion_with_its_rewards():
 def test_a_changed_completion_log_is_reported_not_ignored():
     with pytest.raises(compat.CompatError, match="_logs"):
         compat.completion_rows(type("T", (), {"_logs": {"prompt": []}})())
+
+
+def test_trl_averages_the_training_figures_we_add_to():
+    # why: dynamic sampling's counts reach TensorBoard only through GRPOTrainer._metrics["train"]
+    assert 'self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}' in trl_grpo_source()
+
+
+def test_a_missing_scoring_step_is_reported_not_ignored():
+    with pytest.raises(compat.CompatError, match=compat.SCORE_METHOD):
+        compat.replace_scoring_step(object(), lambda inputs: inputs)

@@ -12,6 +12,8 @@ Names used, and why:
   that private method instead); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
 - ``GRPOTrainer._generate_and_score_completions`` (TRL): timed by the benchmark (rollout + rewards + log-probs);
   wrapped per instance by dynamic sampling (``dynamic_sampling.install``), which reads only its returned dict.
+- ``GRPOTrainer._metrics`` (TRL): the per-step figures TRL averages into each log; ``log_metric`` adds dynamic
+  sampling's counts to them, so they reach TensorBoard as ``train/dynamic_sampling/…`` with TRL's own.
 - ``GRPOTrainer._logs`` (TRL): the latest generation batch's prompts, completions, rewards per function and
   advantages, which TRL sends to W&B/trackio only; ``completion_rows`` reads them for TensorBoard and
   ``completions.jsonl`` (``completions.CompletionLog``).
@@ -94,6 +96,32 @@ def generation_context(trainer):
                           "the installed TRL is not the locked one.")
     return unwrap(trainer.model_wrapped, trainer.accelerator,
                   gather_deepspeed3_params=trainer.args.ds3_gather_for_generation)
+
+
+TRAINER_METRICS = "_metrics"
+
+
+def scoring_step(trainer):
+    """The trainer's bound scoring step (generate, reward, advantages, log-probs), as TRL defines it."""
+    method = getattr(trainer, SCORE_METHOD, None)
+    if not callable(method):
+        raise CompatError(f"GRPOTrainer.{SCORE_METHOD} is gone: the installed TRL is not the locked one (uv.lock).")
+    return method
+
+
+def replace_scoring_step(trainer, score) -> None:
+    """Make ``trainer`` score its generation batches with ``score(inputs) -> dict`` (per instance)."""
+    scoring_step(trainer)
+    setattr(trainer, SCORE_METHOD, score)
+
+
+def log_metric(trainer, name: str, value: float) -> None:
+    """Add ``value`` to the training figures TRL averages into its next log (``train/<name>`` in TensorBoard)."""
+    metrics = getattr(trainer, TRAINER_METRICS, None)
+    if not isinstance(metrics, dict) or "train" not in metrics:
+        raise CompatError(f"GRPOTrainer.{TRAINER_METRICS} has no 'train' figures: the installed TRL is not the "
+                          "locked one (uv.lock).")
+    metrics["train"][name].append(value)
 
 
 def completion_rows(trainer) -> list[dict]:

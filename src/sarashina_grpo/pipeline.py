@@ -288,6 +288,11 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
         from .rollout import install
 
         install(trainer)
+    if settings.dynamic_sampling:
+        from . import dynamic_sampling
+
+        trainer.dynamic_sampling = dynamic_sampling.install(trainer, max_rounds=settings.dynamic_sampling_max_rounds,
+                                                            seed=settings.seed)
     return trainer
 
 
