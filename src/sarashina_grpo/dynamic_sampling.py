@@ -1,8 +1,8 @@
 """DAPO's dynamic sampling (``Settings.dynamic_sampling``): a group whose completions all earn the same reward has
 zero advantage everywhere and teaches nothing, so it is dropped and the batch is filled with groups of fresh prompts.
 
-``install(trainer, max_rounds=2, seed=0)`` wraps the trainer's scoring step (TRL's
-``_generate_and_score_completions``, through ``compat``): after the batch is generated and scored, its flat groups
+``install(trainer, max_rounds=2, seed=0)`` wraps the trainer's scoring step (TRL's private
+method named in ``compat.SCORE_METHOD``, through ``compat``): after the batch is generated and scored, its flat groups
 are replaced by groups with a spread from up to ``max_rounds`` further generation batches of prompts drawn from the
 training set; groups still missing after that are filled with dropped ones, so the batch keeps its size and the
 extra cost per step is bounded. TensorBoard gets, per generation batch, ``train/dynamic_sampling/flat_groups``
