@@ -269,7 +269,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,
-        reward_funcs=get_reward_funcs(settings.reward_names),
+        reward_funcs=get_reward_funcs(settings.reward_names, max_completion_length=settings.max_completion_length),
         args=args,
         train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],

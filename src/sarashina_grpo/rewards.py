@@ -140,9 +140,10 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
 }
 
 
-def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
-    """Reward functions by registry name, or your own as ``module:function`` or ``path/to/file.py:function``
-    (``load_reward``); an unknown name raises ``KeyError`` listing the valid ones."""
+def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
+    """Reward functions by registry name (``REWARD_FUNCS``, then TRL's ``TRL_REWARDS``, built for a run whose
+    completions are at most ``max_completion_length`` tokens), or your own as ``module:function`` or
+    ``path/to/file.py:function`` (``load_reward``); an unknown name raises ``KeyError`` listing the valid ones."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     funcs = []
@@ -151,8 +152,10 @@ def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
             funcs.append(load_reward(name))
         elif name in REWARD_FUNCS:
             funcs.append(REWARD_FUNCS[name])
+        elif name in TRL_REWARDS:
+            funcs.append(trl_reward(name, max_completion_length=max_completion_length))
         else:
-            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {', '.join(sorted(REWARD_FUNCS))}, or your own "
+            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {', '.join(reward_names())}, or your own "
                            "as module:function or path/to/file.py:function.")
     return funcs
 
@@ -212,3 +215,39 @@ def _check_signature(reference: str, func) -> None:
         raise KeyError(f"Reward {reference!r}: {func.__name__}{inspect.signature(func)} must accept completions and "
                        "**kwargs, e.g. def my_reward(completions, **kwargs) -> list[float] (TRL passes every "
                        "dataset column by name).")
+
+
+# --- TRL's ready-made rewards (trl.rewards), by name beside the project's own -----------------------------------
+# Built when a trainer is (importing TRL is slow; checking settings never does). Their names are TRL's function names
+# without "_reward", so TensorBoard logs them under TRL's own names. TRL's accuracy rewards are left out: they need a
+# `solution` column in LaTeX and the math_verify package (correct_answer is this project's answer check).
+TRL_REWARDS = {
+    "soft_overlong_punishment": "0 up to max_completion_length minus a fifth of it, then falling linearly to -1 at "
+                                "max_completion_length and beyond (DAPO's overlong reward shaping)",
+    "repetition_penalty": "minus the share of repeated token 3-grams in the completion, from 0 to -1",
+    "think_format": "1.0 when the completion opens with one <think>…</think> block, else 0.0",
+}
+# DAPO's L_cache: the last share of max_completion_length over which the overlong penalty grows (4096 of 20480).
+OVERLONG_CACHE_SHARE = 0.2
+
+
+def reward_names() -> list[str]:
+    """Every reward available by name: the project's own, then TRL's."""
+    return [*REWARD_FUNCS, *TRL_REWARDS]
+
+
+def trl_reward(name: str, *, max_completion_length: int | None = None) -> RewardFunc:
+    """TRL's reward ``name`` (a key of ``TRL_REWARDS``), built with TRL's defaults and the run's completion length."""
+    from trl import rewards as trl_rewards
+
+    if name == "soft_overlong_punishment":
+        if not max_completion_length:
+            raise KeyError("Reward 'soft_overlong_punishment' needs the run's max_completion_length.")
+        cache = max(1, round(OVERLONG_CACHE_SHARE * max_completion_length))
+        return trl_rewards.get_soft_overlong_punishment(max_completion_len=max_completion_length,
+                                                        soft_punish_cache=cache)
+    if name == "repetition_penalty":
+        return trl_rewards.get_repetition_penalty_reward()
+    if name == "think_format":
+        return trl_rewards.think_format_reward
+    raise KeyError(f"Unknown TRL reward {name!r}. TRL's rewards here: {', '.join(TRL_REWARDS)}.")

@@ -112,7 +112,7 @@ def check_ranges(settings: Settings) -> None:
 
 
 def check_choices(settings: Settings) -> None:
-    from .rewards import REWARD_FUNCS, load_reward
+    from .rewards import load_reward, reward_names
 
     choices = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata.get("choices")}
     choices["loss_type"], choices["lr_scheduler_type"] = loss_types(), scheduler_names()
@@ -130,10 +130,10 @@ def check_choices(settings: Settings) -> None:
                 load_reward(name)
             except KeyError as err:
                 raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
-        elif name not in REWARD_FUNCS:
+        elif name not in reward_names():
             raise SettingsError(f"{field_label('reward_names')}: Unknown reward {name!r}"
-                                f"{config.did_you_mean(name, REWARD_FUNCS)}. Valid rewards: "
-                                f"{', '.join(sorted(REWARD_FUNCS))}, or your own as module:function or "
+                                f"{config.did_you_mean(name, reward_names())}. Valid rewards: "
+                                f"{', '.join(reward_names())}, or your own as module:function or "
                                 "path/to/file.py:function.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
