@@ -26,11 +26,12 @@ def held_out_curve(log_dir) -> list[dict]:
     return [{"step": p.step, "strict": round(p.value, 3), "seconds": round(p.wall_time - start, 1)} for p in points]
 
 
-def one_run(artifact, steps: int, eval_steps: int, seed: int, dynamic: bool, rounds: int) -> dict:
+def one_run(artifact, steps: int, eval_steps: int, seed: int, dynamic: bool, rounds: int, rewards: tuple) -> dict:
     from sarashina_grpo.demo import DemoSettings, run_demo
 
     overrides = {"dynamic_sampling": True, "dynamic_sampling_max_rounds": rounds} if dynamic else {}
-    demo = DemoSettings(seed=seed, steps=steps, eval_steps=eval_steps, overrides=overrides)
+    demo = DemoSettings(seed=seed, steps=steps, eval_steps=eval_steps, overrides=overrides,
+                        **({"reward_names": rewards} if rewards else {}))
     started = time.monotonic()
     result = run_demo(artifact, demo, run_name=f"ds-{'on' if dynamic else 'off'}")
     logged = [h for h in result.log_history if "dynamic_sampling/extra_rollouts" in h]
@@ -49,13 +50,16 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rewards", default="", help="comma-separated reward names; default: the demo's three")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as artifact:
-        runs = [one_run(artifact, args.steps, args.eval_steps, args.seed, dynamic, args.rounds)
+        rewards = tuple(n for n in args.rewards.split(",") if n)
+        runs = [one_run(artifact, args.steps, args.eval_steps, args.seed, dynamic, args.rounds, rewards)
                 for dynamic in (False, True)]
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"steps": args.steps, "eval_steps": args.eval_steps, "seed": args.seed, "runs": runs}, f, indent=2)
+        json.dump({"steps": args.steps, "eval_steps": args.eval_steps, "seed": args.seed,
+                   "rewards": args.rewards or "demo default", "runs": runs}, f, indent=2)
     print(json.dumps(runs, indent=2))
 
 

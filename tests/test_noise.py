@@ -38,3 +38,18 @@ def test_hiding_twice_installs_one_filter():
     hide_known_messages()
     hide_known_messages()
     assert len(logging.getLogger("torch.utils._pytree").filters) == 1
+
+
+def test_torchaos_syntax_warning_is_hidden():
+    import os
+    import subprocess
+    import sys
+
+    def stderr_of(hide: bool) -> str:
+        code = ("from sarashina_grpo.noise import hide_known_messages; hide_known_messages(); " if hide else "") + \
+            "import torchao.quantization.quant_api"
+        # why: without written bytecode Python compiles the file, and warns, on every import
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stderr
+
+    assert "SyntaxWarning" in stderr_of(hide=False) and "SyntaxWarning" not in stderr_of(hide=True)

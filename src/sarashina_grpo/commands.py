@@ -76,7 +76,9 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         use_triton_interpreter_without_gpu()
     model, tokenizer = load_model(run)
-    trainer = run_training(build_trainer(run, model, tokenizer), run)
+    from .callbacks import CompactProgress  # one short line per log, not transformers' dict of every metric
+
+    trainer = run_training(build_trainer(run, model, tokenizer, callbacks=[CompactProgress()]), run)
     end_process_group(trainer)
     if not trainer.accelerator.is_main_process:
         return 0
