@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from sarashina_grpo.noise import hide_known_messages, without_known_lines
 
 UNSLOTH_IMPORT = ("Unsloth 2026.10.9: no GPU found, training on CPU (x86_64, 1 threads, bfloat16 = True). CPU training "
@@ -40,6 +42,7 @@ def test_hiding_twice_installs_one_filter():
     assert len(logging.getLogger("torch.utils._pytree").filters) == 1
 
 
+@pytest.mark.slow  # two fresh imports of torchao
 def test_torchaos_syntax_warning_is_hidden():
     import os
     import subprocess
