@@ -118,3 +118,8 @@ def test_export_takes_the_best_by_name(stopped, tmp_path):
 
     out = export_checkpoint(stopped.run.paths.output_dir / "best", tmp_path / "adapter")
     assert (out / "adapter_config.json").is_file() and "checkpoint-1" in (out / "README.md").read_text()
+
+
+def test_patience_without_held_out_evaluations_is_refused():
+    with pytest.raises(SettingsError, match="needs --eval-steps"):
+        check_settings(Settings(patience=3))  # why: it would never count anything, and never stop the run

@@ -33,6 +33,7 @@ class FakeTrainer:
     def __init__(self):
         self.model = torch.nn.Linear(1, 1)  # in training mode
         self._metrics = {"train": defaultdict(list)}
+        self.state = type("State", (), {"global_step": 3})()
 
 
 def test_a_group_is_flat_when_all_its_advantages_are_equal():
@@ -45,6 +46,14 @@ def test_merge_pads_prompts_on_the_left_and_completions_on_the_right():
     assert merged["prompt_ids"][0].tolist() == [0, 0, 7, 7] and merged["prompt_mask"][0].tolist() == [0, 0, 1, 1]
     assert merged["completion_ids"][2].tolist() == [8, 0, 0] and merged["completion_mask"][2].tolist() == [1, 0, 0]
     assert merged["num_items_in_batch"].item() == 2 * 3 + 2 * 1  # why: TRL's loss divides by the tokens it scores
+
+
+def test_merge_keeps_unknown_per_row_tensors_and_the_first_batchs_other_values():
+    first = {**scored([1.0, -1.0], 2, 3, 7), "extra_logps": torch.ones(2, 3), "flag": torch.tensor(True)}
+    second = {**scored([1.0, -1.0], 2, 1, 8), "extra_logps": torch.ones(2, 1), "flag": torch.tensor(False)}
+    merged = merge([(first, [0]), (second, [0])], 2, PAD)
+    # why: Unsloth's compiled trainer may return more than TRL's keys; each row must keep its own values
+    assert merged["extra_logps"].tolist()[2] == [1.0, 0.0, 0.0] and merged["flag"].item() is True
 
 
 def sampler(batches: list[dict], max_rounds: int):
@@ -68,6 +77,17 @@ def test_flat_groups_are_replaced_by_fresh_groups_with_a_spread():
     assert dict(trainer._metrics["train"]) == {"dynamic_sampling/flat_groups": [1.0],
                                                "dynamic_sampling/extra_rollouts": [4.0],
                                                "dynamic_sampling/flat_kept": [0.0]}
+
+
+def test_the_fresh_prompts_depend_on_the_seed_and_the_step_only():
+    first = scored([0.0, 0.0, 1.0, -1.0], 2, 2, 1)
+    fresh = scored([0.5, 0.5, 1.0, -1.0], 3, 2, 2)
+    drawn = []
+    for _ in range(2):
+        ds, _, calls = sampler([first, fresh], max_rounds=2)
+        ds(["a", "a", "b", "b"])
+        drawn.append([row["prompt"] for row in calls[1]])
+    assert drawn[0] == drawn[1]  # why: a resumed run draws what an uninterrupted one would at that step
 
 
 def test_the_bound_on_extra_batches_is_kept_and_the_batch_keeps_its_size():

@@ -1,14 +1,15 @@
 """DAPO's dynamic sampling (``Settings.dynamic_sampling``): a group whose completions all earn the same reward has
 zero advantage everywhere and teaches nothing, so it is dropped and the batch is filled with groups of fresh prompts.
 
-``install(trainer, max_rounds=2, seed=0)`` wraps the trainer's scoring step (TRL's private
-method named in ``compat.SCORE_METHOD``, through ``compat``): after the batch is generated and scored, its flat groups
-are replaced by groups with a spread from up to ``max_rounds`` further generation batches of prompts drawn from the
-training set; groups still missing after that are filled with dropped ones, so the batch keeps its size and the
-extra cost per step is bounded. TensorBoard gets, per generation batch, ``train/dynamic_sampling/flat_groups``
-(flat groups in the first batch), ``…/extra_rollouts`` (completions generated beyond it) and ``…/flat_kept``
-(dropped groups used to fill the batch). TRL's own reward figures then cover every completion generated. One
-process only: each process would decide on its own groups, and the scoring step gathers across processes.
+``install(trainer, max_rounds=2, seed=0)`` wraps the trainer's scoring step (TRL's private method named in
+``compat.SCORE_METHOD``, through ``compat``): after the batch is generated and scored, its flat groups are replaced
+by groups with a spread from up to ``max_rounds`` further generation batches of prompts drawn from the training set
+(with the run's seed and the step); groups still missing after that are filled with dropped ones, so the batch keeps
+its size and the extra cost per step is bounded. TensorBoard gets, per generation batch,
+``train/dynamic_sampling/flat_groups`` (flat groups in the first batch), ``…/extra_rollouts`` (completions
+generated beyond it) and ``…/flat_kept`` (dropped groups used to fill the batch). TRL's own reward figures then
+cover every completion generated. One process only: each process would decide on its own groups, and the scoring
+step gathers across processes.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ logger = logging.getLogger(__name__)
 # aggregation mode (0 with sum_then_normalize, a batch-wide constant with normalize_then_sum); any real spread
 # gives at least the rewards' own granularity (0.001 for xmlcount's trailing text), or about 1 when scaled by std.
 FLAT_SPREAD = 1e-6
-# Dimension 1 of these is the prompt (left-padded); of the other 2-D tensors, the completion (right-padded).
+# Dimension 1 of these is the prompt (left-padded); of the other per-row 2-D tensors, the completion (right-padded).
 PROMPT_KEYS = ("prompt_ids", "prompt_mask")
-TEXT_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch",
-             "old_per_token_logps", "ref_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio",
-             "tool_mask"}
+# Images come with per-image tensors whose rows are not the batch's rows: those batches are not regrouped.
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "num_images")
 
 
 def flat_groups(advantages, group_size: int) -> list[bool]:
@@ -38,12 +38,20 @@ def flat_groups(advantages, group_size: int) -> list[bool]:
     return ((grouped.amax(dim=1) - grouped.amin(dim=1)) < FLAT_SPREAD).tolist()
 
 
+def _per_row(batch: dict) -> list[str]:
+    """The keys of ``batch`` that hold one entry per completion (tensors as long as the advantages)."""
+    import torch
+
+    rows = batch["advantages"].size(0)
+    return [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == rows]
+
+
 def _rows(batch: dict, groups: list[int], group_size: int):
     import torch
 
     index = torch.tensor([g * group_size + i for g in groups for i in range(group_size)], dtype=torch.long,
                          device=batch["advantages"].device)
-    return {k: v.index_select(0, index) for k, v in batch.items() if k != "num_items_in_batch"}
+    return {k: batch[k].index_select(0, index) for k in _per_row(batch)}
 
 
 def _pad(tensor, width: int, value, *, left: bool):
@@ -58,7 +66,8 @@ def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: in
     import torch
 
     chosen = [_rows(batch, groups, group_size) for batch, groups in parts if groups]
-    merged = {}
+    # What is not per row (a count, a flag) is the first batch's; the token count is recounted below.
+    merged = {k: v for k, v in parts[0][0].items() if k not in chosen[0]}
     for key in chosen[0]:
         tensors = [c[key] for c in chosen]
         if tensors[0].dim() >= 2:
@@ -76,28 +85,30 @@ class DynamicSampling:
 
     def __init__(self, trainer, score, *, max_rounds: int, seed: int):
         self.trainer, self.score, self.max_rounds = trainer, score, max_rounds
-        self.random = random.Random(seed)  # its own stream: training's data order and sampling stay as they were
+        self.seed = seed
         self.totals = {"batches": 0, "flat_groups": 0, "extra_rollouts": 0, "flat_kept": 0}
 
-    def fresh_inputs(self, groups: int, group_size: int) -> list[dict]:
+    def fresh_inputs(self, draw: random.Random, groups: int, group_size: int) -> list[dict]:
         dataset = self.trainer.train_dataset
-        picks = [self.random.randrange(len(dataset)) for _ in range(groups)]
+        picks = [draw.randrange(len(dataset)) for _ in range(groups)]
         return [dict(dataset[i]) for i in picks for _ in range(group_size)]
 
     def __call__(self, inputs):
         batch = self.score(inputs)
         if not self.trainer.model.training:  # TRL's own evaluation loop: leave it as it is
             return batch
-        unknown = set(batch) - TEXT_KEYS
-        if unknown:
-            raise SettingsError(f"dynamic_sampling handles text-only batches; this one also has {sorted(unknown)}.")
+        if any(key in batch for key in IMAGE_KEYS):
+            raise SettingsError("dynamic_sampling handles text-only batches; this one has images.")
         size = self.trainer.num_generations
         flat = flat_groups(batch["advantages"], size)
         kept = [g for g, is_flat in enumerate(flat) if not is_flat]
         dropped = [g for g, is_flat in enumerate(flat) if is_flat]
         parts, need, extra = [(batch, kept)], len(dropped), 0
+        # Its own stream, seeded by the step: training's data order and sampling stay as they were, and a resumed
+        # run draws the same fresh prompts as an uninterrupted one.
+        draw = random.Random(f"{self.seed}-{self.trainer.state.global_step}")
         for _ in range(self.max_rounds if need else 0):
-            fresh = self.score(self.fresh_inputs(len(flat), size))
+            fresh = self.score(self.fresh_inputs(draw, len(flat), size))
             extra += len(flat) * size
             spread = [g for g, is_flat in enumerate(flat_groups(fresh["advantages"], size)) if not is_flat]
             parts.append((fresh, spread[:need]))

@@ -170,6 +170,9 @@ def check_grpo_args(settings: Settings) -> None:
 
 
 def check_consistency(settings: Settings) -> None:
+    if settings.patience and (not settings.held_out_eval_steps or settings.best_metric == "none"):
+        raise SettingsError(f"{field_label('patience')} counts held-out evaluations without a new best: it needs "
+                            "--eval-steps N and a --best-metric other than 'none'.")
     if settings.num_generations < 2:
         raise SettingsError(f"{field_label('num_generations')} must be at least 2 (GRPO compares completions within "
                             f"a group), got {settings.num_generations}.")
