@@ -123,3 +123,11 @@ def test_export_takes_the_best_by_name(stopped, tmp_path):
 def test_patience_without_held_out_evaluations_is_refused():
     with pytest.raises(SettingsError, match="needs --eval-steps"):
         check_settings(Settings(patience=3))  # why: it would never count anything, and never stop the run
+
+
+@pytest.mark.slow
+def test_completions_are_kept_even_when_trl_prints_none(stopped):
+    from sarashina_grpo.completions import read_completions
+
+    # why: log_completions only switches TRL's console table; the run's own record stays
+    assert sorted({r["step"] for r in read_completions(stopped.run.paths.output_dir)}) == [1, 2, 3, 4]

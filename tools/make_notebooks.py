@@ -194,9 +194,9 @@ from IPython.display import Markdown, display
 from sarashina_grpo.completions import markdown_table, read_completions
 
 if TRAINING_RUN:
-    logged = read_completions(TRAINING_RUN)
-    display(Markdown(f"Step {logged[-1]['step']}:\n\n" + markdown_table(read_completions(TRAINING_RUN,
-                                                                                       logged[-1]["step"]))))
+    last = read_completions(TRAINING_RUN)[-1]["step"]
+    print("Completions sampled at step", last)
+    display(Markdown(markdown_table(read_completions(TRAINING_RUN, step=last))))
 """),
     md("## Single prompts, scored by the rewards"),
     code("""

@@ -240,7 +240,7 @@ class Settings:
                                "loaded as artifact/outputs/<run>/best; 'none': off",
                                choices=("none", *BEST_METRICS))
     patience: int = setting(0, "stop the run after this many held-out evaluations in a row without a new best "
-                            "best_metric (saving a checkpoint); 0: never")
+                            "of best_metric (saving a checkpoint first); 0: never")
     dynamic_sampling: bool = setting(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal (they "
                                      "teach nothing) and fill the batch with groups of fresh prompts (one process)")
     dynamic_sampling_max_rounds: int = setting(2, "extra generation batches a step may spend on fresh groups with "

@@ -132,7 +132,7 @@ def install(trainer, *, max_rounds: int, seed: int) -> DynamicSampling:
     """Wrap ``trainer``'s scoring step with dynamic sampling; return the wrapper (its ``totals``)."""
     if trainer.accelerator.num_processes > 1:
         raise SettingsError("dynamic_sampling runs on one process: under accelerate launch each process would drop "
-                            "different groups. Turn it off (--no-dynamic-sampling) or train on one process.")
+                            "different groups. Drop --dynamic-sampling, or train on one process.")
     wrapper = DynamicSampling(trainer, compat.scoring_step(trainer), max_rounds=max_rounds, seed=seed)
     compat.replace_scoring_step(trainer, wrapper)
     logger.info("Dynamic sampling on: groups without reward spread replaced, up to %d extra generation batches "
