@@ -54,6 +54,7 @@ def test_merge_keeps_unknown_per_row_tensors_and_the_first_batchs_other_values()
     merged = merge([(first, [0]), (second, [0])], 2, PAD)
     # why: Unsloth's compiled trainer may return more than TRL's keys; each row must keep its own values
     assert merged["extra_logps"].tolist()[2] == [1.0, 0.0, 0.0] and merged["flag"].item() is True
+    assert list(merged) == list(first)  # why: TRL's shuffle reads the batch size from the first value
 
 
 def sampler(batches: list[dict], max_rounds: int):

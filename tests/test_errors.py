@@ -678,8 +678,8 @@ def test_the_inference_notebook_default_model_runs_on_this_machine(monkeypatch, 
 def test_a_mistyped_command_gets_a_suggestion(capsys):
     assert main(["trian"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: unknown command 'trian' (did you mean train?); the commands are demo, train, infer, eval, export, "
-        "build-tiny, convert-gguf, warmstart, bench (`sarashina-grpo --help`).")
+        "error: invalid choice: 'trian' is not a command (did you mean train?); the commands are demo, train, infer, "
+        "eval, export, build-tiny, convert-gguf, warmstart, bench (`sarashina-grpo --help`).")
 
 
 def test_a_missing_prompt_file_outside_the_project_names_the_project_folder(no_cuda, capsys, tmp_path, monkeypatch):

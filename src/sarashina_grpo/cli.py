@@ -199,8 +199,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     named = next((token for token in argv if not token.startswith("-")), None)
     if named is not None and named not in parser.commands:  # argparse would list the commands but suggest none
-        raise SettingsError(f"unknown command {named!r}{did_you_mean(named, parser.commands)}; the commands are "
-                            f"{', '.join(parser.commands)} (`sarashina-grpo --help`).")
+        raise SettingsError(f"invalid choice: {named!r} is not a command{did_you_mean(named, parser.commands)}; "
+                            f"the commands are {', '.join(parser.commands)} (`sarashina-grpo --help`).")
     args, extras = parser.parse_known_args(argv)
     command = parser.commands[args.command]
     known = [flag for flag in command._option_string_actions if "_" not in flag.lstrip("-")]

@@ -66,9 +66,13 @@ def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: in
     import torch
 
     chosen = [_rows(batch, groups, group_size) for batch, groups in parts if groups]
-    # What is not per row (a count, a flag) is the first batch's; the token count is recounted below.
-    merged = {k: v for k, v in parts[0][0].items() if k not in chosen[0]}
-    for key in chosen[0]:
+    merged = {}
+    # In the first batch's key order: TRL's shuffle takes the batch size from the first value. What is not per row
+    # (a count, a flag) is the first batch's; the token count is recounted below.
+    for key, value in parts[0][0].items():
+        if key not in chosen[0]:
+            merged[key] = value
+            continue
         tensors = [c[key] for c in chosen]
         if tensors[0].dim() >= 2:
             width = max(t.size(1) for t in tensors)

@@ -155,8 +155,8 @@ def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None 
         elif name in TRL_REWARDS:
             funcs.append(trl_reward(name, max_completion_length=max_completion_length))
         else:
-            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {', '.join(reward_names())}, or your own "
-                           "as module:function or path/to/file.py:function.")
+            raise KeyError(f"Unknown reward {name!r}. Valid rewards: {valid_rewards_text()}, or your own as "
+                           "module:function or path/to/file.py:function.")
     return funcs
 
 
@@ -234,6 +234,11 @@ OVERLONG_CACHE_SHARE = 0.2
 def reward_names() -> list[str]:
     """Every reward available by name: the project's own, then TRL's."""
     return [*REWARD_FUNCS, *TRL_REWARDS]
+
+
+def valid_rewards_text() -> str:
+    """The names for an error message: the project's, then TRL's, each sorted."""
+    return f"{', '.join(sorted(REWARD_FUNCS))}; TRL's: {', '.join(sorted(TRL_REWARDS))}"
 
 
 def trl_reward(name: str, *, max_completion_length: int | None = None) -> RewardFunc:

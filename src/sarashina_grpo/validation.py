@@ -112,7 +112,7 @@ def check_ranges(settings: Settings) -> None:
 
 
 def check_choices(settings: Settings) -> None:
-    from .rewards import load_reward, reward_names
+    from .rewards import load_reward, reward_names, valid_rewards_text
 
     choices = {name: f.metadata["choices"] for name, f in FIELDS.items() if f.metadata.get("choices")}
     choices["loss_type"], choices["lr_scheduler_type"] = loss_types(), scheduler_names()
@@ -133,7 +133,7 @@ def check_choices(settings: Settings) -> None:
         elif name not in reward_names():
             raise SettingsError(f"{field_label('reward_names')}: Unknown reward {name!r}"
                                 f"{config.did_you_mean(name, reward_names())}. Valid rewards: "
-                                f"{', '.join(reward_names())}, or your own as module:function or "
+                                f"{valid_rewards_text()}, or your own as module:function or "
                                 "path/to/file.py:function.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
