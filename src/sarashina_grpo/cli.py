@@ -197,6 +197,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The parsed command line: only the flags given (and positional arguments); ``train``'s further ``GRPOConfig``
     flags in ``args.grpo_flags``."""
     parser = build_parser()
+    named = next((token for token in argv if not token.startswith("-")), None)
+    if named is not None and named not in parser.commands:  # argparse would list the commands but suggest none
+        raise SettingsError(f"invalid choice: {named!r} is not a command{did_you_mean(named, parser.commands)}; "
+                            f"the commands are {', '.join(parser.commands)} (`sarashina-grpo --help`).")
     args, extras = parser.parse_known_args(argv)
     command = parser.commands[args.command]
     known = [flag for flag in command._option_string_actions if "_" not in flag.lstrip("-")]
@@ -218,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return args.run(args) or 0
-    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
-        print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
+    except KeyboardInterrupt:  # any command but a training step (which saves first), or a second Ctrl-C
+        print("error: interrupted; nothing new was saved.", file=sys.stderr)
         return 130
     except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
         code = errors.report(err, debug=args.debug)

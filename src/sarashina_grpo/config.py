@@ -53,6 +53,10 @@ ROLLOUTS = {
     "paged": "TRL's transformers continuous batching (use_transformers_continuous_batching; measured)",
 }
 BACKENDS = ("auto", "unsloth", "trl-peft")
+# Held-out metrics that can mark the best checkpoint (Settings.best_metric), and which way is better.
+BEST_METRICS = {"strict_format_rate": "higher", "soft_format_rate": "higher", "xmlcount_mean": "higher",
+                "think_purity_mean": "higher", "response_purity_mean": "higher", "purity_mean": "higher",
+                "answer_accuracy": "higher", "latin_run_rate": "lower", "think_leak_mean": "lower"}
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -230,6 +234,18 @@ class Settings:
     eval_data: str = setting("datasets/eval.csv", "held-out prompt file scored every --eval-steps (CSV, JSONL or "
                              "Parquet; columns prompt,lang)")
     eval_limit: int = setting(16, "held-out prompts scored at each evaluation (the first N of eval_data)")
+    # --- the best checkpoint, early stopping and dynamic sampling (issue 32): callbacks.HeldOutEval, dynamic_sampling
+    best_metric: str = setting("strict_format_rate", "held-out metric (with --eval-steps) whose best value marks a "
+                               "checkpoint in run.json as the run's best: saved when reached, never rotated away, "
+                               "loaded as artifact/outputs/<run>/best; 'none': off",
+                               choices=("none", *BEST_METRICS))
+    patience: int = setting(0, "stop the run after this many held-out evaluations in a row without a new best "
+                            "of best_metric (saving a checkpoint first); 0: never")
+    dynamic_sampling: bool = setting(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal (they "
+                                     "teach nothing) and fill the batch with groups of fresh prompts (one process)")
+    dynamic_sampling_max_rounds: int = setting(2, "extra generation batches a step may spend on fresh groups with "
+                                               "--dynamic-sampling; groups still missing are filled with dropped ones")
+    # ---
     seed: int = setting(3407, "random seed (LoRA init, sampling, data order)")
     extra_grpo_args: dict = setting(None, "further TRL GRPOConfig fields, by name; each is also its own flag and "
                                     "recipe key (--report-to wandb, --save-total-limit 3, …), this JSON form "

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config
+from .best import resolve_best
 from .config import FIELDS, Settings, SettingsError, field_label, finite_number, project_path
 from .data import check_prompts
 from .errors import check_artifact_dir
@@ -63,7 +64,8 @@ RUN_INFO = "run.json"  # every setting of the run, written at its start; resume 
 # Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm", "gpu_memory_utilization",
                      "max_seq_length", "data_path", "system_prompt_file", "log_completions",
-                     "num_completions_to_print", "backend", "held_out_eval_steps", "eval_data", "eval_limit"}
+                     "num_completions_to_print", "backend", "held_out_eval_steps", "eval_data", "eval_limit",
+                     "best_metric", "patience"}
 @dataclass
 class CheckedRun:
     """Settings that passed every check, with the usable rows of their prompt file and, when the run evaluates
@@ -86,6 +88,10 @@ def check_ranges(settings: Settings) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise SettingsError(f"{field_label('held_out_eval_steps')} must be 0 (off) or a positive integer, got "
                             f"{steps!r}.")
+    for name in ("patience", "dynamic_sampling_max_rounds"):  # issue 32's settings: 0 is allowed (off / none extra)
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SettingsError(f"{field_label(name)} must be 0 or a positive integer, got {value!r}.")
     if settings.lora_alpha is not None and (not isinstance(settings.lora_alpha, int) or settings.lora_alpha < 1):
         raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {settings.lora_alpha!r}.")
     if not isinstance(settings.seed, int) or isinstance(settings.seed, bool) or settings.seed < 0:
@@ -116,7 +122,7 @@ def check_choices(settings: Settings) -> None:
             raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, allowed))}, got "
                                 f"{value!r}{config.did_you_mean(str(value), allowed)}.")
     try:  # unknown names, files that do not load, one function twice, two rewards logged under one name
-        check_reward_names(settings.reward_names)
+        check_reward_names(settings.reward_names, max_completion_length=settings.max_completion_length)
     except KeyError as err:
         raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
     targets = settings.lora_target_modules
@@ -150,6 +156,9 @@ def check_grpo_args(settings: Settings) -> None:
 
 
 def check_consistency(settings: Settings) -> None:
+    if settings.patience and (not settings.held_out_eval_steps or settings.best_metric == "none"):
+        raise SettingsError(f"{field_label('patience')} counts held-out evaluations without a new best: it needs "
+                            "--eval-steps N and a --best-metric other than 'none'.")
     if settings.num_generations < 2:
         raise SettingsError(f"{field_label('num_generations')} must be at least 2 (GRPO compares completions within "
                             f"a group), got {settings.num_generations}.")
@@ -228,6 +237,7 @@ def settings_warnings(settings: Settings) -> list[str]:
 def check_model(settings: Settings, *, training: bool) -> Settings:
     """Resolved, checked settings whose model can load on this machine (what ``infer``/``eval`` need)."""
     settings = check_settings(settings).resolved()
+    settings = settings.replace(model_name=resolve_best(settings.model_name))  # <run>/best: its best checkpoint
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm,
                  training=training)
     check_model_name(settings.model_name)
