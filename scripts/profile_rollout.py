@@ -19,7 +19,7 @@ import time
 import torch
 import unsloth  # noqa: F401  (before transformers)
 
-from sarashina_grpo.config import Settings
+from sarashina_grpo.config import article_settings
 from sarashina_grpo.data import load_prompts
 from sarashina_grpo.modeling import load_model
 from sarashina_grpo.rollout import FastRollout
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     check = attention_check()
     print(json.dumps(check), flush=True)
-    model, tok = load_model(Settings(model_name=args.model))
+    model, tok = load_model(article_settings(model_name=args.model))
     rows = load_prompts("datasets/smalltalk.csv", tokenizer=tok)["prompt"]
     texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in rows[:64]]
     prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]

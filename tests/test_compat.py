@@ -334,3 +334,34 @@ def test_unsloths_trainer_starts_in_inference_mode_and_turns_checkpointing_back_
     llama = unsloth_source("models/llama.py")
     assert "def for_training(model, use_gradient_checkpointing = None):" in llama
     assert "m.gradient_checkpointing = False" in llama  # in for_inference
+
+
+def test_trl_keeps_the_completion_table_columns_we_read():
+    import re
+
+    # why: completions.CompletionLog reads the latest batch from GRPOTrainer._logs, which TRL fills in
+    # _generate_and_score_completions and otherwise sends only to W&B/trackio
+    init = re.search(r"self\._logs = \{(.*?)\n        \}", trl_grpo_source(), re.DOTALL).group(1)
+    assert all(f'"{key}"' in init for key in compat.COMPLETION_LOG_KEYS)
+
+
+def test_completion_rows_pairs_each_completion_with_its_rewards():
+    trainer = type("T", (), {"_logs": {"prompt": ["p1", "p2"], "completion": ["c1", "c2"],
+                                       "rewards": {"r": [0.5, 0.0]}, "advantages": [1.0, -1.0]}})()
+    assert compat.completion_rows(trainer)[1] == {"prompt": "p2", "completion": "c2", "rewards": {"r": 0.0},
+                                                  "advantage": -1.0}
+
+
+def test_a_changed_completion_log_is_reported_not_ignored():
+    with pytest.raises(compat.CompatError, match="_logs"):
+        compat.completion_rows(type("T", (), {"_logs": {"prompt": []}})())
+
+
+def test_trl_averages_the_training_figures_we_add_to():
+    # why: dynamic sampling's counts reach TensorBoard only through GRPOTrainer._metrics["train"]
+    assert 'self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}' in trl_grpo_source()
+
+
+def test_a_missing_scoring_step_is_reported_not_ignored():
+    with pytest.raises(compat.CompatError, match=compat.SCORE_METHOD):
+        compat.replace_scoring_step(object(), lambda inputs: inputs)

@@ -679,3 +679,22 @@ def test_debug_shows_the_traceback_as_well(no_cuda, capsys, tmp_path, monkeypatc
 def test_the_inference_notebook_default_model_runs_on_this_machine(monkeypatch, cuda, expected):
     monkeypatch.setattr(modeling, "cuda_available", lambda: cuda)
     assert modeling.model_for_this_machine(None) == expected  # why: a first run on a CPU works offline
+
+
+def test_a_mistyped_command_gets_a_suggestion(capsys):
+    assert main(["trian"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: sarashina-grpo: unknown command 'trian' (did you mean train?); the commands are demo, train, infer, "
+        "eval, export, build-tiny, convert-gguf, warmstart (`sarashina-grpo --help` lists the flags).")
+
+
+def test_a_missing_prompt_file_outside_the_project_names_the_project_folder(no_cuda, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # why: run from a folder without datasets/, datasets/smalltalk.csv is not there
+    monkeypatch.delenv(project.HOME_VARIABLE, raising=False)
+    code, err = run_cli(capsys, "--model", "tiny", "--artifact-dir", tmp_path / "artifact")
+    assert code == 2 and f"the project folder, here {tmp_path}, which has no datasets/" in last_line(err)
+
+
+def test_a_missing_prompt_file_inside_the_project_gets_no_such_hint(no_cuda, capsys, tmp_path):
+    code, err = run_cli(capsys, "--model", "tiny", "--data", tmp_path / "nope.csv", "--artifact-dir", tmp_path)
+    assert code == 2 and "project folder" not in err  # why: the repository has datasets/; the name is simply wrong

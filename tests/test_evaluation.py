@@ -152,3 +152,20 @@ def test_generated_tokens_are_counted_from_ids(ids, expected):
     from sarashina_grpo.inference import count_generated
 
     assert count_generated(torch.tensor(ids), stop_ids={2}, pad_id=0) == expected
+
+
+GREEDY = {"generation": {"max_new_tokens": 512, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+                         "batch_size": 16}, "samples_per_prompt": 1}
+
+
+def test_the_comparison_says_when_the_evaluations_decoded_differently():
+    sampled = {**GREEDY, "generation": {**GREEDY["generation"], "do_sample": True, "max_new_tokens": 64}}
+    table = comparison_table({"a": {"meta": GREEDY}, "b": {"meta": sampled}})
+    assert table.strip().splitlines()[-1] == (
+        "Note: these evaluations decoded differently, so part of any difference comes from that: a: greedy, up to "
+        "512 new tokens; b: sampled at temperature 1.0, top_p 1.0, up to 64 new tokens.")
+
+
+def test_the_same_decoding_with_another_batch_size_gets_no_note():
+    other = {**GREEDY, "generation": {**GREEDY["generation"], "batch_size": 4}}  # why: batching changes no output
+    assert "Note" not in comparison_table({"a": {"meta": GREEDY}, "b": {"meta": other}})

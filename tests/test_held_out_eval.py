@@ -1,4 +1,4 @@
-"""Evaluation during training (``Settings.held_out_eval_steps``): held-out prompts scored greedily with the metrics of
+"""Evaluation during training (``Settings.eval_steps``): held-out prompts scored greedily with the metrics of
 ``sarashina-grpo eval``, logged to TensorBoard as ``eval/<metric>``; one completion table per log step; a compact
 progress line instead of the raw log dicts.
 
@@ -142,3 +142,31 @@ def test_held_out_answers_are_scored_when_the_data_has_them(tiny_model_dir, tmp_
     events.Reload()
     # why: the rows' answer column must reach the held-out outputs, as it does in `sarashina-grpo eval`
     assert [e.step for e in events.Scalars("eval/answer_accuracy")] == [0, 1]
+
+
+@pytest.mark.slow
+def test_the_sampled_completions_reach_tensorboards_text_dashboard(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    trainer, _ = trained
+    events = EventAccumulator(str(trainer.run.paths.log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    tables = {e.step: tensor_util.make_ndarray(e.tensor_proto).item().decode() for e in
+              events.Tensors("completions/text_summary")}
+    assert sorted(tables) == [1, 2]  # one table per logged step, none for the end-of-training summary
+    header = tables[2].splitlines()[0]
+    assert header == "| prompt | completion | xmlcount_reward | soft_format_reward | strict_format_reward | advantage |"
+    assert len(tables[2].splitlines()) == 2 + 2  # header, rule, one row per completion of the batch
+
+
+@pytest.mark.slow
+def test_the_same_completions_are_kept_beside_the_run_and_read_back(trained):
+    from sarashina_grpo.completions import read_completions
+
+    trainer, _ = trained
+    rows = read_completions(trainer.run.paths.output_dir)
+    assert [r["step"] for r in rows] == [1, 1, 2, 2]
+    assert set(rows[0]["rewards"]) == {"xmlcount_reward", "soft_format_reward", "strict_format_reward"}
+    assert read_completions(trainer.run.paths.output_dir, step=2) == rows[2:]
+    assert all(isinstance(r["completion"], str) and r["prompt"] for r in rows)

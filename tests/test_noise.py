@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from sarashina_grpo.noise import hide_known_messages, without_known_lines
 
 UNSLOTH_IMPORT = ("Unsloth 2026.10.9: no GPU found, training on CPU (x86_64, 1 threads, bfloat16 = True). CPU training "
@@ -38,3 +40,19 @@ def test_hiding_twice_installs_one_filter():
     hide_known_messages()
     hide_known_messages()
     assert len(logging.getLogger("torch.utils._pytree").filters) == 1
+
+
+@pytest.mark.slow  # two fresh imports of torchao
+def test_torchaos_syntax_warning_is_hidden():
+    import os
+    import subprocess
+    import sys
+
+    def stderr_of(hide: bool) -> str:
+        code = ("from sarashina_grpo.noise import hide_known_messages; hide_known_messages(); " if hide else "") + \
+            "import torchao.quantization.quant_api"
+        # why: without written bytecode Python compiles the file, and warns, on every import
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stderr
+
+    assert "SyntaxWarning" in stderr_of(hide=False) and "SyntaxWarning" not in stderr_of(hide=True)

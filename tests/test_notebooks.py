@@ -77,9 +77,31 @@ def test_inference_chats_with_the_checkpoint(finetuned, repo_root, tmp_path):
                                                                                 "checkpoint-2")},
         MAX_NEW_TOKENS=8, CHAT_TURNS=["こんにちは", "元気？"], ROLEPLAY_TURNS=[], EVAL_LIMIT=3,
         ARTIFACT_DIR=str(tmp_path / "artifact"),  # never the repository's own artifact/
+        TRAINING_RUN=str(artifact / "outputs" / "nbtest"),
     )
     # replies are stored as assistant turns, not system ones
     assert "['system', 'user', 'assistant', 'user', 'assistant']" in outputs_text(nb)
+    # the completions the finetuning run sampled at its last step, as the table TensorBoard shows
+    assert "Completions sampled at step 2" in outputs_text(nb)
+    assert "| prompt | completion | xmlcount_reward |" in markdown_outputs(nb)
+
+
+def markdown_outputs(notebook) -> str:
+    return "\n".join("".join(output.get("data", {}).get("text/markdown", "")) for cell in notebook["cells"]
+                     for output in cell.get("outputs", []))
+
+
+def test_inference_notebook_refuses_an_existing_eval_name_before_generating(repo_root, tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    from sarashina_grpo.evaluation import write_eval
+
+    artifact = tmp_path / "artifact"
+    write_eval([{"prompt": "p", "completion": "<think>\nはい\n</think>"}], artifact / "eval" / "notebook-base")
+    with pytest.raises(PapermillExecutionError) as failed:  # why: it used to fail in its last cell, after every answer
+        execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"],
+                ARTIFACT_DIR=str(artifact))
+    assert failed.value.ename == "EvalExistsError" and "check_eval_name" in failed.value.source
 
 
 def test_inference_runs_on_the_base_tiny_model(repo_root, tmp_path):

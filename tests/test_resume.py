@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -298,8 +299,9 @@ def interrupted(killed_and_resumed):
     log = artifact / "interrupted.log"
     process = start_cli(*TRAIN, "--max-steps", "200", "--save-steps", "1000", "--artifact-dir", artifact,
                         "--run-name", "r", log=log)
-    wait_for(lambda: "'loss'" in log.read_text(), process, log)  # training has started
+    wait_for(lambda: re.search(r"step \d+: reward", log.read_text()), process, log)  # training has started
     process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)  # why: `uv run` forwards the terminal's Ctrl-C, so it arrives twice
     code, output = finish(process, log)
     return dict(artifact=artifact, code=code, output=output, first_run=first_run)
 
@@ -336,7 +338,7 @@ def second_resume_while_training(interrupted):
     artifact = interrupted["artifact"]
     log = artifact / "resume-r-2.log"
     first = start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", log=log)
-    wait_for(lambda: "'loss'" in log.read_text(), first, log)  # training, and holding the run's lock
+    wait_for(lambda: re.search(r"step \d+: reward", log.read_text()), first, log)  # training, holding the lock
     second_log = artifact / "second.log"
     second = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", log=second_log),
                     second_log)

@@ -273,3 +273,50 @@ def test_the_preflight_checks_a_custom_reward_before_any_model_loads(my_rewards)
 
     with pytest.raises(SettingsError, match="must accept completions"):
         check_rewards([f"{my_rewards}:no_kwargs_reward"])
+
+
+# TRL's ready-made rewards by name (rewards.TRL_REWARDS), called as GRPOTrainer calls every reward: by keyword.
+def trl_score(name, ids, text="x", **built):
+    (reward,) = get_reward_funcs([name], max_completion_length=built.get("max_completion_length", 10))
+    return reward(prompts=["p"], completions=[chat(text)], completion_ids=[ids])[0]
+
+
+def test_trl_overlong_is_free_below_the_last_fifth_of_max_completion_length():
+    assert trl_score("soft_overlong_punishment", [1] * 8) == 0.0  # 8 ≤ 10 - 2
+
+
+def test_trl_overlong_grows_over_the_last_fifth():
+    assert trl_score("soft_overlong_punishment", [1] * 9) == pytest.approx(-0.5)  # (8 - 9) / 2
+
+
+def test_trl_overlong_is_built_with_the_runs_own_length():
+    assert trl_score("soft_overlong_punishment", [1] * 100, max_completion_length=512) == 0.0  # why: not TRL's 10
+
+
+def test_trl_repetition_penalty_counts_repeated_token_trigrams():
+    assert trl_score("repetition_penalty", [5, 5, 5, 5, 5]) == pytest.approx(-2 / 3)  # 3 trigrams, 1 unique
+
+
+def test_trl_think_format_rewards_a_leading_think_block():
+    assert trl_score("think_format", [1], text="<think>\n考え\n</think>\n答え") == 1.0
+
+
+def test_trl_rewards_log_under_trls_own_names():
+    funcs = get_reward_funcs(["soft_overlong_punishment", "repetition_penalty", "think_format"],
+                             max_completion_length=64)
+    assert [f.__name__ for f in funcs] == [f"{n}_reward" for n in ("soft_overlong_punishment", "repetition_penalty",
+                                                                     "think_format")]
+
+
+def test_the_overlong_reward_needs_the_runs_length():
+    with pytest.raises(KeyError, match="max_completion_length"):
+        get_reward_funcs(["soft_overlong_punishment"])
+
+
+def test_trl_reward_names_pass_the_settings_check():
+    from sarashina_grpo.config import article_settings
+    from sarashina_grpo.validation import check_rewards
+
+    names = ["strict_format", "soft_overlong_punishment", "repetition_penalty"]
+    check_rewards(names, max_completion_length=64)
+    assert article_settings(reward_names=names).reward_names == names

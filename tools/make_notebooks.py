@@ -63,9 +63,11 @@ import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on im
 
 from sarashina_grpo import setup_logging
 from sarashina_grpo.config import load_settings, recipe_values
+from sarashina_grpo.modeling import use_cpu_threads
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
 setup_logging()  # the package's INFO lines, as the CLI prints them
+use_cpu_threads()  # without a GPU, the CLI's one thread (faster for small models on shared cores)
 held_out = {"eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT}  # None: the recipe's value stays
 overrides = {**{k: v for k, v in held_out.items() if v is not None}, **SETTINGS}
 settings = load_settings(overrides, recipe=RECIPE, source="SETTINGS")  # the article's < RECIPE < SETTINGS
@@ -154,6 +156,7 @@ EVAL_OVERWRITE = False  # True: replace an earlier evaluation of the same name (
 EVAL_LIMIT = None  # None: all held-out prompts of datasets/eval.csv; a number: only the first ones
 COMPARE_WITH = []  # names of earlier evaluations to put side by side with this one, e.g. ["base"]
 ARTIFACT_DIR = None  # eval/<EVAL_NAME>/ goes here; None: the project's artifact/
+TRAINING_RUN = None  # a run name or folder: show the completions it sampled during training (completions.jsonl)
 """),
     md("## Model"),
     code("""
@@ -165,18 +168,35 @@ os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
 from sarashina_grpo import setup_logging
+from sarashina_grpo.evaluation import check_eval_name
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 from sarashina_grpo.modeling import model_for_this_machine
 from sarashina_grpo.options import ModelOptions
 from sarashina_grpo.validation import check_model
 
 setup_logging()  # the package's INFO lines, as the command line shows them
+check_eval_name(EVAL_NAME, ARTIFACT_DIR, EVAL_OVERWRITE)  # now, not after all the generation below
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
 settings = ModelOptions(model_name=model_for_this_machine(MODEL_NAME), load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
 settings = check_model(settings, training=False)
 print("model:", settings.model_name)
 model, tokenizer = load_for_inference(settings)
 gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
+"""),
+    md("""
+## What the model wrote during training
+With `TRAINING_RUN` set: the completions that run sampled at its last logged step, with their rewards (every step's
+are in `artifact/outputs/<run>/completions.jsonl`, and in TensorBoard's Text tab under `completions`).
+"""),
+    code("""
+from IPython.display import Markdown, display
+
+from sarashina_grpo.completions import markdown_table, read_completions
+
+if TRAINING_RUN:
+    last = read_completions(TRAINING_RUN)[-1]["step"]
+    print("Completions sampled at step", last)
+    display(Markdown(markdown_table(read_completions(TRAINING_RUN, step=last))))
 """),
     md("## Single prompts, scored by the rewards"),
     code("""

@@ -66,16 +66,23 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop. A second one aborts.
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop. A second one, at least
+    ``SAME_PRESS_S`` later, aborts.
 
-    SIGTERM is what schedulers and `docker stop` send before killing, so it gets the same grace.
+    SIGTERM is what schedulers and `docker stop` send before killing, so it gets the same grace. One Ctrl-C can
+    arrive twice within milliseconds: `uv run` forwards the SIGINT it gets to its child, which the terminal has
+    already signalled as a member of the same process group (and `timeout -s INT` reaches it through uv alike).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # Signals this close to the first are the same key press delivered twice; a person pressing again to abort
+    # takes longer than this.
+    SAME_PRESS_S = 1.0
 
     def __init__(self):
         self.requested = False
         self.signal_name = None
+        self._first_at = None
         self._previous = {}
 
     def install(self) -> None:
@@ -91,9 +98,16 @@ class GracefulInterrupt(TrainerCallback):
         self._previous = {}
 
     def _handle(self, signum, frame):
+        import time
+
+        now = time.monotonic()
         if self.requested:
+            if now - self._first_at < self.SAME_PRESS_S:
+                logger.debug("%s again within %.1f s: the same interrupt forwarded twice (uv run); ignored.",
+                             signal.Signals(signum).name, self.SAME_PRESS_S)
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._first_at = True, now
         self.signal_name = signal.Signals(signum).name
         logger.warning("%s: saving a checkpoint after this step, then stopping (Ctrl-C again to abort without "
                        "saving).", self.signal_name)
@@ -119,6 +133,11 @@ class HeldOutEval(TrainerCallback):
     TensorBoard gets ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to
     ``<output_dir>/eval/step-N/``.
 
+    With ``best_metric`` (a key of ``config.BEST_METRICS``), an evaluation after step 0 that reaches a new best
+    value saves that step's checkpoint and marks it: ``TrainerState.best_model_checkpoint`` (transformers' rotation
+    keeps it) and ``run.json``'s ``best`` (``best.record_best``, once the checkpoint is complete). With
+    ``patience``, that many evaluations in a row without a new best save a checkpoint and stop the run.
+
     By default greedy, up to ``max_new_tokens`` (the run's ``max_completion_length``): the curve moves only when the
     model does. A sampling
     ``gen`` (the demo's) draws from a torch RNG forked and seeded with ``seed`` for each evaluation, so every point
@@ -126,7 +145,7 @@ class HeldOutEval(TrainerCallback):
     ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
 
     def __init__(self, rows, *, every: int, system_prompt: str, max_new_tokens: int, gen=None,
-                 samples_per_prompt: int = 1, seed: int = 0):
+                 samples_per_prompt: int = 1, seed: int = 0, best_metric: str | None = None, patience: int = 0):
         from .inference import GenerationSettings
 
         self.rows = rows
@@ -136,6 +155,10 @@ class HeldOutEval(TrainerCallback):
         self.system_prompt = system_prompt
         self.gen = gen or GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=HELD_OUT_BATCH)
         self.samples_per_prompt, self.seed = samples_per_prompt, seed
+        self.best_metric = best_metric if best_metric not in (None, "none") else None
+        self.patience = patience
+        self.since_best = 0  # evaluations since the last new best (counted from this process's start)
+        self.recording = None  # (step, value) of a new best whose checkpoint is being saved
         self.trainer = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -144,7 +167,48 @@ class HeldOutEval(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
-            self.evaluate(args, state, kwargs["model"], kwargs["processing_class"])
+            metrics = self.evaluate(args, state, kwargs["model"], kwargs["processing_class"])
+            if self.best_metric:
+                self.track_best(args, state, control, metrics)
+
+    def track_best(self, args, state, control, metrics: dict | None) -> None:
+        """Mark a new best (save this step, keep it from rotation) or count towards ``patience``. Every process
+        takes the main process's decision: saving and stopping are collective."""
+        from .best import is_better
+        from .checkpoints import checkpoint_dir
+
+        value = (metrics or {}).get(self.best_metric)
+        new_best = value is not None and is_better(self.best_metric, value, state.best_metric)
+        new_best, value = self.agree((new_best, value))
+        if new_best:
+            state.best_metric, state.best_global_step = value, state.global_step
+            state.best_model_checkpoint = str(checkpoint_dir(args.output_dir, state.global_step))
+            self.recording, self.since_best = (state.global_step, value), 0
+            control.should_save = True
+            return
+        self.since_best += 1
+        if self.patience and self.since_best >= self.patience:
+            logger.warning("Stopping at step %d: %s has not improved on %s (step %s) for %d held-out evaluations "
+                           "(--patience %d).", state.global_step, self.best_metric, state.best_metric,
+                           state.best_global_step, self.since_best, self.patience)
+            control.should_save = control.should_training_stop = True
+
+    def agree(self, decision):
+        accelerator = getattr(self.trainer, "accelerator", None)
+        if accelerator is None or accelerator.num_processes == 1:
+            return decision
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([decision], from_process=0)[0]
+
+    def on_save(self, args, state, control, **kwargs):
+        from .best import record_best
+        from .checkpoints import checkpoint_dir, is_complete
+
+        if self.recording and self.recording[0] == state.global_step and state.is_world_process_zero:
+            if is_complete(checkpoint_dir(args.output_dir, state.global_step)):  # CheckpointMarker ran first
+                record_best(args.output_dir, state.global_step, self.best_metric, self.recording[1])
+            self.recording = None
 
     def own_random_stream(self):
         import contextlib

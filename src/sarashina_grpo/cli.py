@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return errors.report(err)
     try:
         return args.run(args) or 0
-    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
-        print("error: interrupted before a checkpoint could be saved.", file=sys.stderr)
+    except KeyboardInterrupt:  # any command but a training step (which saves first), or a second Ctrl-C
+        print("error: interrupted; nothing new was saved.", file=sys.stderr)
         return 130
     except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
         code = errors.report(err, debug=args.cli_debug)

@@ -11,6 +11,7 @@ A command is one entry of ``COMMANDS``: its help, the function that runs it, its
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -110,15 +111,18 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     use_cpu_threads(threads)
     model, tokenizer = load_model(run)
-    trainer = run_training(build_trainer(run, model, tokenizer), run)
+    from .callbacks import CompactProgress  # one short line per log, not transformers' dict of every metric
+
+    trainer = run_training(build_trainer(run, model, tokenizer, callbacks=[CompactProgress()]), run)
     end_process_group(trainer)
     if not trainer.accelerator.is_main_process:
         return 0
     paths, step = trainer.run.paths, trainer.state.global_step
     if trainer.interrupted:
         artifact = f" --artifact-dir {run_options.artifact_dir}" if run_options.artifact_dir else ""
+        uv = "uv run " if os.environ.get("UV_RUN_RECURSION_DEPTH") else ""  # set by `uv run` for its child
         print(f"Stopped by {trainer.interrupted} at step {step}; saved {paths.output_dir / f'checkpoint-{step}'}. "
-              f"Continue with: sarashina-grpo train{artifact} --resume {paths.name}", file=sys.stderr)
+              f"Continue with: {uv}sarashina-grpo train{artifact} --resume {paths.name}", file=sys.stderr)
         return 130  # the shell's code for "ended by SIGINT"
     processes = trainer.accelerator.num_processes
     on = f" on {processes} processes" if processes > 1 else ""
@@ -170,10 +174,13 @@ def run_infer(args: argparse.Namespace) -> None:
 
 
 def default_eval_name(model: str) -> str:
-    """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500'."""
+    """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500', its
+    'best' 'r1-best'."""
+    from .best import names_best
     from .checkpoints import step_of
 
-    parts = Path(model).parts[-2:] if step_of(model) is not None else Path(model).parts[-1:]
+    in_run = step_of(model) is not None or names_best(model)
+    parts = Path(model).parts[-2:] if in_run else Path(model).parts[-1:]
     return "-".join(parts).replace(".", "_") or "model"
 
 

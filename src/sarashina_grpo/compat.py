@@ -12,8 +12,6 @@ Names used, and why:
   TRL's public ``rollout_func``: that one is handed chat messages and must return the prompt token ids itself, so
   it cannot carry TRL's own tokenization (``_tokenize_prompts``) and the fast rollout would have to copy it (or call
   that private method instead); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
-- ``GRPOTrainer._generate_and_score_completions`` (TRL): one step's rollout + rewards + old log-probs; the tests of the
-  KL reference call it, and the benchmark (``scripts/bench_patches.py``) times it.
 - ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
   rollout generates in (Unsloth switches to inference mode in it and back to training mode after it).
 - ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
@@ -54,6 +52,10 @@ UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"
 TRL_UNWRAP_MODULE = "trl.models.utils"
 # One step's rollout plus rewards and old log-probs (the benchmark times it; the KL reference tests call it).
 SCORE_METHOD = "_generate_and_score_completions"
+
+
+COMPLETION_LOGS = "_logs"
+COMPLETION_LOG_KEYS = ("prompt", "completion", "rewards", "advantages")
 
 
 class CompatError(RuntimeError):
@@ -98,6 +100,48 @@ def generation_context(trainer):
                           "the installed TRL is not the locked one.")
     return unwrap(trainer.model_wrapped, trainer.accelerator,
                   gather_deepspeed3_params=trainer.args.ds3_gather_for_generation)
+
+
+TRAINER_METRICS = "_metrics"
+
+
+def scoring_step(trainer):
+    """The trainer's bound scoring step (generate, reward, advantages, log-probs), as TRL defines it."""
+    method = getattr(trainer, SCORE_METHOD, None)
+    if not callable(method):
+        raise CompatError(f"GRPOTrainer.{SCORE_METHOD} is gone: the installed TRL is not the locked one (uv.lock).")
+    return method
+
+
+def replace_scoring_step(trainer, score) -> None:
+    """Make ``trainer`` score its generation batches with ``score(inputs) -> dict`` (per instance)."""
+    scoring_step(trainer)
+    setattr(trainer, SCORE_METHOD, score)
+
+
+def log_metric(trainer, name: str, value: float) -> None:
+    """Add ``value`` to the training figures TRL averages into its next log (``train/<name>`` in TensorBoard)."""
+    metrics = getattr(trainer, TRAINER_METRICS, None)
+    if not isinstance(metrics, dict) or "train" not in metrics:
+        raise CompatError(f"GRPOTrainer.{TRAINER_METRICS} has no 'train' figures: the installed TRL is not the "
+                          "locked one (uv.lock).")
+    metrics["train"][name].append(value)
+
+
+def completion_rows(trainer) -> list[dict]:
+    """The completions TRL keeps for its completion table (the latest generation batch, gathered from every
+    process): one ``{"prompt", "completion", "rewards": {reward name: value}, "advantage"}`` per completion, with
+    prompts and completions as TRL has them (chat messages or text)."""
+    logs = getattr(trainer, COMPLETION_LOGS, None)
+    if not isinstance(logs, dict) or not all(key in logs for key in COMPLETION_LOG_KEYS):
+        raise CompatError(f"GRPOTrainer.{COMPLETION_LOGS} no longer holds {COMPLETION_LOG_KEYS}: the installed TRL "
+                          "is not the locked one (uv.lock); the completion log cannot read the completions.")
+    rewards = {name: list(values) for name, values in logs["rewards"].items()}
+    return [{"prompt": prompt, "completion": completion,
+             "rewards": {name: values[i] if i < len(values) else None for name, values in rewards.items()},
+             "advantage": advantage}
+            for i, (prompt, completion, advantage) in enumerate(zip(logs["prompt"], logs["completion"],
+                                                                    logs["advantages"], strict=False))]
 
 
 def rotary_inv_freq(rotary):

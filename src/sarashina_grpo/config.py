@@ -38,6 +38,7 @@ from trl import GRPOConfig  # noqa: E402
 from . import project  # noqa: E402
 from .project import (  # noqa: E402
     BACKENDS,
+    BEST_METRICS,
     DEFAULT_MODEL_NAME,
     DEFAULT_REWARDS,
     FLAGS,
@@ -128,6 +129,17 @@ class Settings(GRPOConfig):
     eval_data: str = setting("datasets/eval.csv", "held-out prompt file scored every --eval-steps (CSV, JSONL or "
                              "Parquet; columns prompt,lang)")
     eval_limit: int = setting(16, "held-out prompts scored at each evaluation (the first N of eval_data)")
+    # --- the best checkpoint, early stopping and dynamic sampling: callbacks.HeldOutEval, dynamic_sampling
+    best_metric: str = setting("strict_format_rate", "held-out metric (with --eval-steps) whose best value marks a "
+                               "checkpoint in run.json as the run's best: saved when reached, never rotated away, "
+                               "loaded as artifact/outputs/<run>/best; 'none': off",
+                               choices=("none", *BEST_METRICS))
+    patience: int = setting(0, "stop the run after this many held-out evaluations in a row without a new best "
+                            "of best_metric (saving a checkpoint first); 0: never")
+    dynamic_sampling: bool = setting(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal (they "
+                                     "teach nothing) and fill the batch with groups of fresh prompts (one process)")
+    dynamic_sampling_max_rounds: int = setting(2, "extra generation batches a step may spend on fresh groups with "
+                                               "--dynamic-sampling; groups still missing are filled with dropped ones")
 
     def __post_init__(self):
         self._asked = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -304,8 +316,13 @@ def check_ranges(settings: Settings) -> None:
         if not (finite_number(value) and above and below):
             wanted = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
             raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
+    for name in ("patience", "dynamic_sampling_max_rounds"):  # 0 is allowed: off / no extra batch
+        value = getattr(settings, name)
+        if value < 0:
+            raise SettingsError(f"{field_label(name)} must be 0 or a positive integer, got {value!r}.")
     for name, allowed in (("backend", BACKENDS), ("rollout", tuple(ROLLOUTS)), ("scale_rewards", SCALE_REWARDS),
-                          ("importance_sampling_level", ("token", "sequence"))):
+                          ("importance_sampling_level", ("token", "sequence")),
+                          ("best_metric", ("none", *BEST_METRICS))):
         value = getattr(settings, name)
         if value not in allowed:
             raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, allowed))}, got "
@@ -314,6 +331,9 @@ def check_ranges(settings: Settings) -> None:
 
 def check_combinations(settings: Settings) -> None:
     """Combinations of the project's fields (and TRL's) that this project cannot run."""
+    if settings.patience and (not settings.eval_steps or settings.best_metric == "none"):
+        raise SettingsError(f"{field_label('patience')} counts held-out evaluations without a new best: it needs "
+                            "--eval-steps N and a --best-metric other than 'none'.")
     if settings.epsilon_high is not None and settings.epsilon_high < settings.epsilon:
         raise SettingsError(f"{field_label('epsilon_high')} ({settings.epsilon_high}) must be at least epsilon "
                             f"({settings.epsilon}).")

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .project import SYSTEM_PROMPT
+from .project import HOME_VARIABLE, SYSTEM_PROMPT, project_dir
 from .roles import with_role
 from .tables import MAX_LINES_NAMED, DataError, lines_named, read_table
 
@@ -96,11 +96,24 @@ def _lang_code(value: str) -> str | None:
     return match.group(1) if match and match.group(1) in ISO_639_1 else None
 
 
+def outside_the_project(path: Path) -> str:
+    """A hint for a missing prompt file when the project folder holds no ``datasets/``: the command was most likely
+    run outside the repository, where relative paths such as datasets/smalltalk.csv cannot be found."""
+    home = project_dir()
+    if path.exists() or (home / "datasets").is_dir():
+        return ""
+    return (f" Relative paths are read from the project folder, here {home}, which has no datasets/: run from the "
+            f"repository's folder, or set ${HOME_VARIABLE} to it.")
+
+
 def read_rows(path: str | Path) -> list[Row]:
     """Parse ``path`` (CSV; JSONL or Parquet by suffix) into rows, checking the columns and the ``lang`` codes.
     Extra columns go to ``Row.extra``. A Parquet row's ``line`` is its row number."""
     path = Path(path)
-    header, records, csv_file = read_table(path)
+    try:
+        header, records, csv_file = read_table(path)
+    except DataError as err:
+        raise DataError(f"{err}{outside_the_project(path)}") from None
     header = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     where = "header (line 1)" if csv_file else "columns"

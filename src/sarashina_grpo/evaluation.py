@@ -333,7 +333,29 @@ def comparison_table(runs: dict[str, dict]) -> str:
     names = list(runs)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {key} | " + " | ".join(_cell(runs[n].get(key)) for n in names) + " |" for key in METRIC_KEYS]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + decoding_note(runs)
+
+
+def decoding(metrics: dict) -> str | None:
+    """How an evaluation decoded (from its metrics.json ``meta``), in words; None where it was not recorded."""
+    meta = metrics.get("meta") or {}
+    gen = meta.get("generation")
+    if not isinstance(gen, dict):
+        return None
+    how = (f"sampled at temperature {gen.get('temperature')}, top_p {gen.get('top_p')}" if gen.get("do_sample")
+           else "greedy")
+    samples = meta.get("samples_per_prompt", 1)
+    return f"{how}, up to {gen.get('max_new_tokens')} new tokens" + (f", {samples} per prompt" if samples != 1 else "")
+
+
+def decoding_note(runs: dict[str, dict]) -> str:
+    """A line under the comparison when the evaluations decoded differently: their rates then differ for that
+    reason too (a sampled model breaks the format more often than a greedy one)."""
+    known = {name: how for name, m in runs.items() if (how := decoding(m)) is not None}
+    if len(set(known.values())) < 2:
+        return ""
+    return ("\nNote: these evaluations decoded differently, so part of any difference comes from that: "
+            + "; ".join(f"{name}: {how}" for name, how in known.items()) + ".\n")
 
 
 def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:

@@ -51,8 +51,11 @@ PARTIAL_RE = re.compile(r"\..+\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)-(?P<ns>\d
 
 
 def check_checkpoint(checkpoint: str | Path) -> Path:
-    """The checkpoint folder, or a ``SettingsError`` saying what to give instead."""
-    path = Path(checkpoint).expanduser()
+    """The checkpoint folder (``<run>/best``: the run's best one), or a ``SettingsError`` saying what to give
+    instead."""
+    from .best import resolve_best
+
+    path = Path(resolve_best(str(checkpoint))).expanduser()
     if not path.is_dir():
         raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
                             "artifact/outputs/<run>/checkpoint-500.")
@@ -281,7 +284,7 @@ def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
 def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, model: str = "OUT") -> str:
     """The README.md of an export: what it is, how to load it (``model``: the export's folder or hub repo), how it
     was trained and evaluated."""
-    from .rewards import REWARD_FUNCS
+    from .rewards import REWARD_FUNCS, TRL_REWARDS
 
     adapter = read_json(checkpoint / ADAPTER_CONFIG) or {}
     base = portable_base(base or adapter.get("base_model_name_or_path", "?"))
@@ -320,7 +323,8 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
     else:
         lines += ["- settings: not recorded (no run.json next to the checkpoint)"]
     if rewards:
-        lines += ["", "Rewards:", ""] + [f"- `{name}`: {_first_line(REWARD_FUNCS.get(name))}" for name in rewards]
+        lines += ["", "Rewards:", ""] + [f"- `{name}`: " + (f"TRL's: {TRL_REWARDS[name]}" if name in TRL_REWARDS else
+                                                           _first_line(REWARD_FUNCS.get(name))) for name in rewards]
     evaluation = last_evaluation(checkpoint)
     lines += ["", "## Evaluation", ""]
     if evaluation:

@@ -218,14 +218,16 @@ def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, trainin
     if load_in_4bit:
         raise SettingsError(
             "4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set LOAD_IN_4BIT=False "
-            "(CLI: --no-4bit) and use a small model, e.g. MODEL_NAME='tiny' (CLI: --model tiny)."
+            "(CLI: --no-4bit) and use a small model, e.g. --model tiny (inference notebook: MODEL_NAME = 'tiny'; "
+            "finetuning notebook: SETTINGS = {'model_name': 'tiny', 'load_in_4bit': False})."
         )
     if use_vllm:
         raise SettingsError("USE_VLLM needs a CUDA GPU and none is visible; set USE_VLLM=False (drop --vllm).")
     if training and not looks_like_path(model_name) and model_name != "tiny":
         raise SettingsError(
             f"Training {model_name} needs a CUDA GPU and none is visible. On CPU, train the offline tiny "
-            "model instead: MODEL_NAME='tiny' (CLI: sarashina-grpo train --model tiny --max-steps 5)."
+            "model instead: sarashina-grpo train --model tiny --max-steps 5 (finetuning notebook: SETTINGS = "
+            "{'model_name': 'tiny', 'max_steps': 5})."
         )
 
 

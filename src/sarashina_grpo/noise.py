@@ -7,6 +7,9 @@ listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless 
   torchao (imported by Unsloth) registers its enums; a deprecation inside the libraries, nothing a user can change.
 - datasets: "Disabling Tensorflow because USE_TORCH is set", logged at INFO as Unsloth imports it; true and
   irrelevant (the project never uses TensorFlow).
+- torchao's ``SyntaxWarning: invalid escape sequence '\\.'`` (a docstring in ``quant_api.py``), printed whenever
+  Python compiles that file: on the first run after an install, or on every run where bytecode is not written
+  (``PYTHONDONTWRITEBYTECODE``, a read-only environment). A string in the library, nothing to act on.
 - bitsandbytes on a CPU: "Failed to load CPU gemm_4bit_forward from kernels-community"; 4-bit needs CUDA here
   anyway (``model_checks.check_device``).
 - Unsloth on a CPU prints at import "… supported: text LoRA / full finetuning with SFTTrainer …", which reads as
@@ -36,6 +39,8 @@ HIDDEN_LOGS = (
 )
 UNSLOTH_CPU_NOTE = "supported: text LoRA / full finetuning with SFTTrainer"
 UNSLOTH_ORDER_WARNING = r"WARNING: Unsloth should be imported before \[transformers\] "
+# Compile-time warnings name the source file as their module: any file of torchao.
+TORCHAO_FILES = r".*[/\\]torchao[/\\]"
 # Loaded by any transformers model code (and by TRL and PEFT): then Unsloth's order warning is a real one.
 MODEL_CODE = "transformers.modeling_utils"
 
@@ -55,6 +60,7 @@ def hide_known_messages() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropText) and f.text == text for f in target.filters):
             target.addFilter(_DropText(text))
+    warnings.filterwarnings("ignore", category=SyntaxWarning, module=TORCHAO_FILES)
 
 
 def without_known_lines(printed: str) -> str:

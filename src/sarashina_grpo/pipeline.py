@@ -263,6 +263,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from trl import GRPOTrainer
 
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, OneCompletionTable
+    from .completions import CompletionLog
     from .data import prompts_dataset
     from .modeling import check_packing
     from .reward_guard import training_rewards
@@ -279,12 +280,14 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.paths.log_dir)
     args = settings.replace(**grpo_overrides) if grpo_overrides else settings
     held_out = [HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
-                            max_new_tokens=settings.max_completion_length)] if run.eval_rows else []
-    linked = [OneCompletionTable(), *held_out]
+                            max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
+                            patience=settings.patience)] if run.eval_rows else []
+    linked = [OneCompletionTable(), CompletionLog(), *held_out]
     trainer = trainer_class(GRPOTrainer)(
         model=model,
         processing_class=tokenizer,
-        reward_funcs=training_rewards(settings.reward_names),  # a broken reward stops the run with one line
+        # a broken reward stops the run with one line; TRL's overlong reward is built for this run's length
+        reward_funcs=training_rewards(settings.reward_names, max_completion_length=settings.max_completion_length),
         args=args.for_trainer(),
         train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
@@ -303,6 +306,11 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
         from .rollout import install
 
         install(trainer)
+    if settings.dynamic_sampling:
+        from . import dynamic_sampling
+
+        trainer.dynamic_sampling = dynamic_sampling.install(trainer, max_rounds=settings.dynamic_sampling_max_rounds,
+                                                            seed=settings.seed)
     return trainer
 
 

@@ -49,6 +49,10 @@ ROLLOUTS = {
     "paged": "TRL's transformers continuous batching (use_transformers_continuous_batching; measured)",
 }
 BACKENDS = ("auto", "unsloth", "trl-peft")
+# Held-out metrics that can mark the best checkpoint (Settings.best_metric), and which way is better.
+BEST_METRICS = {"strict_format_rate": "higher", "soft_format_rate": "higher", "xmlcount_mean": "higher",
+                "think_purity_mean": "higher", "response_purity_mean": "higher", "purity_mean": "higher",
+                "answer_accuracy": "higher", "latin_run_rate": "lower", "think_leak_mean": "lower"}
 SCALE_REWARDS = ("group", "batch", "none")
 
 

@@ -26,11 +26,11 @@ class RewardError(RuntimeError):
     """A reward broke during training (raised, or returned no usable values); the message names it."""
 
 
-def training_rewards(names: Sequence[str]) -> list[RewardFunc]:
+def training_rewards(names: Sequence[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
     """``get_reward_funcs(names)``, each wrapped so that a reward that raises or returns something other than one
     finite number (or None) per completion stops the run with one line naming it (``RewardError``), instead of a
     traceback or a run that trains on no signal. Each reward gets its own copy of the completions list."""
-    funcs = get_reward_funcs(list(names))
+    funcs = get_reward_funcs(list(names), max_completion_length=max_completion_length)
     return [_checked(name, func, alone=len(funcs) == 1) for name, func in zip(names, funcs, strict=True)]
 
 

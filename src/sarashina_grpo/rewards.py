@@ -140,9 +140,10 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
 }
 
 
-def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
-    """Reward functions by registry name, or your own as ``module:function`` or ``path/to/file.py:function``
-    (``load_reward``); an unknown name raises ``KeyError`` listing the valid ones."""
+def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
+    """Reward functions by registry name (``REWARD_FUNCS``, then TRL's ``TRL_REWARDS``, built for a run whose
+    completions are at most ``max_completion_length`` tokens), or your own as ``module:function`` or
+    ``path/to/file.py:function`` (``load_reward``); an unknown name raises ``KeyError`` listing the valid ones."""
     if isinstance(names, str):
         names = split_reward_names(names)
     names = list(names)
@@ -152,6 +153,8 @@ def get_reward_funcs(names: Iterable[str]) -> list[RewardFunc]:
             funcs.append(load_reward(name))
         elif name in REWARD_FUNCS:
             funcs.append(REWARD_FUNCS[name])
+        elif name in TRL_REWARDS:
+            funcs.append(trl_reward(name, max_completion_length=max_completion_length))
         else:
             raise KeyError(unknown_reward_message(name, several=len(names) > 1))
     return funcs
@@ -165,13 +168,13 @@ def split_reward_names(text: str) -> list[str]:
 def unknown_reward_message(name: str, *, several: bool = False) -> str:
     import difflib
 
-    close = difflib.get_close_matches(name, list(REWARD_FUNCS), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, reward_names(), n=1, cutoff=0.6)
     message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
     if several and ("/" in name or "\\" in name or name.endswith(".py")):
         # what is left of a path cut at a comma: "dir/a,b/rew.py:r" reads as the rewards "dir/a" and "b/rew.py:r"
         message += (" Commas separate rewards, so a path holding a comma is cut there: move or rename the file to a "
                     "path without commas.")
-    return (f"{message} Valid rewards: {', '.join(sorted(REWARD_FUNCS))}, or your own as module:function or "
+    return (f"{message} Valid rewards: {valid_rewards_text()}, or your own as module:function or "
             "path/to/file.py:function.")
 
 
@@ -186,13 +189,13 @@ TRL_REWARD_ARGUMENTS = frozenset({"prompts", "completions", "completion_ids", "t
 BUILT_IN_COLUMNS = {"correct_answer_reward": ("answer",)}
 
 
-def check_reward_names(names: Sequence[str]) -> list[RewardFunc]:
+def check_reward_names(names: Sequence[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
     """The rewards ``names`` stand for, after refusing (``KeyError`` with one line) an unknown name, a reward that
     cannot load, one function given twice (also under two spellings, ``xmlcount`` and
     ``sarashina_grpo.rewards:xmlcount_reward``), and two rewards TRL would log under one metric name."""
     if not names:
         raise KeyError("no reward given: GRPO needs at least one reward.")
-    funcs = get_reward_funcs(list(names))
+    funcs = get_reward_funcs(list(names), max_completion_length=max_completion_length)
     for i, func in enumerate(funcs):
         for j in range(i):
             if funcs[j] is func:
@@ -328,3 +331,44 @@ def _check_signature(reference: str, func) -> None:
         raise KeyError(f"Reward {reference!r}: {func.__name__}{inspect.signature(func)} must accept completions and "
                        "**kwargs, e.g. def my_reward(completions, **kwargs) -> list[float] (TRL passes every "
                        "dataset column by name).")
+
+
+# --- TRL's ready-made rewards (trl.rewards), by name beside the project's own -----------------------------------
+# Built when a trainer is (importing TRL is slow; checking settings never does). Their names are TRL's function names
+# without "_reward", so TensorBoard logs them under TRL's own names. TRL's accuracy rewards are left out: they need a
+# `solution` column in LaTeX and the math_verify package (correct_answer is this project's answer check).
+TRL_REWARDS = {
+    "soft_overlong_punishment": "0 up to max_completion_length minus a fifth of it, then falling linearly to -1 at "
+                                "max_completion_length and beyond (DAPO's overlong reward shaping)",
+    "repetition_penalty": "minus the share of repeated token 3-grams in the completion, from 0 to -1",
+    "think_format": "1.0 when the completion opens with one <think>…</think> block, else 0.0",
+}
+# DAPO's L_cache: the last share of max_completion_length over which the overlong penalty grows (4096 of 20480).
+OVERLONG_CACHE_SHARE = 0.2
+
+
+def reward_names() -> list[str]:
+    """Every reward available by name: the project's own, then TRL's."""
+    return [*REWARD_FUNCS, *TRL_REWARDS]
+
+
+def valid_rewards_text() -> str:
+    """The names for an error message: the project's, then TRL's, each sorted."""
+    return f"{', '.join(sorted(REWARD_FUNCS))}; TRL's: {', '.join(sorted(TRL_REWARDS))}"
+
+
+def trl_reward(name: str, *, max_completion_length: int | None = None) -> RewardFunc:
+    """TRL's reward ``name`` (a key of ``TRL_REWARDS``), built with TRL's defaults and the run's completion length."""
+    from trl import rewards as trl_rewards
+
+    if name == "soft_overlong_punishment":
+        if not max_completion_length:
+            raise KeyError("Reward 'soft_overlong_punishment' needs the run's max_completion_length.")
+        cache = max(1, round(OVERLONG_CACHE_SHARE * max_completion_length))
+        return trl_rewards.get_soft_overlong_punishment(max_completion_len=max_completion_length,
+                                                        soft_punish_cache=cache)
+    if name == "repetition_penalty":
+        return trl_rewards.get_repetition_penalty_reward()
+    if name == "think_format":
+        return trl_rewards.think_format_reward
+    raise KeyError(f"Unknown TRL reward {name!r}. TRL's rewards here: {', '.join(TRL_REWARDS)}.")

@@ -15,6 +15,7 @@ are checked in ``command_checks.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .best import resolve_best
 from .data import check_prompts
 from .errors import check_artifact_dir
 from .model_checks import check_device, check_lora_targets, check_model_name
@@ -47,8 +49,7 @@ RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit",
                      "vllm_gpu_memory_utilization", "max_seq_length", "data_path", "system_prompt_file",
                      "log_completions", "num_completions_to_print", "backend", "eval_steps", "eval_data", "eval_limit",
                      "report_to", "save_total_limit", "run_name", "logging_first_step", "disable_tqdm", "use_cpu",
-                     "bf16", "fp16"}
-
+                     "bf16", "fp16", "best_metric", "patience"}
 
 
 @dataclass
@@ -64,13 +65,13 @@ class CheckedRun:
 # --- settings
 
 
-def check_rewards(names: list[str]) -> None:
+def check_rewards(names: list[str], max_completion_length: int | None = None) -> None:
     """Every reward is in the registry, or your own (``module:function``, ``file.py:function``), imported now; no
     function twice (under any spelling), no two rewards that TRL would log under one name."""
     from .rewards import check_reward_names
 
     try:
-        check_reward_names(names)
+        check_reward_names(names, max_completion_length=max_completion_length)
     except KeyError as err:
         raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
 
@@ -112,6 +113,10 @@ def check_model(settings, *, training: bool):
 
     if isinstance(settings, ModelOptions):
         settings = settings.resolved()
+    best = resolve_best(settings.model_name)  # <run>/best: that run's best checkpoint
+    if best != settings.model_name:
+        settings = (dataclasses.replace(settings, model_name=best) if isinstance(settings, ModelOptions)
+                    else settings.replace(model_name=best))
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm,
                  training=training)
     check_model_name(settings.model_name)
@@ -188,7 +193,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     from .errors import check_report_to
     from .model_checks import check_push_to_hub
 
-    check_rewards(settings.reward_names)
+    check_rewards(settings.reward_names, settings.max_completion_length)
     # values TRL's GRPOConfig takes as they are, which fail only after the model loads
     check_report_to(settings.report_to)
     check_push_to_hub(settings.push_to_hub)

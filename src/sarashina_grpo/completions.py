@@ -1,0 +1,122 @@
+"""What the model writes during training: the sampled completions of each logging step, with their rewards, in
+TensorBoard's text dashboard (tag ``completions``) and in ``artifact/outputs/<run>/completions.jsonl``.
+
+    from sarashina_grpo.completions import read_completions
+    rows = read_completions("artifact/outputs/<run>")          # [{"step", "prompt", "completion", "rewards", …}]
+
+TRL prints a few of these to the console and sends its completion table to W&B or trackio only; ``CompletionLog``
+(a callback ``pipeline.build_trainer`` adds) writes every completion of the latest generation batch at each log.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from . import compat
+from .project import SettingsError, default_artifact_dir
+from .rewards import completion_text
+
+COMPLETIONS_FILE = "completions.jsonl"
+TENSORBOARD_TAG = "completions"
+
+
+def plain_value(value):
+    """A reward or advantage as JSON can hold it: a float, or None for NaN (a reward that gave no score)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def completion_records(trainer, step: int) -> list[dict]:
+    """The rows of ``completions.jsonl`` for the trainer's latest generation batch."""
+    return [{"step": step, "prompt": completion_text(row["prompt"]), "completion": completion_text(row["completion"]),
+             "rewards": {name: plain_value(v) for name, v in row["rewards"].items()},
+             "advantage": plain_value(row["advantage"])}
+            for row in compat.completion_rows(trainer)]
+
+
+def _cell(text) -> str:
+    # Markdown table cells: one line, no bare "|", and tags such as <think> shown rather than read as HTML.
+    if text is None:
+        return "–"
+    if isinstance(text, float):
+        return f"{text:.3f}"
+    return html.escape(str(text)).replace("|", "&#124;").replace("\r", "").replace("\n", "<br>")
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The records as one Markdown table (prompt, completion, each reward, advantage), as TensorBoard renders it."""
+    names = list(dict.fromkeys(name for r in records for name in r["rewards"]))
+    header = ["prompt", "completion", *names, "advantage"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        cells = [r["prompt"], r["completion"], *(r["rewards"].get(n) for n in names), r["advantage"]]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def tensorboard_writer(trainer):
+    """The SummaryWriter of transformers' TensorBoard callback (the run's log folder); None without TensorBoard."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+            return callback.tb_writer
+    return None
+
+
+class CompletionLog(TrainerCallback):
+    """At each log of a training step, the latest generation batch's completions go to TensorBoard's text
+    dashboard (when the run reports to TensorBoard) and to ``<output_dir>/completions.jsonl``. The main process
+    writes; ``trainer`` is set by ``pipeline.build_trainer``. A resumed run drops the rows of steps past its
+    checkpoint first: those steps are trained again."""
+
+    def __init__(self):
+        self.trainer = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / COMPLETIONS_FILE
+        if state.is_world_process_zero and state.global_step > 0 and path.is_file():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The end-of-training summary (train_runtime) repeats the last step's batch; evaluation logs have none.
+        if (self.trainer is None or not state.is_world_process_zero or not logs or "train_runtime" in logs
+                or "loss" not in logs):
+            return
+        records = completion_records(self.trainer, state.global_step)
+        if not records:
+            return
+        with open(Path(args.output_dir) / COMPLETIONS_FILE, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        writer = tensorboard_writer(self.trainer)
+        if writer is not None:
+            writer.add_text(TENSORBOARD_TAG, markdown_table(records), global_step=state.global_step)
+            writer.flush()
+
+
+def completions_file(run: str | Path) -> Path:
+    """``completions.jsonl`` of a run given as its folder or its name under ``artifact/outputs/``."""
+    folder = Path(run).expanduser()
+    if not folder.is_dir():
+        folder = default_artifact_dir() / "outputs" / str(run)
+    return folder / COMPLETIONS_FILE
+
+
+def read_completions(run: str | Path, step: int | None = None) -> list[dict]:
+    """The logged completions of a run (folder or name), oldest first; only those of ``step`` when given."""
+    path = completions_file(run)
+    if not path.is_file():
+        raise SettingsError(f"No completions logged in {path.parent}: a run writes {COMPLETIONS_FILE} at each log "
+                            "step. Give a run folder (artifact/outputs/<run>) or a run name.")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if step is None or r["step"] == step]
