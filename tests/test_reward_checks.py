@@ -254,6 +254,13 @@ def test_none_beside_other_rewards_is_reported_every_time(reward_file, caplog):
     assert sum("returned None for all 2 completions" in r.getMessage() for r in caplog.records) == 2
 
 
+def test_a_reward_taking_prompts_first_is_called_by_keyword_as_trl_calls_it(reward_file):
+    # why: a positional completions argument landed in `prompts` ("got multiple values for argument 'prompts'")
+    func = wrapped("def r(prompts, completions, **kw):\n    return [float(len(prompts))] * len(completions)\n",
+                   reward_file)
+    assert func(prompts=["a", "b"], completions=COMPLETIONS) == [2.0, 2.0]
+
+
 def test_some_none_values_are_fine(reward_file):
     # why: None means "does not apply to this row" in TRL's multi-task rewards
     func = wrapped("def r(completions, **kw):\n    return [None, 1]\n", reward_file)

@@ -40,7 +40,7 @@ def _checked(name: str, func: RewardFunc, *, alone: bool) -> RewardFunc:
         async def checked_async(completions, **kwargs):
             batch = list(completions)
             try:
-                values = await func(list(batch), **kwargs)
+                values = await func(completions=list(batch), **kwargs)  # by keyword, as TRL calls it
             except Exception as err:
                 raise RewardError(_raised_message(name, err, kwargs)) from err
             return check_reward_values(name, values, len(batch), step=_step(kwargs), alone=alone)
@@ -51,7 +51,7 @@ def _checked(name: str, func: RewardFunc, *, alone: bool) -> RewardFunc:
     def checked(completions, **kwargs):
         batch = list(completions)
         try:
-            values = func(list(batch), **kwargs)
+            values = func(completions=list(batch), **kwargs)  # by keyword, as TRL calls it
         except Exception as err:
             raise RewardError(_raised_message(name, err, kwargs)) from err
         return check_reward_values(name, values, len(batch), step=_step(kwargs), alone=alone)
