@@ -337,7 +337,8 @@ def second_resume_while_training(interrupted):
     """``--resume r-2`` trains; meanwhile a second ``--resume r-2`` and one with ``--max-steps 1`` are started."""
     artifact = interrupted["artifact"]
     log = artifact / "resume-r-2.log"
-    first = start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", log=log)
+    # A long plan: the second process imports Unsloth before it meets the lock, and the first must still be training.
+    first = start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", "--max-steps", "5000", log=log)
     wait_for(lambda: re.search(r"step \d+: reward", log.read_text()), first, log)  # training, holding the lock
     second_log = artifact / "second.log"
     second = finish(start_cli("--no-4bit", "--artifact-dir", artifact, "--resume", "r-2", log=second_log),
