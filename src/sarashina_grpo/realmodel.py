@@ -211,7 +211,10 @@ def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "bfloat16") -> 
     started = time.monotonic()
     tokenizer = read_tokenizer(gguf, meta)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
-    config = loaded.config
+    # The loaded model's config, less its GGUF quantization_config: a folder that says GGUF-quantized is refused
+    # for training by transformers' Trainer, and its weights are plain by now.
+    config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items()
+                                            if k != "quantization_config"})
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     config.name_or_path = ""  # GGUF's general.name is no loadable path
