@@ -24,7 +24,7 @@ WORK=${WORK:-$ROOT/artifact/japanese-proof}
 PY=${PY:-python}
 if [ -n "${TINY:-}" ]; then       # the CPU check: every stage, a few steps of tiny numbers
   : "${STEPS:=2}" "${BATCH:=2}" "${GENERATIONS:=2}" "${WARM_STEPS:=2}" "${WARM_BATCH:=2}" "${LIMIT:=2}" \
-    "${SAMPLES:=1}" "${MAX_TOKENS:=8}" "${SAVE_STEPS:=1}" "${BUDGET:=3000}"
+    "${SAMPLES:=1}" "${MAX_TOKENS:=8}" "${SAVE_STEPS:=1}" "${LOGGING_STEPS:=1}" "${BUDGET:=3000}"
 fi
 BUDGET=${BUDGET:-540}             # seconds this call may take (a device command is limited to 10 minutes)
 RESERVE=${RESERVE:-120}           # of which GRPO leaves this much for the evaluation after it and the summary
@@ -33,6 +33,7 @@ STEPS=${STEPS:-250}
 BATCH=${BATCH:-6}                 # completions per step
 GENERATIONS=${GENERATIONS:-6}     # completions per prompt (the group; the article's 6)
 SAVE_STEPS=${SAVE_STEPS:-25}
+LOGGING_STEPS=${LOGGING_STEPS:-5}
 WARM_STEPS=${WARM_STEPS:-60}
 WARM_BATCH=${WARM_BATCH:-8}
 WARM_DATA=${WARM_DATA:-datasets/format_examples_mixed.jsonl}
@@ -77,14 +78,17 @@ grpo() {  # one call's share of GRPO; records its own time, since a cut-off call
   timeout -s INT -k 60 "$left" "$PY" -m sarashina_grpo train --model "$WORK/gemma3-warm" --no-4bit \
     --rewards "$REWARDS" --learning-rate "$LR" --max-steps "$STEPS" --batch-size "$BATCH" \
     --num-generations "$GENERATIONS" --max-completion-length "$MAX_TOKENS" --save-steps "$SAVE_STEPS" \
-    --logging-steps 5 --no-log-completions --artifact-dir "$WORK" --run-name grpo "${resume[@]}"
+    --logging-steps "$LOGGING_STEPS" --no-log-completions --artifact-dir "$WORK" --run-name grpo "${resume[@]}"
   local rc=$?
   set -e
   echo "grpo $(( $(date +%s) - t0 ))" >> "$times"
   if [ ! -e "$final/checkpoint_complete" ]; then echo "GRPO stopped (exit $rc) before step $STEPS; call again."; exit 3; fi
 }
 if [ -e "$final/checkpoint_complete" ]; then echo "== grpo: done before ($final)"; else echo "== grpo"; grpo; fi
-stage eval_after "$WORK/eval/after/metrics.json" evaluate after "$final"
+after() {  # the evaluation after GRPO, marked with its step count: a later call with more STEPS evaluates again
+  evaluate after "$final" && touch "$WORK/eval/after/evaluated-step-$STEPS"
+}
+stage eval_after "$WORK/eval/after/evaluated-step-$STEPS" after
 
 "$PY" - "$WORK" "$final" "$LR" "$STEPS" <<'EOF'
 """Summary: the three held-out evaluations in a table, the reward curve (PNG) and summary.json."""
@@ -125,9 +129,12 @@ for key in REWARDS:
         left.plot(x, y, marker="o", markersize=3, label=key.removesuffix("_reward"), linewidth=2.5 if "strict" in key
                   or "purity" in key else 1.2)
 left.set(xlabel="GRPO step", ylabel="mean reward of the step's completions (max 0.5)", title="training rewards")
-left.legend()
-for key in KEYS[:4]:
-    right.plot(list(STAGES), [metrics[name].get(key) or 0.0 for name in STAGES], marker="o", label=key)
+if left.lines:
+    left.legend()
+for key in KEYS[:4]:  # nothing judged (no output with thinking): a gap, not a zero
+    values = [metrics[name].get(key) for name in STAGES]
+    right.plot(["raw", "warm start", "GRPO"], [float("nan") if v is None else v for v in values], marker="o",
+               label=key)
 right.set(ylabel="held-out share / mean (0-1)", ylim=(0, 1), title="held-out: raw, warm start, GRPO")
 right.legend()
 fig.tight_layout()
