@@ -40,6 +40,11 @@ def test_purity_means_skip_outputs_without_the_section():
     assert score_texts([STRICT_JA, "no tags"])["think_purity_mean"] == 1.0  # "no tags" has no think to judge
 
 
+def test_the_japanese_thinking_rate_counts_every_output():
+    # why: unlike the purity mean, an output that never thinks (or thinks in English) lowers the share
+    assert score_texts([STRICT_JA, DRIFT, SOFT_ONLY, "no tags"])["think_japanese_rate"] == 2 / 4
+
+
 def test_every_metric_key_is_reported():
     assert set(score_texts([STRICT_JA])) == set(METRIC_KEYS)  # stable keys for metrics.json
 

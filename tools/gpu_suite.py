@@ -85,6 +85,8 @@ GROUPS = (
     Group("real", ("test_gpu_real.py",), 200),
     Group("learning", ("test_gpu_learning.py",), 210),
     Group("small", ("test_gpu_rollout.py", "test_gpu_reference.py"), 150),
+    # Gemma 3 270M from its GGUF (the gemma3 package, or $SARASHINA_GRPO_GEMMA_GGUF): one GRPO step; not yet measured
+    Group("gemma", ("test_gpu_gemma.py",), 0),
 )
 TWO_GPUS = Group("two-gpus", ("test_gpu_runs.py",), 300, marker="gpu and two_gpus", gpus=2)
 OTHER = "other"  # test files no group names (a new one): they run too, in a group of their own

@@ -17,6 +17,8 @@ Metrics (rates and means over all outputs unless said otherwise; purity is defin
 ``strict_format_rate``/``soft_format_rate`` share passing the strict/soft format check of ``rewards.py``;
 ``xmlcount_mean``; ``think_purity_mean``/``response_purity_mean`` Japanese purity of the ``<think>``/``<response>``
 contents, averaged over outputs that have that section with letters in it (``think_judged_rate`` says how many);
+``think_japanese_rate`` share of *all* outputs whose ``<think>`` is mostly Japanese (purity at least
+``MOSTLY_JAPANESE``; an output without thinking counts as not);
 ``purity_mean`` purity of the whole output (tags ignored) over outputs with letters; ``latin_run_rate`` share with
 ≥3 consecutive Latin words; ``think_leak_mean`` how much of the thinking is repeated verbatim in the response
 (share of the response's character 8-grams found in the thinking, ``roles.py``), averaged over outputs with both
@@ -49,9 +51,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (config.project_path)
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
-    "purity_mean", "think_judged_rate", "latin_run_rate", "think_leak_mean", "mean_chars", "mean_think_chars",
-    "mean_response_chars", "mean_tokens", "answer_accuracy",
+    "purity_mean", "think_judged_rate", "think_japanese_rate", "latin_run_rate", "think_leak_mean", "mean_chars",
+    "mean_think_chars", "mean_response_chars", "mean_tokens", "answer_accuracy",
 )
+MOSTLY_JAPANESE = 0.5  # think purity from which the thinking counts as Japanese (think_japanese_rate)
 # Shown in the comparison chart: the figures on a 0–1 scale, so that one axis fits them all.
 CHART_KEYS = (
     "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
@@ -104,6 +107,7 @@ def summarize(scores: list[dict], token_counts: list[int] | None = None) -> dict
         "response_purity_mean": _mean(column("response_purity")),
         "purity_mean": _mean(column("purity")),
         "think_judged_rate": _mean([s["think_purity"] is not None for s in scores]),
+        "think_japanese_rate": _mean([(s["think_purity"] or 0.0) >= MOSTLY_JAPANESE for s in scores]),
         "latin_run_rate": _mean(column("latin_run")),
         "think_leak_mean": _mean(column("think_leak")),
         "mean_chars": _mean(column("chars")),

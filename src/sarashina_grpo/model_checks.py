@@ -234,6 +234,10 @@ def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, trainin
 # The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model), what LoRA can target:
 # the seven projections the project targets by default.
 LLAMA_LINEAR_MODULES = project.LORA_TARGET_MODULES
+# Each architecture's decoder projections (project.json's model_type), what the default LoRA targets mean for it.
+# Gemma 3 (text: gemma3_text) names its seven projections as Llama does; its extra q_norm/k_norm are norms, not
+# linear layers. An architecture not listed keeps the targets as given and is not checked here.
+PROJECTIONS = {"llama": LLAMA_LINEAR_MODULES, "mistral": LLAMA_LINEAR_MODULES, "gemma3_text": LLAMA_LINEAR_MODULES}
 
 
 def model_type_of(name: str) -> str | None:
@@ -257,11 +261,20 @@ def model_type_of(name: str) -> str | None:
 def check_lora_targets(model_name: str, targets: tuple[str, ...]) -> None:
     """LoRA targets that name no layer of the model: PEFT skips them without a word (or fails after loading)."""
     kind = model_type_of(model_name)
-    if kind not in ("llama", "mistral"):
+    if kind not in PROJECTIONS:
         return
-    unknown = [t for t in targets if t not in LLAMA_LINEAR_MODULES]
+    unknown = [t for t in targets if t not in PROJECTIONS[kind]]
     if unknown:
         raise SettingsError(
             f"{field_label('lora_target_modules')}: {', '.join(unknown)} match no layer of this {kind} model"
-            f"{project.did_you_mean(unknown[0], LLAMA_LINEAR_MODULES)}. Its layers are "
-            f"{', '.join(LLAMA_LINEAR_MODULES)}.")
+            f"{project.did_you_mean(unknown[0], PROJECTIONS[kind])}. Its layers are "
+            f"{', '.join(PROJECTIONS[kind])}.")
+
+
+def lora_targets(model_name: str, targets: tuple[str, ...]) -> list[str]:
+    """The modules LoRA wraps in ``model_name``: ``targets`` as given, except the project's default
+    (``project.LORA_TARGET_MODULES``), which means "this architecture's projections" (``PROJECTIONS``)."""
+    kind = model_type_of(model_name)
+    if tuple(targets) == project.LORA_TARGET_MODULES and kind in PROJECTIONS:
+        return list(PROJECTIONS[kind])
+    return list(targets)

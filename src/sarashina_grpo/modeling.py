@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import compat
 from .checkpoints import ADAPTER_FILES
-from .model_checks import looks_like_path
+from .model_checks import looks_like_path, lora_targets
 from .project import DEFAULT_MODEL_NAME, cuda_available, default_artifact_dir, torch_dtype
 
 if typing.TYPE_CHECKING:
@@ -82,7 +82,8 @@ def cpu_threads(threads: int | None = None):
 
 
 def load_model(settings: Settings, *, lora: bool = True):
-    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the seven projections is attached.
+    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the architecture's projections is attached
+    (``model_checks.lora_targets``: the seven of Llama and Gemma 3 by default).
     ``settings`` have passed ``validation`` (``check_run`` or ``check_model``)."""
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
@@ -103,7 +104,7 @@ def load_model(settings: Settings, *, lora: bool = True):
         model = FastLanguageModel.get_peft_model(
             model,
             r=settings.lora_rank,
-            target_modules=list(settings.lora_target_modules),
+            target_modules=lora_targets(model_name, settings.lora_target_modules),
             lora_alpha=settings.effective_lora_alpha,
             use_gradient_checkpointing="unsloth",  # recompute activations: long completions fit in memory
             random_state=settings.seed,
@@ -200,7 +201,7 @@ def lora_config(settings: Settings):
     return LoraConfig(
         r=settings.lora_rank,
         lora_alpha=settings.effective_lora_alpha,
-        target_modules=list(settings.lora_target_modules),
+        target_modules=lora_targets(resolve_model_name(settings.model_name), settings.lora_target_modules),
         lora_dropout=0.0,  # Unsloth's default, and what its fast LoRA kernels assume
         bias="none",
         task_type="CAUSAL_LM",

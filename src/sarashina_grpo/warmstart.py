@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataError, to_messages
+from .model_checks import lora_targets
 from .project import LORA_TARGET_MODULES, SYSTEM_PROMPT, project_path, read_text_setting, setting
 
 logger = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ def supervised_pass(model_dir: str, examples: list[tuple[list[dict], str]], conf
 
         model = get_peft_model(model, LoraConfig(
             r=config.lora_rank, lora_alpha=config.lora_rank, lora_dropout=0.0, bias="none",
-            target_modules=list(LORA_TARGET_MODULES), task_type="CAUSAL_LM"))
+            target_modules=lora_targets(model_dir, LORA_TARGET_MODULES), task_type="CAUSAL_LM"))
     input_ids, labels, mask = encode(tokenizer, examples)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=0.0)
