@@ -160,7 +160,7 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
     checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
     info = read_run_info(run_dir)
     if info is None:
-        runs.warn_no_run_info(run_dir, settings.model_name)
+        runs.refuse_without_run_info(run_dir, checkpoint, given is None, settings.model_name)
     if given is not None:
         settings = with_recorded_settings(settings, run_dir, given)
     explicit = given is None or "max_steps" in given

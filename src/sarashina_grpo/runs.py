@@ -215,12 +215,16 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
 # --- where a resume stands ------------------------------------------------------------------------------------
 
 
-def warn_no_run_info(run_dir: Path, model_name: str) -> None:
-    """Say that a resumed run has no ``run.json``: its settings (model, data, LoRA, …) cannot be read back, so the
-    resume takes the settings given now and the defaults for the rest; any error that follows is about those."""
-    logger.warning("%s has no run.json (deleted, or a run saved before it was recorded): resuming with the settings "
-                   "given now and the defaults for the rest (model %s). Give the run's own settings again (--model, "
-                   "--data, …), or restore run.json.", run_dir, model_name)
+def refuse_without_run_info(run_dir: Path, checkpoint: Path, settings_given: bool, model_name: str) -> None:
+    """A resumed run without ``run.json``: its settings (model, data, LoRA, algorithm) cannot be read back. From the
+    command line, which restores them from it, that is an error naming the way on; where the caller passed every
+    setting itself (``prepare(settings)`` without ``given``), a warning."""
+    if not settings_given:
+        raise SettingsError(
+            f"{run_dir / 'run.json'} is missing (deleted?): the run's settings cannot be read back, so it cannot be "
+            f"resumed as it was. Restore run.json, or start a new run from the checkpoint's weights: sarashina-grpo "
+            f"train --model {checkpoint} (with the run's own flags; a fresh optimizer and warm-up).")
+    logger.warning("%s has no run.json: resuming with the settings given (model %s).", run_dir, model_name)
 
 
 def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
