@@ -42,20 +42,7 @@ LIMIT=${LIMIT:-60}                # held-out prompts (datasets/eval.csv)
 SAMPLES=${SAMPLES:-2}             # sampled outputs per prompt, at the training temperature
 MAX_TOKENS=${MAX_TOKENS:-160}     # the examples' completions are about 30-80 Gemma tokens
 REWARDS=xmlcount,soft_format,strict_format,japanese_purity
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" SARASHINA_GRPO_HOME="$ROOT"
-[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
-start=$(date +%s)
-mkdir -p "$WORK"
-times="$WORK/times.txt"            # "stage seconds" lines; GRPO adds one per call (the summary sums them)
-sg() { "$PY" -m sarashina_grpo "$@"; }
-stage() {  # stage NAME DONE-FILE COMMAND...: run COMMAND unless DONE-FILE exists; record its wall time
-  local name=$1 done_file=$2; shift 2
-  if [ -e "$done_file" ]; then echo "== $name: done before ($done_file)"; return; fi
-  echo "== $name"
-  local t0; t0=$(date +%s)
-  "$@"
-  echo "$name $(( $(date +%s) - t0 ))" >> "$times"
-}
+. "$ROOT/scripts/proof_stages.sh"  # PYTHONPATH, the run folder, sg and stage
 evaluate() {  # evaluate NAME MODEL: the article's Japanese system prompt (the default), sampled as GRPO samples
   sg eval --model "$2" --name "$1" --artifact-dir "$WORK" --limit "$LIMIT" --sample --temperature 1.0 --top-p 1.0 \
     --samples-per-prompt "$SAMPLES" --max-new-tokens "$MAX_TOKENS" --batch-size 64 --no-4bit --overwrite

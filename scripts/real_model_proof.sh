@@ -32,20 +32,7 @@ SAMPLES=${SAMPLES:-2}             # sampled outputs per prompt, at the training 
 MAX_TOKENS=${MAX_TOKENS:-200}     # the format examples' completions are 43-114 SmolLM2 tokens
 SYSTEM=$ROOT/configs/prompts/system_en.txt
 REWARDS=xmlcount,soft_format,strict_format
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" SARASHINA_GRPO_HOME="$ROOT"
-[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
-start=$(date +%s)
-mkdir -p "$WORK"
-times="$WORK/times.txt"            # "stage seconds" lines; GRPO adds one per call (the summary sums them)
-sg() { "$PY" -m sarashina_grpo "$@"; }
-stage() {  # stage NAME DONE-FILE COMMAND...: run COMMAND unless DONE-FILE exists; record its wall time
-  local name=$1 done_file=$2; shift 2
-  if [ -e "$done_file" ]; then echo "== $name: done before ($done_file)"; return; fi
-  echo "== $name"
-  local t0; t0=$(date +%s)
-  "$@"
-  echo "$name $(( $(date +%s) - t0 ))" >> "$times"
-}
+. "$ROOT/scripts/proof_stages.sh"  # PYTHONPATH, the run folder, sg and stage
 evaluate() {  # evaluate NAME MODEL
   sg eval --model "$2" --name "$1" --artifact-dir "$WORK" --limit "$LIMIT" --sample --temperature 1.0 --top-p 1.0 \
     --samples-per-prompt "$SAMPLES" --max-new-tokens "$MAX_TOKENS" --batch-size 64 --no-4bit \
