@@ -16,6 +16,7 @@ import os
 import shutil
 
 import pytest
+from gguf_files import write_gguf
 
 from sarashina_grpo import errors
 from sarashina_grpo.command_checks import check_threads
@@ -261,24 +262,6 @@ def test_a_plain_file_as_model_is_called_a_file(tmp_path):
 
 # --- GGUF files and warm-start examples ---------------------------------------------------------------------------
 
-def write_llama_gguf(path, *, tokens=False, scores=False):
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    if tokens:
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list(["<unk>", "a"])
-    if scores:
-        writer.add_token_scores([0.0, 0.0])
-    writer.add_tensor("dummy", np.zeros(4, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.mark.parametrize(("tokens", "scores", "expected"), [
     (False, False, "holds no tokenizer \\(tokenizer.ggml.tokens\\)"),
     (True, False, "holds a llama tokenizer without tokenizer.ggml.scores"),
@@ -287,13 +270,13 @@ def test_a_gguf_without_its_tokenizer_is_refused(tmp_path, tokens, scores, expec
     from sarashina_grpo.realmodel import check_gguf
 
     with pytest.raises(SettingsError, match=expected):
-        check_gguf(write_llama_gguf(tmp_path / "m.gguf", tokens=tokens, scores=scores))
+        check_gguf(write_gguf(tmp_path / "m.gguf", tokens=tokens, scores=scores))
 
 
 def test_a_gguf_with_tokens_and_scores_passes_the_tokenizer_check(tmp_path):
     from sarashina_grpo.realmodel import check_gguf
 
-    assert check_gguf(write_llama_gguf(tmp_path / "m.gguf", tokens=True, scores=True))["tokenizer.ggml.tokens.count"] \
+    assert check_gguf(write_gguf(tmp_path / "m.gguf", tokens=True, scores=True))["tokenizer.ggml.tokens.count"] \
         == 2
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from gguf_files import write_gguf
 
 from sarashina_grpo.realmodel import PACKAGED_GGUF, packaged_gguf
 
@@ -13,20 +14,6 @@ from sarashina_grpo.realmodel import PACKAGED_GGUF, packaged_gguf
 def cli(*args, cwd=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "sarashina_grpo.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
-
-
-def write_gguf(path, architecture: str):
-    """A header-only GGUF of ``architecture`` (one dummy tensor)."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_tensor("dummy", np.zeros(4, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def test_the_smollm2_gguf_is_found_in_the_installed_package():
