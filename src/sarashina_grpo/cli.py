@@ -149,8 +149,13 @@ def train_parser() -> argparse.ArgumentParser:
     names = [f.name for f in dataclasses.fields(RunOptions) if f.name != "run_name"]
     run_options = flag_class(RunOptions, names, "run")
     parser = settings_parser([run_options, CpuOptions], TrainParser, prog="sarashina-grpo train",
-                             formatter_class=HelpFormatter,
-                             description=COMMANDS["train"].help + ". Every field of TRL's GRPOConfig is a flag.")
+                             formatter_class=HelpFormatter, usage="%(prog)s [--config RECIPE.yaml] [flags]",
+                             description=COMMANDS["train"].help + ". Every field of TRL's GRPOConfig is a flag, "
+                             "with TRL's help; the project's own fields (model, data, LoRA, rollout, rewards, held-out "
+                             "evaluation) come after them. Values: the article's recipe (configs/recipes/article.yaml) "
+                             "< --config RECIPE.yaml < these flags; a resumed run's run.json takes the article's "
+                             "place. --output-dir and --resume-from-checkpoint are the project's: use --artifact-dir, "
+                             "--run-name and --resume.")
     parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml); flags "
                         "override it")
     return parser
