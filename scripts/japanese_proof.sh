@@ -56,22 +56,11 @@ stage warmstart "$WORK/gemma3-warm/config.json" sg warmstart --model "$WORK/gemm
 stage eval_before "$WORK/eval/before/metrics.json" evaluate before "$WORK/gemma3-warm"
 
 final="$WORK/outputs/grpo/checkpoint-$STEPS"
-grpo() {  # one call's share of GRPO; records its own time, since a cut-off call does not reach stage's record
-  local resume=() t0 left=$(( BUDGET - RESERVE - ($(date +%s) - start) ))
-  [ -d "$WORK/outputs/grpo" ] && resume=(--resume grpo)
-  if [ "$left" -lt 90 ]; then echo "GRPO: only ${left}s left in this call; call again."; exit 3; fi
-  t0=$(date +%s)
-  set +e
-  timeout -s INT -k 60 "$left" "$PY" -m sarashina_grpo train --model "$WORK/gemma3-warm" --no-4bit \
-    --rewards "$REWARDS" --learning-rate "$LR" --max-steps "$STEPS" --batch-size "$BATCH" \
-    --num-generations "$GENERATIONS" --max-completion-length "$MAX_TOKENS" --save-steps "$SAVE_STEPS" \
-    --logging-steps "$LOGGING_STEPS" --no-log-completions --artifact-dir "$WORK" --run-name grpo "${resume[@]}"
-  local rc=$?
-  set -e
-  echo "grpo $(( $(date +%s) - t0 ))" >> "$times"
-  if [ ! -e "$final/checkpoint_complete" ]; then echo "GRPO stopped (exit $rc) before step $STEPS; call again."; exit 3; fi
-}
-if [ -e "$final/checkpoint_complete" ]; then echo "== grpo: done before ($final)"; else echo "== grpo"; grpo; fi
+if [ -e "$final/checkpoint_complete" ]; then echo "== grpo: done before ($final)"; else echo "== grpo"
+  grpo --model "$WORK/gemma3-warm" --rewards "$REWARDS" --learning-rate "$LR" --max-steps "$STEPS" \
+    --batch-size "$BATCH" --num-generations "$GENERATIONS" --max-completion-length "$MAX_TOKENS" \
+    --save-steps "$SAVE_STEPS" --logging-steps "$LOGGING_STEPS"
+fi
 after() {  # the evaluation after GRPO, marked with its step count: a later call with more STEPS evaluates again
   evaluate after "$final" && touch "$WORK/eval/after/evaluated-step-$STEPS"
 }

@@ -1,4 +1,5 @@
-# Sourced by the proof scripts (real_model_proof.sh, japanese_proof.sh) after they set ROOT, WORK and PY: the
+# Sourced by the proof scripts (real_model_proof.sh, japanese_proof.sh) after they set ROOT, WORK, PY, BUDGET,
+# RESERVE and STEPS (grpo also reads final): the
 # package from this checkout, the run folder, and stages that run once and record their wall time, so that a
 # script cut off by a device call's time limit is simply called again and goes on where it stopped.
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" SARASHINA_GRPO_HOME="$ROOT"
@@ -14,4 +15,18 @@ stage() {  # stage NAME DONE-FILE COMMAND...: run COMMAND unless DONE-FILE exist
   local t0; t0=$(date +%s)
   "$@"
   echo "$name $(( $(date +%s) - t0 ))" >> "$times"
+}
+grpo() {  # grpo TRAIN-FLAGS...: this call's share of GRPO towards $final (run "grpo", resumed when it exists); it
+  # records its own time, since a cut-off call never reaches stage's record, and exits 3 ("call again") until done
+  local resume=() t0 rc left=$(( BUDGET - RESERVE - ($(date +%s) - start) ))
+  [ -d "$WORK/outputs/grpo" ] && resume=(--resume grpo)
+  if [ "$left" -lt 90 ]; then echo "GRPO: only ${left}s left in this call; call again."; exit 3; fi
+  t0=$(date +%s)
+  set +e
+  timeout -s INT -k 60 "$left" "$PY" -m sarashina_grpo train --no-4bit --no-log-completions --artifact-dir "$WORK" \
+    --run-name grpo "$@" "${resume[@]}"
+  rc=$?
+  set -e
+  echo "grpo $(( $(date +%s) - t0 ))" >> "$times"
+  if [ ! -e "$final/checkpoint_complete" ]; then echo "GRPO stopped (exit $rc) before step $STEPS; call again."; exit 3; fi
 }

@@ -46,22 +46,10 @@ stage warmstart "$WORK/smollm2-warm/config.json" sg warmstart --model "$WORK/smo
 stage eval_before "$WORK/eval/before/metrics.json" evaluate before "$WORK/smollm2-warm"
 
 final="$WORK/outputs/grpo/checkpoint-$STEPS"
-grpo() {  # one call's share of GRPO; records its own time, since a cut-off call does not reach stage's record
-  local resume=() t0 left=$(( BUDGET - RESERVE - ($(date +%s) - start) ))
-  [ -d "$WORK/outputs/grpo" ] && resume=(--resume grpo)
-  if [ "$left" -lt 90 ]; then echo "GRPO: only ${left}s left in this call; call again."; exit 3; fi
-  t0=$(date +%s)
-  set +e
-  timeout -s INT -k 60 "$left" "$PY" -m sarashina_grpo train --model "$WORK/smollm2-warm" --no-4bit \
-    --system-prompt-file "$SYSTEM" --rewards "$REWARDS" --learning-rate "$LR" --max-steps "$STEPS" \
-    --batch-size "$BATCH" --max-completion-length "$MAX_TOKENS" --save-steps 25 --logging-steps 5 \
-    --no-log-completions --artifact-dir "$WORK" --run-name grpo "${resume[@]}"
-  local rc=$?
-  set -e
-  echo "grpo $(( $(date +%s) - t0 ))" >> "$times"
-  if [ ! -e "$final/checkpoint_complete" ]; then echo "GRPO stopped (exit $rc) before step $STEPS; call again."; exit 3; fi
-}
-if [ -e "$final/checkpoint_complete" ]; then echo "== grpo: done before ($final)"; else echo "== grpo"; grpo; fi
+if [ -e "$final/checkpoint_complete" ]; then echo "== grpo: done before ($final)"; else echo "== grpo"
+  grpo --model "$WORK/smollm2-warm" --system-prompt-file "$SYSTEM" --rewards "$REWARDS" --learning-rate "$LR" \
+    --max-steps "$STEPS" --batch-size "$BATCH" --max-completion-length "$MAX_TOKENS" --save-steps 25 --logging-steps 5
+fi
 stage eval_after "$WORK/eval/after/metrics.json" evaluate after "$final"
 
 "$PY" - "$WORK" "$final" "$LR" "$STEPS" <<'EOF'
