@@ -202,23 +202,13 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
 
 
 # --- the environment and TRL's own fields, before a model loads -----------------------------------------------
-# validation.check_run calls check_seed and check_report_to (and model_checks.check_push_to_hub), pipeline.prepare
-# check_launch_environment, model_checks.check_model_name check_home_folder.
+# validation.check_run calls check_report_to (and model_checks.check_push_to_hub), model_checks.check_model_name
+# check_home_folder; the seed's range is checked as settings are built (config.check_ranges).
 
 # report_to names and the module each needs (transformers.integrations); "none" and "all" need nothing.
 REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
                   "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "codecarbon": "codecarbon",
                   "trackio": "trackio", "swanlab": "swanlab", "azure_ml": "azureml", "flyte": "flytekit"}
-MAX_SEED = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too)
-
-
-def check_seed(seed) -> None:
-    """Raise ``SettingsError`` for a seed numpy refuses (set_seed would fail with a traceback)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise SettingsError(f"seed (CLI --seed) must be a whole number from 0 to {MAX_SEED:,} (numpy's seeds are), "
-                            f"got {seed!r}.")
-
-
 def check_report_to(report_to) -> None:
     """Raise ``SettingsError`` naming a ``report_to`` backend whose package is not installed (transformers would
     raise after the model loads, leaving a run folder with nothing but run.json)."""
