@@ -42,6 +42,9 @@ if [ -z "${SARASHINA_GRPO_REAL_MODEL:-}${SARASHINA_GRPO_REAL_GGUF:-}" ]; then
     if [ -n "$gguf" ] && [ -f "$gguf" ]; then export SARASHINA_GRPO_REAL_GGUF=$gguf; break; fi
   done
 fi
+if [ -z "${SARASHINA_GRPO_GEMMA_MODEL:-}${SARASHINA_GRPO_GEMMA_GGUF:-}" ] && [ -f /tmp/gemma-3-270m-q4_k_m.gguf ]; then
+  export SARASHINA_GRPO_GEMMA_GGUF=/tmp/gemma-3-270m-q4_k_m.gguf  # carried in parts, like SmolLM2's
+fi
 if [ -z "${SARASHINA_GRPO_REAL_MODEL:-}${SARASHINA_GRPO_REAL_GGUF:-}" ]; then
   echo "suite: no SmolLM2 GGUF found: the real-weights and learning checks will skip (not a full run)." >&2
 fi
