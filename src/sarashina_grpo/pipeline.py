@@ -4,7 +4,7 @@
     from sarashina_grpo.pipeline import train
     trainer = train(article_settings(model_name="tiny", max_steps=5))   # CPU smoke run
 
-- ``prepare(settings, …)`` has ``validation.check_run`` check everything that can be checked before a model loads
+- ``prepare(settings, …)`` has ``preflight.check_run`` check everything that can be checked before a model loads
   (settings, device, model name, the prompt file, folders, what to resume) exactly once, creates the run's
   folders, locks the run (``runs.lock_run``) and writes ``run.json`` (every setting, the prompt file's hash), or,
   resuming, compares the run's recorded settings with these ones and keeps the run's promises (``runs``: a
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from . import checkpoints, compat, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
+from .preflight import RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
 from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, project_path
-from .validation import RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
 
 # config imports Unsloth before TRL (config.py says when not); transformers' model code and callbacks are imported
 # inside functions.
@@ -130,7 +130,7 @@ def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -
 
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
              allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
-    """``prepare`` on one process: every check (``validation.check_run``, the run's promises in ``runs``) before
+    """``prepare`` on one process: every check (``preflight.check_run``, the run's promises in ``runs``) before
     any folder is created or set aside; the run is locked from its first folder on."""
     if run_name is not None:
         runs.check_run_name(run_name)
@@ -197,8 +197,8 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
     ``resume_weights_only``: go on from its weights with a fresh optimizer, ``checkpoints.check_resume_state``).
     """
     from .data import DataError
-    from .errors import check_launch_environment
     from .modeling import resolve_model_name
+    from .project import check_launch_environment
 
     check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()

@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .command_checks import check_new_folder
 from .gguf_file import GGUF_MAGIC, bpe_tokenizer, read_header
+from .preflight import check_new_folder
 from .project import SettingsError, setting
 
 logger = logging.getLogger(__name__)
