@@ -95,18 +95,16 @@ def train_settings(args: argparse.Namespace):
 def run_train(args: argparse.Namespace) -> int:
     from .modeling import use_cpu_threads
     from .pipeline import build_trainer, load_model, prepare, run_training
-    from .runs import RunFinished
 
     run_options = options(args, RunOptions)
     threads = cpu_threads(args)
     settings, given = train_settings(args)
-    try:
-        run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
-                      run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change,
-                      resume_weights_only=run_options.resume_weights_only)
-    except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
+    run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
+                  run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change,
+                  resume_weights_only=run_options.resume_weights_only)
+    if run.finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
         if process_rank() == 0:  # once, not once per process of an `accelerate launch`
-            print(finished)
+            print(run.finished)
         end_process_group()
         return 0
     use_cpu_threads(threads)

@@ -51,7 +51,9 @@ class RunPaths:
 
 @dataclass
 class Run:
-    """A prepared run: resolved settings, its folders, the checkpoint to resume from, and the checked prompt rows."""
+    """A prepared run: resolved settings, its folders, the checkpoint to resume from, and the checked prompt rows;
+    or, resuming a run that has trained every step it planned, ``finished``: the message saying so (nothing is
+    locked, loaded or trained then)."""
 
     settings: Settings
     paths: RunPaths
@@ -59,6 +61,7 @@ class Run:
     rows: list = field(default_factory=list)
     eval_rows: list = field(default_factory=list)  # held-out rows scored during training (eval_steps)
     lock: runs.RunLock | None = None  # held by the process that prepared the run until training ends
+    finished: str | None = None
 
 
 # --- prepare
@@ -165,7 +168,10 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
         settings = with_recorded_settings(settings, run_dir, given)
     explicit = given is None or "max_steps" in given
     recorded = (info or {}).get("settings", {}).get("max_steps")
-    max_steps = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
+    max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
+    if finished:
+        lock.release()
+        return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, finished=finished)
     checked = check_run(settings.replace(max_steps=max_steps), artifact_dir=artifact_dir, run_dir=run_dir,
                         check_model_files=check_model)
     checkpoints.check_resume_state(checkpoint, weights_only=resume_weights_only)
@@ -191,7 +197,8 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
     folders are moved aside. Under ``accelerate launch`` the main process does all of it and tells the others.
 
     The run folder is locked (``runs.lock_run``) by the preparing process until ``run_training`` ends. Resuming,
-    a run that reached its planned steps raises ``runs.RunFinished``; a ``max_steps`` at or below the checkpoint's
+    a run that reached its planned steps comes back ``finished`` (loading or training it is then a
+    ``SettingsError`` with the same message); a ``max_steps`` at or below the checkpoint's
     step, a ``run_name`` other than the resumed run's, or a changed prompt file (unless ``allow_data_change``) is a
     ``SettingsError``, and so is a checkpoint without its optimizer or scheduler state (unless
     ``resume_weights_only``: go on from its weights with a fresh optimizer, ``checkpoints.check_resume_state``).
@@ -220,7 +227,8 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
         raise decided[0]
     run = decided[0]
     with state.main_process_first():  # the main process builds the tiny model; the others then find it
-        resolve_model_name(run.settings.model_name)
+        if not run.finished:
+            resolve_model_name(run.settings.model_name)
     return run
 
 
@@ -232,6 +240,8 @@ def load_model(run: Run):
     from .modeling import load_model as load_unsloth
     from .modeling import load_model_peft, resolve_backend
 
+    if run.finished:
+        raise SettingsError(run.finished)
     backend = resolve_backend(run.settings)
     logger.info("Loading %s with %s (4-bit: %s)", run.settings.model_name, backend, run.settings.load_in_4bit)
     if backend == "unsloth":  # prepare() has checked the settings, device and model name
@@ -268,6 +278,8 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from .modeling import check_packing
     from .reward_guard import training_rewards
 
+    if run.finished:
+        raise SettingsError(run.finished)
     settings = run.settings
     if multi_process() and settings.ddp_find_unused_parameters is None:
         # Every LoRA weight gets a gradient each step, so DDP need not search for unused parameters (a full extra
