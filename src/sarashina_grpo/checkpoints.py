@@ -406,13 +406,6 @@ def latest_intact(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path]:
-    """(run folder, checkpoint) to continue from. ``resume`` is ``latest``, a run name or folder, or a
-    ``checkpoint-N`` folder. Half-written checkpoints are never chosen; damaged ones are set aside."""
-    run_dir, named = locate_resume(artifact_dir, resume)
-    return run_dir, choose_resume_checkpoint(run_dir, named)
-
-
 def locate_resume(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path | None]:
     """(run folder, the checkpoint folder named by ``resume`` or None) without touching any folder: the caller
     locks the run before ``choose_resume_checkpoint`` sets anything aside."""
