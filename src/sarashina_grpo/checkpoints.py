@@ -466,4 +466,3 @@ def check_loadable(folder: str | os.PathLike) -> None:
         earlier = [p for p in complete_checkpoints(run) if step is not None and step_of(p) < step]
         hint = f" Use an earlier checkpoint of the run, e.g. {earlier[-1]}." if earlier else ""
         raise SettingsError(f"{folder} is damaged ({'; '.join(problems)}).{hint}")
-

@@ -4,18 +4,9 @@
     from sarashina_grpo.pipeline import train
     trainer = train(article_settings(model_name="tiny", max_steps=5))   # CPU smoke run
 
-- ``prepare(settings, …)`` has ``preflight.check_run`` check everything that can be checked before a model loads
-  (settings, device, model name, the prompt file, folders, what to resume) exactly once, creates the run's
-  folders, locks the run (``runs.lock_run``) and writes ``run.json`` (every setting, the prompt file's hash), or,
-  resuming, compares the run's recorded settings with these ones and keeps the run's promises (``runs``: a
-  finished run trains nothing, no ``max_steps`` below the checkpoint, the same data, the run's own name).
-- ``build_trainer(run, model, tokenizer)`` turns the prompt rows into a dataset, picks the rewards and constructs
-  the one ``GRPOTrainer`` of the project (with the fast rollout when asked for).
-- ``run_training(trainer, run)`` trains, turning Ctrl-C/SIGTERM into save-then-stop.
-
-The CLI (``sarashina-grpo train``, also under ``accelerate launch``), the finetuning notebook, the demo, the
-benchmark and the learning proof all go through these functions. Under ``accelerate launch`` with several
-processes, the main process alone prepares the folders and tells the other ranks (a race otherwise).
+``prepare`` checks once (``preflight``) and claims the run's folders, ``build_trainer`` constructs the project's one
+``GRPOTrainer``, ``run_training`` trains with Ctrl-C/SIGTERM as save-then-stop. The CLI (also under ``accelerate
+launch``), the finetuning notebook, the demo, the benchmark and the learning proof all go through these functions.
 """
 
 from __future__ import annotations
@@ -191,18 +182,16 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
             allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
     """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
 
-    A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen and its recorded
-    settings must match these (harmless differences such as ``max_steps`` only warn); with ``given`` (the fields
-    set explicitly, as the CLI passes them) the recorded settings are used for every other field. Later checkpoint
-    folders are moved aside. Under ``accelerate launch`` the main process does all of it and tells the others.
+    A fresh run gets new folders and a ``run.json`` (every setting, the prompt file's hash). Resuming, the run's
+    checkpoint is chosen, later ones are set aside, and its recorded settings must match these (harmless differences
+    such as ``max_steps`` only warn); with ``given`` (the fields set explicitly, as the CLI passes them) the recorded
+    settings are used for every other field. The run folder stays locked (``runs.lock_run``) until ``run_training``
+    ends. Under ``accelerate launch`` the main process does all of it and tells the others (a race otherwise).
 
-    The run folder is locked (``runs.lock_run``) by the preparing process until ``run_training`` ends. Resuming,
-    a run that reached its planned steps comes back ``finished`` (loading or training it is then a
-    ``SettingsError`` with the same message); a ``max_steps`` at or below the checkpoint's
-    step, a ``run_name`` other than the resumed run's, or a changed prompt file (unless ``allow_data_change``) is a
-    ``SettingsError``, and so is a checkpoint without its optimizer or scheduler state (unless
-    ``resume_weights_only``: go on from its weights with a fresh optimizer, ``checkpoints.check_resume_state``).
-    """
+    Resuming, a run that reached its planned steps comes back ``finished`` (loading or training it is then a
+    ``SettingsError`` with the same message); the run's other promises (``runs``: no ``max_steps`` below the
+    checkpoint's step, its own name, the same data unless ``allow_data_change``, optimizer and scheduler state
+    unless ``resume_weights_only``) are each a ``SettingsError``."""
     from .data import DataError
     from .modeling import resolve_model_name
     from .project import check_launch_environment
@@ -366,4 +355,3 @@ def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume:
     model, tokenizer = model_and_tokenizer or load_model(run)
     trainer = build_trainer(run, model, tokenizer, callbacks=callbacks, **grpo_overrides)
     return run_training(trainer, run)
-

@@ -196,7 +196,6 @@ def setting(default, help: str, *, flag: str | None = None, choices=None, factor
     return field(default=default, metadata=metadata)
 
 
-
 # Short flags of settings, beside the ``--field-name`` that every field of ``config.Settings`` has.
 FLAGS = {"model_name": "--model", "data_path": "--data", "reward_names": "--rewards", "load_in_4bit": "--4bit",
          "per_device_train_batch_size": "--batch-size", "use_vllm": "--vllm"}
