@@ -203,7 +203,6 @@ class Settings(GRPOConfig):
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 TRL_FIELDS = [f.name for f in dataclasses.fields(GRPOConfig)]
-PROJECT_FIELDS = [name for name in FIELDS if name not in TRL_FIELDS]
 HINTS = typing.get_type_hints(Settings)
 
 
