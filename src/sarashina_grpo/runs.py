@@ -1,15 +1,9 @@
 """A run folder's promises: a plain name, one training process at a time, the same data, no steps past the plan.
 
-``pipeline.prepare`` calls these before a run trains; nothing here imports a model library.
-
-- ``check_run_name``: a run name is one plain folder name (no ``/``, ``..``, hidden or over-long names), so a run
-  is never written outside ``outputs/``.
-- ``lock_run``: ``outputs/<run>/run.lock``, held with ``flock`` while a process prepares and trains the run; a
-  second process gets ``RunLockedError`` naming the holder (pid, host, start). The kernel drops the lock when its
-  process dies, however it dies, so a crash never leaves a lock that blocks. The file stays (empty once released).
-- ``file_sha256`` / ``check_data_unchanged`` / ``record_data_change``: the prompt file's hash is recorded in
-  ``run.json``; a resume over a changed file is refused unless asked for (``--allow-data-change``).
-- ``resume_max_steps``: where a resume stands against its plan (finished, when nothing is left to train).
+``pipeline.prepare`` calls these before a run trains; nothing here imports a model library. The lock is
+``outputs/<run>/run.lock``, held with ``flock``: the kernel drops it when its process dies, however it dies, so a
+crash never leaves a lock that blocks. The prompt file's hash is recorded in ``run.json``; a resume over a changed
+file is refused unless asked for (``--allow-data-change``).
 """
 
 from __future__ import annotations
