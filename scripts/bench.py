@@ -332,7 +332,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     from sarashina_grpo.config import article_settings
     from sarashina_grpo.modeling import load_model
     from sarashina_grpo.pipeline import build_trainer, prepare, recorded, run_training
-    from sarashina_grpo.validation import check_model
+    from sarashina_grpo.preflight import check_model
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
     settings = article_settings(
@@ -567,7 +567,7 @@ def write_results(rows: list[dict], out: Path, meta: dict, *, with_plot: bool = 
 
 def check_options(args: BenchOptions) -> None:
     """One ``error:`` before anything heavy is imported, for options argparse cannot judge."""
-    from sarashina_grpo.command_checks import check_positive_integers
+    from sarashina_grpo.preflight import check_positive_integers
 
     check_positive_integers("bench", args, ("steps", "max_completion_length", "peer_steps"))
     if args.beta < 0:

@@ -114,9 +114,9 @@ def run_proof(out_dir: str | Path, proof: ProofSettings | None = None) -> dict:
     import os
 
     from sarashina_grpo.modeling import load_model, use_cpu_threads
+    from sarashina_grpo.preflight import check_model
     from sarashina_grpo.project import PRECISION_VARIABLE
     from sarashina_grpo.tiny import build_model
-    from sarashina_grpo.validation import check_model
     from sarashina_grpo.warmstart import warm_start
 
     proof = proof or ProofSettings()

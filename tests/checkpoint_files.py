@@ -12,6 +12,14 @@ from pathlib import Path
 COMPLETE_MARKER = "checkpoint_complete"  # spelled out: the tests check the module's constant against it
 
 
+def find_resume_checkpoint(artifact_dir, resume) -> tuple[Path, Path]:
+    """(run folder, checkpoint) a resume continues from, as ``pipeline.prepare`` finds them (without the lock)."""
+    from sarashina_grpo.checkpoints import choose_resume_checkpoint, locate_resume
+
+    run_dir, named = locate_resume(artifact_dir, resume)
+    return run_dir, choose_resume_checkpoint(run_dir, named)
+
+
 def write_adapter(folder: Path, value: float = 0.01) -> None:
     import torch
     from safetensors.torch import save_file

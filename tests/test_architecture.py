@@ -135,10 +135,10 @@ def modules_taking_settings() -> set[str]:
     return found
 
 
-def test_below_the_pipeline_settings_enter_only_config_validation_and_modeling():
+def test_below_the_pipeline_settings_enter_only_config_preflight_and_modeling():
     layers = documented_layers()
     below = {m for m in modules_taking_settings() if layers[m] < layers["pipeline"]}
-    # why: docs/architecture.md's walk: train's settings enter pipeline, validation, config and modeling only;
+    # why: docs/architecture.md's walk: train's settings enter pipeline, preflight, config and modeling only;
     # data, rewards, checkpoints and the callbacks get plain values. inference sits below the pipeline because the
     # held-out evaluation during training generates through it; its Settings are infer's and eval's (load_for_inference)
-    assert below <= {"config", "validation", "modeling", "inference"}
+    assert below <= {"config", "preflight", "modeling", "inference"}

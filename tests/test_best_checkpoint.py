@@ -104,7 +104,7 @@ def test_the_rotation_never_deletes_the_best_checkpoint(stopped):
 
 @pytest.mark.slow
 def test_infer_and_eval_load_the_best_by_name(stopped):
-    from sarashina_grpo.validation import check_model
+    from sarashina_grpo.preflight import check_model
 
     run_dir = stopped.run.paths.output_dir
     settings = check_model(article_settings(model_name=str(run_dir / "best"), load_in_4bit=False), training=False)

@@ -12,12 +12,11 @@ import os
 import random
 
 import pytest
-from checkpoint_files import COMPLETE_MARKER, make_checkpoint
+from checkpoint_files import COMPLETE_MARKER, find_resume_checkpoint, make_checkpoint
 
 from sarashina_grpo import checkpoints
 from sarashina_grpo.checkpoints import (
     check_loadable,
-    find_resume_checkpoint,
     latest_intact,
     list_checkpoints,
     mark_complete,

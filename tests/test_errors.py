@@ -23,8 +23,8 @@ from sarashina_grpo.config import article_settings
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
 from sarashina_grpo.model_checks import ModelNotFoundError, check_device, check_model_name
 from sarashina_grpo.pipeline import train
+from sarashina_grpo.preflight import check_rewards, check_writable
 from sarashina_grpo.project import SettingsError
-from sarashina_grpo.validation import check_rewards, check_writable
 
 CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
 
@@ -593,7 +593,7 @@ def test_an_unknown_compare_name_is_an_error_before_the_evaluation_runs(no_cuda,
 
 
 def test_a_damaged_compare_metrics_file_is_named(tmp_path):
-    from sarashina_grpo.errors import check_compare_names
+    from sarashina_grpo.preflight import check_compare_names
 
     (tmp_path / "eval" / "base").mkdir(parents=True)
     (tmp_path / "eval" / "base" / "metrics.json").write_text('{"format_ok": 0.')

@@ -16,8 +16,8 @@ from checkpoint_files import COMPLETE_MARKER, make_checkpoint
 from sarashina_grpo import project
 from sarashina_grpo.config import article_settings
 from sarashina_grpo.guards import NonFiniteError, check_logs
+from sarashina_grpo.preflight import settings_warnings
 from sarashina_grpo.project import SettingsError
-from sarashina_grpo.validation import settings_warnings
 
 NAN, INF = float("nan"), float("inf")
 
@@ -183,7 +183,7 @@ def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_res
 
 
 def test_a_lora_target_that_names_no_layer_is_refused_before_loading(tiny_model_dir, tmp_path):
-    from sarashina_grpo.validation import check_run
+    from sarashina_grpo.preflight import check_run
 
     settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False,
                                 lora_target_modules=["q_proj", "foo_proj"])

@@ -19,17 +19,12 @@ import pytest
 from gguf_files import write_gguf
 
 from sarashina_grpo import errors
-from sarashina_grpo.command_checks import check_threads
 from sarashina_grpo.data import DataError
-from sarashina_grpo.errors import (
-    check_home_folder,
-    check_launch_environment,
-    check_report_to,
-    user_error_message,
-)
+from sarashina_grpo.errors import user_error_message
 from sarashina_grpo.inference import chat_loop
 from sarashina_grpo.model_checks import ModelNotFoundError, check_model_name, check_push_to_hub
-from sarashina_grpo.project import SettingsError
+from sarashina_grpo.preflight import check_report_to, check_threads
+from sarashina_grpo.project import SettingsError, check_home_folder, check_launch_environment
 
 # --- TRL's fields ------------------------------------------------------------------------------------------------
 
@@ -86,7 +81,7 @@ def test_the_run_check_refuses_report_to_before_any_model_loads(monkeypatch, tmp
     import importlib.util
 
     from sarashina_grpo.config import article_settings
-    from sarashina_grpo.validation import check_run
+    from sarashina_grpo.preflight import check_run
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))

@@ -23,8 +23,6 @@ from sarashina_grpo.checkpoints import (
     set_aside_newer,
 )
 from sarashina_grpo.cli import main
-from sarashina_grpo.command_checks import check_new_folder
-from sarashina_grpo.errors import check_compare_names
 from sarashina_grpo.evaluation import (
     MAX_COMPARE_NAME_BYTES,
     compare_runs,
@@ -32,6 +30,7 @@ from sarashina_grpo.evaluation import (
     comparison_labels,
     load_metrics,
 )
+from sarashina_grpo.preflight import check_compare_names, check_new_folder
 from sarashina_grpo.project import SettingsError
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from gguf_files import write_gguf
 
-from sarashina_grpo.realmodel import PACKAGED_GGUF, packaged_gguf
+from sarashina_grpo.realmodel import DEFAULT_PACKAGE, PACKAGES, packaged_gguf
 
 
 def cli(*args, cwd=None, timeout=600):
@@ -18,7 +18,7 @@ def cli(*args, cwd=None, timeout=600):
 
 def test_the_smollm2_gguf_is_found_in_the_installed_package():
     # why: the default source needs no path, and the package's own __init__ (which imports `llm`) is never run
-    assert packaged_gguf().name == PACKAGED_GGUF and packaged_gguf().stat().st_size > 90_000_000
+    assert packaged_gguf().name == PACKAGES[DEFAULT_PACKAGE].file and packaged_gguf().stat().st_size > 90_000_000
 
 
 def test_a_missing_gguf_file_is_one_error_line(tmp_path):

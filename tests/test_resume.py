@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from checkpoint_files import make_checkpoint
+from checkpoint_files import find_resume_checkpoint, make_checkpoint
 
-from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, find_resume_checkpoint, set_aside_newer
+from sarashina_grpo.checkpoints import COMPLETE_MARKER, complete_checkpoints, set_aside_newer
 from sarashina_grpo.cli import parse_args
 from sarashina_grpo.commands import train_settings
 from sarashina_grpo.config import article_settings

@@ -20,6 +20,7 @@ import pytest
 
 from sarashina_grpo.config import article_settings
 from sarashina_grpo.errors import report
+from sarashina_grpo.preflight import check_rewards, check_rewards_have_columns
 from sarashina_grpo.project import SettingsError
 from sarashina_grpo.reward_guard import RewardError, check_reward_values, training_rewards
 from sarashina_grpo.rewards import (
@@ -28,7 +29,6 @@ from sarashina_grpo.rewards import (
     correct_answer_reward,
     xmlcount_reward,
 )
-from sarashina_grpo.validation import check_rewards, check_rewards_have_columns
 
 COMPLETIONS = [[{"role": "assistant", "content": "<think>\nx\n</think>\n<response>\n3\n</response>"}]] * 2
 

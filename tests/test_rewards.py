@@ -268,8 +268,8 @@ def test_a_reward_file_that_fails_to_import_says_why(tmp_path):
 
 
 def test_the_preflight_checks_a_custom_reward_before_any_model_loads(my_rewards):
+    from sarashina_grpo.preflight import check_rewards
     from sarashina_grpo.project import SettingsError
-    from sarashina_grpo.validation import check_rewards
 
     with pytest.raises(SettingsError, match="must accept completions"):
         check_rewards([f"{my_rewards}:no_kwargs_reward"])
@@ -315,7 +315,7 @@ def test_the_overlong_reward_needs_the_runs_length():
 
 def test_trl_reward_names_pass_the_settings_check():
     from sarashina_grpo.config import article_settings
-    from sarashina_grpo.validation import check_rewards
+    from sarashina_grpo.preflight import check_rewards
 
     names = ["strict_format", "soft_overlong_punishment", "repetition_penalty"]
     check_rewards(names, max_completion_length=64)

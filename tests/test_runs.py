@@ -21,9 +21,9 @@ from checkpoint_files import make_checkpoint
 
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import article_settings, load_settings
-from sarashina_grpo.pipeline import new_run_paths, prepare, write_run_info
+from sarashina_grpo.pipeline import load_model, new_run_paths, prepare, write_run_info
 from sarashina_grpo.project import SettingsError
-from sarashina_grpo.runs import LOCK_FILE, RunFinished, check_run_name, lock_run
+from sarashina_grpo.runs import LOCK_FILE, check_run_name, lock_run
 
 RUN_SETTINGS = dict(model_name="tiny", load_in_4bit=False, num_generations=2, per_device_train_batch_size=2,
                     max_completion_length=16)
@@ -63,7 +63,8 @@ def prepared(artifact: Path, **kwargs):
     given = set(kwargs.pop("given", ()))
     run = prepare(load_settings(kwargs.pop("settings", {})), artifact_dir=artifact, resume="r", given=given,
                   **kwargs)
-    run.lock.release()
+    if run.lock is not None:
+        run.lock.release()
     return run
 
 
@@ -81,8 +82,14 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, data):
 
 def test_a_run_extended_with_max_steps_is_finished_at_its_new_plan(tmp_path, data):
     resumable_run(tmp_path, data, step=10, planned=10, recorded=5)  # started for 5, resumed with --max-steps 10
-    with pytest.raises(RunFinished, match="step 10 of the 10 it planned"):  # was: trained step 11, then 12, …
-        prepared(tmp_path)
+    run = prepared(tmp_path)  # was: trained step 11, then 12, …
+    assert "step 10 of the 10 it planned" in run.finished and run.lock is None
+
+
+def test_loading_a_finished_run_is_refused_with_its_message(tmp_path, data):
+    resumable_run(tmp_path, data, step=5, planned=5)
+    with pytest.raises(SettingsError, match="Run r is finished"):  # why: a notebook cell would train nothing
+        load_model(prepared(tmp_path))
 
 
 def test_an_extended_run_cut_off_early_resumes_towards_its_new_plan(tmp_path, data):

@@ -172,7 +172,7 @@ from sarashina_grpo.evaluation import check_eval_name
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 from sarashina_grpo.modeling import model_for_this_machine
 from sarashina_grpo.options import ModelOptions
-from sarashina_grpo.validation import check_model
+from sarashina_grpo.preflight import check_model
 
 setup_logging()  # the package's INFO lines, as the command line shows them
 check_eval_name(EVAL_NAME, ARTIFACT_DIR, EVAL_OVERWRITE)  # now, not after all the generation below

@@ -85,4 +85,3 @@ def is_correct(text, answer) -> bool:
     if expected is None or got is None:
         return False
     return math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
-

@@ -19,7 +19,7 @@ from .checkpoints import checkpoint_dir, is_complete
 from .project import BEST_METRICS, SettingsError
 
 BEST = "best"
-RUN_INFO = "run.json"  # validation.RUN_INFO: the same file, named here without importing validation (a layer up)
+RUN_INFO = "run.json"  # every setting of the run, written at its start; resume compares with it
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:

@@ -406,13 +406,6 @@ def latest_intact(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def find_resume_checkpoint(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path]:
-    """(run folder, checkpoint) to continue from. ``resume`` is ``latest``, a run name or folder, or a
-    ``checkpoint-N`` folder. Half-written checkpoints are never chosen; damaged ones are set aside."""
-    run_dir, named = locate_resume(artifact_dir, resume)
-    return run_dir, choose_resume_checkpoint(run_dir, named)
-
-
 def locate_resume(artifact_dir: str | os.PathLike, resume: str | os.PathLike) -> tuple[Path, Path | None]:
     """(run folder, the checkpoint folder named by ``resume`` or None) without touching any folder: the caller
     locks the run before ``choose_resume_checkpoint`` sets anything aside."""
@@ -473,4 +466,3 @@ def check_loadable(folder: str | os.PathLike) -> None:
         earlier = [p for p in complete_checkpoints(run) if step is not None and step_of(p) < step]
         hint = f" Use an earlier checkpoint of the run, e.g. {earlier[-1]}." if earlier else ""
         raise SettingsError(f"{folder} is damaged ({'; '.join(problems)}).{hint}")
-

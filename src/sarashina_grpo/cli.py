@@ -202,7 +202,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     else:
         parsed = command_parser(name, COMMANDS[name]).given(rest)
     # Under names no field has: TRL's TrainingArguments has a `debug` field of its own.
-    parsed.cli_verbose, parsed.cli_debug = args.verbose, args.debug
+    parsed.cli_debug = args.debug
     parsed.command, parsed.run = name, COMMANDS[name].run
     return parsed
 

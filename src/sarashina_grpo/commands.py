@@ -5,7 +5,7 @@
 
 A command is one entry of ``COMMANDS``: its help, the function that runs it, its option dataclasses and the
 ``Settings`` fields it takes. Each run function reads the parsed flags into those dataclasses (``options``), has
-``validation`` check them, and only then imports what is heavy (Unsloth first, where a model is trained).
+``preflight`` check them, and only then imports what is heavy (Unsloth first, where a model is trained).
 """
 
 from __future__ import annotations
@@ -95,18 +95,16 @@ def train_settings(args: argparse.Namespace):
 def run_train(args: argparse.Namespace) -> int:
     from .modeling import use_cpu_threads
     from .pipeline import build_trainer, load_model, prepare, run_training
-    from .runs import RunFinished
 
     run_options = options(args, RunOptions)
     threads = cpu_threads(args)
     settings, given = train_settings(args)
-    try:
-        run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
-                      run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change,
-                      resume_weights_only=run_options.resume_weights_only)
-    except RunFinished as finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
+    run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
+                  run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change,
+                  resume_weights_only=run_options.resume_weights_only)
+    if run.finished:  # not a mistake: a restart loop resuming a finished run is done (exit 0)
         if process_rank() == 0:  # once, not once per process of an `accelerate launch`
-            print(finished)
+            print(run.finished)
         end_process_group()
         return 0
     use_cpu_threads(threads)
@@ -131,9 +129,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
-    """The generation options of ``infer``/``eval``, checked (``command_checks.check_generation``)."""
-    from .command_checks import check_generation
+    """The generation options of ``infer``/``eval``, checked (``preflight.check_generation``)."""
     from .inference import GenerationSettings
+    from .preflight import check_generation
 
     gen = options(args, GenerateOptions)
     check_generation(gen.max_new_tokens, gen.sample, gen.temperature, gen.top_p, gen.batch_size, samples_per_prompt)
@@ -142,8 +140,8 @@ def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
 
 
 def cpu_threads(args: argparse.Namespace) -> int | None:
-    """``--threads``, checked (``command_checks.check_threads``)."""
-    from .command_checks import check_threads
+    """``--threads``, checked (``preflight.check_threads``)."""
+    from .preflight import check_threads
 
     return check_threads(options(args, CpuOptions).threads)
 
@@ -157,7 +155,7 @@ def role_from_args(args: argparse.Namespace) -> str | None:
 
 def run_infer(args: argparse.Namespace) -> None:
     from .inference import Chat, answer, chat_loop, load_for_inference
-    from .validation import check_model
+    from .preflight import check_model
 
     gen = generation_settings(args)
     threads = cpu_threads(args)
@@ -185,9 +183,8 @@ def default_eval_name(model: str) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from .command_checks import check_eval_limit
-    from .errors import check_compare_names
     from .evaluation import compare_runs, evaluate_model, rounded
+    from .preflight import check_compare_names, check_eval_limit
 
     opts = options(args, EvalOptions)
     check_eval_limit(opts.limit)
@@ -224,7 +221,7 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:
-    from .command_checks import check_new_folder
+    from .preflight import check_new_folder
     from .tiny import build_model
 
     opts = options(args, BuildTinyOptions)
@@ -233,8 +230,8 @@ def run_build_tiny(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from .command_checks import check_demo
     from .noise import import_unsloth
+    from .preflight import check_demo
 
     run_options = options(args, RunOptions)
     settings = _demo_settings()(**given(args, _demo_settings(), DEMO_FIELDS))

@@ -1,39 +1,9 @@
 """The one place that touches private or version-specific names of TRL, Unsloth, PEFT and bitsandbytes.
 
-Elsewhere the package uses public APIs of these libraries (``cli.py`` reads argparse's ``_actions`` to leave
-defaults out of a parsed command line, as TRL's own ``TrlParser.set_defaults_with_config`` does, and overrides
-``HelpFormatter._format_action_invocation``; ``checkpoints.py`` names numpy's pickle reconstructor). Each name used
-here has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move and the
-name changes, so an upgrade breaks a test in CI instead of a training run. Lookups that can fail raise
-``CompatError``: there is no silent fallback to a no-op.
-
-Names used, and why:
-- ``GRPOTrainer._generate_single_turn`` (TRL): the rollout hook; ``rollout="fast"`` replaces it per instance. Not
-  TRL's public ``rollout_func``: that one is handed chat messages and must return the prompt token ids itself, so
-  it cannot carry TRL's own tokenization (``_tokenize_prompts``) and the fast rollout would have to copy it (or call
-  that private method instead); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
-- ``unwrap_model_for_generation`` (TRL, re-bound by Unsloth in its patched trainer module): the context the default
-  rollout generates in (Unsloth switches to inference mode in it and back to training mode after it).
-- ``LlamaRotaryEmbedding._unsloth_recompute_inv_freq`` (Unsloth): the rotary frequencies from the config (the
-  ``inv_freq`` buffer can be stale under transformers 5).
-- ``Linear4bit.weight.quant_state`` + ``bitsandbytes.functional.dequantize_4bit``: the dense weight of a 4-bit layer.
-- TRL's reference adapter name ``"ref"`` and how the trainer picks its KL reference (``choose_reference``): with
-  ``beta > 0`` on a PEFT model, TRL's ``GRPOTrainer.__init__`` adds a frozen copy of the starting adapter under that
-  name, and ``_generate_and_score_completions`` scores the reference with ``use_adapter(model, "ref" if "ref" in
-  model.peft_config else None)``: through the copy when there is one, with the adapter disabled when not. Unsloth's
-  compiled trainer deletes that ``__init__`` block (``unsloth/models/rl.py``, "PEFT initialization logic removed"),
-  so on CUDA it always scores the base model. A model reused for a second trainer drops the copy.
-- ``Trainer._load_from_checkpoint`` (transformers): when a checkpoint holds adapter sub-folders (TRL's ``ref/``), it
-  loads only those and not the trained adapter in the checkpoint's root; ``resume_loads_the_policy`` loads it too.
-- Unsloth's sequence-packing trust (``check_packing_upfront``): the model attributes ``_unsloth_seq_packing_grad_*``
-  and ``_unsloth_seq_packing_nograd_*`` (``ok``, ``verified_T``, ``verified_seg``) its compiled GRPO loss and scorer
-  keep, the ``packed_seq_lengths`` argument of its Llama forward, and ``UNSLOTH_RETURN_HIDDEN_STATES``.
-- The module of the trainer's library class (``library_class``): Unsloth binds its patched functions in the module
-  of the trainer copy it compiles; the project's subclass (``pipeline.trainer_class``) sits above that class.
-- PEFT LoRA layers' ``lora_A``/``lora_B``/``scaling``/``active_adapters``/``merged``/``disable_adapters``/``use_dora``.
-
-What only the benchmark patches (its timing wraps, forced lengths, a fresh LoRA and forgotten Unsloth verdicts between
-rows, Unsloth's chunk sizing watched) is in ``scripts/bench_patches.py``, outside the package.
+Each name has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move, so
+an upgrade breaks a test in CI instead of a training run; docs/architecture.md lists every name, where it is used,
+why there is no public road, and its test. Lookups that can fail raise ``CompatError``: there is no silent fallback
+to a no-op. What only the benchmark patches is in ``scripts/bench_patches.py``, outside the package.
 """
 
 from __future__ import annotations
@@ -46,9 +16,12 @@ from pathlib import Path
 
 from .project import FALSE_WORDS
 
+# TRL's rollout hook, replaced per instance by rollout="fast". Not TRL's public rollout_func: that one is handed chat
+# messages and must return the prompt ids itself, so the fast rollout would have to copy TRL's tokenization
+# (_tokenize_prompts); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
 GENERATE_METHOD = "_generate_single_turn"
 GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")
-UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"
+UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"  # the config's frequencies: inv_freq can be stale (transformers 5)
 TRL_UNWRAP_MODULE = "trl.models.utils"
 # One step's rollout plus rewards and old log-probs (the benchmark times it; the KL reference tests call it).
 SCORE_METHOD = "_generate_and_score_completions"

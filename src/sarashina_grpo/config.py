@@ -51,6 +51,7 @@ from .project import (  # noqa: E402
     did_you_mean,
     field_label,
     finite_number,
+    is_whole,
     load_recipe,
     read_text_setting,
     setting,
@@ -202,7 +203,6 @@ class Settings(GRPOConfig):
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 TRL_FIELDS = [f.name for f in dataclasses.fields(GRPOConfig)]
-PROJECT_FIELDS = [name for name in FIELDS if name not in TRL_FIELDS]
 HINTS = typing.get_type_hints(Settings)
 
 
@@ -293,16 +293,16 @@ def check_ranges(settings: Settings) -> None:
         value = getattr(settings, name)
         if value is None and name == "num_completions_to_print":  # TRL's "all of them"
             continue
-        if not (finite_number(value) and float(value).is_integer() and value >= 1):
+        if not is_whole(value, floats=True):
             raise SettingsError(f"{field_label(name)} must be a positive integer, got {value!r}.")
     steps = settings.eval_steps
-    if steps is not None and not (finite_number(steps) and float(steps).is_integer() and steps >= 1):
+    if steps is not None and not is_whole(steps, floats=True):
         raise SettingsError(f"{field_label('eval_steps')} must be a whole number of steps ≥ 1 (unset: no held-out "
                             f"evaluation), got {steps!r}.")
     if settings.lora_rank > MAX_LORA_RANK:
         raise SettingsError(f"{field_label('lora_rank')} must be at most {MAX_LORA_RANK:,} (wider than the layers it "
                             f"adapts, a rank adds nothing; the article's is 32), got {settings.lora_rank:,}.")
-    if settings.lora_alpha is not None and settings.lora_alpha < 1:
+    if settings.lora_alpha is not None and not is_whole(settings.lora_alpha):
         raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {settings.lora_alpha!r}.")
     if not 0 <= settings.seed < SEED_LIMIT:
         raise SettingsError(f"{field_label('seed')} must be a whole number in [0, 2**32) (numpy's seeds are), got "
@@ -318,7 +318,7 @@ def check_ranges(settings: Settings) -> None:
             raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
     for name in ("patience", "dynamic_sampling_max_rounds"):  # 0 is allowed: off / no extra batch
         value = getattr(settings, name)
-        if value < 0:
+        if not is_whole(value, 0):
             raise SettingsError(f"{field_label(name)} must be 0 or a positive integer, got {value!r}.")
     for name, allowed in (("backend", BACKENDS), ("rollout", tuple(ROLLOUTS)), ("scale_rewards", SCALE_REWARDS),
                           ("importance_sampling_level", ("token", "sequence")),

@@ -171,7 +171,7 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
 def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> DemoResult:
     from .evaluation import write_eval
     from .modeling import load_model
-    from .validation import check_model
+    from .preflight import check_model
 
     seconds, started = {}, time.monotonic()
     warm = warm_model(artifact_dir, demo)

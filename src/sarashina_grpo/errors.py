@@ -2,9 +2,8 @@
 
 ``cli.main`` hands every exception to ``report``: settings and data errors, missing or damaged files, folders in
 the way, a full disk, read-only places. ``--debug`` (or ``SARASHINA_GRPO_DEBUG=1``) prints the full traceback as
-well, for bug reports. The ``check_*`` functions run before long work, so the mistake costs seconds: the
-``--compare`` names before an evaluation, the artifact sub-folders before a run. docs/troubleshooting.md lists
-every message.
+well, for bug reports. The checks that make such mistakes cost seconds are ``preflight``'s;
+docs/troubleshooting.md lists every message.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from .data import DataError
-from .project import HOME_VARIABLE, SettingsError, check_launch_environment  # noqa: F401  (re-exported)
+from .project import HOME_VARIABLE, SettingsError
 from .reward_guard import RewardError
 
 DEBUG_ENV = "SARASHINA_GRPO_DEBUG"
@@ -141,95 +140,3 @@ def report(exc: BaseException, *, debug: bool = False, stream=None) -> int | Non
         traceback.print_exception(exc, file=stream)
     print(f"error: {message}", file=stream)
     return USER_ERROR_EXIT
-
-
-# --- checks before long work ----------------------------------------------------------------------------------
-
-ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run",
-                    "eval": "evaluations"}
-
-
-def check_artifact_dir(artifact_dir: str | os.PathLike) -> None:
-    """Raise ``SettingsError`` when the artifact folder or one of its sub-folders is a file, before a run starts
-    (instead of a traceback, and an empty run folder, halfway through creating them)."""
-    root = Path(artifact_dir)
-    if root.exists() and not root.is_dir():
-        raise SettingsError(f"Artifact folder {root} is a file. Choose another with --artifact-dir, or move the file.")
-    for name, holds in ARTIFACT_FOLDERS.items():
-        folder = root / name
-        if folder.exists() and not folder.is_dir():
-            raise SettingsError(f"{folder} is a file, but it must be the folder of the {holds}. Move or rename the "
-                                "file, or choose another --artifact-dir.")
-
-
-def metrics_problem(metrics) -> str | None:
-    """Why a parsed ``metrics.json`` is not one an evaluation wrote: not an object, or a figure (every key but
-    ``meta``) that is not a number (null is fine: an evaluation without answers has no accuracy)."""
-    if not isinstance(metrics, dict):
-        return f"holds a JSON {type(metrics).__name__}, not an evaluation's figures"
-    for key, value in metrics.items():
-        if key != "meta" and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            return f"has {key} = {value!r}, not a number"
-    return None
-
-
-def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> None:
-    """Raise ``SettingsError`` naming every ``--compare`` evaluation that does not exist or cannot be read, and the
-    ones that do, before an evaluation runs (not after it)."""
-    eval_dir = Path(artifact_dir) / "eval"
-    missing, damaged = [], []
-    for name in names:
-        path = Path(name) if (Path(name) / "metrics.json").exists() else eval_dir / str(name)
-        metrics = path / "metrics.json"
-        if not metrics.is_file():
-            missing.append(str(name))
-            continue
-        try:
-            problem = metrics_problem(json.loads(metrics.read_bytes()))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            problem = "is cut off or not valid JSON"
-        if problem:
-            damaged.append(f"{metrics} {problem}")
-    if missing:
-        known = sorted(p.name for p in eval_dir.glob("*") if (p / "metrics.json").is_file())
-        raise SettingsError(
-            f"--compare: no evaluation named {', '.join(map(repr, missing))} (looked in {eval_dir}). Evaluations "
-            f"there: {known or 'none'}. Run `sarashina-grpo eval --name NAME` first, or give an evaluation folder."
-        )
-    if damaged:
-        raise SettingsError(f"--compare: {'; '.join(damaged)}. Run that evaluation again (sarashina-grpo eval "
-                            "--name …).")
-
-
-# --- the environment and TRL's own fields, before a model loads -----------------------------------------------
-# validation.check_run calls check_report_to (and model_checks.check_push_to_hub), model_checks.check_model_name
-# check_home_folder; the seed's range is checked as settings are built (config.check_ranges).
-
-# report_to names and the module each needs (transformers.integrations); "none" and "all" need nothing.
-REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
-                  "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "codecarbon": "codecarbon",
-                  "trackio": "trackio", "swanlab": "swanlab", "azure_ml": "azureml", "flyte": "flytekit"}
-def check_report_to(report_to) -> None:
-    """Raise ``SettingsError`` naming a ``report_to`` backend whose package is not installed (transformers would
-    raise after the model loads, leaving a run folder with nothing but run.json)."""
-    import importlib.util
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    for name in names:
-        module = REPORT_MODULES.get(name)
-        if module and importlib.util.find_spec(module) is None:
-            if name == "tensorboard" and importlib.util.find_spec("tensorboardX"):
-                continue
-            raise SettingsError(f"report_to {name!r} needs the {module} package, which is not installed: install "
-                                f"it (uv pip install {module}) or drop it from report_to (e.g. report_to: "
-                                "tensorboard).")
-
-
-def check_home_folder(env=None) -> None:
-    """Raise ``SettingsError`` when ``SARASHINA_GRPO_HOME`` names a file: every default path (datasets/,
-    artifact/) would fail under it, after a model loads."""
-    env = os.environ if env is None else env
-    home = env.get(HOME_VARIABLE)
-    if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
-        raise SettingsError(f"{HOME_VARIABLE}={home} is a file; it must be the project folder that holds datasets/ "
-                            f"and artifact/. Point {HOME_VARIABLE} at a folder, or unset it.")

@@ -190,8 +190,8 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
 def eval_rows(data_path: Path, limit: int | None) -> list:
     """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
     evaluation saved as a result would be compared as if it were one."""
-    from .command_checks import check_eval_limit
     from .data import read_rows, select_rows
+    from .preflight import check_eval_limit
 
     check_eval_limit(limit)
     return select_rows(read_rows(data_path), data_path, "ja")[:limit]  # select_rows: an error when none is left
@@ -253,7 +253,7 @@ def log_cpu_estimate(seconds: float, done: int, total: int) -> None:
 def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
-    from .validation import check_model
+    from .preflight import check_model
 
     settings = check_model(settings, training=False)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
@@ -271,7 +271,7 @@ def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tup
     if not (path / "metrics.json").exists():
         raise SettingsError(f"No evaluation named {run!r} (no metrics.json in {path}); run `sarashina-grpo eval "
                             f"--name {run}` first, or give the folder of an earlier evaluation.")
-    from .errors import metrics_problem
+    from .preflight import metrics_problem
 
     metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     problem = metrics_problem(metrics)

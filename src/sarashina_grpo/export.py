@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, folder_kind, set_aside_step, step_of
-from .command_checks import check_new_folder
 from .model_checks import looks_like_path, missing_local_model
 from .modeling import tiny_model_dir
+from .preflight import RUN_INFO, check_new_folder
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
 from .runs import pid_alive, process_started
-from .validation import RUN_INFO
 
 logger = logging.getLogger(__name__)
 

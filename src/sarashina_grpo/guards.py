@@ -1,4 +1,4 @@
-"""Guards against numbers that wreck a run while it trains (settings are checked before, in ``validation``).
+"""Guards against numbers that wreck a run while it trains (settings are checked before, in ``preflight``).
 
 ``check_logs`` (called by ``callbacks.NonFiniteGuard`` on every log) stops the run with
 ``NonFiniteError`` at the first NaN/inf loss or gradient norm, before that step's weights are saved; and

@@ -38,7 +38,7 @@ class GenerationSettings:
 
 def load_for_inference(settings: Settings, *, threads: int | None = None):
     """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise.
-    ``settings`` have passed ``validation.check_model(settings, training=False)``. ``threads``: torch's CPU threads
+    ``settings`` have passed ``preflight.check_model(settings, training=False)``. ``threads``: torch's CPU threads
     (``modeling.use_cpu_threads``: unset is 1 on a CPU)."""
     from .modeling import load_model, use_cpu_threads
 

@@ -91,7 +91,7 @@ def check_hub_model(name: str) -> None:
 def check_model_name(name: str) -> None:
     """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
     id that cannot be had here (``check_hub_model``)."""
-    from .errors import check_home_folder
+    from .project import check_home_folder
 
     check_home_folder()  # `tiny` and every default path live under $SARASHINA_GRPO_HOME
     if name == "tiny":

@@ -35,7 +35,7 @@ def tiny_model_dir() -> Path:
 
 
 def resolve_model_name(name: str) -> str:
-    """Hub ids pass through; ``tiny`` becomes the built tiny model; folders (checked by ``validation``) are expanded."""
+    """Hub ids pass through; ``tiny`` becomes the built tiny model; folders (checked by ``preflight``) are expanded."""
     if name == "tiny":
         folder = tiny_model_dir()
         if not (folder / "config.json").exists():
@@ -63,7 +63,7 @@ def use_cpu_threads(threads: int | None = None) -> int:
 
     if threads is None and not cuda_available() and not os.environ.get("OMP_NUM_THREADS"):
         threads = CPU_THREADS
-    if threads is not None:  # checked by command_checks.check_threads
+    if threads is not None:  # checked by preflight.check_threads
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 
@@ -84,7 +84,7 @@ def cpu_threads(threads: int | None = None):
 def load_model(settings: Settings, *, lora: bool = True):
     """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the architecture's projections is attached
     (``model_checks.lora_targets``: the seven of Llama and Gemma 3 by default).
-    ``settings`` have passed ``validation`` (``check_run`` or ``check_model``)."""
+    ``settings`` have passed ``preflight`` (``check_run`` or ``check_model``)."""
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
@@ -213,7 +213,7 @@ def load_model_peft(settings: Settings, *, training: bool = True):
 
     ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
     trainable). Under ``accelerate launch`` each rank loads its own copy onto its own device. ``settings`` have
-    passed ``validation``."""
+    passed ``preflight``."""
     from peft import AutoPeftModelForCausalLM, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 

@@ -36,7 +36,6 @@ class RunOptions:
 class GenerateOptions:
     """How ``infer`` and ``eval`` generate (``inference.GenerationSettings``)."""
 
-
     max_new_tokens: int = setting(512, "tokens generated per answer at most")
     sample: bool = setting(False, "sample instead of greedy decoding")
     temperature: float = setting(0.7, "sampling temperature (with --sample)")
@@ -73,7 +72,6 @@ class EvalOptions:
 @dataclass
 class RoleOptions:
     """A persona or scenario added to the system prompt after its format instructions (``roles.with_role``)."""
-
 
     role: str | None = setting(None, "role added to the system prompt, e.g. 'あなたはサボテンを売る商人です。'; "
                                "eval: for rows without a role column; unset: none")

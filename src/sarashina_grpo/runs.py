@@ -1,15 +1,9 @@
 """A run folder's promises: a plain name, one training process at a time, the same data, no steps past the plan.
 
-``pipeline.prepare`` calls these before a run trains; nothing here imports a model library.
-
-- ``check_run_name``: a run name is one plain folder name (no ``/``, ``..``, hidden or over-long names), so a run
-  is never written outside ``outputs/``.
-- ``lock_run``: ``outputs/<run>/run.lock``, held with ``flock`` while a process prepares and trains the run; a
-  second process gets ``RunLockedError`` naming the holder (pid, host, start). The kernel drops the lock when its
-  process dies, however it dies, so a crash never leaves a lock that blocks. The file stays (empty once released).
-- ``file_sha256`` / ``check_data_unchanged`` / ``record_data_change``: the prompt file's hash is recorded in
-  ``run.json``; a resume over a changed file is refused unless asked for (``--allow-data-change``).
-- ``resume_max_steps``: where a resume stands against its plan (``RunFinished`` when nothing is left to train).
+``pipeline.prepare`` calls these before a run trains; nothing here imports a model library. The lock is
+``outputs/<run>/run.lock``, held with ``flock``: the kernel drops it when its process dies, however it dies, so a
+crash never leaves a lock that blocks. The prompt file's hash is recorded in ``run.json``; a resume over a changed
+file is refused unless asked for (``--allow-data-change``).
 """
 
 from __future__ import annotations
@@ -36,10 +30,6 @@ NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # file 
 
 class RunLockedError(SettingsError):
     """Another process is training the run."""
-
-
-class RunFinished(SettingsError):
-    """A resumed run has trained every step it planned: there is nothing to do (the CLI says so and exits 0)."""
 
 
 # --- names ----------------------------------------------------------------------------------------------------
@@ -240,21 +230,23 @@ def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
     return step, planned if isinstance(planned, int) and planned > 0 else None
 
 
-def resume_max_steps(checkpoint: Path, max_steps: int, *, recorded: int | None, explicit: bool) -> int:
-    """The ``max_steps`` a resume from ``checkpoint`` trains to.
+def resume_max_steps(checkpoint: Path, max_steps: int, *, recorded: int | None,
+                     explicit: bool) -> tuple[int, str | None]:
+    """The ``max_steps`` a resume from ``checkpoint`` trains to, and the message saying the run is finished when that
+    plan is reached already (else None).
 
     Not ``explicit`` (no flag or recipe sets it): the plan the checkpoint was trained towards (a run extended with
-    ``--max-steps`` keeps its new plan). ``RunFinished`` when that plan is reached; an explicit ``max_steps`` at or
-    below the checkpoint's step (and not the plan itself) is a ``SettingsError``."""
+    ``--max-steps`` keeps its new plan). An explicit ``max_steps`` at or below the checkpoint's step (and not the
+    plan itself) is a ``SettingsError``."""
     step, planned = checkpoint_progress(checkpoint)
     planned = planned or recorded
     if not explicit and planned:
         max_steps = planned
     if step < max_steps:
-        return max_steps
+        return max_steps, None
     run = checkpoint.parent.name
     if not explicit or max_steps == planned:
-        raise RunFinished(f"Run {run} is finished: {checkpoint.name} is step {step} of the {max_steps} it planned; "
+        return max_steps, (f"Run {run} is finished: {checkpoint.name} is step {step} of the {max_steps} it planned; "
                           f"nothing to train. To train it further, resume with a higher --max-steps (e.g. "
                           f"--resume {run} --max-steps {2 * max_steps}).")
     raise SettingsError(f"--max-steps {max_steps} (Settings.max_steps) is at or below step {step} of {checkpoint}: "

@@ -41,7 +41,6 @@ def lines_named(lines: list[int]) -> str:
     return named + (f" and {more} more" if more > 0 else "")
 
 
-
 def read_text(path: Path) -> str:
     """The file's text: UTF-8 (a BOM is fine) or UTF-16 with a BOM, else cp932/Shift_JIS with a warning."""
     raw = path.read_bytes()
@@ -123,7 +122,6 @@ def check_regular_file(path: Path) -> None:
     if size > MAX_FILE_BYTES:
         raise DataError(f"{path} is {size / 2**20:.0f} MB; prompt files are limited to {MAX_FILE_BYTES // 2**20} MB "
                         f"and {MAX_ROWS:,} rows. Check that it is the right file, or split it.")
-
 
 
 def _records(text: str, path: Path):

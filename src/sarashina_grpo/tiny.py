@@ -111,4 +111,3 @@ def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0, device:
     params = sum(p.numel() for p in model.parameters())
     logger.info("built %s model at %s: %.1fM parameters, vocab %d", shape, out_dir, params / 1e6, len(tokenizer))
     return out_dir
-

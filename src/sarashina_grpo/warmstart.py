@@ -86,13 +86,13 @@ class WarmStart:
     examples: int = 512
 
     def __post_init__(self):
-        from .command_checks import check_warm_start
+        from .preflight import check_warm_start
 
         check_warm_start(self, None if self.data == SYNTHETIC else project_path(self.data))
 
     def for_command(self) -> WarmStart:
         """Self, checked for what the command line must give (a recipe in code may fill ``output`` later)."""
-        from .command_checks import check_warm_start_command
+        from .preflight import check_warm_start_command
 
         check_warm_start_command(self)
         return self
@@ -225,8 +225,8 @@ def encode(tokenizer, examples: list[tuple[list[dict], str]]):
 def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
     """Train ``config.model`` on the recipe's examples; write a plain model folder (weights, tokenizer) to
     ``config.output`` and return it."""
-    from .command_checks import check_new_folder
     from .modeling import cpu_threads, resolve_model_name
+    from .preflight import check_new_folder
 
     out_dir = check_new_folder(config.output, "warmstart --output")
     if config.model == "tiny" and config.lora_rank and config.learning_rate <= WarmStart.learning_rate:
