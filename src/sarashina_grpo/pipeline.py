@@ -163,8 +163,9 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
     if finished:
         lock.release()
         return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, finished=finished)
-    checked = check_run(settings.replace(max_steps=max_steps), artifact_dir=artifact_dir, run_dir=run_dir,
-                        check_model_files=check_model)
+    paths = resumed_paths(artifact_dir, run_dir)
+    checked = check_run(settings.replace(max_steps=max_steps, output_dir=str(paths.output_dir), run_name=paths.name),
+                        artifact_dir=artifact_dir, run_dir=run_dir, check_model_files=check_model)
     checkpoints.check_resume_state(checkpoint, weights_only=resume_weights_only)
     data = project_path(checked.settings.data_path).resolve()
     changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
@@ -172,9 +173,7 @@ def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, 
     if changed:
         runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
     logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-    paths = resumed_paths(artifact_dir, run_dir)
-    settings = checked.settings.replace(output_dir=str(paths.output_dir), run_name=paths.name)
-    return Run(settings, paths, checkpoint, checked.rows, checked.eval_rows, lock)
+    return Run(checked.settings, paths, checkpoint, checked.rows, checked.eval_rows, lock)
 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
