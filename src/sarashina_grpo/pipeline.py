@@ -317,16 +317,19 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
 # --- run
 
 
-def run_training(trainer, run: Run):
+def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume: str | None = None):
     """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop; return the trainer.
 
-    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None.
+    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None. With
+    ``stop_grace_s`` (the command line's ``project.stop_grace_s()``), a step still running that long after the signal
+    ends the process with one ``error:`` line naming the last complete checkpoint and ``resume``, how to continue
+    (``callbacks.GracefulInterrupt``); without it (a notebook, whose kernel must live on) the step is waited for.
     """
     from .callbacks import GracefulInterrupt
 
-    interrupt = GracefulInterrupt()
-    trainer.add_callback(interrupt)
     paths = run.paths
+    interrupt = GracefulInterrupt(stop_grace_s, resume or f"--resume {paths.name}", output_dir=paths.output_dir)
+    trainer.add_callback(interrupt)
     logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
     interrupt.install()
     try:
