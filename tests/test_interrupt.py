@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -180,3 +181,5 @@ def test_sigterm_while_a_reward_hangs_ends_train_within_the_grace_keeping_the_ch
     from sarashina_grpo.checkpoints import verify
 
     assert verify(first) == [] and not (first.parent / "checkpoint-2" / "checkpoint_complete").exists()
+    # the run recorded the weights it trains on as it started (export --merged checks its base against it)
+    assert json.loads((first.parent / "run.json").read_text())["base_model"]["fingerprint"]

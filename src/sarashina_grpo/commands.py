@@ -228,7 +228,8 @@ def run_export(args: argparse.Namespace) -> None:
 
     opts = options(args, ExportOptions)
     print(export_checkpoint(opts.checkpoint, opts.out, merged=opts.merged, base_model=opts.base_model,
-                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private))
+                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private,
+                            allow_other_base=opts.allow_other_base))
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:

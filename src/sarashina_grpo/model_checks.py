@@ -305,3 +305,76 @@ def lora_targets(model_name: str, targets: tuple[str, ...]) -> list[str]:
     if tuple(targets) == project.LORA_TARGET_MODULES and kind in PROJECTIONS:
         return list(PROJECTIONS[kind])
     return list(targets)
+
+
+# --- which base weights an adapter was trained on -------------------------------------------------------------
+
+# A base model's fingerprint: sha256 over a sample of its tensors, read from its safetensors files without loading
+# them. 16 tensors spread over the sorted names, 64 KiB from each end of each: ~2 MiB read however large the model,
+# so it costs milliseconds. Tensor names, dtypes, shapes and bytes, not files: a copy of the model in another folder,
+# the hub cache, or resharded has the same fingerprint; other weights of the same shape (another seed, another
+# fine-tune) do not, nor the same weights saved in another dtype.
+FINGERPRINT_TENSORS = 16
+FINGERPRINT_BYTES = 1 << 16
+
+
+def weights_folder(name: str) -> Path | None:
+    """The local folder holding the full weights ``name`` stands for: a model folder, a cached hub id's snapshot,
+    or, for an adapter (a checkpoint), its base model's; None where they are not on this disk."""
+    folder = Path(name).expanduser()
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return weights_folder(base) if isinstance(base, str) and base and base != name else None
+    if folder.is_dir():
+        return folder
+    if looks_like_path(name):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for index in ("model.safetensors.index.json", "model.safetensors"):
+        cached = try_to_load_from_cache(name, index)
+        if isinstance(cached, str):
+            return Path(cached).parent
+    return None
+
+
+def weights_fingerprint(name: str | Path) -> str | None:
+    """The fingerprint (``FINGERPRINT_TENSORS``) of the full weights ``name`` stands for (``weights_folder``); None
+    where they cannot be read here (not on this disk, not safetensors, damaged)."""
+    import hashlib
+
+    folder = weights_folder(str(name))
+    if folder is None:
+        return None
+    try:
+        index = folder / "model.safetensors.index.json"
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())) \
+            if index.is_file() else ["model.safetensors"]
+        tensors = {}
+        for file in files:
+            with open(folder / file, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(length))
+            tensors.update({key: (folder / file, 8 + length, entry) for key, entry in header.items()
+                            if key != "__metadata__"})
+        names = sorted(tensors)
+        if not names:
+            return None
+        picked = sorted({names[i * (len(names) - 1) // max(FINGERPRINT_TENSORS - 1, 1)]
+                         for i in range(min(FINGERPRINT_TENSORS, len(names)))})
+        digest = hashlib.sha256(f"{len(names)} tensors\n".encode())
+        for key in picked:
+            path, data_start, entry = tensors[key]
+            start, end = (data_start + offset for offset in entry["data_offsets"])
+            digest.update(f"{key} {entry['dtype']} {entry['shape']}\n".encode())
+            with open(path, "rb") as f:
+                f.seek(start)
+                digest.update(f.read(min(FINGERPRINT_BYTES, end - start)))
+                f.seek(max(start, end - FINGERPRINT_BYTES))
+                digest.update(f.read(end - max(start, end - FINGERPRINT_BYTES)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return digest.hexdigest()[:32]

@@ -44,6 +44,7 @@ NO_UPDATE_LEARNING_RATE = 1e-9
 # Below this the completions of a group are (nearly) identical; GRPO learns only from differences within a group.
 NEAR_GREEDY_TEMPERATURE = 0.1
 RUN_INFO = "run.json"  # every setting of the run, written at its start; resume compares with it
+BASE_MODEL = "base_model"  # run.json's record of the weights the adapter trains on (pipeline.record_base_model)
 # Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm",
                      "vllm_gpu_memory_utilization", "max_seq_length", "data_path", "system_prompt_file",
