@@ -303,6 +303,113 @@ def test_card_of_a_run_without_records_says_so(tmp_path):
     assert "not recorded" in card and "No evaluation" in card and "base_model:" not in card  # a path is no hub id
 
 
+# --- the base the adapter was trained on ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_tiny(tmp_path_factory) -> Path:
+    """The tiny shape with other weights (seed 7): an adapter of the seed-0 model fits it, and is wrong on it."""
+    from sarashina_grpo.tiny import build_model
+
+    return build_model(tmp_path_factory.mktemp("models") / "tiny_seed7", "tiny", seed=7)
+
+
+@pytest.fixture
+def merged_into(monkeypatch):
+    """Stands in for the merge itself (these tests are about the check before it): the bases merged into."""
+    from sarashina_grpo import export
+
+    bases = []
+    monkeypatch.setattr(export, "write_merged", lambda checkpoint, base, folder, dtype: bases.append(base))
+    return bases
+
+
+def trained_on(run_dir: Path, base: Path) -> Path:
+    """A checkpoint of a run that trained on ``base``, with run.json's record of it as training writes it."""
+    from sarashina_grpo.pipeline import record_base_model
+
+    checkpoint = fake_checkpoint(run_dir, base=str(base))
+    write_run(run_dir)
+    record_base_model(run_dir, str(base))
+    return checkpoint
+
+
+def test_the_fingerprint_tells_other_weights_of_the_same_shape_apart(tiny_model_dir, other_tiny, tmp_path):
+    import shutil
+
+    from sarashina_grpo.model_checks import weights_fingerprint
+
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere")
+    assert weights_fingerprint(tiny_model_dir) == weights_fingerprint(copy)  # the same weights in another folder
+    assert weights_fingerprint(tiny_model_dir) != weights_fingerprint(other_tiny)  # same shape, other seed
+    assert weights_fingerprint(tmp_path / "nothing-here") is None  # not on this disk: cannot be told
+
+
+def test_training_records_the_base_and_its_fingerprint_in_run_json(tiny_model_dir, tmp_path):
+    from sarashina_grpo.model_checks import weights_fingerprint
+
+    checkpoint = trained_on(tmp_path / "r", tiny_model_dir)
+    record = json.loads((checkpoint.parent / "run.json").read_text())["base_model"]
+    assert record == {"name": str(tiny_model_dir), "fingerprint": weights_fingerprint(tiny_model_dir)}
+
+
+def test_merging_into_a_base_with_other_weights_is_refused_naming_both(tiny_model_dir, other_tiny, tmp_path,
+                                                                       merged_into):
+    checkpoint = trained_on(tmp_path / "r", tiny_model_dir)
+    with pytest.raises(SettingsError) as info:
+        export_checkpoint(checkpoint, tmp_path / "out", merged=True, base_model=str(other_tiny))
+    message = str(info.value)
+    assert str(other_tiny) in message and str(tiny_model_dir) in message and "--allow-other-base" in message
+    assert merged_into == [] and not (tmp_path / "out").exists()  # refused before anything loads or is written
+
+
+def test_a_base_folder_whose_weights_changed_since_training_is_refused(tiny_model_dir, other_tiny, tmp_path,
+                                                                       merged_into):
+    checkpoint = trained_on(tmp_path / "r", tiny_model_dir)
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    (checkpoint / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(other_tiny)}))
+    with pytest.raises(SettingsError, match="holds other weights"):  # no --base-model: the recorded folder's weights
+        export_checkpoint(checkpoint, tmp_path / "out", merged=True)
+
+
+def test_the_same_base_in_another_folder_merges(tiny_model_dir, tmp_path, merged_into):
+    import shutil
+
+    checkpoint = trained_on(tmp_path / "r", tiny_model_dir)
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    export_checkpoint(checkpoint, tmp_path / "out", merged=True, base_model=str(copy))
+    assert merged_into == [str(copy)]
+
+
+def test_allow_other_base_merges_into_other_weights_with_a_warning(tiny_model_dir, other_tiny, tmp_path, merged_into,
+                                                                   caplog):
+    checkpoint = trained_on(tmp_path / "r", tiny_model_dir)
+    export_checkpoint(checkpoint, tmp_path / "out", merged=True, base_model=str(other_tiny), allow_other_base=True)
+    assert merged_into == [str(other_tiny)] and "merging anyway (--allow-other-base)" in caplog.text
+
+
+def test_a_run_from_before_the_record_merges_saying_the_base_was_not_checked(tiny_model_dir, other_tiny, tmp_path,
+                                                                             merged_into, caplog):
+    checkpoint = fake_checkpoint(tmp_path / "r", base=str(tiny_model_dir))
+    write_run(tmp_path / "r")  # run.json without base_model
+    export_checkpoint(checkpoint, tmp_path / "out", merged=True, base_model=str(other_tiny))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert merged_into == [str(other_tiny)] and len(warnings) == 1 and "could not be checked" in warnings[0]
+
+
+def test_the_cli_refusal_is_one_error_line_and_the_flag_is_in_help(tiny_model_dir, other_tiny, tmp_path, capsys,
+                                                                    merged_into):
+    from sarashina_grpo.cli import main
+
+    checkpoint = trained_on(tmp_path / "r", tiny_model_dir)
+    code = main(["export", str(checkpoint), str(tmp_path / "out"), "--merged", "--base-model", str(other_tiny)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: --base-model")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--allow-other-base" in capsys.readouterr().out
+
+
 # --- a real export of the tiny model -----------------------------------------------------------------------------
 
 FRESH = textwrap.dedent("""

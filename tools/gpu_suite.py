@@ -39,7 +39,7 @@ SINGLE_GPU = "gpu and not two_gpus"
 # The production path that a CPU cannot check (Unsloth's compiled trainer, its kernels, 4-bit weights, the CUDA-graph
 # rollout, several processes), and the suite that checks it. A change to any of these after the last recorded run
 # leaves the GPU path unverified. Left out on purpose: code that runs the same on a CPU (rewards, data, tables,
-# runs, validation, evaluation's scoring, the GGUF conversion), the demo, the benchmark, docs and notebooks.
+# runs, preflight, evaluation's scoring, the GGUF conversion), the demo, the benchmark, docs and notebooks.
 GPU_PATH = (
     "src/sarashina_grpo/rollout.py",      # the CUDA-graph engine and its Triton kernel
     "src/sarashina_grpo/modeling.py",     # Unsloth's load, LoRA, the packing check

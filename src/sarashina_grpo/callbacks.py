@@ -7,15 +7,19 @@ Sampled completions are printed by TRL itself (``Settings.log_completions``).
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
 from . import compat
-from .checkpoints import checkpoint_dir, mark_complete
+from .checkpoints import checkpoint_dir, mark_complete, newest_complete_in
 from .guards import NonFiniteError, check_logs
+from .project import STOP_GRACE_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +76,29 @@ class GracefulInterrupt(TrainerCallback):
     SIGTERM is what schedulers and `docker stop` send before killing, so it gets the same grace. One Ctrl-C can
     arrive twice within milliseconds: `uv run` forwards the SIGINT it gets to its child, which the terminal has
     already signalled as a member of the same process group (and `timeout -s INT` reaches it through uv alike).
+
+    With ``grace_s``, a step that has not finished that many seconds after the first signal (a reward or a
+    generation that hangs) is not waited for: one ``error:`` line names the last complete checkpoint and the
+    process ends with exit code 130 (``os._exit``: the main thread may be stuck where no exception reaches it),
+    before a scheduler's SIGKILL would end it without a word. The checkpoints already saved stay as they are.
+    ``resume`` is how to continue the run, for those lines.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     # Signals this close to the first are the same key press delivered twice; a person pressing again to abort
     # takes longer than this.
     SAME_PRESS_S = 1.0
+    EXIT_CODE = 130  # the shell's code for "ended by SIGINT"
 
-    def __init__(self):
+    def __init__(self, grace_s: float | None = None, resume: str = "--resume", output_dir=None):
         self.requested = False
         self.signal_name = None
+        self.grace_s, self.resume = grace_s, resume
+        self.output_dir, self.step = output_dir, None  # step: the steps done when the running one began
+        self.saving = False  # the stopping step is done and its checkpoint is being written
         self._first_at = None
         self._previous = {}
+        self._timer = None
 
     def install(self) -> None:
         for sig in self.SIGNALS:
@@ -93,13 +108,17 @@ class GracefulInterrupt(TrainerCallback):
                 pass
 
     def uninstall(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
 
-    def _handle(self, signum, frame):
-        import time
+    def last_checkpoint(self) -> Path | None:
+        return newest_complete_in(self.output_dir) if self.output_dir else None
 
+    def _handle(self, signum, frame):
         now = time.monotonic()
         if self.requested:
             if now - self._first_at < self.SAME_PRESS_S:
@@ -109,11 +128,46 @@ class GracefulInterrupt(TrainerCallback):
             raise KeyboardInterrupt
         self.requested, self._first_at = True, now
         self.signal_name = signal.Signals(signum).name
-        logger.warning("%s: saving a checkpoint after this step, then stopping (Ctrl-C again to abort without "
-                       "saving).", self.signal_name)
+        logger.warning(self.stopping_message())
+        if self.grace_s is not None:
+            self._timer = threading.Timer(self.grace_s, self._give_up)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def stopping_message(self) -> str:
+        """What the first signal does: the step it saves, and what a resume starts from if that step never ends."""
+        last = self.last_checkpoint()
+        fallback = f"a resume starts from {last}" if last else "no checkpoint is saved yet, so nothing can be resumed"
+        step = "the current step" if self.step is None else f"step {self.step + 1}"
+        if self.grace_s is None:
+            return (f"{self.signal_name}: stopping after {step}, which is saved for a resume to start from; until it "
+                    f"has, {fallback} (Ctrl-C again to abort without saving).")
+        return (f"{self.signal_name}: stopping after {step}, which is saved for a resume to start from; if it has not "
+                f"finished within {self.grace_s:g} s ({STOP_GRACE_VARIABLE}), the run stops without it and "
+                f"{fallback} (Ctrl-C again to stop now).")
+
+    def _give_up(self) -> None:
+        """The grace is over and the step still runs: one line, then end the process at once."""
+        last = self.last_checkpoint()
+        then = (f"The last saved checkpoint, {last}, is intact; continue with: {self.resume}" if last else
+                "No checkpoint had been saved, so there is nothing to resume: start the run again.")
+        step = "the current step" if self.step is None else f"step {self.step + 1}"
+        what = (f"{step} is still being saved" if self.saving else
+                f"{step} has not finished (a slow or hanging reward or generation?)")
+        message = (f"error: {self.signal_name} came {self.grace_s:g} s ago and {what}; stopped without it. {then} (Set "
+                   f"{STOP_GRACE_VARIABLE} to wait longer, 0 to wait for the step however long it takes.)\n")
+        os.write(2, message.encode())  # not sys.stderr: the main thread may hold its lock
+        os._exit(self.EXIT_CODE)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.output_dir, self.step = args.output_dir, state.global_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step  # the step running now is step + 1
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
+            self.saving = True
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -31,7 +31,7 @@ from .options import (
     given,
     options,
 )
-from .project import SettingsError, default_artifact_dir, process_rank
+from .project import SettingsError, default_artifact_dir, process_rank, stop_grace_s
 
 
 def end_process_group(trainer=None) -> None:
@@ -98,6 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     run_options = options(args, RunOptions)
     threads = cpu_threads(args)
+    stop_grace = stop_grace_s()  # a bad $SARASHINA_GRPO_STOP_GRACE_S is one line now, not at the first Ctrl-C
     settings, given = train_settings(args)
     run = prepare(settings, artifact_dir=run_options.artifact_dir, resume=run_options.resume,
                   run_name=settings.run_name, given=given, allow_data_change=run_options.allow_data_change,
@@ -111,21 +112,28 @@ def run_train(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(run)
     from .callbacks import CompactProgress  # one short line per log, not transformers' dict of every metric
 
-    trainer = run_training(build_trainer(run, model, tokenizer, callbacks=[CompactProgress()]), run)
+    resume = continue_command(run_options.artifact_dir, run.paths.name)
+    trainer = run_training(build_trainer(run, model, tokenizer, callbacks=[CompactProgress()]), run,
+                           stop_grace_s=stop_grace, resume=resume)
     end_process_group(trainer)
     if not trainer.accelerator.is_main_process:
         return 0
     paths, step = trainer.run.paths, trainer.state.global_step
     if trainer.interrupted:
-        artifact = f" --artifact-dir {run_options.artifact_dir}" if run_options.artifact_dir else ""
-        uv = "uv run " if os.environ.get("UV_RUN_RECURSION_DEPTH") else ""  # set by `uv run` for its child
         print(f"Stopped by {trainer.interrupted} at step {step}; saved {paths.output_dir / f'checkpoint-{step}'}. "
-              f"Continue with: {uv}sarashina-grpo train{artifact} --resume {paths.name}", file=sys.stderr)
+              f"Continue with: {resume}", file=sys.stderr)
         return 130  # the shell's code for "ended by SIGINT"
     processes = trainer.accelerator.num_processes
     on = f" on {processes} processes" if processes > 1 else ""
     print(f"Finished at step {step}{on}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
     return 0
+
+
+def continue_command(artifact_dir, run_name: str) -> str:
+    """The command that resumes run ``run_name`` (as an interrupted run's last line says it)."""
+    artifact = f" --artifact-dir {artifact_dir}" if artifact_dir else ""
+    uv = "uv run " if os.environ.get("UV_RUN_RECURSION_DEPTH") else ""  # set by `uv run` for its child
+    return f"{uv}sarashina-grpo train{artifact} --resume {run_name}"
 
 
 def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
@@ -217,7 +225,8 @@ def run_export(args: argparse.Namespace) -> None:
 
     opts = options(args, ExportOptions)
     print(export_checkpoint(opts.checkpoint, opts.out, merged=opts.merged, base_model=opts.base_model,
-                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private))
+                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private,
+                            allow_other_base=opts.allow_other_base))
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .data import DataError
 from .project import HOME_VARIABLE, SettingsError
@@ -105,10 +107,92 @@ def file_size_limit_text() -> str:
     return f"it reached this process's file-size limit of {limit:,} bytes (ulimit -f)"
 
 
+# --- the Hugging Face hub ---------------------------------------------------------------------------------------
+
+# The proxy variables huggingface_hub's HTTP client (httpx) reads for an https:// hub, in the order it reads them.
+PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+# A hub download that failed for want of a connection: transformers' OSError, huggingface_hub's, and the HTTP
+# client's own (a refused or silent proxy, no DNS, a timeout). A 404 or a gated repo is none of these.
+HUB_CONNECTION_TEXT = ("We couldn't connect to", "cannot find the requested files in the local cache")
+HUB_CONNECTION_ERRORS = {("huggingface_hub.errors", "LocalEntryNotFoundError"),
+                         ("huggingface_hub.errors", "OfflineModeIsEnabled")}
+HUB_CLIENT_MODULES = ("httpx", "httpcore", "requests", "urllib3")
+HUB_CLIENT_FAILURES = ("Connect", "Proxy", "Timeout", "Network", "Connection")
+HUB_REPO_RE = re.compile(r"^/(?:api/models/)?([^/]+/[^/]+?)(?:/|$)")
+
+
+def proxy_for(endpoint: str, env=None) -> tuple[str, str] | None:
+    """(variable, proxy URL) that a download from ``endpoint`` goes through, None when it goes direct (no proxy
+    variable, or ``NO_PROXY`` names the host)."""
+    import urllib.request
+
+    env = os.environ if env is None else env
+    url = urlparse(endpoint)
+    names = PROXY_VARIABLES if url.scheme == "https" else ("http_proxy", "HTTP_PROXY", *PROXY_VARIABLES[2:])
+    variable = next((name for name in names if env.get(name, "").strip()), None)
+    if variable is None:
+        return None
+    no_proxy = {"no": env.get("no_proxy") or env.get("NO_PROXY") or ""}
+    if no_proxy["no"] and urllib.request.proxy_bypass_environment(url.hostname or "", no_proxy):
+        return None
+    proxy = env[variable].strip()
+    return variable, proxy if "://" in proxy else f"http://{proxy}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password (proxy URLs may carry one)."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+                          ).geturl()
+
+
+def hub_unreachable_message(model: str | None, endpoint: str, cache: str | None = None, detail: str = "") -> str:
+    """The one line for hub id ``model`` (None: not known) that cannot be had: the hub unreachable (through the
+    proxy, when one is set), and the ways to go on without it."""
+    host = urlparse(endpoint).hostname or endpoint
+    proxy = proxy_for(endpoint)
+    route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
+    what = f"Model {model!r} (--model, notebook MODEL_NAME) is a hub id that" if model else "A model from the hub"
+    cached = f"is not in the Hugging Face cache ({cache}) and " if cache else "could not be downloaded: "
+    fix = f"Fix or unset {proxy[0]}, or give" if proxy else "Give"
+    return (f"{what} {cached}{host} cannot be reached{route}{f' ({detail})' if detail else ''}. {fix} a local "
+            "model folder with --model (notebook MODEL_NAME) or the offline tiny model (--model tiny), or download "
+            "it once where the hub can be reached and set HF_HUB_OFFLINE=1 to use the cached copy.")
+
+
+def hub_connection_failure(exc: BaseException) -> str | None:
+    """The one line for a hub download that failed for want of a connection (see ``HUB_CONNECTION_ERRORS``),
+    naming the model from the failed request's URL where the chain has one; None for anything else."""
+    chain = list(_chain(exc))
+    failed = [err for err in chain if (type(err).__module__, type(err).__name__) in HUB_CONNECTION_ERRORS
+              or (type(err).__module__.split(".")[0] in HUB_CLIENT_MODULES
+                  and any(word in type(err).__name__ for word in HUB_CLIENT_FAILURES))
+              or (isinstance(err, OSError) and any(text in str(err) for text in HUB_CONNECTION_TEXT))]
+    if not failed:
+        return None
+    from huggingface_hub import constants
+
+    model = None
+    for err in chain:
+        request = getattr(err, "_request", None) or getattr(err, "request", None)
+        url = urlparse(str(getattr(request, "url", "") or ""))
+        if url.hostname and (match := HUB_REPO_RE.match(url.path)):
+            model = match[1]
+            break
+    client = next((err for err in reversed(chain) if type(err).__module__.split(".")[0] in HUB_CLIENT_MODULES),
+                  failed[0])
+    detail = f"{type(client).__name__}: {str(client).splitlines()[0][:120]}" if str(client) else ""
+    return hub_unreachable_message(model, constants.ENDPOINT, detail=detail)
+
+
 def user_error_message(exc: BaseException) -> str | None:
     """The one-line message for a failure the user can cause or fix; None for anything else (a bug)."""
     if isinstance(exc, SettingsError | DataError | RewardError):
         return str(exc)
+    if message := hub_connection_failure(exc):  # before the OSError family: transformers' is one, errno-less
+        return message
     for err in _chain(exc):
         if isinstance(err, OSError) and (message := _os_error_message(err)):
             return message

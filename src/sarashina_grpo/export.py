@@ -31,7 +31,7 @@ from pathlib import Path
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, folder_kind, set_aside_step, step_of
 from .model_checks import looks_like_path, missing_local_model
 from .modeling import tiny_model_dir
-from .preflight import RUN_INFO, check_new_folder
+from .preflight import BASE_MODEL, RUN_INFO, check_new_folder
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
 from .runs import pid_alive, process_started
 
@@ -103,11 +103,13 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
-                      dtype: str = "auto", push_to_hub: str | None = None, private: bool = True) -> Path:
+                      dtype: str = "auto", push_to_hub: str | None = None, private: bool = True,
+                      allow_other_base: bool = False) -> Path:
     """Write ``checkpoint``'s adapter (or, with ``merged``, the merged model) + tokenizer + model card to ``out``.
 
     ``dtype`` is the merged model's weight type: ``auto`` is the 16-bit type this machine trains in (bfloat16, or
-    float16 on a GPU without bf16); ``float32`` for exact CPU comparisons.
+    float16 on a GPU without bf16); ``float32`` for exact CPU comparisons. Merging, the base must hold the weights
+    the run trained on (``check_same_base``), unless ``allow_other_base``.
     All checks run before anything loads; return ``out``.
     """
     checkpoint, out = check_checkpoint(checkpoint), check_new_folder(out, "export OUT")
@@ -116,6 +118,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
     if dtype == "auto":
         dtype = export_dtype()
     base = base_model_of(checkpoint, base_model) if merged else None
+    if merged:
+        check_same_base(checkpoint, base, given=base_model is not None, allow=allow_other_base)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out.parent)
     staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
@@ -142,6 +146,41 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
                                 f"({type(err).__name__}: {err}). Log in (`hf auth login` or HF_TOKEN) and run "
                                 "the export again into a new folder, or upload OUT yourself.") from None
     return out
+
+
+def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = False) -> None:
+    """Raise ``SettingsError`` when ``base`` holds other weights than the base the run trained on (``run.json``'s
+    ``base_model`` fingerprint, ``model_checks.weights_fingerprint``): merged, the adapter's changes would land on
+    weights they were not learnt on, and nothing would say so. With ``allow`` that is a warning; where nothing was
+    recorded (a run from before the record was kept) or ``base`` cannot be read here, one warning says the base
+    could not be checked."""
+    from .model_checks import weights_fingerprint
+
+    info = read_json(checkpoint.parent / RUN_INFO) or {}
+    record = info.get(BASE_MODEL) if isinstance(info.get(BASE_MODEL), dict) else {}
+    trained_on = record.get("name") or "its base"
+    source = f"--base-model {base}" if given else f"the base model {base} (from {ADAPTER_CONFIG})"
+    if not record.get("fingerprint"):
+        why = (f"{checkpoint.parent / RUN_INFO} records no fingerprint of the weights it trained on (a run from "
+               "before it was recorded, or a base not readable then)") if (checkpoint.parent / RUN_INFO).is_file() \
+            else f"there is no {RUN_INFO} beside {checkpoint}"
+        logger.warning("The base model could not be checked: %s; merging into %s as given.", why, base)
+        return
+    found = weights_fingerprint(base)
+    if found == record["fingerprint"]:
+        return
+    if found is None:
+        logger.warning("The base model could not be checked: the weights of %s cannot be read here (not safetensors "
+                       "files on this disk); merging into it as given.", base)
+        return
+    mismatch = (f"{source} holds other weights than {trained_on!r}, the base the adapter in {checkpoint} was "
+                f"trained on (their fingerprints in {RUN_INFO} and now differ)")
+    if allow:
+        logger.warning("%s; merging anyway (--allow-other-base).", mismatch[0].upper() + mismatch[1:])
+        return
+    raise SettingsError(f"{mismatch[0].upper() + mismatch[1:]}: merged, the adapter's changes would land on weights "
+                        f"they were not learnt on. Give that base with --base-model, or add --allow-other-base to "
+                        "merge into this one anyway (e.g. the same model saved in another dtype).")
 
 
 def export_dtype() -> str:

@@ -1,6 +1,6 @@
 """Whether a model can be loaded here, checked before anything heavy is imported: a model or checkpoint folder (its
 files, its base model), a hub id (cached, or the hub reachable), the device it needs, and LoRA targets that name
-layers of it. Plain values in, one ``SettingsError`` (``ModelNotFoundError``) out; ``validation.check_run`` and
+layers of it. Plain values in, one ``SettingsError`` (``ModelNotFoundError``) out; ``preflight.check_run`` and
 ``check_model`` call these with a run's settings, ``export`` and ``warmstart`` with their own.
 
     from sarashina_grpo.model_checks import check_model_name
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import socket
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from . import project
 from .checkpoints import check_loadable, folder_kind, step_of
+from .errors import hub_unreachable_message, proxy_for, shown_url
 from .project import SettingsError, field_label
 
 HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
@@ -41,16 +41,45 @@ def looks_like_path(name: str) -> bool:
 
 
 def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """A TCP connection to the hub's host opens within ``timeout``. Behind a proxy (``HTTPS_PROXY`` and the like) the
-    direct route says nothing, so the hub is taken as reachable and the download decides."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
+    """The hub's host answers within ``timeout`` on the route a download takes: a TCP connection straight to it,
+    or, behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``; ``errors.proxy_for``), to the proxy and a tunnel through it
+    (``CONNECT``, what huggingface_hub's client asks an HTTP proxy for) that the proxy grants."""
     url = urlparse(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    proxy = proxy_for(endpoint)
     try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:  # no DNS, no route, refused, timed out
+        if proxy is None:
+            with socket.create_connection((host, port), timeout=timeout):
+                return True
+        via = urlparse(proxy[1])
+        with socket.create_connection((via.hostname, via.port or PROXY_PORTS.get(via.scheme, 1080)),
+                                      timeout=timeout) as sock:
+            return via.scheme != "http" or tunnel_granted(sock, f"{host}:{port}", via, timeout)
+    except (OSError, ValueError):  # no DNS, no route, refused, timed out; a proxy URL with a bad port
         return False
+
+
+PROXY_PORTS = {"http": 80, "https": 443}  # a proxy URL without a port (socks: 1080)
+
+
+def tunnel_granted(sock: socket.socket, target: str, proxy, timeout: float) -> bool:
+    """An HTTP proxy on ``sock`` answers ``CONNECT target`` with a 2xx status within ``timeout``."""
+    import base64
+
+    auth = ""
+    if proxy.username is not None:
+        token = base64.b64encode(f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()).decode()
+        auth = f"Proxy-Authorization: Basic {token}\r\n"
+    sock.settimeout(timeout)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+    answer = b""
+    while b"\r\n" not in answer and len(answer) < 4096:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    status = answer.split(b"\r\n", 1)[0].split()
+    return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
 
 
 def check_push_to_hub(push_to_hub) -> None:
@@ -61,31 +90,29 @@ def check_push_to_hub(push_to_hub) -> None:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached (no network?)"
+        proxy = proxy_for(constants.ENDPOINT)
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+               f"the hub cannot be reached through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else
+               "the hub cannot be reached (no network?)")
         raise SettingsError(f"push_to_hub is on but {why}. Turn it off and upload later with sarashina-grpo export "
                             "CHECKPOINT OUT --push-to-hub REPO.")
 
 
 def check_hub_model(name: str) -> None:
     """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
-    (``HF_HUB_OFFLINE`` set, or the hub unreachable): one line in seconds, instead of the loader's traceback after
-    minutes of retries."""
+    (``HF_HUB_OFFLINE`` set, or the hub unreachable, directly or through the proxy set): one line in seconds,
+    instead of the loader's traceback after minutes of retries."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return  # cached: the loader reads it offline
     if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif not hub_reachable(constants.ENDPOINT):
-        why = f"{urlparse(constants.ENDPOINT).hostname} cannot be reached (no network?)"
-    else:
-        return
-    raise ModelNotFoundError(
-        f"{model_label(name)} is a hub id that is not in the Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}) and {why}. "
-        "Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a local model folder, or "
-        "connect to the internet once to download it."
-    )
+        raise ModelNotFoundError(
+            f"{model_label(name)} is a hub id that is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            "HF_HUB_OFFLINE is set. Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a "
+            "local model folder, or unset HF_HUB_OFFLINE where the hub can be reached to download it once.")
+    if not hub_reachable(constants.ENDPOINT):
+        raise ModelNotFoundError(hub_unreachable_message(name, constants.ENDPOINT, cache=constants.HF_HUB_CACHE))
 
 
 def check_model_name(name: str) -> None:
@@ -278,3 +305,76 @@ def lora_targets(model_name: str, targets: tuple[str, ...]) -> list[str]:
     if tuple(targets) == project.LORA_TARGET_MODULES and kind in PROJECTIONS:
         return list(PROJECTIONS[kind])
     return list(targets)
+
+
+# --- which base weights an adapter was trained on -------------------------------------------------------------
+
+# A base model's fingerprint: sha256 over a sample of its tensors, read from its safetensors files without loading
+# them. 16 tensors spread over the sorted names, 64 KiB from each end of each: ~2 MiB read however large the model,
+# so it costs milliseconds. Tensor names, dtypes, shapes and bytes, not files: a copy of the model in another folder,
+# the hub cache, or resharded has the same fingerprint; other weights of the same shape (another seed, another
+# fine-tune) do not, nor the same weights saved in another dtype.
+FINGERPRINT_TENSORS = 16
+FINGERPRINT_BYTES = 1 << 16
+
+
+def weights_folder(name: str) -> Path | None:
+    """The local folder holding the full weights ``name`` stands for: a model folder, a cached hub id's snapshot,
+    or, for an adapter (a checkpoint), its base model's; None where they are not on this disk."""
+    folder = Path(name).expanduser()
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return weights_folder(base) if isinstance(base, str) and base and base != name else None
+    if folder.is_dir():
+        return folder
+    if looks_like_path(name):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for index in ("model.safetensors.index.json", "model.safetensors"):
+        cached = try_to_load_from_cache(name, index)
+        if isinstance(cached, str):
+            return Path(cached).parent
+    return None
+
+
+def weights_fingerprint(name: str | Path) -> str | None:
+    """The fingerprint (``FINGERPRINT_TENSORS``) of the full weights ``name`` stands for (``weights_folder``); None
+    where they cannot be read here (not on this disk, not safetensors, damaged)."""
+    import hashlib
+
+    folder = weights_folder(str(name))
+    if folder is None:
+        return None
+    try:
+        index = folder / "model.safetensors.index.json"
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())) \
+            if index.is_file() else ["model.safetensors"]
+        tensors = {}
+        for file in files:
+            with open(folder / file, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(length))
+            tensors.update({key: (folder / file, 8 + length, entry) for key, entry in header.items()
+                            if key != "__metadata__"})
+        names = sorted(tensors)
+        if not names:
+            return None
+        picked = sorted({names[i * (len(names) - 1) // max(FINGERPRINT_TENSORS - 1, 1)]
+                         for i in range(min(FINGERPRINT_TENSORS, len(names)))})
+        digest = hashlib.sha256(f"{len(names)} tensors\n".encode())
+        for key in picked:
+            path, data_start, entry = tensors[key]
+            start, end = (data_start + offset for offset in entry["data_offsets"])
+            digest.update(f"{key} {entry['dtype']} {entry['shape']}\n".encode())
+            with open(path, "rb") as f:
+                f.seek(start)
+                digest.update(f.read(min(FINGERPRINT_BYTES, end - start)))
+                f.seek(max(start, end - FINGERPRINT_BYTES))
+                digest.update(f.read(end - max(start, end - FINGERPRINT_BYTES)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return digest.hexdigest()[:32]

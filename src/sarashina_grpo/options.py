@@ -91,6 +91,9 @@ class ExportOptions:
                                      "the checkpoint's adapter_config.json")
     dtype: str = setting("auto", "weight type of the merged model; auto: bfloat16, or float16 on a GPU without bf16",
                          choices=("auto", "bfloat16", "float16", "float32"))
+    allow_other_base: bool = setting(False, "merge even when the base model holds other weights than the one the "
+                                     "run trained on (run.json's fingerprint; e.g. the same model saved in another "
+                                     "dtype); off: that is an error")
     push_to_hub: str | None = setting(None, "also upload OUT to this hub repo (user/name; needs a hub token; "
                                       "untested here)")
     private: bool = setting(True, "create the hub repo private (with --push-to-hub)")

@@ -21,8 +21,15 @@ from pathlib import Path
 
 from . import checkpoints, compat, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
-from .preflight import RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
-from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, project_path
+from .preflight import BASE_MODEL, RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
+from .project import (
+    SettingsError,
+    cuda_available,
+    default_artifact_dir,
+    multi_process,
+    process_rank,
+    project_path,
+)
 
 # config imports Unsloth before TRL (config.py says when not); transformers' model code and callbacks are imported
 # inside functions.
@@ -317,17 +324,22 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
 # --- run
 
 
-def run_training(trainer, run: Run):
+def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume: str | None = None):
     """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop; return the trainer.
 
-    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None.
+    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None. With
+    ``stop_grace_s`` (the command line's ``project.stop_grace_s()``), a step still running that long after the signal
+    ends the process with one ``error:`` line naming the last complete checkpoint and ``resume``, how to continue
+    (``callbacks.GracefulInterrupt``); without it (a notebook, whose kernel must live on) the step is waited for.
     """
     from .callbacks import GracefulInterrupt
 
-    interrupt = GracefulInterrupt()
-    trainer.add_callback(interrupt)
     paths = run.paths
+    interrupt = GracefulInterrupt(stop_grace_s, resume or f"--resume {paths.name}", output_dir=paths.output_dir)
+    trainer.add_callback(interrupt)
     logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
+    if run.checkpoint is None and process_rank() == 0:  # a fresh run; one process writes run.json
+        record_base_model(paths.output_dir, run.settings.model_name)
     interrupt.install()
     try:
         trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
@@ -342,6 +354,24 @@ def run_training(trainer, run: Run):
                        interrupt.signal_name, trainer.state.global_step, trainer.state.global_step, paths.name)
     trainer.run = run
     return trainer
+
+
+def record_base_model(run_dir: Path, model_name: str) -> None:
+    """Write ``{"base_model": {"name", "fingerprint"}}`` into the run's ``run.json``: the model the adapter is
+    trained on and a fingerprint of its weights (``model_checks.weights_fingerprint``; None where they cannot be read
+    here), which ``export --merged`` compares its base with. Written as training starts, when a hub model is in
+    the cache; a resumed run keeps what its start recorded (or, started before this was kept, nothing)."""
+    from .model_checks import weights_fingerprint
+    from .modeling import resolve_model_name
+
+    path = Path(run_dir) / RUN_INFO
+    info = read_run_info(run_dir)
+    if info is None or BASE_MODEL in info:
+        return
+    info[BASE_MODEL] = {"name": model_name, "fingerprint": weights_fingerprint(resolve_model_name(model_name))}
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+    partial.replace(path)  # a run.json cut off mid-write would stop every later resume
 
 
 def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,

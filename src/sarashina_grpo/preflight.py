@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 # Warm-up steps beyond which no realistic run of this project gets to its full learning rate (the article's run:
 # 500 steps, 50 of warm-up); a longer one usually comes from a huge --max-steps meant as "until I stop it".
+BASE_MODEL = "base_model"  # run.json's record of the weights the adapter trains on (pipeline.record_base_model)
 REALISTIC_WARMUP_STEPS = 1_000
 # LoRA weights are fp32 of order 1e-2; fp32 resolves ~1e-7 relative, i.e. ~1e-9 absolute. An Adam step moves a
 # weight by about the learning rate, so below this every update rounds to no change at all.

@@ -24,6 +24,10 @@ from pathlib import Path
 DEFAULT_MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
 HOME_VARIABLE = "SARASHINA_GRPO_HOME"
 FALSE_WORDS = {"false", "no", "0", "off"}  # what an on/off environment variable reads as off
+STOP_GRACE_VARIABLE = "SARASHINA_GRPO_STOP_GRACE_S"
+# How long `train` waits after Ctrl-C/SIGTERM for the current step to finish and be saved: under the 30 s that
+# SLURM, Kubernetes and `docker stop` give before SIGKILL, so the run's own last line is still printed.
+DEFAULT_STOP_GRACE_S = 20.0
 
 # Our own wording. It states the exact layout the strict reward checks, newlines included, because a model can
 # only be rewarded into a format it has a chance to sample.
@@ -129,6 +133,25 @@ def check_home_folder(env=None) -> None:
     if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
         raise SettingsError(f"{HOME_VARIABLE}={home} is a file; it must be the project folder that holds datasets/ "
                             f"and artifact/. Point {HOME_VARIABLE} at a folder, or unset it.")
+
+
+def stop_grace_s(env=None) -> float | None:
+    """Seconds ``train`` waits, after Ctrl-C or SIGTERM, for the current step before it stops without it
+    (``$SARASHINA_GRPO_STOP_GRACE_S``, default ``DEFAULT_STOP_GRACE_S``); None (the variable set to 0) waits for the
+    step however long it takes. Raise ``SettingsError`` for a value that is no such number."""
+    env = os.environ if env is None else env
+    text = env.get(STOP_GRACE_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_STOP_GRACE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{STOP_GRACE_VARIABLE}={text!r} is not a number of seconds: give how long a step may "
+                            "take to finish after Ctrl-C or SIGTERM before the run stops without it (e.g. 20), 0 to "
+                            "wait for the step however long it takes, or unset it.")
+    return value or None
 
 
 def process_rank() -> int:
