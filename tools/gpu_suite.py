@@ -382,13 +382,20 @@ def with_group_runs(text: str, summary: dict) -> str:
     lines = text.splitlines()
     first, end = table_span(lines, GROUPS_MARK)
     ran = {g["name"]: g for g in summary["groups"]}
+
+    def last_run(group: dict) -> list[str]:
+        counts = ", ".join(f"{group[k]} {k}" for k in ("failed", "errors", "passed", "skipped") if group[k])
+        return [summary["commit"], summary["date"], counts or "no tests", f"{group['seconds']:.0f}"]
+
     for i in range(first + 2, end):
         row = cells(lines[i])
-        group = ran.get(row[0].strip("`"))
+        group = ran.pop(row[0].strip("`"), None)
         if group:
-            counts = ", ".join(f"{group[k]} {k}" for k in ("failed", "errors", "passed", "skipped") if group[k])
-            row[-4:] = [summary["commit"], summary["date"], counts or "no tests", f"{group['seconds']:.0f}"]
+            row[-4:] = last_run(group)
             lines[i] = "| " + " | ".join(row) + " |"
+    for n, group in enumerate(ran.values()):  # a group the table does not list yet gets a row of its own
+        row = [f"`{group['name']}`", ", ".join(group["files"]), str(group.get("expected_s") or "–"), *last_run(group)]
+        lines.insert(end + n, "| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
