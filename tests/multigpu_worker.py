@@ -37,13 +37,13 @@ def text_hash_reward(prompts, completions, **kwargs) -> list[float]:
 def record_after_training(run_training):
     """Wrap ``pipeline.run_training`` so that each rank writes its LoRA fingerprint once training returns."""
 
-    def wrapped(trainer, run):
+    def wrapped(trainer, run, **options):
         from peft import get_peft_model_state_dict
 
         from sarashina_grpo.compat import library_class
         from sarashina_grpo.modeling import lora_fingerprint
 
-        trainer = run_training(trainer, run)
+        trainer = run_training(trainer, run, **options)
         model = trainer.accelerator.unwrap_model(trainer.model)
         record = {
             "rank": trainer.accelerator.process_index,

@@ -89,7 +89,7 @@ def main() -> int:
             LOADED_BEFORE_UNSLOTH = sorted(m for m in sys.modules if m.split(".")[0] in ("transformers", "trl", "peft"))
         return import_unsloth()
 
-    def run_training_recorded(trainer, run):
+    def run_training_recorded(trainer, run, **options):
         record(trainer)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -72,8 +72,10 @@ def caplog_module():
 
 def test_a_gemma_step_runs_in_unsloths_patched_trainer(gemma_run):
     trainer, _, _ = gemma_run
-    source = Path(sys.modules[type(trainer).__module__].__file__)
-    assert (type(trainer).__name__, source.parent.name) == ("UnslothGRPOTrainer", "unsloth_compiled_cache")
+    from sarashina_grpo.compat import library_class
+
+    source = Path(sys.modules[library_class(trainer).__module__].__file__)
+    assert (library_class(trainer).__name__, source.parent.name) == ("UnslothGRPOTrainer", "unsloth_compiled_cache")
     assert type(trainer.model.get_base_model()).__name__ == "Gemma3ForCausalLM"
     assert trainer.state.global_step == 1 and math.isfinite(trainer.state.log_history[-1]["train_loss"])
 
@@ -87,5 +89,5 @@ def test_the_gemma_step_is_4_bit_and_moves_the_lora_weights(gemma_run):
 def test_gemma_ends_answers_at_eos_or_end_of_turn_and_keeps_the_default_rollout(gemma_run):
     trainer, _, messages = gemma_run
     assert set(trainer.eos_token_ids) == {1, 106}  # <eos> and <end_of_turn> (generation_config.json)
-    assert not hasattr(trainer, "fast_rollout")
+    assert trainer.fast_rollout is None  # the CUDA-graph engine decodes Llama/Mistral only
     assert any("uses the default rollout" in m for m in messages)

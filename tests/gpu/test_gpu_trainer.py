@@ -77,7 +77,8 @@ def test_the_base_weights_are_4_bit(default_run):
 def test_the_patched_trainer_carries_the_articles_algorithm(default_run):
     trainer, _ = default_run
     args = trainer.args
-    found = (args.loss_type, args.beta, args.scale_rewards, args.epsilon, args.epsilon_high, args.bf16,
+    epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high  # TRL: None means epsilon
+    found = (args.loss_type, args.beta, args.scale_rewards, args.epsilon, epsilon_high, args.bf16,
              trainer.loss_type, trainer.beta, trainer.epsilon_low, trainer.epsilon_high)
     # why: Unsloth's own defaults (dapo, beta 0) must not replace the article's loss grpo, beta 0.04, eps 0.2
     assert found == ("grpo", 0.04, "group", 0.2, 0.2, True, "grpo", 0.04, 0.2, 0.2)
