@@ -65,29 +65,40 @@ def route(calls: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
     return stays
 
 
-def main() -> int:
+def climbs(stays: list[tuple[str, list[str]]]) -> int:
+    """Moves back into a room already left. ``pipeline.train`` is the entry point: coming back to it between its
+    phases (prepare, load, build and run) is the walk returning to where it started, not a climb into a room above."""
+    seen, count = ["pipeline"], 0
+    for module, _ in stays:
+        if module != seen[-1] and module in seen and module != "pipeline":
+            count += 1
+        seen.append(module)
+    return count
+
+
+def rooms(stays: list[tuple[str, list[str]]]) -> list[str]:
+    return sorted({m for m, _ in stays} | {"pipeline"})
+
+
+def measure(artifacts: str | Path, model: str = "tiny") -> dict[str, list[tuple[str, list[str]]]]:
+    """The route of a new 1-step run of the small model on the CPU, and of its resume to step 2."""
     from sarashina_grpo import pipeline
     from sarashina_grpo.config import article_settings
 
+    settings = article_settings(model_name=model, max_steps=1, save_steps=1, report_to="none")
+    new = route(walk(lambda: pipeline.train(settings, artifact_dir=artifacts, run_name="walk")))
+    more = settings.replace(max_steps=2)
+    resumed = route(walk(lambda: pipeline.train(more, artifact_dir=artifacts, resume="walk", given={"max_steps"})))
+    return {"a new run": new, "a resumed run": resumed}
+
+
+def main() -> int:
     with tempfile.TemporaryDirectory() as artifacts:
-        settings = article_settings(model_name="tiny", max_steps=1, save_steps=1, report_to="none")
-        new = route(walk(lambda: pipeline.train(settings, artifact_dir=artifacts, run_name="walk")))
-        more = settings.replace(max_steps=2)
-        resumed = route(walk(lambda: pipeline.train(more, artifact_dir=artifacts, resume="walk",
-                                                    given={"max_steps"})))
-    for title, stays in (("a new run", new), ("a resumed run", resumed)):
-        # pipeline.train is the entry point: coming back to it between its phases (prepare, load, build and run)
-        # is the walk returning to where it started, not a climb into a room above
-        seen = ["pipeline"]
-        climbs = 0
-        for module, _ in stays:
-            if module != seen[-1] and module in seen and module != "pipeline":
-                climbs += 1
-            seen.append(module)
-        rooms = sorted({m for m, _ in stays} | {"pipeline"})
+        walks = measure(artifacts)
+    for title, stays in walks.items():
         print(f"{title}: pipeline(train) → " + " → ".join(f"{m}({', '.join(n)})" for m, n in stays))
-        print(f"  rooms entered: {len(rooms)} ({', '.join(rooms)}); moves: {len(stays)}; "
-              f"climbs back into a room left (other than train's own): {climbs}")
+        print(f"  rooms entered: {len(rooms(stays))} ({', '.join(rooms(stays))}); moves: {len(stays)}; "
+              f"climbs back into a room left (other than train's own): {climbs(stays)}")
     return 0
 
 
