@@ -38,3 +38,16 @@ def test_read_completions_by_folder_and_step(tmp_path):
 def test_a_run_without_completions_says_where_it_looked(tmp_path):
     with pytest.raises(SettingsError, match="No completions logged in"):
         read_completions(tmp_path)
+
+
+@pytest.mark.slow
+def test_trls_completion_table_is_printed_once_per_logging_step(tmp_path, tiny_model_dir, capfd):
+    from sarashina_grpo import pipeline
+    from sarashina_grpo.config import article_settings
+
+    settings = article_settings(model_name=str(tiny_model_dir), max_steps=2, save_steps=10, logging_steps=1,
+                                report_to="none", num_generations=2, per_device_train_batch_size=2,
+                                max_completion_length=8, log_completions=True)
+    pipeline.train(settings, artifact_dir=tmp_path, run_name="tables")
+    # why: TRL prints the table in every log, the end-of-training summary too, which repeated the last step's
+    assert capfd.readouterr().out.count("┃ Prompt") == 2

@@ -282,8 +282,6 @@ class HeldOutEval(TrainerCallback):
         return forked()
 
     def evaluate(self, args, state, model, tokenizer) -> dict | None:
-        from transformers import Trainer
-
         from .evaluation import attach_answers, generate_outputs, write_eval
 
         if not state.is_world_process_zero:
@@ -303,30 +301,13 @@ class HeldOutEval(TrainerCallback):
         metrics = write_eval(outputs, folder, {"step": state.global_step, "prompts": len(self.prompts)})
         logs = {f"eval_{k}": metrics[k] for k in HELD_OUT_KEYS if metrics.get(k) is not None}
         if self.trainer is not None:
-            # Trainer.log, not GRPOTrainer.log: TRL's would fold in the averaged training metrics and print the
-            # completion table again. "eval_" keys become eval/<metric> in TensorBoard (transformers' rewrite_logs).
+            # "eval_" keys become eval/<metric> in TensorBoard (transformers' rewrite_logs), and the project's
+            # trainer logs them apart from TRL's training figures (pipeline.trainer_class).
             # on_log clears control.should_log: keep it, or this step's training log would be skipped.
             should_log = self.trainer.control.should_log
-            Trainer.log(self.trainer, logs)
+            self.trainer.log(logs)
             self.trainer.control.should_log = should_log
         return metrics
-
-
-class OneCompletionTable(TrainerCallback):
-    """TRL prints its completion table in every ``GRPOTrainer.log``, the end-of-training summary included, so the
-    last step's table came twice. This turns the table off for that summary (the log that has ``train_runtime``);
-    TRL checks ``trainer.log_completions`` after the callbacks' ``on_log``. ``trainer`` is set by the pipeline."""
-
-    def __init__(self):
-        self.trainer = None
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.trainer is not None and logs and "train_runtime" in logs:
-            self.trainer.log_completions = False
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.trainer is not None:
-            self.trainer.log_completions = args.log_completions
 
 
 # What the compact progress line shows, in order: (logged key, short name).

@@ -176,7 +176,10 @@ def hub_connection_failure(exc: BaseException) -> str | None:
 
     model = None
     for err in chain:
-        request = getattr(err, "_request", None) or getattr(err, "request", None)
+        try:
+            request = err.request  # httpx's errors raise RuntimeError when they carry no request
+        except (AttributeError, RuntimeError):
+            request = None
         url = urlparse(str(getattr(request, "url", "") or ""))
         if url.hostname and (match := HUB_REPO_RE.match(url.path)):
             model = match[1]

@@ -255,6 +255,23 @@ def trainer_class(base):
         packing_check = None  # what the opt-in packing check checked (modeling.check_packing)
         fast_rollout = None  # the CUDA-graph engine when rollout="fast" (rollout.install)
         interrupted: str | None = None  # the signal that stopped training early (run_training), else None
+        dynamic_sampling = None  # DAPO's resampling when dynamic_sampling is on (dynamic_sampling.install)
+
+        def log(self, logs, *args, **kwargs):
+            from transformers import Trainer
+
+            if logs and all(key.startswith("eval_") for key in logs):
+                # the held-out evaluation between training logs: transformers' log, not TRL's, which would fold in
+                # (and reset) the averaged training figures and print the completion table again
+                return Trainer.log(self, logs, *args, **kwargs)
+            if "train_runtime" in logs and self.log_completions:
+                # TRL prints its completion table in every log: the end-of-training summary would repeat the last
+                self.log_completions = False
+                try:
+                    return super().log(logs, *args, **kwargs)
+                finally:
+                    self.log_completions = True
+            return super().log(logs, *args, **kwargs)
 
     return SarashinaGRPOTrainer
 
@@ -267,7 +284,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     from transformers import ProgressCallback
     from trl import GRPOTrainer
 
-    from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, OneCompletionTable
+    from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard
     from .completions import CompletionLog
     from .data import prompts_dataset
     from .modeling import check_packing
@@ -289,7 +306,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     held_out = [HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
                             max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
                             patience=settings.patience)] if run.eval_rows else []
-    linked = [OneCompletionTable(), CompletionLog(), *held_out]
+    linked = [CompletionLog(), *held_out]
     trainer = trainer_class(GRPOTrainer)(
         model=model,
         processing_class=tokenizer,
@@ -305,7 +322,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     trainer.packing_check = check_packing(trainer, asked=packing_check)  # opt-in: once, not on each longer batch
     for callback in [*linked, *callbacks]:
         if hasattr(callback, "trainer"):
-            callback.trainer = trainer  # they log through the trainer or switch its completion table
+            callback.trainer = trainer  # they log through the trainer
     if any(isinstance(c, ProgressCallback) for c in callbacks):  # a caller's own progress display replaces the default
         for default in [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]:
             trainer.remove_callback(default)
