@@ -36,7 +36,10 @@ from sarashina_grpo.modeling import use_triton_interpreter_without_gpu
 use_triton_interpreter_without_gpu()  # TRL's fused LM head on CPU
 from sarashina_grpo import compat, rewards
 from sarashina_grpo.config import article_settings
+from sarashina_grpo.modeling import lora_config
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
+from peft import get_peft_model
+from transformers import set_seed
 
 model_dir, data, artifact = sys.argv[1:4]
 rewards.REWARD_FUNCS["fixed"] = lambda completions, **kwargs: [0.0, 1.0, 3.0, 2.0] * (len(completions) // 4)
@@ -56,9 +59,17 @@ def move(model, adapter, seed, scale=0.3):
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
+def loaded(run):
+    # the model with its adapter already on, as Unsloth's load returns it (the plain backend leaves the LoRA to TRL's
+    # peft_config=, where TRL keeps no copy and the base model is the reference: what choose_reference picks)
+    policy, tokenizer = load_model(run)
+    set_seed(0)
+    return get_peft_model(policy, lora_config(run.settings)), tokenizer
+
+
 def trainer(name, how="ours", warm=False):
     run = prepare(article_settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact, run_name=name)
-    policy, tokenizer = load_model(run)
+    policy, tokenizer = loaded(run)
     if warm:
         move(policy, "default", seed=2)  # a trained start, as a LoRA checkpoint given as the model
     compat.choose_reference = {"ours": choose, "trl": lambda t: None,  # TRL alone: its "ref" copy, as it made it
@@ -118,7 +129,7 @@ def resumed_kl(name, fixed=True, warm=True):
     # saved it), then resumed: step 2 starts from the step-1 policy
     first = prepare(article_settings(model_name=model_dir, max_steps=1, **SETTINGS), artifact_dir=artifact,
                     run_name=name)
-    policy, tokenizer = load_model(first)
+    policy, tokenizer = loaded(first)
     if warm:
         move(policy, "default", seed=2)
     compat.choose_reference = choose if warm else lambda t: None
@@ -127,7 +138,7 @@ def resumed_kl(name, fixed=True, warm=True):
     run_training(built, first)
     saved = sorted(p.name for p in (first.paths.output_dir / "checkpoint-1").iterdir() if p.is_dir())
     again = prepare(article_settings(model_name=model_dir, max_steps=2, **SETTINGS), artifact_dir=artifact, resume=name)
-    policy, tokenizer = load_model(again)
+    policy, tokenizer = loaded(again)
     if warm:
         move(policy, "default", seed=2)
     fix = compat.resume_loads_the_policy

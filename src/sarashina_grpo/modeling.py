@@ -209,13 +209,14 @@ def lora_config(settings: Settings):
 
 
 def load_model_peft(settings: Settings, *, training: bool = True):
-    """(model, tokenizer) through transformers + PEFT, with the same LoRA and quantisation choices as Unsloth.
+    """(model, tokenizer) through transformers + PEFT, with the same quantisation choices as Unsloth.
 
     ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
-    trainable). Under ``accelerate launch`` each rank loads its own copy onto its own device. ``settings`` have
-    passed ``preflight``."""
-    from peft import AutoPeftModelForCausalLM, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
+    trainable). A model gets no LoRA here: the trainer adds it (``peft_config=lora_config(settings)``, TRL's own
+    road, which also makes the base model the KL reference of a fresh LoRA). Under ``accelerate launch`` each rank
+    loads its own copy onto its own device. ``settings`` have passed ``preflight``."""
+    from peft import AutoPeftModelForCausalLM, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     model_name = resolve_model_name(settings.model_name)
     dtype = torch_dtype()  # bf16, fp16 on cards without bf16, fp32 on CPU (bf16 matmuls there are slow)
@@ -242,9 +243,6 @@ def load_model_peft(settings: Settings, *, training: bool = True):
     elif training:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
-    if training and not is_adapter:
-        set_seed(settings.seed)  # same LoRA init everywhere (DDP also broadcasts rank 0's weights at wrap time)
-        model = get_peft_model(model, lora_config(settings))
     tokenizer = AutoTokenizer.from_pretrained(model_name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -281,13 +281,14 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
 
     ``packing_check``: check Unsloth's sequence packing once before step 1 (``modeling.check_packing``); None reads
     ``$SARASHINA_GRPO_PACKING_CHECK`` (off unless set)."""
+    from peft import PeftModel
     from transformers import ProgressCallback
     from trl import GRPOTrainer
 
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard
     from .completions import CompletionLog
     from .data import prompts_dataset
-    from .modeling import check_packing
+    from .modeling import check_packing, lora_config
     from .reward_guard import training_rewards
 
     if run.finished:
@@ -307,8 +308,15 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
                             max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
                             patience=settings.patience)] if run.eval_rows else []
     linked = [CompletionLog(), *held_out]
+    peft_config = None
+    if not isinstance(model, PeftModel):  # the plain backend's model: TRL adds the LoRA
+        from transformers import set_seed
+
+        peft_config = lora_config(settings)
+        set_seed(settings.seed)  # same LoRA init everywhere (DDP also broadcasts rank 0's weights at wrap time)
     trainer = trainer_class(GRPOTrainer)(
         model=model,
+        peft_config=peft_config,
         processing_class=tokenizer,
         # a broken reward stops the run with one line; TRL's overlong reward is built for this run's length
         reward_funcs=training_rewards(settings.reward_names, max_completion_length=settings.max_completion_length),
