@@ -75,5 +75,5 @@ def no_unsloth_load(monkeypatch):
     fake = types.ModuleType("unsloth")
     fake.FastLanguageModel = types.SimpleNamespace(from_pretrained=refuse, for_inference=refuse)
     monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(project, "cuda_available", lambda: False)  # what model_checks.check_device asks
+    monkeypatch.setattr(project, "cuda_available", lambda: False)  # what preflight.check_device asks
     monkeypatch.setattr(modeling, "cuda_available", lambda: False)

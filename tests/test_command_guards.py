@@ -15,7 +15,7 @@ import sys
 import pytest
 from checkpoint_files import make_checkpoint
 
-from sarashina_grpo import inference, model_checks
+from sarashina_grpo import inference, preflight
 from sarashina_grpo.cli import main
 from sarashina_grpo.evaluation import eval_rows, evaluate, write_eval
 from sarashina_grpo.inference import chat_loop
@@ -90,7 +90,7 @@ def test_a_base_model_named_by_hub_id_is_the_loaders_business(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "outputs" / "r", 5)
     config = json.loads((checkpoint / "adapter_config.json").read_text())
     (checkpoint / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/model"}))
-    model_checks.check_model_name(str(checkpoint))
+    preflight.check_model_name(str(checkpoint))
 
 
 # --- an empty evaluation --------------------------------------------------------------------------------------

@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 from checkpoint_files import make_checkpoint, write_adapter
 
-from sarashina_grpo import model_checks, modeling, project
+from sarashina_grpo import modeling, preflight, project
 from sarashina_grpo.cli import main
 from sarashina_grpo.config import article_settings
 from sarashina_grpo.data import DataError, check_prompts, load_prompts, prompts_dataset, read_rows
-from sarashina_grpo.model_checks import ModelNotFoundError, check_device, check_model_name
 from sarashina_grpo.pipeline import train
-from sarashina_grpo.preflight import check_rewards, check_writable
+from sarashina_grpo.preflight import ModelNotFoundError, check_device, check_model_name, check_rewards, check_writable
 from sarashina_grpo.project import SettingsError
 
 CPU_TINY = dict(model_name="tiny", load_in_4bit=False)
@@ -385,7 +384,7 @@ def empty_hub_cache(monkeypatch, tmp_path):
 
 
 def test_a_hub_id_that_is_not_cached_and_unreachable_names_the_offline_routes(empty_hub_cache, monkeypatch):
-    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda endpoint: False)
     message = error_of(check_model_name, HUB_ID)
     assert "cannot be reached" in message and "--model tiny" in message and "local model folder" in message
 
@@ -398,7 +397,7 @@ def test_hf_hub_offline_with_an_uncached_hub_id_is_an_error(empty_hub_cache, mon
 
 
 def test_a_reachable_hub_id_passes(empty_hub_cache, monkeypatch):
-    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda endpoint: True)
     check_model_name(HUB_ID)  # the loader downloads it
 
 
@@ -413,7 +412,7 @@ def test_a_cached_hub_id_passes_offline(monkeypatch):
 @pytest.mark.parametrize("command", [["infer", "こんにちは"], ["eval", "--limit", "1"]])
 def test_infer_and_eval_on_an_unreachable_hub_id_end_in_one_line_before_loading(
         empty_hub_cache, no_unsloth_load, monkeypatch, capsys, tmp_path, command):
-    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda endpoint: False)
     code = main([*command, "--model", HUB_ID, *(["--artifact-dir", str(tmp_path)] if command[0] == "eval" else [])])
     err = capsys.readouterr().err
     assert last_line(err).startswith(f"error: Model {HUB_ID!r} (--model, notebook MODEL_NAME) is a hub id")
@@ -490,7 +489,7 @@ def fake_vllm(monkeypatch, installed: bool):
             return object() if installed else None
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(model_checks.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", find_spec)
 
 
 def device_request(training: bool, **settings) -> dict:

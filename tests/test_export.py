@@ -337,7 +337,7 @@ def trained_on(run_dir: Path, base: Path) -> Path:
 def test_the_fingerprint_tells_other_weights_of_the_same_shape_apart(tiny_model_dir, other_tiny, tmp_path):
     import shutil
 
-    from sarashina_grpo.model_checks import weights_fingerprint
+    from sarashina_grpo.preflight import weights_fingerprint
 
     copy = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere")
     assert weights_fingerprint(tiny_model_dir) == weights_fingerprint(copy)  # the same weights in another folder
@@ -346,7 +346,7 @@ def test_the_fingerprint_tells_other_weights_of_the_same_shape_apart(tiny_model_
 
 
 def test_training_records_the_base_and_its_fingerprint_in_run_json(tiny_model_dir, tmp_path):
-    from sarashina_grpo.model_checks import weights_fingerprint
+    from sarashina_grpo.preflight import weights_fingerprint
 
     checkpoint = trained_on(tmp_path / "r", tiny_model_dir)
     record = json.loads((checkpoint.parent / "run.json").read_text())["base_model"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sarashina_grpo.config import article_settings
-from sarashina_grpo.model_checks import check_finite_model, nonfinite_parameters
+from sarashina_grpo.preflight import check_finite_model, nonfinite_parameters
 from sarashina_grpo.project import SettingsError
 
 

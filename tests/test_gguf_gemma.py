@@ -136,7 +136,7 @@ def write_config(folder, model_type: str):
 
 
 def test_the_default_lora_targets_are_each_architectures_projections(tmp_path):
-    from sarashina_grpo.model_checks import lora_targets
+    from sarashina_grpo.preflight import lora_targets
 
     gemma = write_config(tmp_path / "gemma", "gemma3_text")
     assert lora_targets(gemma, LORA_TARGET_MODULES) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -145,7 +145,7 @@ def test_the_default_lora_targets_are_each_architectures_projections(tmp_path):
 
 
 def test_a_lora_target_that_gemma_lacks_is_refused(tmp_path):
-    from sarashina_grpo.model_checks import check_lora_targets
+    from sarashina_grpo.preflight import check_lora_targets
 
     with pytest.raises(SettingsError, match="q_norm match no layer of this gemma3_text model"):
         check_lora_targets(write_config(tmp_path / "gemma", "gemma3_text"), ("q_proj", "q_norm"))

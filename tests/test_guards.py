@@ -193,7 +193,7 @@ def test_a_lora_target_that_names_no_layer_is_refused_before_loading(tiny_model_
 
 
 def test_the_llama_layers_are_accepted_and_other_architectures_are_left_to_peft(tmp_path):
-    from sarashina_grpo.model_checks import check_lora_targets, model_type_of
+    from sarashina_grpo.preflight import check_lora_targets, model_type_of
 
     other = tmp_path / "gpt2"
     other.mkdir()

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from sarashina_grpo import errors, model_checks
+from sarashina_grpo import errors, preflight
 from sarashina_grpo.cli import main
 from sarashina_grpo.errors import proxy_for, user_error_message
-from sarashina_grpo.model_checks import ModelNotFoundError, check_hub_model, hub_reachable
+from sarashina_grpo.preflight import ModelNotFoundError, check_hub_model, hub_reachable
 
 HUB_ID = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
 HUB = "https://huggingface.co"
@@ -155,7 +155,7 @@ def test_infer_whose_download_fails_after_the_check_ends_in_one_line(proxy_env, 
                                                                       monkeypatch, capsys):
     from sarashina_grpo import inference
 
-    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: True)  # the proxy failed only later
+    monkeypatch.setattr(preflight, "hub_reachable", lambda endpoint: True)  # the proxy failed only later
 
     def fail(*args, **kwargs):
         raise hub_download_failure()

@@ -22,8 +22,13 @@ from sarashina_grpo import errors
 from sarashina_grpo.data import DataError
 from sarashina_grpo.errors import user_error_message
 from sarashina_grpo.inference import chat_loop
-from sarashina_grpo.model_checks import ModelNotFoundError, check_model_name, check_push_to_hub
-from sarashina_grpo.preflight import check_report_to, check_threads
+from sarashina_grpo.preflight import (
+    ModelNotFoundError,
+    check_model_name,
+    check_push_to_hub,
+    check_report_to,
+    check_threads,
+)
 from sarashina_grpo.project import SettingsError, check_home_folder, check_launch_environment
 
 # --- TRL's fields ------------------------------------------------------------------------------------------------
@@ -69,10 +74,10 @@ def test_push_to_hub_offline_is_refused(monkeypatch):
 def test_push_to_hub_with_the_hub_unreachable_is_refused(monkeypatch):
     from huggingface_hub import constants
 
-    from sarashina_grpo import model_checks
+    from sarashina_grpo import preflight
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(model_checks, "hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda endpoint: False)
     with pytest.raises(SettingsError, match="cannot be reached"):
         check_push_to_hub(True)
 

@@ -6,7 +6,7 @@
 With ``--eval-steps`` the held-out evaluation (``callbacks.HeldOutEval``) saves a checkpoint whenever
 ``Settings.best_metric`` reaches a new best and records it here; transformers' rotation (``save_total_limit``)
 never deletes it. ``resolve_best`` turns ``…/<run>/best`` into that checkpoint's folder wherever a model or
-checkpoint folder is read (``model_checks``, ``modeling``, ``export``); a real folder named ``best`` wins.
+checkpoint folder is read (``preflight``, ``modeling``, ``export``); a real folder named ``best`` wins.
 """
 
 from __future__ import annotations

@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, folder_kind, set_aside_step, step_of
-from .model_checks import looks_like_path, missing_local_model
 from .modeling import tiny_model_dir
-from .preflight import BASE_MODEL, RUN_INFO, check_new_folder
+from .preflight import BASE_MODEL, RUN_INFO, check_new_folder, looks_like_path, missing_local_model
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
 from .runs import pid_alive, process_started
 
@@ -95,7 +94,7 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
     if name == "tiny":
         return str(tiny_model_dir())
-    if missing_local_model(name):  # the same check infer and eval make (model_checks.check_base_model)
+    if missing_local_model(name):  # the same check infer and eval make (preflight.check_base_model)
         source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
         raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
                             "config.json. Pass the base model's folder or hub id with --base-model.")
@@ -150,11 +149,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
 
 def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = False) -> None:
     """Raise ``SettingsError`` when ``base`` holds other weights than the base the run trained on (``run.json``'s
-    ``base_model`` fingerprint, ``model_checks.weights_fingerprint``): merged, the adapter's changes would land on
+    ``base_model`` fingerprint, ``preflight.weights_fingerprint``): merged, the adapter's changes would land on
     weights they were not learnt on, and nothing would say so. With ``allow`` that is a warning; where nothing was
     recorded (a run from before the record was kept) or ``base`` cannot be read here, one warning says the base
     could not be checked."""
-    from .model_checks import weights_fingerprint
+    from .preflight import weights_fingerprint
 
     info = read_json(checkpoint.parent / RUN_INFO) or {}
     record = info.get(BASE_MODEL) if isinstance(info.get(BASE_MODEL), dict) else {}
@@ -257,7 +256,7 @@ def write_merged(checkpoint: Path, base: str, folder: Path, dtype: str) -> None:
         raise SettingsError(f"The base model {base!r} is stored quantized; a merged 16-bit model needs the "
                             "unquantized base. Pass it with --base-model, e.g. --base-model "
                             "sbintuitions/sarashina2.2-3b-instruct-v0.1.")
-    from .model_checks import check_finite_model
+    from .preflight import check_finite_model
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
     try:

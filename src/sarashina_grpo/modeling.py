@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import compat
 from .checkpoints import ADAPTER_FILES
-from .model_checks import looks_like_path, lora_targets
+from .preflight import looks_like_path, lora_targets
 from .project import DEFAULT_MODEL_NAME, cuda_available, default_artifact_dir, torch_dtype
 
 if typing.TYPE_CHECKING:
@@ -83,7 +83,7 @@ def cpu_threads(threads: int | None = None):
 
 def load_model(settings: Settings, *, lora: bool = True):
     """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the architecture's projections is attached
-    (``model_checks.lora_targets``: the seven of Llama and Gemma 3 by default).
+    (``preflight.lora_targets``: the seven of Llama and Gemma 3 by default).
     ``settings`` have passed ``preflight`` (``check_run`` or ``check_model``)."""
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
@@ -118,7 +118,7 @@ def check_loaded_weights(model, name: str) -> None:
     """A model that loaded with NaN or inf weights (a diverged warm start, a damaged file) is one error, not an
     empty reply or a sampling traceback at the first rollout. Adapters are checked before loading
     (``checkpoints.verify``); this covers full models, whose weights are read here anyway."""
-    from .model_checks import check_finite_model, model_label
+    from .preflight import check_finite_model, model_label
 
     check_finite_model(model, model_label(name), "Use the model it was made from, or make it again (a warm start "
                        "with a lower --learning-rate).")

@@ -11,7 +11,7 @@ listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless 
   Python compiles that file: on the first run after an install, or on every run where bytecode is not written
   (``PYTHONDONTWRITEBYTECODE``, a read-only environment). A string in the library, nothing to act on.
 - bitsandbytes on a CPU: "Failed to load CPU gemm_4bit_forward from kernels-community"; 4-bit needs CUDA here
-  anyway (``model_checks.check_device``).
+  anyway (``preflight.check_device``).
 - Unsloth on a CPU prints at import "… supported: text LoRA / full finetuning with SFTTrainer …", which reads as
   "GRPO is not supported"; GRPO through TRL's ``GRPOTrainer`` does run on that backend (the CPU tests train with it).
   ``import_unsloth`` replaces the line with one INFO line.

@@ -383,11 +383,11 @@ def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume
 
 def record_base_model(run_dir: Path, model_name: str) -> None:
     """Write ``{"base_model": {"name", "fingerprint"}}`` into the run's ``run.json``: the model the adapter is
-    trained on and a fingerprint of its weights (``model_checks.weights_fingerprint``; None where they cannot be read
+    trained on and a fingerprint of its weights (``preflight.weights_fingerprint``; None where they cannot be read
     here), which ``export --merged`` compares its base with. Written as training starts, when a hub model is in
     the cache; a resumed run keeps what its start recorded (or, started before this was kept, nothing)."""
-    from .model_checks import weights_fingerprint
     from .modeling import resolve_model_name
+    from .preflight import weights_fingerprint
 
     path = Path(run_dir) / RUN_INFO
     info = read_run_info(run_dir)

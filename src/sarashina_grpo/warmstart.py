@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataError, to_messages
-from .model_checks import lora_targets
+from .preflight import lora_targets
 from .project import LORA_TARGET_MODULES, SYSTEM_PROMPT, project_path, read_text_setting, setting
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
         model, tokenizer = supervised_pass(model_dir, examples, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    from .model_checks import check_finite_model
+    from .preflight import check_finite_model
 
     check_finite_model(model, f"The warm start of {config.model}", f"Nothing was written to {out_dir}. The "
                        f"supervised pass diverged: run it again with a lower --learning-rate (now "
