@@ -244,3 +244,20 @@ def test_a_system_prompt_file_over_the_limit_is_refused(tmp_path):
     (tmp_path / "p.txt").write_text("あ" * 20_001, encoding="utf-8")
     with pytest.raises(SettingsError, match="limited to 20,000"):
         article_settings(system_prompt_file=str(tmp_path / "p.txt"))
+
+
+def test_a_recipe_given_as_a_pipe_is_read_once_and_kept_for_every_reader():
+    import os
+
+    from sarashina_grpo.project import load_recipe
+
+    read, write = os.pipe()
+    os.write(write, b"model_name: tiny\nmax_steps: 3\n")
+    os.close(write)
+    try:
+        path = f"/dev/fd/{read}"
+        # why: `--config <(…)` is read for the backend, then for the settings; the pipe's second read was empty and
+        # every value of the recipe was dropped without a word
+        assert load_recipe(path) == load_recipe(path) == {"model_name": "tiny", "max_steps": 3}
+    finally:
+        os.close(read)

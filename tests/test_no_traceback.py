@@ -309,3 +309,39 @@ def test_undecodable_warm_start_examples_are_one_data_error(tmp_path):
     path.write_bytes(b'{"prompt": "\xff\xfe\xfd"}\n')
     with pytest.raises(DataError, match="not valid UTF-8"):
         read_format_examples(path)
+
+
+# --- host memory -------------------------------------------------------------------------------------------------
+
+
+def test_running_out_of_host_memory_is_one_line_naming_the_limit_or_the_machine(monkeypatch):
+    import resource
+
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (3 * 2**30, 3 * 2**30) if kind == resource.RLIMIT_AS
+                        else real(kind))
+    assert user_error_message(MemoryError()).startswith("Out of memory: this process may use at most 3.0 GiB")
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    wrapped = RuntimeError("while importing")
+    wrapped.__cause__ = MemoryError()
+    assert "the machine ran out of RAM" in user_error_message(wrapped)
+
+
+@pytest.mark.slow
+def test_train_under_an_address_space_limit_too_small_for_the_stack_is_refused_in_one_line(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    command = [sys.executable, "-m", "sarashina_grpo", "train", "--model", "tiny", "--max-steps", "1",
+               "--artifact-dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # why: importing Unsloth, torchao and transformers under `ulimit -v` failed with a MemoryError traceback, or a
+    # SyntaxError where Python's parser ran out; the limit is now refused before anything is imported
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [done.stderr.strip().splitlines()[-1]]
+    assert done.stderr.startswith("error: This process may use at most 3.0 GiB of address space (ulimit -v)")

@@ -31,7 +31,7 @@ import typing
 
 from . import setup_logging
 from .commands import COMMANDS
-from .project import SettingsError, did_you_mean
+from .project import SettingsError, check_address_space, did_you_mean
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -194,6 +194,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     name = command_of(args.command, top)
     rest = args.command[1:]
     setup_logging(args.verbose)  # before train's parser imports Unsloth: its known-harmless lines are hidden
+    if not {"-h", "--help"} & set(rest):
+        check_address_space()  # every command imports PyTorch
     if name == "train":
         from .commands import import_training_stack
 
@@ -216,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SettingsError as err:
         return errors.report(err)
+    except Exception as err:  # train's parser imports the training stack, which can fail for a user's reason
+        code = errors.report(err, debug="--debug" in argv)
+        if code is None:
+            raise
+        return code
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:  # any command but a training step (which saves first), or a second Ctrl-C

@@ -100,6 +100,20 @@ def file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def memory_message() -> str:
+    """Host memory ran out (a ``MemoryError``): the process's address-space limit when one is set, else the machine."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        return (f"Out of memory: this process may use at most {soft / 2**30:.1f} GiB of address space (ulimit -v), "
+                "and loading the training stack and a model takes more. Raise the limit (ulimit -v unlimited), or "
+                "run where it is higher.")
+    return ("Out of memory: the machine ran out of RAM. Close other programs, use a smaller model, batch or "
+            "generation count (--batch-size, --num-generations, --max-completion-length), or run on a machine with "
+            "more memory.")
+
+
 def file_size_limit_text() -> str:
     limit = file_size_limit()
     if limit is None:
@@ -196,6 +210,8 @@ def user_error_message(exc: BaseException) -> str | None:
         return str(exc)
     if message := hub_connection_failure(exc):  # before the OSError family: transformers' is one, errno-less
         return message
+    if any(isinstance(err, MemoryError) for err in _chain(exc)):
+        return memory_message()
     for err in _chain(exc):
         if isinstance(err, OSError) and (message := _os_error_message(err)):
             return message

@@ -135,6 +135,23 @@ def check_home_folder(env=None) -> None:
                             f"and artifact/. Point {HOME_VARIABLE} at a folder, or unset it.")
 
 
+# Importing Unsloth and TRL alone reserved 5.0 GB of address space (VmPeak, CPU, 2026-12-06); a model comes on top.
+MIN_ADDRESS_SPACE = 8 * 2**30
+
+
+def check_address_space() -> None:
+    """A ``ulimit -v`` too small for the training stack is refused before it is imported: under it the import fails
+    at some random module with a ``MemoryError``, or a ``SyntaxError`` when Python's parser is the one that ran out."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:
+        raise SettingsError(f"This process may use at most {soft / 2**30:.1f} GiB of address space (ulimit -v); "
+                            f"importing PyTorch, transformers and Unsloth alone reserves about 5 GiB, and a model "
+                            f"more. Raise the limit (ulimit -v unlimited, or at least {MIN_ADDRESS_SPACE // 2**30} "
+                            "GiB), or run where it is higher.")
+
+
 def stop_grace_s(env=None) -> float | None:
     """Seconds ``train`` waits, after Ctrl-C or SIGTERM, for the current step before it stops without it
     (``$SARASHINA_GRPO_STOP_GRACE_S``, default ``DEFAULT_STOP_GRACE_S``); None (the variable set to 0) waits for the
@@ -322,6 +339,9 @@ def yaml_loader():
     return Loader
 
 
+_PIPED_RECIPES: dict[tuple[int, int], str] = {}
+
+
 def load_recipe(path: str | Path) -> dict:
     """The mapping of a YAML recipe (``configs/recipes/*.yaml``; keys are ``Settings`` fields). Its values are
     read and checked when settings are built from it (``load_settings``)."""
@@ -333,8 +353,13 @@ def load_recipe(path: str | Path) -> dict:
     if not file.exists():
         raise SettingsError(f"Recipe not found: {file}. Recipes live in configs/recipes/ (e.g. article.yaml).")
     try:
-        with open(file, encoding="utf-8-sig") as handle:  # open(), not is_file(): a pipe (<(…)) is a recipe too
-            text = handle.read(MAX_RECIPE_CHARS + 1)
+        identity = (file.stat().st_dev, file.stat().st_ino)  # the pipe itself: /dev/fd numbers are reused
+        text = _PIPED_RECIPES.get(identity)
+        if text is None:
+            with open(file, encoding="utf-8-sig") as handle:  # open(), not is_file(): a pipe (<(…)) is a recipe too
+                text = handle.read(MAX_RECIPE_CHARS + 1)
+            if not file.is_file():  # a pipe gives its text once; train reads its recipe twice (backend, settings)
+                _PIPED_RECIPES[identity] = text
         if len(text) > MAX_RECIPE_CHARS:
             raise SettingsError(f"Recipe {file} is over {MAX_RECIPE_CHARS:,} characters; a recipe is a few dozen "
                                 "lines. Is it the right file?")
