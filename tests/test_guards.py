@@ -155,9 +155,10 @@ def test_a_finite_checkpoint_is_marked(tmp_path):
 def test_a_nan_gradient_stops_the_run_and_the_last_good_checkpoint_stays_the_resume_point(tmp_path, monkeypatch):
     import torch
     import unsloth  # noqa: F401 - before transformers, as every entry point does
+    from checkpoint_files import find_resume_checkpoint
     from transformers import TrainerCallback
 
-    from sarashina_grpo.checkpoints import complete_checkpoints, find_resume_checkpoint
+    from sarashina_grpo.checkpoints import complete_checkpoints
     from sarashina_grpo.pipeline import train
 
     class NanGradientsFromStep(TrainerCallback):
