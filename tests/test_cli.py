@@ -246,3 +246,40 @@ def test_a_missing_prompt_file_is_reported_before_the_model_that_needs_a_gpu(cap
     assert main(["train", "--data", "no/such/prompts.csv"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Prompt file not found") and "prompts.csv" in err
+
+
+def test_an_on_off_flag_never_swallows_the_word_after_it():
+    # why: `--sample "…"` read the prompt as --sample's yes/no and failed; a switch works wherever it is placed
+    args = parse_args(["infer", "--model", "tiny", "--sample", "週末は何をしよう？"])
+    assert args.sample is True and args.prompts == ["週末は何をしよう？"]
+    args = parse_args(["export", "--merged", "ckpt", "out"])
+    assert (args.merged, args.checkpoint, args.out) == (True, "ckpt", "out")
+    assert parse_args(["infer", "--sample", "false", "hi"]).sample is False  # a yes/no after it is still its value
+
+
+@pytest.mark.parametrize("argv", [["--debug", "infer", "hi"], ["infer", "hi", "--debug"], ["infer", "--debug", "hi"]])
+def test_debug_works_before_or_after_the_command(argv):
+    args = parse_args(argv)
+    assert args.cli_debug is True and args.prompts == ["hi"]
+
+
+def test_trls_own_debug_option_keeps_its_value():
+    args = parse_args(["train", "--debug", "underflow_overflow", "--max-steps", "2"])
+    assert args.cli_debug is False and "underflow_overflow" in str(args.debug)
+
+
+def test_a_missing_value_names_the_flag_as_users_write_it(capsys):
+    assert main(["infer", "--model"]) == 2
+    assert "error: sarashina-grpo infer: --model: expected one argument" in capsys.readouterr().err
+
+
+def test_a_recipe_is_found_by_its_name_and_a_misspelt_one_is_named(capsys):
+    assert settings_of("--config", "dapo").loss_type == "dapo"
+    assert main(["train", "--config", "dpo"]) == 2
+    err = capsys.readouterr().err
+    assert "Recipe not found" in err and "(did you mean dapo?)" in err and "arithmetic, article, dapo" in err
+
+
+def test_help_shows_a_percent_sign_once(capsys):
+    text = help_of("train", capsys=capsys)
+    assert "%%" not in text and "20% slower" in " ".join(text.split())

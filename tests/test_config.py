@@ -129,7 +129,7 @@ def test_system_prompt_can_come_from_a_file(tmp_path):
 
 
 def test_missing_system_prompt_file_is_one_clear_error(tmp_path):
-    with pytest.raises(SettingsError, match="system_prompt_file: file not found"):
+    with pytest.raises(SettingsError, match=r"--system-prompt-file\): file not found"):
         article_settings(system_prompt_file=str(tmp_path / "nope.txt"))
 
 
@@ -261,3 +261,26 @@ def test_a_recipe_given_as_a_pipe_is_read_once_and_kept_for_every_reader():
         assert load_recipe(path) == load_recipe(path) == {"model_name": "tiny", "max_steps": 3}
     finally:
         os.close(read)
+
+
+def test_a_bad_value_in_a_recipe_names_the_recipe(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("max_steps: five\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"mine\.yaml: Settings\.max_steps \(CLI --max-steps\) must be an int"):
+        load_settings(recipe=recipe)
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("beta: 0.1\nmax_steps: [1,\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as error:
+        load_settings(recipe=recipe)
+    assert "\n" not in str(error.value) and "broken.yaml: not valid YAML at line " in str(error.value)
+
+
+def test_trls_refusal_of_a_field_the_user_never_set_says_which_flags_to_change():
+    with pytest.raises(SettingsError) as error:
+        load_settings({"num_generations": 4, "per_device_train_batch_size": 6})
+    message = str(error.value)
+    assert "must be divisible by num_generations (4)" in message
+    assert "make --batch-size (or that product) a multiple of --num-generations" in message

@@ -66,12 +66,18 @@ def positional_fields(cls, names=None) -> list[dataclasses.Field]:
 def usage_error(prog: str, message: str):
     """argparse's own complaints (a value of the wrong type, a missing argument, an unknown flag) as the one
     ``error:`` line every other mistake gets, naming the flag as users spell it (not its ``_`` alias)."""
-    def dashed(match) -> str:
+    def dashed(match) -> str:  # the shortest dashed spelling: --model, not --model-name or --model_name
         names = match.group(1).split("/")
-        return next((n for n in names if "_" not in n.lstrip("-")), names[-1])
+        return min((n for n in names if "_" not in n.lstrip("-")), key=len, default=names[-1])
 
     message = re.sub(r"argument ((?:-{1,2}[\w-]+/?)+)", dashed, message)
     raise SettingsError(f"{prog}: {message} (`{prog} --help` lists the flags).")
+
+
+def escaped(match) -> str:
+    """argparse formats help with ``%``: a lone ``%`` is doubled; ``%%`` (transformers escapes some) and ``%(…)``
+    (argparse's own fields) stay."""
+    return "%%" if match.group() == "%" else match.group()
 
 
 class OneLineErrors:
@@ -87,12 +93,34 @@ class OneLineErrors:
         for action in self._actions:  # as TRL's TrlParser.set_defaults_with_config sets them
             if action.option_strings and action.dest != "help":
                 action.default = argparse.SUPPRESS
-                action.help = action.help and action.help.replace("%", "%%")
-        args, extras = self.parse_known_args(argv)
+                action.help = action.help and re.sub(r"%%|%\(|%", escaped, action.help)
+        args, extras = self.parse_known_args(switches_alone(argv, self._actions))
         if extras:
             known = [flag for action in self._actions for flag in action.option_strings if "_" not in flag]
             self.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(extras[0].split('=')[0], known)}")
         return args
+
+
+BOOLEAN_WORDS = {"yes", "no", "true", "false", "t", "f", "y", "n", "1", "0"}  # transformers' string_to_bool
+
+
+def switches_alone(argv: list[str], actions) -> list[str]:
+    """``argv`` with each on/off flag that ``HfArgumentParser`` lets take a value (``--sample [true|false]``) kept
+    from swallowing the next word when that word is not a yes/no: ``infer --sample "こんにちは"`` samples the prompt,
+    ``export --merged CHECKPOINT OUT`` merges it."""
+    switches = {flag for action in actions if action.nargs == "?" and action.const is True
+                for flag in action.option_strings}
+    return [f"{word}=true" if word in switches and (i + 1 == len(argv) or argv[i + 1].lower() not in BOOLEAN_WORDS)
+            else word for i, word in enumerate(argv)]
+
+
+def debug_flag(argv: list[str], name: str) -> tuple[list[str], bool]:
+    """``argv`` (of command ``name``) without ``--debug`` given after the command, and whether it was there.
+    ``train``'s TRL has a ``--debug`` of its own that takes a value (``--debug underflow_overflow``): there only a
+    bare ``--debug`` is the project's."""
+    bare = [i for i, word in enumerate(argv) if word == "--debug" and (
+        name != "train" or i + 1 == len(argv) or argv[i + 1].startswith("-"))]
+    return [word for i, word in enumerate(argv) if i not in bare], bool(bare)
 
 
 def command_parser(name: str, command) -> argparse.ArgumentParser:
@@ -192,7 +220,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     top = top_parser()
     args = top.parse_args(argv)
     name = command_of(args.command, top)
-    rest = args.command[1:]
+    rest, debug_after = debug_flag(args.command[1:], name)
     setup_logging(args.verbose)  # before train's parser imports Unsloth: its known-harmless lines are hidden
     if not {"-h", "--help"} & set(rest):
         check_address_space()  # every command imports PyTorch
@@ -204,7 +232,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     else:
         parsed = command_parser(name, COMMANDS[name]).given(rest)
     # Under names no field has: TRL's TrainingArguments has a `debug` field of its own.
-    parsed.cli_debug = args.debug
+    parsed.cli_debug = args.debug or debug_after
     parsed.command, parsed.run = name, COMMANDS[name].run
     return parsed
 

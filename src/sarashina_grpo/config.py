@@ -22,6 +22,7 @@ layers, each over the one before: that recipe (or a resumed run's recorded setti
 import dataclasses
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -43,6 +44,7 @@ from .project import (  # noqa: E402
     DEFAULT_REWARDS,
     FLAGS,
     LORA_TARGET_MODULES,
+    RECIPES,
     ROLLOUTS,
     SCALE_REWARDS,
     SYSTEM_PROMPT,
@@ -54,10 +56,10 @@ from .project import (  # noqa: E402
     is_whole,
     load_recipe,
     read_text_setting,
+    recipe_path,
     setting,
 )
 
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"
 ARTICLE_RECIPE = RECIPES / "article.yaml"
 
 POSITIVE_INTEGERS = (
@@ -103,8 +105,7 @@ class Settings(GRPOConfig):
                              "optional role, answer); relative paths are taken from the project folder",
                              flag=FLAGS["data_path"])
     system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
-                                 shown_as="project.SYSTEM_PROMPT, our Japanese wording of the <think>/<response> "
-                                 "layout")
+                                 shown_as="the article's Japanese wording of the <think>/<response> layout")
     system_prompt_file: str | None = setting(None, "read the system prompt from this UTF-8 text file; unset: use "
                                              "--system-prompt")
     max_prompt_length: int = setting(1024, "prompts longer than this (tokens, chat template included) are skipped "
@@ -151,14 +152,14 @@ class Settings(GRPOConfig):
         check_ranges(self)
         check_combinations(self)
         if self.system_prompt_file:
-            self.system_prompt = read_text_setting(self.system_prompt_file, "system_prompt_file")
+            self.system_prompt = read_text_setting(self.system_prompt_file, field_label("system_prompt_file"))
         self._decide_machine()
         self._trl_arguments = {name: getattr(self, name) for name in TRL_FIELDS}
         project.check_launch_environment()  # TRL's __post_init__ starts the process group these variables name
         try:
             super().__post_init__()
         except ValueError as err:
-            raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}") from None
+            raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}{trl_hint(str(err))}") from None
 
     def _decide_machine(self) -> None:
         """What the machine decides: 4-bit loading, CPU or GPU, the 16-bit type, an optimiser CPUs can run, and the
@@ -288,6 +289,22 @@ def typed(name: str, value):
 # --- the project's own checks, and the ranges it needs of TRL's fields
 
 
+# TRL's messages name its fields; a user sets them through other flags. Each hint is added where its words appear.
+TRL_HINTS = {
+    "must be divisible by num_generations": " generation_batch_size is --batch-size x --gradient-accumulation-steps x "
+    "processes unless --generation-batch-size or --steps-per-generation sets it: make --batch-size (or that product) "
+    "a multiple of --num-generations.",
+    "must be divisible by the global batch size": " Make --generation-batch-size a multiple of --batch-size x "
+    "processes, or give --steps-per-generation instead.",
+    "can not be both configured": " Give one of --generation-batch-size and --steps-per-generation.",
+}
+
+
+def trl_hint(message: str) -> str:
+    """What to change, for TRL's refusals that name a field the user did not set."""
+    return "".join(text for words, text in TRL_HINTS.items() if words in message)
+
+
 def check_ranges(settings: Settings) -> None:
     for name in POSITIVE_INTEGERS:  # TRL types save_steps and logging_steps as floats (a share of the run below 1)
         value = getattr(settings, name)
@@ -397,12 +414,11 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
     """Settings from layers, each over the one before: ``base`` (default: the article's recipe) < ``recipe`` <
     ``values`` (a notebook's ``SETTINGS``, flags given, …). Every key must be a field; every value is read in its
     field's type and checked (``Settings.__post_init__``)."""
-    layers = [known_keys(dict(base) if base is not None else article(), str(ARTICLE_RECIPE) if base is None
-                         else source)]
+    layers = [(str(ARTICLE_RECIPE) if base is None else source, dict(base) if base is not None else article())]
     if recipe is not None:
-        layers.append(known_keys(load_recipe(recipe), str(recipe)))
-    layers.append(known_keys(dict(values or {}), source))
-    merged = {k: v for layer in layers for k, v in layer.items()}
+        layers.append((str(recipe_path(recipe)), load_recipe(recipe)))
+    layers.append((source, dict(values or {})))
+    merged = {k: v for name, layer in layers for k, v in known_keys(layer, name).items()}
     for key in RUN_OWNED:
         if merged.get(key) is not None:
             raise SettingsError(f"{source}: {key} is set by the project: {RUN_OWNED[key]}.")
@@ -410,6 +426,12 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         return Settings(**merged)
     except TypeError as err:  # a key the dataclass does not take (its name passed known_keys): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
+    except SettingsError as err:  # name the file (or SETTINGS, run.json) the refused value came from
+        named = re.match(r"Settings\.(\w+) ", str(err))
+        origin = next((name for name, layer in reversed(layers) if named and named[1] in layer), None)
+        if recipe is None or origin != layers[1][0]:
+            raise
+        raise SettingsError(f"{origin}: {err}") from None
 
 
 def article_settings(**values) -> Settings:

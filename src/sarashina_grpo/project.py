@@ -342,16 +342,30 @@ def yaml_loader():
 _PIPED_RECIPES: dict[tuple[int, int], str] = {}
 
 
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"  # the shipped ones, article.yaml first
+
+
+def recipe_path(path: str | Path) -> Path:
+    """A recipe's file: ``path`` itself, or for a bare name (``dapo``) the shipped ``configs/recipes/dapo.yaml``."""
+    file = project_path(path)
+    shipped = RECIPES / f"{path}.yaml"
+    if not file.exists() and "/" not in str(path) and Path(path).suffix == "" and shipped.is_file():
+        return shipped
+    return file
+
+
 def load_recipe(path: str | Path) -> dict:
     """The mapping of a YAML recipe (``configs/recipes/*.yaml``; keys are ``Settings`` fields). Its values are
     read and checked when settings are built from it (``load_settings``)."""
     import yaml
 
-    file = project_path(path)
+    file = recipe_path(path)
     if file.is_dir():
         raise SettingsError(f"Recipe {file} is a folder; give a YAML file such as configs/recipes/article.yaml.")
     if not file.exists():
-        raise SettingsError(f"Recipe not found: {file}. Recipes live in configs/recipes/ (e.g. article.yaml).")
+        shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        raise SettingsError(f"Recipe not found: {file}{did_you_mean(Path(path).stem, shipped)}. Give a YAML file, or "
+                            f"the name of a recipe in configs/recipes/: {', '.join(shipped)}.")
     try:
         identity = (file.stat().st_dev, file.stat().st_ino)  # the pipe itself: /dev/fd numbers are reused
         text = _PIPED_RECIPES.get(identity)
@@ -366,8 +380,11 @@ def load_recipe(path: str | Path) -> dict:
         values = yaml.load(text, Loader=yaml_loader()) or {}  # noqa: S506
     except UnicodeDecodeError as err:
         raise SettingsError(f"Recipe {file} is not UTF-8 text (byte {err.start}); is it a YAML file?") from None
-    except yaml.YAMLError as err:
-        raise SettingsError(f"{file}: not valid YAML ({err}).") from None
+    except yaml.YAMLError as err:  # PyYAML's message spans lines (context, problem, a caret under the spot)
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SettingsError(f"{file}: not valid YAML{where}: {' '.join(str(problem).split())}.") from None
     if not isinstance(values, dict):
         raise SettingsError(f"{file}: a recipe is a mapping of setting names to values, got {type(values).__name__}.")
     return values
