@@ -220,7 +220,7 @@ def demo_table(before: dict, after: dict) -> str:
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
     for key in TABLE_KEYS:
         a, b = before.get(key), after.get(key)
-        change = "n/a" if a is None or b is None else f"{b - a:+.2f}"
+        change = "n/a" if a is None or b is None else f"{round(b, 2) - round(a, 2):+.2f}"  # of the figures shown
         lines.append(f"| {key} | {cell(a)} | {cell(b)} | {change} |")
     return "\n".join(lines) + "\n"
 
