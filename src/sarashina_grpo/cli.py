@@ -184,8 +184,17 @@ def train_parser() -> argparse.ArgumentParser:
                              "< --config RECIPE.yaml < these flags; a resumed run's run.json takes the article's "
                              "place. --output-dir and --resume-from-checkpoint are the project's: use --artifact-dir, "
                              "--run-name and --resume.")
-    parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml); flags "
-                        "override it")
+    parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml, or its "
+                        "name: dapo); flags override it")
+    from .config import article
+
+    recipe = article()  # TRL's help gives TRL's defaults; a run starts from the article's
+    for action in parser._actions:
+        if action.dest == "run_name":
+            action.help = "the run's name: its folders logs/<name>/ and outputs/<name>/ (-2, -3, ... added when " \
+                          "taken) and its name in wandb or trackio; unset: a timestamp"
+        elif action.dest in recipe and action.option_strings and action.help:
+            action.help += f" [article recipe: {recipe[action.dest]}]"
     return parser
 
 
