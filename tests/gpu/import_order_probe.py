@@ -3,8 +3,9 @@
 
     python tests/gpu/import_order_probe.py cli-first|unsloth-first OUT.json [options of sarashina-grpo train]
 
-``cli-first`` is the command line's own import order: the flags are read (transformers' ``HfArgumentParser``) and
-checked before ``noise.import_unsloth`` runs. ``unsloth-first`` imports Unsloth before anything else, as Unsloth
+``cli-first`` is the command line's own import order: the command is found, the recipe read for its backend, then
+``noise.import_unsloth`` runs, and only then are the flags read with TRL's ``TrlParser``.
+``unsloth-first`` imports Unsloth before anything else, as Unsloth
 asks. Once the trainer is built, OUT.json records which class ``trl.GRPOTrainer`` is, the trainer's class, and where
 every function of transformers' Llama classes, ``Trainer``, PEFT's and TRL's classes is defined (Unsloth's own
 modules and compiled cache for those it replaced), and the process ends there with exit code 0: training would

@@ -41,11 +41,12 @@ def recorded(small_model_dir, prompts_csv, tmp_path_factory):
     return found
 
 
-def test_the_command_lines_order_is_what_the_probe_ran(recorded):
-    # why: the comparison below means something only if transformers (and nothing of TRL or PEFT) came first
+def test_the_command_line_imports_unsloth_before_trl_peft_and_transformers_model_code(recorded):
+    # why: Unsloth patches TRL, PEFT and transformers' model classes as they are imported; `train` reads its flags with
+    # TRL's parser (a transformers HfArgumentParser), so that parser too comes only after Unsloth
     loaded = recorded["cli-first"]["loaded_before_unsloth"]
-    assert "transformers.hf_argparser" in loaded and not [m for m in loaded if m.split(".")[0] in ("trl", "peft")]
-    assert "transformers.modeling_utils" not in loaded
+    assert not [m for m in loaded if m.split(".")[0] in ("trl", "peft")], loaded
+    assert "transformers.modeling_utils" not in loaded and "transformers.hf_argparser" not in loaded, loaded
     assert recorded["unsloth-first"]["loaded_before_unsloth"] == []
 
 
