@@ -8,8 +8,10 @@ import pytest
 
 from sarashina_grpo.evaluation import (
     METRIC_KEYS,
+    check_eval_name,
     compare_runs,
     comparison_table,
+    eval_name_for,
     score_text,
     score_texts,
     write_eval,
@@ -174,3 +176,15 @@ def test_the_comparison_says_when_the_evaluations_decoded_differently():
 def test_the_same_decoding_with_another_batch_size_gets_no_note():
     other = {**GREEDY, "generation": {**GREEDY["generation"], "batch_size": 4}}  # why: batching changes no output
     assert "Note" not in comparison_table({"a": {"meta": GREEDY}, "b": {"meta": other}})
+
+
+@pytest.mark.parametrize("model, name", [
+    ("tiny", "notebook-tiny"),
+    ("../artifact/outputs/grpo-1/checkpoint-500", "notebook-grpo-1-checkpoint-500"),
+    ("/abs/outputs/run/checkpoint-20/", "notebook-run-checkpoint-20"),
+    ("sbintuitions/sarashina2.2-3b-instruct-v0.1", "notebook-sarashina2.2-3b-instruct-v0.1"),
+])
+def test_a_notebook_evaluation_is_named_after_its_model(model, name):
+    # why: a fixed default ("notebook-base") named a checkpoint's evaluation "base"
+    assert eval_name_for(model) == name
+    check_eval_name(name, "/nonexistent-artifact")  # a plain folder name, as --name must be

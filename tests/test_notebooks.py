@@ -97,7 +97,7 @@ def test_inference_notebook_refuses_an_existing_eval_name_before_generating(repo
     from sarashina_grpo.evaluation import write_eval
 
     artifact = tmp_path / "artifact"
-    write_eval([{"prompt": "p", "completion": "<think>\nはい\n</think>"}], artifact / "eval" / "notebook-base")
+    write_eval([{"prompt": "p", "completion": "<think>\nはい\n</think>"}], artifact / "eval" / "notebook-tiny")
     with pytest.raises(PapermillExecutionError) as failed:  # why: it used to fail in its last cell, after every answer
         execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"],
                 ARTIFACT_DIR=str(artifact))
@@ -124,7 +124,7 @@ def test_inference_notebook_runs_on_cpu_with_its_default_load_in_4bit(roleplay_n
 
 def test_inference_notebook_shows_the_package_log_lines(roleplay_notebook):
     # the CLI prints it too
-    assert "INFO sarashina_grpo.evaluation: eval notebook-base" in outputs_text(roleplay_notebook)
+    assert "INFO sarashina_grpo.evaluation: eval notebook-tiny" in outputs_text(roleplay_notebook)
 
 
 def test_inference_notebook_plays_the_merchant_over_several_turns(roleplay_notebook):
@@ -138,7 +138,7 @@ def test_inference_notebook_answers_under_a_role(repo_root, tmp_path):
     nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=4, PROMPTS=[],
                  CHAT_TURNS=["こんにちは"], ROLEPLAY_TURNS=[], EVAL_LIMIT=1, ROLE_FILE=str(role),
                  ARTIFACT_DIR=str(tmp_path / "artifact"))
-    metrics = tmp_path / "artifact" / "eval" / "notebook-base" / "metrics.json"
+    metrics = tmp_path / "artifact" / "eval" / "notebook-tiny" / "metrics.json"
     meta = json.loads(metrics.read_text(encoding="utf-8"))["meta"]
     assert meta["role"] == "あなたはパン屋の店主です。" and "['system', 'user', 'assistant']" in outputs_text(nb)
 

@@ -151,7 +151,7 @@ ROLEPLAY_TURNS = [
     "どうしてそんなに高いんですか？",
     "うーん、少し考えます。",
 ]
-EVAL_NAME = "notebook-base"  # results go to <ARTIFACT_DIR>/eval/<EVAL_NAME>/; e.g. "notebook-step500"
+EVAL_NAME = None  # eval/<EVAL_NAME>/; None: after the model, "notebook-tiny" or "notebook-<run>-checkpoint-500"
 EVAL_OVERWRITE = False  # True: replace an earlier evaluation of the same name (otherwise that is an error)
 EVAL_LIMIT = None  # None: all held-out prompts of datasets/eval.csv; a number: only the first ones
 COMPARE_WITH = []  # names of earlier evaluations to put side by side with this one, e.g. ["base"]
@@ -168,16 +168,18 @@ os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
 from sarashina_grpo import setup_logging
-from sarashina_grpo.evaluation import check_eval_name
+from sarashina_grpo.evaluation import check_eval_name, eval_name_for
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 from sarashina_grpo.modeling import model_for_this_machine
 from sarashina_grpo.options import ModelOptions
 from sarashina_grpo.preflight import check_model
 
 setup_logging()  # the package's INFO lines, as the command line shows them
+model_name = model_for_this_machine(MODEL_NAME)
+EVAL_NAME = EVAL_NAME or eval_name_for(model_name)
 check_eval_name(EVAL_NAME, ARTIFACT_DIR, EVAL_OVERWRITE)  # now, not after all the generation below
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
-settings = ModelOptions(model_name=model_for_this_machine(MODEL_NAME), load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+settings = ModelOptions(model_name=model_name, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
 settings = check_model(settings, training=False)
 print("model:", settings.model_name)
 model, tokenizer = load_for_inference(settings)

@@ -172,6 +172,14 @@ class EvalExistsError(SettingsError):
     """An evaluation of that name exists and ``overwrite`` was not asked for."""
 
 
+def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
+    """A name for an evaluation of ``model_name``: its run and checkpoint (``notebook-grpo-checkpoint-500``), else
+    the last part of its path or hub id (``notebook-tiny``)."""
+    path = Path(str(model_name).rstrip("/"))
+    parts = [path.parent.name, path.name] if path.name.startswith("checkpoint-") and path.parent.name else [path.name]
+    return "-".join([prefix, *(part.replace(" ", "-") for part in parts if part)])[:100]
+
+
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """The folder for evaluation ``name``; ``EvalExistsError`` if an earlier evaluation lives there (unless
     ``overwrite``). Called before the model loads, so the mistake costs nothing."""
