@@ -416,7 +416,8 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
     field's type and checked (``Settings.__post_init__``)."""
     layers = [(str(ARTICLE_RECIPE) if base is None else source, dict(base) if base is not None else article())]
     if recipe is not None:
-        layers.append((str(recipe_path(recipe)), load_recipe(recipe)))
+        file = recipe_path(recipe)
+        layers.append((str(file), load_recipe(file)))
     layers.append((source, dict(values or {})))
     merged = {k: v for name, layer in layers for k, v in known_keys(layer, name).items()}
     for key in RUN_OWNED:
@@ -426,7 +427,7 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         return Settings(**merged)
     except TypeError as err:  # a key the dataclass does not take (its name passed known_keys): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
-    except SettingsError as err:  # name the file (or SETTINGS, run.json) the refused value came from
+    except SettingsError as err:  # a value refused where the recipe set it (no later layer did): name its file
         named = re.match(r"Settings\.(\w+) ", str(err))
         origin = next((name for name, layer in reversed(layers) if named and named[1] in layer), None)
         if recipe is None or origin != layers[1][0]:

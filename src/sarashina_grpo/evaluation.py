@@ -174,10 +174,12 @@ class EvalExistsError(SettingsError):
 
 def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
     """A name for an evaluation of ``model_name``: its run and checkpoint (``notebook-grpo-checkpoint-500``), else
-    the last part of its path or hub id (``notebook-tiny``)."""
+    the last part of its path or hub id (``notebook-tiny``), cut to the length a folder name may have."""
+    from .runs import MAX_RUN_NAME
+
     path = Path(str(model_name).rstrip("/"))
     parts = [path.parent.name, path.name] if path.name.startswith("checkpoint-") and path.parent.name else [path.name]
-    return "-".join([prefix, *(part.replace(" ", "-") for part in parts if part)])[:100]
+    return "-".join([prefix, *(part.replace(" ", "-") for part in parts if part)])[:MAX_RUN_NAME]
 
 
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
