@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 
@@ -113,6 +114,68 @@ def test_a_step_that_outlasts_the_grace_ends_the_run_naming_its_last_checkpoint(
     assert len(said) == 2 and said[1].startswith("error:") and str(last) in said[1] and "--resume r" in said[1]
     assert "Traceback" not in done.stderr and "waited for the step" not in done.stdout
     assert sorted(p.name for p in last.iterdir()) == before  # the last checkpoint is left as it was
+
+
+# Steps of 1.5 s, a grace of 0.5 s, the signal as step 3 begins: the step is not late, so it is saved.
+USUAL_STEPS = textwrap.dedent("""
+    import sys, time, types
+    from sarashina_grpo.callbacks import GracefulInterrupt
+    interrupt = GracefulInterrupt(0.5, "sarashina-grpo train --resume r", output_dir=sys.argv[1])
+    interrupt.install()
+    state = types.SimpleNamespace(global_step=0)
+    control = types.SimpleNamespace(should_save=False, should_training_stop=False)
+    for step in range(1, 6):
+        interrupt.on_step_begin(None, state, control)
+        if step == 3:
+            print("ready", flush=True)
+        time.sleep(1.5)
+        state.global_step = step
+        interrupt.on_step_end(None, state, control)
+        if control.should_training_stop:
+            print(f"saving step {step}", flush=True)
+            break
+""")
+
+
+def test_a_signal_early_in_a_step_longer_than_the_grace_still_saves_that_step(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", USUAL_STEPS, str(tmp_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0 and out.strip() == "saving step 3", err[-2000:]
+    assert "error:" not in err
+
+
+def test_the_grace_counts_from_when_the_running_step_should_end(monkeypatch):
+    from sarashina_grpo import callbacks
+
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    interrupt, state = GracefulInterrupt(20.0), types.SimpleNamespace(global_step=0)
+
+    def step(seconds):
+        interrupt.on_step_begin(None, state, None)
+        clock[0] += seconds
+        state.global_step += 1
+        interrupt.on_step_end(None, state, types.SimpleNamespace())
+
+    assert interrupt.wait_s(clock[0]) == 20.0  # no step yet: the grace alone
+    step(160.0)  # the first step compiles
+    interrupt.on_step_begin(None, state, None)
+    clock[0] += 5.0
+    assert interrupt.wait_s(clock[0]) == 155.0 + 20.0  # only the first step is known
+    clock[0] += 12.0
+    interrupt.on_step_end(None, state, types.SimpleNamespace())  # a 17 s step
+    step(24.0)
+    interrupt.on_step_begin(None, state, None)
+    clock[0] += 4.0
+    assert interrupt.wait_s(clock[0]) == (24.0 - 4.0) + 20.0  # the compiling step no longer counts
+    clock[0] += 60.0
+    assert interrupt.wait_s(clock[0]) == 20.0  # a step already late gets the grace, no less
 
 
 def test_a_run_without_a_checkpoint_says_there_is_nothing_to_resume(tmp_path):

@@ -77,11 +77,13 @@ class GracefulInterrupt(TrainerCallback):
     arrive twice within milliseconds: `uv run` forwards the SIGINT it gets to its child, which the terminal has
     already signalled as a member of the same process group (and `timeout -s INT` reaches it through uv alike).
 
-    With ``grace_s``, a step that has not finished that many seconds after the first signal (a reward or a
-    generation that hangs) is not waited for: one ``error:`` line names the last complete checkpoint and the
-    process ends with exit code 130 (``os._exit``: the main thread may be stuck where no exception reaches it),
-    before a scheduler's SIGKILL would end it without a word. The checkpoints already saved stay as they are.
-    ``resume`` is how to continue the run, for those lines.
+    With ``grace_s``, a step that has not finished that many seconds after it should have (a reward or a
+    generation that hangs) is not waited for. "Should have" is when the running step began plus the longest of the
+    last ``RECENT_STEPS`` steps (the process's first step, which compiles, counts only until a second one has
+    ended), so a signal early in a 25 s step still gets its checkpoint with a 20 s grace. One ``error:`` line then
+    names the last complete checkpoint and the process ends with exit code 130 (``os._exit``: the main thread may
+    be stuck where no exception reaches it), before a scheduler's SIGKILL would end it without a word. The
+    checkpoints already saved stay as they are. ``resume`` is how to continue the run, for those lines.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -89,6 +91,7 @@ class GracefulInterrupt(TrainerCallback):
     # takes longer than this.
     SAME_PRESS_S = 1.0
     EXIT_CODE = 130  # the shell's code for "ended by SIGINT"
+    RECENT_STEPS = 8
 
     def __init__(self, grace_s: float | None = None, resume: str = "--resume", output_dir=None):
         self.requested = False
@@ -97,6 +100,8 @@ class GracefulInterrupt(TrainerCallback):
         self.output_dir, self.step = output_dir, None  # step: the steps done when the running one began
         self.saving = False  # the stopping step is done and its checkpoint is being written
         self._first_at = None
+        self._step_began = None  # time.monotonic() when the running step began
+        self._durations = []  # seconds of the steps this process ran
         self._previous = {}
         self._timer = None
 
@@ -130,9 +135,19 @@ class GracefulInterrupt(TrainerCallback):
         self.signal_name = signal.Signals(signum).name
         logger.warning(self.stopping_message())
         if self.grace_s is not None:
-            self._timer = threading.Timer(self.grace_s, self._give_up)
+            self._timer = threading.Timer(self.wait_s(now), self._give_up)
             self._timer.daemon = True
             self._timer.start()
+
+    def expected_step_s(self) -> float:
+        """How long a step takes here: the longest of the recent ones; 0 before any step has ended."""
+        recent = self._durations[1:] or self._durations
+        return max(recent[-self.RECENT_STEPS:], default=0.0)
+
+    def wait_s(self, now: float) -> float:
+        """Seconds from ``now`` until the running step is given up: its expected rest, then the grace."""
+        ran = 0.0 if self._step_began is None else now - self._step_began
+        return max(0.0, self.expected_step_s() - ran) + self.grace_s
 
     def stopping_message(self) -> str:
         """What the first signal does: the step it saves, and what a resume starts from if that step never ends."""
@@ -143,8 +158,8 @@ class GracefulInterrupt(TrainerCallback):
             return (f"{self.signal_name}: stopping after {step}, which is saved for a resume to start from; until it "
                     f"has, {fallback} (Ctrl-C again to abort without saving).")
         return (f"{self.signal_name}: stopping after {step}, which is saved for a resume to start from; if it has not "
-                f"finished within {self.grace_s:g} s ({STOP_GRACE_VARIABLE}), the run stops without it and "
-                f"{fallback} (Ctrl-C again to stop now).")
+                f"finished {self.grace_s:g} s ({STOP_GRACE_VARIABLE}) after a step's usual length, the run stops "
+                f"without it and {fallback} (Ctrl-C again to stop now).")
 
     def _give_up(self) -> None:
         """The grace is over and the step still runs: one line, then end the process at once."""
@@ -154,7 +169,8 @@ class GracefulInterrupt(TrainerCallback):
         step = "the current step" if self.step is None else f"step {self.step + 1}"
         what = (f"{step} is still being saved" if self.saving else
                 f"{step} has not finished (a slow or hanging reward or generation?)")
-        message = (f"error: {self.signal_name} came {self.grace_s:g} s ago and {what}; stopped without it. {then} (Set "
+        waited = time.monotonic() - self._first_at
+        message = (f"error: {self.signal_name} came {waited:.0f} s ago and {what}; stopped without it. {then} (Set "
                    f"{STOP_GRACE_VARIABLE} to wait longer, 0 to wait for the step however long it takes.)\n")
         os.write(2, message.encode())  # not sys.stderr: the main thread may hold its lock
         os._exit(self.EXIT_CODE)
@@ -164,8 +180,11 @@ class GracefulInterrupt(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step = state.global_step  # the step running now is step + 1
+        self._step_began = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self._step_began is not None:
+            self._durations.append(time.monotonic() - self._step_began)
         if self.requested:
             self.saving = True
             control.should_save = True
