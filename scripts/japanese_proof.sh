@@ -45,9 +45,11 @@ SAMPLES=${SAMPLES:-2}             # sampled outputs per prompt, at the training 
 MAX_TOKENS=${MAX_TOKENS:-128}     # the examples' completions are about 30-80 Gemma tokens
 REWARDS=xmlcount,soft_format,strict_format,japanese_purity
 . "$ROOT/scripts/proof_stages.sh"  # PYTHONPATH, the run folder, sg and stage
-evaluate() {  # evaluate NAME MODEL: the article's Japanese system prompt (the default), sampled as GRPO samples
+evaluate() {  # evaluate NAME MODEL: the article's Japanese system prompt (the default), sampled as GRPO samples;
+  # every output in one batch: generation is host-bound, so a batch costs about the same whatever its size
   sg eval --model "$2" --name "$1" --artifact-dir "$WORK" --limit "$LIMIT" --sample --temperature 1.0 --top-p 1.0 \
-    --samples-per-prompt "$SAMPLES" --max-new-tokens "$MAX_TOKENS" --batch-size 64 --no-4bit --overwrite
+    --samples-per-prompt "$SAMPLES" --max-new-tokens "$MAX_TOKENS" --batch-size $(( LIMIT * SAMPLES )) --no-4bit \
+    --overwrite
 }
 
 stage convert "$WORK/gemma3/config.json" sg convert-gguf "$GGUF" "$WORK/gemma3"
