@@ -697,3 +697,29 @@ def test_a_missing_prompt_file_outside_the_project_names_the_project_folder(no_c
 def test_a_missing_prompt_file_inside_the_project_gets_no_such_hint(no_cuda, capsys, tmp_path):
     code, err = run_cli(capsys, "--model", "tiny", "--data", tmp_path / "nope.csv", "--artifact-dir", tmp_path)
     assert code == 2 and "project folder" not in err  # why: the repository has datasets/; the name is simply wrong
+
+
+# A notebook cell that hits a user error, run in IPython as Jupyter runs it (a fresh process: IPython's shell is a
+# singleton that would outlive this test).
+NOTEBOOK_CELL = r"""
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+InteractiveShell.instance().run_cell(f"from sarashina_grpo.data import load_prompts\nload_prompts({sys.argv[1]!r})")
+"""
+
+
+@pytest.mark.parametrize("debug", [None, "1"])
+def test_jupyter_shows_a_user_error_as_the_command_line_does(tmp_path, debug):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SARASHINA_GRPO_DEBUG"} | ({"SARASHINA_GRPO_DEBUG": debug}
+                                                                                     if debug else {})
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK_CELL, str(tmp_path / "missing.csv")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    shown = (done.stdout + done.stderr).strip().splitlines()
+    assert shown[-1].startswith("error: ") and "missing.csv" in shown[-1]
+    if debug:  # the traceback for a bug report, then the same line
+        assert shown[0].startswith("Traceback") and any("load_prompts" in line for line in shown)
+    else:
+        assert len(shown) == 1

@@ -102,6 +102,9 @@ def test_inference_notebook_refuses_an_existing_eval_name_before_generating(repo
         execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"],
                 ARTIFACT_DIR=str(artifact))
     assert failed.value.ename == "EvalExistsError" and "check_eval_name" in failed.value.source
+    # shown as the command line shows it: one error line naming the evaluation, no traceback into the package
+    assert len(failed.value.traceback) == 1 and failed.value.traceback[0].startswith("error: ")
+    assert "notebook-tiny" in failed.value.traceback[0]
 
 
 def test_inference_runs_on_the_base_tiny_model(repo_root, tmp_path):

@@ -20,8 +20,8 @@ from urllib.parse import urlparse
 from .data import DataError
 from .project import HOME_VARIABLE, SettingsError
 from .reward_guard import RewardError
+from .tables import debug_enabled
 
-DEBUG_ENV = "SARASHINA_GRPO_DEBUG"
 USER_ERROR_EXIT = 2
 DISK_FULL_FIX = ("Free some space, or choose --artifact-dir on a disk with room. A checkpoint cut off by this is "
                  "never resumed from: --resume continues from the last complete one.")
@@ -34,11 +34,6 @@ DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded
 FILE_TOO_LARGE_TEXT = ("File too large", "os error 27")  # EFBIG
 FILE_SIZE_FIX = ("Raise the limit (ulimit -f unlimited) or choose --artifact-dir on a file system that takes large "
                  "files. A checkpoint cut off by this is never resumed from.")
-
-
-def debug_enabled(flag: bool = False) -> bool:
-    """``--debug`` was given, or the environment asks for tracebacks."""
-    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _chain(exc: BaseException):

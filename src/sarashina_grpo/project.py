@@ -21,6 +21,8 @@ import re
 from dataclasses import field
 from pathlib import Path
 
+from .tables import notebook_lines
+
 DEFAULT_MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
 HOME_VARIABLE = "SARASHINA_GRPO_HOME"
 FALSE_WORDS = {"false", "no", "0", "off"}  # what an on/off environment variable reads as off
@@ -201,6 +203,8 @@ def is_whole(value, lowest: int = 1, *, floats: bool = False) -> bool:
 
 class SettingsError(ValueError):
     """A setting is invalid; raised before any model is loaded."""
+
+    _render_traceback_ = notebook_lines
 
 
 def shown(value) -> str:

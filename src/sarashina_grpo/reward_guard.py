@@ -18,12 +18,15 @@ import traceback
 from collections.abc import Sequence
 
 from .rewards import RewardFunc, get_reward_funcs
+from .tables import notebook_lines
 
 logger = logging.getLogger(__name__)
 
 
 class RewardError(RuntimeError):
     """A reward broke during training (raised, or returned no usable values); the message names it."""
+
+    _render_traceback_ = notebook_lines
 
 
 def training_rewards(names: Sequence[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:

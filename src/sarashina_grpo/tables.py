@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import stat
+import traceback
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,26 @@ MAX_ROWS = 1_000_000
 UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
 
 
+DEBUG_ENV = "SARASHINA_GRPO_DEBUG"  # set: tracebacks as well as the one line (errors.py, notebook_lines)
+
+
+def notebook_lines(exc: BaseException) -> list[str]:
+    """How Jupyter shows a user error (IPython's ``_render_traceback_`` hook, given to each user-error type): the
+    command line's one ``error:`` line instead of a traceback into the package; the traceback first with
+    ``$SARASHINA_GRPO_DEBUG`` set. Here, in the lowest layer, so that every user-error type can share it."""
+    line = [f"error: {exc}"]
+    return traceback.format_exception(exc) + line if debug_enabled() else line
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    """``--debug`` was given, or the environment asks for tracebacks."""
+    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 class DataError(ValueError):
     """The prompt file cannot be used; the message names the file, line and field, and what to do."""
+
+    _render_traceback_ = notebook_lines
 
 
 def lines_named(lines: list[int]) -> str:
