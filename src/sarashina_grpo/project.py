@@ -155,9 +155,10 @@ def check_address_space() -> None:
 
 
 def stop_grace_s(env=None) -> float | None:
-    """Seconds ``train`` waits, after Ctrl-C or SIGTERM, for the current step before it stops without it
-    (``$SARASHINA_GRPO_STOP_GRACE_S``, default ``DEFAULT_STOP_GRACE_S``); None (the variable set to 0) waits for the
-    step however long it takes. Raise ``SettingsError`` for a value that is no such number."""
+    """Seconds ``train`` waits, after Ctrl-C or SIGTERM, for the current step beyond a step's usual length
+    (``callbacks.GracefulInterrupt``) before it stops without it (``$SARASHINA_GRPO_STOP_GRACE_S``, default
+    ``DEFAULT_STOP_GRACE_S``); None (the variable set to 0) waits for the step however long it takes. Raise
+    ``SettingsError`` for a value that is no such number."""
     env = os.environ if env is None else env
     text = env.get(STOP_GRACE_VARIABLE, "").strip()
     if not text:
@@ -168,8 +169,8 @@ def stop_grace_s(env=None) -> float | None:
         value = -1.0
     if not math.isfinite(value) or value < 0:
         raise SettingsError(f"{STOP_GRACE_VARIABLE}={text!r} is not a number of seconds: give how long a step may "
-                            "take to finish after Ctrl-C or SIGTERM before the run stops without it (e.g. 20), 0 to "
-                            "wait for the step however long it takes, or unset it.")
+                            "run past its usual length after Ctrl-C or SIGTERM before the run stops without it (e.g. "
+                            "20), 0 to wait for the step however long it takes, or unset it.")
     return value or None
 
 
