@@ -43,8 +43,8 @@ grpo() {  # grpo TRAIN-FLAGS...: this call's share of GRPO towards $final (run "
   if [ "$left" -lt 90 ]; then echo "GRPO: only ${left}s left in this call; call again."; exit 3; fi
   t0=$(date +%s)
   set +e
-  timeout --preserve-status -s INT -k 60 "$left" "$PY" -m sarashina_grpo train --no-4bit --no-log-completions --artifact-dir "$WORK" \
-    --run-name grpo "$@" "${resume[@]}"
+  timeout --preserve-status -s INT -k 60 "$left" "$PY" -m sarashina_grpo train --no-4bit --no-log-completions \
+    --artifact-dir "$WORK" --run-name grpo "$@" "${resume[@]}"
   rc=$?
   set -e
   echo "grpo $(( $(date +%s) - t0 ))" >> "$times"
