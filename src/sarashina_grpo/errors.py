@@ -45,10 +45,6 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def _where(err: OSError) -> str:
-    return f" ({err.filename})" if err.filename else ""
-
-
 def _file_in_the_way(path: str | os.PathLike) -> Path | None:
     """The nearest existing part of ``path`` that is a file where a folder is needed."""
     for part in [Path(path), *Path(path).parents]:
@@ -58,7 +54,7 @@ def _file_in_the_way(path: str | os.PathLike) -> Path | None:
 
 
 def _os_error_message(err: OSError) -> str | None:
-    code, where = err.errno, _where(err)
+    code, where = err.errno, f" ({err.filename})" if err.filename else ""
     if code in (errno.ENOSPC, errno.EDQUOT):
         return f"No space left on device{where}. {DISK_FULL_FIX}"
     if code == errno.EFBIG:
@@ -110,8 +106,7 @@ def memory_message() -> str:
 
 
 def file_size_limit_text() -> str:
-    limit = file_size_limit()
-    if limit is None:
+    if (limit := file_size_limit()) is None:
         return "the file system's largest file size was reached"
     return f"it reached this process's file-size limit of {limit:,} bytes (ulimit -f)"
 
@@ -216,11 +211,10 @@ def user_error_message(exc: BaseException) -> str | None:
     if any(marker in text for marker in FILE_TOO_LARGE_TEXT):  # safetensors' Rust writer: "os error 27"
         return f"File too large: {file_size_limit_text()}. {FILE_SIZE_FIX}"
     if isinstance(exc, RuntimeError) and any(marker in text for marker in TORCH_SHORT_WRITE):
-        if file_size_limit() is not None:  # torch says the same for both; a limit set here is the likelier cause
-            return (f"Writing a file failed inside PyTorch ({str(exc).strip()[:80]}): the disk is full, or "
-                    f"{file_size_limit_text()}. {FILE_SIZE_FIX}")
-        return (f"Writing a file failed inside PyTorch ({str(exc).strip()[:80]}): the disk is most likely full "
-                f"(no space left on device). {DISK_FULL_FIX}")
+        # torch says the same for both; a limit set here is the likelier cause
+        why = (f"the disk is full, or {file_size_limit_text()}. {FILE_SIZE_FIX}" if file_size_limit() is not None
+               else f"the disk is most likely full (no space left on device). {DISK_FULL_FIX}")
+        return f"Writing a file failed inside PyTorch ({str(exc).strip()[:80]}): {why}"
     if isinstance(exc, json.JSONDecodeError):
         return (f"A JSON file is cut off or damaged ({exc}). Run again with --debug to see which one, then restore "
                 "or delete it.")

@@ -1,24 +1,19 @@
 """Pre-flight: what no settings object can know, checked before a model loads, each mistake one ``SettingsError``.
 
-    from sarashina_grpo.preflight import check_run
     checked = check_run(settings, artifact_dir=Path("artifact"))  # CheckedRun(settings, rows, eval_rows) or an error
 
-The settings check themselves as they are built (``config.Settings.__post_init__``: TRL's checks of its fields, the
-project's of its own). This module checks what needs the disk, the machine or the registry: the rewards (your own
-imported), the prompt and held-out files, the device, the model folder or hub id, the
-artifact folder, a resumed run's recorded settings (``check_run``; ``check_model`` for ``infer`` and ``eval``), and
-the other commands' own options and output folders. The run folder's own promises (name, lock, data hash, steps
-left) are ``runs``'.
-
-Whether a model can load here is checked from plain values (the second half of this module), so that ``export``,
-``warmstart`` and ``modeling`` use the same checks without a run's settings: a model or checkpoint folder (its files,
-its base model), a hub id (cached, or the hub reachable), the device it needs, and LoRA targets that name its layers.
+The settings check their own fields as they are built (``config.Settings.__post_init__``). This module checks what
+needs the disk, the machine or the registry: rewards, prompt files, device, model, artifact folder, a resumed run's
+recorded settings, and the other commands' options and output folders (the run folder's own promises are ``runs``').
+Whether a model can load here is checked from plain values (the second half), so that ``export``, ``warmstart`` and
+``modeling`` use the same checks without a run's settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -42,9 +37,9 @@ if typing.TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+BASE_MODEL = "base_model"  # run.json's record of the weights the adapter trains on (pipeline.record_base_model)
 # Warm-up steps beyond which no realistic run of this project gets to its full learning rate (the article's run:
 # 500 steps, 50 of warm-up); a longer one usually comes from a huge --max-steps meant as "until I stop it".
-BASE_MODEL = "base_model"  # run.json's record of the weights the adapter trains on (pipeline.record_base_model)
 REALISTIC_WARMUP_STEPS = 1_000
 # LoRA weights are fp32 of order 1e-2; fp32 resolves ~1e-7 relative, i.e. ~1e-9 absolute. An Adam step moves a
 # weight by about the learning rate, so below this every update rounds to no change at all.
@@ -59,8 +54,7 @@ RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit",
                      "bf16", "fp16", "best_metric", "patience"}
 # More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
 MAX_THREADS_PER_CORE = 4
-ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run",
-                    "eval": "evaluations"}
+ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run", "eval": "evaluations"}
 # report_to names and the module each needs (transformers.integrations); "none" and "all" need nothing.
 REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
                   "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "codecarbon": "codecarbon",
@@ -69,8 +63,7 @@ REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlf
 
 @dataclass
 class CheckedRun:
-    """Settings that passed every check, with the usable rows of their prompt file and, when the run evaluates
-    during training (``eval_steps``), the held-out rows it scores."""
+    """Settings that passed every check, the rows of their prompt file, and the held-out rows (with ``eval_steps``)."""
 
     settings: Settings
     rows: list = field(default_factory=list)
@@ -78,8 +71,7 @@ class CheckedRun:
 
 
 def unwritable(folder: Path) -> str | None:
-    """Why no file can be created in ``folder`` (made when missing), or None: a save that would fail fails now,
-    not after hours of training."""
+    """Why no file can be created in ``folder`` (made when missing), or None: a save fails now, not after hours."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder):
@@ -93,8 +85,7 @@ def unwritable(folder: Path) -> str | None:
 
 
 def check_rewards(names: list[str], max_completion_length: int | None = None) -> None:
-    """Every reward is in the registry, or your own (``module:function``, ``file.py:function``), imported now; no
-    function twice (under any spelling), no two rewards that TRL would log under one name."""
+    """Every reward is known or your own (imported now); none twice, no two that TRL would log under one name."""
     from .rewards import check_reward_names
 
     try:
@@ -158,10 +149,9 @@ def settings_warnings(settings: Settings) -> list[str]:
     return found
 
 
-def check_artifact_dir(artifact_dir: str | os.PathLike) -> None:
-    """The artifact folder or one of its sub-folders is a file (else a traceback, and an empty run folder, halfway
-    through creating them)."""
-    root = Path(artifact_dir)
+def check_writable(root: Path) -> None:
+    """The artifact folder can be written, and neither it nor a sub-folder is a file (else a traceback, and an empty
+    run folder, halfway through creating them)."""
     if root.exists() and not root.is_dir():
         raise SettingsError(f"Artifact folder {root} is a file. Choose another with --artifact-dir, or move the file.")
     for name, holds in ARTIFACT_FOLDERS.items():
@@ -169,12 +159,8 @@ def check_artifact_dir(artifact_dir: str | os.PathLike) -> None:
         if folder.exists() and not folder.is_dir():
             raise SettingsError(f"{folder} is a file, but it must be the folder of the {holds}. Move or rename the "
                                 "file, or choose another --artifact-dir.")
-
-
-def check_writable(folder: Path) -> None:
-    check_artifact_dir(folder)
-    if why := unwritable(folder):
-        raise SettingsError(f"Artifact folder {folder} is not writable ({why}). Choose another with --artifact-dir "
+    if why := unwritable(root):
+        raise SettingsError(f"Artifact folder {root} is not writable ({why}). Choose another with --artifact-dir "
                             "(notebook: ARTIFACT_DIR) or fix its permissions.")
 
 
@@ -214,7 +200,6 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
               check_model_files: bool = True) -> CheckedRun:
     """Every check of a training run, in the order a user would fix them; one ``SettingsError``/``DataError``.
-
     ``run_dir``: the run being resumed (its ``run.json`` must agree). ``check_model_files`` off: the caller brings
     its own loaded model (the benchmark, the learning proof)."""
     check_rewards(settings.reward_names, settings.max_completion_length)
@@ -226,8 +211,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     # The files the user named come first: a missing prompt file is reported even where the model would not run
     # on this machine either, so that one fix is not hidden behind another.
     rows = check_prompts(project_path(settings.data_path))
-    eval_rows = (check_prompts(project_path(settings.eval_data))[:settings.eval_limit]
-                 if settings.eval_steps else [])
+    eval_rows = check_prompts(project_path(settings.eval_data))[: settings.eval_limit] if settings.eval_steps else []
     check_rewards_have_columns(settings, rows)
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
@@ -240,8 +224,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
 
 
 def check_model(settings, *, training: bool):
-    """Settings (or ``options.ModelOptions``, resolved here) whose model can load on this machine (what
-    ``infer``/``eval`` need)."""
+    """Settings (or ``options.ModelOptions``, resolved here) whose model loads here: what ``infer``/``eval`` need."""
     from .options import ModelOptions
 
     if isinstance(settings, ModelOptions):
@@ -250,8 +233,7 @@ def check_model(settings, *, training: bool):
     if best != settings.model_name:
         settings = (dataclasses.replace(settings, model_name=best) if isinstance(settings, ModelOptions)
                     else settings.replace(model_name=best))
-    check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm,
-                 training=training)
+    check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=training)
     check_model_name(settings.model_name)
     return settings
 
@@ -299,8 +281,7 @@ def check_threads(threads: int | None) -> int | None:
 
 
 def check_eval_limit(limit: int | None) -> None:
-    """``eval --limit``: a positive number of prompts, or None for all; an empty evaluation saved as a result would
-    be compared as if it were one."""
+    """``eval --limit``: a positive number of prompts, or None for all (an empty evaluation would be compared)."""
     if limit is not None and not is_whole(limit):
         raise SettingsError(f"--limit must be at least 1 (prompts to evaluate), got {limit!r}; leave it out to "
                             "evaluate all.")
@@ -322,8 +303,7 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
     eval_dir = Path(artifact_dir) / "eval"
     missing, damaged = [], []
     for name in names:
-        path = Path(name) if (Path(name) / "metrics.json").exists() else eval_dir / str(name)
-        metrics = path / "metrics.json"
+        metrics = (Path(name) if (Path(name) / "metrics.json").exists() else eval_dir / str(name)) / "metrics.json"
         if not metrics.is_file():
             missing.append(str(name))
             continue
@@ -345,8 +325,7 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
 
 
 def check_demo(demo, run_name: str | None = None) -> None:
-    """``sarashina-grpo demo``'s options (a ``demo.DemoSettings``), before Unsloth is imported and the warm start
-    runs: its threads, held-out limit and interval, run name and the GRPO settings it derives."""
+    """``demo``'s options (``demo.DemoSettings``) and the GRPO settings it derives, before Unsloth is imported."""
     from .runs import check_run_name
 
     check_threads(demo.threads)
@@ -374,8 +353,7 @@ def check_new_folder(folder: str | Path, label: str) -> Path:
 
 
 def check_warm_start(recipe, examples_file: Path | None) -> None:
-    """A warm start's recipe (``warmstart.WarmStart``): its examples file (None: synthetic examples) and the numbers
-    of its supervised pass."""
+    """A warm start's recipe (``warmstart.WarmStart``); ``examples_file`` None means synthetic examples."""
     if examples_file is not None and not examples_file.is_file():
         raise SettingsError(f"warmstart --data: file not found: {examples_file}.")
     check_positive_integers("warmstart", recipe, ("steps", "batch_size"))
@@ -384,8 +362,7 @@ def check_warm_start(recipe, examples_file: Path | None) -> None:
 
 
 def check_warm_start_command(recipe) -> None:
-    """What the ``warmstart`` command must be given besides a valid recipe: a model that loads here, threads, and
-    an output folder that is new and can be written."""
+    """What ``warmstart`` needs besides a valid recipe: a model that loads here, and a new, writable output folder."""
     if not recipe.output:
         raise SettingsError("warmstart needs --output: the folder to write the warm-started model to.")
     check_threads(recipe.threads)
@@ -400,6 +377,7 @@ def check_warm_start_command(recipe) -> None:
 
 
 HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
+PROXY_PORTS = {"http": 80, "https": 443}  # a proxy URL without a port (socks: 1080)
 
 
 class ModelNotFoundError(SettingsError):
@@ -420,9 +398,8 @@ def looks_like_path(name: str) -> bool:
 
 
 def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """The hub's host answers within ``timeout`` on the route a download takes: a TCP connection straight to it,
-    or, behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``; ``errors.proxy_for``), to the proxy and a tunnel through it
-    (``CONNECT``, what huggingface_hub's client asks an HTTP proxy for) that the proxy grants."""
+    """The hub's host answers within ``timeout`` on the route a download takes: straight, or through the proxy set
+    (``errors.proxy_for``) and a ``CONNECT`` tunnel it grants (what huggingface_hub's client asks a proxy for)."""
     url = urlparse(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     proxy = proxy_for(endpoint)
@@ -438,9 +415,6 @@ def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
         return False
 
 
-PROXY_PORTS = {"http": 80, "https": 443}  # a proxy URL without a port (socks: 1080)
-
-
 def tunnel_granted(sock: socket.socket, target: str, proxy, timeout: float) -> bool:
     """An HTTP proxy on ``sock`` answers ``CONNECT target`` with a 2xx status within ``timeout``."""
     import base64
@@ -452,18 +426,14 @@ def tunnel_granted(sock: socket.socket, target: str, proxy, timeout: float) -> b
     sock.settimeout(timeout)
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
     answer = b""
-    while b"\r\n" not in answer and len(answer) < 4096:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
+    while b"\r\n" not in answer and len(answer) < 4096 and (chunk := sock.recv(4096)):
         answer += chunk
     status = answer.split(b"\r\n", 1)[0].split()
     return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
 
 
 def check_push_to_hub(push_to_hub) -> None:
-    """Raise ``SettingsError`` when ``push_to_hub`` (a GRPOConfig field) is on but the hub cannot be reached from
-    here: the upload would fail with a connection traceback after the model loads and trains."""
+    """``push_to_hub`` on while the hub cannot be reached: the upload would fail only after the model trains."""
     if not push_to_hub:
         return
     from huggingface_hub import constants
@@ -478,9 +448,8 @@ def check_push_to_hub(push_to_hub) -> None:
 
 
 def check_hub_model(name: str) -> None:
-    """Raise ``ModelNotFoundError`` when hub id ``name`` is neither in the Hugging Face cache nor downloadable now
-    (``HF_HUB_OFFLINE`` set, or the hub unreachable, directly or through the proxy set): one line in seconds,
-    instead of the loader's traceback after minutes of retries."""
+    """Hub id ``name`` neither cached nor downloadable now: one line in seconds, not the loader's traceback after
+    minutes of retries."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
@@ -495,11 +464,8 @@ def check_hub_model(name: str) -> None:
 
 
 def check_model_name(name: str) -> None:
-    """Raise ``ModelNotFoundError`` saying what to give instead when ``name`` is a folder that cannot load, or a hub
-    id that cannot be had here (``check_hub_model``)."""
-    from .project import check_home_folder
-
-    check_home_folder()  # `tiny` and every default path live under $SARASHINA_GRPO_HOME
+    """``ModelNotFoundError``, saying what to give instead, for a folder that cannot load or an unobtainable hub id."""
+    project.check_home_folder()  # `tiny` and every default path live under $SARASHINA_GRPO_HOME
     if name == "tiny":
         return
     if not looks_like_path(name):
@@ -531,8 +497,7 @@ def check_model_name(name: str) -> None:
     else:
         hint = examples
     raise ModelNotFoundError(
-        f"{model_label(name)} holds neither model files (config.json + model.safetensors) "
-        "nor LoRA adapter files "
+        f"{model_label(name)} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
         f"(adapter_config.json + adapter_model.safetensors). {hint}"
     )
 
@@ -547,8 +512,7 @@ CONFIG_COUNTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 
 
 def model_folder_problem(folder: Path) -> str | None:
-    """What keeps a full model folder from loading, read from its small files: no tokenizer files, or a
-    ``config.json`` that is not an object with whole, positive counts."""
+    """What keeps a full model folder from loading, read from its small files (tokenizer files, config.json)."""
     files = {p.name for p in folder.iterdir()}
     if not files & set(TOKENIZER_FILES):
         return (f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, …): the model cannot read or "
@@ -561,32 +525,35 @@ def model_folder_problem(folder: Path) -> str | None:
         return f"{folder / 'config.json'} holds a JSON {type(model_config).__name__}, not a model configuration."
     for key in CONFIG_COUNTS:
         value = model_config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not is_whole(value):
             return f"{folder / 'config.json'} has {key} = {value!r}, not a positive whole number; restore the file."
     return None
 
 
 def nonfinite_parameters(model, limit: int = 3) -> list[str]:
-    """Names of (up to ``limit``) floating-point parameters of ``model`` holding NaN or inf; quantised weights
-    (integer storage) are skipped. One pass over the weights where they are (fast on a GPU)."""
+    """Names of (up to ``limit``) floating-point parameters holding NaN or inf; quantised weights are skipped."""
     import torch
 
-    bad = []
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
-                bad.append(name)
-                if len(bad) >= limit:
-                    break
-    return bad
+    params = model.named_parameters()
+    with torch.no_grad():  # lazily: the pass stops at the ``limit``-th
+        bad = (name for name, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all()))
+        return list(itertools.islice(bad, limit))
 
 
 def check_finite_model(model, what: str, fix: str) -> None:
     """Raise ``SettingsError`` naming the first parameters of ``model`` that hold NaN or inf: such a model answers
     with empty text or fails at its first sampled token, and written out it would pass the fault on."""
-    bad = nonfinite_parameters(model)
-    if bad:
+    if bad := nonfinite_parameters(model):
         raise SettingsError(f"{what} holds NaN or inf weights ({', '.join(bad)}). {fix}")
+
+
+def adapter_base(folder: Path) -> str | None:
+    """``base_model_name_or_path`` of the adapter in ``folder``; None where it cannot be read."""
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return base if isinstance(base, str) else None
 
 
 def missing_local_model(name: str) -> bool:
@@ -597,14 +564,10 @@ def missing_local_model(name: str) -> bool:
 
 
 def check_base_model(adapter_dir: Path) -> None:
-    """An adapter's base model, when it is a local folder, must still be there (the loader would go looking for it
-    on the hub and fail with an unrelated message). ``export --merged`` makes the same check
-    (``missing_local_model``)."""
-    try:
-        base = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # check_loadable reports a damaged adapter; a missing entry is the loader's default
-    if isinstance(base, str) and missing_local_model(base):
+    """An adapter's local base model folder must still be there (the loader would go looking for it on the hub and
+    fail with an unrelated message). ``export --merged`` makes the same check (``missing_local_model``)."""
+    base = adapter_base(adapter_dir)  # None: check_loadable reports a damaged adapter; a missing entry is the default
+    if base is not None and missing_local_model(base):
         raise ModelNotFoundError(f"{adapter_dir}: its base model folder {base} (adapter_config.json, "
                                  "base_model_name_or_path) does not exist here or has no config.json. Put the base "
                                  "model back there, or write its new place (a folder or hub id) into "
@@ -637,13 +600,11 @@ def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, trainin
         )
 
 
-# The linear layers of a Llama-architecture block (Sarashina 2.2, SmolLM2, the tiny model), what LoRA can target:
-# the seven projections the project targets by default.
-LLAMA_LINEAR_MODULES = project.LORA_TARGET_MODULES
-# Each architecture's decoder projections (project.json's model_type), what the default LoRA targets mean for it.
-# Gemma 3 (text: gemma3_text) names its seven projections as Llama does; its extra q_norm/k_norm are norms, not
-# linear layers. An architecture not listed keeps the targets as given and is not checked here.
-PROJECTIONS = {"llama": LLAMA_LINEAR_MODULES, "mistral": LLAMA_LINEAR_MODULES, "gemma3_text": LLAMA_LINEAR_MODULES}
+# Each architecture's decoder projections (config.json's model_type), what LoRA can target and what the default
+# targets mean for it: a Llama block's seven (Sarashina 2.2, SmolLM2, the tiny model). Gemma 3 (gemma3_text) names
+# them as Llama does; its extra q_norm/k_norm are norms, not linear layers. An architecture not listed keeps the
+# targets as given and is not checked here.
+PROJECTIONS = dict.fromkeys(("llama", "mistral", "gemma3_text"), project.LORA_TARGET_MODULES)
 
 
 def model_type_of(name: str) -> str | None:
@@ -653,10 +614,7 @@ def model_type_of(name: str) -> str | None:
         return "llama"
     folder = Path(name).expanduser()
     if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
-        try:
-            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        base = adapter_base(folder)
         return model_type_of(base) if base and base != name else None
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
@@ -702,11 +660,8 @@ def weights_folder(name: str) -> Path | None:
     or, for an adapter (a checkpoint), its base model's; None where they are not on this disk."""
     folder = Path(name).expanduser()
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        try:
-            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return weights_folder(base) if isinstance(base, str) and base and base != name else None
+        base = adapter_base(folder)
+        return weights_folder(base) if base and base != name else None
     if folder.is_dir():
         return folder
     if looks_like_path(name):
@@ -721,8 +676,7 @@ def weights_folder(name: str) -> Path | None:
 
 
 def weights_fingerprint(name: str | Path) -> str | None:
-    """The fingerprint (``FINGERPRINT_TENSORS``) of the full weights ``name`` stands for (``weights_folder``); None
-    where they cannot be read here (not on this disk, not safetensors, damaged)."""
+    """The fingerprint of the full weights ``name`` stands for (``weights_folder``); None where they are unreadable."""
     import hashlib
 
     folder = weights_folder(str(name))

@@ -1,13 +1,9 @@
 """What the project is, without TRL: its folders, its system prompt, the machine it runs on, its user-error type.
 
-    from sarashina_grpo.project import SYSTEM_PROMPT, project_path, precision
-
 Light on purpose (no TRL, no transformers, torch only inside functions): the command line, the checks that run
-before a model loads and the modules that never train import this, not ``config`` (the run's settings, which are
-TRL's ``GRPOConfig`` and so import TRL, which Unsloth must patch first).
-
-Default locations (``datasets/``, ``artifact/``) are relative to the project folder: ``$SARASHINA_GRPO_HOME`` when
-set, else the working directory, never the place the package is installed in.
+before a model loads and the modules that never train import this, not ``config`` (TRL's ``GRPOConfig``, which
+imports TRL, which Unsloth must patch first). Default locations (``datasets/``, ``artifact/``) are relative to the
+project folder: ``$SARASHINA_GRPO_HOME`` when set, else the working directory, never where the package is installed.
 """
 
 from __future__ import annotations
@@ -128,8 +124,7 @@ def check_launch_environment(env=None) -> None:
 
 
 def check_home_folder(env=None) -> None:
-    """``$SARASHINA_GRPO_HOME`` names a file: every default path (datasets/, artifact/) would fail under it, after a
-    model loads."""
+    """``$SARASHINA_GRPO_HOME`` names a file: every default path under it would fail, after a model loads."""
     env = os.environ if env is None else env
     home = env.get(HOME_VARIABLE)
     if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
@@ -155,10 +150,9 @@ def check_address_space() -> None:
 
 
 def stop_grace_s(env=None) -> float | None:
-    """Seconds ``train`` waits, after Ctrl-C or SIGTERM, for the current step beyond a step's usual length
-    (``callbacks.GracefulInterrupt``) before it stops without it (``$SARASHINA_GRPO_STOP_GRACE_S``, default
-    ``DEFAULT_STOP_GRACE_S``); None (the variable set to 0) waits for the step however long it takes. Raise
-    ``SettingsError`` for a value that is no such number."""
+    """Seconds ``train`` waits after Ctrl-C or SIGTERM for the current step beyond a step's usual length before it
+    stops without it (``$SARASHINA_GRPO_STOP_GRACE_S``, ``callbacks.GracefulInterrupt``); None (the variable set to
+    0) waits however long it takes."""
     env = os.environ if env is None else env
     text = env.get(STOP_GRACE_VARIABLE, "").strip()
     if not text:
@@ -195,8 +189,7 @@ def finite_number(value) -> bool:
 
 
 def is_whole(value, lowest: int = 1, *, floats: bool = False) -> bool:
-    """An int (not a bool) of at least ``lowest``; with ``floats`` also a float without a fraction (TRL types some
-    step counts as floats)."""
+    """An int (not a bool) >= ``lowest``; with ``floats`` also a whole float (TRL types some step counts as floats)."""
     if floats and finite_number(value) and float(value).is_integer():
         value = int(value)
     return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
@@ -226,9 +219,8 @@ class OnOff(argparse.BooleanOptionalAction):
 def setting(default, help: str, *, flag: str | None = None, choices=None, factory=None, shown_as: str | None = None,
             **parser_options):
     """A dataclass field whose ``metadata`` is its command-line flag as transformers' ``HfArgumentParser`` reads it:
-    the help text with the default shown once (``shown_as`` for a long one; a field unset by default says in its
-    help what "unset" means), an optional short alias (``flag``), the allowed values, further ``add_argument``
-    options (``parser_options``)."""
+    the help with the default shown once (``shown_as`` for a long one; a field unset by default says in its help
+    what "unset" means), an optional short alias (``flag``), the allowed values, further ``add_argument`` options."""
     value = factory() if factory is not None else default
     text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
     metadata = {"help": text, **parser_options}
@@ -236,9 +228,8 @@ def setting(default, help: str, *, flag: str | None = None, choices=None, factor
         metadata["aliases"] = [flag]
     if choices:
         metadata["choices"] = choices
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+    default_of = {"default": default} if factory is None else {"default_factory": factory}
+    return field(**default_of, metadata=metadata)
 
 
 # Short flags of settings, beside the ``--field-name`` that every field of ``config.Settings`` has.
@@ -344,9 +335,7 @@ def yaml_loader():
     return Loader
 
 
-_PIPED_RECIPES: dict[tuple[int, int], str] = {}
-
-
+_PIPED_RECIPES: dict[tuple[int, int], str] = {}  # a pipe's recipe text, by the pipe (see load_recipe)
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"  # the shipped ones, article.yaml first
 
 
