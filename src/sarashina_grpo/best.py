@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .checkpoints import checkpoint_dir, is_complete
 from .project import BEST_METRICS, SettingsError
+from .runs import read_json
 
 BEST = "best"
 RUN_INFO = "run.json"  # every setting of the run, written at its start; resume compares with it
@@ -24,9 +25,7 @@ RUN_INFO = "run.json"  # every setting of the run, written at its start; resume 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:
     """``value`` is a new best of ``metric`` (strictly: a tie keeps the earlier, cheaper-to-reach checkpoint)."""
-    if best is None:
-        return True
-    return value > best if BEST_METRICS[metric] == "higher" else value < best
+    return best is None or (value > best if BEST_METRICS[metric] == "higher" else value < best)
 
 
 def record_best(run_dir: str | os.PathLike, step: int, metric: str, value: float) -> None:
@@ -39,21 +38,12 @@ def record_best(run_dir: str | os.PathLike, step: int, metric: str, value: float
     partial.replace(path)  # a run.json cut off mid-write would stop every later resume
 
 
-def recorded_best(run_dir: str | os.PathLike) -> dict | None:
-    """The ``best`` entry of the run's ``run.json``, or None."""
-    path = Path(run_dir) / RUN_INFO
-    try:
-        best = json.loads(path.read_text(encoding="utf-8")).get(BEST)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return best if isinstance(best, dict) and isinstance(best.get("checkpoint"), str) else None
-
-
 def best_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The folder of the run's best checkpoint, or a ``SettingsError`` saying why there is none."""
     run_dir = Path(run_dir)
-    best = recorded_best(run_dir)
-    if best is None:
+    info = read_json(run_dir / RUN_INFO)
+    best = info.get(BEST) if isinstance(info, dict) else None
+    if not (isinstance(best, dict) and isinstance(best.get("checkpoint"), str)):
         raise SettingsError(f"Run {run_dir.name} has no best checkpoint in {run_dir / RUN_INFO}: one is recorded only "
                             "by a run trained with --eval-steps (and --best-metric not 'none'), at its first held-out "
                             "evaluation after step 0. Give a checkpoint-N of the run instead.")

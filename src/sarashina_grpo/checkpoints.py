@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compat import ADAPTER_WEIGHTS
-from .project import SettingsError
+from .compat import ADAPTER_WEIGHTS as ADAPTER_WEIGHT_FILES  # PEFT's names; compat's resume hook reads them too
+from .project import SettingsError, is_whole
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ ADAPTER_FILES = ("adapter_config.json",)
 # A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-# PEFT's names for adapter weights: one list, kept in compat because its resume hook (a layer below) reads them too
-ADAPTER_WEIGHT_FILES = ADAPTER_WEIGHTS
 # Trainer state that resume loads with torch.load(weights_only=True); training_args.bin is a pickle of the whole
 # config that resume never reads, so it is not opened here.
 TORCH_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
@@ -128,57 +126,40 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
     resume) optimizer/scheduler/RNG state loads with ``torch.load(weights_only=True)``, the way resume loads it.
     """
     folder = Path(checkpoint)
-    problems = []
-    for path in sorted(folder.glob("*.safetensors")):
-        problem = safetensors_problem(path)
-        if problem:
-            problems.append(f"{path.name}: {problem}")
-    for path in sorted(folder.glob("*.json")):
-        if for_resume or path.name != TRAINER_STATE:
-            problem = json_problem(path)
-            if problem:
-                problems.append(f"{path.name}: {problem}")
+    jsons = [p for p in sorted(folder.glob("*.json")) if for_resume or p.name != TRAINER_STATE]
+    problems = _problems(safetensors_problem, sorted(folder.glob("*.safetensors"))) + _problems(json_problem, jsons)
     if for_resume and not problems and (folder / TRAINER_STATE).exists():
-        problem = trainer_state_problem(folder / TRAINER_STATE)
-        if problem:
-            problems.append(f"{TRAINER_STATE}: {problem}")
+        problems = _problems(trainer_state_problem, [folder / TRAINER_STATE])
     if not problems:
-        problems += [f"{name}: {problem}" for name, problem in adapter_shape_problems(folder)]
+        problems = adapter_shape_problems(folder)
     if not problems:
-        problems += [f"{name}: holds non-finite values (NaN or inf)" for name in nonfinite_weight_files(folder)]
+        problems = [f"{name}: holds non-finite values (NaN or inf)" for name in nonfinite_weight_files(folder)]
     if for_resume:
-        for pattern in TORCH_STATE_PATTERNS:
-            for path in sorted(folder.glob(pattern)):
-                problem = torch_state_problem(path)
-                if problem:
-                    problems.append(f"{path.name}: {problem}")
+        states = [p for pattern in TORCH_STATE_PATTERNS for p in sorted(folder.glob(pattern))]
+        problems += _problems(torch_state_problem, states)
     return problems
 
 
+def _problems(check, paths: list[Path]) -> list[str]:
+    """"file: problem" for each of ``paths`` that ``check`` finds a problem with."""
+    return [f"{path.name}: {problem}" for path in paths if (problem := check(path))]
+
+
 def trainer_state_problem(path: Path) -> str | None:
-    """Why a ``trainer_state.json`` that parses cannot be what the Trainer wrote: not an object, or a
-    ``global_step``/``max_steps`` that is not a whole number, or a ``log_history`` that is not a list."""
+    """Why a ``trainer_state.json`` that parses cannot be what the Trainer wrote."""
     state = json.loads(path.read_bytes())
     if not isinstance(state, dict):
         return f"holds a JSON {type(state).__name__}, not the Trainer's state (overwritten?)"
     for key in ("global_step", "max_steps"):
-        value = state.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_whole(value := state.get(key, 0), 0):
             return f"{key} is {value!r}, not a whole number (overwritten?)"
     if not isinstance(state.get("log_history", []), list):
         return "log_history is not a list (overwritten?)"
     return None
 
 
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(length))
-    return {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
-
-
-def adapter_shape_problems(folder: Path) -> list[tuple[str, str]]:
-    """(file, problem) when the adapter weights do not have the LoRA rank ``adapter_config.json`` declares (an
+def adapter_shape_problems(folder: Path) -> list[str]:
+    """"file: problem" when the adapter weights do not have the LoRA rank ``adapter_config.json`` declares (an
     adapter of another run copied in): PEFT would fail with a size mismatch after the model loads. Reads the
     safetensors header only."""
     config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
@@ -187,7 +168,9 @@ def adapter_shape_problems(folder: Path) -> list[tuple[str, str]]:
     try:
         config = json.loads(config_path.read_bytes())
         rank, patterns = config.get("r"), config.get("rank_pattern") or {}
-        shapes = _safetensors_shapes(weights)
+        with open(weights, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        shapes = {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return []  # unreadable files are reported by the header and JSON checks
     if not isinstance(rank, int) or patterns:
@@ -195,16 +178,14 @@ def adapter_shape_problems(folder: Path) -> list[tuple[str, str]]:
     for key, shape in shapes.items():
         found = shape[0] if ".lora_A." in key else shape[-1] if ".lora_B." in key else None
         if found is not None and len(shape) == 2 and found != rank:
-            return [(weights.name, f"holds LoRA rank {found} ({key}) but adapter_config.json says r = {rank}: "
-                     "the weights are from another adapter")]
+            return [f"{weights.name}: holds LoRA rank {found} ({key}) but adapter_config.json says r = {rank}: "
+                    "the weights are from another adapter"]
     return []
 
 
 # Transformers' Trainer restores these on resume; without them it silently starts a fresh optimizer and schedule.
 RESUME_STATE = {"optimizer.pt": "the optimizer's moments and step count",
                 "scheduler.pt": "the learning-rate schedule, whose warm-up would restart"}
-
-
 # Where other back-ends keep the optimizer state instead of optimizer.pt: DeepSpeed's global_step<N>/ folder, FSDP's
 # optimizer.bin or optimizer_0/, per-rank files (transformers 5 Trainer._save_optimizer_and_scheduler).
 OPTIMIZER_ELSEWHERE = ("global_step*", "optimizer*.bin", "optimizer_*", "rank*-of-*-optimizer.pt")
@@ -270,64 +251,47 @@ def json_problem(path: Path) -> str | None:
     return None
 
 
-def _numpy_types_in_rng_state() -> list:
-    """Types transformers' rng_state.pth holds (NumPy's generator state); allowed for weights_only loading. The
-    same allowlist as transformers' ``trainer_pt_utils.safe_globals``, which cannot be imported before Unsloth."""
-    import numpy as np
-
-    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
 def torch_state_problem(path: Path) -> str | None:
-    """Why ``path`` does not load with ``torch.load(weights_only=True)``. Never suggests weights_only=False: that
-    would run whatever code a damaged or foreign file holds."""
+    """Why ``path`` does not load with ``torch.load(weights_only=True)``, or is not an optimizer or scheduler state
+    the Trainer can restore ({} or a list would fail with a KeyError deep in torch after the model loads). Never
+    suggests weights_only=False: that would run whatever code a damaged or foreign file holds."""
+    import numpy as np
     import torch
 
+    # The types transformers' rng_state.pth holds (NumPy's generator state): the same allowlist as transformers'
+    # trainer_pt_utils.safe_globals, which cannot be imported before Unsloth.
+    numpy_types = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     try:
-        with torch.serialization.safe_globals(_numpy_types_in_rng_state()):
+        with torch.serialization.safe_globals(numpy_types):
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):  # a pickle of arbitrary objects: overwritten, or not ours
+    except Exception as err:  # whatever garbage raises (RuntimeError, EOFError, KeyError, struct.error, …) is damage
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):  # arbitrary objects
             return ("holds objects other than tensors and numbers (overwritten?); not loaded, as that could run "
                     "code from the file")
         return "not a readable PyTorch file (cut off or overwritten)"
-    except Exception:  # whatever garbage raises (RuntimeError, EOFError, KeyError, struct.error, …) is damage
-        return "not a readable PyTorch file (cut off or overwritten)"
-    return torch_state_shape_problem(path.name, state)
-
-
-def torch_state_shape_problem(name: str, state) -> str | None:
-    """Why a loadable optimizer or scheduler state is not one the Trainer can restore ({} or a list would fail
-    with a KeyError deep in torch after the model loads)."""
-    if name == "optimizer.pt":
-        if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
-                and isinstance(state.get("param_groups"), list) and state["param_groups"]):
-            return "not an optimizer's state (no state and param_groups; overwritten?)"
-    elif name == "scheduler.pt":
-        if not (isinstance(state, dict) and isinstance(state.get("last_epoch"), int)):
-            return "not a learning-rate scheduler's state (no last_epoch; overwritten?)"
+    if path.name == "optimizer.pt" and not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+                                            and isinstance(state.get("param_groups"), list) and state["param_groups"]):
+        return "not an optimizer's state (no state and param_groups; overwritten?)"
+    if path.name == "scheduler.pt" and not (isinstance(state, dict) and isinstance(state.get("last_epoch"), int)):
+        return "not a learning-rate scheduler's state (no last_epoch; overwritten?)"
     return None
 
 
 def nonfinite_weight_files(folder: str | os.PathLike) -> list[str]:
     """Names of the folder's adapter weight files that hold NaN or inf (unreadable files are verify's business)."""
     import torch
+    from safetensors.torch import load_file
 
     bad = []
     for name in ADAPTER_WEIGHT_FILES:
         path = Path(folder) / name
-        if not path.exists():
-            continue
         try:
             if path.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="pt") as f:
-                    finite = all(torch.isfinite(f.get_tensor(key)).all() for key in f.keys())
+                state = load_file(path)
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-                finite = all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t))
-        except Exception:  # noqa: BLE001 - damage is reported by the header and load checks
+            finite = all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t))
+        except Exception:  # noqa: BLE001 - a missing file is no problem; damage is reported by the other checks
             continue
         if not finite:
             bad.append(name)
@@ -340,8 +304,7 @@ def mark_complete(folder: str | os.PathLike, step: int) -> bool:
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    bad = nonfinite_weight_files(folder)
-    if bad:
+    if bad := nonfinite_weight_files(folder):
         logger.error("%s holds non-finite (NaN or inf) weights in %s; it is not marked complete and will never be "
                      "resumed from.", folder, ", ".join(bad))
         return False
@@ -371,24 +334,17 @@ def set_aside(folder: Path, reason: str) -> Path | None:
     return target
 
 
-def move_set_aside_out_of_rotation(run_dir: str | os.PathLike) -> None:
-    """Move ``checkpoint-N.set-aside-*`` folders that an older version left in the run folder into ``set-aside/``,
-    out of reach of transformers' checkpoint rotation."""
-    for folder in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*{SET_ASIDE}*"):
-        if folder.is_dir() and set_aside_step(folder) is not None:
-            (folder.parent / SET_ASIDE_DIR).mkdir(exist_ok=True)
-            target = folder.parent / SET_ASIDE_DIR / folder.name
-            if not target.exists():
-                folder.rename(target)
-
-
 def set_aside_newer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
     """Set aside the run's checkpoint folders after ``checkpoint`` (half-written, or from a branch being replaced)
-    so the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted."""
-    step = step_of(checkpoint)
-    move_set_aside_out_of_rotation(run_dir)
+    so the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted.
+    ``checkpoint-N.set-aside-*`` folders that an older version left in the run folder move into ``set-aside/``."""
+    aside = Path(run_dir) / SET_ASIDE_DIR
+    for folder in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*{SET_ASIDE}*"):
+        if folder.is_dir() and set_aside_step(folder) is not None and not (aside / folder.name).exists():
+            aside.mkdir(exist_ok=True)
+            folder.rename(aside / folder.name)
     for folder in list_checkpoints(run_dir):
-        if step_of(folder) > step:
+        if step_of(folder) > step_of(checkpoint):
             set_aside(folder, f"resuming from the earlier {Path(checkpoint).name}")
 
 
@@ -429,38 +385,31 @@ def locate_resume(artifact_dir: str | os.PathLike, resume: str | os.PathLike) ->
 def choose_resume_checkpoint(run_dir: Path, named: Path | None) -> Path:
     """``named`` if it is complete and intact (else an error), or the run's newest intact checkpoint."""
     if named is None:
-        return _intact_or_error(run_dir)
-    path = named
-    if not is_complete(path):
+        had = [p.name for p in complete_checkpoints(run_dir)]
+        checkpoint = latest_intact(run_dir)
+        if checkpoint is not None:
+            return checkpoint
+        if had:
+            raise SettingsError(f"Nothing intact to resume in {run_dir}: every complete checkpoint ({', '.join(had)}) "
+                                "is damaged and was set aside (see the warnings). Start a new run without --resume.")
+        raise SettingsError(f"Nothing to resume in {run_dir}: it holds no complete checkpoint-N folder.")
+    if not is_complete(named):
         raise SettingsError(
-            f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
-            f"off while saving it. Resume the run instead (--resume {path.parent.name}) to use its last "
+            f"{named} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
+            f"off while saving it. Resume the run instead (--resume {named.parent.name}) to use its last "
             "complete checkpoint."
         )
-    problems = verify(path)
-    if problems:
-        raise SettingsError(f"{path} is damaged ({'; '.join(problems)}). Resume the run instead "
-                            f"(--resume {path.parent.name}) to use its newest intact checkpoint.")
-    return path
-
-
-def _intact_or_error(run_dir: Path) -> Path:
-    had = [p.name for p in complete_checkpoints(run_dir)]
-    checkpoint = latest_intact(run_dir)
-    if checkpoint is not None:
-        return checkpoint
-    if had:
-        raise SettingsError(f"Nothing intact to resume in {run_dir}: every complete checkpoint ({', '.join(had)}) "
-                            "is damaged and was set aside (see the warnings). Start a new run without --resume.")
-    raise SettingsError(f"Nothing to resume in {run_dir}: it holds no complete checkpoint-N folder.")
+    if problems := verify(named):
+        raise SettingsError(f"{named} is damaged ({'; '.join(problems)}). Resume the run instead "
+                            f"(--resume {named.parent.name}) to use its newest intact checkpoint.")
+    return named
 
 
 def check_loadable(folder: str | os.PathLike) -> None:
     """Raise ``SettingsError`` naming what is wrong when a checkpoint or adapter folder about to be loaded for
     inference or evaluation is damaged (cut off, overwritten, NaN weights)."""
     folder = Path(folder)
-    problems = verify(folder, for_resume=False)
-    if problems:
+    if problems := verify(folder, for_resume=False):
         step = step_of(folder) if step_of(folder) is not None else set_aside_step(folder)
         run = folder.parent.parent if folder.parent.name == SET_ASIDE_DIR else folder.parent
         earlier = [p for p in complete_checkpoints(run) if step is not None and step_of(p) < step]

@@ -32,7 +32,7 @@ from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, 
 from .modeling import tiny_model_dir
 from .preflight import BASE_MODEL, RUN_INFO, check_new_folder, looks_like_path, missing_local_model
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
-from .runs import pid_alive, process_started
+from .runs import pid_alive, process_started, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ PARTIAL_RE = re.compile(r"\..+\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)-(?P<ns>\d
 
 
 def check_checkpoint(checkpoint: str | Path) -> Path:
-    """The checkpoint folder (``<run>/best``: the run's best one), or a ``SettingsError`` saying what to give
-    instead."""
+    """The checkpoint folder (``<run>/best``: the run's best one), or a ``SettingsError`` saying what to give."""
     from .best import resolve_best
 
     path = Path(resolve_best(str(checkpoint))).expanduser()
@@ -84,10 +83,8 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
 
 
 def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
-    """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base.
-
-    Hub ids stay hub ids (loaded from the local cache or the hub); a recorded folder must still exist here.
-    """
+    """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base. Hub ids
+    stay hub ids (loaded from the local cache or the hub); a recorded folder must still exist here."""
     recorded = json.loads((checkpoint / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
     name = base_model or recorded
     if not name:
@@ -128,7 +125,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
             write_merged(checkpoint, base, staging, dtype)
         else:
             write_adapter(checkpoint, staging)
-        write_model_card(checkpoint, staging, merged=merged, base=base, dtype=dtype, model=push_to_hub or str(out))
+        card = model_card(checkpoint, merged=merged, base=base, dtype=dtype, model=push_to_hub or str(out))
+        (staging / "README.md").write_text(card, encoding="utf-8")
         share_files(staging)
         if out.exists():
             out.rmdir()  # empty (check_new_folder), so the rename below can take its place
@@ -149,16 +147,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
 
 def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = False) -> None:
     """Raise ``SettingsError`` when ``base`` holds other weights than the base the run trained on (``run.json``'s
-    ``base_model`` fingerprint, ``preflight.weights_fingerprint``): merged, the adapter's changes would land on
-    weights they were not learnt on, and nothing would say so. With ``allow`` that is a warning; where nothing was
-    recorded (a run from before the record was kept) or ``base`` cannot be read here, one warning says the base
-    could not be checked."""
+    ``base_model`` fingerprint, ``preflight.weights_fingerprint``), which nothing else would notice; a warning with
+    ``allow``, or where the base cannot be checked (nothing recorded, or unreadable here)."""
     from .preflight import weights_fingerprint
 
     info = read_json(checkpoint.parent / RUN_INFO) or {}
     record = info.get(BASE_MODEL) if isinstance(info.get(BASE_MODEL), dict) else {}
     trained_on = record.get("name") or "its base"
-    source = f"--base-model {base}" if given else f"the base model {base} (from {ADAPTER_CONFIG})"
+    source = f"--base-model {base}" if given else f"The base model {base} (from {ADAPTER_CONFIG})"
     if not record.get("fingerprint"):
         why = (f"{checkpoint.parent / RUN_INFO} records no fingerprint of the weights it trained on (a run from "
                "before it was recorded, or a base not readable then)") if (checkpoint.parent / RUN_INFO).is_file() \
@@ -175,9 +171,9 @@ def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = F
     mismatch = (f"{source} holds other weights than {trained_on!r}, the base the adapter in {checkpoint} was "
                 f"trained on (their fingerprints in {RUN_INFO} and now differ)")
     if allow:
-        logger.warning("%s; merging anyway (--allow-other-base).", mismatch[0].upper() + mismatch[1:])
+        logger.warning("%s; merging anyway (--allow-other-base).", mismatch)
         return
-    raise SettingsError(f"{mismatch[0].upper() + mismatch[1:]}: merged, the adapter's changes would land on weights "
+    raise SettingsError(f"{mismatch}: merged, the adapter's changes would land on weights "
                         f"they were not learnt on. Give that base with --base-model, or add --allow-other-base to "
                         "merge into this one anyway (e.g. the same model saved in another dtype).")
 
@@ -205,9 +201,8 @@ def remove_stale_partials(folder: Path) -> None:
 
 
 def write_adapter(checkpoint: Path, folder: Path) -> None:
-    """The adapter files as training saved them, and the tokenizer re-saved (what PEFT and vLLM's LoRA load). The
-    recorded base model, when it is a folder inside the project, is written relative to the project folder
-    (``portable_base``) instead of this machine's absolute path."""
+    """The adapter files as training saved them, with the base model made ``portable_base``, and the tokenizer
+    re-saved (what PEFT and vLLM's LoRA load)."""
     from transformers import AutoTokenizer
 
     for name in (ADAPTER_CONFIG, *ADAPTER_WEIGHT_FILES):
@@ -225,12 +220,9 @@ def portable_base(name: str) -> str:
     to it (``artifact/models/tiny``), since an absolute path names this machine's disk; other folders unchanged
     (the model card says to pass the base with ``--base-model`` or ``from_pretrained``)."""
     path = Path(name)
-    if not path.is_absolute():
-        return name
-    try:
+    if path.is_absolute() and path.resolve().is_relative_to(project_dir().resolve()):
         return path.resolve().relative_to(project_dir().resolve()).as_posix()
-    except ValueError:
-        return name
+    return name
 
 
 def share_files(folder: Path) -> None:
@@ -281,7 +273,7 @@ def write_merged(checkpoint: Path, base: str, folder: Path, dtype: str) -> None:
 
 def upload(folder: Path, repo_id: str, *, private: bool = True) -> str:
     """Upload ``folder`` to the hub repo ``repo_id`` (created if missing, private by default); return its URL.
-    Needs a token (``hf auth login`` or ``HF_TOKEN``). Not exercised by the tests: this project has no hub access."""
+    Needs a token (``hf auth login`` or ``HF_TOKEN``)."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -292,13 +284,6 @@ def upload(folder: Path, repo_id: str, *, private: bool = True) -> str:
 
 
 # --- model card -----------------------------------------------------------------------------------------------
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
@@ -382,7 +367,3 @@ def _first_line(func) -> str:
 
 def _number(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def write_model_card(checkpoint: Path, folder: Path, **kwargs) -> None:
-    (folder / "README.md").write_text(model_card(checkpoint, **kwargs), encoding="utf-8")

@@ -43,22 +43,16 @@ def check_run_name(name: str) -> None:
 def check_plain_name(name: str, flag: str, lives: str) -> None:
     """Raise ``SettingsError`` naming ``flag`` unless ``name`` is one plain folder name: no path separators,
     ``..``, hidden, padded, over-long or control-character names (``lives`` says where the folder goes)."""
-    why = None
-    if not name.strip():
-        why = "it is empty"
-    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
-        why = "it holds a path separator"
-    elif name in (".", ".."):
-        why = "it is a relative folder, not a name"
-    elif name.startswith("."):
-        why = "it starts with '.', which hides the run's folders"
-    elif name != name.strip():
-        why = "it starts or ends with spaces"
-    elif len(name) > MAX_RUN_NAME:
-        why = f"it is {len(name)} characters long; at most {MAX_RUN_NAME}"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
-        why = "it holds control characters"
-    if why:
+    reasons = (
+        (not name.strip(), "it is empty"),
+        ("/" in name or "\\" in name or (os.altsep and os.altsep in name), "it holds a path separator"),
+        (name in (".", ".."), "it is a relative folder, not a name"),
+        (name.startswith("."), "it starts with '.', which hides the run's folders"),
+        (name != name.strip(), "it starts or ends with spaces"),
+        (len(name) > MAX_RUN_NAME, f"it is {len(name)} characters long; at most {MAX_RUN_NAME}"),
+        (any(ord(c) < 32 or ord(c) == 127 for c in name), "it holds control characters"),
+    )
+    if why := next((why for bad, why in reasons if bad), None):
         raise SettingsError(f"{flag} {name!r} is not a plain folder name ({why}). {lives}; use letters, digits, "
                             "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
 
@@ -112,11 +106,12 @@ class RunLock:
 _HELD: dict[Path, RunLock] = {}  # locks this process holds, by resolved path
 
 
-def _holder(path: Path) -> dict:
+def read_json(path: Path) -> dict | None:
+    """The JSON in ``path``, or None where it is missing, empty or not JSON."""
     try:
-        return json.loads(path.read_text(encoding="utf-8") or "{}")
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
+        return None
 
 
 def _locked_message(run_dir: Path, holder: dict, *, flock: bool) -> str:
@@ -130,7 +125,6 @@ def _locked_message(run_dir: Path, holder: dict, *, flock: bool) -> str:
 
 def lock_run(run_dir: str | os.PathLike) -> RunLock:
     """Take ``run_dir``'s lock for this process, or raise ``RunLockedError`` naming the process that has it.
-
     Preparing the same run again in this process (a notebook cell run twice) hands the lock over."""
     path = (Path(run_dir) / LOCK_FILE).resolve()
     if path in _HELD:
@@ -140,12 +134,12 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunLockedError(_locked_message(Path(run_dir), _holder(path), flock=True)) from None
+        raise RunLockedError(_locked_message(Path(run_dir), read_json(path) or {}, flock=True)) from None
     except OSError as err:
         if err.errno not in NO_LOCKS:
             os.close(fd)
             raise
-        holder = _holder(path)  # no flock here: a recorded live process on this host holds it
+        holder = read_json(path) or {}  # no flock here: a recorded live process on this host holds it
         if holder.get("host") == socket.gethostname() and pid_alive(int(holder.get("pid", 0))):
             os.close(fd)
             raise RunLockedError(_locked_message(Path(run_dir), holder, flock=False)) from None
@@ -169,15 +163,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def check_data_unchanged(info: dict | None, data: Path, run_dir: Path, *, allow: bool) -> str | None:
-    """The data file's hash now when it differs from the one ``run.json`` recorded, else None.
-
-    A difference is a ``SettingsError`` unless ``allow``; then a warning (the caller records the new hash).
-    Runs recorded before hashes were kept are not checked."""
+    """The data file's hash now when it differs from the one ``run.json`` recorded, else None. A difference is a
+    ``SettingsError`` unless ``allow``; then a warning (the caller records the new hash). Runs recorded before
+    hashes were kept are not checked."""
     recorded = (info or {}).get("data_sha256")
-    if not recorded:
-        return None
-    now = file_sha256(data)
-    if now == recorded:
+    if not recorded or (now := file_sha256(data)) == recorded:
         return None
     said = (f"The prompt file {data} has changed since run {run_dir.name} started (sha256 {recorded[:12]}… then, "
             f"{now[:12]}… now)")
@@ -219,25 +209,19 @@ def refuse_without_run_info(run_dir: Path, checkpoint: Path, settings_given: boo
 
 def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
     """(step reached, max_steps it was trained towards) from the checkpoint's trainer state."""
-    try:
-        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        state = {}
+    state = read_json(checkpoint / TRAINER_STATE)
     state = state if isinstance(state, dict) else {}  # damage is verify's to report; this reads what it can
-    step = state.get("global_step")
+    step, planned = state.get("global_step"), state.get("max_steps")
     step = step if isinstance(step, int) else step_of(checkpoint) or 0
-    planned = state.get("max_steps")
     return step, planned if isinstance(planned, int) and planned > 0 else None
 
 
 def resume_max_steps(checkpoint: Path, max_steps: int, *, recorded: int | None,
                      explicit: bool) -> tuple[int, str | None]:
     """The ``max_steps`` a resume from ``checkpoint`` trains to, and the message saying the run is finished when that
-    plan is reached already (else None).
-
-    Not ``explicit`` (no flag or recipe sets it): the plan the checkpoint was trained towards (a run extended with
-    ``--max-steps`` keeps its new plan). An explicit ``max_steps`` at or below the checkpoint's step (and not the
-    plan itself) is a ``SettingsError``."""
+    plan is reached already (else None). Not ``explicit`` (no flag or recipe sets it): the plan the checkpoint was
+    trained towards (a run extended with ``--max-steps`` keeps its new plan). An explicit ``max_steps`` at or below
+    the checkpoint's step (and not the plan itself) is a ``SettingsError``."""
     step, planned = checkpoint_progress(checkpoint)
     planned = planned or recorded
     if not explicit and planned:
