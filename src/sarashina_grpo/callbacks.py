@@ -11,13 +11,13 @@ import os
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
 from . import compat
-from .checkpoints import checkpoint_dir, mark_complete, newest_complete_in
+from .checkpoints import checkpoint_dir, is_complete, mark_complete, newest_complete_in
 from .guards import NonFiniteError, check_logs
 from .project import STOP_GRACE_VARIABLE
 
@@ -30,9 +30,7 @@ TRL_CARD_NONE = ("[None](https://huggingface.co/None)", 'model="None"')
 
 def name_local_base(readme: Path, base_model: str) -> None:
     """Put ``base_model`` where TRL's run README (``outputs/<run>/README.md``) says "None"."""
-    if not readme.is_file():
-        return
-    text = readme.read_text(encoding="utf-8")
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     if TRL_CARD_NONE[0] in text:
         text = text.replace(TRL_CARD_NONE[0], f"the local model `{base_model}`")
         text = text.replace(TRL_CARD_NONE[1], f'model="{readme.parent}/checkpoint-N"')
@@ -107,10 +105,8 @@ class GracefulInterrupt(TrainerCallback):
 
     def install(self) -> None:
         for sig in self.SIGNALS:
-            try:
+            with suppress(ValueError):  # not the main thread (e.g. some notebook runners): keep the default behaviour
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. some notebook runners): keep the default behaviour
-                pass
 
     def uninstall(self) -> None:
         if self._timer is not None:
@@ -139,27 +135,23 @@ class GracefulInterrupt(TrainerCallback):
             self._timer.daemon = True
             self._timer.start()
 
-    def expected_step_s(self) -> float:
-        """How long a step takes here: the longest of the recent ones; 0 before any step has ended."""
-        recent = self._durations[1:] or self._durations
-        return max(recent[-self.RECENT_STEPS:], default=0.0)
-
     def wait_s(self, now: float) -> float:
-        """Seconds from ``now`` until the running step is given up: its expected rest, then the grace."""
+        """Seconds from ``now`` until the running step is given up: its expected rest (a step takes the longest of
+        the recent ones; 0 before any step has ended), then the grace."""
+        expected = max((self._durations[1:] or self._durations)[-self.RECENT_STEPS:], default=0.0)
         ran = 0.0 if self._step_began is None else now - self._step_began
-        return max(0.0, self.expected_step_s() - ran) + self.grace_s
+        return max(0.0, expected - ran) + self.grace_s
 
     def stopping_message(self) -> str:
         """What the first signal does: the step it saves, and what a resume starts from if that step never ends."""
         last = self.last_checkpoint()
         fallback = f"a resume starts from {last}" if last else "no checkpoint is saved yet, so nothing can be resumed"
         step = "the current step" if self.step is None else f"step {self.step + 1}"
+        saved = f"{self.signal_name}: stopping after {step}, which is saved for a resume to start from;"
         if self.grace_s is None:
-            return (f"{self.signal_name}: stopping after {step}, which is saved for a resume to start from; until it "
-                    f"has, {fallback} (Ctrl-C again to abort without saving).")
-        return (f"{self.signal_name}: stopping after {step}, which is saved for a resume to start from; if it has not "
-                f"finished {self.grace_s:g} s ({STOP_GRACE_VARIABLE}) after a step's usual length, the run stops "
-                f"without it and {fallback} (Ctrl-C again to stop now).")
+            return f"{saved} until it has, {fallback} (Ctrl-C again to abort without saving)."
+        return (f"{saved} if it has not finished {self.grace_s:g} s ({STOP_GRACE_VARIABLE}) after a step's usual "
+                f"length, the run stops without it and {fallback} (Ctrl-C again to stop now).")
 
     def _give_up(self) -> None:
         """The grace is over and the step still runs: one line, then end the process at once."""
@@ -186,9 +178,7 @@ class GracefulInterrupt(TrainerCallback):
         if self._step_began is not None:
             self._durations.append(time.monotonic() - self._step_began)
         if self.requested:
-            self.saving = True
-            control.should_save = True
-            control.should_training_stop = True
+            self.saving = control.should_save = control.should_training_stop = True
         return control
 
 
@@ -212,10 +202,9 @@ class HeldOutEval(TrainerCallback):
     ``patience``, that many evaluations in a row without a new best save a checkpoint and stop the run.
 
     By default greedy, up to ``max_new_tokens`` (the run's ``max_completion_length``): the curve moves only when the
-    model does. A sampling
-    ``gen`` (the demo's) draws from a torch RNG forked and seeded with ``seed`` for each evaluation, so every point
-    sees the same noise and training's own random stream is left exactly as it was. The main process evaluates;
-    ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
+    model does. A sampling ``gen`` (the demo's) draws from a torch RNG forked and seeded with ``seed`` for each
+    evaluation, so every point sees the same noise and training's own random stream is left exactly as it was. The
+    main process evaluates; ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
 
     def __init__(self, rows, *, every: int, system_prompt: str, max_new_tokens: int, gen=None,
                  samples_per_prompt: int = 1, seed: int = 0, best_metric: str | None = None, patience: int = 0):
@@ -248,11 +237,13 @@ class HeldOutEval(TrainerCallback):
         """Mark a new best (save this step, keep it from rotation) or count towards ``patience``. Every process
         takes the main process's decision: saving and stopping are collective."""
         from .best import is_better
-        from .checkpoints import checkpoint_dir
 
         value = (metrics or {}).get(self.best_metric)
         new_best = value is not None and is_better(self.best_metric, value, state.best_metric)
-        new_best, value = self.agree((new_best, value))
+        if getattr(self.trainer, "accelerator", None) is not None and self.trainer.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            new_best, value = broadcast_object_list([(new_best, value)], from_process=0)[0]
         if new_best:
             state.best_metric, state.best_global_step = value, state.global_step
             state.best_model_checkpoint = str(checkpoint_dir(args.output_dir, state.global_step))
@@ -266,39 +257,25 @@ class HeldOutEval(TrainerCallback):
                            state.best_global_step, self.since_best, self.patience)
             control.should_save = control.should_training_stop = True
 
-    def agree(self, decision):
-        accelerator = getattr(self.trainer, "accelerator", None)
-        if accelerator is None or accelerator.num_processes == 1:
-            return decision
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([decision], from_process=0)[0]
-
     def on_save(self, args, state, control, **kwargs):
         from .best import record_best
-        from .checkpoints import checkpoint_dir, is_complete
 
         if self.recording and self.recording[0] == state.global_step and state.is_world_process_zero:
             if is_complete(checkpoint_dir(args.output_dir, state.global_step)):  # CheckpointMarker ran first
                 record_best(args.output_dir, state.global_step, self.best_metric, self.recording[1])
             self.recording = None
 
+    @contextmanager
     def own_random_stream(self):
-        import contextlib
-
+        if not self.gen.do_sample:  # greedy decoding draws nothing
+            yield
+            return
         import torch
 
-        if not self.gen.do_sample:
-            return nullcontext()  # greedy decoding draws nothing
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-        @contextlib.contextmanager
-        def forked():
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.seed)
-                yield
-
-        return forked()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            yield
 
     def evaluate(self, args, state, model, tokenizer) -> dict | None:
         from .evaluation import attach_answers, generate_outputs, write_eval

@@ -34,14 +34,6 @@ def plain_value(value):
     return value if math.isfinite(value) else None
 
 
-def completion_records(trainer, step: int) -> list[dict]:
-    """The rows of ``completions.jsonl`` for the trainer's latest generation batch."""
-    return [{"step": step, "prompt": completion_text(row["prompt"]), "completion": completion_text(row["completion"]),
-             "rewards": {name: plain_value(v) for name, v in row["rewards"].items()},
-             "advantage": plain_value(row["advantage"])}
-            for row in compat.completion_rows(trainer)]
-
-
 def _cell(text) -> str:
     # Markdown table cells: one line, no bare "|", and tags such as <think> shown rather than read as HTML.
     if text is None:
@@ -60,16 +52,6 @@ def markdown_table(records: list[dict]) -> str:
         cells = [r["prompt"], r["completion"], *(r["rewards"].get(n) for n in names), r["advantage"]]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
-
-
-def tensorboard_writer(trainer):
-    """The SummaryWriter of transformers' TensorBoard callback (the run's log folder); None without TensorBoard."""
-    from transformers.integrations import TensorBoardCallback
-
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-            return callback.tb_writer
-    return None
 
 
 class CompletionLog(TrainerCallback):
@@ -93,28 +75,28 @@ class CompletionLog(TrainerCallback):
         if (self.trainer is None or not state.is_world_process_zero or not logs or "train_runtime" in logs
                 or "loss" not in logs):
             return
-        records = completion_records(self.trainer, state.global_step)
+        records = [{"step": state.global_step, "prompt": completion_text(row["prompt"]),
+                    "completion": completion_text(row["completion"]),
+                    "rewards": {name: plain_value(v) for name, v in row["rewards"].items()},
+                    "advantage": plain_value(row["advantage"])} for row in compat.completion_rows(self.trainer)]
         if not records:
             return
         with open(Path(args.output_dir) / COMPLETIONS_FILE, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        writer = tensorboard_writer(self.trainer)
-        if writer is not None:
-            writer.add_text(TENSORBOARD_TAG, markdown_table(records), global_step=state.global_step)
-            writer.flush()
+        from transformers.integrations import TensorBoardCallback
 
-
-def completions_file(run: str | Path) -> Path:
-    """``completions.jsonl`` of a run given as its folder or its name under ``artifact/outputs/``."""
-    folder = Path(run).expanduser()
-    if not folder.is_dir():
-        folder = default_artifact_dir() / "outputs" / str(run)
-    return folder / COMPLETIONS_FILE
+        for callback in self.trainer.callback_handler.callbacks:  # its writer logs to the run's log folder
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                callback.tb_writer.add_text(TENSORBOARD_TAG, markdown_table(records), global_step=state.global_step)
+                callback.tb_writer.flush()
+                break
 
 
 def read_completions(run: str | Path, step: int | None = None) -> list[dict]:
-    """The logged completions of a run (folder or name), oldest first; only those of ``step`` when given."""
-    path = completions_file(run)
+    """The logged completions of a run (its folder, or its name under ``artifact/outputs/``), oldest first; only
+    those of ``step`` when given."""
+    folder = Path(run).expanduser()
+    path = (folder if folder.is_dir() else default_artifact_dir() / "outputs" / str(run)) / COMPLETIONS_FILE
     if not path.is_file():
         raise SettingsError(f"No completions logged in {path.parent}: a run writes {COMPLETIONS_FILE} at each log "
                             "step. Give a run folder (artifact/outputs/<run>) or a run name.")

@@ -38,32 +38,21 @@ def flat_groups(advantages, group_size: int) -> list[bool]:
     return ((grouped.amax(dim=1) - grouped.amin(dim=1)) < FLAT_SPREAD).tolist()
 
 
-def _per_row(batch: dict) -> list[str]:
-    """The keys of ``batch`` that hold one entry per completion (tensors as long as the advantages)."""
+def _rows(batch: dict, groups: list[int], group_size: int) -> dict:
+    """The rows of ``groups`` of each tensor of ``batch`` that holds one entry per completion."""
     import torch
 
     rows = batch["advantages"].size(0)
-    return [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == rows]
-
-
-def _rows(batch: dict, groups: list[int], group_size: int):
-    import torch
-
     index = torch.tensor([g * group_size + i for g in groups for i in range(group_size)], dtype=torch.long,
                          device=batch["advantages"].device)
-    return {k: batch[k].index_select(0, index) for k in _per_row(batch)}
-
-
-def _pad(tensor, width: int, value, *, left: bool):
-    import torch.nn.functional as F
-
-    missing = width - tensor.size(1)
-    return F.pad(tensor, (missing, 0) if left else (0, missing), value=value) if missing else tensor
+    per_row = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == rows]
+    return {k: batch[k].index_select(0, index) for k in per_row}
 
 
 def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: int) -> dict:
     """One scored batch from the chosen groups of several (TRL's output dicts), padded as TRL pads."""
     import torch
+    import torch.nn.functional as F
 
     chosen = [_rows(batch, groups, group_size) for batch, groups in parts if groups]
     merged = {}
@@ -77,7 +66,8 @@ def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: in
         if tensors[0].dim() >= 2:
             width = max(t.size(1) for t in tensors)
             value = pad_token_id if key.endswith("_ids") else 1 if key == "tool_mask" else 0
-            tensors = [_pad(t, width, value, left=key in PROMPT_KEYS) for t in tensors]
+            pads = [(width - t.size(1), 0) if key in PROMPT_KEYS else (0, width - t.size(1)) for t in tensors]
+            tensors = [F.pad(t, pad, value=value) for t, pad in zip(tensors, pads, strict=True)]
         merged[key] = torch.cat(tensors, dim=0)
     loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
     merged["num_items_in_batch"] = loss_mask.sum()  # TRL's count of loss tokens, over the batch as merged
@@ -88,14 +78,8 @@ class DynamicSampling:
     """The wrapped scoring step (see the module docstring); ``totals`` sums what it did over the run."""
 
     def __init__(self, trainer, score, *, max_rounds: int, seed: int):
-        self.trainer, self.score, self.max_rounds = trainer, score, max_rounds
-        self.seed = seed
+        self.trainer, self.score, self.max_rounds, self.seed = trainer, score, max_rounds, seed
         self.totals = {"batches": 0, "flat_groups": 0, "extra_rollouts": 0, "flat_kept": 0}
-
-    def fresh_inputs(self, draw: random.Random, groups: int, group_size: int) -> list[dict]:
-        dataset = self.trainer.train_dataset
-        picks = [draw.randrange(len(dataset)) for _ in range(groups)]
-        return [dict(dataset[i]) for i in picks for _ in range(group_size)]
 
     def __call__(self, inputs):
         batch = self.score(inputs)
@@ -111,8 +95,10 @@ class DynamicSampling:
         # Its own stream, seeded by the step: training's data order and sampling stay as they were, and a resumed
         # run draws the same fresh prompts as an uninterrupted one.
         draw = random.Random(f"{self.seed}-{self.trainer.state.global_step}")
+        dataset = self.trainer.train_dataset
         for _ in range(self.max_rounds if need else 0):
-            fresh = self.score(self.fresh_inputs(draw, len(flat), size))
+            picks = [draw.randrange(len(dataset)) for _ in flat]
+            fresh = self.score([dict(dataset[i]) for i in picks for _ in range(size)])
             extra += len(flat) * size
             spread = [g for g, is_flat in enumerate(flat_groups(fresh["advantages"], size)) if not is_flat]
             parts.append((fresh, spread[:need]))
@@ -120,16 +106,13 @@ class DynamicSampling:
             if not need:
                 break
         parts[0] = (batch, kept + dropped[:need])  # groups nothing replaced: the batch keeps its size
-        self.record(len(dropped), extra, need)
-        if all(not groups for _, groups in parts[1:]):  # nothing replaced: the batch as it was
-            return batch
-        return merge(parts, size, self.trainer.processing_class.pad_token_id)
-
-    def record(self, flat: int, extra: int, flat_kept: int) -> None:
-        for key, value in (("flat_groups", flat), ("extra_rollouts", extra), ("flat_kept", flat_kept)):
+        for key, value in (("flat_groups", len(dropped)), ("extra_rollouts", extra), ("flat_kept", need)):
             self.totals[key] += value
             compat.log_metric(self.trainer, f"dynamic_sampling/{key}", float(value))
         self.totals["batches"] += 1
+        if all(not groups for _, groups in parts[1:]):  # nothing replaced: the batch as it was
+            return batch
+        return merge(parts, size, self.trainer.processing_class.pad_token_id)
 
 
 def install(trainer, *, max_rounds: int, seed: int) -> DynamicSampling:

@@ -1,7 +1,7 @@
 """Guards against numbers that wreck a run while it trains (settings are checked before, in ``preflight``).
 
-``check_logs`` (called by ``callbacks.NonFiniteGuard`` on every log) stops the run with
-``NonFiniteError`` at the first NaN/inf loss or gradient norm, before that step's weights are saved; and
+``check_logs`` (called by ``callbacks.NonFiniteGuard`` on every log) stops the run with ``NonFiniteError`` at the
+first NaN/inf loss, gradient norm or learning rate, before that step's weights are saved; and
 ``checkpoints.mark_complete`` never marks a checkpoint holding NaN/inf weights, so the last good checkpoint stays
 the resume point.
 """
@@ -20,29 +20,21 @@ class NonFiniteError(SettingsError):
     """Training produced NaN or inf; it was stopped before anything non-finite became a resume point."""
 
 
-def nonfinite_logs(logs: dict) -> dict:
-    """The watched values of a Trainer log that are NaN or inf."""
-    return {key: logs[key] for key in WATCHED_LOGS
-            if isinstance(logs.get(key), int | float) and not math.isfinite(logs[key])}
-
-
 def check_logs(logs: dict, step: int, output_dir: str | Path) -> None:
-    """Raise ``NonFiniteError`` when a Trainer log holds a NaN/inf loss, gradient norm or learning rate.
-
-    Called from ``on_log``, which the Trainer runs before it saves that step's checkpoint: raising here means the
-    step's (by now non-finite) weights are never saved.
-    """
-    bad = nonfinite_logs(logs or {})
+    """Raise ``NonFiniteError`` when a Trainer log holds a NaN/inf watched value. The Trainer runs ``on_log``
+    before it saves that step's checkpoint, so the step's (by now non-finite) weights are never saved."""
+    logs = logs or {}
+    bad = [f"{key} = {logs[key]}" for key in WATCHED_LOGS
+           if isinstance(logs.get(key), int | float) and not math.isfinite(logs[key])]
     if not bad:
         return
     from .checkpoints import newest_complete_in
 
-    values = ", ".join(f"{key} = {value}" for key, value in bad.items())
     good = newest_complete_in(output_dir)
     kept = f"the last good checkpoint is {good}" if good else "no checkpoint had been saved yet"
     raise NonFiniteError(
-        f"Training stopped at step {step}: {values}. The weights are no longer usable, so nothing from this step on "
-        f"is saved or marked complete ({kept}). Usual causes: a learning rate too high for this model or a loose "
-        "gradient clip; start a new run with a lower --learning-rate or --max-grad-norm (resuming keeps the run's "
-        "settings and would meet the same numbers)."
+        f"Training stopped at step {step}: {', '.join(bad)}. The weights are no longer usable, so nothing from this "
+        f"step on is saved or marked complete ({kept}). Usual causes: a learning rate too high for this model or a "
+        "loose gradient clip; start a new run with a lower --learning-rate or --max-grad-norm (resuming keeps the "
+        "run's settings and would meet the same numbers)."
     )

@@ -21,15 +21,8 @@ from pathlib import Path
 
 from . import checkpoints, compat, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
-from .preflight import BASE_MODEL, RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401  (re-exported)
-from .project import (
-    SettingsError,
-    cuda_available,
-    default_artifact_dir,
-    multi_process,
-    process_rank,
-    project_path,
-)
+from .preflight import BASE_MODEL, RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401 (re-exported)
+from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, process_rank, project_path
 
 # config imports Unsloth before TRL (config.py says when not); transformers' model code and callbacks are imported
 # inside functions.
@@ -65,19 +58,9 @@ class Run:
 # --- prepare
 
 
-def distributed_state():
-    """Accelerate's process state, started the way TRL's Trainer will start it (gloo on CPU, NCCL on GPU)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not cuda_available())
-
-
 def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
-    """Fresh, timestamped log and output folders that no other run uses, created here.
-
-    The output folder is claimed with an exclusive ``mkdir``, so two runs started in the same second (or with
-    the same ``--run-name``) still get different folders.
-    """
+    """Fresh, timestamped log and output folders that no other run uses, created here. The output folder is claimed
+    with an exclusive ``mkdir``, so two runs started in the same second (or with one ``--run-name``) still differ."""
     base = name or time.strftime("%Y%m%d-%H%M%S")
     (artifact_dir / "outputs").mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
@@ -98,8 +81,7 @@ def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
 
 def resumed_paths(artifact_dir: Path, run_dir: Path) -> RunPaths:
     # Runs may live outside artifact_dir/outputs when given as a folder: keep their logs next to their outputs.
-    outputs = artifact_dir / "outputs"
-    log_root = artifact_dir / "logs" if run_dir.parent == outputs else run_dir.parent.parent / "logs"
+    log_root = artifact_dir / "logs" if run_dir.parent == artifact_dir / "outputs" else run_dir.parent.parent / "logs"
     return RunPaths(run_dir.name, log_root / run_dir.name, run_dir)
 
 
@@ -115,18 +97,6 @@ def write_run_info(paths: RunPaths, settings: Settings) -> None:
     info = {"settings": recorded(settings), "grpo_config": settings.to_dict(), "data": str(data),
             "data_sha256": runs.file_sha256(data)}
     (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n")
-
-
-def with_recorded_settings(settings: Settings, run_dir: Path, given: set[str]) -> Settings:
-    """The settings a resumed run continues with: its ``run.json`` for every field, except the fields in ``given``
-    (set explicitly now: flags, a recipe) and those decided by the machine (``MACHINE_FIELDS``), taken from
-    ``settings``. Runs recorded before ``run.json`` existed keep ``settings`` as they are."""
-    info = read_run_info(run_dir)
-    if not info:
-        return settings
-    base = {k: v for k, v in legacy_settings(info["settings"]).items() if k not in RUN_OWNED}
-    now = {k: v for k, v in settings.asked().items() if k in given | MACHINE_FIELDS}
-    return load_settings(now, base=base, source=str(run_dir / RUN_INFO))
 
 
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
@@ -149,38 +119,38 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
                             f"--resume {run_name}.")
     lock = runs.lock_run(run_dir)  # before anything is set aside: another process may be saving into the run
     try:
-        return _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock,
-                               resume_weights_only)
+        checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
+        info = read_run_info(run_dir)
+        if info is None:
+            runs.refuse_without_run_info(run_dir, checkpoint, given is None, settings.model_name)
+        if given is not None and info:
+            # The run's recorded settings for every field, except those set explicitly now (flags, a recipe) and
+            # those decided by the machine. Runs recorded before run.json existed keep ``settings`` as they are.
+            base = {k: v for k, v in legacy_settings(info["settings"]).items() if k not in RUN_OWNED}
+            now = {k: v for k, v in settings.asked().items() if k in given | MACHINE_FIELDS}
+            settings = load_settings(now, base=base, source=str(run_dir / RUN_INFO))
+        explicit = given is None or "max_steps" in given
+        recorded = (info or {}).get("settings", {}).get("max_steps")
+        max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded,
+                                                    explicit=explicit)
+        paths = resumed_paths(artifact_dir, run_dir)
+        if finished:
+            lock.release()
+            return Run(settings, paths, checkpoint, finished=finished)
+        checked = check_run(settings.replace(max_steps=max_steps, output_dir=str(paths.output_dir),
+                                             run_name=paths.name),
+                            artifact_dir=artifact_dir, run_dir=run_dir, check_model_files=check_model)
+        checkpoints.check_resume_state(checkpoint, weights_only=resume_weights_only)
+        data = project_path(checked.settings.data_path).resolve()
+        changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
+        checkpoints.set_aside_newer(run_dir, checkpoint)
+        if changed:
+            runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
+        logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
+        return Run(checked.settings, paths, checkpoint, checked.rows, checked.eval_rows, lock)
     except BaseException:
         lock.release()
         raise
-
-
-def _prepare_resume(settings, artifact_dir, run_dir, named, check_model, given, allow_data_change, lock,
-                    resume_weights_only=False) -> Run:
-    checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
-    info = read_run_info(run_dir)
-    if info is None:
-        runs.refuse_without_run_info(run_dir, checkpoint, given is None, settings.model_name)
-    if given is not None:
-        settings = with_recorded_settings(settings, run_dir, given)
-    explicit = given is None or "max_steps" in given
-    recorded = (info or {}).get("settings", {}).get("max_steps")
-    max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded, explicit=explicit)
-    if finished:
-        lock.release()
-        return Run(settings, resumed_paths(artifact_dir, run_dir), checkpoint, finished=finished)
-    paths = resumed_paths(artifact_dir, run_dir)
-    checked = check_run(settings.replace(max_steps=max_steps, output_dir=str(paths.output_dir), run_name=paths.name),
-                        artifact_dir=artifact_dir, run_dir=run_dir, check_model_files=check_model)
-    checkpoints.check_resume_state(checkpoint, weights_only=resume_weights_only)
-    data = project_path(checked.settings.data_path).resolve()
-    changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
-    checkpoints.set_aside_newer(run_dir, checkpoint)
-    if changed:
-        runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
-    logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
-    return Run(checked.settings, paths, checkpoint, checked.rows, checked.eval_rows, lock)
 
 
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
@@ -204,17 +174,18 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
 
     check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
+    decide = functools.partial(_prepare, settings, artifact_dir, resume, run_name, check_model, given,
+                               allow_data_change, resume_weights_only)
     if not multi_process():
-        return _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change,
-                        resume_weights_only)
+        return decide()
+    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    state = distributed_state()
+    state = PartialState(cpu=not cuda_available())  # as TRL's Trainer will start it: gloo on CPU, NCCL on GPU
     decided: list = [None]
     if state.is_main_process:
         try:
-            decided[0] = _prepare(settings, artifact_dir, resume, run_name, check_model, given, allow_data_change,
-                                  resume_weights_only)
+            decided[0] = decide()
         except (SettingsError, DataError) as err:  # every rank reports it, none waits for folders
             decided[0] = err
     broadcast_object_list(decided, from_process=0)
@@ -304,10 +275,11 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     # transformers 5 removed `logging_dir`: the TensorBoard writer reads this variable instead.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.paths.log_dir)
     args = settings.replace(**grpo_overrides) if grpo_overrides else settings
-    held_out = [HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
-                            max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
-                            patience=settings.patience)] if run.eval_rows else []
-    linked = [CompletionLog(), *held_out]
+    linked = [CompletionLog()]
+    if run.eval_rows:
+        linked.append(HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
+                                  max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
+                                  patience=settings.patience))
     peft_config = None
     if not isinstance(model, PeftModel):  # the plain backend's model: TRL adds the LoRA
         from transformers import set_seed

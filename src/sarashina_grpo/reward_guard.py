@@ -30,9 +30,7 @@ class RewardError(RuntimeError):
 
 
 def training_rewards(names: Sequence[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
-    """``get_reward_funcs(names)``, each wrapped so that a reward that raises or returns something other than one
-    finite number (or None) per completion stops the run with one line naming it (``RewardError``), instead of a
-    traceback or a run that trains on no signal. Each reward gets its own copy of the completions list."""
+    """``get_reward_funcs(names)``, each wrapped as the module docstring says; each gets its own completions list."""
     funcs = get_reward_funcs(list(names), max_completion_length=max_completion_length)
     return [_checked(name, func, alone=len(funcs) == 1) for name, func in zip(names, funcs, strict=True)]
 
@@ -83,9 +81,8 @@ def _raised_message(name: str, err: Exception, kwargs) -> str:
 def check_reward_values(name: str, values, expected: int, *, step: int | None = None,
                         alone: bool = False) -> list[float | None]:
     """``values`` as a list of one float (or None: the reward does not apply) per completion, or ``RewardError``
-    naming the reward: not a list, the wrong length, a value that is not a number, inf or NaN (TRL would zero the
-    whole group's advantage and train on nothing), or, for the only reward, None for every completion. A reward
-    that returns None for every completion beside others is logged as a warning each time."""
+    naming the reward: not a list, the wrong length, not a number, inf or NaN (TRL would zero the whole group's
+    advantage), or None everywhere from the only reward (beside others: a warning each time)."""
     fix = "A reward returns a list of one float per completion (None where it does not apply)."
     if hasattr(values, "tolist") and not isinstance(values, str | bytes):  # numpy arrays, torch tensors
         values = values.tolist()
