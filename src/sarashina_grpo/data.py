@@ -4,27 +4,24 @@ The file is a CSV, or by its suffix JSON Lines or Parquet; ``tables.py`` reads a
 line-numbered records and refuses what is wrong with the file as a file (missing, a folder or pipe, too big, its
 encoding, its quoting). This module checks what the columns hold.
 
-Only rows whose ``lang`` is the target language (Japanese by default) are kept. Every problem is reported with
-the file and the line it is on: fatal ones raise ``DataError``, recoverable ones (blank prompts, duplicates,
-prompts over the length limit) are skipped with one warning that counts them and names their lines.
-
-Decisions (docs/troubleshooting.md lists every message):
-- fatal: no ``prompt`` or ``lang`` header, a column named like one of TRL's reward arguments, a ``lang`` that is
-  not an ISO 639-1 code (all offending lines listed), no usable row in the target language;
-- skipped with a warning: blank or NaN prompts, rows without ``lang``, duplicates, prompts over the limit;
+Only rows whose ``lang`` is the target language (Japanese by default) are kept. Every problem names the file and
+the line (docs/troubleshooting.md lists every message):
+- fatal (``DataError``): no ``prompt`` or ``lang`` header, a column named like one of TRL's reward arguments, a
+  ``lang`` that is not an ISO 639-1 code (all offending lines listed), no usable row in the target language;
+- skipped with one warning per kind that counts them and names their lines: blank or NaN prompts, prompts made only
+  of invisible characters (zero-width space, word joiner, BOM, other format/control characters) or holding control
+  characters (NUL, ESC, …; tab and line breaks are fine), rows without ``lang``, duplicates, prompts over the limit;
 - silently fine: extra columns (passed through to the dataset, e.g. ``answer`` for rewards), header case/spaces,
   region subtags (``ja-JP`` counts as ``ja``);
 - an optional ``role`` column (or ``system``, same meaning): that row's persona/scenario, added to its system prompt
   after the format instructions (``roles.with_role``) instead of being passed through; a blank cell means no role.
   The same prompt under two roles is not a duplicate.
-Hygiene: prompts made only of invisible characters (zero-width space, word joiner, BOM, other format/control
-characters) count as blank; prompts holding control characters (NUL, ESC, …; tab and line breaks are fine) are
-skipped with their lines named.
 """
 from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,15 +71,11 @@ class Row:
 
 def visible_text(text: str) -> str:
     """``text`` without the characters that print nothing; "" for a prompt a reader would see as blank."""
-    import unicodedata
-
     return "".join(ch for ch in text if unicodedata.category(ch) not in INVISIBLE_CATEGORIES)
 
 
 def control_characters(text: str) -> list[str]:
     """The control characters in ``text`` other than tab and line breaks, as ``U+0000``."""
-    import unicodedata
-
     found = {ch for ch in text if unicodedata.category(ch) == "Cc" and ch not in ALLOWED_CONTROLS}
     return sorted(f"U+{ord(ch):04X}" for ch in found)
 
@@ -184,6 +177,12 @@ def _bad_lang_message(bad: list[tuple[int, str]]) -> str:
     )
 
 
+def warn_skipped(path: Path, lines: list[int], what: str, after: str = "") -> None:
+    """One warning for the rows skipped for one reason: how many, and their lines."""
+    if lines:
+        logger.warning("%s: skipped %d %s on line(s) %s%s.", path, len(lines), what, lines_named(lines), after)
+
+
 def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) -> list[Row]:
     """Keep rows in ``lang``; skip blank, duplicate and over-long prompts with one warning per kind."""
     blank = [r.line for r in rows if not r.prompt]
@@ -193,20 +192,16 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
     unusable = set(invisible) | set(controls)
     rows = [r for r in rows if r.line not in unusable]
     no_lang = [r.line for r in rows if r.prompt and not r.lang]
-    if blank:
-        logger.warning("%s: skipped %d blank prompt(s) on line(s) %s (empty, spaces or NaN).", path, len(blank),
-                       lines_named(blank))
-    if invisible:
-        logger.warning("%s: skipped %d prompt(s) made only of invisible characters (zero-width spaces, word joiners, "
-                       "BOMs, control characters) on line(s) %s.", path, len(invisible), lines_named(invisible))
+    warn_skipped(path, blank, "blank prompt(s)", " (empty, spaces or NaN)")
+    warn_skipped(path, invisible, "prompt(s) made only of invisible characters (zero-width spaces, word joiners, BOMs, "
+                 "control characters)")
     if controls:
         shown = list(controls.items())[:MAX_LINES_NAMED]
         named = "; ".join(f"line {line}: {', '.join(found)}" for line, found in shown)
         more = f"; and {len(controls) - MAX_LINES_NAMED} more" if len(controls) > MAX_LINES_NAMED else ""
         logger.warning("%s: skipped %d prompt(s) holding control characters (%s%s). Remove them; a NUL (U+0000) "
                        "often means part of the file is binary or UTF-16.", path, len(controls), named, more)
-    if no_lang:
-        logger.warning("%s: skipped %d row(s) with no 'lang' on line(s) %s.", path, len(no_lang), lines_named(no_lang))
+    warn_skipped(path, no_lang, "row(s) with no 'lang'")
     kept = [r for r in rows if r.prompt and r.lang == lang]
     if not kept:
         langs = sorted({r.lang for r in rows if r.lang and r.prompt})
@@ -222,8 +217,7 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
         else:
             seen.add((r.prompt, r.role))
             unique.append(r)
-    if dupes:
-        logger.warning("%s: skipped %d duplicate prompt(s) on line(s) %s.", path, len(dupes), lines_named(dupes))
+    warn_skipped(path, dupes, "duplicate prompt(s)")
     return unique if prompt_too_long is None else drop_too_long(unique, path, prompt_too_long)
 
 
@@ -232,11 +226,8 @@ def drop_too_long(rows: list[Row], path: Path, prompt_too_long) -> list[Row]:
     too_long = {r.line for r in rows if prompt_too_long(r.prompt)}
     if not too_long:
         return rows
-    logger.warning(
-        "%s: skipped %d prompt(s) longer than the prompt limit on line(s) %s (they are not truncated). "
-        "Shorten them or raise max_prompt_length (CLI: --max-prompt-length).",
-        path, len(too_long), lines_named(sorted(too_long)),
-    )
+    warn_skipped(path, sorted(too_long), "prompt(s) longer than the prompt limit", " (they are not truncated). "
+                 "Shorten them or raise max_prompt_length (CLI: --max-prompt-length)")
     kept = [r for r in rows if r.line not in too_long]
     if not kept:
         raise DataError(
@@ -251,10 +242,8 @@ def to_messages(prompt: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
 
 
 def check_prompts(path: str | Path, lang: str = "ja") -> list[Row]:
-    """The usable rows of ``path`` (blank, other-language and duplicate rows skipped, with warnings).
-
-    Cheap and model-free: training calls it before loading the model, so a bad file fails in seconds.
-    """
+    """The usable rows of ``path`` (``select_rows``). Cheap and model-free: training calls it before loading the
+    model, so a bad file fails in seconds."""
     path = Path(path)
     return select_rows(read_rows(path), path, lang)
 
@@ -284,23 +273,12 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
     logger.info("%s: %d prompts.", path, len(rows))
     # Extra columns ride along: TRL hands every dataset column to the reward functions by name.
     return Dataset.from_list([{"prompt": to_messages(r.prompt, with_role(system_prompt, r.role)), "lang": r.lang,
-                               **r.extra}
-                              for r in rows])
+                               **r.extra} for r in rows])
 
 
-def load_prompts(
-    path: str | Path,
-    *,
-    lang: str = "ja",
-    system_prompt: str = SYSTEM_PROMPT,
-    tokenizer=None,
-    max_prompt_length: int | None = None,
-):
-    """A ``datasets.Dataset`` with a ``prompt`` column of ``[system, user]`` messages, the row's ``lang`` and the
-    file's other columns (as text).
-
-    With a ``tokenizer`` and ``max_prompt_length``, prompts whose chat-formatted length exceeds the limit are
-    skipped with a warning naming their lines (TRL would otherwise feed them whole).
-    """
+def load_prompts(path: str | Path, *, lang: str = "ja", system_prompt: str = SYSTEM_PROMPT, tokenizer=None,
+                 max_prompt_length: int | None = None):
+    """``check_prompts`` then ``prompts_dataset``: a ``datasets.Dataset`` with a ``prompt`` column of ``[system,
+    user]`` messages, the row's ``lang`` and the file's other columns (as text)."""
     return prompts_dataset(check_prompts(path, lang), path, system_prompt=system_prompt, tokenizer=tokenizer,
                            max_prompt_length=max_prompt_length)

@@ -30,9 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Settings, load_settings
+from .data import check_prompts
+from .evaluation import generate_outputs, write_eval
 from .inference import GenerationSettings
+from .preflight import check_model
 from .project import DEFAULT_REWARDS, default_artifact_dir, project_path, setting
-from .warmstart import DEMO_RECIPE, WarmStart
+from .tiny import build_model
+from .warmstart import DEMO_RECIPE, WarmStart, warm_start
 
 logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `python -m`
 
@@ -99,20 +103,13 @@ class DemoResult:
 
 
 def train_prompts() -> list[str]:
-    from .data import check_prompts
-
     return [r.prompt for r in check_prompts(project_path(TRAIN_DATA))]
 
 
 def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
-    """The warm-started tiny model for ``demo``'s seed, built once and cached in ``<artifact_dir>/models/``.
-
-    The folder name carries a hash of the warm-start recipe, so a changed recipe never reuses a stale model; it
-    is written to a temporary folder first and renamed, so an interrupted build is never taken for a cache hit.
-    """
-    from .tiny import build_model
-    from .warmstart import warm_start
-
+    """The warm-started tiny model for ``demo``'s seed, built once and cached in ``<artifact_dir>/models/``. The
+    folder name carries a hash of the recipe, so a changed recipe never reuses a stale model; it is built in a
+    temporary folder and renamed, so an interrupted build is never taken for a cache hit."""
     recipe = dataclasses.replace(demo.warm_start, seed=demo.seed)
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:8]
     cached = Path(artifact_dir) / "models" / f"tiny-warm-seed{demo.seed}-{digest}"
@@ -132,9 +129,6 @@ def sampled_outputs(model, tokenizer, demo: DemoSettings) -> list[dict]:
     """Held-out outputs sampled with a fixed seed, so before and after see the same sampling noise."""
     import torch
 
-    from .data import check_prompts
-    from .evaluation import generate_outputs
-
     torch.manual_seed(demo.seed + EVAL_SEED_OFFSET)
     prompts = [r.prompt for r in check_prompts(project_path(EVAL_DATA))][:demo.eval_limit]
     return generate_outputs(model, tokenizer, prompts, demo.generation(), demo.eval_samples_per_prompt,
@@ -145,7 +139,6 @@ def train_grpo(settings: Settings, artifact_dir: Path, run_name: str | None, dem
     """The project's one training path (prepare → build → run), as `sarashina-grpo train` takes it, with a compact
     progress line and the held-out evaluation every ``demo.eval_steps`` steps."""
     from .callbacks import CompactProgress, HeldOutEval
-    from .data import check_prompts
     from .pipeline import train
 
     callbacks = [CompactProgress()]
@@ -161,54 +154,47 @@ def train_grpo(settings: Settings, artifact_dir: Path, run_name: str | None, dem
 def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None = None, *,
              run_name: str | None = None) -> DemoResult:
     """Warm start (cached), evaluate, GRPO, evaluate; write the curve and tables into the run's folder."""
-    from .modeling import cpu_threads
+    from .modeling import cpu_threads, load_model
 
     demo = demo or DemoSettings()
+    artifact_dir = Path(artifact_dir or default_artifact_dir())
     with cpu_threads(demo.threads):
-        return _run_demo(Path(artifact_dir or default_artifact_dir()), demo, run_name)
+        seconds, started = {}, time.monotonic()
+        warm = warm_model(artifact_dir, demo)
+        seconds["warm_start"] = round(time.monotonic() - started, 1)
 
+        settings = demo.settings(warm)
+        mark = time.monotonic()
+        model, tokenizer = load_model(check_model(settings, training=False), lora=False)
+        before_outputs = sampled_outputs(model, tokenizer, demo)
+        del model
+        seconds["eval_before"] = round(time.monotonic() - mark, 1)
 
-def _run_demo(artifact_dir: Path, demo: DemoSettings, run_name: str | None) -> DemoResult:
-    from .evaluation import write_eval
-    from .modeling import load_model
-    from .preflight import check_model
+        mark = time.monotonic()
+        trainer = train_grpo(settings, artifact_dir, run_name, demo)
+        seconds["grpo"] = round(time.monotonic() - mark, 1)
+        paths = trainer.run.paths
+        if trainer.interrupted:  # Ctrl-C saved a checkpoint; the table below then shows the steps that ran
+            logger.warning("GRPO stopped by %s at step %d of %d.", trainer.interrupted, trainer.state.global_step,
+                           demo.steps)
 
-    seconds, started = {}, time.monotonic()
-    warm = warm_model(artifact_dir, demo)
-    seconds["warm_start"] = round(time.monotonic() - started, 1)
+        mark = time.monotonic()
+        trainer.model.eval()
+        after_outputs = sampled_outputs(trainer.model, trainer.processing_class, demo)
+        seconds["eval_after"] = round(time.monotonic() - mark, 1)
+        meta = {"model": str(warm), "data": str(project_path(EVAL_DATA)),
+                "generation": dataclasses.asdict(demo.generation()), "samples_per_prompt": demo.eval_samples_per_prompt}
+        before = write_eval(before_outputs, paths.output_dir / "eval" / "before", {**meta, "stage": "before"})
+        after = write_eval(after_outputs, paths.output_dir / "eval" / "after", {**meta, "stage": "after GRPO"})
+        seconds["total"] = round(time.monotonic() - started, 1)
 
-    settings = demo.settings(warm)
-    mark = time.monotonic()
-    model, tokenizer = load_model(check_model(settings, training=False), lora=False)
-    before_outputs = sampled_outputs(model, tokenizer, demo)
-    del model
-    seconds["eval_before"] = round(time.monotonic() - mark, 1)
-
-    mark = time.monotonic()
-    trainer = train_grpo(settings, artifact_dir, run_name, demo)
-    seconds["grpo"] = round(time.monotonic() - mark, 1)
-    paths = trainer.run.paths
-    if trainer.interrupted:  # Ctrl-C saved a checkpoint; the table below then shows the steps that ran
-        logger.warning("GRPO stopped by %s at step %d of %d.", trainer.interrupted, trainer.state.global_step,
-                       demo.steps)
-
-    mark = time.monotonic()
-    trainer.model.eval()
-    after_outputs = sampled_outputs(trainer.model, trainer.processing_class, demo)
-    seconds["eval_after"] = round(time.monotonic() - mark, 1)
-    meta = {"model": str(warm), "data": str(project_path(EVAL_DATA)),
-            "generation": dataclasses.asdict(demo.generation()), "samples_per_prompt": demo.eval_samples_per_prompt}
-    before = write_eval(before_outputs, paths.output_dir / "eval" / "before", {**meta, "stage": "before"})
-    after = write_eval(after_outputs, paths.output_dir / "eval" / "after", {**meta, "stage": "after GRPO"})
-    seconds["total"] = round(time.monotonic() - started, 1)
-
-    history = list(trainer.state.log_history)
-    result = DemoResult(before, after, paths.output_dir, paths.log_dir,
-                        reward_curve(history, paths.output_dir / "reward_curve.png"), seconds, history)
-    write_summary(result, demo)
-    logger.info("Demo finished in %.0f s (GRPO %.0f s); before/after table in %s", seconds["total"], seconds["grpo"],
-                result.run_dir / "demo.md")
-    return result
+        history = list(trainer.state.log_history)
+        result = DemoResult(before, after, paths.output_dir, paths.log_dir,
+                            reward_curve(history, paths.output_dir / "reward_curve.png"), seconds, history)
+        write_summary(result, demo)
+        logger.info("Demo finished in %.0f s (GRPO %.0f s); before/after table in %s", seconds["total"],
+                    seconds["grpo"], result.run_dir / "demo.md")
+        return result
 
 
 def demo_table(before: dict, after: dict) -> str:

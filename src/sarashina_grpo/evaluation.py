@@ -5,13 +5,10 @@
     sarashina-grpo eval --compare-only --compare base step500         # table + chart of earlier evals
     sarashina-grpo eval --model tiny --name merchant --data datasets/roleplay.csv   # under each row's role
 
-An evaluation name is never silently reused: evaluating again under a name that already holds a ``metrics.json``
-is an error unless ``overwrite`` (CLI ``--overwrite``) is given, because ``--compare`` would otherwise compare
-something else than the user thinks.
-
-Each evaluation writes ``artifact/eval/<name>/metrics.json`` (keys in ``METRIC_KEYS``, plus ``meta``) and
-``generations.jsonl`` (one line per output with its per-output scores). ``compare_runs`` writes
-``comparison.md`` and ``comparison.png`` side by side for two or more evaluations.
+Each evaluation writes ``artifact/eval/<name>/metrics.json`` (``METRIC_KEYS`` plus ``meta``) and
+``generations.jsonl`` (one line per output with its scores); reusing a name is an error without ``overwrite`` (CLI
+``--overwrite``), or ``--compare`` would compare something else than the user thinks. ``compare_runs`` writes
+``comparison.md`` and ``comparison.png`` for two or more evaluations.
 
 Metrics (rates and means over all outputs unless said otherwise; purity is defined in ``purity.py``):
 ``strict_format_rate``/``soft_format_rate`` share passing the strict/soft format check of ``rewards.py``;
@@ -33,18 +30,24 @@ A role (persona/scenario) joins the system prompt of every prompt (``role``), an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .arithmetic import is_correct
-from .project import SettingsError, default_artifact_dir, project_path
+from .data import read_rows, select_rows, to_messages
+from .inference import GenerationSettings, generate_counted
+from .preflight import check_eval_limit, check_model, metrics_problem
+from .project import SYSTEM_PROMPT, SettingsError, default_artifact_dir, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
-from .roles import think_leak
+from .roles import think_leak, with_role
+from .runs import MAX_RUN_NAME, check_plain_name
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,16 @@ METRIC_KEYS = (
     "purity_mean", "think_judged_rate", "think_japanese_rate", "latin_run_rate", "think_leak_mean", "mean_chars",
     "mean_think_chars", "mean_response_chars", "mean_tokens", "answer_accuracy",
 )
+# summarize's means over the outputs: metric -> per-output score of ``score_text``
+MEANS = {
+    "strict_format_rate": "strict_format", "soft_format_rate": "soft_format", "xmlcount_mean": "xmlcount",
+    "think_purity_mean": "think_purity", "response_purity_mean": "response_purity", "purity_mean": "purity",
+    "latin_run_rate": "latin_run", "think_leak_mean": "think_leak", "mean_chars": "chars",
+    "mean_think_chars": "think_chars", "mean_response_chars": "response_chars",
+}
+LONG_EVAL_SECONDS = 60  # beyond this a CPU evaluation warns and says how to shorten it
+# File names are limited to 255 bytes on common file systems; a comparison folder is named after its evaluations.
+MAX_COMPARE_NAME_BYTES = 200
 MOSTLY_JAPANESE = 0.5  # think purity from which the thinking counts as Japanese (think_japanese_rate)
 # Shown in the comparison chart: the figures on a 0–1 scale, so that one axis fits them all.
 CHART_KEYS = (
@@ -82,10 +95,14 @@ def score_text(text: str, answer: str | None = None) -> dict:
     }
 
 
-def rounded(value, digits: int = 3) -> str:
-    """A figure as people read it: floats to ``digits`` decimals, integers as they are, ``n/a`` for nothing judged."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def rounded(value, digits: int = 3, missing: str = "n/a") -> str:
+    """A figure as people read it: floats to ``digits`` decimals, integers as they are, ``missing`` for none."""
+    if _missing(value):
+        return missing
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
@@ -96,26 +113,15 @@ def _mean(values) -> float | None:
 
 def summarize(scores: list[dict], token_counts: list[int] | None = None) -> dict:
     """The figures of ``METRIC_KEYS`` over per-output ``scores`` (from ``score_text``)."""
-    n = len(scores)
-    column = lambda key: [s[key] for s in scores]  # noqa: E731
-    return {
-        "n": n,
-        "strict_format_rate": _mean(column("strict_format")),
-        "soft_format_rate": _mean(column("soft_format")),
-        "xmlcount_mean": _mean(column("xmlcount")),
-        "think_purity_mean": _mean(column("think_purity")),
-        "response_purity_mean": _mean(column("response_purity")),
-        "purity_mean": _mean(column("purity")),
-        "think_judged_rate": _mean([s["think_purity"] is not None for s in scores]),
-        "think_japanese_rate": _mean([(s["think_purity"] or 0.0) >= MOSTLY_JAPANESE for s in scores]),
-        "latin_run_rate": _mean(column("latin_run")),
-        "think_leak_mean": _mean(column("think_leak")),
-        "mean_chars": _mean(column("chars")),
-        "mean_think_chars": _mean(column("think_chars")),
-        "mean_response_chars": _mean(column("response_chars")),
-        "mean_tokens": _mean(token_counts) if token_counts else None,
-        "answer_accuracy": _mean([s.get("answer_correct") for s in scores]),
-    }
+    figures = {key: _mean([s[score] for s in scores]) for key, score in MEANS.items()}
+    figures.update(
+        n=len(scores),
+        think_judged_rate=_mean([s["think_purity"] is not None for s in scores]),
+        think_japanese_rate=_mean([(s["think_purity"] or 0.0) >= MOSTLY_JAPANESE for s in scores]),
+        mean_tokens=_mean(token_counts) if token_counts else None,
+        answer_accuracy=_mean([s.get("answer_correct") for s in scores]),
+    )
+    return {key: figures[key] for key in METRIC_KEYS}
 
 
 def score_texts(texts: list[str], token_counts: list[int] | None = None) -> dict:
@@ -125,14 +131,8 @@ def score_texts(texts: list[str], token_counts: list[int] | None = None) -> dict
 def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per_prompt: int = 1,
                      progress: bool = True, roles: list[str | None] | str | None = None, *,
                      system_prompt: str | None = None) -> list[dict]:
-    """Generate for every prompt (``samples_per_prompt`` times when sampling); one record per output.
-
-    ``roles``: one role for all prompts, or one per prompt (``None`` entries: no role); records then carry it."""
-    from .data import to_messages
-    from .inference import GenerationSettings, generate_counted
-    from .project import SYSTEM_PROMPT
-    from .roles import with_role
-
+    """Generate for every prompt (``samples_per_prompt`` times when sampling); one record per output. ``roles``: one
+    role for all prompts, or one per prompt (``None`` entries: no role); records then carry it."""
     gen = gen or GenerationSettings()
     if not gen.do_sample and samples_per_prompt > 1:
         raise ValueError("samples_per_prompt > 1 needs sampling (do_sample=True): greedy outputs would repeat.")
@@ -175,8 +175,6 @@ class EvalExistsError(SettingsError):
 def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
     """A name for an evaluation of ``model_name``: its run and checkpoint (``notebook-grpo-checkpoint-500``), else
     the last part of its path or hub id (``notebook-tiny``), cut to the length a folder name may have."""
-    from .runs import MAX_RUN_NAME
-
     path = Path(str(model_name).rstrip("/"))
     parts = [path.parent.name, path.name] if path.name.startswith("checkpoint-") and path.parent.name else [path.name]
     return "-".join([prefix, *(part.replace(" ", "-") for part in parts if part)])[:MAX_RUN_NAME]
@@ -185,8 +183,6 @@ def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """The folder for evaluation ``name``; ``EvalExistsError`` if an earlier evaluation lives there (unless
     ``overwrite``). Called before the model loads, so the mistake costs nothing."""
-    from .runs import check_plain_name
-
     check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
     eval_dir = Path(artifact_dir or default_artifact_dir()) / "eval" / name
     if (eval_dir / "metrics.json").exists() and not overwrite:
@@ -200,9 +196,6 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
 def eval_rows(data_path: Path, limit: int | None) -> list:
     """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
     evaluation saved as a result would be compared as if it were one."""
-    from .data import read_rows, select_rows
-    from .preflight import check_eval_limit
-
     check_eval_limit(limit)
     return select_rows(read_rows(data_path), data_path, "ja")[:limit]  # select_rows: an error when none is left
 
@@ -212,10 +205,7 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
              limit: int | None = None, meta: dict | None = None, progress: bool = True, role: str | None = None,
              overwrite: bool = False, system_prompt: str | None = None) -> dict:
     """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics.
-
     ``role`` is added to the system prompt of every row that has no role of its own (module docstring)."""
-    from .inference import GenerationSettings
-
     eval_dir = check_eval_name(name, artifact_dir, overwrite)
     gen = gen or GenerationSettings()
     data_path = project_path(data_path)
@@ -245,9 +235,6 @@ def attach_answers(outputs: list[dict], rows, samples_per_prompt: int) -> None:
             output["answer"] = row.extra.get("answer")
 
 
-LONG_EVAL_SECONDS = 60  # beyond this a CPU evaluation warns and says how to shorten it
-
-
 def log_cpu_estimate(seconds: float, done: int, total: int) -> None:
     """After the first batch on a CPU: how long the rest will take, and (when long) how to shorten it."""
     left = seconds / done * (total - done)
@@ -263,7 +250,6 @@ def log_cpu_estimate(seconds: float, done: int, total: int) -> None:
 def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs) -> dict:
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
-    from .preflight import check_model
 
     settings = check_model(settings, training=False)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
@@ -273,26 +259,25 @@ def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs)
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)
 
 
+def eval_folder(run: str | Path, artifact_dir: str | Path | None = None) -> Path:
+    """The folder of an earlier evaluation given its name or its folder (where that holds a metrics.json)."""
+    if (Path(run) / "metrics.json").exists():
+        return Path(run)
+    return Path(artifact_dir or default_artifact_dir()) / "eval" / str(run)
+
+
 def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tuple[str, dict]:
     """(name, metrics) of an earlier evaluation, given its name or its folder."""
-    path = Path(run)
-    if not (path / "metrics.json").exists():
-        path = Path(artifact_dir or default_artifact_dir()) / "eval" / str(run)
+    path = eval_folder(run, artifact_dir)
     if not (path / "metrics.json").exists():
         raise SettingsError(f"No evaluation named {run!r} (no metrics.json in {path}); run `sarashina-grpo eval "
                             f"--name {run}` first, or give the folder of an earlier evaluation.")
-    from .preflight import metrics_problem
-
     metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     problem = metrics_problem(metrics)
     if problem:
         raise SettingsError(f"{path / 'metrics.json'} {problem}. Run that evaluation again (sarashina-grpo eval "
                             "--name …).")
     return path.name, metrics
-
-
-# File names are limited to 255 bytes on common file systems; a comparison folder is named after its evaluations.
-MAX_COMPARE_NAME_BYTES = 200
 
 
 def comparison_labels(paths: list[Path]) -> list[str]:
@@ -310,9 +295,6 @@ def comparison_labels(paths: list[Path]) -> list[str]:
 
 def comparison_folder_name(labels: list[str]) -> str:
     """``compare-<a>-vs-<b>…``, shortened with a hash of the full name where it would not fit a file name."""
-    import hashlib
-    import re
-
     name = "compare-" + "-vs-".join(re.sub(r"[/\\]", "_", label) for label in labels)  # parent/name labels
     if len(name.encode()) <= MAX_COMPARE_NAME_BYTES:
         return name
@@ -322,9 +304,7 @@ def comparison_folder_name(labels: list[str]) -> str:
 
 def chart_value(value) -> float | None:
     """A metric as a bar height; ``None`` for missing values (None or NaN)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
+    return None if _missing(value) else float(value)
 
 
 def chart_legend(name: str, metrics: dict) -> str:
@@ -336,17 +316,12 @@ def chart_label(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def comparison_table(runs: dict[str, dict]) -> str:
     """A Markdown table: one row per metric, one column per run."""
     names = list(runs)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    lines += [f"| {key} | " + " | ".join(_cell(runs[n].get(key)) for n in names) + " |" for key in METRIC_KEYS]
+    for key in METRIC_KEYS:
+        lines.append(f"| {key} | " + " | ".join(rounded(runs[n].get(key), missing="–") for n in names) + " |")
     return "\n".join(lines) + "\n" + decoding_note(runs)
 
 
@@ -408,10 +383,9 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path | None = None,
     ``out_dir`` defaults to ``<artifact_dir>/eval/compare-<name1>-vs-<name2>…``."""
     if len(runs) < 2:
         raise ValueError("Comparing needs at least two evaluations.")
+    folders = [eval_folder(r, artifact_dir) for r in runs]
+    loaded = dict(zip(comparison_labels(folders), [load_metrics(r, artifact_dir)[1] for r in runs], strict=True))
     eval_root = Path(artifact_dir or default_artifact_dir()) / "eval"
-    folders = [Path(r) if (Path(r) / "metrics.json").exists() else eval_root / str(r) for r in runs]
-    metrics = [load_metrics(r, artifact_dir)[1] for r in runs]
-    loaded = dict(zip(comparison_labels(folders), metrics, strict=True))
     out_dir = Path(out_dir or eval_root / comparison_folder_name(list(loaded)))
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(loaded)

@@ -41,12 +41,10 @@ def load_for_inference(settings: Settings, *, threads: int | None = None):
     ``settings`` have passed ``preflight.check_model(settings, training=False)``. ``threads``: torch's CPU threads
     (``modeling.use_cpu_threads``: unset is 1 on a CPU)."""
     from .modeling import load_model, use_cpu_threads
-
-    use_cpu_threads(threads)
     from .noise import import_unsloth
 
+    use_cpu_threads(threads)
     FastLanguageModel = import_unsloth().FastLanguageModel
-
     model, tokenizer = load_model(settings, lora=False)
     FastLanguageModel.for_inference(model)
     tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
@@ -63,16 +61,8 @@ def count_generated(row, stop_ids: set[int], pad_id: int | None) -> int:
     """Tokens the model generated in one row of new ids: up to and including the first stop token; padding after
     it (or anywhere, for a row that never stopped) is not generated text."""
     ids = row.tolist()
-    for i, token in enumerate(ids):
-        if token in stop_ids:
-            return i + 1
-    return sum(token != pad_id for token in ids)
-
-
-def stop_token_ids(model, tokenizer) -> set[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list | tuple) else [eos]) | {tokenizer.eos_token_id}
-    return {i for i in ids if i is not None}
+    stop = next((i + 1 for i, token in enumerate(ids) if token in stop_ids), None)
+    return stop if stop is not None else sum(token != pad_id for token in ids)
 
 
 def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: GenerationSettings | None = None,
@@ -84,7 +74,8 @@ def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: Gen
 
     gen = gen or GenerationSettings()
     replies: list[tuple[str, int]] = []
-    stop_ids = stop_token_ids(model, tokenizer)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stop_ids = {*(eos if isinstance(eos, list | tuple) else [eos]), tokenizer.eos_token_id} - {None}
     starts = range(0, len(conversations), gen.batch_size)
     for start in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
         batch = conversations[start:start + gen.batch_size]
@@ -93,10 +84,8 @@ def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: Gen
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         sampling = dict(temperature=gen.temperature, top_p=gen.top_p) if gen.do_sample else {}
         with torch.no_grad():
-            out = model.generate(
-                **enc, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
-                pad_token_id=tokenizer.pad_token_id, **sampling,
-            )
+            out = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
+                                 pad_token_id=tokenizer.pad_token_id, **sampling)
         new_tokens = out[:, enc["input_ids"].shape[1]:]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         replies += [(text, count_generated(row, stop_ids, tokenizer.pad_token_id))

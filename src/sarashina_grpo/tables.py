@@ -14,6 +14,7 @@ import codecs
 import csv
 import errno
 import io
+import json
 import logging
 import os
 import re
@@ -29,8 +30,6 @@ MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
 MAX_FILE_BYTES = 50 * 2**20
 MAX_ROWS = 1_000_000
 UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
-
-
 DEBUG_ENV = "SARASHINA_GRPO_DEBUG"  # set: tracebacks as well as the one line (errors.py, notebook_lines)
 
 
@@ -120,27 +119,12 @@ def file_problem(path: str | os.PathLike) -> str | None:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             return "not found"
         return f"cannot be read ({err.strerror})"
-    if stat.S_ISDIR(mode):
-        return "is a folder"
-    if stat.S_ISFIFO(mode):
-        return "is a pipe (FIFO), which would be waited on for a writer; save what it carries to a file first"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device, not a file"
-    if stat.S_ISSOCK(mode):
-        return "is a socket, not a file"
-    return None
-
-
-def check_regular_file(path: Path) -> None:
-    """Raise ``DataError`` unless ``path`` is a regular file of a sane size: a FIFO would block forever and
-    ``/dev/zero`` would be read until memory runs out. Uses ``stat`` only; nothing is opened."""
-    if not path.is_file():
-        raise DataError(f"{path} is not a regular file (a pipe, device or socket?). Give a CSV file on disk; save "
-                        "a stream to a file first.")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise DataError(f"{path} is {size / 2**20:.0f} MB; prompt files are limited to {MAX_FILE_BYTES // 2**20} MB "
-                        f"and {MAX_ROWS:,} rows. Check that it is the right file, or split it.")
+    kinds = ((stat.S_ISDIR, "is a folder"),
+             (stat.S_ISFIFO, "is a pipe (FIFO), which would be waited on for a writer; save what it carries to a "
+                             "file first"),
+             (stat.S_ISCHR, "is a device, not a file"), (stat.S_ISBLK, "is a device, not a file"),
+             (stat.S_ISSOCK, "is a socket, not a file"))
+    return next((words for test, words in kinds if test(mode)), None)
 
 
 def _records(text: str, path: Path):
@@ -155,7 +139,12 @@ def _records(text: str, path: Path):
             return
         except csv.Error as err:
             if "field larger than field limit" in str(err):
-                raise DataError(_over_long_field_message(path, start, reader.line_num)) from None
+                message = (f"{path}, line {start}: a prompt longer than {csv.field_size_limit():,} characters (the "
+                           "CSV field limit), far beyond any prompt length the model takes. Shorten or split it.")
+                if reader.line_num > start:  # the field ran over several lines: more likely a quote never closed
+                    message += (f" If it should not run on to line {reader.line_num}, close the quote opened on line "
+                                f"{start}.")
+                raise DataError(message) from None
             raise DataError(
                 f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting there: "
                 'a prompt with commas or line breaks must be wrapped in "…", with any " inside doubled ("").'
@@ -167,15 +156,6 @@ def _records(text: str, path: Path):
                                 f"{MAX_ROWS:,} rows and {MAX_FILE_BYTES // 2**20} MB. Check that it is the right file, "
                                 "or split it.")
             yield start, fields
-
-
-def _over_long_field_message(path: Path, start: int, end: int) -> str:
-    limit = csv.field_size_limit()
-    message = (f"{path}, line {start}: a prompt longer than {limit:,} characters (the CSV field limit), far beyond "
-               "any prompt length the model takes. Shorten or split it.")
-    if end > start:  # the field ran over several lines: more likely a quote that never closes
-        message += f" If it should not run on to line {end}, close the quote opened on line {start}."
-    return message
 
 
 def _csv_table(path: Path):
@@ -190,13 +170,8 @@ def _csv_table(path: Path):
 
 def _cell(value):
     """A JSON or Parquet value as the text a CSV cell would hold (None: blank; a number as its digits). Objects,
-    lists and bytes stay as they are: ``data.py`` refuses them where text is needed, instead of training on their
-    Python spelling ("['a', 'b']", "b'\\xe6…'")."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return str(value) if isinstance(value, int | float) else value
+    lists and bytes stay as they are: ``data.py`` refuses them rather than train on "['a', 'b']" or "b'\\xe6…'"."""
+    return "" if value is None else str(value) if isinstance(value, int | float) else value
 
 
 def _table_of(objects: list[tuple[int, dict]]):
@@ -207,8 +182,6 @@ def _table_of(objects: list[tuple[int, dict]]):
 
 def _jsonl_table(path: Path):
     """(header, records) of a JSON Lines file: one object per line, keys as columns; blank lines are skipped."""
-    import json
-
     def unique_keys(pairs):
         keys = [key for key, _ in pairs]
         repeated = sorted({key for key in keys if keys.count(key) > 1})
@@ -268,7 +241,13 @@ def read_table(path: Path):
         raise DataError(f"{path} is a folder; expected {FORMATS}.")
     if problem and "symbolic link" in problem:
         raise DataError(f"Prompt file {path} {problem}. Point --data at the file itself.")
-    check_regular_file(path)
+    # A FIFO would block forever and /dev/zero would be read until memory runs out: stat only, nothing is opened.
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file (a pipe, device or socket?). Give a CSV file on disk; save "
+                        "a stream to a file first.")
+    if (size := path.stat().st_size) > MAX_FILE_BYTES:
+        raise DataError(f"{path} is {size / 2**20:.0f} MB; prompt files are limited to {MAX_FILE_BYTES // 2**20} MB "
+                        f"and {MAX_ROWS:,} rows. Check that it is the right file, or split it.")
     if path.suffix.lower() == ".json":  # read as CSV, a JSON array would look like a header of odd column names
         raise DataError(f"{path}: a .json file is not read as prompts; give JSON Lines (.jsonl: one object per line, "
                         'e.g. {"prompt": "こんにちは", "lang": "ja"}), a CSV or a Parquet file.')

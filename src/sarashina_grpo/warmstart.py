@@ -9,31 +9,27 @@ SFT leaves the model *partly* compliant, the situation of Sarashina at the start
 the examples is deliberately malformed (``malformed_share``), so the strict layout stays a minority habit that GRPO
 can still raise (docs/learning.md: a useful warm start leaves the strict rate between 0.1 and 0.5).
 
-Two sources of examples, one list of (chat prompt, completion) pairs:
-
-- a JSONL file of written examples (``datasets/format_examples.jsonl``: prompt, think, response), each laid out
-  strictly or, with probability ``malformed_share``, broken by ``malform``;
-- ``synthetic``: completions drawn from small sentence pools over the training prompts (the demo and the learning
-  proof, on the tiny model), of three kinds: ``ja`` (strict layout, Japanese), ``drift`` (strict layout, thinking
-  slides into English, the failure the article reports) and ``malformed`` (right words, broken layout).
-
-One loop trains on them (plain PyTorch, loss on completion tokens only, as TRL's SFT with completion-only loss),
-by ``lora_rank``: above 0, a LoRA on the seven projections, merged into the weights afterwards (real models: their
-knowledge stays); 0, every weight (random-weight models, nothing to keep; the learning proof's recorded runs). The
-result is a plain model folder that ``--model`` takes.
+The (chat prompt, completion) pairs come from a JSONL file of written examples (``datasets/format_examples.jsonl``)
+or, for the tiny model (demo, learning proof), from ``synthetic`` sentence pools over the training prompts: ``ja``
+(strict layout, Japanese), ``drift`` (strict layout, thinking slides into English, the failure the article reports)
+and ``malformed`` (right words, broken layout). One plain PyTorch loop trains on them (loss on completion tokens
+only), by ``lora_rank``: above 0, a LoRA merged afterwards (real models: their knowledge stays); 0, every weight
+(random weights, nothing to keep). The result is a plain model folder that ``--model`` takes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .data import DataError, to_messages
-from .preflight import lora_targets
+from .data import DataError, check_prompts, to_messages
+from .preflight import check_finite_model, check_new_folder, check_warm_start, check_warm_start_command, lora_targets
 from .project import LORA_TARGET_MODULES, SYSTEM_PROMPT, project_path, read_text_setting, setting
+from .tables import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +46,6 @@ JA_RESPONSES = (
     "それはよい考えです。", "まずは休んでください。", "一緒に考えましょう。", "ありがとうございます。",
 )
 KINDS = ("ja", "drift", "malformed")
-
-
 SYNTHETIC = "synthetic"
 FORMAT_EXAMPLES = "datasets/format_examples.jsonl"
 EXAMPLE_KEYS = ("prompt", "think", "response")
@@ -86,24 +80,19 @@ class WarmStart:
     examples: int = 512
 
     def __post_init__(self):
-        from .preflight import check_warm_start
-
         check_warm_start(self, None if self.data == SYNTHETIC else project_path(self.data))
 
     def for_command(self) -> WarmStart:
         """Self, checked for what the command line must give (a recipe in code may fill ``output`` later)."""
-        from .preflight import check_warm_start_command
-
         check_warm_start_command(self)
         return self
 
     def system_prompt(self) -> str:
-        return read_text_setting(self.system_prompt_file, "system_prompt_file") if self.system_prompt_file \
-            else SYSTEM_PROMPT
+        file = self.system_prompt_file
+        return read_text_setting(file, "system_prompt_file") if file else SYSTEM_PROMPT
 
 
-CLI_FIELDS = ("model", "output", "data", "system_prompt_file", "malformed_share", "steps", "batch_size",
-              "learning_rate", "lora_rank", "seed", "threads")  # the synthetic-only knobs stay code-level
+CLI_FIELDS = tuple(f.name for f in fields(WarmStart) if "help" in f.metadata)  # synthetic-only knobs: code-level
 # The tiny model's recipe (demo, learning proof): synthetic completions, a full fine-tune of random weights.
 DEMO_RECIPE = WarmStart(data=SYNTHETIC, steps=150, batch_size=16, learning_rate=3e-3, lora_rank=0)
 
@@ -156,10 +145,6 @@ def synthetic_examples(prompts: list[str], config: WarmStart, system_prompt: str
 def read_format_examples(path: str | Path) -> list[dict]:
     """The rows of a JSONL file of written examples; a row without a non-empty prompt, think and response is a
     ``DataError`` naming its line."""
-    import json
-
-    from .tables import read_text
-
     path = project_path(path)
     rows = []
     # read as the prompt file is: UTF-8, UTF-16 with a BOM, or Shift_JIS/cp932 with a warning, else one DataError
@@ -194,8 +179,6 @@ def build_examples(config: WarmStart, prompts: list[str] | None = None) -> list[
     """The recipe's examples: from its JSONL file, or synthetic over ``prompts`` (the training prompts)."""
     if config.data == SYNTHETIC:
         if not prompts:
-            from .data import check_prompts
-
             prompts = [r.prompt for r in check_prompts(project_path("datasets/smalltalk.csv"))]
         return synthetic_examples(prompts, config, config.system_prompt())
     return format_examples(read_format_examples(config.data), config, config.system_prompt())
@@ -223,10 +206,8 @@ def encode(tokenizer, examples: list[tuple[list[dict], str]]):
 
 
 def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
-    """Train ``config.model`` on the recipe's examples; write a plain model folder (weights, tokenizer) to
-    ``config.output`` and return it."""
+    """Train ``config.model`` on the recipe's examples; write a plain model folder to ``config.output``; return it."""
     from .modeling import cpu_threads, resolve_model_name
-    from .preflight import check_new_folder
 
     out_dir = check_new_folder(config.output, "warmstart --output")
     if config.model == "tiny" and config.lora_rank and config.learning_rate <= WarmStart.learning_rate:
@@ -240,10 +221,6 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
     started = time.monotonic()
     with cpu_threads(config.threads):
         model, tokenizer = supervised_pass(model_dir, examples, config)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    from .preflight import check_finite_model
-
     check_finite_model(model, f"The warm start of {config.model}", f"Nothing was written to {out_dir}. The "
                        f"supervised pass diverged: run it again with a lower --learning-rate (now "
                        f"{config.learning_rate:g}).")
@@ -256,14 +233,13 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
 
 def supervised_pass(model_dir: str, examples: list[tuple[list[dict], str]], config: WarmStart):
     """Completion-only NLL on batches drawn with replacement; with ``lora_rank`` a PEFT LoRA on the seven
-    projections, merged afterwards, else every weight (fp32). Returns (model, tokenizer) ready to save.
-
-    A plain loop rather than TRL's ``SFTTrainer``: TRL 1.15 always patches its Triton fused LM head into the model,
-    and without a GPU Triton's interpreter runs it (4 SFT steps of SmolLM2 did not finish in 10 minutes on 2 cores).
-    The loss is the one ``SFTTrainer`` computes with ``completion_only_loss``."""
+    projections, merged afterwards, else every weight (fp32). Returns (model, tokenizer) ready to save. A plain loop
+    rather than TRL's ``SFTTrainer``: TRL 1.15 always patches its Triton fused LM head into the model, and without a
+    GPU Triton's interpreter runs it (4 SFT steps of SmolLM2 did not finish in 10 minutes on 2 cores). The loss is
+    the one ``SFTTrainer`` computes with ``completion_only_loss``."""
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(config.seed)
     device = "cuda" if config.lora_rank and torch.cuda.is_available() else "cpu"
@@ -273,7 +249,8 @@ def supervised_pass(model_dir: str, examples: list[tuple[list[dict], str]], conf
     # fp32 on CPU (bf16 matmuls there are slow); a LoRA pass saves the merged weights in the model's own dtype.
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    saved_dtype = model.config.dtype if not config.lora_rank else _config_dtype(model_dir)
+    saved_dtype = (AutoConfig.from_pretrained(model_dir).dtype or torch.float32 if config.lora_rank
+                   else model.config.dtype)
     if config.lora_rank:
         from peft import LoraConfig, get_peft_model
 
@@ -300,10 +277,3 @@ def supervised_pass(model_dir: str, examples: list[tuple[list[dict], str]], conf
     if config.lora_rank:
         model = model.merge_and_unload()
     return model.to(saved_dtype), tokenizer
-
-
-def _config_dtype(model_dir: str):
-    import torch
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model_dir).dtype or torch.float32
