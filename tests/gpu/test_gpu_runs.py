@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,8 +97,45 @@ def fp16_run(tmp_path_factory, small_model_dir, prompts_csv) -> tuple[Started, P
 
 
 @pytest.fixture(scope="module")
-def one_gpu_resumed(tmp_path_factory, small_model_dir, prompts_csv, fp16_run):
+def ctrl_c_run(tmp_path_factory, small_model_dir, prompts_csv) -> tuple[subprocess.Popen, Path]:
+    """``train`` for up to 40 steps, started now; a thread presses Ctrl-C (SIGINT to the process group, as a
+    terminal does) once checkpoint-2 is complete. (the command, its run folder)"""
+    tmp_path = tmp_path_factory.mktemp("ctrl_c")
+    artifact = tmp_path / "artifact"
+    env_dir = tmp_path / "unsloth_compiled_cache"  # a folder of its own, as the fp16 run has
+    (tmp_path / "out").mkdir()
+    process = subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "out"),
+                                *map(str, train_args(small_model_dir, prompts_csv, artifact, "run", 40))],
+                               cwd=REPO_ROOT, env=cli_env(UNSLOTH_COMPILE_LOCATION=str(env_dir)),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run_dir = artifact / "outputs" / "run"
+
+    def press_ctrl_c():
+        deadline = time.time() + 400
+        while process.poll() is None and time.time() < deadline:
+            if (run_dir / "checkpoint-2" / COMPLETE).exists():
+                os.killpg(process.pid, signal.SIGINT)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    return process, run_dir
+
+
+@pytest.fixture(scope="module")
+def one_gpu_resumed(tmp_path_factory, small_model_dir, prompts_csv, fp16_run, ctrl_c_run):
     return kill_and_resume(1, tmp_path_factory.mktemp("one"), small_model_dir, prompts_csv)
+
+
+def test_ctrl_c_on_unsloths_trainer_saves_the_running_step_and_says_so(ctrl_c_run):
+    process, run_dir = ctrl_c_run
+    output, _ = process.communicate(timeout=400)
+    saved = sorted(int(c.name.split("-")[1]) for c in run_dir.glob("checkpoint-*") if (c / COMPLETE).exists())
+    # why: the CPU tests stop TRL's plain trainer; this is the compiled trainer a user's Ctrl-C meets. The handler's
+    # line must be printed (a GPU run of the Japanese proof once ended without it) and the step it names saved.
+    assert process.returncode == 130 and "SIGINT: stopping after step" in output, output[-6000:]
+    assert saved and 2 < saved[-1] < 40, (saved, output[-3000:])
+    assert f"Stopped by SIGINT at step {saved[-1]}" in output, output[-3000:]
 
 
 def test_a_killed_run_resumes_to_its_last_step(one_gpu_resumed):
