@@ -17,6 +17,7 @@ Standard library only: it runs on the GPU machine before anything is installed t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -186,12 +187,18 @@ def group_env(group: Group, gpus: list[str], work: Path) -> dict:
     return env
 
 
+# pytest, with every thread's stack printed into the log on SIGUSR1: sent just before a group is killed at its
+# timeout, so that a killed group says where it was (the SIGKILL itself leaves nothing)
+PYTEST_DUMPING_ON_USR1 = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+                          "import pytest; sys.exit(pytest.main(sys.argv[1:]))")
+
+
 def start_group(group: Group, gpus: list[str], work: Path, extra: list[str]) -> subprocess.Popen:
     folder = work / group.name
     shutil.rmtree(folder, ignore_errors=True)  # an earlier run's junit.xml must not stand in for this one's
     folder.mkdir(parents=True)
     log = folder / "pytest.log"
-    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=", "-rA",
+    command = [sys.executable, "-c", PYTEST_DUMPING_ON_USR1, "-v", "-p", "no:cacheprovider", "-o", "addopts=", "-rA",
                "--durations=0", "--basetemp", str(folder / "tmp"), "--junitxml", str(folder / "junit.xml"),
                "-m", group.marker, *[f"{TESTS}/{f}" for f in group.files], *extra]
     with open(log, "w") as out:
@@ -211,6 +218,9 @@ def run_groups(groups: list[Group], gpus: list[str], work: Path, extra: list[str
             if name in ended:
                 continue
             if process.poll() is None and time.monotonic() - started > timeout:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGUSR1)  # the stacks into the log (PYTEST_DUMPING_ON_USR1)
+                    time.sleep(2)
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 with open(work / name / "pytest.log", "a") as log:
