@@ -126,6 +126,11 @@ def damage(checkpoint: Path, kind: str) -> None:
         torch.save([1, 2], checkpoint / "optimizer.pt")
     elif kind == "scheduler is {}":
         torch.save({}, checkpoint / "scheduler.pt")
+    elif kind == "adapter config is a list":
+        (checkpoint / "adapter_config.json").write_text("[]")
+    elif kind == "base model is a number":
+        config = json.loads((checkpoint / "adapter_config.json").read_text())
+        (checkpoint / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": 5}))
     elif kind == "adapter of another rank":
         save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 8),
                    "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(8, 8)},
@@ -140,6 +145,8 @@ DAMAGE = {
     "optimizer is {}": "optimizer.pt: not an optimizer's state",
     "optimizer is a list": "optimizer.pt: not an optimizer's state",
     "scheduler is {}": "scheduler.pt: not a learning-rate scheduler's state",
+    "adapter config is a list": "adapter_config.json: holds a JSON list, not PEFT's adapter config",
+    "base model is a number": "adapter_config.json: base_model_name_or_path is 5, not a model name or folder",
     "adapter of another rank": "adapter_model.safetensors: holds LoRA rank 8 (base_model.model.model.layers.0."
                                "self_attn.q_proj.lora_A.weight) but adapter_config.json says r = 4",
 }

@@ -130,6 +130,8 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
     problems = _problems(safetensors_problem, sorted(folder.glob("*.safetensors"))) + _problems(json_problem, jsons)
     if for_resume and not problems and (folder / TRAINER_STATE).exists():
         problems = _problems(trainer_state_problem, [folder / TRAINER_STATE])
+    if not problems and (folder / "adapter_config.json").exists():
+        problems = _problems(adapter_config_problem, [folder / "adapter_config.json"])
     if not problems:
         problems = adapter_shape_problems(folder)
     if not problems:
@@ -155,6 +157,18 @@ def trainer_state_problem(path: Path) -> str | None:
             return f"{key} is {value!r}, not a whole number (overwritten?)"
     if not isinstance(state.get("log_history", []), list):
         return "log_history is not a list (overwritten?)"
+    return None
+
+
+def adapter_config_problem(path: Path) -> str | None:
+    """Why an ``adapter_config.json`` that parses cannot be what PEFT wrote: the loaders would fail on it with a
+    traceback after the model's imports."""
+    config = json.loads(path.read_bytes())
+    if not isinstance(config, dict):
+        return f"holds a JSON {type(config).__name__}, not PEFT's adapter config (overwritten?)"
+    base = config.get("base_model_name_or_path")
+    if base is not None and not (isinstance(base, str) and base.strip()):
+        return f"base_model_name_or_path is {base!r}, not a model name or folder (overwritten?)"
     return None
 
 
