@@ -77,6 +77,12 @@ def test_flags_override_a_recipe_which_overrides_the_article(tmp_path):
     assert settings.learning_rate == 5e-6  # a key the recipe does not name keeps the article's value
 
 
+def test_the_rollout_is_auto_unless_a_flag_names_one():
+    # why: the fast rollout where it is exact is the default; --rollout default keeps the article's generate
+    assert [settings_of(*argv).rollout for argv in ((), ("--rollout", "auto"), ("--rollout", "default"))] == [
+        "auto", "auto", "default"]
+
+
 def test_every_grpo_config_field_is_a_typed_flag():
     settings = settings_of("--report-to", "wandb", "--save-total-limit", "3", "--reward-weights", "1", "1", "2",
                            "--multi-objective-aggregation=normalize_then_sum", "--steps-per-generation", "2")
@@ -103,6 +109,7 @@ def test_the_batch_rule_is_trls_global_one():
         (["train", "--rewards", "xmlcount,xmlcount"], "names xmlcount twice"),
         (["train", "--rewards", "xmlcont"], "Unknown reward 'xmlcont' (did you mean xmlcount?)"),
         (["train", "--lr-scheduler-type", "cosin"], "--lr-scheduler-type: invalid choice: 'cosin'"),
+        (["train", "--rollout", "turbo"], "--rollout: invalid choice: 'turbo' (choose from 'auto', 'default', 'fast',"),
         (["train", "--warmup-steps", "-1"], "Settings.warmup_steps (CLI --warmup-steps) must be a finite number"),
         (["train", "--seed", "-1"], "Settings.seed (CLI --seed) must be a whole number in [0, 2**32)"),
         (["train", "--output-dir", "x"], "output_dir is set by the project"),

@@ -118,6 +118,17 @@ def test_a_recipe_is_laid_over_the_articles_and_unknown_keys_fail(tmp_path):
         load_settings(recipe=recipe)
 
 
+@pytest.mark.parametrize("source", ["recipe", "SETTINGS"])
+def test_rollout_auto_is_accepted_from_a_recipe_and_the_notebooks_settings(tmp_path, source):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rollout: auto\n")
+    settings = load_settings(recipe=recipe) if source == "recipe" else load_settings({"rollout": "auto"},
+                                                                                     source="SETTINGS")
+    assert settings.rollout == "auto"  # why: the default's own name is a value like any other
+    with pytest.raises(SettingsError, match="rollout.*must be one of 'auto', 'default', 'fast'"):
+        load_settings({"rollout": "Auto"}, source="SETTINGS")
+
+
 @pytest.mark.parametrize("name", ["article", "arithmetic", "dapo", "dr_grpo", "gspo", "roleplay"])
 def test_every_recipe_is_valid(repo_root, name):
     load_settings(recipe=repo_root / "configs" / "recipes" / f"{name}.yaml")

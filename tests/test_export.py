@@ -263,6 +263,17 @@ def test_model_card_names_base_settings_rewards_and_this_checkpoints_evaluation(
     assert "`mine`" in card and "| answer_accuracy | 0.500 |" in card and "| strict_format_rate | 0.250 |" in card
 
 
+def test_the_model_card_names_the_rollout_that_ran(tmp_path):
+    run = tmp_path / "outputs" / "r"
+    write_run(run)
+    checkpoint = fake_checkpoint(run, 2)
+    assert "| rollout | `auto` |" in model_card(checkpoint, merged=False, base=None, dtype="bfloat16")  # as asked
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "rollout": "fast"}))  # what training recorded as it started
+    # why: 'auto' says what was asked, not which engine generated the completions the adapter learned from
+    assert "| rollout | `fast` |" in model_card(checkpoint, merged=False, base=None, dtype="bfloat16")
+
+
 def test_without_an_evaluation_of_this_checkpoint_the_runs_newest_is_used(tmp_path):
     artifact = tmp_path / "artifact"
     checkpoint = fake_checkpoint(artifact / "outputs" / "r", 2)

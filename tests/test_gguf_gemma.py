@@ -168,3 +168,18 @@ def test_the_fast_rollout_leaves_gemma_to_the_default_rollout_with_one_line(capl
     assert [r.getMessage() for r in caplog.records if r.name == "sarashina_grpo.rollout"] == [
         "rollout='fast' decodes llama/mistral models only; this gemma3_text model uses the default rollout."]
     assert not hasattr(trainer, "fast_rollout")
+
+
+def test_auto_on_a_gpu_leaves_gemma_to_the_default_rollout_with_one_line_saying_how_to_silence_it(monkeypatch, caplog):
+    import torch
+
+    from sarashina_grpo.rollout import choose
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the decision only: no GPU is touched
+    trainer = SimpleNamespace(model=tiny_gemma(), args=SimpleNamespace(use_vllm=False), repetition_penalty=None,
+                              min_p=None)
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
+        assert choose(trainer, "auto") == "default"  # why: the engine decodes Llama's layers, not Gemma 3's
+    assert [r.getMessage() for r in caplog.records if r.name == "sarashina_grpo.rollout"] == [
+        "rollout='auto' generates with the default rollout: the fast one decodes llama/mistral models only, not this "
+        "gemma3_text model (--rollout default silences this line)."]

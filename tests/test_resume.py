@@ -122,6 +122,15 @@ def test_resuming_with_more_steps_is_allowed_with_a_warning(tmp_path, caplog):
     assert "max_steps = 20 (the run started with 10)" in caplog.text
 
 
+def test_a_run_started_with_the_default_rollout_resumes_under_auto_with_a_warning(tmp_path, caplog):
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, article_settings(model_name="tiny", rollout="default"))  # the default before 'auto'
+    with caplog.at_level(logging.WARNING):
+        check_resume_settings(article_settings(model_name="tiny"), paths.output_dir)
+    # why: the rollout is the engine, not the maths (same sampling and loss): a notebook resume must not stop on it
+    assert "rollout = 'auto' (the run started with 'default')" in caplog.text
+
+
 def test_cli_resume_keeps_the_runs_settings_except_flags_given_again(tmp_path):
     paths = new_run_paths(tmp_path, "r")
     write_run_info(paths, article_settings(model_name="tiny", max_steps=10, num_generations=2,

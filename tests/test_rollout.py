@@ -8,12 +8,16 @@ moves logits by about one bf16 ulp and flips greedy choices only where the top t
 
 from __future__ import annotations
 
+import json
+import logging
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from sarashina_grpo.config import article_settings
 from sarashina_grpo.project import SettingsError
-from sarashina_grpo.rollout import FastRollout, sample_tokens
+from sarashina_grpo.rollout import FastRollout, choose, sample_tokens
 
 COMPLETION_TOKENS = 24
 
@@ -43,12 +47,93 @@ def test_unknown_rollout_is_rejected_by_name():
         article_settings(rollout="turbo")
 
 
+# --- rollout='auto', the default: the fast rollout where it decodes what the default path decodes -------------
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1))
+
+
+def trainer_of(model, *, use_vllm=False, repetition_penalty=None, min_p=None):
+    """What ``choose`` reads of a TRL ``GRPOTrainer``."""
+    return SimpleNamespace(model=model, args=SimpleNamespace(use_vllm=use_vllm), repetition_penalty=repetition_penalty,
+                           min_p=min_p)
+
+
+def rollout_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "sarashina_grpo.rollout"]
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what choose asks; nothing here touches a GPU
+
+
+def test_auto_is_the_default_rollout():
+    assert article_settings().rollout == "auto"  # why: the faster path wherever it is exact, without a flag
+
+
+def test_auto_takes_the_fast_rollout_for_a_llama_model_on_a_cuda_gpu(cuda, caplog):
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
+        assert choose(trainer_of(tiny_llama()), "auto") == "fast"  # why: the GPU suite checks it decodes the same
+    assert rollout_lines(caplog) == []  # the engine's own line says that it is on (install)
+
+
+def test_auto_keeps_the_default_rollout_on_the_cpu_without_a_word(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
+        assert choose(trainer_of(tiny_llama()), "auto") == "default"  # why: no CUDA graphs to gain from on a CPU
+    assert rollout_lines(caplog) == []  # why: every CPU smoke run would print it, telling nobody anything
+
+
+def test_auto_leaves_generation_to_vllm(cuda, caplog):
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
+        assert choose(trainer_of(tiny_llama(), use_vllm=True), "auto") == "default"  # why: vLLM is the engine
+    assert rollout_lines(caplog) == []
+
+
+def test_use_vllm_is_accepted_with_auto_and_refused_with_the_fast_rollout_by_name():
+    assert article_settings(use_vllm=True).rollout == "auto"  # why: the default must not refuse --use-vllm
+    with pytest.raises(SettingsError, match="'fast' and use_vllm are alternatives"):
+        article_settings(use_vllm=True, rollout="fast")
+
+
+def test_auto_keeps_the_default_rollout_for_sampling_the_engine_does_not_do(cuda, caplog):
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
+        assert choose(trainer_of(tiny_llama(), repetition_penalty=1.1), "auto") == "default"
+    assert rollout_lines(caplog) == [
+        "rollout='auto' generates with the default rollout: the fast one does not sample with repetition_penalty "
+        "(--rollout default silences this line)."]
+
+
+@pytest.mark.parametrize("asked", ["default", "fast", "static", "paged"])
+def test_a_rollout_asked_for_by_name_is_the_one_chosen(cuda, asked):
+    # why: --rollout default keeps Unsloth's generate on a GPU; --rollout fast keeps install's own fallback
+    assert choose(trainer_of(tiny_llama()), asked) == asked
+
+
+def test_run_json_records_the_rollout_that_ran_each_time_training_starts(tmp_path):
+    from sarashina_grpo.pipeline import Run, RunPaths, run_training
+
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {"rollout": "auto"}}))
+    trainer = SimpleNamespace(rollout="fast", state=SimpleNamespace(global_step=1), add_callback=lambda c: None,
+                              remove_callback=lambda c: None, train=lambda resume_from_checkpoint: None)
+    # a resumed run (a checkpoint to start from): its record is this start's, whatever the last start's was
+    run_training(trainer, Run(None, RunPaths("r", tmp_path / "logs", tmp_path), checkpoint=tmp_path / "checkpoint-1"))
+    info = json.loads((tmp_path / "run.json").read_text())
+    # why: settings keep what was asked (a resume resolves 'auto' again), "rollout" says what generated
+    assert (info["settings"]["rollout"], info["rollout"]) == ("auto", "fast")
+
+
 @pytest.fixture(scope="module")
 def tiny_trainer(tiny_model_dir, tmp_path_factory):
     """A default-rollout GRPOTrainer on the tiny model, with non-zero LoRA B so that the adapters change outputs."""
     from sarashina_grpo.pipeline import build_trainer, load_model, prepare
 
-    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False,
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, rollout="default",
                                 max_completion_length=COMPLETION_TOKENS, max_steps=1, save_steps=1000)
     run = prepare(settings, artifact_dir=tmp_path_factory.mktemp("rollout"), run_name="t")
     model, tokenizer = load_model(run)
@@ -112,6 +197,7 @@ def test_fast_setting_routes_training_rollouts_through_the_engine(tiny_model_dir
     trainer = train(settings, artifact_dir=tmp_path)
     assert trainer.fast_rollout.calls == 1  # why: one optimizer step, one rollout, made by the fast engine
     assert trainer.state.global_step == 1
+    assert json.loads((trainer.run.paths.output_dir / "run.json").read_text())["rollout"] == "fast"
 
 
 @pytest.mark.slow

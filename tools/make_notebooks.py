@@ -102,6 +102,7 @@ for reward in get_reward_funcs(run.settings.reward_names):
     code("""
 trainer = build_trainer(run, model, tokenizer)
 print({k: getattr(trainer.args, k) for k in ("loss_type", "beta", "scale_rewards", "epsilon", "num_iterations")})
+print("rollout:", trainer.rollout)  # what generates the completions ('auto': fast on a CUDA GPU for Llama models)
 """),
     md('## Train\nCtrl-C / *Interrupt kernel* saves a checkpoint and stops; set `RESUME = "latest"` to continue.'),
     code("""

@@ -120,7 +120,7 @@ class Settings(GRPOConfig):
     lora_target_modules: list[str] = setting(None, "projections that get LoRA adapters (comma-separated or several "
                                              "words)", factory=lambda: list(LORA_TARGET_MODULES))
     # --- rollout and rewards
-    rollout: str = setting("default", "how completions are generated: " + "; ".join(
+    rollout: str = setting("auto", "how completions are generated: " + "; ".join(
         f"{k} = {v}" for k, v in ROLLOUTS.items()), choices=tuple(ROLLOUTS))
     reward_names: list[str] = setting(None, "reward functions: registry names (sarashina_grpo.rewards), or your own "
                                       "as module:function or path/to/file.py:function; comma-separated or several "
@@ -337,9 +337,10 @@ def check_combinations(settings: Settings) -> None:
             f"({settings.max_completion_length}) exceeds max_seq_length ({settings.max_seq_length}): raise "
             "max_seq_length (CLI --max-seq-length) or lower one of the two (--max-prompt-length, "
             "--max-completion-length).")
-    if settings.use_vllm and settings.rollout != "default":
+    if settings.use_vllm and settings.rollout not in ("default", "auto"):  # 'auto' leaves the rollout to vLLM
         raise SettingsError(f"{field_label('rollout')}={settings.rollout!r} and use_vllm are alternatives: vLLM is "
-                            "its own rollout engine. Keep rollout='default' with use_vllm, or turn use_vllm off.")
+                            "its own rollout engine. Keep rollout='auto' or 'default' with use_vllm, or turn use_vllm "
+                            "off.")
     if settings.vllm_mode == "server" and (not settings.use_vllm or settings.backend == "unsloth"):
         # TRL's client to a separate `trl vllm-serve` GPU; Unsloth generates through its own colocated vLLM.
         raise SettingsError("vllm_mode 'server' needs --use-vllm and --backend trl-peft (TRL's own vLLM client talks "

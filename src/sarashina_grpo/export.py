@@ -312,7 +312,9 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
     base = portable_base(base or adapter.get("base_model_name_or_path", "?"))
     run = read_json(checkpoint.parent / RUN_INFO)
     state = read_json(checkpoint / "trainer_state.json") or {}
-    settings = (run or {}).get("settings", {})
+    settings = dict((run or {}).get("settings", {}))
+    if (run or {}).get("rollout"):  # the rollout that generated: rollout='auto' as resolved when training started
+        settings["rollout"] = run["rollout"]
     rewards = settings.get("reward_names") or []
     hub_base = base if not looks_like_path(base) and not Path(base).is_absolute() else None
     lines = ["---", f"base_model: {hub_base}" if hub_base else None,

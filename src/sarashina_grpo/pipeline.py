@@ -224,7 +224,8 @@ def trainer_class(base):
         run: Run | None = None  # the prepared run: settings, folders, rows (set by run_training)
         kl_reference: str | None = None  # what the KL term compares with (compat.choose_reference)
         packing_check = None  # what the opt-in packing check checked (modeling.check_packing)
-        fast_rollout = None  # the CUDA-graph engine when rollout="fast" (rollout.install)
+        fast_rollout = None  # the CUDA-graph engine when the fast rollout runs (rollout.install)
+        rollout: str | None = None  # the rollout that generates: the setting, 'auto' resolved (rollout.choose)
         interrupted: str | None = None  # the signal that stopped training early (run_training), else None
         dynamic_sampling = None  # DAPO's resampling when dynamic_sampling is on (dynamic_sampling.install)
 
@@ -306,10 +307,11 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     if any(isinstance(c, ProgressCallback) for c in callbacks):  # a caller's own progress display replaces the default
         for default in [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]:
             trainer.remove_callback(default)
-    if settings.rollout == "fast":
-        from .rollout import install
+    from .rollout import choose, install
 
-        install(trainer)
+    trainer.rollout = choose(trainer, settings.rollout)
+    if trainer.rollout == "fast" and install(trainer) is None:
+        trainer.rollout = "default"  # an architecture the engine does not decode (install says so)
     if settings.dynamic_sampling:
         from . import dynamic_sampling
 
@@ -335,8 +337,11 @@ def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume
     interrupt = GracefulInterrupt(stop_grace_s, resume or f"--resume {paths.name}", output_dir=paths.output_dir)
     trainer.add_callback(interrupt)
     logger.info("Run %s: TensorBoard logs in %s, checkpoints in %s", paths.name, paths.log_dir, paths.output_dir)
-    if run.checkpoint is None and process_rank() == 0:  # a fresh run; one process writes run.json
-        record_base_model(paths.output_dir, run.settings.model_name)
+    if process_rank() == 0:  # one process writes run.json
+        if run.checkpoint is None:  # a fresh run
+            record_base_model(paths.output_dir, run.settings.model_name)
+        if getattr(trainer, "rollout", None) is not None:  # build_trainer's trainers
+            record_run_info(paths.output_dir, rollout=trainer.rollout)
     interrupt.install()
     try:
         trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
@@ -361,11 +366,21 @@ def record_base_model(run_dir: Path, model_name: str) -> None:
     from .modeling import resolve_model_name
     from .preflight import weights_fingerprint
 
-    path = Path(run_dir) / RUN_INFO
     info = read_run_info(run_dir)
     if info is None or BASE_MODEL in info:
         return
-    info[BASE_MODEL] = {"name": model_name, "fingerprint": weights_fingerprint(resolve_model_name(model_name))}
+    record_run_info(run_dir, **{BASE_MODEL: {"name": model_name,
+                                             "fingerprint": weights_fingerprint(resolve_model_name(model_name))}})
+
+
+def record_run_info(run_dir: Path, **entries) -> None:
+    """Set ``entries`` in the run's ``run.json`` (nothing where it has none). ``rollout``: the rollout that
+    generates (``rollout='auto'`` resolved), written as training starts; a resume records the one it runs with."""
+    path = Path(run_dir) / RUN_INFO
+    info = read_run_info(run_dir)
+    if info is None:
+        return
+    info.update(entries)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
     partial.replace(path)  # a run.json cut off mid-write would stop every later resume

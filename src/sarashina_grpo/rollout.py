@@ -1,7 +1,7 @@
 """The fast rollout path: GRPO completions decoded from a static KV cache, one CUDA graph per token.
 
     article_settings(rollout="fast")            # notebook: SETTINGS = {"rollout": "fast"}
-    sarashina-grpo train --rollout fast         # CLI
+    sarashina-grpo train --rollout fast         # CLI; the default, --rollout auto, takes it where it is exact
     python -m scripts.bench                     # measures it against the article's Unsloth path (repository)
 
 Why: GRPO time is almost all generation, and the Unsloth/TRL ``generate`` loop is bound by host overhead (hundreds
@@ -30,8 +30,10 @@ would also empty the pinned-host cache every rollout), into one long-lived pool.
 Supports Llama-architecture models (Sarashina 2.2, SmolLM2) without biases. Another architecture (Gemma 3: q/k
 norms, sliding-window layers, GELU, scaled embeddings) trains with the default rollout instead, and the log says so
 in one line (``install`` returns None); other settings the engine cannot honour raise ``UnsupportedModelError`` when
-the trainer is built. Switches for measuring the levers: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise
-pieces), ``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over ``ATTN_BUCKET``-rounded lengths, one graph per bucket).
+the trainer is built. ``rollout='auto'``, the default, asks ``choose`` first: the fast rollout on a CUDA GPU where
+the model and sampling are ones it decodes, else the default rollout (on a GPU, one line says why).
+Switches for measuring the levers: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise pieces),
+``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over ``ATTN_BUCKET``-rounded lengths, one graph per bucket).
 
 Private names of other libraries (Unsloth's rotary recomputation, TRL's rollout hook and generation context,
 bitsandbytes' quantisation state, PEFT's LoRA layers) are reached through ``compat.py`` only.
@@ -48,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from . import compat
+from .project import cuda_available
 
 logger = logging.getLogger(__name__)
 
@@ -661,6 +664,38 @@ def unsupported_architecture(model) -> str | None:
     return None if kind in FAST_ARCHITECTURES else str(kind)
 
 
+def unsupported_sampling(trainer) -> str | None:
+    """The trainer's generation settings that the fast rollout does not sample with, else None."""
+    found = [name for name, on in (("repetition_penalty", (trainer.repetition_penalty or 1.0) != 1.0),
+                                   ("min_p", bool(trainer.min_p)), ("tools", bool(getattr(trainer, "tools", None))))
+             if on]
+    return ", ".join(found) or None
+
+
+def choose(trainer, asked: str) -> str:
+    """The rollout that generates for the ``rollout`` setting ``asked``: itself, or for 'auto' 'fast' where the
+    engine decodes what Unsloth's generate decodes (a CUDA GPU, a Llama-architecture model, sampling it honours: the
+    GPU suite checks greedy agreement there) and 'default' elsewhere."""
+    if asked != "auto":
+        return asked
+    args = trainer.args
+    if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
+        return "default"  # the user chose the engine that generates
+    if not cuda_available():
+        # Silent: without CUDA the engine has no graphs to replay (it runs eagerly, for tests), so the fast path is
+        # not one a CPU run is missing; a notice on every CPU smoke run would only be noise.
+        return "default"
+    model_type, sampling = unsupported_architecture(trainer.model), unsupported_sampling(trainer)
+    if model_type is not None or sampling is not None:
+        why = (f"the fast one decodes {'/'.join(FAST_ARCHITECTURES)} models only, not this {model_type} model"
+               if model_type is not None else f"the fast one does not sample with {sampling}")
+        # INFO, so that it is printed once (by the main process) under several processes, not once per rank.
+        logger.info("rollout='auto' generates with the default rollout: %s (--rollout default silences this line).",
+                    why)
+        return "default"
+    return "fast"
+
+
 def install(trainer) -> FastRollout | None:
     """Make ``trainer`` (a TRL ``GRPOTrainer``) generate its completions with ``FastRollout``; return the engine, or
     None where the model's architecture is not one it decodes: the trainer keeps the default rollout."""
@@ -672,7 +707,7 @@ def install(trainer) -> FastRollout | None:
     args = trainer.args
     if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
         raise UnsupportedModelError("rollout='fast' replaces vLLM / continuous batching; turn those off.")
-    if (trainer.repetition_penalty or 1.0) != 1.0 or trainer.min_p or getattr(trainer, "tools", None):
+    if unsupported_sampling(trainer) is not None:
         raise UnsupportedModelError("rollout='fast' samples without repetition_penalty, min_p or tools; "
                                     "use rollout='default' for those.")
     engine = FastRollout(

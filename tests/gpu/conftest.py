@@ -219,6 +219,7 @@ def greedy_default_and_fast(trainer, prompts, new_tokens):
     from sarashina_grpo.rollout import FastRollout
 
     assert trainer.model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
+    assert trainer.rollout == "default"  # why: "auto" would have put the engine in the default path's place
     default = [list(map(int, ids)) for ids in trainer._generate_single_turn(prompts, None, {}, 1)[0]]
     engine = FastRollout(trainer.model, eos_token_ids=trainer.eos_token_ids,
                          pad_token_id=trainer.processing_class.pad_token_id, max_new_tokens=new_tokens,

@@ -57,7 +57,7 @@ def real_trainer(real_model_dir, real_training, tmp_path_factory):
     from sarashina_grpo.config import article_settings
 
     settings = article_settings(model_name=str(real_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
-                        max_steps=1, save_steps=1000, system_prompt_file=str(SYSTEM_EN),
+                        max_steps=1, save_steps=1000, system_prompt_file=str(SYSTEM_EN), rollout="default",
                         reward_names=("xmlcount", "soft_format", "strict_format"))
     return greedy_trainer(settings, tmp_path_factory.mktemp("real-rollout"))
 

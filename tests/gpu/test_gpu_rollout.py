@@ -33,7 +33,7 @@ def small_trainer(small_model_dir, tmp_path_factory):
                     param.normal_(0, 0.02)
 
     settings = article_settings(model_name=str(small_model_dir), load_in_4bit=False, max_completion_length=NEW_TOKENS,
-                        max_steps=1, save_steps=1000)
+                        max_steps=1, save_steps=1000, rollout="default")
     return greedy_trainer(settings, tmp_path_factory.mktemp("rollout"), nonzero_adapters)
 
 
