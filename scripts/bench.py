@@ -396,6 +396,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
                       num_gpus=world_size())
     row["model_load_s"] = round(load_s, 1)
     row["model"] = Path(model_name).name
+    row["rollout"] = getattr(trainer, "rollout", None) or cfg.rollout  # an 'auto' row: the rollout it resolved to
     row["kl_reference"] = getattr(trainer, "kl_reference", None)  # "base": adapter disabled; "ref": TRL's copy
     row["packing_check"] = getattr(trainer, "packing_check", None)  # rows, longest, gaps, seconds (before step 1)
     row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]

@@ -263,15 +263,20 @@ def test_model_card_names_base_settings_rewards_and_this_checkpoints_evaluation(
     assert "`mine`" in card and "| answer_accuracy | 0.500 |" in card and "| strict_format_rate | 0.250 |" in card
 
 
-def test_the_model_card_names_the_rollout_that_ran(tmp_path):
+def test_the_model_card_names_the_rollouts_that_made_the_checkpoint(tmp_path):
+    from sarashina_grpo.pipeline import record_rollout
+
     run = tmp_path / "outputs" / "r"
     write_run(run)
-    checkpoint = fake_checkpoint(run, 2)
-    assert "| rollout | `auto` |" in model_card(checkpoint, merged=False, base=None, dtype="bfloat16")  # as asked
-    info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**info, "rollout": "fast"}))  # what training recorded as it started
-    # why: 'auto' says what was asked, not which engine generated the completions the adapter learned from
-    assert "| rollout | `fast` |" in model_card(checkpoint, merged=False, base=None, dtype="bfloat16")
+    early, late = fake_checkpoint(run, 2), fake_checkpoint(run, 5)
+    assert "| rollout | `auto` |" in model_card(early, merged=False, base=None, dtype="bfloat16")  # as asked
+    record_rollout(run, "default", 0)  # steps 1-2 on the default rollout,
+    record_rollout(run, "fast", 2)  # resumed from checkpoint-2 with --rollout fast
+    # why: 'auto' says what was asked, not which engine generated the completions the adapter learned from;
+    # a resume that changed the engine does not relabel the checkpoints made before it
+    assert "| rollout | `default` |" in model_card(early, merged=False, base=None, dtype="bfloat16")
+    assert "| rollout | `default from step 1, fast from step 3` |" in model_card(late, merged=False, base=None,
+                                                                               dtype="bfloat16")
 
 
 def test_without_an_evaluation_of_this_checkpoint_the_runs_newest_is_used(tmp_path):

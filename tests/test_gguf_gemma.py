@@ -181,5 +181,5 @@ def test_auto_on_a_gpu_leaves_gemma_to_the_default_rollout_with_one_line_saying_
     with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
         assert choose(trainer, "auto") == "default"  # why: the engine decodes Llama's layers, not Gemma 3's
     assert [r.getMessage() for r in caplog.records if r.name == "sarashina_grpo.rollout"] == [
-        "rollout='auto' generates with the default rollout: the fast one decodes llama/mistral models only, not this "
+        "rollout='auto' generates with the default rollout: the fast one is checked on Llama models only, not this "
         "gemma3_text model (--rollout default silences this line)."]

@@ -57,19 +57,25 @@ def tiny_llama():
                                         num_attention_heads=2, num_key_value_heads=1))
 
 
-def trainer_of(model, *, use_vllm=False, repetition_penalty=None, min_p=None):
+def trainer_of(model, *, use_vllm=False, repetition_penalty=None, min_p=None, backend="unsloth",
+               generation_kwargs=None):
     """What ``choose`` reads of a TRL ``GRPOTrainer``."""
-    return SimpleNamespace(model=model, args=SimpleNamespace(use_vllm=use_vllm), repetition_penalty=repetition_penalty,
-                           min_p=min_p)
+    args = SimpleNamespace(use_vllm=use_vllm, backend=backend, generation_kwargs=generation_kwargs)
+    return SimpleNamespace(model=model, args=args, repetition_penalty=repetition_penalty, min_p=min_p)
 
 
 def rollout_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "sarashina_grpo.rollout"]
 
 
+FREE = {"bytes": 80 << 30}  # the free GPU memory the mocked card reports
+
+
 @pytest.fixture
 def cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what choose asks; nothing here touches a GPU
+    # what choose asks; nothing here touches a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (FREE["bytes"], 80 << 30))
 
 
 def test_auto_is_the_default_rollout():
@@ -91,7 +97,7 @@ def test_auto_keeps_the_default_rollout_on_the_cpu_without_a_word(monkeypatch, c
 
 def test_auto_leaves_generation_to_vllm(cuda, caplog):
     with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
-        assert choose(trainer_of(tiny_llama(), use_vllm=True), "auto") == "default"  # why: vLLM is the engine
+        assert choose(trainer_of(tiny_llama(), use_vllm=True), "auto") == "vllm"  # why: vLLM is the engine
     assert rollout_lines(caplog) == []
 
 
@@ -105,8 +111,84 @@ def test_auto_keeps_the_default_rollout_for_sampling_the_engine_does_not_do(cuda
     with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
         assert choose(trainer_of(tiny_llama(), repetition_penalty=1.1), "auto") == "default"
     assert rollout_lines(caplog) == [
-        "rollout='auto' generates with the default rollout: the fast one does not sample with repetition_penalty "
-        "(--rollout default silences this line)."]
+        "rollout='auto' generates with the default rollout: the fast one does not decode or sample with "
+        "repetition_penalty (--rollout default silences this line)."]
+
+
+def biased_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, attention_bias=True))
+
+
+def dora_llama():
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], use_dora=True))
+
+
+def mistral():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=1))
+
+
+# Each: what 'auto' meets on a GPU that the GPU suite's greedy-agreement test does not cover, and the line it prints
+@pytest.mark.parametrize("trainer, why", [
+    (lambda: trainer_of(biased_llama()), "the fast one does not decode or sample with biased projections"),
+    (lambda: trainer_of(dora_llama()), "the fast one does not decode or sample with DoRA adapters"),
+    (lambda: trainer_of(tiny_llama(), generation_kwargs={"suppress_tokens": [5]}),
+     "the fast one does not decode or sample with generation_kwargs"),
+    (lambda: trainer_of(mistral()), "the fast one is checked on Llama models only, not this mistral model"),
+    (lambda: trainer_of(tiny_llama(), backend="trl-peft"),
+     "the fast one is checked with --backend unsloth only, not trl-peft"),
+], ids=["bias", "dora", "generation_kwargs", "mistral", "trl-peft"])
+def test_auto_keeps_the_default_rollout_where_the_fast_one_is_not_checked_saying_why(cuda, caplog, trainer, why):
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
+        assert choose(trainer(), "auto") == "default"  # why: a crash at the first rollout, or an unchecked engine
+    assert rollout_lines(caplog) == [
+        f"rollout='auto' generates with the default rollout: {why} (--rollout default silences this line)."]
+
+
+def test_auto_keeps_the_default_rollout_on_a_card_without_room_for_the_bf16_copy(cuda, caplog, monkeypatch):
+    from sarashina_grpo.rollout import STEP_HEADROOM_BYTES, copy_bytes
+
+    model = tiny_llama()
+    need = copy_bytes(model) + STEP_HEADROOM_BYTES
+    monkeypatch.setitem(FREE, "bytes", need)
+    assert choose(trainer_of(model), "auto") == "fast"
+    monkeypatch.setitem(FREE, "bytes", need - 1)  # why: the article's users train on 8 GB cards, where 4-bit fits and
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):  # the engine's bf16 weights do not
+        assert choose(trainer_of(model), "auto") == "default"
+    assert "GiB free for its bf16 weights" in rollout_lines(caplog)[0]
+
+
+def test_the_copy_the_fast_rollout_adds_is_the_3b_models_measured_growth():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sarashina_grpo.rollout import copy_bytes
+    from sarashina_grpo.tiny import SHAPES
+
+    # why: docs/speed.md measures the article's 3B recipe at 4.3 GiB reserved on the default path and 9.9 on the fast
+    # one; the bf16 copy of its projections is most of the 5.6 GiB between them
+    with torch.device("meta"):
+        shape = LlamaForCausalLM(LlamaConfig(**SHAPES["sarashina-3b"]))
+    assert 5.0 < copy_bytes(shape) / 2**30 < 6.0
+
+
+def test_the_fast_rollout_by_name_refuses_weights_it_cannot_decode_in_one_error_line():
+    from sarashina_grpo.errors import user_error_message
+    from sarashina_grpo.rollout import UnsupportedModelError, install
+
+    trainer = trainer_of(biased_llama())
+    trainer.model.train()
+    with pytest.raises(UnsupportedModelError) as raised:  # why: when the trainer is built, not at the first rollout
+        install(trainer)
+    assert user_error_message(raised.value) == (
+        "rollout='fast' does not decode or sample with biased projections: use rollout='default' (or 'auto', which "
+        "picks it) for this run.")
 
 
 @pytest.mark.parametrize("asked", ["default", "fast", "static", "paged"])

@@ -313,8 +313,11 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
     run = read_json(checkpoint.parent / RUN_INFO)
     state = read_json(checkpoint / "trainer_state.json") or {}
     settings = dict((run or {}).get("settings", {}))
-    if (run or {}).get("rollout"):  # the rollout that generated: rollout='auto' as resolved when training started
-        settings["rollout"] = run["rollout"]
+    # the rollouts that generated this checkpoint's steps (rollout='auto' resolved; a resume may have changed it)
+    made = [h for h in (run or {}).get("rollouts", []) if h["from_step"] < (step_of(checkpoint) or 0)]
+    if made:
+        settings["rollout"] = made[0]["rollout"] if len(made) == 1 else ", ".join(
+            f"{h['rollout']} from step {h['from_step'] + 1}" for h in made)
     rewards = settings.get("reward_names") or []
     hub_base = base if not looks_like_path(base) and not Path(base).is_absolute() else None
     lines = ["---", f"base_model: {hub_base}" if hub_base else None,

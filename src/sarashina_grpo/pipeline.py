@@ -341,7 +341,7 @@ def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume
         if run.checkpoint is None:  # a fresh run
             record_base_model(paths.output_dir, run.settings.model_name)
         if getattr(trainer, "rollout", None) is not None:  # build_trainer's trainers
-            record_run_info(paths.output_dir, rollout=trainer.rollout)
+            record_rollout(paths.output_dir, trainer.rollout, checkpoints.step_of(run.checkpoint or "") or 0)
     interrupt.install()
     try:
         trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
@@ -373,9 +373,18 @@ def record_base_model(run_dir: Path, model_name: str) -> None:
                                              "fingerprint": weights_fingerprint(resolve_model_name(model_name))}})
 
 
+def record_rollout(run_dir: Path, rollout: str, start: int) -> None:
+    """Record in ``run.json`` the rollout that generates the steps after ``start`` (``rollout='auto'`` resolved):
+    ``rollout`` for this start, ``rollouts`` the history, so that an export names what made its checkpoint even
+    when a resume changed the engine."""
+    earlier = [h for h in (read_run_info(run_dir) or {}).get("rollouts", []) if h["from_step"] < start]
+    if not earlier or earlier[-1]["rollout"] != rollout:
+        earlier.append({"from_step": start, "rollout": rollout})
+    record_run_info(run_dir, rollout=rollout, rollouts=earlier)
+
+
 def record_run_info(run_dir: Path, **entries) -> None:
-    """Set ``entries`` in the run's ``run.json`` (nothing where it has none). ``rollout``: the rollout that
-    generates (``rollout='auto'`` resolved), written as training starts; a resume records the one it runs with."""
+    """Set ``entries`` in the run's ``run.json`` (nothing where it has none)."""
     path = Path(run_dir) / RUN_INFO
     info = read_run_info(run_dir)
     if info is None:

@@ -45,7 +45,8 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 DEFAULT_REWARDS = ("xmlcount", "soft_format", "strict_format")
 # How completions are generated during training (docs/benchmarks/README.md has the measurements):
 ROLLOUTS = {
-    "auto": "'fast' on a CUDA GPU for a Llama-architecture model (what it decodes exactly), else 'default'",
+    "auto": "'fast' on a CUDA GPU for a Llama model through Unsloth with room for its bf16 weights (where the GPU "
+            "suite checks it exact), else 'default' (on a GPU with one line saying why)",
     "default": "the article's path: Unsloth's generate inside TRL's GRPOTrainer",
     "fast": "static KV cache + one CUDA graph per decoded token (sarashina_grpo.rollout); same sampling and loss",
     "static": "TRL generate with cache_implementation='static' (measured, slower than 'fast')",

@@ -30,8 +30,8 @@ would also empty the pinned-host cache every rollout), into one long-lived pool.
 Supports Llama-architecture models (Sarashina 2.2, SmolLM2) without biases. Another architecture (Gemma 3: q/k
 norms, sliding-window layers, GELU, scaled embeddings) trains with the default rollout instead, and the log says so
 in one line (``install`` returns None); other settings the engine cannot honour raise ``UnsupportedModelError`` when
-the trainer is built. ``rollout='auto'``, the default, asks ``choose`` first: the fast rollout on a CUDA GPU where
-the model and sampling are ones it decodes, else the default rollout (on a GPU, one line says why).
+the trainer is built. ``rollout='auto'``, the default, asks ``choose`` first: the fast rollout where the GPU suite
+checks it exact and the card has room for it, else the default rollout (on a GPU, one line says why).
 Switches for measuring the levers: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise pieces),
 ``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over ``ATTN_BUCKET``-rounded lengths, one graph per bucket).
 
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from . import compat
-from .project import cuda_available
+from .project import SettingsError, cuda_available
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ ATTN_BUCKET = 128  # decode attends to the cache's first multiple of this many s
 KEEP_CACHE_BYTES = 2**30  # a KV cache (and its graphs) up to this size stays allocated for the next rollout
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(SettingsError):  # a setting the user chose (rollout='fast'): one error line
     """The fast rollout cannot decode this model or these generation settings; use rollout='default'."""
 
 
@@ -664,36 +664,75 @@ def unsupported_architecture(model) -> str | None:
     return None if kind in FAST_ARCHITECTURES else str(kind)
 
 
+def unsupported_weights(model) -> str | None:
+    """What in a Llama-architecture model's weights the fast rollout does not decode (biased projections, DoRA
+    adapters), else None: found when the trainer is built, not at the first rollout."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(lm, "config", None)
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "biased projections"
+    if any(isinstance(dora := getattr(m, "use_dora", None), dict) and any(dora.values()) for m in model.modules()):
+        return "DoRA adapters"
+    return None
+
+
 def unsupported_sampling(trainer) -> str | None:
     """The trainer's generation settings that the fast rollout does not sample with, else None."""
     found = [name for name, on in (("repetition_penalty", (trainer.repetition_penalty or 1.0) != 1.0),
-                                   ("min_p", bool(trainer.min_p)), ("tools", bool(getattr(trainer, "tools", None))))
+                                   ("min_p", bool(trainer.min_p)), ("tools", bool(getattr(trainer, "tools", None))),
+                                   ("generation_kwargs", bool(getattr(trainer.args, "generation_kwargs", None))))
              if on]
     return ", ".join(found) or None
 
 
+def copy_bytes(model) -> int:
+    """GPU memory the engine adds: a bf16 copy of every decoder projection (fused, 4-bit ones dequantized)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    c = lm.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    attention = c.hidden_size * head_dim * 2 * (c.num_attention_heads + c.num_key_value_heads)
+    return 2 * c.num_hidden_layers * (attention + 3 * c.hidden_size * c.intermediate_size)
+
+
+# Beyond the copy, what a training step still allocates after the model is loaded: the article's 3B recipe peaks at
+# 4.3 GiB reserved on the default path and 9.9 on the fast one (docs/speed.md), of which the 4-bit model is ~2.2.
+STEP_HEADROOM_BYTES = 2 << 30
+
+
 def choose(trainer, asked: str) -> str:
-    """The rollout that generates for the ``rollout`` setting ``asked``: itself, or for 'auto' 'fast' where the
-    engine decodes what Unsloth's generate decodes (a CUDA GPU, a Llama-architecture model, sampling it honours: the
-    GPU suite checks greedy agreement there) and 'default' elsewhere."""
+    """The rollout that generates for the ``rollout`` setting ``asked``: itself, or for 'auto' 'fast' only where the
+    GPU suite checks it against Unsloth's generate (greedy agreement: a Llama model on a CUDA GPU through Unsloth,
+    sampling it honours) and the card has room for its bf16 weights; 'default' elsewhere (with vLLM: 'vllm')."""
     if asked != "auto":
         return asked
     args = trainer.args
     if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
-        return "default"  # the user chose the engine that generates
+        return "vllm" if args.use_vllm else "paged"  # the user chose the engine that generates
     if not cuda_available():
         # Silent: without CUDA the engine has no graphs to replay (it runs eagerly, for tests), so the fast path is
         # not one a CPU run is missing; a notice on every CPU smoke run would only be noise.
         return "default"
-    model_type, sampling = unsupported_architecture(trainer.model), unsupported_sampling(trainer)
-    if model_type is not None or sampling is not None:
-        why = (f"the fast one decodes {'/'.join(FAST_ARCHITECTURES)} models only, not this {model_type} model"
-               if model_type is not None else f"the fast one does not sample with {sampling}")
-        # INFO, so that it is printed once (by the main process) under several processes, not once per rank.
-        logger.info("rollout='auto' generates with the default rollout: %s (--rollout default silences this line).",
-                    why)
-        return "default"
-    return "fast"
+    why = None
+    lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    if (kind := getattr(getattr(lm, "config", None), "model_type", None)) != "llama":
+        why = f"the fast one is checked on Llama models only, not this {kind} model"
+    elif getattr(args, "backend", "unsloth") != "unsloth":
+        why = f"the fast one is checked with --backend unsloth only, not {args.backend}"
+    elif (weights := unsupported_weights(trainer.model)) or (weights := unsupported_sampling(trainer)):
+        why = f"the fast one does not decode or sample with {weights}"
+    else:
+        import torch
+
+        device = next(trainer.model.parameters()).device
+        free, _ = torch.cuda.mem_get_info(device)
+        need = copy_bytes(trainer.model) + STEP_HEADROOM_BYTES
+        if free < need:
+            why = f"the fast one needs about {need / 2**30:.1f} GiB free for its bf16 weights, {free / 2**30:.1f} here"
+    if why is None:
+        return "fast"
+    # INFO, so that it is printed once (by the main process) under several processes, not once per rank.
+    logger.info("rollout='auto' generates with the default rollout: %s (--rollout default silences this line).", why)
+    return "default"
 
 
 def install(trainer) -> FastRollout | None:
@@ -707,9 +746,9 @@ def install(trainer) -> FastRollout | None:
     args = trainer.args
     if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
         raise UnsupportedModelError("rollout='fast' replaces vLLM / continuous batching; turn those off.")
-    if unsupported_sampling(trainer) is not None:
-        raise UnsupportedModelError("rollout='fast' samples without repetition_penalty, min_p or tools; "
-                                    "use rollout='default' for those.")
+    if (what := unsupported_weights(trainer.model) or unsupported_sampling(trainer)) is not None:
+        raise UnsupportedModelError(f"rollout='fast' does not decode or sample with {what}: use rollout='default' "
+                                    "(or 'auto', which picks it) for this run.")
     engine = FastRollout(
         trainer.model, eos_token_ids=trainer.eos_token_ids, pad_token_id=trainer.processing_class.pad_token_id,
         max_new_tokens=trainer.max_completion_length, temperature=trainer.temperature, top_k=trainer.top_k or 0,
@@ -726,5 +765,6 @@ def install(trainer) -> FastRollout | None:
 
     compat.replace_generation(trainer, generate_single_turn)
     trainer.fast_rollout = engine
-    logger.info("Fast rollout on: static KV cache%s.", " + CUDA graph" if engine.use_cuda_graph is not False else "")
+    graph = engine.use_cuda_graph is not False and torch.cuda.is_available()
+    logger.info("Fast rollout on: static KV cache%s.", " + CUDA graph" if graph else " (eager, no CUDA)")
     return engine
