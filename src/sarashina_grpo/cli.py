@@ -133,7 +133,7 @@ def train_parser() -> argparse.ArgumentParser:
     imports TRL: call it after ``noise.import_unsloth`` (``commands.import_training_stack``)."""
     from trl import TrlParser
 
-    from .config import FIELDS, HINTS, Settings, article
+    from .config import FIELDS, HINTS, RUN_OWNED, Settings, article
     from .options import CpuOptions, RunOptions
     from .project import FLAGS
 
@@ -166,6 +166,11 @@ def train_parser() -> argparse.ArgumentParser:
         if action.dest == "run_name":
             action.help = "the run's name: its folders logs/<name>/ and outputs/<name>/ (-2, -3, ... added when " \
                           "taken) and its name in wandb or trackio; unset: a timestamp"
+        elif action.dest == "eval_steps":  # TRL's help describes its Trainer.evaluate, which this project replaces
+            action.help = "steps between held-out evaluations of --eval-data during training (eval/* in " \
+                          "TensorBoard, the best checkpoint by --best-metric); unset: none"
+        elif action.dest in RUN_OWNED:  # TRL's fields that the project sets: the flag is refused with this reason
+            action.help = f"not taken: {RUN_OWNED[action.dest]}"
         elif action.dest in recipe and action.option_strings and action.help:
             action.help += f" [article recipe: {recipe[action.dest]}]"
     return parser

@@ -96,7 +96,7 @@ class ExportOptions:
                                      "dtype); off: that is an error")
     push_to_hub: str | None = setting(None, "also upload OUT to this hub repo (user/name; needs a hub token; "
                                       "untested here)")
-    private: bool = setting(True, "create the hub repo private (with --push-to-hub)")
+    private: bool = setting(True, "create the hub repo private (with --push-to-hub); --no-private: public")
 
 
 @dataclass
