@@ -131,6 +131,18 @@ def test_a_run_started_with_the_default_rollout_resumes_under_auto_with_a_warnin
     assert "rollout = 'auto' (the run started with 'default')" in caplog.text
 
 
+def test_resuming_with_the_rollout_that_auto_ran_says_so(tmp_path, caplog):
+    from sarashina_grpo.pipeline import record_rollout
+
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, article_settings(model_name="tiny"))  # asked 'auto',
+    record_rollout(paths.output_dir, "default", 0)  # which resolved to the default rollout (a CPU)
+    with caplog.at_level(logging.WARNING):
+        check_resume_settings(article_settings(model_name="tiny", rollout="default"), paths.output_dir)
+    # why: "started with 'auto'" alone reads as a change of engine where there is none
+    assert "rollout = 'default' (the run started with 'auto', which ran 'default')" in caplog.text
+
+
 def test_cli_resume_keeps_the_runs_settings_except_flags_given_again(tmp_path):
     paths = new_run_paths(tmp_path, "r")
     write_run_info(paths, article_settings(model_name="tiny", max_steps=10, num_generations=2,

@@ -194,7 +194,9 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
             f"(the CLI takes them from {run_dir / RUN_INFO} for every flag you do not pass), or start a new run."
         )
     for k, (a, b) in changed.items():
-        logger.warning("Resuming with %s = %r (the run started with %r).", k, b, a)
+        # 'auto' is resolved when training starts: say which engine the run used, which may be the one asked now
+        ran = f", which ran {info['rollout']!r}" if k == "rollout" and info.get("rollout") not in (None, a) else ""
+        logger.warning("Resuming with %s = %r (the run started with %r%s).", k, b, a, ran)
 
 
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
