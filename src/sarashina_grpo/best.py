@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checkpoints import checkpoint_dir, is_complete
 from .project import BEST_METRICS, SettingsError
-from .runs import read_json
+from .runs import read_json, write_json
 
 BEST = "best"
 RUN_INFO = "run.json"  # every setting of the run, written at its start; resume compares with it
@@ -33,9 +33,7 @@ def record_best(run_dir: str | os.PathLike, step: int, metric: str, value: float
     path = Path(run_dir) / RUN_INFO
     info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     info[BEST] = {"checkpoint": checkpoint_dir(run_dir, step).name, "step": step, "metric": metric, "value": value}
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)  # a run.json cut off mid-write would stop every later resume
+    write_json(path, info)
 
 
 def best_checkpoint(run_dir: str | os.PathLike) -> Path:

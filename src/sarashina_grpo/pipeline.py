@@ -369,30 +369,22 @@ def record_base_model(run_dir: Path, model_name: str) -> None:
     info = read_run_info(run_dir)
     if info is None or BASE_MODEL in info:
         return
-    record_run_info(run_dir, **{BASE_MODEL: {"name": model_name,
-                                             "fingerprint": weights_fingerprint(resolve_model_name(model_name))}})
+    info[BASE_MODEL] = {"name": model_name, "fingerprint": weights_fingerprint(resolve_model_name(model_name))}
+    runs.write_json(Path(run_dir) / RUN_INFO, info)
 
 
 def record_rollout(run_dir: Path, rollout: str, start: int) -> None:
     """Record in ``run.json`` the rollout that generates the steps after ``start`` (``rollout='auto'`` resolved):
     ``rollout`` for this start, ``rollouts`` the history, so that an export names what made its checkpoint even
     when a resume changed the engine."""
-    earlier = [h for h in (read_run_info(run_dir) or {}).get("rollouts", []) if h["from_step"] < start]
-    if not earlier or earlier[-1]["rollout"] != rollout:
-        earlier.append({"from_step": start, "rollout": rollout})
-    record_run_info(run_dir, rollout=rollout, rollouts=earlier)
-
-
-def record_run_info(run_dir: Path, **entries) -> None:
-    """Set ``entries`` in the run's ``run.json`` (nothing where it has none)."""
-    path = Path(run_dir) / RUN_INFO
     info = read_run_info(run_dir)
     if info is None:
         return
-    info.update(entries)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
-    partial.replace(path)  # a run.json cut off mid-write would stop every later resume
+    earlier = [h for h in info.get("rollouts", []) if h["from_step"] < start]
+    if not earlier or earlier[-1]["rollout"] != rollout:
+        earlier.append({"from_step": start, "rollout": rollout})
+    info.update(rollout=rollout, rollouts=earlier)
+    runs.write_json(Path(run_dir) / RUN_INFO, info)
 
 
 def train(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,

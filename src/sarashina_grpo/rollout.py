@@ -366,7 +366,7 @@ class FastRollout:
     def __init__(self, model, *, eos_token_ids, pad_token_id: int, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, use_cuda_graph: bool | None = None,
                  compile_pointwise: bool | None = None, attention: str | None = None):
-        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        lm = language_model(model)
         core = getattr(lm, "model", None)
         if core is None or not hasattr(core, "layers") or not hasattr(lm, "lm_head"):
             raise UnsupportedModelError(f"rollout='fast' needs a Llama-style causal LM, got {type(lm).__name__}.")
@@ -657,18 +657,25 @@ class FastRollout:
 FAST_ARCHITECTURES = ("llama", "mistral")  # config.model_type values FastRollout decodes
 
 
+def language_model(model):
+    """The transformers model under a PEFT wrapper (``model`` itself where there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def model_type(model) -> str | None:
+    return getattr(getattr(language_model(model), "config", None), "model_type", None)
+
+
 def unsupported_architecture(model) -> str | None:
     """The model's ``model_type`` when the fast rollout cannot decode that architecture, else None."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kind = getattr(getattr(lm, "config", None), "model_type", None)
+    kind = model_type(model)
     return None if kind in FAST_ARCHITECTURES else str(kind)
 
 
 def unsupported_weights(model) -> str | None:
     """What in a Llama-architecture model's weights the fast rollout does not decode (biased projections, DoRA
     adapters), else None: found when the trainer is built, not at the first rollout."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(lm, "config", None)
+    config = getattr(language_model(model), "config", None)
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         return "biased projections"
     if any(isinstance(dora := getattr(m, "use_dora", None), dict) and any(dora.values()) for m in model.modules()):
@@ -687,8 +694,7 @@ def unsupported_sampling(trainer) -> str | None:
 
 def copy_bytes(model) -> int:
     """GPU memory the engine adds: a bf16 copy of every decoder projection (fused, 4-bit ones dequantized)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    c = lm.config
+    c = language_model(model).config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     attention = c.hidden_size * head_dim * 2 * (c.num_attention_heads + c.num_key_value_heads)
     return 2 * c.num_hidden_layers * (attention + 3 * c.hidden_size * c.intermediate_size)
@@ -713,16 +719,13 @@ def choose(trainer, asked: str) -> str:
         # not one a CPU run is missing; a notice on every CPU smoke run would only be noise.
         return "default"
     why = None
-    lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    if (kind := getattr(getattr(lm, "config", None), "model_type", None)) != "llama":
+    if (kind := model_type(trainer.model)) != "llama":
         why = f"the fast one is checked on Llama models only, not this {kind} model"
     elif getattr(args, "backend", "unsloth") != "unsloth":
         why = f"the fast one is checked with --backend unsloth only, not {args.backend}"
     elif (weights := unsupported_weights(trainer.model)) or (weights := unsupported_sampling(trainer)):
         why = f"the fast one does not decode or sample with {weights}"
     else:
-        import torch
-
         device = next(trainer.model.parameters()).device
         free, _ = torch.cuda.mem_get_info(device)
         need = copy_bytes(trainer.model) + STEP_HEADROOM_BYTES

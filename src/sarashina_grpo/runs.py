@@ -106,6 +106,14 @@ class RunLock:
 _HELD: dict[Path, RunLock] = {}  # locks this process holds, by resolved path
 
 
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` through a hidden partial file: a run.json cut off mid-write would stop every later
+    resume."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
 def read_json(path: Path) -> dict | None:
     """The JSON in ``path``, or None where it is missing, empty or not JSON."""
     try:
