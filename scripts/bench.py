@@ -7,15 +7,16 @@
 Run it from the repository root (``scripts`` is a folder there, not part of the installed package); every run gets
 an entry in docs/LOG.md, newest first.
 
-A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-checked]``: ``Settings.rollout``, N completions per
-optimizer step (groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps), ``-bf16`` to skip
-4-bit loading, ``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained model
-(``--real-model``, e.g. SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its
-end-of-sequence, ``-checked`` to check Unsloth's sequence packing once before the first step
-(``modeling.check_packing``, opt-in in training) instead of leaving it to Unsloth, batch by batch. Everything
-else is the article's ``Settings``: the model is loaded by
-``load_model`` and trained by ``build_trainer`` on ``datasets/smalltalk.csv`` with the project's rewards. The 3B
-shape has random weights, which never stop early, so every completion is ``max_completion_length`` tokens long: the
+A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu][-recheck]``: ``Settings.rollout``, N
+completions per optimizer step (groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps),
+``-bf16`` to skip 4-bit loading, ``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained
+model (``--real-model``, e.g. SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its
+end-of-sequence, ``-offload``/``-ongpu`` to set ``Settings.offload_activations`` (gradient checkpointing's saved
+inputs in CPU memory or on the GPU; unset, the machine decides), ``-recheck`` to leave Unsloth re-checking its
+sequence packing on each longer batch, as it does without ``callbacks.PackingTrust``. Everything else is the
+article's ``Settings``: the model is loaded by ``load_model`` and trained by ``build_trainer`` on
+``datasets/smalltalk.csv`` with the project's rewards. The 3B shape has random weights, which never stop early, so
+every completion is ``max_completion_length`` tokens long: the
 worst case. Numbers on CPU are meaningless.
 
 ``-real``: each completion is forced to end (its EOS token) at a length drawn from ``REALISTIC_LENGTHS``, inside the
@@ -70,7 +71,7 @@ COMMAND = "python -m scripts.bench"
 CPU_SMOKE = dict(configs="default-6,fast-6", max_completion_length=16, steps=2)
 DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36,fast-36-real,default-6-real,peer-36"
 CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real|-eos)?"
-                       r"(?P<checked>-checked)?$")
+                       r"(?P<offload>-offload|-ongpu)?(?P<recheck>-recheck)?$")
 PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous batching, in a child process
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
@@ -92,7 +93,8 @@ class BenchConfig:
     load_in_4bit: bool = True
     realistic: bool = False  # completions end at lengths drawn from REALISTIC_LENGTHS
     real_model: bool = False  # on --real-model, completions end at the model's own EOS
-    checked: bool = False  # packing checked once before step 1 (modeling.check_packing), not by Unsloth per batch
+    offload_activations: bool | None = None  # Settings.offload_activations: None lets the machine decide
+    recheck: bool = False  # Unsloth re-checks its packing on each longer batch (no callbacks.PackingTrust)
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
@@ -103,20 +105,21 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
         match = CONFIG_RE.match(name)
         if not match or match["rollout"] not in (*ROLLOUTS, PEER):
             raise SettingsError(
-                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos][-checked], ROLLOUT in "
-                f"{[*ROLLOUTS, PEER]}."
+                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu][-recheck], "
+                f"ROLLOUT in {[*ROLLOUTS, PEER]}."
             )
         if match["rollout"] == PEER and multi_process():
             raise SettingsError(f"Bench config {name!r}: the peer runs in one process; leave it out under "
                                 "accelerate launch.")
         peer = match["rollout"] == PEER
-        if peer and (match["spg"] or match["real"] or match["checked"]):
+        if peer and (match["spg"] or match["real"] or match["offload"] or match["recheck"]):
             raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case "
                                 "lengths, no Unsloth).")
         configs.append(BenchConfig(name, match["rollout"], int(match["n"]), int(match["spg"] or 1),
                                    load_in_4bit=cuda and not match["bf16"] and not peer,
                                    realistic=match["real"] == "-real", real_model=match["real"] == "-eos",
-                                   checked=bool(match["checked"])))
+                                   offload_activations={"-offload": True, "-ongpu": False}.get(match["offload"]),
+                                   recheck=bool(match["recheck"])))
     return configs
 
 
@@ -135,9 +138,10 @@ def option(default, help: str):
 class BenchOptions:
     """The benchmark's options (``python -m scripts.bench --help``; flags: transformers' ``HfArgumentParser``)."""
 
-    configs: str = option(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-checked] (-eos: on "
-                          "--real-model, lengths from its own EOS; -checked: Unsloth's sequence packing checked once "
-                          "before step 1, as with SARASHINA_GRPO_PACKING_CHECK=1), or peer-N (plain TRL + PEFT, "
+    configs: str = option(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu]"
+                          "[-recheck] (-eos: on --real-model, lengths from its own EOS; -offload/-ongpu: where "
+                          "checkpointed activations are kept; -recheck: Unsloth re-checks its packing on each longer "
+                          "batch), or peer-N (plain TRL + PEFT, "
                           "last); without a GPU the default is default-6,fast-6")
     model: str | None = option(None, "'sarashina-3b' (random weights, exact config), 'tiny', or a model folder; "
                                "unset: sarashina-3b with CUDA, tiny without")
@@ -330,7 +334,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
 
     # The package calls of the benchmark, all here.
     from sarashina_grpo.config import article_settings
-    from sarashina_grpo.modeling import load_model
+    from sarashina_grpo.modeling import load_model, offload_activations
     from sarashina_grpo.pipeline import build_trainer, prepare, recorded, run_training
     from sarashina_grpo.preflight import check_model
 
@@ -338,7 +342,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     settings = article_settings(
         model_name=model_name, load_in_4bit=cfg.load_in_4bit, rollout="default" if cfg.rollout == PEER else cfg.rollout,
         per_device_train_batch_size=cfg.completions, max_steps=steps, save_steps=10**6,
-        max_completion_length=completion_length, data_path=data, log_completions=False, **extra,
+        max_completion_length=completion_length, data_path=data, log_completions=False,
+        offload_activations=cfg.offload_activations, **extra,
         **(algorithm or {}),
     )
     run = prepare(settings, artifact_dir=work, run_name=cfg.name, check_model=False)
@@ -353,9 +358,12 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
                     completions=cfg.completions, completion_length=completion_length)
         return run_peer(spec, work)
     load_s = 0.0
-    key = (model_name, cfg.load_in_4bit)
+    from transformers import AutoConfig
+
+    # one load per model, precision and checkpointing mode (modeling.offload_activations decides it at the load)
+    key = (model_name, cfg.load_in_4bit, offload_activations(settings, AutoConfig.from_pretrained(model_name)))
     reused = key in loaded
-    if not reused:  # one load per model and precision: the same for every rollout
+    if not reused:
         loaded.clear()
         gc.collect()
         start = time.perf_counter()
@@ -372,7 +380,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none", packing_check=cfg.checked)
+    trainer = build_trainer(run, model, tokenizer, callbacks=[clock], report_to="none", trust_packing=not cfg.recheck)
     profiler.wrap(trainer)
     generation = patches.time_method(trainer, compat.GENERATE_METHOD)  # the rollout, default or fast
     scored = patches.time_method(trainer, compat.SCORE_METHOD)  # rollout + rewards + old log-probs
@@ -398,7 +406,9 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     row["model"] = Path(model_name).name
     row["rollout"] = getattr(trainer, "rollout", None) or cfg.rollout  # an 'auto' row: the rollout it resolved to
     row["kl_reference"] = getattr(trainer, "kl_reference", None)  # "base": adapter disabled; "ref": TRL's copy
-    row["packing_check"] = getattr(trainer, "packing_check", None)  # rows, longest, gaps, seconds (before step 1)
+    trust = getattr(trainer, "packing_trust", None)
+    row["packing_trusted_after_step"] = trust.step if trust is not None else None  # Unsloth's checks passed then
+    row["offload_activations"] = key[2]  # modeling.offload_activations: asked, or decided for this card
     row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):
@@ -511,7 +521,7 @@ def update_spread(row: dict) -> float | None:
 
 
 def first_step(row: dict) -> str:
-    """The first step's seconds, plus the packing check that ran before it (``modeling.check_packing``)."""
+    """The first step's seconds, plus the upfront packing check of rows measured before 2026-12-06."""
     check = (row.get("packing_check") or {}).get("seconds")
     return f"{row['first_step_s']:.1f}" + (f" + {check:.1f} check" if check is not None else "")
 

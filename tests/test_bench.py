@@ -16,9 +16,15 @@ def test_config_names_parse_into_rollout_batch_and_generation_reuse():
     assert (cfg.rollout, cfg.completions, cfg.steps_per_generation, cfg.load_in_4bit) == ("fast", 6, 6, False)
 
 
-def test_a_checked_row_checks_packing_once_and_a_plain_row_leaves_it_to_unsloth_as_training_does():
-    plain, checked = parse_configs("fast-36-real,fast-36-real-checked", cuda=True)
-    assert (plain.checked, checked.checked, checked.realistic, checked.completions) == (False, True, True, 36)
+def test_a_plain_row_trusts_packing_as_training_does_and_a_recheck_row_leaves_unsloth_rechecking():
+    plain, recheck = parse_configs("fast-36-real,fast-36-real-recheck", cuda=True)
+    assert (plain.recheck, recheck.recheck, recheck.realistic, recheck.completions) == (False, True, True, 36)
+
+
+def test_a_row_may_say_where_checkpointed_activations_are_kept_or_leave_it_to_the_machine():
+    rows = parse_configs("fast-36,fast-36-offload,fast-36-real-ongpu-recheck", cuda=True)
+    assert [r.offload_activations for r in rows] == [None, True, False]
+    assert rows[2].recheck and rows[2].realistic
 
 
 def test_configs_load_in_4bit_only_with_cuda():

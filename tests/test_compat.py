@@ -300,7 +300,7 @@ def test_trls_rollout_func_is_handed_messages_so_the_fast_rollout_keeps_its_hook
     assert 'required_keys = {"prompt_ids", "completion_ids", "logprobs"}' in generate
 
 
-def test_unsloth_keeps_its_packing_trust_in_the_attributes_the_upfront_check_sets():
+def test_unsloth_keeps_its_packing_trust_in_the_attributes_packing_trust_extends():
     import re
 
     zoo = (Path(importlib.util.find_spec("unsloth_zoo").origin).parent / "rl_replacements.py").read_text("utf-8")
@@ -309,30 +309,33 @@ def test_unsloth_keeps_its_packing_trust_in_the_attributes_the_upfront_check_set
     assert set(sources) == set(compat.PACKING_TRUST)
     for prefix, source in sources.items():
         # why: the loss (grad) and the scorer (no grad) each skip their per-row comparison only when the packed
-        # length and the longest row lie within these, and only while "_ok" is True
-        for suffix in ("_ok", "_verified_T", "_verified_seg"):
+        # length and the longest row lie within these, only while "_ok" is True, and never past "_unsafe_T"
+        for suffix in ("_ok", "_verified_T", "_verified_seg", "_unsafe_T"):
             assert re.search(rf"getattr\(\s*unwrapped_model,\s*\"{prefix}{suffix}\"", source), prefix + suffix
-        assert "_diff < 7e-1" in source and compat.PACKING_TOLERANCE == 0.7  # the same pass band as Unsloth's
-    # why the envelope is enough: each skips its comparison when the packed length (non-pad tokens) and the longest
-    # row lie within what was verified, and the scorer packs under inference mode, the loss with grad
-    assert "_pack_T <= _pack_vT and _pack_maxseg <= _pack_vS" in zoo and "_pack_T = sum(_pack_nz_cpu)" in zoo
-    assert "_pk_T <= _pk_vT and _pk_maxseg <= _pk_vS" in scorer and "_pk_T = sum(_pk_nz_cpu)" in scorer
-    assert "with _get_inference_mode_context_manager(model):" in scorer
+    # why the trust may be extended: each re-compares only a batch longer than the one compared (packed length,
+    # longest row), for the reason it gives, a length-dependent RoPE (compat.length_dependent)
+    assert "_pack_T <= _pack_vT and _pack_maxseg <= _pack_vS" in zoo
+    assert "_pk_T <= _pk_vT and _pk_maxseg <= _pk_vS" in scorer
+    assert "a LongRoPE cache switch can change the result" in zoo
+    # and a pass on a single row widens nothing: the trust extended is always one a multi-row batch earned
+    assert "if _pack_active >= 2:" in zoo
     assert f'"{compat.PACKING_VARIABLE}", "1"' in zoo
-    llama = unsloth_source("models/llama.py")
-    assert '"packed_seq_lengths"' in llama and f'"{compat.HIDDEN_STATES_VARIABLE}", "0") == "1"' in llama
+    # its prefix grouping keeps {layout: (packed tokens, longest row)} per kind and skips its own comparison within it
+    for name, source in zip(compat.PREFIX_GROUPER_TRUST, (zoo, scorer), strict=True):
+        assert f"unwrapped_model.{name} = _pg_v" in source
+        assert "_pg_v[_pg_layout.signature] = (" in source and "max(_pg_vT, _pg_old[0])" in source
+    assert "_pg_T <= _pg_env[0] and _pg_maxseg <= _pg_env[1]" in zoo
 
 
-def test_unsloths_trainer_starts_in_inference_mode_and_turns_checkpointing_back_on_to_train():
-    # why the upfront check enters training through for_training: the compiled trainer's __init__ ends in
-    # for_inference, which turns gradient checkpointing off on every layer; train() only turns it back on through
-    # for_training(use_gradient_checkpointing=model._unsloth_gradient_checkpointing)
-    rl = unsloth_source("models/rl.py")
-    assert "model.for_inference()" in rl and "_model._unsloth_gradient_checkpointing" in rl
-    assert "self.model.for_training(use_gradient_checkpointing=use_gc)" in rl
-    llama = unsloth_source("models/llama.py")
-    assert "def for_training(model, use_gradient_checkpointing = None):" in llama
-    assert "m.gradient_checkpointing = False" in llama  # in for_inference
+def test_unsloth_offloads_checkpointed_inputs_only_in_its_own_mode():
+    # why modeling.offload_activations picks between "unsloth" and True: "unsloth" installs the offloading
+    # checkpoint function, True puts torch's back (the saved inputs stay on the GPU)
+    source = unsloth_source("models/_utils.py")
+    body = source[source.index("def apply_unsloth_gradient_checkpointing("):]
+    body = body[:body.index("\ndef ")]
+    assert 'patch_unsloth_smart_gradient_checkpointing(dtype = dtype)' in body
+    assert ("elif use_gradient_checkpointing in (True, False):\n        unpatch_unsloth_smart_gradient_checkpointing()"
+            in body)
 
 
 def test_trl_keeps_the_completion_table_columns_we_read():

@@ -1,245 +1,174 @@
-"""The one upfront check of Unsloth's sequence packing (``compat.check_packing_upfront``, ``modeling.check_packing``).
+"""Unsloth's sequence packing, trusted for the whole run once its own checks pass (``compat.extend_packing_trust``,
+``callbacks.PackingTrust``), and where gradient checkpointing keeps its saved inputs (``modeling.offload_activations``).
 
-On the CPU the forward is plain transformers, which honours packed rows through their restarting position ids: the
-check then finds no gap and records Unsloth's trust for the whole run. A forward that lets rows see each other, cuts
-rows of unequal (or of equal) length in the wrong places, or goes wrong only with gradients on, is refused where it
-goes wrong and records nothing there, so Unsloth goes on checking those batches itself. The GPU side, where
-Unsloth's own checks are counted, is tests/gpu/test_gpu_packing.py.
+Unsloth compares its packed forward with one forward per row on the first batch, and again on every batch longer than
+any it compared. The trust it records is extended to the run's largest batch only after its own comparison passed on
+a real batch of several rows, only for a model whose RoPE does not depend on the sequence's length and that has no
+sliding window, and never where Unsloth found a mismatch. The GPU side, where Unsloth's comparisons are counted, is
+tests/gpu/test_gpu_packing.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from sarashina_grpo import compat, modeling
-from sarashina_grpo.data import chat_prompt_tokens
+from sarashina_grpo.callbacks import PackingTrust
+from sarashina_grpo.config import article_settings
 from scripts import bench_patches
 
 GRAD, NOGRAD = compat.PACKING_TRUST
 
 
-@pytest.fixture
-def plain_model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+def llama(**config):
+    """A model as the trust reads it: its config and the verdicts Unsloth leaves on it."""
+    return SimpleNamespace(config=SimpleNamespace(**config))
 
 
-@pytest.fixture
-def sharp_model(plain_model):
-    """The tiny Llama with its output scaled up: random weights give near-uniform next-token log-probs, on which
-    rows mixing into each other would move the log-probs by less than Unsloth's tolerance; a trained model's don't."""
-    with torch.no_grad():
-        plain_model.get_output_embeddings().weight.mul_(30)
-    return plain_model
+def checked_by_unsloth(model, kinds=compat.PACKING_TRUST, tokens=900, longest=150):
+    """The verdicts Unsloth records after a comparison that passed on a batch of several rows."""
+    for kind in kinds:
+        setattr(model, f"{kind}_ok", True)
+        setattr(model, f"{kind}_verified_T", tokens)
+        setattr(model, f"{kind}_verified_seg", longest)
+    return model
 
 
-class Faulty(torch.nn.Module):
-    """The model, with a forward that goes wrong on packed rows when ``wrong(lengths)`` says so: it then lets every
-    row see the rows before it (an attention backend that ignores where rows end)."""
-
-    def __init__(self, inner, wrong):
-        super().__init__()
-        self.inner, self.config, self.wrong = inner, inner.config, wrong
-
-    def get_output_embeddings(self):
-        return self.inner.get_output_embeddings()
-
-    def get_input_embeddings(self):
-        return self.inner.get_input_embeddings()
-
-    def forward(self, input_ids, position_ids, packed_seq_lengths=None, use_cache=False):
-        if packed_seq_lengths is not None and self.wrong(packed_seq_lengths.tolist()):
-            position_ids = torch.arange(input_ids.shape[1])[None]
-        return self.inner(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+def trusted(model, kind):
+    return getattr(model, f"{kind}_verified_T", None), getattr(model, f"{kind}_verified_seg", None)
 
 
-def trust(model) -> dict:
-    return {f"{p}{k}": getattr(model, f"{p}{k}", None) for p in compat.PACKING_TRUST
-            for k in ("_ok", "_verified_T", "_verified_seg")}
+def test_after_unsloths_checks_pass_the_runs_largest_batch_is_trusted():
+    model = checked_by_unsloth(llama(rope_parameters={"rope_type": "default", "rope_theta": 1e4}))
+    assert compat.extend_packing_trust(model, tokens=36 * 1536, longest=1536) == [GRAD, NOGRAD]
+    assert trusted(model, GRAD) == trusted(model, NOGRAD) == (36 * 1536, 1536)
 
 
-def check(model, rows=3, longest=20, **kwargs):
-    return compat.check_packing_upfront(model, loss_rows=rows, score_rows=kwargs.pop("score_rows", rows),
-                                        longest=longest, **kwargs)
+def test_the_prefix_groupings_layouts_that_passed_are_trusted_for_the_same_batch():
+    # Unsloth's prefix grouping (one shared prompt per group) keeps its own trust per group layout
+    model = llama()
+    model._unsloth_prefix_grouper_grad_verified = {(6, (6,) * 6): (2_000, 400), (5, (6,) * 5): (90_000, 2_000)}
+    compat.extend_packing_trust(model, tokens=36 * 1536, longest=1536)
+    assert model._unsloth_prefix_grouper_grad_verified == {(6, (6,) * 6): (36 * 1536, 1536),
+                                                           (5, (6,) * 5): (90_000, 2_000)}
+    assert not hasattr(model, "_unsloth_prefix_grouper_nograd_verified")  # nothing passed: nothing trusted
 
 
-def test_packing_that_keeps_rows_apart_is_trusted_for_the_largest_batches(sharp_model):
-    gaps = check(sharp_model, rows=3, score_rows=6, longest=20)
-    assert max(gaps.values()) < 1e-4
-    assert trust(sharp_model) == {f"{GRAD}_ok": True, f"{GRAD}_verified_T": 60, f"{GRAD}_verified_seg": 20,
-                                  f"{NOGRAD}_ok": True, f"{NOGRAD}_verified_T": 120, f"{NOGRAD}_verified_seg": 20}
+def test_trust_is_never_narrowed():
+    model = checked_by_unsloth(llama(), tokens=10_000, longest=2_000)
+    compat.extend_packing_trust(model, tokens=500, longest=100)
+    assert trusted(model, GRAD) == (10_000, 2_000)
 
 
-def test_the_check_leaves_no_gradients_behind(sharp_model):
-    check(sharp_model)
-    assert all(param.grad is None for param in sharp_model.parameters())
+@pytest.mark.parametrize("verdict", ["not compared yet", "one row only", "mismatch", "unsafe lengths"])
+def test_nothing_is_trusted_that_unsloth_has_not_passed(verdict):
+    model = llama()
+    if verdict == "one row only":  # Unsloth sets _ok but widens nothing after a one-row pass: it proves no mixing
+        model._unsloth_seq_packing_grad_ok = True
+    elif verdict == "mismatch":
+        checked_by_unsloth(model)._unsloth_seq_packing_grad_ok = False
+    elif verdict == "unsafe lengths":  # a moderate mismatch or an out-of-memory at some packed length
+        checked_by_unsloth(model)._unsloth_seq_packing_grad_unsafe_T = 800
+    before = trusted(model, GRAD)
+    assert GRAD not in compat.extend_packing_trust(model, tokens=10**5, longest=10**4)
+    assert trusted(model, GRAD) == before
 
 
-def test_rows_that_see_each_other_are_refused_and_nothing_is_trusted(sharp_model):
-    model = Faulty(sharp_model, wrong=lambda lengths: True)
-    assert min(check(model).values()) > 10 * compat.PACKING_TOLERANCE
-    assert set(trust(model).values()) == {None}
+@pytest.mark.parametrize("config", [dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+                                    dict(rope_parameters={"rope_type": "longrope"}),
+                                    dict(rope_parameters={"rope_type": "yarn"}),
+                                    dict(sliding_window=512)])
+def test_a_model_whose_attention_depends_on_the_length_keeps_unsloths_rechecks(config):
+    # why: Unsloth re-compares longer batches because a length-dependent RoPE (or a window) can compute them
+    # differently; only where nothing depends on the length does one passed comparison cover every length
+    model = checked_by_unsloth(llama(**config))
+    assert compat.length_dependent(model.config)
+    assert compat.extend_packing_trust(model, tokens=10**5, longest=10**4) == []
+    assert trusted(model, GRAD) == (900, 150)
 
 
-@pytest.mark.parametrize("layout", ["unequal", "equal"])
-def test_both_batch_layouts_are_checked(sharp_model, layout):
-    # why both: Unsloth attends one run of equal rows per call and unequal runs through other kernels, so a forward
-    # can be right for one layout and wrong for the other; a batch of either kind must be covered by what is trusted
-    wrong = (lambda n: len(set(n)) > 1) if layout == "unequal" else (lambda n: len(set(n)) == 1)
-    model = Faulty(sharp_model, wrong=wrong)
-    assert min(check(model).values()) > 10 * compat.PACKING_TOLERANCE
-    assert set(trust(model).values()) == {None}
+@pytest.mark.parametrize("config", [{}, dict(rope_scaling=None), dict(rope_scaling={"type": "linear", "factor": 2}),
+                                    dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}),
+                                    dict(sliding_window=None)])
+def test_llama_style_positions_do_not_depend_on_the_length(config):
+    assert compat.length_dependent(SimpleNamespace(**config)) is None
 
 
-def test_a_forward_wrong_only_with_gradients_loses_only_the_loss_trust(sharp_model):
-    model = Faulty(sharp_model, wrong=lambda lengths: torch.is_grad_enabled())
-    gaps = check(model)
-    assert gaps[GRAD] > 10 * compat.PACKING_TOLERANCE and gaps[NOGRAD] < 1e-4
-    assert trust(model)[f"{GRAD}_ok"] is None and trust(model)[f"{NOGRAD}_ok"] is True
+class Trainer(SimpleNamespace):
+    """What ``PackingTrust`` reads of the trainer: the wrapped model and the accelerator that unwraps it."""
+
+    def __init__(self, model):
+        super().__init__(model=SimpleNamespace(module=model),
+                         accelerator=SimpleNamespace(unwrap_model=lambda wrapped: wrapped.module))
 
 
-def test_the_gap_is_measured_at_the_sampling_temperature(plain_model):
-    # random weights: rows leaking into each other move log-probs by less than the tolerance at temperature 1, but
-    # Unsloth compares log-probs at the sampling temperature, where the same leak is larger
-    model = Faulty(plain_model, wrong=lambda lengths: True)
-    assert max(check(model, temperature=1.0).values()) < compat.PACKING_TOLERANCE
-    assert min(check(Faulty(plain_model, wrong=lambda n: True), temperature=0.1).values()) > compat.PACKING_TOLERANCE
+def test_the_callback_extends_the_trust_after_the_step_whose_checks_passed_and_says_so(caplog):
+    model = llama()
+    callback = PackingTrust(rows=36, longest=1536)
+    callback.trainer = Trainer(model)
+    state = SimpleNamespace(global_step=1)
+    callback.on_step_end(None, state, None)  # Unsloth has compared nothing yet
+    assert callback.step is None and trusted(model, GRAD) == (None, None)
+    checked_by_unsloth(model, kinds=[NOGRAD])  # the scorer compared; the loss not yet
+    state.global_step = 2
+    callback.on_step_end(None, state, None)
+    assert callback.step is None and trusted(model, NOGRAD) == (36 * 1536, 1536)
+    checked_by_unsloth(model, kinds=[GRAD])
+    state.global_step = 3
+    with caplog.at_level(logging.INFO, logger="sarashina_grpo.callbacks"):
+        callback.on_step_end(None, state, None)
+        callback.on_step_end(None, SimpleNamespace(global_step=4), None)  # done: nothing more to do or say
+    assert callback.step == 3 and trusted(model, GRAD) == (36 * 1536, 1536)
+    assert [r.getMessage() for r in caplog.records if "trusted" in r.getMessage()] == [
+        "Unsloth's sequence-packing checks passed at step 3: packed batches of up to 36 rows of 1536 tokens are "
+        "trusted for the rest of the run, with no re-check."]
 
 
-def test_the_checked_rows_mix_lengths_and_cover_the_largest_batch():
-    for rows, longest in [(2, 10), (6, 606), (36, 606)]:
-        lengths = compat.packing_lengths(rows, longest)
-        assert rows * longest <= sum(lengths) <= rows * longest + 2 and max(lengths) == longest >= min(lengths) >= 2
-        assert len(set(lengths)) >= 3  # neighbours of unequal length: several runs, as in a real batch
+def test_the_benchmark_forgets_every_verdict_between_configurations():
+    model = checked_by_unsloth(llama())
+    model._unsloth_prefix_grouper_grad_verified = {"sig": (10, 5)}
+    bench_patches.forget_packing_checks(model)
+    assert not [n for n in vars(model) if n.startswith(bench_patches.UNSLOTH_VERDICT_PREFIXES)]
 
 
-def test_the_check_never_narrows_trust_nor_revives_packing_unsloth_turned_off(sharp_model):
-    setattr(sharp_model, f"{GRAD}_verified_T", 500)
-    setattr(sharp_model, f"{GRAD}_verified_seg", 400)
-    setattr(sharp_model, f"{NOGRAD}_ok", False)
-    check(sharp_model)
-    assert trust(sharp_model)[f"{GRAD}_verified_T"] == 500 and trust(sharp_model)[f"{GRAD}_verified_seg"] == 400
-    assert trust(sharp_model)[f"{NOGRAD}_ok"] is False and trust(sharp_model)[f"{NOGRAD}_verified_T"] is None
+# --- where gradient checkpointing keeps its saved inputs ------------------------------------------------------------
+
+SARASHINA_3B = SimpleNamespace(hidden_size=2560, num_hidden_layers=32)
 
 
-def test_a_single_row_proves_nothing_about_rows_mixing(sharp_model):
-    check(sharp_model, rows=1)
-    assert set(trust(sharp_model).values()) == {None}
-
-
-def test_the_model_mode_and_the_hidden_states_switch_are_put_back_even_on_failure(sharp_model, monkeypatch):
-    monkeypatch.setenv(compat.HIDDEN_STATES_VARIABLE, "0")
-    sharp_model.eval()
-    check(sharp_model, rows=2, longest=8)
-    assert os.environ[compat.HIDDEN_STATES_VARIABLE] == "0" and not sharp_model.training
-    monkeypatch.delenv(compat.HIDDEN_STATES_VARIABLE)
-    bench_patches.forget_packing_checks(sharp_model)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("kernel failed")
-
-    monkeypatch.setattr(sharp_model, "forward", broken)
-    with pytest.raises(RuntimeError):
-        check(sharp_model, rows=2, longest=8)
-    assert compat.HIDDEN_STATES_VARIABLE not in os.environ and not sharp_model.training
-    assert set(trust(sharp_model).values()) == {None}
-
-
-def test_the_check_runs_in_unsloths_training_mode_with_checkpointing_and_goes_back_to_inference(sharp_model,
-                                                                                                 monkeypatch):
-    # why: Unsloth's trainer ends its __init__ in for_inference (checkpointing off); a grad forward without
-    # for_training keeps every layer's activations, 4x training's memory on an H100
-    calls, forward = [], sharp_model.forward
-    sharp_model._unsloth_gradient_checkpointing = "unsloth"
-    monkeypatch.setattr(sharp_model, "for_training", lambda use_gradient_checkpointing=None: (
-        calls.append(("for_training", use_gradient_checkpointing)), sharp_model.train()), raising=False)
-    monkeypatch.setattr(sharp_model, "for_inference", lambda: (calls.append("for_inference"), sharp_model.eval()),
-                        raising=False)
-    monkeypatch.setattr(sharp_model, "forward", lambda *a, **k: (calls.append("forward"), forward(*a, **k))[1])
-    sharp_model.eval()
-    check(sharp_model, rows=2, longest=8)
-    assert calls[0] == ("for_training", "unsloth") and calls[-1] == "for_inference"
-    assert set(calls[1:-1]) == {"forward"}
-
-
-def test_the_benchmark_forgets_every_verdict_between_configurations(sharp_model):
-    check(sharp_model)
-    sharp_model._unsloth_prefix_grouper_grad_verified = {"sig": (10, 5)}
-    bench_patches.forget_packing_checks(sharp_model)
-    assert not [n for n in vars(sharp_model) if n.startswith(bench_patches.UNSLOTH_VERDICT_PREFIXES)]
-
-
-class UnslothGRPOTrainer(SimpleNamespace):
-    """Stands for Unsloth's compiled trainer: ``check_packing`` reads only these attributes."""
-
-
-@pytest.fixture
-def unsloth_like_trainer(sharp_model, tiny_model_dir, monkeypatch):
-    from transformers import AutoTokenizer
+def on_a_card(monkeypatch, gib: float):
+    import torch
 
     monkeypatch.setattr(modeling, "cuda_available", lambda: True)
-    monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "1")  # opt-in
-    prompts = [[{"role": "user", "content": "短い"}], [{"role": "system", "content": "長い" * 30},
-                                                      {"role": "user", "content": "質問です"}]]
-    args = SimpleNamespace(per_device_train_batch_size=4, steps_per_generation=2, max_completion_length=16,
-                           bf16=False, fp16=False, chat_template_kwargs=None, temperature=1.0)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    trainer = UnslothGRPOTrainer(processing_class=tokenizer, args=args, train_dataset={"prompt": prompts},
-                                 model=sharp_model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
-    return trainer, max(chat_prompt_tokens(tokenizer, p) for p in prompts)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=gib * 2**30))
 
 
-def test_the_loss_batch_and_the_scored_generation_batch_are_checked_at_the_longest_row(unsloth_like_trainer):
-    trainer, longest_prompt = unsloth_like_trainer
-    checked = modeling.check_packing(trainer)
-    longest = longest_prompt + 16
-    # why two sizes: TRL scores a whole generation batch (steps_per_generation optimizer steps) in one go
-    assert (checked["loss_rows"], checked["score_rows"], checked["longest"]) == (4, 8, longest)
-    assert trust(trainer.model)[f"{GRAD}_verified_T"] == 4 * longest
-    assert trust(trainer.model)[f"{NOGRAD}_verified_T"] == 8 * longest
+@pytest.mark.parametrize(("gib", "rows", "offload"), [(80, 36, False), (80, 6, False), (24, 36, True),
+                                                      (24, 6, False), (8, 6, False), (8, 12, True)])
+def test_unset_the_saved_inputs_stay_on_the_gpu_where_they_fit_an_eighth_of_it(monkeypatch, gib, rows, offload):
+    # 3B shape, 512-token completions: 36 rows × 768 tokens × 2,560 × 32 layers × 2 bytes = 4.2 GiB, 6 rows 0.7 GiB
+    # (the article on an 8 GB card keeps them: 4.3 GiB measured at its peak, docs/speed.md)
+    on_a_card(monkeypatch, gib)
+    settings = article_settings(model_name="tiny", per_device_train_batch_size=rows, max_completion_length=512)
+    assert modeling.offload_activations(settings, SARASHINA_3B) is offload
 
 
-def test_a_check_that_cannot_run_leaves_the_checking_to_unsloth_and_training_goes_on(unsloth_like_trainer,
-                                                                                      monkeypatch, caplog):
-    trainer, _ = unsloth_like_trainer
-    monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no kernel")))
-    with caplog.at_level(logging.WARNING, logger="sarashina_grpo.modeling"):
-        assert modeling.check_packing(trainer) is None
-    assert "could not run (RuntimeError: no kernel)" in caplog.text
-    assert set(trust(trainer.model).values()) == {None}
+def test_a_multimodal_config_is_read_through_its_text_config(monkeypatch):
+    on_a_card(monkeypatch, 24)
+    settings = article_settings(model_name="tiny", per_device_train_batch_size=36, max_completion_length=512)
+    assert modeling.offload_activations(settings, SimpleNamespace(text_config=SARASHINA_3B)) is True
 
 
-@pytest.mark.parametrize("why", ["not asked for", "left empty", "asked off", "packing off", "no cuda", "plain trl",
-                                 "one row"])
-def test_nothing_is_checked_unless_asked_for_and_where_unsloths_packing_does_not_run(unsloth_like_trainer,
-                                                                                    monkeypatch, why):
-    trainer, _ = unsloth_like_trainer
-    if why == "not asked for":  # the default: Unsloth checks each longer batch itself (modeling.PACKING_CHECK_VARIABLE)
-        monkeypatch.delenv(modeling.PACKING_CHECK_VARIABLE)
-    elif why == "left empty":  # `SARASHINA_GRPO_PACKING_CHECK= sarashina-grpo train` is the default too
-        monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "")
-    elif why == "asked off":
-        monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "off")
-    elif why == "packing off":
-        monkeypatch.setenv(compat.PACKING_VARIABLE, "0")
-    elif why == "no cuda":
-        monkeypatch.setattr(modeling, "cuda_available", lambda: False)
-    elif why == "one row":
-        trainer.args.per_device_train_batch_size, trainer.args.steps_per_generation = 1, 1
-    else:
-        trainer = SimpleNamespace(**vars(trainer))
-    assert modeling.check_packing(trainer) is None
-    assert set(trust(trainer.model).values()) == {None}
+@pytest.mark.parametrize("asked", [True, False])
+def test_a_users_choice_is_taken_on_any_card(monkeypatch, asked):
+    on_a_card(monkeypatch, 8 if not asked else 80)
+    settings = article_settings(model_name="tiny", offload_activations=asked)
+    assert modeling.offload_activations(settings, SARASHINA_3B) is asked
 
 
-def test_a_callers_choice_beats_the_variable_both_ways(unsloth_like_trainer, monkeypatch):
-    trainer, _ = unsloth_like_trainer  # the variable says "1"
-    assert modeling.check_packing(trainer, asked=False) is None
-    monkeypatch.setenv(modeling.PACKING_CHECK_VARIABLE, "0")
-    assert modeling.check_packing(trainer, asked=True)["loss_rows"] == 4  # why: bench -checked rows ask for it
+def test_without_a_gpu_unsloths_default_is_kept():
+    assert modeling.offload_activations(article_settings(model_name="tiny"), SARASHINA_3B) is True

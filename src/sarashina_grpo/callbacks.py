@@ -67,6 +67,31 @@ class NonFiniteGuard(TrainerCallback):
         check_logs(logs, state.global_step, args.output_dir)
 
 
+class PackingTrust(TrainerCallback):
+    """After the step in which Unsloth's own packing comparisons passed (the scorer's and the loss's, on that step's
+    real batch), trust its packing up to the run's largest batch (``compat.extend_packing_trust``): no step later in
+    the run pays 36 extra forwards for a batch longer than any before. ``rows``: the generation batch (the scorer
+    packs it whole, the loss a part); ``longest``: a row's most tokens, prompt bound plus completion bound."""
+
+    def __init__(self, rows: int, longest: int):
+        self.rows, self.longest = rows, longest
+        self.trainer = None  # set by pipeline.build_trainer
+        self.extended: set[str] = set()
+        self.step: int | None = None  # the step after which every kind was trusted
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer is None:
+            return
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        # every step: Unsloth's prefix grouping may first engage (and pass its own check) on a later batch
+        self.extended.update(compat.extend_packing_trust(model, tokens=self.rows * self.longest, longest=self.longest))
+        if self.step is None and self.extended == set(compat.PACKING_TRUST):
+            self.step = state.global_step
+            logger.info("Unsloth's sequence-packing checks passed at step %d: packed batches of up to %d rows of %d "
+                        "tokens are trusted for the rest of the run, with no re-check.", self.step, self.rows,
+                        self.longest)
+
+
 class GracefulInterrupt(TrainerCallback):
     """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop. A second one, at least
     ``SAME_PRESS_S`` later, aborts.

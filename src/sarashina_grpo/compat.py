@@ -265,16 +265,15 @@ def has_adapter(folder: Path) -> bool:
 # Unsloth's compiled GRPO trainer runs a batch's rows as one packed varlen forward (the scorer without grad in
 # unsloth/models/rl_replacements.py, the loss with grad in unsloth_zoo/rl_replacements.py) and trusts the packing only
 # after comparing it with one forward per row, no grad. It repeats that comparison whenever a batch's packed length T
-# or its longest row exceeds what it compared before: 36 extra forwards at 36 completions, on a step that happens to
-# bring a new record (issue 17's slow 4th step). It keeps its trust in these attributes of the unwrapped model:
+# or its longest row exceeds what it compared before, "as a LongRoPE cache switch can change the result": 36 extra
+# forwards at 36 completions, on each step that brings a new record (6-8 s longer steps; docs/speed.md). It keeps
+# its trust in these attributes of the unwrapped model:
 PACKING_TRUST = ("_unsloth_seq_packing_grad", "_unsloth_seq_packing_nograd")  # + "_ok", "_verified_T", "_verified_seg"
 PACKING_VARIABLE = "UNSLOTH_GRPO_SEQ_PACKING"  # "0" turns Unsloth's packing off
-HIDDEN_STATES_VARIABLE = "UNSLOTH_RETURN_HIDDEN_STATES"  # "1": the forward returns hidden states as .logits
-PACKING_TOLERANCE = 0.7  # Unsloth's own pass band in nats of log-prob: kernel noise ~0.25, mixed-up rows >= 2.4
-
-
-GRAD, NOGRAD = PACKING_TRUST
-CHUNK = 256  # positions per log-softmax: a [CHUNK, vocab] fp32 block, not [longest, vocab]
+PREFIX_GROUPER_TRUST = ("_unsloth_prefix_grouper_grad_verified", "_unsloth_prefix_grouper_nograd_verified")
+# RoPE variants whose rotation of a position does not depend on how long the sequence is (transformers' rope_type);
+# dynamic NTK, LongRoPE and YaRN's dynamic forms change with the length, which is what Unsloth's re-checks guard.
+LENGTH_FREE_ROPE = (None, "default", "linear", "llama3")
 
 
 def env_on(name: str, default: str = "1") -> bool:
@@ -286,118 +285,41 @@ def packing_enabled() -> bool:
     return env_on(PACKING_VARIABLE)
 
 
-def packing_lengths(rows: int, longest: int) -> list[int]:
-    """Mixed row lengths for ``check_packing_upfront``: ``rows`` rows of three lengths up to ``longest`` in turn,
-    plus one short row that brings the total to ``rows × longest``. Unequal neighbours matter: Unsloth attends one
-    run of equal-length rows per call and hands unequal runs to other kernels (torch's varlen attention where torch
-    has it); the check also packs ``rows`` equal rows, the layout of a batch whose completions all hit the limit."""
-    lengths = [max(1, longest - i % 3) for i in range(rows)]
-    missing = rows * longest - sum(lengths)
-    if missing:
-        lengths.insert(rows // 2, max(missing, 2))
-    return lengths
+def length_dependent(config) -> str | None:
+    """Why a longer packed batch could compute differently from the one Unsloth compared, or None: a RoPE whose
+    rotation depends on the sequence's length, or a sliding attention window (a row past it attends differently)."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    if kind not in LENGTH_FREE_ROPE:
+        return f"RoPE type {kind!r}"
+    if getattr(config, "sliding_window", None):
+        return f"sliding window of {config.sliding_window}"
+    return None
 
 
-def _log_probs(out, ids, head, temperature: float):
-    """Log-probs of each next token of one row, from its hidden states (through ``head``) or its logits, at the
-    sampling temperature (Unsloth compares them at that temperature); CHUNK positions at a time."""
-    import torch
-
-    parts = []
-    for at in range(0, len(ids) - 1, CHUNK):
-        rows = out[at:min(at + CHUNK, len(ids) - 1)]
-        logits = rows if rows.shape[-1] != head.shape[1] else rows.to(head.dtype) @ head.T
-        logits = torch.log_softmax(logits.float() / temperature, -1)
-        parts.append(logits.gather(-1, ids[at + 1:at + 1 + len(rows), None]).squeeze(-1))
-    return torch.cat(parts)
-
-
-def _enter_training(model) -> None:
-    """Train mode as Unsloth's trainer enters it before each step (its ``train`` wrapper and the rollout's
-    ``for_training``): gradient checkpointing back on. The compiled trainer's ``__init__`` ends in ``for_inference``,
-    which turns checkpointing off on every layer; ``model.train()`` alone leaves it off, and a forward with grad then
-    keeps every layer's activations (55.9 GiB at 36 rows of 606 tokens on an H100, against 13.5 GiB in training)."""
-    if hasattr(model, "for_training"):
-        model.for_training(use_gradient_checkpointing=getattr(model, "_unsloth_gradient_checkpointing", True))
-    else:
-        model.train()
-
-
-def _leave_training(model, was_training: bool) -> None:
-    """Back to the mode ``_enter_training`` found, the way Unsloth's ``train`` wrapper goes back."""
-    if was_training:
-        _enter_training(model)
-    elif hasattr(model, "for_inference"):
-        model.for_inference()
-    else:
-        model.train(False)
-
-
-def check_packing_upfront(model, *, loss_rows: int, score_rows: int, longest: int, temperature: float = 1.0,
-                          dtype=None, seed: int = 0) -> dict[str, float]:
-    """Do Unsloth's packing checks once, at the largest batches a run makes, instead of again at each longer batch.
-
-    Random rows of ``longest`` tokens (rows leaking into each other show on any text) go through one forward each:
-    the reference. Then, for the loss (grad on, ``loss_rows`` rows) and for the scorer (inference mode,
-    ``score_rows`` rows), two packed layouts of prefixes of those rows go through the packed forward as Unsloth runs
-    it there: all rows equally long, and mixed lengths (``packing_lengths``); the loss's packed forwards are
-    followed by a backward of zero, as a training forward is, and their (zero) gradients removed. A causal model
-    gives a prefix the log-probs of the whole row's first positions, so one reference serves both. Returns the
-    largest log-prob gap of each ("grad", "nograd"), at the sampling ``temperature``. Where a gap is within
-    Unsloth's tolerance (and at least two rows were packed), the trust Unsloth would have built up batch by batch is
-    recorded for what was checked: packed lengths up to ``rows × longest`` (plus a token or two), rows up to
-    ``longest``; never narrowed, and a model Unsloth has ruled unsafe stays so. Beyond it nothing is recorded, and
-    Unsloth checks each batch. ``model`` is the unwrapped PEFT model with Unsloth's Llama forward; it is checked in
-    training's mode, gradient checkpointing included (``_enter_training``), and left in the mode it came in."""
-    import torch
-
-    device = next(model.parameters()).device
-    vocab = min(model.config.vocab_size, model.get_input_embeddings().num_embeddings)
-    generator = torch.Generator().manual_seed(seed)
-    base = torch.randint(0, vocab, (max(loss_rows, score_rows, 1), longest), generator=generator).to(device)
-    head = model.get_output_embeddings().weight
-    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-    before, was_training = os.environ.get(HIDDEN_STATES_VARIABLE), model.training
-    os.environ[HIDDEN_STATES_VARIABLE] = "1"  # hidden states, not a (rows × longest) × vocab block of logits
-    gaps: dict[str, float] = {}
-    packed_tokens: dict[str, int] = {}  # the longest packed row each kind was checked at
-    without_grad = [param for param in model.parameters() if param.grad is None]
-    try:
-        _enter_training(model)  # as in training: TRL scores and Unsloth computes the loss in train mode
-        with torch.no_grad(), autocast:
-            reference = [_log_probs(model(input_ids=row[None], position_ids=torch.arange(longest, device=device)[None],
-                                          use_cache=False).logits[0], row, head, temperature) for row in base]
-        for kind, rows, mode in ((GRAD, loss_rows, torch.enable_grad), (NOGRAD, score_rows, torch.inference_mode)):
-            gaps[kind] = 0.0
-            for lengths in ([longest] * rows, packing_lengths(rows, longest)):
-                segments = [base[i % rows][:n] for i, n in enumerate(lengths)]
-                packed_tokens[kind] = max(packed_tokens.get(kind, 0), sum(lengths))
-                positions = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
-                with mode(), autocast:
-                    packed = model(input_ids=torch.cat(segments)[None], position_ids=positions, use_cache=False,
-                                   packed_seq_lengths=torch.tensor(lengths, dtype=torch.int32, device=device)).logits
-                if packed.requires_grad:
-                    # A backward of nothing, as after every training forward: Unsloth's offloaded gradient
-                    # checkpointing keeps per-graph state (layer count, host slots) that a backward closes.
-                    (packed.float().sum() * 0).backward()
-                with torch.no_grad():
-                    for i, (segment, out) in enumerate(zip(segments, packed[0].detach().split(lengths), strict=True)):
-                        if len(segment) > 1:
-                            got = _log_probs(out, segment, head, temperature)
-                            gaps[kind] = max(gaps[kind], (got - reference[i % rows][:len(got)]).abs().max().item())
-                del packed
-    finally:
-        for param in without_grad:  # the zero gradients of those backwards: the first step starts as it would
-            param.grad = None
-        _leave_training(model, was_training)
-        if before is None:
-            os.environ.pop(HIDDEN_STATES_VARIABLE, None)
-        else:
-            os.environ[HIDDEN_STATES_VARIABLE] = before
-    for kind, rows in ((GRAD, loss_rows), (NOGRAD, score_rows)):
-        # like Unsloth: one row proves nothing about rows mixing, and a model ruled unsafe stays unsafe
-        if gaps[kind] < PACKING_TOLERANCE and rows >= 2 and getattr(model, f"{kind}_ok", None) is not False:
-            setattr(model, f"{kind}_ok", True)
-            setattr(model, f"{kind}_verified_T", max(int(getattr(model, f"{kind}_verified_T", 0)), packed_tokens[kind]))
-            setattr(model, f"{kind}_verified_seg", max(int(getattr(model, f"{kind}_verified_seg", 0)), longest))
-    return gaps
+def extend_packing_trust(model, *, tokens: int, longest: int) -> list[str]:
+    """Once Unsloth's own comparison has passed on a real batch of several rows, trust its packing up to ``tokens``
+    packed tokens and rows of ``longest``: the run's largest batch, so it never compares again mid-run. Unsloth
+    re-compares a longer batch because a length-dependent RoPE can switch its cache; for a model without one
+    (``length_dependent``) the comparison that passed covers every length, since packing keeps rows apart the same
+    way at any length. Where Unsloth has not compared yet, found a mismatch, or ruled lengths unsafe, nothing
+    changes. Its prefix grouping (one shared prompt per group of completions, where that saves enough tokens)
+    keeps the same kind of trust per group layout, and gets the same extension. Returns the kinds ("…_grad": the
+    loss, "…_nograd": the scorer) whose packing trust now covers the run."""
+    if length_dependent(model.config):
+        return []
+    extended = []
+    for kind in PACKING_TRUST:
+        verified = int(getattr(model, f"{kind}_verified_T", 0) or 0)
+        if (getattr(model, f"{kind}_ok", None) is not True or verified <= 0
+                or getattr(model, f"{kind}_unsafe_T", None) is not None):
+            continue
+        setattr(model, f"{kind}_verified_T", max(verified, tokens))
+        setattr(model, f"{kind}_verified_seg", max(int(getattr(model, f"{kind}_verified_seg", 0) or 0), longest))
+        extended.append(kind)
+    for kind in PREFIX_GROUPER_TRUST:
+        layouts = getattr(model, kind, None)  # {(groups, group sizes): (tokens, longest)} of the layouts passed
+        if isinstance(layouts, dict):
+            for layout, (done_tokens, done_longest) in list(layouts.items()):
+                layouts[layout] = (max(done_tokens, tokens), max(done_longest, longest))
+    return extended

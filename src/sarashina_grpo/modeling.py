@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 import typing
 from pathlib import Path
 
-from . import compat
 from .checkpoints import ADAPTER_FILES
 from .preflight import looks_like_path, lora_targets
 from .project import DEFAULT_MODEL_NAME, cuda_available, default_artifact_dir, torch_dtype
@@ -106,12 +104,41 @@ def load_model(settings: Settings, *, lora: bool = True):
             r=settings.lora_rank,
             target_modules=lora_targets(model_name, settings.lora_target_modules),
             lora_alpha=settings.effective_lora_alpha,
-            use_gradient_checkpointing="unsloth",  # recompute activations: long completions fit in memory
+            # recompute activations (long completions fit in memory), their saved inputs offloaded or not
+            use_gradient_checkpointing="unsloth" if offload_activations(settings, model.config) else True,
             random_state=settings.seed,
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+# Gradient checkpointing saves one input per layer for the backward. Unsloth's "unsloth" mode moves them to CPU
+# memory and back (copies and waits in every layer's forward and backward; in the profile of a 3.3 s update at 36
+# rows on an H100, 0.83 s of host time was inside its checkpoint functions: docs/benchmarks/README.md), which only
+# pays where the card has no room for them. Unset, they stay on the GPU when the estimate fits this share of it.
+ACTIVATIONS_SHARE = 1 / 8
+PROMPT_ALLOWANCE = 256  # prompt tokens per row in that estimate (the project's prompts are ~100-200, template included)
+
+
+def offload_activations(settings: Settings, config) -> bool:
+    """Whether gradient checkpointing offloads its saved layer inputs to CPU memory (Unsloth's "unsloth" mode):
+    ``settings.offload_activations``, or where unset, yes unless they fit ``ACTIVATIONS_SHARE`` of the GPU (on the
+    CPU, Unsloth's default, yes). The estimate is one bf16 hidden state per layer for every token of the loss's
+    batch: ``per_device_train_batch_size`` rows of ``max_completion_length`` + ``PROMPT_ALLOWANCE`` tokens."""
+    if settings.offload_activations is not None or not cuda_available():
+        return settings.offload_activations is not False
+    import torch
+
+    text = getattr(config, "text_config", None) or config
+    need = (settings.per_device_train_batch_size * (settings.max_completion_length + PROMPT_ALLOWANCE)
+            * text.hidden_size * text.num_hidden_layers * 2)
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    offload = need > total * ACTIVATIONS_SHARE
+    logger.info("Gradient checkpointing keeps its saved layer inputs %s (about %.1f GiB for %d rows, on a %.0f GiB "
+                "card; --%soffload-activations changes it).", "in CPU memory" if offload else "on the GPU",
+                need / 2**30, settings.per_device_train_batch_size, total / 2**30, "no-" if offload else "")
+    return offload
 
 
 def check_loaded_weights(model, name: str) -> None:
@@ -122,70 +149,6 @@ def check_loaded_weights(model, name: str) -> None:
 
     check_finite_model(model, model_label(name), "Use the model it was made from, or make it again (a warm start "
                        "with a lower --learning-rate).")
-
-
-# "1": check Unsloth's packing once before step 1 (opt-in). Off by default: on one H100 it raised peak memory from
-# 13.5 to 55.9 GiB at 36 rows (its grad forward then ran without gradient checkpointing; mended since, not yet
-# measured) and took 46 s in a cold process, to save one ~6 s re-check per record batch length
-# (docs/benchmarks/README.md, 2026-11-26 late evening).
-PACKING_CHECK_VARIABLE = "SARASHINA_GRPO_PACKING_CHECK"
-
-
-def longest_prompt(trainer) -> int:
-    """Tokens of the trainer's longest prompt, chat template included (as TRL formats it)."""
-    from .data import chat_prompt_tokens
-
-    kwargs = getattr(trainer.args, "chat_template_kwargs", None) or {}
-    return max((chat_prompt_tokens(trainer.processing_class, prompt, **kwargs)
-                for prompt in trainer.train_dataset["prompt"]), default=0)
-
-
-def check_packing(trainer, asked: bool | None = None) -> dict | None:
-    """Check Unsloth's sequence packing once, at the run's largest batches, before the first step (opt-in:
-    ``asked``, or where that is None ``$SARASHINA_GRPO_PACKING_CHECK=1``; ``PACKING_CHECK_VARIABLE`` says what it
-    costs).
-
-    Unsloth's compiled trainer otherwise checks it again (one extra forward per completion) on every step whose batch
-    is longer than any before: steady steps are then uneven, and early steps slower (docs/speed.md). The loss packs
-    ``per_device_train_batch_size`` rows, the scorer up to ``steps_per_generation`` times as many; a row is at most
-    the longest prompt (chat template included) plus ``max_completion_length``. A batch longer than that is checked
-    by Unsloth as before, and so is everything when this check fails or cannot run (it never stops training).
-    Returns what was checked (rows, ``longest``, the log-prob ``gaps``, ``seconds``), or None where nothing was: no
-    CUDA, not Unsloth's trainer, packing off, fewer than two rows, or the check not asked for."""
-    args = trainer.args
-    loss_rows = args.per_device_train_batch_size
-    score_rows = loss_rows * (getattr(args, "steps_per_generation", None) or 1)
-    if asked is None:
-        asked = compat.env_on(PACKING_CHECK_VARIABLE, default="0")
-    if (not asked or not cuda_available() or not compat.packing_enabled()
-            or not compat.library_class(trainer).__name__.startswith("Unsloth") or score_rows < 2):
-        return None
-    import torch
-
-    longest = longest_prompt(trainer) + args.max_completion_length
-    start = time.perf_counter()
-    dtype = torch_dtype("bf16" if args.bf16 else "fp16") if (args.bf16 or args.fp16) else None
-    try:
-        gaps = compat.check_packing_upfront(trainer.accelerator.unwrap_model(trainer.model), loss_rows=loss_rows,
-                                            score_rows=score_rows, longest=longest, dtype=dtype,
-                                            temperature=getattr(args, "temperature", None) or 1.0)
-    except Exception as err:  # noqa: BLE001 (a failed check only leaves the checking to Unsloth, as without it)
-        if isinstance(err, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
-        logger.warning("The sequence-packing check could not run (%s: %s); Unsloth checks each batch itself.",
-                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-        return None
-    checked = {"loss_rows": loss_rows, "score_rows": score_rows, "longest": longest,
-               "gaps": {k: round(v, 4) for k, v in gaps.items()}, "seconds": round(time.perf_counter() - start, 2)}
-    worst = max(gaps.values())
-    if worst < compat.PACKING_TOLERANCE:
-        logger.info("Sequence packing checked once for %d rows of up to %d tokens (log-prob gap %.3f, %.1f s).",
-                    score_rows, longest, worst, checked["seconds"])
-    else:
-        logger.warning("Sequence packing differs from one forward per row by %.2f nats at %d rows of %d tokens: "
-                       "Unsloth checks each batch itself, and turns packing off where rows leak into each other.",
-                       worst, score_rows, longest)
-    return checked
 
 
 def resolve_backend(settings: Settings) -> str:

@@ -223,7 +223,7 @@ def trainer_class(base):
     class SarashinaGRPOTrainer(base):
         run: Run | None = None  # the prepared run: settings, folders, rows (set by run_training)
         kl_reference: str | None = None  # what the KL term compares with (compat.choose_reference)
-        packing_check = None  # what the opt-in packing check checked (modeling.check_packing)
+        packing_trust = None  # callbacks.PackingTrust: when Unsloth's packing became trusted for the whole run
         fast_rollout = None  # the CUDA-graph engine when the fast rollout runs (rollout.install)
         rollout: str | None = None  # the rollout that generates: the setting, 'auto' resolved (rollout.choose)
         interrupted: str | None = None  # the signal that stopped training early (run_training), else None
@@ -248,19 +248,19 @@ def trainer_class(base):
     return SarashinaGRPOTrainer
 
 
-def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bool | None = None, **grpo_overrides):
+def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bool = True, **grpo_overrides):
     """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``.
 
-    ``packing_check``: check Unsloth's sequence packing once before step 1 (``modeling.check_packing``); None reads
-    ``$SARASHINA_GRPO_PACKING_CHECK`` (off unless set)."""
+    ``trust_packing``: once Unsloth's sequence-packing checks pass, trust them for the run's largest batch
+    (``callbacks.PackingTrust``); False leaves Unsloth re-checking each longer batch (the benchmark's ``-recheck``)."""
     from peft import PeftModel
     from transformers import ProgressCallback
     from trl import GRPOTrainer
 
-    from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard
+    from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, PackingTrust
     from .completions import CompletionLog
     from .data import prompts_dataset
-    from .modeling import check_packing, lora_config
+    from .modeling import lora_config
     from .reward_guard import training_rewards
 
     if run.finished:
@@ -281,6 +281,9 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
         linked.append(HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
                                   max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
                                   patience=settings.patience))
+    if trust_packing and compat.packing_enabled():
+        linked.append(PackingTrust(rows=settings.per_device_train_batch_size * (settings.steps_per_generation or 1),
+                                   longest=settings.max_prompt_length + settings.max_completion_length))
     peft_config = None
     if not isinstance(model, PeftModel):  # the plain backend's model: TRL adds the LoRA
         from transformers import set_seed
@@ -300,7 +303,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), packing_check: bo
     # The KL reference: the base model (adapter disabled) when the starting adapter is a fresh LoRA, TRL's frozen
     # copy of it otherwise (docs/algorithm.md). Chosen before any step or resume changes the adapter.
     trainer.kl_reference = compat.choose_reference(trainer)
-    trainer.packing_check = check_packing(trainer, asked=packing_check)  # opt-in: once, not on each longer batch
+    trainer.packing_trust = next((c for c in linked if isinstance(c, PackingTrust)), None)
     for callback in [*linked, *callbacks]:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer  # they log through the trainer

@@ -51,7 +51,8 @@ RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit",
                      "vllm_gpu_memory_utilization", "max_seq_length", "data_path", "system_prompt_file",
                      "log_completions", "num_completions_to_print", "backend", "eval_steps", "eval_data", "eval_limit",
                      "report_to", "save_total_limit", "run_name", "logging_first_step", "disable_tqdm", "use_cpu",
-                     "bf16", "fp16", "best_metric", "patience", "rollout"}  # rollout: another engine, same maths
+                     "bf16", "fp16", "best_metric", "patience", "rollout",
+                     "offload_activations"}  # rollout, offloading: another engine or memory, same maths
 # More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
 MAX_THREADS_PER_CORE = 4
 ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run", "eval": "evaluations"}
