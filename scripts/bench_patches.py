@@ -152,6 +152,6 @@ def reset_lora(model) -> None:
 
 
 def forget_packing_checks(model) -> None:
-    """Drop every verdict Unsloth (or ``compat.check_packing_upfront``) left on ``model``."""
+    """Drop every verdict Unsloth left on ``model`` (and the trust ``callbacks.PackingTrust`` extended)."""
     for name in [n for n in vars(model) if n.startswith(UNSLOTH_VERDICT_PREFIXES)]:
         delattr(model, name)

@@ -325,6 +325,7 @@ def test_unsloth_keeps_its_packing_trust_in_the_attributes_packing_trust_extends
         assert f"unwrapped_model.{name} = _pg_v" in source
         assert "_pg_v[_pg_layout.signature] = (" in source and "max(_pg_vT, _pg_old[0])" in source
     assert "_pg_T <= _pg_env[0] and _pg_maxseg <= _pg_env[1]" in zoo
+    assert re.search(r"_pg_T <= _pg_env\[0\]\s+and _pg_maxseg <= _pg_env\[1\]", scorer)
 
 
 def test_unsloth_offloads_checkpointed_inputs_only_in_its_own_mode():

@@ -80,6 +80,8 @@ def test_nothing_is_trusted_that_unsloth_has_not_passed(verdict):
 @pytest.mark.parametrize("config", [dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
                                     dict(rope_parameters={"rope_type": "longrope"}),
                                     dict(rope_parameters={"rope_type": "yarn"}),
+                                    dict(rope_parameters={"full_attention": {"rope_type": "default"},
+                                                          "sliding_attention": {"rope_type": "dynamic"}}),
                                     dict(sliding_window=512)])
 def test_a_model_whose_attention_depends_on_the_length_keeps_unsloths_rechecks(config):
     # why: Unsloth re-compares longer batches because a length-dependent RoPE (or a window) can compute them
@@ -92,7 +94,9 @@ def test_a_model_whose_attention_depends_on_the_length_keeps_unsloths_rechecks(c
 
 @pytest.mark.parametrize("config", [{}, dict(rope_scaling=None), dict(rope_scaling={"type": "linear", "factor": 2}),
                                     dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}),
-                                    dict(sliding_window=None)])
+                                    dict(rope_parameters={"full_attention": {"rope_type": "default"},
+                                                          "local": {"rope_type": "linear", "factor": 2.0}}),
+                                    dict(sliding_window=None), dict(sliding_window=4096, use_sliding_window=False)])
 def test_llama_style_positions_do_not_depend_on_the_length(config):
     assert compat.length_dependent(SimpleNamespace(**config)) is None
 
@@ -105,7 +109,7 @@ class Trainer(SimpleNamespace):
                          accelerator=SimpleNamespace(unwrap_model=lambda wrapped: wrapped.module))
 
 
-def test_the_callback_extends_the_trust_after_the_step_whose_checks_passed_and_says_so(caplog):
+def test_the_callback_extends_each_passed_check_after_its_step_and_says_so_once_the_losss_passed(caplog):
     model = llama()
     callback = PackingTrust(rows=36, longest=1536)
     callback.trainer = Trainer(model)
@@ -120,11 +124,38 @@ def test_the_callback_extends_the_trust_after_the_step_whose_checks_passed_and_s
     state.global_step = 3
     with caplog.at_level(logging.INFO, logger="sarashina_grpo.callbacks"):
         callback.on_step_end(None, state, None)
-        callback.on_step_end(None, SimpleNamespace(global_step=4), None)  # done: nothing more to do or say
+        callback.on_step_end(None, SimpleNamespace(global_step=4), None)  # said once
     assert callback.step == 3 and trusted(model, GRAD) == (36 * 1536, 1536)
     assert [r.getMessage() for r in caplog.records if "trusted" in r.getMessage()] == [
         "Unsloth's sequence-packing checks passed at step 3: packed batches of up to 36 rows of 1536 tokens are "
         "trusted for the rest of the run, with no re-check."]
+
+
+def test_without_scoring_the_losss_passed_check_is_enough_to_say_so():
+    # why: with beta 0 and one optimizer step per generation TRL computes no log-probs before the loss, so the
+    # scorer never packs and never compares
+    model = checked_by_unsloth(llama(), kinds=[GRAD])
+    callback = PackingTrust(rows=6, longest=1536)
+    callback.trainer = Trainer(model)
+    callback.on_step_end(None, SimpleNamespace(global_step=1), None)
+    assert callback.step == 1 and trusted(model, GRAD) == (6 * 1536, 1536)
+
+
+def test_the_trainer_trusts_packing_for_its_generation_batch_of_the_longest_rows(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    from sarashina_grpo.pipeline import build_trainer, load_model, prepare
+
+    settings = article_settings(model_name=str(tiny_model_dir), load_in_4bit=False, rollout="default",
+                                per_device_train_batch_size=6, gradient_accumulation_steps=2,
+                                max_completion_length=16, max_prompt_length=300, max_steps=1, save_steps=1000)
+    run = prepare(settings, artifact_dir=tmp_path, run_name="t")
+    model, tokenizer = load_model(run)
+    trust = build_trainer(run, model, tokenizer, report_to="none").packing_trust
+    # the scorer packs a generation batch: 6 rows × 2 optimizer steps, each at most 300 + 16 tokens
+    assert (trust.rows, trust.longest) == (12, 316)
+    assert build_trainer(run, model, tokenizer, report_to="none", trust_packing=False).packing_trust is None
+    monkeypatch.setenv(compat.PACKING_VARIABLE, "0")  # no packing: nothing to trust
+    assert build_trainer(run, model, tokenizer, report_to="none").packing_trust is None
 
 
 def test_the_benchmark_forgets_every_verdict_between_configurations():

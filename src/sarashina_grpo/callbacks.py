@@ -68,10 +68,12 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class PackingTrust(TrainerCallback):
-    """After the step in which Unsloth's own packing comparisons passed (the scorer's and the loss's, on that step's
-    real batch), trust its packing up to the run's largest batch (``compat.extend_packing_trust``): no step later in
-    the run pays 36 extra forwards for a batch longer than any before. ``rows``: the generation batch (the scorer
-    packs it whole, the loss a part); ``longest``: a row's most tokens, prompt bound plus completion bound."""
+    """After each step, trust the packing comparisons of Unsloth's that have passed (on that step's real batch) up
+    to the run's largest batch (``compat.extend_packing_trust``): no later step pays 36 extra forwards for a batch
+    longer than any before. The loss packs every step; the scorer only where TRL scores (β > 0, or several optimizer
+    steps per generation), so the line saying so is logged once the loss's comparison passed. ``rows``: the
+    generation batch (the scorer packs it whole, the loss a part); ``longest``: a row's most tokens, prompt bound
+    plus completion bound."""
 
     def __init__(self, rows: int, longest: int):
         self.rows, self.longest = rows, longest
@@ -85,7 +87,7 @@ class PackingTrust(TrainerCallback):
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         # every step: Unsloth's prefix grouping may first engage (and pass its own check) on a later batch
         self.extended.update(compat.extend_packing_trust(model, tokens=self.rows * self.longest, longest=self.longest))
-        if self.step is None and self.extended == set(compat.PACKING_TRUST):
+        if self.step is None and compat.PACKING_TRUST[0] in self.extended:  # the loss's ("…_grad")
             self.step = state.global_step
             logger.info("Unsloth's sequence-packing checks passed at step %d: packed batches of up to %d rows of %d "
                         "tokens are trusted for the rest of the run, with no re-check.", self.step, self.rows,

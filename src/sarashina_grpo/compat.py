@@ -287,12 +287,15 @@ def packing_enabled() -> bool:
 
 def length_dependent(config) -> str | None:
     """Why a longer packed batch could compute differently from the one Unsloth compared, or None: a RoPE whose
-    rotation depends on the sequence's length, or a sliding attention window (a row past it attends differently)."""
+    rotation depends on the sequence's length (in transformers 5 a config may hold one RoPE per layer type), or a
+    sliding attention window in use (a row past it attends differently)."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-    if kind not in LENGTH_FREE_ROPE:
-        return f"RoPE type {kind!r}"
-    if getattr(config, "sliding_window", None):
+    ropes = ([r for r in rope.values() if isinstance(r, dict)] or [rope]) if isinstance(rope, dict) else [{}]
+    for each in ropes:
+        kind = each.get("rope_type", each.get("type"))
+        if kind not in LENGTH_FREE_ROPE:
+            return f"RoPE type {kind!r}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
         return f"sliding window of {config.sliding_window}"
     return None
 
