@@ -12,7 +12,7 @@ completions per optimizer step (groups of 6), S = TRL ``steps_per_generation`` (
 ``-bf16`` to skip 4-bit loading, ``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained
 model (``--real-model``, e.g. SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its
 end-of-sequence, ``-offload``/``-ongpu`` to set ``Settings.offload_activations`` (gradient checkpointing's saved
-inputs in CPU memory or on the GPU; unset, the machine decides), ``-recheck`` to leave Unsloth re-checking its
+inputs in CPU memory, the default, or on the GPU), ``-recheck`` to leave Unsloth re-checking its
 sequence packing on each longer batch, as it does without ``callbacks.PackingTrust``. Everything else is the
 article's ``Settings``: the model is loaded by ``load_model`` and trained by ``build_trainer`` on
 ``datasets/smalltalk.csv`` with the project's rewards. The 3B shape has random weights, which never stop early, so
@@ -93,7 +93,7 @@ class BenchConfig:
     load_in_4bit: bool = True
     realistic: bool = False  # completions end at lengths drawn from REALISTIC_LENGTHS
     real_model: bool = False  # on --real-model, completions end at the model's own EOS
-    offload_activations: bool | None = None  # Settings.offload_activations: None lets the machine decide
+    offload_activations: bool | None = None  # Settings.offload_activations: None keeps the default (offloaded)
     recheck: bool = False  # Unsloth re-checks its packing on each longer batch (no callbacks.PackingTrust)
 
 
@@ -334,16 +334,17 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
 
     # The package calls of the benchmark, all here.
     from sarashina_grpo.config import article_settings
-    from sarashina_grpo.modeling import load_model, offload_activations
+    from sarashina_grpo.modeling import load_model
     from sarashina_grpo.pipeline import build_trainer, prepare, recorded, run_training
     from sarashina_grpo.preflight import check_model
 
     extra = {"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation > 1 else {}
+    if cfg.offload_activations is not None:
+        extra["offload_activations"] = cfg.offload_activations
     settings = article_settings(
         model_name=model_name, load_in_4bit=cfg.load_in_4bit, rollout="default" if cfg.rollout == PEER else cfg.rollout,
         per_device_train_batch_size=cfg.completions, max_steps=steps, save_steps=10**6,
-        max_completion_length=completion_length, data_path=data, log_completions=False,
-        offload_activations=cfg.offload_activations, **extra,
+        max_completion_length=completion_length, data_path=data, log_completions=False, **extra,
         **(algorithm or {}),
     )
     run = prepare(settings, artifact_dir=work, run_name=cfg.name, check_model=False)
@@ -358,10 +359,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
                     completions=cfg.completions, completion_length=completion_length)
         return run_peer(spec, work)
     load_s = 0.0
-    from transformers import AutoConfig
-
-    # one load per model, precision and checkpointing mode (modeling.offload_activations decides it at the load)
-    key = (model_name, cfg.load_in_4bit, offload_activations(settings, AutoConfig.from_pretrained(model_name)))
+    key = (model_name, cfg.load_in_4bit, settings.offload_activations)  # one load per model, precision, checkpointing
     reused = key in loaded
     if not reused:
         loaded.clear()
@@ -408,7 +406,7 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     row["kl_reference"] = getattr(trainer, "kl_reference", None)  # "base": adapter disabled; "ref": TRL's copy
     trust = getattr(trainer, "packing_trust", None)
     row["packing_trusted_after_step"] = trust.step if trust is not None else None  # Unsloth's checks passed then
-    row["offload_activations"] = key[2]  # modeling.offload_activations: asked, or decided for this card
+    row["offload_activations"] = settings.offload_activations  # checkpointed inputs in CPU memory (Unsloth's mode)
     row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):

@@ -112,10 +112,10 @@ class Settings(GRPOConfig):
     load_in_4bit: bool | None = setting(None, "QLoRA 4-bit loading; unset: on with a CUDA GPU, off without one",
                                         flag=FLAGS["load_in_4bit"], action=OnOff)
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + completion fit with room)")
-    offload_activations: bool | None = setting(None, "Unsloth's gradient checkpointing keeps each layer's saved input "
-                                               "in CPU memory (Unsloth's offloading) instead of on the GPU; unset: "
-                                               "on the GPU where they fit an eighth of the card, else offloaded",
-                                               action=OnOff)
+    offload_activations: bool = setting(True, "Unsloth's gradient checkpointing keeps each layer's saved input in "
+                                        "CPU memory (its offloading; on an H100 the update was no faster with "
+                                        "them on the GPU: docs/speed.md), or with --no-offload-activations on the "
+                                        "GPU")
     backend: str = setting("auto", "model loading: 'unsloth', or plain transformers+PEFT ('trl-peft'); 'auto' = "
                            "unsloth (one process or several)", choices=BACKENDS)
     # --- LoRA

@@ -104,41 +104,13 @@ def load_model(settings: Settings, *, lora: bool = True):
             r=settings.lora_rank,
             target_modules=lora_targets(model_name, settings.lora_target_modules),
             lora_alpha=settings.effective_lora_alpha,
-            # recompute activations (long completions fit in memory), their saved inputs offloaded or not
-            use_gradient_checkpointing="unsloth" if offload_activations(settings, model.config) else True,
+            # recompute activations (long completions fit in memory); "unsloth" offloads their saved inputs
+            use_gradient_checkpointing="unsloth" if settings.offload_activations else True,
             random_state=settings.seed,
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-# Gradient checkpointing saves one input per layer for the backward. Unsloth's "unsloth" mode moves them to CPU
-# memory and back (copies and waits in every layer's forward and backward; in the profile of a 3.3 s update at 36
-# rows on an H100, 0.83 s of host time was inside its checkpoint functions: docs/benchmarks/README.md), which only
-# pays where the card has no room for them. Unset, they stay on the GPU when the estimate fits this share of it.
-ACTIVATIONS_SHARE = 1 / 8
-PROMPT_ALLOWANCE = 256  # prompt tokens per row in that estimate (the project's prompts are ~100-200, template included)
-
-
-def offload_activations(settings: Settings, config) -> bool:
-    """Whether gradient checkpointing offloads its saved layer inputs to CPU memory (Unsloth's "unsloth" mode):
-    ``settings.offload_activations``, or where unset, yes unless they fit ``ACTIVATIONS_SHARE`` of the GPU (on the
-    CPU, Unsloth's default, yes). The estimate is one bf16 hidden state per layer for every token of the loss's
-    batch: ``per_device_train_batch_size`` rows of ``max_completion_length`` + ``PROMPT_ALLOWANCE`` tokens."""
-    if settings.offload_activations is not None or not cuda_available():
-        return settings.offload_activations is not False
-    import torch
-
-    text = getattr(config, "text_config", None) or config
-    need = (settings.per_device_train_batch_size * (settings.max_completion_length + PROMPT_ALLOWANCE)
-            * text.hidden_size * text.num_hidden_layers * 2)
-    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    offload = need > total * ACTIVATIONS_SHARE
-    logger.info("Gradient checkpointing keeps its saved layer inputs %s (about %.1f GiB for %d rows, on a %.0f GiB "
-                "card; --%soffload-activations changes it).", "in CPU memory" if offload else "on the GPU",
-                need / 2**30, settings.per_device_train_batch_size, total / 2**30, "no-" if offload else "")
-    return offload
 
 
 def check_loaded_weights(model, name: str) -> None:

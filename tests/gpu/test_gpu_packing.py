@@ -1,6 +1,6 @@
 """Once Unsloth's own sequence-packing checks pass, it never checks again mid-run (``callbacks.PackingTrust``; the
-CPU side of its logic is tests/test_packing.py), and training runs with gradient checkpointing's saved inputs on the
-GPU (the default on a large card) and offloaded (``--offload-activations``, ``modeling.offload_activations``).
+CPU side of its logic is tests/test_packing.py), and training runs with gradient checkpointing's saved inputs
+offloaded (the default) and on the GPU (``--no-offload-activations``, ``Settings.offload_activations``).
 
 Unsloth's compiled trainer compares its packed forward with one forward per row on its first batch and, left alone,
 on every later batch longer than any before; under ``UNSLOTH_ENABLE_LOGGING=1`` it prints each comparison. Two short
@@ -46,13 +46,13 @@ def logs(tmp_path_factory, small_model_dir, prompts_csv) -> dict[str, str]:
     started = {
         "default": train_logged(tmp_path, small_model_dir, prompts_csv, "default"),
         # two optimizer steps per generation: TRL scores 8 rows at once, the loss packs 4
-        "offloaded": train_logged(tmp_path, small_model_dir, prompts_csv, "offloaded", "--offload-activations",
-                                  "--gradient-accumulation-steps", 2),
+        "on-gpu": train_logged(tmp_path, small_model_dir, prompts_csv, "on-gpu", "--no-offload-activations",
+                               "--gradient-accumulation-steps", 2),
     }
     return {name: run.ok().stdout for name, run in started.items()}
 
 
-@pytest.mark.parametrize("run", ["default", "offloaded"])
+@pytest.mark.parametrize("run", ["default", "on-gpu"])
 def test_unsloth_checks_packing_until_its_checks_pass_and_never_again(logs, run):
     log = logs[run]
     trusted = TRUSTED.search(log)
@@ -62,8 +62,3 @@ def test_unsloth_checks_packing_until_its_checks_pass_and_never_again(logs, run)
     later = UNSLOTH_CHECK.search(log[trusted.end():])
     assert later is None, later.group(0)
     assert "fell back" not in log  # packing stayed on
-
-
-def test_the_saved_inputs_stay_on_a_large_card_unless_offloading_is_asked_for(logs):
-    assert "Gradient checkpointing keeps its saved layer inputs on the GPU" in logs["default"], logs["default"][-4000:]
-    assert "Gradient checkpointing keeps" not in logs["offloaded"]  # asked for: no choice to report (it trained: ok())
