@@ -78,16 +78,15 @@ class PackingTrust(TrainerCallback):
     def __init__(self, rows: int, longest: int):
         self.rows, self.longest = rows, longest
         self.trainer = None  # set by pipeline.build_trainer
-        self.extended: set[str] = set()
-        self.step: int | None = None  # the step after which every kind was trusted
+        self.step: int | None = None  # the step after which the loss's packing was trusted
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.trainer is None:
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        # every step: Unsloth's prefix grouping may first engage (and pass its own check) on a later batch
-        self.extended.update(compat.extend_packing_trust(model, tokens=self.rows * self.longest, longest=self.longest))
-        if self.step is None and compat.PACKING_TRUST[0] in self.extended:  # the loss's ("…_grad")
+        # every step: the scorer, or Unsloth's prefix grouping, may first pass its check on a later batch
+        extended = compat.extend_packing_trust(model, tokens=self.rows * self.longest, longest=self.longest)
+        if self.step is None and compat.PACKING_TRUST[0] in extended:  # the loss's ("…_grad")
             self.step = state.global_step
             logger.info("Unsloth's sequence-packing checks passed at step %d: packed batches of up to %d rows of %d "
                         "tokens are trusted for the rest of the run, with no re-check.", self.step, self.rows,

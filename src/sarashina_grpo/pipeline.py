@@ -281,9 +281,11 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
         linked.append(HeldOutEval(run.eval_rows, every=int(settings.eval_steps), system_prompt=settings.system_prompt,
                                   max_new_tokens=settings.max_completion_length, best_metric=settings.best_metric,
                                   patience=settings.patience))
+    trust = None
     if trust_packing and compat.packing_enabled():
-        linked.append(PackingTrust(rows=settings.per_device_train_batch_size * (settings.steps_per_generation or 1),
-                                   longest=settings.max_prompt_length + settings.max_completion_length))
+        trust = PackingTrust(rows=settings.per_device_train_batch_size * (settings.steps_per_generation or 1),
+                             longest=settings.max_prompt_length + settings.max_completion_length)
+        linked.append(trust)
     peft_config = None
     if not isinstance(model, PeftModel):  # the plain backend's model: TRL adds the LoRA
         from transformers import set_seed
@@ -303,7 +305,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     # The KL reference: the base model (adapter disabled) when the starting adapter is a fresh LoRA, TRL's frozen
     # copy of it otherwise (docs/algorithm.md). Chosen before any step or resume changes the adapter.
     trainer.kl_reference = compat.choose_reference(trainer)
-    trainer.packing_trust = next((c for c in linked if isinstance(c, PackingTrust)), None)
+    trainer.packing_trust = trust
     for callback in [*linked, *callbacks]:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer  # they log through the trainer
