@@ -60,6 +60,24 @@ def test_under_unsloths_config_class_the_trainer_gets_one_built_by_its_own_init(
     assert (args.max_steps, args.generation_batch_size, args.learning_rate, args.bf16) == (7, 12, 5e-6, False)
 
 
+
+def test_unsloths_own_config_fields_are_not_the_projects_schema():
+    from sarashina_grpo import config
+
+    @dataclasses.dataclass
+    class UnslothGRPOConfig(config.GRPOConfig):  # Unsloth's import on a GPU puts this in TRL's place
+        vllm_sampling_params: object = None
+
+    @dataclasses.dataclass
+    class Schema(UnslothGRPOConfig):  # the project's fields over it, as Settings is declared
+        model_name: str = "m"
+
+    fields = config.schema_fields(Schema)
+    # why: run.json records the schema; a process without Unsloth (--backend trl-peft) must read it back
+    assert "model_name" in fields and "learning_rate" in fields and "vllm_sampling_params" not in fields
+    assert set(config.FIELDS) <= {f.name for f in dataclasses.fields(config.Settings)}
+    assert set(article_settings().asked()) == set(config.FIELDS)
+
 def test_plain_adamw_on_a_cpu():
     # why: bitsandbytes' paged optimiser needs CUDA; the recipe's choice stays what was asked
     s = article_settings()

@@ -146,7 +146,7 @@ class Settings(GRPOConfig):
                                                "--dynamic-sampling; groups still missing are filled with dropped ones")
 
     def __post_init__(self):
-        self._asked = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        self._asked = {name: getattr(self, name) for name in FIELDS}
         for name, value in self._asked.items():
             setattr(self, name, typed(name, value))
         self.reward_names = split_names(self.reward_names)
@@ -205,8 +205,18 @@ class Settings(GRPOConfig):
         return json.loads(json.dumps(self._asked, default=str))
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-TRL_FIELDS = [f.name for f in dataclasses.fields(GRPOConfig)]
+
+def schema_fields(cls: type) -> dict[str, dataclasses.Field]:
+    """The fields of ``cls``'s schema: TRL's own ``GRPOConfig`` and ``cls``'s. On a GPU, Unsloth's import puts its
+    subclass of ``GRPOConfig`` in TRL's place; its extra fields (``vllm_sampling_params``, …) have their defaults and
+    are never recorded, so a ``run.json`` reads the same in a process without Unsloth (``--backend trl-peft``)."""
+    trl_config = next(c for c in cls.__mro__ if (c.__module__, c.__name__) == ("trl.trainer.grpo_config", "GRPOConfig"))
+    names = {f.name for f in dataclasses.fields(trl_config)} | set(vars(cls).get("__annotations__", {}))
+    return {f.name: f for f in dataclasses.fields(cls) if f.name in names}
+
+
+FIELDS = schema_fields(Settings)
+TRL_FIELDS = [name for name in FIELDS if name not in vars(Settings)["__annotations__"]]
 HINTS = typing.get_type_hints(Settings)
 
 
