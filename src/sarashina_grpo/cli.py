@@ -10,14 +10,10 @@
     sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/step500 --merged
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m sarashina_grpo train --max-steps 500
 
-``train`` is TRL's own ``TrlParser`` over ``config.Settings`` (TRL's ``GRPOConfig`` and the project's fields), as
-``trl grpo`` and open-r1 parse: ``--max-steps`` and ``--max_steps`` both work, ``--config`` lays a YAML recipe over
-the article's (``configs/recipes/article.yaml``), flags win. Its parser is built after ``import unsloth`` (which
-must patch TRL before TRL is imported), so a typo in a ``train`` flag costs Unsloth's start-up, and still fails
-before any model loads. The other commands are transformers' ``HfArgumentParser`` over their option dataclasses
-(``options.py``), fields without a flag being positional arguments; they never import TRL to parse.
-
-A mistake is one ``error:`` line naming the closest flag or command.
+``train`` is TRL's ``TrlParser`` over ``config.Settings``, as ``trl grpo`` parses (``--config`` lays a YAML recipe
+over the article's; flags win), built after ``import unsloth`` (which must patch TRL first). The other commands are
+transformers' ``HfArgumentParser`` over ``options.py``'s dataclasses. A mistake is one ``error:`` line naming the
+closest flag or command.
 """
 
 from __future__ import annotations
@@ -35,8 +31,7 @@ from .project import SettingsError, check_address_space, did_you_mean
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """``--help`` lists each flag in its dashed spelling (and alias); the ``--field_name`` spelling that
-    ``HfArgumentParser`` also accepts would double every line."""
+    """``--help`` lists each flag in its dashed spelling (and alias), not also as the ``--field_name`` it accepts."""
 
     def _format_action_invocation(self, action):
         dashed = [s for s in action.option_strings if "_" not in s]
@@ -47,8 +42,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def flag_class(cls, names=None, title: str | None = None):
-    """``cls`` as ``HfArgumentParser`` reads it: its fields in ``names`` (all when None) that take a flag, grouped
-    under ``title`` in ``--help``."""
+    """``cls`` as ``HfArgumentParser`` reads it: its flag fields in ``names`` (None: all), under ``title`` in help."""
     hints = typing.get_type_hints(cls)
     fields = [(f.name, hints[f.name], dataclasses.field(default=None if f.default is dataclasses.MISSING else f.default,
                                                         metadata=dict(f.metadata)))
@@ -65,8 +59,7 @@ class OneLineErrors:
     result (``given``), so that only the flags given override a recipe and a resumed run's ``run.json``."""
 
     def error(self, message):
-        """argparse's own complaints (a value of the wrong type, a missing argument, an unknown flag) as the one
-        ``error:`` line every other mistake gets, naming the flag as users spell it (not its ``_`` alias)."""
+        """argparse's complaints as one ``error:`` line, naming the flag as users spell it (not its ``_`` alias)."""
         def dashed(match) -> str:  # the shortest dashed spelling: --model, not --model-name or --model_name
             names = match.group(1).split("/")
             return min((n for n in names if "_" not in n.lstrip("-")), key=len, default=names[-1])
@@ -75,8 +68,7 @@ class OneLineErrors:
         raise SettingsError(f"{self.prog}: {message} (`{self.prog} --help` lists the flags).")
 
     def given(self, argv: list[str]) -> argparse.Namespace:
-        """The flags in ``argv`` (and positional arguments), none of the defaults; an unknown flag is an error
-        naming the closest one."""
+        """The flags and positional arguments in ``argv``, none of the defaults; an unknown flag names the closest."""
         for action in self._actions:  # as TRL's TrlParser.set_defaults_with_config sets them
             if action.option_strings and action.dest != "help":
                 action.default = argparse.SUPPRESS
@@ -96,17 +88,15 @@ class OneLineErrors:
 
 
 def debug_flag(argv: list[str], name: str) -> tuple[list[str], bool]:
-    """``argv`` (of command ``name``) without ``--debug`` given after the command, and whether it was there.
-    ``train``'s TRL has a ``--debug`` of its own that takes a value (``--debug underflow_overflow``): there only a
-    bare ``--debug`` is the project's."""
+    """``argv`` (of command ``name``) without ``--debug`` given after the command, and whether it was there; in
+    ``train``, whose TRL ``--debug`` takes a value (``--debug underflow_overflow``), only a bare one."""
     bare = [i for i, word in enumerate(argv) if word == "--debug" and (
         name != "train" or i + 1 == len(argv) or argv[i + 1].startswith("-"))]
     return [word for i, word in enumerate(argv) if i not in bare], bool(bare)
 
 
 def command_parser(name: str, command) -> argparse.ArgumentParser:
-    """The parser of one command other than ``train``: its option dataclasses through ``HfArgumentParser``, its
-    positional fields."""
+    """The parser of a command other than ``train``: its option dataclasses through ``HfArgumentParser``."""
     from transformers.hf_argparser import HfArgumentParser  # the lazy transformers root: no torch, no model code
 
     class CommandParser(OneLineErrors, HfArgumentParser):
@@ -128,9 +118,7 @@ def command_parser(name: str, command) -> argparse.ArgumentParser:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    """``train``'s parser: TRL's ``TrlParser`` over the run's ``Settings``, the run options and ``--threads``: every
-    field is a flag (``--max-steps`` and ``--max_steps``), with short forms of the article's flags as aliases. It
-    imports TRL: call it after ``noise.import_unsloth`` (``commands.import_training_stack``)."""
+    """``train``'s parser, TRL's ``TrlParser`` over ``Settings``; it imports TRL: after ``import_training_stack``."""
     from trl import TrlParser
 
     from .config import FIELDS, HINTS, RUN_OWNED, Settings, article
@@ -193,7 +181,7 @@ def top_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The parsed command line: the flags given (and positional arguments), with ``command`` and ``run``."""
+    """The parsed command line: the flags and positional arguments given, with ``command`` and ``run``."""
     top = top_parser()
     args = top.parse_args(argv)
     if not args.command:
@@ -212,8 +200,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parsed = train_parser().given(rest)
     else:
         parsed = command_parser(name, COMMANDS[name]).given(rest)
-    # Under names no field has: TRL's TrainingArguments has a `debug` field of its own.
-    parsed.cli_debug = args.debug or debug_after
+    parsed.cli_debug = args.debug or debug_after  # not `debug`: a field of TRL's TrainingArguments
     parsed.command, parsed.run = name, COMMANDS[name].run
     return parsed
 

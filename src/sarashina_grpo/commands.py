@@ -3,9 +3,8 @@
     from sarashina_grpo.commands import COMMANDS
     COMMANDS["train"].run(args)   # args: cli.parse_args(["train", "--model", "tiny", "--max-steps", "5"])
 
-A command is one entry of ``COMMANDS``: its help, the function that runs it, its option dataclasses and the
-``Settings`` fields it takes. Each run function reads the parsed flags into those dataclasses (``options``), has
-``preflight`` check them, and only then imports what is heavy (Unsloth first, where a model is trained).
+Each run function reads the parsed flags into its option dataclasses, has ``preflight`` check them, and only then
+imports what is heavy (Unsloth first, where a model is trained).
 """
 
 from __future__ import annotations
@@ -37,11 +36,9 @@ from .project import SettingsError, default_artifact_dir, process_rank, stop_gra
 
 
 def end_process_group(trainer=None) -> None:
-    """Close the process group ``prepare`` opened under ``accelerate launch``: a process that exits with it still
-    open can abort in its C++ destructor ("terminate called without an active exception", exit -6), at random.
-
-    After training, the ranks first wait for each other, so that none closes a connection another still uses;
-    not after an interrupt, where a rank that was not stopped would keep the others waiting."""
+    """Close ``accelerate launch``'s process group: exiting with it open can abort at random in its C++ destructor
+    (exit -6). After training the ranks first wait for each other (none closes a connection another uses); not after
+    an interrupt, where a rank that was not stopped would keep the others waiting."""
     if "torch" in sys.modules:
         import torch.distributed as dist
 
@@ -52,8 +49,7 @@ def end_process_group(trainer=None) -> None:
 
 
 def backend_asked(argv: list[str]) -> str | None:
-    """The ``--backend`` a ``train`` command line asks for, directly or in its ``--config`` recipe (read before
-    TRL is imported: it decides whether Unsloth is)."""
+    """The ``--backend`` a ``train`` command line asks for, as a flag or in its ``--config`` recipe."""
     from .project import load_recipe
 
     def values(flag: str) -> list[str]:  # of `--flag VALUE` and `--flag=VALUE`, in order
@@ -67,8 +63,7 @@ def backend_asked(argv: list[str]) -> str | None:
 
 
 def import_training_stack(argv: list[str]) -> None:
-    """Unsloth first (it patches transformers and TRL), unless the command line asks for the plain backend: then TRL
-    first, which keeps ``config`` from importing Unsloth."""
+    """Unsloth first (it patches transformers and TRL), or for the plain backend TRL first (then without Unsloth)."""
     from .modeling import use_triton_interpreter_without_gpu
     from .noise import import_unsloth
 
@@ -80,8 +75,7 @@ def import_training_stack(argv: list[str]) -> None:
 
 
 def train_settings(args: argparse.Namespace):
-    """(settings, the fields set explicitly) of a parsed ``train`` command line: the article's recipe < ``--config``
-    < the flags given. On a resume the run's ``run.json`` takes the article's place (``pipeline.prepare``)."""
+    """(settings, the fields set explicitly) of ``train``'s flags: the article's recipe < ``--config`` < flags."""
     from .config import FIELDS, load_settings
     from .project import load_recipe
 
@@ -124,8 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"Stopped by {trainer.interrupted} at step {step}; saved {paths.output_dir / f'checkpoint-{step}'}. "
               f"Continue with: {resume}", file=sys.stderr)
         return 130  # the shell's code for "ended by SIGINT"
-    processes = trainer.accelerator.num_processes
-    on = f" on {processes} processes" if processes > 1 else ""
+    on = f" on {processes} processes" if (processes := trainer.accelerator.num_processes) > 1 else ""
     print(f"Finished at step {step}{on}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
     return 0
 
@@ -174,13 +167,11 @@ def run_infer(args: argparse.Namespace) -> None:
 
 
 def default_eval_name(model: str) -> str:
-    """A folder name for an evaluation of ``model``: 'checkpoint-500' of run 'r1' becomes 'r1-checkpoint-500', its
-    'best' 'r1-best'."""
+    """An evaluation's name for ``model``: run r1's checkpoint-500 gives 'r1-checkpoint-500', its best 'r1-best'."""
     from .best import names_best
     from .checkpoints import step_of
 
-    in_run = step_of(model) is not None or names_best(model)
-    parts = Path(model).parts[-2:] if in_run else Path(model).parts[-1:]
+    parts = Path(model).parts[-2:] if step_of(model) is not None or names_best(model) else Path(model).parts[-1:]
     return "-".join(parts).replace(".", "_") or "model"
 
 
@@ -209,8 +200,7 @@ def run_eval(args: argparse.Namespace) -> None:
         names.insert(0, name)
     if len(names) >= 2:
         table, chart = compare_runs(names, artifact_dir=artifact_dir)
-        print(table)
-        print(f"Chart: {chart}")
+        print(f"{table}\nChart: {chart}")
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -257,16 +247,13 @@ def run_warmstart(args: argparse.Namespace) -> None:
 
 
 def later(module: str, name: str):
-    """``name`` of ``module``, loaded when a command's parser is built: an option class (or its field names) of a
-    command whose module is not imported with this one."""
+    """``name`` of ``module``, loaded when a command's parser is built (a module not imported with this one)."""
     return lambda: getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 @dataclass
 class Command:
-    """A sub-command: its help, what it runs, and its option dataclasses as (class, the field names it takes or None
-    for all, group title in ``--help``); a class or its field names may come from a function, loaded on demand.
-    ``train``'s options are the run's settings, parsed by ``cli.train_parser`` after Unsloth is imported."""
+    """A sub-command: help, run function, option dataclasses as (class or ``later``, field names or None, title)."""
 
     help: str
     run: typing.Callable[[argparse.Namespace], int | None]
@@ -276,8 +263,7 @@ class Command:
 MACHINE = (CpuOptions, None, "machine")
 GENERATION = ((GenerateOptions, None, "generation"), (RoleOptions, None, "role"), MACHINE)
 MODEL = (ModelOptions, None, "model")
-# A new command is one options dataclass and one entry here.
-COMMANDS = {
+COMMANDS = {  # a new command is one options dataclass and one entry here
     "demo": Command("the CPU demo, offline, a few minutes: warm-start the tiny model, GRPO it, show the "
                     "strict-format rate before and after and the reward curve", run_demo,
                     ((later("demo", "DemoSettings"), DEMO_FIELDS, "demo"),

@@ -1,9 +1,7 @@
 """Failures a user can cause or fix become one ``error: …`` line and exit code 2; bugs keep their traceback.
 
-``cli.main`` hands every exception to ``report``: settings and data errors, missing or damaged files, folders in
-the way, a full disk, read-only places. ``--debug`` (or ``SARASHINA_GRPO_DEBUG=1``) prints the full traceback as
-well, for bug reports. The checks that make such mistakes cost seconds are ``preflight``'s;
-docs/troubleshooting.md lists every message.
+``cli.main`` hands every exception to ``report``; ``--debug`` (or ``SARASHINA_GRPO_DEBUG=1``) prints the traceback
+as well. docs/troubleshooting.md lists every message.
 """
 
 from __future__ import annotations
@@ -47,10 +45,8 @@ def _chain(exc: BaseException):
 
 def _file_in_the_way(path: str | os.PathLike) -> Path | None:
     """The nearest existing part of ``path`` that is a file where a folder is needed."""
-    for part in [Path(path), *Path(path).parents]:
-        if part.exists():
-            return part if not part.is_dir() else None
-    return None
+    part = next((part for part in [Path(path), *Path(path).parents] if part.exists()), None)
+    return part if part is not None and not part.is_dir() else None
 
 
 def _os_error_message(err: OSError) -> str | None:
@@ -64,8 +60,7 @@ def _os_error_message(err: OSError) -> str | None:
     if code in (errno.EACCES, errno.EPERM):
         return f"Permission denied{where}. {WRITE_FIX}"
     if code in (errno.ENOTDIR, errno.EEXIST):
-        blocker = _file_in_the_way(err.filename) if err.filename else None
-        if blocker is not None:
+        if (blocker := _file_in_the_way(err.filename) if err.filename else None) is not None:
             return f"{blocker} is a file where a folder is needed. Move or rename it, or {home_fix(blocker)}."
         return f"A file is in the way where a folder is needed{where}. Move or rename it."
     if code == errno.EISDIR:
@@ -95,8 +90,7 @@ def memory_message() -> str:
     """Host memory ran out (a ``MemoryError``): the process's address-space limit when one is set, else the machine."""
     import resource
 
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft != resource.RLIM_INFINITY:
+    if (soft := resource.getrlimit(resource.RLIMIT_AS)[0]) != resource.RLIM_INFINITY:
         return (f"Out of memory: this process may use at most {soft / 2**30:.1f} GiB of address space (ulimit -v), "
                 "and loading the training stack and a model takes more. Raise the limit (ulimit -v unlimited), or "
                 "run where it is higher.")
@@ -111,7 +105,7 @@ def file_size_limit_text() -> str:
     return f"it reached this process's file-size limit of {limit:,} bytes (ulimit -f)"
 
 
-# --- the Hugging Face hub ---------------------------------------------------------------------------------------
+# --- the Hugging Face hub
 
 # The proxy variables huggingface_hub's HTTP client (httpx) reads for an https:// hub, in the order it reads them.
 PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
@@ -126,8 +120,7 @@ HUB_REPO_RE = re.compile(r"^/(?:api/models/)?([^/]+/[^/]+?)(?:/|$)")
 
 
 def proxy_for(endpoint: str, env=None) -> tuple[str, str] | None:
-    """(variable, proxy URL) that a download from ``endpoint`` goes through, None when it goes direct (no proxy
-    variable, or ``NO_PROXY`` names the host)."""
+    """(variable, proxy URL) that a download from ``endpoint`` goes through; None: direct (``NO_PROXY`` may say so)."""
     import urllib.request
 
     env = os.environ if env is None else env
@@ -153,8 +146,7 @@ def shown_url(url: str) -> str:
 
 
 def hub_unreachable_message(model: str | None, endpoint: str, cache: str | None = None, detail: str = "") -> str:
-    """The one line for hub id ``model`` (None: not known) that cannot be had: the hub unreachable (through the
-    proxy, when one is set), and the ways to go on without it."""
+    """The one line for hub id ``model`` (None: not known) that cannot be had, and the ways to go on without it."""
     host = urlparse(endpoint).hostname or endpoint
     proxy = proxy_for(endpoint)
     route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
@@ -167,8 +159,7 @@ def hub_unreachable_message(model: str | None, endpoint: str, cache: str | None 
 
 
 def hub_connection_failure(exc: BaseException) -> str | None:
-    """The one line for a hub download that failed for want of a connection (see ``HUB_CONNECTION_ERRORS``),
-    naming the model from the failed request's URL where the chain has one; None for anything else."""
+    """The one line for a hub download that failed for want of a connection, naming the model from its URL; or None."""
     chain = list(_chain(exc))
     failed = [err for err in chain if (type(err).__module__, type(err).__name__) in HUB_CONNECTION_ERRORS
               or (type(err).__module__.split(".")[0] in HUB_CLIENT_MODULES
@@ -222,10 +213,8 @@ def user_error_message(exc: BaseException) -> str | None:
 
 
 def report(exc: BaseException, *, debug: bool = False, stream=None) -> int | None:
-    """Print ``error: …`` for a user-caused failure and return the exit code (2); None means a bug: re-raise it.
-    With ``debug`` the full traceback comes first, for bug reports."""
-    message = user_error_message(exc)
-    if message is None:
+    """Print ``error: …`` (the traceback first with ``debug``) and return 2 for a user-caused failure; None: a bug."""
+    if (message := user_error_message(exc)) is None:
         return None
     stream = stream or sys.stderr
     if debug_enabled(debug):

@@ -3,9 +3,8 @@
     from sarashina_grpo.options import RunOptions, options
     run_options = options(args, RunOptions)   # the flags given, over the dataclass's defaults
 
-Each option class is a dataclass whose fields are flags (``cli.py`` hands them to transformers' ``HfArgumentParser``);
-``metadata["positional"]`` marks a field given without a flag. Nothing here imports TRL: ``ModelOptions`` is what
-``infer`` and ``eval`` need of a model, without the training settings (``config.Settings``, TRL's ``GRPOConfig``).
+Each field is a flag (``cli.py`` hands the classes to transformers' ``HfArgumentParser``), or, with
+``metadata["positional"]``, a positional argument. Nothing here imports TRL.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ from .project import DEFAULT_MODEL_NAME, SYSTEM_PROMPT, OnOff, setting
 class RunOptions:
     """Where a training run goes and what it continues; not part of its maths, so not in ``Settings``."""
 
-    artifact_dir: str | None = setting(None, "where logs/<run>/ and outputs/<run>/checkpoint-N go; unset: "
-                                       "artifact/ in the project folder")
+    artifact_dir: str | None = setting(None, "where logs/<run>/ and outputs/<run>/checkpoint-N go; unset: artifact/ "
+                                       "in the project folder")
     run_name: str | None = setting(None, "name of the run folders; unset: a timestamp")
     resume: str | None = setting(None, "continue a run from its last intact checkpoint: 'latest' (the flag alone), a "
                                  "run name, a run folder or a checkpoint-N folder", nargs="?", const="latest")
@@ -135,8 +134,7 @@ class BuildTinyOptions:
     seed: int = setting(0, "random seed of the weights")
 
 
-# The demo's own knobs (sarashina_grpo.demo.DemoSettings); its training settings are fixed by the demo's recipe.
-DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "eval_steps", "threads")
+DEMO_FIELDS = ("seed", "steps", "logging_steps", "eval_limit", "eval_steps", "threads")  # demo.DemoSettings' flags
 
 
 def given(args: argparse.Namespace, cls, names=None) -> dict:

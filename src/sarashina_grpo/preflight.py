@@ -2,11 +2,9 @@
 
     checked = check_run(settings, artifact_dir=Path("artifact"))  # CheckedRun(settings, rows, eval_rows) or an error
 
-The settings check their own fields as they are built (``config.Settings.__post_init__``). This module checks what
-needs the disk, the machine or the registry: rewards, prompt files, device, model, artifact folder, a resumed run's
-recorded settings, and the other commands' options and output folders (the run folder's own promises are ``runs``').
-Whether a model can load here is checked from plain values (the second half), so that ``export``, ``warmstart`` and
-``modeling`` use the same checks without a run's settings.
+Settings check their own fields (``config.Settings.__post_init__``); this module checks what needs the disk, the
+machine or the registry, and the other commands' options and folders. The model checks take plain values, so that
+``export``, ``warmstart`` and ``modeling`` share them.
 """
 
 from __future__ import annotations
@@ -38,8 +36,8 @@ if typing.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BASE_MODEL = "base_model"  # run.json's record of the weights the adapter trains on (pipeline.record_base_model)
-# Warm-up steps beyond which no realistic run of this project gets to its full learning rate (the article's run:
-# 500 steps, 50 of warm-up); a longer one usually comes from a huge --max-steps meant as "until I stop it".
+# Warm-up steps beyond which no realistic run gets to its full learning rate (the article's: 50 of 500 steps); a
+# longer one usually comes from a huge --max-steps meant as "until I stop it".
 REALISTIC_WARMUP_STEPS = 1_000
 # LoRA weights are fp32 of order 1e-2; fp32 resolves ~1e-7 relative, i.e. ~1e-9 absolute. An Adam step moves a
 # weight by about the learning rate, so below this every update rounds to no change at all.
@@ -107,10 +105,8 @@ def check_rewards_have_columns(settings: Settings, rows) -> None:
 
 
 def check_report_to(report_to) -> None:
-    """A ``report_to`` backend whose package is missing (transformers would raise after the model loads, leaving a
-    run folder with nothing but run.json)."""
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    for name in names:
+    """A ``report_to`` backend whose package is missing: transformers would raise only after the model loads."""
+    for name in [report_to] if isinstance(report_to, str) else list(report_to or []):
         module = REPORT_MODULES.get(name)
         if module and importlib.util.find_spec(module) is None:
             if name == "tensorboard" and importlib.util.find_spec("tensorboardX"):
@@ -129,30 +125,23 @@ def warmup_steps(settings: Settings) -> int:
 def settings_warnings(settings: Settings) -> list[str]:
     """Legal settings that are almost surely a mistake, each as one sentence saying what to change."""
     found = []
-    warmup = warmup_steps(settings)
-    if warmup > REALISTIC_WARMUP_STEPS:
-        found.append(
-            f"The learning-rate warm-up lasts {warmup:,} steps (warmup_steps {settings.warmup_steps:g} × max_steps "
-            f"{settings.max_steps:,}): the learning rate stays below {settings.learning_rate:g} for all of them, "
-            "which is the whole run if you stop it earlier. Set --max-steps to the steps you mean to run, or "
-            "lower --warmup-steps."
-        )
+    if (warmup := warmup_steps(settings)) > REALISTIC_WARMUP_STEPS:
+        found.append(f"The learning-rate warm-up lasts {warmup:,} steps (warmup_steps {settings.warmup_steps:g} × "
+                     f"max_steps {settings.max_steps:,}): the learning rate stays below {settings.learning_rate:g} "
+                     "for all of them, which is the whole run if you stop it earlier. Set --max-steps to the steps "
+                     "you mean to run, or lower --warmup-steps.")
     if 0 < settings.learning_rate < NO_UPDATE_LEARNING_RATE:
-        found.append(
-            f"learning_rate {settings.learning_rate:g} is so small that every update rounds to no change in the "
-            "weights: training would do nothing. The article's run uses 5e-06 (CLI --learning-rate)."
-        )
+        found.append(f"learning_rate {settings.learning_rate:g} is so small that every update rounds to no change in "
+                     "the weights: training would do nothing. The article's run uses 5e-06 (CLI --learning-rate).")
     if 0 < settings.temperature < NEAR_GREEDY_TEMPERATURE:
-        found.append(
-            f"temperature {settings.temperature:g} makes the completions of a group nearly identical; GRPO learns "
-            "only from their differences, so most steps would change nothing. Use about 0.7-1.0 (CLI --temperature)."
-        )
+        found.append(f"temperature {settings.temperature:g} makes the completions of a group nearly identical; GRPO "
+                     "learns only from their differences, so most steps would change nothing. Use about 0.7-1.0 "
+                     "(CLI --temperature).")
     return found
 
 
 def check_writable(root: Path) -> None:
-    """The artifact folder can be written, and neither it nor a sub-folder is a file (else a traceback, and an empty
-    run folder, halfway through creating them)."""
+    """The artifact folder can be written, and neither it nor a sub-folder is a file (else a traceback halfway)."""
     if root.exists() and not root.is_dir():
         raise SettingsError(f"Artifact folder {root} is a file. Choose another with --artifact-dir, or move the file.")
     for name, holds in ARTIFACT_FOLDERS.items():
@@ -182,18 +171,16 @@ def read_run_info(run_dir: Path) -> dict | None:
 
 def check_resume_settings(settings: Settings, run_dir: Path) -> None:
     """Refuse to continue a run with settings that change its maths; warn on harmless changes."""
-    info = read_run_info(run_dir)
-    if info is None:
+    if (info := read_run_info(run_dir)) is None:
         return
     before, now = info["settings"], settings.asked()
     changed = {k: (before.get(k), now[k]) for k in now if k in before and before[k] != now[k]}
     hard = {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}
     if hard:
         listed = "; ".join(f"{k}: run used {a!r}, now {b!r}" for k, (a, b) in hard.items())
-        raise SettingsError(
-            f"Resuming {run_dir.name} with different settings ({listed}). Resume with the run's own settings "
-            f"(the CLI takes them from {run_dir / RUN_INFO} for every flag you do not pass), or start a new run."
-        )
+        raise SettingsError(f"Resuming {run_dir.name} with different settings ({listed}). Resume with the run's own "
+                            f"settings (the CLI takes them from {run_dir / RUN_INFO} for every flag you do not pass), "
+                            "or start a new run.")
     for k, (a, b) in changed.items():
         # 'auto' is resolved when training starts: say which engine the run used, which may be the one asked now
         ran = f", which ran {info['rollout']!r}" if k == "rollout" and info.get("rollout") not in (None, a) else ""
@@ -202,17 +189,14 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
 
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
               check_model_files: bool = True) -> CheckedRun:
-    """Every check of a training run, in the order a user would fix them; one ``SettingsError``/``DataError``.
-    ``run_dir``: the run being resumed (its ``run.json`` must agree). ``check_model_files`` off: the caller brings
-    its own loaded model (the benchmark, the learning proof)."""
+    """Every check of a training run, in the order a user would fix them. ``run_dir``: the run being resumed (its
+    ``run.json`` must agree); ``check_model_files`` off: the caller brings its own loaded model."""
     check_rewards(settings.reward_names, settings.max_completion_length)
-    # values TRL's GRPOConfig takes as they are, which fail only after the model loads
-    check_report_to(settings.report_to)
+    check_report_to(settings.report_to)  # values TRL takes as they are, which fail only after the model loads
     check_push_to_hub(settings.push_to_hub)
     for warning in settings_warnings(settings):
         logger.warning(warning)
-    # The files the user named come first: a missing prompt file is reported even where the model would not run
-    # on this machine either, so that one fix is not hidden behind another.
+    # The files named come first: a missing prompt file is not hidden behind a model that would not run here either.
     rows = check_prompts(project_path(settings.data_path))
     eval_rows = check_prompts(project_path(settings.eval_data))[: settings.eval_limit] if settings.eval_steps else []
     check_rewards_have_columns(settings, rows)
@@ -232,8 +216,7 @@ def check_model(settings, *, training: bool):
 
     if isinstance(settings, ModelOptions):
         settings = settings.resolved()
-    best = resolve_best(settings.model_name)  # <run>/best: that run's best checkpoint
-    if best != settings.model_name:
+    if (best := resolve_best(settings.model_name)) != settings.model_name:  # <run>/best: that run's best checkpoint
         settings = (dataclasses.replace(settings, model_name=best) if isinstance(settings, ModelOptions)
                     else settings.replace(model_name=best))
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=training)
@@ -258,8 +241,7 @@ def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_
                         ("--samples-per-prompt", samples_per_prompt)):
         if not is_whole(value):
             raise SettingsError(f"{flag} must be at least 1, got {value}.")
-    # checked with or without --sample: a value no sampling could use is a mistake either way
-    if not (finite_number(temperature) and 0 < temperature <= 10):
+    if not (finite_number(temperature) and 0 < temperature <= 10):  # even without --sample: no sampling can use it
         raise SettingsError(f"--temperature must be in (0, 10] (it sets how random --sample is), got {temperature}; "
                             "for deterministic answers drop --sample (greedy decoding) instead of a temperature of 0.")
     if not (finite_number(top_p) and 0 < top_p <= 1):
@@ -291,8 +273,7 @@ def check_eval_limit(limit: int | None) -> None:
 
 
 def metrics_problem(metrics) -> str | None:
-    """Why a parsed ``metrics.json`` is not one an evaluation wrote: not an object, or a figure (every key but
-    ``meta``) that is not a number (null is fine: an evaluation without answers has no accuracy)."""
+    """Why a parsed ``metrics.json`` is no evaluation's: not an object, or a figure (but ``meta``) not number/null."""
     if not isinstance(metrics, dict):
         return f"holds a JSON {type(metrics).__name__}, not an evaluation's figures"
     for key, value in metrics.items():
@@ -318,10 +299,9 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
             damaged.append(f"{metrics} {problem}")
     if missing:
         known = sorted(p.name for p in eval_dir.glob("*") if (p / "metrics.json").is_file())
-        raise SettingsError(
-            f"--compare: no evaluation named {', '.join(map(repr, missing))} (looked in {eval_dir}). Evaluations "
-            f"there: {known or 'none'}. Run `sarashina-grpo eval --name NAME` first, or give an evaluation folder."
-        )
+        raise SettingsError(f"--compare: no evaluation named {', '.join(map(repr, missing))} (looked in {eval_dir}). "
+                            f"Evaluations there: {known or 'none'}. Run `sarashina-grpo eval --name NAME` first, or "
+                            "give an evaluation folder.")
     if damaged:
         raise SettingsError(f"--compare: {'; '.join(damaged)}. Run that evaluation again (sarashina-grpo eval "
                             "--name …).")
@@ -342,8 +322,7 @@ def check_demo(demo, run_name: str | None = None) -> None:
 
 
 def check_new_folder(folder: str | Path, label: str) -> Path:
-    """``folder`` expanded, when it is new or an empty folder: nothing a command writes there overwrites anything.
-    An empty path (an unset ``$OUT``) is refused: ``Path("")`` is the working folder."""
+    """``folder`` expanded, if new or empty (nothing is overwritten); an empty path (an unset ``$OUT``) is refused."""
     if not str(folder).strip():
         raise SettingsError(f"{label} is an empty path (an unset variable?); give the folder to write to.")
     folder = Path(folder).expanduser()
@@ -376,7 +355,7 @@ def check_warm_start_command(recipe) -> None:
                             "place.")
 
 
-# --- whether a model can load here: plain values in, one SettingsError (ModelNotFoundError) out
+# --- whether a model can load here: plain values in, one ModelNotFoundError (a SettingsError) out
 
 
 HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect in well under a second; an offline one fails at DNS
@@ -394,15 +373,13 @@ def model_label(name: str) -> str:
 
 def looks_like_path(name: str) -> bool:
     """A local folder rather than a hub id ("org/name", exactly one slash)."""
-    return (
-        name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
-        or Path(name).expanduser().exists() or any(step_of(part) is not None for part in Path(name).parts)
-    )
+    return (name.startswith((".", "/", "~", "artifact/")) or "\\" in name or name.count("/") > 1
+            or Path(name).expanduser().exists() or any(step_of(part) is not None for part in Path(name).parts))
 
 
 def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
     """The hub's host answers within ``timeout`` on the route a download takes: straight, or through the proxy set
-    (``errors.proxy_for``) and a ``CONNECT`` tunnel it grants (what huggingface_hub's client asks a proxy for)."""
+    (``errors.proxy_for``) and a ``CONNECT`` tunnel it grants (as huggingface_hub's client asks)."""
     url = urlparse(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     proxy = proxy_for(endpoint)
@@ -451,8 +428,7 @@ def check_push_to_hub(push_to_hub) -> None:
 
 
 def check_hub_model(name: str) -> None:
-    """Hub id ``name`` neither cached nor downloadable now: one line in seconds, not the loader's traceback after
-    minutes of retries."""
+    """Hub id ``name`` neither cached nor downloadable now: one line in seconds, not a traceback after retries."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
@@ -499,25 +475,21 @@ def check_model_name(name: str) -> None:
                 "while saving. Use an earlier checkpoint-N of the same run.")
     else:
         hint = examples
-    raise ModelNotFoundError(
-        f"{model_label(name)} holds neither model files (config.json + model.safetensors) nor LoRA adapter files "
-        f"(adapter_config.json + adapter_model.safetensors). {hint}"
-    )
+    raise ModelNotFoundError(f"{model_label(name)} holds neither model files (config.json + model.safetensors) nor "
+                             f"LoRA adapter files (adapter_config.json + adapter_model.safetensors). {hint}")
 
 
 # Files a tokenizer loads from: the fast tokenizer's JSON, a SentencePiece model, or a BPE/WordPiece vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
                    "vocab.txt")
-# config.json fields that are counts for every architecture this project loads: text or a fraction there means the
-# file was edited or overwritten, and transformers would fail with a traceback after importing everything.
+# config.json fields that are counts in every architecture loaded here: text or a fraction means a damaged file.
 CONFIG_COUNTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "max_position_embeddings")
 
 
 def model_folder_problem(folder: Path) -> str | None:
     """What keeps a full model folder from loading, read from its small files (tokenizer files, config.json)."""
-    files = {p.name for p in folder.iterdir()}
-    if not files & set(TOKENIZER_FILES):
+    if not {p.name for p in folder.iterdir()} & set(TOKENIZER_FILES):
         return (f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, …): the model cannot read or "
                 "write text. Copy them from the model it came from (they are saved with every checkpoint).")
     try:
@@ -544,8 +516,8 @@ def nonfinite_parameters(model, limit: int = 3) -> list[str]:
 
 
 def check_finite_model(model, what: str, fix: str) -> None:
-    """Raise ``SettingsError`` naming the first parameters of ``model`` that hold NaN or inf: such a model answers
-    with empty text or fails at its first sampled token, and written out it would pass the fault on."""
+    """``SettingsError`` naming the first parameters of ``model`` that hold NaN or inf: such a model answers with
+    empty text or fails at its first sampled token, and written out it would pass the fault on."""
     if bad := nonfinite_parameters(model):
         raise SettingsError(f"{what} holds NaN or inf weights ({', '.join(bad)}). {fix}")
 
@@ -561,14 +533,12 @@ def adapter_base(folder: Path) -> str | None:
 
 def missing_local_model(name: str) -> bool:
     """``name`` is a local folder (not a hub id, not 'tiny') that holds no model (no config.json) here."""
-    if name == "tiny" or not (looks_like_path(name) or Path(name).is_absolute()):
-        return False
-    return not (Path(name).expanduser() / "config.json").is_file()
+    return (name != "tiny" and (looks_like_path(name) or Path(name).is_absolute())
+            and not (Path(name).expanduser() / "config.json").is_file())
 
 
 def check_base_model(adapter_dir: Path) -> None:
-    """An adapter's local base model folder must still be there (the loader would go looking for it on the hub and
-    fail with an unrelated message). ``export --merged`` makes the same check (``missing_local_model``)."""
+    """An adapter's local base model folder must be there (else the loader seeks it on the hub, failing obscurely)."""
     base = adapter_base(adapter_dir)  # None: check_loadable reports a damaged adapter; a missing entry is the default
     if base is not None and missing_local_model(base):
         raise ModelNotFoundError(f"{adapter_dir}: its base model folder {base} (adapter_config.json, "
@@ -580,39 +550,32 @@ def check_base_model(adapter_dir: Path) -> None:
 def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, training: bool) -> None:
     """Fail before loading when the request cannot run on this machine, naming the route that can."""
     if use_vllm and importlib.util.find_spec("vllm") is None:
-        raise SettingsError(
-            "USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, CUDA only) "
-            "or set USE_VLLM=False / drop --vllm."
-        )
+        raise SettingsError("USE_VLLM is on but vLLM is not installed. Install the extra (`uv sync --extra vllm`, "
+                            "CUDA only) or set USE_VLLM=False / drop --vllm.")
     if project.cuda_available():
         project.precision()  # a bad $SARASHINA_GRPO_PRECISION is one error now, not after the model loaded
         return
     if load_in_4bit:
-        raise SettingsError(
-            "4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set LOAD_IN_4BIT=False "
-            "(CLI: --no-4bit) and use a small model, e.g. --model tiny (inference notebook: MODEL_NAME = 'tiny'; "
-            "finetuning notebook: SETTINGS = {'model_name': 'tiny', 'load_in_4bit': False})."
-        )
+        raise SettingsError("4-bit loading (LOAD_IN_4BIT=True) needs a CUDA GPU and none is visible. On CPU set "
+                            "LOAD_IN_4BIT=False (CLI: --no-4bit) and use a small model, e.g. --model tiny (inference "
+                            "notebook: MODEL_NAME = 'tiny'; finetuning notebook: SETTINGS = {'model_name': 'tiny', "
+                            "'load_in_4bit': False}).")
     if use_vllm:
         raise SettingsError("USE_VLLM needs a CUDA GPU and none is visible; set USE_VLLM=False (drop --vllm).")
     if training and not looks_like_path(model_name) and model_name != "tiny":
-        raise SettingsError(
-            f"Training {model_name} needs a CUDA GPU and none is visible. On CPU, train the offline tiny "
-            "model instead: sarashina-grpo train --model tiny --max-steps 5 (finetuning notebook: SETTINGS = "
-            "{'model_name': 'tiny', 'max_steps': 5})."
-        )
+        raise SettingsError(f"Training {model_name} needs a CUDA GPU and none is visible. On CPU, train the offline "
+                            "tiny model instead: sarashina-grpo train --model tiny --max-steps 5 (finetuning "
+                            "notebook: SETTINGS = {'model_name': 'tiny', 'max_steps': 5}).")
 
 
-# Each architecture's decoder projections (config.json's model_type), what LoRA can target and what the default
-# targets mean for it: a Llama block's seven (Sarashina 2.2, SmolLM2, the tiny model). Gemma 3 (gemma3_text) names
-# them as Llama does; its extra q_norm/k_norm are norms, not linear layers. An architecture not listed keeps the
-# targets as given and is not checked here.
+# Each architecture's (config.json's model_type) decoder projections: what LoRA can target and what the default
+# targets mean; a Llama block's seven (Sarashina 2.2, SmolLM2, tiny). Gemma 3 names them alike (q_norm/k_norm are
+# norms, not linear layers). An architecture not listed keeps the targets as given, unchecked.
 PROJECTIONS = dict.fromkeys(("llama", "mistral", "gemma3_text"), project.LORA_TARGET_MODULES)
 
 
 def model_type_of(name: str) -> str | None:
-    """``model_type`` of the model to train: from its config.json (a checkpoint's: its base model's), "llama" for
-    'tiny' and the default hub id; None where it cannot be read without loading (another hub id)."""
+    """``model_type`` from config.json (an adapter's: its base model's), "llama" for tiny and the default; or None."""
     if name in ("tiny", project.DEFAULT_MODEL_NAME):
         return "llama"
     folder = Path(name).expanduser()
@@ -628,39 +591,29 @@ def model_type_of(name: str) -> str | None:
 def check_lora_targets(model_name: str, targets: tuple[str, ...]) -> None:
     """LoRA targets that name no layer of the model: PEFT skips them without a word (or fails after loading)."""
     kind = model_type_of(model_name)
-    if kind not in PROJECTIONS:
-        return
-    unknown = [t for t in targets if t not in PROJECTIONS[kind]]
-    if unknown:
-        raise SettingsError(
-            f"{field_label('lora_target_modules')}: {', '.join(unknown)} match no layer of this {kind} model"
-            f"{project.did_you_mean(unknown[0], PROJECTIONS[kind])}. Its layers are "
-            f"{', '.join(PROJECTIONS[kind])}.")
+    if kind in PROJECTIONS and (unknown := [t for t in targets if t not in PROJECTIONS[kind]]):
+        raise SettingsError(f"{field_label('lora_target_modules')}: {', '.join(unknown)} match no layer of this "
+                            f"{kind} model{project.did_you_mean(unknown[0], PROJECTIONS[kind])}. Its layers are "
+                            f"{', '.join(PROJECTIONS[kind])}.")
 
 
 def lora_targets(model_name: str, targets: tuple[str, ...]) -> list[str]:
-    """The modules LoRA wraps in ``model_name``: ``targets`` as given, except the project's default
-    (``project.LORA_TARGET_MODULES``), which means "this architecture's projections" (``PROJECTIONS``)."""
+    """The modules LoRA wraps: ``targets``, but the project's default means this architecture's ``PROJECTIONS``."""
     kind = model_type_of(model_name)
-    if tuple(targets) == project.LORA_TARGET_MODULES and kind in PROJECTIONS:
-        return list(PROJECTIONS[kind])
-    return list(targets)
+    return list(PROJECTIONS[kind] if tuple(targets) == project.LORA_TARGET_MODULES and kind in PROJECTIONS else targets)
 
 
-# --- which base weights an adapter was trained on -------------------------------------------------------------
+# --- which base weights an adapter was trained on
 
-# A base model's fingerprint: sha256 over a sample of its tensors, read from its safetensors files without loading
-# them. 16 tensors spread over the sorted names, 64 KiB from each end of each: ~2 MiB read however large the model,
-# so it costs milliseconds. Tensor names, dtypes, shapes and bytes, not files: a copy of the model in another folder,
-# the hub cache, or resharded has the same fingerprint; other weights of the same shape (another seed, another
-# fine-tune) do not, nor the same weights saved in another dtype.
+# A base model's fingerprint: sha256 over names, dtypes, shapes and 64 KiB from each end of 16 tensors spread over the
+# sorted names, read from its safetensors files (~2 MiB, milliseconds, however large). A copy elsewhere, cached or
+# resharded has the same one; other weights of the same shape, or the same ones in another dtype, do not.
 FINGERPRINT_TENSORS = 16
 FINGERPRINT_BYTES = 1 << 16
 
 
 def weights_folder(name: str) -> Path | None:
-    """The local folder holding the full weights ``name`` stands for: a model folder, a cached hub id's snapshot,
-    or, for an adapter (a checkpoint), its base model's; None where they are not on this disk."""
+    """The local folder (or cached snapshot) of the full weights ``name`` (an adapter: its base) stands for, or None."""
     folder = Path(name).expanduser()
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         base = adapter_base(folder)
@@ -672,8 +625,7 @@ def weights_folder(name: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     for index in ("model.safetensors.index.json", "model.safetensors"):
-        cached = try_to_load_from_cache(name, index)
-        if isinstance(cached, str):
+        if isinstance(cached := try_to_load_from_cache(name, index), str):
             return Path(cached).parent
     return None
 
@@ -682,8 +634,7 @@ def weights_fingerprint(name: str | Path) -> str | None:
     """The fingerprint of the full weights ``name`` stands for (``weights_folder``); None where they are unreadable."""
     import hashlib
 
-    folder = weights_folder(str(name))
-    if folder is None:
+    if (folder := weights_folder(str(name))) is None:
         return None
     try:
         index = folder / "model.safetensors.index.json"
