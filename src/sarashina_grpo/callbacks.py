@@ -1,7 +1,5 @@
 """Trainer callbacks: complete-checkpoint markers, a NaN/inf guard, Ctrl-C/SIGTERM that save, then stop, and the
-held-out evaluation during training (``Settings.eval_steps``).
-
-Sampled completions are printed by TRL itself (``Settings.log_completions``).
+held-out evaluation during training (``Settings.eval_steps``). TRL prints sampled completions itself.
 """
 
 from __future__ import annotations
@@ -38,9 +36,8 @@ def name_local_base(readme: Path, base_model: str) -> None:
 
 
 class CheckpointMarker(TrainerCallback):
-    """Mark a checkpoint complete after the Trainer has written all of it (model, optimizer, scheduler, state);
-    stop the run instead when its weights hold NaN or inf (such a checkpoint must never be resumed from). With
-    ``base_model``, the run README that TRL writes on each save names it instead of "None" (``name_local_base``)."""
+    """Mark a checkpoint complete once the Trainer has written all of it; stop the run instead when its weights hold
+    NaN or inf. With ``base_model``, TRL's run README names it instead of "None" (``name_local_base``)."""
 
     def __init__(self, base_model: str | None = None):
         self.base_model = base_model
@@ -60,20 +57,17 @@ class CheckpointMarker(TrainerCallback):
 
 
 class NonFiniteGuard(TrainerCallback):
-    """Stop at the first NaN/inf loss, gradient norm or learning rate, before that step's weights are saved (the
-    Trainer logs a step before it saves it). The checks themselves are ``guards.check_logs``."""
+    """Stop at the first NaN/inf loss, gradient norm or learning rate (``guards.check_logs``), before that step's
+    weights are saved: the Trainer logs a step before it saves it."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         check_logs(logs, state.global_step, args.output_dir)
 
 
 class PackingTrust(TrainerCallback):
-    """After each step, trust the packing comparisons of Unsloth's that have passed (on that step's real batch) up
-    to the run's largest batch (``compat.extend_packing_trust``): no later step pays 36 extra forwards for a batch
-    longer than any before. The loss packs every step; the scorer only where TRL scores (β > 0, or several optimizer
-    steps per generation), so the line saying so is logged once the loss's comparison passed. ``rows``: the
-    generation batch (the scorer packs it whole, the loss a part); ``longest``: a row's most tokens, prompt bound
-    plus completion bound."""
+    """After each step, extend the packing comparisons of Unsloth's that have passed to the run's largest batch
+    (``compat.extend_packing_trust``): no later step pays 36 extra forwards for a record batch. ``rows``: the
+    generation batch; ``longest``: a row's most tokens (prompt bound plus completion bound)."""
 
     def __init__(self, rows: int, longest: int):
         self.rows, self.longest = rows, longest
@@ -84,7 +78,7 @@ class PackingTrust(TrainerCallback):
         if self.trainer is None:
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        # every step: the scorer, or Unsloth's prefix grouping, may first pass its check on a later batch
+        # every step: the scorer (only where TRL scores) or the prefix grouping may first pass on a later batch
         extended = compat.extend_packing_trust(model, tokens=self.rows * self.longest, longest=self.longest)
         if self.step is None and compat.PACKING_TRUST[0] in extended:  # the loss's ("…_grad")
             self.step = state.global_step
@@ -94,40 +88,30 @@ class PackingTrust(TrainerCallback):
 
 
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop. A second one, at least
-    ``SAME_PRESS_S`` later, aborts.
+    """First Ctrl-C (SIGINT) or SIGTERM (what schedulers and `docker stop` send): finish the current step, save a
+    checkpoint, stop. A second one, at least ``SAME_PRESS_S`` later, aborts.
 
-    SIGTERM is what schedulers and `docker stop` send before killing, so it gets the same grace. One Ctrl-C can
-    arrive twice within milliseconds: `uv run` forwards the SIGINT it gets to its child, which the terminal has
-    already signalled as a member of the same process group (and `timeout -s INT` reaches it through uv alike).
-
-    With ``grace_s``, a step that has not finished that many seconds after it should have (a reward or a
-    generation that hangs) is not waited for. "Should have" is when the running step began plus the longest of the
-    last ``RECENT_STEPS`` steps (the process's first step, which compiles, counts only until a second one has
-    ended), so a signal early in a 25 s step still gets its checkpoint with a 20 s grace. One ``error:`` line then
-    names the last complete checkpoint and the process ends with exit code 130 (``os._exit``: the main thread may
-    be stuck where no exception reaches it), before a scheduler's SIGKILL would end it without a word. The
-    checkpoints already saved stay as they are. ``resume`` is how to continue the run, for those lines.
-    """
+    With ``grace_s``, a step not finished that many seconds after it should have (the running step's start plus the
+    longest of the last ``RECENT_STEPS``; the first, compiling step counts only until a second has ended) is not
+    waited for: one ``error:`` line names the last complete checkpoint (``resume``: how to continue) and the process
+    ends with exit code 130 (``os._exit``: the main thread may be stuck where no exception reaches it), before a
+    scheduler's SIGKILL would end it without a word."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    # Signals this close to the first are the same key press delivered twice; a person pressing again to abort
-    # takes longer than this.
+    # One Ctrl-C can arrive twice within milliseconds: `uv run` forwards the SIGINT to its child, which the terminal
+    # has already signalled (same process group). A person pressing again to abort takes longer than this.
     SAME_PRESS_S = 1.0
     EXIT_CODE = 130  # the shell's code for "ended by SIGINT"
     RECENT_STEPS = 8
 
     def __init__(self, grace_s: float | None = None, resume: str = "--resume", output_dir=None):
-        self.requested = False
-        self.signal_name = None
+        self.requested, self.signal_name = False, None
         self.grace_s, self.resume = grace_s, resume
         self.output_dir, self.step = output_dir, None  # step: the steps done when the running one began
         self.saving = False  # the stopping step is done and its checkpoint is being written
-        self._first_at = None
-        self._step_began = None  # time.monotonic() when the running step began
+        self._first_at = self._step_began = self._timer = None  # _step_began: when the running step began (monotonic)
         self._durations = []  # seconds of the steps this process ran
-        self._previous = {}
-        self._timer = None
+        self._previous = {}  # the signal handlers install replaced
 
     def install(self) -> None:
         for sig in self.SIGNALS:
@@ -217,34 +201,27 @@ HELD_OUT_BATCH = 16  # prompts generated together: the default eval_limit in one
 
 
 class HeldOutEval(TrainerCallback):
-    """Before the first step and every ``every`` steps (``Settings.eval_steps``), answer the held-out rows
-    (with ``system_prompt``) and score them as ``sarashina-grpo eval`` does (``evaluation.write_eval``):
-    TensorBoard gets ``eval/strict_format_rate`` and the other ``HELD_OUT_KEYS``; the outputs go to
-    ``<output_dir>/eval/step-N/``.
+    """Before the first step and every ``every`` steps, answer the held-out rows and score them as ``sarashina-grpo
+    eval`` does: TensorBoard gets ``eval/<HELD_OUT_KEYS>``, the outputs go to ``<output_dir>/eval/step-N/``.
 
-    With ``best_metric`` (a key of ``config.BEST_METRICS``), an evaluation after step 0 that reaches a new best
-    value saves that step's checkpoint and marks it: ``TrainerState.best_model_checkpoint`` (transformers' rotation
-    keeps it) and ``run.json``'s ``best`` (``best.record_best``, once the checkpoint is complete). With
-    ``patience``, that many evaluations in a row without a new best save a checkpoint and stop the run.
+    With ``best_metric`` (a key of ``config.BEST_METRICS``), a new best after step 0 saves that step's checkpoint and
+    marks it (``TrainerState.best_model_checkpoint``, kept from rotation, and ``run.json``'s ``best``); with
+    ``patience``, that many evaluations in a row without one save a checkpoint and stop the run.
 
-    By default greedy, up to ``max_new_tokens`` (the run's ``max_completion_length``): the curve moves only when the
-    model does. A sampling ``gen`` (the demo's) draws from a torch RNG forked and seeded with ``seed`` for each
-    evaluation, so every point sees the same noise and training's own random stream is left exactly as it was. The
-    main process evaluates; ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
+    Greedy by default (the curve moves only when the model does); a sampling ``gen`` (the demo's) draws from a torch
+    RNG forked and seeded with ``seed`` each time, leaving training's own stream as it was. The main process
+    evaluates; ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
 
     def __init__(self, rows, *, every: int, system_prompt: str, max_new_tokens: int, gen=None,
                  samples_per_prompt: int = 1, seed: int = 0, best_metric: str | None = None, patience: int = 0):
         from .inference import GenerationSettings
 
-        self.rows = rows
+        self.rows, self.every, self.system_prompt = rows, every, system_prompt
         self.prompts = [r.prompt for r in rows]
         self.roles = [r.role or None for r in rows]
-        self.every = every
-        self.system_prompt = system_prompt
         self.gen = gen or GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=HELD_OUT_BATCH)
         self.samples_per_prompt, self.seed = samples_per_prompt, seed
-        self.best_metric = best_metric if best_metric not in (None, "none") else None
-        self.patience = patience
+        self.best_metric, self.patience = (best_metric if best_metric not in (None, "none") else None), patience
         self.since_best = 0  # evaluations since the last new best (counted from this process's start)
         self.recording = None  # (step, value) of a new best whose checkpoint is being saved
         self.trainer = None
@@ -293,14 +270,12 @@ class HeldOutEval(TrainerCallback):
 
     @contextmanager
     def own_random_stream(self):
-        if not self.gen.do_sample:  # greedy decoding draws nothing
-            yield
-            return
         import torch
 
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
+        with torch.random.fork_rng(devices=devices, enabled=self.gen.do_sample):  # greedy decoding draws nothing
+            if self.gen.do_sample:
+                torch.manual_seed(self.seed)
             yield
 
     def evaluate(self, args, state, model, tokenizer) -> dict | None:
@@ -323,8 +298,7 @@ class HeldOutEval(TrainerCallback):
         metrics = write_eval(outputs, folder, {"step": state.global_step, "prompts": len(self.prompts)})
         logs = {f"eval_{k}": metrics[k] for k in HELD_OUT_KEYS if metrics.get(k) is not None}
         if self.trainer is not None:
-            # "eval_" keys become eval/<metric> in TensorBoard (transformers' rewrite_logs), and the project's
-            # trainer logs them apart from TRL's training figures (pipeline.trainer_class).
+            # "eval_" keys: eval/<metric> in TensorBoard, logged apart from TRL's figures (pipeline.trainer_class).
             # on_log clears control.should_log: keep it, or this step's training log would be skipped.
             should_log = self.trainer.control.should_log
             self.trainer.log(logs)

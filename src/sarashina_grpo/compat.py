@@ -1,9 +1,8 @@
 """The one place that touches private or version-specific names of TRL, Unsloth, PEFT and bitsandbytes.
 
-Each name has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move, so
-an upgrade breaks a test in CI instead of a training run; docs/architecture.md lists every name, where it is used,
-why there is no public road, and its test. Lookups that can fail raise ``CompatError``: there is no silent fallback
-to a no-op. What only the benchmark patches is in ``scripts/bench_patches.py``, outside the package.
+Each name has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move;
+docs/architecture.md lists every name, its use, why there is no public road, and its test. Lookups that can fail
+raise ``CompatError``, never fall back to a no-op. What only the benchmark patches is in ``scripts/bench_patches.py``.
 """
 
 from __future__ import annotations
@@ -17,16 +16,14 @@ from pathlib import Path
 from .project import FALSE_WORDS
 
 # TRL's rollout hook, replaced per instance by rollout="fast". Not TRL's public rollout_func: that one is handed chat
-# messages and must return the prompt ids itself, so the fast rollout would have to copy TRL's tokenization
-# (_tokenize_prompts); this hook takes TRL's prompt ids and returns completion ids (docs/speed.md).
+# messages and would make the fast rollout copy TRL's tokenization; this hook takes TRL's prompt ids (docs/speed.md).
 GENERATE_METHOD = "_generate_single_turn"
 GENERATE_PARAMETERS = ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")
 UNSLOTH_ROPE_METHOD = "_unsloth_recompute_inv_freq"  # the config's frequencies: inv_freq can be stale (transformers 5)
 TRL_UNWRAP_MODULE = "trl.models.utils"
 # One step's rollout plus rewards and old log-probs (the benchmark times it; the KL reference tests call it).
 SCORE_METHOD = "_generate_and_score_completions"
-
-
+TRAINER_METRICS = "_metrics"
 COMPLETION_LOGS = "_logs"
 COMPLETION_LOG_KEYS = ("prompt", "completion", "rewards", "advantages")
 
@@ -54,28 +51,21 @@ def library_class(trainer) -> type:
 
 
 def replace_generation(trainer, generate) -> None:
-    """Make ``trainer`` generate with ``generate(prompt_ids, images, multimodal_fields, num_generations,
-    has_tool_images=False) -> (completion_ids, logprobs)`` instead of its own rollout."""
+    """Make ``trainer`` generate with ``generate(*GENERATE_PARAMETERS) -> (completion_ids, logprobs)``."""
     check_generate_hook(library_class(trainer))
     setattr(trainer, GENERATE_METHOD, generate)  # an instance attribute overrides the class method
 
 
 def generation_context(trainer):
-    """The context manager the trainer's own rollout generates in (``unwrap_model_for_generation``).
-
-    Unsloth compiles a patched copy of the trainer into its own module and binds its version of the function there,
-    so the trainer's module is searched first, then TRL's."""
-    unwrap = getattr(sys.modules.get(library_class(trainer).__module__), "unwrap_model_for_generation", None)
-    if unwrap is None:
-        unwrap = getattr(importlib.import_module(TRL_UNWRAP_MODULE), "unwrap_model_for_generation", None)
+    """The context manager the trainer's own rollout generates in (``unwrap_model_for_generation``): from the
+    trainer's module first, where Unsloth's compiled copy of the trainer binds its own version, then TRL's."""
+    unwrap = (getattr(sys.modules.get(library_class(trainer).__module__), "unwrap_model_for_generation", None)
+              or getattr(importlib.import_module(TRL_UNWRAP_MODULE), "unwrap_model_for_generation", None))
     if unwrap is None:
         raise CompatError(f"unwrap_model_for_generation is in neither the trainer's module nor {TRL_UNWRAP_MODULE}: "
                           "the installed TRL is not the locked one.")
     return unwrap(trainer.model_wrapped, trainer.accelerator,
                   gather_deepspeed3_params=trainer.args.ds3_gather_for_generation)
-
-
-TRAINER_METRICS = "_metrics"
 
 
 def scoring_step(trainer):
@@ -102,9 +92,8 @@ def log_metric(trainer, name: str, value: float) -> None:
 
 
 def completion_rows(trainer) -> list[dict]:
-    """The completions TRL keeps for its completion table (the latest generation batch, gathered from every
-    process): one ``{"prompt", "completion", "rewards": {reward name: value}, "advantage"}`` per completion, with
-    prompts and completions as TRL has them (chat messages or text)."""
+    """The completions of TRL's completion table (the latest generation batch, all processes): one ``{"prompt",
+    "completion", "rewards": {reward name: value}, "advantage"}`` each, as TRL has them (chat messages or text)."""
     logs = getattr(trainer, COMPLETION_LOGS, None)
     if not isinstance(logs, dict) or not all(key in logs for key in COMPLETION_LOG_KEYS):
         raise CompatError(f"GRPOTrainer.{COMPLETION_LOGS} no longer holds {COMPLETION_LOG_KEYS}: the installed TRL "
@@ -150,8 +139,7 @@ TRL_REFERENCE_ADAPTER = "ref"
 
 
 def drop_reference_adapter(model) -> None:
-    """Remove the frozen reference adapter an earlier ``GRPOTrainer`` (``beta > 0``) added to ``model``, so that a
-    new trainer can add its own; nothing to do on a model that never had one."""
+    """Remove the "ref" adapter an earlier ``GRPOTrainer`` (``beta > 0``) added, so that a new trainer adds its own."""
     if TRL_REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {}):
         model.delete_adapter(TRL_REFERENCE_ADAPTER)
 
@@ -167,13 +155,12 @@ LORA_FACTORS = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}  # a
 
 
 def adapter_is_identity(model, adapter: str) -> bool:
-    """True when PEFT ``adapter`` provably changes no output of ``model``: a plain LoRA (no DoRA, bias, saved module
-    copies or trainable tokens) whose every layer has an all-zero A or B factor. Anything else is False, including
-    parameters this process cannot see (ZeRO-3 shards): the caller then keeps the adapter, never guesses."""
+    """True when PEFT ``adapter`` provably changes no output of ``model``: a plain LoRA (no DoRA, bias, saved modules
+    or trainable tokens) whose every layer has an all-zero A or B factor. Anything else, including parameters this
+    process cannot see (ZeRO-3 shards), is False: the caller then keeps the adapter."""
     config = (getattr(model, "peft_config", None) or {}).get(adapter)
-    if config is None or getattr(config.peft_type, "value", config.peft_type) != "LORA":
-        return False
-    if (getattr(config, "use_dora", False) or getattr(config, "lora_bias", False)
+    if (config is None or getattr(config.peft_type, "value", config.peft_type) != "LORA"
+            or getattr(config, "use_dora", False) or getattr(config, "lora_bias", False)
             or getattr(config, "modules_to_save", None) or getattr(config, "trainable_token_indices", None)):
         return False
     zero: dict[str, dict[str, bool]] = {}
@@ -186,10 +173,8 @@ def adapter_is_identity(model, adapter: str) -> bool:
         if kind not in {*LORA_FACTORS, *LORA_FACTORS.values()} or param.numel() == 0:
             return False  # a per-adapter weight we do not know how to read, or one held elsewhere
         zero.setdefault(".".join(parts[: at - 1]), {})[kind] = not bool(param.detach().any())
-    if not zero:
-        return False
-    return all(any(factors.get(a, False) or factors.get(b, False) for a, b in LORA_FACTORS.items())
-               and any(a in factors for a in LORA_FACTORS) for factors in zero.values())
+    return bool(zero) and all(any(factors.get(a, False) or factors.get(b, False) for a, b in LORA_FACTORS.items())
+                              and any(a in factors for a in LORA_FACTORS) for factors in zero.values())
 
 
 def copy_adapter(model, source: str, target: str) -> None:
@@ -206,13 +191,10 @@ def copy_adapter(model, source: str, target: str) -> None:
 def choose_reference(trainer) -> str | None:
     """Make the trainer's KL reference exact, and as cheap as exactness allows; call it right after construction.
 
-    The reference TRL means is the policy as the trainer found it (its starting adapter). When that adapter is the
-    identity (a fresh LoRA: B = 0), it *is* the base model, and TRL's own fallback (adapter disabled: no LoRA
-    matmuls, no second adapter in memory or in checkpoints) gives the same log-probs; so the "ref" copy is dropped.
-    When it is not (a LoRA checkpoint given as the model), the copy stays, and is added where Unsloth's compiled
-    trainer removed it (it would otherwise score the base model, not the starting adapter).
-    Resuming from a checkpoint that holds a copy is made to load the trained policy too (``resume_loads_the_policy``).
-    Returns "base", "ref" (the frozen copy), or None (beta 0 or no PEFT adapter: no reference involved)."""
+    TRL's reference is the starting adapter. When that is the identity (a fresh LoRA: B = 0) it *is* the base model,
+    and TRL's fallback (adapter disabled: no LoRA matmuls, no second adapter) gives the same log-probs, so the "ref"
+    copy is dropped. Otherwise (a LoRA checkpoint as the model) the copy stays, and is added where Unsloth's compiled
+    trainer removed it. Returns "base", "ref", or None (beta 0 or no PEFT adapter: no reference involved)."""
     model = trainer.model
     config = getattr(model, "peft_config", None)
     if not trainer.beta or not config or POLICY_ADAPTER not in config:
@@ -234,11 +216,9 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT's n
 
 
 def resume_loads_the_policy(trainer) -> None:
-    """Make resuming load the trained adapter of a checkpoint that also holds TRL's "ref" copy.
-
-    transformers 5's ``Trainer._load_from_checkpoint`` loads only the adapter sub-folders when a checkpoint has any
-    (``ref/``), leaving the trained adapter saved in the checkpoint's root unread: the run would go on from its
-    starting weights. After it, when there are sub-folders, the root adapter is loaded into the active one."""
+    """Make resuming load the trained adapter of a checkpoint that also holds TRL's "ref" copy: transformers 5's
+    ``Trainer._load_from_checkpoint`` loads only the adapter sub-folders (``ref/``) when there are any, leaving the
+    trained adapter in the checkpoint's root unread; after it, the root adapter is loaded into the active one."""
     load = getattr(trainer, TRAINER_LOAD_METHOD, None)
     if load is None:
         raise CompatError(f"Trainer.{TRAINER_LOAD_METHOD} is gone: the installed transformers is not the locked one.")
@@ -262,12 +242,10 @@ def has_adapter(folder: Path) -> bool:
 
 
 # --- Unsloth's sequence packing ---------------------------------------------------------------------------------
-# Unsloth's compiled GRPO trainer runs a batch's rows as one packed varlen forward (the scorer without grad in
-# unsloth/models/rl_replacements.py, the loss with grad in unsloth_zoo/rl_replacements.py) and trusts the packing only
-# after comparing it with one forward per row, no grad. It repeats that comparison whenever a batch's packed length T
-# or its longest row exceeds what it compared before, "as a LongRoPE cache switch can change the result": 36 extra
-# forwards at 36 completions, on each step that brings a new record (6-8 s longer steps; docs/speed.md). It keeps
-# its trust in these attributes of the unwrapped model:
+# Unsloth's compiled GRPO trainer runs a batch's rows as one packed varlen forward (scorer: unsloth/models/
+# rl_replacements.py; loss: unsloth_zoo/rl_replacements.py), trusted only after comparing it with one forward per row.
+# It compares again whenever a batch's packed length or longest row is a new record ("as a LongRoPE cache switch can
+# change the result"): 36 extra forwards at 36 completions (docs/speed.md). Its trust lives on the unwrapped model:
 PACKING_TRUST = ("_unsloth_seq_packing_grad", "_unsloth_seq_packing_nograd")  # + "_ok", "_verified_T", "_verified_seg"
 PACKING_VARIABLE = "UNSLOTH_GRPO_SEQ_PACKING"  # "0" turns Unsloth's packing off
 PREFIX_GROUPER_TRUST = ("_unsloth_prefix_grouper_grad_verified", "_unsloth_prefix_grouper_nograd_verified")
@@ -276,19 +254,14 @@ PREFIX_GROUPER_TRUST = ("_unsloth_prefix_grouper_grad_verified", "_unsloth_prefi
 LENGTH_FREE_ROPE = (None, "default", "linear", "llama3")
 
 
-def env_on(name: str, default: str = "1") -> bool:
-    """A switch in the environment: "0", "false", "no" or "off" is off; unset or empty is ``default``."""
-    return (os.environ.get(name, "").strip() or default).lower() not in FALSE_WORDS
-
-
 def packing_enabled() -> bool:
-    return env_on(PACKING_VARIABLE)
+    """Unless ``PACKING_VARIABLE`` is "0", "false", "no" or "off" (unset or empty: on)."""
+    return (os.environ.get(PACKING_VARIABLE, "").strip() or "1").lower() not in FALSE_WORDS
 
 
 def length_dependent(config) -> str | None:
-    """Why a longer packed batch could compute differently from the one Unsloth compared, or None: a RoPE whose
-    rotation depends on the sequence's length (in transformers 5 a config may hold one RoPE per layer type), or a
-    sliding attention window in use (a row past it attends differently)."""
+    """Why a longer packed batch could compute differently from the one Unsloth compared, or None: a length-dependent
+    RoPE (transformers 5 may hold one per layer type), or a sliding attention window in use."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     ropes = ([r for r in rope.values() if isinstance(r, dict)] or [rope]) if isinstance(rope, dict) else [{}]
     for each in ropes:
@@ -301,14 +274,11 @@ def length_dependent(config) -> str | None:
 
 
 def extend_packing_trust(model, *, tokens: int, longest: int) -> list[str]:
-    """Once Unsloth's own comparison has passed on a real batch of several rows, trust its packing up to ``tokens``
-    packed tokens and rows of ``longest``: the run's largest batch, so it never compares again mid-run. Unsloth
-    re-compares a longer batch because a length-dependent RoPE can switch its cache; for a model without one
-    (``length_dependent``) the comparison that passed covers every length, since packing keeps rows apart the same
-    way at any length. Where Unsloth has not compared yet, found a mismatch, or ruled lengths unsafe, nothing
-    changes. Its prefix grouping (one shared prompt per group of completions, where that saves enough tokens)
-    keeps the same kind of trust per group layout, and gets the same extension. Returns the kinds ("…_grad": the
-    loss, "…_nograd": the scorer) whose packing trust now covers the run."""
+    """Once Unsloth's own comparison has passed, trust its packing up to ``tokens`` packed tokens and rows of
+    ``longest`` (the run's largest batch): without a length-dependent RoPE (``length_dependent``) a comparison that
+    passed covers every length, as packing keeps rows apart the same way at any length. Where Unsloth has not
+    compared yet, found a mismatch or ruled lengths unsafe, nothing changes; its prefix grouping's per-layout trust
+    is extended alike. Returns the kinds ("…_grad": the loss, "…_nograd": the scorer) now trusted for the run."""
     if length_dependent(model.config):
         return []
     extended = []

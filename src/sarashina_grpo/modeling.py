@@ -21,9 +21,8 @@ if typing.TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Default torch threads on a CPU. `train --model tiny --max-steps 3` on a 2-core machine shared with other jobs took
-# much longer per step with 2 threads than with 1 (docs/troubleshooting.md, "CPU threads"): OpenMP threads spin
-# waiting for each other, and small matrices gain nothing from a second thread. --threads N overrides it.
+# Default torch threads on a CPU: on a shared 2-core machine a tiny run stepped much slower with 2 threads than with 1
+# (docs/troubleshooting.md, "CPU threads"): OpenMP threads spin waiting for each other. --threads N overrides it.
 CPU_THREADS = 1
 
 
@@ -45,8 +44,8 @@ def resolve_model_name(name: str) -> str:
 
 
 def model_for_this_machine(name: str | None) -> str:
-    """``name``, or for None the article's model with a CUDA GPU and the offline tiny model without one: a first run
-    on a CPU then works as it is (the 3B model would take minutes per answer there, and needs the hub)."""
+    """``name``, or for None the article's model with a CUDA GPU and the offline tiny model without one (the 3B model
+    would take minutes per answer on a CPU, and needs the hub)."""
     if name is not None:
         return name
     chosen = DEFAULT_MODEL_NAME if cuda_available() else "tiny"
@@ -68,8 +67,7 @@ def use_cpu_threads(threads: int | None = None) -> int:
 
 @contextlib.contextmanager
 def cpu_threads(threads: int | None = None):
-    """torch's CPU threads as ``use_cpu_threads`` sets them, for the ``with`` block only (a notebook that calls the
-    demo or a warm start keeps its own count)."""
+    """torch's CPU threads as ``use_cpu_threads`` sets them, for the ``with`` block only."""
     import torch
 
     before = torch.get_num_threads()
@@ -80,8 +78,7 @@ def cpu_threads(threads: int | None = None):
 
 
 def load_model(settings: Settings, *, lora: bool = True):
-    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on the architecture's projections is attached
-    (``preflight.lora_targets``: the seven of Llama and Gemma 3 by default).
+    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on ``preflight.lora_targets`` is attached.
     ``settings`` have passed ``preflight`` (``check_run`` or ``check_model``)."""
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
@@ -90,23 +87,16 @@ def load_model(settings: Settings, *, lora: bool = True):
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_name,
         dtype=torch_dtype(),  # fp16 on cards without bf16 (T4, V100); fp32 on CPU, even one with bf16
-        max_seq_length=settings.max_seq_length,
-        load_in_4bit=settings.load_in_4bit,
-        fast_inference=settings.use_vllm,
-        max_lora_rank=settings.lora_rank,
-        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        max_seq_length=settings.max_seq_length, load_in_4bit=settings.load_in_4bit, fast_inference=settings.use_vllm,
+        max_lora_rank=settings.lora_rank, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
     )
     check_loaded_weights(model, settings.model_name)
-    already_adapted = hasattr(model, "peft_config")
-    if lora and not already_adapted:
+    if lora and not hasattr(model, "peft_config"):  # a checkpoint folder comes with its adapter
         model = FastLanguageModel.get_peft_model(
-            model,
-            r=settings.lora_rank,
-            target_modules=lora_targets(model_name, settings.lora_target_modules),
-            lora_alpha=settings.effective_lora_alpha,
+            model, r=settings.lora_rank, target_modules=lora_targets(model_name, settings.lora_target_modules),
+            lora_alpha=settings.effective_lora_alpha, random_state=settings.seed,
             # recompute activations (long completions fit in memory); "unsloth" offloads their saved inputs
             use_gradient_checkpointing="unsloth" if settings.offload_activations else True,
-            random_state=settings.seed,
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -114,9 +104,8 @@ def load_model(settings: Settings, *, lora: bool = True):
 
 
 def check_loaded_weights(model, name: str) -> None:
-    """A model that loaded with NaN or inf weights (a diverged warm start, a damaged file) is one error, not an
-    empty reply or a sampling traceback at the first rollout. Adapters are checked before loading
-    (``checkpoints.verify``); this covers full models, whose weights are read here anyway."""
+    """NaN or inf weights (a diverged warm start, a damaged file) are one error, not a sampling traceback at the first
+    rollout. Adapters are checked before loading (``checkpoints.verify``); this covers full models."""
     from .preflight import check_finite_model, model_label
 
     check_finite_model(model, model_label(name), "Use the model it was made from, or make it again (a warm start "
@@ -134,22 +123,19 @@ def lora_config(settings: Settings):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=settings.lora_rank,
-        lora_alpha=settings.effective_lora_alpha,
+        r=settings.lora_rank, lora_alpha=settings.effective_lora_alpha,
         target_modules=lora_targets(resolve_model_name(settings.model_name), settings.lora_target_modules),
         lora_dropout=0.0,  # Unsloth's default, and what its fast LoRA kernels assume
-        bias="none",
-        task_type="CAUSAL_LM",
+        bias="none", task_type="CAUSAL_LM",
     )
 
 
 def load_model_peft(settings: Settings, *, training: bool = True):
     """(model, tokenizer) through transformers + PEFT, with the same quantisation choices as Unsloth.
 
-    ``settings.model_name`` may be a model or a checkpoint folder written by training (its adapter is loaded
-    trainable). A model gets no LoRA here: the trainer adds it (``peft_config=lora_config(settings)``, TRL's own
-    road, which also makes the base model the KL reference of a fresh LoRA). Under ``accelerate launch`` each rank
-    loads its own copy onto its own device. ``settings`` have passed ``preflight``."""
+    A checkpoint folder's adapter is loaded trainable; a model gets no LoRA here: the trainer adds it
+    (``peft_config=lora_config(settings)``, TRL's own road). Under ``accelerate launch`` each rank loads its own copy
+    onto its own device. ``settings`` have passed ``preflight``."""
     from peft import AutoPeftModelForCausalLM, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -165,8 +151,7 @@ def load_model_peft(settings: Settings, *, training: bool = True):
         )
         # Quantised weights cannot be moved after loading, so each rank loads straight onto its own GPU.
         kwargs["device_map"] = {"": PartialState().device}
-    is_adapter = any((Path(model_name) / f).exists() for f in ADAPTER_FILES)
-    if is_adapter:
+    if any((Path(model_name) / f).exists() for f in ADAPTER_FILES):
         model = AutoPeftModelForCausalLM.from_pretrained(model_name, is_trainable=training, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
@@ -186,17 +171,14 @@ def load_model_peft(settings: Settings, *, training: bool = True):
 
 def use_triton_interpreter_without_gpu() -> None:
     """TRL 1.15 scores completions with a Triton kernel (its fused LM head) that has no CPU driver; Triton's
-    interpreter runs it on CPU. Triton reads the switch when it defines kernels: call this before importing
-    transformers or TRL (the trl-peft backend on a machine without CUDA)."""
+    interpreter runs it on CPU. Triton reads the switch when it defines kernels: call this before importing TRL."""
     if not cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def lora_fingerprint(state_dict) -> dict:
-    """sha256 over LoRA tensors (sorted by name) and the total |lora_B| (zero until a step moves it).
-
-    Compare it across data-parallel ranks (``peft.get_peft_model_state_dict(model)``) or with a checkpoint's
-    ``adapter_model.safetensors``: replicas that stay in sync have equal digests."""
+    """sha256 over LoRA tensors (sorted by name) and the total |lora_B| (zero until a step moves it): equal across
+    data-parallel ranks (``peft.get_peft_model_state_dict(model)``) and checkpoints while replicas stay in sync."""
     import hashlib
 
     digest = hashlib.sha256()

@@ -4,44 +4,21 @@
     sarashina-grpo train --rollout fast         # CLI; the default, --rollout auto, takes it where it is exact
     python -m scripts.bench                     # measures it against the article's Unsloth path (repository)
 
-Why: GRPO time is almost all generation, and the Unsloth/TRL ``generate`` loop is bound by host overhead (hundreds
-of small kernel launches and Python per token), not by the GPU. Here the whole decode step (embedding, every layer,
-sampling, bookkeeping) is captured once per rollout as one CUDA graph and replayed for every token, so the GPU runs
-close to its weight-reading floor.
-
-What stays the same: ``install(trainer)`` swaps only TRL's rollout hook (``compat.GENERATE_METHOD``). TRL still
-tokenizes the prompts, decodes, scores the rewards and computes the loss; the policy is the same model with its LoRA
-adapters applied *unmerged* (``x W + s (x A) B``, as in training, so tiny early LoRA updates are not rounded away in a
-bf16 merge), sampled with the trainer's temperature / top-k / top-p and cut after the first EOS token, like TRL does.
-4-bit base weights are dequantized to bf16 for the rollout, which is what bitsandbytes does inside each matmul anyway.
-
-A decode step is launch-bound (a few µs per kernel even inside a graph), so it is built from few kernels
-(~590 per token instead of ~1,100; docs/benchmarks/README.md has the measurements): each projection group is two
-GEMMs (the LoRA A rows stacked under the base weight, then B added in place), the element-wise work (RoPE, the
-residual adds with the next norm, SwiGLU) runs as torch.compile'd pieces, k and v are written to the cache by one
-index_copy_, and attention is a split-K Triton kernel that reads only the filled cache slots (it reads the filled
-length on the device, so one graph serves the whole rollout). On CPU (tests) the same step runs eagerly with SDPA.
-
-Between rollouts the engine keeps the dequantized base weights (frozen; the LoRA factors are re-read into fixed
-buffers before every rollout) and, when the KV cache is small (``KEEP_CACHE_BYTES``: the 6-completion case), the
-cache and its captured graph too. Graphs are captured without ``torch.cuda.graph``'s ``empty_cache()`` (which
-would also empty the pinned-host cache every rollout), into one long-lived pool.
-
-Supports Llama-architecture models (Sarashina 2.2, SmolLM2) without biases. Another architecture (Gemma 3: q/k
-norms, sliding-window layers, GELU, scaled embeddings) trains with the default rollout instead, and the log says so
-in one line (``install`` returns None); other settings the engine cannot honour raise ``UnsupportedModelError`` when
-the trainer is built. ``rollout='auto'``, the default, asks ``choose`` first: the fast rollout where the GPU suite
-checks it exact and the card has room for it, else the default rollout (on a GPU, one line says why).
-Switches for measuring the levers: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise pieces),
-``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over ``ATTN_BUCKET``-rounded lengths, one graph per bucket).
-
-Private names of other libraries (Unsloth's rotary recomputation, TRL's rollout hook and generation context,
-bitsandbytes' quantisation state, PEFT's LoRA layers) are reached through ``compat.py`` only.
+GRPO time is almost all generation, and Unsloth/TRL's ``generate`` is bound by host overhead per token. Here the
+decode step is captured once per rollout as one CUDA graph (few kernels: ``Linear``, compiled element-wise pieces,
+a split-K Triton attention) and replayed for every token; on CPU (tests) the same step runs eagerly with SDPA.
+``install`` swaps only TRL's rollout hook; the LoRA adapters stay *unmerged* (``x W + s (x A) B``: tiny early
+updates are not rounded away in a bf16 merge), 4-bit weights are dequantized as bitsandbytes does in each matmul,
+and sampling and EOS cuts are TRL's. Llama-architecture models only (``choose`` decides ``rollout='auto'``);
+docs/speed.md and docs/benchmarks/README.md have the design and measurements. Switches for measuring:
+``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise pieces), ``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over
+``ATTN_BUCKET``-rounded lengths, one graph per bucket).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -68,19 +45,13 @@ class UnsupportedModelError(SettingsError):  # a setting the user chose (rollout
 class Linear:
     """A projection (or q/k/v, gate/up fused) as decoded: base weight plus unmerged, pre-scaled LoRA.
 
-    The LoRA A matrices of the fused projections sit under the base rows of ``weight``, so that one GEMM gives
-    both ``x W^T`` and ``x A^T``; a second, in place (``addmm_``, no copy), adds ``(x A^T) (s B)^T`` to the base
-    part. Two kernels per projection group instead of four (GEMM, A GEMM, the copy an out-of-place addmm makes,
-    and the B GEMM): decoding is launch-bound, so this is measurable (docs/benchmarks/README.md)."""
+    The LoRA A rows sit under the base rows of ``weight``, so one GEMM gives ``x W^T`` and ``x A^T``; a second, in
+    place (``addmm_``), adds ``(x A^T) (s B)^T``: two kernels per projection group instead of four."""
 
     weight: torch.Tensor  # [out + R, in]: base rows, then the stacked A rows of the fused projections
     out: int  # base output rows
     lora_b: torch.Tensor | None = None  # [out, R]: scaling × B, block-diagonal over the fused projections
     rows: tuple[int, ...] = ()  # output rows of each fused projection
-
-    @property
-    def lora_a(self) -> torch.Tensor | None:
-        return None if self.lora_b is None else self.weight[self.out:]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -95,40 +66,32 @@ class Linear:
 @dataclass
 class Layer:
     norm1: torch.Tensor
+    norm2: torch.Tensor
     qkv: Linear
     o: Linear
-    norm2: torch.Tensor
     gate_up: Linear
     down: Linear
 
 
-def _dense_weight(module, dtype) -> torch.Tensor:
-    base = getattr(module, "base_layer", module)
-    if getattr(base, "bias", None) is not None:
-        raise UnsupportedModelError("rollout='fast' decodes bias-free Llama projections only; use rollout='default'.")
-    return compat.dense_weight(base).to(dtype)
-
-
-def _lora_parts(module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(A, scaling × B) of each active adapter; none when adapters are off or already merged into the base."""
-    parts = []
-    for lora_a, lora_b, scaling, dora in compat.lora_pairs(module):
-        if dora:
-            raise UnsupportedModelError("rollout='fast' does not decode DoRA adapters; use rollout='default'.")
-        parts.append((lora_a, lora_b * scaling))
-    return parts
+def _projections(layer) -> tuple[list, list, list, list]:
+    """The modules of one decoder layer that the fused ``Layer`` linears compute: q/k/v, o, gate/up, down."""
+    a, m = layer.self_attn, layer.mlp
+    return [a.q_proj, a.k_proj, a.v_proj], [a.o_proj], [m.gate_proj, m.up_proj], [m.down_proj]
 
 
 def _fused_lora(modules, rows: tuple[int, ...], dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(stacked A, block-diagonal scaling × B) of the fused ``modules``; None when none has an active adapter."""
-    parts = [(i, a, b) for i, m in enumerate(modules) for a, b in _lora_parts(m)]
+    parts = []
+    for i, module in enumerate(modules):
+        for lora_a, lora_b, scaling, dora in compat.lora_pairs(module):
+            if dora:
+                raise UnsupportedModelError("rollout='fast' does not decode DoRA adapters; use rollout='default'.")
+            parts.append((i, lora_a, lora_b * scaling))
     if not parts:
         return None
     lora_a = torch.cat([a for _, a, _ in parts]).to(dtype)
     lora_b = lora_a.new_zeros(sum(rows), lora_a.shape[0])
-    row_starts = [0]
-    for r in rows:
-        row_starts.append(row_starts[-1] + r)
+    row_starts = [0, *itertools.accumulate(rows)]
     col = 0
     for i, a, b in parts:
         lora_b[row_starts[i]:row_starts[i + 1], col:col + a.shape[0]] = b.to(dtype)
@@ -138,7 +101,13 @@ def _fused_lora(modules, rows: tuple[int, ...], dtype) -> tuple[torch.Tensor, to
 
 def fuse(modules, dtype) -> Linear:
     """One ``Linear`` computing the concatenated outputs of ``modules`` (which share their input)."""
-    weights = [_dense_weight(m, dtype) for m in modules]
+    weights = []
+    for module in modules:
+        base = getattr(module, "base_layer", module)
+        if getattr(base, "bias", None) is not None:
+            raise UnsupportedModelError("rollout='fast' decodes bias-free Llama projections only; use "
+                                        "rollout='default'.")
+        weights.append(compat.dense_weight(base).to(dtype))
     rows = tuple(w.shape[0] for w in weights)
     lora = _fused_lora(modules, rows, dtype)
     if lora is None:
@@ -152,30 +121,16 @@ def refresh_lora(linear: Linear, modules, dtype) -> bool:
     lora = _fused_lora(modules, linear.rows, dtype)
     if lora is None or linear.lora_b is None:
         return lora is None and linear.lora_b is None
-    if lora[0].shape != linear.lora_a.shape or lora[1].shape != linear.lora_b.shape:
+    lora_a = linear.weight[linear.out:]  # the A rows under the base rows
+    if lora[0].shape != lora_a.shape or lora[1].shape != linear.lora_b.shape:
         return False
-    linear.lora_a.copy_(lora[0])
+    lora_a.copy_(lora[0])
     linear.lora_b.copy_(lora[1])
     return True
 
 
-def _frozen(module) -> bool:
-    return not getattr(getattr(module, "base_layer", module).weight, "requires_grad", False)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # One fused kernel (float32 inside). LlamaRMSNorm rounds to bf16 before scaling instead: a rounding-level
-    # difference, and four kernels fewer per norm, which matters when a decode step is a chain of tiny kernels.
-    return F.rms_norm(x, (x.shape[-1],), weight, eps)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-# The element-wise pieces of a layer. On CUDA the decode step runs them torch.compile'd (``POINTWISE``): each
-# becomes one generated kernel instead of 2-6 eager ones, captured into the step's CUDA graph like any kernel.
+# The element-wise pieces of a layer. On CUDA the decode step runs them torch.compile'd: each becomes one generated
+# kernel instead of 2-6 eager ones, captured into the step's CUDA graph like any kernel.
 
 
 def _add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float):
@@ -187,7 +142,9 @@ def _add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: f
 def _rope_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nq: int, nkv: int):
     """qkv [B,T,nq+2nkv,D] -> (q [B,T,nq,D] rotated, kv [2,B,T,nkv,D]: k rotated and v, ready for the cache)."""
     qk = qkv[:, :, : nq + nkv]
-    qk = qk * cos[:, :, None] + _rotate_half(qk) * sin[:, :, None]  # RoPE on q and k in one pass
+    half = qk.shape[-1] // 2
+    rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+    qk = qk * cos[:, :, None] + rotated * sin[:, :, None]  # RoPE on q and k in one pass
     return qk[:, :, :nq], torch.stack((qk[:, :, nq:], qkv[:, :, nq + nkv:]))
 
 
@@ -199,20 +156,12 @@ def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 POINTWISE = {"add_rms_norm": _add_rms_norm, "rope_kv": _rope_kv, "swiglu": _swiglu}
 
 
-def _compiled_pointwise() -> dict:
-    # dynamic=False: decode shapes are fixed per batch size. Inductor's own CUDA graphs stay off: these run
-    # inside the engine's graph capture.
-    return {name: torch.compile(fn, dynamic=False, options={"triton.cudagraphs": False})
-            for name, fn in POINTWISE.items()}
-
-
 # -- decode attention: split-K ("flash decoding") in Triton ------------------------------------------------------
 # SDPA's kernels tile 64+ query rows, and a decode step has rep = 2 per kv head: at batch 36 cuDNN's flash kernel took
 # ~35 µs per layer for 128-256 cached tokens (docs/benchmarks/README.md). Here each program reads one block of
-# keys/values of one (row, kv head) for its ``rep`` query heads (the cache is read once, in parallel over blocks),
-# and a second kernel combines the blocks' softmax partials. The number of filled slots is read on the device
-# (``slot + 1``), so blocks past it exit at once: one captured graph serves every length, no padding is paid for
-# beyond the last block, and no ATTN_BUCKET graphs are needed.
+# keys/values of one (row, kv head) for its ``rep`` query heads, and a second kernel combines the blocks' softmax
+# partials. The filled length is read on the device (``slot + 1``): blocks past it exit at once, so one captured
+# graph serves every length.
 
 ATTN_BLOCK = 64  # cache slots per program of the first kernel
 
@@ -370,13 +319,10 @@ class FastRollout:
         core = getattr(lm, "model", None)
         if core is None or not hasattr(core, "layers") or not hasattr(lm, "lm_head"):
             raise UnsupportedModelError(f"rollout='fast' needs a Llama-style causal LM, got {type(lm).__name__}.")
-        attn = core.layers[0].self_attn
-        if hasattr(attn, "q_norm") or getattr(lm.config, "model_type", "llama") not in ("llama", "mistral"):
-            raise UnsupportedModelError(
-                f"rollout='fast' supports Llama-architecture models, not {lm.config.model_type!r}; "
-                "use rollout='default'."
-            )
         cfg = lm.config
+        if hasattr(core.layers[0].self_attn, "q_norm") or getattr(cfg, "model_type", "llama") not in FAST_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"rollout='fast' supports Llama-architecture models, not {cfg.model_type!r}; use rollout='default'.")
         self.lm, self.core = lm, core
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -384,15 +330,10 @@ class FastRollout:
         norm = core.layers[0].input_layernorm
         self.eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
         self.eos = torch.tensor(sorted({int(e) for e in eos_token_ids}))
-        self.pad_token_id = pad_token_id
-        self.max_new_tokens = max_new_tokens
+        self.pad_token_id, self.max_new_tokens, self.use_cuda_graph = pad_token_id, max_new_tokens, use_cuda_graph
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.use_cuda_graph = use_cuda_graph
-        # None: compiled on CUDA (unless SARASHINA_ROLLOUT_POINTWISE=0), eager on CPU, where tests run.
-        self.compile_pointwise = compile_pointwise
-        self._compiled = None
-        # Decode attention: "triton" (split-K kernel, CUDA default unless SARASHINA_ROLLOUT_ATTENTION=sdpa) or "sdpa".
-        self.attention = attention
+        self.compile_pointwise, self._compiled = compile_pointwise, None  # None: see _decode_fns
+        self.attention = attention  # "triton" (split-K) or "sdpa"; None: see _split_k_attention
         self._split_k_ok = None  # the kernel's one-time check against SDPA (a failing Triton falls back to SDPA)
         # Benchmark hook (``scripts/bench.py``'s ``-real`` mode): batch size -> the length at which each row's
         # completion is forced to end with EOS. None in training.
@@ -406,22 +347,8 @@ class FastRollout:
     def snapshot(self) -> list[Layer]:
         """The decode-time view of every layer, taken now: LoRA changes after each optimizer step."""
         dtype = self.core.embed_tokens.weight.dtype
-        layers = []
-        for layer in self.core.layers:
-            a, m = layer.self_attn, layer.mlp
-            layers.append(Layer(
-                norm1=layer.input_layernorm.weight.detach(),
-                qkv=fuse([a.q_proj, a.k_proj, a.v_proj], dtype),
-                o=fuse([a.o_proj], dtype),
-                norm2=layer.post_attention_layernorm.weight.detach(),
-                gate_up=fuse([m.gate_proj, m.up_proj], dtype),
-                down=fuse([m.down_proj], dtype),
-            ))
-        return layers
-
-    def _modules(self, layer):
-        a, m = layer.self_attn, layer.mlp
-        return [a.q_proj, a.k_proj, a.v_proj], [a.o_proj], [m.gate_proj, m.up_proj], [m.down_proj]
+        return [Layer(layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
+                      *(fuse(group, dtype) for group in _projections(layer))) for layer in self.core.layers]
 
     def layers(self) -> list[Layer]:
         """The decode-time layers: dequantized once while the base weights are frozen (LoRA training), with the
@@ -429,11 +356,12 @@ class FastRollout:
         dtype = self.core.embed_tokens.weight.dtype
         if self._layers is None:
             layers = self.snapshot()
-            if all(_frozen(m) for layer in self.core.layers for group in self._modules(layer) for m in group):
+            if not any(getattr(getattr(m, "base_layer", m).weight, "requires_grad", False)
+                       for layer in self.core.layers for group in _projections(layer) for m in group):
                 self._layers = layers
             return layers
         for layer, decoded in zip(self.core.layers, self._layers, strict=True):
-            for group, linear in zip(self._modules(layer), (decoded.qkv, decoded.o, decoded.gate_up, decoded.down),
+            for group, linear in zip(_projections(layer), (decoded.qkv, decoded.o, decoded.gate_up, decoded.down),
                                      strict=True):
                 if not refresh_lora(linear, group, dtype):  # adapters added or removed: rebuild everything
                     self.release()
@@ -451,20 +379,18 @@ class FastRollout:
         q, kv = fns["rope_kv"](layer.qkv(x).view(batch, t, nq + 2 * nkv, d), cos, sin, nq, nkv)
         # Token-major caches, k and v in one tensor: the new rows of both are written by one index_copy_.
         kv_cache.index_copy_(2, slots, kv)
-        # Grouped-query attention without repeating the cache: query head h reads kv head h // rep (HF repeat_kv),
-        # so the rep query heads of one kv head become rep × T query rows against that kv head.
         if "attention" in fns:  # decode on CUDA: the split-K kernel over the filled slots, read on the device
-            out = fns["attention"](q.view(batch, nq, d), kv_cache, mask.view(batch, -1), slots)
-            h, x = fns["add_rms_norm"](h, layer.o(out.view(batch, 1, nq * d)), layer.norm2, self.eps)
-            return fns["add_rms_norm"](h, layer.down(fns["swiglu"](layer.gate_up(x))), next_norm, self.eps)
-        rep = nq // nkv
-        q = q.transpose(1, 2).reshape(batch, nkv, rep * t, d)  # one new token: a view, no copy
-        if t > 1:
-            mask = mask[:, :, None].expand(batch, 1, rep, t, attn_len).reshape(batch, 1, rep * t, attn_len)
-        # (one new token: the [B,1,1,A] mask broadcasts over the rep query rows, no copy)
-        keys, values = kv_cache[0, :, :attn_len].transpose(1, 2), kv_cache[1, :, :attn_len].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        out = out.view(batch, nq, t, d).transpose(1, 2).reshape(batch, t, nq * d)
+            out = fns["attention"](q.view(batch, nq, d), kv_cache, mask.view(batch, -1), slots).view(batch, 1, nq * d)
+        else:
+            # Grouped-query attention without repeating the cache: query head h reads kv head h // rep (HF
+            # repeat_kv), so the rep query heads of one kv head become rep × T query rows against that kv head.
+            rep = nq // nkv
+            q = q.transpose(1, 2).reshape(batch, nkv, rep * t, d)  # one new token: a view, no copy
+            if t > 1:  # (one new token: the [B,1,1,A] mask broadcasts over the rep query rows, no copy)
+                mask = mask[:, :, None].expand(batch, 1, rep, t, attn_len).reshape(batch, 1, rep * t, attn_len)
+            keys, values = kv_cache[0, :, :attn_len].transpose(1, 2), kv_cache[1, :, :attn_len].transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            out = out.view(batch, nq, t, d).transpose(1, 2).reshape(batch, t, nq * d)
         h, x = fns["add_rms_norm"](h, layer.o(out), layer.norm2, self.eps)
         return fns["add_rms_norm"](h, layer.down(fns["swiglu"](layer.gate_up(x))), next_norm, self.eps)
 
@@ -472,7 +398,9 @@ class FastRollout:
                  fns=POINTWISE):
         h = F.embedding(tokens, self.core.embed_tokens.weight)
         cos, sin = cos_table[positions], sin_table[positions]
-        x = _rms_norm(h, layers[0].norm1, self.eps)
+        # One fused kernel (float32 inside). LlamaRMSNorm rounds to bf16 before scaling instead: a rounding-level
+        # difference, and four kernels fewer per norm (the compiled pieces use it too).
+        x = F.rms_norm(h, (h.shape[-1],), layers[0].norm1, self.eps)
         norms = [layer.norm1 for layer in layers[1:]] + [self.core.norm.weight.detach()]  # final norm last
         for layer, next_norm, kv_cache in zip(layers, norms, caches, strict=True):
             h, x = self._layer(h, x, layer, next_norm, cos, sin, kv_cache, slots, mask, attn_len, fns)
@@ -481,17 +409,20 @@ class FastRollout:
     def _decode_fns(self, device) -> dict:
         """The element-wise pieces (and the attention) of a decode step: compiled / Triton on CUDA by default."""
         use = self.compile_pointwise
-        if use is None:
+        if use is None:  # compiled on CUDA unless SARASHINA_ROLLOUT_POINTWISE=0, eager on CPU (tests)
             use = device.type == "cuda" and os.environ.get("SARASHINA_ROLLOUT_POINTWISE", "1") != "0"
         if use and self._compiled is None:
-            self._compiled = _compiled_pointwise()
+            # dynamic=False: decode shapes are fixed per batch size. Inductor's own CUDA graphs stay off: these run
+            # inside the engine's graph capture.
+            self._compiled = {name: torch.compile(fn, dynamic=False, options={"triton.cudagraphs": False})
+                              for name, fn in POINTWISE.items()}
         fns = dict(self._compiled if use else POINTWISE)
         if self._split_k_attention(device):
             fns["attention"] = decode_attention
         return fns
 
     def _split_k_attention(self, device) -> bool:
-        if self.attention is None:
+        if self.attention is None:  # Triton on CUDA unless SARASHINA_ROLLOUT_ATTENTION=sdpa
             wanted = device.type == "cuda" and os.environ.get("SARASHINA_ROLLOUT_ATTENTION", "triton") != "sdpa"
         else:
             wanted = self.attention == "triton"
@@ -518,14 +449,11 @@ class FastRollout:
         caches = [torch.zeros(2, batch, length, self.n_kv, self.head_dim, dtype=dtype, device=device)
                   for _ in layers]
         # Decode state lives in fixed buffers so that captured graphs read and advance it on the device.
-        state = dict(
-            token=torch.zeros(batch, dtype=torch.long, device=device),
-            position=torch.zeros(batch, dtype=torch.long, device=device),
-            slot=torch.zeros(1, dtype=torch.long, device=device), step=torch.zeros(1, dtype=torch.long, device=device),
-            mask=torch.zeros(batch, 1, 1, length, dtype=dtype, device=device),
-            out=torch.zeros(batch, steps, dtype=torch.long, device=device),
-            stop=torch.full((batch,), -1, dtype=torch.long, device=device),  # forced: the step that emits EOS
-        )
+        long = dict(dtype=torch.long, device=device)
+        state = dict(token=torch.zeros(batch, **long), position=torch.zeros(batch, **long), slot=torch.zeros(1, **long),
+                     step=torch.zeros(1, **long), mask=torch.zeros(batch, 1, 1, length, dtype=dtype, device=device),
+                     out=torch.zeros(batch, steps, **long),
+                     stop=torch.full((batch,), -1, **long))  # forced: the step that emits EOS
         fns = self._decode_fns(device)
         eos = int(self.eos[0])
 
@@ -544,7 +472,8 @@ class FastRollout:
         return _Decoder(batch, length, steps, caches, cos, sin, state, step, forced=forced)
 
     def _capture(self, fn) -> torch.cuda.CUDAGraph:
-        """``fn`` captured as a CUDA graph, without ``torch.cuda.graph``'s ``empty_cache()`` (see module doc)."""
+        """``fn`` captured as a CUDA graph into one long-lived pool, without ``torch.cuda.graph``'s ``empty_cache()``
+        (which would also empty the pinned-host cache every rollout)."""
         first = self._stream is None
         if first:
             self._stream = torch.cuda.Stream()
@@ -587,12 +516,10 @@ class FastRollout:
             dec = self._new_decoder(batch, length, steps, layers, dtype, device, forced is not None)
 
         # Left padding as in TRL: row b's prompt ends at column prompt_len - 1; positions count its real tokens.
-        tokens = torch.full((batch, prompt_len), self.pad_token_id, dtype=torch.long)
-        real = torch.zeros(batch, prompt_len, dtype=torch.bool)
-        for row, ids in enumerate(prompt_ids):
-            tokens[row, prompt_len - len(ids):] = torch.tensor(ids)
-            real[row, prompt_len - len(ids):] = True
-        tokens, real = tokens.to(device), real.to(device)
+        pads = [prompt_len - len(ids) for ids in prompt_ids]
+        tokens = torch.tensor([[self.pad_token_id] * n + list(ids) for n, ids in zip(pads, prompt_ids, strict=True)],
+                              dtype=torch.long, device=device)
+        real = torch.arange(prompt_len, device=device)[None] >= torch.tensor(pads, device=device)[:, None]
         positions = (real.long().cumsum(1) - 1).clamp(min=0)
         neg = torch.finfo(dtype).min
 
@@ -648,10 +575,7 @@ class FastRollout:
 
     def _until_eos(self, row: list[int]) -> list[int]:
         eos = set(self.eos.tolist())
-        for i, token in enumerate(row):
-            if token in eos:
-                return row[: i + 1]
-        return row
+        return next((row[: i + 1] for i, token in enumerate(row) if token in eos), row)
 
 
 FAST_ARCHITECTURES = ("llama", "mistral")  # config.model_type values FastRollout decodes
@@ -666,15 +590,8 @@ def model_type(model) -> str | None:
     return getattr(getattr(language_model(model), "config", None), "model_type", None)
 
 
-def unsupported_architecture(model) -> str | None:
-    """The model's ``model_type`` when the fast rollout cannot decode that architecture, else None."""
-    kind = model_type(model)
-    return None if kind in FAST_ARCHITECTURES else str(kind)
-
-
 def unsupported_weights(model) -> str | None:
-    """What in a Llama-architecture model's weights the fast rollout does not decode (biased projections, DoRA
-    adapters), else None: found when the trainer is built, not at the first rollout."""
+    """What in a Llama model's weights the fast rollout does not decode, else None (checked at trainer build)."""
     config = getattr(language_model(model), "config", None)
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         return "biased projections"
@@ -706,9 +623,8 @@ STEP_HEADROOM_BYTES = 2 << 30
 
 
 def choose(trainer, asked: str) -> str:
-    """The rollout that generates for the ``rollout`` setting ``asked``: itself, or for 'auto' 'fast' only where the
-    GPU suite checks it against Unsloth's generate (greedy agreement: a Llama model on a CUDA GPU through Unsloth,
-    sampling it honours) and the card has room for its bf16 weights; 'default' elsewhere (with vLLM: 'vllm')."""
+    """The rollout for the setting ``asked``: itself, or for 'auto' 'fast' only where the GPU suite checks it exact
+    (a Llama model on a CUDA GPU through Unsloth, sampling it honours) and the card has room for its bf16 weights."""
     if asked != "auto":
         return asked
     args = trainer.args
@@ -741,10 +657,9 @@ def choose(trainer, asked: str) -> str:
 def install(trainer) -> FastRollout | None:
     """Make ``trainer`` (a TRL ``GRPOTrainer``) generate its completions with ``FastRollout``; return the engine, or
     None where the model's architecture is not one it decodes: the trainer keeps the default rollout."""
-    other = unsupported_architecture(trainer.model)
-    if other is not None:
+    if (kind := model_type(trainer.model)) not in FAST_ARCHITECTURES:
         logger.warning("rollout='fast' decodes %s models only; this %s model uses the default rollout.",
-                       "/".join(FAST_ARCHITECTURES), other)
+                       "/".join(FAST_ARCHITECTURES), kind)
         return None
     args = trainer.args
     if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
@@ -752,11 +667,10 @@ def install(trainer) -> FastRollout | None:
     if (what := unsupported_weights(trainer.model) or unsupported_sampling(trainer)) is not None:
         raise UnsupportedModelError(f"rollout='fast' does not decode or sample with {what}: use rollout='default' "
                                     "(or 'auto', which picks it) for this run.")
-    engine = FastRollout(
-        trainer.model, eos_token_ids=trainer.eos_token_ids, pad_token_id=trainer.processing_class.pad_token_id,
-        max_new_tokens=trainer.max_completion_length, temperature=trainer.temperature, top_k=trainer.top_k or 0,
-        top_p=trainer.top_p if trainer.top_p is not None else 1.0,
-    )
+    engine = FastRollout(trainer.model, eos_token_ids=trainer.eos_token_ids,
+                         pad_token_id=trainer.processing_class.pad_token_id,
+                         max_new_tokens=trainer.max_completion_length, temperature=trainer.temperature,
+                         top_k=trainer.top_k or 0, top_p=trainer.top_p if trainer.top_p is not None else 1.0)
 
     def generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images or multimodal_fields:
