@@ -3,10 +3,8 @@
     sarashina-grpo infer  --model artifact/outputs/<run>/best
     sarashina-grpo export artifact/outputs/<run>/best out/adapter
 
-With ``--eval-steps`` the held-out evaluation (``callbacks.HeldOutEval``) saves a checkpoint whenever
-``Settings.best_metric`` reaches a new best and records it here; transformers' rotation (``save_total_limit``)
-never deletes it. ``resolve_best`` turns ``…/<run>/best`` into that checkpoint's folder wherever a model or
-checkpoint folder is read (``preflight``, ``modeling``, ``export``); a real folder named ``best`` wins.
+The held-out evaluation (``callbacks.HeldOutEval``) saves and records a checkpoint at each new best of
+``Settings.best_metric``; ``resolve_best`` turns ``…/<run>/best`` into its folder (a real folder named ``best`` wins).
 """
 
 from __future__ import annotations

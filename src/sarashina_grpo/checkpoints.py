@@ -1,16 +1,13 @@
 """Checkpoint folders: their names, the complete marker, listing, verifying, choosing one to resume, setting aside.
 
-The only module that knows what a checkpoint folder looks like. A run writes
-``artifact/outputs/<run>/checkpoint-<step>/``; the folder counts once ``checkpoint_complete`` is written into it
-(last, after weights, optimizer, scheduler, RNG and trainer state), and is *intact* when its files also pass
-``verify``: cheap checks that catch a save cut off by a full disk, a file overwritten, or NaN weights, before a
-model loads for 20 s and then fails deep in safetensors or torch. Damaged or superseded folders are moved to
-``set-aside/checkpoint-<step>.set-aside-<time>`` in the run folder (out of reach of transformers' checkpoint rotation),
-never deleted, and are never read as checkpoints again.
+``outputs/<run>/checkpoint-<step>/`` counts once ``checkpoint_complete`` is written into it (last), and is intact when
+its files pass ``verify``: cheap checks that catch a cut-off save, an overwritten file or NaN weights before a model
+loads for 20 s and fails deep in torch. Damaged or superseded folders are moved to ``set-aside/``, never deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -93,10 +90,8 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 def is_complete(checkpoint: str | os.PathLike) -> bool:
     """Marker written last, trainer state and weights present: a save that was not cut off."""
     checkpoint = Path(checkpoint)
-    return (
-        (checkpoint / COMPLETE_MARKER).exists() and (checkpoint / TRAINER_STATE).exists()
-        and any((checkpoint / f).exists() for f in ADAPTER_WEIGHT_FILES + WEIGHT_FILES)
-    )
+    return ((checkpoint / COMPLETE_MARKER).exists() and (checkpoint / TRAINER_STATE).exists()
+            and any((checkpoint / f).exists() for f in ADAPTER_WEIGHT_FILES + WEIGHT_FILES))
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -106,8 +101,7 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 def newest_complete_in(run_folder: str | os.PathLike) -> Path | None:
     """The run's newest complete checkpoint, for hints such as 'use …/checkpoint-N instead'."""
-    done = complete_checkpoints(run_folder)
-    return done[-1] if done else None
+    return (complete_checkpoints(run_folder) or [None])[-1]
 
 
 def runs_with_checkpoints(outputs: str | os.PathLike) -> list[Path]:
@@ -116,15 +110,9 @@ def runs_with_checkpoints(outputs: str | os.PathLike) -> list[Path]:
     return [p for done, p in sorted((r for r in runs if r[0]), key=lambda r: r[0][-1].stat().st_mtime)]
 
 
-# --- verifying ------------------------------------------------------------------------------------------------
-
-
 def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[str]:
-    """What is wrong with the checkpoint's files ("file: problem" each); empty when it is intact.
-
-    Cheap: headers and sizes of safetensors files, every JSON file parses, adapter weights are finite, and (for
-    resume) optimizer/scheduler/RNG state loads with ``torch.load(weights_only=True)``, the way resume loads it.
-    """
+    """What is wrong with the checkpoint's files ("file: problem" each); empty when it is intact. For resume, the
+    optimizer/scheduler/RNG state must also load with ``torch.load(weights_only=True)``, as resume loads it."""
     folder = Path(checkpoint)
     jsons = [p for p in sorted(folder.glob("*.json")) if for_resume or p.name != TRAINER_STATE]
     problems = _problems(safetensors_problem, sorted(folder.glob("*.safetensors"))) + _problems(json_problem, jsons)
@@ -143,7 +131,6 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
 
 
 def _problems(check, paths: list[Path]) -> list[str]:
-    """"file: problem" for each of ``paths`` that ``check`` finds a problem with."""
     return [f"{path.name}: {problem}" for path in paths if (problem := check(path))]
 
 
@@ -161,8 +148,7 @@ def trainer_state_problem(path: Path) -> str | None:
 
 
 def adapter_config_problem(path: Path) -> str | None:
-    """Why an ``adapter_config.json`` that parses cannot be what PEFT wrote: the loaders would fail on it with a
-    traceback after the model's imports."""
+    """Why an ``adapter_config.json`` that parses cannot be what PEFT wrote (the loaders would fail late on it)."""
     config = json.loads(path.read_bytes())
     if not isinstance(config, dict):
         return f"holds a JSON {type(config).__name__}, not PEFT's adapter config (overwritten?)"
@@ -173,20 +159,17 @@ def adapter_config_problem(path: Path) -> str | None:
 
 
 def adapter_shape_problems(folder: Path) -> list[str]:
-    """"file: problem" when the adapter weights do not have the LoRA rank ``adapter_config.json`` declares (an
-    adapter of another run copied in): PEFT would fail with a size mismatch after the model loads. Reads the
-    safetensors header only."""
-    config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
-    if not (config_path.exists() and weights.exists()):
-        return []
+    """"file: problem" when the adapter weights (header only) lack the LoRA rank ``adapter_config.json`` declares (an
+    adapter of another run copied in): PEFT would fail with a size mismatch after the model loads."""
+    weights = folder / "adapter_model.safetensors"
     try:
-        config = json.loads(config_path.read_bytes())
+        config = json.loads((folder / "adapter_config.json").read_bytes())
         rank, patterns = config.get("r"), config.get("rank_pattern") or {}
         with open(weights, "rb") as f:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         shapes = {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return []  # unreadable files are reported by the header and JSON checks
+        return []  # missing: nothing to compare; unreadable: reported by the header and JSON checks
     if not isinstance(rank, int) or patterns:
         return []  # per-module ranks: nothing simple to compare with
     for key, shape in shapes.items():
@@ -216,9 +199,7 @@ def missing_resume_state(checkpoint: str | os.PathLike) -> list[str]:
 
 def check_resume_state(checkpoint: str | os.PathLike, *, weights_only: bool = False,
                        weights_only_flag: str = "--resume-weights-only") -> None:
-    """Raise ``SettingsError`` (one line) unless resuming from ``checkpoint`` restores every piece of training state:
-    ``optimizer.pt`` and ``scheduler.pt`` must be there, unless ``weights_only`` (the caller goes on knowingly with a
-    fresh optimizer and schedule, which is logged). Damaged state files are ``verify``'s to find."""
+    """Raise ``SettingsError`` unless ``checkpoint`` has ``optimizer.pt`` and ``scheduler.pt`` (weights_only: warn)."""
     checkpoint = Path(checkpoint)
     missing = missing_resume_state(checkpoint)
     if not missing:
@@ -266,9 +247,8 @@ def json_problem(path: Path) -> str | None:
 
 
 def torch_state_problem(path: Path) -> str | None:
-    """Why ``path`` does not load with ``torch.load(weights_only=True)``, or is not an optimizer or scheduler state
-    the Trainer can restore ({} or a list would fail with a KeyError deep in torch after the model loads). Never
-    suggests weights_only=False: that would run whatever code a damaged or foreign file holds."""
+    """Why ``path`` does not load with ``torch.load(weights_only=True)`` (never weights_only=False: that would run a
+    foreign file's code), or is no optimizer or scheduler state ({} would fail deep in torch after the model loads)."""
     import numpy as np
     import torch
 
@@ -299,22 +279,16 @@ def nonfinite_weight_files(folder: str | os.PathLike) -> list[str]:
     bad = []
     for name in ADAPTER_WEIGHT_FILES:
         path = Path(folder) / name
-        try:
-            if path.suffix == ".safetensors":
-                state = load_file(path)
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            finite = all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t))
-        except Exception:  # noqa: BLE001 - a missing file is no problem; damage is reported by the other checks
-            continue
-        if not finite:
-            bad.append(name)
+        with contextlib.suppress(Exception):  # a missing file is no problem; damage is reported by the other checks
+            state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, "cpu", weights_only=True)
+            if not all(torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t)):
+                bad.append(name)
     return bad
 
 
 def mark_complete(folder: str | os.PathLike, step: int) -> bool:
-    """Write the complete marker into a saved checkpoint, unless its adapter weights hold NaN or inf: such a
-    checkpoint must never become a resume point. Returns whether it was marked; the refusal is logged."""
+    """Write the complete marker into a saved checkpoint, unless its adapter weights hold NaN or inf (logged);
+    return whether it was marked."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
@@ -326,17 +300,13 @@ def mark_complete(folder: str | os.PathLike, step: int) -> bool:
     return True
 
 
-# --- choosing and setting aside -------------------------------------------------------------------------------
-
-
 def set_aside(folder: Path, reason: str) -> Path | None:
     """Move ``folder`` to ``set-aside/<name>.set-aside-<time>`` in its run folder (never delete) and warn, naming it
     and ``reason``. None when another process of the same ``accelerate launch`` moved it first."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = folder.parent / SET_ASIDE_DIR
     aside.mkdir(exist_ok=True)
-    target = aside / f"{folder.name}{SET_ASIDE}{stamp}"
-    n = 1
+    target, n = aside / f"{folder.name}{SET_ASIDE}{stamp}", 1
     while target.exists():  # two set-asides in the same second
         n += 1
         target = aside / f"{folder.name}{SET_ASIDE}{stamp}-{n}"
@@ -349,9 +319,8 @@ def set_aside(folder: Path, reason: str) -> Path | None:
 
 
 def set_aside_newer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
-    """Set aside the run's checkpoint folders after ``checkpoint`` (half-written, or from a branch being replaced)
-    so the continued run writes fresh folders and never mixes its files with stale ones. Nothing is deleted.
-    ``checkpoint-N.set-aside-*`` folders that an older version left in the run folder move into ``set-aside/``."""
+    """Set aside the run's checkpoint folders after ``checkpoint`` so the continued run never mixes its files with
+    stale ones; ``checkpoint-N.set-aside-*`` folders an older version left in the run folder go into ``set-aside/``."""
     aside = Path(run_dir) / SET_ASIDE_DIR
     for folder in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*{SET_ASIDE}*"):
         if folder.is_dir() and set_aside_step(folder) is not None and not (aside / folder.name).exists():
@@ -363,8 +332,7 @@ def set_aside_newer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -
 
 
 def latest_intact(run_dir: str | os.PathLike) -> Path | None:
-    """The run's newest complete checkpoint that passes ``verify``. Damaged newer ones are set aside with a warning
-    naming each and what is wrong with it; None when no complete checkpoint is intact."""
+    """The run's newest complete checkpoint that passes ``verify`` (damaged newer ones are set aside), else None."""
     for checkpoint in reversed(complete_checkpoints(run_dir)):
         try:
             problems = verify(checkpoint)
@@ -384,9 +352,8 @@ def locate_resume(artifact_dir: str | os.PathLike, resume: str | os.PathLike) ->
     if resume == "latest":
         runs = runs_with_checkpoints(outputs)
         if not runs:
-            raise SettingsError(
-                f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run without --resume."
-            )
+            raise SettingsError(f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run "
+                                "without --resume.")
         return runs[-1], None
     path = Path(resume).expanduser() if Path(resume).expanduser().exists() else outputs / resume
     if not path.exists():
@@ -408,11 +375,9 @@ def choose_resume_checkpoint(run_dir: Path, named: Path | None) -> Path:
                                 "is damaged and was set aside (see the warnings). Start a new run without --resume.")
         raise SettingsError(f"Nothing to resume in {run_dir}: it holds no complete checkpoint-N folder.")
     if not is_complete(named):
-        raise SettingsError(
-            f"{named} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run was cut "
-            f"off while saving it. Resume the run instead (--resume {named.parent.name}) to use its last "
-            "complete checkpoint."
-        )
+        raise SettingsError(f"{named} is not a complete checkpoint (no {COMPLETE_MARKER}, or files missing): the run "
+                            f"was cut off while saving it. Resume the run instead (--resume {named.parent.name}) to "
+                            "use its last complete checkpoint.")
     if problems := verify(named):
         raise SettingsError(f"{named} is damaged ({'; '.join(problems)}). Resume the run instead "
                             f"(--resume {named.parent.name}) to use its newest intact checkpoint.")
@@ -420,8 +385,7 @@ def choose_resume_checkpoint(run_dir: Path, named: Path | None) -> Path:
 
 
 def check_loadable(folder: str | os.PathLike) -> None:
-    """Raise ``SettingsError`` naming what is wrong when a checkpoint or adapter folder about to be loaded for
-    inference or evaluation is damaged (cut off, overwritten, NaN weights)."""
+    """Raise ``SettingsError`` naming what is wrong when a folder about to be loaded for inference is damaged."""
     folder = Path(folder)
     if problems := verify(folder, for_resume=False):
         step = step_of(folder) if step_of(folder) is not None else set_aside_step(folder)

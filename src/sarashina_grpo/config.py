@@ -3,18 +3,9 @@
     from sarashina_grpo.config import Settings, load_settings
     settings = load_settings({"model_name": "tiny", "max_steps": 5})      # the article's recipe, two values changed
 
-Importing this module imports Unsloth first (it patches TRL), unless TRL is already imported: a process that
-imported TRL itself chose the plain transformers + PEFT backend (``commands.import_training_stack``).
-
-``Settings`` *is* a ``trl.GRPOConfig`` (TRL's fields keep TRL's names, defaults, help and checks; the trainer gets
-the object itself as ``args``) plus what TRL has no field for (model, prompt files, system prompt, LoRA, rollout
-engine, rewards, held-out evaluation). Its ``__post_init__`` reads every value in its field's type, checks it and
-fills in what the machine decides (CPU or GPU, bf16 or fp16): a value is checked the same way whether it came from a
-flag, a recipe, the notebook's ``SETTINGS`` or a resumed run's ``run.json``.
-
-The article's values live in one place, the default recipe ``configs/recipes/article.yaml``. ``load_settings``
-lays over it (or over a resumed run's recorded settings) a ``--config`` recipe (or ``RECIPE``), then the values
-given (flags, ``SETTINGS``). Parsing is TRL's own ``TrlParser`` (``cli.train_parser``).
+``Settings.__post_init__`` reads and checks every value the same way whatever its source (flag, recipe, notebook
+``SETTINGS``, a resumed ``run.json``). ``load_settings`` lays a recipe, then the values given, over the article's
+recipe ``configs/recipes/article.yaml`` (or a resumed run's recorded settings).
 """
 
 import dataclasses
@@ -35,33 +26,12 @@ if "trl" not in sys.modules:  # Unsloth patches TRL as it is imported, so it com
 from trl import GRPOConfig  # noqa: E402
 
 from . import project  # noqa: E402
-from .project import (  # noqa: E402
-    BACKENDS,
-    BEST_METRICS,
-    DEFAULT_MODEL_NAME,
-    DEFAULT_REWARDS,
-    FLAGS,
-    LORA_TARGET_MODULES,
-    RECIPES,
-    ROLLOUTS,
-    SCALE_REWARDS,
-    SYSTEM_PROMPT,
-    OnOff,
-    SettingsError,
-    did_you_mean,
-    field_label,
-    finite_number,
-    is_whole,
-    load_recipe,
-    read_text_setting,
-    recipe_path,
-    setting,
-)
+from .project import BACKENDS, BEST_METRICS, FLAGS, SettingsError, field_label, load_recipe, setting  # noqa: E402
 
-ARTICLE_RECIPE = RECIPES / "article.yaml"
+ARTICLE_RECIPE = project.RECIPES / "article.yaml"
 
-# Whole numbers and their lowest value. TRL's own the project needs whole and ≥ 1 (it runs by steps, never by epochs;
-# TRL types save_steps and logging_steps as floats, a share of the run below 1); 0 is off or no extra batch.
+# Whole numbers and their lowest value (the project runs by steps: TRL's float save_steps/logging_steps below 1, a
+# share of the run, are refused); 0 is off or no extra batch.
 WHOLE_NUMBERS = {**dict.fromkeys((
     "max_seq_length", "lora_rank", "lora_alpha", "max_prompt_length", "eval_limit", "max_steps", "save_steps",
     "logging_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -82,8 +52,7 @@ NUMERIC_RANGES = (
     ("vllm_gpu_memory_utilization", 0.0, 1.0, False, True),
 )
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
-# Past the width of a model's layers a LoRA rank adds nothing (the article's is 32; the 3B model is 2,560 wide), and a
-# rank of millions asks for more memory than any machine has before the first step.
+# Past the width of a model's layers a LoRA rank adds nothing (the 3B model is 2,560 wide); millions exhaust memory.
 MAX_LORA_RANK = 4096
 # Fields the project sets for each run: a run's checkpoints live in its own folder, where --resume finds them.
 RUN_OWNED = {
@@ -97,20 +66,19 @@ RUN_OWNED = {
 class Settings(GRPOConfig):
     """A run's settings: TRL's ``GRPOConfig`` and this project's fields. ``run.json`` records them."""
 
-    # --- model and data
-    model_name: str = setting(DEFAULT_MODEL_NAME, "hub id, local model or checkpoint folder, or 'tiny' (the "
+    model_name: str = setting(project.DEFAULT_MODEL_NAME, "hub id, local model or checkpoint folder, or 'tiny' (the "
                               "offline test model)", flag=FLAGS["model_name"])
     data_path: str = setting("datasets/smalltalk.csv", "prompt file: CSV, JSONL or Parquet (columns prompt,lang; "
                              "optional role, answer); relative paths are taken from the project folder",
                              flag=FLAGS["data_path"])
-    system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
+    system_prompt: str = setting(project.SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
                                  shown_as="the article's Japanese wording of the <think>/<response> layout")
     system_prompt_file: str | None = setting(None, "read the system prompt from this UTF-8 text file; unset: use "
                                              "--system-prompt")
     max_prompt_length: int = setting(1024, "prompts longer than this (tokens, chat template included) are skipped "
                                      "with a warning: TRL 1.x no longer truncates them")
     load_in_4bit: bool | None = setting(None, "QLoRA 4-bit loading; unset: on with a CUDA GPU, off without one",
-                                        flag=FLAGS["load_in_4bit"], action=OnOff)
+                                        flag=FLAGS["load_in_4bit"], action=project.OnOff)
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + completion fit with room)")
     offload_activations: bool = setting(True, "Unsloth's gradient checkpointing keeps each layer's saved input in "
                                         "CPU memory (its offloading; on an H100 the update was no faster with "
@@ -118,23 +86,20 @@ class Settings(GRPOConfig):
                                         "GPU")
     backend: str = setting("auto", "model loading: 'unsloth', or plain transformers+PEFT ('trl-peft'); 'auto' = "
                            "unsloth (one process or several)", choices=BACKENDS)
-    # --- LoRA
     lora_rank: int = setting(32, "LoRA rank r")
     lora_alpha: int | None = setting(None, "LoRA alpha; unset: equal to the rank (scale 1.0, as in the article)")
     lora_target_modules: list[str] = setting(None, "projections that get LoRA adapters (comma-separated or several "
-                                             "words)", factory=lambda: list(LORA_TARGET_MODULES))
-    # --- rollout and rewards
+                                             "words)", factory=lambda: list(project.LORA_TARGET_MODULES))
     rollout: str = setting("auto", "how completions are generated: " + "; ".join(
-        f"{k} = {v}" for k, v in ROLLOUTS.items()), choices=tuple(ROLLOUTS))
+        f"{k} = {v}" for k, v in project.ROLLOUTS.items()), choices=tuple(project.ROLLOUTS))
     reward_names: list[str] = setting(None, "reward functions: registry names (sarashina_grpo.rewards), or your own "
                                       "as module:function or path/to/file.py:function; comma-separated or several "
-                                      "words", flag=FLAGS["reward_names"], factory=lambda: list(DEFAULT_REWARDS))
-    # --- held-out evaluation during training (callbacks.HeldOutEval, every `eval_steps`: TRL's field, read by the
-    # project because TRL's own evaluation loop, which would sample and score rewards, is never switched on here)
+                                      "words", flag=FLAGS["reward_names"],
+                                      factory=lambda: list(project.DEFAULT_REWARDS))
+    # held-out evaluation (callbacks.HeldOutEval) every TRL `eval_steps`: TRL's own eval loop is never switched on
     eval_data: str = setting("datasets/eval.csv", "held-out prompt file scored every --eval-steps (CSV, JSONL or "
                              "Parquet; columns prompt,lang)")
     eval_limit: int = setting(16, "held-out prompts scored at each evaluation (the first N of eval_data)")
-    # --- the best checkpoint, early stopping and dynamic sampling: callbacks.HeldOutEval, dynamic_sampling
     best_metric: str = setting("strict_format_rate", "held-out metric (with --eval-steps) whose best value marks a "
                                "checkpoint in run.json as the run's best: saved when reached, never rotated away, "
                                "loaded as artifact/outputs/<run>/best; 'none': off", choices=("none", *BEST_METRICS))
@@ -154,7 +119,7 @@ class Settings(GRPOConfig):
         check_ranges(self)
         check_combinations(self)
         if self.system_prompt_file:
-            self.system_prompt = read_text_setting(self.system_prompt_file, field_label("system_prompt_file"))
+            self.system_prompt = project.read_text_setting(self.system_prompt_file, field_label("system_prompt_file"))
         self._decide_machine()
         self._trl_arguments = {name: getattr(self, name) for name in TRL_FIELDS}
         project.check_launch_environment()  # TRL's __post_init__ starts the process group these variables name
@@ -165,8 +130,8 @@ class Settings(GRPOConfig):
             raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}{hint}") from None
 
     def _decide_machine(self) -> None:
-        """What the machine decides: 4-bit loading, CPU or GPU, the 16-bit type, an optimiser CPUs can run, and the
-        rollout's TRL switches. Every algorithm choice stays the recipe's, so Unsloth's own defaults never apply."""
+        """What the machine decides (4-bit, CPU or GPU, 16-bit type, optimiser, rollout switches); never the
+        algorithm, so Unsloth's own defaults never apply."""
         if self.load_in_4bit is None:
             self.load_in_4bit = project.cuda_available()
         if not project.cuda_available():
@@ -191,25 +156,20 @@ class Settings(GRPOConfig):
         return type(self)(**{**self._asked, **changes})
 
     def for_trainer(self):
-        """These settings as the trainer's ``args``: ``self`` under TRL alone. Unsloth replaces TRL's ``GRPOConfig``
-        by a subclass of its own as it loads a model, with fields and checks its trainer reads
-        (``unsloth_num_chunks``, ``context_parallel_size``, …); then an instance of that class, built through its own
-        ``__init__`` from the same values."""
+        """These settings as the trainer's ``args``: ``self``, or, once Unsloth has put its ``GRPOConfig`` subclass
+        in TRL's place (fields its trainer reads: ``unsloth_num_chunks``, …), an instance of it with the same values."""
         import trl
 
-        installed = trl.GRPOConfig
-        return self if isinstance(self, installed) else installed(**self._trl_arguments)
+        return self if isinstance(self, trl.GRPOConfig) else trl.GRPOConfig(**self._trl_arguments)
 
     def asked(self) -> dict:
         """The values this object was built from, JSON-ready: what ``run.json`` records and a resume rebuilds."""
         return json.loads(json.dumps(self._asked, default=str))
 
 
-
 def schema_fields(cls: type) -> dict[str, dataclasses.Field]:
-    """The fields of ``cls``'s schema: TRL's own ``GRPOConfig`` and ``cls``'s. On a GPU, Unsloth's import puts its
-    subclass of ``GRPOConfig`` in TRL's place; its extra fields (``vllm_sampling_params``, …) have their defaults and
-    are never recorded, so a ``run.json`` reads the same in a process without Unsloth (``--backend trl-peft``)."""
+    """The fields of TRL's own ``GRPOConfig`` and ``cls``'s, not those of Unsloth's subclass put in TRL's place on a
+    GPU: a ``run.json`` must read the same in a process without Unsloth (``--backend trl-peft``)."""
     trl_config = next(c for c in cls.__mro__ if (c.__module__, c.__name__) == ("trl.trainer.grpo_config", "GRPOConfig"))
     names = {f.name for f in dataclasses.fields(trl_config)} | set(vars(cls).get("__annotations__", {}))
     return {f.name: f for f in dataclasses.fields(cls) if f.name in names}
@@ -220,9 +180,6 @@ TRL_FIELDS = [name for name in FIELDS if name not in vars(Settings)["__annotatio
 HINTS = typing.get_type_hints(Settings)
 
 
-# --- typed values: one reading for every source (flags come typed by argparse; recipes, SETTINGS and run.json not)
-
-
 def split_names(names) -> list[str]:
     """``["a,b", "c"]`` or ``"a,b"`` as ``["a", "b", "c"]``."""
     items = [names] if isinstance(names, str) else list(names)
@@ -230,17 +187,14 @@ def split_names(names) -> list[str]:
 
 
 def _read_as(kind, value):
-    """``value`` as ``kind`` (one member of a field's type), or raise ``TypeError``."""
+    """``value`` as ``kind`` (one member of a field's type), or raise ``TypeError`` or ``ValueError``."""
     origin = typing.get_origin(kind)
     if kind is typing.Any or (value is not None and not isinstance(value, bool | int | float | str | list | tuple
                                                                    | dict)):
         return value  # an object a caller built (a ParallelismConfig, an enum member): TRL checks it
     if kind in (int, float):
         if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise TypeError from None
+            value = float(value.strip())  # a ValueError, like a TypeError, means not this kind
         if isinstance(value, bool) or not isinstance(value, int | float) or (
                 kind is int and isinstance(value, float) and not value.is_integer()):
             raise TypeError
@@ -262,9 +216,7 @@ WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "tex
 
 
 def typed(name: str, value):
-    """``value`` read as the type of ``Settings.<name>``, or a ``SettingsError`` naming the field, the type wanted
-    and the value found. Numbers may come as text ("5e-6", what YAML 1.1 leaves a string); nothing else is
-    converted."""
+    """``value`` read as ``Settings.<name>``'s type; only numbers may come as text (YAML 1.1 leaves "5e-6" one)."""
     hint = HINTS[name]
     kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for kind in kinds:
@@ -276,9 +228,6 @@ def typed(name: str, value):
                          if k is not type(None))
     nothing = " (null)" if value is None else f" ({type(value).__name__})"
     raise SettingsError(f"{field_label(name)} must be {wanted}, got {value!r}{nothing}.")
-
-
-# --- the project's own checks, and the ranges it needs of TRL's fields
 
 
 # TRL's refusals name fields a user sets through other flags. Each hint is added where its words appear.
@@ -295,15 +244,13 @@ TRL_HINTS = {
 def check_ranges(settings: Settings) -> None:
     for name, lowest in WHOLE_NUMBERS.items():
         value = getattr(settings, name)
-        if value is None and name in ("num_completions_to_print", "lora_alpha"):  # unset: all of them; the rank
-            continue
-        if not is_whole(value, lowest, floats=True):
+        unset = value is None and name in ("num_completions_to_print", "lora_alpha")  # all of them; the rank
+        if not unset and not project.is_whole(value, lowest, floats=True):
             raise SettingsError(f"{field_label(name)} must be {'0 or ' if lowest == 0 else ''}a positive integer, "
                                 f"got {value!r}.")
-    steps = settings.eval_steps
-    if steps is not None and not is_whole(steps, floats=True):
+    if settings.eval_steps is not None and not project.is_whole(settings.eval_steps, floats=True):
         raise SettingsError(f"{field_label('eval_steps')} must be a whole number of steps ≥ 1 (unset: no held-out "
-                            f"evaluation), got {steps!r}.")
+                            f"evaluation), got {settings.eval_steps!r}.")
     if settings.lora_rank > MAX_LORA_RANK:
         raise SettingsError(f"{field_label('lora_rank')} must be at most {MAX_LORA_RANK:,} (wider than the layers it "
                             f"adapts, a rank adds nothing; the article's is 32), got {settings.lora_rank:,}.")
@@ -312,20 +259,17 @@ def check_ranges(settings: Settings) -> None:
                             f"{settings.seed!r}.")
     for name, low, high, low_ok, high_ok in NUMERIC_RANGES:
         value = getattr(settings, name)
-        if value is None:
-            continue
-        above = (value >= low) if low_ok else (value > low)
-        below = (value <= high) if high_ok else (value < high)
-        if not (finite_number(value) and above and below):
+        if value is not None and not (project.finite_number(value) and (value >= low if low_ok else value > low)
+                                      and (value <= high if high_ok else value < high)):
             wanted = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
             raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
-    for name, allowed in (("backend", BACKENDS), ("rollout", tuple(ROLLOUTS)), ("scale_rewards", SCALE_REWARDS),
-                          ("importance_sampling_level", ("token", "sequence")),
-                          ("best_metric", ("none", *BEST_METRICS))):
+    choices = {"backend": BACKENDS, "rollout": tuple(project.ROLLOUTS), "scale_rewards": project.SCALE_REWARDS,
+               "importance_sampling_level": ("token", "sequence"), "best_metric": ("none", *BEST_METRICS)}
+    for name, allowed in choices.items():
         value = getattr(settings, name)
         if value not in allowed:
             raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, allowed))}, got "
-                                f"{value!r}{did_you_mean(str(value), allowed)}.")
+                                f"{value!r}{project.did_you_mean(str(value), allowed)}.")
 
 
 def check_combinations(settings: Settings) -> None:
@@ -346,11 +290,10 @@ def check_combinations(settings: Settings) -> None:
         raise SettingsError(f"{field_label('lora_target_modules')} must be module names such as q_proj,v_proj, got "
                             f"{settings.lora_target_modules!r}.")
     if settings.max_prompt_length + settings.max_completion_length > settings.max_seq_length:
-        raise SettingsError(
-            f"max_prompt_length ({settings.max_prompt_length}) + max_completion_length "
-            f"({settings.max_completion_length}) exceeds max_seq_length ({settings.max_seq_length}): raise "
-            "max_seq_length (CLI --max-seq-length) or lower one of the two (--max-prompt-length, "
-            "--max-completion-length).")
+        raise SettingsError(f"max_prompt_length ({settings.max_prompt_length}) + max_completion_length "
+                            f"({settings.max_completion_length}) exceeds max_seq_length ({settings.max_seq_length}): "
+                            "raise max_seq_length (CLI --max-seq-length) or lower one of the two (--max-prompt-length, "
+                            "--max-completion-length).")
     if settings.use_vllm and settings.rollout not in ("default", "auto"):  # 'auto' leaves the rollout to vLLM
         raise SettingsError(f"{field_label('rollout')}={settings.rollout!r} and use_vllm are alternatives: vLLM is "
                             "its own rollout engine. Keep rollout='auto' or 'default' with use_vllm, or turn use_vllm "
@@ -370,18 +313,15 @@ def check_combinations(settings: Settings) -> None:
         raise SettingsError(f"{field_label('system_prompt')} is empty: it tells the model the format.")
 
 
-# --- reading recipes, flags and mappings
-
-
 def known_keys(values: dict, source: str) -> dict:
     """``values`` if every key is a field, else one error naming the closest."""
     if not isinstance(values, dict):
         raise SettingsError(f"{source}: settings are a mapping of names to values, got {type(values).__name__}.")
     for key in values:
         if key not in FIELDS:
-            raise SettingsError(f"{source}: unknown setting {key!r}{did_you_mean(str(key), FIELDS)}. Settings are the "
-                                "fields of TRL's GRPOConfig and of sarashina_grpo.config.Settings (`sarashina-grpo "
-                                "train --help`).")
+            raise SettingsError(f"{source}: unknown setting {key!r}{project.did_you_mean(str(key), FIELDS)}. "
+                                "Settings are the fields of TRL's GRPOConfig and of sarashina_grpo.config.Settings "
+                                "(`sarashina-grpo train --help`).")
     return values
 
 
@@ -392,12 +332,10 @@ def article() -> dict:
 
 def load_settings(values: dict | None = None, *, recipe: str | Path | None = None, base: dict | None = None,
                   source: str = "settings") -> Settings:
-    """Settings from layers, each over the one before: ``base`` (default: the article's recipe) < ``recipe`` <
-    ``values`` (a notebook's ``SETTINGS``, flags given, …). Every key must be a field; every value is read in its
-    field's type and checked (``Settings.__post_init__``)."""
+    """Settings from layers: ``base`` (default: the article's recipe) < ``recipe`` < ``values`` (flags, SETTINGS)."""
     layers = [(str(ARTICLE_RECIPE) if base is None else source, dict(base) if base is not None else article())]
     if recipe is not None:
-        file = recipe_path(recipe)
+        file = project.recipe_path(recipe)
         layers.append((str(file), load_recipe(file)))
     layers.append((source, dict(values or {})))
     merged = {k: v for name, layer in layers for k, v in known_keys(layer, name).items()}
@@ -422,18 +360,16 @@ def article_settings(**values) -> Settings:
 
 
 def recipe_values(settings: Settings) -> dict:
-    """The values that are not TRL's defaults (what the recipes, flags or ``SETTINGS`` chose), the system prompt
-    left out: what a notebook shows of a run's settings."""
+    """What a notebook shows of a run's settings: the values that are not TRL's defaults, less the system prompt."""
     defaults = GRPOConfig.__dataclass_fields__
     return {k: v for k, v in settings.asked().items() if k != "system_prompt" and (
         k not in defaults or defaults[k].default is dataclasses.MISSING or v != defaults[k].default)}
 
 
 def legacy_settings(recorded: dict) -> dict:
-    """A ``run.json`` written before settings were TRL's ``GRPOConfig`` (``extra_grpo_args``, ``warmup_ratio``,
-    ``gpu_memory_utilization``, ``held_out_eval_steps``), as today's fields."""
-    values = {**recorded, **(recorded.pop("extra_grpo_args", None) or {})}
-    values.pop("extra_grpo_args", None)
+    """The settings of a ``run.json`` written before settings were TRL's ``GRPOConfig``, as today's fields."""
+    values = dict(recorded)
+    values.update(values.pop("extra_grpo_args", None) or {})
     if "warmup_ratio" in values:
         values.setdefault("warmup_steps", values.pop("warmup_ratio"))
     if "gpu_memory_utilization" in values:

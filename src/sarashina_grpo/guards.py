@@ -1,9 +1,6 @@
-"""Guards against numbers that wreck a run while it trains (settings are checked before, in ``preflight``).
-
-``check_logs`` (called by ``callbacks.NonFiniteGuard`` on every log) stops the run with ``NonFiniteError`` at the
-first NaN/inf loss, gradient norm or learning rate, before that step's weights are saved; and
-``checkpoints.mark_complete`` never marks a checkpoint holding NaN/inf weights, so the last good checkpoint stays
-the resume point.
+"""Guards against numbers that wreck a run while it trains: the first NaN/inf loss, gradient norm or learning rate
+stops the run (``check_logs``, called by ``callbacks.NonFiniteGuard``), so the last good checkpoint stays the resume
+point (``checkpoints.mark_complete`` never marks one holding NaN/inf weights).
 """
 
 from __future__ import annotations
@@ -23,9 +20,8 @@ class NonFiniteError(SettingsError):
 def check_logs(logs: dict, step: int, output_dir: str | Path) -> None:
     """Raise ``NonFiniteError`` when a Trainer log holds a NaN/inf watched value. The Trainer runs ``on_log``
     before it saves that step's checkpoint, so the step's (by now non-finite) weights are never saved."""
-    logs = logs or {}
     bad = [f"{key} = {logs[key]}" for key in WATCHED_LOGS
-           if isinstance(logs.get(key), int | float) and not math.isfinite(logs[key])]
+           if isinstance((logs or {}).get(key), int | float) and not math.isfinite(logs[key])]
     if not bad:
         return
     from .checkpoints import newest_complete_in

@@ -4,29 +4,25 @@
     from sarashina_grpo.pipeline import train
     trainer = train(article_settings(model_name="tiny", max_steps=5))   # CPU smoke run
 
-``prepare`` checks once (``preflight``) and claims the run's folders, ``build_trainer`` constructs the project's one
-``GRPOTrainer``, ``run_training`` trains with Ctrl-C/SIGTERM as save-then-stop. The CLI (also under ``accelerate
-launch``), the finetuning notebook, the demo, the benchmark and the learning proof all go through these functions.
+``prepare`` checks once and claims the run's folders, ``build_trainer`` constructs the project's one ``GRPOTrainer``,
+``run_training`` trains with Ctrl-C/SIGTERM as save-then-stop. The CLI, notebook, demo and benchmark all use them.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints, compat, runs
+from . import checkpoints, compat, project, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
 from .preflight import BASE_MODEL, RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401 (re-exported)
 from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, process_rank, project_path
 
-# config imports Unsloth before TRL (config.py says when not); transformers' model code and callbacks are imported
-# inside functions.
-
+# config imports Unsloth before TRL; transformers' model code and callbacks are imported inside functions.
 logger = logging.getLogger(__name__)
 
 # Decided by the machine, not the run: a resumed run takes them from this machine unless given again.
@@ -42,9 +38,8 @@ class RunPaths:
 
 @dataclass
 class Run:
-    """A prepared run: resolved settings, its folders, the checkpoint to resume from, and the checked prompt rows;
-    or, resuming a run that has trained every step it planned, ``finished``: the message saying so (nothing is
-    locked, loaded or trained then)."""
+    """A prepared run: settings, folders, the checkpoint to resume from, the checked prompt rows; or, resuming a run
+    that has trained every step it planned, ``finished``: the message saying so (nothing is locked or trained)."""
 
     settings: Settings
     paths: RunPaths
@@ -55,12 +50,8 @@ class Run:
     finished: str | None = None
 
 
-# --- prepare
-
-
 def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
-    """Fresh, timestamped log and output folders that no other run uses, created here. The output folder is claimed
-    with an exclusive ``mkdir``, so two runs started in the same second (or with one ``--run-name``) still differ."""
+    """Fresh, timestamped log and output folders, created here; the exclusive ``mkdir`` keeps two runs apart."""
     base = name or time.strftime("%Y%m%d-%H%M%S")
     (artifact_dir / "outputs").mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
@@ -79,30 +70,22 @@ def new_run_paths(artifact_dir: Path, name: str | None = None) -> RunPaths:
     raise SettingsError(f"Could not find a free run name for {base!r} in {artifact_dir / 'outputs'}.")
 
 
-def resumed_paths(artifact_dir: Path, run_dir: Path) -> RunPaths:
-    # Runs may live outside artifact_dir/outputs when given as a folder: keep their logs next to their outputs.
-    log_root = artifact_dir / "logs" if run_dir.parent == artifact_dir / "outputs" else run_dir.parent.parent / "logs"
-    return RunPaths(run_dir.name, log_root / run_dir.name, run_dir)
-
-
 def recorded(settings: Settings) -> dict:
     """The settings a run records and a resume rebuilds from: the values asked for, less the run's own folders."""
     return {k: v for k, v in settings.asked().items() if k not in RUN_OWNED}
 
 
 def write_run_info(paths: RunPaths, settings: Settings) -> None:
-    """``run.json``: the settings as asked for (``settings``, what a resume rebuilds from), as TRL's
-    ``GRPOConfig`` made of them (``grpo_config``: derived fields filled in), and the prompt file's hash."""
+    """``run.json``: the settings asked for (what a resume rebuilds), TRL's full config, the prompt file's hash."""
     data = project_path(settings.data_path).resolve()
     info = {"settings": recorded(settings), "grpo_config": settings.to_dict(), "data": str(data),
             "data_sha256": runs.file_sha256(data)}
-    (paths.output_dir / RUN_INFO).write_text(json.dumps(info, ensure_ascii=False, indent=2, default=str) + "\n")
+    runs.write_json(paths.output_dir / RUN_INFO, info)
 
 
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
              allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
-    """``prepare`` on one process: every check (``preflight.check_run``, the run's promises in ``runs``) before
-    any folder is created or set aside; the run is locked from its first folder on."""
+    """``prepare`` on one process: every check before any folder is created or set aside; locked from the first."""
     if run_name is not None:
         runs.check_run_name(run_name)
     if not resume:
@@ -129,11 +112,12 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
             base = {k: v for k, v in legacy_settings(info["settings"]).items() if k not in RUN_OWNED}
             now = {k: v for k, v in settings.asked().items() if k in given | MACHINE_FIELDS}
             settings = load_settings(now, base=base, source=str(run_dir / RUN_INFO))
-        explicit = given is None or "max_steps" in given
         recorded = (info or {}).get("settings", {}).get("max_steps")
         max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded,
-                                                    explicit=explicit)
-        paths = resumed_paths(artifact_dir, run_dir)
+                                                    explicit=given is None or "max_steps" in given)
+        # A run given as a folder outside artifact_dir/outputs keeps its logs next to its outputs.
+        logs = artifact_dir / "logs" if run_dir.parent == artifact_dir / "outputs" else run_dir.parent.parent / "logs"
+        paths = RunPaths(run_dir.name, logs / run_dir.name, run_dir)
         if finished:
             lock.release()
             return Run(settings, paths, checkpoint, finished=finished)
@@ -158,21 +142,14 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
             allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
     """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
 
-    A fresh run gets new folders and a ``run.json`` (every setting, the prompt file's hash). Resuming, the run's
-    checkpoint is chosen, later ones are set aside, and its recorded settings must match these (harmless differences
-    such as ``max_steps`` only warn); with ``given`` (the fields set explicitly, as the CLI passes them) the recorded
-    settings are used for every other field. The run folder stays locked (``runs.lock_run``) until ``run_training``
-    ends. Under ``accelerate launch`` the main process does all of it and tells the others (a race otherwise).
-
-    Resuming, a run that reached its planned steps comes back ``finished`` (loading or training it is then a
-    ``SettingsError`` with the same message); the run's other promises (``runs``: no ``max_steps`` below the
-    checkpoint's step, its own name, the same data unless ``allow_data_change``, optimizer and scheduler state
-    unless ``resume_weights_only``) are each a ``SettingsError``."""
+    A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen, later ones are set
+    aside, and with ``given`` (the fields set explicitly, as the CLI passes them) the recorded settings fill every
+    other field; a run that reached its planned steps comes back ``finished``. The run folder stays locked until
+    ``run_training`` ends. Under ``accelerate launch`` the main process does all of it and tells the others."""
     from .data import DataError
     from .modeling import resolve_model_name
-    from .project import check_launch_environment
 
-    check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
+    project.check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
     decide = functools.partial(_prepare, settings, artifact_dir, resume, run_name, check_model, given,
                                allow_data_change, resume_weights_only)
@@ -196,9 +173,6 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
         if not run.finished:
             resolve_model_name(run.settings.model_name)
     return run
-
-
-# --- build
 
 
 def load_model(run: Run):
@@ -254,7 +228,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     ``trust_packing``: once Unsloth's sequence-packing checks pass, trust them for the run's largest batch
     (``callbacks.PackingTrust``); False leaves Unsloth re-checking each longer batch (the benchmark's ``-recheck``)."""
     from peft import PeftModel
-    from transformers import ProgressCallback
+    from transformers import ProgressCallback, set_seed
     from trl import GRPOTrainer
 
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, PackingTrust
@@ -262,6 +236,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     from .data import prompts_dataset
     from .modeling import lora_config
     from .reward_guard import training_rewards
+    from .rollout import choose, install
 
     if run.finished:
         raise SettingsError(run.finished)
@@ -288,20 +263,14 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
         linked.append(trust)
     peft_config = None
     if not isinstance(model, PeftModel):  # the plain backend's model: TRL adds the LoRA
-        from transformers import set_seed
-
         peft_config = lora_config(settings)
         set_seed(settings.seed)  # same LoRA init everywhere (DDP also broadcasts rank 0's weights at wrap time)
+    # a broken reward stops the run with one line; TRL's overlong reward is built for this run's length
+    rewards = training_rewards(settings.reward_names, max_completion_length=settings.max_completion_length)
     trainer = trainer_class(GRPOTrainer)(
-        model=model,
-        peft_config=peft_config,
-        processing_class=tokenizer,
-        # a broken reward stops the run with one line; TRL's overlong reward is built for this run's length
-        reward_funcs=training_rewards(settings.reward_names, max_completion_length=settings.max_completion_length),
-        args=args.for_trainer(),
-        train_dataset=dataset,
-        callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks],
-    )
+        model=model, peft_config=peft_config, processing_class=tokenizer, reward_funcs=rewards,
+        args=args.for_trainer(), train_dataset=dataset,
+        callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks])
     # The KL reference: the base model (adapter disabled) when the starting adapter is a fresh LoRA, TRL's frozen
     # copy of it otherwise (docs/algorithm.md). Chosen before any step or resume changes the adapter.
     trainer.kl_reference = compat.choose_reference(trainer)
@@ -312,8 +281,6 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     if any(isinstance(c, ProgressCallback) for c in callbacks):  # a caller's own progress display replaces the default
         for default in [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]:
             trainer.remove_callback(default)
-    from .rollout import choose, install
-
     trainer.rollout = choose(trainer, settings.rollout)
     if trainer.rollout == "fast" and install(trainer) is None:
         trainer.rollout = "default"  # an architecture the engine does not decode (install says so)
@@ -325,17 +292,10 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     return trainer
 
 
-# --- run
-
-
 def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume: str | None = None):
-    """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop; return the trainer.
-
-    ``trainer.interrupted`` is then the signal's name (``"SIGINT"``) when it stopped early, else None. With
-    ``stop_grace_s`` (the command line's ``project.stop_grace_s()``), a step still running that long after the signal
-    ends the process with one ``error:`` line naming the last complete checkpoint and ``resume``, how to continue
-    (``callbacks.GracefulInterrupt``); without it (a notebook, whose kernel must live on) the step is waited for.
-    """
+    """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop (``trainer.interrupted``: the signal's
+    name, else None); return the trainer. With ``stop_grace_s``, a step still running that long after the signal ends
+    the process naming ``resume`` (``callbacks.GracefulInterrupt``); without it (a notebook) the step is waited for."""
     from .callbacks import GracefulInterrupt
 
     paths = run.paths
@@ -364,10 +324,8 @@ def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume
 
 
 def record_base_model(run_dir: Path, model_name: str) -> None:
-    """Write ``{"base_model": {"name", "fingerprint"}}`` into the run's ``run.json``: the model the adapter is
-    trained on and a fingerprint of its weights (``preflight.weights_fingerprint``; None where they cannot be read
-    here), which ``export --merged`` compares its base with. Written as training starts, when a hub model is in
-    the cache; a resumed run keeps what its start recorded (or, started before this was kept, nothing)."""
+    """Record in ``run.json`` the base model and a fingerprint of its weights, which ``export --merged`` compares its
+    base with; written once, as a fresh run starts (a hub model is in the cache by then)."""
     from .modeling import resolve_model_name
     from .preflight import weights_fingerprint
 
@@ -379,9 +337,8 @@ def record_base_model(run_dir: Path, model_name: str) -> None:
 
 
 def record_rollout(run_dir: Path, rollout: str, start: int) -> None:
-    """Record in ``run.json`` the rollout that generates the steps after ``start`` (``rollout='auto'`` resolved):
-    ``rollout`` for this start, ``rollouts`` the history, so that an export names what made its checkpoint even
-    when a resume changed the engine."""
+    """Record in ``run.json`` the rollout that generates the steps after ``start`` and the history (``rollouts``),
+    so that an export names what made its checkpoint even when a resume changed the engine."""
     info = read_run_info(run_dir)
     if info is None:
         return

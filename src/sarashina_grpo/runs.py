@@ -1,9 +1,7 @@
 """A run folder's promises: a plain name, one training process at a time, the same data, no steps past the plan.
 
-``pipeline.prepare`` calls these before a run trains; nothing here imports a model library. The lock is
-``outputs/<run>/run.lock``, held with ``flock``: the kernel drops it when its process dies, however it dies, so a
-crash never leaves a lock that blocks. The prompt file's hash is recorded in ``run.json``; a resume over a changed
-file is refused unless asked for (``--allow-data-change``).
+The lock is ``outputs/<run>/run.lock``, held with ``flock``: the kernel drops it when its process dies, however it
+dies, so a crash never leaves a lock that blocks.
 """
 
 from __future__ import annotations
@@ -32,17 +30,13 @@ class RunLockedError(SettingsError):
     """Another process is training the run."""
 
 
-# --- names ----------------------------------------------------------------------------------------------------
-
-
 def check_run_name(name: str) -> None:
     """Raise ``SettingsError`` unless ``name`` is one plain folder name (checked before anything is written)."""
     check_plain_name(name, "--run-name", "A run lives in outputs/<run-name>/")
 
 
 def check_plain_name(name: str, flag: str, lives: str) -> None:
-    """Raise ``SettingsError`` naming ``flag`` unless ``name`` is one plain folder name: no path separators,
-    ``..``, hidden, padded, over-long or control-character names (``lives`` says where the folder goes)."""
+    """Raise ``SettingsError`` naming ``flag`` unless ``name`` is one plain folder name (``lives``: where it goes)."""
     reasons = (
         (not name.strip(), "it is empty"),
         ("/" in name or "\\" in name or (os.altsep and os.altsep in name), "it holds a path separator"),
@@ -57,9 +51,6 @@ def check_plain_name(name: str, flag: str, lives: str) -> None:
                             "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
 
 
-# --- the lock -------------------------------------------------------------------------------------------------
-
-
 def pid_alive(pid: int) -> bool:
     """A process with this id runs on this machine (whoever owns it)."""
     try:
@@ -67,7 +58,7 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by another user
-        return True
+        pass
     return True
 
 
@@ -107,8 +98,7 @@ _HELD: dict[Path, RunLock] = {}  # locks this process holds, by resolved path
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` through a hidden partial file: a run.json cut off mid-write would stop every later
-    resume."""
+    """Write ``data`` to ``path`` atomically: a run.json cut off mid-write would stop every later resume."""
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
     partial.replace(path)
@@ -159,21 +149,14 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
     return lock
 
 
-# --- the data file --------------------------------------------------------------------------------------------
-
-
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_data_unchanged(info: dict | None, data: Path, run_dir: Path, *, allow: bool) -> str | None:
-    """The data file's hash now when it differs from the one ``run.json`` recorded, else None. A difference is a
-    ``SettingsError`` unless ``allow``; then a warning (the caller records the new hash). Runs recorded before
-    hashes were kept are not checked."""
+    """The data file's hash now when it differs from the one ``run.json`` recorded (runs without one: never), else
+    None. A difference is a ``SettingsError`` unless ``allow``; then a warning (the caller records the new hash)."""
     recorded = (info or {}).get("data_sha256")
     if not recorded or (now := file_sha256(data)) == recorded:
         return None
@@ -193,20 +176,14 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
     info = json.loads(run_info.read_text(encoding="utf-8"))
     info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
                                                 "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
-    info["data_sha256"] = sha256
-    # The file trained on from now on: a later plain --resume reads it back from here and checks it against this hash.
-    info["data"] = str(data)
+    info["data_sha256"], info["data"] = sha256, str(data)  # what a later plain --resume reads back and checks
     info.setdefault("settings", {})["data_path"] = str(data)
-    run_info.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
-
-
-# --- where a resume stands ------------------------------------------------------------------------------------
+    write_json(run_info, info)
 
 
 def refuse_without_run_info(run_dir: Path, checkpoint: Path, settings_given: bool, model_name: str) -> None:
-    """A resumed run without ``run.json``: its settings (model, data, LoRA, algorithm) cannot be read back. From the
-    command line, which restores them from it, that is an error naming the way on; where the caller passed every
-    setting itself (``prepare(settings)`` without ``given``), a warning."""
+    """A resumed run without ``run.json``: an error from the command line, which restores the settings from it; a
+    warning where the caller passed every setting itself (``prepare(settings)`` without ``given``)."""
     if not settings_given:
         raise SettingsError(
             f"{run_dir / 'run.json'} is missing (deleted?): the run's settings cannot be read back, so it cannot be "
@@ -226,10 +203,9 @@ def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
 
 def resume_max_steps(checkpoint: Path, max_steps: int, *, recorded: int | None,
                      explicit: bool) -> tuple[int, str | None]:
-    """The ``max_steps`` a resume from ``checkpoint`` trains to, and the message saying the run is finished when that
-    plan is reached already (else None). Not ``explicit`` (no flag or recipe sets it): the plan the checkpoint was
-    trained towards (a run extended with ``--max-steps`` keeps its new plan). An explicit ``max_steps`` at or below
-    the checkpoint's step (and not the plan itself) is a ``SettingsError``."""
+    """The ``max_steps`` a resume from ``checkpoint`` trains to (not ``explicit``: the plan the checkpoint was trained
+    towards), and the message saying the run is finished when that plan is reached already (else None). An explicit
+    ``max_steps`` at or below the checkpoint's step (and not the plan itself) is a ``SettingsError``."""
     step, planned = checkpoint_progress(checkpoint)
     planned = planned or recorded
     if not explicit and planned:
