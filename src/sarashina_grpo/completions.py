@@ -4,8 +4,7 @@ TensorBoard's text dashboard (tag ``completions``) and in ``artifact/outputs/<ru
     from sarashina_grpo.completions import read_completions
     rows = read_completions("artifact/outputs/<run>")          # [{"step", "prompt", "completion", "rewards", …}]
 
-TRL prints a few of these to the console and sends its completion table to W&B or trackio only; ``CompletionLog``
-(a callback ``pipeline.build_trainer`` adds) writes every completion of the latest generation batch at each log.
+TRL sends its completion table to W&B or trackio only, hence ``CompletionLog`` (added by ``pipeline.build_trainer``).
 """
 
 from __future__ import annotations
@@ -47,18 +46,15 @@ def markdown_table(records: list[dict]) -> str:
     """The records as one Markdown table (prompt, completion, each reward, advantage), as TensorBoard renders it."""
     names = list(dict.fromkeys(name for r in records for name in r["rewards"]))
     header = ["prompt", "completion", *names, "advantage"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in records:
-        cells = [r["prompt"], r["completion"], *(r["rewards"].get(n) for n in names), r["advantage"]]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines)
+    rows = [[r["prompt"], r["completion"], *(r["rewards"].get(n) for n in names), r["advantage"]] for r in records]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(_cell(c) for c in cells) + " |" for cells in rows)])
 
 
 class CompletionLog(TrainerCallback):
-    """At each log of a training step, the latest generation batch's completions go to TensorBoard's text
-    dashboard (when the run reports to TensorBoard) and to ``<output_dir>/completions.jsonl``. The main process
-    writes; ``trainer`` is set by ``pipeline.build_trainer``. A resumed run drops the rows of steps past its
-    checkpoint first: those steps are trained again."""
+    """At each training log, the latest generation batch goes to TensorBoard (when reported to) and to
+    ``<output_dir>/completions.jsonl``, from the main process. A resumed run first drops the rows of steps past its
+    checkpoint: those steps are trained again. ``trainer`` is set by ``pipeline.build_trainer``."""
 
     def __init__(self):
         self.trainer = None
@@ -93,8 +89,7 @@ class CompletionLog(TrainerCallback):
 
 
 def read_completions(run: str | Path, step: int | None = None) -> list[dict]:
-    """The logged completions of a run (its folder, or its name under ``artifact/outputs/``), oldest first; only
-    those of ``step`` when given."""
+    """A run's logged completions (its folder, or its name under ``artifact/outputs/``), oldest first; or ``step``'s."""
     folder = Path(run).expanduser()
     path = (folder if folder.is_dir() else default_artifact_dir() / "outputs" / str(run)) / COMPLETIONS_FILE
     if not path.is_file():

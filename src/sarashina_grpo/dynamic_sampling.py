@@ -1,15 +1,11 @@
 """DAPO's dynamic sampling (``Settings.dynamic_sampling``): a group whose completions all earn the same reward has
 zero advantage everywhere and teaches nothing, so it is dropped and the batch is filled with groups of fresh prompts.
 
-``install(trainer, max_rounds=2, seed=0)`` wraps the trainer's scoring step (TRL's private method named in
-``compat.SCORE_METHOD``, through ``compat``): after the batch is generated and scored, its flat groups are replaced
-by groups with a spread from up to ``max_rounds`` further generation batches of prompts drawn from the training set
-(with the run's seed and the step); groups still missing after that are filled with dropped ones, so the batch keeps
-its size and the extra cost per step is bounded. TensorBoard gets, per generation batch,
-``train/dynamic_sampling/flat_groups`` (flat groups in the first batch), ``…/extra_rollouts`` (completions
-generated beyond it) and ``…/flat_kept`` (dropped groups used to fill the batch). TRL's own reward figures then
-cover every completion generated. One process only: each process would decide on its own groups, and the scoring
-step gathers across processes.
+``install(trainer, max_rounds=2, seed=0)`` wraps the trainer's scoring step (through ``compat``): flat groups are
+replaced by groups with a spread from up to ``max_rounds`` further generation batches of random training prompts;
+groups still missing are filled with dropped ones, so the batch keeps its size and the extra cost is bounded.
+TensorBoard gets ``train/dynamic_sampling/flat_groups``, ``…/extra_rollouts`` and ``…/flat_kept`` per batch. One
+process only: each process would decide on its own groups, and the scoring step gathers across processes.
 """
 
 from __future__ import annotations
@@ -45,8 +41,8 @@ def _rows(batch: dict, groups: list[int], group_size: int) -> dict:
     rows = batch["advantages"].size(0)
     index = torch.tensor([g * group_size + i for g in groups for i in range(group_size)], dtype=torch.long,
                          device=batch["advantages"].device)
-    per_row = [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == rows]
-    return {k: batch[k].index_select(0, index) for k in per_row}
+    return {k: v.index_select(0, index) for k, v in batch.items()
+            if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == rows}
 
 
 def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: int) -> dict:
@@ -69,8 +65,7 @@ def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: in
             pads = [(width - t.size(1), 0) if key in PROMPT_KEYS else (0, width - t.size(1)) for t in tensors]
             tensors = [F.pad(t, pad, value=value) for t, pad in zip(tensors, pads, strict=True)]
         merged[key] = torch.cat(tensors, dim=0)
-    loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
-    merged["num_items_in_batch"] = loss_mask.sum()  # TRL's count of loss tokens, over the batch as merged
+    merged["num_items_in_batch"] = (merged["completion_mask"] * merged.get("tool_mask", 1)).sum()  # TRL's loss tokens
     return merged
 
 

@@ -6,26 +6,13 @@
     sarashina-grpo eval --model tiny --name merchant --data datasets/roleplay.csv   # under each row's role
 
 Each evaluation writes ``artifact/eval/<name>/metrics.json`` (``METRIC_KEYS`` plus ``meta``) and
-``generations.jsonl`` (one line per output with its scores); reusing a name is an error without ``overwrite`` (CLI
-``--overwrite``), or ``--compare`` would compare something else than the user thinks. ``compare_runs`` writes
-``comparison.md`` and ``comparison.png`` for two or more evaluations.
+``generations.jsonl``; a name is never reused without ``overwrite``, or ``--compare`` would compare something else
+than the user thinks. A CSV ``role`` (or ``system``) column gives a row its own role, over the ``role`` argument.
 
-Metrics (rates and means over all outputs unless said otherwise; purity is defined in ``purity.py``):
-``strict_format_rate``/``soft_format_rate`` share passing the strict/soft format check of ``rewards.py``;
-``xmlcount_mean``; ``think_purity_mean``/``response_purity_mean`` Japanese purity of the ``<think>``/``<response>``
-contents, averaged over outputs that have that section with letters in it (``think_judged_rate`` says how many);
-``think_japanese_rate`` share of *all* outputs whose ``<think>`` is mostly Japanese (purity at least
-``MOSTLY_JAPANESE``; an output without thinking counts as not);
-``purity_mean`` purity of the whole output (tags ignored) over outputs with letters; ``latin_run_rate`` share with
-≥3 consecutive Latin words; ``think_leak_mean`` how much of the thinking is repeated verbatim in the response
-(share of the response's character 8-grams found in the thinking, ``roles.py``), averaged over outputs with both
-sections and a response of ≥8 characters; ``mean_chars``/``mean_think_chars``/``mean_response_chars`` and
-``mean_tokens`` (generated token ids, padding excluded: at most ``max_new_tokens``);
-``answer_accuracy`` share whose ``<response>`` ends in the row's ``answer`` (``arithmetic.py``), over outputs whose
-prompt has an answer (``None`` when the CSV has no ``answer`` column, e.g. datasets/arithmetic_eval.csv has one).
-
-A role (persona/scenario) joins the system prompt of every prompt (``role``), and a CSV with a ``role`` (or
-``system``) column gives each of its rows its own role, which wins over the ``role`` argument for that row.
+Metrics are shares or means over all outputs, but purity means (``purity.py``) skip outputs with nothing to judge
+(``think_judged_rate`` says how many have a judged ``<think>``; ``think_japanese_rate``, purity ≥ ``MOSTLY_JAPANESE``,
+counts every output), ``think_leak_mean`` (``roles.py``) needs both sections, and ``answer_accuracy``
+(``arithmetic.py``) rows with an ``answer`` (``None`` without that column). ``mean_tokens`` counts generated ids.
 """
 
 from __future__ import annotations
@@ -76,21 +63,15 @@ CHART_KEYS = (
 
 
 def score_text(text: str, answer: str | None = None) -> dict:
-    """Per-output scores; purity fields (and ``answer_correct`` without an ``answer``) are ``None`` where there was
-    nothing to judge."""
+    """Per-output scores; ``None`` where there was nothing to judge."""
     think, response = split_sections(text)
     return {
         "answer_correct": is_correct(text, answer) if answer not in (None, "") else None,
-        "strict_format": is_strict_format(text),
-        "soft_format": is_soft_format(text),
-        "xmlcount": xmlcount_score(text),
+        "strict_format": is_strict_format(text), "soft_format": is_soft_format(text), "xmlcount": xmlcount_score(text),
         "think_purity": japanese_purity(think) if think is not None else None,
         "response_purity": japanese_purity(response) if response is not None else None,
-        "purity": japanese_purity(text),
-        "latin_run": has_latin_run(text),
-        "think_leak": think_leak(text),
-        "chars": len(text),
-        "think_chars": len(think.strip()) if think is not None else 0,
+        "purity": japanese_purity(text), "latin_run": has_latin_run(text), "think_leak": think_leak(text),
+        "chars": len(text), "think_chars": len(think.strip()) if think is not None else 0,
         "response_chars": len(response.strip()) if response is not None else 0,
     }
 
@@ -131,8 +112,7 @@ def score_texts(texts: list[str], token_counts: list[int] | None = None) -> dict
 def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per_prompt: int = 1,
                      progress: bool = True, roles: list[str | None] | str | None = None, *,
                      system_prompt: str | None = None) -> list[dict]:
-    """Generate for every prompt (``samples_per_prompt`` times when sampling); one record per output. ``roles``: one
-    role for all prompts, or one per prompt (``None`` entries: no role); records then carry it."""
+    """One record per output, ``samples_per_prompt`` per prompt; ``roles``: one for all prompts, or one each."""
     gen = gen or GenerationSettings()
     if not gen.do_sample and samples_per_prompt > 1:
         raise ValueError("samples_per_prompt > 1 needs sampling (do_sample=True): greedy outputs would repeat.")
@@ -161,8 +141,8 @@ def write_eval(outputs: list[dict], eval_dir: str | Path, meta: dict | None = No
     with open(eval_dir / "generations.jsonl", "w", encoding="utf-8") as f:
         for output, score in zip(outputs, scores, strict=True):
             f.write(json.dumps({**output, **score}, ensure_ascii=False) + "\n")
-    document = {**metrics, "meta": meta or {}}
-    (eval_dir / "metrics.json").write_text(json.dumps(document, ensure_ascii=False, indent=2), encoding="utf-8")
+    (eval_dir / "metrics.json").write_text(json.dumps({**metrics, "meta": meta or {}}, ensure_ascii=False, indent=2),
+                                           encoding="utf-8")
     logger.info("eval %s: strict %.3f, think purity %s", eval_dir.name, metrics["strict_format_rate"] or 0,
                 rounded(metrics["think_purity_mean"]))
     return metrics
@@ -173,16 +153,14 @@ class EvalExistsError(SettingsError):
 
 
 def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
-    """A name for an evaluation of ``model_name``: its run and checkpoint (``notebook-grpo-checkpoint-500``), else
-    the last part of its path or hub id (``notebook-tiny``), cut to the length a folder name may have."""
+    """``notebook-<run>-checkpoint-500`` for a checkpoint, else ``notebook-`` and the last part of the path or id."""
     path = Path(str(model_name).rstrip("/"))
     parts = [path.parent.name, path.name] if path.name.startswith("checkpoint-") and path.parent.name else [path.name]
     return "-".join([prefix, *(part.replace(" ", "-") for part in parts if part)])[:MAX_RUN_NAME]
 
 
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
-    """The folder for evaluation ``name``; ``EvalExistsError`` if an earlier evaluation lives there (unless
-    ``overwrite``). Called before the model loads, so the mistake costs nothing."""
+    """The folder for evaluation ``name``; ``EvalExistsError`` if one lives there already (unless ``overwrite``)."""
     check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
     eval_dir = Path(artifact_dir or default_artifact_dir()) / "eval" / name
     if (eval_dir / "metrics.json").exists() and not overwrite:
@@ -194,8 +172,7 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
 
 
 def eval_rows(data_path: Path, limit: int | None) -> list:
-    """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be: an empty
-    evaluation saved as a result would be compared as if it were one."""
+    """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be."""
     check_eval_limit(limit)
     return select_rows(read_rows(data_path), data_path, "ja")[:limit]  # select_rows: an error when none is left
 
@@ -204,15 +181,13 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
              artifact_dir: str | Path | None = None, gen=None, samples_per_prompt: int = 1,
              limit: int | None = None, meta: dict | None = None, progress: bool = True, role: str | None = None,
              overwrite: bool = False, system_prompt: str | None = None) -> dict:
-    """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics.
-    ``role`` is added to the system prompt of every row that has no role of its own (module docstring)."""
+    """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics."""
     eval_dir = check_eval_name(name, artifact_dir, overwrite)
     gen = gen or GenerationSettings()
     data_path = project_path(data_path)
     rows = eval_rows(data_path, limit)
-    roles = [r.role or role for r in rows]
     started = time.monotonic()
-    prompts = [r.prompt for r in rows]
+    prompts, roles = [r.prompt for r in rows], [r.role or role for r in rows]
     first = max(1, gen.batch_size // samples_per_prompt)  # prompts of the first batch, timed on a CPU
     timed = str(getattr(model, "device", "cpu")) == "cpu" and len(prompts) > first
     outputs = generate_outputs(model, tokenizer, prompts[:first] if timed else prompts, gen, samples_per_prompt,
@@ -260,7 +235,6 @@ def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs)
 
 
 def eval_folder(run: str | Path, artifact_dir: str | Path | None = None) -> Path:
-    """The folder of an earlier evaluation given its name or its folder (where that holds a metrics.json)."""
     if (Path(run) / "metrics.json").exists():
         return Path(run)
     return Path(artifact_dir or default_artifact_dir()) / "eval" / str(run)
@@ -273,16 +247,14 @@ def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tup
         raise SettingsError(f"No evaluation named {run!r} (no metrics.json in {path}); run `sarashina-grpo eval "
                             f"--name {run}` first, or give the folder of an earlier evaluation.")
     metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    problem = metrics_problem(metrics)
-    if problem:
+    if problem := metrics_problem(metrics):
         raise SettingsError(f"{path / 'metrics.json'} {problem}. Run that evaluation again (sarashina-grpo eval "
                             "--name …).")
     return path.name, metrics
 
 
 def comparison_labels(paths: list[Path]) -> list[str]:
-    """One distinct label per evaluation folder: its name, or ``parent/name`` where two folders share a name, or
-    ``name (2)`` where the same folder is given twice, so that no evaluation is dropped from a comparison."""
+    """One distinct label per folder (``name``, ``parent/name``, ``name (2)``): no evaluation is dropped."""
     names = [p.name for p in paths]
     labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
     for i in range(len(labels)):
@@ -303,12 +275,11 @@ def comparison_folder_name(labels: list[str]) -> str:
 
 
 def chart_value(value) -> float | None:
-    """A metric as a bar height; ``None`` for missing values (None or NaN)."""
     return None if _missing(value) else float(value)
 
 
 def chart_legend(name: str, metrics: dict) -> str:
-    """A run's legend entry with its number of outputs: a rate over 20 outputs beside one over 135 is less sure."""
+    # The number of outputs: a rate over 20 outputs beside one over 135 is less sure.
     return f"{name} (n={metrics.get('n', '?')})"
 
 
@@ -325,22 +296,18 @@ def comparison_table(runs: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n" + decoding_note(runs)
 
 
-def decoding(metrics: dict) -> str | None:
-    """How an evaluation decoded (from its metrics.json ``meta``), in words; None where it was not recorded."""
-    meta = metrics.get("meta") or {}
-    gen = meta.get("generation")
-    if not isinstance(gen, dict):
-        return None
-    how = (f"sampled at temperature {gen.get('temperature')}, top_p {gen.get('top_p')}" if gen.get("do_sample")
-           else "greedy")
-    samples = meta.get("samples_per_prompt", 1)
-    return f"{how}, up to {gen.get('max_new_tokens')} new tokens" + (f", {samples} per prompt" if samples != 1 else "")
-
-
 def decoding_note(runs: dict[str, dict]) -> str:
-    """A line under the comparison when the evaluations decoded differently: their rates then differ for that
-    reason too (a sampled model breaks the format more often than a greedy one)."""
-    known = {name: how for name, m in runs.items() if (how := decoding(m)) is not None}
+    """A line under the comparison when the evaluations decoded differently (from their ``meta``): their rates then
+    differ for that reason too (a sampled model breaks the format more often than a greedy one)."""
+    known = {}
+    for name, metrics in runs.items():
+        meta = metrics.get("meta") or {}
+        gen, samples = meta.get("generation"), meta.get("samples_per_prompt", 1)
+        if isinstance(gen, dict):
+            how = (f"sampled at temperature {gen.get('temperature')}, top_p {gen.get('top_p')}" if gen.get("do_sample")
+                   else "greedy")
+            known[name] = (f"{how}, up to {gen.get('max_new_tokens')} new tokens"
+                           + (f", {samples} per prompt" if samples != 1 else ""))
     if len(set(known.values())) < 2:
         return ""
     return ("\nNote: these evaluations decoded differently, so part of any difference comes from that: "
@@ -367,10 +334,8 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
         ax.bar_label(bars, labels=[chart_label(v) for v in values], fontsize=7, padding=2)
     ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(keys))])
     ax.set_xticklabels([k.replace("_", "\n") for k in keys], fontsize=8)
-    ax.set_ylim(0, 1.15)  # room for the value labels above bars at 1.0
-    ax.set_ylabel("rate or mean (0–1)")
+    ax.set(ylim=(0, 1.15), ylabel="rate or mean (0–1)", title="evaluation comparison")  # room for labels above 1.0
     ax.legend(fontsize=8)
-    ax.set_title("evaluation comparison")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -379,8 +344,7 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
 
 def compare_runs(runs: list[str | Path], out_dir: str | Path | None = None,
                  artifact_dir: str | Path | None = None) -> tuple[str, Path]:
-    """Write ``comparison.md`` and ``comparison.png`` for two or more evaluations; return (markdown, png path).
-    ``out_dir`` defaults to ``<artifact_dir>/eval/compare-<name1>-vs-<name2>…``."""
+    """Write comparison.md and .png (by default in ``eval/compare-<a>-vs-<b>…``); return (markdown, png path)."""
     if len(runs) < 2:
         raise ValueError("Comparing needs at least two evaluations.")
     folders = [eval_folder(r, artifact_dir) for r in runs]

@@ -1,28 +1,22 @@
 """Japanese purity of generated text, measured by Unicode script (offline, deterministic, no model); metrics only
 (the ``japanese_purity`` reward built on them lives in ``rewards.py``).
 
-    from sarashina_grpo.purity import japanese_purity, has_latin_run, split_sections
+    from sarashina_grpo.purity import japanese_purity
     japanese_purity("まず考えます。Let me think.")   # 7 / (7 + 10) ≈ 0.41
 
-Definitions (the evaluation metrics and the ``japanese_purity`` reward both use these):
-
-- **Japanese character**: Script=Hiragana, Katakana or Han (kanji), the prolonged sound mark ``ー``, the marks of
-  the CJK Symbols and Punctuation block (``、。「」『』〜々〆`` …, U+3001–U+303F) and the full-width punctuation
-  ``！？（）：；，．・``. ``ー``, ``、`` and ``。`` are Script=Common in Unicode, so they are listed explicitly.
-  Han alone cannot tell Japanese from Chinese: a Chinese sentence scores as pure.
+- **Japanese character**: Hiragana, Katakana, Han, the CJK Symbols and Punctuation block (``、。「」〜々`` …) and
+  ``JAPANESE_PUNCTUATION`` (``ー、。`` are Script=Common, hence listed). Han alone cannot tell Japanese from Chinese.
 - **Foreign letter**: any other letter (``\\p{L}``): Latin (full-width ``Ａ`` included), Cyrillic, Hangul, Greek …
-- **Neutral** (counted in neither): digits, ASCII punctuation and symbols, whitespace, emoji, and *allowed Latin*:
-  unit and common abbreviation tokens standing alone (``km``, ``kg``, ``cm``, ``kWh``, ``GB``, ``AI`` … see
-  ``ALLOWED_LATIN``), so that "5km走る" stays fully Japanese.
-- **Purity** = Japanese characters / (Japanese characters + foreign letters), in [0, 1]; ``None`` when the text has
-  neither (empty, digits only): there is nothing to judge, and the metrics average over judged texts only.
-- **Latin run**: at least ``LATIN_RUN_WORDS`` (3) consecutive Latin words separated only by spaces or ASCII
-  punctuation, e.g. "Let me think". It marks the drift the article saw, which a ratio can hide in a long answer.
+- **Neutral**: digits, ASCII punctuation, whitespace, emoji, the tags, and ``ALLOWED_LATIN`` tokens standing alone
+  (``km``, ``GB``, ``AI`` …), so that "5km走る" stays fully Japanese.
+- **Purity** = Japanese / (Japanese + foreign), in [0, 1]; ``None`` with neither (nothing to judge).
+- **Latin run**: ≥ ``LATIN_RUN_WORDS`` consecutive Latin words ("Let me think"): the drift the article saw, which a
+  ratio can hide in a long answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import regex
 
@@ -47,15 +41,9 @@ RESPONSE_RE = regex.compile(r"<response>(.*?)(?:</response>|$)", regex.DOTALL)
 TAG_RE = regex.compile(r"</?(?:think|response)>")
 
 
-@dataclass(frozen=True)
-class ScriptCounts:
+class ScriptCounts(NamedTuple):
     japanese: int
     foreign: int
-
-    @property
-    def purity(self) -> float | None:
-        total = self.japanese + self.foreign
-        return self.japanese / total if total else None
 
 
 def script_counts(text: str) -> ScriptCounts:
@@ -69,18 +57,12 @@ def script_counts(text: str) -> ScriptCounts:
 
 def japanese_purity(text: str) -> float | None:
     """Share of Japanese characters among Japanese characters and foreign letters; ``None`` if there are none."""
-    return script_counts(text).purity
-
-
-def latin_runs(text: str) -> list[str]:
-    """Runs of ≥ ``LATIN_RUN_WORDS`` consecutive Latin words, in order."""
-    if not isinstance(text, str):
-        return []
-    return [m.group(0) for m in LATIN_RUN_RE.finditer(text)]
+    japanese, foreign = script_counts(text)
+    return japanese / (japanese + foreign) if japanese + foreign else None
 
 
 def has_latin_run(text: str) -> bool:
-    return bool(latin_runs(text))
+    return isinstance(text, str) and LATIN_RUN_RE.search(text) is not None
 
 
 def split_sections(text: str) -> tuple[str | None, str | None]:
@@ -88,15 +70,13 @@ def split_sections(text: str) -> tuple[str | None, str | None]:
     to the end of the text, so a truncated completion is still judged."""
     if not isinstance(text, str):
         return None, None
-    think = THINK_RE.search(text)
-    response = RESPONSE_RE.search(text)
+    think, response = THINK_RE.search(text), RESPONSE_RE.search(text)
     return (think.group(1) if think else None), (response.group(1) if response else None)
 
 
 def consistency_score(text: str) -> float:
-    """Language consistency of a completion in [0, 1]: the Japanese purity of its ``<think>`` section, or the
-    lower of think and response purity when a response is present. 0 without a ``<think>`` section or without
-    letters in it: empty or missing thinking earns nothing."""
+    """The ``<think>`` purity, or the lower of think and response purity with a response; 0 without a ``<think>``
+    section or without letters in it: empty or missing thinking earns nothing."""
     think, response = split_sections(text)
     think_purity = japanese_purity(think) if think is not None else None
     if think_purity is None:

@@ -1,7 +1,6 @@
-"""Rewards as training calls them: each reward wrapped so that one that raises, or returns anything but one finite
-number (or None) per completion, stops the run with one line naming it (``RewardError``) instead of a traceback or a
-run that trains on no signal. ``pipeline.build_trainer`` hands ``training_rewards(names)`` to the trainer; the checks
-before a model loads (names, duplicates, columns) are ``rewards.check_reward_names``/``check_reward_columns``.
+"""Rewards as training calls them: a reward that raises, or returns anything but one finite number (or None) per
+completion, stops the run with one line naming it (``RewardError``) instead of a traceback or a run that trains on no
+signal. The checks before a model loads are ``rewards.check_reward_names``/``check_reward_columns``.
 
     from sarashina_grpo.reward_guard import training_rewards
     funcs = training_rewards(["xmlcount", "my_rewards.py:length_reward"])
@@ -80,9 +79,8 @@ def _raised_message(name: str, err: Exception, kwargs) -> str:
 
 def check_reward_values(name: str, values, expected: int, *, step: int | None = None,
                         alone: bool = False) -> list[float | None]:
-    """``values`` as a list of one float (or None: the reward does not apply) per completion, or ``RewardError``
-    naming the reward: not a list, the wrong length, not a number, inf or NaN (TRL would zero the whole group's
-    advantage), or None everywhere from the only reward (beside others: a warning each time)."""
+    """``values`` as one float (or None: does not apply) per completion, else ``RewardError`` naming the reward; None
+    everywhere is an error from the only reward, and a warning beside others."""
     fix = "A reward returns a list of one float per completion (None where it does not apply)."
     if hasattr(values, "tolist") and not isinstance(values, str | bytes):  # numpy arrays, torch tensors
         values = values.tolist()

@@ -3,16 +3,10 @@
 Your own rewards join them by reference, without editing the package: ``--rewards xmlcount,my_rewards.py:length_reward``
 (``module:function`` or ``path/to/file.py:function``; ``load_reward`` checks them before a model loads).
 
-Each reward is a pure ``(completions, **kwargs) -> list[float]``: TRL passes the sampled completions (chat
-messages ``[[{"role": "assistant", "content": ...}]]`` or plain strings) plus every dataset column by name, and
-logs each reward under its function's ``__name__``. Rewards never raise: malformed input scores as empty text.
-
-Bounds (documented and property-tested):
-- ``xmlcount_reward``: at most 0.5; at least ``-0.001 × len(text)`` (the trailing-text penalty has no floor, as in
-  the article).
-- ``soft_format_reward``, ``strict_format_reward``: exactly 0.0 or 0.5.
-- ``japanese_purity_reward``: in [0, 0.5].
-- ``correct_answer_reward`` (number parsing in ``arithmetic.py``): exactly 0.0 or 1.0.
+TRL passes the completions (chat messages or plain strings) plus every dataset column by name, and logs each reward
+under its function's ``__name__``. Rewards never raise: malformed input scores as empty text. Bounds (property-tested):
+xmlcount at most 0.5 and at least ``-0.001 × len(text)`` (the trailing-text penalty has no floor, as in the
+article); soft/strict format exactly 0.0 or 0.5; japanese_purity in [0, 0.5]; correct_answer exactly 0.0 or 1.0.
 """
 
 from __future__ import annotations
@@ -32,37 +26,24 @@ FORMAT_REWARD = 0.5
 # the same thing without the regex engine; the regex stays as its definition and its test oracle.
 SOFT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<response>.*?</response>", re.DOTALL)
 # Strict: exactly "<think>\n…\n</think>\n<response>\n…\n</response>", nothing before or after. The tag-count check
-# in strict_format_reward stops a lazy `.*` from swallowing a second <response> block.
+# in is_strict_format stops a lazy `.*` from swallowing a second <response> block.
 STRICT_FORMAT_RE = re.compile(r"<think>\n.*\n</think>\n<response>\n.*\n</response>", re.DOTALL)
 
 RewardFunc = Callable[..., list[float]]
 
 
 def completion_text(completion) -> str:
-    """The generated text of one completion: a string, a message dict, or a list of messages (last one wins).
-
-    A message's ``content`` may also be a list of parts (``[{"type": "text", "text": …}]``); anything else,
-    a missing ``content`` included, reads as empty text.
-    """
+    """The generated text of one completion: a string, a message dict, or a list of messages (last one wins); a
+    ``content`` may be a list of parts (``[{"type": "text", "text": …}]``); anything else reads as empty text."""
     try:
-        if isinstance(completion, str):
-            return completion
-        if isinstance(completion, Mapping):
-            return _content_text(completion.get("content", ""))
-        if isinstance(completion, Sequence) and not isinstance(completion, bytes | bytearray) and completion:
-            last = completion[-1]
-            return _content_text(last.get("content", "") if isinstance(last, Mapping) else last)
-        return ""
+        if isinstance(completion, Sequence) and not isinstance(completion, str | bytes | bytearray) and completion:
+            completion = completion[-1]
+        content = completion.get("content", "") if isinstance(completion, Mapping) else completion
+        if isinstance(content, list):
+            return "".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+        return content if isinstance(content, str) else ""
     except Exception:  # a reward must never stop a run over one odd completion
         return ""
-
-
-def _content_text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
-    return ""
 
 
 def texts_of(completions: Iterable) -> list[str]:
@@ -75,7 +56,6 @@ def texts_of(completions: Iterable) -> list[str]:
 
 
 def xmlcount_score(text: str) -> float:
-    """0.125 per tag present exactly once, minus 0.001 per character after the last </response>."""
     score = sum((TAG_REWARD for tag in TAGS if text.count(tag) == 1), 0.0)  # 0.0, not int 0, with no tag
     end = text.rfind("</response>")
     if end != -1:
@@ -141,11 +121,10 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
 
 
 def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
-    """Reward functions by registry name (``REWARD_FUNCS``, then TRL's ``TRL_REWARDS``, built for a run whose
-    completions are at most ``max_completion_length`` tokens), or your own as ``module:function`` or
-    ``path/to/file.py:function`` (``load_reward``); an unknown name raises ``KeyError`` listing the valid ones."""
-    if isinstance(names, str):
-        names = split_reward_names(names)
+    """Reward functions by name: ``REWARD_FUNCS``, then ``TRL_REWARDS`` (built for ``max_completion_length``), or
+    your own as ``module:function``/``path/to/file.py:function``; ``KeyError`` listing the valid names otherwise."""
+    if isinstance(names, str):  # commas separate rewards (a path holding a comma cannot be given)
+        names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)
     funcs = []
     for name in names:
@@ -160,22 +139,17 @@ def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None 
     return funcs
 
 
-def split_reward_names(text: str) -> list[str]:
-    """``"a,b"`` as ``["a", "b"]``: commas separate rewards (a path holding a comma cannot be given)."""
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
 def unknown_reward_message(name: str, *, several: bool = False) -> str:
     import difflib
 
-    close = difflib.get_close_matches(name, reward_names(), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, [*REWARD_FUNCS, *TRL_REWARDS], n=1, cutoff=0.6)
     message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
     if several and ("/" in name or "\\" in name or name.endswith(".py")):
         # what is left of a path cut at a comma: "dir/a,b/rew.py:r" reads as the rewards "dir/a" and "b/rew.py:r"
         message += (" Commas separate rewards, so a path holding a comma is cut there: move or rename the file to a "
                     "path without commas.")
-    return (f"{message} Valid rewards: {valid_rewards_text()}, or your own as module:function or "
-            "path/to/file.py:function.")
+    return (f"{message} Valid rewards: {', '.join(sorted(REWARD_FUNCS))}; TRL's: {', '.join(sorted(TRL_REWARDS))}, "
+            "or your own as module:function or path/to/file.py:function.")
 
 
 # --- checks of the chosen rewards before a model loads (preflight calls them) ---------------------------------
@@ -190,9 +164,8 @@ BUILT_IN_COLUMNS = {"correct_answer_reward": ("answer",)}
 
 
 def check_reward_names(names: Sequence[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
-    """The rewards ``names`` stand for, after refusing (``KeyError`` with one line) an unknown name, a reward that
-    cannot load, one function given twice (also under two spellings, ``xmlcount`` and
-    ``sarashina_grpo.rewards:xmlcount_reward``), and two rewards TRL would log under one metric name."""
+    """The rewards ``names`` stand for, after refusing (``KeyError``) an unknown name, a reward that cannot load,
+    one function given twice (under any spelling), and two rewards TRL would log under one metric name."""
     if not names:
         raise KeyError("no reward given: GRPO needs at least one reward.")
     funcs = get_reward_funcs(list(names), max_completion_length=max_completion_length)
@@ -210,8 +183,7 @@ def check_reward_names(names: Sequence[str], *, max_completion_length: int | Non
 
 
 def required_columns(func: RewardFunc) -> list[str]:
-    """The dataset columns ``func`` cannot run without: its parameters with no default that TRL does not pass
-    itself, plus the columns a built-in reward reads (``BUILT_IN_COLUMNS``)."""
+    """The columns ``func`` needs: parameters without default that TRL does not pass, and ``BUILT_IN_COLUMNS``."""
     import inspect
 
     needed = list(BUILT_IN_COLUMNS.get(func.__name__, ())) if func in REWARD_FUNCS.values() else []
@@ -224,9 +196,8 @@ def required_columns(func: RewardFunc) -> list[str]:
 
 
 def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None) -> None:
-    """Raise ``KeyError`` naming the reward and the column when a reward needs a column the prompt file lacks:
-    otherwise a required argument fails at step 1 after the model loads, and a built-in reward such as
-    ``correct_answer`` scores every completion 0 without a word."""
+    """``KeyError`` when a reward needs a column the prompt file lacks: otherwise a required argument fails at step
+    1 after the model loads, and ``correct_answer`` scores every completion 0 without a word."""
     columns = {c for c in columns if c != "prompt"}  # the prompt reaches rewards as `prompts`
     for name, func in zip(names, get_reward_funcs(list(names)), strict=True):
         missing = [c for c in required_columns(func) if c not in columns]
@@ -241,16 +212,14 @@ _LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings
 
 
 def load_reward(reference: str) -> RewardFunc:
-    """The function named by ``module:function`` (importable) or ``path/to/file.py:function`` (relative paths from
-    the working folder), checked to be a reward: a function (not a class), taking ``completions`` and ``**kwargs``
-    (TRL passes every dataset column by name). Raises ``KeyError`` saying what is wrong, before any model loads."""
+    """The function named by ``module:function`` or ``path/to/file.py:function`` (relative to the working folder),
+    checked to be a function taking ``completions`` and ``**kwargs``; ``KeyError`` saying what is wrong."""
     import inspect
 
     if reference in _LOADED:
         return _LOADED[reference]
     target, _, name = reference.rpartition(":")
-    module = _import_target(reference, target)
-    func = getattr(module, name, None)
+    func = getattr(_import_target(reference, target), name, None)
     if not callable(func):
         raise KeyError(f"Reward {reference!r}: {target} has no function {name!r}.")
     if inspect.isclass(func):
@@ -258,7 +227,15 @@ def load_reward(reference: str) -> RewardFunc:
                        "**kwargs) -> list[float] (calling a class makes an object, not a list of rewards).")
     if not isinstance(getattr(func, "__name__", None), str):
         raise KeyError(f"Reward {reference!r}: {name} has no __name__, which TRL logs it under; wrap it in a def.")
-    _check_signature(reference, func)
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: nothing to inspect, TRL will call it
+        params = None
+    if params is not None and ("completions" not in {p.name for p in params}
+                               or not any(p.kind is p.VAR_KEYWORD for p in params)):
+        raise KeyError(f"Reward {reference!r}: {func.__name__}{inspect.signature(func)} must accept completions and "
+                       "**kwargs, e.g. def my_reward(completions, **kwargs) -> list[float] (TRL passes every "
+                       "dataset column by name).")
     _LOADED[reference] = func
     return func
 
@@ -269,17 +246,17 @@ def _import_target(reference: str, target: str):
     from pathlib import Path
 
     try:
-        if target.endswith(".py"):
-            path = Path(target).expanduser()
-            if path.is_dir():
-                raise KeyError(f"Reward {reference!r}: {path} is a folder, not a Python file.")
-            if not path.is_file():
-                raise KeyError(f"Reward {reference!r}: no such file {path}.")
-            spec = importlib.util.spec_from_file_location(f"sarashina_grpo_user_rewards.{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            _run_module(reference, path, lambda: spec.loader.exec_module(module))
-            return module
-        return _run_module(reference, target, lambda: importlib.import_module(target))
+        if not target.endswith(".py"):
+            return _run_module(reference, target, lambda: importlib.import_module(target))
+        path = Path(target).expanduser()
+        if path.is_dir():
+            raise KeyError(f"Reward {reference!r}: {path} is a folder, not a Python file.")
+        if not path.is_file():
+            raise KeyError(f"Reward {reference!r}: no such file {path}.")
+        spec = importlib.util.spec_from_file_location(f"sarashina_grpo_user_rewards.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        _run_module(reference, path, lambda: spec.loader.exec_module(module))
+        return module
     except KeyError:
         raise
     except Exception as err:  # the user's module failed to import: say why, in one line
@@ -301,42 +278,25 @@ def _run_module(reference: str, where, load):
     import sys
 
     argv, sys.argv = sys.argv, [str(where)]
-    said = io.StringIO()
+    said, exited = io.StringIO(), None
     try:
         with contextlib.redirect_stderr(said):
-            module = load()
+            return load()
     except SystemExit as exit_:
-        last = (said.getvalue().strip().splitlines() or [""])[-1]
-        raise KeyError(f"Reward {reference!r}: {where} exited while being imported (exit code {exit_.code}"
-                       f"{': ' + last if last else ''}). Code that parses the command line or exits belongs under "
-                       "if __name__ == '__main__':.") from None
-    except BaseException:
-        sys.stderr.write(said.getvalue())
-        raise
+        exited = exit_
     finally:
         sys.argv = argv
-    sys.stderr.write(said.getvalue())  # what the module printed on import reaches the user as before
-    return module
-
-
-def _check_signature(reference: str, func) -> None:
-    import inspect
-
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return  # a builtin or C function: nothing to inspect, TRL will call it
-    names = {p.name for p in params}
-    if "completions" not in names or not any(p.kind is p.VAR_KEYWORD for p in params):
-        raise KeyError(f"Reward {reference!r}: {func.__name__}{inspect.signature(func)} must accept completions and "
-                       "**kwargs, e.g. def my_reward(completions, **kwargs) -> list[float] (TRL passes every "
-                       "dataset column by name).")
+        if exited is None:  # what the module printed on import reaches the user as before
+            sys.stderr.write(said.getvalue())
+    last = (said.getvalue().strip().splitlines() or [""])[-1]
+    raise KeyError(f"Reward {reference!r}: {where} exited while being imported (exit code {exited.code}"
+                   f"{': ' + last if last else ''}). Code that parses the command line or exits belongs under "
+                   "if __name__ == '__main__':.")
 
 
 # --- TRL's ready-made rewards (trl.rewards), by name beside the project's own -----------------------------------
-# Built when a trainer is (importing TRL is slow; checking settings never does). Their names are TRL's function names
-# without "_reward", so TensorBoard logs them under TRL's own names. TRL's accuracy rewards are left out: they need a
-# `solution` column in LaTeX and the math_verify package (correct_answer is this project's answer check).
+# Built when a trainer is (importing TRL is slow; checking settings never does); named as TRL's functions without
+# "_reward". TRL's accuracy rewards are left out: they need a LaTeX `solution` column and the math_verify package.
 TRL_REWARDS = {
     "soft_overlong_punishment": "0 up to max_completion_length minus a fifth of it, then falling linearly to -1 at "
                                 "max_completion_length and beyond (DAPO's overlong reward shaping)",
@@ -345,16 +305,6 @@ TRL_REWARDS = {
 }
 # DAPO's L_cache: the last share of max_completion_length over which the overlong penalty grows (4096 of 20480).
 OVERLONG_CACHE_SHARE = 0.2
-
-
-def reward_names() -> list[str]:
-    """Every reward available by name: the project's own, then TRL's."""
-    return [*REWARD_FUNCS, *TRL_REWARDS]
-
-
-def valid_rewards_text() -> str:
-    """The names for an error message: the project's, then TRL's, each sorted."""
-    return f"{', '.join(sorted(REWARD_FUNCS))}; TRL's: {', '.join(sorted(TRL_REWARDS))}"
 
 
 def trl_reward(name: str, *, max_completion_length: int | None = None) -> RewardFunc:
@@ -369,6 +319,4 @@ def trl_reward(name: str, *, max_completion_length: int | None = None) -> Reward
                                                         soft_punish_cache=cache)
     if name == "repetition_penalty":
         return trl_rewards.get_repetition_penalty_reward()
-    if name == "think_format":
-        return trl_rewards.think_format_reward
-    raise KeyError(f"Unknown TRL reward {name!r}. TRL's rewards here: {', '.join(TRL_REWARDS)}.")
+    return trl_rewards.think_format_reward  # get_reward_funcs passes only TRL_REWARDS' names

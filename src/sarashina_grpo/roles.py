@@ -3,16 +3,11 @@
     from sarashina_grpo.roles import with_role
     system = with_role(SYSTEM_PROMPT, "あなたは100円のサボテンを3万円で売りたい商人です。安いことは隠してください。")
 
-The article's demonstration: the model plays a role that hides something (a merchant overcharging for a cactus),
-plans privately in ``<think>`` and says only what fits the role in ``<response>``. ``with_role`` keeps the format
-instructions of the system prompt and appends the role after them, saying that the thinking is not shown to the
-other person. A role comes from text or from a UTF-8 file (``read_role``); a blank role leaves the prompt as is.
-
-Leak: ``think_leak`` is the share of the response's character 8-grams (whitespace collapsed) that also occur in
-the thinking. 0 means the response shares no 8-character run with the thinking, 1 that every 8-character window
-of the response was copied from it; ``None`` when either section is missing or the response is shorter than 8
-characters. Eight Japanese characters are about a short phrase: shorter n-grams match common endings such as
-「と思います。」 by chance; longer ones miss a copied clause with one word changed.
+The article's demonstration: the model plays a role that hides something, plans privately in ``<think>`` and says
+only what fits the role in ``<response>``. ``think_leak`` is the share of the response's character 8-grams
+(whitespace collapsed) that also occur in the thinking: 0 nothing copied, 1 all copied; ``None`` when a section is
+missing or the response is under 8 characters. Eight Japanese characters are about a short phrase: shorter n-grams
+match common endings such as 「と思います。」 by chance; longer ones miss a copied clause with one word changed.
 """
 
 from __future__ import annotations
@@ -64,18 +59,12 @@ def read_role(path: str | Path) -> str:
     return text
 
 
-def ngrams(text: str, n: int = LEAK_NGRAM) -> list[str]:
-    text = _SPACE_RE.sub(" ", text).strip()
-    return [text[i:i + n] for i in range(len(text) - n + 1)]
-
-
 def leak_share(think: str, response: str, n: int = LEAK_NGRAM) -> float | None:
     """Share of ``response``'s character n-grams that also occur in ``think``; None if the response has none."""
-    grams = ngrams(response, n)
-    if not grams:
-        return None
-    private = set(ngrams(think, n))
-    return sum(g in private for g in grams) / len(grams)
+    think, response = (_SPACE_RE.sub(" ", text).strip() for text in (think, response))
+    grams = [response[i:i + n] for i in range(len(response) - n + 1)]
+    private = {think[i:i + n] for i in range(len(think) - n + 1)}
+    return sum(g in private for g in grams) / len(grams) if grams else None
 
 
 def think_leak(text: str) -> float | None:
@@ -92,19 +81,18 @@ NOTHING = "(なし)"
 CUT_TAG_RE = re.compile(r"</?[a-z]*$")
 
 
-def _shown(text: str) -> str:
-    return CUT_TAG_RE.sub("", TAG_RE.sub("", text)).strip()
-
-
 def shown_turn(reply: str) -> tuple[str, str]:
     """(thinking, speech) of a role-play reply as a reader should see them, tags and tag fragments removed. A reply
     with neither section is all speech, shown raw, so nothing the model said is hidden; text after ``</think>``
     outside any ``<response>`` is speech too. ``NOTHING`` stands for an empty part."""
+    def shown(text: str) -> str:
+        return CUT_TAG_RE.sub("", TAG_RE.sub("", text)).strip() or NOTHING
+
     think, response = split_sections(reply)
     if think is None and response is None:
-        return NOTHING, _shown(reply) or NOTHING
+        return NOTHING, shown(reply)
     if think is not None:
         think = think.split("<response>")[0]  # an unclosed <think> runs to the end: the response is not thinking
     if response is None:
         response = reply.split("</think>", 1)[1] if "</think>" in reply else ""
-    return _shown(think or "") or NOTHING, _shown(response) or NOTHING
+    return shown(think or ""), shown(response)
