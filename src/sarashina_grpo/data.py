@@ -1,21 +1,11 @@
 """Load the prompt file (columns ``prompt,lang``) into a ``datasets.Dataset`` of ``[system, user]`` chat prompts.
 
-The file is a CSV, or by its suffix JSON Lines or Parquet; ``tables.py`` reads all three into the same header and
-line-numbered records and refuses what is wrong with the file as a file (missing, a folder or pipe, too big, its
-encoding, its quoting). This module checks what the columns hold.
-
-Only rows whose ``lang`` is the target language (Japanese by default) are kept. Every problem names the file and
-the line (docs/troubleshooting.md lists every message):
-- fatal (``DataError``): no ``prompt`` or ``lang`` header, a column named like one of TRL's reward arguments, a
-  ``lang`` that is not an ISO 639-1 code (all offending lines listed), no usable row in the target language;
-- skipped with one warning per kind that counts them and names their lines: blank or NaN prompts, prompts made only
-  of invisible characters (zero-width space, word joiner, BOM, other format/control characters) or holding control
-  characters (NUL, ESC, …; tab and line breaks are fine), rows without ``lang``, duplicates, prompts over the limit;
-- silently fine: extra columns (passed through to the dataset, e.g. ``answer`` for rewards), header case/spaces,
-  region subtags (``ja-JP`` counts as ``ja``);
-- an optional ``role`` column (or ``system``, same meaning): that row's persona/scenario, added to its system prompt
-  after the format instructions (``roles.with_role``) instead of being passed through; a blank cell means no role.
-  The same prompt under two roles is not a duplicate.
+``tables.py`` reads the file (CSV, JSONL or Parquet) and refuses what is wrong with it as a file; this module checks
+what the columns hold. Only rows in the target language (``ja`` by default; ``ja-JP`` counts as ``ja``) are kept.
+A bad header or ``lang`` code is fatal; blank, invisible, control-character, language-less, duplicate and over-long
+prompts are skipped with one warning per kind naming their lines (docs/troubleshooting.md lists every message).
+Extra columns pass through to the dataset (e.g. ``answer`` for rewards); an optional ``role`` (or ``system``) column
+is that row's persona, added to its system prompt (``roles.with_role``).
 """
 from __future__ import annotations
 
@@ -27,7 +17,7 @@ from pathlib import Path
 
 from .project import HOME_VARIABLE, SYSTEM_PROMPT, project_dir
 from .roles import with_role
-from .tables import MAX_LINES_NAMED, DataError, lines_named, read_table
+from .tables import DataError, lines_named, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +28,7 @@ ROLE_COLUMNS = ("role", "system")  # optional; the first present is the row's ro
 RESERVED_COLUMNS = ("prompts", "completions", "completion", "completion_ids", "trainer_state", "log_extra",
                     "log_metric", "environments")
 # ISO 639-1 language codes. A row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR); only the
-# language part is compared, so "ja-JP" rows count as "ja".
+# language part is compared.
 ISO_639_1 = frozenset("""
 aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el en
 eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv
@@ -54,8 +44,7 @@ LANG_SUGGESTIONS = {
 }
 # Cells pandas reads as NaN (and writes back as these words with na_rep): treated as blank, never as a prompt.
 NA_MARKERS = frozenset({"nan", "none", "null", "na", "n/a", "#n/a"})
-# Unicode categories that print nothing: format (Cf: U+200B zero-width space, U+2060 word joiner, U+FEFF BOM, …),
-# control (Cc), and separators (Z*: spaces, which str.strip() already removes, and line/paragraph separators).
+# Unicode categories that print nothing: format (Cf: zero-width space, word joiner, BOM, …), control (Cc), separators.
 INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
 ALLOWED_CONTROLS = frozenset("\t\n\r")  # line breaks inside quoted prompts, tabs: ordinary text
 
@@ -90,8 +79,7 @@ def _lang_code(value: str) -> str | None:
 
 
 def outside_the_project(path: Path) -> str:
-    """A hint for a missing prompt file when the project folder holds no ``datasets/``: the command was most likely
-    run outside the repository, where relative paths such as datasets/smalltalk.csv cannot be found."""
+    """A hint for a missing prompt file when the project folder has no ``datasets/`` (run outside the repository?)."""
     home = project_dir()
     if path.exists() or (home / "datasets").is_dir():
         return ""
@@ -100,8 +88,7 @@ def outside_the_project(path: Path) -> str:
 
 
 def read_rows(path: str | Path) -> list[Row]:
-    """Parse ``path`` (CSV; JSONL or Parquet by suffix) into rows, checking the columns and the ``lang`` codes.
-    Extra columns go to ``Row.extra``. A Parquet row's ``line`` is its row number."""
+    """Parse ``path`` into rows, checking the columns and the ``lang`` codes (a Parquet row's line: its number)."""
     path = Path(path)
     try:
         header, records, csv_file = read_table(path)
@@ -128,20 +115,25 @@ def read_rows(path: str | Path) -> list[Row]:
     extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS and at != role_at}
     text_columns = {at: header[at] for at in (prompt_at, lang_at, role_at) if at is not None}
     rows, bad_lang = [], []
+
+    def cell(fields: list[str], at: int | None) -> str:
+        return fields[at].strip() if at is not None and at < len(fields) else ""
+
     for line, fields in records:
         check_text_cells(path, line, fields, text_columns)
         fields = [f if isinstance(f, str) else str(f) for f in fields]  # extra columns ride along as text
-        prompt = fields[prompt_at].strip() if prompt_at < len(fields) else ""
-        raw_lang = fields[lang_at] if lang_at < len(fields) else ""
+        prompt, raw_lang, role = cell(fields, prompt_at), cell(fields, lang_at), cell(fields, role_at)
         lang = _lang_code(raw_lang)
         if lang is None:
-            bad_lang.append((line, raw_lang.strip()))
-        extra = {name: fields[at].strip() if at < len(fields) else "" for name, at in extras.items()}
-        role = fields[role_at].strip() if role_at is not None and role_at < len(fields) else ""
-        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or "", extra,
+            better = LANG_SUGGESTIONS.get(raw_lang.lower())
+            bad_lang.append(f"line {line}: {raw_lang!r}" + (f" (did you mean {better!r}?)" if better else ""))
+        rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or "",
+                        {name: cell(fields, at) for name, at in extras.items()},
                         "" if role.lower() in NA_MARKERS else role))
     if bad_lang:
-        raise DataError(f"{path}: {_bad_lang_message(bad_lang)}")
+        raise DataError(f"{path}: field 'lang' holds {len(bad_lang)} value(s) that are not ISO 639-1 language codes "
+                        f"({lines_named(bad_lang, '; ', '; and')}). Use two-letter codes such as 'ja' or 'en' (a "
+                        "region is fine: 'ja-JP').")
     if not rows:
         raise DataError(f"{path} has a header but no rows: add one row per prompt, e.g. 'こんにちは,ja'.")
     return rows
@@ -154,27 +146,13 @@ def check_text_cells(path: Path, line: int, fields: list, columns: dict[int, str
         value = fields[at] if at < len(fields) else ""
         if isinstance(value, str):
             continue
-        kind = {dict: "an object", list: "a list", bytes: "bytes", bytearray: "bytes"}.get(type(value),
-                                                                                         type(value).__name__)
+        kinds = {dict: "an object", list: "a list", bytes: "bytes", bytearray: "bytes"}
+        kind = kinds.get(type(value), type(value).__name__)
         where = "row" if path.suffix.lower() == ".parquet" else "line"
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         fix = " (decode them first, e.g. df[col].str.decode('utf-8'))" if kind == "bytes" else ""
         raise DataError(f"{path}, {where} {line}: the {name!r} cell holds {kind} ({shown}), not text. Give it as a "
                         f"string{fix}.")
-
-
-def _bad_lang_message(bad: list[tuple[int, str]]) -> str:
-    def hint(value: str) -> str:
-        better = LANG_SUGGESTIONS.get(value.lower())
-        return f" (did you mean {better!r}?)" if better else ""
-
-    shown = "; ".join(f"line {n}: {v!r}{hint(v)}" for n, v in bad[:MAX_LINES_NAMED])
-    more = f"; and {len(bad) - MAX_LINES_NAMED} more" if len(bad) > MAX_LINES_NAMED else ""
-    return (
-        f"field 'lang' holds {len(bad)} value(s) that are not ISO 639-1 language codes ({shown}{more}). "
-        "Use two-letter codes such as 'ja' or 'en' (a region is fine: 'ja-JP')."
-    )
 
 
 def warn_skipped(path: Path, lines: list[int], what: str, after: str = "") -> None:
@@ -183,12 +161,11 @@ def warn_skipped(path: Path, lines: list[int], what: str, after: str = "") -> No
         logger.warning("%s: skipped %d %s on line(s) %s%s.", path, len(lines), what, lines_named(lines), after)
 
 
-def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) -> list[Row]:
-    """Keep rows in ``lang``; skip blank, duplicate and over-long prompts with one warning per kind."""
+def select_rows(rows: list[Row], path: Path, lang: str) -> list[Row]:
+    """Keep rows in ``lang``; skip blank, unprintable and duplicate prompts with one warning per kind."""
     blank = [r.line for r in rows if not r.prompt]
     invisible = [r.line for r in rows if r.prompt and not visible_text(r.prompt)]
-    controls = {r.line: control_characters(r.prompt) for r in rows if visible_text(r.prompt)}
-    controls = {line: found for line, found in controls.items() if found}
+    controls = {r.line: found for r in rows if visible_text(r.prompt) and (found := control_characters(r.prompt))}
     unusable = set(invisible) | set(controls)
     rows = [r for r in rows if r.line not in unusable]
     no_lang = [r.line for r in rows if r.prompt and not r.lang]
@@ -196,29 +173,20 @@ def select_rows(rows: list[Row], path: Path, lang: str, prompt_too_long=None) ->
     warn_skipped(path, invisible, "prompt(s) made only of invisible characters (zero-width spaces, word joiners, BOMs, "
                  "control characters)")
     if controls:
-        shown = list(controls.items())[:MAX_LINES_NAMED]
-        named = "; ".join(f"line {line}: {', '.join(found)}" for line, found in shown)
-        more = f"; and {len(controls) - MAX_LINES_NAMED} more" if len(controls) > MAX_LINES_NAMED else ""
-        logger.warning("%s: skipped %d prompt(s) holding control characters (%s%s). Remove them; a NUL (U+0000) "
-                       "often means part of the file is binary or UTF-16.", path, len(controls), named, more)
+        named = lines_named([f"line {line}: {', '.join(found)}" for line, found in controls.items()], "; ", "; and")
+        logger.warning("%s: skipped %d prompt(s) holding control characters (%s). Remove them; a NUL (U+0000) "
+                       "often means part of the file is binary or UTF-16.", path, len(controls), named)
     warn_skipped(path, no_lang, "row(s) with no 'lang'")
     kept = [r for r in rows if r.prompt and r.lang == lang]
     if not kept:
         langs = sorted({r.lang for r in rows if r.lang and r.prompt})
-        raise DataError(
-            f"{path}: no rows with lang == {lang!r} and a non-blank prompt (found {langs or 'none'}); nothing to "
-            "train on. "
-            f"Add rows whose 'lang' column is {lang!r}."
-        )
-    seen, unique, dupes = set(), [], []
+        raise DataError(f"{path}: no rows with lang == {lang!r} and a non-blank prompt (found {langs or 'none'}); "
+                        f"nothing to train on. Add rows whose 'lang' column is {lang!r}.")
+    first: dict[tuple[str, str], Row] = {}
     for r in kept:
-        if (r.prompt, r.role) in seen:
-            dupes.append(r.line)
-        else:
-            seen.add((r.prompt, r.role))
-            unique.append(r)
-    warn_skipped(path, dupes, "duplicate prompt(s)")
-    return unique if prompt_too_long is None else drop_too_long(unique, path, prompt_too_long)
+        first.setdefault((r.prompt, r.role), r)
+    warn_skipped(path, [r.line for r in kept if first[r.prompt, r.role] is not r], "duplicate prompt(s)")
+    return list(first.values())
 
 
 def drop_too_long(rows: list[Row], path: Path, prompt_too_long) -> list[Row]:
@@ -230,10 +198,8 @@ def drop_too_long(rows: list[Row], path: Path, prompt_too_long) -> list[Row]:
                  "Shorten them or raise max_prompt_length (CLI: --max-prompt-length)")
     kept = [r for r in rows if r.line not in too_long]
     if not kept:
-        raise DataError(
-            f"{path}: every prompt is longer than the prompt limit; raise max_prompt_length "
-            "(CLI: --max-prompt-length) or shorten them."
-        )
+        raise DataError(f"{path}: every prompt is longer than the prompt limit; raise max_prompt_length "
+                        "(CLI: --max-prompt-length) or shorten them.")
     return kept
 
 
@@ -242,17 +208,9 @@ def to_messages(prompt: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
 
 
 def check_prompts(path: str | Path, lang: str = "ja") -> list[Row]:
-    """The usable rows of ``path`` (``select_rows``). Cheap and model-free: training calls it before loading the
-    model, so a bad file fails in seconds."""
+    """The usable rows of ``path``; model-free, so training checks the file before loading the model."""
     path = Path(path)
     return select_rows(read_rows(path), path, lang)
-
-
-def chat_prompt_tokens(tokenizer, messages: list[dict], **template_kwargs) -> int:
-    """Tokens of ``messages`` in the chat template with the generation prompt, as TRL formats a prompt.
-    ``apply_chat_template`` gives a BatchEncoding, or a plain list where Unsloth has patched the tokenizer."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)
-    return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = SYSTEM_PROMPT, tokenizer=None,
@@ -266,8 +224,10 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
             roles[r.prompt] = max(roles.get(r.prompt, ""), r.role, key=len)
 
         def too_long(prompt: str) -> bool:
-            messages = to_messages(prompt, with_role(system_prompt, roles.get(prompt)))
-            return chat_prompt_tokens(tokenizer, messages) > max_prompt_length
+            # As TRL formats a prompt; a BatchEncoding, or a plain list where Unsloth has patched the tokenizer.
+            ids = tokenizer.apply_chat_template(to_messages(prompt, with_role(system_prompt, roles.get(prompt))),
+                                                add_generation_prompt=True, tokenize=True)
+            return len(ids["input_ids"] if hasattr(ids, "keys") else ids) > max_prompt_length
 
         rows = drop_too_long(rows, Path(path), too_long)
     logger.info("%s: %d prompts.", path, len(rows))
@@ -278,7 +238,6 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
 
 def load_prompts(path: str | Path, *, lang: str = "ja", system_prompt: str = SYSTEM_PROMPT, tokenizer=None,
                  max_prompt_length: int | None = None):
-    """``check_prompts`` then ``prompts_dataset``: a ``datasets.Dataset`` with a ``prompt`` column of ``[system,
-    user]`` messages, the row's ``lang`` and the file's other columns (as text)."""
+    """``check_prompts`` then ``prompts_dataset``: chat prompts, ``lang`` and the file's other columns (as text)."""
     return prompts_dataset(check_prompts(path, lang), path, system_prompt=system_prompt, tokenizer=tokenizer,
                            max_prompt_length=max_prompt_length)

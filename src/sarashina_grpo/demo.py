@@ -3,18 +3,10 @@
     sarashina-grpo demo                            # about 3 minutes alone on a CPU (docs/demo.md)
     tensorboard --logdir artifact/logs             # eval/strict_format_rate: the held-out rate during GRPO
 
-A random-weight model never writes a tag, so every GRPO group scores alike and nothing is learned (the plain
-``train --model tiny`` smoke run shows loss 0). The demo therefore does what the learning proof
-(``docs/learning.md``) does, once:
-
-1. build the offline tiny model and warm-start it by a short SFT (``warmstart.py``) so that it is *partly*
-   compliant; the warm model is cached in ``<artifact>/models/`` and reused by later demos;
-2. evaluate it on the held-out prompts, sampled at the training temperature (what GRPO's groups see);
-3. run real GRPO steps through the project's training path (the same function ``sarashina-grpo train`` uses),
-   scoring the held-out prompts every ``eval_steps`` steps the same way (``callbacks.HeldOutEval``), so that the
-   curve in TensorBoard (``eval/strict_format_rate``) and ``reward_curve.png`` starts and ends at the table's rates;
-4. evaluate again, log a before/after table, and write ``reward_curve.png``, ``demo.json`` and ``demo.md`` into
-   the run's folder ``<artifact>/outputs/<run>/`` (TensorBoard events in ``<artifact>/logs/<run>/``).
+What the learning proof (docs/learning.md) does, once: warm-start the tiny model (``warmstart.py``: a random-weight
+model never writes a tag, so GRPO would learn nothing), evaluate it on the held-out prompts, run GRPO through the
+project's training path scoring them every ``eval_steps`` steps, evaluate again; the before/after table, the reward
+curve and ``demo.json`` go to ``<artifact>/outputs/<run>/``.
 """
 
 from __future__ import annotations
@@ -43,7 +35,7 @@ logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `pytho
 TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (config.project_path)
 EVAL_DATA = "datasets/eval.csv"
 TABLE_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "purity_mean")
-# What the reward-curve plot draws from trainer.state.log_history (TRL's names; TensorBoard prefixes "train/").
+# What the reward-curve plot draws from trainer.state.log_history (TRL's names).
 CURVE_KEYS = ("rewards/strict_format_reward/mean", "rewards/soft_format_reward/mean",
               "rewards/xmlcount_reward/mean", "reward")
 # The held-out evaluation during GRPO (callbacks.HeldOutEval; TensorBoard eval/<metric>): the table's own figures.
@@ -107,8 +99,7 @@ def train_prompts() -> list[str]:
 
 
 def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
-    """The warm-started tiny model for ``demo``'s seed, built once and cached in ``<artifact_dir>/models/``. The
-    folder name carries a hash of the recipe, so a changed recipe never reuses a stale model; it is built in a
+    """The warm-started tiny model, cached in ``<artifact_dir>/models/`` under a hash of the recipe; built in a
     temporary folder and renamed, so an interrupted build is never taken for a cache hit."""
     recipe = dataclasses.replace(demo.warm_start, seed=demo.seed)
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:8]
@@ -135,26 +126,12 @@ def sampled_outputs(model, tokenizer, demo: DemoSettings) -> list[dict]:
                             progress=False)
 
 
-def train_grpo(settings: Settings, artifact_dir: Path, run_name: str | None, demo: DemoSettings):
-    """The project's one training path (prepare → build → run), as `sarashina-grpo train` takes it, with a compact
-    progress line and the held-out evaluation every ``demo.eval_steps`` steps."""
-    from .callbacks import CompactProgress, HeldOutEval
-    from .pipeline import train
-
-    callbacks = [CompactProgress()]
-    if demo.eval_steps:
-        rows = check_prompts(project_path(EVAL_DATA))[:demo.eval_limit]
-        callbacks.append(HeldOutEval(rows, every=demo.eval_steps, system_prompt=settings.system_prompt,
-                                     max_new_tokens=settings.max_completion_length, gen=demo.generation(),
-                                     samples_per_prompt=demo.eval_samples_per_prompt,
-                                     seed=demo.seed + EVAL_SEED_OFFSET))
-    return train(settings, artifact_dir=artifact_dir, run_name=run_name, callbacks=callbacks)
-
-
 def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None = None, *,
              run_name: str | None = None) -> DemoResult:
     """Warm start (cached), evaluate, GRPO, evaluate; write the curve and tables into the run's folder."""
+    from .callbacks import CompactProgress, HeldOutEval
     from .modeling import cpu_threads, load_model
+    from .pipeline import train
 
     demo = demo or DemoSettings()
     artifact_dir = Path(artifact_dir or default_artifact_dir())
@@ -171,7 +148,14 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
         seconds["eval_before"] = round(time.monotonic() - mark, 1)
 
         mark = time.monotonic()
-        trainer = train_grpo(settings, artifact_dir, run_name, demo)
+        callbacks = [CompactProgress()]  # the project's one training path, as `sarashina-grpo train` takes it
+        if demo.eval_steps:
+            callbacks.append(HeldOutEval(check_prompts(project_path(EVAL_DATA))[:demo.eval_limit],
+                                         every=demo.eval_steps, system_prompt=settings.system_prompt,
+                                         max_new_tokens=settings.max_completion_length, gen=demo.generation(),
+                                         samples_per_prompt=demo.eval_samples_per_prompt,
+                                         seed=demo.seed + EVAL_SEED_OFFSET))
+        trainer = train(settings, artifact_dir=artifact_dir, run_name=run_name, callbacks=callbacks)
         seconds["grpo"] = round(time.monotonic() - mark, 1)
         paths = trainer.run.paths
         if trainer.interrupted:  # Ctrl-C saved a checkpoint; the table below then shows the steps that ran
@@ -230,19 +214,6 @@ def curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def _plot_curves(ax, history: list[dict], keys, prefix: str, ylabel: str, title: str) -> None:
-    for key in keys:
-        steps, values = curve(history, key)
-        if steps:
-            ax.plot(steps, values, marker="o", markersize=3, label=key.removeprefix(prefix),
-                    linewidth=2.5 if "strict" in key else 1.2)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-
 def reward_curve(history: list[dict], path: Path) -> Path:
     """Plot the logged reward means (left) and the held-out rates (right, when evaluated) against the step."""
     import matplotlib
@@ -250,14 +221,23 @@ def reward_curve(history: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    held_out = any(HELD_OUT_CURVE_KEYS[0] in h for h in history)
-    fig, axes = plt.subplots(1, 2 if held_out else 1, figsize=(13 if held_out else 7, 4), squeeze=False)
-    _plot_curves(axes[0][0], history, CURVE_KEYS, "rewards/", "mean reward of the step's completions",
-                 "training reward (strict_format: 0.5 when the layout is exact)")
-    if held_out:
-        _plot_curves(axes[0][1], history, HELD_OUT_CURVE_KEYS, "eval_", "share of held-out outputs (0–1)",
-                     "held-out rates, as in the before/after table")
-        axes[0][1].set_ylim(0, 1)
+    panels = [(CURVE_KEYS, "rewards/", "mean reward of the step's completions",
+               "training reward (strict_format: 0.5 when the layout is exact)")]
+    if any(HELD_OUT_CURVE_KEYS[0] in h for h in history):
+        panels.append((HELD_OUT_CURVE_KEYS, "eval_", "share of held-out outputs (0–1)",
+                       "held-out rates, as in the before/after table"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1, 4), squeeze=False)
+    for ax, (keys, prefix, ylabel, title) in zip(axes[0], panels, strict=True):
+        for key in keys:
+            steps, values = curve(history, key)
+            if steps:
+                ax.plot(steps, values, marker="o", markersize=3, label=key.removeprefix(prefix),
+                        linewidth=2.5 if "strict" in key else 1.2)
+        ax.set(xlabel="GRPO step", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if prefix == "eval_":
+            ax.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -265,12 +245,12 @@ def reward_curve(history: list[dict], path: Path) -> Path:
 
 
 def write_summary(result: DemoResult, demo: DemoSettings) -> None:
-    steps, strict = curve(result.log_history, CURVE_KEYS[0])
-    held_out = {key.removeprefix("eval_"): dict(zip(*curve(result.log_history, key), strict=True))
-                for key in HELD_OUT_CURVE_KEYS}
+    def points(key: str) -> dict:
+        return dict(zip(*curve(result.log_history, key), strict=True))
+
     summary = {"before": result.before, "after": result.after, "seconds": result.seconds,
-               "demo": dataclasses.asdict(demo), "strict_format_reward_curve": dict(zip(steps, strict, strict=True)),
-               "held_out_curve": held_out}
+               "demo": dataclasses.asdict(demo), "strict_format_reward_curve": points(CURVE_KEYS[0]),
+               "held_out_curve": {key.removeprefix("eval_"): points(key) for key in HELD_OUT_CURVE_KEYS}}
     (result.run_dir / "demo.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str) + "\n",
                                               encoding="utf-8")
     (result.run_dir / "demo.md").write_text(result.table, encoding="utf-8")

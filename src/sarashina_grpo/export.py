@@ -3,18 +3,10 @@
     sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/sarashina-think            # adapter
     sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/sarashina-think --merged   # full model
 
-Both write the tokenizer (with its chat template) and a model card ``README.md``: base model, the run's settings
-(from ``outputs/<run>/run.json``), rewards, steps, and the run's last evaluation (``artifact/eval/*/metrics.json``)
-if there is one. ``--merged`` loads the base model named in ``adapter_config.json`` with plain transformers, applies
-the adapter with PEFT, merges it into the weights and saves a model that ``AutoModelForCausalLM.from_pretrained(OUT)``
-loads without PEFT or Unsloth (which this module never imports), ready for vLLM or llama.cpp's GGUF converter.
-
-The checkpoint's files are verified first, as a resume verifies them (``checkpoints.verify``): an adapter cut off
-or overwritten, NaN weights, or a checkpoint a resume set aside as damaged or half-written is an error, never
-copied. The export is written to a hidden ``.OUT.partial-<host>-<pid>-<time>`` folder beside OUT and renamed at the
-end, so a failed export leaves no half-written OUT behind; one left by a killed export (its process is gone) is
-removed by the next export into the same folder. ``push_to_hub`` uploads OUT with ``huggingface_hub`` (not
-tested here: no hub access).
+Both write the tokenizer and a model card ``README.md`` (the run's settings, rewards, last evaluation).
+``--merged`` merges the adapter into the base with plain transformers + PEFT (this module never imports Unsloth).
+The checkpoint is verified as a resume verifies it; the export is staged in a hidden
+``.OUT.partial-<host>-<pid>-<time>`` folder renamed at the end (one a killed export left is removed by the next).
 """
 
 from __future__ import annotations
@@ -57,8 +49,7 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
         raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
                             "artifact/outputs/<run>/checkpoint-500.")
     kind = folder_kind(path)
-    has = kind.files
-    if ADAPTER_CONFIG not in has and kind.newest:
+    if ADAPTER_CONFIG not in kind.files and kind.newest:
         raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {kind.newest}.")
     if kind.half_written and kind.step is not None:
         raise SettingsError(f"{path} is a half-written checkpoint (no {COMPLETE_MARKER} marker): the run was cut off "
@@ -66,12 +57,12 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     if kind.half_written:
         raise SettingsError(f"{path} was set aside by a resume as a half-written checkpoint (no {COMPLETE_MARKER} "
                             "marker). Export a checkpoint-N of the run instead.")
-    if ADAPTER_CONFIG not in has:
+    if ADAPTER_CONFIG not in kind.files:
         raise SettingsError(f"{path} holds no LoRA adapter ({ADAPTER_CONFIG})" + (
             ": it is already a full model, which transformers loads as it is." if kind.model else
             ". Give a checkpoint folder written by training (artifact/outputs/<run>/checkpoint-N)."))
     missing = [what for what, names in (("adapter weights", ADAPTER_WEIGHT_FILES), ("tokenizer", TOKENIZER_FILES))
-               if not has & set(names)]
+               if not kind.files & set(names)]
     if missing:
         raise SettingsError(f"{path} is incomplete: no {' and no '.join(missing)} ({', '.join(missing)} files are "
                             "saved with every checkpoint). Export another checkpoint of the run.")
@@ -83,8 +74,7 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
 
 
 def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
-    """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base. Hub ids
-    stay hub ids (loaded from the local cache or the hub); a recorded folder must still exist here."""
+    """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base."""
     recorded = json.loads((checkpoint / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
     name = base_model or recorded
     if not name:
@@ -101,18 +91,12 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
                       dtype: str = "auto", push_to_hub: str | None = None, private: bool = True,
                       allow_other_base: bool = False) -> Path:
-    """Write ``checkpoint``'s adapter (or, with ``merged``, the merged model) + tokenizer + model card to ``out``.
-
-    ``dtype`` is the merged model's weight type: ``auto`` is the 16-bit type this machine trains in (bfloat16, or
-    float16 on a GPU without bf16); ``float32`` for exact CPU comparisons. Merging, the base must hold the weights
-    the run trained on (``check_same_base``), unless ``allow_other_base``.
-    All checks run before anything loads; return ``out``.
-    """
+    """Write ``checkpoint``'s adapter (or, with ``merged``, the merged model in ``dtype``) + tokenizer + model card
+    to ``out``; return ``out``. All checks run before anything loads."""
     checkpoint, out = check_checkpoint(checkpoint), check_new_folder(out, "export OUT")
     if dtype not in DTYPES:
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
-    if dtype == "auto":
-        dtype = export_dtype()
+    dtype = export_dtype() if dtype == "auto" else dtype
     base = base_model_of(checkpoint, base_model) if merged else None
     if merged:
         check_same_base(checkpoint, base, given=base_model is not None, allow=allow_other_base)
@@ -146,14 +130,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
 
 
 def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = False) -> None:
-    """Raise ``SettingsError`` when ``base`` holds other weights than the base the run trained on (``run.json``'s
-    ``base_model`` fingerprint, ``preflight.weights_fingerprint``), which nothing else would notice; a warning with
-    ``allow``, or where the base cannot be checked (nothing recorded, or unreadable here)."""
+    """Raise ``SettingsError`` when ``base`` holds other weights than the run trained on (``run.json``'s
+    fingerprint); a warning with ``allow``, or where the base cannot be checked."""
     from .preflight import weights_fingerprint
 
     info = read_json(checkpoint.parent / RUN_INFO) or {}
     record = info.get(BASE_MODEL) if isinstance(info.get(BASE_MODEL), dict) else {}
-    trained_on = record.get("name") or "its base"
     source = f"--base-model {base}" if given else f"The base model {base} (from {ADAPTER_CONFIG})"
     if not record.get("fingerprint"):
         why = (f"{checkpoint.parent / RUN_INFO} records no fingerprint of the weights it trained on (a run from "
@@ -168,8 +150,8 @@ def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = F
         logger.warning("The base model could not be checked: the weights of %s cannot be read here (not safetensors "
                        "files on this disk); merging into it as given.", base)
         return
-    mismatch = (f"{source} holds other weights than {trained_on!r}, the base the adapter in {checkpoint} was "
-                f"trained on (their fingerprints in {RUN_INFO} and now differ)")
+    mismatch = (f"{source} holds other weights than {record.get('name') or 'its base'!r}, the base the adapter in "
+                f"{checkpoint} was trained on (their fingerprints in {RUN_INFO} and now differ)")
     if allow:
         logger.warning("%s; merging anyway (--allow-other-base).", mismatch)
         return
@@ -186,8 +168,8 @@ def export_dtype() -> str:
 
 
 def remove_stale_partials(folder: Path) -> None:
-    """Remove the staging folders in ``folder`` that exports killed on this machine left (their process is gone,
-    or its id now belongs to a process started later). Another machine's are left alone: they may be running."""
+    """Remove the staging folders that exports killed on this machine left (their process is gone, or its id now
+    belongs to a later process). Another machine's may be running: they are left alone."""
     for partial in folder.glob(".*.partial-*"):
         match = PARTIAL_RE.fullmatch(partial.name)
         if not match or not partial.is_dir() or (match["host"] or socket.gethostname()) != socket.gethostname():
@@ -201,8 +183,7 @@ def remove_stale_partials(folder: Path) -> None:
 
 
 def write_adapter(checkpoint: Path, folder: Path) -> None:
-    """The adapter files as training saved them, with the base model made ``portable_base``, and the tokenizer
-    re-saved (what PEFT and vLLM's LoRA load)."""
+    """The adapter files as training saved them (base made ``portable_base``), and the tokenizer re-saved."""
     from transformers import AutoTokenizer
 
     for name in (ADAPTER_CONFIG, *ADAPTER_WEIGHT_FILES):
@@ -216,18 +197,14 @@ def write_adapter(checkpoint: Path, folder: Path) -> None:
 
 
 def portable_base(name: str) -> str:
-    """A base model as another machine can read it: hub ids as they are; a folder inside the project folder relative
-    to it (``artifact/models/tiny``), since an absolute path names this machine's disk; other folders unchanged
-    (the model card says to pass the base with ``--base-model`` or ``from_pretrained``)."""
-    path = Path(name)
-    if path.is_absolute() and path.resolve().is_relative_to(project_dir().resolve()):
-        return path.resolve().relative_to(project_dir().resolve()).as_posix()
-    return name
+    """A base model as another machine can read it: a folder inside the project folder relative to it (an absolute
+    path names this machine's disk); hub ids and other folders as they are."""
+    path, root = Path(name).resolve(), project_dir().resolve()
+    return path.relative_to(root).as_posix() if Path(name).is_absolute() and path.is_relative_to(root) else name
 
 
 def share_files(folder: Path) -> None:
-    """Files readable by everyone (0644), as a model folder is meant to be shared: safetensors and ``copy2`` keep
-    the 0600 mode training wrote the weights with."""
+    """Files readable by everyone (0644): safetensors and ``copy2`` keep the 0600 mode training wrote."""
     for path in folder.rglob("*"):
         if path.is_file():
             path.chmod(0o644)
@@ -272,8 +249,7 @@ def write_merged(checkpoint: Path, base: str, folder: Path, dtype: str) -> None:
 
 
 def upload(folder: Path, repo_id: str, *, private: bool = True) -> str:
-    """Upload ``folder`` to the hub repo ``repo_id`` (created if missing, private by default); return its URL.
-    Needs a token (``hf auth login`` or ``HF_TOKEN``)."""
+    """Upload ``folder`` to the hub repo ``repo_id`` (created if missing); return its URL. Needs a hub token."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -283,12 +259,8 @@ def upload(folder: Path, repo_id: str, *, private: bool = True) -> str:
     return str(url)
 
 
-# --- model card -----------------------------------------------------------------------------------------------
-
-
 def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
-    """(name, metrics) of the newest evaluation of this checkpoint, else of any checkpoint of its run, in
-    ``<artifact>/eval/`` (``artifact/outputs/<run>/checkpoint-N`` → ``artifact/eval``)."""
+    """(name, metrics) of the newest evaluation in ``artifact/eval/`` of this checkpoint, else of its run."""
     eval_dir = checkpoint.resolve().parent.parent.parent / "eval"
     run = checkpoint.resolve().parent.name
     found = []
@@ -297,15 +269,11 @@ def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
         model = Path(str(metrics.get("meta", {}).get("model", "")))
         if model.parent.name == run and step_of(model) is not None:  # meta.model may be relative
             found.append((model.name == checkpoint.name, path.stat().st_mtime, path.parent.name, metrics))
-    if not found:
-        return None
-    _, _, name, metrics = max(found, key=lambda f: f[:2])
-    return name, metrics
+    return max(found, key=lambda f: f[:2])[2:] if found else None
 
 
 def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, model: str = "OUT") -> str:
-    """The README.md of an export: what it is, how to load it (``model``: the export's folder or hub repo), how it
-    was trained and evaluated."""
+    """The README.md of an export: what it is, how to load it from ``model``, how it was trained and evaluated."""
     from .rewards import REWARD_FUNCS, TRL_REWARDS
 
     adapter = read_json(checkpoint / ADAPTER_CONFIG) or {}
@@ -332,11 +300,8 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
     lines += ["## Use", "", "It was trained under this system prompt; use it (or one like it) to get the format:", "",
               "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
               f"MODEL = {model!r}  # this folder, or its hub repo id", f"SYSTEM_PROMPT = {system_prompt!r}"]
-    if merged:
-        lines += ["model = AutoModelForCausalLM.from_pretrained(MODEL)"]
-    else:
-        lines += ["from peft import PeftModel", "",
-                  f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), MODEL)']
+    lines += ["model = AutoModelForCausalLM.from_pretrained(MODEL)"] if merged else ["from peft import PeftModel", "",
+              f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), MODEL)']
     lines += ["tokenizer = AutoTokenizer.from_pretrained(MODEL)",
               'messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "こんにちは"}]',
               "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
@@ -359,7 +324,8 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
         meta = metrics.get("meta", {})
         lines += [f"`{name}` (model `{meta.get('model')}`, data `{Path(str(meta.get('data', '?'))).name}`):", "",
                   "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_number(metrics[k])} |" for k in CARD_METRICS if metrics.get(k) is not None]
+        lines += [f"| {k} | {f'{metrics[k]:.3f}' if isinstance(metrics[k], float) else metrics[k]} |"
+                  for k in CARD_METRICS if metrics.get(k) is not None]
     else:
         lines += ["No evaluation of this run was found (`sarashina-grpo eval --model <checkpoint>` writes one)."]
     return "\n".join(line for line in lines if line is not None) + "\n"
@@ -368,7 +334,3 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
 def _first_line(func) -> str:
     lines = (func.__doc__ or "").strip().splitlines() if func else []
     return lines[0] if lines else "(not described in this version's registry)"
-
-
-def _number(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -5,22 +5,13 @@ tokenizer of a SentencePiece-BPE GGUF (Gemma 3) as the BPE it is.
     header = read_header("gemma-3-270m-q4_k_m.gguf")            # {"general.architecture": "gemma3", ...}
     tokenizer = bpe_tokenizer(header)                            # a transformers tokenizer (no chat template yet)
 
-Why a reader of our own: the ``gguf`` package's ``GGUFReader`` builds a Python object for every element of every
-array, which takes 35 s for Gemma 3's 262,144-token vocabulary on the 2-core machine (a header check should cost
-a second); this one reads the same fields in about a second, arrays of numbers as numpy views.
+Why a reader of our own: the ``gguf`` package's ``GGUFReader`` takes 35 s for Gemma 3's 262,144-token vocabulary
+(a Python object per array element); this one takes about a second, arrays of numbers as numpy views.
 
-Why a tokenizer of our own: transformers 5.17 reads a Gemma GGUF's vocabulary as a *Unigram* model whose scores are
-the GGUF's, but Gemma 3's scores are BPE merge ranks (score = -rank). Unigram then picks the segmentation with the
-fewest rank points, not the one the model was trained on: "Hello world" becomes ``Hello ▁w or ld`` instead of
-``Hello ▁world``, and ``<think>`` ``▁< th ink >``. The model still answers, but from text it never saw split that
-way. llama.cpp reads the same vocabulary as BPE: merge the adjacent pair whose merged token ranks best, until none is
-left. Here that is a ``tokenizers`` BPE whose merges are every split of a normal token into two normal tokens,
-ordered by the merged token's rank (how transformers' SentencePiece extractor derives merges from a vocabulary).
-
-The GGUF's token types decide the rest: control tokens (``<bos>``, ``<eos>``, ``<pad>``, the turn markers, the
-``<unusedN>``) become special added tokens (never split, dropped by ``skip_special_tokens``); user-defined ones
-(runs of newlines, spaces and tabs, a few HTML tags) added tokens matched whole on the raw text, as SentencePiece
-matches them; byte tokens ``<0xNN>`` spell what the vocabulary lacks (``byte_fallback``).
+Why a tokenizer of our own: transformers 5.17 reads a Gemma GGUF's vocabulary as a *Unigram* model, but Gemma 3's
+scores are BPE merge ranks (score = -rank), so it splits text as the model never saw it ("Hello world" becomes
+``Hello ▁w or ld``). llama.cpp reads it as BPE, as this does: the merges are every split of a normal token into two
+normal tokens, ordered by the merged token's rank (as transformers' SentencePiece extractor derives them).
 """
 
 from __future__ import annotations
@@ -40,9 +31,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def read_header(path: str | Path) -> dict:
-    """Every key/value field of the GGUF at ``path``: numbers, strings and booleans as Python values, arrays of
-    strings as lists, arrays of numbers as numpy arrays. Raises ``ValueError`` on a file that is not GGUF (version
-    2 or 3) and ``struct.error``/``IndexError`` on a cut-off one."""
+    """Every key/value field of the GGUF at ``path`` (arrays of numbers as numpy arrays). Raises ``ValueError`` on a
+    file that is not GGUF 2 or 3 and ``struct.error``/``IndexError`` on a cut-off one."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         if data[:4] != GGUF_MAGIC:
             raise ValueError("it does not start with the bytes 'GGUF'")
@@ -89,8 +79,7 @@ def _value(data, offset: int, kind: int):
 
 
 def bpe_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
-    """Every (left, right) whose concatenation is a normal token, both halves normal tokens too, best-ranked merged
-    token first (ties: the halves' ids, as transformers' SentencePiece extractor orders them)."""
+    """Every (left, right) of normal tokens that joins into a normal token, best-ranked first (ties: by their ids)."""
     ids = {token: i for i, token in enumerate(tokens) if types[i] == NORMAL}
     merges = []
     for token, i in ids.items():
@@ -103,8 +92,8 @@ def bpe_merges(tokens: list[str], scores: list[float], types: list[int]) -> list
 
 
 def bpe_tokenizer(meta: dict):
-    """A transformers fast tokenizer (``PreTrainedTokenizerFast``) from a GGUF header (``read_header``): BPE with
-    byte fallback, special tokens from the header, ``<bos>`` added where the header asks."""
+    """A transformers fast tokenizer from a GGUF header: BPE with byte fallback, control tokens special, user-defined
+    ones matched whole on the raw text, ``<bos>`` added where the header asks (without it the model answers junk)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 

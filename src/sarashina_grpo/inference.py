@@ -3,13 +3,12 @@
     sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "週末は何をしようかな？"
     sarashina-grpo infer --model tiny --role-file my_role.txt "このサボテン、いくら？"
 
-Replies are stored in the history with role ``assistant`` (the original notebook stored them as ``system``, which
-the chat template then rendered as a new system prompt). A ``role`` (persona or scenario, see ``roles.py``) is
-added to the system prompt after its format instructions.
+A ``role`` (persona or scenario, see ``roles.py``) is added to the system prompt after its format instructions.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import typing
 from dataclasses import dataclass, field
@@ -38,8 +37,7 @@ class GenerationSettings:
 
 def load_for_inference(settings: Settings, *, threads: int | None = None):
     """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise.
-    ``settings`` have passed ``preflight.check_model(settings, training=False)``. ``threads``: torch's CPU threads
-    (``modeling.use_cpu_threads``: unset is 1 on a CPU)."""
+    ``threads``: torch's CPU threads (``modeling.use_cpu_threads``)."""
     from .modeling import load_model, use_cpu_threads
     from .noise import import_unsloth
 
@@ -58,8 +56,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], gen: GenerationS
 
 
 def count_generated(row, stop_ids: set[int], pad_id: int | None) -> int:
-    """Tokens the model generated in one row of new ids: up to and including the first stop token; padding after
-    it (or anywhere, for a row that never stopped) is not generated text."""
+    """Tokens the model generated in one row of new ids: up to and including the first stop token, else the
+    non-padding ones."""
     ids = row.tolist()
     stop = next((i + 1 for i, token in enumerate(ids) if token in stop_ids), None)
     return stop if stop is not None else sum(token != pad_id for token in ids)
@@ -67,8 +65,8 @@ def count_generated(row, stop_ids: set[int], pad_id: int | None) -> int:
 
 def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: GenerationSettings | None = None,
                      progress: bool = False) -> list[tuple[str, int]]:
-    """(reply, generated token count) for each conversation; the count is of the generated ids (≤ max_new_tokens),
-    not of the decoded text re-tokenized, which can come out longer."""
+    """(reply, generated token count) for each conversation; the count is of the generated ids, not of the decoded
+    text re-tokenized, which can come out longer."""
     import torch
     from tqdm.auto import tqdm
 
@@ -94,8 +92,8 @@ def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: Gen
 
 
 def chat_loop(chat: Chat, read=input, write=print) -> None:
-    """Talk with ``chat`` at a ``you>`` prompt until an empty line, Ctrl-D (end of input) or Ctrl-C there; each
-    ends the chat cleanly (no traceback), as it would in any shell."""
+    """Talk with ``chat`` at a ``you>`` prompt until an empty line, Ctrl-D or Ctrl-C, or a closed stdin: each ends
+    the chat cleanly (no traceback)."""
     while True:
         try:
             line = read("you> ").strip()
@@ -103,27 +101,20 @@ def chat_loop(chat: Chat, read=input, write=print) -> None:
             write("")  # the shell's prompt then starts on a line of its own
             return
         except (RuntimeError, OSError, ValueError) as err:
-            if not closed_input(err):
-                raise
-            return  # stdin closed (`<&-`) or gone: nothing more can be read, as at the end of input
+            # no stdin at all: closed (`<&-`: "lost sys.stdin"), a descriptor that no longer reads, a closed file
+            if ("lost sys.stdin" in str(err) or "closed file" in str(err)
+                    or (isinstance(err, OSError) and err.errno == errno.EBADF)):
+                return
+            raise
         if not line:
             return
         write(chat.say(line))
 
 
-def closed_input(err: Exception) -> bool:
-    """``input()`` failed because there is no stdin at all: closed (``<&-``: "lost sys.stdin"), or a file
-    descriptor that no longer reads (EBADF), or a closed file object."""
-    import errno
-
-    return ("lost sys.stdin" in str(err) or "closed file" in str(err)
-            or (isinstance(err, OSError) and err.errno == errno.EBADF))
-
-
 @dataclass
 class Chat:
-    """A multi-turn conversation under the system prompt (plus ``role``, if any); ``say`` returns the reply and
-    remembers both turns."""
+    """A multi-turn conversation under the system prompt (plus ``role``); ``say`` returns the reply and remembers both
+    turns (the reply as ``assistant``)."""
 
     model: object
     tokenizer: object

@@ -1,24 +1,9 @@
 """Known-harmless messages of the libraries, filtered so that the ones that matter stand out.
 
 ``setup_logging`` (the CLI, the notebooks) installs the filters; ``--verbose`` keeps every message. Each one is
-listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless here:
-
-- torch ``_pytree``: "<enum …> is an Enum subclass and is now natively supported by torch.compile …", logged when
-  torchao (imported by Unsloth) registers its enums; a deprecation inside the libraries, nothing a user can change.
-- datasets: "Disabling Tensorflow because USE_TORCH is set", logged at INFO as Unsloth imports it; true and
-  irrelevant (the project never uses TensorFlow).
-- torchao's ``SyntaxWarning: invalid escape sequence '\\.'`` (a docstring in ``quant_api.py``), printed whenever
-  Python compiles that file: on the first run after an install, or on every run where bytecode is not written
-  (``PYTHONDONTWRITEBYTECODE``, a read-only environment). A string in the library, nothing to act on.
-- bitsandbytes on a CPU: "Failed to load CPU gemm_4bit_forward from kernels-community"; 4-bit needs CUDA here
-  anyway (``preflight.check_device``).
-- Unsloth on a CPU prints at import "… supported: text LoRA / full finetuning with SFTTrainer …", which reads as
-  "GRPO is not supported"; GRPO through TRL's ``GRPOTrainer`` does run on that backend (the CPU tests train with it).
-  ``import_unsloth`` replaces the line with one INFO line.
-- Unsloth's "Unsloth should be imported before [transformers]" when the only thing of transformers loaded is what
-  the command line's ``HfArgumentParser`` needs (its lazy root, no model code): Unsloth patches the classes it
-  imports itself, and ``tests/gpu/test_gpu_import_order.py`` checks that its patches are the same as with Unsloth
-  imported first. With TRL, PEFT or transformers' model code loaded earlier the warning stays.
+listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless here. Unsloth's "should be imported
+before [transformers]" is hidden only when the command line's parser alone came first (no model code): Unsloth
+patches the classes it imports itself (``tests/gpu/test_gpu_import_order.py`` checks it).
 """
 
 from __future__ import annotations
@@ -69,9 +54,8 @@ def without_known_lines(printed: str) -> str:
 
 
 def import_unsloth():
-    """``import unsloth`` (which must come before TRL and transformers' model code), its misleading CPU note replaced
-    by one INFO line and its order warning hidden where only the command line's parser came first; every other line
-    it prints is passed on."""
+    """``import unsloth`` (which must come before TRL and transformers' model code), its CPU note (which reads as "GRPO
+    is not supported") replaced by one INFO line and its order warning hidden where only the parser came first."""
     if "unsloth" in sys.modules:
         return sys.modules["unsloth"]
     if MODEL_CODE not in sys.modules:  # only the command line's parser came first (module docstring)

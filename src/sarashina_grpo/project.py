@@ -1,9 +1,8 @@
 """What the project is, without TRL: its folders, its system prompt, the machine it runs on, its user-error type.
 
-Light on purpose (no TRL, no transformers, torch only inside functions): the command line, the checks that run
-before a model loads and the modules that never train import this, not ``config`` (TRL's ``GRPOConfig``, which
-imports TRL, which Unsloth must patch first). Default locations (``datasets/``, ``artifact/``) are relative to the
-project folder: ``$SARASHINA_GRPO_HOME`` when set, else the working directory, never where the package is installed.
+Light on purpose (torch only inside functions): what runs before a model loads imports this, not ``config``, which
+imports TRL (which Unsloth must patch first). Default locations (``datasets/``, ``artifact/``) are relative to the
+project folder: ``$SARASHINA_GRPO_HOME`` when set, else the working directory.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import re
 from dataclasses import field
 from pathlib import Path
 
-from .tables import notebook_lines
+from .tables import file_problem, notebook_lines
 
 DEFAULT_MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
 HOME_VARIABLE = "SARASHINA_GRPO_HOME"
@@ -33,12 +32,7 @@ SYSTEM_PROMPT = (
     "あなたは親切な日本語アシスタントです。答える前に、まず日本語で考えてください。\n"
     "考えたことは<think>と</think>の間に、ユーザーへの答えは<response>と</response>の間に書きます。\n"
     "必ず次の形で出力してください。\n"
-    "<think>\n"
-    "（考えたこと）\n"
-    "</think>\n"
-    "<response>\n"
-    "（答え）\n"
-    "</response>"
+    "<think>\n（考えたこと）\n</think>\n<response>\n（答え）\n</response>"
 )
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -69,8 +63,8 @@ def cuda_available() -> bool:
 # bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
 # the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
 BF16_MIN_CAPABILITY = (8, 0)
-# Set to fp16 to train as a card without bf16 would, on one that has it (reproducing a T4 user's run; the GPU suite);
-# bf16 on a CPU keeps the weights in bf16 (the learning proof's recorded runs were made so).
+# fp16: train as a card without bf16 would (a T4 user's run, on the GPU suite); bf16 on a CPU keeps the weights in
+# bf16 (the learning proof's recorded runs were made so).
 PRECISION_VARIABLE = "SARASHINA_GRPO_PRECISION"
 
 
@@ -100,17 +94,15 @@ def torch_dtype(kind: str | None = None):
 
 
 def check_launch_environment(env=None) -> None:
-    """Raise ``SettingsError`` when ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` are not whole numbers, or say several
-    processes while no launcher started this one (no ``MASTER_ADDR``): left over in a shell, they made accelerate
-    fail with a traceback, or the run wait for processes that never come."""
+    """Refuse ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` that are not whole numbers, or that say several processes with
+    no launcher (no ``MASTER_ADDR``): left over in a shell, they made accelerate fail or the run wait forever."""
     env = os.environ if env is None else env
     values = {}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        text = env.get(name)
-        if text is None or text.strip() == "":
-            continue
+        text = env.get(name) or ""
         try:
-            values[name] = int(text)
+            if text.strip():
+                values[name] = int(text)
         except ValueError:
             raise SettingsError(f"{name}={text!r} in the environment is not a whole number. It is set by "
                                 f"accelerate launch or torchrun; unset it (unset {name}) to run one process.") from None
@@ -139,8 +131,8 @@ MIN_ADDRESS_SPACE = 8 * 2**30
 
 
 def check_address_space() -> None:
-    """A ``ulimit -v`` too small for the training stack is refused before it is imported: under it the import fails
-    at some random module with a ``MemoryError``, or a ``SyntaxError`` when Python's parser is the one that ran out."""
+    """Refuse a ``ulimit -v`` too small for the training stack before importing it: the import would fail at a random
+    module with a ``MemoryError`` (or a ``SyntaxError`` when the parser ran out)."""
     import resource
 
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
@@ -152,9 +144,8 @@ def check_address_space() -> None:
 
 
 def stop_grace_s(env=None) -> float | None:
-    """Seconds ``train`` waits after Ctrl-C or SIGTERM for the current step beyond a step's usual length before it
-    stops without it (``$SARASHINA_GRPO_STOP_GRACE_S``, ``callbacks.GracefulInterrupt``); None (the variable set to
-    0) waits however long it takes."""
+    """Seconds past a step's usual length that ``train`` waits after Ctrl-C or SIGTERM for the current step
+    (``callbacks.GracefulInterrupt``); None (the variable set to 0): however long it takes."""
     env = os.environ if env is None else env
     text = env.get(STOP_GRACE_VARIABLE, "").strip()
     if not text:
@@ -220,9 +211,8 @@ class OnOff(argparse.BooleanOptionalAction):
 
 def setting(default, help: str, *, flag: str | None = None, choices=None, factory=None, shown_as: str | None = None,
             **parser_options):
-    """A dataclass field whose ``metadata`` is its command-line flag as transformers' ``HfArgumentParser`` reads it:
-    the help with the default shown once (``shown_as`` for a long one; a field unset by default says in its help
-    what "unset" means), an optional short alias (``flag``), the allowed values, further ``add_argument`` options."""
+    """A dataclass field whose ``metadata`` is its command-line flag as ``HfArgumentParser`` reads it: the help with
+    the default (``shown_as`` for a long one), a short alias (``flag``), the choices, ``add_argument`` options."""
     value = factory() if factory is not None else default
     text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
     metadata = {"help": text, **parser_options}
@@ -263,8 +253,6 @@ def did_you_mean(name: str, candidates) -> str:
 
 def read_text_setting(path: str | Path, name: str) -> str:
     """The text of a file named by a setting (system prompt, role), with one clear error when it cannot be used."""
-    from .tables import file_problem
-
     file = project_path(path)
     problem = file_problem(file)  # a FIFO or /dev/zero would block or be read until memory runs out
     if problem and problem not in ("not found", "is a folder"):
@@ -285,9 +273,6 @@ def read_text_setting(path: str | Path, name: str) -> str:
     return text.strip()
 
 
-# --- where things live
-
-
 def project_dir() -> Path:
     """The folder that holds ``datasets/`` and ``artifact/``: ``$SARASHINA_GRPO_HOME``, else the working directory."""
     return Path(os.environ.get(HOME_VARIABLE) or os.getcwd())
@@ -296,16 +281,11 @@ def project_dir() -> Path:
 def project_path(path: str | Path) -> Path:
     """``path`` as given when absolute or when it exists from here; else relative to the project folder."""
     path = Path(path).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    return project_dir() / path
+    return path if path.is_absolute() or path.exists() else project_dir() / path
 
 
 def default_artifact_dir() -> Path:
     return project_dir() / "artifact"
-
-
-# --- YAML recipes (read here, before TRL is imported: a recipe may ask for the plain backend)
 
 
 def yaml_loader():
@@ -326,9 +306,8 @@ def yaml_loader():
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})",
-                        key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (line "
+                                                            f"{key_node.start_mark.line + 1})", key_node.start_mark)
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
@@ -351,8 +330,8 @@ def recipe_path(path: str | Path) -> Path:
 
 
 def load_recipe(path: str | Path) -> dict:
-    """The mapping of a YAML recipe (``configs/recipes/*.yaml``; keys are ``Settings`` fields). Its values are
-    read and checked when settings are built from it (``load_settings``)."""
+    """The mapping of a YAML recipe (keys are ``Settings`` fields, checked by ``load_settings``). Read here, before
+    TRL is imported: a recipe may ask for the plain backend."""
     import yaml
 
     file = recipe_path(path)

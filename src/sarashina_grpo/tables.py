@@ -1,11 +1,8 @@
 """Read a prompt file as a table: a header and records, each record with the line it starts on.
 
-A CSV by default, or by its suffix JSON Lines (``.jsonl``, ``.ndjson``: one object per line, keys as columns) or
-Parquet (``.parquet``: a record's "line" is its row number). Everything that can go wrong with the file as a file is
-refused here with ``DataError`` naming the file and the line: a path that is missing, a folder, a pipe or device,
-over ``MAX_FILE_BYTES`` or ``MAX_ROWS``; an Excel workbook; bytes that are neither UTF-8, UTF-16 with a BOM nor
-Shift_JIS/cp932 (decoded with a warning); a few non-UTF-8 rows in a UTF-8 file; broken CSV quoting; a line that is not
-a JSON object. What the columns hold is ``data.py``'s concern.
+A CSV, or by suffix JSON Lines (``.jsonl``, ``.ndjson``: one object per line) or Parquet (a record's "line" is its row
+number). What is wrong with the file as a file (missing, a pipe, too big, its encoding, its quoting) is refused here
+with ``DataError`` naming the file and line; what the columns hold is ``data.py``'s concern.
 """
 
 from __future__ import annotations
@@ -34,9 +31,8 @@ DEBUG_ENV = "SARASHINA_GRPO_DEBUG"  # set: tracebacks as well as the one line (e
 
 
 def notebook_lines(exc: BaseException) -> list[str]:
-    """How Jupyter shows a user error (IPython's ``_render_traceback_`` hook, given to each user-error type): the
-    command line's one ``error:`` line instead of a traceback into the package; the traceback first with
-    ``$SARASHINA_GRPO_DEBUG`` set. Here, in the lowest layer, so that every user-error type can share it."""
+    """How Jupyter shows a user error (IPython's ``_render_traceback_``): the one ``error:`` line of the command line,
+    after the traceback with ``$SARASHINA_GRPO_DEBUG`` set. In the lowest layer, for every user-error type."""
     line = [f"error: {exc}"]
     return traceback.format_exception(exc) + line if debug_enabled() else line
 
@@ -52,11 +48,10 @@ class DataError(ValueError):
     _render_traceback_ = notebook_lines
 
 
-def lines_named(lines: list[int]) -> str:
-    """``lines`` as "3, 5, 9", the first ``MAX_LINES_NAMED`` of them and a count of the rest."""
-    named = ", ".join(str(n) for n in lines[:MAX_LINES_NAMED])
-    more = len(lines) - MAX_LINES_NAMED
-    return named + (f" and {more} more" if more > 0 else "")
+def lines_named(items: list, sep: str = ", ", more: str = " and") -> str:
+    """``items`` as "3, 5, 9": the first ``MAX_LINES_NAMED`` of them and a count of the rest."""
+    rest = len(items) - MAX_LINES_NAMED
+    return sep.join(map(str, items[:MAX_LINES_NAMED])) + (f"{more} {rest} more" if rest > 0 else "")
 
 
 def read_text(path: Path) -> str:
@@ -85,8 +80,8 @@ def read_text(path: Path) -> str:
 
 
 def check_mostly_utf8(raw: bytes, path: Path) -> None:
-    """Raise ``DataError`` naming the undecodable lines of a file whose other non-ASCII lines are valid UTF-8 (a
-    few rows pasted from elsewhere), instead of re-reading the whole file as cp932 and training on mojibake."""
+    """Name the undecodable lines of a file whose other non-ASCII lines are UTF-8 (rows pasted from elsewhere),
+    rather than read the whole file as cp932 and train on mojibake."""
     good, bad = 0, []
     for number, line in enumerate(raw.split(b"\n"), 1):
         if line.isascii():
@@ -97,17 +92,14 @@ def check_mostly_utf8(raw: bytes, path: Path) -> None:
         except UnicodeDecodeError:
             bad.append(number)
     if bad and good > len(bad):
-        raise DataError(
-            f"{path}: {len(bad)} line(s) are not valid UTF-8 while the rest of the file is: line(s) "
-            f"{lines_named(bad)}. Retype or delete those rows (they were probably pasted from a file in another "
-            "encoding)."
-        )
+        raise DataError(f"{path}: {len(bad)} line(s) are not valid UTF-8 while the rest of the file is: line(s) "
+                        f"{lines_named(bad)}. Retype or delete those rows (they were probably pasted from a file in "
+                        "another encoding).")
 
 
 def file_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be read as a file, in words that follow its name ("is a pipe (FIFO) …"), or None for a
-    regular file. Uses ``stat`` only: opening a FIFO would wait for a writer forever, and a device such as
-    ``/dev/zero`` would be read until memory runs out."""
+    """Why ``path`` cannot be read as a file, in words that follow its name, or None for a regular file. ``stat``
+    only: opening a FIFO would wait for a writer forever, and ``/dev/zero`` would be read until memory runs out."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -145,10 +137,9 @@ def _records(text: str, path: Path):
                     message += (f" If it should not run on to line {reader.line_num}, close the quote opened on line "
                                 f"{start}.")
                 raise DataError(message) from None
-            raise DataError(
-                f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting there: "
-                'a prompt with commas or line breaks must be wrapped in "…", with any " inside doubled ("").'
-            ) from None
+            raise DataError(f"{path}, line {start}: not readable as CSV ({err}). Check the quoting of the row starting "
+                            'there: a prompt with commas or line breaks must be wrapped in "…", with any " inside '
+                            'doubled ("").') from None
         if fields:  # a blank line is no record
             count += 1
             if count > MAX_ROWS + 1:  # + the header
@@ -159,7 +150,6 @@ def _records(text: str, path: Path):
 
 
 def _csv_table(path: Path):
-    """(header, records) of a CSV file; records are (first line, fields)."""
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path} is empty: expected a header line 'prompt,lang' and one row per prompt.")
@@ -169,8 +159,7 @@ def _csv_table(path: Path):
 
 
 def _cell(value):
-    """A JSON or Parquet value as the text a CSV cell would hold (None: blank; a number as its digits). Objects,
-    lists and bytes stay as they are: ``data.py`` refuses them rather than train on "['a', 'b']" or "b'\\xe6…'"."""
+    """A JSON or Parquet value as CSV cell text (None: blank); objects, lists, bytes stay for ``data.py`` to refuse."""
     return "" if value is None else str(value) if isinstance(value, int | float) else value
 
 
@@ -199,8 +188,7 @@ def _jsonl_table(path: Path):
             raise DataError(f"{path}, line {line}: not valid JSON ({err.msg}). Each line holds one object, e.g. "
                             '{"prompt": "こんにちは", "lang": "ja"}.') from None
         if not isinstance(obj, dict):
-            raise DataError(f"{path}, line {line}: a JSON {type(obj).__name__}, not an object with keys prompt, "
-                            "lang.")
+            raise DataError(f"{path}, line {line}: a JSON {type(obj).__name__}, not an object with keys prompt, lang.")
         objects.append((line, obj))
     if not objects:
         raise DataError(f"{path} is empty: expected one JSON object per line with keys prompt, lang.")
@@ -214,13 +202,11 @@ def _parquet_table(path: Path):
     try:
         names = pq.read_schema(path).names
         repeated = sorted({c for c in names if names.count(c) > 1})
-        if repeated:  # pyarrow's reader refuses them in words about "matches"
-            raise DataError(f"{path}: the column {repeated[0]!r} appears twice; keep one.")
-        table = pq.read_table(path)
-    except DataError:
-        raise
+        table = None if repeated else pq.read_table(path)  # pyarrow refuses repeats in words about "matches"
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError, … for a damaged or foreign file
         raise DataError(f"{path}: not readable as Parquet ({err}).") from None
+    if repeated:
+        raise DataError(f"{path}: the column {repeated[0]!r} appears twice; keep one.")
     if table.num_rows > MAX_ROWS:
         raise DataError(f"{path} has {table.num_rows:,} rows; prompt files are limited to {MAX_ROWS:,}.")
     header, records = _table_of(list(enumerate(table.to_pylist(), 1)))
@@ -241,8 +227,7 @@ def read_table(path: Path):
         raise DataError(f"{path} is a folder; expected {FORMATS}.")
     if problem and "symbolic link" in problem:
         raise DataError(f"Prompt file {path} {problem}. Point --data at the file itself.")
-    # A FIFO would block forever and /dev/zero would be read until memory runs out: stat only, nothing is opened.
-    if not path.is_file():
+    if problem:  # a pipe, device or socket: nothing is opened (file_problem)
         raise DataError(f"{path} is not a regular file (a pipe, device or socket?). Give a CSV file on disk; save "
                         "a stream to a file first.")
     if (size := path.stat().st_size) > MAX_FILE_BYTES:

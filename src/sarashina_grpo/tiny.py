@@ -19,29 +19,21 @@ logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}</s>"
+    "{% for message in messages %}{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}</s>"
     "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}</s>"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>{{ message['content'] }}</s>"
-    "{% endif %}{% endfor %}"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>{{ message['content'] }}</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 SHAPES = {
     # Small enough to train on 2 CPU cores in seconds, big enough to learn the tag layout.
-    "tiny": dict(
-        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    ),
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
     # The GPU suite's quick model: head_dim 64 like common kernels expect, seconds to load and step on a GPU.
-    "small": dict(
-        vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4,
-    ),
+    "small": dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4),
     # config.json of sbintuitions/sarashina2.2-3b-instruct-v0.1
-    "sarashina-3b": dict(
-        vocab_size=102400, hidden_size=2560, intermediate_size=8960, num_hidden_layers=32,
-        num_attention_heads=16, num_key_value_heads=8,
-    ),
+    "sarashina-3b": dict(vocab_size=102400, hidden_size=2560, intermediate_size=8960, num_hidden_layers=32,
+                         num_attention_heads=16, num_key_value_heads=8),
 }
 TAG_LINES = ["<think>\n", "\n</think>\n", "<response>\n", "\n</response>"]
 
@@ -67,22 +59,16 @@ def build_tokenizer(vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 4096), special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 4096), special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(training_corpus(), trainer)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
-    filler = 0
-    while len(vocab) < vocab_size:  # the 3B shape needs 102,400 ids: pad with pieces no text produces
-        vocab.setdefault(f"<unused{filler}>", len(vocab))
-        filler += 1
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        chat_template=CHAT_TEMPLATE, model_max_length=8192,
-    )
+    # the 3B shape needs 102,400 ids: pad with pieces no text produces
+    vocab.update({f"<unused{i}>": len(vocab) + i for i in range(vocab_size - len(vocab))})
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>", pad_token="<pad>", chat_template=CHAT_TEMPLATE,
+                                   model_max_length=8192)
 
 
 def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0, device: str | None = None) -> Path:
@@ -95,11 +81,10 @@ def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0, device:
     out_dir = Path(out_dir)
     dims = dict(SHAPES[shape])
     tokenizer = build_tokenizer(dims.pop("vocab_size"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16", **dims,
-    )
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=8192, rope_theta=500000.0,
+                         rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         torch_dtype="bfloat16", **dims)
     torch.manual_seed(seed)
     device = device or ("cuda" if torch.cuda.is_available() and shape != "tiny" else "cpu")
     with torch.device(device):
@@ -108,6 +93,6 @@ def build_model(out_dir: str | Path, shape: str = "tiny", seed: int = 0, device:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    params = sum(p.numel() for p in model.parameters())
-    logger.info("built %s model at %s: %.1fM parameters, vocab %d", shape, out_dir, params / 1e6, len(tokenizer))
+    logger.info("built %s model at %s: %.1fM parameters, vocab %d", shape, out_dir,
+                sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer))
     return out_dir

@@ -3,18 +3,9 @@
     sarashina-grpo warmstart --model artifact/models/smollm2 --output artifact/models/smollm2-warm
     sarashina-grpo train --model artifact/models/smollm2-warm --no-4bit ...       # GRPO from the warm start
 
-GRPO only reinforces what a group already samples: a model that never writes the tag layout (random weights, or a
-real instruct model such as SmolLM2: docs/real-model.md) scores the same in every group and learns nothing. A short
-SFT leaves the model *partly* compliant, the situation of Sarashina at the start of the article's run. A share of
-the examples is deliberately malformed (``malformed_share``), so the strict layout stays a minority habit that GRPO
-can still raise (docs/learning.md: a useful warm start leaves the strict rate between 0.1 and 0.5).
-
-The (chat prompt, completion) pairs come from a JSONL file of written examples (``datasets/format_examples.jsonl``)
-or, for the tiny model (demo, learning proof), from ``synthetic`` sentence pools over the training prompts: ``ja``
-(strict layout, Japanese), ``drift`` (strict layout, thinking slides into English, the failure the article reports)
-and ``malformed`` (right words, broken layout). One plain PyTorch loop trains on them (loss on completion tokens
-only), by ``lora_rank``: above 0, a LoRA merged afterwards (real models: their knowledge stays); 0, every weight
-(random weights, nothing to keep). The result is a plain model folder that ``--model`` takes.
+GRPO only reinforces what a group already samples. A share of the examples is malformed on purpose, so the strict
+rate stays low enough for GRPO to raise (docs/learning.md). The examples come from a JSONL file or, for the tiny
+model, from ``synthetic`` sentence pools: ``ja``, ``drift`` (thinking slides into English) and ``malformed``.
 """
 
 from __future__ import annotations
@@ -33,18 +24,13 @@ from .tables import read_text
 
 logger = logging.getLogger(__name__)
 
-JA_THOUGHTS = (
-    "質問の内容を確認します。", "大事な点を整理します。", "相手の気持ちを考えます。", "まず状況を考えます。",
-    "理由を順番に考えます。", "短く答えるのがよさそうです。", "具体的な例を考えます。", "できることを考えます。",
-)
-EN_THOUGHTS = (
-    "Let me think about it.", "I will answer in short.", "This is a simple question.", "First I check the point.",
-    "Let me think step by step.", "I think the user is asking.",
-)
-JA_RESPONSES = (
-    "いい質問ですね。", "無理をしないでください。", "少しずつ試してみましょう。", "楽しんでくださいね。",
-    "それはよい考えです。", "まずは休んでください。", "一緒に考えましょう。", "ありがとうございます。",
-)
+JA_THOUGHTS = ("質問の内容を確認します。", "大事な点を整理します。", "相手の気持ちを考えます。", "まず状況を考えます。",
+               "理由を順番に考えます。", "短く答えるのがよさそうです。", "具体的な例を考えます。",
+               "できることを考えます。")
+EN_THOUGHTS = ("Let me think about it.", "I will answer in short.", "This is a simple question.",
+               "First I check the point.", "Let me think step by step.", "I think the user is asking.")
+JA_RESPONSES = ("いい質問ですね。", "無理をしないでください。", "少しずつ試してみましょう。", "楽しんでくださいね。",
+                "それはよい考えです。", "まずは休んでください。", "一緒に考えましょう。", "ありがとうございます。")
 KINDS = ("ja", "drift", "malformed")
 SYNTHETIC = "synthetic"
 FORMAT_EXAMPLES = "datasets/format_examples.jsonl"
@@ -53,8 +39,7 @@ EXAMPLE_KEYS = ("prompt", "think", "response")
 
 @dataclass
 class WarmStart:
-    """The warm start's recipe: model and output, examples, and the supervised pass. Defaults suit a real instruct
-    model (SmolLM2, Sarashina); ``DEMO_RECIPE`` is the tiny model's."""
+    """The warm start's recipe; defaults suit a real instruct model (SmolLM2), ``DEMO_RECIPE`` the tiny model."""
 
     model: str = setting("tiny", "model to warm-start: a model folder, a hub id or 'tiny'")
     output: str | None = setting(None, "new (or empty) folder to write the warm-started model to (required)")
@@ -62,7 +47,6 @@ class WarmStart:
                         f"'{SYNTHETIC}': sentence-pool completions over the training prompts (the demo's)")
     system_prompt_file: str | None = setting(None, "system prompt of the examples (use the one training will "
                                              "use); unset: the project's Japanese format prompt")
-    # Half: the learning proof found GRPO needs a warm start whose strict rate is between 0.1 and 0.5.
     malformed_share: float = setting(0.5, "share of examples whose layout is broken on purpose, so the strict "
                                      "rate stays low enough for GRPO to raise")
     steps: int = setting(60, "optimizer steps")
@@ -73,8 +57,7 @@ class WarmStart:
     seed: int = setting(0, "seed of the example draw, the LoRA init and the batch order")
     threads: int | None = setting(None, "CPU threads for torch; unset: 1 on a machine without a CUDA GPU (unless "
                                   "OMP_NUM_THREADS is set), torch's default with one")
-    # 'synthetic' only (malformed_share is not used there): the kinds' shares, the rest malformed, and how many
-    # completions are drawn.
+    # 'synthetic' only (instead of malformed_share): the kinds' shares, the rest malformed, and how many are drawn.
     ja_share: float = 0.3
     drift_share: float = 0.3
     examples: int = 512
@@ -119,15 +102,11 @@ def synthetic_completion(kind: str, rng: random.Random) -> str:
     # Drift usually starts in Japanese and slides into English, so it mixes within the thinking.
     drift_think = rng.choice(JA_THOUGHTS) + " " + rng.choice(EN_THOUGHTS)
     response = rng.choice(JA_RESPONSES)
-    if kind == "ja":
-        return layout(ja_think, response)
-    if kind == "drift":
-        return layout(drift_think, response)
     if kind == "malformed":
         # Half Japanese, half drifting, like the well-formed ones: layout and language vary independently, so a
         # format reward alone has no reason to change the language.
         return malform(ja_think if rng.random() < 0.5 else drift_think, response, rng)
-    raise ValueError(f"Unknown completion kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    return layout(ja_think if kind == "ja" else drift_think, response)
 
 
 def synthetic_examples(prompts: list[str], config: WarmStart, system_prompt: str = SYSTEM_PROMPT,
@@ -143,11 +122,9 @@ def synthetic_examples(prompts: list[str], config: WarmStart, system_prompt: str
 
 
 def read_format_examples(path: str | Path) -> list[dict]:
-    """The rows of a JSONL file of written examples; a row without a non-empty prompt, think and response is a
-    ``DataError`` naming its line."""
+    """The rows of a JSONL file of written examples, each with a non-empty prompt, think and response."""
     path = project_path(path)
     rows = []
-    # read as the prompt file is: UTF-8, UTF-16 with a BOM, or Shift_JIS/cp932 with a warning, else one DataError
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -187,22 +164,18 @@ def build_examples(config: WarmStart, prompts: list[str] | None = None) -> list[
 def encode(tokenizer, examples: list[tuple[list[dict], str]]):
     """Right-padded input ids and labels with the prompt and padding masked out (-100)."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
-    rows = []
+    ids, labels = [], []
     for messages, completion in examples:
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        mask[i, :len(ids)] = 1
-    return input_ids, labels, mask
+        ids.append(torch.tensor(prompt_ids + completion_ids))
+        labels.append(torch.tensor([-100] * len(prompt_ids) + completion_ids))
+    return (pad_sequence(ids, batch_first=True, padding_value=tokenizer.pad_token_id),
+            pad_sequence(labels, batch_first=True, padding_value=-100),
+            pad_sequence([torch.ones_like(row) for row in ids], batch_first=True))
 
 
 def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
@@ -232,11 +205,10 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
 
 
 def supervised_pass(model_dir: str, examples: list[tuple[list[dict], str]], config: WarmStart):
-    """Completion-only NLL on batches drawn with replacement; with ``lora_rank`` a PEFT LoRA on the seven
-    projections, merged afterwards, else every weight (fp32). Returns (model, tokenizer) ready to save. A plain loop
-    rather than TRL's ``SFTTrainer``: TRL 1.15 always patches its Triton fused LM head into the model, and without a
-    GPU Triton's interpreter runs it (4 SFT steps of SmolLM2 did not finish in 10 minutes on 2 cores). The loss is
-    the one ``SFTTrainer`` computes with ``completion_only_loss``."""
+    """(model, tokenizer) after completion-only NLL (``SFTTrainer``'s ``completion_only_loss``) on batches drawn with
+    replacement: with ``lora_rank`` a LoRA merged afterwards, else every weight (fp32). Not ``SFTTrainer`` itself: TRL
+    1.15 always patches in its Triton fused LM head, which without a GPU runs in Triton's interpreter (4 SFT steps of
+    SmolLM2 did not finish in 10 minutes on 2 cores)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
