@@ -30,7 +30,7 @@ if typing.TYPE_CHECKING:
 
 logger = logging.getLogger("scripts.learning_proof")  # not "__main__" when run with -m
 
-TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (config.project_path)
+TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (project.project_path)
 EVAL_DATA = "datasets/eval.csv"
 RUNS = {"format": DEFAULT_REWARDS, "format+purity": (*DEFAULT_REWARDS, "japanese_purity")}
 ARTICLE_RUN = "format-article"  # with ProofSettings.compare_algorithms: format rewards, the article's algorithm

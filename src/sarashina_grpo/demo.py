@@ -32,7 +32,7 @@ from .warmstart import DEMO_RECIPE, WarmStart, warm_start
 
 logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `python -m`
 
-TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (config.project_path)
+TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (project.project_path)
 EVAL_DATA = "datasets/eval.csv"
 TABLE_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "purity_mean")
 # What the reward-curve plot draws from trainer.state.log_history (TRL's names).

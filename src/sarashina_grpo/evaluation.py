@@ -38,7 +38,7 @@ from .runs import MAX_RUN_NAME, check_plain_name
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (config.project_path)
+DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (project.project_path)
 METRIC_KEYS = (
     "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
     "purity_mean", "think_judged_rate", "think_japanese_rate", "latin_run_rate", "think_leak_mean", "mean_chars",
