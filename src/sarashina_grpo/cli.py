@@ -82,7 +82,8 @@ class OneLineErrors:
                 else word for i, word in enumerate(argv)]
         args, extras = self.parse_known_args(argv)
         if extras:
-            known = [flag for action in self._actions for flag in action.option_strings if "_" not in flag]
+            known = [flag for action in self._actions if action.dest != "help"  # --model is no typo of --help
+                     for flag in action.option_strings if "_" not in flag]
             self.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(extras[0].split('=')[0], known)}")
         return args
 

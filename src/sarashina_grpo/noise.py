@@ -68,6 +68,6 @@ def import_unsloth():
     finally:
         sys.stdout.write(without_known_lines(printed.getvalue()))
     if UNSLOTH_CPU_NOTE in printed.getvalue():
-        logger.info("Unsloth %s runs on the CPU (no CUDA GPU): GRPO through TRL works there, slowly; use a small "
-                    "model such as --model tiny.", unsloth.__version__)
+        logger.info("Unsloth %s found no CUDA GPU: models run on the CPU, slowly (small ones such as the tiny "
+                    "model are practical there).", unsloth.__version__)
     return unsloth
