@@ -330,6 +330,12 @@ def test_missing_model_folder_says_what_to_give_instead(tmp_path):
     assert "no such folder" in str(info.value) and "'tiny'" in str(info.value)
 
 
+def test_missing_checkpoint_of_a_run_names_the_run_s_newest_finished_one(tmp_path):
+    newest = make_checkpoint(tmp_path / "run", 100)
+    message = error_of(check_model_name, str(tmp_path / "run" / "checkpoint-500"))
+    assert "no such folder" in message and str(newest) in message
+
+
 def test_relative_checkpoint_path_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert "no such folder" in error_of(check_model_name, "outputs/run/checkpoint-5")

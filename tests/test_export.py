@@ -77,6 +77,13 @@ def test_missing_checkpoint_is_an_error(tmp_path):
         export_checkpoint(tmp_path / "nope", tmp_path / "out")
 
 
+def test_a_missing_checkpoint_of_a_run_names_the_run_s_newest_finished_one(tmp_path):
+    newest = fake_checkpoint(tmp_path / "run", step=100)
+    with pytest.raises(SettingsError, match="no such folder") as info:
+        export_checkpoint(tmp_path / "run" / "checkpoint-500", tmp_path / "out")
+    assert str(newest) in str(info.value)
+
+
 def test_a_run_folder_points_at_its_newest_finished_checkpoint(tmp_path):
     fake_checkpoint(tmp_path / "r", 9)
     newest = fake_checkpoint(tmp_path / "r", 10)

@@ -181,7 +181,7 @@ def select_rows(rows: list[Row], path: Path, lang: str) -> list[Row]:
     if not kept:
         langs = sorted({r.lang for r in rows if r.lang and r.prompt})
         raise DataError(f"{path}: no rows with lang == {lang!r} and a non-blank prompt (found {langs or 'none'}); "
-                        f"nothing to train on. Add rows whose 'lang' column is {lang!r}.")
+                        f"nothing to use. Add rows whose 'lang' column is {lang!r}.")
     first: dict[tuple[str, str], Row] = {}
     for r in kept:
         first.setdefault((r.prompt, r.role), r)

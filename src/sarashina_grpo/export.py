@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, folder_kind, set_aside_step, step_of
 from .modeling import tiny_model_dir
-from .preflight import BASE_MODEL, RUN_INFO, check_new_folder, looks_like_path, missing_local_model
+from .preflight import BASE_MODEL, RUN_INFO, check_new_folder, looks_like_path, missing_local_model, sibling_hint
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
 from .runs import pid_alive, process_started, read_json
 
@@ -46,8 +46,8 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
 
     path = Path(resolve_best(str(checkpoint))).expanduser()
     if not path.is_dir():
-        raise SettingsError(f"Checkpoint {checkpoint}: no such folder. Give a finished checkpoint such as "
-                            "artifact/outputs/<run>/checkpoint-500.")
+        raise SettingsError(f"Checkpoint {checkpoint}: no such folder." + (sibling_hint(path) or " Give a finished "
+                            "checkpoint such as artifact/outputs/<run>/checkpoint-500."))
     kind = folder_kind(path)
     if ADAPTER_CONFIG not in kind.files and kind.newest:
         raise SettingsError(f"{path} is a run folder; export one of its checkpoints, e.g. {kind.newest}.")

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlparse
 
 from . import project
 from .best import RUN_INFO, resolve_best
-from .checkpoints import check_loadable, folder_kind, step_of
+from .checkpoints import check_loadable, folder_kind, newest_complete_in, step_of
 from .data import check_prompts
 from .errors import hub_unreachable_message, proxy_for, shown_url
 from .project import SettingsError, field_label, finite_number, is_whole, project_path
@@ -442,6 +442,12 @@ def check_hub_model(name: str) -> None:
         raise ModelNotFoundError(hub_unreachable_message(name, constants.ENDPOINT, cache=constants.HF_HUB_CACHE))
 
 
+def sibling_hint(missing: Path) -> str:
+    """For a checkpoint folder that does not exist: ' Its run's newest finished checkpoint is …' where the run does."""
+    newest = newest_complete_in(missing.parent) if missing.parent.is_dir() else None
+    return f" Its run's newest finished checkpoint is {newest}." if newest else ""
+
+
 def check_model_name(name: str) -> None:
     """``ModelNotFoundError``, saying what to give instead, for a folder that cannot load or an unobtainable hub id."""
     project.check_home_folder()  # `tiny` and every default path live under $SARASHINA_GRPO_HOME
@@ -459,7 +465,7 @@ def check_model_name(name: str) -> None:
     if path.is_file():
         raise ModelNotFoundError(f"{model_label(name)} is a file, not a model folder. {examples}")
     if not path.is_dir():
-        raise ModelNotFoundError(f"{model_label(name)}: no such folder. {examples}")
+        raise ModelNotFoundError(f"{model_label(name)}: no such folder.{sibling_hint(path) or ' ' + examples}")
     kind = folder_kind(path)
     if kind.adapter or kind.model:
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
