@@ -50,6 +50,15 @@ def test_a_no_flag_says_what_it_turns_off_instead_of_repeating_the_flags_help(ca
     assert "turn --log-completions off" in no_flag
 
 
+def test_train_help_ends_with_examples_that_parse(capsys):
+    examples = help_of("train", capsys=capsys).split("\nexamples:\n")[1].splitlines()
+    commands = [line.split("#")[0].split()[2:] for line in examples if line.strip()]
+    assert len(commands) >= 3
+    for argv in commands:
+        if "--resume" not in argv:  # needs a run to resume
+            settings_of(*argv)
+
+
 def test_train_defaults_are_the_articles(repo_root):
     from sarashina_grpo.config import load_recipe
 

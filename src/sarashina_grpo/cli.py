@@ -40,6 +40,11 @@ class HelpFormatter(argparse.HelpFormatter):
             action.option_strings = dashed
         return super()._format_action_invocation(action)
 
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):  # an epilog's commands stay one a line
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
 
 def flag_class(cls, names=None, title: str | None = None):
     """``cls`` as ``HfArgumentParser`` reads it: its flag fields in ``names`` (None: all), under ``title`` in help."""
@@ -139,7 +144,12 @@ def train_parser() -> argparse.ArgumentParser:
                          "evaluation) come after them. Values: the article's recipe (configs/recipes/article.yaml) "
                          "< --config RECIPE.yaml < these flags; a resumed run's run.json takes the article's place. "
                          "--output-dir and --resume-from-checkpoint are the project's: use --artifact-dir, "
-                         "--run-name and --resume.")
+                         "--run-name and --resume.",
+                         epilog="examples:\n  sarashina-grpo train                              # the article's run\n"
+                         "  sarashina-grpo train --model tiny --max-steps 5   # a CPU smoke run\n"
+                         "  sarashina-grpo train --config dapo --eval-steps 50\n"
+                         "  sarashina-grpo train --resume                     # the newest run, from its last "
+                         "checkpoint")
     parser.add_argument(FLAGS["per_device_train_batch_size"], dest="per_device_train_batch_size", type=int,
                         help="--per-device-train-batch-size: completions per device per step")
     parser.add_argument(FLAGS["use_vllm"], dest="use_vllm", action="store_true",
@@ -158,6 +168,9 @@ def train_parser() -> argparse.ArgumentParser:
         elif action.dest == "eval_steps":  # TRL's help describes its Trainer.evaluate, which this project replaces
             action.help = "steps between held-out evaluations of --eval-data during training (eval/* in " \
                           "TensorBoard, the best checkpoint by --best-metric); unset: none"
+        elif action.dest == "debug":  # the bare flag is the project's (debug_flag)
+            action.help = action.help.rstrip(". ") + ". A bare --debug (no value): full tracebacks instead of one " \
+                          "error: line"
         elif action.dest in RUN_OWNED:  # TRL's fields that the project sets: the flag is refused with this reason
             action.help = f"not taken: {RUN_OWNED[action.dest]}"
         elif action.dest in recipe and action.option_strings and action.help:
