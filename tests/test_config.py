@@ -68,6 +68,10 @@ def test_unsloths_own_config_fields_are_not_the_projects_schema():
     class UnslothGRPOConfig(config.GRPOConfig):  # Unsloth's import on a GPU puts this in TRL's place
         vllm_sampling_params: object = None
 
+    # and gives it the pristine class's module and name, so that pickle finds it (unsloth/models/rl.py)
+    UnslothGRPOConfig.__module__, UnslothGRPOConfig.__qualname__ = "trl.trainer.grpo_config", "GRPOConfig"
+    UnslothGRPOConfig.__name__ = "GRPOConfig"
+
     @dataclasses.dataclass
     class Schema(UnslothGRPOConfig):  # the project's fields over it, as Settings is declared
         model_name: str = "m"

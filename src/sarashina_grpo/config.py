@@ -169,8 +169,9 @@ class Settings(GRPOConfig):
 
 def schema_fields(cls: type) -> dict[str, dataclasses.Field]:
     """The fields of TRL's own ``GRPOConfig`` and ``cls``'s, not those of Unsloth's subclass put in TRL's place on a
-    GPU: a ``run.json`` must read the same in a process without Unsloth (``--backend trl-peft``)."""
-    trl_config = next(c for c in cls.__mro__ if (c.__module__, c.__name__) == ("trl.trainer.grpo_config", "GRPOConfig"))
+    GPU: a ``run.json`` must read the same in a process without Unsloth (``--backend trl-peft``). Unsloth's class
+    takes the pristine one's module and name (for pickle), so TRL's is the last of that name in the MRO."""
+    trl_config = [c for c in cls.__mro__ if (c.__module__, c.__name__) == ("trl.trainer.grpo_config", "GRPOConfig")][-1]
     names = {f.name for f in dataclasses.fields(trl_config)} | set(vars(cls).get("__annotations__", {}))
     return {f.name: f for f in dataclasses.fields(cls) if f.name in names}
 
