@@ -1,6 +1,7 @@
 """The sarashina-grpo command: help for every command, and the README's CPU smoke run."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,20 @@ def test_a_no_flag_says_what_it_turns_off_instead_of_repeating_the_flags_help(ca
     lines = help_of("train", capsys=capsys).splitlines()
     no_flag = next(line for line in lines if line.strip().startswith("--no-log-completions"))
     assert "turn --log-completions off" in no_flag
+
+
+def test_train_help_lists_the_projects_flags_before_trls_and_every_flag_once(capsys):
+    text = help_of("train", capsys=capsys)
+    # why: TRL's ~230 flags come first in the dataclass; a newcomer looks for --model, --data, --rollout
+    assert text.index("the project's settings:") < text.index("--model-name") < text.index("--rollout") \
+        < text.index("TRL's GRPOConfig and transformers' TrainingArguments:") < text.index("--learning-rate")
+    flags = re.findall(r"^  (--[\w-]+)", text, flags=re.M)
+    assert len(flags) == len(set(flags)) and {"--beta", "--threads", "--resume", "--config"} <= set(flags)
+
+
+def test_a_commands_no_flag_says_what_it_turns_off(capsys):
+    line = next(x for x in help_of("export", capsys=capsys).splitlines() if x.startswith("  --no-private "))
+    assert "turn --private off" in line
 
 
 def test_train_help_ends_with_examples_that_parse(capsys):

@@ -77,6 +77,8 @@ class OneLineErrors:
         for action in self._actions:  # as TRL's TrlParser.set_defaults_with_config sets them
             if action.option_strings and action.dest != "help":
                 action.default = argparse.SUPPRESS
+                if isinstance(action, argparse._StoreFalseAction) and action.option_strings[-1].startswith("--no-"):
+                    action.help = f"turn --{action.option_strings[-1][5:]} off"  # not the on flag's help again
                 # argparse formats help with %: a lone % is doubled; %% (transformers escapes some) and %(…) stay
                 action.help = action.help and re.sub(r"(%%|%\()|%", lambda m: m[1] or "%%", action.help)
         # An on/off flag that HfArgumentParser lets take a value (--sample [true|false]) never swallows a next word
@@ -139,9 +141,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser = TrainParser([Settings, flag_class(RunOptions, names, "run"), CpuOptions], allow_abbrev=False,
                          prog="sarashina-grpo train", formatter_class=HelpFormatter,
                          usage="%(prog)s [--config RECIPE.yaml] [flags]",
-                         description=COMMANDS["train"].help + ". Every field of TRL's GRPOConfig is a flag, with "
-                         "TRL's help; the project's own fields (model, data, LoRA, rollout, rewards, held-out "
-                         "evaluation) come after them. Values: the article's recipe (configs/recipes/article.yaml) "
+                         description=COMMANDS["train"].help + ". The project's own fields (model, data, LoRA, "
+                         "rollout, rewards, held-out evaluation) come first, then the run's, then every field of TRL's "
+                         "GRPOConfig, with TRL's help. Values: the article's recipe (configs/recipes/article.yaml) "
                          "< --config RECIPE.yaml < these flags; a resumed run's run.json takes the article's place. "
                          "--output-dir and --resume-from-checkpoint are the project's: use --artifact-dir, "
                          "--run-name and --resume.",
@@ -175,6 +177,15 @@ def train_parser() -> argparse.ArgumentParser:
             action.help = f"not taken: {RUN_OWNED[action.dest]}"
         elif action.dest in recipe and action.option_strings and action.help:
             action.help += f" [article recipe: {recipe[action.dest]}]"
+    # --help: the project's ~40 flags first, not after TRL's ~230 (the order of the dataclass' fields)
+    options, run = (next(g for g in parser._action_groups if g.title == title) for title in ("options", "run"))
+    own = set(vars(Settings)["__annotations__"]) | {f.name for f in dataclasses.fields(CpuOptions)} | {"help", "config"}
+    project_group = parser.add_argument_group("the project's settings")
+    project_group._group_actions[:] = [a for a in options._group_actions if a.dest in own]
+    options._group_actions[:] = [a for a in options._group_actions if a.dest not in own]
+    options.title = "TRL's GRPOConfig and transformers' TrainingArguments"
+    parser._action_groups[:] = [g for g in parser._action_groups if g not in (project_group, run, options)] + [
+        project_group, run, options]
     return parser
 
 
