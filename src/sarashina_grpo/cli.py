@@ -78,7 +78,7 @@ class OneLineErrors:
             if action.option_strings and action.dest != "help":
                 action.default = argparse.SUPPRESS
                 if isinstance(action, argparse._StoreFalseAction) and action.option_strings[-1].startswith("--no-"):
-                    action.help = f"turn --{action.option_strings[-1][5:]} off"  # not the on flag's help again
+                    action.help = f"turn --{action.option_strings[-1][5:]} off"  # every --no-X, HfArgumentParser's too
                 # argparse formats help with %: a lone % is doubled; %% (transformers escapes some) and %(…) stay
                 action.help = action.help and re.sub(r"(%%|%\()|%", lambda m: m[1] or "%%", action.help)
         # An on/off flag that HfArgumentParser lets take a value (--sample [true|false]) never swallows a next word
@@ -158,8 +158,7 @@ def train_parser() -> argparse.ArgumentParser:
                         help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
     for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
         if hint is bool and FIELDS[name].default is not True:
-            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
-                                help=f"turn --{name.replace('_', '-')} off")
+            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false")  # help: given
     parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml, or its "
                         "name: dapo); flags override it")
     recipe = article()  # TRL's help gives TRL's defaults; a run starts from the article's
