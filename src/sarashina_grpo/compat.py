@@ -99,11 +99,10 @@ def completion_rows(trainer) -> list[dict]:
         raise CompatError(f"GRPOTrainer.{COMPLETION_LOGS} no longer holds {COMPLETION_LOG_KEYS}: the installed TRL "
                           "is not the locked one (uv.lock); the completion log cannot read the completions.")
     rewards = {name: list(values) for name, values in logs["rewards"].items()}
+    rows = zip(logs["prompt"], logs["completion"], logs["advantages"], strict=False)
     return [{"prompt": prompt, "completion": completion,
              "rewards": {name: values[i] if i < len(values) else None for name, values in rewards.items()},
-             "advantage": advantage}
-            for i, (prompt, completion, advantage) in enumerate(zip(logs["prompt"], logs["completion"],
-                                                                    logs["advantages"], strict=False))]
+             "advantage": advantage} for i, (prompt, completion, advantage) in enumerate(rows)]
 
 
 def rotary_inv_freq(rotary):
@@ -135,23 +134,23 @@ def lora_pairs(module) -> list[tuple[object, object, float, bool]]:
              bool(dora.get(name))) for name in module.active_adapters if name in module.lora_A]
 
 
+# --- the KL reference -------------------------------------------------------------------------------------------
+# TRL 1.15 (trl/trainer/grpo_trainer.py, ``__init__``): for a PEFT policy and beta > 0 it copies every ``.default.``
+# parameter into an adapter "ref"; ``_generate_and_score_completions`` then scores the reference under
+# ``use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)``, where None means
+# ``model.disable_adapter()``. The names below are those of that code (contract tests pin them).
 TRL_REFERENCE_ADAPTER = "ref"
+POLICY_ADAPTER = "default"
+REFERENCE_CHOICE = 'use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)'
+LORA_FACTORS = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}  # an adapter's delta is B·A (scaled)
+TRAINER_LOAD_METHOD = "_load_from_checkpoint"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT's names for the root adapter
 
 
 def drop_reference_adapter(model) -> None:
     """Remove the "ref" adapter an earlier ``GRPOTrainer`` (``beta > 0``) added, so that a new trainer adds its own."""
     if TRL_REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {}):
         model.delete_adapter(TRL_REFERENCE_ADAPTER)
-
-
-# --- the KL reference -------------------------------------------------------------------------------------------
-# TRL 1.15 (trl/trainer/grpo_trainer.py, ``__init__``): for a PEFT policy and beta > 0 it copies every ``.default.``
-# parameter into an adapter "ref"; ``_generate_and_score_completions`` then scores the reference under
-# ``use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)``, where None means
-# ``model.disable_adapter()``. The names below are those of that code (contract tests pin them).
-POLICY_ADAPTER = "default"
-REFERENCE_CHOICE = 'use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)'
-LORA_FACTORS = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}  # an adapter's delta is B·A (scaled)
 
 
 def adapter_is_identity(model, adapter: str) -> bool:
@@ -211,10 +210,6 @@ def choose_reference(trainer) -> str | None:
     return TRL_REFERENCE_ADAPTER
 
 
-TRAINER_LOAD_METHOD = "_load_from_checkpoint"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT's names for the root adapter
-
-
 def resume_loads_the_policy(trainer) -> None:
     """Make resuming load the trained adapter of a checkpoint that also holds TRL's "ref" copy: transformers 5's
     ``Trainer._load_from_checkpoint`` loads only the adapter sub-folders (``ref/``) when there are any, leaving the
@@ -222,6 +217,9 @@ def resume_loads_the_policy(trainer) -> None:
     load = getattr(trainer, TRAINER_LOAD_METHOD, None)
     if load is None:
         raise CompatError(f"Trainer.{TRAINER_LOAD_METHOD} is gone: the installed transformers is not the locked one.")
+
+    def has_adapter(folder: Path) -> bool:
+        return any((folder / name).is_file() for name in ADAPTER_WEIGHTS)
 
     def load_with_policy(resume_from_checkpoint, model=None):
         load(resume_from_checkpoint, model)
@@ -235,10 +233,6 @@ def resume_loads_the_policy(trainer) -> None:
             peft_model.delete_adapter(TRL_REFERENCE_ADAPTER)
 
     setattr(trainer, TRAINER_LOAD_METHOD, load_with_policy)
-
-
-def has_adapter(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ADAPTER_WEIGHTS)
 
 
 # --- Unsloth's sequence packing ---------------------------------------------------------------------------------

@@ -83,21 +83,18 @@ def load_model(settings: Settings, *, lora: bool = True):
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
-
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_name,
-        dtype=torch_dtype(),  # fp16 on cards without bf16 (T4, V100); fp32 on CPU, even one with bf16
-        max_seq_length=settings.max_seq_length, load_in_4bit=settings.load_in_4bit, fast_inference=settings.use_vllm,
-        max_lora_rank=settings.lora_rank, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-    )
+        model_name=model_name, max_seq_length=settings.max_seq_length, load_in_4bit=settings.load_in_4bit,
+        fast_inference=settings.use_vllm, max_lora_rank=settings.lora_rank,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        dtype=torch_dtype())  # fp16 on cards without bf16 (T4, V100); fp32 on CPU, even one with bf16
     check_loaded_weights(model, settings.model_name)
     if lora and not hasattr(model, "peft_config"):  # a checkpoint folder comes with its adapter
         model = FastLanguageModel.get_peft_model(
             model, r=settings.lora_rank, target_modules=lora_targets(model_name, settings.lora_target_modules),
             lora_alpha=settings.effective_lora_alpha, random_state=settings.seed,
             # recompute activations (long completions fit in memory); "unsloth" offloads their saved inputs
-            use_gradient_checkpointing="unsloth" if settings.offload_activations else True,
-        )
+            use_gradient_checkpointing="unsloth" if settings.offload_activations else True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -122,12 +119,10 @@ def lora_config(settings: Settings):
     """PEFT ``LoraConfig`` equal to what ``load_model`` asks Unsloth for."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=settings.lora_rank, lora_alpha=settings.effective_lora_alpha,
-        target_modules=lora_targets(resolve_model_name(settings.model_name), settings.lora_target_modules),
-        lora_dropout=0.0,  # Unsloth's default, and what its fast LoRA kernels assume
-        bias="none", task_type="CAUSAL_LM",
-    )
+    targets = lora_targets(resolve_model_name(settings.model_name), settings.lora_target_modules)
+    # dropout 0: Unsloth's default, and what its fast LoRA kernels assume
+    return LoraConfig(r=settings.lora_rank, lora_alpha=settings.effective_lora_alpha, target_modules=targets,
+                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
 
 def load_model_peft(settings: Settings, *, training: bool = True):
@@ -146,9 +141,7 @@ def load_model_peft(settings: Settings, *, training: bool = True):
         from accelerate import PartialState
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
         # Quantised weights cannot be moved after loading, so each rank loads straight onto its own GPU.
         kwargs["device_map"] = {"": PartialState().device}
     if any((Path(model_name) / f).exists() for f in ADAPTER_FILES):

@@ -54,13 +54,10 @@ class Linear:
     rows: tuple[int, ...] = ()  # output rows of each fused projection
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
         y = x.reshape(-1, x.shape[-1]) @ self.weight.t()
         if self.lora_b is not None:
-            base = y[:, : self.out]
-            base.addmm_(y[:, self.out:], self.lora_b.t())  # base rows += (x A^T) (s B)^T, in place
-            y = base
-        return y.view(*lead, self.out)
+            y = y[:, : self.out].addmm_(y[:, self.out:], self.lora_b.t())  # base rows += (x A^T) (s B)^T, in place
+        return y.view(*x.shape[:-1], self.out)
 
 
 @dataclass
@@ -101,13 +98,10 @@ def _fused_lora(modules, rows: tuple[int, ...], dtype) -> tuple[torch.Tensor, to
 
 def fuse(modules, dtype) -> Linear:
     """One ``Linear`` computing the concatenated outputs of ``modules`` (which share their input)."""
-    weights = []
-    for module in modules:
-        base = getattr(module, "base_layer", module)
-        if getattr(base, "bias", None) is not None:
-            raise UnsupportedModelError("rollout='fast' decodes bias-free Llama projections only; use "
-                                        "rollout='default'.")
-        weights.append(compat.dense_weight(base).to(dtype))
+    bases = [getattr(module, "base_layer", module) for module in modules]
+    if any(getattr(base, "bias", None) is not None for base in bases):
+        raise UnsupportedModelError("rollout='fast' decodes bias-free Llama projections only; use rollout='default'.")
+    weights = [compat.dense_weight(base).to(dtype) for base in bases]
     rows = tuple(w.shape[0] for w in weights)
     lora = _fused_lora(modules, rows, dtype)
     if lora is None:
@@ -131,8 +125,6 @@ def refresh_lora(linear: Linear, modules, dtype) -> bool:
 
 # The element-wise pieces of a layer. On CUDA the decode step runs them torch.compile'd: each becomes one generated
 # kernel instead of 2-6 eager ones, captured into the step's CUDA graph like any kernel.
-
-
 def _add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float):
     """The residual add and the next norm: (h + y, rms_norm(h + y))."""
     h = h + y
@@ -422,14 +414,12 @@ class FastRollout:
         return fns
 
     def _split_k_attention(self, device) -> bool:
+        wanted = self.attention == "triton"
         if self.attention is None:  # Triton on CUDA unless SARASHINA_ROLLOUT_ATTENTION=sdpa
             wanted = device.type == "cuda" and os.environ.get("SARASHINA_ROLLOUT_ATTENTION", "triton") != "sdpa"
-        else:
-            wanted = self.attention == "triton"
         if wanted and self._split_k_ok is None:
-            dtype = self.core.embed_tokens.weight.dtype
-            self._split_k_ok = split_k_agrees_with_sdpa(self.n_kv, self.n_heads // self.n_kv, self.head_dim, dtype,
-                                                        device)
+            self._split_k_ok = split_k_agrees_with_sdpa(self.n_kv, self.n_heads // self.n_kv, self.head_dim,
+                                                        self.core.embed_tokens.weight.dtype, device)
         return wanted and self._split_k_ok
 
     def _rope_tables(self, length: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,8 +436,7 @@ class FastRollout:
     def _new_decoder(self, batch: int, length: int, steps: int, layers, dtype, device, forced: bool) -> _Decoder:
         cos, sin = self._rope_tables(length, dtype, device)
         # Zeros, not empty: stale or unwritten rows are masked, and 0 × masked row must not be 0 × NaN.
-        caches = [torch.zeros(2, batch, length, self.n_kv, self.head_dim, dtype=dtype, device=device)
-                  for _ in layers]
+        caches = [torch.zeros(2, batch, length, self.n_kv, self.head_dim, dtype=dtype, device=device) for _ in layers]
         # Decode state lives in fixed buffers so that captured graphs read and advance it on the device.
         long = dict(dtype=torch.long, device=device)
         state = dict(token=torch.zeros(batch, **long), position=torch.zeros(batch, **long), slot=torch.zeros(1, **long),
@@ -465,9 +454,8 @@ class FastRollout:
                 nxt = torch.where(state["step"] == state["stop"], eos, nxt)
             state["out"].index_copy_(1, state["step"], nxt[:, None])
             state["token"].copy_(nxt)
-            state["position"].add_(1)
-            state["slot"].add_(1)
-            state["step"].add_(1)
+            for name in ("position", "slot", "step"):
+                state[name].add_(1)
 
         return _Decoder(batch, length, steps, caches, cos, sin, state, step, forced=forced)
 
@@ -590,18 +578,15 @@ def model_type(model) -> str | None:
     return getattr(getattr(language_model(model), "config", None), "model_type", None)
 
 
-def unsupported_weights(model) -> str | None:
-    """What in a Llama model's weights the fast rollout does not decode, else None (checked at trainer build)."""
+def unsupported(trainer) -> str | None:
+    """What of the trainer's Llama model weights, else of its generation settings, the fast rollout does not decode or
+    sample with; None if nothing (checked at trainer build)."""
+    model = trainer.model
     config = getattr(language_model(model), "config", None)
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         return "biased projections"
     if any(isinstance(dora := getattr(m, "use_dora", None), dict) and any(dora.values()) for m in model.modules()):
         return "DoRA adapters"
-    return None
-
-
-def unsupported_sampling(trainer) -> str | None:
-    """The trainer's generation settings that the fast rollout does not sample with, else None."""
     found = [name for name, on in (("repetition_penalty", (trainer.repetition_penalty or 1.0) != 1.0),
                                    ("min_p", bool(trainer.min_p)), ("tools", bool(getattr(trainer, "tools", None))),
                                    ("generation_kwargs", bool(getattr(trainer.args, "generation_kwargs", None))))
@@ -630,20 +615,17 @@ def choose(trainer, asked: str) -> str:
     args = trainer.args
     if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
         return "vllm" if args.use_vllm else "paged"  # the user chose the engine that generates
-    if not cuda_available():
-        # Silent: without CUDA the engine has no graphs to replay (it runs eagerly, for tests), so the fast path is
-        # not one a CPU run is missing; a notice on every CPU smoke run would only be noise.
+    if not cuda_available():  # silently: the engine runs eagerly without CUDA (for tests), a CPU run misses nothing
         return "default"
     why = None
     if (kind := model_type(trainer.model)) != "llama":
         why = f"the fast one is checked on Llama models only, not this {kind} model"
     elif getattr(args, "backend", "unsloth") != "unsloth":
         why = f"the fast one is checked with --backend unsloth only, not {args.backend}"
-    elif (weights := unsupported_weights(trainer.model)) or (weights := unsupported_sampling(trainer)):
-        why = f"the fast one does not decode or sample with {weights}"
+    elif what := unsupported(trainer):
+        why = f"the fast one does not decode or sample with {what}"
     else:
-        device = next(trainer.model.parameters()).device
-        free, _ = torch.cuda.mem_get_info(device)
+        free, _ = torch.cuda.mem_get_info(next(trainer.model.parameters()).device)
         need = copy_bytes(trainer.model) + STEP_HEADROOM_BYTES
         if free < need:
             why = f"the fast one needs about {need / 2**30:.1f} GiB free for its bf16 weights, {free / 2**30:.1f} here"
@@ -664,7 +646,7 @@ def install(trainer) -> FastRollout | None:
     args = trainer.args
     if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
         raise UnsupportedModelError("rollout='fast' replaces vLLM / continuous batching; turn those off.")
-    if (what := unsupported_weights(trainer.model) or unsupported_sampling(trainer)) is not None:
+    if (what := unsupported(trainer)) is not None:
         raise UnsupportedModelError(f"rollout='fast' does not decode or sample with {what}: use rollout='default' "
                                     "(or 'auto', which picks it) for this run.")
     engine = FastRollout(trainer.model, eos_token_ids=trainer.eos_token_ids,

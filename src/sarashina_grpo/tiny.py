@@ -38,8 +38,12 @@ SHAPES = {
 TAG_LINES = ["<think>\n", "\n</think>\n", "<response>\n", "\n</response>"]
 
 
-def training_corpus() -> list[str]:
-    """Text the BPE learns its merges from: the project's prompts, the system prompt and the tag layout."""
+def build_tokenizer(vocab_size: int):
+    """The byte-level BPE of ``vocab_size`` ids, its merges learnt from the project's prompts, the system prompt and
+    the tag layout."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     from .data import read_rows
     from .project import SYSTEM_PROMPT, project_path
 
@@ -49,19 +53,12 @@ def training_corpus() -> list[str]:
         if path.exists():
             texts += [r.prompt for r in read_rows(path)]
     texts += ["Hello! How are you today? I think the weather is nice.", "Let me think about it step by step."] * 5
-    return texts
-
-
-def build_tokenizer(vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 4096), special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(training_corpus(), trainer)
+    tok.train_from_iterator(texts, trainer)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
     # the 3B shape needs 102,400 ids: pad with pieces no text produces
