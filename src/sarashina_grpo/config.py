@@ -60,6 +60,16 @@ RUN_OWNED = {
                   "--run-name",
     "resume_from_checkpoint": "continue a run with --resume [RUN or checkpoint folder]",
 }
+# TRL's refusals name fields a user sets through other flags. Each hint is added where its words appear.
+TRL_HINTS = {
+    "must be divisible by num_generations": " generation_batch_size is --batch-size x --gradient-accumulation-steps x "
+    "processes unless --generation-batch-size or --steps-per-generation sets it: make --batch-size (or that product) "
+    "a multiple of --num-generations.",
+    "must be divisible by the global batch size": " Make --generation-batch-size a multiple of --batch-size x "
+    "processes, or give --steps-per-generation instead.",
+    "can not be both configured": " Give one of --generation-batch-size and --steps-per-generation.",
+}
+WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
 
 
 @dataclass
@@ -80,10 +90,9 @@ class Settings(GRPOConfig):
     load_in_4bit: bool | None = setting(None, "QLoRA 4-bit loading; unset: on with a CUDA GPU, off without one",
                                         flag=FLAGS["load_in_4bit"], action=project.OnOff)
     max_seq_length: int = setting(4096, "Unsloth's context budget (prompt + completion fit with room)")
-    offload_activations: bool = setting(True, "Unsloth's gradient checkpointing keeps each layer's saved input in "
-                                        "CPU memory (its offloading; on an H100 the update was no faster with "
-                                        "them on the GPU: docs/speed.md), or with --no-offload-activations on the "
-                                        "GPU")
+    offload_activations: bool = setting(True, "Unsloth's gradient checkpointing keeps each layer's saved input in CPU "
+                                        "memory (its offloading; on an H100 the update was no faster with them on "
+                                        "the GPU: docs/speed.md), or with --no-offload-activations on the GPU")
     backend: str = setting("auto", "model loading: 'unsloth', or plain transformers+PEFT ('trl-peft'); 'auto' = "
                            "unsloth (one process or several)", choices=BACKENDS)
     lora_rank: int = setting(32, "LoRA rank r")
@@ -116,8 +125,7 @@ class Settings(GRPOConfig):
             setattr(self, name, typed(name, value))
         self.reward_names = split_names(self.reward_names)
         self.lora_target_modules = split_names(self.lora_target_modules)
-        check_ranges(self)
-        check_combinations(self)
+        check_values(self)
         if self.system_prompt_file:
             self.system_prompt = project.read_text_setting(self.system_prompt_file, field_label("system_prompt_file"))
         self._decide_machine()
@@ -213,9 +221,6 @@ def _read_as(kind, value):
     raise TypeError
 
 
-WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
-
-
 def typed(name: str, value):
     """``value`` read as ``Settings.<name>``'s type; only numbers may come as text (YAML 1.1 leaves "5e-6" one)."""
     hint = HINTS[name]
@@ -231,18 +236,8 @@ def typed(name: str, value):
     raise SettingsError(f"{field_label(name)} must be {wanted}, got {value!r}{nothing}.")
 
 
-# TRL's refusals name fields a user sets through other flags. Each hint is added where its words appear.
-TRL_HINTS = {
-    "must be divisible by num_generations": " generation_batch_size is --batch-size x --gradient-accumulation-steps x "
-    "processes unless --generation-batch-size or --steps-per-generation sets it: make --batch-size (or that product) "
-    "a multiple of --num-generations.",
-    "must be divisible by the global batch size": " Make --generation-batch-size a multiple of --batch-size x "
-    "processes, or give --steps-per-generation instead.",
-    "can not be both configured": " Give one of --generation-batch-size and --steps-per-generation.",
-}
-
-
-def check_ranges(settings: Settings) -> None:
+def check_values(settings: Settings) -> None:
+    """Values, and combinations of the project's fields (and TRL's), that this project cannot run."""
     for name, lowest in WHOLE_NUMBERS.items():
         value = getattr(settings, name)
         unset = value is None and name in ("num_completions_to_print", "lora_alpha")  # all of them; the rank
@@ -271,10 +266,6 @@ def check_ranges(settings: Settings) -> None:
         if value not in allowed:
             raise SettingsError(f"{field_label(name)} must be one of {', '.join(map(repr, allowed))}, got "
                                 f"{value!r}{project.did_you_mean(str(value), allowed)}.")
-
-
-def check_combinations(settings: Settings) -> None:
-    """Combinations of the project's fields (and TRL's) that this project cannot run."""
     if settings.patience and (not settings.eval_steps or settings.best_metric == "none"):
         raise SettingsError(f"{field_label('patience')} counts held-out evaluations without a new best: it needs "
                             "--eval-steps N and a --best-metric other than 'none'.")
@@ -314,18 +305,6 @@ def check_combinations(settings: Settings) -> None:
         raise SettingsError(f"{field_label('system_prompt')} is empty: it tells the model the format.")
 
 
-def known_keys(values: dict, source: str) -> dict:
-    """``values`` if every key is a field, else one error naming the closest."""
-    if not isinstance(values, dict):
-        raise SettingsError(f"{source}: settings are a mapping of names to values, got {type(values).__name__}.")
-    for key in values:
-        if key not in FIELDS:
-            raise SettingsError(f"{source}: unknown setting {key!r}{project.did_you_mean(str(key), FIELDS)}. "
-                                "Settings are the fields of TRL's GRPOConfig and of sarashina_grpo.config.Settings "
-                                "(`sarashina-grpo train --help`).")
-    return values
-
-
 def article() -> dict:
     """The default recipe: the article's run."""
     return load_recipe(ARTICLE_RECIPE)
@@ -339,13 +318,22 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         file = project.recipe_path(recipe)
         layers.append((str(file), load_recipe(file)))
     layers.append((source, dict(values or {})))
-    merged = {k: v for name, layer in layers for k, v in known_keys(layer, name).items()}
+    merged = {}
+    for name, layer in layers:  # every key a field, else one error naming the closest
+        if not isinstance(layer, dict):
+            raise SettingsError(f"{name}: settings are a mapping of names to values, got {type(layer).__name__}.")
+        for key in layer:
+            if key not in FIELDS:
+                raise SettingsError(f"{name}: unknown setting {key!r}{project.did_you_mean(str(key), FIELDS)}. "
+                                    "Settings are the fields of TRL's GRPOConfig and of sarashina_grpo.config.Settings "
+                                    "(`sarashina-grpo train --help`).")
+        merged.update(layer)
     for key in RUN_OWNED:
         if merged.get(key) is not None:
             raise SettingsError(f"{source}: {key} is set by the project: {RUN_OWNED[key]}.")
     try:
         return Settings(**merged)
-    except TypeError as err:  # a key the dataclass does not take (its name passed known_keys): a bug, not input
+    except TypeError as err:  # a key the dataclass does not take (its name is a field): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
     except SettingsError as err:  # a value refused where the recipe set it (no later layer did): name its file
         named = re.match(r"Settings\.(\w+) ", str(err))

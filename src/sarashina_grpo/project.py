@@ -52,20 +52,29 @@ BEST_METRICS = {"strict_format_rate": "higher", "soft_format_rate": "higher", "x
                 "think_purity_mean": "higher", "response_purity_mean": "higher", "purity_mean": "higher",
                 "answer_accuracy": "higher", "latin_run_rate": "lower", "think_leak_mean": "lower"}
 SCALE_REWARDS = ("group", "batch", "none")
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
 # the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
 BF16_MIN_CAPABILITY = (8, 0)
 # fp16: train as a card without bf16 would (a T4 user's run, on the GPU suite); bf16 on a CPU keeps the weights in
 # bf16 (the learning proof's recorded runs were made so).
 PRECISION_VARIABLE = "SARASHINA_GRPO_PRECISION"
+# Importing Unsloth and TRL alone reserved 5.0 GB of address space (VmPeak, CPU, 2026-12-06); a model comes on top.
+MIN_ADDRESS_SPACE = 8 * 2**30
+# Short flags of settings, beside the ``--field-name`` that every field of ``config.Settings`` has.
+FLAGS = {"model_name": "--model", "data_path": "--data", "reward_names": "--rewards", "load_in_4bit": "--4bit",
+         "per_device_train_batch_size": "--batch-size", "use_vllm": "--vllm"}
+# A system prompt or role is a paragraph or two; far beyond this a file is surely the wrong one, and the model would
+# spend its whole context (and memory) on it.
+MAX_PROMPT_CHARS = 20_000
+MAX_RECIPE_CHARS = 1_000_000
+_PIPED_RECIPES: dict[tuple[int, int], str] = {}  # a pipe's recipe text, by the pipe (see load_recipe)
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"  # the shipped ones, article.yaml first
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def precision() -> str:
@@ -93,10 +102,9 @@ def torch_dtype(kind: str | None = None):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
 
 
-def check_launch_environment(env=None) -> None:
+def check_launch_environment(env=os.environ) -> None:
     """Refuse ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` that are not whole numbers, or that say several processes with
     no launcher (no ``MASTER_ADDR``): left over in a shell, they made accelerate fail or the run wait forever."""
-    env = os.environ if env is None else env
     values = {}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         text = env.get(name) or ""
@@ -117,17 +125,12 @@ def check_launch_environment(env=None) -> None:
                             "run one process, or start several with accelerate launch.")
 
 
-def check_home_folder(env=None) -> None:
+def check_home_folder(env=os.environ) -> None:
     """``$SARASHINA_GRPO_HOME`` names a file: every default path under it would fail, after a model loads."""
-    env = os.environ if env is None else env
     home = env.get(HOME_VARIABLE)
     if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
         raise SettingsError(f"{HOME_VARIABLE}={home} is a file; it must be the project folder that holds datasets/ "
                             f"and artifact/. Point {HOME_VARIABLE} at a folder, or unset it.")
-
-
-# Importing Unsloth and TRL alone reserved 5.0 GB of address space (VmPeak, CPU, 2026-12-06); a model comes on top.
-MIN_ADDRESS_SPACE = 8 * 2**30
 
 
 def check_address_space() -> None:
@@ -143,10 +146,9 @@ def check_address_space() -> None:
                             "GiB), or run where it is higher.")
 
 
-def stop_grace_s(env=None) -> float | None:
+def stop_grace_s(env=os.environ) -> float | None:
     """Seconds past a step's usual length that ``train`` waits after Ctrl-C or SIGTERM for the current step
     (``callbacks.GracefulInterrupt``); None (the variable set to 0): however long it takes."""
-    env = os.environ if env is None else env
     text = env.get(STOP_GRACE_VARIABLE, "").strip()
     if not text:
         return DEFAULT_STOP_GRACE_S
@@ -194,13 +196,6 @@ class SettingsError(ValueError):
     _render_traceback_ = notebook_lines
 
 
-def shown(value) -> str:
-    """A default as ``--help`` shows it: names comma-separated, mappings as JSON."""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return json.dumps(value) if isinstance(value, dict) else str(value)
-
-
 class OnOff(argparse.BooleanOptionalAction):
     """``--flag`` / ``--no-flag`` for a setting whose unset value (None) means "the machine decides": transformers'
     ``HfArgumentParser`` gives ``bool | None`` fields neither form."""
@@ -214,7 +209,9 @@ def setting(default, help: str, *, flag: str | None = None, choices=None, factor
     """A dataclass field whose ``metadata`` is its command-line flag as ``HfArgumentParser`` reads it: the help with
     the default (``shown_as`` for a long one), a short alias (``flag``), the choices, ``add_argument`` options."""
     value = factory() if factory is not None else default
-    text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
+    if isinstance(value, tuple | dict):  # as --help shows it: names comma-separated, mappings as JSON
+        value = ",".join(map(str, value)) if isinstance(value, tuple) else json.dumps(value)
+    text = help if value is None else f"{help} (default: {shown_as or value})"
     metadata = {"help": text, **parser_options}
     if flag:
         metadata["aliases"] = [flag]
@@ -222,11 +219,6 @@ def setting(default, help: str, *, flag: str | None = None, choices=None, factor
         metadata["choices"] = choices
     default_of = {"default": default} if factory is None else {"default_factory": factory}
     return field(**default_of, metadata=metadata)
-
-
-# Short flags of settings, beside the ``--field-name`` that every field of ``config.Settings`` has.
-FLAGS = {"model_name": "--model", "data_path": "--data", "reward_names": "--rewards", "load_in_4bit": "--4bit",
-         "per_device_train_batch_size": "--batch-size", "use_vllm": "--vllm"}
 
 
 def flag_of(name: str) -> str:
@@ -237,12 +229,6 @@ def flag_of(name: str) -> str:
 def field_label(name: str) -> str:
     """How an error names a setting: the field and its CLI flag."""
     return f"Settings.{name} (CLI {flag_of(name)})"
-
-
-# A system prompt or role is a paragraph or two; far beyond this a file is surely the wrong one, and the model would
-# spend its whole context (and memory) on it.
-MAX_PROMPT_CHARS = 20_000
-MAX_RECIPE_CHARS = 1_000_000
 
 
 def did_you_mean(name: str, candidates) -> str:
@@ -314,10 +300,6 @@ def yaml_loader():
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
         r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$"), list("-+0123456789"))
     return Loader
-
-
-_PIPED_RECIPES: dict[tuple[int, int], str] = {}  # a pipe's recipe text, by the pipe (see load_recipe)
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"  # the shipped ones, article.yaml first
 
 
 def recipe_path(path: str | Path) -> Path:

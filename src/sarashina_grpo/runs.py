@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = "run.lock"
 MAX_RUN_NAME = 100  # leaves room for the "-2" suffix and checkpoint-N/… below it within the 255-byte name limit
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # file systems without flock
+_HELD: dict[Path, RunLock] = {}  # locks this process holds, by resolved path
 
 
 class RunLockedError(SettingsError):
@@ -63,8 +64,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def process_started(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; None where that is not readable.
-    Tells a live process from a later one that was given a dead process's id."""
+    """When process ``pid`` started (seconds since the epoch, from Linux's /proc; None where unreadable): tells a
+    live process from a later one given a dead process's id."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
@@ -92,9 +93,6 @@ class RunLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
             _HELD.pop(self.path, None)
-
-
-_HELD: dict[Path, RunLock] = {}  # locks this process holds, by resolved path
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -145,8 +143,8 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-    lock = _HELD[path] = RunLock(path, fd)
-    return lock
+    _HELD[path] = RunLock(path, fd)
+    return _HELD[path]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -179,17 +177,6 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
     info["data_sha256"], info["data"] = sha256, str(data)  # what a later plain --resume reads back and checks
     info.setdefault("settings", {})["data_path"] = str(data)
     write_json(run_info, info)
-
-
-def refuse_without_run_info(run_dir: Path, checkpoint: Path, settings_given: bool, model_name: str) -> None:
-    """A resumed run without ``run.json``: an error from the command line, which restores the settings from it; a
-    warning where the caller passed every setting itself (``prepare(settings)`` without ``given``)."""
-    if not settings_given:
-        raise SettingsError(
-            f"{run_dir / 'run.json'} is missing (deleted?): the run's settings cannot be read back, so it cannot be "
-            f"resumed as it was. Restore run.json, or start a new run from the checkpoint's weights: sarashina-grpo "
-            f"train --model {checkpoint} (with the run's own flags; a fresh optimizer and warm-up).")
-    logger.warning("%s has no run.json: resuming with the settings given (model %s).", run_dir, model_name)
 
 
 def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
