@@ -4,8 +4,7 @@
     settings = load_settings({"model_name": "tiny", "max_steps": 5})      # the article's recipe, two values changed
 
 ``Settings.__post_init__`` reads and checks every value the same way whatever its source (flag, recipe, notebook
-``SETTINGS``, a resumed ``run.json``). ``load_settings`` lays a recipe, then the values given, over the article's
-recipe ``configs/recipes/article.yaml`` (or a resumed run's recorded settings).
+``SETTINGS``, a resumed ``run.json``); ``load_settings`` lays the values given over a recipe and the article's.
 """
 
 import dataclasses
@@ -198,8 +197,7 @@ def split_names(names) -> list[str]:
 def _read_as(kind, value):
     """``value`` as ``kind`` (one member of a field's type), or raise ``TypeError`` or ``ValueError``."""
     origin = typing.get_origin(kind)
-    if kind is typing.Any or (value is not None and not isinstance(value, bool | int | float | str | list | tuple
-                                                                   | dict)):
+    if kind is typing.Any or not isinstance(value, None | bool | int | float | str | list | tuple | dict):
         return value  # an object a caller built (a ParallelismConfig, an enum member): TRL checks it
     if kind in (int, float):
         if isinstance(value, str):
