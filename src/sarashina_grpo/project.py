@@ -102,9 +102,10 @@ def torch_dtype(kind: str | None = None):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
 
 
-def check_launch_environment(env=os.environ) -> None:
+def check_launch_environment(env=None) -> None:
     """Refuse ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` that are not whole numbers, or that say several processes with
     no launcher (no ``MASTER_ADDR``): left over in a shell, they made accelerate fail or the run wait forever."""
+    env = os.environ if env is None else env
     values = {}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         text = env.get(name) or ""
@@ -125,8 +126,9 @@ def check_launch_environment(env=os.environ) -> None:
                             "run one process, or start several with accelerate launch.")
 
 
-def check_home_folder(env=os.environ) -> None:
+def check_home_folder(env=None) -> None:
     """``$SARASHINA_GRPO_HOME`` names a file: every default path under it would fail, after a model loads."""
+    env = os.environ if env is None else env
     home = env.get(HOME_VARIABLE)
     if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
         raise SettingsError(f"{HOME_VARIABLE}={home} is a file; it must be the project folder that holds datasets/ "
@@ -146,9 +148,10 @@ def check_address_space() -> None:
                             "GiB), or run where it is higher.")
 
 
-def stop_grace_s(env=os.environ) -> float | None:
+def stop_grace_s(env=None) -> float | None:
     """Seconds past a step's usual length that ``train`` waits after Ctrl-C or SIGTERM for the current step
     (``callbacks.GracefulInterrupt``); None (the variable set to 0): however long it takes."""
+    env = os.environ if env is None else env
     text = env.get(STOP_GRACE_VARIABLE, "").strip()
     if not text:
         return DEFAULT_STOP_GRACE_S
