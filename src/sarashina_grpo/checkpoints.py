@@ -33,7 +33,8 @@ SET_ASIDE_DIR = "set-aside"
 COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by mark_complete
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILES = ("config.json",)
-ADAPTER_FILES = ("adapter_config.json",)
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FILES = (ADAPTER_CONFIG,)
 # A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -116,17 +117,15 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
     folder = Path(checkpoint)
     jsons = [p for p in sorted(folder.glob("*.json")) if for_resume or p.name != TRAINER_STATE]
     problems = _problems(safetensors_problem, sorted(folder.glob("*.safetensors"))) + _problems(json_problem, jsons)
-    if for_resume and not problems and (folder / TRAINER_STATE).exists():
-        problems = _problems(trainer_state_problem, [folder / TRAINER_STATE])
-    if not problems and (folder / "adapter_config.json").exists():
-        problems = _problems(adapter_config_problem, [folder / "adapter_config.json"])
+    for name in [TRAINER_STATE, ADAPTER_CONFIG] if for_resume else [ADAPTER_CONFIG]:  # only while nothing is wrong yet
+        if not problems and (folder / name).exists():
+            problems = _problems(content_problem, [folder / name])
     if not problems:
-        problems = adapter_shape_problems(folder)
-    if not problems:
-        problems = [f"{name}: holds non-finite values (NaN or inf)" for name in nonfinite_weight_files(folder)]
+        problems = adapter_shape_problems(folder) or [f"{name}: holds non-finite values (NaN or inf)"
+                                                      for name in nonfinite_weight_files(folder)]
     if for_resume:
-        states = [p for pattern in TORCH_STATE_PATTERNS for p in sorted(folder.glob(pattern))]
-        problems += _problems(torch_state_problem, states)
+        problems += _problems(torch_state_problem, [p for pattern in TORCH_STATE_PATTERNS
+                                                    for p in sorted(folder.glob(pattern))])
     return problems
 
 
@@ -134,28 +133,22 @@ def _problems(check, paths: list[Path]) -> list[str]:
     return [f"{path.name}: {problem}" for path in paths if (problem := check(path))]
 
 
-def trainer_state_problem(path: Path) -> str | None:
-    """Why a ``trainer_state.json`` that parses cannot be what the Trainer wrote."""
-    state = json.loads(path.read_bytes())
-    if not isinstance(state, dict):
-        return f"holds a JSON {type(state).__name__}, not the Trainer's state (overwritten?)"
+def content_problem(path: Path) -> str | None:
+    """Why a ``trainer_state.json`` or ``adapter_config.json`` that parses cannot be what the Trainer or PEFT wrote
+    (the loaders would fail late on it)."""
+    data, state = json.loads(path.read_bytes()), path.name == TRAINER_STATE
+    if not isinstance(data, dict):
+        what = "the Trainer's state" if state else "PEFT's adapter config"
+        return f"holds a JSON {type(data).__name__}, not {what} (overwritten?)"
+    if not state:
+        base = data.get("base_model_name_or_path")
+        if base is not None and not (isinstance(base, str) and base.strip()):
+            return f"base_model_name_or_path is {base!r}, not a model name or folder (overwritten?)"
+        return None
     for key in ("global_step", "max_steps"):
-        if not is_whole(value := state.get(key, 0), 0):
+        if not is_whole(value := data.get(key, 0), 0):
             return f"{key} is {value!r}, not a whole number (overwritten?)"
-    if not isinstance(state.get("log_history", []), list):
-        return "log_history is not a list (overwritten?)"
-    return None
-
-
-def adapter_config_problem(path: Path) -> str | None:
-    """Why an ``adapter_config.json`` that parses cannot be what PEFT wrote (the loaders would fail late on it)."""
-    config = json.loads(path.read_bytes())
-    if not isinstance(config, dict):
-        return f"holds a JSON {type(config).__name__}, not PEFT's adapter config (overwritten?)"
-    base = config.get("base_model_name_or_path")
-    if base is not None and not (isinstance(base, str) and base.strip()):
-        return f"base_model_name_or_path is {base!r}, not a model name or folder (overwritten?)"
-    return None
+    return None if isinstance(data.get("log_history", []), list) else "log_history is not a list (overwritten?)"
 
 
 def adapter_shape_problems(folder: Path) -> list[str]:
@@ -163,7 +156,7 @@ def adapter_shape_problems(folder: Path) -> list[str]:
     adapter of another run copied in): PEFT would fail with a size mismatch after the model loads."""
     weights = folder / "adapter_model.safetensors"
     try:
-        config = json.loads((folder / "adapter_config.json").read_bytes())
+        config = json.loads((folder / ADAPTER_CONFIG).read_bytes())
         rank, patterns = config.get("r"), config.get("rank_pattern") or {}
         with open(weights, "rb") as f:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -201,8 +194,7 @@ def check_resume_state(checkpoint: str | os.PathLike, *, weights_only: bool = Fa
                        weights_only_flag: str = "--resume-weights-only") -> None:
     """Raise ``SettingsError`` unless ``checkpoint`` has ``optimizer.pt`` and ``scheduler.pt`` (weights_only: warn)."""
     checkpoint = Path(checkpoint)
-    missing = missing_resume_state(checkpoint)
-    if not missing:
+    if not (missing := missing_resume_state(checkpoint)):
         return
     what = " and no ".join(f"{name} ({RESUME_STATE[name]})" for name in missing)
     if weights_only:
@@ -287,8 +279,7 @@ def nonfinite_weight_files(folder: str | os.PathLike) -> list[str]:
 
 
 def mark_complete(folder: str | os.PathLike, step: int) -> bool:
-    """Write the complete marker into a saved checkpoint, unless its adapter weights hold NaN or inf (logged);
-    return whether it was marked."""
+    """Write the complete marker into a saved checkpoint unless its adapter weights hold NaN or inf (logged)."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
