@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
@@ -26,33 +26,26 @@ logger = logging.getLogger(__name__)
 TRL_CARD_NONE = ("[None](https://huggingface.co/None)", 'model="None"')
 
 
-def name_local_base(readme: Path, base_model: str) -> None:
-    """Put ``base_model`` where TRL's run README (``outputs/<run>/README.md``) says "None"."""
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    if TRL_CARD_NONE[0] in text:
-        text = text.replace(TRL_CARD_NONE[0], f"the local model `{base_model}`")
-        text = text.replace(TRL_CARD_NONE[1], f'model="{readme.parent}/checkpoint-N"')
-        readme.write_text(text, encoding="utf-8")
-
-
 class CheckpointMarker(TrainerCallback):
     """Mark a checkpoint complete once the Trainer has written all of it; stop the run instead when its weights hold
-    NaN or inf. With ``base_model``, TRL's run README names it instead of "None" (``name_local_base``)."""
+    NaN or inf. With ``base_model``, TRL's run README (``outputs/<run>/README.md``) names it instead of "None"."""
 
     def __init__(self, base_model: str | None = None):
         self.base_model = base_model
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            if self.base_model:
-                name_local_base(Path(args.output_dir) / "README.md", self.base_model)
-            folder = checkpoint_dir(args.output_dir, state.global_step)
-            if folder.is_dir() and not mark_complete(folder, state.global_step):
-                raise NonFiniteError(
-                    f"Training stopped at step {state.global_step}: the weights saved in {folder} hold NaN or inf, "
-                    "so it was not marked complete and the last good checkpoint stays the resume point. Start a "
-                    "new run with a lower --learning-rate or --max-grad-norm."
-                )
+        if not state.is_world_process_zero:
+            return control
+        readme = Path(args.output_dir) / "README.md"
+        text = readme.read_text(encoding="utf-8") if self.base_model and readme.is_file() else ""
+        if TRL_CARD_NONE[0] in text:
+            text = text.replace(TRL_CARD_NONE[0], f"the local model `{self.base_model}`")
+            readme.write_text(text.replace(TRL_CARD_NONE[1], f'model="{readme.parent}/checkpoint-N"'), encoding="utf-8")
+        folder = checkpoint_dir(args.output_dir, state.global_step)
+        if folder.is_dir() and not mark_complete(folder, state.global_step):
+            raise NonFiniteError(f"Training stopped at step {state.global_step}: the weights saved in {folder} hold "
+                                 "NaN or inf, so it was not marked complete and the last good checkpoint stays the "
+                                 "resume point. Start a new run with a lower --learning-rate or --max-grad-norm.")
         return control
 
 
@@ -137,8 +130,7 @@ class GracefulInterrupt(TrainerCallback):
                              signal.Signals(signum).name, self.SAME_PRESS_S)
                 return
             raise KeyboardInterrupt
-        self.requested, self._first_at = True, now
-        self.signal_name = signal.Signals(signum).name
+        self.requested, self._first_at, self.signal_name = True, now, signal.Signals(signum).name
         logger.warning(self.stopping_message())
         if self.grace_s is not None:
             self._timer = threading.Timer(self.wait_s(now), self._give_up)
@@ -194,9 +186,8 @@ class GracefulInterrupt(TrainerCallback):
 
 # Logged during training: the figures of `sarashina-grpo eval` that describe format and language (lengths are in
 # the eval folder's metrics.json; token counts and answer accuracy only where they exist).
-HELD_OUT_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean",
-                 "response_purity_mean", "purity_mean", "latin_run_rate", "think_leak_mean", "mean_tokens",
-                 "answer_accuracy")
+HELD_OUT_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
+                 "purity_mean", "latin_run_rate", "think_leak_mean", "mean_tokens", "answer_accuracy")
 HELD_OUT_BATCH = 16  # prompts generated together: the default eval_limit in one batch
 
 
@@ -217,8 +208,7 @@ class HeldOutEval(TrainerCallback):
         from .inference import GenerationSettings
 
         self.rows, self.every, self.system_prompt = rows, every, system_prompt
-        self.prompts = [r.prompt for r in rows]
-        self.roles = [r.role or None for r in rows]
+        self.prompts, self.roles = [r.prompt for r in rows], [r.role or None for r in rows]
         self.gen = gen or GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False, batch_size=HELD_OUT_BATCH)
         self.samples_per_prompt, self.seed = samples_per_prompt, seed
         self.best_metric, self.patience = (best_metric if best_metric not in (None, "none") else None), patience
@@ -268,17 +258,9 @@ class HeldOutEval(TrainerCallback):
                 record_best(args.output_dir, state.global_step, self.best_metric, self.recording[1])
             self.recording = None
 
-    @contextmanager
-    def own_random_stream(self):
+    def evaluate(self, args, state, model, tokenizer) -> dict | None:
         import torch
 
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices, enabled=self.gen.do_sample):  # greedy decoding draws nothing
-            if self.gen.do_sample:
-                torch.manual_seed(self.seed)
-            yield
-
-    def evaluate(self, args, state, model, tokenizer) -> dict | None:
         from .evaluation import attach_answers, generate_outputs, write_eval
 
         if not state.is_world_process_zero:
@@ -287,8 +269,11 @@ class HeldOutEval(TrainerCallback):
         model.eval()
         # The context TRL's own rollout generates in: Unsloth switches to its inference mode there and back after.
         context = compat.generation_context(self.trainer) if self.trainer is not None else nullcontext()
-        try:
-            with context, self.own_random_stream():
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        try:  # greedy decoding draws nothing: no RNG of its own
+            with context, torch.random.fork_rng(devices=devices, enabled=self.gen.do_sample):
+                if self.gen.do_sample:
+                    torch.manual_seed(self.seed)
                 outputs = generate_outputs(model, tokenizer, self.prompts, self.gen, self.samples_per_prompt,
                                            progress=False, roles=self.roles, system_prompt=self.system_prompt)
         finally:

@@ -358,8 +358,7 @@ def choose_resume_checkpoint(run_dir: Path, named: Path | None) -> Path:
     """``named`` if it is complete and intact (else an error), or the run's newest intact checkpoint."""
     if named is None:
         had = [p.name for p in complete_checkpoints(run_dir)]
-        checkpoint = latest_intact(run_dir)
-        if checkpoint is not None:
+        if (checkpoint := latest_intact(run_dir)) is not None:
             return checkpoint
         if had:
             raise SettingsError(f"Nothing intact to resume in {run_dir}: every complete checkpoint ({', '.join(had)}) "
