@@ -34,23 +34,18 @@ def flat_groups(advantages, group_size: int) -> list[bool]:
     return ((grouped.amax(dim=1) - grouped.amin(dim=1)) < FLAT_SPREAD).tolist()
 
 
-def _rows(batch: dict, groups: list[int], group_size: int) -> dict:
-    """The rows of ``groups`` of each tensor of ``batch`` that holds one entry per completion."""
-    import torch
-
-    rows = batch["advantages"].size(0)
-    index = torch.tensor([g * group_size + i for g in groups for i in range(group_size)], dtype=torch.long,
-                         device=batch["advantages"].device)
-    return {k: v.index_select(0, index) for k, v in batch.items()
-            if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == rows}
-
-
 def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: int) -> dict:
     """One scored batch from the chosen groups of several (TRL's output dicts), padded as TRL pads."""
     import torch
     import torch.nn.functional as F
 
-    chosen = [_rows(batch, groups, group_size) for batch, groups in parts if groups]
+    chosen = []  # of each part, the rows of its groups of each tensor that holds one entry per completion
+    for batch, groups in parts:
+        if groups:
+            rows, device = batch["advantages"].size(0), batch["advantages"].device
+            index = torch.tensor([g * group_size + i for g in groups for i in range(group_size)], device=device)
+            chosen.append({k: v.index_select(0, index) for k, v in batch.items()
+                           if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == rows})
     merged = {}
     # In the first batch's key order: TRL's shuffle takes the batch size from the first value. What is not per row
     # (a count, a flag) is the first batch's; the token count is recounted below.

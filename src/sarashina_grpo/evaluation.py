@@ -39,41 +39,34 @@ from .runs import MAX_RUN_NAME, check_plain_name
 logger = logging.getLogger(__name__)
 
 DEFAULT_EVAL_DATA = "datasets/eval.csv"  # relative to the project folder (project.project_path)
-METRIC_KEYS = (
-    "n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
-    "purity_mean", "think_judged_rate", "think_japanese_rate", "latin_run_rate", "think_leak_mean", "mean_chars",
-    "mean_think_chars", "mean_response_chars", "mean_tokens", "answer_accuracy",
-)
+METRIC_KEYS = ("n", "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean",
+               "response_purity_mean", "purity_mean", "think_judged_rate", "think_japanese_rate", "latin_run_rate",
+               "think_leak_mean", "mean_chars", "mean_think_chars", "mean_response_chars", "mean_tokens",
+               "answer_accuracy")
 # summarize's means over the outputs: metric -> per-output score of ``score_text``
-MEANS = {
-    "strict_format_rate": "strict_format", "soft_format_rate": "soft_format", "xmlcount_mean": "xmlcount",
-    "think_purity_mean": "think_purity", "response_purity_mean": "response_purity", "purity_mean": "purity",
-    "latin_run_rate": "latin_run", "think_leak_mean": "think_leak", "mean_chars": "chars",
-    "mean_think_chars": "think_chars", "mean_response_chars": "response_chars",
-}
+MEANS = {"strict_format_rate": "strict_format", "soft_format_rate": "soft_format", "xmlcount_mean": "xmlcount",
+         "think_purity_mean": "think_purity", "response_purity_mean": "response_purity", "purity_mean": "purity",
+         "latin_run_rate": "latin_run", "think_leak_mean": "think_leak", "mean_chars": "chars",
+         "mean_think_chars": "think_chars", "mean_response_chars": "response_chars"}
 LONG_EVAL_SECONDS = 60  # beyond this a CPU evaluation warns and says how to shorten it
 # File names are limited to 255 bytes on common file systems; a comparison folder is named after its evaluations.
 MAX_COMPARE_NAME_BYTES = 200
 MOSTLY_JAPANESE = 0.5  # think purity from which the thinking counts as Japanese (think_japanese_rate)
 # Shown in the comparison chart: the figures on a 0–1 scale, so that one axis fits them all.
-CHART_KEYS = (
-    "strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
-    "latin_run_rate", "think_leak_mean",
-)
+CHART_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
+              "latin_run_rate", "think_leak_mean")
 
 
 def score_text(text: str, answer: str | None = None) -> dict:
     """Per-output scores; ``None`` where there was nothing to judge."""
     think, response = split_sections(text)
-    return {
-        "answer_correct": is_correct(text, answer) if answer not in (None, "") else None,
-        "strict_format": is_strict_format(text), "soft_format": is_soft_format(text), "xmlcount": xmlcount_score(text),
-        "think_purity": japanese_purity(think) if think is not None else None,
-        "response_purity": japanese_purity(response) if response is not None else None,
-        "purity": japanese_purity(text), "latin_run": has_latin_run(text), "think_leak": think_leak(text),
-        "chars": len(text), "think_chars": len(think.strip()) if think is not None else 0,
-        "response_chars": len(response.strip()) if response is not None else 0,
-    }
+    return {"answer_correct": is_correct(text, answer) if answer not in (None, "") else None,
+            "strict_format": is_strict_format(text), "soft_format": is_soft_format(text),
+            "xmlcount": xmlcount_score(text), "think_purity": japanese_purity(think) if think is not None else None,
+            "response_purity": japanese_purity(response) if response is not None else None,
+            "purity": japanese_purity(text), "latin_run": has_latin_run(text), "think_leak": think_leak(text),
+            "chars": len(text), "think_chars": len(think.strip()) if think is not None else 0,
+            "response_chars": len(response.strip()) if response is not None else 0}
 
 
 def _missing(value) -> bool:
@@ -82,9 +75,7 @@ def _missing(value) -> bool:
 
 def rounded(value, digits: int = 3, missing: str = "n/a") -> str:
     """A figure as people read it: floats to ``digits`` decimals, integers as they are, ``missing`` for none."""
-    if _missing(value):
-        return missing
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return missing if _missing(value) else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def _mean(values) -> float | None:
@@ -95,13 +86,10 @@ def _mean(values) -> float | None:
 def summarize(scores: list[dict], token_counts: list[int] | None = None) -> dict:
     """The figures of ``METRIC_KEYS`` over per-output ``scores`` (from ``score_text``)."""
     figures = {key: _mean([s[score] for s in scores]) for key, score in MEANS.items()}
-    figures.update(
-        n=len(scores),
-        think_judged_rate=_mean([s["think_purity"] is not None for s in scores]),
-        think_japanese_rate=_mean([(s["think_purity"] or 0.0) >= MOSTLY_JAPANESE for s in scores]),
-        mean_tokens=_mean(token_counts) if token_counts else None,
-        answer_accuracy=_mean([s.get("answer_correct") for s in scores]),
-    )
+    figures.update(n=len(scores), think_judged_rate=_mean([s["think_purity"] is not None for s in scores]),
+                   think_japanese_rate=_mean([(s["think_purity"] or 0.0) >= MOSTLY_JAPANESE for s in scores]),
+                   mean_tokens=_mean(token_counts) if token_counts else None,
+                   answer_accuracy=_mean([s.get("answer_correct") for s in scores]))
     return {key: figures[key] for key in METRIC_KEYS}
 
 
@@ -164,10 +152,9 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
     check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
     eval_dir = Path(artifact_dir or default_artifact_dir()) / "eval" / name
     if (eval_dir / "metrics.json").exists() and not overwrite:
-        raise EvalExistsError(
-            f"An evaluation named {name!r} already exists in {eval_dir}. Choose another name (CLI --name, notebook "
-            "EVAL_NAME) or replace it (CLI --overwrite, notebook EVAL_OVERWRITE = True)."
-        )
+        raise EvalExistsError(f"An evaluation named {name!r} already exists in {eval_dir}. Choose another name "
+                              "(CLI --name, notebook EVAL_NAME) or replace it (CLI --overwrite, notebook "
+                              "EVAL_OVERWRITE = True).")
     return eval_dir
 
 
@@ -288,17 +275,12 @@ def chart_label(value: float | None) -> str:
 
 
 def comparison_table(runs: dict[str, dict]) -> str:
-    """A Markdown table: one row per metric, one column per run."""
+    """A Markdown table: one row per metric, one column per run; then a note when the evaluations decoded differently
+    (from their ``meta``): their rates then differ for that reason too (sampling breaks the format more often)."""
     names = list(runs)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key in METRIC_KEYS:
         lines.append(f"| {key} | " + " | ".join(rounded(runs[n].get(key), missing="–") for n in names) + " |")
-    return "\n".join(lines) + "\n" + decoding_note(runs)
-
-
-def decoding_note(runs: dict[str, dict]) -> str:
-    """A line under the comparison when the evaluations decoded differently (from their ``meta``): their rates then
-    differ for that reason too (a sampled model breaks the format more often than a greedy one)."""
     known = {}
     for name, metrics in runs.items():
         meta = metrics.get("meta") or {}
@@ -308,10 +290,9 @@ def decoding_note(runs: dict[str, dict]) -> str:
                    else "greedy")
             known[name] = (f"{how}, up to {gen.get('max_new_tokens')} new tokens"
                            + (f", {samples} per prompt" if samples != 1 else ""))
-    if len(set(known.values())) < 2:
-        return ""
-    return ("\nNote: these evaluations decoded differently, so part of any difference comes from that: "
+    note = ("\nNote: these evaluations decoded differently, so part of any difference comes from that: "
             + "; ".join(f"{name}: {how}" for name, how in known.items()) + ".\n")
+    return "\n".join(lines) + "\n" + (note if len(set(known.values())) > 1 else "")
 
 
 def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:

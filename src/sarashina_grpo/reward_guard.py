@@ -60,8 +60,7 @@ def _checked(name: str, func: RewardFunc, *, alone: bool) -> RewardFunc:
 
 
 def _step(kwargs) -> int | None:
-    state = kwargs.get("trainer_state")
-    step = getattr(state, "global_step", None)
+    step = getattr(kwargs.get("trainer_state"), "global_step", None)
     return step + 1 if isinstance(step, int) else None  # the step being computed, as the progress bar counts
 
 
