@@ -46,14 +46,12 @@ MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit; a larger length 
 
 def step_of(path: str | os.PathLike) -> int | None:
     """The step of a ``checkpoint-<digits>`` folder name, else None (set-aside folders included)."""
-    match = CHECKPOINT_RE.fullmatch(Path(path).name)
-    return int(match.group(1)) if match else None
+    return int(match.group(1)) if (match := CHECKPOINT_RE.fullmatch(Path(path).name)) else None
 
 
 def set_aside_step(path: str | os.PathLike) -> int | None:
     """The step of a ``checkpoint-<digits>.set-aside-<time>`` folder name, else None."""
-    match = SET_ASIDE_RE.fullmatch(Path(path).name)
-    return int(match.group(1)) if match else None
+    return int(match.group(1)) if (match := SET_ASIDE_RE.fullmatch(Path(path).name)) else None
 
 
 @dataclass(frozen=True)
@@ -225,9 +223,7 @@ def safetensors_problem(path: Path) -> str | None:
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError):
             return "overwritten (its header is not a safetensors header)"
     expected = 8 + length + max(ends, default=0)
-    if expected != size:
-        return f"cut off ({size} bytes; its header describes {expected})"
-    return None
+    return f"cut off ({size} bytes; its header describes {expected})" if expected != size else None
 
 
 def json_problem(path: Path) -> str | None:

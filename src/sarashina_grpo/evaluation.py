@@ -108,8 +108,7 @@ def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per
         roles = [roles] * len(prompts)
     pairs = [(p, r) for p, r in zip(prompts, roles, strict=True) for _ in range(samples_per_prompt)]
     conversations = [to_messages(p, with_role(system_prompt or SYSTEM_PROMPT, r)) for p, r in pairs]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only batches must be left-padded
     try:
         replies = generate_counted(model, tokenizer, conversations, gen, progress=progress)
     finally:
