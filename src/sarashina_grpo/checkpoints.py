@@ -337,8 +337,7 @@ def locate_resume(artifact_dir: str | os.PathLike, resume: str | os.PathLike) ->
     outputs = Path(artifact_dir) / "outputs"
     resume = str(resume)
     if resume == "latest":
-        runs = runs_with_checkpoints(outputs)
-        if not runs:
+        if not (runs := runs_with_checkpoints(outputs)):
             raise SettingsError(f"Nothing to resume: no run in {outputs} has a complete checkpoint. Start a new run "
                                 "without --resume.")
         return runs[-1], None
