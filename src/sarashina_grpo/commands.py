@@ -166,16 +166,9 @@ def run_infer(args: argparse.Namespace) -> None:
     chat_loop(Chat(model, tokenizer, system_prompt=settings.system_prompt, gen=gen, role=role))
 
 
-def default_eval_name(model: str) -> str:
-    """An evaluation's name for ``model``: run r1's checkpoint-500 gives 'r1-checkpoint-500', its best 'r1-best'."""
+def run_eval(args: argparse.Namespace) -> None:
     from .best import names_best
     from .checkpoints import step_of
-
-    parts = Path(model).parts[-2:] if step_of(model) is not None or names_best(model) else Path(model).parts[-1:]
-    return "-".join(parts).replace(".", "_") or "model"
-
-
-def run_eval(args: argparse.Namespace) -> None:
     from .evaluation import compare_runs, evaluate_model, rounded
     from .preflight import check_compare_names, check_eval_limit
 
@@ -190,7 +183,9 @@ def run_eval(args: argparse.Namespace) -> None:
     check_compare_names(names, artifact_dir)  # before the evaluation runs: a typo should cost seconds
     if not opts.compare_only:
         settings = options(args, ModelOptions)
-        name = opts.name or default_eval_name(settings.model_name)
+        model = Path(settings.model_name)  # run r1's checkpoint-500 gives r1-checkpoint-500, its best r1-best
+        parts = model.parts[-2:] if step_of(model) is not None or names_best(model) else model.parts[-1:]
+        name = opts.name or "-".join(parts).replace(".", "_") or "model"
         metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir, gen=gen,
                                  samples_per_prompt=opts.samples_per_prompt, limit=opts.limit,
                                  role=role_from_args(args), overwrite=opts.overwrite, threads=threads)
@@ -241,9 +236,12 @@ def run_convert_gguf(args: argparse.Namespace) -> None:
 
 
 def run_warmstart(args: argparse.Namespace) -> None:
+    from .preflight import check_warm_start_command
     from .warmstart import CLI_FIELDS, WarmStart, warm_start
 
-    print(warm_start(WarmStart(**given(args, WarmStart, CLI_FIELDS)).for_command()))
+    config = WarmStart(**given(args, WarmStart, CLI_FIELDS))
+    check_warm_start_command(config)  # what the command line must give (a recipe in code may fill output later)
+    print(warm_start(config))
 
 
 def later(module: str, name: str):

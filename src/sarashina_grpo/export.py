@@ -3,8 +3,7 @@
     sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/sarashina-think            # adapter
     sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/sarashina-think --merged   # full model
 
-Both write the tokenizer and a model card ``README.md`` (the run's settings, rewards, last evaluation).
-``--merged`` merges the adapter into the base with plain transformers + PEFT (this module never imports Unsloth).
+Both write the tokenizer and a model card ``README.md``; ``--merged`` uses plain transformers + PEFT (no Unsloth).
 The checkpoint is verified as a resume verifies it; the export is staged in a hidden
 ``.OUT.partial-<host>-<pid>-<time>`` folder renamed at the end (one a killed export left is removed by the next).
 """
@@ -101,7 +100,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
     if merged:
         check_same_base(checkpoint, base, given=base_model is not None, allow=allow_other_base)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out.parent)
+    for partial in out.parent.glob(".*.partial-*"):  # those of exports killed on this machine; not another's
+        match = PARTIAL_RE.fullmatch(partial.name)
+        if not match or not partial.is_dir() or (match["host"] or socket.gethostname()) != socket.gethostname():
+            continue
+        pid, created = int(match["pid"]), int(match["ns"]) / 1e9
+        started = process_started(pid) if pid_alive(pid) else None
+        if pid_alive(pid) and (started is None or started <= created + 1):  # 1 s: /proc's clock-tick rounding
+            continue  # running, and not a later process that took a dead export's id
+        shutil.rmtree(partial, ignore_errors=True)
+        logger.info("Removed %s, left by an export that was killed (pid %d).", partial, pid)
     staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     staging.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on OUT
     try:
@@ -165,21 +173,6 @@ def export_dtype() -> str:
     from .project import precision
 
     return "float16" if precision() == "fp16" else "bfloat16"
-
-
-def remove_stale_partials(folder: Path) -> None:
-    """Remove the staging folders that exports killed on this machine left (their process is gone, or its id now
-    belongs to a later process). Another machine's may be running: they are left alone."""
-    for partial in folder.glob(".*.partial-*"):
-        match = PARTIAL_RE.fullmatch(partial.name)
-        if not match or not partial.is_dir() or (match["host"] or socket.gethostname()) != socket.gethostname():
-            continue
-        pid, created = int(match["pid"]), int(match["ns"]) / 1e9
-        started = process_started(pid) if pid_alive(pid) else None
-        if pid_alive(pid) and (started is None or started <= created + 1):  # 1 s: /proc's clock-tick rounding
-            continue
-        shutil.rmtree(partial, ignore_errors=True)
-        logger.info("Removed %s, left by an export that was killed (pid %d).", partial, pid)
 
 
 def write_adapter(checkpoint: Path, folder: Path) -> None:
@@ -315,8 +308,11 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
     else:
         lines += ["- settings: not recorded (no run.json next to the checkpoint)"]
     if rewards:
-        lines += ["", "Rewards:", ""] + [f"- `{name}`: " + (f"TRL's: {TRL_REWARDS[name]}" if name in TRL_REWARDS else
-                                                           _first_line(REWARD_FUNCS.get(name))) for name in rewards]
+        lines += ["", "Rewards:", ""]
+    for name in rewards:
+        doc = (REWARD_FUNCS[name].__doc__ or "").strip().splitlines() if name in REWARD_FUNCS else []
+        lines.append(f"- `{name}`: " + (f"TRL's: {TRL_REWARDS[name]}" if name in TRL_REWARDS else
+                                        doc[0] if doc else "(not described in this version's registry)"))
     evaluation = last_evaluation(checkpoint)
     lines += ["", "## Evaluation", ""]
     if evaluation:
@@ -329,8 +325,3 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
     else:
         lines += ["No evaluation of this run was found (`sarashina-grpo eval --model <checkpoint>` writes one)."]
     return "\n".join(line for line in lines if line is not None) + "\n"
-
-
-def _first_line(func) -> str:
-    lines = (func.__doc__ or "").strip().splitlines() if func else []
-    return lines[0] if lines else "(not described in this version's registry)"

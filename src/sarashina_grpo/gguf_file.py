@@ -87,8 +87,7 @@ def bpe_merges(tokens: list[str], scores: list[float], types: list[int]) -> list
             left, right = token[:cut], token[cut:]
             if left in ids and right in ids:
                 merges.append((-scores[i], ids[left], ids[right], left, right))
-    merges.sort()
-    return [(left, right) for *_, left, right in merges]
+    return [(left, right) for *_, left, right in sorted(merges)]
 
 
 def bpe_tokenizer(meta: dict):

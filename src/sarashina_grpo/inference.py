@@ -137,5 +137,4 @@ class Chat:
 def answer(model, tokenizer, prompts: list[str], gen: GenerationSettings | None = None,
            system_prompt: str = SYSTEM_PROMPT, progress: bool = False, role: str | None = None) -> list[str]:
     """Single-turn replies to plain prompts under the system prompt (plus ``role``, if any)."""
-    system = with_role(system_prompt, role)
-    return generate(model, tokenizer, [to_messages(p, system) for p in prompts], gen, progress)
+    return generate(model, tokenizer, [to_messages(p, with_role(system_prompt, role)) for p in prompts], gen, progress)

@@ -133,16 +133,6 @@ VOCABULARY_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "toke
                      "tokenizer.ggml.merges")
 
 
-def tokenizer_problem(meta: dict) -> str | None:
-    """What the GGUF header lacks to build a tokenizer, which transformers would only find after reading the file."""
-    if not meta.get("tokenizer.ggml.tokens.count"):
-        return "no tokenizer (tokenizer.ggml.tokens)"
-    needs = {"llama": "tokenizer.ggml.scores", "gpt2": "tokenizer.ggml.merges"}.get(meta.get("tokenizer.ggml.model"))
-    if needs and not meta.get(f"{needs}.count"):
-        return f"a {meta.get('tokenizer.ggml.model')} tokenizer without {needs}"
-    return None
-
-
 def check_gguf(path: Path) -> dict:
     """``path``'s header, or a ``SettingsError`` unless it is a GGUF of a supported architecture with a tokenizer."""
     if path.is_dir():
@@ -165,7 +155,11 @@ def check_gguf(path: Path) -> dict:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise SettingsError(f"{path}: architecture {arch!r} is not supported; convert-gguf handles "
                             f"{' and '.join(SUPPORTED_ARCHITECTURES)} models only.")
-    problem = tokenizer_problem(meta)
+    # what the header lacks to build a tokenizer, which transformers would only find after reading the file
+    kind = meta.get("tokenizer.ggml.model")
+    needs = {"llama": "tokenizer.ggml.scores", "gpt2": "tokenizer.ggml.merges"}.get(kind)
+    problem = ("no tokenizer (tokenizer.ggml.tokens)" if not meta.get("tokenizer.ggml.tokens.count") else
+               f"a {kind} tokenizer without {needs}" if needs and not meta.get(f"{needs}.count") else None)
     if problem:
         raise SettingsError(f"{path} holds {problem}: convert-gguf needs a GGUF that carries its tokenizer (as "
                             "llama.cpp's own conversions do).")
@@ -218,11 +212,10 @@ def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "bfloat16") -> 
     if config.tie_word_embeddings:
         model.tie_weights()
     model.to(getattr(torch, dtype))
-    ends = [tokenizer.eos_token_id]  # the tokens that end an answer: Gemma also ends its turns with <end_of_turn>
-    if meta["general.architecture"] == "gemma3":
-        ends.append(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=ends if len(ends) > 1 else ends[0],
+    # the tokens that end an answer: Gemma also ends its turns with <end_of_turn>
+    ends = ([tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+            if meta["general.architecture"] == "gemma3" else tokenizer.eos_token_id)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=ends,
                                                pad_token_id=tokenizer.pad_token_id)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .data import DataError, check_prompts, to_messages
-from .preflight import check_finite_model, check_new_folder, check_warm_start, check_warm_start_command, lora_targets
+from .preflight import check_finite_model, check_new_folder, check_warm_start, lora_targets
 from .project import LORA_TARGET_MODULES, SYSTEM_PROMPT, project_path, read_text_setting, setting
 from .tables import read_text
 
@@ -65,11 +65,6 @@ class WarmStart:
     def __post_init__(self):
         check_warm_start(self, None if self.data == SYNTHETIC else project_path(self.data))
 
-    def for_command(self) -> WarmStart:
-        """Self, checked for what the command line must give (a recipe in code may fill ``output`` later)."""
-        check_warm_start_command(self)
-        return self
-
     def system_prompt(self) -> str:
         file = self.system_prompt_file
         return read_text_setting(file, "system_prompt_file") if file else SYSTEM_PROMPT
@@ -86,38 +81,31 @@ def layout(think: str, response: str) -> str:
 
 def malform(think: str, response: str, rng: random.Random) -> str:
     """One of the near-misses a model makes: right words, broken layout."""
-    broken = (
+    return rng.choice((
         f"<think>{think}</think><response>{response}</response>",  # soft format only: newlines missing
         f"<think>\n{think}\n</think>\n{response}",  # no response tags
         f"{think}\n<response>\n{response}\n</response>",  # no think tags
         f"<think>\n{think}\n</think>\n<response>\n{response}\n</response>\n{response}",  # trailing text
         f"{think}{response}",  # no tags at all
-    )
-    return rng.choice(broken)
+    ))
 
 
-def synthetic_completion(kind: str, rng: random.Random) -> str:
-    """A completion of ``kind`` (``ja``, ``drift`` or ``malformed``) from the sentence pools."""
-    ja_think = "".join(rng.sample(JA_THOUGHTS, 2))
-    # Drift usually starts in Japanese and slides into English, so it mixes within the thinking.
-    drift_think = rng.choice(JA_THOUGHTS) + " " + rng.choice(EN_THOUGHTS)
-    response = rng.choice(JA_RESPONSES)
-    if kind == "malformed":
-        # Half Japanese, half drifting, like the well-formed ones: layout and language vary independently, so a
-        # format reward alone has no reason to change the language.
-        return malform(ja_think if rng.random() < 0.5 else drift_think, response, rng)
-    return layout(ja_think if kind == "ja" else drift_think, response)
-
-
-def synthetic_examples(prompts: list[str], config: WarmStart, system_prompt: str = SYSTEM_PROMPT,
-                       ) -> list[tuple[list[dict], str]]:
-    """(chat prompt, completion) pairs drawn with the configured shares of the three kinds."""
+def synthetic_examples(prompts: list[str], config: WarmStart, system_prompt: str) -> list[tuple[list[dict], str]]:
+    """(chat prompt, completion) pairs from the sentence pools, of the three kinds in the configured shares."""
     rng = random.Random(config.seed)
     weights = (config.ja_share, config.drift_share, max(0.0, 1 - config.ja_share - config.drift_share))
     examples = []
     for _ in range(config.examples):
         kind = rng.choices(KINDS, weights)[0]
-        examples.append((to_messages(rng.choice(prompts), system_prompt), synthetic_completion(kind, rng)))
+        prompt = to_messages(rng.choice(prompts), system_prompt)
+        ja_think = "".join(rng.sample(JA_THOUGHTS, 2))
+        # Drift usually starts in Japanese and slides into English, so it mixes within the thinking.
+        drift_think = rng.choice(JA_THOUGHTS) + " " + rng.choice(EN_THOUGHTS)
+        response = rng.choice(JA_RESPONSES)
+        # Malformed ones are half Japanese, half drifting, like the well-formed ones: layout and language vary
+        # independently, so a format reward alone has no reason to change the language.
+        examples.append((prompt, malform(ja_think if rng.random() < 0.5 else drift_think, response, rng)
+                         if kind == "malformed" else layout(ja_think if kind == "ja" else drift_think, response)))
     return examples
 
 
@@ -146,9 +134,8 @@ def format_examples(rows: list[dict], config: WarmStart, system_prompt: str) -> 
     examples = []
     for row in rows:
         think, response = row["think"].strip(), row["response"].strip()
-        broken = rng.random() < config.malformed_share
-        examples.append((to_messages(row["prompt"], system_prompt),
-                         malform(think, response, rng) if broken else layout(think, response)))
+        examples.append((to_messages(row["prompt"], system_prompt), malform(think, response, rng)
+                         if rng.random() < config.malformed_share else layout(think, response)))
     return examples
 
 
