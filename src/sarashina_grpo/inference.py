@@ -36,8 +36,7 @@ class GenerationSettings:
 
 
 def load_for_inference(settings: Settings, *, threads: int | None = None):
-    """(model, tokenizer) ready for generation: a checkpoint's LoRA is applied, none is added otherwise.
-    ``threads``: torch's CPU threads (``modeling.use_cpu_threads``)."""
+    """(model, tokenizer) for generation: a checkpoint's LoRA applied, none added; ``threads``: torch's CPU threads."""
     from .modeling import load_model, use_cpu_threads
     from .noise import import_unsloth
 
@@ -56,8 +55,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], gen: GenerationS
 
 
 def count_generated(row, stop_ids: set[int], pad_id: int | None) -> int:
-    """Tokens the model generated in one row of new ids: up to and including the first stop token, else the
-    non-padding ones."""
+    """Tokens generated in one row of new ids: up to and including the first stop token, else the non-padding ones."""
     ids = row.tolist()
     stop = next((i + 1 for i, token in enumerate(ids) if token in stop_ids), None)
     return stop if stop is not None else sum(token != pad_id for token in ids)
@@ -65,8 +63,7 @@ def count_generated(row, stop_ids: set[int], pad_id: int | None) -> int:
 
 def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: GenerationSettings | None = None,
                      progress: bool = False) -> list[tuple[str, int]]:
-    """(reply, generated token count) for each conversation; the count is of the generated ids, not of the decoded
-    text re-tokenized, which can come out longer."""
+    """(reply, generated token count) per conversation: the ids generated, not the reply re-tokenized (maybe longer)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -92,8 +89,7 @@ def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: Gen
 
 
 def chat_loop(chat: Chat, read=input, write=print) -> None:
-    """Talk with ``chat`` at a ``you>`` prompt until an empty line, Ctrl-D or Ctrl-C, or a closed stdin: each ends
-    the chat cleanly (no traceback)."""
+    """Chat at a ``you>`` prompt; an empty line, Ctrl-D, Ctrl-C or a closed stdin ends it cleanly (no traceback)."""
     while True:
         try:
             line = read("you> ").strip()
@@ -113,8 +109,7 @@ def chat_loop(chat: Chat, read=input, write=print) -> None:
 
 @dataclass
 class Chat:
-    """A multi-turn conversation under the system prompt (plus ``role``); ``say`` returns the reply and remembers both
-    turns (the reply as ``assistant``)."""
+    """A multi-turn chat under the system prompt (plus ``role``); ``say`` returns the reply and remembers both turns."""
 
     model: object
     tokenizer: object
