@@ -178,9 +178,8 @@ def read_tokenizer(gguf: Path, meta: dict):
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # Special tokens from the header: transformers 5.17 reads SmolLM2's eos as <|im_start|> (id 1) although the
         # header says id 2 (<|im_end|>): a model trained with that eos would learn never to stop.
-        for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
-                          ("unk", "unknown_token_id")):
-            token_id = meta.get(f"tokenizer.ggml.{key}")
+        for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+            token_id = meta.get(f"tokenizer.ggml.{key}_token_id")
             if token_id is not None:
                 setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
     if not tokenizer.chat_template:
