@@ -313,9 +313,8 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
         doc = (REWARD_FUNCS[name].__doc__ or "").strip().splitlines() if name in REWARD_FUNCS else []
         lines.append(f"- `{name}`: " + (f"TRL's: {TRL_REWARDS[name]}" if name in TRL_REWARDS else
                                         doc[0] if doc else "(not described in this version's registry)"))
-    evaluation = last_evaluation(checkpoint)
     lines += ["", "## Evaluation", ""]
-    if evaluation:
+    if evaluation := last_evaluation(checkpoint):
         name, metrics = evaluation
         meta = metrics.get("meta", {})
         lines += [f"`{name}` (model `{meta.get('model')}`, data `{Path(str(meta.get('data', '?'))).name}`):", "",
