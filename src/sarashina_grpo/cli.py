@@ -95,14 +95,6 @@ class OneLineErrors:
         return args
 
 
-def debug_flag(argv: list[str], name: str) -> tuple[list[str], bool]:
-    """``argv`` (of command ``name``) without ``--debug`` given after the command, and whether it was there; in
-    ``train``, whose TRL ``--debug`` takes a value (``--debug underflow_overflow``), only a bare one."""
-    bare = [i for i, word in enumerate(argv) if word == "--debug" and (
-        name != "train" or i + 1 == len(argv) or argv[i + 1].startswith("-"))]
-    return [word for i, word in enumerate(argv) if i not in bare], bool(bare)
-
-
 def command_parser(name: str, command) -> argparse.ArgumentParser:
     """The parser of a command other than ``train``: its option dataclasses through ``HfArgumentParser``."""
     from transformers.hf_argparser import HfArgumentParser  # the lazy transformers root: no torch, no model code
@@ -169,7 +161,7 @@ def train_parser() -> argparse.ArgumentParser:
         elif action.dest == "eval_steps":  # TRL's help describes its Trainer.evaluate, which this project replaces
             action.help = "steps between held-out evaluations of --eval-data during training (eval/* in " \
                           "TensorBoard, the best checkpoint by --best-metric); unset: none"
-        elif action.dest == "debug":  # the bare flag is the project's (debug_flag)
+        elif action.dest == "debug":  # the bare flag is the project's (parse_args)
             action.help = action.help.rstrip(". ") + ". A bare --debug (no value): full tracebacks instead of one " \
                           "error: line"
         elif action.dest in RUN_OWNED:  # TRL's fields that the project sets: the flag is refused with this reason
@@ -213,7 +205,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     name = args.command[0]
     if name not in COMMANDS:
         top.error(f"unknown command {name!r}{did_you_mean(name, COMMANDS)}; the commands are {', '.join(COMMANDS)}")
-    rest, debug_after = debug_flag(args.command[1:], name)
+    # --debug after the command counts too; in train, whose TRL --debug takes a value (underflow_overflow), a bare one
+    rest = args.command[1:]
+    bare = [i for i, word in enumerate(rest) if word == "--debug" and (
+        name != "train" or i + 1 == len(rest) or rest[i + 1].startswith("-"))]
+    rest = [word for i, word in enumerate(rest) if i not in bare]
     setup_logging(args.verbose)  # before train's parser imports Unsloth: its known-harmless lines are hidden
     if not {"-h", "--help"} & set(rest):
         check_address_space()  # every command imports PyTorch
@@ -224,7 +220,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parsed = train_parser().given(rest)
     else:
         parsed = command_parser(name, COMMANDS[name]).given(rest)
-    parsed.cli_debug = args.debug or debug_after  # not `debug`: a field of TRL's TrainingArguments
+    parsed.cli_debug = args.debug or bool(bare)  # not `debug`: a field of TRL's TrainingArguments
     parsed.command, parsed.run = name, COMMANDS[name].run
     return parsed
 

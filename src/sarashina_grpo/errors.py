@@ -32,6 +32,13 @@ DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded
 FILE_TOO_LARGE_TEXT = ("File too large", "os error 27")  # EFBIG
 FILE_SIZE_FIX = ("Raise the limit (ulimit -f unlimited) or choose --artifact-dir on a file system that takes large "
                  "files. A checkpoint cut off by this is never resumed from.")
+# An OSError's errno and its message ({where}: the file named, {limit}: file_size_limit_text()).
+OS_ERROR_TEXT = {**dict.fromkeys((errno.ENOSPC, errno.EDQUOT), "No space left on device{where}. " + DISK_FULL_FIX),
+                 errno.EFBIG: "File too large{where}: {limit}. " + FILE_SIZE_FIX,
+                 errno.EROFS: "Cannot write{where}: it is on a read-only file system. " + WRITE_FIX,
+                 **dict.fromkeys((errno.EACCES, errno.EPERM), "Permission denied{where}. " + WRITE_FIX),
+                 errno.EISDIR: "Expected a file but found a folder{where}.",
+                 errno.ENOENT: "No such file or folder{where}."}
 
 
 def _chain(exc: BaseException):
@@ -43,39 +50,20 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def _file_in_the_way(path: str | os.PathLike) -> Path | None:
-    """The nearest existing part of ``path`` that is a file where a folder is needed."""
-    part = next((part for part in [Path(path), *Path(path).parents] if part.exists()), None)
-    return part if part is not None and not part.is_dir() else None
-
-
 def _os_error_message(err: OSError) -> str | None:
-    code, where = err.errno, f" ({err.filename})" if err.filename else ""
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return f"No space left on device{where}. {DISK_FULL_FIX}"
-    if code == errno.EFBIG:
-        return f"File too large{where}: {file_size_limit_text()}. {FILE_SIZE_FIX}"
-    if code == errno.EROFS:
-        return f"Cannot write{where}: it is on a read-only file system. {WRITE_FIX}"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"Permission denied{where}. {WRITE_FIX}"
-    if code in (errno.ENOTDIR, errno.EEXIST):
-        if (blocker := _file_in_the_way(err.filename) if err.filename else None) is not None:
-            return f"{blocker} is a file where a folder is needed. Move or rename it, or {home_fix(blocker)}."
-        return f"A file is in the way where a folder is needed{where}. Move or rename it."
-    if code == errno.EISDIR:
-        return f"Expected a file but found a folder{where}."
-    if code == errno.ENOENT:
-        return f"No such file or folder{where}."
-    return None
-
-
-def home_fix(blocker: Path) -> str:
-    """How to choose another place for ``blocker``: the variable that chose it, when it did."""
-    home = os.environ.get(HOME_VARIABLE)
-    if home and Path(home).expanduser().absolute() in [blocker.absolute(), *blocker.absolute().parents]:
-        return f"point {HOME_VARIABLE} (now {home}) at a folder"
-    return "choose another --artifact-dir"
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        # the nearest existing part of the path: a file where a folder is needed
+        part = next((p for p in [Path(err.filename), *Path(err.filename).parents] if p.exists()), None) \
+            if err.filename else None
+        if part is None or part.is_dir():
+            return f"A file is in the way where a folder is needed{where}. Move or rename it."
+        home = os.environ.get(HOME_VARIABLE)  # the variable that chose the place, when it did
+        fix = (f"point {HOME_VARIABLE} (now {home}) at a folder" if home and Path(home).expanduser().absolute()
+               in [part.absolute(), *part.absolute().parents] else "choose another --artifact-dir")
+        return f"{part} is a file where a folder is needed. Move or rename it, or {fix}."
+    text = OS_ERROR_TEXT.get(err.errno)
+    return text and text.format(where=where, limit=file_size_limit_text())
 
 
 def file_size_limit() -> int | None:
@@ -127,10 +115,8 @@ def proxy_for(endpoint: str, env=None) -> tuple[str, str] | None:
     url = urlparse(endpoint)
     names = PROXY_VARIABLES if url.scheme == "https" else ("http_proxy", "HTTP_PROXY", *PROXY_VARIABLES[2:])
     variable = next((name for name in names if env.get(name, "").strip()), None)
-    if variable is None:
-        return None
     no_proxy = {"no": env.get("no_proxy") or env.get("NO_PROXY") or ""}
-    if no_proxy["no"] and urllib.request.proxy_bypass_environment(url.hostname or "", no_proxy):
+    if variable is None or no_proxy["no"] and urllib.request.proxy_bypass_environment(url.hostname or "", no_proxy):
         return None
     proxy = env[variable].strip()
     return variable, proxy if "://" in proxy else f"http://{proxy}"

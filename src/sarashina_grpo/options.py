@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from . import project
 from .project import DEFAULT_MODEL_NAME, SYSTEM_PROMPT, OnOff, setting
 
 
@@ -118,11 +119,9 @@ class ModelOptions:
 
     def resolved(self) -> ModelOptions:
         """With what the machine and files decide: 4-bit loading (on with CUDA), the system prompt file's text."""
-        from .project import cuda_available, read_text_setting
-
-        changes = {"load_in_4bit": cuda_available()} if self.load_in_4bit is None else {}
+        changes = {"load_in_4bit": project.cuda_available()} if self.load_in_4bit is None else {}
         if self.system_prompt_file:
-            changes["system_prompt"] = read_text_setting(self.system_prompt_file, "system_prompt_file")
+            changes["system_prompt"] = project.read_text_setting(self.system_prompt_file, "system_prompt_file")
         return dataclasses.replace(self, **changes)
 
 

@@ -28,7 +28,10 @@ from .best import RUN_INFO, resolve_best
 from .checkpoints import check_loadable, folder_kind, newest_complete_in, step_of
 from .data import check_prompts
 from .errors import hub_unreachable_message, proxy_for, shown_url
+from .options import ModelOptions
 from .project import SettingsError, field_label, finite_number, is_whole, project_path
+from .rewards import check_reward_columns, check_reward_names
+from .runs import check_run_name
 
 if typing.TYPE_CHECKING:
     from .config import Settings
@@ -44,13 +47,13 @@ REALISTIC_WARMUP_STEPS = 1_000
 NO_UPDATE_LEARNING_RATE = 1e-9
 # Below this the completions of a group are (nearly) identical; GRPO learns only from differences within a group.
 NEAR_GREEDY_TEMPERATURE = 0.1
-# Settings a resumed run may change (they do not alter the maths of the steps already taken), with a warning.
+# Settings a resumed run may change, with a warning: they do not alter the maths of the steps already taken (rollout,
+# offloading: another engine or memory, same maths).
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm",
                      "vllm_gpu_memory_utilization", "max_seq_length", "data_path", "system_prompt_file",
                      "log_completions", "num_completions_to_print", "backend", "eval_steps", "eval_data", "eval_limit",
                      "report_to", "save_total_limit", "run_name", "logging_first_step", "disable_tqdm", "use_cpu",
-                     "bf16", "fp16", "best_metric", "patience", "rollout",
-                     "offload_activations"}  # rollout, offloading: another engine or memory, same maths
+                     "bf16", "fp16", "best_metric", "patience", "rollout", "offload_activations"}
 # More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
 MAX_THREADS_PER_CORE = 4
 ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run", "eval": "evaluations"}
@@ -85,8 +88,6 @@ def unwritable(folder: Path) -> str | None:
 
 def check_rewards(names: list[str], max_completion_length: int | None = None) -> None:
     """Every reward is known or your own (imported now); none twice, no two that TRL would log under one name."""
-    from .rewards import check_reward_names
-
     try:
         check_reward_names(names, max_completion_length=max_completion_length)
     except KeyError as err:
@@ -95,8 +96,6 @@ def check_rewards(names: list[str], max_completion_length: int | None = None) ->
 
 def check_rewards_have_columns(settings: Settings, rows) -> None:
     """Each reward finds the columns it needs in the prompt file (``rewards.check_reward_columns``)."""
-    from .rewards import check_reward_columns
-
     columns = {"prompt", "lang", *(rows[0].extra if rows else {})}
     try:
         check_reward_columns(settings.reward_names, columns, settings.data_path)
@@ -107,13 +106,11 @@ def check_rewards_have_columns(settings: Settings, rows) -> None:
 def check_report_to(report_to) -> None:
     """A ``report_to`` backend whose package is missing: transformers would raise only after the model loads."""
     for name in [report_to] if isinstance(report_to, str) else list(report_to or []):
-        module = REPORT_MODULES.get(name)
-        if module and importlib.util.find_spec(module) is None:
-            if name == "tensorboard" and importlib.util.find_spec("tensorboardX"):
-                continue
-            raise SettingsError(f"report_to {name!r} needs the {module} package, which is not installed: install "
-                                f"it (uv pip install {module}) or drop it from report_to (e.g. report_to: "
-                                "tensorboard).")
+        module = REPORT_MODULES.get(name)  # tensorboardX stands in for tensorboard
+        if module and importlib.util.find_spec(module) is None and not (
+                name == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+            raise SettingsError(f"report_to {name!r} needs the {module} package, which is not installed: install it "
+                                f"(uv pip install {module}) or drop it from report_to (e.g. report_to: tensorboard).")
 
 
 def warmup_steps(settings: Settings) -> int:
@@ -145,8 +142,7 @@ def check_writable(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise SettingsError(f"Artifact folder {root} is a file. Choose another with --artifact-dir, or move the file.")
     for name, holds in ARTIFACT_FOLDERS.items():
-        folder = root / name
-        if folder.exists() and not folder.is_dir():
+        if (folder := root / name).exists() and not folder.is_dir():
             raise SettingsError(f"{folder} is a file, but it must be the folder of the {holds}. Move or rename the "
                                 "file, or choose another --artifact-dir.")
     if why := unwritable(root):
@@ -175,8 +171,7 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
         return
     before, now = info["settings"], settings.asked()
     changed = {k: (before.get(k), now[k]) for k in now if k in before and before[k] != now[k]}
-    hard = {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}
-    if hard:
+    if hard := {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}:
         listed = "; ".join(f"{k}: run used {a!r}, now {b!r}" for k, (a, b) in hard.items())
         raise SettingsError(f"Resuming {run_dir.name} with different settings ({listed}). Resume with the run's own "
                             f"settings (the CLI takes them from {run_dir / RUN_INFO} for every flag you do not pass), "
@@ -212,13 +207,10 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
 
 def check_model(settings, *, training: bool):
     """Settings (or ``options.ModelOptions``, resolved here) whose model loads here: what ``infer``/``eval`` need."""
-    from .options import ModelOptions
-
-    if isinstance(settings, ModelOptions):
-        settings = settings.resolved()
-    if (best := resolve_best(settings.model_name)) != settings.model_name:  # <run>/best: that run's best checkpoint
-        settings = (dataclasses.replace(settings, model_name=best) if isinstance(settings, ModelOptions)
-                    else settings.replace(model_name=best))
+    if isinstance(settings, ModelOptions):  # <run>/best: that run's best checkpoint
+        settings = dataclasses.replace(settings.resolved(), model_name=resolve_best(settings.model_name))
+    elif (best := resolve_best(settings.model_name)) != settings.model_name:
+        settings = settings.replace(model_name=best)
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=training)
     check_model_name(settings.model_name)
     return settings
@@ -309,8 +301,6 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
 
 def check_demo(demo, run_name: str | None = None) -> None:
     """``demo``'s options (``demo.DemoSettings``) and the GRPO settings it derives, before Unsloth is imported."""
-    from .runs import check_run_name
-
     check_threads(demo.threads)
     check_positive_integers("demo", demo, [n for n in ("steps", "logging_steps", "eval_limit") if getattr(demo, n)
                                            is not None])
@@ -379,7 +369,10 @@ def looks_like_path(name: str) -> bool:
 
 def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
     """The hub's host answers within ``timeout`` on the route a download takes: straight, or through the proxy set
-    (``errors.proxy_for``) and a ``CONNECT`` tunnel it grants (as huggingface_hub's client asks)."""
+    (``errors.proxy_for``) and, for an HTTP proxy, a ``CONNECT`` tunnel it grants with a 2xx status (as
+    huggingface_hub's client asks)."""
+    import base64
+
     url = urlparse(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     proxy = proxy_for(endpoint)
@@ -390,26 +383,19 @@ def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
         via = urlparse(proxy[1])
         with socket.create_connection((via.hostname, via.port or PROXY_PORTS.get(via.scheme, 1080)),
                                       timeout=timeout) as sock:
-            return via.scheme != "http" or tunnel_granted(sock, f"{host}:{port}", via, timeout)
+            if via.scheme != "http":
+                return True
+            login = None if via.username is None else f"{unquote(via.username)}:{unquote(via.password or '')}"
+            auth = f"Proxy-Authorization: Basic {base64.b64encode(login.encode()).decode()}\r\n" if login else ""
+            sock.settimeout(timeout)
+            sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
+            answer = b""
+            while b"\r\n" not in answer and len(answer) < 4096 and (chunk := sock.recv(4096)):
+                answer += chunk
+        status = answer.split(b"\r\n", 1)[0].split()
+        return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
     except (OSError, ValueError):  # no DNS, no route, refused, timed out; a proxy URL with a bad port
         return False
-
-
-def tunnel_granted(sock: socket.socket, target: str, proxy, timeout: float) -> bool:
-    """An HTTP proxy on ``sock`` answers ``CONNECT target`` with a 2xx status within ``timeout``."""
-    import base64
-
-    auth = ""
-    if proxy.username is not None:
-        token = base64.b64encode(f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()).decode()
-        auth = f"Proxy-Authorization: Basic {token}\r\n"
-    sock.settimeout(timeout)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
-    answer = b""
-    while b"\r\n" not in answer and len(answer) < 4096 and (chunk := sock.recv(4096)):
-        answer += chunk
-    status = answer.split(b"\r\n", 1)[0].split()
-    return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
 
 
 def check_push_to_hub(push_to_hub) -> None:
@@ -420,9 +406,8 @@ def check_push_to_hub(push_to_hub) -> None:
 
     if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
         proxy = proxy_for(constants.ENDPOINT)
-        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
-               f"the hub cannot be reached through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else
-               "the hub cannot be reached (no network?)")
+        route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the hub cannot be reached{route}"
         raise SettingsError(f"push_to_hub is on but {why}. Turn it off and upload later with sarashina-grpo export "
                             "CHECKPOINT OUT --push-to-hub REPO.")
 
@@ -474,13 +459,9 @@ def check_model_name(name: str) -> None:
         if kind.adapter:
             check_base_model(path)
         return
-    if kind.newest:  # a run folder: point at its newest finished checkpoint
-        hint = f"It is a run folder; its newest finished checkpoint is {kind.newest}."
-    elif kind.step is not None:
-        hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
-                "while saving. Use an earlier checkpoint-N of the same run.")
-    else:
-        hint = examples
+    hint = (f"It is a run folder; its newest finished checkpoint is {kind.newest}." if kind.newest else
+            "It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off while "
+            "saving. Use an earlier checkpoint-N of the same run." if kind.step is not None else examples)
     raise ModelNotFoundError(f"{model_label(name)} holds neither model files (config.json + model.safetensors) nor "
                              f"LoRA adapter files (adapter_config.json + adapter_model.safetensors). {hint}")
 
