@@ -241,9 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # user-caused failures: one line (errors.py); bugs keep their traceback
         # While parsing: train's parser imports the training stack, which can fail for a user's reason.
-        parsing_debug = not isinstance(err, SettingsError) and "--debug" in argv
-        code = errors.report(err, debug=parsing_debug if args is None else args.cli_debug)
-        if code is None:
+        debug = args.cli_debug if args is not None else not isinstance(err, SettingsError) and "--debug" in argv
+        if (code := errors.report(err, debug=debug)) is None:
             raise
         return code
 

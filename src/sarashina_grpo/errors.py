@@ -10,8 +10,10 @@ import errno
 import json
 import os
 import re
+import resource
 import sys
 import traceback
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -68,16 +70,12 @@ def _os_error_message(err: OSError) -> str | None:
 
 def file_size_limit() -> int | None:
     """This process's file-size limit in bytes (``ulimit -f``), None when there is none."""
-    import resource
-
     soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     return None if soft == resource.RLIM_INFINITY else soft
 
 
 def memory_message() -> str:
     """Host memory ran out (a ``MemoryError``): the process's address-space limit when one is set, else the machine."""
-    import resource
-
     if (soft := resource.getrlimit(resource.RLIMIT_AS)[0]) != resource.RLIM_INFINITY:
         return (f"Out of memory: this process may use at most {soft / 2**30:.1f} GiB of address space (ulimit -v), "
                 "and loading the training stack and a model takes more. Raise the limit (ulimit -v unlimited), or "
@@ -109,8 +107,6 @@ HUB_REPO_RE = re.compile(r"^/(?:api/models/)?([^/]+/[^/]+?)(?:/|$)")
 
 def proxy_for(endpoint: str, env=None) -> tuple[str, str] | None:
     """(variable, proxy URL) that a download from ``endpoint`` goes through; None: direct (``NO_PROXY`` may say so)."""
-    import urllib.request
-
     env = os.environ if env is None else env
     url = urlparse(endpoint)
     names = PROXY_VARIABLES if url.scheme == "https" else ("http_proxy", "HTTP_PROXY", *PROXY_VARIABLES[2:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .checkpoints import newest_complete_in
 from .project import SettingsError
 
 WATCHED_LOGS = ("loss", "grad_norm", "learning_rate")
@@ -24,13 +25,10 @@ def check_logs(logs: dict, step: int, output_dir: str | Path) -> None:
            if isinstance((logs or {}).get(key), int | float) and not math.isfinite(logs[key])]
     if not bad:
         return
-    from .checkpoints import newest_complete_in
-
     good = newest_complete_in(output_dir)
     kept = f"the last good checkpoint is {good}" if good else "no checkpoint had been saved yet"
-    raise NonFiniteError(
-        f"Training stopped at step {step}: {', '.join(bad)}. The weights are no longer usable, so nothing from this "
-        f"step on is saved or marked complete ({kept}). Usual causes: a learning rate too high for this model or a "
-        "loose gradient clip; start a new run with a lower --learning-rate or --max-grad-norm (resuming keeps the "
-        "run's settings and would meet the same numbers)."
-    )
+    raise NonFiniteError(f"Training stopped at step {step}: {', '.join(bad)}. The weights are no longer usable, so "
+                         f"nothing from this step on is saved or marked complete ({kept}). Usual causes: a learning "
+                         "rate too high for this model or a loose gradient clip; start a new run with a lower "
+                         "--learning-rate or --max-grad-norm (resuming keeps the run's settings and would meet the "
+                         "same numbers).")

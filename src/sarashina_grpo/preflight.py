@@ -9,7 +9,9 @@ machine or the registry, and the other commands' options and folders. The model 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -76,8 +78,7 @@ def unwritable(folder: Path) -> str | None:
     """Why no file can be created in ``folder`` (made when missing), or None: a save fails now, not after hours."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
+        tempfile.NamedTemporaryFile(dir=folder).close()
     except OSError as err:
         return err.strerror
     return None
@@ -371,8 +372,6 @@ def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
     """The hub's host answers within ``timeout`` on the route a download takes: straight, or through the proxy set
     (``errors.proxy_for``) and, for an HTTP proxy, a ``CONNECT`` tunnel it grants with a 2xx status (as
     huggingface_hub's client asks)."""
-    import base64
-
     url = urlparse(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     proxy = proxy_for(endpoint)
@@ -486,8 +485,7 @@ def model_folder_problem(folder: Path) -> str | None:
     if not isinstance(model_config, dict):
         return f"{folder / 'config.json'} holds a JSON {type(model_config).__name__}, not a model configuration."
     for key in CONFIG_COUNTS:
-        value = model_config.get(key)
-        if value is not None and not is_whole(value):
+        if (value := model_config.get(key)) is not None and not is_whole(value):
             return f"{folder / 'config.json'} has {key} = {value!r}, not a positive whole number; restore the file."
     return None
 
@@ -496,9 +494,8 @@ def nonfinite_parameters(model, limit: int = 3) -> list[str]:
     """Names of (up to ``limit``) floating-point parameters holding NaN or inf; quantised weights are skipped."""
     import torch
 
-    params = model.named_parameters()
     with torch.no_grad():  # lazily: the pass stops at the ``limit``-th
-        bad = (name for name, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all()))
+        bad = (name for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all())
         return list(itertools.islice(bad, limit))
 
 
@@ -619,8 +616,6 @@ def weights_folder(name: str) -> Path | None:
 
 def weights_fingerprint(name: str | Path) -> str | None:
     """The fingerprint of the full weights ``name`` stands for (``weights_folder``); None where they are unreadable."""
-    import hashlib
-
     if (folder := weights_folder(str(name))) is None:
         return None
     try:
