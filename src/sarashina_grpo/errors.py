@@ -74,17 +74,6 @@ def file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def memory_message() -> str:
-    """Host memory ran out (a ``MemoryError``): the process's address-space limit when one is set, else the machine."""
-    if (soft := resource.getrlimit(resource.RLIMIT_AS)[0]) != resource.RLIM_INFINITY:
-        return (f"Out of memory: this process may use at most {soft / 2**30:.1f} GiB of address space (ulimit -v), "
-                "and loading the training stack and a model takes more. Raise the limit (ulimit -v unlimited), or "
-                "run where it is higher.")
-    return ("Out of memory: the machine ran out of RAM. Close other programs, use a smaller model, batch or "
-            "generation count (--batch-size, --num-generations, --max-completion-length), or run on a machine with "
-            "more memory.")
-
-
 def file_size_limit_text() -> str:
     if (limit := file_size_limit()) is None:
         return "the file system's largest file size was reached"
@@ -120,8 +109,7 @@ def proxy_for(endpoint: str, env=None) -> tuple[str, str] | None:
 
 def shown_url(url: str) -> str:
     """``url`` without its password (proxy URLs may carry one)."""
-    parts = urlparse(url)
-    if parts.password is None:
+    if (parts := urlparse(url)).password is None:
         return url
     return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
                           ).geturl()
@@ -154,10 +142,9 @@ def hub_connection_failure(exc: BaseException) -> str | None:
     model = None
     for err in chain:
         try:
-            request = err.request  # httpx's errors raise RuntimeError when they carry no request
+            url = urlparse(str(err.request.url or ""))  # httpx's errors raise RuntimeError when they carry no request
         except (AttributeError, RuntimeError):
-            request = None
-        url = urlparse(str(getattr(request, "url", "") or ""))
+            continue
         if url.hostname and (match := HUB_REPO_RE.match(url.path)):
             model = match[1]
             break
@@ -173,8 +160,14 @@ def user_error_message(exc: BaseException) -> str | None:
         return str(exc)
     if message := hub_connection_failure(exc):  # before the OSError family: transformers' is one, errno-less
         return message
-    if any(isinstance(err, MemoryError) for err in _chain(exc)):
-        return memory_message()
+    if any(isinstance(err, MemoryError) for err in _chain(exc)):  # the address-space limit if one is set, else RAM
+        if (soft := resource.getrlimit(resource.RLIMIT_AS)[0]) != resource.RLIM_INFINITY:
+            return (f"Out of memory: this process may use at most {soft / 2**30:.1f} GiB of address space (ulimit -v), "
+                    "and loading the training stack and a model takes more. Raise the limit (ulimit -v unlimited), or "
+                    "run where it is higher.")
+        return ("Out of memory: the machine ran out of RAM. Close other programs, use a smaller model, batch or "
+                "generation count (--batch-size, --num-generations, --max-completion-length), or run on a machine "
+                "with more memory.")
     for err in _chain(exc):
         if isinstance(err, OSError) and (message := _os_error_message(err)):
             return message

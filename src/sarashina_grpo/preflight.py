@@ -153,8 +153,7 @@ def check_writable(root: Path) -> None:
 
 def read_run_info(run_dir: Path) -> dict | None:
     """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
-    path = Path(run_dir) / RUN_INFO
-    if not path.exists():
+    if not (path := Path(run_dir) / RUN_INFO).exists():
         return None
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
@@ -250,8 +249,7 @@ def check_threads(threads: int | None) -> int | None:
         return None
     if not is_whole(threads):
         raise SettingsError(f"--threads must be a positive integer, got {threads}.")
-    cores = os.cpu_count() or 1
-    if threads > MAX_THREADS_PER_CORE * cores:
+    if threads > MAX_THREADS_PER_CORE * (cores := os.cpu_count() or 1):
         # 100,000 threads ran the machine out of memory while importing Unsloth, then crashed (SIGSEGV)
         raise SettingsError(f"--threads {threads} is far more than this machine's {cores} CPU core(s); give at most "
                             f"{MAX_THREADS_PER_CORE * cores} (usually the number of cores, or leave it out).")
@@ -370,8 +368,7 @@ def looks_like_path(name: str) -> bool:
 
 def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
     """The hub's host answers within ``timeout`` on the route a download takes: straight, or through the proxy set
-    (``errors.proxy_for``) and, for an HTTP proxy, a ``CONNECT`` tunnel it grants with a 2xx status (as
-    huggingface_hub's client asks)."""
+    (``errors.proxy_for``), an HTTP one granting a ``CONNECT`` tunnel (2xx), as huggingface_hub's client asks."""
     url = urlparse(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     proxy = proxy_for(endpoint)
