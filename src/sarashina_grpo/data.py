@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .project import HOME_VARIABLE, SYSTEM_PROMPT, project_dir
+from .rewards import TRL_REWARD_ARGUMENTS
 from .roles import with_role
 from .tables import DataError, lines_named, read_table
 
@@ -23,10 +24,9 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "lang")
 ROLE_COLUMNS = ("role", "system")  # optional; the first present is the row's role
-# TRL calls every reward function with these keyword arguments and then with every dataset column by name: a column
-# of the same name would collide with them (TRL 1.15 GRPOTrainer._calculate_rewards).
-RESERVED_COLUMNS = ("prompts", "completions", "completion", "completion_ids", "trainer_state", "log_extra",
-                    "log_metric", "environments")
+# TRL passes every dataset column to the rewards by name, after its own arguments: a column named as one of them
+# would collide with it; a "completion" column TRL withholds from the rewards.
+RESERVED_COLUMNS = TRL_REWARD_ARGUMENTS | {"completion"}
 # ISO 639-1 language codes. A row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR); only the
 # language part is compared.
 ISO_639_1 = frozenset("""
@@ -38,10 +38,8 @@ su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh
 """.split())
 LANG_CODE_RE = re.compile(r"([a-z]{2})(?:[-_][a-z0-9]{2,8})*")
 # Codes people write instead of ISO 639-1 ones; named in the error so the fix is obvious.
-LANG_SUGGESTIONS = {
-    "jp": "ja", "jpn": "ja", "japanese": "ja", "日本語": "ja", "eng": "en", "english": "en", "英語": "en",
-    "cn": "zh", "chi": "zh", "zho": "zh", "chinese": "zh", "中国語": "zh",
-}
+LANG_SUGGESTIONS = {"jp": "ja", "jpn": "ja", "japanese": "ja", "日本語": "ja", "eng": "en", "english": "en",
+                    "英語": "en", "cn": "zh", "chi": "zh", "zho": "zh", "chinese": "zh", "中国語": "zh"}
 # Cells pandas reads as NaN (and writes back as these words with na_rep): treated as blank, never as a prompt.
 NA_MARKERS = frozenset({"nan", "none", "null", "na", "n/a", "#n/a"})
 # Unicode categories that print nothing: format (Cf: zero-width space, word joiner, BOM, …), control (Cc), separators.
@@ -78,22 +76,17 @@ def _lang_code(value: str) -> str | None:
     return match.group(1) if match and match.group(1) in ISO_639_1 else None
 
 
-def outside_the_project(path: Path) -> str:
-    """A hint for a missing prompt file when the project folder has no ``datasets/`` (run outside the repository?)."""
-    home = project_dir()
-    if path.exists() or (home / "datasets").is_dir():
-        return ""
-    return (f" Relative paths are read from the project folder, here {home}, which has no datasets/: run from the "
-            f"repository's folder, or set ${HOME_VARIABLE} to it.")
-
-
 def read_rows(path: str | Path) -> list[Row]:
     """Parse ``path`` into rows, checking the columns and the ``lang`` codes (a Parquet row's line: its number)."""
     path = Path(path)
     try:
         header, records, csv_file = read_table(path)
-    except DataError as err:
-        raise DataError(f"{err}{outside_the_project(path)}") from None
+    except DataError as err:  # a missing file where the project folder has no datasets/: run outside the repository?
+        home = project_dir()
+        hint = "" if path.exists() or (home / "datasets").is_dir() else (
+            f" Relative paths are read from the project folder, here {home}, which has no datasets/: run from the "
+            f"repository's folder, or set ${HOME_VARIABLE} to it.")
+        raise DataError(f"{err}{hint}") from None
     header = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     where = "header (line 1)" if csv_file else "columns"
@@ -189,20 +182,6 @@ def select_rows(rows: list[Row], path: Path, lang: str) -> list[Row]:
     return list(first.values())
 
 
-def drop_too_long(rows: list[Row], path: Path, prompt_too_long) -> list[Row]:
-    """Skip rows whose prompt is over the limit, naming their lines: TRL 1.x would feed them whole."""
-    too_long = {r.line for r in rows if prompt_too_long(r.prompt)}
-    if not too_long:
-        return rows
-    warn_skipped(path, sorted(too_long), "prompt(s) longer than the prompt limit", " (they are not truncated). "
-                 "Shorten them or raise max_prompt_length (CLI: --max-prompt-length)")
-    kept = [r for r in rows if r.line not in too_long]
-    if not kept:
-        raise DataError(f"{path}: every prompt is longer than the prompt limit; raise max_prompt_length "
-                        "(CLI: --max-prompt-length) or shorten them.")
-    return kept
-
-
 def to_messages(prompt: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
 
@@ -222,14 +201,20 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
         roles: dict[str, str] = {}
         for r in rows:  # a prompt under several roles is measured with its longest one: never fed over the limit
             roles[r.prompt] = max(roles.get(r.prompt, ""), r.role, key=len)
-
-        def too_long(prompt: str) -> bool:
+        too_long = set()  # skipped, naming their lines: TRL 1.x would feed them whole
+        for r in rows:
             # As TRL formats a prompt; a BatchEncoding, or a plain list where Unsloth has patched the tokenizer.
-            ids = tokenizer.apply_chat_template(to_messages(prompt, with_role(system_prompt, roles.get(prompt))),
+            ids = tokenizer.apply_chat_template(to_messages(r.prompt, with_role(system_prompt, roles[r.prompt])),
                                                 add_generation_prompt=True, tokenize=True)
-            return len(ids["input_ids"] if hasattr(ids, "keys") else ids) > max_prompt_length
-
-        rows = drop_too_long(rows, Path(path), too_long)
+            if len(ids["input_ids"] if hasattr(ids, "keys") else ids) > max_prompt_length:
+                too_long.add(r.line)
+        if too_long:
+            warn_skipped(Path(path), sorted(too_long), "prompt(s) longer than the prompt limit", " (they are not "
+                         "truncated). Shorten them or raise max_prompt_length (CLI: --max-prompt-length)")
+            rows = [r for r in rows if r.line not in too_long]
+            if not rows:
+                raise DataError(f"{path}: every prompt is longer than the prompt limit; raise max_prompt_length "
+                                "(CLI: --max-prompt-length) or shorten them.")
     logger.info("%s: %d prompts.", path, len(rows))
     # Extra columns ride along: TRL hands every dataset column to the reward functions by name.
     return Dataset.from_list([{"prompt": to_messages(r.prompt, with_role(system_prompt, r.role)), "lang": r.lang,

@@ -22,11 +22,9 @@ TAG_REWARD = 0.125  # four tags × 0.125 = 0.5, the same ceiling as each format 
 TRAILING_PENALTY_PER_CHAR = 0.001
 FORMAT_REWARD = 0.5
 
-# Soft: the four tags in order, anything (newlines too) before, between and after. is_soft_format checks
-# the same thing without the regex engine; the regex stays as its definition and its test oracle.
+# Soft: the four tags in order, anything (newlines too) around them; is_soft_format's definition and test oracle.
 SOFT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<response>.*?</response>", re.DOTALL)
-# Strict: exactly "<think>\n…\n</think>\n<response>\n…\n</response>", nothing before or after. The tag-count check
-# in is_strict_format stops a lazy `.*` from swallowing a second <response> block.
+# Strict: exactly "<think>\n…\n</think>\n<response>\n…\n</response>", nothing before or after.
 STRICT_FORMAT_RE = re.compile(r"<think>\n.*\n</think>\n<response>\n.*\n</response>", re.DOTALL)
 
 RewardFunc = Callable[..., list[float]]
@@ -58,9 +56,7 @@ def texts_of(completions: Iterable) -> list[str]:
 def xmlcount_score(text: str) -> float:
     score = sum((TAG_REWARD for tag in TAGS if text.count(tag) == 1), 0.0)  # 0.0, not int 0, with no tag
     end = text.rfind("</response>")
-    if end != -1:
-        score -= TRAILING_PENALTY_PER_CHAR * len(text[end + len("</response>"):])
-    return score
+    return score - (TRAILING_PENALTY_PER_CHAR * len(text[end + len("</response>"):]) if end != -1 else 0.0)
 
 
 def is_soft_format(text: str) -> bool:
@@ -76,7 +72,8 @@ def is_soft_format(text: str) -> bool:
 
 
 def is_strict_format(text: str) -> bool:
-    # Tag counts first: cheap, and they keep the two greedy `.*` from backtracking over repeated tags.
+    # Each tag once, checked first: cheap, it keeps the greedy `.*` from backtracking over repeated tags or
+    # swallowing a second <response> block.
     return all(text.count(tag) == 1 for tag in TAGS) and STRICT_FORMAT_RE.fullmatch(text) is not None
 
 
@@ -123,9 +120,8 @@ REWARD_FUNCS: dict[str, RewardFunc] = {
 def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None = None) -> list[RewardFunc]:
     """Reward functions by name: ``REWARD_FUNCS``, then ``TRL_REWARDS`` (built for ``max_completion_length``), or
     your own as ``module:function``/``path/to/file.py:function``; ``KeyError`` listing the valid names otherwise."""
-    if isinstance(names, str):  # commas separate rewards (a path holding a comma cannot be given)
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(names)
+    # In a string commas separate rewards (a path holding a comma cannot be given).
+    names = [n.strip() for n in names.split(",") if n.strip()] if isinstance(names, str) else list(names)
     funcs = []
     for name in names:
         if ":" in name:
@@ -135,27 +131,23 @@ def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None 
         elif name in TRL_REWARDS:
             funcs.append(trl_reward(name, max_completion_length=max_completion_length))
         else:
-            raise KeyError(unknown_reward_message(name, several=len(names) > 1))
+            import difflib
+
+            close = difflib.get_close_matches(name, [*REWARD_FUNCS, *TRL_REWARDS], n=1, cutoff=0.6)
+            message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
+            if len(names) > 1 and ("/" in name or "\\" in name or name.endswith(".py")):
+                # what is left of a path cut at a comma: "dir/a,b/rew.py:r" reads as rewards "dir/a" and "b/rew.py:r"
+                message += (" Commas separate rewards, so a path holding a comma is cut there: move or rename the file "
+                            "to a path without commas.")
+            raise KeyError(f"{message} Valid rewards: {', '.join(sorted(REWARD_FUNCS))}; TRL's: "
+                           f"{', '.join(sorted(TRL_REWARDS))}, or your own as module:function or "
+                           "path/to/file.py:function.")
     return funcs
-
-
-def unknown_reward_message(name: str, *, several: bool = False) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, [*REWARD_FUNCS, *TRL_REWARDS], n=1, cutoff=0.6)
-    message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
-    if several and ("/" in name or "\\" in name or name.endswith(".py")):
-        # what is left of a path cut at a comma: "dir/a,b/rew.py:r" reads as the rewards "dir/a" and "b/rew.py:r"
-        message += (" Commas separate rewards, so a path holding a comma is cut there: move or rename the file to a "
-                    "path without commas.")
-    return (f"{message} Valid rewards: {', '.join(sorted(REWARD_FUNCS))}; TRL's: {', '.join(sorted(TRL_REWARDS))}, "
-            "or your own as module:function or path/to/file.py:function.")
 
 
 # --- checks of the chosen rewards before a model loads (preflight calls them) ---------------------------------
 
-# What TRL passes every reward besides the dataset's columns (TRL 1.15 GRPOTrainer._calculate_rewards); the
-# dataset's ``prompt`` column reaches rewards as ``prompts``.
+# What TRL passes every reward besides the dataset's columns (TRL 1.15 GRPOTrainer._calculate_rewards).
 TRL_REWARD_ARGUMENTS = frozenset({"prompts", "completions", "completion_ids", "trainer_state", "log_extra",
                                   "log_metric", "environments"})
 # Columns a built-in reward reads (its parameter has a default, so the signature cannot tell): without the column
