@@ -116,14 +116,12 @@ def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
     return cached
 
 
-def sampled_outputs(model, tokenizer, demo: DemoSettings) -> list[dict]:
+def sampled_outputs(model, tokenizer, demo: DemoSettings, prompts: list[str]) -> list[dict]:
     """Held-out outputs sampled with a fixed seed, so before and after see the same sampling noise."""
     import torch
 
     torch.manual_seed(demo.seed + EVAL_SEED_OFFSET)
-    prompts = [r.prompt for r in check_prompts(project_path(EVAL_DATA))][:demo.eval_limit]
-    return generate_outputs(model, tokenizer, prompts, demo.generation(), demo.eval_samples_per_prompt,
-                            progress=False)
+    return generate_outputs(model, tokenizer, prompts, demo.generation(), demo.eval_samples_per_prompt, progress=False)
 
 
 def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None = None, *,
@@ -143,15 +141,15 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
         settings = demo.settings(warm)
         mark = time.monotonic()
         model, tokenizer = load_model(check_model(settings, training=False), lora=False)
-        before_outputs = sampled_outputs(model, tokenizer, demo)
+        held_out = check_prompts(project_path(EVAL_DATA))[:demo.eval_limit]
+        before_outputs = sampled_outputs(model, tokenizer, demo, [r.prompt for r in held_out])
         del model
         seconds["eval_before"] = round(time.monotonic() - mark, 1)
 
         mark = time.monotonic()
         callbacks = [CompactProgress()]  # the project's one training path, as `sarashina-grpo train` takes it
         if demo.eval_steps:
-            callbacks.append(HeldOutEval(check_prompts(project_path(EVAL_DATA))[:demo.eval_limit],
-                                         every=demo.eval_steps, system_prompt=settings.system_prompt,
+            callbacks.append(HeldOutEval(held_out, every=demo.eval_steps, system_prompt=settings.system_prompt,
                                          max_new_tokens=settings.max_completion_length, gen=demo.generation(),
                                          samples_per_prompt=demo.eval_samples_per_prompt,
                                          seed=demo.seed + EVAL_SEED_OFFSET))
@@ -164,7 +162,7 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
 
         mark = time.monotonic()
         trainer.model.eval()
-        after_outputs = sampled_outputs(trainer.model, trainer.processing_class, demo)
+        after_outputs = sampled_outputs(trainer.model, trainer.processing_class, demo, [r.prompt for r in held_out])
         seconds["eval_after"] = round(time.monotonic() - mark, 1)
         meta = {"model": str(warm), "data": str(project_path(EVAL_DATA)),
                 "generation": dataclasses.asdict(demo.generation()), "samples_per_prompt": demo.eval_samples_per_prompt}

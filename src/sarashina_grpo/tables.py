@@ -33,8 +33,7 @@ DEBUG_ENV = "SARASHINA_GRPO_DEBUG"  # set: tracebacks as well as the one line (e
 def notebook_lines(exc: BaseException) -> list[str]:
     """How Jupyter shows a user error (IPython's ``_render_traceback_``): the one ``error:`` line of the command line,
     after the traceback with ``$SARASHINA_GRPO_DEBUG`` set. In the lowest layer, for every user-error type."""
-    line = [f"error: {exc}"]
-    return traceback.format_exception(exc) + line if debug_enabled() else line
+    return [*traceback.format_exception(exc), f"error: {exc}"] if debug_enabled() else [f"error: {exc}"]
 
 
 def debug_enabled(flag: bool = False) -> bool:
@@ -158,15 +157,12 @@ def _csv_table(path: Path):
     return header, records
 
 
-def _cell(value):
-    """A JSON or Parquet value as CSV cell text (None: blank); objects, lists, bytes stay for ``data.py`` to refuse."""
-    return "" if value is None else str(value) if isinstance(value, int | float) else value
-
-
 def _table_of(objects: list[tuple[int, dict]]):
-    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns."""
+    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns, numbers
+    become cell text and None a blank; objects, lists and bytes stay for ``data.py`` to refuse."""
     header = list(dict.fromkeys(key for _, obj in objects for key in obj))
-    return header, ((line, [_cell(obj.get(key)) for key in header]) for line, obj in objects)
+    return header, ((line, ["" if (v := obj.get(key)) is None else str(v) if isinstance(v, int | float) else v
+                            for key in header]) for line, obj in objects)
 
 
 def _jsonl_table(path: Path):
