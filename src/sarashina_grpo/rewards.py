@@ -11,6 +11,7 @@ article); soft/strict format exactly 0.0 or 0.5; japanese_purity in [0, 0.5]; co
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -47,10 +48,9 @@ def completion_text(completion) -> str:
 def texts_of(completions: Iterable) -> list[str]:
     """One text per completion; ``None`` or a non-iterable batch reads as no completions."""
     try:
-        items = [] if completions is None else list(completions)
+        return [completion_text(c) for c in completions]
     except Exception:
         return []
-    return [completion_text(c) for c in items]
 
 
 def xmlcount_score(text: str) -> float:
@@ -174,25 +174,19 @@ def check_reward_names(names: Sequence[str], *, max_completion_length: int | Non
     return funcs
 
 
-def required_columns(func: RewardFunc) -> list[str]:
-    """The columns ``func`` needs: parameters without default that TRL does not pass, and ``BUILT_IN_COLUMNS``."""
+def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None) -> None:
+    """``KeyError`` when a reward needs a column the prompt file lacks (a parameter without default that TRL does not
+    pass, or ``BUILT_IN_COLUMNS``): otherwise a required argument fails at step 1 after the model loads, and
+    ``correct_answer`` scores every completion 0 without a word."""
     import inspect
 
-    needed = list(BUILT_IN_COLUMNS.get(func.__name__, ())) if func in REWARD_FUNCS.values() else []
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return needed
-    return needed + [p.name for p in params if p.default is p.empty and p.name not in TRL_REWARD_ARGUMENTS
-                     and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None) -> None:
-    """``KeyError`` when a reward needs a column the prompt file lacks: otherwise a required argument fails at step
-    1 after the model loads, and ``correct_answer`` scores every completion 0 without a word."""
     columns = {c for c in columns if c != "prompt"}  # the prompt reaches rewards as `prompts`
     for name, func in zip(names, get_reward_funcs(list(names)), strict=True):
-        missing = [c for c in required_columns(func) if c not in columns]
+        needed = list(BUILT_IN_COLUMNS.get(func.__name__, ())) if func in REWARD_FUNCS.values() else []
+        with contextlib.suppress(TypeError, ValueError):  # no signature to read (a builtin)
+            needed += [p.name for p in inspect.signature(func).parameters.values() if p.default is p.empty
+                       and p.name not in TRL_REWARD_ARGUMENTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        missing = [c for c in needed if c not in columns]
         if missing:
             where = f"the prompt file {data_path}" if data_path else "the prompt file"
             raise KeyError(f"reward {name} needs the column(s) {', '.join(missing)}, which {where} lacks (its "
@@ -219,15 +213,12 @@ def load_reward(reference: str) -> RewardFunc:
                        "**kwargs) -> list[float] (calling a class makes an object, not a list of rewards).")
     if not isinstance(getattr(func, "__name__", None), str):
         raise KeyError(f"Reward {reference!r}: {name} has no __name__, which TRL logs it under; wrap it in a def.")
-    try:
+    with contextlib.suppress(TypeError, ValueError):  # a builtin or C function: nothing to inspect, TRL will call it
         params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):  # a builtin or C function: nothing to inspect, TRL will call it
-        params = None
-    if params is not None and ("completions" not in {p.name for p in params}
-                               or not any(p.kind is p.VAR_KEYWORD for p in params)):
-        raise KeyError(f"Reward {reference!r}: {func.__name__}{inspect.signature(func)} must accept completions and "
-                       "**kwargs, e.g. def my_reward(completions, **kwargs) -> list[float] (TRL passes every "
-                       "dataset column by name).")
+        if "completions" not in {p.name for p in params} or not any(p.kind is p.VAR_KEYWORD for p in params):
+            raise KeyError(f"Reward {reference!r}: {func.__name__}{inspect.signature(func)} must accept completions "
+                           "and **kwargs, e.g. def my_reward(completions, **kwargs) -> list[float] (TRL passes every "
+                           "dataset column by name).")
     _LOADED[reference] = func
     return func
 
@@ -265,7 +256,6 @@ def _import_target(reference: str, target: str):
 def _run_module(reference: str, where, load):
     """Run ``load`` (the import of a reward's module) with ``sys.argv`` holding only the module's name, so that a
     file parsing the command line at import sees no sarashina-grpo flags; its exit becomes a ``KeyError``."""
-    import contextlib
     import io
     import sys
 
