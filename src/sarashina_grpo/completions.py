@@ -54,10 +54,9 @@ def markdown_table(records: list[dict]) -> str:
 class CompletionLog(TrainerCallback):
     """At each training log, the latest generation batch goes to TensorBoard (when reported to) and to
     ``<output_dir>/completions.jsonl``, from the main process. A resumed run first drops the rows of steps past its
-    checkpoint: those steps are trained again. ``trainer`` is set by ``pipeline.build_trainer``."""
+    checkpoint: those steps are trained again."""
 
-    def __init__(self):
-        self.trainer = None
+    trainer = None  # set by pipeline.build_trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / COMPLETIONS_FILE

@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "lang")
 ROLE_COLUMNS = ("role", "system")  # optional; the first present is the row's role
-# TRL passes every dataset column to the rewards by name, after its own arguments: a column named as one of them
-# would collide with it; a "completion" column TRL withholds from the rewards.
+# A column named as an argument TRL passes every reward would collide with it; a "completion" one TRL withholds.
 RESERVED_COLUMNS = TRL_REWARD_ARGUMENTS | {"completion"}
 # ISO 639-1 language codes. A row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR); only the
 # language part is compared.
@@ -216,7 +215,6 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
                 raise DataError(f"{path}: every prompt is longer than the prompt limit; raise max_prompt_length "
                                 "(CLI: --max-prompt-length) or shorten them.")
     logger.info("%s: %d prompts.", path, len(rows))
-    # Extra columns ride along: TRL hands every dataset column to the reward functions by name.
     return Dataset.from_list([{"prompt": to_messages(r.prompt, with_role(system_prompt, r.role)), "lang": r.lang,
                                **r.extra} for r in rows])
 

@@ -77,9 +77,7 @@ def split_sections(text: str) -> tuple[str | None, str | None]:
 def consistency_score(text: str) -> float:
     """The ``<think>`` purity, or the lower of think and response purity with a response; 0 without a ``<think>``
     section or without letters in it: empty or missing thinking earns nothing."""
-    think, response = split_sections(text)
-    think_purity = japanese_purity(think) if think is not None else None
+    think_purity, response_purity = (japanese_purity(section) for section in split_sections(text))
     if think_purity is None:
         return 0.0
-    response_purity = japanese_purity(response) if response is not None else None
     return think_purity if response_purity is None else min(think_purity, response_purity)

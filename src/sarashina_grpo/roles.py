@@ -70,10 +70,8 @@ def leak_share(think: str, response: str, n: int = LEAK_NGRAM) -> float | None:
 def think_leak(text: str) -> float | None:
     """How much of the completion's thinking is repeated verbatim in its response (module docstring)."""
     think, response = split_sections(text)
-    if think is None or response is None:
-        return None
     # An unclosed <think> runs to the end of the text: cut it where the response starts, or it would contain it.
-    return leak_share(think.split("<response>")[0], response)
+    return None if think is None or response is None else leak_share(think.split("<response>")[0], response)
 
 
 NOTHING = "(なし)"
