@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import Settings, load_settings
 from .data import check_prompts
-from .evaluation import generate_outputs, write_eval
+from .evaluation import chart_label, generate_outputs, write_eval
 from .inference import GenerationSettings
 from .preflight import check_model
 from .project import DEFAULT_REWARDS, default_artifact_dir, project_path, setting
@@ -181,15 +181,11 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
 
 def demo_table(before: dict, after: dict) -> str:
     """Markdown: one row per metric of ``TABLE_KEYS``, before and after GRPO and the change."""
-
-    def cell(value) -> str:
-        return "n/a" if value is None else f"{value:.2f}"
-
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
     for key in TABLE_KEYS:
         a, b = before.get(key), after.get(key)
         change = "n/a" if a is None or b is None else f"{round(b, 2) - round(a, 2):+.2f}"  # of the figures shown
-        lines.append(f"| {key} | {cell(a)} | {cell(b)} | {change} |")
+        lines.append(f"| {key} | {chart_label(a)} | {chart_label(b)} | {change} |")
     return "\n".join(lines) + "\n"
 
 
