@@ -89,8 +89,5 @@ def shown_turn(reply: str) -> tuple[str, str]:
     think, response = split_sections(reply)
     if think is None and response is None:
         return NOTHING, shown(reply)
-    if think is not None:
-        think = think.split("<response>")[0]  # an unclosed <think> runs to the end: the response is not thinking
-    if response is None:
-        response = reply.split("</think>", 1)[1] if "</think>" in reply else ""
-    return shown(think or ""), shown(response)
+    think = (think or "").split("<response>")[0]  # an unclosed <think> runs to the end: the response is not thinking
+    return shown(think), shown(reply.partition("</think>")[2] if response is None else response)
