@@ -111,8 +111,7 @@ def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
     with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".building-") as tmp:
         base = build_model(Path(tmp) / "tiny", "tiny", seed=demo.seed)
         recipe = dataclasses.replace(recipe, model=str(base), output=str(Path(tmp) / "warm"))
-        warm = warm_start(recipe, train_prompts())
-        shutil.move(str(warm), str(cached))
+        shutil.move(str(warm_start(recipe, train_prompts())), str(cached))
     return cached
 
 
