@@ -8,6 +8,7 @@ with ``DataError`` naming the file and line; what the columns hold is ``data.py`
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import errno
 import io
@@ -64,16 +65,14 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as utf8_err:
         check_mostly_utf8(raw, path)
-        expected = (f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. "
-                    "Save the file as UTF-8 (Excel: 'CSV UTF-8').")
-        try:
+        text = None
+        with contextlib.suppress(UnicodeDecodeError):
             text = raw.decode("cp932")  # cp932 is Windows' superset of Shift_JIS, what Excel writes in Japan
-        except UnicodeDecodeError:
-            raise DataError(expected) from None
         # cp932 maps a few bytes no Japanese text uses (0x80, 0xA0, 0xFD-0xFF) to control or private-use
         # characters: seeing them means the guess is wrong (Latin-1, UTF-16 without BOM, a binary file).
-        if UNLIKELY_CP932.search(text):
-            raise DataError(expected) from None
+        if text is None or UNLIKELY_CP932.search(text):
+            raise DataError(f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. Save the file as "
+                            "UTF-8 (Excel: 'CSV UTF-8').") from None
         logger.warning("%s is not UTF-8; decoded it as Shift_JIS (cp932). Save it as UTF-8 to avoid guessing.", path)
         return text
 
