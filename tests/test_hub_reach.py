@@ -14,6 +14,7 @@ from sarashina_grpo import errors, preflight
 from sarashina_grpo.cli import main
 from sarashina_grpo.errors import proxy_for, user_error_message
 from sarashina_grpo.preflight import ModelNotFoundError, check_hub_model, hub_reachable
+from sarashina_grpo.project import SettingsError
 
 HUB_ID = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
 HUB = "https://huggingface.co"
@@ -113,6 +114,27 @@ def test_an_uncached_hub_id_behind_a_dead_proxy_names_the_model_the_proxy_and_th
     assert "secret" not in message  # the proxy's password is not printed
     assert "--model" in message and "HF_HUB_OFFLINE" in message and "Fix or unset HTTPS_PROXY" in message
 
+
+
+@pytest.mark.parametrize("proxy", ["http://user:secret@proxy.example:bad", "http://user:secret@[::1]:3128"])
+def test_a_proxy_with_a_password_and_an_odd_port_or_ipv6_host_is_named_without_the_password(proxy_env,
+                                                                                          empty_hub_cache, proxy):
+    proxy_env.setenv("HTTPS_PROXY", proxy)
+    with pytest.raises(ModelNotFoundError) as info:  # a malformed port once raised ValueError here: a traceback
+        check_hub_model(HUB_ID)
+    message = str(info.value)
+    assert "secret" not in message and f"through the proxy {proxy.replace('secret', '***')} (HTTPS_PROXY)" in message
+
+
+def test_push_to_hub_offline_is_refused_whatever_proxy_is_set(proxy_env, monkeypatch):
+    from huggingface_hub import constants
+
+    from sarashina_grpo.preflight import check_push_to_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    proxy_env.setenv("HTTPS_PROXY", "http://user:secret@proxy.example:bad")
+    with pytest.raises(SettingsError, match="push_to_hub is on but HF_HUB_OFFLINE is set"):
+        check_push_to_hub(True)
 
 def hub_download_failure(repo: str = HUB_ID) -> OSError:
     """The chain a download through a refused proxy raises (transformers 5, huggingface_hub 1.x, httpx), built

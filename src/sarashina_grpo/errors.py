@@ -10,10 +10,8 @@ import errno
 import json
 import os
 import re
-import resource
 import sys
 import traceback
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -70,6 +68,8 @@ def _os_error_message(err: OSError) -> str | None:
 
 def file_size_limit() -> int | None:
     """This process's file-size limit in bytes (``ulimit -f``), None when there is none."""
+    import resource  # POSIX only: imported where a message needs it
+
     soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     return None if soft == resource.RLIM_INFINITY else soft
 
@@ -96,6 +96,8 @@ HUB_REPO_RE = re.compile(r"^/(?:api/models/)?([^/]+/[^/]+?)(?:/|$)")
 
 def proxy_for(endpoint: str, env=None) -> tuple[str, str] | None:
     """(variable, proxy URL) that a download from ``endpoint`` goes through; None: direct (``NO_PROXY`` may say so)."""
+    import urllib.request  # http.client, ssl, email: only when a download's route is asked
+
     env = os.environ if env is None else env
     url = urlparse(endpoint)
     names = PROXY_VARIABLES if url.scheme == "https" else ("http_proxy", "HTTP_PROXY", *PROXY_VARIABLES[2:])
@@ -111,8 +113,8 @@ def shown_url(url: str) -> str:
     """``url`` without its password (proxy URLs may carry one)."""
     if (parts := urlparse(url)).password is None:
         return url
-    return parts._replace(netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-                          ).geturl()
+    # host[:port] as written: an IPv6 host keeps its brackets, and a malformed port is shown, not parsed (raising)
+    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def hub_unreachable_message(model: str | None, endpoint: str, cache: str | None = None, detail: str = "") -> str:
@@ -161,6 +163,8 @@ def user_error_message(exc: BaseException) -> str | None:
     if message := hub_connection_failure(exc):  # before the OSError family: transformers' is one, errno-less
         return message
     if any(isinstance(err, MemoryError) for err in _chain(exc)):  # the address-space limit if one is set, else RAM
+        import resource
+
         if (soft := resource.getrlimit(resource.RLIMIT_AS)[0]) != resource.RLIM_INFINITY:
             return (f"Out of memory: this process may use at most {soft / 2**30:.1f} GiB of address space (ulimit -v), "
                     "and loading the training stack and a model takes more. Raise the limit (ulimit -v unlimited), or "
