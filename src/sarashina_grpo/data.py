@@ -212,9 +212,10 @@ def prompts_dataset(rows: list[Row], path: str | Path, *, system_prompt: str = S
                          "truncated). Shorten them or raise max_prompt_length (CLI: --max-prompt-length)")
             rows = [r for r in rows if r.line not in too_long]
             if not rows:
-                raise DataError(f"{path}: every prompt is longer than the prompt limit; raise max_prompt_length "
+                raise DataError(f"{Path(path)}: every prompt is longer than the prompt limit; raise max_prompt_length "
                                 "(CLI: --max-prompt-length) or shorten them.")
     logger.info("%s: %d prompts.", path, len(rows))
+    # Extra columns ride along: TRL hands every dataset column to the reward functions by name.
     return Dataset.from_list([{"prompt": to_messages(r.prompt, with_role(system_prompt, r.role)), "lang": r.lang,
                                **r.extra} for r in rows])
 

@@ -23,7 +23,8 @@ TAG_REWARD = 0.125  # four tags × 0.125 = 0.5, the same ceiling as each format 
 TRAILING_PENALTY_PER_CHAR = 0.001
 FORMAT_REWARD = 0.5
 
-# Soft: the four tags in order, anything (newlines too) around them; is_soft_format's definition and test oracle.
+# Soft: the four tags in order, anything (newlines too) around them. is_soft_format checks the same without the
+# regex engine; the regex stays as its definition and test oracle.
 SOFT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<response>.*?</response>", re.DOTALL)
 # Strict: exactly "<think>\n…\n</think>\n<response>\n…\n</response>", nothing before or after.
 STRICT_FORMAT_RE = re.compile(r"<think>\n.*\n</think>\n<response>\n.*\n</response>", re.DOTALL)
