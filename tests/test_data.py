@@ -30,6 +30,17 @@ def test_quoted_commas_and_newlines_survive(write_csv):
     assert ds[0]["prompt"][1]["content"] == "はい、そう,です\n二行目"
 
 
+
+def test_a_row_with_more_fields_than_the_header_is_refused_not_cut(write_csv):
+    # an unquoted comma in the last column: the text after it would be dropped without a word
+    path = write_csv("prompt,lang,answer\nこんにちは,ja,3\n1+2は？,ja,3,です\n")
+    with pytest.raises(DataError, match=r"line\(s\) 3 hold more fields than the header's 3 columns"):
+        read_rows(path)
+
+
+def test_trailing_empty_fields_are_no_extra_text(write_csv):
+    assert [r.prompt for r in read_rows(write_csv("prompt,lang\nこんにちは,ja,\n"))] == ["こんにちは"]
+
 def test_custom_system_prompt(write_csv):
     ds = load_prompts(write_csv("prompt,lang\nこんにちは,ja\n"), system_prompt="短く答えて")
     assert ds[0]["prompt"][0]["content"] == "短く答えて"

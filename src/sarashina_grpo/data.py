@@ -106,7 +106,7 @@ def read_rows(path: str | Path) -> list[Row]:
     role_at = next((header.index(c) for c in ROLE_COLUMNS if c in header), None)
     extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS and at != role_at}
     text_columns = {at: header[at] for at in (prompt_at, lang_at, role_at) if at is not None}
-    rows, bad_lang = [], []
+    rows, bad_lang, overflowing = [], [], []
 
     def cell(fields: list[str], at: int | None) -> str:
         return fields[at].strip() if at is not None and at < len(fields) else ""
@@ -114,6 +114,8 @@ def read_rows(path: str | Path) -> list[Row]:
     for line, fields in records:
         check_text_cells(path, line, fields, text_columns)
         fields = [f if isinstance(f, str) else str(f) for f in fields]  # extra columns ride along as text
+        if any(f.strip() for f in fields[len(header):]):  # text past the last column would be dropped unseen
+            overflowing.append(line)
         prompt, raw_lang, role = cell(fields, prompt_at), cell(fields, lang_at), cell(fields, role_at)
         lang = _lang_code(raw_lang)
         if lang is None:
@@ -122,6 +124,11 @@ def read_rows(path: str | Path) -> list[Row]:
         rows.append(Row(line, "" if prompt.lower() in NA_MARKERS else prompt, lang or "",
                         {name: cell(fields, at) for name, at in extras.items()},
                         "" if role.lower() in NA_MARKERS else role))
+    if overflowing:
+        raise DataError(f"{path}: line(s) {lines_named(overflowing)} hold more fields than the header's {len(header)} "
+                        f"columns ({', '.join(header)}), so the text after the last column would be dropped: an "
+                        'unquoted comma? Wrap a cell that holds commas in "…", or name the extra column in the '
+                        "header.")
     if bad_lang:
         raise DataError(f"{path}: field 'lang' holds {len(bad_lang)} value(s) that are not ISO 639-1 language codes "
                         f"({lines_named(bad_lang, '; ', '; and')}). Use two-letter codes such as 'ja' or 'en' (a "
