@@ -86,6 +86,10 @@ def test_warmstart_writes_a_merged_model_folder_that_loads_without_peft(tiny_mod
     (["--threads", "-1"], "--threads must be a positive integer"),  # why: was a torch traceback after the data read
     (["--threads", "0"], "--threads must be a positive integer"),  # why: was silently ignored
     (["--output", "/proc/no/such/place"], "its folder cannot be written"),  # why: failed only when saving
+    # why: one message listed all three rules, not which one failed or the value given
+    (["--malformed-share", "1.5"], "warmstart --malformed-share must be in [0, 1], got 1.5."),
+    (["--lora-rank", "-2"], "warmstart --lora-rank must be >= 0, got -2."),
+    (["--learning-rate", "0"], "warmstart --learning-rate must be > 0, got 0."),
 ])
 def test_warmstart_options_fail_before_the_model_loads(flags, message, capsys, tmp_path):
     from sarashina_grpo.cli import main

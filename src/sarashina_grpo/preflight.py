@@ -328,8 +328,12 @@ def check_warm_start(recipe, examples_file: Path | None) -> None:
     if examples_file is not None and not examples_file.is_file():
         raise SettingsError(f"warmstart --data: file not found: {examples_file}.")
     check_positive_integers("warmstart", recipe, ("steps", "batch_size"))
-    if recipe.lora_rank < 0 or not 0 <= recipe.malformed_share <= 1 or not recipe.learning_rate > 0:
-        raise SettingsError("warmstart: --lora-rank must be >= 0, --malformed-share in [0, 1], --learning-rate > 0.")
+    for flag, value, ok, rule in (("--lora-rank", recipe.lora_rank, recipe.lora_rank >= 0, ">= 0"),
+                                  ("--malformed-share", recipe.malformed_share, 0 <= recipe.malformed_share <= 1,
+                                   "in [0, 1]"),
+                                  ("--learning-rate", recipe.learning_rate, recipe.learning_rate > 0, "> 0")):
+        if not ok:
+            raise SettingsError(f"warmstart {flag} must be {rule}, got {value:g}.")
 
 
 def check_warm_start_command(recipe) -> None:
