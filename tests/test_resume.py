@@ -157,6 +157,23 @@ def test_cli_resume_keeps_the_runs_settings_except_flags_given_again(tmp_path):
     assert run.checkpoint == paths.output_dir / "checkpoint-5"
 
 
+
+def test_a_bad_value_edited_into_run_json_names_run_json_not_only_the_flag(tmp_path):
+    import json
+
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, article_settings(model_name="tiny", load_in_4bit=False))
+    info_file = paths.output_dir / "run.json"
+    info = json.loads(info_file.read_text())
+    info["settings"]["learning_rate"] = "fast"
+    info_file.write_text(json.dumps(info))
+    make_checkpoint(paths.output_dir, 5)
+    settings, given = train_settings(parse_args(["train", "--artifact-dir", str(tmp_path), "--resume", "r"]))
+    with pytest.raises(SettingsError) as error:
+        prepare(settings, artifact_dir=tmp_path, resume="r", given=given)
+    # why: the flag alone sent users looking for a --learning-rate they never gave
+    assert str(error.value).startswith(f"{info_file}: Settings.learning_rate (CLI --learning-rate) must be a")
+
 # --- real runs of the tiny model on CPU -----------------------------------------------------------------------
 
 MAX_STEPS = 8

@@ -333,12 +333,12 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         return Settings(**merged)
     except TypeError as err:  # a key the dataclass does not take (its name is a field): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
-    except SettingsError as err:  # a value refused where the recipe set it (no later layer did): name its file
+    except SettingsError as err:  # a value refused where a file set it (a recipe, a resumed run's run.json): name it
         named = re.match(r"Settings\.(\w+) ", str(err))
-        origin = next((name for name, layer in reversed(layers) if named and named[1] in layer), None)
-        if recipe is None or origin != layers[1][0]:
+        origin = next((at for at in reversed(range(len(layers))) if named and named[1] in layers[at][1]), None)
+        if origin is None or origin == len(layers) - 1:  # the values given (flags, SETTINGS) name themselves
             raise
-        raise SettingsError(f"{origin}: {err}") from None
+        raise SettingsError(f"{layers[origin][0]}: {err}") from None
 
 
 def article_settings(**values) -> Settings:
