@@ -314,3 +314,12 @@ def test_a_recipe_is_found_by_its_name_and_a_misspelt_one_is_named(capsys):
 def test_help_shows_a_percent_sign_once(capsys):
     text = help_of("train", capsys=capsys)
     assert "%%" not in text and "20% slower" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("command", [["infer", "--model", "tiny", "こんにちは"],
+                                     ["warmstart", "--model", "tiny", "--output", "OUT"]])
+def test_a_missing_system_prompt_file_is_named_by_its_flag(command, tmp_path, capsys):
+    args = [a.replace("OUT", str(tmp_path / "warm")) for a in command]
+    assert main([*args, "--system-prompt-file", str(tmp_path / "missing.txt")]) == 2
+    # why: infer and warmstart said "system_prompt_file", a name no flag of theirs has
+    assert f"error: --system-prompt-file: file not found: {tmp_path / 'missing.txt'}." in capsys.readouterr().err

@@ -690,7 +690,7 @@ def test_a_mistyped_command_gets_a_suggestion(capsys):
     assert main(["trian"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: sarashina-grpo: unknown command 'trian' (did you mean train?); the commands are demo, train, infer, "
-        "eval, export, build-tiny, convert-gguf, warmstart (`sarashina-grpo --help` lists the flags).")
+        "eval, export, build-tiny, convert-gguf, warmstart (`sarashina-grpo --help` lists what each command does).")
 
 
 def test_a_missing_prompt_file_outside_the_project_names_the_project_folder(no_cuda, capsys, tmp_path, monkeypatch):

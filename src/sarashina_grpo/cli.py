@@ -63,6 +63,8 @@ class OneLineErrors:
     """A parser mixin: its errors are one ``error:`` line, not argparse's usage block; defaults are left out of the
     result (``given``), so that only the flags given override a recipe and a resumed run's ``run.json``."""
 
+    listed = "the flags"  # what `--help` lists, named by the error
+
     def error(self, message):
         """argparse's complaints as one ``error:`` line, naming the flag as users spell it (not its ``_`` alias)."""
         def dashed(match) -> str:  # the shortest dashed spelling: --model, not --model-name or --model_name
@@ -70,7 +72,7 @@ class OneLineErrors:
             return min((n for n in names if "_" not in n.lstrip("-")), key=len, default=names[-1])
 
         message = re.sub(r"argument ((?:-{1,2}[\w-]+/?)+)", dashed, message)
-        raise SettingsError(f"{self.prog}: {message} (`{self.prog} --help` lists the flags).")
+        raise SettingsError(f"{self.prog}: {message} (`{self.prog} --help` lists {self.listed}).")
 
     def given(self, argv: list[str]) -> argparse.Namespace:
         """The flags and positional arguments in ``argv``, none of the defaults; an unknown flag names the closest."""
@@ -182,7 +184,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def top_parser() -> argparse.ArgumentParser:
     class TopParser(OneLineErrors, argparse.ArgumentParser):
-        pass
+        listed = "what each command does"
 
     listing = "\n".join(f"  {name:<13} {command.help}" for name, command in COMMANDS.items())
     parser = TopParser(prog="sarashina-grpo", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -121,7 +121,7 @@ class ModelOptions:
         """With what the machine and files decide: 4-bit loading (on with CUDA), the system prompt file's text."""
         changes = {"load_in_4bit": project.cuda_available()} if self.load_in_4bit is None else {}
         if self.system_prompt_file:
-            changes["system_prompt"] = project.read_text_setting(self.system_prompt_file, "system_prompt_file")
+            changes["system_prompt"] = project.read_text_setting(self.system_prompt_file, "--system-prompt-file")
         return dataclasses.replace(self, **changes)
 
 

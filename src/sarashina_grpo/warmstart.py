@@ -67,7 +67,7 @@ class WarmStart:
 
     def system_prompt(self) -> str:
         file = self.system_prompt_file
-        return read_text_setting(file, "system_prompt_file") if file else SYSTEM_PROMPT
+        return read_text_setting(file, "--system-prompt-file") if file else SYSTEM_PROMPT
 
 
 CLI_FIELDS = tuple(f.name for f in fields(WarmStart) if "help" in f.metadata)  # synthetic-only knobs: code-level
