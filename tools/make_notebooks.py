@@ -234,7 +234,9 @@ for turn in ROLEPLAY_TURNS:
     print("客:", turn)
     print("  商人の心の声 <think>:", think)
     print("  商人のせりふ <response>:", response)
-    print("  thinking repeated in the response:", think_leak(merchant.messages[-1]["content"]), "\\n")
+    leak = think_leak(merchant.messages[-1]["content"])  # None: the reply lacks <think> or <response>
+    print("  thinking repeated in the response:", "n/a (no <think> and <response>)" if leak is None else f"{leak:.0%}",
+          "\\n")
 """),
     md("""
 ## Evaluate and compare
