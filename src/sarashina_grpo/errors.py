@@ -50,20 +50,28 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+def _file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The nearest existing part of ``path`` that is a file where a folder is needed."""
+    part = next((part for part in [Path(path), *Path(path).parents] if part.exists()), None)
+    return part if part is not None and not part.is_dir() else None
+
+
 def _os_error_message(err: OSError) -> str | None:
     where = f" ({err.filename})" if err.filename else ""
     if err.errno in (errno.ENOTDIR, errno.EEXIST):
-        # the nearest existing part of the path: a file where a folder is needed
-        part = next((p for p in [Path(err.filename), *Path(err.filename).parents] if p.exists()), None) \
-            if err.filename else None
-        if part is None or part.is_dir():
-            return f"A file is in the way where a folder is needed{where}. Move or rename it."
-        home = os.environ.get(HOME_VARIABLE)  # the variable that chose the place, when it did
-        fix = (f"point {HOME_VARIABLE} (now {home}) at a folder" if home and Path(home).expanduser().absolute()
-               in [part.absolute(), *part.absolute().parents] else "choose another --artifact-dir")
-        return f"{part} is a file where a folder is needed. Move or rename it, or {fix}."
-    text = OS_ERROR_TEXT.get(err.errno)
-    return text and text.format(where=where, limit=file_size_limit_text())
+        if (blocker := _file_in_the_way(err.filename) if err.filename else None) is not None:
+            return f"{blocker} is a file where a folder is needed. Move or rename it, or {home_fix(blocker)}."
+        return f"A file is in the way where a folder is needed{where}. Move or rename it."
+    text = OS_ERROR_TEXT.get(err.errno)  # the file-size limit read only for the message that shows it
+    return text and text.format(where=where, limit=file_size_limit_text() if "{limit}" in text else "")
+
+
+def home_fix(blocker: Path) -> str:
+    """How to choose another place for ``blocker``: the variable that chose it, when it did."""
+    home = os.environ.get(HOME_VARIABLE)
+    if home and Path(home).expanduser().absolute() in [blocker.absolute(), *blocker.absolute().parents]:
+        return f"point {HOME_VARIABLE} (now {home}) at a folder"
+    return "choose another --artifact-dir"
 
 
 def file_size_limit() -> int | None:

@@ -383,19 +383,24 @@ def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
         via = urlparse(proxy[1])
         with socket.create_connection((via.hostname, via.port or PROXY_PORTS.get(via.scheme, 1080)),
                                       timeout=timeout) as sock:
-            if via.scheme != "http":
-                return True
-            login = None if via.username is None else f"{unquote(via.username)}:{unquote(via.password or '')}"
-            auth = f"Proxy-Authorization: Basic {base64.b64encode(login.encode()).decode()}\r\n" if login else ""
-            sock.settimeout(timeout)
-            sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
-            answer = b""
-            while b"\r\n" not in answer and len(answer) < 4096 and (chunk := sock.recv(4096)):
-                answer += chunk
-        status = answer.split(b"\r\n", 1)[0].split()
-        return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
+            return via.scheme != "http" or tunnel_granted(sock, f"{host}:{port}", via, timeout)
     except (OSError, ValueError):  # no DNS, no route, refused, timed out; a proxy URL with a bad port
         return False
+
+
+def tunnel_granted(sock: socket.socket, target: str, proxy, timeout: float) -> bool:
+    """An HTTP proxy on ``sock`` answers ``CONNECT target`` with a 2xx status within ``timeout``."""
+    auth = ""
+    if proxy.username is not None:
+        token = base64.b64encode(f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()).decode()
+        auth = f"Proxy-Authorization: Basic {token}\r\n"
+    sock.settimeout(timeout)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+    answer = b""
+    while b"\r\n" not in answer and len(answer) < 4096 and (chunk := sock.recv(4096)):
+        answer += chunk
+    status = answer.split(b"\r\n", 1)[0].split()
+    return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
 
 
 def check_push_to_hub(push_to_hub) -> None:
@@ -459,9 +464,13 @@ def check_model_name(name: str) -> None:
         if kind.adapter:
             check_base_model(path)
         return
-    hint = (f"It is a run folder; its newest finished checkpoint is {kind.newest}." if kind.newest else
-            "It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off while "
-            "saving. Use an earlier checkpoint-N of the same run." if kind.step is not None else examples)
+    if kind.newest:  # a run folder: point at its newest finished checkpoint
+        hint = f"It is a run folder; its newest finished checkpoint is {kind.newest}."
+    elif kind.step is not None:
+        hint = ("It looks like a half-written checkpoint (no checkpoint_complete marker): the run was cut off "
+                "while saving. Use an earlier checkpoint-N of the same run.")
+    else:
+        hint = examples
     raise ModelNotFoundError(f"{model_label(name)} holds neither model files (config.json + model.safetensors) nor "
                              f"LoRA adapter files (adapter_config.json + adapter_model.safetensors). {hint}")
 

@@ -132,18 +132,21 @@ def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None 
         elif name in TRL_REWARDS:
             funcs.append(trl_reward(name, max_completion_length=max_completion_length))
         else:
-            import difflib
-
-            close = difflib.get_close_matches(name, [*REWARD_FUNCS, *TRL_REWARDS], n=1, cutoff=0.6)
-            message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
-            if len(names) > 1 and ("/" in name or "\\" in name or name.endswith(".py")):
-                # what is left of a path cut at a comma: "dir/a,b/rew.py:r" reads as rewards "dir/a" and "b/rew.py:r"
-                message += (" Commas separate rewards, so a path holding a comma is cut there: move or rename the file "
-                            "to a path without commas.")
-            raise KeyError(f"{message} Valid rewards: {', '.join(sorted(REWARD_FUNCS))}; TRL's: "
-                           f"{', '.join(sorted(TRL_REWARDS))}, or your own as module:function or "
-                           "path/to/file.py:function.")
+            raise KeyError(unknown_reward_message(name, several=len(names) > 1))
     return funcs
+
+
+def unknown_reward_message(name: str, *, several: bool = False) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, [*REWARD_FUNCS, *TRL_REWARDS], n=1, cutoff=0.6)
+    message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
+    if several and ("/" in name or "\\" in name or name.endswith(".py")):
+        # what is left of a path cut at a comma: "dir/a,b/rew.py:r" reads as the rewards "dir/a" and "b/rew.py:r"
+        message += (" Commas separate rewards, so a path holding a comma is cut there: move or rename the file to a "
+                    "path without commas.")
+    return (f"{message} Valid rewards: {', '.join(sorted(REWARD_FUNCS))}; TRL's: {', '.join(sorted(TRL_REWARDS))}, "
+            "or your own as module:function or path/to/file.py:function.")
 
 
 # --- checks of the chosen rewards before a model loads (preflight calls them) ---------------------------------
