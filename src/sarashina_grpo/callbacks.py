@@ -26,9 +26,17 @@ logger = logging.getLogger(__name__)
 TRL_CARD_NONE = ("[None](https://huggingface.co/None)", 'model="None"')
 
 
+def name_local_base(readme: Path, base_model: str) -> None:
+    """Put ``base_model`` where TRL's run README (``outputs/<run>/README.md``) says "None"."""
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if TRL_CARD_NONE[0] in text:
+        text = text.replace(TRL_CARD_NONE[0], f"the local model `{base_model}`")
+        readme.write_text(text.replace(TRL_CARD_NONE[1], f'model="{readme.parent}/checkpoint-N"'), encoding="utf-8")
+
+
 class CheckpointMarker(TrainerCallback):
     """Mark a checkpoint complete once the Trainer has written all of it; stop the run instead when its weights hold
-    NaN or inf. With ``base_model``, TRL's run README (``outputs/<run>/README.md``) names it instead of "None"."""
+    NaN or inf. With ``base_model``, TRL's run README names it instead of "None" (``name_local_base``)."""
 
     def __init__(self, base_model: str | None = None):
         self.base_model = base_model
@@ -36,11 +44,8 @@ class CheckpointMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return control
-        readme = Path(args.output_dir) / "README.md"
-        text = readme.read_text(encoding="utf-8") if self.base_model and readme.is_file() else ""
-        if TRL_CARD_NONE[0] in text:
-            text = text.replace(TRL_CARD_NONE[0], f"the local model `{self.base_model}`")
-            readme.write_text(text.replace(TRL_CARD_NONE[1], f'model="{readme.parent}/checkpoint-N"'), encoding="utf-8")
+        if self.base_model:
+            name_local_base(Path(args.output_dir) / "README.md", self.base_model)
         folder = checkpoint_dir(args.output_dir, state.global_step)
         if folder.is_dir() and not mark_complete(folder, state.global_step):
             raise NonFiniteError(f"Training stopped at step {state.global_step}: the weights saved in {folder} hold "

@@ -115,9 +115,10 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
     folder = Path(checkpoint)
     jsons = [p for p in sorted(folder.glob("*.json")) if for_resume or p.name != TRAINER_STATE]
     problems = _problems(safetensors_problem, sorted(folder.glob("*.safetensors"))) + _problems(json_problem, jsons)
-    for name in [TRAINER_STATE, ADAPTER_CONFIG] if for_resume else [ADAPTER_CONFIG]:  # only while nothing is wrong yet
-        if not problems and (folder / name).exists():
-            problems = _problems(content_problem, [folder / name])
+    if for_resume and not problems and (folder / TRAINER_STATE).exists():
+        problems = _problems(trainer_state_problem, [folder / TRAINER_STATE])
+    if not problems and (folder / ADAPTER_CONFIG).exists():
+        problems = _problems(adapter_config_problem, [folder / ADAPTER_CONFIG])
     if not problems:
         problems = adapter_shape_problems(folder) or [f"{name}: holds non-finite values (NaN or inf)"
                                                       for name in nonfinite_weight_files(folder)]
@@ -131,22 +132,28 @@ def _problems(check, paths: list[Path]) -> list[str]:
     return [f"{path.name}: {problem}" for path in paths if (problem := check(path))]
 
 
-def content_problem(path: Path) -> str | None:
-    """Why a ``trainer_state.json`` or ``adapter_config.json`` that parses cannot be what the Trainer or PEFT wrote
-    (the loaders would fail late on it)."""
-    data, state = json.loads(path.read_bytes()), path.name == TRAINER_STATE
-    if not isinstance(data, dict):
-        what = "the Trainer's state" if state else "PEFT's adapter config"
-        return f"holds a JSON {type(data).__name__}, not {what} (overwritten?)"
-    if not state:
-        base = data.get("base_model_name_or_path")
-        if base is not None and not (isinstance(base, str) and base.strip()):
-            return f"base_model_name_or_path is {base!r}, not a model name or folder (overwritten?)"
-        return None
+def trainer_state_problem(path: Path) -> str | None:
+    """Why a ``trainer_state.json`` that parses cannot be what the Trainer wrote."""
+    state = json.loads(path.read_bytes())
+    if not isinstance(state, dict):
+        return f"holds a JSON {type(state).__name__}, not the Trainer's state (overwritten?)"
     for key in ("global_step", "max_steps"):
-        if not is_whole(value := data.get(key, 0), 0):
+        if not is_whole(value := state.get(key, 0), 0):
             return f"{key} is {value!r}, not a whole number (overwritten?)"
-    return None if isinstance(data.get("log_history", []), list) else "log_history is not a list (overwritten?)"
+    if not isinstance(state.get("log_history", []), list):
+        return "log_history is not a list (overwritten?)"
+    return None
+
+
+def adapter_config_problem(path: Path) -> str | None:
+    """Why an ``adapter_config.json`` that parses cannot be what PEFT wrote (the loaders would fail late on it)."""
+    config = json.loads(path.read_bytes())
+    if not isinstance(config, dict):
+        return f"holds a JSON {type(config).__name__}, not PEFT's adapter config (overwritten?)"
+    base = config.get("base_model_name_or_path")
+    if base is not None and not (isinstance(base, str) and base.strip()):
+        return f"base_model_name_or_path is {base!r}, not a model name or folder (overwritten?)"
+    return None
 
 
 def adapter_shape_problems(folder: Path) -> list[str]:

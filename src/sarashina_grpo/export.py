@@ -100,16 +100,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
     if merged:
         check_same_base(checkpoint, base, given=base_model is not None, allow=allow_other_base)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for partial in out.parent.glob(".*.partial-*"):  # those of exports killed on this machine; not another's
-        match = PARTIAL_RE.fullmatch(partial.name)
-        if not match or not partial.is_dir() or (match["host"] or socket.gethostname()) != socket.gethostname():
-            continue
-        pid, created = int(match["pid"]), int(match["ns"]) / 1e9
-        started = process_started(pid) if pid_alive(pid) else None
-        if pid_alive(pid) and (started is None or started <= created + 1):  # 1 s: /proc's clock-tick rounding
-            continue  # running, and not a later process that took a dead export's id
-        shutil.rmtree(partial, ignore_errors=True)
-        logger.info("Removed %s, left by an export that was killed (pid %d).", partial, pid)
+    remove_stale_partials(out.parent)
     staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     staging.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on OUT
     try:
@@ -173,6 +164,21 @@ def export_dtype() -> str:
     from .project import precision
 
     return "float16" if precision() == "fp16" else "bfloat16"
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Remove the staging folders that exports killed on this machine left (their process is gone, or its id now
+    belongs to a later process). Another machine's may be running: they are left alone."""
+    for partial in folder.glob(".*.partial-*"):
+        match = PARTIAL_RE.fullmatch(partial.name)
+        if not match or not partial.is_dir() or (match["host"] or socket.gethostname()) != socket.gethostname():
+            continue
+        pid, created = int(match["pid"]), int(match["ns"]) / 1e9
+        started = process_started(pid) if pid_alive(pid) else None
+        if pid_alive(pid) and (started is None or started <= created + 1):  # 1 s: /proc's clock-tick rounding
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
+        logger.info("Removed %s, left by an export that was killed (pid %d).", partial, pid)
 
 
 def write_adapter(checkpoint: Path, folder: Path) -> None:
