@@ -104,14 +104,8 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
     try:
         checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
         info = read_run_info(run_dir)
-        if info is None and given is not None:  # the command line restores the settings from run.json
-            raise SettingsError(f"{run_dir / 'run.json'} is missing (deleted?): the run's settings cannot be read "
-                                f"back, so it cannot be resumed as it was. Restore run.json, or start a new run from "
-                                f"the checkpoint's weights: sarashina-grpo train --model {checkpoint} (with the run's "
-                                "own flags; a fresh optimizer and warm-up).")
-        if info is None:  # the caller passed every setting itself (prepare(settings) without given)
-            logger.warning("%s has no run.json: resuming with the settings given (model %s).", run_dir,
-                           settings.model_name)
+        if info is None:
+            runs.refuse_without_run_info(run_dir, checkpoint, given is None, settings.model_name)
         if given is not None and info:
             # The run's recorded settings for every field, except those set explicitly now (flags, a recipe) and
             # those decided by the machine. Runs recorded before run.json existed keep ``settings`` as they are.

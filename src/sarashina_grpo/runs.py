@@ -207,3 +207,14 @@ def resume_max_steps(checkpoint: Path, max_steps: int, *, recorded: int | None,
     raise SettingsError(f"--max-steps {max_steps} (Settings.max_steps) is at or below step {step} of {checkpoint}: "
                         f"a resume continues from that step, so nothing would be trained. Give --max-steps above "
                         f"{step} to train further, or resume from an earlier checkpoint-N of {run}.")
+
+
+def refuse_without_run_info(run_dir: Path, checkpoint: Path, settings_given: bool, model_name: str) -> None:
+    """A resumed run without ``run.json``: an error from the command line, which restores the settings from it; a
+    warning where the caller passed every setting itself (``prepare(settings)`` without ``given``)."""
+    if not settings_given:
+        raise SettingsError(
+            f"{run_dir / 'run.json'} is missing (deleted?): the run's settings cannot be read back, so it cannot be "
+            f"resumed as it was. Restore run.json, or start a new run from the checkpoint's weights: sarashina-grpo "
+            f"train --model {checkpoint} (with the run's own flags; a fresh optimizer and warm-up).")
+    logger.warning("%s has no run.json: resuming with the settings given (model %s).", run_dir, model_name)

@@ -90,6 +90,31 @@ def malform(think: str, response: str, rng: random.Random) -> str:
     ))
 
 
+def synthetic_completion(kind: str, rng: random.Random) -> str:
+    """A completion of ``kind`` (``ja``, ``drift`` or ``malformed``) from the sentence pools."""
+    ja_think = "".join(rng.sample(JA_THOUGHTS, 2))
+    # Drift usually starts in Japanese and slides into English, so it mixes within the thinking.
+    drift_think = rng.choice(JA_THOUGHTS) + " " + rng.choice(EN_THOUGHTS)
+    response = rng.choice(JA_RESPONSES)
+    if kind == "malformed":
+        # Half Japanese, half drifting, like the well-formed ones: layout and language vary independently, so a
+        # format reward alone has no reason to change the language.
+        return malform(ja_think if rng.random() < 0.5 else drift_think, response, rng)
+    return layout(ja_think if kind == "ja" else drift_think, response)
+
+
+def synthetic_examples(prompts: list[str], config: WarmStart, system_prompt: str = SYSTEM_PROMPT,
+                       ) -> list[tuple[list[dict], str]]:
+    """(chat prompt, completion) pairs drawn with the configured shares of the three kinds."""
+    rng = random.Random(config.seed)
+    weights = (config.ja_share, config.drift_share, max(0.0, 1 - config.ja_share - config.drift_share))
+    examples = []
+    for _ in range(config.examples):
+        kind = rng.choices(KINDS, weights)[0]
+        examples.append((to_messages(rng.choice(prompts), system_prompt), synthetic_completion(kind, rng)))
+    return examples
+
+
 def read_format_examples(path: str | Path) -> list[dict]:
     """The rows of a JSONL file of written examples, each with a non-empty prompt, think and response."""
     path = project_path(path)
@@ -115,32 +140,19 @@ def format_examples(rows: list[dict], config: WarmStart, system_prompt: str) -> 
     examples = []
     for row in rows:
         think, response = row["think"].strip(), row["response"].strip()
-        examples.append((to_messages(row["prompt"], system_prompt), malform(think, response, rng)
-                         if rng.random() < config.malformed_share else layout(think, response)))
+        broken = rng.random() < config.malformed_share
+        examples.append((to_messages(row["prompt"], system_prompt),
+                         malform(think, response, rng) if broken else layout(think, response)))
     return examples
 
 
 def build_examples(config: WarmStart, prompts: list[str] | None = None) -> list[tuple[list[dict], str]]:
-    """The recipe's examples: from its JSONL file, or synthetic (the kinds' shares) over the training ``prompts``."""
-    if config.data != SYNTHETIC:
-        return format_examples(read_format_examples(config.data), config, config.system_prompt())
-    prompts = prompts or [r.prompt for r in check_prompts(project_path("datasets/smalltalk.csv"))]
-    system_prompt = config.system_prompt()
-    rng = random.Random(config.seed)
-    weights = (config.ja_share, config.drift_share, max(0.0, 1 - config.ja_share - config.drift_share))
-    examples = []
-    for _ in range(config.examples):
-        kind = rng.choices(KINDS, weights)[0]
-        prompt = to_messages(rng.choice(prompts), system_prompt)
-        ja_think = "".join(rng.sample(JA_THOUGHTS, 2))
-        # Drift usually starts in Japanese and slides into English, so it mixes within the thinking.
-        drift_think = rng.choice(JA_THOUGHTS) + " " + rng.choice(EN_THOUGHTS)
-        response = rng.choice(JA_RESPONSES)
-        # Malformed ones are half Japanese, half drifting, like the well-formed ones: layout and language vary
-        # independently, so a format reward alone has no reason to change the language.
-        examples.append((prompt, malform(ja_think if rng.random() < 0.5 else drift_think, response, rng)
-                         if kind == "malformed" else layout(ja_think if kind == "ja" else drift_think, response)))
-    return examples
+    """The recipe's examples: from its JSONL file, or synthetic over ``prompts`` (the training prompts)."""
+    if config.data == SYNTHETIC:
+        if not prompts:
+            prompts = [r.prompt for r in check_prompts(project_path("datasets/smalltalk.csv"))]
+        return synthetic_examples(prompts, config, config.system_prompt())
+    return format_examples(read_format_examples(config.data), config, config.system_prompt())
 
 
 def encode(tokenizer, examples: list[tuple[list[dict], str]]):
