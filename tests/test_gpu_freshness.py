@@ -180,7 +180,7 @@ def test_a_full_passing_summary_becomes_a_row_that_vouches_for_its_commit(tmp_pa
     assert suite.read_rows(text) == [row]
     assert "| `3b` | test_gpu_trainer.py | 225 | abc1234 | 2026-12-06 | 4 passed | 300 |" in text
     # why: a group the table did not list yet (HEADER lists only 3b) gets a row, so no group's run goes unrecorded
-    assert "| `gemma` | test_gpu_gemma.py | – | abc1234 | 2026-12-06 | 4 passed | 300 |" in text
+    assert "| `gemma` | test_gpu_gemma.py | 350 | abc1234 | 2026-12-06 | 4 passed | 300 |" in text
     assert sum(line.startswith("| `") for line in text.splitlines()) == len(suite.GROUPS)
 
 
