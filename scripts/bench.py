@@ -7,14 +7,16 @@
 Run it from the repository root (``scripts`` is a folder there, not part of the installed package); every run gets
 an entry in docs/LOG.md, newest first.
 
-A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu][-recheck]``: ``Settings.rollout``, N
+A configuration is ``ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu][-recheck][-varlen]``: ``Settings.rollout``, N
 completions per optimizer step (groups of 6), S = TRL ``steps_per_generation`` (one rollout feeds S steps),
 ``-bf16`` to skip 4-bit loading, ``-real`` for realistic completion lengths (below), ``-eos`` for a real pretrained
 model (``--real-model``, e.g. SmolLM2 from ``convert-gguf``) whose completions end where the model itself emits its
 end-of-sequence, ``-offload``/``-ongpu`` to set ``Settings.offload_activations`` (gradient checkpointing's saved
 inputs in CPU memory, the default, or on the GPU), ``-recheck`` to leave Unsloth re-checking its
-sequence packing on each longer batch, as it does without ``callbacks.PackingTrust``. Everything else is the
-article's ``Settings``: the model is loaded by ``load_model`` and trained by ``build_trainer`` on
+sequence packing on each longer batch, as it does without ``callbacks.PackingTrust``, ``-varlen`` to let Unsloth's
+packed attention take torch's varlen flash kernel on a torch whose ``varlen_attn`` lacks ``enable_gqa`` (2.11, the
+GPU machines'; ``bench_patches.torch_varlen_with_gqa``: what the lock's torch 2.14 does by itself). Everything else
+is the article's ``Settings``: the model is loaded by ``load_model`` and trained by ``build_trainer`` on
 ``datasets/smalltalk.csv`` with the project's rewards. The 3B shape has random weights, which never stop early, so
 every completion is ``max_completion_length`` tokens long: the
 worst case. Numbers on CPU are meaningless.
@@ -71,7 +73,7 @@ COMMAND = "python -m scripts.bench"
 CPU_SMOKE = dict(configs="default-6,fast-6", max_completion_length=16, steps=2)
 DEFAULT_CONFIGS = "fast-6,fast-36,default-6,default-36,fast-36-real,default-6-real,peer-36"
 CONFIG_RE = re.compile(r"^(?P<rollout>[a-z]+)-(?P<n>\d+)(?:x(?P<spg>\d+))?(?P<bf16>-bf16)?(?P<real>-real|-eos)?"
-                       r"(?P<offload>-offload|-ongpu)?(?P<recheck>-recheck)?$")
+                       r"(?P<offload>-offload|-ongpu)?(?P<recheck>-recheck)?(?P<varlen>-varlen)?$")
 PEER = "peer"  # a bench-only rollout name: plain TRL + PEFT with continuous batching, in a child process
 # The peer through the project's own pipeline: transformers + PEFT (bf16 LoRA, gradient checkpointing) and TRL's
 # transformers continuous batching, i.e. what TRL offers on one GPU without vLLM.
@@ -95,6 +97,7 @@ class BenchConfig:
     real_model: bool = False  # on --real-model, completions end at the model's own EOS
     offload_activations: bool | None = None  # Settings.offload_activations: None keeps the default (offloaded)
     recheck: bool = False  # Unsloth re-checks its packing on each longer batch (no callbacks.PackingTrust)
+    varlen: bool = False  # packed attention through torch's varlen kernel where this torch lacks its GQA argument
 
 
 def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
@@ -105,21 +108,21 @@ def parse_configs(text: str, *, cuda: bool) -> list[BenchConfig]:
         match = CONFIG_RE.match(name)
         if not match or match["rollout"] not in (*ROLLOUTS, PEER):
             raise SettingsError(
-                f"Bad bench config {name!r}: expected ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu][-recheck], "
-                f"ROLLOUT in {[*ROLLOUTS, PEER]}."
+                f"Bad bench config {name!r}: expected "
+                f"ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu][-recheck][-varlen], ROLLOUT in {[*ROLLOUTS, PEER]}."
             )
         if match["rollout"] == PEER and multi_process():
             raise SettingsError(f"Bench config {name!r}: the peer runs in one process; leave it out under "
                                 "accelerate launch.")
         peer = match["rollout"] == PEER
-        if peer and (match["spg"] or match["real"] or match["offload"] or match["recheck"]):
+        if peer and (match["spg"] or match["real"] or match["offload"] or match["recheck"] or match["varlen"]):
             raise SettingsError(f"Bad bench config {name!r}: the peer runs as peer-N (on-policy, worst-case "
                                 "lengths, no Unsloth).")
         configs.append(BenchConfig(name, match["rollout"], int(match["n"]), int(match["spg"] or 1),
                                    load_in_4bit=cuda and not match["bf16"] and not peer,
                                    realistic=match["real"] == "-real", real_model=match["real"] == "-eos",
                                    offload_activations={"-offload": True, "-ongpu": False}.get(match["offload"]),
-                                   recheck=bool(match["recheck"])))
+                                   recheck=bool(match["recheck"]), varlen=bool(match["varlen"])))
     return configs
 
 
@@ -139,10 +142,11 @@ class BenchOptions:
     """The benchmark's options (``python -m scripts.bench --help``; flags: transformers' ``HfArgumentParser``)."""
 
     configs: str = option(DEFAULT_CONFIGS, "comma-separated ROLLOUT-N[xS][-bf16][-real|-eos][-offload|-ongpu]"
-                          "[-recheck] (-eos: on --real-model, lengths from its own EOS; -offload/-ongpu: where "
-                          "checkpointed activations are kept; -recheck: Unsloth re-checks its packing on each longer "
-                          "batch), or peer-N (plain TRL + PEFT, "
-                          "last); without a GPU the default is default-6,fast-6")
+                          "[-recheck][-varlen] (-eos: on --real-model, lengths from its own EOS; -offload/-ongpu: "
+                          "where checkpointed activations are kept; -recheck: Unsloth re-checks its packing on each "
+                          "longer batch; -varlen: packed attention through torch's varlen kernel on a torch without "
+                          "its GQA argument), or peer-N (plain TRL + PEFT, last); without a GPU the default is "
+                          "default-6,fast-6")
     model: str | None = option(None, "'sarashina-3b' (random weights, exact config), 'tiny', or a model folder; "
                                "unset: sarashina-3b with CUDA, tiny without")
     model_dir: str = option("artifact/models", "where the random-weight models are built")
@@ -385,10 +389,11 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     rng = random.Random(REALISTIC_LENGTHS["seed"])
     forcing = (patches.force_lengths(trainer, lambda n: realistic_lengths(n, rng, completion_length)) if cfg.realistic
                else contextlib.nullcontext())
+    attention = patches.torch_varlen_with_gqa() if cfg.varlen else contextlib.nullcontext()
     logger.info("bench %s: %d steps", cfg.name, steps)
     gc.callbacks.append(clock.gc_event)
     try:
-        with forcing:
+        with forcing, attention as varlen:
             run_training(trainer, run)  # Ctrl-C saves and stops, as in a real run
     finally:
         gc.callbacks.remove(clock.gc_event)
@@ -408,6 +413,8 @@ def run_config(cfg: BenchConfig, model_name: str, data: str, steps: int, complet
     row["packing_trusted_after_step"] = trust.step if trust is not None else None  # Unsloth's checks passed then
     row["offload_activations"] = settings.offload_activations  # checkpointed inputs in CPU memory (Unsloth's mode)
     row["gc_times_s"] = [round(t, 3) for t in clock.gc_s]
+    if cfg.varlen:  # "shim" (this torch lacked enable_gqa), "native" (it has it: the row is a plain one) or None
+        row["torch_varlen"] = varlen
     row["step_started_unix"] = clock.started
     if getattr(profiler, "chunking", None):
         row["unsloth_chunking"] = profiler.chunking

@@ -14,6 +14,11 @@ says why no public route serves.
   fast engine has its own hook for this (``FastRollout.forced_lengths``).
 - ``watch_unsloth_chunking``: wraps ``autotune_batch_and_chunks`` in Unsloth's compiled GRPO trainer module to
   record each mini-batch choice it makes from free GPU memory (the profiler's diagnostic; Unsloth reports it nowhere).
+- ``torch_varlen_with_gqa``: ``-varlen`` rows. Unsloth sends packed attention through torch's varlen flash kernel
+  (one call per layer) only where ``torch.nn.attention.varlen.varlen_attn`` takes ``enable_gqa`` (torch >= 2.12,
+  ``unsloth/utils/attention_dispatch.py``, ``_load_torch_varlen_attn``); on the GPU machines' torch 2.11 it attends
+  each run of equal-length rows with its own SDPA call. For the row, the module's ``_TORCH_VARLEN_ATTN`` is 2.11's
+  kernel behind a wrapper that repeats K/V heads for GQA: what the lock's torch 2.14 runs, less its native GQA.
 - ``reset_lora`` and ``forget_packing_checks``: one loaded model serves several rows; each row must start as a new
   process does, so the LoRA gets PEFT's own fresh initialisation (``reset_lora_parameters``) and every verdict
   Unsloth keeps on the model between batches (``_unsloth_seq_packing_*``, ``_unsloth_prefix_grouper_*``) is
@@ -31,6 +36,8 @@ UNSLOTH_CHUNKING_FUNCTION = "autotune_batch_and_chunks"
 # What Unsloth's GRPO trainer remembers on the model between batches: packing trust, and its prefix grouping's own
 # (unsloth_zoo/rl_replacements.py, "_unsloth_prefix_grouper_grad_verified" and the like).
 UNSLOTH_VERDICT_PREFIXES = ("_unsloth_seq_packing_", "_unsloth_prefix_grouper_")
+# unsloth/utils/attention_dispatch.py: torch's varlen kernel if Unsloth took it (None otherwise), and its lean path
+VARLEN_ATTRIBUTE, LEAN_VARLEN_ATTRIBUTE = "_TORCH_VARLEN_ATTN", "_LEAN_VARLEN"
 
 
 def sync() -> None:
@@ -140,6 +147,49 @@ def watch_unsloth_chunking(trainer, record: Callable[[int, tuple], None]) -> Cal
 
     setattr(module, UNSLOTH_CHUNKING_FUNCTION, watched)
     return lambda: setattr(module, UNSLOTH_CHUNKING_FUNCTION, inner)
+
+
+def gqa_varlen(varlen_attn: Callable) -> Callable:
+    """``varlen_attn`` with torch 2.12's ``enable_gqa`` on a torch without it: K/V heads repeated to Q's count."""
+
+    def attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, enable_gqa=False, **kwargs):
+        if enable_gqa and key.shape[-2] != query.shape[-2]:  # (tokens, heads, head_dim)
+            groups = query.shape[-2] // key.shape[-2]
+            key, value = key.repeat_interleave(groups, dim=-2), value.repeat_interleave(groups, dim=-2)
+        return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **kwargs)
+
+    return attend
+
+
+@contextlib.contextmanager
+def torch_varlen_with_gqa():
+    """For the block, Unsloth's packed attention may take torch's varlen kernel though this torch's ``varlen_attn``
+    lacks ``enable_gqa``. Yields "shim" when it patched, "native" when torch has the argument (nothing to do), None
+    where Unsloth or torch's varlen kernel is missing."""
+    import inspect
+
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+        from unsloth.utils import attention_dispatch
+    except ImportError:
+        yield None
+        return
+    params = inspect.signature(varlen_attn).parameters
+    if "enable_gqa" in params:
+        yield "native"
+        return
+    if "window_size" not in params or not hasattr(attention_dispatch, VARLEN_ATTRIBUTE):
+        yield None
+        return
+    saved = {name: getattr(attention_dispatch, name) for name in (VARLEN_ATTRIBUTE, LEAN_VARLEN_ATTRIBUTE)}
+    # not Unsloth's lean path: it calls aten's flash op with K/V as given, and 2.11's GQA support there is unchecked
+    setattr(attention_dispatch, VARLEN_ATTRIBUTE, gqa_varlen(varlen_attn))
+    setattr(attention_dispatch, LEAN_VARLEN_ATTRIBUTE, False)
+    try:
+        yield "shim"
+    finally:
+        for name, value in saved.items():
+            setattr(attention_dispatch, name, value)
 
 
 def reset_lora(model) -> None:

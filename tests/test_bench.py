@@ -27,6 +27,59 @@ def test_a_row_may_say_where_checkpointed_activations_are_kept_or_leave_it_to_th
     assert rows[2].recheck and rows[2].realistic
 
 
+def test_a_varlen_row_is_a_plain_row_with_packed_attention_through_torchs_varlen_kernel():
+    plain, varlen = parse_configs("fast-36-real,fast-36-real-varlen", cuda=True)
+    assert (plain.varlen, varlen.varlen, varlen.realistic, varlen.recheck) == (False, True, True, False)
+    with pytest.raises(SettingsError, match="peer-36-varlen"):
+        parse_configs("peer-36-varlen", cuda=True)  # why: the peer runs without Unsloth, whose attention this patches
+
+
+def test_gqa_varlen_repeats_key_and_value_heads_for_a_varlen_kernel_without_enable_gqa():
+    import torch
+
+    from scripts.bench_patches import gqa_varlen
+
+    seen = []
+
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        seen.append((key.shape, window_size))
+        return query
+
+    key = torch.arange(2 * 3).reshape(1, 2, 3).float()  # (tokens, kv heads, head_dim)
+    attend = gqa_varlen(varlen_attn)
+    attend(torch.zeros(1, 4, 3), key, key, None, None, 1, 1, enable_gqa=True, window_size=(-1, 0))
+    attend(torch.zeros(1, 2, 3), key, key, None, None, 1, 1, enable_gqa=False)
+    assert seen == [((1, 4, 3), (-1, 0)), ((1, 2, 3), (-1, -1))]
+
+
+def test_the_varlen_patch_lasts_for_its_row_and_is_a_no_op_where_torch_takes_enable_gqa(monkeypatch):
+    import sys
+    import types
+
+    import torch.nn.attention.varlen as torch_varlen
+
+    from scripts.bench_patches import torch_varlen_with_gqa
+
+    dispatch = types.ModuleType("unsloth.utils.attention_dispatch")
+    dispatch._TORCH_VARLEN_ATTN, dispatch._LEAN_VARLEN = None, False  # as Unsloth leaves them on torch 2.11
+    utils = types.ModuleType("unsloth.utils")
+    utils.attention_dispatch = dispatch
+    for name, module in (("unsloth", types.ModuleType("unsloth")), ("unsloth.utils", utils),
+                         ("unsloth.utils.attention_dispatch", dispatch)):
+        monkeypatch.setitem(sys.modules, name, module)
+    with torch_varlen_with_gqa() as how:
+        assert how == "native"  # this torch (the lock's) takes enable_gqa: Unsloth chose the kernel itself
+        assert dispatch._TORCH_VARLEN_ATTN is None
+
+    def old_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        return query
+
+    monkeypatch.setattr(torch_varlen, "varlen_attn", old_varlen_attn)
+    with torch_varlen_with_gqa() as how:
+        assert how == "shim" and dispatch._TORCH_VARLEN_ATTN is not None and dispatch._LEAN_VARLEN is False
+    assert dispatch._TORCH_VARLEN_ATTN is None
+
+
 def test_configs_load_in_4bit_only_with_cuda():
     assert parse_configs("default-6", cuda=False)[0].load_in_4bit is False  # why: bitsandbytes 4-bit needs CUDA
 
