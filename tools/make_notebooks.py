@@ -57,7 +57,9 @@ ALLOW_DATA_CHANGE = False  # resume even though the prompt file changed since th
 import os
 from pathlib import Path
 
-os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets/ and artifact/ of this repo
+# datasets/ and artifact/ of this repo: Jupyter starts the kernel in notebooks/, papermill or an IDE may at the root
+root = Path.cwd() if (Path.cwd() / "notebooks").is_dir() else Path.cwd().parent
+os.environ.setdefault("SARASHINA_GRPO_HOME", str(root))
 
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
@@ -164,7 +166,9 @@ TRAINING_RUN = None  # a run name or folder: show the completions it sampled dur
 import os
 from pathlib import Path
 
-os.environ.setdefault("SARASHINA_GRPO_HOME", str(Path.cwd().parent))  # datasets/ and artifact/ of this repo
+# datasets/ and artifact/ of this repo: Jupyter starts the kernel in notebooks/, papermill or an IDE may at the root
+root = Path.cwd() if (Path.cwd() / "notebooks").is_dir() else Path.cwd().parent
+os.environ.setdefault("SARASHINA_GRPO_HOME", str(root))
 
 import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
 
