@@ -206,12 +206,14 @@ def test_invalid_settings_fail_before_loading_a_model():
 def test_train_tiny_smoke_run_then_infer_from_its_checkpoint(tmp_path):
     artifact = tmp_path / "artifact"
     train = cli("train", "--model", "tiny", "--max-steps", "2", "--save-steps", "2", "--max-completion-length",
-                "32", "--artifact-dir", str(artifact), "--run-name", "smoke")
+                "32", "--artifact-dir", str(artifact), "--run-name", "smoke", "--system-prompt", "考えてから答えて。")
     assert train.returncode == 0, train.stderr[-3000:]
     checkpoint = artifact / "outputs" / "smoke" / "checkpoint-2"
     assert (checkpoint / "checkpoint_complete").exists()
     infer = cli("infer", "--model", str(checkpoint), "--max-new-tokens", "8", "こんにちは")
     assert infer.returncode == 0 and "### こんにちは" in infer.stdout, infer.stderr[-3000:]
+    # why: the checkpoint learned the format under its run's prompt, not the article's
+    assert "System prompt: the one run smoke trained under" in infer.stderr
 
 
 @pytest.mark.slow
@@ -323,3 +325,44 @@ def test_a_missing_system_prompt_file_is_named_by_its_flag(command, tmp_path, ca
     assert main([*args, "--system-prompt-file", str(tmp_path / "missing.txt")]) == 2
     # why: infer and warmstart said "system_prompt_file", a name no flag of theirs has
     assert f"error: --system-prompt-file: file not found: {tmp_path / 'missing.txt'}." in capsys.readouterr().err
+
+
+def write_run(tmp_path, settings) -> str:
+    run = tmp_path / "outputs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"settings": settings}), encoding="utf-8")
+    return str(run / "checkpoint-4")
+
+
+def test_a_checkpoint_is_prompted_with_the_system_prompt_its_run_trained_under(tmp_path):
+    from sarashina_grpo.options import ModelOptions
+    from sarashina_grpo.preflight import trained_system_prompt
+
+    checkpoint = write_run(tmp_path, {"system_prompt": "考えてから答えてください。"})
+    assert trained_system_prompt(ModelOptions(model_name=checkpoint)).system_prompt == "考えてから答えてください。"
+    # why: a prompt or file given explicitly is the user's choice
+    given = ModelOptions(model_name=checkpoint, system_prompt="別の指示")
+    assert trained_system_prompt(given).system_prompt == "別の指示"
+    from_file = ModelOptions(model_name=checkpoint, system_prompt="ファイルの指示", system_prompt_file="p.txt")
+    assert trained_system_prompt(from_file).system_prompt == "ファイルの指示"
+
+
+@pytest.mark.parametrize("recorded", ["{not json", json.dumps({"settings": {"system_prompt": 3}}),
+                                      json.dumps({"settings": {}}), json.dumps([1])])
+def test_a_run_json_without_a_usable_system_prompt_leaves_the_articles(tmp_path, recorded):
+    from sarashina_grpo.options import ModelOptions
+    from sarashina_grpo.preflight import trained_system_prompt
+    from sarashina_grpo.project import SYSTEM_PROMPT
+
+    checkpoint = write_run(tmp_path, {})
+    (tmp_path / "outputs" / "r1" / "run.json").write_text(recorded, encoding="utf-8")
+    assert trained_system_prompt(ModelOptions(model_name=checkpoint)).system_prompt == SYSTEM_PROMPT
+
+
+def test_a_system_prompt_that_is_not_text_is_refused():
+    from sarashina_grpo.options import ModelOptions
+    from sarashina_grpo.preflight import trained_system_prompt
+    from sarashina_grpo.project import SettingsError
+
+    with pytest.raises(SettingsError, match="SYSTEM_PROMPT.* must be text, got 5"):
+        trained_system_prompt(ModelOptions(model_name="tiny", system_prompt=5))

@@ -130,9 +130,10 @@ Set `MODEL_NAME` to the base model or to a training checkpoint (`../artifact/out
 so a first run on a CPU works as it is, offline (the tiny model's replies are noise: it shows the mechanics). A hub
 id that is neither downloaded nor reachable stops at once with a message saying so. Replies are kept in the
 history as `assistant` turns. `LOAD_IN_4BIT = None` loads in 4-bit with a CUDA GPU and in 16-bit without one (as the
-`sarashina-grpo` command does); set `True` or `False` to force it (4-bit needs CUDA). `ROLE` (or `ROLE_FILE`)
-adds a persona or scenario to the system prompt, after the format instructions; the role-play section at the end
-shows a merchant who must hide that his cactus is cheap.
+`sarashina-grpo` command does); set `True` or `False` to force it (4-bit needs CUDA). A checkpoint is prompted with
+the system prompt its run trained under (recorded in the run's `run.json`) unless `SYSTEM_PROMPT` says otherwise. `ROLE`
+(or `ROLE_FILE`) adds a persona or scenario to the system prompt, after the format instructions; the role-play
+section at the end shows a merchant who must hide that his cactus is cheap.
 """),
     parameters("""
 MODEL_NAME = None  # None: the 3B base model with a CUDA GPU, "tiny" on a CPU; or a hub id, a checkpoint folder
@@ -140,6 +141,7 @@ LOAD_IN_4BIT = None  # None: 4-bit with a CUDA GPU, 16-bit without one
 USE_VLLM = False
 MAX_NEW_TOKENS = 512
 DO_SAMPLE = False  # greedy: the same answer each run
+SYSTEM_PROMPT = None  # None: the one the checkpoint's run trained under (its run.json), else the article's
 PROMPTS = ["こんにちは！今日はいい天気ですね。", "おすすめの休日の過ごし方を教えてください。"]
 CHAT_TURNS = ["週末に京都へ行きます。", "二日目はどこへ行くといいですか？"]
 ROLE = None  # a persona/scenario for the prompts, chat and evaluation, e.g. "あなたは駅前のパン屋の店主です。"
@@ -184,8 +186,10 @@ model_name = model_for_this_machine(MODEL_NAME)
 EVAL_NAME = EVAL_NAME or eval_name_for(model_name)
 check_eval_name(EVAL_NAME, ARTIFACT_DIR, EVAL_OVERWRITE)  # now, not after all the generation below
 role = read_role(ROLE_FILE) if ROLE_FILE else ROLE
-settings = ModelOptions(model_name=model_name, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM)
+settings = ModelOptions(model_name=model_name, load_in_4bit=LOAD_IN_4BIT, use_vllm=USE_VLLM,
+                        **({"system_prompt": SYSTEM_PROMPT} if SYSTEM_PROMPT else {}))
 settings = check_model(settings, training=False)
+system_prompt = settings.system_prompt
 print("model:", settings.model_name)
 model, tokenizer = load_for_inference(settings)
 gen = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE)
@@ -209,14 +213,14 @@ if TRAINING_RUN:
     code("""
 from sarashina_grpo.rewards import REWARD_FUNCS
 
-replies = answer(model, tokenizer, PROMPTS, gen, progress=True, role=role)
+replies = answer(model, tokenizer, PROMPTS, gen, system_prompt=system_prompt, progress=True, role=role)
 for prompt, reply in zip(PROMPTS, replies):
     scores = {name: round(fn([reply])[0], 3) for name, fn in REWARD_FUNCS.items()}
     print(f"### {prompt}\\n{reply}\\n{scores}\\n")
 """),
     md("## Multi-turn chat"),
     code("""
-chat = Chat(model, tokenizer, gen=gen, role=role)
+chat = Chat(model, tokenizer, system_prompt=system_prompt, gen=gen, role=role)
 for turn in CHAT_TURNS:
     print("user:", turn)
     print("assistant:", chat.say(turn), "\\n")
@@ -232,7 +236,7 @@ history, so the model sees its own earlier plans.
     code("""
 from sarashina_grpo.roles import shown_turn, think_leak
 
-merchant = Chat(model, tokenizer, gen=gen, role=ROLEPLAY_ROLE)
+merchant = Chat(model, tokenizer, system_prompt=system_prompt, gen=gen, role=ROLEPLAY_ROLE)
 for turn in ROLEPLAY_TURNS:
     think, response = shown_turn(merchant.say(turn))  # no tags: the whole reply is the speech
     print("客:", turn)
@@ -253,7 +257,7 @@ model and a checkpoint under two names, then list the first in `COMPARE_WITH` to
 from sarashina_grpo.evaluation import compare_runs, evaluate
 
 metrics = evaluate(model, tokenizer, EVAL_NAME, artifact_dir=ARTIFACT_DIR, gen=gen, limit=EVAL_LIMIT, role=role,
-                   overwrite=EVAL_OVERWRITE, meta={"model": settings.model_name})
+                   overwrite=EVAL_OVERWRITE, system_prompt=system_prompt, meta={"model": settings.model_name})
 metrics
 """),
     code("""

@@ -106,7 +106,8 @@ class ModelOptions:
     model_name: str = setting(DEFAULT_MODEL_NAME, "hub id, local model or checkpoint folder, or 'tiny' (the offline "
                               "test model)", flag="--model")
     system_prompt: str = setting(SYSTEM_PROMPT, "system prompt put before every prompt (it states the format)",
-                                 shown_as="the article's Japanese wording of the <think>/<response> layout")
+                                 shown_as="for a checkpoint, the one its run trained under (run.json); else the "
+                                 "article's Japanese wording of the <think>/<response> layout")
     system_prompt_file: str | None = setting(None, "read the system prompt from this UTF-8 text file; unset: use "
                                              "--system-prompt")
     load_in_4bit: bool | None = setting(None, "4-bit loading; unset: on with a CUDA GPU, off without one",

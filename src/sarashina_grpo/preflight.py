@@ -33,7 +33,7 @@ from .errors import hub_unreachable_message, proxy_for, shown_url
 from .options import ModelOptions
 from .project import SettingsError, field_label, finite_number, is_whole, project_path
 from .rewards import check_reward_columns, check_reward_names
-from .runs import check_run_name
+from .runs import check_run_name, read_json
 
 if typing.TYPE_CHECKING:
     from .config import Settings
@@ -213,7 +213,27 @@ def check_model(settings, *, training: bool):
         settings = settings.replace(model_name=best)
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=training)
     check_model_name(settings.model_name)
-    return settings
+    return trained_system_prompt(settings) if isinstance(settings, ModelOptions) else settings
+
+
+def trained_system_prompt(settings: ModelOptions) -> ModelOptions:
+    """A checkpoint prompted, unless told otherwise, with the system prompt its run trained under (``run.json``):
+    the format it learned is the one that prompt states. A system prompt or file given explicitly wins."""
+    if not isinstance(settings.system_prompt, str):
+        raise SettingsError(f"The system prompt (--system-prompt; notebook: SYSTEM_PROMPT) must be text, got "
+                            f"{settings.system_prompt!r}; None takes the run's (run.json), else the article's.")
+    if settings.system_prompt != project.SYSTEM_PROMPT or settings.system_prompt_file \
+            or not looks_like_path(settings.model_name):
+        return settings
+    run_dir = Path(settings.model_name).expanduser().parent
+    info = read_json(run_dir / RUN_INFO)  # damaged or absent: the default prompt, as before the run recorded it
+    trained = info.get("settings", {}).get("system_prompt") if isinstance(info, dict) \
+        and isinstance(info.get("settings"), dict) else None
+    if not isinstance(trained, str) or not trained.strip() or trained == settings.system_prompt:
+        return settings
+    logger.info("System prompt: the one run %s trained under (%s); give --system-prompt (notebook: SYSTEM_PROMPT) "
+                "to use another.", run_dir.name, run_dir / RUN_INFO)
+    return dataclasses.replace(settings, system_prompt=trained)
 
 
 # --- the other commands' options and folders
