@@ -303,3 +303,11 @@ def test_a_data_file_switched_with_the_flag_stays_the_runs_file_on_the_next_resu
     # compared the wrong file and refused (or, with the flag, went back to the first file)
     assert (info["settings"]["data_path"], info["data"]) == (str(other.resolve()), str(other.resolve()))
     assert [r.prompt for r in prepared(tmp_path).rows] == ["別の質問"]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "3", '"run"', "null", "{cut off"])
+def test_a_hand_edited_json_file_that_is_no_object_reads_as_absent(tmp_path, text):
+    from sarashina_grpo.runs import read_json
+
+    (path := tmp_path / "run.json").write_text(text, encoding="utf-8")
+    assert read_json(path) is None  # why: every reader calls .get on it; a list was a traceback in export

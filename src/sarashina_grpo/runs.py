@@ -103,11 +103,12 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    """The JSON in ``path``, or None where it is missing, empty or not JSON."""
+    """The JSON object in ``path``, or None where it is missing, empty, not JSON or not an object (hand-edited)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _locked_message(run_dir: Path, holder: dict, *, flock: bool) -> str:
