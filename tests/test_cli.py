@@ -58,6 +58,8 @@ def test_train_help_lists_the_projects_flags_before_trls_and_every_flag_once(cap
         < text.index("TRL's GRPOConfig and transformers' TrainingArguments:") < text.index("--learning-rate")
     flags = re.findall(r"^  (--[\w-]+)", text, flags=re.M)
     assert len(flags) == len(set(flags)) and {"--beta", "--threads", "--resume", "--config"} <= set(flags)
+    # why: a project flag's --no-x came after --threads, apart from its --x
+    assert flags[flags.index("--dynamic-sampling") + 1] == "--no-dynamic-sampling"
 
 
 def test_a_commands_no_flag_says_what_it_turns_off(capsys):

@@ -174,7 +174,10 @@ def train_parser() -> argparse.ArgumentParser:
     options, run = (next(g for g in parser._action_groups if g.title == title) for title in ("options", "run"))
     own = set(vars(Settings)["__annotations__"]) | {f.name for f in dataclasses.fields(CpuOptions)} | {"help", "config"}
     project_group = parser.add_argument_group("the project's settings")
-    project_group._group_actions[:] = [a for a in options._group_actions if a.dest in own]
+    mine = [a for a in options._group_actions if a.dest in own]
+    offs = {a.dest: a for a in mine if isinstance(a, argparse._StoreFalseAction)}  # each --no-x right after its --x
+    project_group._group_actions[:] = [b for a in mine if a not in offs.values()
+                                       for b in ((a, offs[a.dest]) if a.dest in offs else (a,))]
     options._group_actions[:] = [a for a in options._group_actions if a.dest not in own]
     options.title = "TRL's GRPOConfig and transformers' TrainingArguments"
     parser._action_groups[:] = [g for g in parser._action_groups if g not in (project_group, run, options)] + [
