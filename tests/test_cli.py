@@ -149,6 +149,12 @@ def test_the_batch_rule_is_trls_global_one():
         (["eval", "--samples-per-prompt", "2"], "--samples-per-prompt 2 needs --sample"),
         (["eval", "--limit", "0"], "--limit must be at least 1"),
         (["eval", "--limit", "-1"], "--limit must be at least 1"),
+        # why: argparse keeps the last of a repeated flag; the reward correct_answer was dropped without a word
+        (["train", "--rewards", "correct_answer", "--rewards", "xmlcount"], "--rewards is given twice"),
+        (["train", "--config", "dapo", "--config", "gspo"], "--config is given twice"),
+        (["train", "--dynamic-sampling", "--no-dynamic-sampling"], "given twice (again as --no-dynamic-sampling)"),
+        (["infer", "--model", "tiny", "--model-name", "x", "hi"], "--model is given twice (again as --model-name)"),
+        (["export", "--dtype", "float16", "--dtype=bfloat16", "a", "b"], "--dtype is given twice"),
     ],
 )
 def test_a_bad_option_is_one_error_line_before_anything_loads(capsys, argv, expected):

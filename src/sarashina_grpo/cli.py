@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import re
 import sys
 import typing
@@ -89,12 +90,30 @@ class OneLineErrors:
                     for flag in action.option_strings}
         argv = [f"{word}=true" if word in switches and (i + 1 == len(argv) or argv[i + 1].lower() not in BOOLEAN_WORDS)
                 else word for i, word in enumerate(argv)]
+        self.refuse_repeats(argv)
         args, extras = self.parse_known_args(argv)
         if extras:
             known = [flag for action in self._actions if action.dest != "help"  # --model is no typo of --help
                      for flag in action.option_strings if "_" not in flag]
             self.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(extras[0].split('=')[0], known)}")
         return args
+
+
+    def refuse_repeats(self, argv: list[str]) -> None:
+        """A flag given twice (or with its --no- form): argparse keeps the last silently, and `--rewards a --rewards
+        b` would train on b alone."""
+        seen: dict[str, str] = {}
+        for word in itertools.takewhile(lambda w: w != "--", argv):
+            flag = word.split("=", 1)[0]
+            action = self._option_string_actions.get(flag) if word.startswith("--") else None
+            if action is None or action.dest == "help":
+                continue
+            if action.dest in seen:
+                again = "" if flag == seen[action.dest] else f" (again as {flag})"
+                many = f" with all its values: {flag} a b, or a,b" if action.nargs in ("+", "*") else ""
+                self.error(f"{seen[action.dest]} is given twice{again}; the last would silently replace the first. "
+                           f"Give it once{many}")
+            seen[action.dest] = flag
 
 
 def command_parser(name: str, command) -> argparse.ArgumentParser:
