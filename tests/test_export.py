@@ -139,7 +139,31 @@ def test_cli_reports_a_bad_checkpoint_as_one_error_line(tmp_path, capsys):
 
 def test_unknown_dtype_is_an_error(tmp_path):
     with pytest.raises(SettingsError, match="dtype must be one of"):
-        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", dtype="int8")
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", merged=True, dtype="int8")
+
+
+@pytest.mark.parametrize("flags, error", [("--dtype float16", "--dtype applies only to a merged export (--merged)"),
+                                          ("--base-model /tmp/nonexist", "--base-model applies only to a merged"),
+                                          ("--allow-other-base", "--allow-other-base applies only to a merged"),
+                                          ("--merged false --dtype float32", "--dtype applies only to a merged"),
+                                          ("--no-private", "--no-private applies only with --push-to-hub"),
+                                          ("--private", "--private applies only with --push-to-hub")])
+def test_a_flag_given_without_the_one_it_applies_with_is_one_error_line(tmp_path, capsys, monkeypatch, flags, error):
+    # why: the adapter export ignored them (exit 0): a user asking for float16 weights got the adapter alone
+    import sarashina_grpo.export as export
+    from sarashina_grpo.cli import main
+
+    monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: (folder / "adapter_model.safetensors").touch())
+    checkpoint = fake_checkpoint(tmp_path / "r")
+    assert main(["export", str(checkpoint), str(tmp_path / "out"), *flags.split()]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {error}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # nothing written
+    assert main(["export", str(checkpoint), str(tmp_path / "out")]) == 0  # left out, their defaults are not "given"
+
+
+def test_an_empty_base_model_is_refused_not_replaced_by_the_adapter_s(tmp_path):
+    with pytest.raises(SettingsError, match="--base-model is an empty string"):
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", merged=True, base_model="")
 
 
 def test_a_failed_export_leaves_no_out_folder_behind(tmp_path, monkeypatch):

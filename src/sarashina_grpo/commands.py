@@ -201,7 +201,8 @@ def run_eval(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from .export import export_checkpoint  # transformers + PEFT only: Unsloth is never imported for an export
 
-    print(export_checkpoint(**dataclasses.asdict(options(args, ExportOptions))))  # its fields are its arguments
+    # Its fields are its arguments; only those given: a flag that applies only with another is refused without it.
+    print(export_checkpoint(**given(args, ExportOptions)))
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:

@@ -88,17 +88,21 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
-                      dtype: str = "auto", push_to_hub: str | None = None, private: bool = True,
-                      allow_other_base: bool = False) -> Path:
+                      dtype: str | None = None, push_to_hub: str | None = None, private: bool | None = None,
+                      allow_other_base: bool | None = None) -> Path:
     """Write ``checkpoint``'s adapter (or, with ``merged``, the merged model in ``dtype``) + tokenizer + model card
-    to ``out``; return ``out``. All checks run before anything loads."""
+    to ``out``; return ``out``. All checks run before anything loads. None is "not given": dtype auto, the adapter's
+    base, a private repo, no other base."""
+    check_export_flags(merged=merged, base_model=base_model, dtype=dtype, push_to_hub=push_to_hub, private=private,
+                       allow_other_base=allow_other_base)
     checkpoint, out = check_checkpoint(checkpoint), check_new_folder(out, "export OUT")
+    dtype = "auto" if dtype is None else dtype
     if dtype not in DTYPES:
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     dtype = export_dtype() if dtype == "auto" else dtype
     base = base_model_of(checkpoint, base_model) if merged else None
     if merged:
-        check_same_base(checkpoint, base, given=base_model is not None, allow=allow_other_base)
+        check_same_base(checkpoint, base, given=base_model is not None, allow=bool(allow_other_base))
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out.parent)
     staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
@@ -120,12 +124,31 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
     logger.info("Exported %s to %s (%s).", checkpoint, out, "merged model" if merged else "LoRA adapter")
     if push_to_hub:
         try:
-            upload(out, push_to_hub, private=private)
+            upload(out, push_to_hub, private=private is not False)
         except Exception as err:  # no token, no network, a name taken: the export itself is done and kept
             raise SettingsError(f"Exported to {out}, but the upload to {push_to_hub!r} failed "
                                 f"({type(err).__name__}: {err}). Log in (`hf auth login` or HF_TOKEN) and run "
                                 "the export again into a new folder, or upload OUT yourself.") from None
     return out
+
+
+def check_export_flags(*, merged: bool, base_model: str | None, dtype: str | None, push_to_hub: str | None,
+                       private: bool | None, allow_other_base: bool | None) -> None:
+    """Flags given (not None) that the export would ignore, and an empty ``--base-model``: a ``SettingsError`` before
+    anything is read or written."""
+    if not merged:
+        given = [flag for flag, value in (("--base-model", base_model), ("--dtype", dtype),
+                                          ("--allow-other-base", allow_other_base)) if value is not None]
+        if given:
+            raise SettingsError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only to a merged "
+                                "export (--merged); the adapter export copies the LoRA as training saved it. Add "
+                                f"--merged, or leave {' and '.join(given)} out.")
+    if base_model is not None and not str(base_model).strip():
+        raise SettingsError("--base-model is an empty string (an unset variable?); give the base model's folder or "
+                            "hub id, or leave it out to use the one in the checkpoint's adapter_config.json.")
+    if push_to_hub is None and private is not None:
+        raise SettingsError(f"--{'' if private else 'no-'}private applies only with --push-to-hub (it sets who can see "
+                            "the hub repo the export is uploaded to). Add --push-to-hub user/name, or leave it out.")
 
 
 def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = False) -> None:

@@ -80,7 +80,8 @@ class RoleOptions:
 
 @dataclass
 class ExportOptions:
-    """``export.export_checkpoint``'s arguments."""
+    """``export.export_checkpoint``'s arguments: only the flags given are passed (a default here is what leaving
+    one out means), so that one which applies only with another is refused without it."""
 
     checkpoint: str = field(default="", metadata={"help": "checkpoint folder to export (outputs/<run>/checkpoint-N)",
                                                   "positional": True})
