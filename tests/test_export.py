@@ -166,6 +166,19 @@ def test_an_empty_base_model_is_refused_not_replaced_by_the_adapter_s(tmp_path):
         export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", merged=True, base_model="")
 
 
+@pytest.mark.parametrize("out", ["exported", "link/exported"])
+def test_out_inside_the_checkpoint_is_refused(tmp_path, monkeypatch, out):
+    import sarashina_grpo.export as export
+
+    monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: (folder / "adapter_model.safetensors").touch())
+    checkpoint = fake_checkpoint(tmp_path / "r")
+    (checkpoint / "link").symlink_to(checkpoint)  # the same folder under another name
+    before = sorted(p.name for p in checkpoint.iterdir())
+    with pytest.raises(SettingsError, match="is inside the checkpoint .*checkpoint-2 being exported"):
+        export_checkpoint(checkpoint, checkpoint / out)
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+
+
 def test_a_failed_export_leaves_no_out_folder_behind(tmp_path, monkeypatch):
     import sarashina_grpo.export as export
 

@@ -96,6 +96,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
     check_export_flags(merged=merged, base_model=base_model, dtype=dtype, push_to_hub=push_to_hub, private=private,
                        allow_other_base=allow_other_base)
     checkpoint, out = check_checkpoint(checkpoint), check_new_folder(out, "export OUT")
+    check_out_apart(checkpoint, out)
     dtype = "auto" if dtype is None else dtype
     if dtype not in DTYPES:
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
@@ -149,6 +150,14 @@ def check_export_flags(*, merged: bool, base_model: str | None, dtype: str | Non
     if push_to_hub is None and private is not None:
         raise SettingsError(f"--{'' if private else 'no-'}private applies only with --push-to-hub (it sets who can see "
                             "the hub repo the export is uploaded to). Add --push-to-hub user/name, or leave it out.")
+
+
+def check_out_apart(checkpoint: Path, out: Path) -> None:
+    """OUT not inside the checkpoint it exports: the checkpoint stays as training wrote it (OUT the checkpoint, or a
+    folder holding it, is not empty: ``check_new_folder`` refuses it)."""
+    if out.resolve().is_relative_to(checkpoint.resolve()):
+        raise SettingsError(f"export OUT {out} is inside the checkpoint {checkpoint} being exported; give a folder "
+                            "outside it, e.g. exported/<name>.")
 
 
 def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = False) -> None:
