@@ -288,6 +288,18 @@ def test_a_failed_upload_keeps_the_export_and_says_so(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "README.md").exists()
 
 
+@pytest.mark.parametrize("repo", ["not a repo id!!", "", "me/think/v2", "me/think.git"])
+def test_a_malformed_hub_repo_id_is_refused_before_anything_is_written(tmp_path, monkeypatch, repo):
+    # why: it failed only in the upload, after the export was written ("Exported to …, but the upload failed")
+    import sarashina_grpo.export as export
+
+    monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: (folder / "adapter_model.safetensors").touch())
+    monkeypatch.setattr(export, "upload", lambda *args, **kwargs: pytest.fail("uploaded"))
+    with pytest.raises(SettingsError, match=r"--push-to-hub .* is not a hub repo id \(.*\)\. Give user/name"):
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub=repo)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
 # --- the model card ----------------------------------------------------------------------------------------------
 
 

@@ -135,8 +135,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
 
 def check_export_flags(*, merged: bool, base_model: str | None, dtype: str | None, push_to_hub: str | None,
                        private: bool | None, allow_other_base: bool | None) -> None:
-    """Flags given (not None) that the export would ignore, and an empty ``--base-model``: a ``SettingsError`` before
-    anything is read or written."""
+    """Flags given (not None) that the export would ignore, an empty ``--base-model`` and a malformed hub repo id:
+    a ``SettingsError`` before anything is read or written."""
     if not merged:
         given = [flag for flag, value in (("--base-model", base_model), ("--dtype", dtype),
                                           ("--allow-other-base", allow_other_base)) if value is not None]
@@ -150,6 +150,15 @@ def check_export_flags(*, merged: bool, base_model: str | None, dtype: str | Non
     if push_to_hub is None and private is not None:
         raise SettingsError(f"--{'' if private else 'no-'}private applies only with --push-to-hub (it sets who can see "
                             "the hub repo the export is uploaded to). Add --push-to-hub user/name, or leave it out.")
+    if push_to_hub is not None:  # its form, as huggingface_hub checks it (no network): not after OUT is written
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(push_to_hub)
+        except HFValidationError as err:
+            why = str(err).rstrip(".")
+            raise SettingsError(f"--push-to-hub {push_to_hub!r} is not a hub repo id ({why}). Give user/name, e.g. "
+                                "--push-to-hub me/sarashina-think.") from None
 
 
 def check_out_apart(checkpoint: Path, out: Path) -> None:
