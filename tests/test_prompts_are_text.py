@@ -1,6 +1,6 @@
-"""Prompts are text: a cell holding an object, list, bytes or struct is refused with its file and line, as is a
-repeated column name; a path that cannot be read as a file (a symlink loop, a pipe, a device) is named for what it
-is and never blocks. No model is loaded.
+"""Prompts are text: a cell holding a number, bool, object, list, bytes or struct is refused with its file and line,
+as is a repeated column name; a path that cannot be read as a file (a symlink loop, a pipe, a device) is named for
+what it is and never blocks. No model is loaded.
 
     .venv/bin/pytest tests/test_prompts_are_text.py
 """
@@ -61,14 +61,40 @@ def test_a_jsonl_lang_or_role_that_is_not_text_is_refused(tmp_path):
     assert "line 1: the 'role' cell holds an object" in error_of(path)
 
 
-def test_a_numeric_jsonl_prompt_reads_as_its_digits(tmp_path):
-    # why: a number is text a CSV cell could hold; only objects, lists and bytes lose their meaning
-    assert check_prompts(jsonl(tmp_path, {"prompt": 12, "lang": "ja"}))[0].prompt == "12"
+@pytest.mark.parametrize(("value", "kind"), [(5, "a number (5)"), (1.5, "a number (1.5)"), (True, "true or false")])
+def test_a_jsonl_prompt_that_is_a_number_or_bool_is_refused_with_its_line(tmp_path, value, kind):
+    # why: it was trained on as "5" or "True", a prompt nobody wrote; a number that is meant is written "5"
+    message = error_of(jsonl(tmp_path, {"prompt": "ok", "lang": "ja"}, {"prompt": value, "lang": "ja"}))
+    assert f"p.jsonl, line 2: the 'prompt' cell holds {kind}" in message and "Give it as a string" in message
+
+
+def test_a_jsonl_role_or_lang_that_is_a_number_is_refused(tmp_path):
+    role = jsonl(tmp_path, {"prompt": "a", "lang": "ja", "role": 7})
+    assert "line 1: the 'role' cell holds a number (7)" in error_of(role)
+    lang = jsonl(tmp_path, {"prompt": "a", "lang": 1}, name="l.jsonl")
+    assert "line 1: the 'lang' cell holds a number" in error_of(lang)
+
+
+def test_a_parquet_float_prompt_column_is_refused_saying_how_to_convert_it(tmp_path):
+    message = error_of(parquet(tmp_path, pa.table({"prompt": [1.5], "lang": ["ja"]})))
+    assert "row 1: the 'prompt' cell holds a number (1.5)" in message and ".astype(str)" in message
+
+
+def test_a_missing_value_in_a_parquet_float_column_is_a_blank_prompt(tmp_path):
+    # why: pandas writes a column with no prompts as NaN floats; a blank is skipped, as NaN in a CSV is
+    table = pa.table({"prompt": pa.array([float("nan"), None], pa.float64()), "lang": ["ja", "ja"]})
+    assert [r.prompt for r in read_rows(parquet(tmp_path, table))] == ["", ""]
 
 
 def test_extra_columns_that_are_not_text_still_ride_along(tmp_path):
-    rows = check_prompts(jsonl(tmp_path, {"prompt": "a", "lang": "ja", "answer": 3, "tags": ["x"]}))
-    assert rows[0].extra == {"answer": "3", "tags": "['x']"}
+    # why: the arithmetic task's answer is a number; correct_answer reads it from its text
+    rows = check_prompts(jsonl(tmp_path, {"prompt": "a", "lang": "ja", "answer": 3, "ok": True, "tags": ["x"]}))
+    assert rows[0].extra == {"answer": "3", "ok": "True", "tags": "['x']"}
+
+
+def test_a_numeric_parquet_answer_column_rides_along_as_text(tmp_path):
+    rows = check_prompts(parquet(tmp_path, pa.table({"prompt": ["3+4は？"], "lang": ["ja"], "answer": [7]})))
+    assert rows[0].extra == {"answer": "7"}
 
 
 def test_a_parquet_binary_prompt_is_refused_saying_to_decode_it(tmp_path):

@@ -139,19 +139,23 @@ def read_rows(path: str | Path) -> list[Row]:
 
 
 def check_text_cells(path: Path, line: int, fields: list, columns: dict[int, str]) -> None:
-    """Raise ``DataError`` when a prompt, lang or role cell of a JSONL or Parquet row holds an object, a list, bytes
-    or a struct: read as text they would be trained on in their Python spelling ("['a', 'b']", "b'\\xe6…'")."""
+    """Raise ``DataError`` when a prompt, lang or role cell of a JSONL or Parquet row holds a number, a bool, an
+    object, a list, bytes or a struct: read as text they would be trained on in their Python spelling ("5", "1.5",
+    "True", "['a', 'b']", "b'\\xe6…'")."""
     for at, name in columns.items():
         value = fields[at] if at < len(fields) else ""
         if isinstance(value, str):
             continue
-        kinds = {dict: "an object", list: "a list", bytes: "bytes", bytearray: "bytes"}
+        kinds = {dict: "an object", list: "a list", bytes: "bytes", bytearray: "bytes", bool: "true or false",
+                 int: "a number", float: "a number"}
         kind = kinds.get(type(value), type(value).__name__)
-        where = "row" if path.suffix.lower() == ".parquet" else "line"
+        parquet = path.suffix.lower() == ".parquet"
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        fix = " (decode them first, e.g. df[col].str.decode('utf-8'))" if kind == "bytes" else ""
-        raise DataError(f"{path}, {where} {line}: the {name!r} cell holds {kind} ({shown}), not text. Give it as a "
-                        f"string{fix}.")
+        fix = {"bytes": " (decode them first, e.g. df[col].str.decode('utf-8'))",
+               "a number": f" (in pandas: df[{name!r}] = df[{name!r}].astype(str))" if parquet
+               else f' in quotes ("{value}")'}.get(kind, "")
+        raise DataError(f"{path}, {'row' if parquet else 'line'} {line}: the {name!r} cell holds {kind} ({shown}), "
+                        f"not text. Give it as a string{fix}.")
 
 
 def warn_skipped(path: Path, lines: list[int], what: str, after: str = "") -> None:

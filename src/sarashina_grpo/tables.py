@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -157,10 +158,11 @@ def _csv_table(path: Path):
 
 
 def _table_of(objects: list[tuple[int, dict]]):
-    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns, numbers
-    become cell text and None a blank; objects, lists and bytes stay for ``data.py`` to refuse."""
+    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns; None and
+    NaN (pandas' missing value) are a blank cell; numbers, bools, objects, lists and bytes stay as they are, for
+    ``data.py`` to refuse where text is meant and to carry as text elsewhere (an ``answer`` may be a number)."""
     header = list(dict.fromkeys(key for _, obj in objects for key in obj))
-    return header, ((line, ["" if (v := obj.get(key)) is None else str(v) if isinstance(v, int | float) else v
+    return header, ((line, ["" if (v := obj.get(key)) is None or isinstance(v, float) and math.isnan(v) else v
                             for key in header]) for line, obj in objects)
 
 
