@@ -38,6 +38,16 @@ def test_a_row_with_more_fields_than_the_header_is_refused_not_cut(write_csv):
         read_rows(path)
 
 
+@pytest.mark.parametrize(("header", "named"), [("prompt;lang\nこんにちは;ja\n", "semicolons (';')"),
+                                              ("prompt\tlang\nこんにちは\tja\n", "tabs")])
+def test_a_csv_separated_by_semicolons_or_tabs_is_named_so(write_csv, header, named):
+    # why: read with commas its header is one column 'prompt;lang', and "no 'prompt' column" hid why
+    with pytest.raises(DataError) as info:
+        read_rows(write_csv(header))
+    assert f"the header (line 1) seems separated by {named}, not commas" in str(info.value)
+    assert "comma-separated" in str(info.value) and "has no 'prompt'" not in str(info.value)
+
+
 def test_trailing_empty_fields_are_no_extra_text(write_csv):
     assert [r.prompt for r in read_rows(write_csv("prompt,lang\nこんにちは,ja,\n"))] == ["こんにちは"]
 

@@ -89,6 +89,8 @@ def read_rows(path: str | Path) -> list[Row]:
     header = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     where = "header (line 1)" if csv_file else "columns"
+    if missing and csv_file:
+        check_separator(path, header)
     if missing:
         fix = ("The first line must name the columns, e.g. 'prompt,lang'." if csv_file
                else "Give every row the keys prompt and lang.")
@@ -136,6 +138,19 @@ def read_rows(path: str | Path) -> list[Row]:
     if not rows:
         raise DataError(f"{path} has a header but no rows: add one row per prompt, e.g. 'こんにちは,ja'.")
     return rows
+
+
+def check_separator(path: Path, header: list[str]) -> None:
+    """Refuse a CSV whose header is split by semicolons or tabs, not commas: read with commas its header is one
+    column named 'prompt;lang', and "no 'prompt' column" would hide why."""
+    # Excel writes ';' where the decimal separator is a comma (most of Europe), tabs for "Unicode Text".
+    for sep, name, arg, why in ((";", "semicolons (';')", "';'", "Excel in many European languages writes ';'"),
+                                ("\t", "tabs", "'\\t'", "Excel's 'Unicode Text' is tab-separated")):
+        if any(sep in cell for cell in header):
+            raise DataError(f"{path}: the header (line 1) seems separated by {name}, not commas (found {header}); a "
+                            f"prompt CSV must be comma-separated ({why}). Save it as 'CSV UTF-8 (Comma delimited)', "
+                            f"or convert it: pandas.read_csv({str(path)!r}, sep={arg}).to_csv('prompts.csv', "
+                            "index=False).")
 
 
 def check_text_cells(path: Path, line: int, fields: list, columns: dict[int, str]) -> None:
