@@ -7,7 +7,7 @@ import pytest
 import regex
 
 from sarashina_grpo.data import DataError, load_prompts, read_rows
-from sarashina_grpo.project import SYSTEM_PROMPT
+from sarashina_grpo.project import MAX_PROMPT_CHARS, SYSTEM_PROMPT
 
 JAPANESE = regex.compile(r"[\p{Hiragana}\p{Katakana}\p{Han}]")
 
@@ -46,6 +46,21 @@ def test_a_csv_separated_by_semicolons_or_tabs_is_named_so(write_csv, header, na
         read_rows(write_csv(header))
     assert f"the header (line 1) seems separated by {named}, not commas" in str(info.value)
     assert "comma-separated" in str(info.value) and "has no 'prompt'" not in str(info.value)
+
+
+def test_a_role_cell_over_the_role_file_limit_is_refused_with_its_line(write_csv):
+    # why: --role-file refuses a role over MAX_PROMPT_CHARS; the same text in the role column was put into the prompt
+    role = "あ" * (MAX_PROMPT_CHARS + 1)
+    path = write_csv(f"prompt,lang,role\nこんにちは,ja,短い役\nおはよう,ja,{role}\n")
+    with pytest.raises(DataError) as info:
+        read_rows(path)
+    assert f"the 'role' cell of 1 row(s) is over the {MAX_PROMPT_CHARS:,} characters" in str(info.value)
+    assert f"line 3: {MAX_PROMPT_CHARS + 1:,} characters" in str(info.value)
+
+
+def test_a_role_cell_at_the_limit_is_read(write_csv):
+    role = "あ" * MAX_PROMPT_CHARS
+    assert read_rows(write_csv(f"prompt,lang,system\nこんにちは,ja,{role}\n"))[0].role == role
 
 
 def test_trailing_empty_fields_are_no_extra_text(write_csv):

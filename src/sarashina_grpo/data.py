@@ -2,8 +2,9 @@
 
 ``tables.py`` reads the file (CSV, JSONL or Parquet) and refuses what is wrong with it as a file; this module checks
 what the columns hold. Only rows in the target language (``ja`` by default; ``ja-JP`` counts as ``ja``) are kept.
-A bad header or ``lang`` code is fatal; blank, invisible, control-character, language-less, duplicate and over-long
-prompts are skipped with one warning per kind naming their lines (docs/troubleshooting.md lists every message).
+A bad header, ``lang`` code or over-long role is fatal; blank, invisible, control-character, language-less,
+duplicate and over-long prompts are skipped with one warning per kind naming their lines (docs/troubleshooting.md
+lists every message).
 Extra columns pass through to the dataset (e.g. ``answer`` for rewards); an optional ``role`` (or ``system``) column
 is that row's persona, added to its system prompt (``roles.with_role``).
 """
@@ -15,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .project import HOME_VARIABLE, SYSTEM_PROMPT, project_dir
+from .project import HOME_VARIABLE, MAX_PROMPT_CHARS, SYSTEM_PROMPT, project_dir
 from .rewards import TRL_REWARD_ARGUMENTS
 from .roles import with_role
 from .tables import DataError, lines_named, read_table
@@ -108,7 +109,7 @@ def read_rows(path: str | Path) -> list[Row]:
     role_at = next((header.index(c) for c in ROLE_COLUMNS if c in header), None)
     extras = {name: at for at, name in enumerate(header) if name and name not in REQUIRED_COLUMNS and at != role_at}
     text_columns = {at: header[at] for at in (prompt_at, lang_at, role_at) if at is not None}
-    rows, bad_lang, overflowing = [], [], []
+    rows, bad_lang, overflowing, long_roles = [], [], [], []
 
     def cell(fields: list[str], at: int | None) -> str:
         return fields[at].strip() if at is not None and at < len(fields) else ""
@@ -119,6 +120,8 @@ def read_rows(path: str | Path) -> list[Row]:
         if any(f.strip() for f in fields[len(header):]):  # text past the last column would be dropped unseen
             overflowing.append(line)
         prompt, raw_lang, role = cell(fields, prompt_at), cell(fields, lang_at), cell(fields, role_at)
+        if len(role) > MAX_PROMPT_CHARS:  # the limit of --role-file: a role goes into every prompt of its row
+            long_roles.append(f"line {line}: {len(role):,} characters")
         lang = _lang_code(raw_lang)
         if lang is None:
             better = LANG_SUGGESTIONS.get(raw_lang.lower())
@@ -131,6 +134,11 @@ def read_rows(path: str | Path) -> list[Row]:
                         f"columns ({', '.join(header)}), so the text after the last column would be dropped: an "
                         'unquoted comma? Wrap a cell that holds commas in "…", or name the extra column in the '
                         "header.")
+    if long_roles:
+        raise DataError(f"{path}: the {header[role_at]!r} cell of {len(long_roles)} row(s) is over the "
+                        f"{MAX_PROMPT_CHARS:,} characters a role may hold, as with --role-file "
+                        f"({lines_named(long_roles, '; ', '; and')}). A role goes into the system prompt of its row: "
+                        "check that the column holds roles, or shorten them.")
     if bad_lang:
         raise DataError(f"{path}: field 'lang' holds {len(bad_lang)} value(s) that are not ISO 639-1 language codes "
                         f"({lines_named(bad_lang, '; ', '; and')}). Use two-letter codes such as 'ja' or 'en' (a "
