@@ -286,7 +286,7 @@ def test_a_missing_prompt_file_is_reported_before_the_model_that_needs_a_gpu(cap
     # why: the default model (Sarashina 3B) cannot train on a CPU either; the file the user typed is fixed first
     assert main(["train", "--data", "no/such/prompts.csv"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: Prompt file not found") and "prompts.csv" in err
+    assert err.startswith("error: Settings.data_path (CLI --data): Prompt file not found") and "prompts.csv" in err
 
 
 def test_an_on_off_flag_never_swallows_the_word_after_it():

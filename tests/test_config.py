@@ -3,6 +3,7 @@ read in its field's type and checked whichever road it came by, and bad values f
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -13,7 +14,9 @@ from sarashina_grpo.config import (
     load_recipe,
     load_settings,
 )
-from sarashina_grpo.project import LORA_TARGET_MODULES, SettingsError
+from sarashina_grpo.data import DataError
+from sarashina_grpo.preflight import check_prompt_file
+from sarashina_grpo.project import HOME_VARIABLE, LORA_TARGET_MODULES, SettingsError
 
 
 def test_defaults_are_the_articles():
@@ -301,6 +304,67 @@ def test_a_bad_value_in_a_recipe_names_the_recipe(tmp_path):
     recipe.write_text("max_steps: five\n", encoding="utf-8")
     with pytest.raises(SettingsError, match=r"mine\.yaml: Settings\.max_steps \(CLI --max-steps\) must be an int"):
         load_settings(recipe=recipe)
+
+
+# --- prompt file paths: an error names the setting, and the recipe that set it -------------------------------
+
+
+@pytest.mark.parametrize(("values", "label"), [
+    ({"data_path": ""}, "Settings.data_path (CLI --data)"),
+    ({"data_path": "  "}, "Settings.data_path (CLI --data)"),
+    ({"eval_data": "", "eval_steps": 1}, "Settings.eval_data (CLI --eval-data)"),
+])
+def test_an_empty_prompt_file_path_is_refused_as_empty(values, label):
+    # why: '' was read as the project folder: "error: . is a folder", naming neither --data nor --eval-data
+    with pytest.raises(SettingsError, match=rf"^{re.escape(label)} is empty: give the path of a prompt file"):
+        load_settings(values)
+
+
+def test_an_empty_eval_data_is_left_alone_without_held_out_evaluation():
+    assert load_settings({"eval_data": ""}).eval_data == ""  # never read without --eval-steps
+
+
+def test_an_empty_prompt_file_path_in_a_recipe_names_the_recipe(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("data_path: ''\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=rf"^{re.escape(str(recipe))}: Settings\.data_path \(CLI --data\) is empty"):
+        load_settings(recipe=recipe)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with a datasets/ folder (so that data.py's own hint for a run outside one stays silent)."""
+    (tmp_path / "datasets").mkdir()
+    monkeypatch.setenv(HOME_VARIABLE, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_missing_eval_file_from_a_recipe_names_the_setting_the_recipe_and_the_project_folder(project):
+    recipe = project / "mine.yaml"
+    recipe.write_text("eval_steps: 1\neval_data: missing_eval.csv\n", encoding="utf-8")
+    settings = load_settings(recipe=recipe).replace(max_steps=3)  # a resume rebuilds the settings so
+    with pytest.raises(DataError) as info:
+        check_prompt_file(settings, "eval_data")
+    assert str(info.value).startswith(f"Settings.eval_data (CLI --eval-data), set in {recipe}: Prompt file not found: "
+                                      f"{project / 'missing_eval.csv'}.")
+    assert f"A relative path is read from the project folder, here {project}" in str(info.value)
+
+
+def test_a_prompt_file_given_as_a_value_is_not_blamed_on_the_recipe(project):
+    recipe = project / "mine.yaml"
+    recipe.write_text("data_path: datasets/other.csv\n", encoding="utf-8")
+    settings = load_settings({"data_path": str(project / "gone.csv")}, recipe=recipe)
+    with pytest.raises(DataError) as info:
+        check_prompt_file(settings, "data_path")
+    assert str(info.value).startswith(f"Settings.data_path (CLI --data): Prompt file not found: {project}/gone.csv.")
+    assert "relative path" not in str(info.value)  # an absolute one
+
+
+def test_the_default_prompt_file_names_the_default_recipe(project):
+    with pytest.raises(DataError, match=r"^Settings\.data_path \(CLI --data\), set in the default recipe .*article"
+                       r"\.yaml: Prompt file not found"):
+        check_prompt_file(load_settings(), "data_path")
 
 
 def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):

@@ -549,7 +549,8 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
 
 def test_cli_turns_a_data_error_into_one_error_line_and_exit_code_2(no_cuda, capsys, tmp_path):
     code, err = run_cli(capsys, "--model", "tiny", "--data", tmp_path / "nope.csv", "--artifact-dir", tmp_path)
-    assert code == 2 and err.startswith("error: Prompt file not found") and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: Settings.data_path (CLI --data): Prompt file not found")
 
 
 def test_cli_turns_a_settings_error_into_one_error_line_and_exit_code_2(no_cuda, capsys, tmp_path):

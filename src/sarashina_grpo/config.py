@@ -120,6 +120,7 @@ class Settings(GRPOConfig):
 
     def __post_init__(self):
         self._asked = {name: getattr(self, name) for name in FIELDS}
+        self._origins: dict[str, str] = {}  # the file (recipe, run.json) that set a field, where one did
         for name, value in self._asked.items():
             setattr(self, name, typed(name, value))
         self.reward_names = split_names(self.reward_names)
@@ -160,7 +161,15 @@ class Settings(GRPOConfig):
 
     def replace(self, **changes) -> "Settings":
         """These settings with ``changes``, built anew from the values asked for (TRL derives some fields)."""
-        return type(self)(**{**self._asked, **changes})
+        settings = type(self)(**{**self._asked, **changes})
+        settings._origins = {k: v for k, v in self._origins.items() if k not in changes}
+        return settings
+
+    def label(self, name: str) -> str:
+        """How an error names field ``name``: ``field_label``, after the recipe (or run.json) that set it, if any."""
+        origin = self._origins.get(name)
+        default = "the default recipe " if origin == str(ARTICLE_RECIPE) else ""
+        return f"{field_label(name)}, set in {default}{origin}" if origin else field_label(name)
 
     def for_trainer(self):
         """These settings as the trainer's ``args``: ``self``, or, once Unsloth has put its ``GRPOConfig`` subclass
@@ -272,6 +281,11 @@ def check_values(settings: Settings) -> None:
                             f"({settings.epsilon}).")
     if not settings.reward_names:
         raise SettingsError(f"{field_label('reward_names')} is empty: GRPO needs at least one reward.")
+    # An empty path would be read as the project folder itself ("is a folder"), hiding which setting is empty.
+    for name, used in (("data_path", True), ("eval_data", bool(settings.eval_steps))):
+        if used and not getattr(settings, name).strip():
+            raise SettingsError(f"{field_label(name)} is empty: give the path of a prompt file (CSV, JSONL or Parquet "
+                                f"with columns prompt,lang), e.g. {FIELDS[name].default}.")
     weights = settings.reward_weights
     if weights is not None and len(weights) != len(settings.reward_names):
         raise SettingsError(f"reward_weights has {len(weights)} value(s) for {len(settings.reward_names)} rewards "
@@ -330,7 +344,7 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         if merged.get(key) is not None:
             raise SettingsError(f"{source}: {key} is set by the project: {RUN_OWNED[key]}.")
     try:
-        return Settings(**merged)
+        settings = Settings(**merged)
     except TypeError as err:  # a key the dataclass does not take (its name is a field): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
     except SettingsError as err:  # a value refused where a file set it (a recipe, a resumed run's run.json): name it
@@ -339,6 +353,11 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
         if origin is None or origin == len(layers) - 1:  # the values given (flags, SETTINGS) name themselves
             raise
         raise SettingsError(f"{layers[origin][0]}: {err}") from None
+    # The files' layers, later over earlier; a value given (flags, SETTINGS) names itself.
+    settings._origins = {key: name for name, layer in layers[:-1] for key in layer}
+    for key in layers[-1][1]:
+        settings._origins.pop(key, None)
+    return settings
 
 
 def article_settings(**values) -> Settings:

@@ -28,12 +28,13 @@ from urllib.parse import unquote, urlparse
 from . import project
 from .best import RUN_INFO, resolve_best
 from .checkpoints import check_loadable, folder_kind, newest_complete_in, step_of
-from .data import check_prompts
+from .data import DataError, check_prompts
 from .errors import hub_unreachable_message, proxy_for, shown_url
 from .options import ModelOptions
-from .project import SettingsError, field_label, finite_number, is_whole, project_path
+from .project import HOME_VARIABLE, SettingsError, field_label, finite_number, is_whole, project_dir, project_path
 from .rewards import check_reward_columns, check_reward_names
 from .runs import check_run_name, read_json
+from .tables import file_problem
 
 if typing.TYPE_CHECKING:
     from .config import Settings
@@ -182,6 +183,21 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
         logger.warning("Resuming with %s = %r (the run started with %r%s).", k, b, a, ran)
 
 
+def check_prompt_file(settings: Settings, name: str) -> list:
+    """The usable rows of the prompt file that field ``name`` names. Its errors start with the setting (and the recipe
+    that set it): the file's path alone does not tell --data from --eval-data, nor a recipe's value from a flag's."""
+    given = getattr(settings, name)
+    try:
+        return check_prompts(project_path(given))
+    except DataError as err:
+        relative = ""
+        if not Path(given).expanduser().is_absolute() and "Relative paths" not in str(err) \
+                and file_problem(project_path(given)) == "not found":
+            relative = (f" A relative path is read from the project folder, here {project_dir()} (${HOME_VARIABLE}, "
+                        "else the working directory), not from a recipe's folder.")
+        raise DataError(f"{settings.label(name)}: {err}{relative}") from None
+
+
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
               check_model_files: bool = True) -> CheckedRun:
     """Every check of a training run, in the order a user would fix them. ``run_dir``: the run being resumed (its
@@ -192,8 +208,8 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     for warning in settings_warnings(settings):
         logger.warning(warning)
     # The files named come first: a missing prompt file is not hidden behind a model that would not run here either.
-    rows = check_prompts(project_path(settings.data_path))
-    eval_rows = check_prompts(project_path(settings.eval_data))[: settings.eval_limit] if settings.eval_steps else []
+    rows = check_prompt_file(settings, "data_path")
+    eval_rows = check_prompt_file(settings, "eval_data")[: settings.eval_limit] if settings.eval_steps else []
     check_rewards_have_columns(settings, rows)
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
