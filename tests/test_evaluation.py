@@ -12,10 +12,12 @@ from sarashina_grpo.evaluation import (
     compare_runs,
     comparison_table,
     eval_name_for,
+    evaluate,
     score_text,
     score_texts,
     write_eval,
 )
+from sarashina_grpo.project import SettingsError
 
 STRICT_JA = "<think>\n考えます。\n</think>\n<response>\nはい。\n</response>"
 DRIFT = "<think>\nLet me think about it.\n</think>\n<response>\nはい。\n</response>"
@@ -137,6 +139,13 @@ def test_an_existing_evaluation_name_is_refused(tmp_path):
     write_eval([{"prompt": "p", "completion": STRICT_JA}], tmp_path / "eval" / "base")
     with pytest.raises(EvalExistsError, match="--overwrite"):
         check_eval_name("base", tmp_path)
+
+
+@pytest.mark.parametrize("data_path", ["", "  "])
+def test_an_empty_held_out_file_path_is_refused_as_empty_before_any_model_is_used(tmp_path, data_path):
+    # why: '' was read as the project folder, "error: . is a folder", not naming eval --data
+    with pytest.raises(SettingsError, match=r"held-out prompt file \(CLI eval --data; evaluate's data_path\) is empty"):
+        evaluate(None, None, "e", data_path=data_path, artifact_dir=tmp_path)
 
 
 def test_overwrite_allows_reusing_an_evaluation_name(tmp_path):

@@ -157,6 +157,15 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
     return eval_dir
 
 
+def eval_data_file(data_path: str | Path) -> Path:
+    """The held-out prompt file ``data_path`` names (a relative path from the project folder). An empty one is
+    refused as such: read as a path, '' is the project folder itself ("is a folder")."""
+    if not str(data_path).strip():
+        raise SettingsError(f"The held-out prompt file (CLI eval --data; evaluate's data_path) is empty: give the "
+                            f"path of a CSV, JSONL or Parquet file with columns prompt,lang, e.g. {DEFAULT_EVAL_DATA}.")
+    return project_path(data_path)
+
+
 def eval_rows(data_path: Path, limit: int | None) -> list:
     """The held-out rows to evaluate (Japanese, usable, the first ``limit``); an error when none would be."""
     check_eval_limit(limit)
@@ -170,7 +179,7 @@ def evaluate(model, tokenizer, name: str, *, data_path: str | Path = DEFAULT_EVA
     """Generate for the prompts of ``data_path`` and write ``<artifact_dir>/eval/<name>/``; return the metrics."""
     eval_dir = check_eval_name(name, artifact_dir, overwrite)
     gen = gen or GenerationSettings()
-    data_path = project_path(data_path)
+    data_path = eval_data_file(data_path)
     rows = eval_rows(data_path, limit)
     started = time.monotonic()
     prompts, roles = [r.prompt for r in rows], [r.role or role for r in rows]
@@ -214,7 +223,7 @@ def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs)
 
     settings = check_model(settings, training=False)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
-    eval_rows(project_path(kwargs.get("data_path", DEFAULT_EVAL_DATA)), kwargs.get("limit"))  # before loading
+    eval_rows(eval_data_file(kwargs.get("data_path", DEFAULT_EVAL_DATA)), kwargs.get("limit"))  # before loading
     model, tokenizer = load_for_inference(settings, threads=threads)
     kwargs.setdefault("system_prompt", getattr(settings, "system_prompt", None))
     return evaluate(model, tokenizer, name, meta={"model": settings.model_name}, **kwargs)
