@@ -143,6 +143,13 @@ def test_a_recipe_is_laid_over_the_articles_and_unknown_keys_fail(tmp_path):
         load_settings(recipe=recipe)
 
 
+def test_a_recipe_that_is_no_file_name_is_one_error_naming_it():
+    with pytest.raises(SettingsError) as refused:
+        load_settings(recipe=5)  # the notebook's RECIPE = 5; was: a TypeError from pathlib
+    assert str(refused.value) == ("The recipe (--config; notebook: RECIPE) must be a YAML file or the name of one in "
+                                  "configs/recipes/ (e.g. 'dapo'), got 5 (int); None: the article's run.")
+
+
 @pytest.mark.parametrize("source", ["recipe", "SETTINGS"])
 def test_rollout_auto_is_accepted_from_a_recipe_and_the_notebooks_settings(tmp_path, source):
     recipe = tmp_path / "r.yaml"

@@ -307,6 +307,10 @@ def yaml_loader():
 
 def recipe_path(path: str | Path) -> Path:
     """A recipe's file: ``path`` itself, or for a bare name (``dapo``) the shipped ``configs/recipes/dapo.yaml``."""
+    if not isinstance(path, str | os.PathLike):
+        raise SettingsError(f"The recipe (--config; notebook: RECIPE) must be a YAML file or the name of one in "
+                            f"configs/recipes/ (e.g. 'dapo'), got {path!r} ({type(path).__name__}); None: the "
+                            "article's run.")
     file = project_path(path)
     shipped = RECIPES / f"{path}.yaml"
     if not file.exists() and "/" not in str(path) and Path(path).suffix == "" and shipped.is_file():
