@@ -156,6 +156,38 @@ def test_the_resumed_runs_own_name_is_fine(tmp_path, data):
     assert prepared(tmp_path, run_name="r").paths.name == "r"
 
 
+# --- prepare's own arguments: train's run flags, the finetuning notebook's parameters ---------------------------
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    # was: a TypeError from pathlib
+    (dict(artifact_dir=5), "--artifact-dir (notebook: ARTIFACT_DIR) must be a folder, got 5 (int); None: the "
+                           "project's artifact/."),
+    # was: an AttributeError from the name check
+    (dict(run_name=5), "--run-name (notebook: RUN_NAME) must be a plain folder name such as 'lr5e-6-seed1', got 5 "
+                       "(int); None: a timestamp."),
+    # was: "Cannot resume 'True': no such run or folder"
+    (dict(resume=True), "--resume (notebook: RESUME) must be 'latest', a run name, or a run or checkpoint folder, "
+                        "got True (bool); None: a new run."),
+    (dict(allow_data_change="no"), "--allow-data-change (notebook: ALLOW_DATA_CHANGE) must be True or False, got "
+                                   "'no' (str)."),
+])
+def test_a_prepare_argument_of_the_wrong_kind_is_one_error_naming_it(tmp_path, data, arguments, expected):
+    artifact = tmp_path / "artifact"
+    with pytest.raises(SettingsError) as refused:
+        prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), **{"artifact_dir": artifact, **arguments})
+    assert str(refused.value) == expected and not artifact.exists()
+
+
+def test_allow_data_change_given_as_text_is_refused_not_taken_for_true(tmp_path, data):
+    run = resumable_run(tmp_path, data, step=3, planned=5)
+    recorded = (run / "run.json").read_text()
+    data.write_text("prompt,lang\n別の質問,ja\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"ALLOW_DATA_CHANGE\) must be True or False, got 'no'"):
+        prepared(tmp_path, allow_data_change="no")  # why: "no" is true: the run resumed over the changed file
+    assert (run / "run.json").read_text() == recorded  # its data hash is the one it started with
+
+
 # --- the lock -------------------------------------------------------------------------------------------------
 
 HOLD_LOCK = textwrap.dedent("""

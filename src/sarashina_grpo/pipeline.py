@@ -19,7 +19,14 @@ from pathlib import Path
 
 from . import checkpoints, compat, project, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
-from .preflight import BASE_MODEL, RUN_INFO, check_resume_settings, check_run, read_run_info  # noqa: F401 (re-exported)
+from .preflight import (  # noqa: F401 (re-exported)
+    BASE_MODEL,
+    RUN_INFO,
+    check_resume_settings,
+    check_run,
+    check_run_options,
+    read_run_info,
+)
 from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, process_rank, project_path
 
 # config imports Unsloth before TRL; transformers' model code and callbacks are imported inside functions.
@@ -86,8 +93,6 @@ def write_run_info(paths: RunPaths, settings: Settings) -> None:
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
              allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
     """``prepare`` on one process: every check before any folder is created or set aside; locked from the first."""
-    if run_name is not None:
-        runs.check_run_name(run_name)
     if not resume:
         checked = check_run(settings, artifact_dir=artifact_dir, check_model_files=check_model)
         paths = new_run_paths(artifact_dir, run_name)
@@ -149,6 +154,8 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
     from .data import DataError
     from .modeling import resolve_model_name
 
+    run_name = check_run_options(settings, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
+                                 allow_data_change=allow_data_change, resume_weights_only=resume_weights_only)
     project.check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
     decide = functools.partial(_prepare, settings, artifact_dir, resume, run_name, check_model, given,

@@ -198,6 +198,35 @@ def check_prompt_file(settings: Settings, name: str) -> list:
         raise DataError(f"{settings.label(name)}: {err}{relative}") from None
 
 
+def shown(value) -> str:
+    """A value as an error quotes it, with its type: ``'no' (str)``, ``5 (int)``."""
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_run_options(settings: Settings, *, artifact_dir, resume, run_name, allow_data_change: bool,
+                      resume_weights_only: bool = False) -> str | None:
+    """``prepare``'s own arguments (``train``'s run flags; the finetuning notebook's ARTIFACT_DIR, RESUME, RUN_NAME,
+    ALLOW_DATA_CHANGE), each of a kind it can use, before anything is read or written. Returns the run's name."""
+    paths = str | os.PathLike
+    for label, value, ok, wanted, unset in (
+            ("--artifact-dir (notebook: ARTIFACT_DIR)", artifact_dir, isinstance(artifact_dir, paths), "a folder",
+             "the project's artifact/"),
+            ("--resume (notebook: RESUME)", resume, isinstance(resume, paths),
+             "'latest', a run name, or a run or checkpoint folder", "a new run"),
+            ("--run-name (notebook: RUN_NAME)", run_name, isinstance(run_name, str),
+             "a plain folder name such as 'lr5e-6-seed1'", "a timestamp")):
+        if value is not None and not ok:
+            raise SettingsError(f"{label} must be {wanted}, got {shown(value)}; None: {unset}.")
+    # a string such as "no" is true: it would allow what it means to refuse
+    for label, value in (("--allow-data-change (notebook: ALLOW_DATA_CHANGE)", allow_data_change),
+                         ("--resume-weights-only", resume_weights_only)):
+        if not isinstance(value, bool):
+            raise SettingsError(f"{label} must be True or False, got {shown(value)}.")
+    if run_name is not None:
+        check_run_name(run_name, "--run-name (notebook: RUN_NAME)")
+    return run_name
+
+
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
               check_model_files: bool = True) -> CheckedRun:
     """Every check of a training run, in the order a user would fix them. ``run_dir``: the run being resumed (its

@@ -31,9 +31,9 @@ class RunLockedError(SettingsError):
     """Another process is training the run."""
 
 
-def check_run_name(name: str) -> None:
+def check_run_name(name: str, label: str = "--run-name") -> None:
     """Raise ``SettingsError`` unless ``name`` is one plain folder name (checked before anything is written)."""
-    check_plain_name(name, "--run-name", "A run lives in outputs/<run-name>/")
+    check_plain_name(name, label, "A run lives in outputs/<run-name>/")
 
 
 def check_plain_name(name: str, flag: str, lives: str) -> None:
