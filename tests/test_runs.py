@@ -188,6 +188,35 @@ def test_allow_data_change_given_as_text_is_refused_not_taken_for_true(tmp_path,
     assert (run / "run.json").read_text() == recorded  # its data hash is the one it started with
 
 
+def test_the_settings_run_name_names_the_run(tmp_path, data):
+    # why: the notebook's SETTINGS = {"run_name": "aa"} (or a recipe's) gave a timestamped folder; the CLI's
+    # --run-name is that same field and names the folders
+    run = prepare(article_settings(**RUN_SETTINGS, data_path=str(data), run_name="aa"), artifact_dir=tmp_path)
+    run.lock.release()
+    assert run.paths.name == "aa" and run.paths.output_dir == tmp_path / "outputs" / "aa"
+
+
+def test_a_path_as_the_settings_run_name_is_refused_as_a_run_name_is(tmp_path, data):
+    artifact = tmp_path / "deep" / "artifact"
+    with pytest.raises(SettingsError, match=r"^Settings.run_name \(CLI --run-name; notebook: SETTINGS or RECIPE\) "
+                                            r"'\.\./\.\./x' is not a plain folder name \(it holds a path separator"):
+        prepare(article_settings(**RUN_SETTINGS, data_path=str(data), run_name="../../x"), artifact_dir=artifact)
+    assert not (tmp_path / "deep" / "x").exists() and not artifact.exists()
+
+
+def test_run_name_and_the_settings_run_name_must_agree(tmp_path, data):
+    settings = article_settings(**RUN_SETTINGS, data_path=str(data), run_name="aa")
+    with pytest.raises(SettingsError) as refused:
+        prepare(settings, artifact_dir=tmp_path / "artifact", run_name="bb")
+    assert str(refused.value) == ("--run-name (notebook: RUN_NAME) 'bb' disagrees with Settings.run_name (CLI "
+                                  "--run-name; notebook: SETTINGS or RECIPE) 'aa': a run has one name. Give it once, "
+                                  "as RUN_NAME.")
+    assert not (tmp_path / "artifact").exists()
+    run = prepare(settings, artifact_dir=tmp_path / "artifact", run_name="aa")  # the CLI passes the field as both
+    run.lock.release()
+    assert run.paths.name == "aa"
+
+
 # --- the lock -------------------------------------------------------------------------------------------------
 
 HOLD_LOCK = textwrap.dedent("""

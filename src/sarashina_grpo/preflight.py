@@ -206,7 +206,8 @@ def shown(value) -> str:
 def check_run_options(settings: Settings, *, artifact_dir, resume, run_name, allow_data_change: bool,
                       resume_weights_only: bool = False) -> str | None:
     """``prepare``'s own arguments (``train``'s run flags; the finetuning notebook's ARTIFACT_DIR, RESUME, RUN_NAME,
-    ALLOW_DATA_CHANGE), each of a kind it can use, before anything is read or written. Returns the run's name."""
+    ALLOW_DATA_CHANGE), each of a kind it can use, before anything is read or written. Returns the run's name:
+    ``run_name``, else the settings' own ``run_name`` (a recipe's, SETTINGS'); the two may not disagree."""
     paths = str | os.PathLike
     for label, value, ok, wanted, unset in (
             ("--artifact-dir (notebook: ARTIFACT_DIR)", artifact_dir, isinstance(artifact_dir, paths), "a folder",
@@ -222,9 +223,17 @@ def check_run_options(settings: Settings, *, artifact_dir, resume, run_name, all
                          ("--resume-weights-only", resume_weights_only)):
         if not isinstance(value, bool):
             raise SettingsError(f"{label} must be True or False, got {shown(value)}.")
+    # TRL's run_name names the run's folders too (the CLI's --run-name is that field): from SETTINGS or a recipe
+    # it must pass the same checks as RUN_NAME, not be dropped for a timestamp
+    own, settings_label = settings.run_name, "Settings.run_name (CLI --run-name; notebook: SETTINGS or RECIPE)"
+    if run_name is not None and own is not None and run_name != own:
+        raise SettingsError(f"--run-name (notebook: RUN_NAME) {run_name!r} disagrees with {settings_label} {own!r}: "
+                            "a run has one name. Give it once, as RUN_NAME.")
     if run_name is not None:
         check_run_name(run_name, "--run-name (notebook: RUN_NAME)")
-    return run_name
+    elif own is not None:
+        check_run_name(own, settings_label)
+    return run_name if run_name is not None else own
 
 
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
