@@ -141,14 +141,14 @@ def test_the_batch_rule_is_trls_global_one():
         (["train", "--output-dir", "x"], "output_dir is set by the project"),
         (["train", "--save-strategy", "no"], "save_strategy 'no': a run saves every --save-steps steps"),
         (["train", "--loss-type", "vespo", "--reward-weights", "1"], "reward_weights has 1 value(s) for 3 rewards"),
-        (["infer", "--max-new-tokens", "0", "hi"], "--max-new-tokens must be at least 1"),
+        (["infer", "--max-new-tokens", "0", "hi"], "--max-new-tokens (notebook: MAX_NEW_TOKENS) must be at least 1"),
         (["infer", "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
         (["infer", "--sample", "--temperature", "0", "hi"], "--temperature must be in (0, 10]"),
         (["infer", "--temperature", "-1", "hi"], "--temperature must be in (0, 10]"),  # greedy, but still a mistake
         (["eval", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["eval", "--samples-per-prompt", "2"], "--samples-per-prompt 2 needs --sample"),
-        (["eval", "--limit", "0"], "--limit must be at least 1"),
-        (["eval", "--limit", "-1"], "--limit must be at least 1"),
+        (["eval", "--limit", "0"], "--limit (notebook: EVAL_LIMIT) must be at least 1"),
+        (["eval", "--limit", "-1"], "--limit (notebook: EVAL_LIMIT) must be at least 1"),
         # why: argparse keeps the last of a repeated flag; the reward correct_answer was dropped without a word
         (["train", "--rewards", "correct_answer", "--rewards", "xmlcount"], "--rewards is given twice"),
         (["train", "--config", "dapo", "--config", "gspo"], "--config is given twice"),

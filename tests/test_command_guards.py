@@ -100,14 +100,14 @@ def test_a_base_model_named_by_hub_id_is_the_loaders_business(tmp_path):
 def test_an_evaluation_of_no_prompts_is_an_error_before_loading(no_unsloth_load, capsys, tmp_path, limit):
     code = main(["eval", "--model", "tiny", "--limit", limit, "--artifact-dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and last_line(err) == (f"error: --limit must be at least 1 (prompts to evaluate), got {limit}; "
-                                            "leave it out to evaluate all.")
+    assert code == 2 and last_line(err) == (f"error: --limit (notebook: EVAL_LIMIT) must be at least 1 (prompts to "
+                                            f"evaluate), got {limit}; leave it out (notebook: None) to evaluate all.")
     assert not (tmp_path / "eval").exists()  # was: an empty evaluation saved with exit 0
 
 
 def test_the_library_refuses_an_empty_evaluation_too(tmp_path, write_csv):
     data = write_csv("prompt,lang\nこんにちは,ja\n")
-    with pytest.raises(SettingsError, match="--limit must be at least 1"):
+    with pytest.raises(SettingsError, match=r"--limit \(notebook: EVAL_LIMIT\) must be at least 1"):
         evaluate(None, None, "e", data_path=data, artifact_dir=tmp_path, limit=0)
     with pytest.raises(SettingsError, match="Nothing was generated for e; no evaluation was saved"):
         write_eval([], tmp_path / "eval" / "e")

@@ -107,6 +107,16 @@ def test_inference_notebook_refuses_an_existing_eval_name_before_generating(repo
     assert "notebook-tiny" in failed.value.traceback[0]
 
 
+def test_inference_notebook_refuses_a_parameter_of_the_wrong_kind_before_loading(repo_root, tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as failed:  # why: a bare string was one prompt per character
+        execute(repo_root, "inference.ipynb", tmp_path, **TINY, PROMPTS="こんにちは", ARTIFACT_DIR=str(tmp_path / "a"))
+    assert failed.value.ename == "SettingsError" and "check_inference_notebook" in failed.value.source
+    assert len(failed.value.traceback) == 1 and failed.value.traceback[0].startswith("error: PROMPTS must be a list")
+    assert failed.value.exec_count == 3  # parameters, papermill's injected ones, then the first code cell: no model
+
+
 def test_inference_runs_on_the_base_tiny_model(repo_root, tmp_path):
     nb = execute(repo_root, "inference.ipynb", tmp_path, **TINY, MAX_NEW_TOKENS=8, PROMPTS=["おはよう"],
                  ROLEPLAY_TURNS=[], EVAL_LIMIT=3, ARTIFACT_DIR=str(tmp_path / "artifact"))

@@ -179,9 +179,10 @@ from sarashina_grpo.evaluation import check_eval_name, eval_name_for
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 from sarashina_grpo.modeling import model_for_this_machine
 from sarashina_grpo.options import ModelOptions
-from sarashina_grpo.preflight import check_model
+from sarashina_grpo.preflight import check_inference_notebook, check_model
 
 setup_logging()  # the package's INFO lines, as the command line shows them
+check_inference_notebook(globals())  # the parameters above, each of a kind the cells below can use
 model_name = model_for_this_machine(MODEL_NAME)
 EVAL_NAME = EVAL_NAME or eval_name_for(model_name)
 check_eval_name(EVAL_NAME, ARTIFACT_DIR, EVAL_OVERWRITE)  # now, not after all the generation below

@@ -21,6 +21,7 @@ import os
 import socket
 import tempfile
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -30,7 +31,7 @@ from .best import RUN_INFO, resolve_best
 from .checkpoints import check_loadable, folder_kind, newest_complete_in, step_of
 from .data import DataError, check_prompts
 from .errors import hub_unreachable_message, proxy_for, shown_url
-from .options import ModelOptions
+from .options import GenerateOptions, ModelOptions
 from .project import HOME_VARIABLE, SettingsError, field_label, finite_number, is_whole, project_dir, project_path
 from .rewards import check_reward_columns, check_reward_names
 from .runs import check_run_name, read_json
@@ -302,11 +303,14 @@ def check_positive_integers(command: str, options, names) -> None:
 
 def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, batch_size: int,
                      samples_per_prompt: int = 1) -> None:
-    """``infer``/``eval`` generation options (CLI flags named) that no generation can use."""
-    for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
+    """``infer``/``eval`` generation options (CLI flags named; the inference notebook's two too) that no generation
+    can use."""
+    for flag, value in (("--max-new-tokens (notebook: MAX_NEW_TOKENS)", max_new_tokens), ("--batch-size", batch_size),
                         ("--samples-per-prompt", samples_per_prompt)):
         if not is_whole(value):
-            raise SettingsError(f"{flag} must be at least 1, got {value}.")
+            raise SettingsError(f"{flag} must be at least 1 (a whole number), got {value!r}.")
+    if not isinstance(sample, bool):  # the text "False" is true: it would sample
+        raise SettingsError(f"--sample (notebook: DO_SAMPLE) must be True or False, got {shown(sample)}.")
     if not (finite_number(temperature) and 0 < temperature <= 10):  # even without --sample: no sampling can use it
         raise SettingsError(f"--temperature must be in (0, 10] (it sets how random --sample is), got {temperature}; "
                             "for deterministic answers drop --sample (greedy decoding) instead of a temperature of 0.")
@@ -333,8 +337,8 @@ def check_threads(threads: int | None) -> int | None:
 def check_eval_limit(limit: int | None) -> None:
     """``eval --limit``: a positive number of prompts, or None for all (an empty evaluation would be compared)."""
     if limit is not None and not is_whole(limit):
-        raise SettingsError(f"--limit must be at least 1 (prompts to evaluate), got {limit!r}; leave it out to "
-                            "evaluate all.")
+        raise SettingsError(f"--limit (notebook: EVAL_LIMIT) must be at least 1 (prompts to evaluate), got {limit!r}; "
+                            "leave it out (notebook: None) to evaluate all.")
 
 
 def metrics_problem(metrics) -> str | None:
@@ -370,6 +374,60 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
     if damaged:
         raise SettingsError(f"--compare: {'; '.join(damaged)}. Run that evaluation again (sarashina-grpo eval "
                             "--name …).")
+
+
+# The inference notebook's parameters by kind, each with what to give: text or None; a file or folder or None;
+# True, False (or None); a list of texts.
+NOTEBOOK_TEXTS = {
+    "MODEL_NAME": ("a hub id, a checkpoint folder or 'tiny'", "the 3B model with a CUDA GPU, 'tiny' without one"),
+    "SYSTEM_PROMPT": ("text", "the one the checkpoint's run trained under, else the article's"),
+    "ROLE": ("text, e.g. 'あなたは駅前のパン屋の店主です。'", "no role"),
+    "ROLEPLAY_ROLE": ("text: the role of the role-play section", "no role"),
+    "EVAL_NAME": ("a plain folder name such as 'base'", "named after the model"),
+}
+NOTEBOOK_PATHS = {
+    "ROLE_FILE": ("a UTF-8 text file holding the role", "ROLE"),
+    "ARTIFACT_DIR": ("a folder", "the project's artifact/"),
+    "TRAINING_RUN": ("a run name or run folder", "no completions from training"),
+}
+NOTEBOOK_SWITCHES = {"LOAD_IN_4BIT": "True, False or None (4-bit with a CUDA GPU, 16-bit without one)",
+                     "USE_VLLM": "True or False", "EVAL_OVERWRITE": "True or False"}
+NOTEBOOK_LISTS = {
+    "PROMPTS": "the prompts to answer, e.g. ['こんにちは']",
+    "CHAT_TURNS": "your turns of the chat, e.g. ['週末に京都へ行きます。']",
+    "ROLEPLAY_TURNS": "the customer's turns of the role-play",
+    "COMPARE_WITH": "names or folders of earlier evaluations, e.g. ['base']",
+}
+
+
+def check_inference_notebook(parameters: Mapping[str, object]) -> None:
+    """The inference notebook's parameters (``globals()`` after its ``parameters`` cell and papermill's), each of a
+    kind its cells can use, before the model loads: one error naming the parameter and what to give. Otherwise the
+    text "False" samples, a bare string is one prompt per character, and a number fails minutes later."""
+    given = {name: value for name, value in parameters.items() if name.isupper()}
+    for name, value in given.items():
+        for table, kinds in ((NOTEBOOK_TEXTS, str), (NOTEBOOK_PATHS, str | os.PathLike)):
+            if name in table and value is not None and not isinstance(value, kinds):
+                wanted, unset = table[name]
+                raise SettingsError(f"{name} must be {wanted}, got {shown(value)}; None: {unset}.")
+        if name in NOTEBOOK_SWITCHES and not (isinstance(value, bool) or value is None and name == "LOAD_IN_4BIT"):
+            raise SettingsError(f"{name} must be {NOTEBOOK_SWITCHES[name]}, got {shown(value)}.")
+        if name in NOTEBOOK_LISTS:
+            if isinstance(value, str):
+                raise SettingsError(f"{name} must be a list of texts, {NOTEBOOK_LISTS[name]}; got the text "
+                                    f"{value!r}, which would be one item per character. Put it in brackets: "
+                                    f"{name} = [{value!r}].")
+            items = list(value) if isinstance(value, list | tuple) else None
+            allowed = str | os.PathLike if name == "COMPARE_WITH" else str
+            if items is None or not all(isinstance(item, allowed) for item in items):
+                raise SettingsError(f"{name} must be a list of texts, {NOTEBOOK_LISTS[name]}; got {shown(value)}.")
+    if isinstance(name := given.get("MODEL_NAME"), str) and not name.strip():
+        raise SettingsError(f"MODEL_NAME is empty; give {NOTEBOOK_TEXTS['MODEL_NAME'][0]} (None: "
+                            f"{NOTEBOOK_TEXTS['MODEL_NAME'][1]}).")
+    defaults = GenerateOptions()  # the notebook sets two of them; GenerationSettings' defaults are the same
+    check_generation(given.get("MAX_NEW_TOKENS", defaults.max_new_tokens), given.get("DO_SAMPLE", defaults.sample),
+                     defaults.temperature, defaults.top_p, defaults.batch_size)
+    check_eval_limit(given.get("EVAL_LIMIT"))
 
 
 def check_demo(demo, run_name: str | None = None) -> None:
