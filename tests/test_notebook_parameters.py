@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sarashina_grpo.inference import answer
 from sarashina_grpo.preflight import check_inference_notebook
 from sarashina_grpo.project import SettingsError
 
@@ -93,3 +94,9 @@ def test_the_notebook_checks_its_parameters_before_the_model_loads(repo_root):
     assert "check_inference_notebook(globals())" in first and "load_for_inference(" in first
     assert first.index("check_inference_notebook(globals())") < first.index("model_for_this_machine(MODEL_NAME)")
 
+
+def test_answer_refuses_a_bare_string_of_prompts():
+    # why: iterated, "こんにちは" was five prompts of one character each, answered one by one
+    with pytest.raises(SettingsError, match=r"^answer\(\) takes a list of prompts, got the text 'こんにちは'; for one "
+                                            r"prompt give \[prompt\]\."):
+        answer(None, None, "こんにちは")

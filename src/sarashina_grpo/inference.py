@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .data import to_messages
-from .project import SYSTEM_PROMPT
+from .project import SYSTEM_PROMPT, SettingsError
 from .roles import read_role, with_role
 
 if typing.TYPE_CHECKING:
@@ -132,4 +132,7 @@ class Chat:
 def answer(model, tokenizer, prompts: list[str], gen: GenerationSettings | None = None,
            system_prompt: str = SYSTEM_PROMPT, progress: bool = False, role: str | None = None) -> list[str]:
     """Single-turn replies to plain prompts under the system prompt (plus ``role``, if any)."""
+    if isinstance(prompts, str):  # iterated, a string is one prompt per character
+        raise SettingsError(f"answer() takes a list of prompts, got the text {prompts[:40]!r}; for one prompt give "
+                            "[prompt].")
     return generate(model, tokenizer, [to_messages(p, with_role(system_prompt, role)) for p in prompts], gen, progress)
