@@ -44,11 +44,11 @@ def run_dir(tmp_path, write_csv) -> Path:
     return paths.output_dir
 
 
-def resume(artifact: Path, *flags) -> tuple[int, str]:
+def resume(artifact: Path, *flags, run: str = "r") -> tuple[int, str]:
     """Exit code and stderr of ``train --resume r`` (these cases stop before a model loads)."""
     err = io.StringIO()
     with redirect_stdout(io.StringIO()), redirect_stderr(err):
-        code = main(["train", "--artifact-dir", str(artifact), "--resume", "r", *flags])
+        code = main(["train", "--artifact-dir", str(artifact), "--resume", run, *flags])
     return code, err.getvalue()
 
 
@@ -173,7 +173,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(run_di
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_a_damaged_named_checkpoint_is_one_error_line(run_dir, kind):
     damage(run_dir / "checkpoint-3", kind)
-    code, err = resume(run_dir.parent.parent, "--resume", str(run_dir / "checkpoint-3"))
+    code, err = resume(run_dir.parent.parent, run=str(run_dir / "checkpoint-3"))
     line = error_line(err)
     assert code == 2 and "checkpoint-3 is damaged" in line and DAMAGE[kind] in line
 

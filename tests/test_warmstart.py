@@ -94,7 +94,8 @@ def test_warmstart_writes_a_merged_model_folder_that_loads_without_peft(tiny_mod
 def test_warmstart_options_fail_before_the_model_loads(flags, message, capsys, tmp_path):
     from sarashina_grpo.cli import main
 
-    args = ["warmstart", "--model", "tiny", "--output", str(tmp_path / "warm"), *flags]
+    output = [] if "--output" in flags else ["--output", str(tmp_path / "warm")]
+    args = ["warmstart", "--model", "tiny", *output, *flags]
     assert main(args) == 2
     assert message in capsys.readouterr().err
 

@@ -120,7 +120,7 @@ class Settings(GRPOConfig):
 
     def __post_init__(self):
         self._asked = {name: getattr(self, name) for name in FIELDS}
-        self._origins: dict[str, str] = {}  # the file (recipe, run.json) that set a field, where one did
+        self.origins: dict[str, str] = {}  # the file (recipe, run.json) that set a field, where one did
         for name, value in self._asked.items():
             setattr(self, name, typed(name, value))
         self.reward_names = split_names(self.reward_names)
@@ -162,12 +162,12 @@ class Settings(GRPOConfig):
     def replace(self, **changes) -> "Settings":
         """These settings with ``changes``, built anew from the values asked for (TRL derives some fields)."""
         settings = type(self)(**{**self._asked, **changes})
-        settings._origins = {k: v for k, v in self._origins.items() if k not in changes}
+        settings.origins = {k: v for k, v in self.origins.items() if k not in changes}
         return settings
 
     def label(self, name: str) -> str:
         """How an error names field ``name``: ``field_label``, after the recipe (or run.json) that set it, if any."""
-        origin = self._origins.get(name)
+        origin = self.origins.get(name)
         default = "the default recipe " if origin == str(ARTICLE_RECIPE) else ""
         return f"{field_label(name)}, set in {default}{origin}" if origin else field_label(name)
 
@@ -354,9 +354,9 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
             raise
         raise SettingsError(f"{layers[origin][0]}: {err}") from None
     # The files' layers, later over earlier; a value given (flags, SETTINGS) names itself.
-    settings._origins = {key: name for name, layer in layers[:-1] for key in layer}
+    settings.origins = {key: name for name, layer in layers[:-1] for key in layer}
     for key in layers[-1][1]:
-        settings._origins.pop(key, None)
+        settings.origins.pop(key, None)
     return settings
 
 
