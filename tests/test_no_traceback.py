@@ -144,6 +144,35 @@ def test_a_home_variable_naming_a_file_is_named(tmp_path, monkeypatch):
     check_home_folder({"SARASHINA_GRPO_HOME": str(tmp_path)})
 
 
+def test_a_mistyped_home_variable_is_refused_before_a_run_folder_is_made(tmp_path, monkeypatch):
+    from contextlib import redirect_stderr
+
+    from sarashina_grpo.cli import main
+
+    monkeypatch.setenv("SARASHINA_GRPO_HOME", str(tmp_path / "typo_home"))
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(["train", "--model", "tiny", "--max-steps", "1"])
+    # why: it made /tmp/typo_home/artifact/ and trained there, exit 0
+    assert code == 2 and "typo_home is not there (mistyped?)" in err.getvalue()
+    assert not (tmp_path / "typo_home").exists()
+
+
+@pytest.mark.parametrize("flag", ["--artifact-dir", "--resume", "--run-name"])
+def test_an_empty_run_flag_is_refused_not_read_as_left_out(tmp_path, monkeypatch, flag):
+    from contextlib import redirect_stderr
+
+    from sarashina_grpo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(["train", "--model", "tiny", "--max-steps", "1", flag, ""])
+    # why: --artifact-dir "$OUT" with OUT unset trained into ./artifact; --resume "" started a new run
+    assert code == 2 and f"{flag} (notebook:" in err.getvalue() and "is empty" in err.getvalue()
+    assert not (tmp_path / "artifact").exists()
+
+
 def test_a_file_in_the_way_under_the_home_variable_names_it(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setenv("SARASHINA_GRPO_HOME", str(tmp_path / "a_file"))

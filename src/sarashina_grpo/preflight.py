@@ -219,6 +219,10 @@ def check_run_options(settings: Settings, *, artifact_dir, resume, run_name, all
              "a plain folder name such as 'lr5e-6-seed1'", "a timestamp")):
         if value is not None and not ok:
             raise SettingsError(f"{label} must be {wanted}, got {shown(value)}; None: {unset}.")
+        if ok and not str(value).strip():  # an unset variable in a script: not the default's silent stand-in
+            raise SettingsError(f"{label} is empty (an unset variable?); give {wanted}, or leave it out (None: "
+                                f"{unset}).")
+    project.check_home_folder()  # the default artifact/ lives under it
     # a string such as "no" is true: it would allow what it means to refuse
     for label, value in (("--allow-data-change (notebook: ALLOW_DATA_CHANGE)", allow_data_change),
                          ("--resume-weights-only", resume_weights_only)):

@@ -127,12 +127,14 @@ def check_launch_environment(env=None) -> None:
 
 
 def check_home_folder(env=None) -> None:
-    """``$SARASHINA_GRPO_HOME`` names a file: every default path under it would fail, after a model loads."""
+    """``$SARASHINA_GRPO_HOME`` names a file or nothing: every default path under it would fail after a model loads,
+    or a mistyped one would silently gain a new artifact/ of its own."""
     env = os.environ if env is None else env
     home = env.get(HOME_VARIABLE)
-    if home and Path(home).expanduser().exists() and not Path(home).expanduser().is_dir():
-        raise SettingsError(f"{HOME_VARIABLE}={home} is a file; it must be the project folder that holds datasets/ "
-                            f"and artifact/. Point {HOME_VARIABLE} at a folder, or unset it.")
+    if home and not Path(home).expanduser().is_dir():
+        what = "a file" if Path(home).expanduser().exists() else "not there (mistyped?)"
+        raise SettingsError(f"{HOME_VARIABLE}={home} is {what}; it must be the project folder that holds datasets/ "
+                            f"and artifact/. Point {HOME_VARIABLE} at that folder, or unset it.")
 
 
 def check_address_space() -> None:
