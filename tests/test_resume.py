@@ -174,6 +174,21 @@ def test_a_bad_value_edited_into_run_json_names_run_json_not_only_the_flag(tmp_p
     # why: the flag alone sent users looking for a --learning-rate they never gave
     assert str(error.value).startswith(f"{info_file}: Settings.learning_rate (CLI --learning-rate) must be a")
 
+
+def test_a_run_json_saved_with_a_bom_resumes_and_one_that_is_a_folder_is_named(tmp_path):
+    from sarashina_grpo.preflight import read_run_info
+
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, article_settings(model_name="tiny", load_in_4bit=False))
+    info_file = paths.output_dir / "run.json"
+    # why: Windows Notepad saves UTF-8 with a BOM; it was called damaged, while recipes and prompt files take one
+    info_file.write_bytes(b"\xef\xbb\xbf" + info_file.read_bytes())
+    assert read_run_info(paths.output_dir)["settings"]["model_name"] == "tiny"
+    info_file.unlink()
+    info_file.mkdir()
+    with pytest.raises(SettingsError, match="run.json is a folder, not the run's settings file; move it away"):
+        read_run_info(paths.output_dir)
+
 # --- real runs of the tiny model on CPU -----------------------------------------------------------------------
 
 MAX_STEPS = 8

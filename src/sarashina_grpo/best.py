@@ -29,7 +29,7 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
 def record_best(run_dir: str | os.PathLike, step: int, metric: str, value: float) -> None:
     """Write ``{"best": {"checkpoint", "step", "metric", "value"}}`` into the run's ``run.json``."""
     path = Path(run_dir) / RUN_INFO
-    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    info = json.loads(path.read_text(encoding="utf-8-sig")) if path.is_file() else {}
     info[BEST] = {"checkpoint": checkpoint_dir(run_dir, step).name, "step": step, "metric": metric, "value": value}
     write_json(path, info)
 

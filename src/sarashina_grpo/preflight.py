@@ -157,8 +157,11 @@ def read_run_info(run_dir: Path) -> dict | None:
     """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
     if not (path := Path(run_dir) / RUN_INFO).exists():
         return None
+    if path.is_dir():
+        raise SettingsError(f"{path} is a folder, not the run's settings file; move it away and restore {RUN_INFO} "
+                            "(from a backup), or start a new run.")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: an editor's BOM is no damage
         if not isinstance(info.get("settings"), dict):
             raise ValueError("no 'settings' mapping")
     except (ValueError, AttributeError) as err:

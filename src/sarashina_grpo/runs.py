@@ -105,7 +105,7 @@ def write_json(path: Path, data: dict) -> None:
 def read_json(path: Path) -> dict | None:
     """The JSON object in ``path``, or None where it is missing, empty, not JSON or not an object (hand-edited)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -172,7 +172,7 @@ def check_data_unchanged(info: dict | None, data: Path, run_dir: Path, *, allow:
 def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> None:
     """Keep the hash of a data file accepted with ``--allow-data-change`` in ``run.json`` (the old one, the step
     and the time under ``data_changes``), so the next resume compares with the file the run now trains on."""
-    info = json.loads(run_info.read_text(encoding="utf-8"))
+    info = json.loads(run_info.read_text(encoding="utf-8-sig"))
     info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
                                                 "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     info["data_sha256"], info["data"] = sha256, str(data)  # what a later plain --resume reads back and checks
