@@ -388,3 +388,13 @@ def test_trls_refusal_of_a_field_the_user_never_set_says_which_flags_to_change()
     message = str(error.value)
     assert "must be divisible by num_generations (4)" in message
     assert "make --batch-size (or that product) a multiple of --num-generations" in message
+
+
+@pytest.mark.parametrize("text", ["", "# lr: 1e-5\n# beta: 0.0\n"])
+def test_a_recipe_that_sets_nothing_is_warned_about(tmp_path, caplog, text):
+    from sarashina_grpo.project import load_recipe
+
+    (recipe := tmp_path / "mine.yaml").write_text(text, encoding="utf-8")
+    assert load_recipe(recipe) == {}
+    # why: an empty or all-commented file ran the article's recipe without a word
+    assert "mine.yaml sets nothing (empty, or only comments)" in caplog.text

@@ -374,3 +374,17 @@ def test_train_under_an_address_space_limit_too_small_for_the_stack_is_refused_i
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == [done.stderr.strip().splitlines()[-1]]
     assert done.stderr.startswith("error: This process may use at most 3.0 GiB of address space (ulimit -v)")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_an_omp_num_threads_that_is_no_count_is_refused(monkeypatch, value):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    # why: torch ignored it and the run silently took its own thread count
+    with pytest.raises(SettingsError, match=f"OMP_NUM_THREADS='{value}' is not a number of threads"):
+        check_threads(None)
+
+
+@pytest.mark.parametrize("value", ["4", "4,2", ""])
+def test_an_omp_num_threads_that_is_a_count_or_empty_is_taken(monkeypatch, value):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert check_threads(2) == 2

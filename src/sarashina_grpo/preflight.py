@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import tempfile
 import typing
@@ -329,7 +330,12 @@ def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_
 
 
 def check_threads(threads: int | None) -> int | None:
-    """``--threads`` of the commands that compute on a CPU: unset, or a positive count; returned as given."""
+    """``--threads`` of the commands that compute on a CPU: unset, or a positive count; returned as given. A set
+    ``OMP_NUM_THREADS`` that is no count is refused too: torch ignores it and the run would take its own default."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if omp and omp.strip() and not re.fullmatch(r"0*[1-9]\d*(,\d+)*", omp.strip()):
+        raise SettingsError(f"OMP_NUM_THREADS={omp!r} is not a number of threads; set it to a count such as 4, or "
+                            "unset it (--threads sets torch's threads for one command).")
     if threads is None:
         return None
     if not is_whole(threads):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
 import math
 import os
 import re
@@ -353,4 +354,7 @@ def load_recipe(path: str | Path) -> dict:
         raise SettingsError(f"{file}: not valid YAML{where}: {' '.join(str(problem).split())}.") from None
     if not isinstance(values, dict):
         raise SettingsError(f"{file}: a recipe is a mapping of setting names to values, got {type(values).__name__}.")
+    if not values:  # a file saved empty or all commented out: the run would be the article's without a word
+        logging.getLogger(__name__).warning("Recipe %s sets nothing (empty, or only comments): the run takes the "
+                                            "article's values. Is it the right file?", file)
     return values
