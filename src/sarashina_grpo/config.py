@@ -34,16 +34,23 @@ ARTICLE_RECIPE = project.RECIPES / "article.yaml"
 WHOLE_NUMBERS = {**dict.fromkeys((
     "max_seq_length", "lora_rank", "lora_alpha", "max_prompt_length", "eval_limit", "max_steps", "save_steps",
     "logging_steps", "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_completion_length", "num_iterations", "num_completions_to_print"), 1), "patience": 0,
-    "dynamic_sampling_max_rounds": 0}
+    "max_completion_length", "num_iterations", "num_completions_to_print", "generation_batch_size",
+    "steps_per_generation"), 1), "patience": 0, "dynamic_sampling_max_rounds": 0, "top_k": 0,
+    "dataloader_num_workers": 0}
 # (field, lowest, highest, lowest allowed itself, highest allowed itself): values TRL accepts that no run can use.
 NUMERIC_RANGES = (
     ("learning_rate", 0.0, 1.0, False, True),  # above 1 every Adam step moves each weight by ~1: instant divergence
     ("max_grad_norm", 0.0, math.inf, False, False),
     ("temperature", 0.0, 10.0, False, True),  # beyond 10 sampling is uniform noise over the vocabulary
+    # transformers checks these only when it builds its samplers (after the model loads), some not at all (top_p 5)
+    ("top_p", 0.0, 1.0, False, True),
+    ("min_p", 0.0, 1.0, True, True),
+    ("repetition_penalty", 0.0, math.inf, False, False),
     ("beta", 0.0, math.inf, True, False),  # KL coefficient; 0 switches the reference model off (TRL's default)
     ("epsilon", 0.0, 1.0, False, False),  # clip range of the policy ratio
     ("epsilon_high", 0.0, math.inf, False, False),
+    ("delta", 1.0, math.inf, False, False),  # upper bound of the policy ratio, which is 1 on-policy
+    ("top_entropy_quantile", 0.0, 1.0, True, True),
     ("adam_beta1", 0.0, 1.0, True, False),
     ("adam_beta2", 0.0, 1.0, True, False),
     ("weight_decay", 0.0, math.inf, True, False),
@@ -68,6 +75,9 @@ TRL_HINTS = {
     "processes, or give --steps-per-generation instead.",
     "can not be both configured": " Give one of --generation-batch-size and --steps-per-generation.",
 }
+# TRL types loss_type as plain text; its help lists the names its trainer knows.
+LOSS_TYPES = tuple(re.findall(r"'(\w+)'", re.search(r"Supported values are (.*?)\.", GRPOConfig.__dataclass_fields__[
+    "loss_type"].metadata["help"])[1]))
 WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
 
 
@@ -247,7 +257,7 @@ def check_values(settings: Settings) -> None:
     """Values, and combinations of the project's fields (and TRL's), that this project cannot run."""
     for name, lowest in WHOLE_NUMBERS.items():
         value = getattr(settings, name)
-        unset = value is None and name in ("num_completions_to_print", "lora_alpha")  # all of them; the rank
+        unset = value is None and type(None) in typing.get_args(HINTS[name])  # e.g. lora_alpha: the rank
         if not unset and not project.is_whole(value, lowest, floats=True):
             raise SettingsError(f"{field_label(name)} must be {'0 or ' if lowest == 0 else ''}a positive integer, "
                                 f"got {value!r}.")
@@ -264,10 +274,11 @@ def check_values(settings: Settings) -> None:
         value = getattr(settings, name)
         if value is not None and not (project.finite_number(value) and (value >= low if low_ok else value > low)
                                       and (value <= high if high_ok else value < high)):
-            wanted = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
-            raise SettingsError(f"{field_label(name)} must be a finite number in {wanted}, got {value!r}.")
+            raise SettingsError(f"{field_label(name)} must be a finite number in {interval(low, high, low_ok, high_ok)}"
+                                f", got {value!r}.")
     choices = {"backend": BACKENDS, "rollout": tuple(project.ROLLOUTS), "scale_rewards": project.SCALE_REWARDS,
-               "importance_sampling_level": ("token", "sequence"), "best_metric": ("none", *BEST_METRICS)}
+               "importance_sampling_level": ("token", "sequence"), "best_metric": ("none", *BEST_METRICS),
+               "loss_type": LOSS_TYPES}
     for name, allowed in choices.items():
         value = getattr(settings, name)
         if value not in allowed:
@@ -290,6 +301,9 @@ def check_values(settings: Settings) -> None:
     if weights is not None and len(weights) != len(settings.reward_names):
         raise SettingsError(f"reward_weights has {len(weights)} value(s) for {len(settings.reward_names)} rewards "
                             f"({', '.join(settings.reward_names)}): give one weight per reward.")
+    if weights is not None and not all(map(project.finite_number, weights)):  # a NaN weight makes every reward NaN
+        raise SettingsError(f"{field_label('reward_weights')} must be finite numbers, got {weights!r}.")
+    check_generation_config(settings)
     if not settings.lora_target_modules or not all(t.isidentifier() for t in settings.lora_target_modules):
         raise SettingsError(f"{field_label('lora_target_modules')} must be module names such as q_proj,v_proj, got "
                             f"{settings.lora_target_modules!r}.")
@@ -315,6 +329,52 @@ def check_values(settings: Settings) -> None:
                             "EVAL_STEPS), scored greedily on --eval-data.")
     if not settings.system_prompt.strip() and not settings.system_prompt_file:
         raise SettingsError(f"{field_label('system_prompt')} is empty: it tells the model the format.")
+
+
+def check_generation_config(settings: Settings) -> None:
+    """The generation config TRL's trainer builds from the sampling fields and ``generation_kwargs``, checked by
+    transformers' own validator now rather than when the trainer builds it, after the model loads."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging as transformers_logging
+
+    extra = settings.generation_kwargs
+    if isinstance(extra, str):  # TRL reads a JSON string in its __post_init__, which runs after these checks
+        try:
+            extra = json.loads(extra)
+        except ValueError as err:
+            raise SettingsError(f"{field_label('generation_kwargs')} must be a JSON mapping, got {extra!r} "
+                                f"({err}).") from None
+    if not isinstance(extra or {}, dict):
+        raise SettingsError(f"{field_label('generation_kwargs')} must be a mapping, got {extra!r}.")
+    extra = extra or {}
+    sampling = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+    for name, low, high, low_ok, high_ok in NUMERIC_RANGES:  # a kwarg overrides its field: the same range applies
+        value = extra.get(name)
+        if name in sampling and value is not None and not (project.finite_number(value) and (
+                value >= low if low_ok else value > low) and (value <= high if high_ok else value < high)):
+            raise SettingsError(f"{field_label('generation_kwargs')} {name} must be a finite number in "
+                                f"{interval(low, high, low_ok, high_ok)}, got {value!r}.")
+    if "top_k" in extra and not project.is_whole(extra["top_k"], 0):
+        raise SettingsError(f"{field_label('generation_kwargs')} top_k must be 0 or a positive integer, got "
+                            f"{extra['top_k']!r}.")
+    values = {"max_new_tokens": settings.max_completion_length, "do_sample": True,
+              "cache_implementation": settings.cache_implementation, **{k: getattr(settings, k) for k in sampling},
+              **extra}
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # building it warns of what the strict validation below refuses
+    try:
+        GenerationConfig(**values, disable_compile=True).validate(strict=True, user_set_attributes=set(extra))
+    except (ValueError, TypeError) as err:
+        problem = " ".join(line.strip() for line in str(err).splitlines() if line.strip() and "pretrained" not in line)
+        raise SettingsError(f"{field_label('generation_kwargs')}: transformers refuses the generation settings: "
+                            f"{problem}") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def interval(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
+    """``(0, 1]``, ``[0, ∞)``: how an error shows a range of ``NUMERIC_RANGES``."""
+    return f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
 
 
 def article() -> dict:

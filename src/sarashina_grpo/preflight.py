@@ -108,8 +108,15 @@ def check_rewards_have_columns(settings: Settings, rows) -> None:
 
 
 def check_report_to(report_to) -> None:
-    """A ``report_to`` backend whose package is missing: transformers would raise only after the model loads."""
+    """A ``report_to`` backend transformers does not know, or whose package is missing: transformers would raise
+    only after the model loads."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
     for name in [report_to] if isinstance(report_to, str) else list(report_to or []):
+        if name not in ("none", "all", *INTEGRATION_TO_CALLBACK):
+            raise SettingsError(f"{field_label('report_to')} {name!r} is not an integration transformers knows; "
+                                f"choose from none, all, {', '.join(INTEGRATION_TO_CALLBACK)}"
+                                f"{project.did_you_mean(name, INTEGRATION_TO_CALLBACK)}.")
         module = REPORT_MODULES.get(name)  # tensorboardX stands in for tensorboard
         if module and importlib.util.find_spec(module) is None and not (
                 name == "tensorboard" and importlib.util.find_spec("tensorboardX")):
