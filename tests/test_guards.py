@@ -70,6 +70,15 @@ def test_an_explicit_warmup_step_count_is_what_is_checked():
         "The learning-rate warm-up lasts 5,000 steps")
 
 
+def test_a_warm_up_as_long_as_the_run_warns_that_the_learning_rate_is_never_reached():
+    (warning,) = settings_warnings(article_settings(warmup_steps=50, max_steps=1))
+    assert warning.startswith("The learning-rate warm-up (50 steps, warmup_steps) is not shorter than the run "
+                              "(max_steps 1)") and "--warmup-steps" in warning
+    assert settings_warnings(article_settings(warmup_steps=49, max_steps=50)) == []
+    # why: a share below 1 is a part of the run by design, even when a 1-step test run rounds it up to that step
+    assert settings_warnings(article_settings(max_steps=1)) == []
+
+
 def test_a_learning_rate_that_rounds_to_no_update_warns():
     (warning,) = settings_warnings(article_settings(learning_rate=1e-12))
     assert "learning_rate 1e-12 is so small that every update rounds to no change" in warning

@@ -138,6 +138,10 @@ def settings_warnings(settings: Settings) -> list[str]:
                      f"max_steps {settings.max_steps:,}): the learning rate stays below {settings.learning_rate:g} "
                      "for all of them, which is the whole run if you stop it earlier. Set --max-steps to the steps "
                      "you mean to run, or lower --warmup-steps.")
+    elif settings.warmup_steps >= 1 and warmup >= settings.max_steps:  # a share (below 1) is of the run by design
+        found.append(f"The learning-rate warm-up ({warmup:,} steps, warmup_steps) is not shorter than the run "
+                     f"(max_steps {settings.max_steps:,}): the learning rate never reaches {settings.learning_rate:g}. "
+                     "Lower --warmup-steps below --max-steps, or give it as a share of the run (e.g. 0.1).")
     if 0 < settings.learning_rate < NO_UPDATE_LEARNING_RATE:
         found.append(f"learning_rate {settings.learning_rate:g} is so small that every update rounds to no change in "
                      "the weights: training would do nothing. The article's run uses 5e-06 (CLI --learning-rate).")
