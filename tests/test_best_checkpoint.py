@@ -18,6 +18,19 @@ from sarashina_grpo.config import article_settings
 from sarashina_grpo.project import SettingsError
 
 
+@pytest.mark.parametrize(("eval_data", "refused"), [("datasets/eval.csv", True),
+                                                  ("datasets/arithmetic_eval.csv", False)])
+def test_a_best_metric_the_held_out_file_cannot_score_is_refused_before_loading(eval_data, refused):
+    from sarashina_grpo.preflight import check_best_metric_has_column, check_prompt_file
+
+    settings = article_settings(eval_steps=1, best_metric="answer_accuracy", eval_data=eval_data)
+    rows = check_prompt_file(settings, "eval_data")
+    # why: without an answer column the metric is null at every evaluation: no best, and --patience stops at once
+    with pytest.raises(SettingsError, match=r"best_metric \(CLI --best-metric\) answer_accuracy needs an 'answer' "
+                       r"column .*eval_data \(CLI --eval-data\)") if refused else contextlib.nullcontext():
+        check_best_metric_has_column(settings, rows)
+
+
 def test_a_higher_rate_is_better_and_a_tie_keeps_the_earlier():
     assert is_better("strict_format_rate", 0.6, 0.5) and not is_better("strict_format_rate", 0.5, 0.5)
 

@@ -160,6 +160,7 @@ def test_the_batch_rule_is_trls_global_one():
         (["train", "--dataloader-num-workers", "-1"], "--dataloader-num-workers) must be 0 or a positive integer"),
         (["train", "--report-to", "nosuch"], "--report-to) 'nosuch' is not an integration transformers knows"),
         (["train", "--report-to", "tensorbord"], "(did you mean tensorboard?)"),
+        (["train", "--eval-steps", "1", "--best-metric", "answer_accuracy"], "needs an 'answer' column"),
         (["infer", "--max-new-tokens", "0", "hi"], "--max-new-tokens (notebook: MAX_NEW_TOKENS) must be at least 1"),
         (["infer", "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
         (["infer", "--sample", "--temperature", "0", "hi"], "--temperature must be in (0, 10]"),

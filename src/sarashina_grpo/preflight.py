@@ -62,6 +62,8 @@ RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit",
 # More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
 MAX_THREADS_PER_CORE = 4
 ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run", "eval": "evaluations"}
+# Held-out metrics scored only from a column of the eval file (evaluation.attach_answers); without it they are null.
+METRIC_COLUMNS = {"answer_accuracy": "answer"}
 # report_to names and the module each needs (transformers.integrations); "none" and "all" need nothing.
 REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
                   "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "codecarbon": "codecarbon",
@@ -105,6 +107,17 @@ def check_rewards_have_columns(settings: Settings, rows) -> None:
         check_reward_columns(settings.reward_names, columns, settings.data_path)
     except KeyError as err:
         raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
+
+
+def check_best_metric_has_column(settings: Settings, eval_rows) -> None:
+    """A best metric the held-out rows cannot score: null at every evaluation, no best is ever recorded, and
+    --patience stops the run at its first evaluation."""
+    column = METRIC_COLUMNS.get(settings.best_metric)
+    if settings.eval_steps and column and not any(column in row.extra for row in eval_rows):
+        raise SettingsError(f"{settings.label('best_metric')} {settings.best_metric} needs an {column!r} column in "
+                            f"the held-out prompts, which {settings.label('eval_data')} ({settings.eval_data}) lacks "
+                            f"in its first {settings.eval_limit} rows: add the column, point --eval-data at a file "
+                            "that has it, or choose another --best-metric (e.g. strict_format_rate).")
 
 
 def check_report_to(report_to) -> None:
@@ -269,6 +282,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     rows = check_prompt_file(settings, "data_path")
     eval_rows = check_prompt_file(settings, "eval_data")[: settings.eval_limit] if settings.eval_steps else []
     check_rewards_have_columns(settings, rows)
+    check_best_metric_has_column(settings, eval_rows)
     check_device(settings.model_name, load_in_4bit=settings.load_in_4bit, use_vllm=settings.use_vllm, training=True)
     if check_model_files:
         check_model_name(settings.model_name)
