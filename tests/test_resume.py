@@ -107,6 +107,19 @@ def test_resuming_with_settings_that_change_the_maths_is_refused(tmp_path):
         check_resume_settings(changed, paths.output_dir)
 
 
+def test_a_changed_setting_is_reported_before_the_checks_it_makes_fail(tmp_path, monkeypatch):
+    from sarashina_grpo import project
+    from sarashina_grpo.preflight import check_run
+
+    monkeypatch.setattr(project, "cuda_available", lambda: False)
+    paths = new_run_paths(tmp_path, "r")
+    write_run_info(paths, article_settings(model_name="tiny", load_in_4bit=False))
+    changed = article_settings(model_name="sbintuitions/sarashina2.2-3b-instruct-v0.1", load_in_4bit=False)
+    # why: the device check would refuse the 3B model on a CPU, hiding that the recipe changed the run's model
+    with pytest.raises(SettingsError, match="model_name: run used 'tiny'"):
+        check_run(changed, artifact_dir=tmp_path, run_dir=paths.output_dir)
+
+
 def test_resuming_with_another_system_prompt_is_refused(tmp_path):
     paths = new_run_paths(tmp_path, "r")
     write_run_info(paths, article_settings(model_name="tiny"))

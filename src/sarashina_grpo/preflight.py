@@ -273,6 +273,8 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
               check_model_files: bool = True) -> CheckedRun:
     """Every check of a training run, in the order a user would fix them. ``run_dir``: the run being resumed (its
     ``run.json`` must agree); ``check_model_files`` off: the caller brings its own loaded model."""
+    if run_dir is not None:  # a setting changed since the run began is the cause of any refusal below it brings
+        check_resume_settings(settings, run_dir)
     check_rewards(settings.reward_names, settings.max_completion_length)
     check_report_to(settings.report_to)  # values TRL takes as they are, which fail only after the model loads
     check_push_to_hub(settings.push_to_hub)
@@ -288,8 +290,6 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
         check_model_name(settings.model_name)
         check_lora_targets(settings.model_name, settings.lora_target_modules)
     check_writable(artifact_dir)
-    if run_dir is not None:
-        check_resume_settings(settings, run_dir)
     return CheckedRun(settings, rows, eval_rows)
 
 
