@@ -368,3 +368,16 @@ def test_trl_averages_the_training_figures_we_add_to():
 def test_a_missing_scoring_step_is_reported_not_ignored():
     with pytest.raises(compat.CompatError, match=compat.SCORE_METHOD):
         compat.replace_scoring_step(object(), lambda inputs: inputs)
+
+
+def test_the_loss_types_accepted_before_loading_are_the_ones_trl_documents():
+    import re
+
+    from trl import GRPOConfig
+
+    from sarashina_grpo.project import LOSS_TYPES
+
+    help_text = GRPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
+    documented = re.search(r"Supported values are (.*?)\.", help_text)
+    # why: a loss TRL adds would be refused, one it drops would fail only at the first step, after loading
+    assert documented and set(re.findall(r"'(\w+)'", documented[1])) == set(LOSS_TYPES)

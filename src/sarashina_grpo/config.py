@@ -75,9 +75,6 @@ TRL_HINTS = {
     "processes, or give --steps-per-generation instead.",
     "can not be both configured": " Give one of --generation-batch-size and --steps-per-generation.",
 }
-# TRL types loss_type as plain text; its help lists the names its trainer knows.
-LOSS_TYPES = tuple(re.findall(r"'(\w+)'", re.search(r"Supported values are (.*?)\.", GRPOConfig.__dataclass_fields__[
-    "loss_type"].metadata["help"])[1]))
 WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
 
 
@@ -278,7 +275,7 @@ def check_values(settings: Settings) -> None:
                                 f", got {value!r}.")
     choices = {"backend": BACKENDS, "rollout": tuple(project.ROLLOUTS), "scale_rewards": project.SCALE_REWARDS,
                "importance_sampling_level": ("token", "sequence"), "best_metric": ("none", *BEST_METRICS),
-               "loss_type": LOSS_TYPES}
+               "loss_type": project.LOSS_TYPES}
     for name, allowed in choices.items():
         value = getattr(settings, name)
         if value not in allowed:

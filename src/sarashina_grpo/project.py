@@ -53,6 +53,9 @@ BEST_METRICS = {"strict_format_rate": "higher", "soft_format_rate": "higher", "x
                 "think_purity_mean": "higher", "response_purity_mean": "higher", "purity_mean": "higher",
                 "answer_accuracy": "higher", "latin_run_rate": "lower", "think_leak_mean": "lower"}
 SCALE_REWARDS = ("group", "batch", "none")
+# TRL 1.15 types loss_type as plain text and refuses an unknown one only at the first loss (tests/test_compat.py
+# keeps this list equal to the names its documentation gives)
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 # bf16 needs compute capability 8.0 (Ampere) or newer; older cards (T4, V100, RTX 20xx) train in fp16. The check is
 # the capability, not torch.cuda.is_bf16_supported(), which also says yes where bf16 is only emulated (slowly).
 BF16_MIN_CAPABILITY = (8, 0)
