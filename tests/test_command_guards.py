@@ -126,3 +126,50 @@ def test_an_evaluation_name_is_a_plain_folder_name_too(no_unsloth_load, capsys, 
                                             "separator). An evaluation lives in eval/<name>/; use letters, digits, "
                                             "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
     assert not (tmp_path / "x").exists()
+
+
+# --- the context: prompt and answer together ------------------------------------------------------------------
+
+CONTEXT_TOO_SMALL = ("error: --max-new-tokens (notebook: MAX_NEW_TOKENS) 100000 does not fit within --max-seq-length "
+                     "64: that context holds the prompt and the answer together, so the prompt needs room too. Lower "
+                     "--max-new-tokens well below 64, or raise --max-seq-length to 100000 plus the prompt's length "
+                     "(e.g. 101024).")
+
+
+
+@pytest.mark.parametrize("argv", [["infer", "こんにちは"], ["eval", "--limit", "1"]])
+def test_answers_longer_than_the_context_are_refused_before_loading(no_unsloth_load, capsys, tmp_path, argv):
+    code = main([*argv, "--model", "tiny", "--max-new-tokens", "100000", "--max-seq-length", "64", "--threads", "1",
+                 *(["--artifact-dir", str(tmp_path)] if argv[0] == "eval" else [])])
+    # why: generation does not stop at the context's end (transformers only warns); this ran on past 150 s
+    assert code == 2 and last_line(capsys.readouterr().err) == CONTEXT_TOO_SMALL
+    assert not (tmp_path / "eval").exists()
+
+
+def test_an_answer_as_long_as_the_context_leaves_no_room_for_the_prompt(no_unsloth_load, capsys):
+    assert main(["infer", "--model", "tiny", "--max-new-tokens", "64", "--max-seq-length", "64", "hi"]) == 2
+    assert "64 does not fit within --max-seq-length 64" in last_line(capsys.readouterr().err)
+    preflight.check_context(63, 64)  # one token of room: the least that can hold a prompt
+
+
+@pytest.mark.parametrize("argv", [["infer", "hi"], ["eval", "--limit", "1"]])
+@pytest.mark.parametrize("length", ["0", "-5"])
+def test_the_context_is_a_positive_number_of_tokens(no_unsloth_load, capsys, tmp_path, argv, length):
+    code = main([*argv, "--model", "tiny", "--max-new-tokens", "4", "--max-seq-length", length,
+                 *(["--artifact-dir", str(tmp_path)] if argv[0] == "eval" else [])])
+    assert code == 2 and last_line(capsys.readouterr().err) == (
+        f"error: --max-seq-length must be a positive integer (the tokens of prompt and answer together), got "
+        f"{length}; leave it out for 4096.")
+
+
+def test_the_library_checks_the_context_before_loading_too(no_unsloth_load, tmp_path):
+    from sarashina_grpo.evaluation import evaluate_model
+    from sarashina_grpo.inference import GenerationSettings
+    from sarashina_grpo.options import ModelOptions
+
+    with pytest.raises(SettingsError, match="--max-seq-length must be a positive integer"):
+        evaluate_model(ModelOptions(model_name="tiny", max_seq_length=0), "e", artifact_dir=tmp_path)
+    with pytest.raises(SettingsError, match="does not fit within --max-seq-length 64"):
+        evaluate_model(ModelOptions(model_name="tiny", max_seq_length=64), "e", artifact_dir=tmp_path,
+                       gen=GenerationSettings(max_new_tokens=512))
+

@@ -67,6 +67,9 @@ def test_other_valid_values_pass(defaults, name, value):
     ("MAX_NEW_TOKENS", 0, "--max-new-tokens (notebook: MAX_NEW_TOKENS) must be at least 1 (a whole number), got 0."),
     ("MAX_NEW_TOKENS", "512", "--max-new-tokens (notebook: MAX_NEW_TOKENS) must be at least 1 (a whole number), got "
                               "'512'."),
+    # was: generated on past the model's context (transformers only warns)
+    ("MAX_NEW_TOKENS", 100_000, "--max-new-tokens (notebook: MAX_NEW_TOKENS) 100000 does not fit within "
+                                "--max-seq-length 4096"),
     # was: sampled ("False" is true)
     ("DO_SAMPLE", "False", "--sample (notebook: DO_SAMPLE) must be True or False, got 'False' (str)."),
     ("ROLE", 5, "ROLE must be text, e.g. 'あなたは駅前のパン屋の店主です。', got 5 (int); None: no role."),

@@ -155,7 +155,7 @@ def run_infer(args: argparse.Namespace) -> None:
     gen = generation_settings(args)
     threads = cpu_threads(args)
     role = role_from_args(args)  # before the model loads: a missing file costs seconds
-    settings = check_model(options(args, ModelOptions), training=False)
+    settings = check_model(options(args, ModelOptions), training=False, max_new_tokens=gen.max_new_tokens)
     model, tokenizer = load_for_inference(settings, threads=threads)
     if args.prompts:
         replies = answer(model, tokenizer, args.prompts, gen, system_prompt=settings.system_prompt, progress=True,

@@ -221,7 +221,8 @@ def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs)
     """Load ``settings.model_name`` (a hub id, folder, checkpoint or ``tiny``) for inference and ``evaluate`` it."""
     from .inference import load_for_inference
 
-    settings = check_model(settings, training=False)
+    gen = kwargs.get("gen") or GenerationSettings()
+    settings = check_model(settings, training=False, max_new_tokens=gen.max_new_tokens)
     check_eval_name(name, kwargs.get("artifact_dir"), kwargs.get("overwrite", False))
     eval_rows(eval_data_file(kwargs.get("data_path", DEFAULT_EVAL_DATA)), kwargs.get("limit"))  # before loading
     model, tokenizer = load_for_inference(settings, threads=threads)

@@ -59,6 +59,9 @@ RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit",
                      "log_completions", "num_completions_to_print", "backend", "eval_steps", "eval_data", "eval_limit",
                      "report_to", "save_total_limit", "run_name", "logging_first_step", "disable_tqdm", "use_cpu",
                      "bf16", "fp16", "best_metric", "patience", "rollout", "offload_activations"}
+# Tokens of room for the prompt in the context ``check_context`` suggests: what training keeps for one (the default
+# max_prompt_length); the system prompt, a role and a question take a few hundred.
+PROMPT_ROOM = 1024
 # More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
 MAX_THREADS_PER_CORE = 4
 ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run", "eval": "evaluations"}
@@ -293,8 +296,10 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
     return CheckedRun(settings, rows, eval_rows)
 
 
-def check_model(settings, *, training: bool):
-    """Settings (or ``options.ModelOptions``, resolved here) whose model loads here: what ``infer``/``eval`` need."""
+def check_model(settings, *, training: bool, max_new_tokens: int | None = None):
+    """Settings (or ``options.ModelOptions``, resolved here) whose model loads here: what ``infer``/``eval`` need;
+    with ``max_new_tokens``, a context (``max_seq_length``) that holds that many and a prompt (``check_context``)."""
+    check_context(max_new_tokens, settings.max_seq_length)
     if isinstance(settings, ModelOptions):  # <run>/best: that run's best checkpoint
         settings = dataclasses.replace(settings.resolved(), model_name=resolve_best(settings.model_name))
     elif (best := resolve_best(settings.model_name)) != settings.model_name:
@@ -352,6 +357,20 @@ def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_
     if samples_per_prompt > 1 and not sample:
         raise SettingsError(f"--samples-per-prompt {samples_per_prompt} needs --sample: greedy decoding gives the "
                             "same answer every time.")
+
+
+def check_context(max_new_tokens: int | None, max_seq_length: int) -> None:
+    """``--max-seq-length`` (``infer``/``eval``) is a positive count that holds ``--max-new-tokens`` and a prompt:
+    generation does not stop at the context's end (transformers only warns), so a typo ran on for minutes."""
+    if not is_whole(max_seq_length):
+        raise SettingsError(f"--max-seq-length must be a positive integer (the tokens of prompt and answer together), "
+                            f"got {max_seq_length!r}; leave it out for {ModelOptions.max_seq_length}.")
+    if is_whole(max_new_tokens) and max_new_tokens >= max_seq_length:
+        raise SettingsError(f"--max-new-tokens (notebook: MAX_NEW_TOKENS) {max_new_tokens} does not fit within "
+                            f"--max-seq-length {max_seq_length}: that context holds the prompt and the answer "
+                            f"together, so the prompt needs room too. Lower --max-new-tokens well below "
+                            f"{max_seq_length}, or raise --max-seq-length to {max_new_tokens} plus the prompt's length "
+                            f"(e.g. {max_new_tokens + PROMPT_ROOM}).")
 
 
 def check_threads(threads: int | None) -> int | None:
@@ -463,8 +482,10 @@ def check_inference_notebook(parameters: Mapping[str, object]) -> None:
         raise SettingsError(f"MODEL_NAME is empty; give {NOTEBOOK_TEXTS['MODEL_NAME'][0]} (None: "
                             f"{NOTEBOOK_TEXTS['MODEL_NAME'][1]}).")
     defaults = GenerateOptions()  # the notebook sets two of them; GenerationSettings' defaults are the same
-    check_generation(given.get("MAX_NEW_TOKENS", defaults.max_new_tokens), given.get("DO_SAMPLE", defaults.sample),
-                     defaults.temperature, defaults.top_p, defaults.batch_size)
+    max_new_tokens = given.get("MAX_NEW_TOKENS", defaults.max_new_tokens)
+    check_generation(max_new_tokens, given.get("DO_SAMPLE", defaults.sample), defaults.temperature, defaults.top_p,
+                     defaults.batch_size)
+    check_context(max_new_tokens, ModelOptions.max_seq_length)  # the notebook's context: the default one
     check_eval_limit(given.get("EVAL_LIMIT"))
 
 
