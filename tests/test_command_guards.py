@@ -173,3 +173,23 @@ def test_the_library_checks_the_context_before_loading_too(no_unsloth_load, tmp_
         evaluate_model(ModelOptions(model_name="tiny", max_seq_length=64), "e", artifact_dir=tmp_path,
                        gen=GenerationSettings(max_new_tokens=512))
 
+
+# --- folders that are files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file, expected", [
+    ("artifact", "error: Artifact folder {root} is a file. Choose another with --artifact-dir, or move the file."),
+    ("artifact/eval", "error: {root}/eval is a file, but it must be the folder of the evaluations. Move or rename "
+                      "the file, or choose another --artifact-dir."),
+    ("artifact/eval/e", "error: {root}/eval/e is a file, but it must be the folder of evaluation 'e'. Move or rename "
+                        "the file, or choose another name (CLI --name, notebook EVAL_NAME)."),
+])
+def test_a_file_where_the_evaluation_needs_a_folder_is_refused_before_loading(no_unsloth_load, capsys, tmp_path, file,
+                                                                              expected):
+    root = tmp_path / "artifact"
+    (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / file).write_text("mine")
+    # why: the model loaded and generated before the evaluation found it could not be saved
+    assert main(["eval", "--model", "tiny", "--name", "e", "--limit", "1", "--artifact-dir", str(root)]) == 2
+    assert last_line(capsys.readouterr().err) == expected.format(root=root)
+    assert (tmp_path / file).read_text() == "mine"

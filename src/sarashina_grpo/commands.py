@@ -170,7 +170,7 @@ def run_eval(args: argparse.Namespace) -> None:
     from .best import names_best
     from .checkpoints import step_of
     from .evaluation import compare_runs, evaluate_model, rounded
-    from .preflight import check_compare_names, check_eval_limit
+    from .preflight import check_compare_names, check_eval_limit, check_writable
 
     opts = options(args, EvalOptions)
     check_eval_limit(opts.limit)
@@ -180,6 +180,7 @@ def run_eval(args: argparse.Namespace) -> None:
     names = list(opts.compare)
     if opts.compare_only and len(names) < 2:
         raise SettingsError("--compare-only needs at least two evaluations after --compare.")
+    check_writable(Path(artifact_dir))  # its eval/ gets the evaluation and the comparison
     check_compare_names(names, artifact_dir)  # before the evaluation runs: a typo should cost seconds
     if not opts.compare_only:
         settings = options(args, ModelOptions)

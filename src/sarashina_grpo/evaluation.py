@@ -29,7 +29,7 @@ from pathlib import Path
 from .arithmetic import is_correct
 from .data import read_rows, select_rows, to_messages
 from .inference import GenerationSettings, generate_counted
-from .preflight import check_eval_limit, check_model, metrics_problem
+from .preflight import check_eval_limit, check_model, check_writable, metrics_problem
 from .project import SYSTEM_PROMPT, SettingsError, default_artifact_dir, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
@@ -147,9 +147,15 @@ def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
 
 
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
-    """The folder for evaluation ``name``; ``EvalExistsError`` if one lives there already (unless ``overwrite``)."""
+    """The folder for evaluation ``name``, which can be written (``preflight.check_writable``: the artifact folder
+    and its eval/); ``EvalExistsError`` if an evaluation lives there already (unless ``overwrite``)."""
     check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
-    eval_dir = Path(artifact_dir or default_artifact_dir()) / "eval" / name
+    root = Path(artifact_dir or default_artifact_dir())
+    check_writable(root)
+    eval_dir = root / "eval" / name
+    if eval_dir.exists() and not eval_dir.is_dir():
+        raise SettingsError(f"{eval_dir} is a file, but it must be the folder of evaluation {name!r}. Move or rename "
+                            "the file, or choose another name (CLI --name, notebook EVAL_NAME).")
     if (eval_dir / "metrics.json").exists() and not overwrite:
         raise EvalExistsError(f"An evaluation named {name!r} already exists in {eval_dir}. Choose another name "
                               "(CLI --name, notebook EVAL_NAME) or replace it (CLI --overwrite, notebook "
