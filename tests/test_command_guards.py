@@ -193,3 +193,31 @@ def test_a_file_where_the_evaluation_needs_a_folder_is_refused_before_loading(no
     assert main(["eval", "--model", "tiny", "--name", "e", "--limit", "1", "--artifact-dir", str(root)]) == 2
     assert last_line(capsys.readouterr().err) == expected.format(root=root)
     assert (tmp_path / file).read_text() == "mine"
+
+
+# --- empty values ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\u3000"])
+def test_a_blank_prompt_is_refused_naming_which_one(no_unsloth_load, capsys, blank):
+    assert main(["infer", "--model", "tiny", "こんにちは", blank, "おはよう"]) == 2
+    # why: it was answered as if something had been asked
+    assert last_line(capsys.readouterr().err).startswith("error: The 2nd prompt is empty")
+
+
+def test_an_empty_evaluation_name_is_refused_not_taken_for_none(no_unsloth_load, capsys, tmp_path):
+    assert main(["eval", "--model", "tiny", "--name", "", "--limit", "1", "--artifact-dir", str(tmp_path)]) == 2
+    # why: it was read as "no --name" and the evaluation went to eval/tiny
+    assert last_line(capsys.readouterr().err) == ("error: --name '' is not a plain folder name (it is empty). An "
+                                                  "evaluation lives in eval/<name>/; use letters, digits, '-', '_' and "
+                                                  "'.', e.g. 'lr5e-6-seed1'.")
+    assert not (tmp_path / "eval").exists()
+
+
+
+def test_a_blank_chat_turn_is_refused_by_the_library():
+    chat = inference.Chat(None, None)
+    with pytest.raises(SettingsError, match=r"^The chat turn is empty \(only spaces or invisible characters\): say "
+                                            r"something, or end the chat\.$"):
+        chat.say(" ")
+    assert [m["role"] for m in chat.messages] == ["system"]  # nothing half-added to the history

@@ -70,6 +70,9 @@ def test_other_valid_values_pass(defaults, name, value):
     # was: generated on past the model's context (transformers only warns)
     ("MAX_NEW_TOKENS", 100_000, "--max-new-tokens (notebook: MAX_NEW_TOKENS) 100000 does not fit within "
                                 "--max-seq-length 4096"),
+    # was: answered as if something had been asked
+    ("PROMPTS", ["こんにちは", " "], "PROMPTS[1] is empty: write the text, or remove it from the list."),
+    ("CHAT_TURNS", [""], "CHAT_TURNS[0] is empty"),
     # was: sampled ("False" is true)
     ("DO_SAMPLE", "False", "--sample (notebook: DO_SAMPLE) must be True or False, got 'False' (str)."),
     ("ROLE", 5, "ROLE must be text, e.g. 'あなたは駅前のパン屋の店主です。', got 5 (int); None: no role."),
@@ -103,3 +106,10 @@ def test_answer_refuses_a_bare_string_of_prompts():
     with pytest.raises(SettingsError, match=r"^answer\(\) takes a list of prompts, got the text 'こんにちは'; for one "
                                             r"prompt give \[prompt\]\."):
         answer(None, None, "こんにちは")
+
+
+def test_answer_refuses_a_blank_prompt():
+    # why: it was answered as if something had been asked
+    with pytest.raises(SettingsError, match=r"^The 2nd prompt is empty \(only spaces or invisible characters\): "
+                                            r"write the text to answer, or leave it out\.$"):
+        answer(None, None, ["こんにちは", " \u200b"])

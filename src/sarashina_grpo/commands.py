@@ -149,9 +149,10 @@ def role_from_args(args: argparse.Namespace) -> str | None:
 
 
 def run_infer(args: argparse.Namespace) -> None:
-    from .inference import Chat, answer, chat_loop, load_for_inference
+    from .inference import Chat, answer, chat_loop, check_prompt_texts, load_for_inference
     from .preflight import check_model
 
+    check_prompt_texts(args.prompts)
     gen = generation_settings(args)
     threads = cpu_threads(args)
     role = role_from_args(args)  # before the model loads: a missing file costs seconds
@@ -186,7 +187,8 @@ def run_eval(args: argparse.Namespace) -> None:
         settings = options(args, ModelOptions)
         model = Path(settings.model_name)  # run r1's checkpoint-500 gives r1-checkpoint-500, its best r1-best
         parts = model.parts[-2:] if step_of(model) is not None or names_best(model) else model.parts[-1:]
-        name = opts.name or "-".join(parts).replace(".", "_") or "model"
+        # an empty --name is refused (evaluation.check_eval_name), not taken for one left out
+        name = opts.name if opts.name is not None else "-".join(parts).replace(".", "_") or "model"
         metrics = evaluate_model(settings, name, data_path=opts.data, artifact_dir=artifact_dir, gen=gen,
                                  samples_per_prompt=opts.samples_per_prompt, limit=opts.limit,
                                  role=role_from_args(args), overwrite=opts.overwrite, threads=threads)

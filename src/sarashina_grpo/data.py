@@ -61,6 +61,19 @@ def visible_text(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) not in INVISIBLE_CATEGORIES)
 
 
+def text_problem(value) -> str | None:
+    """Why ``value`` is no prompt a user typed (not text, or blank to a reader: it would be answered as if something
+    were asked), as the end of a sentence; None when it is one."""
+    if not isinstance(value, str):
+        return f"is not text but {value!r} ({type(value).__name__})"
+    return None if visible_text(value) else "is empty" + (" (only spaces or invisible characters)" if value else "")
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, …, 11th, 12th, 21st."""
+    return f"{n}{'th' if n % 100 in (11, 12, 13) else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def control_characters(text: str) -> list[str]:
     """The control characters in ``text`` other than tab and line breaks, as ``U+0000``."""
     found = {ch for ch in text if unicodedata.category(ch) == "Cc" and ch not in ALLOWED_CONTROLS}

@@ -13,15 +13,15 @@ import logging
 import typing
 from dataclasses import dataclass, field
 
-from .data import to_messages
+from .data import ordinal, text_problem, to_messages
 from .project import SYSTEM_PROMPT, SettingsError
 from .roles import read_role, with_role
 
 if typing.TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["Chat", "GenerationSettings", "answer", "chat_loop", "generate", "generate_counted", "load_for_inference",
-           "read_role", "with_role"]
+__all__ = ["Chat", "GenerationSettings", "answer", "chat_loop", "check_prompt_texts", "generate", "generate_counted",
+           "load_for_inference", "read_role", "with_role"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class Chat:
             self.messages = [{"role": "system", "content": with_role(self.system_prompt, self.role)}]
 
     def say(self, text: str) -> str:
+        if problem := text_problem(text):
+            raise SettingsError(f"The chat turn {problem}: say something, or end the chat.")
         self.messages.append({"role": "user", "content": text})
         reply = generate(self.model, self.tokenizer, [self.messages], self.gen)[0]
         self.messages.append({"role": "assistant", "content": reply})
@@ -135,4 +137,12 @@ def answer(model, tokenizer, prompts: list[str], gen: GenerationSettings | None 
     if isinstance(prompts, str):  # iterated, a string is one prompt per character
         raise SettingsError(f"answer() takes a list of prompts, got the text {prompts[:40]!r}; for one prompt give "
                             "[prompt].")
+    check_prompt_texts(prompts)
     return generate(model, tokenizer, [to_messages(p, with_role(system_prompt, role)) for p in prompts], gen, progress)
+
+
+def check_prompt_texts(prompts: list[str]) -> None:
+    """Each prompt is text a reader sees (``data.text_problem``); the error counts them as the user gave them."""
+    for n, prompt in enumerate(prompts, 1):
+        if problem := text_problem(prompt):
+            raise SettingsError(f"The {ordinal(n)} prompt {problem}: write the text to answer, or leave it out.")

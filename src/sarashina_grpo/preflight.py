@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlparse
 from . import project
 from .best import RUN_INFO, resolve_best
 from .checkpoints import check_loadable, folder_kind, newest_complete_in, step_of
-from .data import DataError, check_prompts
+from .data import DataError, check_prompts, text_problem
 from .errors import hub_unreachable_message, proxy_for, shown_url
 from .options import GenerateOptions, ModelOptions
 from .project import HOME_VARIABLE, SettingsError, field_label, finite_number, is_whole, project_dir, project_path
@@ -478,6 +478,9 @@ def check_inference_notebook(parameters: Mapping[str, object]) -> None:
             allowed = str | os.PathLike if name == "COMPARE_WITH" else str
             if items is None or not all(isinstance(item, allowed) for item in items):
                 raise SettingsError(f"{name} must be a list of texts, {NOTEBOOK_LISTS[name]}; got {shown(value)}.")
+            blank = next((i for i, item in enumerate(items) if allowed is str and text_problem(item)), None)
+            if blank is not None:  # it would be answered as if something were asked
+                raise SettingsError(f"{name}[{blank}] is empty: write the text, or remove it from the list.")
     if isinstance(name := given.get("MODEL_NAME"), str) and not name.strip():
         raise SettingsError(f"MODEL_NAME is empty; give {NOTEBOOK_TEXTS['MODEL_NAME'][0]} (None: "
                             f"{NOTEBOOK_TEXTS['MODEL_NAME'][1]}).")
