@@ -221,3 +221,20 @@ def test_a_blank_chat_turn_is_refused_by_the_library():
                                             r"something, or end the chat\.$"):
         chat.say(" ")
     assert [m["role"] for m in chat.messages] == ["system"]  # nothing half-added to the history
+
+
+# --- the library's generation settings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, expected", [
+    (dict(max_new_tokens=0), "--max-new-tokens (notebook: MAX_NEW_TOKENS) must be at least 1 (a whole number), got 0."),
+    (dict(max_new_tokens="512"), "--max-new-tokens (notebook: MAX_NEW_TOKENS) must be at least 1 (a whole number), "
+                                 "got '512'."),
+    (dict(do_sample="False"), "--sample (notebook: DO_SAMPLE) must be True or False, got 'False' (str)."),  # sampled
+    (dict(top_p=0), "--top-p must be in (0, 1] (it applies with --sample), got 0."),
+])
+def test_generation_settings_check_themselves_by_the_flags_rule(given, expected):
+    # why: built in code they skipped preflight.check_generation and failed late, or sampled when told "False"
+    with pytest.raises(SettingsError) as err:
+        inference.GenerationSettings(**given)
+    assert str(err.value) == f"GenerationSettings: {expected}"

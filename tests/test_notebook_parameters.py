@@ -113,3 +113,9 @@ def test_answer_refuses_a_blank_prompt():
     with pytest.raises(SettingsError, match=r"^The 2nd prompt is empty \(only spaces or invisible characters\): "
                                             r"write the text to answer, or leave it out\.$"):
         answer(None, None, ["こんにちは", " \u200b"])
+
+
+def test_answer_refuses_a_role_that_is_not_text():
+    # why: role=5 was an AttributeError from inside roles.with_role
+    with pytest.raises(SettingsError, match=r"^The role \(CLI --role; notebook: ROLE\) must be text, got 5 \(int\)"):
+        answer(None, None, ["こんにちは"], role=5)

@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from sarashina_grpo.data import load_prompts
-from sarashina_grpo.project import SYSTEM_PROMPT
+from sarashina_grpo.project import SYSTEM_PROMPT, SettingsError
 from sarashina_grpo.roles import NOTHING, RoleError, leak_share, read_role, shown_turn, think_leak, with_role
 
 MERCHANT = "あなたはサボテンを売る商人です。100円で仕入れたことは隠してください。"
@@ -170,3 +170,23 @@ def test_eval_refuses_an_existing_name_without_overwrite(tmp_path, capsys):
 )
 def test_a_roleplay_turn_shows_thinking_and_speech_without_tag_fragments(reply, expected):
     assert shown_turn(reply) == expected
+
+
+@pytest.mark.parametrize("role, system_prompt, expected", [
+    (5, SYSTEM_PROMPT, "The role (CLI --role; notebook: ROLE) must be text, got 5 (int); None: no role."),
+    (MERCHANT, None, "The system prompt (CLI --system-prompt; notebook: SYSTEM_PROMPT) must be text, got None "
+                     "(NoneType)."),
+])
+def test_a_role_or_system_prompt_that_is_not_text_is_one_error_naming_it(role, system_prompt, expected):
+    # why: answer(..., role=5) was an AttributeError from str.strip
+    with pytest.raises(SettingsError) as err:
+        with_role(system_prompt, role)
+    assert str(err.value) == expected
+
+
+def test_an_evaluations_one_role_for_all_prompts_is_checked_as_text_too():
+    from sarashina_grpo.evaluation import generate_outputs
+
+    # why: a role that was neither text nor a list failed in zip() with a TypeError
+    with pytest.raises(SettingsError, match=r"^The role \(CLI --role; notebook: ROLE\) must be text, got 5 \(int\)"):
+        generate_outputs(None, None, ["こんにちは"], roles=5)

@@ -104,7 +104,7 @@ def generate_outputs(model, tokenizer, prompts: list[str], gen=None, samples_per
     gen = gen or GenerationSettings()
     if not gen.do_sample and samples_per_prompt > 1:
         raise ValueError("samples_per_prompt > 1 needs sampling (do_sample=True): greedy outputs would repeat.")
-    if roles is None or isinstance(roles, str):
+    if not isinstance(roles, list | tuple):  # one role for all (roles.with_role checks that it is text)
         roles = [roles] * len(prompts)
     pairs = [(p, r) for p, r in zip(prompts, roles, strict=True) for _ in range(samples_per_prompt)]
     conversations = [to_messages(p, with_role(system_prompt or SYSTEM_PROMPT, r)) for p, r in pairs]

@@ -28,11 +28,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerationSettings:
+    """How to generate; checked on construction by ``preflight.check_generation``, the rule of ``infer``/``eval``'s
+    flags (its errors name them, after ``GenerationSettings:``)."""
+
     max_new_tokens: int = 512
     do_sample: bool = False  # greedy by default: reproducible outputs to compare checkpoints
     temperature: float = 0.7
     top_p: float = 0.95
     batch_size: int = 8
+
+    def __post_init__(self):
+        from .preflight import check_generation  # preflight imports much this module does not need
+
+        try:
+            check_generation(self.max_new_tokens, self.do_sample, self.temperature, self.top_p, self.batch_size)
+        except SettingsError as err:
+            raise SettingsError(f"GenerationSettings: {err}") from None
 
 
 def load_for_inference(settings: Settings, *, threads: int | None = None):

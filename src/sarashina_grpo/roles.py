@@ -34,6 +34,13 @@ class RoleError(SettingsError):
 
 def with_role(system_prompt: str, role: str | None) -> str:
     """``system_prompt`` with ``role`` appended after its format instructions; unchanged for a blank role."""
+    # every caller's role and system prompt pass here: a number fails now, naming the setting, not inside strip()
+    if role is not None and not isinstance(role, str):
+        raise SettingsError(f"The role (CLI --role; notebook: ROLE) must be text, got {role!r} "
+                            f"({type(role).__name__}); None: no role.")
+    if not isinstance(system_prompt, str):
+        raise SettingsError(f"The system prompt (CLI --system-prompt; notebook: SYSTEM_PROMPT) must be text, got "
+                            f"{system_prompt!r} ({type(system_prompt).__name__}).")
     role = (role or "").strip()
     return f"{system_prompt}{ROLE_HEADER}{role}" if role else system_prompt
 
