@@ -154,7 +154,7 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
     from .data import DataError
     from .modeling import resolve_model_name
 
-    run_name = check_run_options(settings, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
+    run_name = check_run_options(settings.run_name, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
                                  allow_data_change=allow_data_change, resume_weights_only=resume_weights_only)
     project.check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
     artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()

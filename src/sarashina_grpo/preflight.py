@@ -235,7 +235,7 @@ def shown(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def check_run_options(settings: Settings, *, artifact_dir, resume, run_name, allow_data_change: bool,
+def check_run_options(settings_run_name: str | None, *, artifact_dir, resume, run_name, allow_data_change: bool,
                       resume_weights_only: bool = False) -> str | None:
     """``prepare``'s own arguments (``train``'s run flags; the finetuning notebook's ARTIFACT_DIR, RESUME, RUN_NAME,
     ALLOW_DATA_CHANGE), each of a kind it can use, before anything is read or written. Returns the run's name:
@@ -261,7 +261,7 @@ def check_run_options(settings: Settings, *, artifact_dir, resume, run_name, all
             raise SettingsError(f"{label} must be True or False, got {shown(value)}.")
     # TRL's run_name names the run's folders too (the CLI's --run-name is that field): from SETTINGS or a recipe
     # it must pass the same checks as RUN_NAME, not be dropped for a timestamp
-    own, settings_label = settings.run_name, "Settings.run_name (CLI --run-name; notebook: SETTINGS or RECIPE)"
+    own, settings_label = settings_run_name, "Settings.run_name (CLI --run-name; notebook: SETTINGS or RECIPE)"
     if run_name is not None and own is not None and run_name != own:
         raise SettingsError(f"--run-name (notebook: RUN_NAME) {run_name!r} disagrees with {settings_label} {own!r}: "
                             "a run has one name. Give it once, as RUN_NAME.")
