@@ -209,6 +209,14 @@ TRAIN = ["--model", "tiny", "--no-4bit", "--max-steps", str(MAX_STEPS), "--save-
          "--max-completion-length", "16", "--num-generations", "2", "--batch-size", "2"]
 
 
+def train_flags(**values) -> list[str]:
+    """TRAIN with some flags' values changed (``max_steps="200"``): a flag may be given only once."""
+    flags = list(TRAIN)
+    for name, value in values.items():
+        flags[flags.index("--" + name.replace("_", "-")) + 1] = value
+    return flags
+
+
 def start_cli(*args, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     return subprocess.Popen([sys.executable, "-m", "sarashina_grpo.cli", "train", *map(str, args)],
@@ -363,7 +371,7 @@ def interrupted(killed_and_resumed):
     artifact = killed_and_resumed["artifact"]
     first_run = {"outputs": snapshot(artifact / "outputs" / "r"), "logs": snapshot(artifact / "logs" / "r")}
     log = artifact / "interrupted.log"
-    process = start_cli(*TRAIN, "--max-steps", "200", "--save-steps", "1000", "--artifact-dir", artifact,
+    process = start_cli(*train_flags(max_steps="200", save_steps="1000"), "--artifact-dir", artifact,
                         "--run-name", "r", log=log)
     wait_for(lambda: re.search(r"step \d+: reward", log.read_text()), process, log)  # training has started
     process.send_signal(signal.SIGINT)
