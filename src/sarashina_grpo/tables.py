@@ -223,7 +223,7 @@ def read_table(path: Path):
     if problem == "is a folder":
         raise DataError(f"{path} is a folder; expected {FORMATS}.")
     if problem and "symbolic link" in problem:
-        raise DataError(f"Prompt file {path} {problem}. Point --data at the file itself.")
+        raise DataError(f"Prompt file {path} {problem}. Give the file itself instead of the link.")
     if problem:  # a pipe, device or socket: nothing is opened (file_problem)
         raise DataError(f"{path} is not a regular file (a pipe, device or socket?). Give a CSV file on disk; save "
                         "a stream to a file first.")
