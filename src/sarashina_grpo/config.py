@@ -269,8 +269,7 @@ def check_values(settings: Settings) -> None:
                             f"{settings.seed!r}.")
     for name, low, high, low_ok, high_ok in NUMERIC_RANGES:
         value = getattr(settings, name)
-        if value is not None and not (project.finite_number(value) and (value >= low if low_ok else value > low)
-                                      and (value <= high if high_ok else value < high)):
+        if value is not None and not in_range(value, low, high, low_ok, high_ok):
             raise SettingsError(f"{field_label(name)} must be a finite number in {interval(low, high, low_ok, high_ok)}"
                                 f", got {value!r}.")
     choices = {"backend": BACKENDS, "rollout": tuple(project.ROLLOUTS), "scale_rewards": project.SCALE_REWARDS,
@@ -347,8 +346,7 @@ def check_generation_config(settings: Settings) -> None:
     sampling = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     for name, low, high, low_ok, high_ok in NUMERIC_RANGES:  # a kwarg overrides its field: the same range applies
         value = extra.get(name)
-        if name in sampling and value is not None and not (project.finite_number(value) and (
-                value >= low if low_ok else value > low) and (value <= high if high_ok else value < high)):
+        if name in sampling and value is not None and not in_range(value, low, high, low_ok, high_ok):
             raise SettingsError(f"{field_label('generation_kwargs')} {name} must be a finite number in "
                                 f"{interval(low, high, low_ok, high_ok)}, got {value!r}.")
     if "top_k" in extra and not project.is_whole(extra["top_k"], 0):
@@ -367,6 +365,12 @@ def check_generation_config(settings: Settings) -> None:
                             f"{problem}") from None
     finally:
         transformers_logging.set_verbosity(verbosity)
+
+
+def in_range(value, low: float, high: float, low_ok: bool, high_ok: bool) -> bool:
+    """``value`` is a finite number within a range of ``NUMERIC_RANGES`` (its ends included where ``*_ok``)."""
+    return project.finite_number(value) and (value >= low if low_ok else value > low) and (
+        value <= high if high_ok else value < high)
 
 
 def interval(low: float, high: float, low_ok: bool, high_ok: bool) -> str:

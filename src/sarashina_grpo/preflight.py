@@ -319,9 +319,8 @@ def trained_system_prompt(settings: ModelOptions) -> ModelOptions:
             or not looks_like_path(settings.model_name):
         return settings
     run_dir = Path(settings.model_name).expanduser().parent
-    info = read_json(run_dir / RUN_INFO)  # damaged or absent: the default prompt, as before the run recorded it
-    trained = info.get("settings", {}).get("system_prompt") if isinstance(info, dict) \
-        and isinstance(info.get("settings"), dict) else None
+    recorded = (read_json(run_dir / RUN_INFO) or {}).get("settings")  # damaged or absent: the default prompt
+    trained = recorded.get("system_prompt") if isinstance(recorded, dict) else None
     if not isinstance(trained, str) or not trained.strip() or trained == settings.system_prompt:
         return settings
     logger.info("System prompt: the one run %s trained under (%s); give --system-prompt (notebook: SYSTEM_PROMPT) "
