@@ -1,10 +1,6 @@
-"""Pre-flight: what no settings object can know, checked before a model loads, each mistake one ``SettingsError``.
-
-    checked = check_run(settings, artifact_dir=Path("artifact"))  # CheckedRun(settings, rows, eval_rows) or an error
-
-Settings check their own fields (``config.Settings.__post_init__``); this module checks what needs the disk, the
-machine or the registry, and the other commands' options and folders. The model checks take plain values, so that
-``export``, ``warmstart`` and ``modeling`` share them.
+"""Pre-flight: what no settings object can know (the disk, the machine, the hub, the other commands' options and
+folders), checked before a model loads, each mistake one ``SettingsError``. The model checks take plain values, so
+that ``export``, ``warmstart`` and ``modeling`` share them.
 """
 
 from __future__ import annotations
@@ -44,29 +40,26 @@ if typing.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BASE_MODEL = "base_model"  # run.json's record of the weights the adapter trains on (pipeline.record_base_model)
-# Warm-up steps beyond which no realistic run gets to its full learning rate (the article's: 50 of 500 steps); a
-# longer one usually comes from a huge --max-steps meant as "until I stop it".
+# A longer warm-up (the article's: 50 of 500 steps) usually comes from a huge --max-steps meant as "until I stop it".
 REALISTIC_WARMUP_STEPS = 1_000
-# LoRA weights are fp32 of order 1e-2; fp32 resolves ~1e-7 relative, i.e. ~1e-9 absolute. An Adam step moves a
-# weight by about the learning rate, so below this every update rounds to no change at all.
+# An Adam step moves a weight by about the learning rate; fp32 LoRA weights (~1e-2) round away steps below this.
 NO_UPDATE_LEARNING_RATE = 1e-9
 # Below this the completions of a group are (nearly) identical; GRPO learns only from differences within a group.
 NEAR_GREEDY_TEMPERATURE = 0.1
-# Settings a resumed run may change, with a warning: they do not alter the maths of the steps already taken (rollout,
-# offloading: another engine or memory, same maths).
+# Settings a resumed run may change, with a warning: they do not alter the maths of the steps already taken.
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "logging_steps", "load_in_4bit", "use_vllm",
                      "vllm_gpu_memory_utilization", "max_seq_length", "data_path", "system_prompt_file",
                      "log_completions", "num_completions_to_print", "backend", "eval_steps", "eval_data", "eval_limit",
                      "report_to", "save_total_limit", "run_name", "logging_first_step", "disable_tqdm", "use_cpu",
                      "bf16", "fp16", "best_metric", "patience", "rollout", "offload_activations"}
-# Tokens of room for the prompt in the context ``check_context`` suggests: what training keeps for one (the default
-# max_prompt_length); the system prompt, a role and a question take a few hundred.
+# Tokens of room for the prompt in the context ``check_context`` suggests (the default max_prompt_length).
 PROMPT_ROOM = 1024
 # More threads than cores only adds switching; a few times the cores still runs, far beyond is a typo.
 MAX_THREADS_PER_CORE = 4
 ARTIFACT_FOLDERS = {"outputs": "checkpoints of each run", "logs": "TensorBoard logs of each run", "eval": "evaluations"}
 # Held-out metrics scored only from a column of the eval file (evaluation.attach_answers); without it they are null.
 METRIC_COLUMNS = {"answer_accuracy": "answer"}
+PATHS = str | os.PathLike  # what a folder or file setting may be
 # report_to names and the module each needs (transformers.integrations); "none" and "all" need nothing.
 REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
                   "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "codecarbon": "codecarbon",
@@ -75,7 +68,7 @@ REPORT_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlf
 
 @dataclass
 class CheckedRun:
-    """Settings that passed every check, the rows of their prompt file, and the held-out rows (with ``eval_steps``)."""
+    """Settings that passed every check, the rows of their prompt file, and the held-out rows."""
 
     settings: Settings
     rows: list = field(default_factory=list)
@@ -113,8 +106,7 @@ def check_rewards_have_columns(settings: Settings, rows) -> None:
 
 
 def check_best_metric_has_column(settings: Settings, eval_rows) -> None:
-    """A best metric the held-out rows cannot score: null at every evaluation, no best is ever recorded, and
-    --patience stops the run at its first evaluation."""
+    """A best metric the held-out rows cannot score: never a best, and --patience stops at the first evaluation."""
     column = METRIC_COLUMNS.get(settings.best_metric)
     if settings.eval_steps and column and not any(column in row.extra for row in eval_rows):
         raise SettingsError(f"{settings.label('best_metric')} {settings.best_metric} needs an {column!r} column in "
@@ -124,8 +116,7 @@ def check_best_metric_has_column(settings: Settings, eval_rows) -> None:
 
 
 def check_report_to(report_to) -> None:
-    """A ``report_to`` backend transformers does not know, or whose package is missing: transformers would raise
-    only after the model loads."""
+    """A ``report_to`` backend unknown to transformers or not installed (it would fail only after the model loads)."""
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     for name in [report_to] if isinstance(report_to, str) else list(report_to or []):
@@ -216,8 +207,7 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
 
 
 def check_prompt_file(settings: Settings, name: str) -> list:
-    """The usable rows of the prompt file that field ``name`` names. Its errors start with the setting (and the recipe
-    that set it): the file's path alone does not tell --data from --eval-data, nor a recipe's value from a flag's."""
+    """The usable rows of the prompt file field ``name`` names; errors name the setting (a path alone is ambiguous)."""
     given = getattr(settings, name)
     try:
         return check_prompts(project_path(given))
@@ -235,32 +225,36 @@ def shown(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+def check_optional(label: str, value, kinds, wanted: str, unset: str) -> None:
+    """``value`` is None (meaning ``unset``) or one of ``kinds``."""
+    if value is not None and not isinstance(value, kinds):
+        raise SettingsError(f"{label} must be {wanted}, got {shown(value)}; None: {unset}.")
+
+
+def check_switch(label: str, value, wanted: str = "True or False") -> None:
+    """``value`` is a bool: a text such as "no" or "False" is true, and would do what it means to refuse."""
+    if not isinstance(value, bool):
+        raise SettingsError(f"{label} must be {wanted}, got {shown(value)}.")
+
+
 def check_run_options(settings_run_name: str | None, *, artifact_dir, resume, run_name, allow_data_change: bool,
                       resume_weights_only: bool = False) -> str | None:
-    """``prepare``'s own arguments (``train``'s run flags; the finetuning notebook's ARTIFACT_DIR, RESUME, RUN_NAME,
-    ALLOW_DATA_CHANGE), each of a kind it can use, before anything is read or written. Returns the run's name:
-    ``run_name``, else the settings' own ``run_name`` (a recipe's, SETTINGS'); the two may not disagree."""
-    paths = str | os.PathLike
-    for label, value, ok, wanted, unset in (
-            ("--artifact-dir (notebook: ARTIFACT_DIR)", artifact_dir, isinstance(artifact_dir, paths), "a folder",
-             "the project's artifact/"),
-            ("--resume (notebook: RESUME)", resume, isinstance(resume, paths),
-             "'latest', a run name, or a run or checkpoint folder", "a new run"),
-            ("--run-name (notebook: RUN_NAME)", run_name, isinstance(run_name, str),
-             "a plain folder name such as 'lr5e-6-seed1'", "a timestamp")):
-        if value is not None and not ok:
-            raise SettingsError(f"{label} must be {wanted}, got {shown(value)}; None: {unset}.")
-        if ok and not str(value).strip():  # an unset variable in a script: not the default's silent stand-in
+    """``prepare``'s own arguments (``train``'s run flags, the notebook's), checked before anything is read or written.
+    Returns the run's name: ``run_name``, else the settings' own; the two may not disagree."""
+    for label, value, kinds, wanted, unset in (
+            ("--artifact-dir (notebook: ARTIFACT_DIR)", artifact_dir, PATHS, "a folder", "the project's artifact/"),
+            ("--resume (notebook: RESUME)", resume, PATHS, "'latest', a run name, or a run or checkpoint folder",
+             "a new run"),
+            ("--run-name (notebook: RUN_NAME)", run_name, str, "a plain folder name such as 'lr5e-6-seed1'",
+             "a timestamp")):
+        check_optional(label, value, kinds, wanted, unset)
+        if value is not None and not str(value).strip():  # an unset variable in a script: not the default's stand-in
             raise SettingsError(f"{label} is empty (an unset variable?); give {wanted}, or leave it out (None: "
                                 f"{unset}).")
     project.check_home_folder()  # the default artifact/ lives under it
-    # a string such as "no" is true: it would allow what it means to refuse
-    for label, value in (("--allow-data-change (notebook: ALLOW_DATA_CHANGE)", allow_data_change),
-                         ("--resume-weights-only", resume_weights_only)):
-        if not isinstance(value, bool):
-            raise SettingsError(f"{label} must be True or False, got {shown(value)}.")
-    # TRL's run_name names the run's folders too (the CLI's --run-name is that field): from SETTINGS or a recipe
-    # it must pass the same checks as RUN_NAME, not be dropped for a timestamp
+    check_switch("--allow-data-change (notebook: ALLOW_DATA_CHANGE)", allow_data_change)
+    check_switch("--resume-weights-only", resume_weights_only)
+    # TRL's run_name (the CLI's --run-name) names the run's folders too: from SETTINGS or a recipe it is checked alike
     own, settings_label = settings_run_name, "Settings.run_name (CLI --run-name; notebook: SETTINGS or RECIPE)"
     if run_name is not None and own is not None and run_name != own:
         raise SettingsError(f"--run-name (notebook: RUN_NAME) {run_name!r} disagrees with {settings_label} {own!r}: "
@@ -274,8 +268,7 @@ def check_run_options(settings_run_name: str | None, *, artifact_dir, resume, ru
 
 def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = None,
               check_model_files: bool = True) -> CheckedRun:
-    """Every check of a training run, in the order a user would fix them. ``run_dir``: the run being resumed (its
-    ``run.json`` must agree); ``check_model_files`` off: the caller brings its own loaded model."""
+    """Every check of a training run, in the order a user would fix them; ``run_dir``: the run being resumed."""
     if run_dir is not None:  # a setting changed since the run began is the cause of any refusal below it brings
         check_resume_settings(settings, run_dir)
     check_rewards(settings.reward_names, settings.max_completion_length)
@@ -297,8 +290,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
 
 
 def check_model(settings, *, training: bool, max_new_tokens: int | None = None):
-    """Settings (or ``options.ModelOptions``, resolved here) whose model loads here: what ``infer``/``eval`` need;
-    with ``max_new_tokens``, a context (``max_seq_length``) that holds that many and a prompt (``check_context``)."""
+    """Settings (or ``options.ModelOptions``, resolved here) whose model loads here, with room for max_new_tokens."""
     check_context(max_new_tokens, settings.max_seq_length)
     if isinstance(settings, ModelOptions):  # <run>/best: that run's best checkpoint
         settings = dataclasses.replace(settings.resolved(), model_name=resolve_best(settings.model_name))
@@ -310,8 +302,7 @@ def check_model(settings, *, training: bool, max_new_tokens: int | None = None):
 
 
 def trained_system_prompt(settings: ModelOptions) -> ModelOptions:
-    """A checkpoint prompted, unless told otherwise, with the system prompt its run trained under (``run.json``):
-    the format it learned is the one that prompt states. A system prompt or file given explicitly wins."""
+    """A checkpoint's default system prompt is the one its run trained under (``run.json``): it states the format."""
     if not isinstance(settings.system_prompt, str):
         raise SettingsError(f"The system prompt (--system-prompt; notebook: SYSTEM_PROMPT) must be text, got "
                             f"{settings.system_prompt!r}; None takes the run's (run.json), else the article's.")
@@ -340,14 +331,12 @@ def check_positive_integers(command: str, options, names) -> None:
 
 def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, batch_size: int,
                      samples_per_prompt: int = 1) -> None:
-    """``infer``/``eval`` generation options (CLI flags named; the inference notebook's two too) that no generation
-    can use."""
+    """``infer``/``eval`` generation options that no generation can use (the inference notebook's two too)."""
     for flag, value in (("--max-new-tokens (notebook: MAX_NEW_TOKENS)", max_new_tokens), ("--batch-size", batch_size),
                         ("--samples-per-prompt", samples_per_prompt)):
         if not is_whole(value):
             raise SettingsError(f"{flag} must be at least 1 (a whole number), got {value!r}.")
-    if not isinstance(sample, bool):  # the text "False" is true: it would sample
-        raise SettingsError(f"--sample (notebook: DO_SAMPLE) must be True or False, got {shown(sample)}.")
+    check_switch("--sample (notebook: DO_SAMPLE)", sample)
     if not (finite_number(temperature) and 0 < temperature <= 10):  # even without --sample: no sampling can use it
         raise SettingsError(f"--temperature must be in (0, 10] (it sets how random --sample is), got {temperature}; "
                             "for deterministic answers drop --sample (greedy decoding) instead of a temperature of 0.")
@@ -359,8 +348,7 @@ def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_
 
 
 def check_context(max_new_tokens: int | None, max_seq_length: int) -> None:
-    """``--max-seq-length`` (``infer``/``eval``) is a positive count that holds ``--max-new-tokens`` and a prompt:
-    generation does not stop at the context's end (transformers only warns), so a typo ran on for minutes."""
+    """``--max-seq-length`` holds ``--max-new-tokens`` and a prompt: generation does not stop at the context's end."""
     if not is_whole(max_seq_length):
         raise SettingsError(f"--max-seq-length must be a positive integer (the tokens of prompt and answer together), "
                             f"got {max_seq_length!r}; leave it out for {ModelOptions.max_seq_length}.")
@@ -373,8 +361,7 @@ def check_context(max_new_tokens: int | None, max_seq_length: int) -> None:
 
 
 def check_threads(threads: int | None) -> int | None:
-    """``--threads`` of the commands that compute on a CPU: unset, or a positive count; returned as given. A set
-    ``OMP_NUM_THREADS`` that is no count is refused too: torch ignores it and the run would take its own default."""
+    """``--threads`` (unset or a positive count), returned as given; also an ``OMP_NUM_THREADS`` torch would ignore."""
     omp = os.environ.get("OMP_NUM_THREADS")
     if omp and omp.strip() and not re.fullmatch(r"0*[1-9]\d*(,\d+)*", omp.strip()):
         raise SettingsError(f"OMP_NUM_THREADS={omp!r} is not a number of threads; set it to a count such as 4, or "
@@ -432,19 +419,17 @@ def check_compare_names(names: list[str], artifact_dir: str | os.PathLike) -> No
                             "--name …).")
 
 
-# The inference notebook's parameters by kind, each with what to give: text or None; a file or folder or None;
-# True, False (or None); a list of texts.
-NOTEBOOK_TEXTS = {
-    "MODEL_NAME": ("a hub id, a checkpoint folder or 'tiny'", "the 3B model with a CUDA GPU, 'tiny' without one"),
-    "SYSTEM_PROMPT": ("text", "the one the checkpoint's run trained under, else the article's"),
-    "ROLE": ("text, e.g. 'あなたは駅前のパン屋の店主です。'", "no role"),
-    "ROLEPLAY_ROLE": ("text: the role of the role-play section", "no role"),
-    "EVAL_NAME": ("a plain folder name such as 'base'", "named after the model"),
-}
-NOTEBOOK_PATHS = {
-    "ROLE_FILE": ("a UTF-8 text file holding the role", "ROLE"),
-    "ARTIFACT_DIR": ("a folder", "the project's artifact/"),
-    "TRAINING_RUN": ("a run name or run folder", "no completions from training"),
+# The inference notebook's parameters by kind, each with what to give: text, a file or folder (each with what None
+# means); True, False (or None); a list of texts.
+NOTEBOOK_VALUES = {
+    "MODEL_NAME": (str, "a hub id, a checkpoint folder or 'tiny'", "the 3B model with a CUDA GPU, 'tiny' without one"),
+    "SYSTEM_PROMPT": (str, "text", "the one the checkpoint's run trained under, else the article's"),
+    "ROLE": (str, "text, e.g. 'あなたは駅前のパン屋の店主です。'", "no role"),
+    "ROLEPLAY_ROLE": (str, "text: the role of the role-play section", "no role"),
+    "EVAL_NAME": (str, "a plain folder name such as 'base'", "named after the model"),
+    "ROLE_FILE": (PATHS, "a UTF-8 text file holding the role", "ROLE"),
+    "ARTIFACT_DIR": (PATHS, "a folder", "the project's artifact/"),
+    "TRAINING_RUN": (PATHS, "a run name or run folder", "no completions from training"),
 }
 NOTEBOOK_SWITCHES = {"LOAD_IN_4BIT": "True, False or None (4-bit with a CUDA GPU, 16-bit without one)",
                      "USE_VLLM": "True or False", "EVAL_OVERWRITE": "True or False"}
@@ -457,32 +442,28 @@ NOTEBOOK_LISTS = {
 
 
 def check_inference_notebook(parameters: Mapping[str, object]) -> None:
-    """The inference notebook's parameters (``globals()`` after its ``parameters`` cell and papermill's), each of a
-    kind its cells can use, before the model loads: one error naming the parameter and what to give. Otherwise the
-    text "False" samples, a bare string is one prompt per character, and a number fails minutes later."""
+    """The inference notebook's parameters (its ``globals()``), each of a kind its cells can use, before the model
+    loads: otherwise the text "False" samples, and a bare string is one prompt per character."""
     given = {name: value for name, value in parameters.items() if name.isupper()}
     for name, value in given.items():
-        for table, kinds in ((NOTEBOOK_TEXTS, str), (NOTEBOOK_PATHS, str | os.PathLike)):
-            if name in table and value is not None and not isinstance(value, kinds):
-                wanted, unset = table[name]
-                raise SettingsError(f"{name} must be {wanted}, got {shown(value)}; None: {unset}.")
-        if name in NOTEBOOK_SWITCHES and not (isinstance(value, bool) or value is None and name == "LOAD_IN_4BIT"):
-            raise SettingsError(f"{name} must be {NOTEBOOK_SWITCHES[name]}, got {shown(value)}.")
+        if name in NOTEBOOK_VALUES:
+            check_optional(name, value, *NOTEBOOK_VALUES[name])
+        if name in NOTEBOOK_SWITCHES and not (value is None and name == "LOAD_IN_4BIT"):
+            check_switch(name, value, NOTEBOOK_SWITCHES[name])
         if name in NOTEBOOK_LISTS:
             if isinstance(value, str):
                 raise SettingsError(f"{name} must be a list of texts, {NOTEBOOK_LISTS[name]}; got the text "
                                     f"{value!r}, which would be one item per character. Put it in brackets: "
                                     f"{name} = [{value!r}].")
-            items = list(value) if isinstance(value, list | tuple) else None
-            allowed = str | os.PathLike if name == "COMPARE_WITH" else str
-            if items is None or not all(isinstance(item, allowed) for item in items):
+            allowed = PATHS if name == "COMPARE_WITH" else str
+            if not isinstance(value, list | tuple) or not all(isinstance(item, allowed) for item in value):
                 raise SettingsError(f"{name} must be a list of texts, {NOTEBOOK_LISTS[name]}; got {shown(value)}.")
-            blank = next((i for i, item in enumerate(items) if allowed is str and text_problem(item)), None)
+            blank = next((i for i, item in enumerate(value) if allowed is str and text_problem(item)), None)
             if blank is not None:  # it would be answered as if something were asked
                 raise SettingsError(f"{name}[{blank}] is empty: write the text, or remove it from the list.")
     if isinstance(name := given.get("MODEL_NAME"), str) and not name.strip():
-        raise SettingsError(f"MODEL_NAME is empty; give {NOTEBOOK_TEXTS['MODEL_NAME'][0]} (None: "
-                            f"{NOTEBOOK_TEXTS['MODEL_NAME'][1]}).")
+        raise SettingsError(f"MODEL_NAME is empty; give {NOTEBOOK_VALUES['MODEL_NAME'][1]} (None: "
+                            f"{NOTEBOOK_VALUES['MODEL_NAME'][2]}).")
     defaults = GenerateOptions()  # the notebook sets two of them; GenerationSettings' defaults are the same
     max_new_tokens = given.get("MAX_NEW_TOKENS", defaults.max_new_tokens)
     check_generation(max_new_tokens, given.get("DO_SAMPLE", defaults.sample), defaults.temperature, defaults.top_p,
@@ -564,8 +545,7 @@ def looks_like_path(name: str) -> bool:
 
 
 def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """The hub's host answers within ``timeout`` on the route a download takes: straight, or through the proxy set
-    (``errors.proxy_for``), an HTTP one granting a ``CONNECT`` tunnel (2xx), as huggingface_hub's client asks."""
+    """The hub's host answers within ``timeout`` on the route a download takes: straight or through the proxy set."""
     url = urlparse(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     proxy = proxy_for(endpoint)
@@ -626,7 +606,7 @@ def check_hub_model(name: str) -> None:
 
 
 def sibling_hint(missing: Path) -> str:
-    """For a checkpoint folder that does not exist: ' Its run's newest finished checkpoint is …' where the run does."""
+    """For a missing checkpoint folder: a sentence naming its run's newest finished checkpoint, where there is one."""
     newest = newest_complete_in(missing.parent) if missing.parent.is_dir() else None
     return f" Its run's newest finished checkpoint is {newest}." if newest else ""
 
@@ -703,8 +683,7 @@ def nonfinite_parameters(model, limit: int = 3) -> list[str]:
 
 
 def check_finite_model(model, what: str, fix: str) -> None:
-    """``SettingsError`` naming the first parameters of ``model`` that hold NaN or inf: such a model answers with
-    empty text or fails at its first sampled token, and written out it would pass the fault on."""
+    """``SettingsError`` naming the first parameters of ``model`` that hold NaN or inf (it cannot answer)."""
     if bad := nonfinite_parameters(model):
         raise SettingsError(f"{what} holds NaN or inf weights ({', '.join(bad)}). {fix}")
 
@@ -755,9 +734,8 @@ def check_device(model_name: str, *, load_in_4bit: bool, use_vllm: bool, trainin
                             "notebook: SETTINGS = {'model_name': 'tiny', 'max_steps': 5}).")
 
 
-# Each architecture's (config.json's model_type) decoder projections: what LoRA can target and what the default
-# targets mean; a Llama block's seven (Sarashina 2.2, SmolLM2, tiny). Gemma 3 names them alike (q_norm/k_norm are
-# norms, not linear layers). An architecture not listed keeps the targets as given, unchecked.
+# Each architecture's (config.json's model_type) decoder projections: what LoRA can target and the default means.
+# Gemma 3 names them like Llama; an architecture not listed keeps the targets as given, unchecked.
 PROJECTIONS = dict.fromkeys(("llama", "mistral", "gemma3_text"), project.LORA_TARGET_MODULES)
 
 
