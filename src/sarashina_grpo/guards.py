@@ -1,6 +1,5 @@
-"""Guards against numbers that wreck a run while it trains: the first NaN/inf loss, gradient norm or learning rate
-stops the run (``check_logs``, called by ``callbacks.NonFiniteGuard``), so the last good checkpoint stays the resume
-point (``checkpoints.mark_complete`` never marks one holding NaN/inf weights).
+"""The first NaN/inf loss, gradient norm or learning rate stops the run (``callbacks.NonFiniteGuard``), so the last
+good checkpoint stays the resume point (``checkpoints.mark_complete`` never marks one holding NaN/inf weights).
 """
 
 from __future__ import annotations

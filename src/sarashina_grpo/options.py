@@ -1,10 +1,6 @@
-"""The options of the commands other than the run's own ``Settings``, and their reading from a parsed command line.
-
-    from sarashina_grpo.options import RunOptions, options
-    run_options = options(args, RunOptions)   # the flags given, over the dataclass's defaults
-
-Each field is a flag (``cli.py`` hands the classes to transformers' ``HfArgumentParser``), or, with
-``metadata["positional"]``, a positional argument. Nothing here imports TRL.
+"""The options of the commands other than the run's own ``Settings``, read from a parsed command line (``options``).
+Each field is a flag (``cli.py`` hands the classes to ``HfArgumentParser``), or, with ``metadata["positional"]``, a
+positional argument. Nothing here imports TRL.
 """
 
 from __future__ import annotations
@@ -80,8 +76,7 @@ class RoleOptions:
 
 @dataclass
 class ExportOptions:
-    """``export.export_checkpoint``'s arguments: only the flags given are passed (a default here is what leaving
-    one out means), so that one which applies only with another is refused without it."""
+    """``export.export_checkpoint``'s arguments; only the flags given are passed, so a lone dependent one is refused."""
 
     checkpoint: str = field(default="", metadata={"help": "checkpoint folder to export (outputs/<run>/checkpoint-N)",
                                                   "positional": True})
