@@ -19,7 +19,7 @@ import socket
 import tempfile
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -71,8 +71,8 @@ class CheckedRun:
     """Settings that passed every check, the rows of their prompt file, and the held-out rows."""
 
     settings: Settings
-    rows: list = field(default_factory=list)
-    eval_rows: list = field(default_factory=list)
+    rows: list
+    eval_rows: list
 
 
 def unwritable(folder: Path) -> str | None:
@@ -657,14 +657,11 @@ CONFIG_COUNTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 
 
 def model_folder_problem(folder: Path) -> str | None:
-    """What keeps a full model folder from loading, read from its small files (tokenizer files, config.json)."""
+    """What keeps a full model folder (past ``check_loadable``) from loading: no tokenizer, a config.json no model's."""
     if not {p.name for p in folder.iterdir()} & set(TOKENIZER_FILES):
         return (f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, …): the model cannot read or "
                 "write text. Copy them from the model it came from (they are saved with every checkpoint).")
-    try:
-        model_config = json.loads((folder / "config.json").read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f"{folder / 'config.json'} is not valid JSON ({err}); restore it."
+    model_config = json.loads((folder / "config.json").read_bytes())  # valid JSON: check_loadable read it first
     if not isinstance(model_config, dict):
         return f"{folder / 'config.json'} holds a JSON {type(model_config).__name__}, not a model configuration."
     for key in CONFIG_COUNTS:
@@ -813,7 +810,7 @@ def weights_fingerprint(name: str | Path) -> str | None:
         names = sorted(tensors)
         if not names:
             return None
-        picked = sorted({names[i * (len(names) - 1) // max(FINGERPRINT_TENSORS - 1, 1)]
+        picked = sorted({names[i * (len(names) - 1) // (FINGERPRINT_TENSORS - 1)]
                          for i in range(min(FINGERPRINT_TENSORS, len(names)))})
         digest = hashlib.sha256(f"{len(names)} tensors\n".encode())
         for key in picked:
