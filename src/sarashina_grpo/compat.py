@@ -1,7 +1,6 @@
 """The one place that touches private or version-specific names of TRL, Unsloth, PEFT and bitsandbytes.
 
-Each name has a contract test (``tests/test_compat.py``) that fails when the locked versions (``uv.lock``) move;
-docs/architecture.md lists every name, its use, why there is no public road, and its test. Lookups that can fail
+Each has a contract test (``tests/test_compat.py``) and a row in docs/architecture.md's table. Lookups that can fail
 raise ``CompatError``, never fall back to a no-op. What only the benchmark patches is in ``scripts/bench_patches.py``.
 """
 
@@ -45,8 +44,7 @@ def check_generate_hook(trainer_class) -> None:
 
 
 def library_class(trainer) -> type:
-    """The library's trainer class under the project's subclass (``pipeline.trainer_class``): TRL's
-    ``GRPOTrainer``, or the copy Unsloth compiled into its own module (where its patched functions live)."""
+    """TRL's ``GRPOTrainer`` under the project's subclass, or the copy Unsloth compiled into its own module."""
     return next(c for c in type(trainer).__mro__ if not c.__module__.startswith("sarashina_grpo"))
 
 
@@ -57,8 +55,7 @@ def replace_generation(trainer, generate) -> None:
 
 
 def generation_context(trainer):
-    """The context manager the trainer's own rollout generates in (``unwrap_model_for_generation``): from the
-    trainer's module first, where Unsloth's compiled copy of the trainer binds its own version, then TRL's."""
+    """The trainer's own ``unwrap_model_for_generation`` context (Unsloth's compiled copy binds its own version)."""
     unwrap = (getattr(sys.modules.get(library_class(trainer).__module__), "unwrap_model_for_generation", None)
               or getattr(importlib.import_module(TRL_UNWRAP_MODULE), "unwrap_model_for_generation", None))
     if unwrap is None:
@@ -92,8 +89,8 @@ def log_metric(trainer, name: str, value: float) -> None:
 
 
 def completion_rows(trainer) -> list[dict]:
-    """The completions of TRL's completion table (the latest generation batch, all processes): one ``{"prompt",
-    "completion", "rewards": {reward name: value}, "advantage"}`` each, as TRL has them (chat messages or text)."""
+    """TRL's completion table (the latest generation batch, all processes): one ``{"prompt", "completion",
+    "rewards": {reward name: value}, "advantage"}`` each."""
     logs = getattr(trainer, COMPLETION_LOGS, None)
     if not isinstance(logs, dict) or not all(key in logs for key in COMPLETION_LOG_KEYS):
         raise CompatError(f"GRPOTrainer.{COMPLETION_LOGS} no longer holds {COMPLETION_LOG_KEYS}: the installed TRL "
@@ -135,10 +132,8 @@ def lora_pairs(module) -> list[tuple[object, object, float, bool]]:
 
 
 # --- the KL reference -------------------------------------------------------------------------------------------
-# TRL 1.15 (trl/trainer/grpo_trainer.py, ``__init__``): for a PEFT policy and beta > 0 it copies every ``.default.``
-# parameter into an adapter "ref"; ``_generate_and_score_completions`` then scores the reference under
-# ``use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)``, where None means
-# ``model.disable_adapter()``. The names below are those of that code (contract tests pin them).
+# TRL 1.15 copies a PEFT policy's ``.default.`` parameters into an adapter "ref" (beta > 0) and scores the reference
+# under REFERENCE_CHOICE, where None means ``model.disable_adapter()``. Contract tests pin the names below.
 TRL_REFERENCE_ADAPTER = "ref"
 POLICY_ADAPTER = "default"
 REFERENCE_CHOICE = 'use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)'
@@ -154,9 +149,8 @@ def drop_reference_adapter(model) -> None:
 
 
 def adapter_is_identity(model, adapter: str) -> bool:
-    """True when PEFT ``adapter`` provably changes no output of ``model``: a plain LoRA (no DoRA, bias, saved modules
-    or trainable tokens) whose every layer has an all-zero A or B factor. Anything else, including parameters this
-    process cannot see (ZeRO-3 shards), is False: the caller then keeps the adapter."""
+    """True when PEFT ``adapter`` provably changes no output: a plain LoRA whose every layer has an all-zero factor.
+    Anything else, including parameters this process cannot see (ZeRO-3 shards), is False: the adapter is kept."""
     config = (getattr(model, "peft_config", None) or {}).get(adapter)
     if (config is None or getattr(config.peft_type, "value", config.peft_type) != "LORA"
             or getattr(config, "use_dora", False) or getattr(config, "lora_bias", False)
@@ -190,10 +184,9 @@ def copy_adapter(model, source: str, target: str) -> None:
 def choose_reference(trainer) -> str | None:
     """Make the trainer's KL reference exact, and as cheap as exactness allows; call it right after construction.
 
-    TRL's reference is the starting adapter. When that is the identity (a fresh LoRA: B = 0) it *is* the base model,
-    and TRL's fallback (adapter disabled: no LoRA matmuls, no second adapter) gives the same log-probs, so the "ref"
-    copy is dropped. Otherwise (a LoRA checkpoint as the model) the copy stays, and is added where Unsloth's compiled
-    trainer removed it. Returns "base", "ref", or None (beta 0 or no PEFT adapter: no reference involved)."""
+    A starting adapter that is the identity (a fresh LoRA) *is* the base model, so the "ref" copy is dropped for
+    TRL's cheaper fallback (adapter disabled); otherwise the copy stays, added where Unsloth's trainer removed it.
+    Returns "base", "ref", or None (beta 0 or no PEFT adapter: no reference involved)."""
     model = trainer.model
     config = getattr(model, "peft_config", None)
     if not trainer.beta or not config or POLICY_ADAPTER not in config:
@@ -212,8 +205,7 @@ def choose_reference(trainer) -> str | None:
 
 def resume_loads_the_policy(trainer) -> None:
     """Make resuming load the trained adapter of a checkpoint that also holds TRL's "ref" copy: transformers 5's
-    ``Trainer._load_from_checkpoint`` loads only the adapter sub-folders (``ref/``) when there are any, leaving the
-    trained adapter in the checkpoint's root unread; after it, the root adapter is loaded into the active one."""
+    ``Trainer._load_from_checkpoint`` loads only the adapter sub-folders (``ref/``) when there are any."""
     load = getattr(trainer, TRAINER_LOAD_METHOD, None)
     if load is None:
         raise CompatError(f"Trainer.{TRAINER_LOAD_METHOD} is gone: the installed transformers is not the locked one.")
@@ -236,15 +228,13 @@ def resume_loads_the_policy(trainer) -> None:
 
 
 # --- Unsloth's sequence packing ---------------------------------------------------------------------------------
-# Unsloth's compiled GRPO trainer runs a batch's rows as one packed varlen forward (scorer: unsloth/models/
-# rl_replacements.py; loss: unsloth_zoo/rl_replacements.py), trusted only after comparing it with one forward per row.
-# It compares again whenever a batch's packed length or longest row is a new record ("as a LongRoPE cache switch can
-# change the result"): 36 extra forwards at 36 completions (docs/speed.md). Its trust lives on the unwrapped model:
+# Unsloth's GRPO trainer runs a batch's rows as one packed forward, trusted after comparing it with one forward per
+# row, and compares again at every new record packed length or longest row: 36 extra forwards at 36 completions
+# (docs/speed.md). Its trust lives on the unwrapped model:
 PACKING_TRUST = ("_unsloth_seq_packing_grad", "_unsloth_seq_packing_nograd")  # + "_ok", "_verified_T", "_verified_seg"
 PACKING_VARIABLE = "UNSLOTH_GRPO_SEQ_PACKING"  # "0" turns Unsloth's packing off
 PREFIX_GROUPER_TRUST = ("_unsloth_prefix_grouper_grad_verified", "_unsloth_prefix_grouper_nograd_verified")
-# RoPE variants whose rotation of a position does not depend on how long the sequence is (transformers' rope_type);
-# dynamic NTK, LongRoPE and YaRN's dynamic forms change with the length, which is what Unsloth's re-checks guard.
+# RoPE types (transformers' rope_type) whose rotation of a position does not depend on the sequence's length.
 LENGTH_FREE_ROPE = (None, "default", "linear", "llama3")
 
 
@@ -254,8 +244,8 @@ def packing_enabled() -> bool:
 
 
 def length_dependent(config) -> str | None:
-    """Why a longer packed batch could compute differently from the one Unsloth compared, or None: a length-dependent
-    RoPE (transformers 5 may hold one per layer type), or a sliding attention window in use."""
+    """Why a longer packed batch could compute differently from the one Unsloth compared (a length-dependent RoPE,
+    of any layer type, or a sliding window in use), or None."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     ropes = ([r for r in rope.values() if isinstance(r, dict)] or [rope]) if isinstance(rope, dict) else [{}]
     for each in ropes:
@@ -268,11 +258,9 @@ def length_dependent(config) -> str | None:
 
 
 def extend_packing_trust(model, *, tokens: int, longest: int) -> list[str]:
-    """Once Unsloth's own comparison has passed, trust its packing up to ``tokens`` packed tokens and rows of
-    ``longest`` (the run's largest batch): without a length-dependent RoPE (``length_dependent``) a comparison that
-    passed covers every length, as packing keeps rows apart the same way at any length. Where Unsloth has not
-    compared yet, found a mismatch or ruled lengths unsafe, nothing changes; its prefix grouping's per-layout trust
-    is extended alike. Returns the kinds ("…_grad": the loss, "…_nograd": the scorer) now trusted for the run."""
+    """Where Unsloth's own comparison passed, trust its packing (and prefix grouping) up to ``tokens`` packed tokens
+    and rows of ``longest``: without a ``length_dependent`` model, packing keeps rows apart alike at any length.
+    Returns the kinds ("…_grad": the loss, "…_nograd": the scorer) now trusted for the run."""
     if length_dependent(model.config):
         return []
     extended = []
