@@ -1,7 +1,6 @@
 """Load the policy through Unsloth (``FastLanguageModel``) with LoRA, or through transformers + PEFT.
 
-``MODEL_NAME`` may be a hub id (the default, Sarashina 2.2 3B instruct), a local model folder, a checkpoint folder
-written by training (LoRA adapter files), or ``"tiny"``: the project's offline few-MB Llama, built on first use.
+``MODEL_NAME`` may be a hub id, a local model folder, a training checkpoint (LoRA adapter files), or ``"tiny"``.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ if typing.TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Default torch threads on a CPU: on a shared 2-core machine a tiny run stepped much slower with 2 threads than with 1
-# (docs/troubleshooting.md, "CPU threads"): OpenMP threads spin waiting for each other. --threads N overrides it.
+# Default torch threads on a CPU: OpenMP threads spin waiting for each other, so a tiny run on a shared 2-core machine
+# stepped much slower with 2 than with 1 (docs/troubleshooting.md, "CPU threads").
 CPU_THREADS = 1
 
 
@@ -78,8 +77,7 @@ def cpu_threads(threads: int | None = None):
 
 
 def load_model(settings: Settings, *, lora: bool = True):
-    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on ``preflight.lora_targets`` is attached.
-    ``settings`` have passed ``preflight`` (``check_run`` or ``check_model``)."""
+    """(model, tokenizer) from Unsloth; with ``lora``, a fresh LoRA on ``preflight.lora_targets`` is attached."""
     from unsloth import FastLanguageModel  # before anything imports transformers: Unsloth patches it on import
 
     model_name = resolve_model_name(settings.model_name)
@@ -101,8 +99,7 @@ def load_model(settings: Settings, *, lora: bool = True):
 
 
 def check_loaded_weights(model, name: str) -> None:
-    """NaN or inf weights (a diverged warm start, a damaged file) are one error, not a sampling traceback at the first
-    rollout. Adapters are checked before loading (``checkpoints.verify``); this covers full models."""
+    """NaN or inf weights of a full model are one error, not a sampling traceback at the first rollout."""
     from .preflight import check_finite_model, model_label
 
     check_finite_model(model, model_label(name), "Use the model it was made from, or make it again (a warm start "
@@ -126,16 +123,13 @@ def lora_config(settings: Settings):
 
 
 def load_model_peft(settings: Settings, *, training: bool = True):
-    """(model, tokenizer) through transformers + PEFT, with the same quantisation choices as Unsloth.
-
-    A checkpoint folder's adapter is loaded trainable; a model gets no LoRA here: the trainer adds it
-    (``peft_config=lora_config(settings)``, TRL's own road). Under ``accelerate launch`` each rank loads its own copy
-    onto its own device. ``settings`` have passed ``preflight``."""
+    """(model, tokenizer) through transformers + PEFT, with the same quantisation choices as Unsloth. A checkpoint's
+    adapter is loaded trainable; a model gets no LoRA here: the trainer adds it (``peft_config=lora_config(...)``)."""
     from peft import AutoPeftModelForCausalLM, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     model_name = resolve_model_name(settings.model_name)
-    dtype = torch_dtype()  # bf16, fp16 on cards without bf16, fp32 on CPU (bf16 matmuls there are slow)
+    dtype = torch_dtype()
     kwargs = {"dtype": dtype}
     if settings.load_in_4bit:
         from accelerate import PartialState
@@ -170,8 +164,8 @@ def use_triton_interpreter_without_gpu() -> None:
 
 
 def lora_fingerprint(state_dict) -> dict:
-    """sha256 over LoRA tensors (sorted by name) and the total |lora_B| (zero until a step moves it): equal across
-    data-parallel ranks (``peft.get_peft_model_state_dict(model)``) and checkpoints while replicas stay in sync."""
+    """sha256 over a LoRA state dict's tensors and their total |lora_B| (zero until a step moves it): equal across
+    data-parallel ranks and checkpoints while replicas stay in sync."""
     import hashlib
 
     digest = hashlib.sha256()
