@@ -1,24 +1,17 @@
 """The fast rollout path: GRPO completions decoded from a static KV cache, one CUDA graph per token.
 
-    article_settings(rollout="fast")            # notebook: SETTINGS = {"rollout": "fast"}
-    sarashina-grpo train --rollout fast         # CLI; the default, --rollout auto, takes it where it is exact
-    python -m scripts.bench                     # measures it against the article's Unsloth path (repository)
-
 GRPO time is almost all generation, and Unsloth/TRL's ``generate`` is bound by host overhead per token. Here the
-decode step is captured once per rollout as one CUDA graph (few kernels: ``Linear``, compiled element-wise pieces,
-a split-K Triton attention) and replayed for every token; on CPU (tests) the same step runs eagerly with SDPA.
-``install`` swaps only TRL's rollout hook; the LoRA adapters stay *unmerged* (``x W + s (x A) B``: tiny early
-updates are not rounded away in a bf16 merge), 4-bit weights are dequantized as bitsandbytes does in each matmul,
-and sampling and EOS cuts are TRL's. Llama-architecture models only (``choose`` decides ``rollout='auto'``);
-docs/speed.md and docs/benchmarks/README.md have the design and measurements. Switches for measuring:
-``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise pieces), ``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over
-``ATTN_BUCKET``-rounded lengths, one graph per bucket).
+decode step (``Linear``, compiled element-wise pieces, a split-K Triton attention) is captured once per rollout as
+one CUDA graph and replayed for every token; on CPU (tests) it runs eagerly with SDPA. ``install`` swaps only TRL's
+rollout hook; LoRA stays *unmerged* (tiny early updates are not rounded away in a bf16 merge), 4-bit weights are
+dequantized as bitsandbytes does, and sampling and EOS cuts are TRL's. Design and measurements: docs/speed.md.
+Switches for measuring: ``SARASHINA_ROLLOUT_POINTWISE=0`` (eager element-wise pieces),
+``SARASHINA_ROLLOUT_ATTENTION=sdpa`` (SDPA over ``ATTN_BUCKET``-rounded lengths, one graph per bucket).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -43,10 +36,8 @@ class UnsupportedModelError(SettingsError):  # a setting the user chose (rollout
 
 @dataclass
 class Linear:
-    """A projection (or q/k/v, gate/up fused) as decoded: base weight plus unmerged, pre-scaled LoRA.
-
-    The LoRA A rows sit under the base rows of ``weight``, so one GEMM gives ``x W^T`` and ``x A^T``; a second, in
-    place (``addmm_``), adds ``(x A^T) (s B)^T``: two kernels per projection group instead of four."""
+    """A projection (q/k/v and gate/up fused) with unmerged, pre-scaled LoRA: two kernels instead of four, as the
+    A rows under the base rows of ``weight`` make one GEMM give ``x W^T`` and ``x A^T``."""
 
     weight: torch.Tensor  # [out + R, in]: base rows, then the stacked A rows of the fused projections
     out: int  # base output rows
@@ -78,22 +69,15 @@ def _projections(layer) -> tuple[list, list, list, list]:
 
 def _fused_lora(modules, rows: tuple[int, ...], dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(stacked A, block-diagonal scaling × B) of the fused ``modules``; None when none has an active adapter."""
-    parts = []
-    for i, module in enumerate(modules):
-        for lora_a, lora_b, scaling, dora in compat.lora_pairs(module):
-            if dora:
-                raise UnsupportedModelError("rollout='fast' does not decode DoRA adapters; use rollout='default'.")
-            parts.append((i, lora_a, lora_b * scaling))
-    if not parts:
+    adapters = [compat.lora_pairs(module) for module in modules]
+    if any(dora for pairs in adapters for *_, dora in pairs):
+        raise UnsupportedModelError("rollout='fast' does not decode DoRA adapters; use rollout='default'.")
+    if not any(adapters):
         return None
-    lora_a = torch.cat([a for _, a, _ in parts]).to(dtype)
-    lora_b = lora_a.new_zeros(sum(rows), lora_a.shape[0])
-    row_starts = [0, *itertools.accumulate(rows)]
-    col = 0
-    for i, a, b in parts:
-        lora_b[row_starts[i]:row_starts[i + 1], col:col + a.shape[0]] = b.to(dtype)
-        col += a.shape[0]
-    return lora_a, lora_b
+    lora_a = torch.cat([a for pairs in adapters for a, *_ in pairs]).to(dtype)
+    blocks = [torch.cat([b * scaling for _, b, scaling, _ in pairs], dim=1) if pairs else lora_a.new_zeros(n, 0)
+              for pairs, n in zip(adapters, rows, strict=True)]  # a module without an adapter: rows of zeros
+    return lora_a, torch.block_diag(*blocks).to(dtype)
 
 
 def fuse(modules, dtype) -> Linear:
@@ -149,11 +133,10 @@ POINTWISE = {"add_rms_norm": _add_rms_norm, "rope_kv": _rope_kv, "swiglu": _swig
 
 
 # -- decode attention: split-K ("flash decoding") in Triton ------------------------------------------------------
-# SDPA's kernels tile 64+ query rows, and a decode step has rep = 2 per kv head: at batch 36 cuDNN's flash kernel took
-# ~35 µs per layer for 128-256 cached tokens (docs/benchmarks/README.md). Here each program reads one block of
-# keys/values of one (row, kv head) for its ``rep`` query heads, and a second kernel combines the blocks' softmax
-# partials. The filled length is read on the device (``slot + 1``): blocks past it exit at once, so one captured
-# graph serves every length.
+# SDPA's kernels tile 64+ query rows, but a decode step has rep = 2 per kv head (cuDNN: ~35 µs per layer at batch 36,
+# docs/benchmarks/README.md). Each program here reads one block of keys/values of one (row, kv head), and a second
+# kernel combines the blocks' softmax partials. Blocks past the filled length (read on the device, ``slot + 1``) exit
+# at once, so one captured graph serves every length.
 
 ATTN_BLOCK = 64  # cache slots per program of the first kernel
 
@@ -327,9 +310,7 @@ class FastRollout:
         self.compile_pointwise, self._compiled = compile_pointwise, None  # None: see _decode_fns
         self.attention = attention  # "triton" (split-K) or "sdpa"; None: see _split_k_attention
         self._split_k_ok = None  # the kernel's one-time check against SDPA (a failing Triton falls back to SDPA)
-        # Benchmark hook (``scripts/bench.py``'s ``-real`` mode): batch size -> the length at which each row's
-        # completion is forced to end with EOS. None in training.
-        self.forced_lengths = None
+        self.forced_lengths = None  # benchmark hook: batch size -> each row's length, its last token forced to EOS
         self.calls = 0
         self._layers: list[Layer] | None = None  # kept between rollouts when the base weights are frozen
         self._decoder: _Decoder | None = None  # kept between rollouts when its KV cache is small
@@ -363,9 +344,8 @@ class FastRollout:
     # -- one transformer layer over T new tokens per row ---------------------------------------------------------
     def _layer(self, h, x, layer: Layer, next_norm, cos, sin, kv_cache, slots, mask, attn_len: int, fns):
         """h [B,T,H] the residual stream, x = norm1(h); returns (h, x) for the next layer (x normed with
-        ``next_norm``: the residual add and the next norm are one element-wise pass). cos/sin [B,T,D];
-        kv_cache [2,B,L,kv,D]; slots [T] cache rows written; mask [B,1,T,A] additive over the first A =
-        ``attn_len`` cache rows, the only ones attended to."""
+        ``next_norm``). cos/sin [B,T,D]; kv_cache [2,B,L,kv,D]; slots [T] cache rows written; mask [B,1,T,A]
+        additive over the first A = ``attn_len`` cache rows, the only ones attended to."""
         batch, t, _ = h.shape
         nq, nkv, d = self.n_heads, self.n_kv, self.head_dim
         q, kv = fns["rope_kv"](layer.qkv(x).view(batch, t, nq + 2 * nkv, d), cos, sin, nq, nkv)
