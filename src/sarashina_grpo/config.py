@@ -1,11 +1,6 @@
-"""The run's settings: TRL's ``GRPOConfig``, extended with this project's own fields, read from recipes and flags.
-
-    from sarashina_grpo.config import Settings, load_settings
-    settings = load_settings({"model_name": "tiny", "max_steps": 5})      # the article's recipe, two values changed
-
-``Settings.__post_init__`` reads and checks every value the same way whatever its source (flag, recipe, notebook
-``SETTINGS``, a resumed ``run.json``); ``load_settings`` lays the values given over a recipe and the article's.
-"""
+"""The run's settings: TRL's ``GRPOConfig`` extended with this project's fields. ``Settings.__post_init__`` reads and
+checks every value the same way whatever its source (flag, recipe, notebook ``SETTINGS``, a resumed ``run.json``);
+``load_settings`` lays the values given over a recipe and the article's."""
 
 import dataclasses
 import json
@@ -37,26 +32,26 @@ WHOLE_NUMBERS = {**dict.fromkeys((
     "max_completion_length", "num_iterations", "num_completions_to_print", "generation_batch_size",
     "steps_per_generation"), 1), "patience": 0, "dynamic_sampling_max_rounds": 0, "top_k": 0,
     "dataloader_num_workers": 0}
-# (field, lowest, highest, lowest allowed itself, highest allowed itself): values TRL accepts that no run can use.
-NUMERIC_RANGES = (
-    ("learning_rate", 0.0, 1.0, False, True),  # above 1 every Adam step moves each weight by ~1: instant divergence
-    ("max_grad_norm", 0.0, math.inf, False, False),
-    ("temperature", 0.0, 10.0, False, True),  # beyond 10 sampling is uniform noise over the vocabulary
+# field: (lowest, highest, lowest allowed itself, highest allowed itself): values TRL accepts that no run can use.
+NUMERIC_RANGES = {
+    "learning_rate": (0.0, 1.0, False, True),  # above 1 every Adam step moves each weight by ~1: instant divergence
+    "max_grad_norm": (0.0, math.inf, False, False),
+    "temperature": (0.0, 10.0, False, True),  # beyond 10 sampling is uniform noise over the vocabulary
     # transformers checks these only when it builds its samplers (after the model loads), some not at all (top_p 5)
-    ("top_p", 0.0, 1.0, False, True),
-    ("min_p", 0.0, 1.0, True, True),
-    ("repetition_penalty", 0.0, math.inf, False, False),
-    ("beta", 0.0, math.inf, True, False),  # KL coefficient; 0 switches the reference model off (TRL's default)
-    ("epsilon", 0.0, 1.0, False, False),  # clip range of the policy ratio
-    ("epsilon_high", 0.0, math.inf, False, False),
-    ("delta", 1.0, math.inf, False, False),  # upper bound of the policy ratio, which is 1 on-policy
-    ("top_entropy_quantile", 0.0, 1.0, True, True),
-    ("adam_beta1", 0.0, 1.0, True, False),
-    ("adam_beta2", 0.0, 1.0, True, False),
-    ("weight_decay", 0.0, math.inf, True, False),
-    ("warmup_steps", 0.0, math.inf, True, False),  # a float below 1 is a share of max_steps (transformers 5)
-    ("vllm_gpu_memory_utilization", 0.0, 1.0, False, True),
-)
+    "top_p": (0.0, 1.0, False, True),
+    "min_p": (0.0, 1.0, True, True),
+    "repetition_penalty": (0.0, math.inf, False, False),
+    "beta": (0.0, math.inf, True, False),  # KL coefficient; 0 switches the reference model off (TRL's default)
+    "epsilon": (0.0, 1.0, False, False),  # clip range of the policy ratio
+    "epsilon_high": (0.0, math.inf, False, False),
+    "delta": (1.0, math.inf, False, False),  # upper bound of the policy ratio, which is 1 on-policy
+    "top_entropy_quantile": (0.0, 1.0, True, True),
+    "adam_beta1": (0.0, 1.0, True, False),
+    "adam_beta2": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "warmup_steps": (0.0, math.inf, True, False),  # a float below 1 is a share of max_steps (transformers 5)
+    "vllm_gpu_memory_utilization": (0.0, 1.0, False, True),
+}
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 # Past the width of a model's layers a LoRA rank adds nothing (the 3B model is 2,560 wide); millions exhaust memory.
 MAX_LORA_RANK = 4096
@@ -145,8 +140,7 @@ class Settings(GRPOConfig):
             raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}{hint}") from None
 
     def _decide_machine(self) -> None:
-        """What the machine decides (4-bit, CPU or GPU, 16-bit type, optimiser, rollout switches); never the
-        algorithm, so Unsloth's own defaults never apply."""
+        """What the machine decides (4-bit, CPU or GPU, 16-bit type, optimiser, rollout switches); not the algorithm."""
         if self.load_in_4bit is None:
             self.load_in_4bit = project.cuda_available()
         if not project.cuda_available():
@@ -267,11 +261,9 @@ def check_values(settings: Settings) -> None:
     if not 0 <= settings.seed < SEED_LIMIT:
         raise SettingsError(f"{field_label('seed')} must be a whole number in [0, 2**32) (numpy's seeds are), got "
                             f"{settings.seed!r}.")
-    for name, low, high, low_ok, high_ok in NUMERIC_RANGES:
-        value = getattr(settings, name)
-        if value is not None and not in_range(value, low, high, low_ok, high_ok):
-            raise SettingsError(f"{field_label(name)} must be a finite number in {interval(low, high, low_ok, high_ok)}"
-                                f", got {value!r}.")
+    for name in NUMERIC_RANGES:
+        if problem := out_of_range(name, getattr(settings, name)):
+            raise SettingsError(f"{field_label(name)} {problem}")
     choices = {"backend": BACKENDS, "rollout": tuple(project.ROLLOUTS), "scale_rewards": project.SCALE_REWARDS,
                "importance_sampling_level": ("token", "sequence"), "best_metric": ("none", *BEST_METRICS),
                "loss_type": project.LOSS_TYPES}
@@ -344,11 +336,9 @@ def check_generation_config(settings: Settings) -> None:
         raise SettingsError(f"{field_label('generation_kwargs')} must be a mapping, got {extra!r}.")
     extra = extra or {}
     sampling = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-    for name, low, high, low_ok, high_ok in NUMERIC_RANGES:  # a kwarg overrides its field: the same range applies
-        value = extra.get(name)
-        if name in sampling and value is not None and not in_range(value, low, high, low_ok, high_ok):
-            raise SettingsError(f"{field_label('generation_kwargs')} {name} must be a finite number in "
-                                f"{interval(low, high, low_ok, high_ok)}, got {value!r}.")
+    for name in sampling:  # a kwarg overrides its field: the same range applies
+        if name in NUMERIC_RANGES and (problem := out_of_range(name, extra.get(name))):
+            raise SettingsError(f"{field_label('generation_kwargs')} {name} {problem}")
     if "top_k" in extra and not project.is_whole(extra["top_k"], 0):
         raise SettingsError(f"{field_label('generation_kwargs')} top_k must be 0 or a positive integer, got "
                             f"{extra['top_k']!r}.")
@@ -367,15 +357,15 @@ def check_generation_config(settings: Settings) -> None:
         transformers_logging.set_verbosity(verbosity)
 
 
-def in_range(value, low: float, high: float, low_ok: bool, high_ok: bool) -> bool:
-    """``value`` is a finite number within a range of ``NUMERIC_RANGES`` (its ends included where ``*_ok``)."""
-    return project.finite_number(value) and (value >= low if low_ok else value > low) and (
-        value <= high if high_ok else value < high)
-
-
-def interval(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
-    """``(0, 1]``, ``[0, ∞)``: how an error shows a range of ``NUMERIC_RANGES``."""
-    return f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
+def out_of_range(name: str, value) -> str:
+    """What an error says of a ``value`` outside ``NUMERIC_RANGES[name]`` (ends included where ``*_ok``); '' when
+    it is inside, or None (unset)."""
+    low, high, low_ok, high_ok = NUMERIC_RANGES[name]
+    if value is None or project.finite_number(value) and (value >= low if low_ok else value > low) and (
+            value <= high if high_ok else value < high):
+        return ""
+    ends = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
+    return f"must be a finite number in {ends}, got {value!r}."
 
 
 def article() -> dict:
@@ -386,11 +376,12 @@ def article() -> dict:
 def load_settings(values: dict | None = None, *, recipe: str | Path | None = None, base: dict | None = None,
                   source: str = "settings") -> Settings:
     """Settings from layers: ``base`` (default: the article's recipe) < ``recipe`` < ``values`` (flags, SETTINGS)."""
-    layers = [(str(ARTICLE_RECIPE) if base is None else source, dict(base) if base is not None else article())]
+    layers = [(str(ARTICLE_RECIPE), article()) if base is None else (source, dict(base))]
     if recipe is not None:
         file = project.recipe_path(recipe)
         layers.append((str(file), load_recipe(file)))
-    layers.append((source, dict(values or {})))
+    given = dict(values or {})
+    layers.append((source, given))
     merged = {}
     for name, layer in layers:  # every key a field, else one error naming the closest
         if not isinstance(layer, dict):
@@ -404,20 +395,18 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
     for key in RUN_OWNED:
         if merged.get(key) is not None:
             raise SettingsError(f"{source}: {key} is set by the project: {RUN_OWNED[key]}.")
+    # The file (recipe, run.json) that set each field, later over earlier; a value given (flags, SETTINGS) names itself.
+    origins = {key: name for name, layer in layers[:-1] for key in layer if key not in given}
     try:
         settings = Settings(**merged)
     except TypeError as err:  # a key the dataclass does not take (its name is a field): a bug, not input
         raise SettingsError(f"{source}: {err}") from None
-    except SettingsError as err:  # a value refused where a file set it (a recipe, a resumed run's run.json): name it
+    except SettingsError as err:  # a value refused where a file set it: name the file
         named = re.match(r"Settings\.(\w+) ", str(err))
-        origin = next((at for at in reversed(range(len(layers))) if named and named[1] in layers[at][1]), None)
-        if origin is None or origin == len(layers) - 1:  # the values given (flags, SETTINGS) name themselves
-            raise
-        raise SettingsError(f"{layers[origin][0]}: {err}") from None
-    # The files' layers, later over earlier; a value given (flags, SETTINGS) names itself.
-    settings.origins = {key: name for name, layer in layers[:-1] for key in layer}
-    for key in layers[-1][1]:
-        settings.origins.pop(key, None)
+        if named and named[1] in origins:
+            raise SettingsError(f"{origins[named[1]]}: {err}") from None
+        raise
+    settings.origins = origins
     return settings
 
 

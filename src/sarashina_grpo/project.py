@@ -1,9 +1,6 @@
 """What the project is, without TRL: its folders, its system prompt, the machine it runs on, its user-error type.
-
 Light on purpose (torch only inside functions): what runs before a model loads imports this, not ``config``, which
-imports TRL (which Unsloth must patch first). Default locations (``datasets/``, ``artifact/``) are relative to the
-project folder: ``$SARASHINA_GRPO_HOME`` when set, else the working directory.
-"""
+imports TRL (which Unsloth must patch first)."""
 
 from __future__ import annotations
 
@@ -14,6 +11,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 
@@ -106,10 +104,9 @@ def torch_dtype(kind: str | None = None):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kind or precision()]
 
 
-def check_launch_environment(env=None) -> None:
+def check_launch_environment(env: Mapping[str, str] = os.environ) -> None:
     """Refuse ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` that are not whole numbers, or that say several processes with
     no launcher (no ``MASTER_ADDR``): left over in a shell, they made accelerate fail or the run wait forever."""
-    env = os.environ if env is None else env
     values = {}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         text = env.get(name) or ""
@@ -130,10 +127,9 @@ def check_launch_environment(env=None) -> None:
                             "run one process, or start several with accelerate launch.")
 
 
-def check_home_folder(env=None) -> None:
+def check_home_folder(env: Mapping[str, str] = os.environ) -> None:
     """``$SARASHINA_GRPO_HOME`` names a file or nothing: every default path under it would fail after a model loads,
     or a mistyped one would silently gain a new artifact/ of its own."""
-    env = os.environ if env is None else env
     home = env.get(HOME_VARIABLE)
     if home and not Path(home).expanduser().is_dir():
         what = "a file" if Path(home).expanduser().exists() else "not there (mistyped?)"
@@ -154,10 +150,9 @@ def check_address_space() -> None:
                             "GiB), or run where it is higher.")
 
 
-def stop_grace_s(env=None) -> float | None:
+def stop_grace_s(env: Mapping[str, str] = os.environ) -> float | None:
     """Seconds past a step's usual length that ``train`` waits after Ctrl-C or SIGTERM for the current step
     (``callbacks.GracefulInterrupt``); None (the variable set to 0): however long it takes."""
-    env = os.environ if env is None else env
     text = env.get(STOP_GRACE_VARIABLE, "").strip()
     if not text:
         return DEFAULT_STOP_GRACE_S
