@@ -1,15 +1,6 @@
 """Command line: ``sarashina-grpo demo | train | infer | eval | export | build-tiny | convert-gguf | warmstart``
 (``--help`` on each lists every option).
 
-    sarashina-grpo demo                                                  # CPU, offline: watch GRPO learn the format
-    sarashina-grpo train --model tiny --max-steps 5                      # CPU smoke run on the offline tiny model
-    sarashina-grpo train --config configs/recipes/roleplay.yaml          # a recipe over the article's run
-    sarashina-grpo train --report-to wandb --save-total-limit 3          # every field of TRL's GRPOConfig is a flag
-    sarashina-grpo infer --model artifact/outputs/<run>/checkpoint-500 "こんにちは"
-    sarashina-grpo eval --model artifact/outputs/<run>/checkpoint-500 --name step500 --compare base
-    sarashina-grpo export artifact/outputs/<run>/checkpoint-500 exported/step500 --merged
-    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m sarashina_grpo train --max-steps 500
-
 ``train`` is TRL's ``TrlParser`` over ``config.Settings``, as ``trl grpo`` parses (``--config`` lays a YAML recipe
 over the article's; flags win), built after ``import unsloth`` (which must patch TRL first). The other commands are
 transformers' ``HfArgumentParser`` over ``options.py``'s dataclasses. A mistake is one ``error:`` line naming the
@@ -97,7 +88,6 @@ class OneLineErrors:
                      for flag in action.option_strings if "_" not in flag]
             self.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(extras[0].split('=')[0], known)}")
         return args
-
 
     def refuse_repeats(self, argv: list[str]) -> None:
         """A flag given twice (or with its --no- form): argparse keeps the last silently, and `--rewards a --rewards

@@ -208,10 +208,10 @@ class OnOff(argparse.BooleanOptionalAction):
         super().__init__(*args, **kwargs)
 
 
-def setting(default, help: str, *, flag: str | None = None, choices=None, factory=None, shown_as: str | None = None,
+def setting(default, help: str, *, flag: str | None = None, factory=None, shown_as: str | None = None,
             **parser_options):
     """A dataclass field whose ``metadata`` is its command-line flag as ``HfArgumentParser`` reads it: the help with
-    the default (``shown_as`` for a long one), a short alias (``flag``), the choices, ``add_argument`` options."""
+    the default (``shown_as`` for a long one), a short alias (``flag``), ``add_argument`` options (``choices``, …)."""
     value = factory() if factory is not None else default
     if isinstance(value, tuple | dict):  # as --help shows it: names comma-separated, mappings as JSON
         value = ",".join(map(str, value)) if isinstance(value, tuple) else json.dumps(value)
@@ -219,8 +219,6 @@ def setting(default, help: str, *, flag: str | None = None, choices=None, factor
     metadata = {"help": text, **parser_options}
     if flag:
         metadata["aliases"] = [flag]
-    if choices:
-        metadata["choices"] = choices
     default_of = {"default": default} if factory is None else {"default_factory": factory}
     return field(**default_of, metadata=metadata)
 
