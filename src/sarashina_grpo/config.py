@@ -332,9 +332,9 @@ def check_generation_config(settings: Settings) -> None:
         except ValueError as err:
             raise SettingsError(f"{field_label('generation_kwargs')} must be a JSON mapping, got {extra!r} "
                                 f"({err}).") from None
-    if not isinstance(extra or {}, dict):
-        raise SettingsError(f"{field_label('generation_kwargs')} must be a mapping, got {extra!r}.")
     extra = extra or {}
+    if not isinstance(extra, dict):
+        raise SettingsError(f"{field_label('generation_kwargs')} must be a mapping, got {extra!r}.")
     sampling = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     for name in sampling:  # a kwarg overrides its field: the same range applies
         if name in NUMERIC_RANGES and (problem := out_of_range(name, extra.get(name))):
@@ -358,8 +358,7 @@ def check_generation_config(settings: Settings) -> None:
 
 
 def out_of_range(name: str, value) -> str:
-    """What an error says of a ``value`` outside ``NUMERIC_RANGES[name]`` (ends included where ``*_ok``); '' when
-    it is inside, or None (unset)."""
+    """Why ``value`` is outside ``NUMERIC_RANGES[name]``, as an error says it; '' when inside or None (unset)."""
     low, high, low_ok, high_ok = NUMERIC_RANGES[name]
     if value is None or project.finite_number(value) and (value >= low if low_ok else value > low) and (
             value <= high if high_ok else value < high):
