@@ -90,17 +90,17 @@ def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
                       dtype: str | None = None, push_to_hub: str | None = None, private: bool | None = None,
                       allow_other_base: bool | None = None) -> Path:
-    """Write ``checkpoint``'s adapter (or, with ``merged``, the merged model in ``dtype``) + tokenizer + model card
-    to ``out``; return ``out``. All checks run before anything loads. None is "not given": dtype auto, the adapter's
-    base, a private repo, no other base."""
+    """Write ``checkpoint``'s adapter (``merged``: the merged model in ``dtype``), tokenizer and model card to ``out``,
+    every check first. None is "not given": dtype auto, the adapter's base, a private repo, no other base."""
     check_export_flags(merged=merged, base_model=base_model, dtype=dtype, push_to_hub=push_to_hub, private=private,
                        allow_other_base=allow_other_base)
     checkpoint, out = check_checkpoint(checkpoint), check_new_folder(out, "export OUT")
-    check_out_apart(checkpoint, out)
-    dtype = "auto" if dtype is None else dtype
-    if dtype not in DTYPES:
+    if out.resolve().is_relative_to(checkpoint.resolve()):  # the checkpoint stays as training wrote it
+        raise SettingsError(f"export OUT {out} is inside the checkpoint {checkpoint} being exported; give a folder "
+                            "outside it, e.g. exported/<name>.")
+    if dtype not in (None, *DTYPES):
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
-    dtype = export_dtype() if dtype == "auto" else dtype
+    dtype = export_dtype() if dtype in (None, "auto") else dtype
     base = base_model_of(checkpoint, base_model) if merged else None
     if merged:
         check_same_base(checkpoint, base, given=base_model is not None, allow=bool(allow_other_base))
@@ -161,14 +161,6 @@ def check_export_flags(*, merged: bool, base_model: str | None, dtype: str | Non
                                 "--push-to-hub me/sarashina-think.") from None
 
 
-def check_out_apart(checkpoint: Path, out: Path) -> None:
-    """OUT not inside the checkpoint it exports: the checkpoint stays as training wrote it (OUT the checkpoint, or a
-    folder holding it, is not empty: ``check_new_folder`` refuses it)."""
-    if out.resolve().is_relative_to(checkpoint.resolve()):
-        raise SettingsError(f"export OUT {out} is inside the checkpoint {checkpoint} being exported; give a folder "
-                            "outside it, e.g. exported/<name>.")
-
-
 def check_same_base(checkpoint: Path, base: str, *, given: bool, allow: bool = False) -> None:
     """Raise ``SettingsError`` when ``base`` holds other weights than the run trained on (``run.json``'s
     fingerprint); a warning with ``allow``, or where the base cannot be checked."""
@@ -214,9 +206,9 @@ def remove_stale_partials(folder: Path) -> None:
         match = PARTIAL_RE.fullmatch(partial.name)
         if not match or not partial.is_dir() or (match["host"] or socket.gethostname()) != socket.gethostname():
             continue
-        pid, created = int(match["pid"]), int(match["ns"]) / 1e9
-        started = process_started(pid) if pid_alive(pid) else None
-        if pid_alive(pid) and (started is None or started <= created + 1):  # 1 s: /proc's clock-tick rounding
+        pid = int(match["pid"])
+        # still running (or its start unknown); 1 s: /proc's clock-tick rounding
+        if pid_alive(pid) and (process_started(pid) or 0) <= int(match["ns"]) / 1e9 + 1:
             continue
         shutil.rmtree(partial, ignore_errors=True)
         logger.info("Removed %s, left by an export that was killed (pid %d).", partial, pid)
@@ -288,15 +280,14 @@ def write_merged(checkpoint: Path, base: str, folder: Path, dtype: str) -> None:
         model.generation_config.save_pretrained(folder)
 
 
-def upload(folder: Path, repo_id: str, *, private: bool = True) -> str:
-    """Upload ``folder`` to the hub repo ``repo_id`` (created if missing); return its URL. Needs a hub token."""
+def upload(folder: Path, repo_id: str, *, private: bool = True) -> None:
+    """Upload ``folder`` to the hub repo ``repo_id`` (created if missing). Needs a hub token."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload from sarashina-grpo export")
     logger.info("Uploaded %s to %s", folder, url)
-    return str(url)
 
 
 def last_evaluation(checkpoint: Path) -> tuple[str, dict] | None:
@@ -318,11 +309,11 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
 
     adapter = read_json(checkpoint / ADAPTER_CONFIG) or {}
     base = portable_base(base or adapter.get("base_model_name_or_path", "?"))
-    run = read_json(checkpoint.parent / RUN_INFO)
+    run = read_json(checkpoint.parent / RUN_INFO) or {}
     state = read_json(checkpoint / "trainer_state.json") or {}
-    settings = dict((run or {}).get("settings", {}))
+    settings = dict(run.get("settings", {}))
     # the rollouts that generated this checkpoint's steps (rollout='auto' resolved; a resume may have changed it)
-    made = [h for h in (run or {}).get("rollouts", []) if h["from_step"] < (step_of(checkpoint) or 0)]
+    made = [h for h in run.get("rollouts", []) if h["from_step"] < (step_of(checkpoint) or 0)]
     if made:
         settings["rollout"] = made[0]["rollout"] if len(made) == 1 else ", ".join(
             f"{h['rollout']} from step {h['from_step'] + 1}" for h in made)
