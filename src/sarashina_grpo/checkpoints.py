@@ -32,9 +32,8 @@ SET_ASIDE_RE = re.compile(r"checkpoint-(\d+)\.set-aside-.+")
 SET_ASIDE_DIR = "set-aside"
 COMPLETE_MARKER = "checkpoint_complete"  # written last into a checkpoint by mark_complete
 TRAINER_STATE = "trainer_state.json"
-MODEL_FILES = ("config.json",)
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_FILES = (ADAPTER_CONFIG,)
+ADAPTER_FILES = (ADAPTER_CONFIG,)  # modeling's test for an adapter folder
 # A folder loads only with its weights too: config files alone are what a save cut off early leaves behind.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -71,8 +70,8 @@ def folder_kind(folder: str | os.PathLike) -> FolderKind:
     files = frozenset(p.name for p in Path(folder).iterdir())
     named_step = step_of(folder) is not None or set_aside_step(folder) is not None
     return FolderKind(
-        files=files, adapter=bool(files & set(ADAPTER_FILES) and files & set(ADAPTER_WEIGHT_FILES)),
-        model=bool(files & set(MODEL_FILES) and files & set(WEIGHT_FILES)), newest=newest_complete_in(folder),
+        files=files, adapter=ADAPTER_CONFIG in files and bool(files & set(ADAPTER_WEIGHT_FILES)),
+        model="config.json" in files and bool(files & set(WEIGHT_FILES)), newest=newest_complete_in(folder),
         step=step_of(folder), half_written=named_step and COMPLETE_MARKER not in files)
 
 
@@ -110,8 +109,7 @@ def runs_with_checkpoints(outputs: str | os.PathLike) -> list[Path]:
 
 
 def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[str]:
-    """What is wrong with the checkpoint's files ("file: problem" each); empty when it is intact. For resume, the
-    optimizer/scheduler/RNG state must also load with ``torch.load(weights_only=True)``, as resume loads it."""
+    """What is wrong with the checkpoint's files ("file: problem" each); for resume, its torch state files too."""
     folder = Path(checkpoint)
     jsons = [p for p in sorted(folder.glob("*.json")) if for_resume or p.name != TRAINER_STATE]
     problems = _problems(safetensors_problem, sorted(folder.glob("*.safetensors"))) + _problems(json_problem, jsons)
@@ -157,8 +155,7 @@ def adapter_config_problem(path: Path) -> str | None:
 
 
 def adapter_shape_problems(folder: Path) -> list[str]:
-    """"file: problem" when the adapter weights (header only) lack the LoRA rank ``adapter_config.json`` declares (an
-    adapter of another run copied in): PEFT would fail with a size mismatch after the model loads."""
+    """"file: problem" when the adapter weights' LoRA rank is not its config's (copied in): PEFT would fail late."""
     weights = folder / "adapter_model.safetensors"
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_bytes())
@@ -284,8 +281,6 @@ def nonfinite_weight_files(folder: str | os.PathLike) -> list[str]:
 def mark_complete(folder: str | os.PathLike, step: int) -> bool:
     """Write the complete marker into a saved checkpoint unless its adapter weights hold NaN or inf (logged)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return False
     if bad := nonfinite_weight_files(folder):
         logger.error("%s holds non-finite (NaN or inf) weights in %s; it is not marked complete and will never be "
                      "resumed from.", folder, ", ".join(bad))
@@ -295,8 +290,7 @@ def mark_complete(folder: str | os.PathLike, step: int) -> bool:
 
 
 def set_aside(folder: Path, reason: str) -> Path | None:
-    """Move ``folder`` to ``set-aside/<name>.set-aside-<time>`` in its run folder (never delete) and warn, naming it
-    and ``reason``. None when another process of the same ``accelerate launch`` moved it first."""
+    """Move ``folder`` to its run's ``set-aside/`` and warn why; None when another rank of the launch moved it first."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = folder.parent / SET_ASIDE_DIR
     aside.mkdir(exist_ok=True)
