@@ -37,8 +37,7 @@ def record_best(run_dir: str | os.PathLike, step: int, metric: str, value: float
 def best_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The folder of the run's best checkpoint, or a ``SettingsError`` saying why there is none."""
     run_dir = Path(run_dir)
-    info = read_json(run_dir / RUN_INFO)
-    best = info.get(BEST) if isinstance(info, dict) else None
+    best = (read_json(run_dir / RUN_INFO) or {}).get(BEST)
     if not (isinstance(best, dict) and isinstance(best.get("checkpoint"), str)):
         raise SettingsError(f"Run {run_dir.name} has no best checkpoint in {run_dir / RUN_INFO}: one is recorded only "
                             "by a run trained with --eval-steps (and --best-metric not 'none'), at its first held-out "

@@ -28,8 +28,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerationSettings:
-    """How to generate; checked on construction by ``preflight.check_generation``, the rule of ``infer``/``eval``'s
-    flags (its errors name them, after ``GenerationSettings:``)."""
+    """How to generate; checked on construction by ``preflight.check_generation``, as ``infer``/``eval``'s flags are."""
 
     max_new_tokens: int = 512
     do_sample: bool = False  # greedy by default: reproducible outputs to compare checkpoints

@@ -182,8 +182,7 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
 
 def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
     """(step reached, max_steps it was trained towards) from the checkpoint's trainer state."""
-    state = read_json(checkpoint / TRAINER_STATE)
-    state = state if isinstance(state, dict) else {}  # damage is verify's to report; this reads what it can
+    state = read_json(checkpoint / TRAINER_STATE) or {}  # damage is verify's to report; this reads what it can
     step, planned = state.get("global_step"), state.get("max_steps")
     step = step if isinstance(step, int) else step_of(checkpoint) or 0
     return step, planned if isinstance(planned, int) and planned > 0 else None
