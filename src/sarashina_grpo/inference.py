@@ -81,13 +81,13 @@ def generate_counted(model, tokenizer, conversations: list[list[dict]], gen: Gen
     replies: list[tuple[str, int]] = []
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stop_ids = {*(eos if isinstance(eos, list | tuple) else [eos]), tokenizer.eos_token_id} - {None}
+    sampling = dict(temperature=gen.temperature, top_p=gen.top_p) if gen.do_sample else {}
     starts = range(0, len(conversations), gen.batch_size)
     for start in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
         batch = conversations[start:start + gen.batch_size]
         texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
         # The chat template already writes every special token it needs.
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = dict(temperature=gen.temperature, top_p=gen.top_p) if gen.do_sample else {}
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample,
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
