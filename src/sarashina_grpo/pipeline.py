@@ -19,14 +19,8 @@ from pathlib import Path
 
 from . import checkpoints, compat, project, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
-from .preflight import (  # noqa: F401 (re-exported)
-    BASE_MODEL,
-    RUN_INFO,
-    check_resume_settings,
-    check_run,
-    check_run_options,
-    read_run_info,
-)
+from .preflight import BASE_MODEL, RUN_INFO, check_run, check_run_options, read_run_info
+from .preflight import check_resume_settings as check_resume_settings  # re-exported
 from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, process_rank, project_path
 
 # config imports Unsloth before TRL; transformers' model code and callbacks are imported inside functions.
@@ -92,7 +86,7 @@ def write_run_info(paths: RunPaths, settings: Settings) -> None:
 
 def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_model: bool, given,
              allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
-    """``prepare`` on one process: every check before any folder is created or set aside; locked from the first."""
+    """``prepare`` on one process: every check before any folder is created or set aside."""
     if not resume:
         checked = check_run(settings, artifact_dir=artifact_dir, check_model_files=check_model)
         paths = new_run_paths(artifact_dir, run_name)
@@ -111,9 +105,7 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
         info = read_run_info(run_dir)
         if info is None:
             runs.refuse_without_run_info(run_dir, checkpoint, given is None, settings.model_name)
-        if given is not None and info:
-            # The run's recorded settings for every field, except those set explicitly now (flags, a recipe) and
-            # those decided by the machine. Runs recorded before run.json existed keep ``settings`` as they are.
+        if given is not None:  # the recorded settings, less those set now and those the machine decides
             base = {k: v for k, v in legacy_settings(info["settings"]).items() if k not in RUN_OWNED}
             now = {k: v for k, v in settings.asked().items() if k in given | MACHINE_FIELDS}
             settings = load_settings(now, base=base, source=str(run_dir / RUN_INFO))
@@ -145,12 +137,9 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
 def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resume: str | None = None,
             run_name: str | None = None, check_model: bool = True, given: set[str] | None = None,
             allow_data_change: bool = False, resume_weights_only: bool = False) -> Run:
-    """Check settings, device, model name, prompt file and folders, once, before any model loads; return the run.
-
-    A fresh run gets new folders and a ``run.json``. Resuming, the run's checkpoint is chosen, later ones are set
-    aside, and with ``given`` (the fields set explicitly, as the CLI passes them) the recorded settings fill every
-    other field; a run that reached its planned steps comes back ``finished``. The run folder stays locked until
-    ``run_training`` ends. Under ``accelerate launch`` the main process does all of it and tells the others."""
+    """Check everything once, before any model loads, and claim the run's folders (locked until ``run_training``
+    ends). Resuming, ``given`` (the fields set explicitly) overrides the recorded settings; a run that reached its
+    planned steps comes back ``finished``. Under ``accelerate launch`` the main process decides for all."""
     from .data import DataError
     from .modeling import resolve_model_name
 
@@ -198,8 +187,8 @@ def load_model(run: Run):
 
 @functools.cache
 def trainer_class(base):
-    """``base`` (TRL's ``GRPOTrainer``, or Unsloth's once it has patched TRL at the model's load) with the state of
-    one of this project's runs, so that no attribute is set on a library's own class."""
+    """``base`` (TRL's or Unsloth's ``GRPOTrainer``) with this project's run state: no attribute is set on a library's
+    own class."""
 
     class SarashinaGRPOTrainer(base):
         run: Run | None = None  # the prepared run: settings, folders, rows (set by run_training)
@@ -217,23 +206,20 @@ def trainer_class(base):
                 # the held-out evaluation between training logs: transformers' log, not TRL's, which would fold in
                 # (and reset) the averaged training figures and print the completion table again
                 return Trainer.log(self, logs, *args, **kwargs)
-            if "train_runtime" in logs and self.log_completions:
-                # TRL prints its completion table in every log: the end-of-training summary would repeat the last
-                self.log_completions = False
-                try:
-                    return super().log(logs, *args, **kwargs)
-                finally:
-                    self.log_completions = True
-            return super().log(logs, *args, **kwargs)
+            shown = self.log_completions
+            # TRL prints its completion table in every log: the end-of-training summary would repeat the last
+            self.log_completions = shown and "train_runtime" not in logs
+            try:
+                return super().log(logs, *args, **kwargs)
+            finally:
+                self.log_completions = shown
 
     return SarashinaGRPOTrainer
 
 
 def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bool = True, **grpo_overrides):
     """The project's one ``GRPOTrainer``: the run's prompts, rewards, settings and callbacks on ``model``.
-
-    ``trust_packing``: once Unsloth's sequence-packing checks pass, trust them for the run's largest batch
-    (``callbacks.PackingTrust``); False leaves Unsloth re-checking each longer batch (the benchmark's ``-recheck``)."""
+    ``trust_packing=False`` leaves Unsloth re-checking each longer batch (``callbacks.PackingTrust``)."""
     from peft import PeftModel
     from transformers import ProgressCallback, set_seed
     from trl import GRPOTrainer
@@ -249,8 +235,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
         raise SettingsError(run.finished)
     settings = run.settings
     if multi_process() and settings.ddp_find_unused_parameters is None:
-        # Every LoRA weight gets a gradient each step, so DDP need not search for unused parameters (a full extra
-        # traversal of the graph, and an error under reentrant checkpointing).
+        # Every LoRA weight gets a gradient each step: no search for unused ones (an error with reentrant checkpoints)
         grpo_overrides.setdefault("ddp_find_unused_parameters", False)
     dataset = prompts_dataset(run.rows, settings.data_path, system_prompt=settings.system_prompt,
                               tokenizer=tokenizer, max_prompt_length=settings.max_prompt_length)
@@ -278,8 +263,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
         model=model, peft_config=peft_config, processing_class=tokenizer, reward_funcs=rewards,
         args=args.for_trainer(), train_dataset=dataset,
         callbacks=[CheckpointMarker(settings.model_name), NonFiniteGuard(), *linked, *callbacks])
-    # The KL reference: the base model (adapter disabled) when the starting adapter is a fresh LoRA, TRL's frozen
-    # copy of it otherwise (docs/algorithm.md). Chosen before any step or resume changes the adapter.
+    # The KL reference (docs/algorithm.md), chosen before any step or resume changes the adapter.
     trainer.kl_reference = compat.choose_reference(trainer)
     trainer.packing_trust = trust
     for callback in [*linked, *callbacks]:
@@ -300,9 +284,8 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
 
 
 def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume: str | None = None):
-    """``trainer.train()`` with Ctrl-C/SIGTERM turned into save-then-stop (``trainer.interrupted``: the signal's
-    name, else None); return the trainer. With ``stop_grace_s``, a step still running that long after the signal ends
-    the process naming ``resume`` (``callbacks.GracefulInterrupt``); without it (a notebook) the step is waited for."""
+    """``trainer.train()`` with Ctrl-C/SIGTERM as save-then-stop (``trainer.interrupted``: the signal's name); return
+    the trainer. ``stop_grace_s`` and ``resume``: see ``callbacks.GracefulInterrupt``."""
     from .callbacks import GracefulInterrupt
 
     paths = run.paths
@@ -331,8 +314,7 @@ def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume
 
 
 def record_base_model(run_dir: Path, model_name: str) -> None:
-    """Record in ``run.json`` the base model and a fingerprint of its weights, which ``export --merged`` compares its
-    base with; written once, as a fresh run starts (a hub model is in the cache by then)."""
+    """Record in ``run.json`` the base model and its weights' fingerprint, for ``export --merged`` to compare with."""
     from .modeling import resolve_model_name
     from .preflight import weights_fingerprint
 
@@ -344,8 +326,7 @@ def record_base_model(run_dir: Path, model_name: str) -> None:
 
 
 def record_rollout(run_dir: Path, rollout: str, start: int) -> None:
-    """Record in ``run.json`` the rollout that generates the steps after ``start`` and the history (``rollouts``),
-    so that an export names what made its checkpoint even when a resume changed the engine."""
+    """Record in ``run.json`` the rollout of the steps after ``start``, and the history (``rollouts``) for exports."""
     info = read_run_info(run_dir)
     if info is None:
         return
