@@ -63,9 +63,8 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class PackingTrust(TrainerCallback):
-    """After each step, extend the packing comparisons of Unsloth's that have passed to the run's largest batch
-    (``compat.extend_packing_trust``): no later step pays 36 extra forwards for a record batch. ``rows``: the
-    generation batch; ``longest``: a row's most tokens (prompt bound plus completion bound)."""
+    """After each step, extend Unsloth's packing checks that have passed to the run's largest batch (``rows`` of
+    ``longest`` tokens; ``compat.extend_packing_trust``): no later step pays 36 extra forwards for a record batch."""
 
     def __init__(self, rows: int, longest: int):
         self.rows, self.longest = rows, longest
@@ -86,14 +85,11 @@ class PackingTrust(TrainerCallback):
 
 
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C (SIGINT) or SIGTERM (what schedulers and `docker stop` send): finish the current step, save a
-    checkpoint, stop. A second one, at least ``SAME_PRESS_S`` later, aborts.
-
-    With ``grace_s``, a step not finished that many seconds after it should have (the running step's start plus the
-    longest of the last ``RECENT_STEPS``; the first, compiling step counts only until a second has ended) is not
-    waited for: one ``error:`` line names the last complete checkpoint (``resume``: how to continue) and the process
-    ends with exit code 130 (``os._exit``: the main thread may be stuck where no exception reaches it), before a
-    scheduler's SIGKILL would end it without a word."""
+    """First Ctrl-C (SIGINT) or SIGTERM (schedulers, `docker stop`): finish the current step, save a checkpoint,
+    stop. A second one, at least ``SAME_PRESS_S`` later, aborts. With ``grace_s``, a step not finished that long after
+    it should have (``wait_s``) is not waited for: one ``error:`` line names the last complete checkpoint (``resume``:
+    how to continue) and the process ends with code 130 (``os._exit``: the main thread may be stuck where no
+    exception reaches it), before a scheduler's SIGKILL would end it without a word."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     # One Ctrl-C can arrive twice within milliseconds: `uv run` forwards the SIGINT to its child, which the terminal
@@ -143,8 +139,8 @@ class GracefulInterrupt(TrainerCallback):
             self._timer.start()
 
     def wait_s(self, now: float) -> float:
-        """Seconds from ``now`` until the running step is given up: its expected rest (a step takes the longest of
-        the recent ones; 0 before any step has ended), then the grace."""
+        """Seconds from ``now`` until the running step is given up: its expected rest (as long as the longest of the
+        last ``RECENT_STEPS``, the first, compiling one only until a second has ended), then the grace."""
         expected = max((self._durations[1:] or self._durations)[-self.RECENT_STEPS:], default=0.0)
         ran = 0.0 if self._step_began is None else now - self._step_began
         return max(0.0, expected - ran) + self.grace_s
@@ -199,14 +195,9 @@ HELD_OUT_BATCH = 16  # prompts generated together: the default eval_limit in one
 class HeldOutEval(TrainerCallback):
     """Before the first step and every ``every`` steps, answer the held-out rows and score them as ``sarashina-grpo
     eval`` does: TensorBoard gets ``eval/<HELD_OUT_KEYS>``, the outputs go to ``<output_dir>/eval/step-N/``.
-
-    With ``best_metric`` (a key of ``config.BEST_METRICS``), a new best after step 0 saves that step's checkpoint and
-    marks it (``TrainerState.best_model_checkpoint``, kept from rotation, and ``run.json``'s ``best``); with
-    ``patience``, that many evaluations in a row without one save a checkpoint and stop the run.
-
-    Greedy by default (the curve moves only when the model does); a sampling ``gen`` (the demo's) draws from a torch
-    RNG forked and seeded with ``seed`` each time, leaving training's own stream as it was. The main process
-    evaluates; ``trainer`` is set by ``pipeline.build_trainer`` (logging goes through it)."""
+    ``best_metric``: a new best after step 0 saves and marks its checkpoint (``track_best``); ``patience``: that many
+    evaluations without one save and stop. Greedy unless ``gen`` samples (the demo's: from a torch RNG forked and
+    seeded with ``seed``, leaving training's own stream as it was). The main process evaluates."""
 
     def __init__(self, rows, *, every: int, system_prompt: str, max_new_tokens: int, gen=None,
                  samples_per_prompt: int = 1, seed: int = 0, best_metric: str | None = None, patience: int = 0):
@@ -232,8 +223,8 @@ class HeldOutEval(TrainerCallback):
                 self.track_best(args, state, control, metrics)
 
     def track_best(self, args, state, control, metrics: dict | None) -> None:
-        """Mark a new best (save this step, keep it from rotation) or count towards ``patience``. Every process
-        takes the main process's decision: saving and stopping are collective."""
+        """Mark a new best (save this step, keep it from rotation, record it in ``run.json``) or count towards
+        ``patience``. Every process takes the main process's decision: saving and stopping are collective."""
         from .best import is_better
 
         value = (metrics or {}).get(self.best_metric)
@@ -309,8 +300,7 @@ def compact_line(logs: dict, step: int) -> str | None:
 
 
 class CompactProgress(ProgressCallback):
-    """The progress bar with one short line per log (``compact_line``) instead of transformers' ~1,500-character
-    dict of every TRL metric (all of them are in TensorBoard and ``trainer_state.json``)."""
+    """The progress bar with one short line per log (``compact_line``), not transformers' dict of every TRL metric."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         line = compact_line(logs or {}, state.global_step)
