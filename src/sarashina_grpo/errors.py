@@ -50,16 +50,12 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def _file_in_the_way(path: str | os.PathLike) -> Path | None:
-    """The nearest existing part of ``path`` that is a file where a folder is needed."""
-    part = next((part for part in [Path(path), *Path(path).parents] if part.exists()), None)
-    return part if part is not None and not part.is_dir() else None
-
-
 def _os_error_message(err: OSError) -> str | None:
     where = f" ({err.filename})" if err.filename else ""
     if err.errno in (errno.ENOTDIR, errno.EEXIST):
-        if (blocker := _file_in_the_way(err.filename) if err.filename else None) is not None:
+        parts = [Path(err.filename), *Path(err.filename).parents] if err.filename else []
+        blocker = next((part for part in parts if part.exists()), None)  # the nearest existing part of the path
+        if blocker is not None and not blocker.is_dir():
             return f"{blocker} is a file where a folder is needed. Move or rename it, or {home_fix(blocker)}."
         return f"A file is in the way where a folder is needed{where}. Move or rename it."
     text = OS_ERROR_TEXT.get(err.errno)  # the file-size limit read only for the message that shows it
