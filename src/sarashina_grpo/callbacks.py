@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
@@ -72,8 +72,6 @@ class PackingTrust(TrainerCallback):
         self.step: int | None = None  # the step after which the loss's packing was trusted
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer is None:
-            return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         # every step: the scorer (only where TRL scores) or the prefix grouping may first pass on a later batch
         extended = compat.extend_packing_trust(model, tokens=self.rows * self.longest, longest=self.longest)
@@ -210,7 +208,7 @@ class HeldOutEval(TrainerCallback):
         self.best_metric, self.patience = (best_metric if best_metric not in (None, "none") else None), patience
         self.since_best = 0  # evaluations since the last new best (counted from this process's start)
         self.recording = None  # (step, value) of a new best whose checkpoint is being saved
-        self.trainer = None
+        self.trainer = None  # set by pipeline.build_trainer: logging goes through it
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:  # a resumed run has its baseline already
@@ -229,7 +227,7 @@ class HeldOutEval(TrainerCallback):
 
         value = (metrics or {}).get(self.best_metric)
         new_best = value is not None and is_better(self.best_metric, value, state.best_metric)
-        if getattr(self.trainer, "accelerator", None) is not None and self.trainer.accelerator.num_processes > 1:
+        if self.trainer.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
             new_best, value = broadcast_object_list([(new_best, value)], from_process=0)[0]
@@ -263,11 +261,10 @@ class HeldOutEval(TrainerCallback):
             return None
         was_training = model.training
         model.eval()
-        # The context TRL's own rollout generates in: Unsloth switches to its inference mode there and back after.
-        context = compat.generation_context(self.trainer) if self.trainer is not None else nullcontext()
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        try:  # greedy decoding draws nothing: no RNG of its own
-            with context, torch.random.fork_rng(devices=devices, enabled=self.gen.do_sample):
+        own_rng = torch.random.fork_rng(devices=devices, enabled=self.gen.do_sample)  # greedy decoding draws nothing
+        try:  # in the context TRL's own rollout generates in: Unsloth's inference mode, and back after
+            with compat.generation_context(self.trainer), own_rng:
                 if self.gen.do_sample:
                     torch.manual_seed(self.seed)
                 outputs = generate_outputs(model, tokenizer, self.prompts, self.gen, self.samples_per_prompt,
@@ -278,12 +275,11 @@ class HeldOutEval(TrainerCallback):
         folder = Path(args.output_dir) / "eval" / f"step-{state.global_step}"
         metrics = write_eval(outputs, folder, {"step": state.global_step, "prompts": len(self.prompts)})
         logs = {f"eval_{k}": metrics[k] for k in HELD_OUT_KEYS if metrics.get(k) is not None}
-        if self.trainer is not None:
-            # "eval_" keys: eval/<metric> in TensorBoard, logged apart from TRL's figures (pipeline.trainer_class).
-            # on_log clears control.should_log: keep it, or this step's training log would be skipped.
-            should_log = self.trainer.control.should_log
-            self.trainer.log(logs)
-            self.trainer.control.should_log = should_log
+        # "eval_" keys: eval/<metric> in TensorBoard, logged apart from TRL's figures (pipeline.trainer_class).
+        # on_log clears control.should_log: keep it, or this step's training log would be skipped.
+        should_log = self.trainer.control.should_log
+        self.trainer.log(logs)
+        self.trainer.control.should_log = should_log
         return metrics
 
 

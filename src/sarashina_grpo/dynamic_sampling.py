@@ -1,11 +1,7 @@
 """DAPO's dynamic sampling (``Settings.dynamic_sampling``): a group whose completions all earn the same reward has
-zero advantage everywhere and teaches nothing, so it is dropped and the batch is filled with groups of fresh prompts.
-
-``install(trainer, max_rounds=2, seed=0)`` wraps the trainer's scoring step (through ``compat``): flat groups are
-replaced by groups with a spread from up to ``max_rounds`` further generation batches of random training prompts;
-groups still missing are filled with dropped ones, so the batch keeps its size and the extra cost is bounded.
-TensorBoard gets ``train/dynamic_sampling/flat_groups``, ``…/extra_rollouts`` and ``…/flat_kept`` per batch. One
-process only: each process would decide on its own groups, and the scoring step gathers across processes.
+zero advantage and teaches nothing, so ``install`` replaces it with a group with a spread from up to ``max_rounds``
+further generation batches of random training prompts; groups still missing are filled with dropped ones, so the
+batch keeps its size. TensorBoard gets ``train/dynamic_sampling/flat_groups``, ``…/extra_rollouts``, ``…/flat_kept``.
 """
 
 from __future__ import annotations
@@ -65,7 +61,7 @@ def merge(parts: list[tuple[dict, list[int]]], group_size: int, pad_token_id: in
 
 
 class DynamicSampling:
-    """The wrapped scoring step (see the module docstring); ``totals`` sums what it did over the run."""
+    """The wrapped scoring step; ``totals`` sums what it did over the run."""
 
     def __init__(self, trainer, score, *, max_rounds: int, seed: int):
         self.trainer, self.score, self.max_rounds, self.seed = trainer, score, max_rounds, seed

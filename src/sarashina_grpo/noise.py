@@ -1,9 +1,7 @@
-"""Known-harmless messages of the libraries, filtered so that the ones that matter stand out.
-
-``setup_logging`` (the CLI, the notebooks) installs the filters; ``--verbose`` keeps every message. Each one is
-listed in docs/troubleshooting.md ("Messages we hide"), with why it is harmless here. Unsloth's "should be imported
-before [transformers]" is hidden only when the command line's parser alone came first (no model code): Unsloth
-patches the classes it imports itself (``tests/gpu/test_gpu_import_order.py`` checks it).
+"""Known-harmless messages of the libraries, filtered so that the ones that matter stand out (``--verbose`` keeps
+them; docs/troubleshooting.md, "Messages we hide", says why each is harmless). Unsloth's "should be imported before
+[transformers]" is hidden only when the command line's parser alone came first (no model code): Unsloth patches the
+classes it imports itself (``tests/gpu/test_gpu_import_order.py`` checks it).
 """
 
 from __future__ import annotations
