@@ -1,11 +1,9 @@
-"""One GRPO run, in three steps that every entry point shares: prepare → build → run.
+"""One GRPO run, in three steps that the CLI, notebook, demo and benchmark share: ``prepare`` → ``build_trainer`` →
+``run_training`` (``train`` runs all three).
 
     from sarashina_grpo.config import article_settings
     from sarashina_grpo.pipeline import train
     trainer = train(article_settings(model_name="tiny", max_steps=5))   # CPU smoke run
-
-``prepare`` checks once and claims the run's folders, ``build_trainer`` constructs the project's one ``GRPOTrainer``,
-``run_training`` trains with Ctrl-C/SIGTERM as save-then-stop. The CLI, notebook, demo and benchmark all use them.
 """
 
 from __future__ import annotations
