@@ -255,7 +255,6 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     if not isinstance(model, PeftModel):  # the plain backend's model: TRL adds the LoRA
         peft_config = lora_config(settings)
         set_seed(settings.seed)  # same LoRA init everywhere (DDP also broadcasts rank 0's weights at wrap time)
-    # a broken reward stops the run with one line; TRL's overlong reward is built for this run's length
     rewards = training_rewards(settings.reward_names, max_completion_length=settings.max_completion_length)
     trainer = trainer_class(GRPOTrainer)(
         model=model, peft_config=peft_config, processing_class=tokenizer, reward_funcs=rewards,
