@@ -159,10 +159,9 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
             decided[0] = decide()
         except (SettingsError, DataError) as err:  # every rank reports it, none waits for folders
             decided[0] = err
-    broadcast_object_list(decided, from_process=0)
-    if isinstance(decided[0], Exception):
-        raise decided[0]
-    run = decided[0]
+    run = broadcast_object_list(decided, from_process=0)[0]
+    if isinstance(run, Exception):
+        raise run
     with state.main_process_first():  # the main process builds the tiny model; the others then find it
         if not run.finished:
             resolve_model_name(run.settings.model_name)
