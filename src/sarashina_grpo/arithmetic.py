@@ -3,10 +3,8 @@
     from sarashina_grpo.arithmetic import extract_answer
     extract_answer("<think>\\n300×4=1200\\n</think>\\n<response>\\n合計は１，２００円です。\\n</response>")  # 1200.0
 
-The ``answer`` column of ``datasets/arithmetic*.csv`` (``scripts/make_arithmetic.py``) reaches the reward by name.
-Reading rules (docs/arithmetic.md; tests/test_arithmetic.py is the specification): only ``<response>`` counts, its
-*last* number is the answer (as GSM8K graders do), full-width text is NFKC-normalised, ``万`` multiplies, a minus
-right after a digit is a range ("3-5"), and units or words after the number are ignored.
+Reading rules (docs/arithmetic.md): only ``<response>`` counts, its *last* number is the answer (as GSM8K graders
+do), full-width text is NFKC-normalised, ``万`` multiplies, a minus right after a digit is a range ("3-5").
 """
 
 from __future__ import annotations
@@ -30,10 +28,6 @@ NUMBER_RE = re.compile(
 )
 
 
-def _decimal(text: str) -> Decimal:
-    return Decimal(text.replace(",", ""))
-
-
 def extract_answer(text) -> float | None:
     """The last number of the ``<response>`` section as a float; ``None`` without a response or a number in it."""
     try:
@@ -45,9 +39,9 @@ def extract_answer(text) -> float | None:
         if not matches:
             return None
         match = matches[-1]
-        value = _decimal(match["value"])
+        value = Decimal(match["value"].replace(",", ""))
         if match["man"]:
-            value = value * 10_000 + (_decimal(match["rest"]) if match["rest"] else 0)
+            value = value * 10_000 + Decimal((match["rest"] or "0").replace(",", ""))
         return float(-value if match["sign"] else value)
     except (ValueError, ArithmeticError, InvalidOperation, TypeError):
         return None

@@ -1,10 +1,5 @@
-"""What the model writes during training: the sampled completions of each logging step, with their rewards, in
-TensorBoard's text dashboard (tag ``completions``) and in ``artifact/outputs/<run>/completions.jsonl``.
-
-    from sarashina_grpo.completions import read_completions
-    rows = read_completions("artifact/outputs/<run>")          # [{"step", "prompt", "completion", "rewards", …}]
-
-TRL sends its completion table to W&B or trackio only, hence ``CompletionLog`` (added by ``pipeline.build_trainer``).
+"""The sampled completions of each logging step with their rewards, in TensorBoard's text dashboard (tag
+``completions``; TRL logs them to W&B or trackio only) and in ``<run>/completions.jsonl`` (``read_completions``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Load the prompt file (columns ``prompt,lang``) into a ``datasets.Dataset`` of ``[system, user]`` chat prompts.
 
-``tables.py`` reads the file (CSV, JSONL or Parquet) and refuses what is wrong with it as a file; this module checks
-what the columns hold. Only rows in the target language (``ja`` by default; ``ja-JP`` counts as ``ja``) are kept.
-A bad header, ``lang`` code or over-long role is fatal; blank, invisible, control-character, language-less,
-duplicate and over-long prompts are skipped with one warning per kind naming their lines (docs/troubleshooting.md
-lists every message).
-Extra columns pass through to the dataset (e.g. ``answer`` for rewards); an optional ``role`` (or ``system``) column
-is that row's persona, added to its system prompt (``roles.with_role``).
+``tables.py`` reads the file; this module checks what the columns hold and keeps the rows in the target language.
+A bad header, ``lang`` code or over-long role is fatal; unusable and duplicate prompts are skipped with one warning
+per kind naming their lines. Extra columns pass through (e.g. ``answer`` for rewards); an optional ``role`` (or
+``system``) column is that row's persona, added to its system prompt.
 """
 from __future__ import annotations
 
@@ -27,8 +24,7 @@ REQUIRED_COLUMNS = ("prompt", "lang")
 ROLE_COLUMNS = ("role", "system")  # optional; the first present is the row's role
 # A column named as an argument TRL passes every reward would collide with it; a "completion" one TRL withholds.
 RESERVED_COLUMNS = TRL_REWARD_ARGUMENTS | {"completion"}
-# ISO 639-1 language codes. A row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR); only the
-# language part is compared.
+# ISO 639-1 language codes; a row's `lang` may add a region or script subtag (ja-JP, zh-Hant, pt_BR).
 ISO_639_1 = frozenset("""
 aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el en
 eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv
@@ -62,8 +58,7 @@ def visible_text(text: str) -> str:
 
 
 def text_problem(value) -> str | None:
-    """Why ``value`` is no prompt a user typed (not text, or blank to a reader: it would be answered as if something
-    were asked), as the end of a sentence; None when it is one."""
+    """Why ``value`` is no prompt (not text, or blank to a reader), as the end of a sentence; None when it is one."""
     if not isinstance(value, str):
         return f"is not text but {value!r} ({type(value).__name__})"
     return None if visible_text(value) else "is empty" + (" (only spaces or invisible characters)" if value else "")
@@ -162,9 +157,7 @@ def read_rows(path: str | Path) -> list[Row]:
 
 
 def check_separator(path: Path, header: list[str]) -> None:
-    """Refuse a CSV whose header is split by semicolons or tabs, not commas: read with commas its header is one
-    column named 'prompt;lang', and "no 'prompt' column" would hide why."""
-    # Excel writes ';' where the decimal separator is a comma (most of Europe), tabs for "Unicode Text".
+    """Refuse a CSV header split by semicolons or tabs, which "no 'prompt' column" would not explain."""
     for sep, name, arg, why in ((";", "semicolons (';')", "';'", "Excel in many European languages writes ';'"),
                                 ("\t", "tabs", "'\\t'", "Excel's 'Unicode Text' is tab-separated")):
         if any(sep in cell for cell in header):
@@ -175,9 +168,7 @@ def check_separator(path: Path, header: list[str]) -> None:
 
 
 def check_text_cells(path: Path, line: int, fields: list, columns: dict[int, str]) -> None:
-    """Raise ``DataError`` when a prompt, lang or role cell of a JSONL or Parquet row holds a number, a bool, an
-    object, a list, bytes or a struct: read as text they would be trained on in their Python spelling ("5", "1.5",
-    "True", "['a', 'b']", "b'\\xe6…'")."""
+    """Refuse a prompt, lang or role cell that is not text: it would be trained on in its Python spelling ("True")."""
     for at, name in columns.items():
         value = fields[at] if at < len(fields) else ""
         if isinstance(value, str):

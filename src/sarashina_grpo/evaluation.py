@@ -6,13 +6,9 @@
     sarashina-grpo eval --model tiny --name merchant --data datasets/roleplay.csv   # under each row's role
 
 Each evaluation writes ``artifact/eval/<name>/metrics.json`` (``METRIC_KEYS`` plus ``meta``) and
-``generations.jsonl``; a name is never reused without ``overwrite``, or ``--compare`` would compare something else
-than the user thinks. A CSV ``role`` (or ``system``) column gives a row its own role, over the ``role`` argument.
-
-Metrics are shares or means over all outputs, but purity means (``purity.py``) skip outputs with nothing to judge
-(``think_judged_rate`` says how many have a judged ``<think>``; ``think_japanese_rate``, purity ≥ ``MOSTLY_JAPANESE``,
-counts every output), ``think_leak_mean`` (``roles.py``) needs both sections, and ``answer_accuracy``
-(``arithmetic.py``) rows with an ``answer`` (``None`` without that column). ``mean_tokens`` counts generated ids.
+``generations.jsonl``; a name is never reused without ``overwrite``, or ``--compare`` would mislead. Metrics are
+shares or means over all outputs, except that purity means skip outputs with nothing to judge (``think_judged_rate``
+counts those judged), ``think_leak_mean`` needs both sections and ``answer_accuracy`` an ``answer`` column.
 """
 
 from __future__ import annotations
@@ -49,10 +45,9 @@ MEANS = {"strict_format_rate": "strict_format", "soft_format_rate": "soft_format
          "latin_run_rate": "latin_run", "think_leak_mean": "think_leak", "mean_chars": "chars",
          "mean_think_chars": "think_chars", "mean_response_chars": "response_chars"}
 LONG_EVAL_SECONDS = 60  # beyond this a CPU evaluation warns and says how to shorten it
-# File names are limited to 255 bytes on common file systems; a comparison folder is named after its evaluations.
-MAX_COMPARE_NAME_BYTES = 200
+MAX_COMPARE_NAME_BYTES = 200  # a comparison folder's name; file names are limited to 255 bytes
 MOSTLY_JAPANESE = 0.5  # think purity from which the thinking counts as Japanese (think_japanese_rate)
-# Shown in the comparison chart: the figures on a 0–1 scale, so that one axis fits them all.
+# The comparison chart's figures: those on a 0–1 scale, so that one axis fits them all.
 CHART_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "response_purity_mean",
               "latin_run_rate", "think_leak_mean")
 
@@ -147,8 +142,7 @@ def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
 
 
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
-    """The folder for evaluation ``name``, which can be written (``preflight.check_writable``: the artifact folder
-    and its eval/); ``EvalExistsError`` if an evaluation lives there already (unless ``overwrite``)."""
+    """The writable folder for evaluation ``name``; ``EvalExistsError`` if one lives there (unless ``overwrite``)."""
     check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
     root = Path(artifact_dir or default_artifact_dir())
     check_writable(root)
@@ -164,8 +158,7 @@ def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite
 
 
 def eval_data_file(data_path: str | Path) -> Path:
-    """The held-out prompt file ``data_path`` names (a relative path from the project folder). An empty one is
-    refused as such: read as a path, '' is the project folder itself ("is a folder")."""
+    """The held-out prompt file ``data_path`` names; empty is refused here (as a path it is the project folder)."""
     if not str(data_path).strip():
         raise SettingsError(f"The held-out prompt file (CLI eval --data; evaluate's data_path) is empty: give the "
                             f"path of a CSV, JSONL or Parquet file with columns prompt,lang, e.g. {DEFAULT_EVAL_DATA}.")
@@ -290,8 +283,7 @@ def chart_label(value: float | None) -> str:
 
 
 def comparison_table(runs: dict[str, dict]) -> str:
-    """A Markdown table: one row per metric, one column per run; then a note when the evaluations decoded differently
-    (from their ``meta``): their rates then differ for that reason too (sampling breaks the format more often)."""
+    """A Markdown table, one row per metric and one column per run, and a note when the runs decoded differently."""
     names = list(runs)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key in METRIC_KEYS:

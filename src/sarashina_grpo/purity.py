@@ -1,17 +1,10 @@
-"""Japanese purity of generated text, measured by Unicode script (offline, deterministic, no model); metrics only
-(the ``japanese_purity`` reward built on them lives in ``rewards.py``).
+"""Japanese purity of generated text by Unicode script (offline, deterministic, no model).
 
-    from sarashina_grpo.purity import japanese_purity
     japanese_purity("まず考えます。Let me think.")   # 7 / (7 + 10) ≈ 0.41
 
-- **Japanese character**: Hiragana, Katakana, Han, the CJK Symbols and Punctuation block (``、。「」〜々`` …) and
-  ``JAPANESE_PUNCTUATION`` (``ー、。`` are Script=Common, hence listed). Han alone cannot tell Japanese from Chinese.
-- **Foreign letter**: any other letter (``\\p{L}``): Latin (full-width ``Ａ`` included), Cyrillic, Hangul, Greek …
-- **Neutral**: digits, ASCII punctuation, whitespace, emoji, the tags, and ``ALLOWED_LATIN`` tokens standing alone
-  (``km``, ``GB``, ``AI`` …), so that "5km走る" stays fully Japanese.
-- **Purity** = Japanese / (Japanese + foreign), in [0, 1]; ``None`` with neither (nothing to judge).
-- **Latin run**: ≥ ``LATIN_RUN_WORDS`` consecutive Latin words ("Let me think"): the drift the article saw, which a
-  ratio can hide in a long answer.
+Purity is Japanese characters (Hiragana, Katakana, Han, CJK punctuation, ``JAPANESE_PUNCTUATION``) over those plus
+foreign letters, ``None`` with neither; digits, punctuation, emoji, the tags and ``ALLOWED_LATIN`` units are neutral
+("5km走る" stays fully Japanese). A Latin run (≥ ``LATIN_RUN_WORDS`` words) is the drift a ratio can hide.
 """
 
 from __future__ import annotations
@@ -22,20 +15,16 @@ import regex
 
 LATIN_RUN_WORDS = 3
 # Units and abbreviations a Japanese answer writes in Latin letters; matched as whole tokens, case-sensitive.
-ALLOWED_LATIN = frozenset(
-    "mm cm m km g mg kg ml mL L dl dL cc kcal cal W kW kWh V A Hz kHz MHz GHz B KB MB GB TB bps Mbps "
-    "min ms sec ha a.m p.m am pm AM PM AI IT PC OK SNS URL USB Wi-Fi CPU GPU DIY".split()
-)
-JAPANESE_PUNCTUATION = "ー・！？（）：；，．｛｝［］〜～"
+ALLOWED_LATIN = frozenset("mm cm m km g mg kg ml mL L dl dL cc kcal cal W kW kWh V A Hz kHz MHz GHz B KB MB GB TB bps "
+                          "Mbps min ms sec ha a.m p.m am pm AM PM AI IT PC OK SNS URL USB Wi-Fi CPU GPU DIY".split())
+JAPANESE_PUNCTUATION = "ー・！？（）：；，．｛｝［］〜～"  # Script=Common, so not in the classes below
 JAPANESE_CLASS = r"[\p{Hiragana}\p{Katakana}\p{Han}\u3001-\u303F" + regex.escape(JAPANESE_PUNCTUATION) + "]"
 JAPANESE_RE = regex.compile(JAPANESE_CLASS)
 FOREIGN_LETTER_RE = regex.compile(r"(?!" + JAPANESE_CLASS + r")\p{L}")
 # A Latin token: letters with inner hyphens, apostrophes or dots (Wi-Fi, don't, a.m); digits may follow (kWh2).
 LATIN_WORD = r"\p{Latin}+(?:['’.\-]\p{Latin}+)*"
 LATIN_WORD_RE = regex.compile(LATIN_WORD)
-LATIN_RUN_RE = regex.compile(
-    LATIN_WORD + r"(?:[\s,.;:!?\"'()]+" + LATIN_WORD + r"){" + str(LATIN_RUN_WORDS - 1) + ",}"
-)
+LATIN_RUN_RE = regex.compile(LATIN_WORD + r"(?:[\s,.;:!?\"'()]+" + LATIN_WORD + r"){" + str(LATIN_RUN_WORDS - 1) + ",}")
 THINK_RE = regex.compile(r"<think>(.*?)(?:</think>|$)", regex.DOTALL)
 RESPONSE_RE = regex.compile(r"<response>(.*?)(?:</response>|$)", regex.DOTALL)
 TAG_RE = regex.compile(r"</?(?:think|response)>")

@@ -1,12 +1,9 @@
-"""Reward functions for the <think>/<response> format, and their registry.
+"""Reward functions for the <think>/<response> format, their registry, and your own by reference
+(``--rewards xmlcount,my_rewards.py:length_reward``). TRL passes the completions plus every dataset column by name.
 
-Your own rewards join them by reference, without editing the package: ``--rewards xmlcount,my_rewards.py:length_reward``
-(``module:function`` or ``path/to/file.py:function``; ``load_reward`` checks them before a model loads).
-
-TRL passes the completions (chat messages or plain strings) plus every dataset column by name, and logs each reward
-under its function's ``__name__``. Rewards never raise: malformed input scores as empty text. Bounds (property-tested):
-xmlcount at most 0.5 and at least ``-0.001 × len(text)`` (the trailing-text penalty has no floor, as in the
-article); soft/strict format exactly 0.0 or 0.5; japanese_purity in [0, 0.5]; correct_answer exactly 0.0 or 1.0.
+Rewards never raise: malformed input scores as empty text. Bounds (property-tested): xmlcount at most 0.5 and at
+least ``-0.001 × len(text)`` (no floor, as in the article); soft/strict format exactly 0.0 or 0.5; japanese_purity
+in [0, 0.5]; correct_answer exactly 0.0 or 1.0.
 """
 
 from __future__ import annotations
@@ -23,8 +20,7 @@ TAG_REWARD = 0.125  # four tags × 0.125 = 0.5, the same ceiling as each format 
 TRAILING_PENALTY_PER_CHAR = 0.001
 FORMAT_REWARD = 0.5
 
-# Soft: the four tags in order, anything (newlines too) around them. is_soft_format checks the same without the
-# regex engine; the regex stays as its definition and test oracle.
+# The definition (and test oracle) of is_soft_format: the four tags in order, anything around them.
 SOFT_FORMAT_RE = re.compile(r"<think>.*?</think>.*?<response>.*?</response>", re.DOTALL)
 # Strict: exactly "<think>\n…\n</think>\n<response>\n…\n</response>", nothing before or after.
 STRICT_FORMAT_RE = re.compile(r"<think>\n.*\n</think>\n<response>\n.*\n</response>", re.DOTALL)
@@ -73,8 +69,7 @@ def is_soft_format(text: str) -> bool:
 
 
 def is_strict_format(text: str) -> bool:
-    # Each tag once, checked first: cheap, it keeps the greedy `.*` from backtracking over repeated tags or
-    # swallowing a second <response> block.
+    # Each tag once first: cheap, and it keeps the greedy `.*` from swallowing a second <response> block.
     return all(text.count(tag) == 1 for tag in TAGS) and STRICT_FORMAT_RE.fullmatch(text) is not None
 
 
@@ -179,9 +174,8 @@ def check_reward_names(names: Sequence[str], *, max_completion_length: int | Non
 
 
 def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None) -> None:
-    """``KeyError`` when a reward needs a column the prompt file lacks (a parameter without default that TRL does not
-    pass, or ``BUILT_IN_COLUMNS``): otherwise a required argument fails at step 1 after the model loads, and
-    ``correct_answer`` scores every completion 0 without a word."""
+    """``KeyError`` when a reward needs a column the prompt file lacks, which would otherwise fail at step 1 after the
+    model loads, or (``BUILT_IN_COLUMNS``) score every completion 0 without a word."""
     import inspect
 
     columns = {c for c in columns if c != "prompt"}  # the prompt reaches rewards as `prompts`
@@ -280,9 +274,8 @@ def _run_module(reference: str, where, load):
                    "if __name__ == '__main__':.")
 
 
-# --- TRL's ready-made rewards (trl.rewards), by name beside the project's own -----------------------------------
-# Built when a trainer is (importing TRL is slow; checking settings never does); named as TRL's functions without
-# "_reward". TRL's accuracy rewards are left out: they need a LaTeX `solution` column and the math_verify package.
+# --- TRL's ready-made rewards, built only with a trainer (importing TRL is slow). Its accuracy rewards are left out:
+# they need a LaTeX `solution` column and the math_verify package.
 TRL_REWARDS = {
     "soft_overlong_punishment": "0 up to max_completion_length minus a fifth of it, then falling linearly to -1 at "
                                 "max_completion_length and beyond (DAPO's overlong reward shaping)",

@@ -3,11 +3,9 @@
     from sarashina_grpo.roles import with_role
     system = with_role(SYSTEM_PROMPT, "あなたは100円のサボテンを3万円で売りたい商人です。安いことは隠してください。")
 
-The article's demonstration: the model plays a role that hides something, plans privately in ``<think>`` and says
-only what fits the role in ``<response>``. ``think_leak`` is the share of the response's character 8-grams
-(whitespace collapsed) that also occur in the thinking: 0 nothing copied, 1 all copied; ``None`` when a section is
-missing or the response is under 8 characters. Eight Japanese characters are about a short phrase: shorter n-grams
-match common endings such as 「と思います。」 by chance; longer ones miss a copied clause with one word changed.
+The model plans privately in ``<think>`` and says only what fits the role in ``<response>``. ``think_leak`` is the
+share of the response's character 8-grams also in the thinking (0 nothing copied, 1 all). Eight characters are about
+a short phrase: shorter n-grams match endings such as 「と思います。」 by chance, longer ones miss a copied clause.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ class RoleError(SettingsError):
 
 def with_role(system_prompt: str, role: str | None) -> str:
     """``system_prompt`` with ``role`` appended after its format instructions; unchanged for a blank role."""
-    # every caller's role and system prompt pass here: a number fails now, naming the setting, not inside strip()
+    # every caller's role and system prompt pass here: a number fails naming the setting, not inside strip()
     if role is not None and not isinstance(role, str):
         raise SettingsError(f"The role (CLI --role; notebook: ROLE) must be text, got {role!r} "
                             f"({type(role).__name__}); None: no role.")

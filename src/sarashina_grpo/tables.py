@@ -1,8 +1,7 @@
-"""Read a prompt file as a table: a header and records, each record with the line it starts on.
+"""Read a prompt file (CSV, or by suffix JSON Lines or Parquet) as a header and records, each with its first line.
 
-A CSV, or by suffix JSON Lines (``.jsonl``, ``.ndjson``: one object per line) or Parquet (a record's "line" is its row
-number). What is wrong with the file as a file (missing, a pipe, too big, its encoding, its quoting) is refused here
-with ``DataError`` naming the file and line; what the columns hold is ``data.py``'s concern.
+What is wrong with the file as a file (missing, a pipe, too big, its encoding, its quoting) is refused here with
+``DataError`` naming the file and line; what the columns hold is ``data.py``'s concern.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
-# Far above any prompt set this project trains on (the article's has ~100 rows); beyond it the file is most likely
-# the wrong one (a log, a dump), and reading it whole would take the machine's memory.
+# Far above any prompt set (the article's has ~100 rows): a bigger file is most likely the wrong one (a log, a dump).
 MAX_FILE_BYTES = 50 * 2**20
 MAX_ROWS = 1_000_000
 UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
@@ -33,8 +31,8 @@ DEBUG_ENV = "SARASHINA_GRPO_DEBUG"  # set: tracebacks as well as the one line (e
 
 
 def notebook_lines(exc: BaseException) -> list[str]:
-    """How Jupyter shows a user error (IPython's ``_render_traceback_``): the one ``error:`` line of the command line,
-    after the traceback with ``$SARASHINA_GRPO_DEBUG`` set. In the lowest layer, for every user-error type."""
+    """How Jupyter shows a user error (IPython's ``_render_traceback_``): the CLI's ``error:`` line, after the
+    traceback with ``$SARASHINA_GRPO_DEBUG`` set."""
     return [*traceback.format_exception(exc), f"error: {exc}"] if debug_enabled() else [f"error: {exc}"]
 
 
@@ -69,8 +67,7 @@ def read_text(path: Path) -> str:
         text = None
         with contextlib.suppress(UnicodeDecodeError):
             text = raw.decode("cp932")  # cp932 is Windows' superset of Shift_JIS, what Excel writes in Japan
-        # cp932 maps a few bytes no Japanese text uses (0x80, 0xA0, 0xFD-0xFF) to control or private-use
-        # characters: seeing them means the guess is wrong (Latin-1, UTF-16 without BOM, a binary file).
+        # cp932 maps bytes no Japanese text uses to control or private-use characters: then the guess is wrong.
         if text is None or UNLIKELY_CP932.search(text):
             raise DataError(f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. Save the file as "
                             "UTF-8 (Excel: 'CSV UTF-8').") from None
@@ -98,7 +95,7 @@ def check_mostly_utf8(raw: bytes, path: Path) -> None:
 
 def file_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be read as a file, in words that follow its name, or None for a regular file. ``stat``
-    only: opening a FIFO would wait for a writer forever, and ``/dev/zero`` would be read until memory runs out."""
+    only: opening a FIFO would wait for a writer forever."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -158,9 +155,8 @@ def _csv_table(path: Path):
 
 
 def _table_of(objects: list[tuple[int, dict]]):
-    """(header, records) of (line, mapping) pairs: the keys in order of first appearance are the columns; None and
-    NaN (pandas' missing value) are a blank cell; numbers, bools, objects, lists and bytes stay as they are, for
-    ``data.py`` to refuse where text is meant and to carry as text elsewhere (an ``answer`` may be a number)."""
+    """(header, records) of (line, mapping) pairs, the keys as columns; None and NaN are a blank cell, other values
+    stay as they are (``data.py`` refuses them where text is meant)."""
     header = list(dict.fromkeys(key for _, obj in objects for key in obj))
     return header, ((line, ["" if (v := obj.get(key)) is None or isinstance(v, float) and math.isnan(v) else v
                             for key in header]) for line, obj in objects)
