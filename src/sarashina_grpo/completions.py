@@ -47,9 +47,8 @@ def markdown_table(records: list[dict]) -> str:
 
 
 class CompletionLog(TrainerCallback):
-    """At each training log, the latest generation batch goes to TensorBoard (when reported to) and to
-    ``<output_dir>/completions.jsonl``, from the main process. A resumed run first drops the rows of steps past its
-    checkpoint: those steps are trained again."""
+    """At each training log, the latest generation batch goes to TensorBoard and ``completions.jsonl``; a resumed run
+    first drops the rows of steps past its checkpoint (they are trained again)."""
 
     trainer = None  # set by pipeline.build_trainer
 

@@ -3,10 +3,8 @@
     sarashina-grpo demo                            # about 3 minutes alone on a CPU (docs/demo.md)
     tensorboard --logdir artifact/logs             # eval/strict_format_rate: the held-out rate during GRPO
 
-What the learning proof (docs/learning.md) does, once: warm-start the tiny model (``warmstart.py``: a random-weight
-model never writes a tag, so GRPO would learn nothing), evaluate it on the held-out prompts, run GRPO through the
-project's training path scoring them every ``eval_steps`` steps, evaluate again; the before/after table, the reward
-curve and ``demo.json`` go to ``<artifact>/outputs/<run>/``.
+The learning proof (docs/learning.md) once: warm-start the tiny model (random weights never write a tag), evaluate
+it on the held-out prompts, run GRPO, evaluate again; the table, reward curve and ``demo.json`` go to the run folder.
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ class DemoSettings:
 
     seed: int = setting(0, "seed of the tiny model, its warm start, GRPO and the evaluation's sampling")
     steps: int = setting(100, "GRPO steps")
-    # TRL averages the logged rewards over these steps: a readable curve from 8 samples per step.
     logging_steps: int = setting(5, "log (and plot) the rewards every N steps")
     reward_names: tuple[str, ...] = DEFAULT_REWARDS
     warm_start: WarmStart = field(default_factory=lambda: dataclasses.replace(DEMO_RECIPE))
@@ -57,14 +54,12 @@ class DemoSettings:
     eval_limit: int | None = setting(None, "evaluate on the first N held-out prompts only; unset: all 135")
     eval_steps: int = setting(20, "during GRPO, score the held-out prompts every N steps exactly as the before/after "
                               "table does (TensorBoard eval/strict_format_rate; the curve's ends are the table's)")
-    # One CPU thread: a hidden-64 model gains nothing from more, and on a busy machine two threads' OpenMP spinning
-    # made 10 GRPO steps take 238 s instead of 17.5 s (2 cores shared with other jobs).
+    # On a busy machine two threads' OpenMP spinning made 10 GRPO steps take 238 s instead of 17.5 s.
     threads: int = setting(1, "CPU threads for torch (more only helps on an idle machine with a bigger model)")
     overrides: dict = field(default_factory=dict)  # further Settings fields, e.g. {"loss_type": "dapo", "beta": 0}
 
     def settings(self, model_dir: Path) -> Settings:
-        # Shorter completions and a larger learning rate than the 3B run: a 1 MB model learns in 100 steps. The GRPO
-        # algorithm is the project's default (the article's), as `sarashina-grpo train` runs it.
+        # Shorter completions and a larger learning rate than the 3B run: a 1 MB model learns in 100 steps.
         return load_settings(dict(
             model_name=str(model_dir), load_in_4bit=False, max_seq_length=1024, learning_rate=2e-3,
             num_generations=8, per_device_train_batch_size=8, max_prompt_length=512, max_completion_length=64,
@@ -100,7 +95,7 @@ def train_prompts() -> list[str]:
 
 def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
     """The warm-started tiny model, cached in ``<artifact_dir>/models/`` under a hash of the recipe; built in a
-    temporary folder and renamed, so an interrupted build is never taken for a cache hit."""
+    temporary folder, so an interrupted build is never taken for a cache hit."""
     recipe = dataclasses.replace(demo.warm_start, seed=demo.seed)
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:8]
     cached = Path(artifact_dir) / "models" / f"tiny-warm-seed{demo.seed}-{digest}"

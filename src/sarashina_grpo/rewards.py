@@ -149,8 +149,7 @@ def unknown_reward_message(name: str, *, several: bool = False) -> str:
 # What TRL passes every reward besides the dataset's columns (TRL 1.15 GRPOTrainer._calculate_rewards).
 TRL_REWARD_ARGUMENTS = frozenset({"prompts", "completions", "completion_ids", "trainer_state", "log_extra",
                                   "log_metric", "environments"})
-# Columns a built-in reward reads (its parameter has a default, so the signature cannot tell): without the column
-# every completion scores 0 and the run learns nothing from that reward.
+# Columns a built-in reward reads, which its signature cannot tell (the parameter has a default).
 BUILT_IN_COLUMNS = {"correct_answer_reward": ("answer",)}
 
 
@@ -196,8 +195,8 @@ _LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings
 
 
 def load_reward(reference: str) -> RewardFunc:
-    """The function named by ``module:function`` or ``path/to/file.py:function`` (relative to the working folder),
-    checked to be a function taking ``completions`` and ``**kwargs``; ``KeyError`` saying what is wrong."""
+    """The function ``module:function`` or ``path/to/file.py:function`` names, checked to take ``completions`` and
+    ``**kwargs``; ``KeyError`` saying what is wrong."""
     import inspect
 
     if reference in _LOADED:
@@ -252,8 +251,8 @@ def _import_target(reference: str, target: str):
 
 
 def _run_module(reference: str, where, load):
-    """Run ``load`` (the import of a reward's module) with ``sys.argv`` holding only the module's name, so that a
-    file parsing the command line at import sees no sarashina-grpo flags; its exit becomes a ``KeyError``."""
+    """Import a reward's module by ``load`` with ``sys.argv`` holding only its name (no sarashina-grpo flags to parse
+    at import); its exit becomes a ``KeyError``."""
     import io
     import sys
 

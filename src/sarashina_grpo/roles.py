@@ -85,9 +85,8 @@ CUT_TAG_RE = re.compile(r"</?[a-z]*$")
 
 
 def shown_turn(reply: str) -> tuple[str, str]:
-    """(thinking, speech) of a role-play reply as a reader should see them, tags and tag fragments removed. A reply
-    with neither section is all speech, shown raw, so nothing the model said is hidden; text after ``</think>``
-    outside any ``<response>`` is speech too. ``NOTHING`` stands for an empty part."""
+    """(thinking, speech) of a role-play reply without tags or tag fragments; a reply with neither section, or text
+    after ``</think>`` outside any ``<response>``, is speech, so nothing the model said is hidden."""
     def shown(text: str) -> str:
         return CUT_TAG_RE.sub("", TAG_RE.sub("", text)).strip() or NOTHING
 

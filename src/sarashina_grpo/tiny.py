@@ -1,12 +1,8 @@
-"""Build offline stand-ins for Sarashina 2.2: a few-MB Llama for tests and CPU runs, or the exact 3B shape
-with random weights for speed and memory benchmarks. Nothing is downloaded.
+"""Build offline, random-weight stand-ins for Sarashina 2.2: a ~1 MB Llama for tests and CPU runs
+(``sarashina-grpo build-tiny artifact/models/tiny``), or the exact 3B shape for benchmarks (``--shape sarashina-3b``).
 
-    sarashina-grpo build-tiny artifact/models/tiny            # ~1 MB, CPU-friendly
-    sarashina-grpo build-tiny /tmp/sarashina-3b --shape sarashina-3b
-
-The tokenizer is a byte-level BPE trained on the project's own prompts, with Sarashina's chat format
-(``<|system|>…</s><|user|>…</s><|assistant|>``). The XML tags are ordinary text, not special tokens, because
-TRL decodes completions with ``skip_special_tokens=True`` and the rewards must see the tags.
+The tokenizer is a byte-level BPE trained on the project's prompts, with Sarashina's chat format. The XML tags are
+ordinary text: TRL decodes completions with ``skip_special_tokens=True`` and the rewards must see the tags.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
     sarashina-grpo warmstart --model artifact/models/smollm2 --output artifact/models/smollm2-warm
     sarashina-grpo train --model artifact/models/smollm2-warm --no-4bit ...       # GRPO from the warm start
 
-GRPO only reinforces what a group already samples. A share of the examples is malformed on purpose, so the strict
-rate stays low enough for GRPO to raise (docs/learning.md). The examples come from a JSONL file or, for the tiny
-model, from ``synthetic`` sentence pools: ``ja``, ``drift`` (thinking slides into English) and ``malformed``.
+GRPO only reinforces what a group already samples. The examples come from a JSONL file or, for the tiny model, from
+``synthetic`` sentence pools; a share is malformed on purpose, so the strict rate stays low enough for GRPO to raise.
 """
 
 from __future__ import annotations
@@ -97,8 +96,7 @@ def synthetic_completion(kind: str, rng: random.Random) -> str:
     drift_think = rng.choice(JA_THOUGHTS) + " " + rng.choice(EN_THOUGHTS)
     response = rng.choice(JA_RESPONSES)
     if kind == "malformed":
-        # Half Japanese, half drifting, like the well-formed ones: layout and language vary independently, so a
-        # format reward alone has no reason to change the language.
+        # Layout and language vary independently, so a format reward alone has no reason to change the language.
         return malform(ja_think if rng.random() < 0.5 else drift_think, response, rng)
     return layout(ja_think if kind == "ja" else drift_think, response)
 
@@ -199,10 +197,8 @@ def warm_start(config: WarmStart, prompts: list[str] | None = None) -> Path:
 
 
 def supervised_pass(model_dir: str, examples: list[tuple[list[dict], str]], config: WarmStart):
-    """(model, tokenizer) after completion-only NLL (``SFTTrainer``'s ``completion_only_loss``) on batches drawn with
-    replacement: with ``lora_rank`` a LoRA merged afterwards, else every weight (fp32). Not ``SFTTrainer`` itself: TRL
-    1.15 always patches in its Triton fused LM head, which without a GPU runs in Triton's interpreter (4 SFT steps of
-    SmolLM2 did not finish in 10 minutes on 2 cores)."""
+    """(model, tokenizer) after completion-only NLL on batches drawn with replacement, with a LoRA merged afterwards
+    or every weight (fp32). Not ``SFTTrainer``: TRL 1.15 patches in its Triton fused LM head, far too slow on a CPU."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
