@@ -9,8 +9,15 @@ in [0, 0.5]; correct_answer exactly 0.0 or 1.0.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import importlib
+import importlib.util
+import inspect
+import io
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 from .arithmetic import CORRECT_REWARD, is_correct  # number parsing lives in arithmetic.py
 from .purity import consistency_score
@@ -132,8 +139,6 @@ def get_reward_funcs(names: Iterable[str], *, max_completion_length: int | None 
 
 
 def unknown_reward_message(name: str, *, several: bool = False) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, [*REWARD_FUNCS, *TRL_REWARDS], n=1, cutoff=0.6)
     message = f"Unknown reward {name!r}{f' (did you mean {close[0]}?)' if close else ''}."
     if several and ("/" in name or "\\" in name or name.endswith(".py")):
@@ -175,8 +180,6 @@ def check_reward_names(names: Sequence[str], *, max_completion_length: int | Non
 def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None) -> None:
     """``KeyError`` when a reward needs a column the prompt file lacks, which would otherwise fail at step 1 after the
     model loads, or (``BUILT_IN_COLUMNS``) score every completion 0 without a word."""
-    import inspect
-
     columns = {c for c in columns if c != "prompt"}  # the prompt reaches rewards as `prompts`
     for name, func in zip(names, get_reward_funcs(list(names)), strict=True):
         needed = list(BUILT_IN_COLUMNS.get(func.__name__, ())) if func in REWARD_FUNCS.values() else []
@@ -197,8 +200,6 @@ _LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings
 def load_reward(reference: str) -> RewardFunc:
     """The function ``module:function`` or ``path/to/file.py:function`` names, checked to take ``completions`` and
     ``**kwargs``; ``KeyError`` saying what is wrong."""
-    import inspect
-
     if reference in _LOADED:
         return _LOADED[reference]
     target, _, name = reference.rpartition(":")
@@ -221,10 +222,6 @@ def load_reward(reference: str) -> RewardFunc:
 
 
 def _import_target(reference: str, target: str):
-    import importlib
-    import importlib.util
-    from pathlib import Path
-
     try:
         if not target.endswith(".py"):
             return _run_module(reference, target, lambda: importlib.import_module(target))
@@ -253,9 +250,6 @@ def _import_target(reference: str, target: str):
 def _run_module(reference: str, where, load):
     """Import a reward's module by ``load`` with ``sys.argv`` holding only its name (no sarashina-grpo flags to parse
     at import); its exit becomes a ``KeyError``."""
-    import io
-    import sys
-
     argv, sys.argv = sys.argv, [str(where)]
     said, exited = io.StringIO(), None
     try:

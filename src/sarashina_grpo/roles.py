@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .project import MAX_PROMPT_CHARS, SettingsError
 from .purity import TAG_RE, split_sections
+from .tables import file_problem
 
 # Placed after the format instructions: the layout stays what the rewards check, the role adds who is speaking.
 ROLE_HEADER = (
@@ -45,8 +46,6 @@ def with_role(system_prompt: str, role: str | None) -> str:
 
 def read_role(path: str | Path) -> str:
     """The role text of a UTF-8 file (a BOM is fine), stripped; ``RoleError`` for a missing or empty file."""
-    from .tables import file_problem
-
     path = Path(path).expanduser()
     if problem := file_problem(path):  # a FIFO or /dev/zero would block or be read forever
         raise RoleError(f"Role file {path}: {problem}. Give a UTF-8 text file holding the role, or pass the role "
