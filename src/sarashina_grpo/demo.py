@@ -94,8 +94,7 @@ def train_prompts() -> list[str]:
 
 
 def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
-    """The warm-started tiny model, cached in ``<artifact_dir>/models/`` under a hash of the recipe; built in a
-    temporary folder, so an interrupted build is never taken for a cache hit."""
+    """The warm-started tiny model, cached under a hash of the recipe (built aside: a cut build is no cache hit)."""
     recipe = dataclasses.replace(demo.warm_start, seed=demo.seed)
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:8]
     cached = Path(artifact_dir) / "models" / f"tiny-warm-seed{demo.seed}-{digest}"

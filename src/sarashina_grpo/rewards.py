@@ -198,8 +198,7 @@ _LOADED: dict[str, RewardFunc] = {}  # one module object per reference: settings
 
 
 def load_reward(reference: str) -> RewardFunc:
-    """The function ``module:function`` or ``path/to/file.py:function`` names, checked to take ``completions`` and
-    ``**kwargs``; ``KeyError`` saying what is wrong."""
+    """The reward ``module:function`` or ``path/to/file.py:function`` names; ``KeyError`` saying what is wrong."""
     if reference in _LOADED:
         return _LOADED[reference]
     target, _, name = reference.rpartition(":")

@@ -7,7 +7,6 @@ What is wrong with the file as a file (missing, a pipe, too big, its encoding, i
 from __future__ import annotations
 
 import codecs
-import contextlib
 import csv
 import errno
 import io
@@ -26,7 +25,8 @@ MAX_LINES_NAMED = 8  # lines named in one message; the rest are counted
 # Far above any prompt set (the article's has ~100 rows): a bigger file is most likely the wrong one (a log, a dump).
 MAX_FILE_BYTES = 50 * 2**20
 MAX_ROWS = 1_000_000
-UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff]")
+# What no Japanese cp932 text decodes to: U+FFFD (an undecodable byte), control or private-use characters.
+UNLIKELY_CP932 = re.compile("[\x00\x80-\x9f\xa0\ue000-\uf8ff\ufffd]")
 DEBUG_ENV = "SARASHINA_GRPO_DEBUG"  # set: tracebacks as well as the one line (errors.py, notebook_lines)
 
 
@@ -64,11 +64,8 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as utf8_err:
         check_mostly_utf8(raw, path)
-        text = None
-        with contextlib.suppress(UnicodeDecodeError):
-            text = raw.decode("cp932")  # cp932 is Windows' superset of Shift_JIS, what Excel writes in Japan
-        # cp932 maps bytes no Japanese text uses to control or private-use characters: then the guess is wrong.
-        if text is None or UNLIKELY_CP932.search(text):
+        text = raw.decode("cp932", errors="replace")  # Windows' superset of Shift_JIS, what Excel writes in Japan
+        if UNLIKELY_CP932.search(text):  # the guess is wrong
             raise DataError(f"{path}: not valid UTF-8 (byte {utf8_err.start}) nor Shift_JIS/cp932. Save the file as "
                             "UTF-8 (Excel: 'CSV UTF-8').") from None
         logger.warning("%s is not UTF-8; decoded it as Shift_JIS (cp932). Save it as UTF-8 to avoid guessing.", path)
@@ -94,8 +91,7 @@ def check_mostly_utf8(raw: bytes, path: Path) -> None:
 
 
 def file_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be read as a file, in words that follow its name, or None for a regular file. ``stat``
-    only: opening a FIFO would wait for a writer forever."""
+    """Why ``path`` is no regular file, in words that follow its name, or None; by ``stat``: a FIFO would block."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -155,8 +151,7 @@ def _csv_table(path: Path):
 
 
 def _table_of(objects: list[tuple[int, dict]]):
-    """(header, records) of (line, mapping) pairs, the keys as columns; None and NaN are a blank cell, other values
-    stay as they are (``data.py`` refuses them where text is meant)."""
+    """(header, records) of (line, mapping) pairs, the keys as columns; None and NaN are blank, other values kept."""
     header = list(dict.fromkeys(key for _, obj in objects for key in obj))
     return header, ((line, ["" if (v := obj.get(key)) is None or isinstance(v, float) and math.isnan(v) else v
                             for key in header]) for line, obj in objects)

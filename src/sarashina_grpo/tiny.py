@@ -35,8 +35,7 @@ TAG_LINES = ["<think>\n", "\n</think>\n", "<response>\n", "\n</response>"]
 
 
 def build_tokenizer(vocab_size: int):
-    """The byte-level BPE of ``vocab_size`` ids, its merges learnt from the project's prompts, the system prompt and
-    the tag layout."""
+    """A byte-level BPE of ``vocab_size`` ids, its merges learnt from the project's prompts and the tag layout."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
