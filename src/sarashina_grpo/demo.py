@@ -89,10 +89,6 @@ class DemoResult:
         return demo_table(self.before, self.after)
 
 
-def train_prompts() -> list[str]:
-    return [r.prompt for r in check_prompts(project_path(TRAIN_DATA))]
-
-
 def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
     """The warm-started tiny model, cached under a hash of the recipe (built aside: a cut build is no cache hit)."""
     recipe = dataclasses.replace(demo.warm_start, seed=demo.seed)
@@ -105,7 +101,7 @@ def warm_model(artifact_dir: Path, demo: DemoSettings) -> Path:
     with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".building-") as tmp:
         base = build_model(Path(tmp) / "tiny", "tiny", seed=demo.seed)
         recipe = dataclasses.replace(recipe, model=str(base), output=str(Path(tmp) / "warm"))
-        shutil.move(str(warm_start(recipe, train_prompts())), str(cached))
+        shutil.move(str(warm_start(recipe)), str(cached))  # synthetic over the training prompts (TRAIN_DATA)
     return cached
 
 
