@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Settings, load_settings
 from .data import check_prompts
-from .evaluation import chart_label, generate_outputs, write_eval
+from .evaluation import DEFAULT_EVAL_DATA, chart_label, generate_outputs, write_eval
 from .inference import GenerationSettings
 from .preflight import check_model
 from .project import DEFAULT_REWARDS, default_artifact_dir, project_path, setting
@@ -31,7 +31,6 @@ from .warmstart import DEMO_RECIPE, WarmStart, warm_start
 logger = logging.getLogger("sarashina_grpo.demo")  # not "__main__" under `python -m`
 
 TRAIN_DATA = "datasets/smalltalk.csv"  # relative to the project folder (project.project_path)
-EVAL_DATA = "datasets/eval.csv"
 TABLE_KEYS = ("strict_format_rate", "soft_format_rate", "xmlcount_mean", "think_purity_mean", "purity_mean")
 # What the reward-curve plot draws from trainer.state.log_history (TRL's names).
 CURVE_KEYS = ("rewards/strict_format_reward/mean", "rewards/soft_format_reward/mean",
@@ -130,7 +129,7 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
         settings = demo.settings(warm)
         mark = time.monotonic()
         model, tokenizer = load_model(check_model(settings, training=False), lora=False)
-        held_out = check_prompts(project_path(EVAL_DATA))[:demo.eval_limit]
+        held_out = check_prompts(project_path(DEFAULT_EVAL_DATA))[:demo.eval_limit]
         before_outputs = sampled_outputs(model, tokenizer, demo, [r.prompt for r in held_out])
         del model
         seconds["eval_before"] = round(time.monotonic() - mark, 1)
@@ -153,7 +152,7 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
         trainer.model.eval()
         after_outputs = sampled_outputs(trainer.model, trainer.processing_class, demo, [r.prompt for r in held_out])
         seconds["eval_after"] = round(time.monotonic() - mark, 1)
-        meta = {"model": str(warm), "data": str(project_path(EVAL_DATA)),
+        meta = {"model": str(warm), "data": str(project_path(DEFAULT_EVAL_DATA)),
                 "generation": dataclasses.asdict(demo.generation()), "samples_per_prompt": demo.eval_samples_per_prompt}
         before = write_eval(before_outputs, paths.output_dir / "eval" / "before", {**meta, "stage": "before"})
         after = write_eval(after_outputs, paths.output_dir / "eval" / "after", {**meta, "stage": "after GRPO"})
