@@ -62,6 +62,14 @@ def test_train_help_lists_the_projects_flags_before_trls_and_every_flag_once(cap
     assert flags[flags.index("--dynamic-sampling") + 1] == "--no-dynamic-sampling"
 
 
+def test_train_help_shows_list_defaults_as_the_names_a_flag_takes(capsys):
+    text = " ".join(help_of("train", capsys=capsys).split())
+    # why: list defaults showed as Python lists (['xmlcount', ...]), which no flag takes
+    assert "(default: xmlcount, soft_format, strict_format) [article recipe: xmlcount, soft_format, strict_format]" \
+        in text
+    assert "['" not in text
+
+
 def test_a_commands_no_flag_says_what_it_turns_off(capsys):
     line = next(x for x in help_of("export", capsys=capsys).splitlines() if x.startswith("  --no-private "))
     assert "turn --private off" in line

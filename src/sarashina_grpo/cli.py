@@ -19,7 +19,7 @@ import typing
 
 from . import setup_logging
 from .commands import COMMANDS
-from .project import SettingsError, check_address_space, did_you_mean
+from .project import SettingsError, check_address_space, did_you_mean, shown
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -178,7 +178,7 @@ def train_parser() -> argparse.ArgumentParser:
         elif action.dest in RUN_OWNED:  # TRL's fields that the project sets: the flag is refused with this reason
             action.help = f"not taken: {RUN_OWNED[action.dest]}"
         elif action.dest in recipe and action.option_strings and action.help:
-            action.help += f" [article recipe: {recipe[action.dest]}]"
+            action.help += f" [article recipe: {shown(recipe[action.dest])}]"
     # --help: the project's ~40 flags first, not after TRL's ~230 (the order of the dataclass' fields)
     options, run = (next(g for g in parser._action_groups if g.title == title) for title in ("options", "run"))
     own = set(vars(Settings)["__annotations__"]) | {f.name for f in dataclasses.fields(CpuOptions)} | {"help", "config"}

@@ -208,14 +208,19 @@ class OnOff(argparse.BooleanOptionalAction):
         super().__init__(*args, **kwargs)
 
 
+def shown(value) -> str:
+    """A value as --help shows it: names comma-separated, mappings as JSON."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return ", ".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
 def setting(default, help: str, *, flag: str | None = None, factory=None, shown_as: str | None = None,
             **parser_options):
     """A dataclass field whose ``metadata`` is its command-line flag as ``HfArgumentParser`` reads it: the help with
     the default (``shown_as`` for a long one), a short alias (``flag``), ``add_argument`` options (``choices``, …)."""
     value = factory() if factory is not None else default
-    if isinstance(value, tuple | dict):  # as --help shows it: names comma-separated, mappings as JSON
-        value = ",".join(map(str, value)) if isinstance(value, tuple) else json.dumps(value)
-    text = help if value is None else f"{help} (default: {shown_as or value})"
+    text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
     metadata = {"help": text, **parser_options}
     if flag:
         metadata["aliases"] = [flag]
