@@ -363,6 +363,14 @@ def test_a_missing_system_prompt_file_is_named_by_its_flag(command, tmp_path, ca
     assert f"error: --system-prompt-file: file not found: {tmp_path / 'missing.txt'}." in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["infer", "--model", "tiny", "こんにちは"], ["eval", "--model", "tiny"]])
+def test_a_system_prompt_and_a_file_together_are_refused(command, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("短く答えてください。", encoding="utf-8")
+    assert main([*command, "--system-prompt", "丁寧に", "--system-prompt-file", str(tmp_path / "p.txt")]) == 2
+    # why: the file replaced the prompt given beside it, silently
+    assert "error: --system-prompt and --system-prompt-file are both given" in capsys.readouterr().err
+
+
 def write_run(tmp_path, settings) -> str:
     run = tmp_path / "outputs" / "r1"
     run.mkdir(parents=True)

@@ -171,6 +171,22 @@ def test_system_prompt_can_come_from_a_file(tmp_path):
     assert article_settings(system_prompt_file=str(tmp_path / "p.txt")).system_prompt == "短く答えてください。"
 
 
+def test_a_system_prompt_and_a_file_from_one_source_are_refused(tmp_path):
+    (tmp_path / "p.txt").write_text("短く答えてください。", encoding="utf-8")
+    # why: the file replaced the prompt given beside it, silently
+    with pytest.raises(SettingsError, match="system_prompt and system_prompt_file are both given"):
+        article_settings(system_prompt="丁寧に答えてください。", system_prompt_file=str(tmp_path / "p.txt"))
+
+
+def test_a_later_system_prompt_beats_an_earlier_file(tmp_path):
+    (tmp_path / "p.txt").write_text("短く答えてください。", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(f"system_prompt_file: {tmp_path / 'p.txt'}\n", encoding="utf-8")
+    # why: a flag beat a recipe everywhere but here, where the recipe's file won
+    settings = load_settings({"system_prompt": "丁寧に答えてください。"}, recipe=tmp_path / "r.yaml")
+    assert (settings.system_prompt, settings.system_prompt_file) == ("丁寧に答えてください。", None)
+    assert load_settings({}, recipe=tmp_path / "r.yaml").system_prompt == "短く答えてください。"
+
+
 def test_missing_system_prompt_file_is_one_clear_error(tmp_path):
     with pytest.raises(SettingsError, match=r"--system-prompt-file\): file not found"):
         article_settings(system_prompt_file=str(tmp_path / "nope.txt"))

@@ -372,6 +372,14 @@ def article() -> dict:
     return load_recipe(ARTICLE_RECIPE)
 
 
+def check_one_system_prompt(source: str, layer: dict) -> None:
+    """One source giving both a system prompt and a file: the file would win silently."""
+    prompt = layer.get("system_prompt", project.SYSTEM_PROMPT)
+    if layer.get("system_prompt_file") is not None and prompt != project.SYSTEM_PROMPT:
+        raise SettingsError(f"{source}: system_prompt and system_prompt_file are both given; the file would replace "
+                            "the prompt. Keep one (CLI --system-prompt or --system-prompt-file).")
+
+
 def load_settings(values: dict | None = None, *, recipe: str | Path | None = None, base: dict | None = None,
                   source: str = "settings") -> Settings:
     """Settings from layers: ``base`` (default: the article's recipe) < ``recipe`` < ``values`` (flags, SETTINGS)."""
@@ -390,6 +398,10 @@ def load_settings(values: dict | None = None, *, recipe: str | Path | None = Non
                 raise SettingsError(f"{name}: unknown setting {key!r}{project.did_you_mean(str(key), FIELDS)}. "
                                     "Settings are the fields of TRL's GRPOConfig and of sarashina_grpo.config.Settings "
                                     "(`sarashina-grpo train --help`).")
+        if layer is not layers[0][1]:  # the base (a resumed run's run.json) records the asked prompt beside its file
+            check_one_system_prompt(name, layer)
+        if "system_prompt" in layer and "system_prompt_file" not in layer:  # a later prompt beats an earlier file
+            merged["system_prompt_file"] = None
         merged.update(layer)
     for key in RUN_OWNED:
         if merged.get(key) is not None:

@@ -119,6 +119,9 @@ class ModelOptions:
         changes = {"load_in_4bit": project.cuda_available()} if self.load_in_4bit is None else {}
         if self.system_prompt_file:
             changes["system_prompt"] = project.read_text_setting(self.system_prompt_file, "--system-prompt-file")
+            if self.system_prompt not in (SYSTEM_PROMPT, changes["system_prompt"]):  # resolved already: the file's
+                raise project.SettingsError("--system-prompt and --system-prompt-file are both given; the file would "
+                                            "replace the prompt. Keep one.")
         return dataclasses.replace(self, **changes)
 
 
