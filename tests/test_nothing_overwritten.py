@@ -58,6 +58,15 @@ def test_build_tiny_refuses_an_empty_path_and_writes_nothing(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.parametrize("command", [["eval", "--model", "tiny", "--compare", "missing"],
+                                     ["train", "--model", "tiny", "--data", "missing.csv"]])
+def test_a_refused_command_leaves_no_new_artifact_folder(command, tmp_path):
+    code, err = cli(*command, "--artifact-dir", str(tmp_path / "new" / "artifact"))
+    assert code == 2 and "error: " in err
+    # why: the writability check made the folder, and a refusal after it left it behind, empty
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_build_tiny_refuses_a_folder_with_files(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     code, err = cli("build-tiny", str(tmp_path))

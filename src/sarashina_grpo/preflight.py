@@ -6,6 +6,7 @@ that ``export``, ``warmstart`` and ``modeling`` share them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -76,12 +77,18 @@ class CheckedRun:
 
 
 def unwritable(folder: Path) -> str | None:
-    """Why no file can be created in ``folder`` (made when missing), or None: a save fails now, not after hours."""
+    """Why no file can be created in ``folder``, or None: a save fails now, not after hours. The folders it makes to
+    find out are removed again, so that a command refused later leaves nothing behind."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.NamedTemporaryFile(dir=folder).close()
     except OSError as err:
         return err.strerror
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
     return None
 
 
