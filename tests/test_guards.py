@@ -211,3 +211,11 @@ def test_the_llama_layers_are_accepted_and_other_architectures_are_left_to_peft(
     check_lora_targets("tiny", article_settings().lora_target_modules)  # the seven projections of the default
     check_lora_targets(str(other), ("c_attn",))
     assert (model_type_of("tiny"), model_type_of(str(other)), model_type_of("org/unknown")) == ("llama", "gpt2", None)
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_save_total_limit_of_zero_or_less_warns_that_every_checkpoint_is_kept(limit):
+    (warning,) = settings_warnings(article_settings(save_total_limit=limit))
+    # why: transformers reads 0 or less as no limit; a user asking to keep none would fill the disk
+    assert warning.startswith(f"save_total_limit {limit} keeps every checkpoint") and "--save-total-limit" in warning
+    assert settings_warnings(article_settings(save_total_limit=1)) == []

@@ -159,6 +159,10 @@ def settings_warnings(settings: Settings) -> list[str]:
     if 0 < settings.learning_rate < NO_UPDATE_LEARNING_RATE:
         found.append(f"learning_rate {settings.learning_rate:g} is so small that every update rounds to no change in "
                      "the weights: training would do nothing. The article's run uses 5e-06 (CLI --learning-rate).")
+    if settings.save_total_limit is not None and settings.save_total_limit <= 0:
+        found.append(f"save_total_limit {settings.save_total_limit} keeps every checkpoint: transformers reads 0 or "
+                     "less as no limit, not as none kept. Give 1 or more to keep that many, or leave it unset "
+                     "(CLI --save-total-limit).")
     if 0 < settings.temperature < NEAR_GREEDY_TEMPERATURE:
         found.append(f"temperature {settings.temperature:g} makes the completions of a group nearly identical; GRPO "
                      "learns only from their differences, so most steps would change nothing. Use about 0.7-1.0 "
