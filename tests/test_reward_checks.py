@@ -315,3 +315,5 @@ def test_training_with_an_infinite_reward_stops_with_one_line(tmp_path, reward_f
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert len(errors) == 1 and "returned inf for completion 1 at step 1" in errors[0]
+    # why: the error was written onto the progress bar's open line, and the bar drawn again after it
+    assert result.stderr.splitlines()[-1].startswith("error: ")

@@ -282,6 +282,8 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
 def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume: str | None = None):
     """``trainer.train()`` with Ctrl-C/SIGTERM as save-then-stop (``trainer.interrupted``: the signal's name); return
     the trainer. ``stop_grace_s`` and ``resume``: see ``callbacks.GracefulInterrupt``."""
+    from transformers import ProgressCallback
+
     from .callbacks import GracefulInterrupt
 
     paths = run.paths
@@ -296,6 +298,11 @@ def run_training(trainer, run: Run, *, stop_grace_s: float | None = None, resume
     interrupt.install()
     try:
         trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    except BaseException:  # a failed step leaves the progress bar's line open: end it before the error line
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                callback.training_bar.close()
+        raise
     finally:
         interrupt.uninstall()
         trainer.remove_callback(interrupt)
