@@ -341,6 +341,14 @@ def test_relative_checkpoint_path_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
     assert "no such folder" in error_of(check_model_name, "outputs/run/checkpoint-5")
 
 
+def test_a_missing_relative_model_path_names_the_folder_it_was_read_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # why: a notebook's '../artifact/...' failed from another working folder, without saying which one it was read from
+    assert f"no such folder (a relative path is read from the working folder, {tmp_path})." in error_of(
+        check_model_name, "../artifact/outputs/run/checkpoint-5")
+    assert "working folder" not in error_of(check_model_name, str(tmp_path / "missing"))
+
+
 def test_half_written_checkpoint_without_adapter_files_is_named_as_such(tmp_path):
     folder = tmp_path / "checkpoint-20"
     folder.mkdir()

@@ -639,7 +639,8 @@ def check_model_name(name: str) -> None:
     if path.is_file():
         raise ModelNotFoundError(f"{model_label(name)} is a file, not a model folder. {examples}")
     if not path.is_dir():
-        raise ModelNotFoundError(f"{model_label(name)}: no such folder.{sibling_hint(path) or ' ' + examples}")
+        where = "" if path.is_absolute() else f" (a relative path is read from the working folder, {Path.cwd()})"
+        raise ModelNotFoundError(f"{model_label(name)}: no such folder{where}.{sibling_hint(path) or ' ' + examples}")
     kind = folder_kind(path)
     if kind.adapter or kind.model:
         check_loadable(path)  # files cut off, overwritten or NaN: one message now, not a traceback after loading
