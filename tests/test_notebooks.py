@@ -64,6 +64,13 @@ def test_finetuning_reports_finished_step(finetuned):
     assert "finished at step 2" in outputs_text(nb)
 
 
+def test_finetuning_hides_the_messages_the_command_line_hides(finetuned):
+    _, nb = finetuned
+    # why: the notebooks imported Unsloth before the package's filter, so torch's and bitsandbytes' known-harmless
+    # warnings (one inviting a useless `pip install kernels`) showed in the first cell
+    assert "is an Enum subclass" not in outputs_text(nb) and "kernels-community" not in outputs_text(nb)
+
+
 def test_finetuning_shows_the_algorithm_the_trainer_runs(finetuned):
     _, nb = finetuned
     # why: the article recipe's algorithm, read back from the trainer (not the libraries' defaults)

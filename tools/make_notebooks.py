@@ -61,14 +61,16 @@ from pathlib import Path
 root = Path.cwd() if (Path.cwd() / "notebooks").is_dir() else Path.cwd().parent
 os.environ.setdefault("SARASHINA_GRPO_HOME", str(root))
 
-import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
-
 from sarashina_grpo import setup_logging
+from sarashina_grpo.noise import import_unsloth
+
+setup_logging()  # the package's INFO lines, as the CLI prints them, without the libraries' known-harmless ones
+import_unsloth()  # first: Unsloth patches transformers and TRL on import
+
 from sarashina_grpo.config import load_settings, recipe_values
 from sarashina_grpo.modeling import use_cpu_threads
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
-setup_logging()  # the package's INFO lines, as the CLI prints them
 use_cpu_threads()  # without a GPU, the CLI's one thread (faster for small models on shared cores)
 held_out = {"eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT}  # None: the recipe's value stays
 overrides = {**{k: v for k, v in held_out.items() if v is not None}, **SETTINGS}
@@ -172,16 +174,18 @@ from pathlib import Path
 root = Path.cwd() if (Path.cwd() / "notebooks").is_dir() else Path.cwd().parent
 os.environ.setdefault("SARASHINA_GRPO_HOME", str(root))
 
-import unsloth  # noqa: F401  (first: Unsloth patches transformers and TRL on import)
-
 from sarashina_grpo import setup_logging
+from sarashina_grpo.noise import import_unsloth
+
+setup_logging()  # the package's INFO lines, as the command line shows them, without the libraries' known-harmless ones
+import_unsloth()  # first: Unsloth patches transformers and TRL on import
+
 from sarashina_grpo.evaluation import check_eval_name, eval_name_for
 from sarashina_grpo.inference import Chat, GenerationSettings, answer, load_for_inference, read_role
 from sarashina_grpo.modeling import model_for_this_machine
 from sarashina_grpo.options import ModelOptions
 from sarashina_grpo.preflight import check_inference_notebook, check_model
 
-setup_logging()  # the package's INFO lines, as the command line shows them
 check_inference_notebook(globals())  # the parameters above, each of a kind the cells below can use
 model_name = model_for_this_machine(MODEL_NAME)
 EVAL_NAME = EVAL_NAME or eval_name_for(model_name)
