@@ -42,7 +42,9 @@ def cli(*args, cwd=None, timeout=600):
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_has_help(command, capsys):
-    assert "usage: sarashina-grpo" in help_of(command, capsys=capsys)
+    text = help_of(command, capsys=capsys)
+    assert "usage: sarashina-grpo" in text
+    assert "(default: )" not in text  # why: eval --compare's empty list showed as an empty default
 
 
 def test_a_no_flag_says_what_it_turns_off_instead_of_repeating_the_flags_help(capsys):
@@ -68,6 +70,22 @@ def test_train_help_shows_list_defaults_as_the_names_a_flag_takes(capsys):
     assert "(default: xmlcount, soft_format, strict_format) [article recipe: xmlcount, soft_format, strict_format]" \
         in text
     assert "['" not in text
+
+
+def test_every_no_flag_of_train_follows_its_flag_in_help(capsys):
+    flags = re.findall(r"^  (--[\w-]+)", help_of("train", capsys=capsys), flags=re.M)
+    # why: ~40 of TRL's --no-x came at the very end of --help, after --vllm, far from their --x
+    for at, flag in enumerate(flags):
+        if flag.startswith("--no-"):
+            assert flags[at - 1] == "--" + flag[5:], flag
+
+
+@pytest.mark.parametrize(("argv", "expected"), [(["--bf16"], True), (["--bf16", "false"], False),
+                                                (["--no-bf16"], False), (["--tf32"], True)])
+def test_trls_unset_able_switches_take_no_value_like_the_others(argv, expected):
+    # why: `train --bf16` failed with "expected one argument" while `--fp16` alone worked
+    parsed = vars(parse_args(["train", *argv]))
+    assert parsed[argv[0].removeprefix("--no-").removeprefix("--")] is expected
 
 
 def test_a_commands_no_flag_says_what_it_turns_off(capsys):

@@ -160,12 +160,16 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument(FLAGS["use_vllm"], dest="use_vllm", action="store_true",
                         help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
     for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
-        if hint is bool and FIELDS[name].default is not True:
-            parser.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false")  # help: given
+        no_flag = f"--no-{name.replace('_', '-')}"
+        taken = no_flag in parser._option_string_actions  # the project's on/off flags have theirs
+        if hint in (bool, bool | None) and FIELDS[name].default is not True and not taken:
+            parser.add_argument(no_flag, dest=name, action="store_false")  # help: given
     parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml, or its "
                         "name: dapo); flags override it")
     recipe = article()  # TRL's help gives TRL's defaults; a run starts from the article's
     for action in parser._actions:
+        if action.nargs is None and action.option_strings and HINTS.get(action.dest) == bool | None:
+            action.nargs, action.const = "?", True  # TRL's unset-able switches (--bf16, --tf32): alone, true
         if action.dest == "run_name":
             action.help = "the run's name: its folders logs/<name>/ and outputs/<name>/ (-2, -3, ... added when " \
                           "taken) and its name in wandb or trackio; unset: a timestamp"
@@ -183,15 +187,22 @@ def train_parser() -> argparse.ArgumentParser:
     options, run = (next(g for g in parser._action_groups if g.title == title) for title in ("options", "run"))
     own = set(vars(Settings)["__annotations__"]) | {f.name for f in dataclasses.fields(CpuOptions)} | {"help", "config"}
     project_group = parser.add_argument_group("the project's settings")
-    mine = [a for a in options._group_actions if a.dest in own]
-    offs = {a.dest: a for a in mine if isinstance(a, argparse._StoreFalseAction)}  # each --no-x right after its --x
-    project_group._group_actions[:] = [b for a in mine if a not in offs.values()
-                                       for b in ((a, offs[a.dest]) if a.dest in offs else (a,))]
-    options._group_actions[:] = [a for a in options._group_actions if a.dest not in own]
+    project_group._group_actions[:] = paired([a for a in options._group_actions if a.dest in own])
+    options._group_actions[:] = paired([a for a in options._group_actions if a.dest not in own])
     options.title = "TRL's GRPOConfig and transformers' TrainingArguments"
     parser._action_groups[:] = [g for g in parser._action_groups if g not in (project_group, run, options)] + [
         project_group, run, options]
     return parser
+
+
+def paired(actions: list) -> list:
+    """``actions`` with each --no-x right after its --x, not after every other flag (the order they were added in)."""
+    offs = [a for a in actions if isinstance(a, argparse._StoreFalseAction)]
+    after = {}
+    for off in offs:
+        after.setdefault(off.dest, []).append(off)
+    placed = [b for a in actions if a not in offs for b in (a, *after.pop(a.dest, []))]
+    return placed + [off for off in offs if off not in placed]
 
 
 def top_parser() -> argparse.ArgumentParser:

@@ -220,7 +220,7 @@ def setting(default, help: str, *, flag: str | None = None, factory=None, shown_
     """A dataclass field whose ``metadata`` is its command-line flag as ``HfArgumentParser`` reads it: the help with
     the default (``shown_as`` for a long one), a short alias (``flag``), ``add_argument`` options (``choices``, …)."""
     value = factory() if factory is not None else default
-    text = help if value is None else f"{help} (default: {shown_as or shown(value)})"
+    text = help if value is None or value == [] else f"{help} (default: {shown_as or shown(value)})"
     metadata = {"help": text, **parser_options}
     if flag:
         metadata["aliases"] = [flag]
