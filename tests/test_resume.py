@@ -311,6 +311,9 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint_and_reaches_the_pl
     run, k = killed_and_resumed["run"], killed_and_resumed["killed_at"]
     assert f"Resuming run r from {run / f'checkpoint-{k}'}" in killed_and_resumed["output"]
     assert f"Finished at step {MAX_STEPS}" in killed_and_resumed["output"]
+    # why: the last line named the run's folder but neither the checkpoint to try nor how
+    assert re.search(rf"Try it: (uv run )?sarashina-grpo infer --model {re.escape(str(run))}/checkpoint-{MAX_STEPS} ",
+                     killed_and_resumed["output"])
     assert state_of(run / f"checkpoint-{MAX_STEPS}")["global_step"] == MAX_STEPS
     assert [p.name for p in (killed_and_resumed["artifact"] / "outputs").iterdir()] == ["r"]  # no new run
 

@@ -104,6 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
     use_cpu_threads(threads)
     model, tokenizer = load_model(run)
     from .callbacks import CompactProgress  # one short line per log, not transformers' dict of every metric
+    from .checkpoints import newest_complete_in
 
     artifact = f" --artifact-dir {run_options.artifact_dir}" if run_options.artifact_dir else ""
     uv = "uv run " if os.environ.get("UV_RUN_RECURSION_DEPTH") else ""  # set by `uv run` for its child
@@ -120,6 +121,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 130  # the shell's code for "ended by SIGINT"
     on = f" on {processes} processes" if (processes := trainer.accelerator.num_processes) > 1 else ""
     print(f"Finished at step {step}{on}. Checkpoints: {paths.output_dir}  Logs: {paths.log_dir}")
+    if newest := newest_complete_in(paths.output_dir):
+        print(f"Try it: {uv}sarashina-grpo infer --model {newest} \"週末は何をしよう？\"  (or eval --model, export)")
     return 0
 
 
