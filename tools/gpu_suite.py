@@ -378,6 +378,7 @@ def run_row(summary: dict) -> Row:
 
 
 def not_run_row(reason: str, commit: str) -> Row:
+    reason = reason.replace("|", "/")  # a "|" would end the table's cell, and the table would no longer read back
     return Row(datetime.date.today().isoformat(), "–", commit, "–", f"{NOT_RUN}: {reason}", "–")
 
 
