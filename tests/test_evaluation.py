@@ -182,6 +182,16 @@ def test_the_comparison_says_when_the_evaluations_decoded_differently():
         "512 new tokens; b: sampled at temperature 1.0, top_p 1.0, up to 64 new tokens.")
 
 
+def test_the_comparison_says_when_the_evaluations_scored_different_prompts():
+    few = {**GREEDY, "data": "datasets/eval.csv", "prompts": 8}
+    table = comparison_table({"a": {"meta": few}, "b": {"meta": {**few, "prompts": 135}}})
+    # why: the notebook put n=8 beside n=135 without a word (EVAL_LIMIT on one side only)
+    assert table.strip().splitlines()[-1] == (
+        "Note: these evaluations scored different prompts, so their rates are not of the same questions: a: 8 of "
+        "datasets/eval.csv; b: 135 of datasets/eval.csv.")
+    assert "Note" not in comparison_table({"a": {"meta": few}, "b": {"meta": few}})
+
+
 def test_the_same_decoding_with_another_batch_size_gets_no_note():
     other = {**GREEDY, "generation": {**GREEDY["generation"], "batch_size": 4}}  # why: batching changes no output
     assert "Note" not in comparison_table({"a": {"meta": GREEDY}, "b": {"meta": other}})

@@ -288,9 +288,11 @@ def comparison_table(runs: dict[str, dict]) -> str:
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key in METRIC_KEYS:
         lines.append(f"| {key} | " + " | ".join(rounded(runs[n].get(key), missing="–") for n in names) + " |")
-    known = {}
+    known, scored = {}, {}
     for name, metrics in runs.items():
         meta = metrics.get("meta") or {}
+        if meta.get("prompts") is not None:
+            scored[name] = f"{meta['prompts']} of {meta.get('data', '?')}"
         gen, samples = meta.get("generation"), meta.get("samples_per_prompt", 1)
         if isinstance(gen, dict):
             how = (f"sampled at temperature {gen.get('temperature')}, top_p {gen.get('top_p')}" if gen.get("do_sample")
@@ -299,7 +301,10 @@ def comparison_table(runs: dict[str, dict]) -> str:
                            + (f", {samples} per prompt" if samples != 1 else ""))
     note = ("\nNote: these evaluations decoded differently, so part of any difference comes from that: "
             + "; ".join(f"{name}: {how}" for name, how in known.items()) + ".\n")
-    return "\n".join(lines) + "\n" + (note if len(set(known.values())) > 1 else "")
+    other = ("\nNote: these evaluations scored different prompts, so their rates are not of the same questions: "
+             + "; ".join(f"{name}: {which}" for name, which in scored.items()) + ".\n")
+    return ("\n".join(lines) + "\n" + (note if len(set(known.values())) > 1 else "")
+            + (other if len(set(scored.values())) > 1 else ""))
 
 
 def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
