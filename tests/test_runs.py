@@ -276,6 +276,26 @@ def test_a_new_run_is_locked_until_training_ends(tmp_path, data):
     lock_run(run.paths.output_dir).release()
 
 
+def test_a_new_run_whose_run_json_cannot_be_written_leaves_no_lock_and_no_folder(tmp_path, data, monkeypatch):
+    import sarashina_grpo.runs as runs
+
+    real_write = runs.write_json
+
+    def disk_full(path, info):
+        path.with_name(f".{path.name}.partial").write_text("{")  # cut off mid-write
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs, "write_json", disk_full)
+    settings = article_settings(**RUN_SETTINGS, data_path=str(data))
+    with pytest.raises(OSError, match="No space left"):
+        prepare(settings, artifact_dir=tmp_path, run_name="r")
+    assert not (tmp_path / "outputs" / "r").exists() and not (tmp_path / "logs" / "r").exists()  # else "r-2"
+    monkeypatch.setattr(runs, "write_json", real_write)
+    run = prepare(settings, artifact_dir=tmp_path, run_name="r")  # the retry gets the run and its lock
+    assert run.paths.name == "r" and run.lock.fd is not None
+    run.lock.release()
+
+
 def test_other_ranks_get_a_run_that_holds_no_lock(tmp_path, data):
     run = prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=tmp_path, run_name="r")
     copy = pickle.loads(pickle.dumps(run))  # what broadcast_object_list sends to the other processes

@@ -90,7 +90,15 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
         paths = new_run_paths(artifact_dir, run_name)
         lock = runs.lock_run(paths.output_dir)
         settings = checked.settings.replace(output_dir=str(paths.output_dir), run_name=paths.name)
-        write_run_info(paths, settings)
+        try:
+            write_run_info(paths, settings)
+        except BaseException:  # a full disk: the name and its lock go back, so the next try gets the same run
+            lock.release()
+            for leftover in (runs.LOCK_FILE, f".{RUN_INFO}.partial"):
+                (paths.output_dir / leftover).unlink(missing_ok=True)
+            paths.output_dir.rmdir()
+            paths.log_dir.rmdir()  # new_run_paths made both, empty
+            raise
         return Run(settings, paths, None, checked.rows, checked.eval_rows, lock)
     run_dir, named = checkpoints.locate_resume(artifact_dir, resume)
     if run_name is not None and run_name != run_dir.name:
