@@ -161,7 +161,7 @@ def train_parser() -> argparse.ArgumentParser:
                         help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
     for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
         no_flag = f"--no-{name.replace('_', '-')}"
-        taken = any(no_flag in a.option_strings for a in parser._actions)  # the project's on/off flags have theirs
+        taken = no_flag in parser._option_string_actions  # the project's on/off flags have theirs
         if hint in (bool, bool | None) and FIELDS[name].default is not True and not taken:
             parser.add_argument(no_flag, dest=name, action="store_false")  # help: given
     parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml, or its "
