@@ -19,7 +19,15 @@ import socket
 import time
 from pathlib import Path
 
-from .checkpoints import ADAPTER_WEIGHT_FILES, COMPLETE_MARKER, check_loadable, folder_kind, set_aside_step, step_of
+from .checkpoints import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHT_FILES,
+    COMPLETE_MARKER,
+    check_loadable,
+    folder_kind,
+    set_aside_step,
+    step_of,
+)
 from .modeling import tiny_model_dir
 from .preflight import BASE_MODEL, RUN_INFO, check_new_folder, looks_like_path, missing_local_model, sibling_hint
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
@@ -27,7 +35,6 @@ from .runs import pid_alive, process_started, read_json
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")  # any one loads a tokenizer
 DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: float16 on a GPU without bf16, else bfloat16
 # Settings shown in the model card, in this order; the full record is the run's run.json.

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlparse
 
 from . import project
 from .best import RUN_INFO, resolve_best
-from .checkpoints import check_loadable, folder_kind, newest_complete_in, step_of
+from .checkpoints import ADAPTER_CONFIG, check_loadable, folder_kind, newest_complete_in, step_of
 from .data import DataError, check_prompts, text_problem
 from .errors import hub_unreachable_message, proxy_for, shown_url
 from .options import GenerateOptions, ModelOptions
@@ -700,7 +700,7 @@ def check_finite_model(model, what: str, fix: str) -> None:
 def adapter_base(folder: Path) -> str | None:
     """``base_model_name_or_path`` of the adapter in ``folder``; None where it cannot be read."""
     try:
-        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        base = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return base if isinstance(base, str) else None
@@ -753,7 +753,7 @@ def model_type_of(name: str) -> str | None:
     if name in ("tiny", project.DEFAULT_MODEL_NAME):
         return "llama"
     folder = Path(name).expanduser()
-    if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+    if not (folder / "config.json").is_file() and (folder / ADAPTER_CONFIG).is_file():
         base = adapter_base(folder)
         return model_type_of(base) if base and base != name else None
     try:
@@ -789,7 +789,7 @@ FINGERPRINT_BYTES = 1 << 16
 def weights_folder(name: str) -> Path | None:
     """The local folder (or cached snapshot) of the full weights ``name`` (an adapter: its base) stands for, or None."""
     folder = Path(name).expanduser()
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+    if (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
         base = adapter_base(folder)
         return weights_folder(base) if base and base != name else None
     if folder.is_dir():
