@@ -188,6 +188,16 @@ def test_the_run_check_reads_the_columns_of_the_prompt_file(tmp_path):
     check_rewards_have_columns(settings, check_prompts(path))
 
 
+def test_trls_length_bound_reward_passes_the_run_check(tmp_path):
+    from sarashina_grpo.data import check_prompts
+
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,lang\n週末は何をしよう？,ja\n", encoding="utf-8")
+    settings = article_settings(model_name="tiny", reward_names=("xmlcount", "soft_overlong_punishment"),
+                                data_path=str(path))
+    check_rewards_have_columns(settings, check_prompts(path))  # built for the run's max_completion_length
+
+
 # --- what a reward returns during training ---------------------------------------------------------------------
 
 def wrapped(source: str, reward_file, others: tuple = ()):

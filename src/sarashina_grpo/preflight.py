@@ -107,7 +107,7 @@ def check_rewards_have_columns(settings: Settings, rows) -> None:
     """Each reward finds the columns it needs in the prompt file (``rewards.check_reward_columns``)."""
     columns = {"prompt", "lang", *(rows[0].extra if rows else {})}
     try:
-        check_reward_columns(settings.reward_names, columns, settings.data_path)
+        check_reward_columns(settings.reward_names, columns, settings.data_path, settings.max_completion_length)
     except KeyError as err:
         raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
 

@@ -177,11 +177,13 @@ def check_reward_names(names: Sequence[str], *, max_completion_length: int | Non
     return funcs
 
 
-def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None) -> None:
+def check_reward_columns(names: Sequence[str], columns: Iterable[str], data_path: str | None = None,
+                         max_completion_length: int | None = None) -> None:
     """``KeyError`` when a reward needs a column the prompt file lacks, which would otherwise fail at step 1 after the
     model loads, or (``BUILT_IN_COLUMNS``) score every completion 0 without a word."""
     columns = {c for c in columns if c != "prompt"}  # the prompt reaches rewards as `prompts`
-    for name, func in zip(names, get_reward_funcs(list(names)), strict=True):
+    funcs = get_reward_funcs(list(names), max_completion_length=max_completion_length)
+    for name, func in zip(names, funcs, strict=True):
         needed = list(BUILT_IN_COLUMNS.get(func.__name__, ())) if func in REWARD_FUNCS.values() else []
         with contextlib.suppress(TypeError, ValueError):  # no signature to read (a builtin)
             needed += [p.name for p in inspect.signature(func).parameters.values() if p.default is p.empty
