@@ -409,6 +409,25 @@ def test_a_checkpoint_is_prompted_with_the_system_prompt_its_run_trained_under(t
     assert trained_system_prompt(from_file).system_prompt == "ファイルの指示"
 
 
+def test_a_run_trained_from_a_system_prompt_file_is_prompted_and_exported_with_that_files_text(tmp_path):
+    from sarashina_grpo.config import article_settings
+    from sarashina_grpo.export import model_card
+    from sarashina_grpo.options import ModelOptions
+    from sarashina_grpo.pipeline import new_run_paths, write_run_info
+    from sarashina_grpo.preflight import trained_system_prompt
+
+    (tmp_path / "p.txt").write_text("You are a cat. Think in <think> first.", encoding="utf-8")
+    paths = new_run_paths(tmp_path / "artifact", "r1")
+    write_run_info(paths, article_settings(model_name="tiny", system_prompt_file=str(tmp_path / "p.txt")))
+    checkpoint = paths.output_dir / "checkpoint-4"
+    checkpoint.mkdir()
+    # why: run.json's settings hold the file's path and the article's prompt; the run trained under the file's text
+    assert trained_system_prompt(ModelOptions(model_name=str(checkpoint))).system_prompt == (
+        "You are a cat. Think in <think> first.")
+    card = model_card(checkpoint, merged=False, base="tiny", dtype="bfloat16")
+    assert "SYSTEM_PROMPT = 'You are a cat. Think in <think> first.'" in card
+
+
 @pytest.mark.parametrize("recorded", ["{not json", json.dumps({"settings": {"system_prompt": 3}}),
                                       json.dumps({"settings": {}}), json.dumps([1])])
 def test_a_run_json_without_a_usable_system_prompt_leaves_the_articles(tmp_path, recorded):

@@ -35,11 +35,12 @@ def data(write_csv) -> Path:
 
 
 def resumable_run(artifact: Path, data: Path, *, step: int, planned: int, recorded: int | None = None,
-                  name: str = "r") -> Path:
+                  name: str = "r", **settings) -> Path:
     """A run that started with max_steps ``recorded`` (default ``planned``) and whose newest checkpoint is
     ``step``, trained towards ``planned`` (what the Trainer writes into trainer_state.json)."""
     paths = new_run_paths(artifact, name)
-    write_run_info(paths, article_settings(**RUN_SETTINGS, data_path=str(data), max_steps=recorded or planned))
+    write_run_info(paths, article_settings(**RUN_SETTINGS, **settings, data_path=str(data),
+                                           max_steps=recorded or planned))
     checkpoint = make_checkpoint(paths.output_dir, step)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": planned,
                                                                "log_history": []}))
@@ -338,6 +339,17 @@ def test_allow_data_change_goes_on_with_a_warning_and_records_the_new_file(tmp_p
     assert info["data_sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
     assert info["data_changes"][0]["step"] == 3
     prepared(tmp_path)  # why: the accepted file is the run's file now; the next resume does not ask again
+
+
+def test_resuming_after_the_system_prompt_file_changed_says_so(tmp_path, data, caplog):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("考えてから答えてください。", encoding="utf-8")
+    resumable_run(tmp_path, data, step=3, planned=5, system_prompt_file=str(prompt))
+    prepared(tmp_path)
+    assert "another system prompt" not in caplog.text
+    prompt.write_text("猫として答えてください。", encoding="utf-8")  # the remaining steps would train under this
+    prepared(tmp_path)
+    assert f"Resuming under another system prompt than run r trained under: {prompt} has changed" in caplog.text
 
 
 def test_the_same_data_under_another_path_is_no_change(tmp_path, data):

@@ -31,7 +31,7 @@ from .checkpoints import (
 from .modeling import tiny_model_dir
 from .preflight import BASE_MODEL, RUN_INFO, check_new_folder, looks_like_path, missing_local_model, sibling_hint
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
-from .runs import pid_alive, process_started, read_json
+from .runs import pid_alive, process_started, read_json, trained_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def model_card(checkpoint: Path, *, merged: bool, base: str | None, dtype: str, 
              f"`<response>`. Base model: `{base}`. "
              + (f"The LoRA adapter is merged into the weights ({dtype}): no PEFT needed." if merged else
                 f"LoRA adapter (r={adapter.get('r')}, α={adapter.get('lora_alpha')}) for the base model."), ""]
-    system_prompt = settings.get("system_prompt") or SYSTEM_PROMPT  # the prompt it was trained under
+    system_prompt = trained_prompt(run) or SYSTEM_PROMPT
     lines += ["## Use", "", "It was trained under this system prompt; use it (or one like it) to get the format:", "",
               "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
               f"MODEL = {model!r}  # this folder, or its hub repo id", f"SYSTEM_PROMPT = {system_prompt!r}"]

@@ -32,7 +32,7 @@ from .errors import hub_unreachable_message, proxy_for, shown_url
 from .options import GenerateOptions, ModelOptions
 from .project import HOME_VARIABLE, SettingsError, field_label, finite_number, is_whole, project_dir, project_path
 from .rewards import check_reward_columns, check_reward_names
-from .runs import check_run_name, read_json
+from .runs import check_run_name, read_json, trained_prompt
 from .tables import file_problem
 
 if typing.TYPE_CHECKING:
@@ -215,6 +215,10 @@ def check_resume_settings(settings: Settings, run_dir: Path) -> None:
         # 'auto' is resolved when training starts: say which engine the run used, which may be the one asked now
         ran = f", which ran {info['rollout']!r}" if k == "rollout" and info.get("rollout") not in (None, a) else ""
         logger.warning("Resuming with %s = %r (the run started with %r%s).", k, b, a, ran)
+    if settings.system_prompt_file and "system_prompt_file" not in changed \
+            and trained_prompt(info) not in (None, settings.system_prompt):
+        logger.warning("Resuming under another system prompt than run %s trained under: %s has changed since. "
+                       "Restore it to go on as the run began.", run_dir.name, settings.system_prompt_file)
 
 
 def check_prompt_file(settings: Settings, name: str) -> list:
@@ -321,9 +325,8 @@ def trained_system_prompt(settings: ModelOptions) -> ModelOptions:
             or not looks_like_path(settings.model_name):
         return settings
     run_dir = Path(settings.model_name).expanduser().parent
-    recorded = (read_json(run_dir / RUN_INFO) or {}).get("settings")  # damaged or absent: the default prompt
-    trained = recorded.get("system_prompt") if isinstance(recorded, dict) else None
-    if not isinstance(trained, str) or not trained.strip() or trained == settings.system_prompt:
+    trained = trained_prompt(read_json(run_dir / RUN_INFO) or {})  # damaged or absent: the default prompt
+    if trained is None or trained == settings.system_prompt:
         return settings
     logger.info("System prompt: the one run %s trained under (%s); give --system-prompt (notebook: SYSTEM_PROMPT) "
                 "to use another.", run_dir.name, run_dir / RUN_INFO)

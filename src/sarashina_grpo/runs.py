@@ -148,6 +148,17 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
     return _HELD[path]
 
 
+def trained_prompt(info: dict) -> str | None:
+    """The system prompt a run trained under, from its ``run.json``: TRL's record (a --system-prompt-file's text),
+    else the prompt asked for; None where neither is text."""
+    for part in ("grpo_config", "settings"):
+        record = info.get(part)
+        prompt = record.get("system_prompt") if isinstance(record, dict) else None
+        if isinstance(prompt, str) and prompt.strip():
+            return prompt
+    return None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
