@@ -159,10 +159,10 @@ def train_parser() -> argparse.ArgumentParser:
                         help="--per-device-train-batch-size: completions per device per step")
     parser.add_argument(FLAGS["use_vllm"], dest="use_vllm", action="store_true",
                         help="--use-vllm: generate with vLLM (Unsloth's fast_inference; the 'vllm' extra, CUDA only)")
+    taken = {flag for action in parser._actions for flag in action.option_strings}  # the project's --no-x flags
     for name, hint in HINTS.items():  # a recipe may switch on what TRL leaves off: --no-x turns it off again
         no_flag = f"--no-{name.replace('_', '-')}"
-        taken = no_flag in parser._option_string_actions  # the project's on/off flags have theirs
-        if hint in (bool, bool | None) and FIELDS[name].default is not True and not taken:
+        if hint in (bool, bool | None) and FIELDS[name].default is not True and no_flag not in taken:
             parser.add_argument(no_flag, dest=name, action="store_false")  # help: given
     parser.add_argument("--config", help="YAML recipe laid over the article's (configs/recipes/*.yaml, or its "
                         "name: dapo); flags override it")
