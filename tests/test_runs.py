@@ -39,7 +39,7 @@ def resumable_run(artifact: Path, data: Path, *, step: int, planned: int, record
     """A run that started with max_steps ``recorded`` (default ``planned``) and whose newest checkpoint is
     ``step``, trained towards ``planned`` (what the Trainer writes into trainer_state.json)."""
     paths = new_run_paths(artifact, name)
-    write_run_info(paths, article_settings(**RUN_SETTINGS, **settings, data_path=str(data),
+    write_run_info(paths, article_settings(**{**RUN_SETTINGS, **settings}, data_path=str(data),
                                            max_steps=recorded or planned))
     checkpoint = make_checkpoint(paths.output_dir, step)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": planned,
@@ -339,6 +339,30 @@ def test_allow_data_change_goes_on_with_a_warning_and_records_the_new_file(tmp_p
     assert info["data_sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
     assert info["data_changes"][0]["step"] == 3
     prepared(tmp_path)  # why: the accepted file is the run's file now; the next resume does not ask again
+
+
+def test_a_setting_changed_on_resume_stays_the_runs_on_the_next_resume(tmp_path, data, caplog):
+    run = resumable_run(tmp_path, data, step=3, planned=5)
+    changed = prepared(tmp_path, settings={"save_total_limit": 2, "logging_steps": 3},
+                       given={"save_total_limit", "logging_steps"})
+    assert (changed.settings.save_total_limit, changed.settings.logging_steps) == (2, 3)
+    caplog.clear()
+    again = prepared(tmp_path)  # a plain --resume after Ctrl-C
+    # why: run.json kept the values asked at the first resume; the second rebuilt from it and lost them
+    assert (again.settings.save_total_limit, again.settings.logging_steps) == (2, 3)
+    assert "Resuming with save_total_limit" not in caplog.text and "Resuming with logging_steps" not in caplog.text
+    info = json.loads((run / "run.json").read_text())
+    assert info["settings_changes"][0]["step"] == 3
+    assert info["settings_changes"][0]["previous"] == {"save_total_limit": None, "logging_steps": 1}
+    assert info["grpo_config"]["save_total_limit"] == 2
+
+
+def test_a_run_asked_in_4bit_resumes_in_4bit_unless_told_otherwise(tmp_path, data):
+    resumable_run(tmp_path, data, step=3, planned=5, load_in_4bit=True)  # as a run started on a GPU with --4bit
+    # why: the machine re-decided an explicit choice, so a --no-4bit run resumed on a GPU trained on in 4-bit
+    with pytest.raises(SettingsError, match=r"4-bit loading \(LOAD_IN_4BIT=True\) needs a CUDA GPU"):
+        prepared(tmp_path)
+    assert prepared(tmp_path, settings={"load_in_4bit": False}, given={"load_in_4bit"}).settings.load_in_4bit is False
 
 
 def test_resuming_after_the_system_prompt_file_changed_says_so(tmp_path, data, caplog):

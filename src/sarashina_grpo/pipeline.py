@@ -24,8 +24,9 @@ from .project import SettingsError, cuda_available, default_artifact_dir, multi_
 # config imports Unsloth before TRL; transformers' model code and callbacks are imported inside functions.
 logger = logging.getLogger(__name__)
 
-# Decided by the machine, not the run: a resumed run takes them from this machine unless given again.
-MACHINE_FIELDS = {"load_in_4bit", "use_vllm", "backend"}
+# Decided by the command line, not the run: the process imported Unsloth or TRL by it before any setting was read
+# (commands.import_training_stack), so a resumed run takes the backend from this command unless given again.
+MACHINE_FIELDS = {"backend"}
 
 
 @dataclass
@@ -115,8 +116,8 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
             base = {k: v for k, v in legacy_settings(info["settings"]).items() if k not in RUN_OWNED}
             now = {k: v for k, v in settings.asked().items() if k in given | MACHINE_FIELDS}
             settings = load_settings(now, base=base, source=str(run_dir / RUN_INFO))
-        recorded = (info or {}).get("settings", {}).get("max_steps")
-        max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=recorded,
+        planned = (info or {}).get("settings", {}).get("max_steps")
+        max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=planned,
                                                     explicit=given is None or "max_steps" in given)
         # A run given as a folder outside artifact_dir/outputs keeps its logs next to its outputs.
         logs = artifact_dir / "logs" if run_dir.parent == artifact_dir / "outputs" else run_dir.parent.parent / "logs"
@@ -131,8 +132,13 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
         data = project_path(checked.settings.data_path).resolve()
         changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
         checkpoints.set_aside_newer(run_dir, checkpoint)
+        step = runs.checkpoint_progress(checkpoint)[0]
         if changed:
-            runs.record_data_change(run_dir / RUN_INFO, data, changed, runs.checkpoint_progress(checkpoint)[0])
+            runs.record_data_change(run_dir / RUN_INFO, data, changed, step)
+        before = (info or {}).get("settings", {})
+        if changes := {k: v for k, v in recorded(checked.settings).items()
+                       if k in before and before[k] != v and k not in MACHINE_FIELDS | {"data_path", "run_name"}}:
+            runs.record_settings_change(run_dir / RUN_INFO, changes, step, checked.settings.to_dict())
         logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
         return Run(checked.settings, paths, checkpoint, checked.rows, checked.eval_rows, lock)
     except BaseException:

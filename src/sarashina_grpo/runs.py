@@ -191,6 +191,19 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
     write_json(run_info, info)
 
 
+def record_settings_change(run_info: Path, changes: dict, step: int, grpo_config: dict) -> None:
+    """Keep the settings a resume changed in ``run.json`` (their values before, the step and the time under
+    ``settings_changes``) and TRL's config as it now runs, so that the next resume goes on with them."""
+    info = json.loads(run_info.read_text(encoding="utf-8-sig"))
+    before = info.setdefault("settings", {})
+    info.setdefault("settings_changes", []).append({
+        "step": step, "previous": {k: before.get(k) for k in changes},
+        "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    before.update(changes)
+    info["grpo_config"] = grpo_config
+    write_json(run_info, info)
+
+
 def checkpoint_progress(checkpoint: Path) -> tuple[int, int | None]:
     """(step reached, max_steps it was trained towards) from the checkpoint's trainer state."""
     state = read_json(checkpoint / TRAINER_STATE) or {}  # damage is verify's to report; this reads what it can
