@@ -152,6 +152,13 @@ def test_wrong_answer():
     assert not is_correct(reply("1201円"), "1200")  # off by one is wrong
 
 
+@pytest.mark.parametrize("answer", ["−6", "－6", "-6"])
+def test_the_answer_column_is_read_as_the_response_is(answer):
+    # why: the response's minus signs and full-width digits were normalised, the answer cell's were not
+    assert is_correct(reply("-6度"), answer) and is_correct(reply("−6度"), answer)
+    assert is_correct(reply("1,200円"), "１，２００")
+
+
 def test_unusable_expected_answer_is_never_correct():
     assert not is_correct(reply("5"), "たくさん")  # an answer cell that is not a number
 

@@ -51,7 +51,9 @@ def is_correct(text, answer) -> bool:
     """The response's final number equals ``answer`` (a number or a string such as ``"1,200"``), up to float
     rounding (0.1 + 0.2 counts as 0.3); an unusable or non-finite answer is never matched."""
     try:
-        expected = float(answer.replace(",", "") if isinstance(answer, str) else answer)
+        if isinstance(answer, str):  # read as the response is: "−6" and "１，２００" are numbers too
+            answer = unicodedata.normalize("NFKC", answer).translate(MINUS_SIGNS).replace(",", "")
+        expected = float(answer)
     except (TypeError, ValueError, OverflowError):
         return False
     got = extract_answer(text)
