@@ -147,3 +147,13 @@ def test_a_tiny_run_trains_on_the_fresh_groups(tiny_model_dir, tmp_path):
     assert trainer.dynamic_sampling.totals == {"batches": 2, "flat_groups": 4, "extra_rollouts": 8, "flat_kept": 0}
     logged = [h for h in trainer.state.log_history if "dynamic_sampling/flat_groups" in h]
     assert [h["dynamic_sampling/extra_rollouts"] for h in logged] == [4.0, 4.0]
+
+
+def test_dynamic_sampling_with_a_batch_wide_std_is_refused_before_anything_loads():
+    from sarashina_grpo.config import article_settings
+    from sarashina_grpo.project import SettingsError
+
+    # why: a fresh batch's advantages are scaled by its own std, so the merged batch would mix two scales
+    with pytest.raises(SettingsError, match="Use --scale-rewards group or none with it"):
+        article_settings(dynamic_sampling=True, scale_rewards="batch")
+    assert article_settings(dynamic_sampling=True, scale_rewards="group").dynamic_sampling

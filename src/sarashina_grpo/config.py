@@ -275,6 +275,10 @@ def check_values(settings: Settings) -> None:
     if settings.patience and (not settings.eval_steps or settings.best_metric == "none"):
         raise SettingsError(f"{field_label('patience')} counts held-out evaluations without a new best: it needs "
                             "--eval-steps N and a --best-metric other than 'none'.")
+    if settings.dynamic_sampling and settings.scale_rewards == "batch":  # each fresh batch has its own std
+        raise SettingsError(f"{field_label('dynamic_sampling')} replaces groups with ones scored in another batch, "
+                            "whose advantages a batch-wide std (scale_rewards 'batch') scales differently. Use "
+                            "--scale-rewards group or none with it.")
     if settings.epsilon_high is not None and settings.epsilon_high < settings.epsilon:
         raise SettingsError(f"{field_label('epsilon_high')} ({settings.epsilon_high}) must be at least epsilon "
                             f"({settings.epsilon}).")
