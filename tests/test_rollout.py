@@ -57,10 +57,9 @@ def tiny_llama():
                                         num_attention_heads=2, num_key_value_heads=1))
 
 
-def trainer_of(model, *, use_vllm=False, repetition_penalty=None, min_p=None, backend="unsloth",
-               generation_kwargs=None):
-    """What ``choose`` reads of a TRL ``GRPOTrainer``."""
-    args = SimpleNamespace(use_vllm=use_vllm, backend=backend, generation_kwargs=generation_kwargs)
+def trainer_of(model, *, use_vllm=False, repetition_penalty=None, min_p=None, generation_kwargs=None):
+    """What ``choose`` reads of a TRL ``GRPOTrainer`` (its config: Unsloth's class, without the project's fields)."""
+    args = SimpleNamespace(use_vllm=use_vllm, generation_kwargs=generation_kwargs)
     return SimpleNamespace(model=model, args=args, repetition_penalty=repetition_penalty, min_p=min_p)
 
 
@@ -136,18 +135,18 @@ def mistral():
 
 
 # Each: what 'auto' meets on a GPU that the GPU suite's greedy-agreement test does not cover, and the line it prints
-@pytest.mark.parametrize("trainer, why", [
-    (lambda: trainer_of(biased_llama()), "the fast one does not decode or sample with biased projections"),
-    (lambda: trainer_of(dora_llama()), "the fast one does not decode or sample with DoRA adapters"),
-    (lambda: trainer_of(tiny_llama(), generation_kwargs={"suppress_tokens": [5]}),
+@pytest.mark.parametrize("trainer, backend, why", [
+    (lambda: trainer_of(biased_llama()), "unsloth", "the fast one does not decode or sample with biased projections"),
+    (lambda: trainer_of(dora_llama()), "unsloth", "the fast one does not decode or sample with DoRA adapters"),
+    (lambda: trainer_of(tiny_llama(), generation_kwargs={"suppress_tokens": [5]}), "unsloth",
      "the fast one does not decode or sample with generation_kwargs"),
-    (lambda: trainer_of(mistral()), "the fast one is checked on Llama models only, not this mistral model"),
-    (lambda: trainer_of(tiny_llama(), backend="trl-peft"),
-     "the fast one is checked with --backend unsloth only, not trl-peft"),
+    (lambda: trainer_of(mistral()), "unsloth", "the fast one is checked on Llama models only, not this mistral model"),
+    (lambda: trainer_of(tiny_llama()), "trl-peft", "the fast one is checked with --backend unsloth only, not trl-peft"),
 ], ids=["bias", "dora", "generation_kwargs", "mistral", "trl-peft"])
-def test_auto_keeps_the_default_rollout_where_the_fast_one_is_not_checked_saying_why(cuda, caplog, trainer, why):
+def test_auto_keeps_the_default_rollout_where_the_fast_one_is_not_checked_saying_why(cuda, caplog, trainer, backend,
+                                                                                     why):
     with caplog.at_level(logging.INFO, logger="sarashina_grpo.rollout"):
-        assert choose(trainer(), "auto") == "default"  # why: a crash at the first rollout, or an unchecked engine
+        assert choose(trainer(), "auto", backend) == "default"  # why: a crash at the first rollout, or unchecked
     assert rollout_lines(caplog) == [
         f"rollout='auto' generates with the default rollout: {why} (--rollout default silences this line)."]
 
@@ -176,6 +175,15 @@ def test_the_copy_the_fast_rollout_adds_is_the_3b_models_measured_growth():
     with torch.device("meta"):
         shape = LlamaForCausalLM(LlamaConfig(**SHAPES["sarashina-3b"]))
     assert 5.0 < copy_bytes(shape) / 2**30 < 6.0
+
+
+def test_the_fast_rollout_by_name_refuses_a_sliding_attention_window():
+    from sarashina_grpo.rollout import UnsupportedModelError, install
+
+    trainer = trainer_of(mistral())  # Mistral's config: a 4,096-token window
+    # why: the engine attends to the whole context, the model to its window: past it they would decode differently
+    with pytest.raises(UnsupportedModelError, match="does not decode or sample with a sliding attention window"):
+        install(trainer)
 
 
 def test_the_fast_rollout_by_name_refuses_weights_it_cannot_decode_in_one_error_line():

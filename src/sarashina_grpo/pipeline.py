@@ -238,7 +238,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     from .callbacks import CheckpointMarker, HeldOutEval, NonFiniteGuard, PackingTrust
     from .completions import CompletionLog
     from .data import prompts_dataset
-    from .modeling import lora_config
+    from .modeling import lora_config, resolve_backend
     from .reward_guard import training_rewards
     from .rollout import choose, install
 
@@ -282,7 +282,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     if any(isinstance(c, ProgressCallback) for c in callbacks):  # a caller's own progress display replaces the default
         for default in [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]:
             trainer.remove_callback(default)
-    trainer.rollout = choose(trainer, settings.rollout)
+    trainer.rollout = choose(trainer, settings.rollout, resolve_backend(settings))
     if trainer.rollout == "fast" and install(trainer) is None:
         trainer.rollout = "default"  # an architecture the engine does not decode (install says so)
     if settings.dynamic_sampling:

@@ -565,6 +565,8 @@ def unsupported(trainer) -> str | None:
     config = getattr(language_model(model), "config", None)
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         return "biased projections"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
+        return "a sliding attention window"  # the engine attends to the whole context
     if any(isinstance(dora := getattr(m, "use_dora", None), dict) and any(dora.values()) for m in model.modules()):
         return "DoRA adapters"
     found = [name for name, on in (("repetition_penalty", (trainer.repetition_penalty or 1.0) != 1.0),
@@ -587,9 +589,10 @@ def copy_bytes(model) -> int:
 STEP_HEADROOM_BYTES = 2 << 30
 
 
-def choose(trainer, asked: str) -> str:
+def choose(trainer, asked: str, backend: str = "unsloth") -> str:
     """The rollout for the setting ``asked``: itself, or for 'auto' 'fast' only where the GPU suite checks it exact
-    (a Llama model on a CUDA GPU through Unsloth, sampling it honours) and the card has room for its bf16 weights."""
+    (a Llama model on a CUDA GPU through Unsloth, sampling it honours) and the card has room for its bf16 weights.
+    ``backend``: the run's, resolved (the trainer's config, Unsloth's class in a process that imported it, has none)."""
     if asked != "auto":
         return asked
     args = trainer.args
@@ -600,8 +603,8 @@ def choose(trainer, asked: str) -> str:
     why = None
     if (kind := model_type(trainer.model)) != "llama":
         why = f"the fast one is checked on Llama models only, not this {kind} model"
-    elif getattr(args, "backend", "unsloth") != "unsloth":
-        why = f"the fast one is checked with --backend unsloth only, not {args.backend}"
+    elif backend != "unsloth":
+        why = f"the fast one is checked with --backend unsloth only, not {backend}"
     elif what := unsupported(trainer):
         why = f"the fast one does not decode or sample with {what}"
     else:
