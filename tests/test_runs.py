@@ -297,6 +297,16 @@ def test_a_new_run_whose_run_json_cannot_be_written_leaves_no_lock_and_no_folder
     run.lock.release()
 
 
+def test_an_artifact_folder_given_with_a_tilde_is_under_home(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    run = prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir="~/art", run_name="r")
+    run.lock.release()
+    # why: run.json and the lock went to ./~/art while transformers wrote the checkpoints under $HOME/art
+    assert run.paths.output_dir == tmp_path / "home" / "art" / "outputs" / "r"
+    assert (run.paths.output_dir / "run.json").is_file() and not (tmp_path / "~").exists()
+
+
 def test_other_ranks_get_a_run_that_holds_no_lock(tmp_path, data):
     run = prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=tmp_path, run_name="r")
     copy = pickle.loads(pickle.dumps(run))  # what broadcast_object_list sends to the other processes

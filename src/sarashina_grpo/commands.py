@@ -32,7 +32,7 @@ from .options import (
     given,
     options,
 )
-from .project import SettingsError, default_artifact_dir, process_rank, stop_grace_s
+from .project import SettingsError, artifact_root, process_rank, stop_grace_s
 
 
 def end_process_group(trainer=None) -> None:
@@ -180,7 +180,7 @@ def run_eval(args: argparse.Namespace) -> None:
     check_eval_limit(opts.limit)
     threads = cpu_threads(args)
     gen = generation_settings(args, opts.samples_per_prompt)
-    artifact_dir = opts.artifact_dir or default_artifact_dir()
+    artifact_dir = artifact_root(opts.artifact_dir)
     names = list(opts.compare)
     if opts.compare_only and len(names) < 2:
         raise SettingsError("--compare-only needs at least two evaluations after --compare.")

@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import compat
-from .project import SettingsError, default_artifact_dir
+from .project import SettingsError, artifact_root
 from .rewards import completion_text
 
 COMPLETIONS_FILE = "completions.jsonl"
@@ -84,7 +84,7 @@ class CompletionLog(TrainerCallback):
 def read_completions(run: str | Path, step: int | None = None) -> list[dict]:
     """A run's logged completions (its folder, or its name under ``artifact/outputs/``), oldest first; or ``step``'s."""
     folder = Path(run).expanduser()
-    path = (folder if folder.is_dir() else default_artifact_dir() / "outputs" / str(run)) / COMPLETIONS_FILE
+    path = (folder if folder.is_dir() else artifact_root() / "outputs" / str(run)) / COMPLETIONS_FILE
     if not path.is_file():
         raise SettingsError(f"No completions logged in {path.parent}: a run writes {COMPLETIONS_FILE} at each log "
                             "step. Give a run folder (artifact/outputs/<run>) or a run name.")

@@ -24,7 +24,7 @@ from .data import check_prompts
 from .evaluation import DEFAULT_EVAL_DATA, chart_label, generate_outputs, write_eval
 from .inference import GenerationSettings
 from .preflight import check_model
-from .project import DEFAULT_REWARDS, default_artifact_dir, project_path, setting
+from .project import DEFAULT_REWARDS, artifact_root, project_path, setting
 from .tiny import build_model
 from .warmstart import DEMO_RECIPE, WarmStart, warm_start
 
@@ -120,7 +120,7 @@ def run_demo(artifact_dir: str | Path | None = None, demo: DemoSettings | None =
     from .pipeline import train
 
     demo = demo or DemoSettings()
-    artifact_dir = Path(artifact_dir or default_artifact_dir())
+    artifact_dir = artifact_root(artifact_dir)
     with cpu_threads(demo.threads):
         seconds, started = {}, time.monotonic()
         warm = warm_model(artifact_dir, demo)

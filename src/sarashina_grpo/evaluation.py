@@ -26,7 +26,7 @@ from .arithmetic import is_correct
 from .data import read_rows, select_rows, to_messages
 from .inference import GenerationSettings, generate_counted
 from .preflight import check_eval_limit, check_model, check_writable, metrics_problem
-from .project import SYSTEM_PROMPT, SettingsError, default_artifact_dir, project_path
+from .project import SYSTEM_PROMPT, SettingsError, artifact_root, project_path
 from .purity import has_latin_run, japanese_purity, split_sections
 from .rewards import is_soft_format, is_strict_format, xmlcount_score
 from .roles import think_leak, with_role
@@ -144,7 +144,7 @@ def eval_name_for(model_name: str, prefix: str = "notebook") -> str:
 def check_eval_name(name: str, artifact_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """The writable folder for evaluation ``name``; ``EvalExistsError`` if one lives there (unless ``overwrite``)."""
     check_plain_name(name, "--name", "An evaluation lives in eval/<name>/")
-    root = Path(artifact_dir or default_artifact_dir())
+    root = artifact_root(artifact_dir)
     check_writable(root)
     eval_dir = root / "eval" / name
     if eval_dir.exists() and not eval_dir.is_dir():
@@ -232,7 +232,7 @@ def evaluate_model(settings, name: str, *, threads: int | None = None, **kwargs)
 def eval_folder(run: str | Path, artifact_dir: str | Path | None = None) -> Path:
     if (Path(run) / "metrics.json").exists():
         return Path(run)
-    return Path(artifact_dir or default_artifact_dir()) / "eval" / str(run)
+    return artifact_root(artifact_dir) / "eval" / str(run)
 
 
 def load_metrics(run: str | Path, artifact_dir: str | Path | None = None) -> tuple[str, dict]:
@@ -342,7 +342,7 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path | None = None,
         raise ValueError("Comparing needs at least two evaluations.")
     folders = [eval_folder(r, artifact_dir) for r in runs]
     loaded = dict(zip(comparison_labels(folders), [load_metrics(r, artifact_dir)[1] for r in runs], strict=True))
-    eval_root = Path(artifact_dir or default_artifact_dir()) / "eval"
+    eval_root = artifact_root(artifact_dir) / "eval"
     out_dir = Path(out_dir or eval_root / comparison_folder_name(list(loaded)))
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(loaded)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoints import ADAPTER_FILES
 from .preflight import looks_like_path, lora_targets
-from .project import DEFAULT_MODEL_NAME, cuda_available, default_artifact_dir, torch_dtype
+from .project import DEFAULT_MODEL_NAME, artifact_root, cuda_available, torch_dtype
 
 if typing.TYPE_CHECKING:
     from .config import Settings
@@ -27,7 +27,7 @@ CPU_THREADS = 1
 
 def tiny_model_dir() -> Path:
     """Where ``--model tiny`` is built on first use: ``<project>/artifact/models/tiny``."""
-    return default_artifact_dir() / "models" / "tiny"
+    return artifact_root() / "models" / "tiny"
 
 
 def resolve_model_name(name: str) -> str:

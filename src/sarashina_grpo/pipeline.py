@@ -19,7 +19,7 @@ from . import checkpoints, compat, project, runs
 from .config import RUN_OWNED, Settings, legacy_settings, load_settings
 from .preflight import BASE_MODEL, RUN_INFO, check_run, check_run_options, read_run_info
 from .preflight import check_resume_settings as check_resume_settings  # re-exported
-from .project import SettingsError, cuda_available, default_artifact_dir, multi_process, process_rank, project_path
+from .project import SettingsError, artifact_root, cuda_available, multi_process, process_rank, project_path
 
 # config imports Unsloth before TRL; transformers' model code and callbacks are imported inside functions.
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def prepare(settings: Settings, *, artifact_dir: str | Path | None = None, resum
     run_name = check_run_options(settings.run_name, artifact_dir=artifact_dir, resume=resume, run_name=run_name,
                                  allow_data_change=allow_data_change, resume_weights_only=resume_weights_only)
     project.check_launch_environment()  # WORLD_SIZE left over without a launcher: one line, not accelerate's traceback
-    artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir()
+    artifact_dir = artifact_root(artifact_dir)
     decide = functools.partial(_prepare, settings, artifact_dir, resume, run_name, check_model, given,
                                allow_data_change, resume_weights_only)
     if not multi_process():

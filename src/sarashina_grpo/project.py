@@ -277,8 +277,10 @@ def project_path(path: str | Path) -> Path:
     return path if path.is_absolute() or path.exists() else project_dir() / path
 
 
-def default_artifact_dir() -> Path:
-    return project_dir() / "artifact"
+def artifact_root(given: str | os.PathLike | None = None) -> Path:
+    """The artifact folder: ``given`` (``~`` expanded, as transformers expands the checkpoints' own folder), else
+    ``artifact/`` in the project folder."""
+    return Path(given).expanduser() if given else project_dir() / "artifact"
 
 
 def yaml_loader():
