@@ -173,7 +173,11 @@ def test_the_batch_rule_is_trls_global_one():
         (["train", "--min-p", "2"], "--min-p) must be a finite number in [0, 1]"),
         (["train", "--top-k", "-5"], "--top-k) must be 0 or a positive integer"),
         (["train", "--repetition-penalty", "0"], "--repetition-penalty) must be a finite number in (0, ∞)"),
-        (["train", "--generation-kwargs", '{"max_new_tokens": -3}'], "`max_new_tokens` must be greater than 0"),
+        (["train", "--generation-kwargs", '{"length_penalty": 2}'], "is invalid: - `length_penalty`: `num_beams`"),
+        # why: transformers keeps an unknown key without a word; these three overrode the run's own fields
+        (["train", "--generation-kwargs", '{"repetiton_penalty": 1.1}'], "(did you mean repetition_penalty?)"),
+        (["train", "--generation-kwargs", '{"max_new_tokens": 5000}'], "run's own: give --max-completion-length"),
+        (["train", "--generation-kwargs", '{"num_return_sequences": 3}'], "samples --num-generations completions"),
         (["train", "--generation-kwargs", '{"top_p": 3}'], "--generation-kwargs) top_p must be a finite number"),
         (["train", "--reward-weights", "nan", "1", "1"], "--reward-weights) must be finite numbers"),
         (["train", "--reward-weights", "1", "inf", "1"], "--reward-weights) must be finite numbers"),

@@ -307,6 +307,15 @@ def test_an_artifact_folder_given_with_a_tilde_is_under_home(tmp_path, data, mon
     assert (run.paths.output_dir / "run.json").is_file() and not (tmp_path / "~").exists()
 
 
+def test_fewer_prompts_than_one_generation_batch_takes_are_refused_before_the_model_loads(tmp_path, data):
+    settings = article_settings(**{**RUN_SETTINGS, "per_device_train_batch_size": 6}, data_path=str(data))
+    # why: TRL's sampler makes no batch from 2 prompts when each takes 3; training "finished" at step 0, exit 0
+    with pytest.raises(SettingsError, match=r"has 2 usable prompt\(s\), but one generation batch takes 3 different"):
+        prepare(settings, artifact_dir=tmp_path, run_name="r")
+    assert not (tmp_path / "outputs" / "r").exists()
+    prepare(settings.replace(per_device_train_batch_size=4), artifact_dir=tmp_path, run_name="r").lock.release()
+
+
 def test_other_ranks_get_a_run_that_holds_no_lock(tmp_path, data):
     run = prepare(article_settings(**RUN_SETTINGS, data_path=str(data)), artifact_dir=tmp_path, run_name="r")
     copy = pickle.loads(pickle.dumps(run))  # what broadcast_object_list sends to the other processes

@@ -323,6 +323,12 @@ def check_values(settings: Settings) -> None:
         raise SettingsError(f"{field_label('system_prompt')} is empty: it tells the model the format.")
 
 
+# Generation keys that would override what the run's checks and run.json hold, or break TRL's group shapes.
+RUN_GENERATION = {"max_new_tokens": "give --max-completion-length", "max_length": "give --max-completion-length",
+                  "num_return_sequences": "TRL samples --num-generations completions per prompt itself",
+                  "do_sample": "GRPO samples (a greedy group has no spread to learn from)"}
+
+
 def check_generation_config(settings: Settings) -> None:
     """The generation config TRL's trainer builds from the sampling fields and ``generation_kwargs``, checked by
     transformers' own validator now rather than when the trainer builds it, after the model loads."""
@@ -339,6 +345,12 @@ def check_generation_config(settings: Settings) -> None:
     extra = extra or {}
     if not isinstance(extra, dict):
         raise SettingsError(f"{field_label('generation_kwargs')} must be a mapping, got {extra!r}.")
+    for name in extra:  # transformers keeps an unknown key as an attribute without a word
+        if name in RUN_GENERATION:
+            raise SettingsError(f"{field_label('generation_kwargs')} {name} is the run's own: {RUN_GENERATION[name]}.")
+        if not hasattr(GenerationConfig(), name):
+            raise SettingsError(f"{field_label('generation_kwargs')}: {name!r} is not a setting of transformers' "
+                                f"GenerationConfig{project.did_you_mean(name, GenerationConfig().to_dict())}.")
     sampling = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     for name in sampling:  # a kwarg overrides its field: the same range applies
         if name in NUMERIC_RANGES and (problem := out_of_range(name, extra.get(name))):

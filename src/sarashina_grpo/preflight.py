@@ -235,6 +235,17 @@ def check_prompt_file(settings: Settings, name: str) -> list:
         raise DataError(f"{settings.label(name)}: {err}{relative}") from None
 
 
+def check_enough_prompts(settings: Settings, rows) -> None:
+    """TRL's sampler makes only full generation batches of distinct prompts: with fewer, training ends at step 0."""
+    needed = settings.generation_batch_size // settings.num_generations
+    if len(rows) < needed:
+        raise SettingsError(
+            f"{settings.label('data_path')}: {settings.data_path} has {len(rows)} usable prompt(s), but one generation "
+            f"batch takes {needed} different prompts (generation_batch_size {settings.generation_batch_size}: "
+            f"--batch-size × processes × steps_per_generation, ÷ --num-generations {settings.num_generations}), so "
+            "no step would train. Add prompts, or lower --batch-size or steps_per_generation.")
+
+
 def shown(value) -> str:
     """A value as an error quotes it, with its type: ``'no' (str)``, ``5 (int)``."""
     return f"{value!r} ({type(value).__name__})"
@@ -293,6 +304,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
         logger.warning(warning)
     # The files named come first: a missing prompt file is not hidden behind a model that would not run here either.
     rows = check_prompt_file(settings, "data_path")
+    check_enough_prompts(settings, rows)
     eval_rows = check_prompt_file(settings, "eval_data")[: settings.eval_limit] if settings.eval_steps else []
     check_rewards_have_columns(settings, rows)
     check_best_metric_has_column(settings, eval_rows)
