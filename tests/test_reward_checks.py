@@ -216,6 +216,8 @@ class State:
         ("return ['0.5'] * len(completions)", "returned '0.5' (str) for completion 1 at step 5, not a number"),
         ("return [0.0] * (len(completions) + 1)", "returned 3 value(s) for 2 completion(s) at step 5"),
         ("return [float('inf')] * len(completions)", "returned inf for completion 1 at step 5"),
+        # why: finite in Python, inf in TRL's float32 tensor: the run logged reward inf and learned nothing
+        ("return [1e39] * len(completions)", "returned 1e+39 for completion 1 at step 5: a reward that is beyond"),
         ("return [0.0, float('nan')]", "returned nan for completion 2 at step 5"),
         ("return [None] * len(completions)", "returned None for all 2 completions at step 5: it is the only reward"),
         ("completions.clear()\n    return []", "returned 0 value(s) for 2 completion(s)"),

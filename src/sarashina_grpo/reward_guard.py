@@ -20,6 +20,8 @@ from .rewards import RewardFunc, get_reward_funcs
 from .tables import notebook_lines
 
 logger = logging.getLogger(__name__)
+# TRL scores in float32: a reward whose square (the group variance) overflows it becomes inf there.
+REWARD_LIMIT = 1e18
 
 
 class RewardError(RuntimeError):
@@ -92,9 +94,10 @@ def check_reward_values(name: str, values, expected: int, *, step: int | None = 
         if value is not None and not isinstance(value, numbers.Real):  # bools count as 0/1, as TRL reads them
             raise RewardError(f"Reward {name} returned {value!r} ({type(value).__name__}) for completion {i + 1}"
                               f"{_at(step)}, not a number. {fix}")
-        if value is not None and not math.isfinite(value):
-            raise RewardError(f"Reward {name} returned {value} for completion {i + 1}{_at(step)}: a reward that is not "
-                              "finite wipes out the advantage of its whole group, and the step learns nothing. Return "
+        if value is not None and not abs(value) <= REWARD_LIMIT:  # NaN too
+            what = "not finite" if not math.isfinite(value) else "beyond ±1e18 (TRL's float32 overflows with it)"
+            raise RewardError(f"Reward {name} returned {value} for completion {i + 1}{_at(step)}: a reward that is "
+                              f"{what} wipes out the advantage of its whole group, and the step learns nothing. Return "
                               "a finite number (None where the reward does not apply).")
     if values and all(v is None for v in values):
         message = f"Reward {name} returned None for all {expected} completions{_at(step)}"
