@@ -188,6 +188,13 @@ def test_the_batch_rule_is_trls_global_one():
         (["train", "--delta", "nan"], "--delta) must be a finite number in (1, ∞)"),
         (["train", "--top-entropy-quantile", "5"], "--top-entropy-quantile) must be a finite number in [0, 1]"),
         (["train", "--dataloader-num-workers", "-1"], "--dataloader-num-workers) must be 0 or a positive integer"),
+        # why: the optimizer and the schedule are built at the first step, after the model loaded
+        (["train", "--optim", "lomo"], "--optim) 'lomo': You need to install `lomo_optim`"),
+        (["train", "--optim-args", "garbage=="], "--optim-args) 'garbage==' cannot be read"),
+        (["train", "--lr-scheduler-type", "cosine_with_min_lr"], "One of min_lr or min_lr_rate should be set"),
+        (["train", "--lr-scheduler-kwargs", '{"foo": 1}'], "unexpected keyword argument 'foo'"),
+        (["train", "--use-liger-kernel", "true"], "needs the liger-kernel package, which is not installed"),
+        (["train", "--deepspeed", "ds.json"], "GRPOConfig needs a package that is not installed"),
         (["train", "--report-to", "nosuch"], "--report-to) 'nosuch' is not an integration transformers knows"),
         (["train", "--report-to", "tensorbord"], "(did you mean tensorboard?)"),
         (["train", "--eval-steps", "1", "--best-metric", "answer_accuracy"], "needs an 'answer' column"),

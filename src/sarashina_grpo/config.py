@@ -138,6 +138,9 @@ class Settings(GRPOConfig):
         except ValueError as err:
             hint = "".join(text for words, text in TRL_HINTS.items() if words in str(err))  # what to change
             raise SettingsError(f"TRL's GRPOConfig refused the settings: {err}{hint}") from None
+        except ImportError as err:  # e.g. deepspeed: its package is read when the config is built
+            raise SettingsError(f"TRL's GRPOConfig needs a package that is not installed for these settings ({err}): "
+                                "install it, or drop the setting that asks for it.") from None
 
     def _decide_machine(self) -> None:
         """What the machine decides (4-bit, CPU or GPU, 16-bit type, optimiser, rollout switches); not the algorithm."""

@@ -138,6 +138,35 @@ def check_report_to(report_to) -> None:
                                 f"(uv pip install {module}) or drop it from report_to (e.g. report_to: tensorboard).")
 
 
+def check_optimizer(settings: Settings) -> None:
+    """The optimizer and learning-rate schedule transformers builds at the first step, tried now (the schedule on one
+    dummy weight): a missing optimizer package, unreadable optim_args or a scheduler argument it does not take would
+    fail only after the model loaded."""
+    import torch
+    from transformers import Trainer, get_scheduler
+
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(settings)
+    except ImportError as err:
+        raise SettingsError(f"{field_label('optim')} {settings.optim.value!r}: {err}; or choose another --optim.") \
+            from None
+    except (ValueError, TypeError) as err:  # without optim_args: a choice that needs the model (GaLore), checked then
+        if settings.optim_args:
+            raise SettingsError(f"{field_label('optim_args')} {settings.optim_args!r} cannot be read ({err}): give "
+                                "comma-separated key=value pairs, e.g. 'betas=(0.9,0.99)'.") from None
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=settings.learning_rate)
+    try:
+        get_scheduler(settings.lr_scheduler_type, dummy, num_warmup_steps=warmup_steps(settings),
+                      num_training_steps=settings.max_steps, scheduler_specific_kwargs=settings.lr_scheduler_kwargs)
+    except (ValueError, TypeError) as err:
+        raise SettingsError(f"{field_label('lr_scheduler_type')} {settings.lr_scheduler_type.value!r} with "
+                            f"lr_scheduler_kwargs {settings.lr_scheduler_kwargs or {}}: transformers refuses it "
+                            f"({err}).") from None
+    if settings.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+        raise SettingsError(f"{field_label('use_liger_kernel')} needs the liger-kernel package, which is not "
+                            "installed: install it (uv pip install liger-kernel) or turn it off.")
+
+
 def warmup_steps(settings: Settings) -> int:
     """Steps of the learning-rate warm-up: ``warmup_steps`` below 1 is a share of max_steps (transformers 5)."""
     value = settings.warmup_steps
@@ -299,6 +328,7 @@ def check_run(settings: Settings, *, artifact_dir: Path, run_dir: Path | None = 
         check_resume_settings(settings, run_dir)
     check_rewards(settings.reward_names, settings.max_completion_length)
     check_report_to(settings.report_to)  # values TRL takes as they are, which fail only after the model loads
+    check_optimizer(settings)
     check_push_to_hub(settings.push_to_hub)
     for warning in settings_warnings(settings):
         logger.warning(warning)
