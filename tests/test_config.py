@@ -414,3 +414,17 @@ def test_a_recipe_that_sets_nothing_is_warned_about(tmp_path, caplog, text):
     assert load_recipe(recipe) == {}
     # why: an empty or all-commented file ran the article's recipe without a word
     assert "mine.yaml sets nothing (empty, or only comments)" in caplog.text
+
+
+def test_a_path_or_a_numpy_number_in_settings_is_taken_as_its_value():
+    from pathlib import Path
+
+    import numpy as np
+
+    # why: a notebook's SETTINGS built with pathlib or from a numpy sweep failed with an AttributeError, or was
+    # refused as "must be a positive integer, got np.int64(3)"
+    settings = load_settings({"model_name": "tiny", "data_path": Path("datasets/smalltalk.csv"),
+                              "max_steps": np.int64(3), "learning_rate": np.float32(1e-5), "bf16": np.bool_(False)})
+    assert settings.data_path == "datasets/smalltalk.csv"
+    assert type(settings.max_steps) is int and settings.max_steps == 3
+    assert settings.learning_rate == pytest.approx(1e-5) and settings.bf16 is False

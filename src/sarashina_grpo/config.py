@@ -5,6 +5,7 @@ checks every value the same way whatever its source (flag, recipe, notebook ``SE
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import types
@@ -236,6 +237,10 @@ def typed(name: str, value):
     """``value`` read as ``Settings.<name>``'s type; only numbers may come as text (YAML 1.1 leaves "5e-6" one)."""
     hint = HINTS[name]
     kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, os.PathLike):  # a Path in SETTINGS: the file's name as text
+        value = os.fspath(value)
+    elif type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:  # np.int64(3) from a sweep
+        value = value.item()
     for kind in kinds:
         try:
             return _read_as(kind, value)
