@@ -180,6 +180,8 @@ def test_the_batch_rule_is_trls_global_one():
         (["train", "--generation-kwargs", '{"num_return_sequences": 3}'], "samples --num-generations completions"),
         (["train", "--generation-kwargs", '{"top_p": 3}'], "--generation-kwargs) top_p must be a finite number"),
         (["train", "--reward-weights", "nan", "1", "1"], "--reward-weights) must be finite numbers"),
+        (["train", "--reward-weights", "0", "0", "0"], "--reward-weights) are all 0, so every completion"),
+        (["train", "--run-name", "latest"], "'latest' is taken by --resume, where it means the newest run"),
         (["train", "--reward-weights", "1", "inf", "1"], "--reward-weights) must be finite numbers"),
         (["train", "--loss-type", "foo"], "--loss-type) must be one of 'grpo', 'dr_grpo', 'dapo'"),
         (["train", "--generation-batch-size", "0"], "--generation-batch-size) must be a positive integer"),

@@ -153,7 +153,7 @@ def test_auto_backend_is_unsloth_across_processes(monkeypatch):
     settings = article_settings()  # built in this one process: TRL would start the process group of WORLD_SIZE
     monkeypatch.setenv("WORLD_SIZE", "2")
     # why: on two H100s Unsloth stepped ~7x faster than trl-peft, with identical weights across ranks (GPU suite)
-    assert resolve_backend(settings) == "unsloth"
+    assert resolve_backend(settings.backend) == "unsloth"
 
 
 def test_trl_peft_stays_a_choice_across_processes(monkeypatch):
@@ -161,14 +161,14 @@ def test_trl_peft_stays_a_choice_across_processes(monkeypatch):
 
     settings = article_settings(backend="trl-peft")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert resolve_backend(settings) == "trl-peft"
+    assert resolve_backend(settings.backend) == "trl-peft"
 
 
 def test_auto_backend_is_unsloth_in_one_process(monkeypatch):
     from sarashina_grpo.modeling import resolve_backend
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert resolve_backend(article_settings()) == "unsloth"  # why: the article's path
+    assert resolve_backend(article_settings().backend) == "unsloth"  # why: the article's path
 
 
 def test_vllm_server_mode_without_vllm_is_refused():

@@ -188,6 +188,19 @@ def test_the_run_check_reads_the_columns_of_the_prompt_file(tmp_path):
     check_rewards_have_columns(settings, check_prompts(path))
 
 
+def test_an_answer_column_without_a_single_number_is_refused_for_correct_answer(tmp_path):
+    from sarashina_grpo.data import check_prompts
+
+    path = tmp_path / "capitals.csv"
+    path.write_text("prompt,lang,answer\n日本の首都は？,ja,東京\nフランスの首都は？,ja,パリ\n", encoding="utf-8")
+    settings = article_settings(model_name="tiny", reward_names=("xmlcount", "correct_answer"), data_path=str(path))
+    # why: correct_answer reads numbers only; the run scored 0 on every completion, exit 0, without a word
+    with pytest.raises(SettingsError, match=r"none of the 2 answers in .*capitals.csv is one \(e.g. '東京'\)"):
+        check_rewards_have_columns(settings, check_prompts(path))
+    path.write_text("prompt,lang,answer\n3と4の和は？,ja,7\n日本の首都は？,ja,東京\n", encoding="utf-8")
+    check_rewards_have_columns(settings, check_prompts(path))  # one number is enough: mixed files are the user's
+
+
 def test_trls_length_bound_reward_passes_the_run_check(tmp_path):
     from sarashina_grpo.data import check_prompts
 

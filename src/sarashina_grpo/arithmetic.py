@@ -47,14 +47,19 @@ def extract_answer(text) -> float | None:
         return None
 
 
+def expected_value(answer) -> float | None:
+    """An ``answer`` cell as a finite number (read as a response is: "−6" and "１，２００" are numbers), else None."""
+    try:
+        if isinstance(answer, str):
+            answer = unicodedata.normalize("NFKC", answer).translate(MINUS_SIGNS).replace(",", "")
+        value = float(answer)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def is_correct(text, answer) -> bool:
     """The response's final number equals ``answer`` (a number or a string such as ``"1,200"``), up to float
     rounding (0.1 + 0.2 counts as 0.3); an unusable or non-finite answer is never matched."""
-    try:
-        if isinstance(answer, str):  # read as the response is: "−6" and "１，２００" are numbers too
-            answer = unicodedata.normalize("NFKC", answer).translate(MINUS_SIGNS).replace(",", "")
-        expected = float(answer)
-    except (TypeError, ValueError, OverflowError):
-        return False
-    got = extract_answer(text)
-    return got is not None and math.isfinite(expected) and math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
+    expected, got = expected_value(answer), extract_answer(text)
+    return None not in (got, expected) and math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)

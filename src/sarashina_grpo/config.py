@@ -303,6 +303,9 @@ def check_values(settings: Settings) -> None:
                             f"({', '.join(settings.reward_names)}): give one weight per reward.")
     if weights is not None and not all(map(project.finite_number, weights)):  # a NaN weight makes every reward NaN
         raise SettingsError(f"{field_label('reward_weights')} must be finite numbers, got {weights!r}.")
+    if weights is not None and not any(weights):  # every completion scores 0: no group has a spread
+        raise SettingsError(f"{field_label('reward_weights')} are all 0, so every completion would score 0 and nothing "
+                            "would be learned. Give at least one reward a weight other than 0.")
     check_generation_config(settings)
     if not settings.lora_target_modules or not all(t.isidentifier() for t in settings.lora_target_modules):
         raise SettingsError(f"{field_label('lora_target_modules')} must be module names such as q_proj,v_proj, got "

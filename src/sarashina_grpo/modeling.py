@@ -106,10 +106,10 @@ def check_loaded_weights(model, name: str) -> None:
                        "with a lower --learning-rate).")
 
 
-def resolve_backend(settings: Settings) -> str:
-    """``settings.backend`` with ``auto`` decided: Unsloth, in one process and under ``accelerate launch`` alike
+def resolve_backend(backend: str) -> str:
+    """A ``backend`` setting with ``auto`` decided: Unsloth, in one process and under ``accelerate launch`` alike
     (docs/multi-gpu.md: on two H100s it stepped ~7× faster than transformers + PEFT, whose weights it matches)."""
-    return "unsloth" if settings.backend == "auto" else settings.backend
+    return "unsloth" if backend == "auto" else backend
 
 
 def lora_config(settings: Settings):

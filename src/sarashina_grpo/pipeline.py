@@ -189,7 +189,7 @@ def load_model(run: Run):
 
     if run.finished:
         raise SettingsError(run.finished)
-    backend = resolve_backend(run.settings)
+    backend = resolve_backend(run.settings.backend)
     logger.info("Loading %s with %s (4-bit: %s)", run.settings.model_name, backend, run.settings.load_in_4bit)
     if backend == "unsloth":  # prepare() has checked the settings, device and model name
         return load_unsloth(run.settings)
@@ -282,7 +282,7 @@ def build_trainer(run: Run, model, tokenizer, *, callbacks=(), trust_packing: bo
     if any(isinstance(c, ProgressCallback) for c in callbacks):  # a caller's own progress display replaces the default
         for default in [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]:
             trainer.remove_callback(default)
-    trainer.rollout = choose(trainer, settings.rollout, resolve_backend(settings))
+    trainer.rollout = choose(trainer, settings.rollout, resolve_backend(settings.backend))
     if trainer.rollout == "fast" and install(trainer) is None:
         trainer.rollout = "default"  # an architecture the engine does not decode (install says so)
     if settings.dynamic_sampling:

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from . import project
+from .arithmetic import expected_value
 from .best import RUN_INFO, resolve_best
 from .checkpoints import ADAPTER_CONFIG, check_loadable, folder_kind, newest_complete_in, step_of
 from .data import DataError, check_prompts, text_problem
@@ -110,6 +111,8 @@ def check_rewards_have_columns(settings: Settings, rows) -> None:
         check_reward_columns(settings.reward_names, columns, settings.data_path, settings.max_completion_length)
     except KeyError as err:
         raise SettingsError(f"{field_label('reward_names')}: {err.args[0]}") from None
+    if "correct_answer" in settings.reward_names:
+        check_numeric_answers(rows, f"{settings.label('reward_names')}: reward correct_answer", settings.data_path)
 
 
 def check_best_metric_has_column(settings: Settings, eval_rows) -> None:
@@ -120,6 +123,17 @@ def check_best_metric_has_column(settings: Settings, eval_rows) -> None:
                             f"the held-out prompts, which {settings.label('eval_data')} ({settings.eval_data}) lacks "
                             f"in its first {settings.eval_limit} rows: add the column, point --eval-data at a file "
                             "that has it, or choose another --best-metric (e.g. strict_format_rate).")
+    if settings.eval_steps and column:
+        check_numeric_answers(eval_rows, f"{settings.label('best_metric')} {settings.best_metric}", settings.eval_data)
+
+
+def check_numeric_answers(rows, needs: str, path) -> None:
+    """An ``answer`` column none of whose cells is a number: every answer would be scored wrong, without a word."""
+    answers = [row.extra["answer"] for row in rows if "answer" in row.extra]
+    if answers and all(expected_value(a) is None for a in answers):
+        raise SettingsError(f"{needs} reads the 'answer' column as numbers, but none of the {len(answers)} answers in "
+                            f"{path} is one (e.g. {answers[0]!r}), so every completion would be scored wrong. Write "
+                            "the answers as numbers (1200, -6, 0.5), or drop it.")
 
 
 def check_report_to(report_to) -> None:

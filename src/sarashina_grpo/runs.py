@@ -34,6 +34,9 @@ class RunLockedError(SettingsError):
 def check_run_name(name: str, label: str = "--run-name") -> None:
     """Raise ``SettingsError`` unless ``name`` is one plain folder name (checked before anything is written)."""
     check_plain_name(name, label, "A run lives in outputs/<run-name>/")
+    if name == "latest":  # --resume latest would mean the newest run, never this one
+        raise SettingsError(f"{label} 'latest' is taken by --resume, where it means the newest run: this run could "
+                            "not be resumed by its name. Choose another name.")
 
 
 def check_plain_name(name: str, flag: str, lives: str) -> None:
