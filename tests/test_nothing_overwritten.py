@@ -67,6 +67,14 @@ def test_a_refused_command_leaves_no_new_artifact_folder(command, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1"])
+def test_build_tiny_refuses_a_seed_torch_cannot_take_and_writes_nothing(seed, tmp_path):
+    code, err = cli("build-tiny", str(tmp_path / "tiny"), "--seed", seed)
+    # why: torch.manual_seed ended the command in a traceback ("Overflow when unpacking long long"); train's rule
+    assert code == 2 and err.startswith("error: build-tiny --seed must be a whole number in [0, 2**32)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_build_tiny_refuses_a_folder_with_files(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     code, err = cli("build-tiny", str(tmp_path))

@@ -89,10 +89,24 @@ def test_warmstart_writes_a_merged_model_folder_that_loads_without_peft(tiny_mod
     # why: one message listed all three rules, not which one failed or the value given
     (["--malformed-share", "1.5"], "warmstart --malformed-share must be in [0, 1], got 1.5."),
     (["--lora-rank", "-2"], "warmstart --lora-rank must be >= 0, got -2."),
-    (["--learning-rate", "0"], "warmstart --learning-rate must be > 0, got 0."),
+    (["--learning-rate", "0"], "warmstart --learning-rate must be a finite number in (0, 1], got 0.0."),
+    # why: train's ranges apply here too; each of these loaded the model first, then failed with a traceback
+    # ("Overflow when unpacking long long"), a 25 GB allocation, or NaN weights after the whole pass
+    (["--seed", "99999999999999999999"], "warmstart --seed must be a whole number in [0, 2**32)"),
+    (["--seed", "-1"], "warmstart --seed must be a whole number in [0, 2**32)"),
+    (["--lora-rank", "100000000"], "warmstart --lora-rank must be at most 4,096"),
+    (["--learning-rate", "inf"], "warmstart --learning-rate must be a finite number in (0, 1], got inf."),
+    (["--learning-rate", "nan"], "warmstart --learning-rate must be a finite number in (0, 1], got nan."),
+    (["--learning-rate", "5"], "warmstart --learning-rate must be a finite number in (0, 1], got 5.0."),
 ])
-def test_warmstart_options_fail_before_the_model_loads(flags, message, capsys, tmp_path):
+def test_warmstart_options_fail_before_the_model_loads(flags, message, capsys, tmp_path, monkeypatch):
+    from sarashina_grpo import modeling
     from sarashina_grpo.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(modeling, "resolve_model_name", no_model)
 
     output = [] if "--output" in flags else ["--output", str(tmp_path / "warm")]
     args = ["warmstart", "--model", "tiny", *output, *flags]

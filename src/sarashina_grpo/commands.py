@@ -212,10 +212,11 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_build_tiny(args: argparse.Namespace) -> None:
-    from .preflight import check_new_folder
+    from .preflight import check_build_tiny, check_new_folder
     from .tiny import build_model
 
     opts = options(args, BuildTinyOptions)
+    check_build_tiny(opts)
     check_new_folder(opts.out_dir, "build-tiny OUT")  # an unset $OUT or a project folder is never written into
     print(build_model(opts.out_dir, opts.shape, opts.seed))
 

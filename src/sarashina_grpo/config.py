@@ -35,7 +35,7 @@ WHOLE_NUMBERS = {**dict.fromkeys((
     "dataloader_num_workers": 0}
 # field: (lowest, highest, lowest allowed itself, highest allowed itself): values TRL accepts that no run can use.
 NUMERIC_RANGES = {
-    "learning_rate": (0.0, 1.0, False, True),  # above 1 every Adam step moves each weight by ~1: instant divergence
+    "learning_rate": project.LEARNING_RATE_RANGE,  # shared with warmstart --learning-rate
     "max_grad_norm": (0.0, math.inf, False, False),
     "temperature": (0.0, 10.0, False, True),  # beyond 10 sampling is uniform noise over the vocabulary
     # transformers checks these only when it builds its samplers (after the model loads), some not at all (top_p 5)
@@ -53,9 +53,7 @@ NUMERIC_RANGES = {
     "warmup_steps": (0.0, math.inf, True, False),  # a float below 1 is a share of max_steps (transformers 5)
     "vllm_gpu_memory_utilization": (0.0, 1.0, False, True),
 }
-SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
-# Past the width of a model's layers a LoRA rank adds nothing (the 3B model is 2,560 wide); millions exhaust memory.
-MAX_LORA_RANK = 4096
+SEED_LIMIT, MAX_LORA_RANK = project.SEED_LIMIT, project.MAX_LORA_RANK  # shared with warmstart and build-tiny
 # Fields the project sets for each run: a run's checkpoints live in its own folder, where --resume finds them.
 RUN_OWNED = {
     "output_dir": "checkpoints go to <artifact-dir>/outputs/<run>/; choose the folder with --artifact-dir and "
@@ -263,12 +261,9 @@ def check_values(settings: Settings) -> None:
     if settings.eval_steps is not None and not project.is_whole(settings.eval_steps, floats=True):
         raise SettingsError(f"{field_label('eval_steps')} must be a whole number of steps ≥ 1 (unset: no held-out "
                             f"evaluation), got {settings.eval_steps!r}.")
-    if settings.lora_rank > MAX_LORA_RANK:
-        raise SettingsError(f"{field_label('lora_rank')} must be at most {MAX_LORA_RANK:,} (wider than the layers it "
-                            f"adapts, a rank adds nothing; the article's is 32), got {settings.lora_rank:,}.")
-    if not 0 <= settings.seed < SEED_LIMIT:
-        raise SettingsError(f"{field_label('seed')} must be a whole number in [0, 2**32) (numpy's seeds are), got "
-                            f"{settings.seed!r}.")
+    for name, problem in (("lora_rank", project.lora_rank_problem), ("seed", project.seed_problem)):
+        if words := problem(getattr(settings, name)):  # the rules warmstart and build-tiny check their flags by
+            raise SettingsError(f"{field_label(name)} {words}")
     for name in NUMERIC_RANGES:
         if problem := out_of_range(name, getattr(settings, name)):
             raise SettingsError(f"{field_label(name)} {problem}")
@@ -386,12 +381,7 @@ def check_generation_config(settings: Settings) -> None:
 
 def out_of_range(name: str, value) -> str:
     """Why ``value`` is outside ``NUMERIC_RANGES[name]``, as an error says it; '' when inside or None (unset)."""
-    low, high, low_ok, high_ok = NUMERIC_RANGES[name]
-    if value is None or project.finite_number(value) and (value >= low if low_ok else value > low) and (
-            value <= high if high_ok else value < high):
-        return ""
-    ends = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
-    return f"must be a finite number in {ends}, got {value!r}."
+    return project.range_problem(NUMERIC_RANGES[name], value)
 
 
 def article() -> dict:

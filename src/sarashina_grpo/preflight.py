@@ -574,10 +574,22 @@ def check_warm_start(recipe, examples_file: Path | None) -> None:
     check_positive_integers("warmstart", recipe, ("steps", "batch_size"))
     for flag, value, ok, rule in (("--lora-rank", recipe.lora_rank, recipe.lora_rank >= 0, ">= 0"),
                                   ("--malformed-share", recipe.malformed_share, 0 <= recipe.malformed_share <= 1,
-                                   "in [0, 1]"),
-                                  ("--learning-rate", recipe.learning_rate, recipe.learning_rate > 0, "> 0")):
+                                   "in [0, 1]")):
         if not ok:
             raise SettingsError(f"warmstart {flag} must be {rule}, got {value:g}.")
+    # train's rules (config.check_values): a seed torch and numpy take, a rank that fits memory, a learning rate that
+    # can train (inf trained to NaN weights before a word)
+    for flag, problem in (("--lora-rank", project.lora_rank_problem(recipe.lora_rank)),
+                          ("--learning-rate", project.range_problem(project.LEARNING_RATE_RANGE, recipe.learning_rate)),
+                          ("--seed", project.seed_problem(recipe.seed))):
+        if problem:
+            raise SettingsError(f"warmstart {flag} {problem}")
+
+
+def check_build_tiny(options) -> None:
+    """``build-tiny``'s options (``options.BuildTinyOptions``) before torch builds anything: a seed torch takes."""
+    if problem := project.seed_problem(options.seed):
+        raise SettingsError(f"build-tiny --seed {problem}")
 
 
 def check_warm_start_command(recipe) -> None:

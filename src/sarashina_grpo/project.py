@@ -71,6 +71,12 @@ MAX_PROMPT_CHARS = 20_000
 MAX_RECIPE_CHARS = 1_000_000
 _PIPED_RECIPES: dict[tuple[int, int], str] = {}  # a pipe's recipe text, by the pipe (see load_recipe)
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"  # the shipped ones, article.yaml first
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+# Past the width of a model's layers a LoRA rank adds nothing (the 3B model is 2,560 wide); millions exhaust memory.
+MAX_LORA_RANK = 4096
+# (lowest, highest, lowest allowed itself, highest allowed itself); above 1 every Adam step moves each weight by ~1:
+# instant divergence
+LEARNING_RATE_RANGE = (0.0, 1.0, False, True)
 
 
 def cuda_available() -> bool:
@@ -192,6 +198,32 @@ def is_whole(value, lowest: int = 1, *, floats: bool = False) -> bool:
     if floats and finite_number(value) and float(value).is_integer():
         value = int(value)
     return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+
+
+def range_problem(bounds: tuple, value) -> str:
+    """Why ``value`` is outside ``bounds`` (lowest, highest, lowest allowed, highest allowed), as an error says it
+    after the setting's name; '' when inside or None (unset)."""
+    low, high, low_ok, high_ok = bounds
+    if value is None or finite_number(value) and (value >= low if low_ok else value > low) and (
+            value <= high if high_ok else value < high):
+        return ""
+    ends = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}".replace("inf)", "∞)")
+    return f"must be a finite number in {ends}, got {value!r}."
+
+
+def seed_problem(seed) -> str:
+    """Why ``seed`` is no seed numpy and torch take (a whole number in [0, 2**32)), after the setting's name; ''."""
+    if is_whole(seed, 0, floats=True) and seed < SEED_LIMIT:
+        return ""
+    return f"must be a whole number in [0, 2**32) (numpy's seeds are), got {seed!r}."
+
+
+def lora_rank_problem(rank) -> str:
+    """Why a whole-number LoRA ``rank`` is too large, after the setting's name; '' (its lowest is the caller's)."""
+    if not isinstance(rank, int | float) or rank <= MAX_LORA_RANK:
+        return ""
+    return (f"must be at most {MAX_LORA_RANK:,} (wider than the layers it adapts, a rank adds nothing; the article's "
+            f"is 32), got {rank:,}.")
 
 
 class SettingsError(ValueError):
