@@ -197,6 +197,22 @@ def test_compare_only_with_a_list_metrics_file_is_one_error_line(tmp_path):
     assert code == 2 and err.count("\n") == 1 and "holds a JSON list" in err
 
 
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--model", "/nonexistent", "--name", "zzz", "--limit", "5", "--data", "/nonexistent.csv", "--sample",
+      "--samples-per-prompt", "3"], "--model, --name, --limit, --data, --sample, --samples-per-prompt"),
+    (["--threads", "1"], "--threads would be ignored: leave it out"),
+    (["--no-4bit"], "--4bit would be ignored"),
+])
+def test_compare_only_refuses_the_flags_it_would_ignore(flags, named, tmp_path):
+    evaluation(tmp_path / "eval" / "e1")
+    evaluation(tmp_path / "eval" / "e2")
+    code, err = cli("eval", "--compare-only", "--compare", "e1", "e2", "--artifact-dir", str(tmp_path), *flags)
+    # why: these flags were dropped without a word (exit 0), as if the evaluation they describe had been compared
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --compare-only generates nothing, so ")
+    assert named in err
+    assert not list((tmp_path / "eval").glob("compare-*"))  # nothing written
+
+
 def test_null_figures_are_fine(tmp_path):
     evaluation(tmp_path / "eval" / "a", answer_accuracy=None)
     assert load_metrics("a", tmp_path)[1]["answer_accuracy"] is None

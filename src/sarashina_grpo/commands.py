@@ -177,6 +177,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from .preflight import check_compare_names, check_eval_limit, check_writable
 
     opts = options(args, EvalOptions)
+    if opts.compare_only:
+        check_compare_only_flags(args)
     check_eval_limit(opts.limit)
     threads = cpu_threads(args)
     gen = generation_settings(args, opts.samples_per_prompt)
@@ -202,6 +204,23 @@ def run_eval(args: argparse.Namespace) -> None:
     if len(names) >= 2:
         table, chart = compare_runs(names, artifact_dir=artifact_dir)
         print(f"{table}\nChart: {chart}")
+
+
+# What `eval --compare-only` reads; every other flag of eval is about the evaluation it does not run.
+COMPARE_ONLY_FIELDS = ("compare", "compare_only", "artifact_dir")
+
+
+def check_compare_only_flags(args: argparse.Namespace) -> None:
+    """``eval --compare-only`` with flags it would ignore (--model, --data, --sample, …): refused, naming them, as
+    ``export`` refuses --dtype without --merged; they were silently dropped."""
+    flags = {f.name: (f.metadata.get("aliases") or ["--" + f.name.replace("_", "-")])[0]
+             for cls, _, _ in COMMANDS["eval"].options for f in dataclasses.fields(cls)}
+    ignored = [flags[name] for name in vars(args) if name in flags and name not in COMPARE_ONLY_FIELDS]
+    if ignored:
+        listed = ", ".join(ignored)
+        raise SettingsError(f"--compare-only generates nothing, so {listed} would be ignored: leave "
+                            f"{'it' if len(ignored) == 1 else 'them'} out, or drop --compare-only to evaluate --model "
+                            "and compare it with the --compare evaluations.")
 
 
 def run_export(args: argparse.Namespace) -> None:
