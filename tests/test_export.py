@@ -269,6 +269,7 @@ def test_push_to_hub_creates_the_repo_and_uploads_out(tmp_path, monkeypatch):
             calls.append(("upload_folder", kwargs["repo_id"], files))
 
     monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: (folder / "adapter_model.safetensors").touch())
+    monkeypatch.setattr(export, "hub_unusable", lambda: None)  # the hub answers
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
     assert calls == [("create_repo", "me/think", {"private": True, "exist_ok": True}),
@@ -282,10 +283,73 @@ def test_a_failed_upload_keeps_the_export_and_says_so(tmp_path, monkeypatch):
         raise RuntimeError("401 Unauthorized")
 
     monkeypatch.setattr(export, "write_adapter", lambda checkpoint, folder: None)
+    monkeypatch.setattr(export, "hub_unusable", lambda: None)  # the hub answers
     monkeypatch.setattr(export, "upload", no_token)
-    with pytest.raises(SettingsError, match=r"Exported to .*out, but the upload to 'me/think' failed .*401"):
+    with pytest.raises(SettingsError, match=r"Exported to .*out, but the upload to 'me/think' failed .*401.*Log in"):
         export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
     assert (tmp_path / "out" / "README.md").exists()
+
+
+def test_an_upload_cut_off_by_the_network_says_so_not_to_log_in(tmp_path, monkeypatch):
+    import sarashina_grpo.export as export
+
+    connect_error = type("ConnectError", (Exception,), {"__module__": "httpx"})  # httpx's, as the client raises it
+
+    def dropped(folder, repo_id, private):
+        raise connect_error("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(export, "write_adapter", lambda checkpoint, folder: None)
+    monkeypatch.setattr(export, "hub_unusable", lambda: None)  # reachable when checked, gone by the upload
+    monkeypatch.setattr(export, "upload", dropped)
+    with pytest.raises(SettingsError) as info:
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
+    # why: a lost connection was reported as "Log in (`hf auth login` or HF_TOKEN)", the wrong cause
+    assert "The hub could not be reached" in str(info.value) and "Log in" not in str(info.value)
+    assert "hf upload me/think" in str(info.value) and (tmp_path / "out" / "README.md").exists()
+
+
+@pytest.mark.parametrize(("offline", "why"), [
+    (True, "HF_HUB_OFFLINE is set"),
+    (False, "the hub cannot be reached (no network?)"),
+])
+def test_push_to_hub_without_a_hub_is_refused_before_anything_is_written(tmp_path, monkeypatch, offline, why):
+    from huggingface_hub import constants
+
+    import sarashina_grpo.export as export
+    from sarashina_grpo import preflight
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda endpoint: False)  # the few-second check train makes
+    monkeypatch.setattr(export, "write_adapter", lambda ckpt, folder: pytest.fail("the export was written first"))
+    with pytest.raises(SettingsError) as info:
+        export_checkpoint(fake_checkpoint(tmp_path / "r"), tmp_path / "out", push_to_hub="me/think")
+    # why: the export was written, then the upload failed with "ConnectError … Log in", naming the wrong cause
+    assert str(info.value).startswith(f"--push-to-hub me/think: {why}, so the upload would fail")
+    assert "nothing was written" in str(info.value) and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_merging_into_an_unobtainable_hub_base_is_refused_in_seconds(tmp_path, monkeypatch, given):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    import sarashina_grpo.export as export
+    from sarashina_grpo import preflight
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(preflight, "hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(export, "write_merged", lambda *args: pytest.fail("the base model was loaded"))
+    checkpoint = fake_checkpoint(tmp_path / "r", base="someone/nonexistent-model")
+    flags = {"base_model": "someone/nonexistent-model"} if given else {}
+    with pytest.raises(SettingsError) as info:
+        export_checkpoint(checkpoint, tmp_path / "out", merged=True, **flags)
+    # why: the merge spent ~35 s in the hub client's retries after a warning, then failed
+    source = "--base-model" if given else "from adapter_config.json, base_model_name_or_path"
+    assert str(info.value).startswith(f"Base model 'someone/nonexistent-model' ({source}) is a hub id that is not in "
+                                      "the Hugging Face cache")
+    assert "cannot be reached (no network?)" in str(info.value) and "local folder with --base-model" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
 @pytest.mark.parametrize("repo", ["not a repo id!!", "", "me/think/v2", "me/think.git"])

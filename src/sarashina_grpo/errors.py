@@ -121,26 +121,41 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
-def hub_unreachable_message(model: str | None, endpoint: str, cache: str | None = None, detail: str = "") -> str:
-    """The one line for hub id ``model`` (None: not known) that cannot be had, and the ways to go on without it."""
+def hub_unreachable_message(model: str | None, endpoint: str, cache: str | None = None, detail: str = "", *,
+                            label: str | None = None, instead: str | None = None) -> str:
+    """The one line for hub id ``model`` (None: not known) that cannot be had, and the ways to go on without it;
+    ``label`` names the setting (default: --model's) and ``instead`` what to give in its place."""
     host = urlparse(endpoint).hostname or endpoint
     proxy = proxy_for(endpoint)
     route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
-    what = f"Model {model!r} (--model, notebook MODEL_NAME) is a hub id that" if model else "A model from the hub"
+    label = label or f"Model {model!r} (--model, notebook MODEL_NAME)"
+    what = f"{label} is a hub id that" if model else "A model from the hub"
     cached = f"is not in the Hugging Face cache ({cache}) and " if cache else "could not be downloaded: "
     fix = f"Fix or unset {proxy[0]}, or give" if proxy else "Give"
-    return (f"{what} {cached}{host} cannot be reached{route}{f' ({detail})' if detail else ''}. {fix} a local "
-            "model folder with --model (notebook MODEL_NAME) or the offline tiny model (--model tiny), or download "
-            "it once where the hub can be reached and set HF_HUB_OFFLINE=1 to use the cached copy.")
+    instead = instead or ("a local model folder with --model (notebook MODEL_NAME) or the offline tiny model "
+                          "(--model tiny)")
+    return (f"{what} {cached}{host} cannot be reached{route}{f' ({detail})' if detail else ''}. {fix} {instead}, or "
+            "download it once where the hub can be reached and set HF_HUB_OFFLINE=1 to use the cached copy.")
+
+
+def connection_errors(exc: BaseException) -> list[BaseException]:
+    """The errors in ``exc``'s chain that say a hub request failed for want of a connection (no DNS, refused, a dead
+    proxy, a timeout, offline mode); [] for any other failure (a 401, a 404, a name taken)."""
+    return [err for err in _chain(exc) if (type(err).__module__, type(err).__name__) in HUB_CONNECTION_ERRORS
+            or (type(err).__module__.split(".")[0] in HUB_CLIENT_MODULES
+                and any(word in type(err).__name__ for word in HUB_CLIENT_FAILURES))
+            or (isinstance(err, OSError) and any(text in str(err) for text in HUB_CONNECTION_TEXT))]
+
+
+def connection_failed(exc: BaseException) -> bool:
+    """A hub request failed for want of a connection (``connection_errors``)."""
+    return bool(connection_errors(exc))
 
 
 def hub_connection_failure(exc: BaseException) -> str | None:
     """The one line for a hub download that failed for want of a connection, naming the model from its URL; or None."""
     chain = list(_chain(exc))
-    failed = [err for err in chain if (type(err).__module__, type(err).__name__) in HUB_CONNECTION_ERRORS
-              or (type(err).__module__.split(".")[0] in HUB_CLIENT_MODULES
-                  and any(word in type(err).__name__ for word in HUB_CLIENT_FAILURES))
-              or (isinstance(err, OSError) and any(text in str(err) for text in HUB_CONNECTION_TEXT))]
+    failed = connection_errors(exc)
     if not failed:
         return None
     from huggingface_hub import constants

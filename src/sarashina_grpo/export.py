@@ -28,8 +28,18 @@ from .checkpoints import (
     set_aside_step,
     step_of,
 )
+from .errors import connection_failed
 from .modeling import tiny_model_dir
-from .preflight import BASE_MODEL, RUN_INFO, check_new_folder, looks_like_path, missing_local_model, sibling_hint
+from .preflight import (
+    BASE_MODEL,
+    RUN_INFO,
+    check_hub_model,
+    check_new_folder,
+    hub_unusable,
+    looks_like_path,
+    missing_local_model,
+    sibling_hint,
+)
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
 from .runs import pid_alive, process_started, read_json, trained_prompt
 
@@ -109,8 +119,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     dtype = export_dtype() if dtype in (None, "auto") else dtype
     base = base_model_of(checkpoint, base_model) if merged else None
+    if merged and not (looks_like_path(base) or Path(base).is_absolute()):  # a hub id: cached or downloadable now
+        source = "--base-model" if base_model else f"from {ADAPTER_CONFIG}, base_model_name_or_path"  # (not retried)
+        check_hub_model(base, label=f"Base model {base!r} ({source})", instead="the base model's local folder with "
+                        "--base-model")
     if merged:
         check_same_base(checkpoint, base, given=base_model is not None, allow=bool(allow_other_base))
+    if push_to_hub and (why := hub_unusable()):  # the few-second check train makes: not after OUT is written
+        raise SettingsError(f"--push-to-hub {push_to_hub}: {why}, so the upload would fail after the export; nothing "
+                            "was written. Run the export again where the hub can be reached, or export without "
+                            f"--push-to-hub and upload OUT later (hf upload {push_to_hub} OUT).")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out.parent)
     staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
@@ -134,9 +152,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
         try:
             upload(out, push_to_hub, private=private is not False)
         except Exception as err:  # no token, no network, a name taken: the export itself is done and kept
+            fix = ("The hub could not be reached (the connection failed or dropped): upload OUT once it can be "
+                   f"(hf upload {push_to_hub} {out})." if connection_failed(err) else "Log in (`hf auth login` or "
+                   "HF_TOKEN) and run the export again into a new folder, or upload OUT yourself.")
             raise SettingsError(f"Exported to {out}, but the upload to {push_to_hub!r} failed "
-                                f"({type(err).__name__}: {err}). Log in (`hf auth login` or HF_TOKEN) and run "
-                                "the export again into a new folder, or upload OUT yourself.") from None
+                                f"({type(err).__name__}: {err}). {fix}") from None
     return out
 
 

@@ -658,33 +658,44 @@ def tunnel_granted(sock: socket.socket, target: str, proxy, timeout: float) -> b
     return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
 
 
-def check_push_to_hub(push_to_hub) -> None:
-    """``push_to_hub`` on while the hub cannot be reached: the upload would fail only after the model trains."""
-    if not push_to_hub:
-        return
+def hub_unusable() -> str | None:
+    """Why nothing can be uploaded to (or downloaded from) the hub now, in words, or None: ``HF_HUB_OFFLINE``, or its
+    host not answering within seconds (``hub_reachable``) on the route the client takes."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
-        proxy = proxy_for(constants.ENDPOINT)
-        route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the hub cannot be reached{route}"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if hub_reachable(constants.ENDPOINT):
+        return None
+    proxy = proxy_for(constants.ENDPOINT)
+    route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
+    return f"the hub cannot be reached{route}"
+
+
+def check_push_to_hub(push_to_hub) -> None:
+    """``push_to_hub`` on while the hub cannot be reached: the upload would fail only after the model trains."""
+    if push_to_hub and (why := hub_unusable()):
         raise SettingsError(f"push_to_hub is on but {why}. Turn it off and upload later with sarashina-grpo export "
                             "CHECKPOINT OUT --push-to-hub REPO.")
 
 
-def check_hub_model(name: str) -> None:
-    """Hub id ``name`` neither cached nor downloadable now: one line in seconds, not a traceback after retries."""
+def check_hub_model(name: str, *, label: str | None = None, instead: str | None = None) -> None:
+    """Hub id ``name`` neither cached nor downloadable now: one line in seconds, not a traceback after retries.
+    ``label`` names the setting (default: --model's), ``instead`` what to give in its place."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return  # cached: the loader reads it offline
     if constants.HF_HUB_OFFLINE:
+        instead = instead or "the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a local model " \
+                             "folder"
         raise ModelNotFoundError(
-            f"{model_label(name)} is a hub id that is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            "HF_HUB_OFFLINE is set. Use the offline tiny model (CLI --model tiny, notebook MODEL_NAME = 'tiny'), a "
-            "local model folder, or unset HF_HUB_OFFLINE where the hub can be reached to download it once.")
+            f"{label or model_label(name)} is a hub id that is not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set. Use {instead}, or unset HF_HUB_OFFLINE where the "
+            "hub can be reached to download it once.")
     if not hub_reachable(constants.ENDPOINT):
-        raise ModelNotFoundError(hub_unreachable_message(name, constants.ENDPOINT, cache=constants.HF_HUB_CACHE))
+        raise ModelNotFoundError(hub_unreachable_message(name, constants.ENDPOINT, cache=constants.HF_HUB_CACHE,
+                                                         label=label, instead=instead))
 
 
 def sibling_hint(missing: Path) -> str:
