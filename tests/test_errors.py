@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import json
 import logging
 import os
 import stat
@@ -582,6 +583,18 @@ def test_cut_off_run_json_on_resume_is_one_error_line(no_cuda, capsys, tmp_path)
     code, err = run_cli(capsys, "--resume", "r", "--artifact-dir", tmp_path)
     assert code == 2 and last_line(err).startswith(f"error: {run / 'run.json'} is damaged (")
     assert "restore run.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("settings", "why"), [({}, "its 'settings' are empty"),
+                                               ({"max_steps": 5}, "its 'settings' name no model_name")])
+def test_run_json_settings_without_a_model_are_reported_as_damage_on_resume(no_cuda, capsys, tmp_path, settings, why):
+    run = tmp_path / "outputs" / "r"
+    make_checkpoint(run, 1)
+    (run / "run.json").write_text(json.dumps({"settings": settings}))
+    code, err = run_cli(capsys, "--resume", "r", "--artifact-dir", tmp_path)
+    # why: the defaults filled the record in silently: "Training sbintuitions/sarashina2.2-3b-… needs a CUDA GPU"
+    assert code == 2 and last_line(err) == (f"error: {run / 'run.json'} is damaged ({why}); the run's settings cannot "
+                                            "be read. Start a new run, or restore run.json from a backup.")
 
 
 @pytest.mark.parametrize("folder", ["outputs", "logs"])

@@ -109,7 +109,7 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
     lock = runs.lock_run(run_dir)  # before anything is set aside: another process may be saving into the run
     try:
         checkpoint = checkpoints.choose_resume_checkpoint(run_dir, named)
-        info = read_run_info(run_dir)
+        info = read_run_info(run_dir, settings_used=True)
         if info is None:
             runs.refuse_without_run_info(run_dir, checkpoint, given is None, settings.model_name)
         if given is not None:  # the recorded settings, less those set now and those the machine decides

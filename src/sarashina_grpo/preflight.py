@@ -226,8 +226,10 @@ def check_writable(root: Path) -> None:
                             "(notebook: ARTIFACT_DIR) or fix its permissions.")
 
 
-def read_run_info(run_dir: Path) -> dict | None:
-    """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded."""
+def read_run_info(run_dir: Path, *, settings_used: bool = False) -> dict | None:
+    """The run's saved ``{"settings": …, "data": …}``, or None for runs saved before it was recorded. With
+    ``settings_used`` (a resume rebuilds the run from them) settings without a model are damage too: every field
+    they lack would silently take the article's value, the 3B model first."""
     if not (path := Path(run_dir) / RUN_INFO).exists():
         return None
     if path.is_dir():
@@ -237,6 +239,8 @@ def read_run_info(run_dir: Path) -> dict | None:
         info = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: an editor's BOM is no damage
         if not isinstance(info.get("settings"), dict):
             raise ValueError("no 'settings' mapping")
+        if settings_used and not info["settings"].get("model_name"):
+            raise ValueError("its 'settings' name no model_name" if info["settings"] else "its 'settings' are empty")
     except (ValueError, AttributeError) as err:
         raise SettingsError(f"{path} is damaged ({err}); the run's settings cannot be read. Start a new run, or "
                             f"restore {RUN_INFO} from a backup.") from None
