@@ -146,6 +146,53 @@ def test_excel_workbook_is_told_to_export_csv(write_csv):
     assert "is an Excel workbook or zip, not a CSV" in error_of(read_rows, write_csv(b"PK\x03\x04\x14\x00", "p.xlsx"))
 
 
+def compressed(kind: str, text: str) -> bytes:
+    """``text`` compressed as ``kind`` (gzip, bzip2, xz, zip), as a user's ``.csv.gz`` or the like holds it."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    if kind == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("p.csv", text)
+        return buffer.getvalue()
+    return {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[kind](text.encode())
+
+
+@pytest.mark.parametrize(("kind", "name", "words"), [
+    ("gzip", "p.csv.gz", "is gzip-compressed, not text: decompress it first (gunzip -k p.csv.gz)"),
+    ("bzip2", "p.csv.bz2", "is bzip2-compressed, not text: decompress it first (bunzip2 -k p.csv.bz2)"),
+    ("xz", "p.jsonl.xz", "is xz-compressed, not text: decompress it first (unxz -k p.jsonl.xz)"),
+    ("zip", "p.csv", "is a zip archive or an Excel workbook, not text: unzip it (unzip p.csv)"),
+])
+def test_a_compressed_prompt_file_is_told_to_be_decompressed(write_csv, kind, name, words):
+    message = error_of(read_rows, write_csv(compressed(kind, "prompt,lang\nこんにちは,ja\n" * 50), name))
+    # why: it was "not valid UTF-8 … nor Shift_JIS/cp932. Save the file as UTF-8": the wrong cause and fix
+    assert words in message and "UTF-8" not in message.replace("'CSV UTF-8'", "")
+
+
+def test_text_that_starts_like_a_bzip2_header_is_still_text(tmp_path):
+    (tmp_path / "prompt.txt").write_text("BZhは社名です。答える前に考えてください。")  # "BZh" alone is no bzip2 stream
+    assert project.read_text_setting(tmp_path / "prompt.txt", "--system-prompt-file").startswith("BZh")
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz"])
+def test_compressed_prompt_role_and_recipe_files_are_told_to_be_decompressed_too(tmp_path, kind):
+    from sarashina_grpo.roles import RoleError, read_role
+
+    for name in ("prompt.txt", "role.txt", "recipe.yaml"):
+        (tmp_path / f"{name}.z").write_bytes(compressed(kind, "learning_rate: 1e-5\n" * 20))
+    problem = f"is {kind}-compressed, not text: decompress it first"
+    # why: each said its file was not UTF-8 ("save it as UTF-8"), though it is compressed text
+    assert problem in error_of(project.read_text_setting, tmp_path / "prompt.txt.z", "--system-prompt-file")
+    with pytest.raises(RoleError, match=problem):
+        read_role(tmp_path / "role.txt.z")
+    assert problem in error_of(project.load_recipe, tmp_path / "recipe.yaml.z")
+
+
 def test_utf8_bom_just_works(write_csv, caplog):
     rows = read_rows(write_csv("prompt,lang\nこんにちは,ja\n".encode("utf-8-sig")))
     assert [(r.prompt, r.lang) for r in rows] == [("こんにちは", "ja")] and not warnings_of(caplog)

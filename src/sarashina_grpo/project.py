@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 
-from .tables import file_problem, notebook_lines
+from .tables import compressed_problem, file_problem, notebook_lines
 
 DEFAULT_MODEL_NAME = "sbintuitions/sarashina2.2-3b-instruct-v0.1"
 HOME_VARIABLE = "SARASHINA_GRPO_HOME"
@@ -289,6 +289,8 @@ def read_text_setting(path: str | Path, name: str) -> str:
     except IsADirectoryError:
         raise SettingsError(f"{name}: {file} is a folder; give a UTF-8 text file.") from None
     except (UnicodeDecodeError, OSError) as err:
+        if isinstance(err, UnicodeDecodeError) and (problem := compressed_problem(file)):
+            raise SettingsError(f"{name}: {file} {problem}.") from None
         raise SettingsError(f"{name}: cannot read {file} as UTF-8 text ({err}).") from None
     if not text.strip():
         raise SettingsError(f"{name}: {file} is empty.")
@@ -381,6 +383,8 @@ def load_recipe(path: str | Path) -> dict:
                                 "lines. Is it the right file?")
         values = yaml.load(text, Loader=yaml_loader()) or {}  # noqa: S506
     except UnicodeDecodeError as err:
+        if file.is_file() and (problem := compressed_problem(file)):
+            raise SettingsError(f"Recipe {file} {problem}.") from None
         raise SettingsError(f"Recipe {file} is not UTF-8 text (byte {err.start}); is it a YAML file?") from None
     except yaml.YAMLError as err:  # PyYAML's message spans lines (context, problem, a caret under the spot)
         mark = getattr(err, "problem_mark", None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .project import MAX_PROMPT_CHARS, SettingsError
 from .purity import TAG_RE, split_sections
-from .tables import file_problem
+from .tables import compressed_problem, file_problem
 
 # Placed after the format instructions: the layout stays what the rewards check, the role adds who is speaking.
 ROLE_HEADER = (
@@ -53,6 +53,8 @@ def read_role(path: str | Path) -> str:
     try:
         text = path.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError as err:
+        if problem := compressed_problem(path):
+            raise RoleError(f"Role file {path} {problem}.") from None
         raise RoleError(f"Role file {path} is not UTF-8 (byte {err.start}); save it as UTF-8.") from None
     if len(text) > MAX_PROMPT_CHARS:
         raise RoleError(f"Role file {path} holds {len(text):,} characters; a role is limited to {MAX_PROMPT_CHARS:,} "

@@ -53,16 +53,43 @@ def lines_named(items: list, sep: str = ", ", more: str = " and") -> str:
     return sep.join(map(str, items[:MAX_LINES_NAMED])) + (f"{more} {rest} more" if rest > 0 else "")
 
 
+# The first bytes of compressed files (the format, the command that decompresses it, keeping the file): read as text
+# they are noise, which was reported as an encoding to save the file in ("not valid UTF-8 … nor Shift_JIS").
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k"), b"BZh": ("bzip2", "bunzip2 -k"), b"\xfd7zXZ\x00": ("xz", "unxz -k"),
+              b"(\xb5/\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}
+
+
+def compressed_problem(path: str | os.PathLike, head: bytes | None = None) -> str | None:
+    """Why ``path`` (whose first bytes are ``head``, read here if None) is no text: compressed, in words that follow
+    its name and say how to decompress it; None for any other file."""
+    if head is None:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(16)
+        except OSError:
+            return None
+    kind = next((kinds for magic, kinds in COMPRESSED.items() if head.startswith(magic)), None)
+    if kind is None or kind[0] == "bzip2" and head[4:10] != b"1AY&SY":  # "BZh" alone is text; then level, block magic
+        return None
+    name = Path(path).name
+    if kind[0] == "zip":  # what an .xlsx workbook is too
+        return (f"is a zip archive or an Excel workbook, not text: unzip it ({kind[1]} {name}) and give the file it "
+                "holds; from Excel, use Save As > 'CSV UTF-8'")
+    return f"is {kind[0]}-compressed, not text: decompress it first ({kind[1]} {name}) and give the file it holds"
+
+
 def read_text(path: Path) -> str:
     """The file's text: UTF-8 (a BOM is fine) or UTF-16 with a BOM, else cp932/Shift_JIS with a warning."""
     raw = path.read_bytes()
-    if raw.startswith(b"PK\x03\x04"):  # a zip: what an .xlsx workbook is
+    if raw.startswith(b"PK\x03\x04") and path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):  # a workbook is a zip
         raise DataError(f"{path} is an Excel workbook or zip, not a CSV. In Excel use Save As > 'CSV UTF-8'.")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text" export
         return raw.decode("utf-16")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as utf8_err:
+        if problem := compressed_problem(path, raw[:16]):  # gzip, zip, bzip2, xz, zstd: not an encoding to save in
+            raise DataError(f"{path} {problem}.") from None
         check_mostly_utf8(raw, path)
         text = raw.decode("cp932", errors="replace")  # Windows' superset of Shift_JIS, what Excel writes in Japan
         if UNLIKELY_CP932.search(text):  # the guess is wrong
