@@ -205,6 +205,58 @@ def test_a_fifo_or_device_as_role_file_is_refused_without_blocking(tmp_path):
     assert "is a device" in str(no_hang(read_role, "/dev/zero"))
 
 
+def test_a_recipe_fifo_without_a_writer_is_refused_without_blocking(tmp_path):
+    from sarashina_grpo.project import load_recipe
+
+    os.mkfifo(tmp_path / "recipe.yaml")
+    err = no_hang(load_recipe, tmp_path / "recipe.yaml")  # why: `train --config FIFO` hung without a word
+    assert isinstance(err, SettingsError) and "is a pipe (FIFO) that nothing is writing to" in str(err)
+    assert "is a device, not a file" in str(no_hang(load_recipe, "/dev/zero"))
+
+
+def test_a_recipe_pipe_with_a_writer_is_still_read(tmp_path):
+    from sarashina_grpo.project import load_recipe
+
+    os.mkfifo(tmp_path / "recipe.yaml")
+    writer = threading.Thread(target=lambda: (tmp_path / "recipe.yaml").write_text("max_steps: 7\n"), daemon=True)
+    writer.start()  # the writer waits in open() for a reader: it holds the FIFO open before load_recipe reads
+    try:
+        assert load_recipe(tmp_path / "recipe.yaml") == {"max_steps": 7}  # `--config <(…)` is a recipe too
+    finally:
+        if writer.is_alive():  # the reader never came: let the writer's open() return
+            os.close(os.open(tmp_path / "recipe.yaml", os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(5)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_paths_that_are_there_but_no_regular_file_say_what_they_are(tmp_path, kind):
+    from sarashina_grpo.export import check_checkpoint
+    from sarashina_grpo.preflight import check_model_name, check_rewards
+    from sarashina_grpo.realmodel import check_gguf
+    from sarashina_grpo.warmstart import WarmStart
+
+    path = tmp_path / "thing.py"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    what = "is a folder" if kind == "folder" else "is a pipe (FIFO)"
+    # why: each said "file not found" / "no such file" of a path that is there (and a FIFO must never be opened)
+    errors = [no_hang(lambda p: WarmStart(data=str(p)), path), no_hang(check_rewards, [f"{path}:r"]),
+              no_hang(check_gguf, path)]
+    for err in errors:
+        assert isinstance(err, SettingsError) and what in str(err), err
+        assert "not found" not in str(err) and "no such" not in str(err), err
+    if kind == "fifo":  # where a folder is wanted: a FIFO (or a file) is no "no such folder" either
+        for err in (no_hang(check_model_name, str(path)), no_hang(check_checkpoint, path)):
+            assert isinstance(err, SettingsError) and "is a pipe (FIFO), not a" in str(err), err
+
+
+def test_a_checkpoint_that_is_a_file_says_so(tmp_path):
+    from sarashina_grpo.export import check_checkpoint
+
+    (tmp_path / "checkpoint-3").write_text("x")
+    with pytest.raises(SettingsError, match=r"checkpoint-3 is a file, not a folder\. Give a finished checkpoint"):
+        check_checkpoint(tmp_path / "checkpoint-3")  # why: it said "no such folder"
+
+
 def test_a_role_file_loop_is_called_a_loop(tmp_path):
     os.symlink(tmp_path / "r2", tmp_path / "r1")
     os.symlink(tmp_path / "r1", tmp_path / "r2")

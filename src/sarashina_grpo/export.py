@@ -42,6 +42,7 @@ from .preflight import (
 )
 from .project import SYSTEM_PROMPT, SettingsError, project_dir
 from .runs import pid_alive, process_started, read_json, trained_prompt
+from .tables import folder_problem
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     from .best import resolve_best
 
     path = Path(resolve_best(str(checkpoint))).expanduser()
+    if problem := folder_problem(path):  # a file or a FIFO there is no "no such folder"
+        raise SettingsError(f"Checkpoint {checkpoint} {problem}. Give a finished checkpoint folder such as "
+                            "artifact/outputs/<run>/checkpoint-500.")
     if not path.is_dir():
         raise SettingsError(f"Checkpoint {checkpoint}: no such folder." + (sibling_hint(path) or " Give a finished "
                             "checkpoint such as artifact/outputs/<run>/checkpoint-500."))

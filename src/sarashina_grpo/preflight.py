@@ -34,7 +34,7 @@ from .options import GenerateOptions, ModelOptions
 from .project import HOME_VARIABLE, SettingsError, field_label, finite_number, is_whole, project_dir, project_path
 from .rewards import check_reward_columns, check_reward_names
 from .runs import check_run_name, read_json, trained_prompt
-from .tables import file_problem
+from .tables import file_problem, folder_problem
 
 if typing.TYPE_CHECKING:
     from .config import Settings
@@ -573,8 +573,11 @@ def check_new_folder(folder: str | Path, label: str) -> Path:
 
 def check_warm_start(recipe, examples_file: Path | None) -> None:
     """A warm start's recipe (``warmstart.WarmStart``); ``examples_file`` None means synthetic examples."""
-    if examples_file is not None and not examples_file.is_file():
-        raise SettingsError(f"warmstart --data: file not found: {examples_file}.")
+    if examples_file is not None and (problem := file_problem(examples_file)):  # a folder or a FIFO is no "not found"
+        found = f"file not found: {examples_file}" if problem == "not found" else f"{examples_file} {problem}"
+        give = "" if "pipe" in problem else " Give a JSONL file of examples (keys prompt, think, response), or " \
+                                            "'synthetic'."
+        raise SettingsError(f"warmstart --data: {found}.{give}")
     check_positive_integers("warmstart", recipe, ("steps", "batch_size"))
     for flag, value, ok, rule in (("--lora-rank", recipe.lora_rank, recipe.lora_rank >= 0, ">= 0"),
                                   ("--malformed-share", recipe.malformed_share, 0 <= recipe.malformed_share <= 1,
@@ -722,8 +725,8 @@ def check_model_name(name: str) -> None:
     if path.is_file() and path.suffix.lower() == ".gguf":
         raise ModelNotFoundError(f"{model_label(name)} is a GGUF file; convert it to a model folder first: "
                                  f"sarashina-grpo convert-gguf {path} OUT, then give --model OUT.")
-    if path.is_file():
-        raise ModelNotFoundError(f"{model_label(name)} is a file, not a model folder. {examples}")
+    if problem := folder_problem(path):  # a file, a FIFO, a device: there, but no folder
+        raise ModelNotFoundError(f"{model_label(name)} {problem.replace('a folder', 'a model folder')}. {examples}")
     if not path.is_dir():
         where = "" if path.is_absolute() else f" (a relative path is read from the working folder, {Path.cwd()})"
         raise ModelNotFoundError(f"{model_label(name)}: no such folder{where}.{sibling_hint(path) or ' ' + examples}")

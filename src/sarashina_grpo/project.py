@@ -358,6 +358,28 @@ def recipe_path(path: str | Path) -> Path:
     return file
 
 
+def read_pipe(file: Path, label: str, limit: int = 4 * MAX_RECIPE_CHARS + 4) -> bytes:
+    """What the pipe ``file`` carries (``<(…)``, a FIFO), up to ``limit`` bytes. Opened without waiting: a FIFO that
+    nothing writes to would block ``open()`` forever; it is a ``SettingsError`` naming ``label`` instead."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        try:
+            data = os.read(fd, limit)
+        except BlockingIOError:  # a writer holds it open and has written nothing yet: wait for it
+            data = None
+        if data == b"":
+            raise SettingsError(f"{label} is a pipe (FIFO) that nothing is writing to, so reading it would wait "
+                                "forever. Save what it should carry to a file and give that, or start the writer "
+                                "first.")
+        os.set_blocking(fd, True)
+        data = data or b""
+        while len(data) < limit and (more := os.read(fd, limit - len(data))):
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
 def load_recipe(path: str | Path) -> dict:
     """The mapping of a YAML recipe (keys are ``Settings`` fields, checked by ``load_settings``). Read here, before
     TRL is imported: a recipe may ask for the plain backend."""
@@ -370,14 +392,17 @@ def load_recipe(path: str | Path) -> dict:
         shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
         raise SettingsError(f"Recipe not found: {file}{did_you_mean(Path(path).stem, shipped)}. Give a YAML file, or "
                             f"the name of a recipe in configs/recipes/: {', '.join(shipped)}.")
+    if (problem := file_problem(file)) and "pipe" not in problem:  # a device (/dev/zero, a terminal), a socket
+        raise SettingsError(f"Recipe {file} {problem}; give a YAML file such as configs/recipes/article.yaml.")
     try:
         identity = (file.stat().st_dev, file.stat().st_ino)  # the pipe itself: /dev/fd numbers are reused
         text = _PIPED_RECIPES.get(identity)
         if text is None:
-            with open(file, encoding="utf-8-sig") as handle:  # open(), not is_file(): a pipe (<(…)) is a recipe too
-                text = handle.read(MAX_RECIPE_CHARS + 1)
-            if not file.is_file():  # a pipe gives its text once; train reads its recipe twice (backend, settings)
-                _PIPED_RECIPES[identity] = text
+            if file.is_file():
+                with open(file, encoding="utf-8-sig") as handle:
+                    text = handle.read(MAX_RECIPE_CHARS + 1)
+            else:  # a pipe (<(…)) is a recipe too; it gives its text once, and train reads it twice (backend, settings)
+                text = _PIPED_RECIPES[identity] = read_pipe(file, f"Recipe {file}").decode("utf-8-sig")
         if len(text) > MAX_RECIPE_CHARS:
             raise SettingsError(f"Recipe {file} is over {MAX_RECIPE_CHARS:,} characters; a recipe is a few dozen "
                                 "lines. Is it the right file?")

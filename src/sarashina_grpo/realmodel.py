@@ -23,6 +23,7 @@ from pathlib import Path
 from .gguf_file import GGUF_MAGIC, bpe_tokenizer, read_header
 from .preflight import check_new_folder
 from .project import SettingsError, setting
+from .tables import file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +132,14 @@ VOCABULARY_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "toke
 
 def check_gguf(path: Path) -> dict:
     """``path``'s header, or a ``SettingsError`` unless it is a GGUF of a supported architecture with a tokenizer."""
-    if path.is_dir():
+    problem = file_problem(path)
+    if problem == "is a folder":
         raise SettingsError(f"{path} is a folder; give the .gguf file itself.")
-    if not path.is_file():
+    if problem == "not found":
         raise SettingsError(f"GGUF file not found: {path}. Give a GGUF file, or the name of a packaged one: "
                             f"{', '.join(PACKAGES)}.")
+    if problem:  # a FIFO would block the read of its header; it is there, so not "not found"
+        raise SettingsError(f"{path} {problem}; give the .gguf file itself.")
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise SettingsError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF').")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .arithmetic import CORRECT_REWARD, is_correct  # number parsing lives in arithmetic.py
 from .purity import consistency_score
+from .tables import file_problem
 
 TAGS = ("<think>", "</think>", "<response>", "</response>")
 TAG_REWARD = 0.125  # four tags × 0.125 = 0.5, the same ceiling as each format reward
@@ -227,10 +228,13 @@ def _import_target(reference: str, target: str):
         if not target.endswith(".py"):
             return _run_module(reference, target, lambda: importlib.import_module(target))
         path = Path(target).expanduser()
-        if path.is_dir():
+        problem = file_problem(path)  # a FIFO would block the import; it is there, so not "no such file"
+        if problem == "is a folder":
             raise KeyError(f"Reward {reference!r}: {path} is a folder, not a Python file.")
-        if not path.is_file():
+        if problem == "not found":
             raise KeyError(f"Reward {reference!r}: no such file {path}.")
+        if problem:
+            raise KeyError(f"Reward {reference!r}: {path} {problem}; give a Python file.")
         spec = importlib.util.spec_from_file_location(f"sarashina_grpo_user_rewards.{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         _run_module(reference, path, lambda: spec.loader.exec_module(module))

@@ -138,6 +138,20 @@ def file_problem(path: str | os.PathLike) -> str | None:
     return next((words for test, words in kinds if test(mode)), None)
 
 
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """What ``path`` is instead of a folder, in words that follow its name ("is a pipe (FIFO), not a folder"); None
+    for a folder or for nothing there (the caller's "no such folder")."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISDIR(mode):
+        return None
+    kind = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a file")
+    return f"is {kind}, not a folder"
+
+
 def _records(text: str, path: Path):
     """(first line, fields) of each non-empty CSV record; quoted fields may span lines."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
