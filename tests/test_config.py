@@ -428,3 +428,18 @@ def test_a_path_or_a_numpy_number_in_settings_is_taken_as_its_value():
     assert settings.data_path == "datasets/smalltalk.csv"
     assert type(settings.max_steps) is int and settings.max_steps == 3
     assert settings.learning_rate == pytest.approx(1e-5) and settings.bf16 is False
+
+
+def test_settings_given_as_text_are_read_as_json_or_refused_in_one_line():
+    # why: papermill -p passes SETTINGS as text; the notebook's cell failed with "'str' object is not a mapping"
+    assert load_settings('{"model_name": "tiny", "max_steps": 3}', source="SETTINGS").max_steps == 3
+    with pytest.raises(SettingsError, match=r"^SETTINGS: settings are a mapping of names to values, got the text"):
+        load_settings("model_name=tiny", source="SETTINGS")
+    with pytest.raises(SettingsError, match=r"^SETTINGS: settings are a mapping of names to values, got list"):
+        load_settings([("model_name", "tiny")], source="SETTINGS")
+
+
+def test_the_notebooks_held_out_parameters_sit_between_the_recipe_and_settings():
+    held_out = ("EVAL_STEPS / EVAL_LIMIT", {"eval_steps": 10, "eval_limit": 4})
+    assert load_settings({}, between=held_out).eval_steps == 10
+    assert load_settings({"eval_steps": 20}, between=held_out).eval_steps == 20  # SETTINGS wins

@@ -79,6 +79,9 @@ def test_other_valid_values_pass(defaults, name, value):
     ("MODEL_NAME", 5, "MODEL_NAME must be a hub id, a checkpoint folder or 'tiny', got 5 (int); None: the 3B model "
                       "with a CUDA GPU, 'tiny' without one."),
     ("MODEL_NAME", " ", "MODEL_NAME is empty"),
+    # was: an empty EVAL_NAME became 'notebook-tiny' and an empty SYSTEM_PROMPT the article's, without a word
+    ("EVAL_NAME", "", "EVAL_NAME is empty; give a plain folder name such as 'base' (None: named after the model)."),
+    ("SYSTEM_PROMPT", "", "SYSTEM_PROMPT is empty; give text (None: the one the checkpoint's run trained under"),
     ("SYSTEM_PROMPT", ["x"], "SYSTEM_PROMPT must be text"),
     ("ROLE_FILE", 5, "ROLE_FILE must be a UTF-8 text file holding the role, got 5 (int); None: ROLE."),
     ("LOAD_IN_4BIT", "False", "LOAD_IN_4BIT must be True, False or None (4-bit with a CUDA GPU, 16-bit without one), "

@@ -72,9 +72,9 @@ from sarashina_grpo.modeling import use_cpu_threads
 from sarashina_grpo.pipeline import build_trainer, load_model, prepare, run_training
 
 use_cpu_threads()  # without a GPU, the CLI's one thread (faster for small models on shared cores)
-held_out = {"eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT}  # None: the recipe's value stays
-overrides = {**{k: v for k, v in held_out.items() if v is not None}, **SETTINGS}
-settings = load_settings(overrides, recipe=RECIPE, source="SETTINGS")  # the article's < RECIPE < SETTINGS
+held_out = {k: v for k, v in {"eval_steps": EVAL_STEPS, "eval_limit": EVAL_LIMIT}.items() if v is not None}
+# the article's < RECIPE < EVAL_STEPS, EVAL_LIMIT (None: the recipe's) < SETTINGS
+settings = load_settings(SETTINGS, recipe=RECIPE, between=("EVAL_STEPS / EVAL_LIMIT", held_out), source="SETTINGS")
 run = prepare(settings, artifact_dir=ARTIFACT_DIR, resume=RESUME, run_name=RUN_NAME,
               allow_data_change=ALLOW_DATA_CHANGE)
 print(run.paths)

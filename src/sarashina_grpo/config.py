@@ -397,14 +397,23 @@ def check_one_system_prompt(source: str, layer: dict) -> None:
                             "the prompt. Keep one (CLI --system-prompt or --system-prompt-file).")
 
 
-def load_settings(values: dict | None = None, *, recipe: str | Path | None = None, base: dict | None = None,
-                  source: str = "settings") -> Settings:
-    """Settings from layers: ``base`` (default: the article's recipe) < ``recipe`` < ``values`` (flags, SETTINGS)."""
+def load_settings(values: dict | str | None = None, *, recipe: str | Path | None = None, base: dict | None = None,
+                  source: str = "settings", between: tuple[str, dict] | None = None) -> Settings:
+    """Settings from layers: ``base`` (default: the article's recipe) < ``recipe`` < ``between`` (a named layer: the
+    notebook's EVAL_STEPS) < ``values`` (flags, SETTINGS; JSON text too, as ``papermill -p`` passes it)."""
     layers = [(str(ARTICLE_RECIPE), article()) if base is None else (source, dict(base))]
     if recipe is not None:
         file = project.recipe_path(recipe)
         layers.append((str(file), load_recipe(file)))
-    given = dict(values or {})
+    if between:
+        layers.append(between)
+    if isinstance(values, str):
+        try:
+            values = json.loads(values)
+        except ValueError:
+            raise SettingsError(f"{source}: settings are a mapping of names to values, got the text {values!r}, which "
+                                "is not JSON either.") from None
+    given = {} if values is None else values
     layers.append((source, given))
     merged = {}
     for name, layer in layers:  # every key a field, else one error naming the closest

@@ -535,9 +535,9 @@ def check_inference_notebook(parameters: Mapping[str, object]) -> None:
             blank = next((i for i, item in enumerate(value) if allowed is str and text_problem(item)), None)
             if blank is not None:  # it would be answered as if something were asked
                 raise SettingsError(f"{name}[{blank}] is empty: write the text, or remove it from the list.")
-    if isinstance(name := given.get("MODEL_NAME"), str) and not name.strip():
-        raise SettingsError(f"MODEL_NAME is empty; give {NOTEBOOK_VALUES['MODEL_NAME'][1]} (None: "
-                            f"{NOTEBOOK_VALUES['MODEL_NAME'][2]}).")
+    for name, (_, wanted, unset) in NOTEBOOK_VALUES.items():  # an empty ROLE is no role, as the CLI's --role ''
+        if "ROLE" not in name and isinstance(given.get(name), str) and not given[name].strip():
+            raise SettingsError(f"{name} is empty; give {wanted} (None: {unset}).")
     defaults = GenerateOptions()  # the notebook sets two of them; GenerationSettings' defaults are the same
     max_new_tokens = given.get("MAX_NEW_TOKENS", defaults.max_new_tokens)
     check_generation(max_new_tokens, given.get("DO_SAMPLE", defaults.sample), defaults.temperature, defaults.top_p,
