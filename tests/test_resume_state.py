@@ -111,6 +111,10 @@ def test_check_resume_state_is_a_settings_error(tmp_path):
 
 # --- damaged state files -----------------------------------------------------------------------------------------
 
+ADAPTER_EDITS = {"rank is text": {"r": "32"}, "alpha is negative": {"lora_alpha": -1e6},
+                 "targets are numbers": {"target_modules": [1, 2]}}
+
+
 def damage(checkpoint: Path, kind: str) -> None:
     if kind == "state is a list":
         (checkpoint / "trainer_state.json").write_text("[]")
@@ -131,6 +135,9 @@ def damage(checkpoint: Path, kind: str) -> None:
     elif kind == "base model is a number":
         config = json.loads((checkpoint / "adapter_config.json").read_text())
         (checkpoint / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": 5}))
+    elif kind in ADAPTER_EDITS:  # edited by hand: infer and eval failed only after the base model loaded
+        config = json.loads((checkpoint / "adapter_config.json").read_text())
+        (checkpoint / "adapter_config.json").write_text(json.dumps({**config, **ADAPTER_EDITS[kind]}))
     elif kind == "adapter of another rank":
         save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 8),
                    "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(8, 8)},
@@ -147,6 +154,9 @@ DAMAGE = {
     "scheduler is {}": "scheduler.pt: not a learning-rate scheduler's state",
     "adapter config is a list": "adapter_config.json: holds a JSON list, not PEFT's adapter config",
     "base model is a number": "adapter_config.json: base_model_name_or_path is 5, not a model name or folder",
+    "rank is text": "adapter_config.json: r is '32', not a LoRA rank",
+    "alpha is negative": "adapter_config.json: lora_alpha is -1000000.0, not a positive number",
+    "targets are numbers": "adapter_config.json: target_modules is [1, 2], not module names",
     "adapter of another rank": "adapter_model.safetensors: holds LoRA rank 8 (base_model.model.model.layers.0."
                                "self_attn.q_proj.lora_A.weight) but adapter_config.json says r = 4",
 }

@@ -151,6 +151,14 @@ def adapter_config_problem(path: Path) -> str | None:
     base = config.get("base_model_name_or_path")
     if base is not None and not (isinstance(base, str) and base.strip()):
         return f"base_model_name_or_path is {base!r}, not a model name or folder (overwritten?)"
+    rank, alpha, targets = config.get("r"), config.get("lora_alpha"), config.get("target_modules")
+    if rank is not None and (type(rank) is not int or rank < 1):
+        return f"r is {rank!r}, not a LoRA rank (a whole number ≥ 1; edited by hand?)"
+    if alpha is not None and (type(alpha) not in (int, float) or not 0 < alpha < float("inf")):
+        return f"lora_alpha is {alpha!r}, not a positive number (edited by hand?)"
+    if targets is not None and not (isinstance(targets, str) or isinstance(targets, list) and targets
+                                    and all(isinstance(t, str) for t in targets)):
+        return f"target_modules is {targets!r}, not module names (edited by hand?)"
     return None
 
 
