@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
@@ -358,15 +359,22 @@ def recipe_path(path: str | Path) -> Path:
     return file
 
 
+PIPE_WAITS = 20  # tenths of a second a pipe may stay without a writer before it is refused
+
+
 def read_pipe(file: Path, label: str, limit: int = 4 * MAX_RECIPE_CHARS + 4) -> bytes:
     """What the pipe ``file`` carries (``<(…)``, a FIFO), up to ``limit`` bytes. Opened without waiting: a FIFO that
     nothing writes to would block ``open()`` forever; it is a ``SettingsError`` naming ``label`` instead."""
     fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        try:
-            data = os.read(fd, limit)
-        except BlockingIOError:  # a writer holds it open and has written nothing yet: wait for it
-            data = None
+        for _ in range(PIPE_WAITS):  # a writer that opens it a moment later (mkfifo, then start it) is no error
+            try:
+                data = os.read(fd, limit)
+            except BlockingIOError:  # a writer holds it open and has written nothing yet: wait for it
+                data = None
+            if data != b"":
+                break
+            time.sleep(0.1)
         if data == b"":
             raise SettingsError(f"{label} is a pipe (FIFO) that nothing is writing to, so reading it would wait "
                                 "forever. Save what it should carry to a file and give that, or start the writer "
