@@ -55,6 +55,11 @@ def check_plain_name(name: str, flag: str, lives: str) -> None:
                             "'-', '_' and '.', e.g. 'lr5e-6-seed1'.")
 
 
+def utc_now() -> str:
+    """The time as run.lock and run.json's change records write it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
 def pid_alive(pid: int) -> bool:
     """A process with this id runs on this machine (whoever owns it)."""
     try:
@@ -144,7 +149,7 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
             os.close(fd)
             raise RunLockedError(_locked_message(Path(run_dir), holder, flock=False)) from None
     me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+          "started": utc_now()}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
     _HELD[path] = RunLock(path, fd)
@@ -188,7 +193,7 @@ def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> No
     and the time under ``data_changes``), so the next resume compares with the file the run now trains on."""
     info = json.loads(run_info.read_text(encoding="utf-8-sig"))
     info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
-                                                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+                                                "at": utc_now()})
     info["data_sha256"], info["data"] = sha256, str(data)  # what a later plain --resume reads back and checks
     info.setdefault("settings", {})["data_path"] = str(data)
     write_json(run_info, info)
@@ -199,9 +204,8 @@ def record_settings_change(run_info: Path, changes: dict, step: int, grpo_config
     ``settings_changes``) and TRL's config as it now runs, so that the next resume goes on with them."""
     info = json.loads(run_info.read_text(encoding="utf-8-sig"))
     before = info.setdefault("settings", {})
-    info.setdefault("settings_changes", []).append({
-        "step": step, "previous": {k: before.get(k) for k in changes},
-        "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    info.setdefault("settings_changes", []).append({"step": step, "previous": {k: before.get(k) for k in changes},
+                                                    "at": utc_now()})
     before.update(changes)
     info["grpo_config"] = grpo_config
     write_json(run_info, info)
