@@ -396,11 +396,10 @@ def trained_system_prompt(settings: ModelOptions) -> ModelOptions:
 # --- the other commands' options and folders
 
 
-def check_positive_integers(command: str, options, names) -> None:
-    for name in names:
-        value = getattr(options, name)
-        if not is_whole(value):
-            raise SettingsError(f"{command} --{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+def check_whole(label: str, value, rule: str = "a positive integer", fix: str = "", lowest: int = 1) -> None:
+    """``value`` is a whole number >= ``lowest``; else ``{label} must be {rule}, got {value}{fix}.``"""
+    if not is_whole(value, lowest):
+        raise SettingsError(f"{label} must be {rule}, got {value!r}{fix}.")
 
 
 def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_p: float, batch_size: int,
@@ -408,8 +407,7 @@ def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_
     """``infer``/``eval`` generation options that no generation can use (the inference notebook's two too)."""
     for flag, value in (("--max-new-tokens (notebook: MAX_NEW_TOKENS)", max_new_tokens), ("--batch-size", batch_size),
                         ("--samples-per-prompt", samples_per_prompt)):
-        if not is_whole(value):
-            raise SettingsError(f"{flag} must be at least 1 (a whole number), got {value!r}.")
+        check_whole(flag, value, "at least 1 (a whole number)")
     check_switch("--sample (notebook: DO_SAMPLE)", sample)
     if not (finite_number(temperature) and 0 < temperature <= 10):  # even without --sample: no sampling can use it
         raise SettingsError(f"--temperature must be in (0, 10] (it sets how random --sample is), got {temperature}; "
@@ -423,9 +421,8 @@ def check_generation(max_new_tokens: int, sample: bool, temperature: float, top_
 
 def check_context(max_new_tokens: int | None, max_seq_length: int) -> None:
     """``--max-seq-length`` holds ``--max-new-tokens`` and a prompt: generation does not stop at the context's end."""
-    if not is_whole(max_seq_length):
-        raise SettingsError(f"--max-seq-length must be a positive integer (the tokens of prompt and answer together), "
-                            f"got {max_seq_length!r}; leave it out for {ModelOptions.max_seq_length}.")
+    check_whole("--max-seq-length", max_seq_length, "a positive integer (the tokens of prompt and answer together)",
+                f"; leave it out for {ModelOptions.max_seq_length}")
     if is_whole(max_new_tokens) and max_new_tokens >= max_seq_length:
         raise SettingsError(f"--max-new-tokens (notebook: MAX_NEW_TOKENS) {max_new_tokens} does not fit within "
                             f"--max-seq-length {max_seq_length}: that context holds the prompt and the answer "
@@ -442,8 +439,7 @@ def check_threads(threads: int | None) -> int | None:
                             "unset it (--threads sets torch's threads for one command).")
     if threads is None:
         return None
-    if not is_whole(threads):
-        raise SettingsError(f"--threads must be a positive integer, got {threads}.")
+    check_whole("--threads", threads)
     if threads > MAX_THREADS_PER_CORE * (cores := os.cpu_count() or 1):
         # 100,000 threads ran the machine out of memory while importing Unsloth, then crashed (SIGSEGV)
         raise SettingsError(f"--threads {threads} is far more than this machine's {cores} CPU core(s); give at most "
@@ -453,9 +449,9 @@ def check_threads(threads: int | None) -> int | None:
 
 def check_eval_limit(limit: int | None) -> None:
     """``eval --limit``: a positive number of prompts, or None for all (an empty evaluation would be compared)."""
-    if limit is not None and not is_whole(limit):
-        raise SettingsError(f"--limit (notebook: EVAL_LIMIT) must be at least 1 (prompts to evaluate), got {limit!r}; "
-                            "leave it out (notebook: None) to evaluate all.")
+    if limit is not None:
+        check_whole("--limit (notebook: EVAL_LIMIT)", limit, "at least 1 (prompts to evaluate)",
+                    "; leave it out (notebook: None) to evaluate all")
 
 
 def metrics_problem(metrics) -> str | None:
@@ -549,10 +545,10 @@ def check_inference_notebook(parameters: Mapping[str, object]) -> None:
 def check_demo(demo, run_name: str | None = None) -> None:
     """``demo``'s options (``demo.DemoSettings``) and the GRPO settings it derives, before Unsloth is imported."""
     check_threads(demo.threads)
-    check_positive_integers("demo", demo, [n for n in ("steps", "logging_steps", "eval_limit") if getattr(demo, n)
-                                           is not None])
-    if not is_whole(demo.eval_steps, 0):
-        raise SettingsError(f"demo --eval-steps must be 0 (off) or a positive number of steps, got {demo.eval_steps}.")
+    for name in ("steps", "logging_steps", "eval_limit"):
+        if getattr(demo, name) is not None:
+            check_whole(f"demo --{name.replace('_', '-')}", getattr(demo, name))
+    check_whole("demo --eval-steps", demo.eval_steps, "0 (off) or a positive number of steps", lowest=0)
     if run_name is not None:
         check_run_name(run_name)
     demo.settings(Path("tiny"))  # its GRPO settings (steps, logging steps, overrides), checked as they are built
@@ -578,7 +574,8 @@ def check_warm_start(recipe, examples_file: Path | None) -> None:
         give = "" if "pipe" in problem else " Give a JSONL file of examples (keys prompt, think, response), or " \
                                             "'synthetic'."
         raise SettingsError(f"warmstart --data: {found}.{give}")
-    check_positive_integers("warmstart", recipe, ("steps", "batch_size"))
+    check_whole("warmstart --steps", recipe.steps)
+    check_whole("warmstart --batch-size", recipe.batch_size)
     for flag, value, ok, rule in (("--lora-rank", recipe.lora_rank, recipe.lora_rank >= 0, ">= 0"),
                                   ("--malformed-share", recipe.malformed_share, 0 <= recipe.malformed_share <= 1,
                                    "in [0, 1]")):
