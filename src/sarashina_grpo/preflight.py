@@ -631,35 +631,29 @@ def looks_like_path(name: str) -> bool:
 
 
 def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """The hub's host answers within ``timeout`` on the route a download takes: straight or through the proxy set."""
+    """The hub's host answers within ``timeout`` on the route a download takes: straight, through the SOCKS or HTTPS
+    proxy set (its port answering), or through an HTTP proxy that grants a ``CONNECT`` tunnel to it."""
+    import http.client
+
     url = urlparse(endpoint)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    proxy = proxy_for(endpoint)
+    via = urlparse(proxy[1]) if (proxy := proxy_for(endpoint)) else None
     try:
-        if proxy is None:
-            with socket.create_connection((host, port), timeout=timeout):
-                return True
-        via = urlparse(proxy[1])
-        with socket.create_connection((via.hostname, via.port or PROXY_PORTS.get(via.scheme, 1080)),
-                                      timeout=timeout) as sock:
-            return via.scheme != "http" or tunnel_granted(sock, f"{host}:{port}", via, timeout)
-    except (OSError, ValueError):  # no DNS, no route, refused, timed out; a proxy URL with a bad port
+        if via is not None and via.scheme == "http":
+            headers = {}
+            if via.username is not None:
+                token = base64.b64encode(f"{unquote(via.username)}:{unquote(via.password or '')}".encode()).decode()
+                headers["Proxy-Authorization"] = f"Basic {token}"
+            with contextlib.closing(http.client.HTTPConnection(via.hostname, via.port or PROXY_PORTS["http"],
+                                                               timeout=timeout)) as conn:
+                conn.set_tunnel(host, port, headers)
+                conn.connect()  # OSError unless the proxy answers the CONNECT with 200
+        else:
+            address = (host, port) if via is None else (via.hostname, via.port or PROXY_PORTS.get(via.scheme, 1080))
+            socket.create_connection(address, timeout=timeout).close()
+    except (OSError, ValueError, http.client.HTTPException):  # no DNS, no route, refused, timed out, no tunnel
         return False
-
-
-def tunnel_granted(sock: socket.socket, target: str, proxy, timeout: float) -> bool:
-    """An HTTP proxy on ``sock`` answers ``CONNECT target`` with a 2xx status within ``timeout``."""
-    auth = ""
-    if proxy.username is not None:
-        token = base64.b64encode(f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()).decode()
-        auth = f"Proxy-Authorization: Basic {token}\r\n"
-    sock.settimeout(timeout)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
-    answer = b""
-    while b"\r\n" not in answer and len(answer) < 4096 and (chunk := sock.recv(4096)):
-        answer += chunk
-    status = answer.split(b"\r\n", 1)[0].split()
-    return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1][:1] == b"2"
+    return True
 
 
 def hub_unusable() -> str | None:
