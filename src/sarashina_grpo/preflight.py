@@ -518,6 +518,9 @@ def check_inference_notebook(parameters: Mapping[str, object]) -> None:
     for name, value in given.items():
         if name in NOTEBOOK_VALUES:
             check_optional(name, value, *NOTEBOOK_VALUES[name])
+            _, wanted, unset = NOTEBOOK_VALUES[name]
+            if "ROLE" not in name and isinstance(value, str) and not value.strip():  # '' for a role: none, as --role ''
+                raise SettingsError(f"{name} is empty; give {wanted} (None: {unset}).")
         if name in NOTEBOOK_SWITCHES and not (value is None and name == "LOAD_IN_4BIT"):
             check_switch(name, value, NOTEBOOK_SWITCHES[name])
         if name in NOTEBOOK_LISTS:
@@ -531,9 +534,6 @@ def check_inference_notebook(parameters: Mapping[str, object]) -> None:
             blank = next((i for i, item in enumerate(value) if allowed is str and text_problem(item)), None)
             if blank is not None:  # it would be answered as if something were asked
                 raise SettingsError(f"{name}[{blank}] is empty: write the text, or remove it from the list.")
-    for name, (_, wanted, unset) in NOTEBOOK_VALUES.items():  # an empty ROLE is no role, as the CLI's --role ''
-        if "ROLE" not in name and isinstance(given.get(name), str) and not given[name].strip():
-            raise SettingsError(f"{name} is empty; give {wanted} (None: {unset}).")
     defaults = GenerateOptions()  # the notebook sets two of them; GenerationSettings' defaults are the same
     max_new_tokens = given.get("MAX_NEW_TOKENS", defaults.max_new_tokens)
     check_generation(max_new_tokens, given.get("DO_SAMPLE", defaults.sample), defaults.temperature, defaults.top_p,
