@@ -281,14 +281,13 @@ def read_text_setting(path: str | Path, name: str) -> str:
     """The text of a file named by a setting (system prompt, role), with one clear error when it cannot be used."""
     file = project_path(path)
     problem = file_problem(file)  # a FIFO or /dev/zero would block or be read until memory runs out
-    if problem and problem not in ("not found", "is a folder"):
-        raise SettingsError(f"{name}: {file} {problem}.")
+    if problem == "not found":
+        raise SettingsError(f"{name}: file not found: {file}.")
+    if problem:
+        give = "; give a UTF-8 text file" if problem == "is a folder" else ""
+        raise SettingsError(f"{name}: {file} {problem}{give}.")
     try:
         text = file.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SettingsError(f"{name}: file not found: {file}.") from None
-    except IsADirectoryError:
-        raise SettingsError(f"{name}: {file} is a folder; give a UTF-8 text file.") from None
     except (UnicodeDecodeError, OSError) as err:
         if isinstance(err, UnicodeDecodeError) and (problem := compressed_problem(file)):
             raise SettingsError(f"{name}: {file} {problem}.") from None
