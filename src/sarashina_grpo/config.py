@@ -53,7 +53,6 @@ NUMERIC_RANGES = {
     "warmup_steps": (0.0, math.inf, True, False),  # a float below 1 is a share of max_steps (transformers 5)
     "vllm_gpu_memory_utilization": (0.0, 1.0, False, True),
 }
-SEED_LIMIT, MAX_LORA_RANK = project.SEED_LIMIT, project.MAX_LORA_RANK  # shared with warmstart and build-tiny
 # Fields the project sets for each run: a run's checkpoints live in its own folder, where --resume finds them.
 RUN_OWNED = {
     "output_dir": "checkpoints go to <artifact-dir>/outputs/<run>/; choose the folder with --artifact-dir and "
@@ -264,8 +263,8 @@ def check_values(settings: Settings) -> None:
     for name, problem in (("lora_rank", project.lora_rank_problem), ("seed", project.seed_problem)):
         if words := problem(getattr(settings, name)):  # the rules warmstart and build-tiny check their flags by
             raise SettingsError(f"{field_label(name)} {words}")
-    for name in NUMERIC_RANGES:
-        if problem := out_of_range(name, getattr(settings, name)):
+    for name, limits in NUMERIC_RANGES.items():
+        if problem := project.range_problem(limits, getattr(settings, name)):
             raise SettingsError(f"{field_label(name)} {problem}")
     choices = {"backend": BACKENDS, "rollout": tuple(project.ROLLOUTS), "scale_rewards": project.SCALE_REWARDS,
                "importance_sampling_level": ("token", "sequence"), "best_metric": ("none", *BEST_METRICS),
@@ -351,15 +350,16 @@ def check_generation_config(settings: Settings) -> None:
     extra = extra or {}
     if not isinstance(extra, dict):
         raise SettingsError(f"{field_label('generation_kwargs')} must be a mapping, got {extra!r}.")
+    defaults = GenerationConfig()
     for name in extra:  # transformers keeps an unknown key as an attribute without a word
         if name in RUN_GENERATION:
             raise SettingsError(f"{field_label('generation_kwargs')} {name} is the run's own: {RUN_GENERATION[name]}.")
-        if not hasattr(GenerationConfig(), name):
+        if not hasattr(defaults, name):
             raise SettingsError(f"{field_label('generation_kwargs')}: {name!r} is not a setting of transformers' "
-                                f"GenerationConfig{project.did_you_mean(name, GenerationConfig().to_dict())}.")
+                                f"GenerationConfig{project.did_you_mean(name, defaults.to_dict())}.")
     sampling = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     for name in sampling:  # a kwarg overrides its field: the same range applies
-        if name in NUMERIC_RANGES and (problem := out_of_range(name, extra.get(name))):
+        if name in NUMERIC_RANGES and (problem := project.range_problem(NUMERIC_RANGES[name], extra.get(name))):
             raise SettingsError(f"{field_label('generation_kwargs')} {name} {problem}")
     if "top_k" in extra and not project.is_whole(extra["top_k"], 0):
         raise SettingsError(f"{field_label('generation_kwargs')} top_k must be 0 or a positive integer, got "
@@ -379,22 +379,9 @@ def check_generation_config(settings: Settings) -> None:
         transformers_logging.set_verbosity(verbosity)
 
 
-def out_of_range(name: str, value) -> str:
-    """Why ``value`` is outside ``NUMERIC_RANGES[name]``, as an error says it; '' when inside or None (unset)."""
-    return project.range_problem(NUMERIC_RANGES[name], value)
-
-
 def article() -> dict:
     """The default recipe: the article's run."""
     return load_recipe(ARTICLE_RECIPE)
-
-
-def check_one_system_prompt(source: str, layer: dict) -> None:
-    """One source giving both a system prompt and a file: the file would win silently."""
-    prompt = layer.get("system_prompt", project.SYSTEM_PROMPT)
-    if layer.get("system_prompt_file") is not None and prompt != project.SYSTEM_PROMPT:
-        raise SettingsError(f"{source}: system_prompt and system_prompt_file are both given; the file would replace "
-                            "the prompt. Keep one (CLI --system-prompt or --system-prompt-file).")
 
 
 def load_settings(values: dict | str | None = None, *, recipe: str | Path | None = None, base: dict | None = None,
@@ -424,8 +411,12 @@ def load_settings(values: dict | str | None = None, *, recipe: str | Path | None
                 raise SettingsError(f"{name}: unknown setting {key!r}{project.did_you_mean(str(key), FIELDS)}. "
                                     "Settings are the fields of TRL's GRPOConfig and of sarashina_grpo.config.Settings "
                                     "(`sarashina-grpo train --help`).")
-        if layer is not layers[0][1]:  # the base (a resumed run's run.json) records the asked prompt beside its file
-            check_one_system_prompt(name, layer)
+        # One layer giving a prompt and a file: the file would win silently. The base (a resumed run's run.json)
+        # records the asked prompt beside its file.
+        if layer is not layers[0][1] and layer.get("system_prompt_file") is not None and layer.get(
+                "system_prompt", project.SYSTEM_PROMPT) != project.SYSTEM_PROMPT:
+            raise SettingsError(f"{name}: system_prompt and system_prompt_file are both given; the file would replace "
+                                "the prompt. Keep one (CLI --system-prompt or --system-prompt-file).")
         if "system_prompt" in layer and "system_prompt_file" not in layer:  # a later prompt beats an earlier file
             merged["system_prompt_file"] = None
         merged.update(layer)
