@@ -112,12 +112,12 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
         info = read_run_info(run_dir, settings_used=True)
         if info is None:
             runs.refuse_without_run_info(run_dir, checkpoint, given is None, settings.model_name)
+        before = info["settings"] if info else {}
         if given is not None:  # the recorded settings, less those set now and those the machine decides
-            base = {k: v for k, v in legacy_settings(info["settings"]).items() if k not in RUN_OWNED}
+            base = {k: v for k, v in legacy_settings(before).items() if k not in RUN_OWNED}
             now = {k: v for k, v in settings.asked().items() if k in given | MACHINE_FIELDS}
             settings = load_settings(now, base=base, source=str(run_dir / RUN_INFO))
-        planned = (info or {}).get("settings", {}).get("max_steps")
-        max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=planned,
+        max_steps, finished = runs.resume_max_steps(checkpoint, settings.max_steps, recorded=before.get("max_steps"),
                                                     explicit=given is None or "max_steps" in given)
         # A run given as a folder outside artifact_dir/outputs keeps its logs next to its outputs.
         logs = artifact_dir / "logs" if run_dir.parent == artifact_dir / "outputs" else run_dir.parent.parent / "logs"
@@ -133,12 +133,15 @@ def _prepare(settings: Settings, artifact_dir: Path, resume, run_name, check_mod
         changed = runs.check_data_unchanged(info, data, run_dir, allow=allow_data_change)
         checkpoints.set_aside_newer(run_dir, checkpoint)
         step = runs.checkpoint_progress(checkpoint)[0]
-        if changed:
-            runs.record_data_change(run_dir / RUN_INFO, data, changed, step)
-        before = (info or {}).get("settings", {})
+        if changed:  # the hash a later plain --resume reads back and checks
+            runs.record_change(run_dir / RUN_INFO, "data_changes",
+                               {"step": step, "data": str(data), "previous": info["data_sha256"]},
+                               {"data_path": str(data)}, data_sha256=changed, data=str(data))
         if changes := {k: v for k, v in recorded(checked.settings).items()
                        if k in before and before[k] != v and k not in MACHINE_FIELDS | {"data_path", "run_name"}}:
-            runs.record_settings_change(run_dir / RUN_INFO, changes, step, checked.settings.to_dict())
+            runs.record_change(run_dir / RUN_INFO, "settings_changes",
+                               {"step": step, "previous": {k: before[k] for k in changes}}, changes,
+                               grpo_config=checked.settings.to_dict())
         logger.info("Resuming run %s from %s", run_dir.name, checkpoint)
         return Run(checked.settings, paths, checkpoint, checked.rows, checked.eval_rows, lock)
     except BaseException:

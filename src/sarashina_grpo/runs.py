@@ -188,26 +188,13 @@ def check_data_unchanged(info: dict | None, data: Path, run_dir: Path, *, allow:
     return now
 
 
-def record_data_change(run_info: Path, data: Path, sha256: str, step: int) -> None:
-    """Keep the hash of a data file accepted with ``--allow-data-change`` in ``run.json`` (the old one, the step
-    and the time under ``data_changes``), so the next resume compares with the file the run now trains on."""
+def record_change(run_info: Path, log: str, entry: dict, settings: dict, **fields) -> None:
+    """Keep in ``run.json`` what a resume changed, so that the next resume goes on with it: ``entry`` (the step, the
+    values recorded before) and the time appended under ``log``, the new ``settings`` and top-level ``fields``."""
     info = json.loads(run_info.read_text(encoding="utf-8-sig"))
-    info.setdefault("data_changes", []).append({"step": step, "data": str(data), "previous": info.get("data_sha256"),
-                                                "at": utc_now()})
-    info["data_sha256"], info["data"] = sha256, str(data)  # what a later plain --resume reads back and checks
-    info.setdefault("settings", {})["data_path"] = str(data)
-    write_json(run_info, info)
-
-
-def record_settings_change(run_info: Path, changes: dict, step: int, grpo_config: dict) -> None:
-    """Keep the settings a resume changed in ``run.json`` (their values before, the step and the time under
-    ``settings_changes``) and TRL's config as it now runs, so that the next resume goes on with them."""
-    info = json.loads(run_info.read_text(encoding="utf-8-sig"))
-    before = info.setdefault("settings", {})
-    info.setdefault("settings_changes", []).append({"step": step, "previous": {k: before.get(k) for k in changes},
-                                                    "at": utc_now()})
-    before.update(changes)
-    info["grpo_config"] = grpo_config
+    info.setdefault(log, []).append({**entry, "at": utc_now()})
+    info.setdefault("settings", {}).update(settings)
+    info.update(fields)
     write_json(run_info, info)
 
 
