@@ -14,8 +14,8 @@ import pytest
 from checkpoint_files import COMPLETE_MARKER, make_checkpoint
 
 from sarashina_grpo import project
+from sarashina_grpo.callbacks import NonFiniteError, NonFiniteGuard
 from sarashina_grpo.config import article_settings
-from sarashina_grpo.guards import NonFiniteError, check_logs
 from sarashina_grpo.preflight import settings_warnings
 from sarashina_grpo.project import SettingsError
 
@@ -118,14 +118,15 @@ def test_a_non_finite_log_stops_training_naming_the_value_and_the_last_good_chec
     good = make_checkpoint(tmp_path, 4)
     make_checkpoint(tmp_path, 5, marker=False)  # saved, never marked: not a resume point
     with pytest.raises(NonFiniteError) as info:
-        check_logs(logs, 6, tmp_path)
+        NonFiniteGuard().on_log(*trainer_args(tmp_path, 6), logs=logs)
     message = str(info.value)
     assert message.startswith(f"Training stopped at step 6: {named}. ")
     assert f"the last good checkpoint is {good}" in message and "--learning-rate" in message
 
 
 def test_finite_logs_pass():
-    check_logs({"loss": 0.0, "grad_norm": 1e30, "learning_rate": 5e-6, "reward": NAN}, 1, "unused")
+    NonFiniteGuard().on_log(*trainer_args("unused", 1), logs={"loss": 0.0, "grad_norm": 1e30, "learning_rate": 5e-6,
+                                                              "reward": NAN})
 
 
 def trainer_args(tmp_path, step: int):
@@ -134,8 +135,6 @@ def trainer_args(tmp_path, step: int):
 
 
 def test_the_guard_callback_raises_from_on_log(tmp_path):
-    from sarashina_grpo.callbacks import NonFiniteGuard
-
     with pytest.raises(NonFiniteError, match="grad_norm = nan"):
         NonFiniteGuard().on_log(*trainer_args(tmp_path, 3), logs={"loss": 0.5, "grad_norm": NAN})
 

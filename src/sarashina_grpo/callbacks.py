@@ -1,10 +1,14 @@
 """Trainer callbacks: complete-checkpoint markers, a NaN/inf guard, Ctrl-C/SIGTERM that save, then stop, and the
 held-out evaluation during training (``Settings.eval_steps``). TRL prints sampled completions itself.
+
+The first NaN/inf loss, gradient norm or learning rate stops the run (``NonFiniteGuard``), so the last good checkpoint
+stays the resume point (``checkpoints.mark_complete`` never marks one holding NaN/inf weights).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -15,11 +19,15 @@ from pathlib import Path
 from transformers import ProgressCallback, TrainerCallback
 
 from . import compat
+from .best import is_better, record_best
 from .checkpoints import checkpoint_dir, is_complete, mark_complete, newest_complete_in
-from .guards import NonFiniteError, check_logs
-from .project import STOP_GRACE_VARIABLE
+from .project import STOP_GRACE_VARIABLE, SettingsError
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(SettingsError):
+    """Training produced NaN or inf; it was stopped before anything non-finite became a resume point."""
 
 
 # TRL's run README names a base model given as a local folder "None" (create_model_card keeps hub ids only).
@@ -55,11 +63,23 @@ class CheckpointMarker(TrainerCallback):
 
 
 class NonFiniteGuard(TrainerCallback):
-    """Stop at the first NaN/inf loss, gradient norm or learning rate (``guards.check_logs``), before that step's
-    weights are saved: the Trainer logs a step before it saves it."""
+    """Stop at the first NaN/inf loss, gradient norm or learning rate, before that step's weights are saved: the
+    Trainer runs ``on_log`` before it saves the step's checkpoint, so its (by now non-finite) weights never are."""
+
+    WATCHED = ("loss", "grad_norm", "learning_rate")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        check_logs(logs, state.global_step, args.output_dir)
+        bad = [f"{key} = {logs[key]}" for key in self.WATCHED
+               if isinstance((logs or {}).get(key), int | float) and not math.isfinite(logs[key])]
+        if not bad:
+            return
+        good = newest_complete_in(args.output_dir)
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint had been saved yet"
+        raise NonFiniteError(f"Training stopped at step {state.global_step}: {', '.join(bad)}. The weights are no "
+                             f"longer usable, so nothing from this step on is saved or marked complete ({kept}). Usual "
+                             "causes: a learning rate too high for this model or a loose gradient clip; start a new "
+                             "run with a lower --learning-rate or --max-grad-norm (resuming keeps the run's settings "
+                             "and would meet the same numbers).")
 
 
 class PackingTrust(TrainerCallback):
@@ -223,8 +243,6 @@ class HeldOutEval(TrainerCallback):
     def track_best(self, args, state, control, metrics: dict | None) -> None:
         """Mark a new best (save this step, keep it from rotation, record it in ``run.json``) or count towards
         ``patience``. Every process takes the main process's decision: saving and stopping are collective."""
-        from .best import is_better
-
         value = (metrics or {}).get(self.best_metric)
         new_best = value is not None and is_better(self.best_metric, value, state.best_metric)
         if self.trainer.accelerator.num_processes > 1:
@@ -245,8 +263,6 @@ class HeldOutEval(TrainerCallback):
             control.should_save = control.should_training_stop = True
 
     def on_save(self, args, state, control, **kwargs):
-        from .best import record_best
-
         if self.recording and self.recording[0] == state.global_step and state.is_world_process_zero:
             if is_complete(checkpoint_dir(args.output_dir, state.global_step)):  # CheckpointMarker ran first
                 record_best(args.output_dir, state.global_step, self.best_metric, self.recording[1])
