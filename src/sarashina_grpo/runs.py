@@ -148,8 +148,7 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
         if holder.get("host") == socket.gethostname() and pid_alive(int(holder.get("pid", 0))):
             os.close(fd)
             raise RunLockedError(_locked_message(Path(run_dir), holder, flock=False)) from None
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": utc_now()}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now()}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
     _HELD[path] = RunLock(path, fd)
