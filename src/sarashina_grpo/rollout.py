@@ -62,7 +62,6 @@ class Layer:
 
 
 def _projections(layer) -> tuple[list, list, list, list]:
-    """The modules of one decoder layer that the fused ``Layer`` linears compute: q/k/v, o, gate/up, down."""
     a, m = layer.self_attn, layer.mlp
     return [a.q_proj, a.k_proj, a.v_proj], [a.o_proj], [m.gate_proj, m.up_proj], [m.down_proj]
 
@@ -110,7 +109,6 @@ def refresh_lora(linear: Linear, modules, dtype) -> bool:
 # The element-wise pieces of a layer. On CUDA the decode step runs them torch.compile'd: each becomes one generated
 # kernel instead of 2-6 eager ones, captured into the step's CUDA graph like any kernel.
 def _add_rms_norm(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float):
-    """The residual add and the next norm: (h + y, rms_norm(h + y))."""
     h = h + y
     return h, F.rms_norm(h, (h.shape[-1],), weight, eps)
 
@@ -198,8 +196,6 @@ def _triton_attention():
         tl.store(out_ptr + b * stride_ob + (h * REP + r) * D + d, o.to(out_ptr.dtype.element_ty), mask=dd)
 
     def attend(q: torch.Tensor, kv_cache: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """q [B, nq, D] (one new token per row); kv_cache [2, B, L, nkv, D]; mask [B, L] additive; slot [1]: the
-        last filled cache slot. Returns [B, nq, D], softmax(q k^T / sqrt(D) + mask) v over slots 0..slot."""
         _, batch, length, nkv, d = kv_cache.shape
         rep = q.shape[1] // nkv
         n_blocks = triton.cdiv(length, ATTN_BLOCK)
@@ -219,7 +215,8 @@ def _triton_attention():
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor):
-    """The split-K decode attention (Triton; on CPU only under ``TRITON_INTERPRET=1``, for tests)."""
+    """q [B,nq,D] (one new token per row); kv_cache [2,B,L,nkv,D]; mask [B,L] additive; slot [1]: the last filled
+    slot. softmax(q k^T / sqrt(D) + mask) v over slots 0..slot, [B,nq,D] (on CPU only under TRITON_INTERPRET=1)."""
     return _triton_attention()(q, kv_cache, mask, slot)
 
 
@@ -405,7 +402,6 @@ class FastRollout:
     def _rope_tables(self, length: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [length, D] for positions 0..length-1, from the model's own inverse frequencies and scaling."""
         rotary = self.core.rotary_emb
-        # Unsloth's rotary module rebuilds inv_freq from the config (transformers 5 may leave the buffer stale).
         inv_freq = compat.rotary_inv_freq(rotary).to(device=device, dtype=torch.float32)
         freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -549,8 +545,7 @@ class FastRollout:
 FAST_ARCHITECTURES = ("llama", "mistral")  # config.model_type values FastRollout decodes
 
 
-def language_model(model):
-    """The transformers model under a PEFT wrapper (``model`` itself where there is none)."""
+def language_model(model):  # the transformers model under a PEFT wrapper
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
