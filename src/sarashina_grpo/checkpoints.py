@@ -24,9 +24,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 # Strict on purpose: "checkpoint-20.set-aside-…" is a folder a resume moved away, not step 20.
-CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)(\.set-aside-.+)?")
 SET_ASIDE = ".set-aside-"
-SET_ASIDE_RE = re.compile(r"checkpoint-(\d+)\.set-aside-.+")
 # Set-aside folders live in this sub-folder of the run: transformers' checkpoint rotation (save_total_limit) deletes
 # every `checkpoint-*` folder of the run folder beyond the limit, set-aside ones included (it reads their step).
 SET_ASIDE_DIR = "set-aside"
@@ -43,14 +42,11 @@ TORCH_STATE_PATTERNS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit; a larger length means the file was overwritten
 
 
-def step_of(path: str | os.PathLike) -> int | None:
-    """The step of a ``checkpoint-<digits>`` folder name, else None (set-aside folders included)."""
-    return int(match.group(1)) if (match := CHECKPOINT_RE.fullmatch(Path(path).name)) else None
-
-
-def set_aside_step(path: str | os.PathLike) -> int | None:
-    """The step of a ``checkpoint-<digits>.set-aside-<time>`` folder name, else None."""
-    return int(match.group(1)) if (match := SET_ASIDE_RE.fullmatch(Path(path).name)) else None
+def step_of(path: str | os.PathLike, *, set_aside: bool | None = False) -> int | None:
+    """The step of a ``checkpoint-<digits>`` folder name, else None; ``set_aside=True``: of a
+    ``checkpoint-<digits>.set-aside-<time>`` one instead, ``None``: of either."""
+    match = CHECKPOINT_RE.fullmatch(Path(path).name)
+    return int(match[1]) if match and set_aside in (None, bool(match[2])) else None
 
 
 @dataclass(frozen=True)
@@ -68,11 +64,11 @@ class FolderKind:
 def folder_kind(folder: str | os.PathLike) -> FolderKind:
     """The one reading of what an existing folder is: adapter, full model, run folder, (half-written) checkpoint."""
     files = frozenset(p.name for p in Path(folder).iterdir())
-    named_step = step_of(folder) is not None or set_aside_step(folder) is not None
     return FolderKind(
         files=files, adapter=ADAPTER_CONFIG in files and bool(files & set(ADAPTER_WEIGHT_FILES)),
         model="config.json" in files and bool(files & set(WEIGHT_FILES)), newest=newest_complete_in(folder),
-        step=step_of(folder), half_written=named_step and COMPLETE_MARKER not in files)
+        step=step_of(folder),
+        half_written=step_of(folder, set_aside=None) is not None and COMPLETE_MARKER not in files)
 
 
 def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
@@ -113,10 +109,8 @@ def verify(checkpoint: str | os.PathLike, *, for_resume: bool = True) -> list[st
     folder = Path(checkpoint)
     jsons = [p for p in sorted(folder.glob("*.json")) if for_resume or p.name != TRAINER_STATE]
     problems = _problems(safetensors_problem, sorted(folder.glob("*.safetensors"))) + _problems(json_problem, jsons)
-    if for_resume and not problems and (folder / TRAINER_STATE).exists():
-        problems = _problems(trainer_state_problem, [folder / TRAINER_STATE])
-    if not problems and (folder / ADAPTER_CONFIG).exists():
-        problems = _problems(adapter_config_problem, [folder / ADAPTER_CONFIG])
+    if not problems:
+        problems = _problems(json_fields_problem, [p for p in jsons if p.name in (TRAINER_STATE, ADAPTER_CONFIG)])
     if not problems:
         problems = adapter_shape_problems(folder) or [f"{name}: holds non-finite values (NaN or inf)"
                                                       for name in nonfinite_weight_files(folder)]
@@ -130,28 +124,21 @@ def _problems(check, paths: list[Path]) -> list[str]:
     return [f"{path.name}: {problem}" for path in paths if (problem := check(path))]
 
 
-def trainer_state_problem(path: Path) -> str | None:
-    """Why a ``trainer_state.json`` that parses cannot be what the Trainer wrote."""
-    state = json.loads(path.read_bytes())
-    if not isinstance(state, dict):
-        return f"holds a JSON {type(state).__name__}, not the Trainer's state (overwritten?)"
-    for key in ("global_step", "max_steps"):
-        if not is_whole(value := state.get(key, 0), 0):
-            return f"{key} is {value!r}, not a whole number (overwritten?)"
-    if not isinstance(state.get("log_history", []), list):
-        return "log_history is not a list (overwritten?)"
-    return None
-
-
-def adapter_config_problem(path: Path) -> str | None:
-    """Why an ``adapter_config.json`` that parses cannot be what PEFT wrote (the loaders would fail late on it)."""
-    config = json.loads(path.read_bytes())
-    if not isinstance(config, dict):
-        return f"holds a JSON {type(config).__name__}, not PEFT's adapter config (overwritten?)"
-    base = config.get("base_model_name_or_path")
+def json_fields_problem(path: Path) -> str | None:
+    """Why a ``trainer_state.json`` or ``adapter_config.json`` that parses cannot be what the Trainer or PEFT wrote
+    (the loaders would fail late on it)."""
+    data = json.loads(path.read_bytes())
+    if not isinstance(data, dict):
+        writer = "the Trainer's state" if path.name == TRAINER_STATE else "PEFT's adapter config"
+        return f"holds a JSON {type(data).__name__}, not {writer} (overwritten?)"
+    if path.name == TRAINER_STATE:
+        for key in ("global_step", "max_steps"):
+            if not is_whole(value := data.get(key, 0), 0):
+                return f"{key} is {value!r}, not a whole number (overwritten?)"
+        return None if isinstance(data.get("log_history", []), list) else "log_history is not a list (overwritten?)"
+    base, rank, alpha, targets = (data.get(k) for k in ("base_model_name_or_path", "r", "lora_alpha", "target_modules"))
     if base is not None and not (isinstance(base, str) and base.strip()):
         return f"base_model_name_or_path is {base!r}, not a model name or folder (overwritten?)"
-    rank, alpha, targets = config.get("r"), config.get("lora_alpha"), config.get("target_modules")
     if rank is not None and (type(rank) is not int or rank < 1):
         return f"r is {rank!r}, not a LoRA rank (a whole number ≥ 1; edited by hand?)"
     if alpha is not None and (type(alpha) not in (int, float) or not 0 < alpha < float("inf")):
@@ -319,7 +306,7 @@ def set_aside_newer(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -
     stale ones; ``checkpoint-N.set-aside-*`` folders an older version left in the run folder go into ``set-aside/``."""
     aside = Path(run_dir) / SET_ASIDE_DIR
     for folder in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*{SET_ASIDE}*"):
-        if folder.is_dir() and set_aside_step(folder) is not None and not (aside / folder.name).exists():
+        if folder.is_dir() and step_of(folder, set_aside=True) is not None and not (aside / folder.name).exists():
             aside.mkdir(exist_ok=True)
             folder.rename(aside / folder.name)
     for folder in list_checkpoints(run_dir):
@@ -382,7 +369,7 @@ def check_loadable(folder: str | os.PathLike) -> None:
     """Raise ``SettingsError`` naming what is wrong when a folder about to be loaded for inference is damaged."""
     folder = Path(folder)
     if problems := verify(folder, for_resume=False):
-        step = step_of(folder) if step_of(folder) is not None else set_aside_step(folder)
+        step = step_of(folder, set_aside=None)
         run = folder.parent.parent if folder.parent.name == SET_ASIDE_DIR else folder.parent
         earlier = [p for p in complete_checkpoints(run) if step is not None and step_of(p) < step]
         hint = f" Use an earlier checkpoint of the run, e.g. {earlier[-1]}." if earlier else ""

@@ -25,7 +25,6 @@ from .checkpoints import (
     COMPLETE_MARKER,
     check_loadable,
     folder_kind,
-    set_aside_step,
     step_of,
 )
 from .errors import connection_failed
@@ -87,7 +86,7 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
         raise SettingsError(f"{path} is incomplete: no {' and no '.join(missing)} ({', '.join(missing)} files are "
                             "saved with every checkpoint). Export another checkpoint of the run.")
     check_loadable(path)  # cut off, overwritten or NaN: the same checks as a resume, before anything is copied
-    if set_aside_step(path) is not None:
+    if step_of(path, set_aside=True) is not None:
         logger.warning("%s was set aside by a resume (it was replaced by the resumed run's own checkpoints); its "
                        "files are intact, so it is exported as it is.", path)
     return path
