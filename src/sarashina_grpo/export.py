@@ -92,19 +92,23 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     return path
 
 
-def base_model_of(checkpoint: Path, base_model: str | None = None) -> str:
-    """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base."""
-    recorded = json.loads((checkpoint / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    name = base_model or recorded
+def base_model_of(checkpoint: Path, base_model: str | None = None, *, allow_other_base: bool = False) -> str:
+    """Where the merge loads the base weights: ``base_model`` if given, else the adapter's recorded base (checked)."""
+    name = base_model or json.loads((checkpoint / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
+        "base_model_name_or_path")
     if not name:
         raise SettingsError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass it with --base-model.")
-    if name == "tiny":
-        return str(tiny_model_dir())
+    source = "--base-model" if base_model else f"from {ADAPTER_CONFIG}, base_model_name_or_path"
     if missing_local_model(name):  # the same check infer and eval make (preflight.check_base_model)
-        source = "--base-model" if base_model else f"{ADAPTER_CONFIG} (base_model_name_or_path)"
-        raise SettingsError(f"Base model folder {name} (from {source}) does not exist here or has no "
-                            "config.json. Pass the base model's folder or hub id with --base-model.")
-    return str(Path(name).expanduser()) if looks_like_path(name) or Path(name).is_absolute() else name
+        raise SettingsError(f"Base model folder {name} ({source}) does not exist here or has no config.json. Pass "
+                            "the base model's folder or hub id with --base-model.")
+    local = looks_like_path(name) or Path(name).is_absolute()
+    if name != "tiny" and not local:  # a hub id: cached or downloadable now (not retried)
+        check_hub_model(name, label=f"Base model {name!r} ({source})", instead="the base model's local folder with "
+                        "--base-model")
+    base = str(tiny_model_dir()) if name == "tiny" else str(Path(name).expanduser()) if local else name
+    check_same_base(checkpoint, base, given=base_model is not None, allow=allow_other_base)
+    return base
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_model: str | None = None,
@@ -121,13 +125,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, merged: bool =
     if dtype not in (None, *DTYPES):
         raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     dtype = export_dtype() if dtype in (None, "auto") else dtype
-    base = base_model_of(checkpoint, base_model) if merged else None
-    if merged and not (looks_like_path(base) or Path(base).is_absolute()):  # a hub id: cached or downloadable now
-        source = "--base-model" if base_model else f"from {ADAPTER_CONFIG}, base_model_name_or_path"  # (not retried)
-        check_hub_model(base, label=f"Base model {base!r} ({source})", instead="the base model's local folder with "
-                        "--base-model")
-    if merged:
-        check_same_base(checkpoint, base, given=base_model is not None, allow=bool(allow_other_base))
+    base = base_model_of(checkpoint, base_model, allow_other_base=bool(allow_other_base)) if merged else None
     if push_to_hub and (why := hub_unusable()):  # the few-second check train makes: not after OUT is written
         raise SettingsError(f"--push-to-hub {push_to_hub}: {why}, so the upload would fail after the export; nothing "
                             "was written. Run the export again where the hub can be reached, or export without "
