@@ -133,12 +133,10 @@ VOCABULARY_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "toke
 def check_gguf(path: Path) -> dict:
     """``path``'s header, or a ``SettingsError`` unless it is a GGUF of a supported architecture with a tokenizer."""
     problem = file_problem(path)
-    if problem == "is a folder":
-        raise SettingsError(f"{path} is a folder; give the .gguf file itself.")
     if problem == "not found":
         raise SettingsError(f"GGUF file not found: {path}. Give a GGUF file, or the name of a packaged one: "
                             f"{', '.join(PACKAGES)}.")
-    if problem:  # a FIFO would block the read of its header; it is there, so not "not found"
+    if problem:  # a folder, or a FIFO that would block the read of its header; it is there, so not "not found"
         raise SettingsError(f"{path} {problem}; give the .gguf file itself.")
     with path.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
