@@ -187,23 +187,22 @@ def missing_resume_state(checkpoint: str | os.PathLike) -> list[str]:
     return missing
 
 
-def check_resume_state(checkpoint: str | os.PathLike, *, weights_only: bool = False,
-                       weights_only_flag: str = "--resume-weights-only") -> None:
+def check_resume_state(checkpoint: str | os.PathLike, *, weights_only: bool = False) -> None:
     """Raise ``SettingsError`` unless ``checkpoint`` has ``optimizer.pt`` and ``scheduler.pt`` (weights_only: warn)."""
     checkpoint = Path(checkpoint)
     if not (missing := missing_resume_state(checkpoint)):
         return
     what = " and no ".join(f"{name} ({RESUME_STATE[name]})" for name in missing)
     if weights_only:
-        logger.warning("Resuming from %s without %s: a fresh optimizer and learning-rate schedule (%s).",
-                       checkpoint.name, ", ".join(missing), weights_only_flag)
+        logger.warning("Resuming from %s without %s: a fresh optimizer and learning-rate schedule "
+                       "(--resume-weights-only).", checkpoint.name, ", ".join(missing))
         return
     earlier = [p for p in complete_checkpoints(checkpoint.parent)
                if step_of(p) < (step_of(checkpoint) or 0) and not missing_resume_state(p)]
     other = f" or resume from {earlier[-1]}, which has them," if earlier else ""
     raise SettingsError(f"{checkpoint} has no {what}, so a resume would not continue the run's training but restart "
-                        f"its optimizer (saved with --save-only-model, or deleted). Resume with {weights_only_flag} to "
-                        f"go on from its weights with a fresh optimizer and schedule,{other} or start a new run.")
+                        "its optimizer (saved with --save-only-model, or deleted). Resume with --resume-weights-only "
+                        f"to go on from its weights with a fresh optimizer and schedule,{other} or start a new run.")
 
 
 def safetensors_problem(path: Path) -> str | None:
