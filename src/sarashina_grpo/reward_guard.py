@@ -8,6 +8,7 @@ signal. The checks before a model loads are ``rewards.check_reward_names``/``che
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -41,10 +42,8 @@ def _checked(name: str, func: RewardFunc, *, alone: bool) -> RewardFunc:
         @functools.wraps(func)
         async def checked_async(completions, **kwargs):
             batch = list(completions)
-            try:
+            with _raised_as_reward_error(name, kwargs):
                 values = await func(completions=list(batch), **kwargs)  # by keyword, as TRL calls it
-            except Exception as err:
-                raise RewardError(_raised_message(name, err, kwargs)) from err
             return check_reward_values(name, values, len(batch), step=_step(kwargs), alone=alone)
 
         return checked_async
@@ -52,10 +51,8 @@ def _checked(name: str, func: RewardFunc, *, alone: bool) -> RewardFunc:
     @functools.wraps(func)
     def checked(completions, **kwargs):
         batch = list(completions)
-        try:
-            values = func(completions=list(batch), **kwargs)  # by keyword, as TRL calls it
-        except Exception as err:
-            raise RewardError(_raised_message(name, err, kwargs)) from err
+        with _raised_as_reward_error(name, kwargs):
+            values = func(completions=list(batch), **kwargs)
         return check_reward_values(name, values, len(batch), step=_step(kwargs), alone=alone)
 
     return checked
@@ -70,12 +67,16 @@ def _at(step: int | None) -> str:
     return f" at step {step}" if step is not None else ""
 
 
-def _raised_message(name: str, err: Exception, kwargs) -> str:
-    frames = traceback.extract_tb(err.__traceback__)
-    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
-    text = " ".join(str(err).split())[:200]
-    return (f"Reward {name} raised {type(err).__name__}: {text}{where}{_at(_step(kwargs))}. Fix the reward (it must "
-            "return one number per completion; --debug shows the traceback).")
+@contextlib.contextmanager
+def _raised_as_reward_error(name: str, kwargs):
+    try:
+        yield
+    except Exception as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+        text = " ".join(str(err).split())[:200]
+        raise RewardError(f"Reward {name} raised {type(err).__name__}: {text}{where}{_at(_step(kwargs))}. Fix the "
+                          "reward (it must return one number per completion; --debug shows the traceback).") from err
 
 
 def check_reward_values(name: str, values, expected: int, *, step: int | None = None,
@@ -95,7 +96,8 @@ def check_reward_values(name: str, values, expected: int, *, step: int | None = 
             raise RewardError(f"Reward {name} returned {value!r} ({type(value).__name__}) for completion {i + 1}"
                               f"{_at(step)}, not a number. {fix}")
         if value is not None and not abs(value) <= REWARD_LIMIT:  # NaN too
-            what = "not finite" if not math.isfinite(value) else "beyond ±1e18 (TRL's float32 overflows with it)"
+            what = (f"beyond ±{REWARD_LIMIT:g} (TRL's float32 overflows with it)" if math.isfinite(value)
+                    else "not finite")
             raise RewardError(f"Reward {name} returned {value} for completion {i + 1}{_at(step)}: a reward that is "
                               f"{what} wipes out the advantage of its whole group, and the step learns nothing. Return "
                               "a finite number (None where the reward does not apply).")
