@@ -198,17 +198,15 @@ def curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def reward_curve(history: list[dict], path: Path) -> Path:
     """Plot the logged reward means (left) and the held-out rates (right, when evaluated) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no display or backend needed, no figure left open
 
     panels = [(CURVE_KEYS, "rewards/", "mean reward of the step's completions",
                "training reward (strict_format: 0.5 when the layout is exact)")]
     if any(HELD_OUT_CURVE_KEYS[0] in h for h in history):
         panels.append((HELD_OUT_CURVE_KEYS, "eval_", "share of held-out outputs (0–1)",
                        "held-out rates, as in the before/after table"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 1, 4), squeeze=False)
+    fig = Figure(figsize=(6 * len(panels) + 1, 4), layout="tight")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (keys, prefix, ylabel, title) in zip(axes[0], panels, strict=True):
         for key in keys:
             steps, values = curve(history, key)
@@ -220,9 +218,7 @@ def reward_curve(history: list[dict], path: Path) -> Path:
         ax.legend(fontsize=8)
         if prefix == "eval_":
             ax.set_ylim(0, 1)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 

@@ -309,16 +309,14 @@ def comparison_table(runs: dict[str, dict]) -> str:
 
 def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
     """A grouped bar chart of ``CHART_KEYS`` for each run, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed: CI and notebooks alike
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no display or backend needed, no figure left open
 
     # Accuracy only where some run has answers: a bar of 0 would read as "always wrong".
     keys = CHART_KEYS + (("answer_accuracy",) if any(m.get("answer_accuracy") is not None for m in runs.values())
                          else ())
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(keys), 4.5))
+    fig = Figure(figsize=(2 + 1.6 * len(keys), 4.5), layout="tight")
+    ax = fig.subplots()
     for i, (name, metrics) in enumerate(runs.items()):
         values = [chart_value(metrics.get(k)) for k in keys]
         xs = [x + i * width for x in range(len(keys))]
@@ -329,9 +327,7 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
     ax.set_xticklabels([k.replace("_", "\n") for k in keys], fontsize=8)
     ax.set(ylim=(0, 1.15), ylabel="rate or mean (0–1)", title="evaluation comparison")  # room for labels above 1.0
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
