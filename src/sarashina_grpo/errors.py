@@ -28,8 +28,10 @@ WRITE_FIX = "Choose a writable --artifact-dir, or fix the permissions."
 # itself never mentions it (torch.save to /dev/full raises exactly these).
 TORCH_SHORT_WRITE = ("unexpected pos", "PytorchStreamWriter failed writing", "file write failed",
                      "basic_ios::clear", "iostream error")
-DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded")
-FILE_TOO_LARGE_TEXT = ("File too large", "os error 27")  # EFBIG
+# Writers that raise no OSError but name its errno in their text (safetensors' Rust writer: "os error 27"); a full
+# disk is named first, as it comes first here.
+ERRNO_TEXT = {"No space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+              "File too large": errno.EFBIG, "os error 27": errno.EFBIG}
 FILE_SIZE_FIX = ("Raise the limit (ulimit -f unlimited) or choose --artifact-dir on a file system that takes large "
                  "files. A checkpoint cut off by this is never resumed from.")
 # An OSError's errno and its message ({where}: the file named, {limit}: file_size_limit_text()).
@@ -195,10 +197,8 @@ def user_error_message(exc: BaseException) -> str | None:
         if isinstance(err, OSError) and (message := _os_error_message(err)):
             return message
     text = " ".join(str(err) for err in _chain(exc))
-    if any(marker in text for marker in DISK_FULL_TEXT):
-        return f"No space left on device. {DISK_FULL_FIX}"
-    if any(marker in text for marker in FILE_TOO_LARGE_TEXT):  # safetensors' Rust writer: "os error 27"
-        return f"File too large: {file_size_limit_text()}. {FILE_SIZE_FIX}"
+    if code := next((code for marker, code in ERRNO_TEXT.items() if marker in text), None):
+        return _os_error_message(OSError(code, text))
     if isinstance(exc, RuntimeError) and any(marker in text for marker in TORCH_SHORT_WRITE):
         # torch says the same for both; a limit set here is the likelier cause
         why = (f"the disk is full, or {file_size_limit_text()}. {FILE_SIZE_FIX}" if file_size_limit() is not None
