@@ -108,9 +108,9 @@ def test_leak_is_a_column_of_the_comparison():
 
 
 def test_chart_labels_tell_missing_from_zero():
-    from sarashina_grpo.evaluation import chart_label, chart_value
+    from sarashina_grpo.evaluation import chart_value, rounded
 
-    assert [chart_label(chart_value(v)) for v in (None, float("nan"), 0.0, 0.5)] == ["n/a", "n/a", "0.00", "0.50"]
+    assert [rounded(chart_value(v), 2) for v in (None, float("nan"), 0.0, 0.5)] == ["n/a", "n/a", "0.00", "0.50"]
 
 
 def test_chart_legend_gives_each_runs_number_of_outputs():

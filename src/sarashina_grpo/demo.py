@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import Settings, load_settings
 from .data import check_prompts
-from .evaluation import DEFAULT_EVAL_DATA, chart_label, generate_outputs, write_eval
+from .evaluation import DEFAULT_EVAL_DATA, generate_outputs, rounded, write_eval
 from .inference import GenerationSettings
 from .preflight import check_model
 from .project import DEFAULT_REWARDS, artifact_root, project_path, setting
@@ -173,7 +173,7 @@ def demo_table(before: dict, after: dict) -> str:
     for key in TABLE_KEYS:
         a, b = before.get(key), after.get(key)
         change = "n/a" if a is None or b is None else f"{round(b, 2) - round(a, 2):+.2f}"  # of the figures shown
-        lines.append(f"| {key} | {chart_label(a)} | {chart_label(b)} | {change} |")
+        lines.append(f"| {key} | {rounded(a, 2)} | {rounded(b, 2)} | {change} |")
     return "\n".join(lines) + "\n"
 
 

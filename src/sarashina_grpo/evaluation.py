@@ -278,17 +278,13 @@ def chart_legend(name: str, metrics: dict) -> str:
     return f"{name} (n={metrics.get('n', '?')})"
 
 
-def chart_label(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def comparison_table(runs: dict[str, dict]) -> str:
     """A Markdown table, one row per metric and one column per run, and a note when the runs decoded differently."""
     names = list(runs)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key in METRIC_KEYS:
         lines.append(f"| {key} | " + " | ".join(rounded(runs[n].get(key), missing="–") for n in names) + " |")
-    known, scored = {}, {}
+    decoded, scored = {}, {}
     for name, metrics in runs.items():
         meta = metrics.get("meta") or {}
         if meta.get("prompts") is not None:
@@ -297,14 +293,14 @@ def comparison_table(runs: dict[str, dict]) -> str:
         if isinstance(gen, dict):
             how = (f"sampled at temperature {gen.get('temperature')}, top_p {gen.get('top_p')}" if gen.get("do_sample")
                    else "greedy")
-            known[name] = (f"{how}, up to {gen.get('max_new_tokens')} new tokens"
-                           + (f", {samples} per prompt" if samples != 1 else ""))
-    note = ("\nNote: these evaluations decoded differently, so part of any difference comes from that: "
-            + "; ".join(f"{name}: {how}" for name, how in known.items()) + ".\n")
-    other = ("\nNote: these evaluations scored different prompts, so their rates are not of the same questions: "
-             + "; ".join(f"{name}: {which}" for name, which in scored.items()) + ".\n")
-    return ("\n".join(lines) + "\n" + (note if len(set(known.values())) > 1 else "")
-            + (other if len(set(scored.values())) > 1 else ""))
+            decoded[name] = (f"{how}, up to {gen.get('max_new_tokens')} new tokens"
+                             + (f", {samples} per prompt" if samples != 1 else ""))
+    table = "\n".join(lines) + "\n"
+    for differs, why in ((decoded, "decoded differently, so part of any difference comes from that"),
+                         (scored, "scored different prompts, so their rates are not of the same questions")):
+        if len(set(differs.values())) > 1:
+            table += f"\nNote: these evaluations {why}: " + "; ".join(f"{n}: {d}" for n, d in differs.items()) + ".\n"
+    return table
 
 
 def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
@@ -322,7 +318,7 @@ def comparison_chart(runs: dict[str, dict], path: str | Path) -> Path:
         xs = [x + i * width for x in range(len(keys))]
         bars = ax.bar(xs, [0.0 if v is None else v for v in values], width, label=chart_legend(name, metrics))
         # A missing figure (nothing to judge) is not a zero: label it "n/a" instead of drawing an empty bar as 0.
-        ax.bar_label(bars, labels=[chart_label(v) for v in values], fontsize=7, padding=2)
+        ax.bar_label(bars, labels=[rounded(v, 2) for v in values], fontsize=7, padding=2)
     ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(keys))])
     ax.set_xticklabels([k.replace("_", "\n") for k in keys], fontsize=8)
     ax.set(ylim=(0, 1.15), ylabel="rate or mean (0–1)", title="evaluation comparison")  # room for labels above 1.0
