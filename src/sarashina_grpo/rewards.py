@@ -228,13 +228,9 @@ def _import_target(reference: str, target: str):
         if not target.endswith(".py"):
             return _run_module(reference, target, lambda: importlib.import_module(target))
         path = Path(target).expanduser()
-        problem = file_problem(path)  # a FIFO would block the import; it is there, so not "no such file"
-        if problem == "is a folder":
-            raise KeyError(f"Reward {reference!r}: {path} is a folder, not a Python file.")
-        if problem == "not found":
-            raise KeyError(f"Reward {reference!r}: no such file {path}.")
-        if problem:
-            raise KeyError(f"Reward {reference!r}: {path} {problem}; give a Python file.")
+        if problem := file_problem(path):  # a FIFO would block the import; it is there, so not "no such file"
+            said = {"is a folder": f"{path} is a folder, not a Python file", "not found": f"no such file {path}"}
+            raise KeyError(f"Reward {reference!r}: {said.get(problem, f'{path} {problem}; give a Python file')}.")
         spec = importlib.util.spec_from_file_location(f"sarashina_grpo_user_rewards.{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         _run_module(reference, path, lambda: spec.loader.exec_module(module))
