@@ -156,12 +156,11 @@ def connection_failed(exc: BaseException) -> bool:
 
 def hub_connection_failure(exc: BaseException) -> str | None:
     """The one line for a hub download that failed for want of a connection, naming the model from its URL; or None."""
-    chain = list(_chain(exc))
-    failed = connection_errors(exc)
-    if not failed:
+    if not (failed := connection_errors(exc)):
         return None
     from huggingface_hub import constants
 
+    chain = list(_chain(exc))
     model = None
     for err in chain:
         try:
