@@ -583,9 +583,10 @@ def write_results(rows: list[dict], out: Path, meta: dict, *, with_plot: bool = 
 
 def check_options(args: BenchOptions) -> None:
     """One ``error:`` before anything heavy is imported, for options argparse cannot judge."""
-    from sarashina_grpo.preflight import check_positive_integers
+    from sarashina_grpo.preflight import check_whole
 
-    check_positive_integers("bench", args, ("steps", "max_completion_length", "peer_steps"))
+    for name in ("steps", "max_completion_length", "peer_steps"):
+        check_whole(f"bench --{name.replace('_', '-')}", getattr(args, name))
     if args.beta < 0:
         raise SettingsError(f"bench --beta must be >= 0 (0 drops the KL term), got {args.beta!r}.")
     if args.profile_step is not None and not 1 <= args.profile_step <= args.steps:
