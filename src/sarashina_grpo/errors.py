@@ -123,13 +123,18 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
+def hub_route(proxy: tuple[str, str] | None) -> str:
+    """How a hub request goes (``proxy_for``'s answer), as the words after "cannot be reached": the proxy, or none."""
+    return f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
+
+
 def hub_unreachable_message(model: str | None, endpoint: str, cache: str | None = None, detail: str = "", *,
                             label: str | None = None, instead: str | None = None) -> str:
     """The one line for hub id ``model`` (None: not known) that cannot be had, and the ways to go on without it;
     ``label`` names the setting (default: --model's) and ``instead`` what to give in its place."""
     host = urlparse(endpoint).hostname or endpoint
     proxy = proxy_for(endpoint)
-    route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
+    route = hub_route(proxy)
     label = label or f"Model {model!r} (--model, notebook MODEL_NAME)"
     what = f"{label} is a hub id that" if model else "A model from the hub"
     cached = f"is not in the Hugging Face cache ({cache}) and " if cache else "could not be downloaded: "

@@ -29,7 +29,7 @@ from .arithmetic import expected_value
 from .best import RUN_INFO, resolve_best
 from .checkpoints import ADAPTER_CONFIG, check_loadable, folder_kind, newest_complete_in, step_of
 from .data import DataError, check_prompts, text_problem
-from .errors import hub_unreachable_message, proxy_for, shown_url
+from .errors import hub_route, hub_unreachable_message, proxy_for
 from .options import GenerateOptions, ModelOptions
 from .project import HOME_VARIABLE, SettingsError, field_label, finite_number, is_whole, project_dir, project_path
 from .rewards import check_reward_columns, check_reward_names
@@ -665,9 +665,7 @@ def hub_unusable() -> str | None:
         return "HF_HUB_OFFLINE is set"
     if hub_reachable(constants.ENDPOINT):
         return None
-    proxy = proxy_for(constants.ENDPOINT)
-    route = f" through the proxy {shown_url(proxy[1])} ({proxy[0]})" if proxy else " (no network?)"
-    return f"the hub cannot be reached{route}"
+    return f"the hub cannot be reached{hub_route(proxy_for(constants.ENDPOINT))}"
 
 
 def check_push_to_hub(push_to_hub) -> None:
