@@ -252,8 +252,16 @@ def length_dependent(config) -> str | None:
         kind = each.get("rope_type", each.get("type"))
         if kind not in LENGTH_FREE_ROPE:
             return f"RoPE type {kind!r}"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
-        return f"sliding window of {config.sliding_window}"
+    if window := sliding_window(config):
+        return f"sliding window of {window}"
+    return None
+
+
+def sliding_window(config) -> int | None:
+    """The sliding attention window a model's config puts in use, or None (Qwen2's ``use_sliding_window`` False turns
+    a configured one off)."""
+    if getattr(config, "use_sliding_window", True) is not False:
+        return getattr(config, "sliding_window", None) or None
     return None
 
 

@@ -560,7 +560,7 @@ def unsupported(trainer) -> str | None:
     config = getattr(language_model(model), "config", None)
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         return "biased projections"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
+    if compat.sliding_window(config):
         return "a sliding attention window"  # the engine attends to the whole context
     if any(isinstance(dora := getattr(m, "use_dora", None), dict) and any(dora.values()) for m in model.modules()):
         return "DoRA adapters"
